@@ -1,0 +1,47 @@
+//! `b24-host check`: validates the config, loads and creates every enabled plugin, and prints
+//! what each one receives. Reports every problem at once; exits non-zero on any.
+
+use std::process::ExitCode;
+
+use crate::{config::Config, dispatch::host_services, server::load_plugins};
+
+/// Runs the check and prints its report on stdout (problems on stderr).
+pub fn run(config: &Config) -> ExitCode {
+    match &config.source {
+        Some(path) => println!("config: {} (ok)", path.display()),
+        None => println!("config: embedded defaults"),
+    }
+    println!("plugins folder: {}", config.plugins.dir.display());
+    let (loaded, errors) = load_plugins(config);
+    let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    for report in &loaded {
+        let plugin = &report.plugin;
+        let host = host_services::for_plugin(&plugin.name, &config.base_dir, &config.state_dir);
+        let settings = config.plugin_config(&plugin.name).settings;
+        match plugin.create(&settings, host) {
+            Ok(instance) => {
+                instance.shutdown();
+                println!(
+                    "plugin {} {} ({}; api {}; loaded in {:.1} ms)\n  receives: {}",
+                    plugin.name,
+                    plugin.version,
+                    plugin.path.display(),
+                    plugin.api_version,
+                    plugin.load_time.as_secs_f64() * 1000.0,
+                    report.route.describe()
+                );
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        println!("ok: {} plugin(s) ready", loaded.len());
+        ExitCode::SUCCESS
+    } else {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("{} problem(s) found", errors.len());
+        ExitCode::FAILURE
+    }
+}

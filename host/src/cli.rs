@@ -1,0 +1,90 @@
+//! The command line: `serve`, `check` and `send`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// b24-host: receives Bitrix24 events, verifies them, and hands them to plugins.
+#[derive(Debug, Parser)]
+#[command(name = "b24-host", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: receive events and deliver them to the enabled plugins.
+    Serve {
+        /// The config file. Without it, `host.toml` in the current folder if present, else the
+        /// embedded defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen on this address instead of `server.listen` (e.g. 127.0.0.1:0 for any port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Log format; overrides `log.format`.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Validate the config and load every enabled plugin; print what each subscribes to.
+    Check {
+        /// The config file (default as for `serve`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Post one realistic event, encoded exactly as Bitrix24 encodes it, and print the answer.
+    Send(SendArgs),
+}
+
+/// Options of `send`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SendArgs {
+    /// Where to post.
+    #[arg(long, default_value = "http://127.0.0.1:8024/")]
+    pub url: String,
+    /// Event code.
+    #[arg(long, default_value = "ONCRMCONTACTUSERFIELDUPDATE")]
+    pub event: String,
+    /// `data[FIELDS][ID]` of a user-field event.
+    #[arg(long, default_value_t = 554)]
+    pub field_id: u64,
+    /// `data[FIELDS][FIELD_NAME]` of a user-field event.
+    #[arg(long, default_value = "UF_CRM_1724771514")]
+    pub field_name: String,
+    /// `data[FIELDS][ENTITY_ID]`; derived from the event code when left out.
+    #[arg(long)]
+    pub entity_id: Option<String>,
+    /// `auth[member_id]`.
+    #[arg(long, default_value = "a223c6b3710f85df22e9377d6c4f7553")]
+    pub member_id: String,
+    /// `auth[application_token]`; may come from the environment.
+    #[arg(long, env = "B24_APPLICATION_TOKEN", default_value = "51856fefc120afa4b628cc82d3935cce", hide_env_values = true)]
+    pub token: String,
+    /// `auth[domain]`.
+    #[arg(long, default_value = "some-domain.bitrix24.com")]
+    pub domain: String,
+    /// `event_handler_id`.
+    #[arg(long, default_value_t = 15)]
+    pub handler_id: u64,
+    /// An event no user caused: no user tokens in `auth`.
+    #[arg(long)]
+    pub system: bool,
+    /// Post JSON instead of a form body.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the body instead of posting it.
+    #[arg(long)]
+    pub print: bool,
+}

@@ -1,0 +1,258 @@
+//! The configuration types the rest of the host works with, and their embedded defaults.
+//!
+//! Everything here is already checked and resolved: durations are [`Duration`]s, paths are
+//! resolved against the folder of `host.toml`, environment-variable tokens are read. The
+//! serde-facing shapes of the file live in `raw.rs`; the checks live in `validate.rs`.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use b24_plugin_api::Secret;
+
+/// Default of `state_dir`, relative to the config folder.
+pub const DEFAULT_STATE_DIR: &str = "state";
+/// Default of `server.listen`.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8024));
+/// Default of `server.path`.
+pub const DEFAULT_PATH: &str = "/";
+/// Default of `server.max_body_bytes` (256 KiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Default of `server.header_read_timeout_ms`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// Default of `server.shutdown_grace_ms`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(10_000);
+/// Default of `log.level`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default of `plugins.dir`, relative to the config folder.
+pub const DEFAULT_PLUGINS_DIR: &str = "plugins";
+/// Default of `plugins.enabled`.
+pub const DEFAULT_ENABLED: &[&str] = &["audit-log"];
+/// Default of `plugin.<name>.timeout_ms`.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// Default of `plugin.<name>.concurrency`.
+pub const DEFAULT_CONCURRENCY: usize = 1;
+/// Default of `plugin.<name>.retry.attempts`.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 8;
+/// Default of `plugin.<name>.retry.base_ms`.
+pub const DEFAULT_RETRY_BASE: Duration = Duration::from_millis(200);
+/// Default of `plugin.<name>.retry.cap_ms`.
+pub const DEFAULT_RETRY_CAP: Duration = Duration::from_millis(60_000);
+
+/// Largest accepted millisecond value of any `*_ms` key: one day. Bigger values are surely
+/// mistakes and could overflow `Instant` arithmetic further down.
+pub const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
+/// Largest accepted `plugin.<name>.concurrency`.
+pub const MAX_CONCURRENCY: usize = 1024;
+
+/// The whole host configuration: `host.toml` merged over the embedded defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this was read from; `None` for [`Config::default_for`].
+    pub source: Option<PathBuf>,
+    /// The folder relative paths are resolved against (the config file's folder, made absolute).
+    pub base_dir: PathBuf,
+    /// Where the host keeps its state (learned tokens, queues), already resolved.
+    pub state_dir: PathBuf,
+    /// The HTTP endpoint (`[server]`).
+    pub server: ServerConfig,
+    /// Logging (`[log]`).
+    pub log: LogConfig,
+    /// Event authentication (`[auth]`).
+    pub auth: AuthConfig,
+    /// Which plugins to load and from where (`[plugins]`).
+    pub plugins: PluginsConfig,
+    /// Per-plugin tables (`[plugin.<name>]`), by plugin name; enabled or not.
+    pub plugin: BTreeMap<String, PluginConfig>,
+}
+
+/// The HTTP endpoint that receives events (`[server]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The address to listen on (`listen`).
+    pub listen: SocketAddr,
+    /// The path events are POSTed to; starts with `/` (`path`).
+    pub path: String,
+    /// The largest accepted request body, in bytes; more than 0 (`max_body_bytes`).
+    pub max_body_bytes: usize,
+    /// How long a client may take to send the request headers (`header_read_timeout_ms`).
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for in-flight deliveries (`shutdown_grace_ms`).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN,
+            path: DEFAULT_PATH.to_owned(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Logging (`[log]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing` `EnvFilter` directive string such as `info` or `b24_host=debug,info`.
+    /// Not checked here; `RUST_LOG` overrides it at the binary's edge.
+    pub level: String,
+    /// How log lines look.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: DEFAULT_LOG_LEVEL.to_owned(), format: LogFormat::default() }
+    }
+}
+
+/// How log lines look (`log.format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    /// Human-readable lines (`"pretty"`), the default.
+    #[default]
+    Pretty,
+    /// One JSON object per line (`"json"`).
+    Json,
+}
+
+impl LogFormat {
+    /// The spelling used in the file: `pretty` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        }
+    }
+
+    /// Parses the spelling used in the file (exact, lower case).
+    pub fn from_name(name: &str) -> Option<LogFormat> {
+        match name {
+            "pretty" => Some(LogFormat::Pretty),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Event authentication (`[auth]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Whether the application token of an `ONAPPINSTALL` event from an unknown portal is
+    /// remembered (trust on first use) (`learn_tokens_on_install`).
+    pub learn_tokens_on_install: bool,
+    /// Known portals: `member_id` → application token, environment-variable tokens already read
+    /// (`[auth.portals]`). `Debug` never shows the tokens.
+    pub portals: BTreeMap<String, Secret>,
+}
+
+/// Which plugins to load and from where (`[plugins]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginsConfig {
+    /// The folder holding the plugin libraries, already resolved (`dir`).
+    pub dir: PathBuf,
+    /// The plugins to load, in order; no name twice (`enabled`).
+    pub enabled: Vec<String>,
+}
+
+/// One plugin's table (`[plugin.<name>]`); every key optional.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Case-insensitive globs on event codes that narrow the plugin's own subscriptions;
+    /// `None` keeps them all (`events`).
+    pub events: Option<Vec<String>>,
+    /// Globs on `data[FIELDS][ENTITY_ID]` of user-field events; `None` accepts all (`entities`).
+    pub entities: Option<Vec<String>>,
+    /// Globs on `FIELD_NAME`; `None` accepts all (`fields`).
+    pub fields: Option<Vec<String>>,
+    /// How long one delivery may take; more than 0 (`timeout_ms`).
+    pub timeout: Duration,
+    /// At most this many deliveries at once; at least 1. The host uses 1 unless the plugin
+    /// declares itself concurrent (`concurrency`).
+    pub concurrency: usize,
+    /// Redelivery of failed events (`[plugin.<name>.retry]`).
+    pub retry: RetryConfig,
+    /// The plugin's own settings as TOML text (the `[plugin.<name>.settings]` table), `""` if
+    /// there is none. `Debug` shows only its length: plugin settings may hold credentials.
+    pub settings: String,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            events: None,
+            entities: None,
+            fields: None,
+            timeout: DEFAULT_PLUGIN_TIMEOUT,
+            concurrency: DEFAULT_CONCURRENCY,
+            retry: RetryConfig::default(),
+            settings: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for PluginConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginConfig")
+            .field("events", &self.events)
+            .field("entities", &self.entities)
+            .field("fields", &self.fields)
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field("retry", &self.retry)
+            .field("settings", &format_args!("<{} bytes of TOML>", self.settings.len()))
+            .finish()
+    }
+}
+
+/// Redelivery of failed events (`[plugin.<name>.retry]`): exponential backoff from `base`,
+/// each wait at most `cap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Total delivery attempts before giving up, the first one included; at least 1 (`attempts`).
+    pub attempts: u32,
+    /// The first wait (`base_ms`).
+    pub base: Duration,
+    /// The longest wait; at least `base` (`cap_ms`).
+    pub cap: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            base: DEFAULT_RETRY_BASE,
+            cap: DEFAULT_RETRY_CAP,
+        }
+    }
+}
+
+/// The embedded defaults, relative paths joined to `base_dir`; see [`Config::default_for`].
+pub(crate) fn default_config(base_dir: &Path) -> Config {
+    Config {
+        source: None,
+        base_dir: base_dir.to_path_buf(),
+        state_dir: base_dir.join(DEFAULT_STATE_DIR),
+        server: ServerConfig::default(),
+        log: LogConfig::default(),
+        auth: AuthConfig::default(),
+        plugins: PluginsConfig {
+            dir: base_dir.join(DEFAULT_PLUGINS_DIR),
+            enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        plugin: BTreeMap::new(),
+    }
+}

@@ -1,0 +1,680 @@
+//! Unit tests of the config module: exact positions and key paths of errors, defaults, path
+//! resolution, settings pass-through, secrets kept out of `Debug` and messages.
+
+use std::{
+    env::VarError,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use b24_plugin_api::Secret;
+
+use super::*;
+
+const TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
+const MEMBER: &str = "a223c6b3710f85df22e9377d6c4f7553";
+
+/// An environment with only `B24_TOKEN_ACME` set.
+fn fake_env(name: &str) -> Result<String, VarError> {
+    match name {
+        "B24_TOKEN_ACME" => Ok("acme-secret-token-0123456789".to_owned()),
+        "B24_EMPTY" => Ok(String::new()),
+        "B24_NOT_UTF8" => Err(VarError::NotUnicode("\u{fffd}".into())),
+        _ => Err(VarError::NotPresent),
+    }
+}
+
+fn parse_at(text: &str, path: &str) -> Result<Config, ConfigError> {
+    Config::parse_with_env(text, Path::new(path), fake_env)
+}
+
+fn parse(text: &str) -> Config {
+    match parse_at(text, "/etc/b24/host.toml") {
+        Ok(config) => config,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+fn error(text: &str) -> ConfigError {
+    match parse_at(text, "host.toml") {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts an `Invalid` error's line, column and key, and returns its message.
+#[track_caller]
+fn invalid(text: &str, line: usize, column: usize, key: &str) -> String {
+    let e = error(text);
+    assert!(matches!(e, ConfigError::Invalid { .. }), "not Invalid: {e:?}");
+    assert_eq!(e.position(), Some(Position { line, column }), "{e}");
+    assert_eq!(e.key(), Some(key), "{e}");
+    assert_eq!(e.file(), Path::new("host.toml"));
+    let ConfigError::Invalid { message, .. } = e else { unreachable!() };
+    message
+}
+
+// ---- unknown keys ----------------------------------------------------------------------------
+
+#[test]
+fn unknown_key_at_top_level() {
+    let e = error("state_dir = \"s\"\n\nstatedir = \"x\"\n");
+    assert_eq!(
+        e.to_string(),
+        "host.toml:3:1: statedir: unknown key; expected one of state_dir, server, log, auth, \
+         plugins, plugin"
+    );
+}
+
+#[test]
+fn unknown_key_in_server() {
+    let text = "# comment\n[server]\nlisen = \"127.0.0.1:1\"\n";
+    assert_eq!(
+        error(text).to_string(),
+        "host.toml:3:1: server.lisen: unknown key; expected one of listen, path, max_body_bytes, \
+         header_read_timeout_ms, shutdown_grace_ms"
+    );
+    // Same through a dotted key at the top level.
+    assert_eq!(invalid("server.lisen = 1\n", 1, 8, "server.lisen").as_str(), {
+        "unknown key; expected one of listen, path, max_body_bytes, header_read_timeout_ms, \
+         shutdown_grace_ms"
+    });
+}
+
+#[test]
+fn unknown_key_in_plugin_table() {
+    let text = "[plugins]\nenabled = [\"audit-log\"]\n\n[plugin.audit-log]\ntimeout_ms = 5\n  timeout = 5\n";
+    let message = invalid(text, 6, 3, "plugin.audit-log.timeout");
+    assert_eq!(
+        message,
+        "unknown key; expected one of events, entities, fields, timeout_ms, concurrency, retry, \
+         settings"
+    );
+}
+
+#[test]
+fn unknown_key_in_plugin_retry_table() {
+    let text = "[plugin.audit-log.retry]\nattempts = 3\nbase = 100\n";
+    let message = invalid(text, 3, 1, "plugin.audit-log.retry.base");
+    assert_eq!(message, "unknown key; expected one of attempts, base_ms, cap_ms");
+    // Inline form.
+    let text = "[plugin.x]\nretry = { attempts = 2, cap = 1 }\n";
+    invalid(text, 2, 25, "plugin.x.retry.cap");
+}
+
+#[test]
+fn unknown_key_in_other_tables() {
+    assert_eq!(
+        invalid("[log]\nlevel = \"info\"\ncolor = true\n", 3, 1, "log.color"),
+        "unknown key; expected one of level, format"
+    );
+    invalid("[auth]\nlearn = true\n", 2, 1, "auth.learn");
+    invalid("[plugins]\ndirectory = \"p\"\n", 2, 1, "plugins.directory");
+    let message = invalid(
+        "[auth.portals]\nm1 = { env = \"B24_TOKEN_ACME\", token = \"x\" }\n",
+        2,
+        32,
+        "auth.portals.m1.token",
+    );
+    assert_eq!(message, "unknown key; expected env");
+}
+
+// ---- types and values ------------------------------------------------------------------------
+
+#[test]
+fn wrong_type_names_the_expected_unit() {
+    let text = "[plugin.audit-log]\ntimeout_ms = \"10s\"\n";
+    assert_eq!(
+        error(text).to_string(),
+        "host.toml:2:14: plugin.audit-log.timeout_ms: invalid type: string \"10s\", expected an \
+         integer (milliseconds)"
+    );
+    assert_eq!(
+        invalid("[server]\nmax_body_bytes = 1.5\n", 2, 18, "server.max_body_bytes"),
+        "invalid type: floating point `1.5`, expected an integer (bytes)"
+    );
+    assert_eq!(
+        invalid("[server]\nshutdown_grace_ms = -1\n", 2, 21, "server.shutdown_grace_ms"),
+        "invalid value: integer `-1`, expected an integer (milliseconds)"
+    );
+    assert_eq!(
+        invalid(
+            "[auth]\nlearn_tokens_on_install = \"yes\"\n",
+            2,
+            27,
+            "auth.learn_tokens_on_install"
+        ),
+        "invalid type: string \"yes\", expected a boolean"
+    );
+    invalid("[server]\npath = 5\n", 2, 8, "server.path");
+    invalid("server = 5\n", 1, 10, "server");
+    assert_eq!(
+        invalid("[plugin]\nx = 5\n", 2, 5, "plugin.x"),
+        "invalid type: integer `5`, expected a table"
+    );
+    assert_eq!(
+        invalid("[plugin.x]\nsettings = [1]\n", 2, 12, "plugin.x.settings"),
+        "invalid type: array, expected a table"
+    );
+    assert_eq!(
+        invalid("[plugins]\nenabled = \"audit-log\"\n", 2, 11, "plugins.enabled"),
+        "invalid type: string \"audit-log\", expected an array"
+    );
+    assert_eq!(
+        invalid(
+            "[server]\nmax_body_bytes = 99999999999999999999\n",
+            2,
+            18,
+            "server.max_body_bytes"
+        ),
+        "invalid value: an out-of-range integer, expected an integer (bytes)"
+    );
+    // A date-time where a table or string belongs.
+    assert_eq!(
+        invalid("[server]\nlisten = 1979-05-27\n", 2, 10, "server.listen"),
+        "invalid type: date-time, expected a string"
+    );
+    assert_eq!(
+        invalid("server = 1979-05-27\n", 1, 10, "server"),
+        "invalid type: date-time, expected a table"
+    );
+}
+
+#[test]
+fn wrong_type_inside_a_list_names_the_index() {
+    let message = invalid("[plugins]\nenabled = [\"a\", 5]\n", 2, 17, "plugins.enabled[1]");
+    assert_eq!(message, "invalid type: integer `5`, expected a string");
+    invalid("[plugin.x]\nevents = [\"A\", [\"B\"]]\n", 2, 16, "plugin.x.events[1]");
+}
+
+#[test]
+fn bad_listen_address() {
+    let text = "[server]\n\n\n\nlisten = \"localhost:80x\"\n";
+    assert_eq!(
+        error(text).to_string(),
+        "host.toml:5:10: server.listen: \"localhost:80x\" is not an address like 127.0.0.1:8024"
+    );
+    invalid("[server]\nlisten = \"127.0.0.1\"\n", 2, 10, "server.listen");
+    let config = parse("[server]\nlisten = \"[::1]:9000\"\n");
+    assert_eq!(config.server.listen, "[::1]:9000".parse().unwrap());
+}
+
+#[test]
+fn duplicate_enabled_name_points_at_the_second() {
+    let text = "[plugins]\nenabled = [\"audit-log\", \"probe\", \"audit-log\"]\n";
+    assert_eq!(
+        error(text).to_string(),
+        "host.toml:2:34: plugins.enabled: \"audit-log\" is listed twice"
+    );
+}
+
+#[test]
+fn bad_plugin_names() {
+    let message = invalid("[plugins]\nenabled = [\"../evil\"]\n", 2, 12, "plugins.enabled");
+    assert_eq!(message, "\"../evil\" is not a plugin name (ASCII letters, digits, '-' and '_')");
+    invalid("[plugins]\nenabled = [\"\"]\n", 2, 12, "plugins.enabled");
+    invalid("[plugin.\"a b\"]\n", 1, 9, "plugin.\"a b\"");
+    let config = parse("[plugins]\nenabled = []\n");
+    assert!(config.plugins.enabled.is_empty());
+}
+
+#[test]
+fn server_path_must_start_with_slash() {
+    let text = "[server]\npath = \"events\"\n";
+    assert_eq!(
+        error(text).to_string(),
+        "host.toml:2:8: server.path: \"events\" must start with '/'"
+    );
+    invalid("[server]\npath = \"\"\n", 2, 8, "server.path");
+    invalid("[server]\npath = \"/a?b=1\"\n", 2, 8, "server.path");
+    invalid("[server]\npath = \"/a b\"\n", 2, 8, "server.path");
+    assert_eq!(parse("[server]\npath = \"/b24/events\"\n").server.path, "/b24/events");
+}
+
+#[test]
+fn zero_and_out_of_range_values() {
+    assert_eq!(
+        invalid("[plugin.audit-log]\ntimeout_ms = 0\n", 2, 14, "plugin.audit-log.timeout_ms"),
+        "must be greater than 0"
+    );
+    assert_eq!(
+        invalid("[server]\nheader_read_timeout_ms = 0\n", 2, 26, "server.header_read_timeout_ms"),
+        "must be greater than 0"
+    );
+    assert_eq!(
+        invalid("[server]\nmax_body_bytes = 0\n", 2, 18, "server.max_body_bytes"),
+        "must be greater than 0"
+    );
+    assert_eq!(
+        invalid("[plugin.p]\nconcurrency = 0\n", 2, 15, "plugin.p.concurrency"),
+        "must be at least 1"
+    );
+    assert_eq!(
+        invalid("[plugin.p]\nconcurrency = 100000\n", 2, 15, "plugin.p.concurrency"),
+        "must be at most 1024"
+    );
+    assert_eq!(
+        invalid("[plugin.p.retry]\nattempts = 0\n", 2, 12, "plugin.p.retry.attempts"),
+        "must be at least 1"
+    );
+    assert_eq!(
+        invalid("[plugin.p.retry]\nattempts = 4294967296\n", 2, 12, "plugin.p.retry.attempts"),
+        "must be at most 4294967295"
+    );
+    assert_eq!(
+        invalid("[plugin.p]\ntimeout_ms = 86400001\n", 2, 14, "plugin.p.timeout_ms"),
+        "must be at most 86400000 (one day)"
+    );
+    // Zero grace and zero base are fine.
+    let config = parse("[server]\nshutdown_grace_ms = 0\n[plugin.p.retry]\nbase_ms = 0\n");
+    assert_eq!(config.server.shutdown_grace, Duration::ZERO);
+    assert_eq!(config.plugin_config("p").retry.base, Duration::ZERO);
+}
+
+#[test]
+fn retry_cap_must_not_be_below_base() {
+    assert_eq!(
+        invalid("[plugin.p.retry]\nbase_ms = 500\ncap_ms = 100\n", 3, 10, "plugin.p.retry.cap_ms"),
+        "must be at least base_ms (500)"
+    );
+    // Only cap given, below the default base.
+    assert_eq!(
+        invalid("[plugin.p.retry]\ncap_ms = 100\n", 2, 10, "plugin.p.retry.cap_ms"),
+        "must be at least base_ms (200)"
+    );
+    // Only base given, above the default cap.
+    assert_eq!(
+        invalid("[plugin.p.retry]\nbase_ms = 70000\n", 2, 11, "plugin.p.retry.base_ms"),
+        "must be at most cap_ms (60000)"
+    );
+    let retry = parse("[plugin.p.retry]\nbase_ms = 100\ncap_ms = 100\n").plugin_config("p").retry;
+    assert_eq!(retry.base, retry.cap);
+}
+
+#[test]
+fn log_format_is_checked() {
+    assert_eq!(
+        invalid("[log]\nformat = \"xml\"\n", 2, 10, "log.format"),
+        "\"xml\" is not a log format; expected pretty or json"
+    );
+    let config = parse("[log]\nformat = \"json\"\nlevel = \"b24_host=debug,warn\"\n");
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.log.level, "b24_host=debug,warn");
+}
+
+#[test]
+fn empty_globs_and_paths_are_rejected() {
+    invalid("[plugin.p]\nfields = [\"UF_*\", \"\"]\n", 2, 19, "plugin.p.fields");
+    invalid("state_dir = \"\"\n", 1, 13, "state_dir");
+    invalid("[plugins]\ndir = \"\"\n", 2, 7, "plugins.dir");
+}
+
+// ---- portals and environment variables -------------------------------------------------------
+
+#[test]
+fn missing_env_var() {
+    let text = format!(
+        "[auth.portals]\n\"{MEMBER}\" = \"{TOKEN}\"\n\"0b5e1c\" = {{ env = \"B24_TOKEN_NOPE\" }}\n"
+    );
+    let e = error(&text);
+    assert_eq!(
+        e.to_string(),
+        "host.toml:3:1: auth.portals.0b5e1c: environment variable B24_TOKEN_NOPE is not set"
+    );
+    // A member id that needs quoting is shown quoted.
+    let e = error("[auth.portals]\n\"0b5e1c...\" = { env = \"B24_TOKEN_NOPE\" }\n");
+    assert_eq!(
+        e.to_string(),
+        "host.toml:2:1: auth.portals.\"0b5e1c...\": environment variable B24_TOKEN_NOPE is not set"
+    );
+}
+
+#[test]
+fn missing_env_var_in_the_real_environment() {
+    let name = "B24_HOST_CONFIG_TEST_SURELY_UNSET_5F0C";
+    assert!(std::env::var_os(name).is_none());
+    let text = format!("[auth.portals]\nm = {{ env = \"{name}\" }}\n");
+    let e = Config::parse(&text, Path::new("host.toml")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("host.toml:2:1: auth.portals.m: environment variable {name} is not set")
+    );
+}
+
+#[test]
+fn env_var_present_resolves() {
+    let config = parse(&format!(
+        "[auth.portals]\n\"{MEMBER}\" = \"{TOKEN}\"\n\"0b5e1c\" = {{ env = \"B24_TOKEN_ACME\" }}\n"
+    ));
+    assert_eq!(config.auth.portals.len(), 2);
+    assert_eq!(config.auth.portals["0b5e1c"].expose(), "acme-secret-token-0123456789");
+    assert_eq!(config.auth.portals[MEMBER].expose(), TOKEN);
+
+    // And through the real process environment, with a variable that is there anyway.
+    if let Ok(path) = std::env::var("PATH")
+        && !path.is_empty()
+    {
+        let config =
+            Config::parse("[auth.portals]\nm = { env = \"PATH\" }\n", Path::new("host.toml"))
+                .unwrap();
+        assert_eq!(config.auth.portals["m"].expose(), path);
+    }
+}
+
+#[test]
+fn env_var_edge_cases() {
+    assert_eq!(
+        invalid("[auth.portals]\nm = { env = \"B24_EMPTY\" }\n", 2, 1, "auth.portals.m"),
+        "environment variable B24_EMPTY is empty"
+    );
+    assert_eq!(
+        invalid("[auth.portals]\nm = { env = \"B24_NOT_UTF8\" }\n", 2, 1, "auth.portals.m"),
+        "environment variable B24_NOT_UTF8 is not valid UTF-8"
+    );
+    assert_eq!(
+        invalid("[auth.portals]\nm = { env = \"A=B\" }\n", 2, 13, "auth.portals.m.env"),
+        "\"A=B\" is not an environment variable name"
+    );
+    invalid("[auth.portals]\nm = { env = \"\" }\n", 2, 13, "auth.portals.m.env");
+    invalid("[auth.portals]\nm = { env = \"A\\u0000\" }\n", 2, 13, "auth.portals.m.env");
+    assert_eq!(invalid("[auth.portals]\nm = {}\n", 2, 5, "auth.portals.m"), "missing key env");
+    assert_eq!(
+        invalid("[auth.portals]\nm = \"\"\n", 2, 5, "auth.portals.m"),
+        "token must not be empty"
+    );
+    invalid("[auth.portals]\n\"\" = \"t\"\n", 2, 1, "auth.portals.\"\"");
+}
+
+#[test]
+fn errors_never_echo_a_token() {
+    for text in [
+        format!("[auth]\nportals = \"{TOKEN}\"\n"),
+        format!("[auth]\nportals = [\"{TOKEN}\"]\n"),
+        "[auth.portals]\nm = 51856123456789\n".to_owned(),
+        "[auth.portals]\nm = 5185612345.6789\n".to_owned(),
+        format!("[auth.portals]\nm = [\"{TOKEN}\"]\n"),
+        format!("[auth.portals]\nm = {{ env = \"B24_TOKEN_ACME\", value = \"{TOKEN}\" }}\n"),
+        format!("[auth.portals]\nm = {{ value = \"{TOKEN}\" }}\n"),
+        format!("[auth.portals]\nm = \"{TOKEN}\"\n[server]\nlisten = 5\n"),
+        format!("[auth.portals]\nm = \"{TOKEN}\n"),
+        format!("[auth.portals]\nm = \"{TOKEN}\"\nm = \"{TOKEN}\"\n"),
+    ] {
+        let e = error(&text);
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains(TOKEN), "{shown}");
+        assert!(!shown.contains("51856123456789"), "{shown}");
+        assert!(!shown.contains("5185612345.6789"), "{shown}");
+        assert!(!shown.contains("5185612345"), "{shown}");
+    }
+    let e = error("[auth.portals]\nm = 123\n");
+    assert_eq!(
+        e.to_string(),
+        "host.toml:2:5: auth.portals.m: invalid type: integer, expected a token string or \
+         { env = \"VARIABLE\" }"
+    );
+}
+
+#[test]
+fn debug_output_contains_no_token() {
+    let config = parse(&format!(
+        "[auth.portals]\n\"{MEMBER}\" = \"{TOKEN}\"\n\"0b5e1c\" = {{ env = \"B24_TOKEN_ACME\" }}\n\
+         [plugin.p.settings]\npassword = \"plugin-password-42\"\n"
+    ));
+    let debug = format!("{config:?} {config:#?}");
+    assert!(debug.contains(MEMBER), "member ids are not secret: {debug}");
+    assert!(debug.contains("Secret(<redacted>)"));
+    assert!(!debug.contains(TOKEN), "{debug}");
+    assert!(!debug.contains("acme-secret-token"), "{debug}");
+    // Plugin settings may hold credentials too: only their length is shown.
+    assert!(!debug.contains("plugin-password-42"), "{debug}");
+    assert!(debug.contains("bytes of TOML"), "{debug}");
+}
+
+// ---- syntax errors ---------------------------------------------------------------------------
+
+#[test]
+fn toml_syntax_error_has_a_position() {
+    let e = error("[server]\nlisten = \"127.0.0.1:8024\"\npath = = \"/\"\n");
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+    assert_eq!(e.position(), Some(Position { line: 3, column: 8 }), "{e}");
+    assert_eq!(e.key(), None);
+    assert!(e.to_string().starts_with("host.toml:3:8: "), "{e}");
+
+    let e = error("a = 1\n[server\n");
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+    assert_eq!(e.position().map(|p| p.line), Some(2), "{e}");
+
+    // A key given twice is a TOML error, pointing at the second one.
+    let e = error("[server]\npath = \"/\"\npath = \"/x\"\n");
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+    assert_eq!(e.position(), Some(Position { line: 3, column: 1 }), "{e}");
+    assert_eq!(e.to_string(), "host.toml:3:1: duplicate key");
+
+    // Unterminated string at the end of the file.
+    let e = error("[log]\nlevel = \"info\n");
+    assert_eq!(e.position().map(|p| p.line), Some(2), "{e}");
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let text = format!("[plugin.p.settings]\nx = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let _ = parse_at(&text, "host.toml");
+    let text =
+        format!("[plugin.p.settings]\nx = {}1{}\n", "{a=".repeat(50_000), "}".repeat(50_000));
+    let _ = parse_at(&text, "host.toml");
+}
+
+#[test]
+fn mutated_example_never_panics() {
+    let example = EXAMPLE.as_bytes();
+    let inserts: &[&[u8]] = &[b"", b"\"", b"[", b"]", b"=", b"\n", b"0", b"{", b"\xc3\xa9"];
+    for pos in (0..=example.len()).step_by(5) {
+        for insert in inserts {
+            for cut in [0, 1] {
+                let end = (pos + cut).min(example.len());
+                let mut text = example[..pos].to_vec();
+                text.extend_from_slice(insert);
+                text.extend_from_slice(&example[end..]);
+                if let Ok(text) = String::from_utf8(text) {
+                    let _ = parse_at(&text, "host.toml");
+                }
+            }
+        }
+    }
+}
+
+// ---- paths, defaults, settings, the example --------------------------------------------------
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let config = parse("state_dir = \"var/state\"\n[plugins]\ndir = \"../lib/plugins\"\n");
+    assert_eq!(config.base_dir, Path::new("/etc/b24"));
+    assert_eq!(config.state_dir, Path::new("/etc/b24/var/state"));
+    assert_eq!(config.plugins.dir, Path::new("/etc/b24/../lib/plugins"));
+    assert_eq!(config.source.as_deref(), Some(Path::new("/etc/b24/host.toml")));
+
+    let config = parse("state_dir = \"/var/lib/b24\"\n[plugins]\ndir = \"/usr/lib/b24\"\n");
+    assert_eq!(config.state_dir, Path::new("/var/lib/b24"));
+    assert_eq!(config.plugins.dir, Path::new("/usr/lib/b24"));
+
+    // A bare file name: the current folder, made absolute.
+    let config = parse_at("", "host.toml").unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(config.base_dir, cwd);
+    assert_eq!(config.state_dir, cwd.join("state"));
+    let config = parse_at("", "conf/host.toml").unwrap();
+    assert_eq!(config.plugins.dir, cwd.join("conf/plugins"));
+}
+
+#[test]
+fn empty_file_gives_the_defaults() {
+    for text in ["", "\n# nothing here\n", "[server]\n[log]\n[auth]\n[auth.portals]\n[plugins]\n"] {
+        let config = parse(text);
+        let mut expected = Config::default_for(Path::new("/etc/b24"));
+        expected.source = Some(PathBuf::from("/etc/b24/host.toml"));
+        assert_eq!(config, expected);
+    }
+    let d = Config::default_for(Path::new("rel"));
+    assert_eq!(d.source, None);
+    assert_eq!(d.base_dir, Path::new("rel"));
+    assert_eq!(d.state_dir, Path::new("rel/state"));
+    assert_eq!(d.plugins.dir, Path::new("rel/plugins"));
+    assert_eq!(d.server.listen, "127.0.0.1:8024".parse().unwrap());
+    assert_eq!(d.server.path, "/");
+    assert_eq!(d.server.max_body_bytes, 262_144);
+    assert_eq!(d.server.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(d.server.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(d.log, LogConfig { level: "info".into(), format: LogFormat::Pretty });
+    assert!(!d.auth.learn_tokens_on_install);
+    assert!(d.auth.portals.is_empty());
+    assert_eq!(d.plugins.enabled, ["audit-log"]);
+    assert!(d.plugin.is_empty());
+    let p = d.plugin_config("audit-log");
+    assert_eq!(p, PluginConfig::default());
+    assert_eq!((p.events, p.entities, p.fields), (None, None, None));
+    assert_eq!(p.timeout, Duration::from_secs(10));
+    assert_eq!(p.concurrency, 1);
+    assert_eq!(
+        p.retry,
+        RetryConfig { attempts: 8, base: Duration::from_millis(200), cap: Duration::from_secs(60) }
+    );
+    assert_eq!(p.settings, "");
+}
+
+#[test]
+fn plugin_table_is_read() {
+    let config = parse(
+        "[plugin.audit-log]\nevents = [\"ONCRM*USERFIELD*\"]\nentities = [\"CRM_CONTACT\", \
+         \"CRM_DEAL\"]\nfields = [\"UF_CRM_*\"]\ntimeout_ms = 2500\nconcurrency = 4\n\
+         [plugin.audit-log.retry]\nattempts = 3\nbase_ms = 50\ncap_ms = 1000\n\
+         [plugin.other]\n",
+    );
+    let p = config.plugin_config("audit-log");
+    assert_eq!(p.events, Some(vec!["ONCRM*USERFIELD*".to_owned()]));
+    assert_eq!(p.entities, Some(vec!["CRM_CONTACT".to_owned(), "CRM_DEAL".to_owned()]));
+    assert_eq!(p.fields, Some(vec!["UF_CRM_*".to_owned()]));
+    assert_eq!(p.timeout, Duration::from_millis(2500));
+    assert_eq!(p.concurrency, 4);
+    assert_eq!(
+        p.retry,
+        RetryConfig { attempts: 3, base: Duration::from_millis(50), cap: Duration::from_secs(1) }
+    );
+    // A table for a plugin that is not enabled is kept; an absent one gives the defaults.
+    assert_eq!(config.plugin_config("other"), PluginConfig::default());
+    assert!(config.plugin.contains_key("other"));
+    assert_eq!(config.plugin_config("absent"), PluginConfig::default());
+    // An empty list is kept as an empty list (matches nothing), not as "all".
+    assert_eq!(parse("[plugin.p]\nevents = []\n").plugin_config("p").events, Some(vec![]));
+}
+
+#[test]
+fn settings_round_trip_as_toml_text() {
+    let text = r#"
+[plugin.p.settings]
+path = "audit.jsonl"
+anything_goes = true
+ratio = 0.5
+when = 1979-05-27T07:32:00Z
+list = [1, 2, 3]
+mixed = ["a", { b = 1 }]
+
+[plugin.p.settings.nested]
+deeper = { x = "y", z = [true, false] }
+
+[[plugin.p.settings.rules]]
+name = "first"
+match = ["UF_*"]
+
+[[plugin.p.settings.rules]]
+name = "second"
+"#;
+    let settings = parse(text).plugin_config("p").settings;
+    let back: toml::Table = toml::from_str(&settings).unwrap();
+    let expected: toml::Table = toml::from_str(text).unwrap();
+    let expected = expected["plugin"]["p"]["settings"].as_table().unwrap();
+    assert_eq!(&back, expected, "{settings}");
+    assert_eq!(back["nested"]["deeper"]["z"][1].as_bool(), Some(false));
+    assert_eq!(back["rules"].as_array().map(Vec::len), Some(2));
+    assert!(settings.contains("path = \"audit.jsonl\""), "{settings}");
+
+    // Inline form, and an empty table.
+    let settings =
+        parse("[plugin.p]\nsettings = { path = \"a.jsonl\" }\n").plugin_config("p").settings;
+    assert_eq!(settings.trim(), "path = \"a.jsonl\"");
+    assert_eq!(parse("[plugin.p.settings]\n").plugin_config("p").settings, "");
+}
+
+/// What the shipped example is meant to be: the defaults, the test tool's portal, and the
+/// audit-log settings.
+fn expected_example(path: &Path) -> Config {
+    let base = path.parent().unwrap();
+    let mut expected = Config::default_for(base);
+    expected.source = Some(path.to_path_buf());
+    expected.auth.portals.insert(MEMBER.to_owned(), Secret::new(TOKEN));
+    expected.plugin.insert(
+        "audit-log".to_owned(),
+        PluginConfig { settings: "path = \"audit.jsonl\"\n".to_owned(), ..PluginConfig::default() },
+    );
+    expected
+}
+
+#[test]
+fn shipped_example_parses_to_the_intended_config() {
+    let path = Path::new("/opt/b24/host.toml");
+    // Even with no environment at all: the env portal in the example is commented out.
+    let config = Config::parse_with_env(EXAMPLE, path, |_| Err(VarError::NotPresent)).unwrap();
+    assert_eq!(config, expected_example(path));
+    assert_eq!(config.plugins.enabled, ["audit-log"]);
+    assert_eq!(config.plugin_config("audit-log").settings, "path = \"audit.jsonl\"\n");
+}
+
+#[test]
+fn shipped_example_mentions_every_key() {
+    for key in [
+        "state_dir",
+        "[server]",
+        "listen",
+        "path",
+        "max_body_bytes",
+        "header_read_timeout_ms",
+        "shutdown_grace_ms",
+        "[log]",
+        "level",
+        "format",
+        "[auth]",
+        "learn_tokens_on_install",
+        "[auth.portals]",
+        "env =",
+        "[plugins]",
+        "dir",
+        "enabled",
+        "[plugin.audit-log]",
+        "events",
+        "entities",
+        "fields",
+        "timeout_ms",
+        "concurrency",
+        "[plugin.audit-log.retry]",
+        "attempts",
+        "base_ms",
+        "cap_ms",
+        "[plugin.audit-log.settings]",
+    ] {
+        assert!(EXAMPLE.contains(key), "{key} missing from the example");
+    }
+    // With the commented-out keys switched on (and the variable set), it still parses.
+    let uncommented = EXAMPLE
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('"') || rest.contains(" = [") => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = Config::parse_with_env(&uncommented, Path::new("/opt/b24/host.toml"), fake_env)
+        .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    assert_eq!(config.auth.portals.len(), 2);
+    assert!(config.plugin_config("audit-log").events.is_some());
+    assert!(config.plugin_config("audit-log").entities.is_some());
+    assert!(config.plugin_config("audit-log").fields.is_some());
+}

@@ -1,0 +1,361 @@
+//! The checks that serde cannot make, and the step from [`RawConfig`] to [`Config`]: defaults,
+//! ranges, duplicates, addresses, paths resolved against the config folder, environment-variable
+//! tokens read. Every error points at the offending key or value through its [`Spanned`] span.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    env::VarError,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use b24_plugin_api::Secret;
+use toml::Spanned;
+
+use super::{
+    AuthConfig, Config, ConfigError, LogConfig, LogFormat, PluginConfig, PluginsConfig,
+    RetryConfig, ServerConfig,
+    load::{Source, join_keys},
+    model::{
+        DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
+        MAX_CONCURRENCY, MAX_MILLIS,
+    },
+    raw::{
+        Bytes, Count, Millis, RawAuth, RawConfig, RawLog, RawPlugin, RawPlugins, RawRetry,
+        RawServer, RawToken,
+    },
+};
+
+/// Checks `raw` and builds the [`Config`], resolving relative paths against `base_dir`.
+pub(crate) fn build(
+    raw: RawConfig,
+    src: &Source<'_>,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<Config, ConfigError> {
+    let state_dir = resolve_dir(src, base_dir, raw.state_dir, "state_dir", DEFAULT_STATE_DIR)?;
+    let server = server(src, raw.server)?;
+    let log = log(src, raw.log)?;
+    let auth = auth(src, raw.auth, env)?;
+    let plugins = plugins(src, base_dir, raw.plugins)?;
+    let mut plugin = BTreeMap::new();
+    for (name, table) in raw.plugin {
+        if !is_plugin_name(&name) {
+            return Err(src.invalid_key(&["plugin", &name], 0..0, not_a_plugin_name(&name)));
+        }
+        let key = join_keys(["plugin", &name]);
+        let config = plugin_table(src, &key, table)?;
+        plugin.insert(name, config);
+    }
+    Ok(Config {
+        source: Some(src.file.to_path_buf()),
+        base_dir: base_dir.to_path_buf(),
+        state_dir,
+        server,
+        log,
+        auth,
+        plugins,
+        plugin,
+    })
+}
+
+/// A folder key: not empty, relative ones joined to `base_dir`.
+fn resolve_dir(
+    src: &Source<'_>,
+    base_dir: &Path,
+    value: Option<Spanned<String>>,
+    key: &str,
+    default: &str,
+) -> Result<PathBuf, ConfigError> {
+    let Some(value) = value else {
+        return Ok(base_dir.join(default));
+    };
+    if value.get_ref().is_empty() {
+        return Err(src.invalid(value.span(), key, "must not be empty"));
+    }
+    // `join` keeps an absolute path as it is.
+    Ok(base_dir.join(value.get_ref()))
+}
+
+fn server(src: &Source<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let mut out = ServerConfig::default();
+    if let Some(listen) = raw.listen {
+        out.listen = listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+            src.invalid(
+                listen.span(),
+                "server.listen",
+                format!("{:?} is not an address like 127.0.0.1:8024", listen.get_ref()),
+            )
+        })?;
+    }
+    if let Some(path) = raw.path {
+        let p = path.get_ref();
+        let problem = if !p.starts_with('/') {
+            Some("must start with '/'")
+        } else if p.contains(['?', '#']) {
+            Some("must not contain '?' or '#'")
+        } else if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Some("must not contain spaces or control characters")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(src.invalid(path.span(), "server.path", format!("{p:?} {problem}")));
+        }
+        out.path = path.into_inner();
+    }
+    if let Some(bytes) = raw.max_body_bytes {
+        out.max_body_bytes = bytes_value(src, &bytes, "server.max_body_bytes")?;
+    }
+    if let Some(ms) = raw.header_read_timeout_ms {
+        out.header_read_timeout = millis(src, &ms, "server.header_read_timeout_ms", 1)?;
+    }
+    if let Some(ms) = raw.shutdown_grace_ms {
+        out.shutdown_grace = millis(src, &ms, "server.shutdown_grace_ms", 0)?;
+    }
+    Ok(out)
+}
+
+fn log(src: &Source<'_>, raw: RawLog) -> Result<LogConfig, ConfigError> {
+    let format = match raw.format {
+        None => LogFormat::default(),
+        Some(format) => LogFormat::from_name(format.get_ref()).ok_or_else(|| {
+            src.invalid(
+                format.span(),
+                "log.format",
+                format!("{:?} is not a log format; expected pretty or json", format.get_ref()),
+            )
+        })?,
+    };
+    let level = raw.level.map_or_else(|| DEFAULT_LOG_LEVEL.to_owned(), Spanned::into_inner);
+    Ok(LogConfig { level, format })
+}
+
+fn auth(
+    src: &Source<'_>,
+    raw: RawAuth,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<AuthConfig, ConfigError> {
+    let mut portals = BTreeMap::new();
+    for (member, token) in raw.portals.0 {
+        let key = join_keys(["auth", "portals", &member]);
+        let token_span = token.span();
+        let path = ["auth", "portals", member.as_str()];
+        if member.is_empty() {
+            return Err(src.invalid_key(&path, token_span, "member_id must not be empty"));
+        }
+        let secret = match token.into_inner() {
+            RawToken::Literal(value) => {
+                if value.is_empty() {
+                    return Err(src.invalid(token_span, key, "token must not be empty"));
+                }
+                value
+            }
+            RawToken::Env(name) => {
+                let n = name.get_ref();
+                if n.is_empty() || n.contains(['=', '\0']) {
+                    return Err(src.invalid(
+                        name.span(),
+                        format!("{key}.env"),
+                        format!("{n:?} is not an environment variable name"),
+                    ));
+                }
+                // Point at the portal's key: the line that needs the variable.
+                let fail =
+                    |message: String| Err(src.invalid_key(&path, token_span.clone(), message));
+                match env(n) {
+                    Ok(value) if !value.is_empty() => value,
+                    Ok(_) => return fail(format!("environment variable {n} is empty")),
+                    Err(VarError::NotPresent) => {
+                        return fail(format!("environment variable {n} is not set"));
+                    }
+                    Err(VarError::NotUnicode(_)) => {
+                        return fail(format!("environment variable {n} is not valid UTF-8"));
+                    }
+                }
+            }
+        };
+        portals.insert(member, Secret::new(secret));
+    }
+    Ok(AuthConfig {
+        learn_tokens_on_install: raw.learn_tokens_on_install.unwrap_or(false),
+        portals,
+    })
+}
+
+/// Whether `name` can name a plugin: ASCII letters, digits, `-` and `_`.
+fn is_plugin_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn not_a_plugin_name(name: &str) -> String {
+    format!("{name:?} is not a plugin name (ASCII letters, digits, '-' and '_')")
+}
+
+fn plugins(
+    src: &Source<'_>,
+    base_dir: &Path,
+    raw: RawPlugins,
+) -> Result<PluginsConfig, ConfigError> {
+    let dir = resolve_dir(src, base_dir, raw.dir, "plugins.dir", DEFAULT_PLUGINS_DIR)?;
+    let enabled = match raw.enabled {
+        None => DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),
+        Some(list) => {
+            let mut seen = HashSet::new();
+            let mut names = Vec::with_capacity(list.len());
+            for name in list {
+                if !is_plugin_name(name.get_ref()) {
+                    let message = not_a_plugin_name(name.get_ref());
+                    return Err(src.invalid(name.span(), "plugins.enabled", message));
+                }
+                if !seen.insert(name.get_ref().clone()) {
+                    return Err(src.invalid(
+                        name.span(),
+                        "plugins.enabled",
+                        format!("{:?} is listed twice", name.get_ref()),
+                    ));
+                }
+                names.push(name.into_inner());
+            }
+            names
+        }
+    };
+    Ok(PluginsConfig { dir, enabled })
+}
+
+fn plugin_table(src: &Source<'_>, key: &str, raw: RawPlugin) -> Result<PluginConfig, ConfigError> {
+    let mut out = PluginConfig {
+        events: globs(src, raw.events, &format!("{key}.events"))?,
+        entities: globs(src, raw.entities, &format!("{key}.entities"))?,
+        fields: globs(src, raw.fields, &format!("{key}.fields"))?,
+        ..PluginConfig::default()
+    };
+    if let Some(ms) = raw.timeout_ms {
+        out.timeout = millis(src, &ms, &format!("{key}.timeout_ms"), 1)?;
+    }
+    if let Some(n) = raw.concurrency {
+        out.concurrency = count(src, &n, &format!("{key}.concurrency"), MAX_CONCURRENCY as u64)?
+            .try_into()
+            .unwrap_or(MAX_CONCURRENCY);
+    }
+    out.retry = retry(src, &format!("{key}.retry"), raw.retry)?;
+    if let Some(settings) = raw.settings {
+        out.settings = toml::to_string(settings.get_ref()).map_err(|e| {
+            src.invalid(
+                settings.span(),
+                format!("{key}.settings"),
+                format!("cannot be passed on as TOML: {e}"),
+            )
+        })?;
+    }
+    Ok(out)
+}
+
+fn retry(src: &Source<'_>, key: &str, raw: RawRetry) -> Result<RetryConfig, ConfigError> {
+    let mut out = RetryConfig::default();
+    if let Some(n) = &raw.attempts {
+        out.attempts = count(src, n, &format!("{key}.attempts"), u64::from(u32::MAX))?
+            .try_into()
+            .unwrap_or(u32::MAX);
+    }
+    if let Some(ms) = &raw.base_ms {
+        out.base = millis(src, ms, &format!("{key}.base_ms"), 0)?;
+    }
+    if let Some(ms) = &raw.cap_ms {
+        out.cap = millis(src, ms, &format!("{key}.cap_ms"), 0)?;
+    }
+    if out.cap < out.base {
+        // Blame the key that is present; cap_ms when both are.
+        return Err(match (&raw.cap_ms, &raw.base_ms) {
+            (Some(cap), _) => src.invalid(
+                cap.span(),
+                format!("{key}.cap_ms"),
+                format!("must be at least base_ms ({})", out.base.as_millis()),
+            ),
+            (None, Some(base)) => src.invalid(
+                base.span(),
+                format!("{key}.base_ms"),
+                format!("must be at most cap_ms ({})", out.cap.as_millis()),
+            ),
+            // Unreachable with sane defaults; reported without a position rather than panicking.
+            (None, None) => ConfigError::Invalid {
+                file: src.file.to_path_buf(),
+                position: None,
+                key: key.to_owned(),
+                message: "base_ms is greater than cap_ms".to_owned(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// An optional list of globs; each must be non-empty.
+fn globs(
+    src: &Source<'_>,
+    list: Option<Vec<Spanned<String>>>,
+    key: &str,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(list) = list else { return Ok(None) };
+    let mut out = Vec::with_capacity(list.len());
+    for glob in list {
+        if glob.get_ref().is_empty() {
+            return Err(src.invalid(glob.span(), key, "a pattern must not be empty"));
+        }
+        out.push(glob.into_inner());
+    }
+    Ok(Some(out))
+}
+
+/// A `*_ms` value in `min..=MAX_MILLIS`.
+fn millis(
+    src: &Source<'_>,
+    value: &Spanned<Millis>,
+    key: &str,
+    min: u64,
+) -> Result<Duration, ConfigError> {
+    let ms = value.get_ref().0;
+    if ms < min {
+        let message = if min == 1 {
+            "must be greater than 0".to_owned()
+        } else {
+            format!("must be at least {min}")
+        };
+        return Err(src.invalid(value.span(), key, message));
+    }
+    if ms > MAX_MILLIS {
+        return Err(src.invalid(
+            value.span(),
+            key,
+            format!("must be at most {MAX_MILLIS} (one day)"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A count in `1..=max`.
+fn count(
+    src: &Source<'_>,
+    value: &Spanned<Count>,
+    key: &str,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let n = value.get_ref().0;
+    if n == 0 {
+        return Err(src.invalid(value.span(), key, "must be at least 1"));
+    }
+    if n > max {
+        return Err(src.invalid(value.span(), key, format!("must be at most {max}")));
+    }
+    Ok(n)
+}
+
+/// A byte size: more than 0 and fitting in `usize`.
+fn bytes_value(src: &Source<'_>, value: &Spanned<Bytes>, key: &str) -> Result<usize, ConfigError> {
+    let n = value.get_ref().0;
+    if n == 0 {
+        return Err(src.invalid(value.span(), key, "must be greater than 0"));
+    }
+    usize::try_from(n)
+        .map_err(|_| src.invalid(value.span(), key, format!("must be at most {}", usize::MAX)))
+}

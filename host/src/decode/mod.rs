@@ -1,0 +1,151 @@
+//! Decoding of Bitrix24 webhook request bodies: from bytes to a PHP-like tree ([`tree`], built by
+//! [`form`] for `application/x-www-form-urlencoded` bodies exactly as PHP's `parse_str`, or by
+//! [`json`] for JSON bodies) and from the tree to the typed event view [`Decoded`] ([`view`]).
+//!
+//! ```
+//! use b24_host::decode::{decode, BodyFormat, EventKind};
+//!
+//! let body = b"event=ONCRMDEALUSERFIELDADD&data%5BFIELDS%5D%5BID%5D=554\
+//!              &data%5BFIELDS%5D%5BFIELD_NAME%5D=UF_CRM_1&auth%5Bmember_id%5D=m1";
+//! let event = decode(body, BodyFormat::Form).unwrap();
+//! assert_eq!(event.code, "ONCRMDEALUSERFIELDADD");
+//! assert_eq!(event.auth.member_id, "m1");
+//! let EventKind::UserField(field) = &event.kind else { panic!() };
+//! assert_eq!(field.field_id, 554);
+//! assert_eq!(field.entity_id, "CRM_DEAL"); // derived from the code when ENTITY_ID is absent
+//! ```
+
+pub mod form;
+pub mod json;
+pub mod tree;
+pub mod view;
+
+pub use form::{Limits, Parsed, Warnings};
+pub use tree::{Key, KeyRef, Map, Value};
+pub use view::{AuthBlock, Decoded, EventKind, UserField, UserTokens};
+
+/// How the request body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BodyFormat {
+    /// `application/x-www-form-urlencoded`, what Bitrix24 sends.
+    Form,
+    /// A JSON object (tests, proxies).
+    Json,
+}
+
+impl BodyFormat {
+    /// The format for a `Content-Type` header value: `application/x-www-form-urlencoded` is
+    /// [`BodyFormat::Form`], `application/json` and `application/*+json` are
+    /// [`BodyFormat::Json`] (parameters such as `charset` are ignored); anything else is `None`.
+    pub fn from_content_type(content_type: &str) -> Option<BodyFormat> {
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        let media = media.to_ascii_lowercase();
+        if media == "application/x-www-form-urlencoded" {
+            Some(BodyFormat::Form)
+        } else if media == "application/json"
+            || (media.starts_with("application/") && media.ends_with("+json"))
+        {
+            Some(BodyFormat::Json)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a body could not be decoded. The `Display` text is a short reason fit for an HTTP 400
+/// body; it never contains a token (only data values such as a bad field id, cut to 40
+/// characters).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A required key is absent or empty, e.g. `event`.
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    /// A key that must hold a string holds an array (`event[]=..`).
+    #[error("`{0}` is an array, not a string")]
+    NotAString(&'static str),
+    /// A key that must hold an unsigned integer holds something else.
+    #[error("`{key}` is not a number: {value:?}")]
+    NotANumber {
+        /// The key, e.g. `data[FIELDS][ID]`.
+        key: &'static str,
+        /// The offending value, cut to 40 characters.
+        value: String,
+    },
+    /// A JSON body whose top level is not an object.
+    #[error("JSON body is not an object: it is {0}")]
+    JsonNotObject(&'static str),
+    /// A JSON body that repeats long keys over so many values that decoding it as its form
+    /// encoding would take far longer than its size warrants.
+    #[error("JSON body too complex: long keys shared by too many values")]
+    JsonTooComplex,
+    /// A body that is not valid JSON (or not UTF-8).
+    #[error("invalid JSON body at byte {offset}: {reason}")]
+    InvalidJson {
+        /// Byte offset of the problem.
+        offset: usize,
+        /// What is wrong there.
+        reason: &'static str,
+    },
+}
+
+impl DecodeError {
+    /// A [`DecodeError::NotANumber`], cutting `value` to 40 characters.
+    pub fn not_a_number(key: &'static str, value: &str) -> DecodeError {
+        const MAX: usize = 40;
+        let value = match value.char_indices().nth(MAX) {
+            Some((cut, _)) => format!("{}…", &value[..cut]),
+            None => value.to_owned(),
+        };
+        DecodeError::NotANumber { key, value }
+    }
+}
+
+/// Decodes a request body into the typed event view.
+pub fn decode(body: &[u8], format: BodyFormat) -> Result<Decoded, DecodeError> {
+    Decoded::from_tree(decode_tree(body, format)?.map)
+}
+
+/// Decodes a request body into the PHP-like tree only, with PHP's default [`Limits`], and
+/// reports what PHP would have warned about.
+pub fn decode_tree(body: &[u8], format: BodyFormat) -> Result<Parsed, DecodeError> {
+    match format {
+        BodyFormat::Form => Ok(form::parse_with(body, &Limits::PHP)),
+        BodyFormat::Json => json::parse_with(body, &Limits::PHP),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            BodyFormat::from_content_type("application/x-www-form-urlencoded; charset=UTF-8"),
+            Some(BodyFormat::Form)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(" Application/JSON "),
+            Some(BodyFormat::Json)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type("application/vnd.x+json"),
+            Some(BodyFormat::Json)
+        );
+        assert_eq!(BodyFormat::from_content_type("text/plain"), None);
+        assert_eq!(BodyFormat::from_content_type(""), None);
+    }
+
+    #[test]
+    fn error_texts() {
+        assert_eq!(DecodeError::Missing("event").to_string(), "missing `event`");
+        assert_eq!(
+            DecodeError::not_a_number("data[FIELDS][ID]", "abc").to_string(),
+            "`data[FIELDS][ID]` is not a number: \"abc\""
+        );
+        let long = "я".repeat(100);
+        let err = DecodeError::not_a_number("data[FIELDS][ID]", &long).to_string();
+        assert!(err.ends_with("…\""), "{err}");
+        assert_eq!(err.matches('я').count(), 40);
+    }
+}

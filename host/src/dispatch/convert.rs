@@ -1,0 +1,86 @@
+//! Turns a decoded event into the stable-ABI views plugins receive.
+
+use b24_plugin_api::{
+    AppStatus, Delivery, Event, KeyValue, Origin, Portal, ROption, RVec, UserAuth,
+    UserFieldEvent,
+};
+
+use crate::{
+    decode::{AuthBlock, EventKind},
+    queue::Envelope,
+};
+
+/// The view of one event for one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum PluginEvent {
+    /// One of the 32 user-field events.
+    UserField(UserFieldEvent),
+    /// Any other event.
+    Generic(Event),
+}
+
+/// Builds the view of `envelope` for delivery attempt `attempt` (1-based).
+pub fn plugin_event(envelope: &Envelope, attempt: u32) -> PluginEvent {
+    let event = &envelope.event;
+    let delivery = Delivery {
+        event_id: envelope.id,
+        attempt,
+        received_at_ms: envelope.received_at_ms,
+        origin: Origin::Online,
+        extra: RVec::new(),
+    };
+    let data: RVec<KeyValue> =
+        event.data.iter().map(|(k, v)| KeyValue::new(k.as_str(), v.as_str())).collect();
+    let portal = portal(&event.auth);
+    let user = user(&event.auth);
+    let handler_id = event.handler_id.into();
+    let ts = event.ts.into();
+    match &event.kind {
+        EventKind::UserField(field) => PluginEvent::UserField(UserFieldEvent {
+            code: event.code.as_str().into(),
+            action: field.action,
+            entity: field.entity,
+            entity_id: field.entity_id.as_str().into(),
+            field_id: field.field_id,
+            field_name: field.field_name.as_str().into(),
+            handler_id,
+            ts,
+            portal,
+            user,
+            data,
+            delivery,
+        }),
+        EventKind::Other => PluginEvent::Generic(Event {
+            code: event.code.as_str().into(),
+            handler_id,
+            ts,
+            portal,
+            user,
+            data,
+            delivery,
+        }),
+    }
+}
+
+fn portal(auth: &AuthBlock) -> Portal {
+    Portal {
+        member_id: auth.member_id.as_str().into(),
+        domain: auth.domain.as_str().into(),
+        client_endpoint: auth.client_endpoint.as_deref().map(Into::into).into(),
+        server_endpoint: auth.server_endpoint.as_deref().map(Into::into).into(),
+        status: auth.status.as_deref().map_or(AppStatus::Unknown, AppStatus::from_code),
+    }
+}
+
+fn user(auth: &AuthBlock) -> ROption<UserAuth> {
+    auth.user
+        .as_ref()
+        .map(|tokens| UserAuth {
+            user_id: tokens.user_id,
+            access_token: tokens.access_token.clone(),
+            expires: tokens.expires.into(),
+            scope: tokens.scope.as_str().into(),
+            refresh_token: auth.refresh_token.clone().into(),
+        })
+        .into()
+}

@@ -1,0 +1,80 @@
+//! Which events a plugin receives: its own subscriptions, narrowed by its host.toml table.
+
+use wildmatch::WildMatch;
+
+use crate::{
+    config::PluginConfig,
+    decode::{Decoded, EventKind},
+};
+
+/// A plugin's compiled subscription filter.
+#[derive(Debug, Clone)]
+pub struct Route {
+    subscribed: Vec<WildMatch>,
+    events: Option<Vec<WildMatch>>,
+    entities: Option<Vec<WildMatch>>,
+    fields: Option<Vec<WildMatch>>,
+}
+
+fn compile(globs: &[String]) -> Vec<WildMatch> {
+    globs.iter().map(|g| WildMatch::new(&g.to_ascii_uppercase())).collect()
+}
+
+impl Route {
+    /// Combines the plugin's declared event globs with the host-side filters from its config.
+    pub fn new(subscribed: &[String], config: &PluginConfig) -> Route {
+        Route {
+            subscribed: compile(subscribed),
+            events: config.events.as_deref().map(compile),
+            entities: config.entities.as_deref().map(compile),
+            fields: config.fields.as_deref().map(compile),
+        }
+    }
+
+    /// Whether the plugin wants `event`. Codes match case-insensitively; the entity and field
+    /// filters apply to user-field events only.
+    pub fn matches(&self, event: &Decoded) -> bool {
+        let code = event.code.as_str();
+        if !self.subscribed.iter().any(|g| g.matches(code)) {
+            return false;
+        }
+        if let Some(events) = &self.events
+            && !events.iter().any(|g| g.matches(code))
+        {
+            return false;
+        }
+        if let EventKind::UserField(field) = &event.kind {
+            let entity = field.entity_id.to_ascii_uppercase();
+            if let Some(entities) = &self.entities
+                && !entities.iter().any(|g| g.matches(&entity))
+            {
+                return false;
+            }
+            let name = field.field_name.to_ascii_uppercase();
+            if let Some(fields) = &self.fields
+                && !fields.iter().any(|g| g.matches(&name))
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The subscription globs, for `check`.
+    pub fn describe(&self) -> String {
+        let show = |globs: &[WildMatch]| {
+            globs.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ")
+        };
+        let mut out = show(&self.subscribed);
+        if let Some(events) = &self.events {
+            out.push_str(&format!("; narrowed to {}", show(events)));
+        }
+        if let Some(entities) = &self.entities {
+            out.push_str(&format!("; entities {}", show(entities)));
+        }
+        if let Some(fields) = &self.fields {
+            out.push_str(&format!("; fields {}", show(fields)));
+        }
+        out
+    }
+}

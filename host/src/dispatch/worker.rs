@@ -1,0 +1,166 @@
+//! A plugin's delivery worker: takes the plugin's events in arrival order, calls the plugin on
+//! a blocking thread, watches the timeout, and retries with exponential back-off and jitter.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use b24_plugin_api::{ErrorKind, Outcome, PluginError};
+use rand::Rng;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tracing::Instrument;
+
+use super::{
+    convert::{PluginEvent, plugin_event},
+    instance::{Instance, PluginStatus},
+    route::Route,
+};
+use crate::{
+    config::{PluginConfig, RetryConfig},
+    queue::{Consumer, Envelope},
+};
+
+/// Everything a worker needs to deliver to one plugin.
+pub struct Worker {
+    /// The plugin's name.
+    pub name: String,
+    /// Its live instance.
+    pub instance: Arc<Instance>,
+    /// Which events it receives.
+    pub route: Route,
+    /// Its host-side settings (timeout, concurrency, retry).
+    pub config: PluginConfig,
+}
+
+impl Worker {
+    /// Delivers every event from `consumer` until the queue is closed and drained.
+    pub async fn run(self: Arc<Self>, mut consumer: Consumer) {
+        let concurrency =
+            if self.instance.plugin().concurrent { self.config.concurrency.max(1) } else { 1 };
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut running = JoinSet::new();
+        while let Some(envelope) = consumer.next().await {
+            if !self.route.matches(&envelope.event) {
+                continue;
+            }
+            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let worker = self.clone();
+            let span = tracing::info_span!(
+                "deliver",
+                plugin = %self.name,
+                event_id = envelope.id,
+                member_id = %envelope.event.auth.member_id,
+                code = %envelope.event.code,
+            );
+            running.spawn(
+                async move {
+                    worker.deliver(&envelope).await;
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+            while running.try_join_next().is_some() {}
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Delivers one event, retrying until it succeeds, is rejected or runs out of attempts.
+    async fn deliver(&self, envelope: &Envelope) {
+        let retry = &self.config.retry;
+        for attempt in 1..=retry.attempts.max(1) {
+            let event = Arc::new(plugin_event(envelope, attempt));
+            let started = Instant::now();
+            let error = match self.call(event).await {
+                Ok(outcome) => {
+                    tracing::debug!(attempt, ?outcome, elapsed_us = started.elapsed().as_micros() as u64, "delivered");
+                    return;
+                }
+                Err(error) => error,
+            };
+            match error.kind {
+                ErrorKind::Reject => {
+                    tracing::error!(attempt, reason = %error.message, "plugin rejected the event; not delivering it again");
+                    return;
+                }
+                ErrorKind::Panicked => {
+                    tracing::error!(attempt, panic = %error.message, "plugin panicked; re-creating its instance");
+                    let instance = self.instance.clone();
+                    match tokio::task::spawn_blocking(move || instance.recreate()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!("cannot re-create the plugin: {e}"),
+                        Err(e) => tracing::error!("cannot re-create the plugin: {e}"),
+                    }
+                }
+                ErrorKind::Retry => {
+                    tracing::warn!(attempt, reason = %error.message, "plugin asked to retry");
+                }
+            }
+            if attempt >= retry.attempts {
+                tracing::error!(attempts = attempt, "giving up on the event: no attempts left");
+                return;
+            }
+            tokio::time::sleep(backoff(retry, attempt)).await;
+        }
+    }
+
+    /// One call on a blocking thread. Past `timeout_ms` the plugin is marked degraded and the
+    /// worker keeps waiting: the call cannot be cancelled, and its outcome decides the event.
+    async fn call(&self, event: Arc<PluginEvent>) -> Result<Outcome, PluginError> {
+        let plugin = self.instance.current();
+        let mut call = tokio::task::spawn_blocking(move || match &*event {
+            PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
+            PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
+        });
+        let joined = match tokio::time::timeout(self.config.timeout, &mut call).await {
+            Ok(joined) => {
+                if self.instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
+                    tracing::info!("plugin answers within its timeout again");
+                }
+                joined
+            }
+            Err(_) => {
+                self.instance.set_status(PluginStatus::Degraded);
+                tracing::warn!(
+                    timeout_ms = self.config.timeout.as_millis() as u64,
+                    "plugin call exceeded its timeout; plugin marked degraded, still waiting for it"
+                );
+                call.await
+            }
+        };
+        joined.unwrap_or_else(|e| {
+            Err(PluginError { kind: ErrorKind::Panicked, message: format!("call failed: {e}").into() })
+        })
+    }
+}
+
+/// The wait before attempt `attempt + 1`: `base * 2^(attempt-1)` capped at `cap`, then
+/// jittered into its upper half so that retries of many events spread out.
+pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    let exp = retry.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let full = exp.min(retry.cap);
+    let half = full / 2;
+    half + rand::rng().random_range(Duration::ZERO..=half)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_under_the_cap() {
+        let retry = RetryConfig {
+            attempts: 10,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(1000),
+        };
+        for _ in 0..100 {
+            let first = backoff(&retry, 1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff(&retry, 3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff(&retry, 30);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
+        }
+    }
+}

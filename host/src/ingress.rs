@@ -1,0 +1,182 @@
+//! The HTTP front door: checks method, path, size and content type, decodes the body, verifies
+//! the application token and queues the event, answering 200 only once the queue has it.
+//!
+//! | status | when |
+//! |---|---|
+//! | 200 | accepted (queued) |
+//! | 400 | the body is not a well-formed event |
+//! | 401 | missing, unknown or wrong application token |
+//! | 404 | another path |
+//! | 405 | not a POST |
+//! | 413 | body over `server.max_body_bytes` |
+//! | 415 | content type neither form nor JSON |
+//! | 503 | the event could not be queued (shutting down, storage failure) |
+
+use std::{convert::Infallible, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue},
+};
+
+use crate::{
+    auth::Verifier,
+    decode::{self, BodyFormat},
+    queue::Queue,
+};
+
+/// What the front door needs; shared by every connection.
+pub struct Ingress {
+    /// The POST path events arrive on.
+    pub path: String,
+    /// The largest body accepted.
+    pub max_body_bytes: usize,
+    /// Token checks.
+    pub verifier: Arc<Verifier>,
+    /// Where accepted events go.
+    pub queue: Queue,
+}
+
+/// The answer to one request.
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, text: impl Into<String>) -> Answer {
+    let mut text = text.into();
+    text.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+impl Ingress {
+    /// Handles one request; never fails at the HTTP level.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Answer, Infallible> {
+        let started = Instant::now();
+        let response = self.route(request).await;
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        Ok(response)
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Answer {
+        if request.uri().path() != self.path {
+            return answer(StatusCode::NOT_FOUND, format!("no event handler at this path; events go to {}", self.path));
+        }
+        if request.method() != Method::POST {
+            let mut response =
+                answer(StatusCode::METHOD_NOT_ALLOWED, "events must be POSTed");
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        let format = match body_format(request.headers().get(CONTENT_TYPE)) {
+            Some(format) => format,
+            None => {
+                return answer(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "content type must be application/x-www-form-urlencoded or application/json",
+                );
+            }
+        };
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return self.too_large();
+        }
+        let body = match Limited::new(request.into_body(), self.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return self.too_large(),
+            Err(e) => {
+                return answer(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"));
+            }
+        };
+        self.accept(body, format).await
+    }
+
+    fn too_large(&self) -> Answer {
+        answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {} bytes", self.max_body_bytes),
+        )
+    }
+
+    /// Decode, verify, queue.
+    async fn accept(&self, body: Bytes, format: BodyFormat) -> Answer {
+        let event = match decode::decode(&body, format) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(reason = %e, "malformed event refused");
+                return answer(StatusCode::BAD_REQUEST, format!("malformed event: {e}"));
+            }
+        };
+        let effect = match self.verifier.verify(&event) {
+            Ok(effect) => effect,
+            Err(e) => {
+                tracing::warn!(
+                    member_id = %event.auth.member_id,
+                    domain = %event.auth.domain,
+                    code = %event.code,
+                    reason = %e,
+                    "event refused: not authenticated"
+                );
+                return answer(StatusCode::UNAUTHORIZED, e.to_string());
+            }
+        };
+        if let Err(e) = self.verifier.commit(&event, &effect) {
+            tracing::error!("{e}");
+            return answer(StatusCode::SERVICE_UNAVAILABLE, "cannot store the portal's token");
+        }
+        let member_id = event.auth.member_id.clone();
+        let code = event.code.clone();
+        match self.queue.submit(body, event).await {
+            Ok(envelope) => {
+                tracing::info!(event_id = envelope.id, %member_id, %code, "event accepted");
+                answer(StatusCode::OK, format!("accepted {}", envelope.id))
+            }
+            Err(e) => {
+                tracing::error!(%member_id, %code, "cannot accept the event: {e}");
+                answer(StatusCode::SERVICE_UNAVAILABLE, format!("cannot accept the event: {e}"))
+            }
+        }
+    }
+}
+
+/// The body format a `Content-Type` announces, if it is one we read.
+fn body_format(value: Option<&HeaderValue>) -> Option<BodyFormat> {
+    let value = value?.to_str().ok()?;
+    let media = value.split(';').next()?.trim();
+    if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Some(BodyFormat::Form)
+    } else if media.eq_ignore_ascii_case("application/json") {
+        Some(BodyFormat::Json)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_are_matched_by_media_type() {
+        let form = HeaderValue::from_static("Application/X-WWW-Form-Urlencoded; charset=UTF-8");
+        assert!(matches!(body_format(Some(&form)), Some(BodyFormat::Form)));
+        let json = HeaderValue::from_static("application/json");
+        assert!(matches!(body_format(Some(&json)), Some(BodyFormat::Json)));
+        let text = HeaderValue::from_static("text/plain");
+        assert!(body_format(Some(&text)).is_none());
+        assert!(body_format(None).is_none());
+    }
+}

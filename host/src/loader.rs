@@ -1,0 +1,338 @@
+//! Finds plugin libraries in the plugins folder and loads them through abi_stable.
+//!
+//! This is the only module that knows how plugins are loaded. Each file is opened with
+//! `lib_header_from_path` + `init_root_module`, never `RootModule::load_from*`: the latter keeps
+//! one module per interface type, so a second plugin would silently come back as the first.
+//! Libraries are never unloaded (abi_stable leaks them on purpose).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use abi_stable::{
+    library::{LibraryError, lib_header_from_path},
+    sabi_types::VersionNumber,
+    std_types::{RErr, ROk},
+};
+use b24_plugin_api::{ABI_VERSION, HostServicesArc, PluginBox, PluginModuleRef};
+
+/// Why a plugin could not be loaded or created. Each message names the plugin, the file and what
+/// to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The plugins folder cannot be listed.
+    #[error("cannot read the plugins folder {dir}: {source}")]
+    Dir {
+        /// The folder.
+        dir: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// No library for an enabled plugin.
+    #[error(
+        "plugin `{name}`: no library in {dir} (expected {expected}); build it and copy it there, or remove it from plugins.enabled"
+    )]
+    Missing {
+        /// The plugin.
+        name: String,
+        /// The plugins folder.
+        dir: PathBuf,
+        /// The file name we looked for.
+        expected: String,
+    },
+    /// Two libraries claim the same plugin name.
+    #[error("plugin `{name}`: several libraries claim this name: {}; keep only one", list(.files))]
+    Ambiguous {
+        /// The plugin.
+        name: String,
+        /// The competing files.
+        files: Vec<PathBuf>,
+    },
+    /// The file is not a loadable shared library.
+    #[error("plugin `{name}`: {} cannot be opened as a shared library: {detail}", .path.display())]
+    Open {
+        /// The plugin.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// The loader's message.
+        detail: String,
+    },
+    /// The library has no b24 plugin root module.
+    #[error(
+        "plugin `{name}`: {} is not a b24-host plugin (it exports no plugin root module); build it with `b24_plugin_api::export_plugin!`",
+        .path.display()
+    )]
+    NotAPlugin {
+        /// The plugin.
+        name: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built against another ABI line of b24-plugin-api.
+    #[error(
+        "plugin `{name}`: {} was built against b24-plugin-api {found}, this host speaks {expected}; rebuild the plugin against b24-plugin-api {expected}",
+        .path.display()
+    )]
+    Incompatible {
+        /// The plugin.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// The ABI line the plugin was built against.
+        found: String,
+        /// The ABI line of this host.
+        expected: String,
+    },
+    /// The types the plugin was built with differ from the host's.
+    #[error(
+        "plugin `{name}`: {} has a different plugin ABI than this host ({detail}); rebuild it against b24-plugin-api {expected}",
+        .path.display()
+    )]
+    Abi {
+        /// The plugin.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// abi_stable's explanation (first lines).
+        detail: String,
+        /// The ABI line of this host.
+        expected: String,
+    },
+    /// The library declares another plugin name than its file name says.
+    #[error(
+        "plugin `{name}`: {} declares itself as `{declared}`; rename the file to {expected_file} or enable `{declared}`",
+        .path.display()
+    )]
+    NameMismatch {
+        /// The name from the config.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// The name the plugin declares.
+        declared: String,
+        /// The file name that would match the declared name.
+        expected_file: String,
+    },
+    /// The plugin's `create` failed or panicked.
+    #[error("plugin `{name}`: create failed: {message}")]
+    Create {
+        /// The plugin.
+        name: String,
+        /// The plugin's message.
+        message: String,
+    },
+}
+
+fn list(files: &[PathBuf]) -> String {
+    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// A plugin library that passed every check and can create instances.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    /// The plugin's declared name.
+    pub name: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The plugin's own version.
+    pub version: String,
+    /// The event-code globs the plugin subscribes to.
+    pub events: Vec<String>,
+    /// Whether the plugin may be called from several threads at once.
+    pub concurrent: bool,
+    /// The exact b24-plugin-api version it was built against.
+    pub api_version: String,
+    /// How long opening and checking the library took.
+    pub load_time: Duration,
+    module: PluginModuleRef,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Creates a new instance with the plugin's settings (TOML text) and host services.
+    pub fn create(&self, settings: &str, host: HostServicesArc) -> Result<PluginBox, LoadError> {
+        match (self.module.create())(settings.into(), host) {
+            ROk(instance) => Ok(instance),
+            RErr(err) => Err(LoadError::Create { name: self.name.clone(), message: err.to_string() }),
+        }
+    }
+}
+
+/// The normalised form of a plugin name: `audit-log`, `audit_log` and `Audit-Log` are one name.
+pub fn normalize(name: &str) -> String {
+    name.to_ascii_lowercase().replace('-', "_")
+}
+
+/// The file name a plugin library has on this platform, e.g. `libaudit_log.so`.
+pub fn library_file_name(name: &str) -> String {
+    format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        normalize(name),
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// The plugin name a library file stands for, if it is a shared library:
+/// `libaudit_log.so` and `audit-log.so` both give `audit_log`.
+fn plugin_name_of(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let stem = file.strip_suffix(std::env::consts::DLL_SUFFIX)?;
+    let stem = stem.strip_prefix(std::env::consts::DLL_PREFIX).unwrap_or(stem);
+    (!stem.is_empty()).then(|| normalize(stem))
+}
+
+/// Lists the shared libraries in `dir` by the (normalised) plugin name they stand for.
+pub fn discover(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>, LoadError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| LoadError::Dir { dir: dir.to_owned(), source })?;
+    let mut found: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| LoadError::Dir { dir: dir.to_owned(), source })?;
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        if let Some(name) = plugin_name_of(&path) {
+            found.entry(name).or_default().push(path);
+        }
+    }
+    for files in found.values_mut() {
+        files.sort();
+    }
+    Ok(found)
+}
+
+/// Finds and loads the enabled plugin `name` among the `discovered` libraries of `dir`.
+pub fn load(
+    dir: &Path,
+    discovered: &BTreeMap<String, Vec<PathBuf>>,
+    name: &str,
+) -> Result<LoadedPlugin, LoadError> {
+    let path = match discovered.get(&normalize(name)).map(Vec::as_slice) {
+        None | Some([]) => {
+            return Err(LoadError::Missing {
+                name: name.to_owned(),
+                dir: dir.to_owned(),
+                expected: library_file_name(name),
+            });
+        }
+        Some([one]) => one.clone(),
+        Some(many) => {
+            return Err(LoadError::Ambiguous { name: name.to_owned(), files: many.to_vec() });
+        }
+    };
+    load_file(name, &path)
+}
+
+/// Loads one library file as plugin `name`, checking the ABI line, the type layouts and the
+/// declared name.
+pub fn load_file(name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
+    let started = Instant::now();
+    let header = lib_header_from_path(path).map_err(|err| match err {
+        LibraryError::GetSymbolError { .. } => {
+            LoadError::NotAPlugin { name: name.to_owned(), path: path.to_owned() }
+        }
+        other => LoadError::Open {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            detail: first_lines(&other.to_string()),
+        },
+    })?;
+
+    let incompatible = |found: String| LoadError::Incompatible {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        found,
+        expected: abi_line(ABI_VERSION),
+    };
+    let found = header.version_strings().version.as_str().to_owned();
+    let expected: VersionNumber = VersionNumber::new(b24_plugin_api::PluginModuleRef::VERSION_STRINGS)
+        .map_err(|_| incompatible(found.clone()))?;
+    match VersionNumber::new(header.version_strings()) {
+        Ok(v) if v.major == expected.major && v.minor == expected.minor => {}
+        _ => return Err(incompatible(abi_line(&found))),
+    }
+
+    let module = header.init_root_module::<PluginModuleRef>().map_err(|err| match err {
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => {
+            incompatible(abi_line(&actual_version.to_string()))
+        }
+        other => LoadError::Abi {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            detail: first_lines(&other.to_string()),
+            expected: abi_line(ABI_VERSION),
+        },
+    })?;
+
+    let info = (module.info())();
+    let declared = info.name.as_str().to_owned();
+    if normalize(&declared) != normalize(name) {
+        return Err(LoadError::NameMismatch {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            expected_file: library_file_name(&declared),
+            declared,
+        });
+    }
+    Ok(LoadedPlugin {
+        name: declared,
+        path: path.to_owned(),
+        version: info.version.into_string(),
+        events: info.events.into_iter().map(|e| e.into_string()).collect(),
+        concurrent: info.concurrent,
+        api_version: info.api_version.into_string(),
+        load_time: started.elapsed(),
+        module,
+    })
+}
+
+use abi_stable::library::RootModule as _;
+
+/// `0.1.0` -> `0.1`: the line a version belongs to, as users name it.
+fn abi_line(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => format!("{major}.{minor}"),
+        _ => version.to_owned(),
+    }
+}
+
+/// abi_stable's layout errors run to pages; the first few lines say what differs.
+fn first_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(6).collect();
+    lines.join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_map_to_plugin_names() {
+        assert_eq!(plugin_name_of(Path::new("/p/libaudit_log.so")).as_deref(), Some("audit_log"));
+        assert_eq!(plugin_name_of(Path::new("/p/audit-log.so")).as_deref(), Some("audit_log"));
+        assert_eq!(plugin_name_of(Path::new("/p/audit-log.txt")), None);
+        assert_eq!(plugin_name_of(Path::new("/p/lib.so")), None);
+        assert_eq!(library_file_name("audit-log"), "libaudit_log.so");
+    }
+
+    #[test]
+    fn abi_lines_are_major_and_minor() {
+        assert_eq!(abi_line("0.1.0"), "0.1");
+        assert_eq!(abi_line("junk"), "junk");
+    }
+}

@@ -1,0 +1,109 @@
+//! The `b24-host` binary: parses the command line, sets up logging and reports errors with
+//! their context. Everything else lives in the library.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use b24_host::{
+    cli::{Cli, Command, LogFormatArg},
+    config::{Config, LogFormat},
+    logging, send, server,
+};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("b24-host: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The config named on the command line, else `host.toml` here if present, else the defaults.
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(&path)?),
+        None if Path::new("host.toml").exists() => Ok(Config::load(Path::new("host.toml"))?),
+        None => {
+            let here = std::env::current_dir().context("cannot read the current folder")?;
+            Ok(Config::default_for(&here))
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, listen, log_format } => {
+            let mut config = load_config(config)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            let format = match log_format {
+                Some(LogFormatArg::Json) => LogFormat::Json,
+                Some(LogFormatArg::Pretty) => LogFormat::Pretty,
+                None => config.log.format,
+            };
+            logging::init(&config.log.level, format);
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.server.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+                let local = listener.local_addr().context("cannot read the bound address")?;
+                // One line on stdout that scripts and tests can wait for.
+                println!("b24-host: listening on http://{local}{}", config.server.path);
+                server::serve(listener, config, shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Check { config } => {
+            let config = load_config(config)?;
+            Ok(b24_host::check::run(&config))
+        }
+        Command::Send(args) => {
+            let (body, content_type) = send::body(&args);
+            if args.print {
+                println!("{body}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (status, text) =
+                runtime()?.block_on(send::post(&args.url, body, content_type))?;
+            println!("{status} {text}");
+            Ok(if (200..300).contains(&status) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,72 @@
+//! The contract between **b24-host** and its plugins.
+//!
+//! A plugin is a `cdylib` that depends on this crate only. It defines a type, implements
+//! [`Plugin`] for it (one method, [`Plugin::on_user_field`], is required), and exports it with one
+//! line of [`export_plugin!`]. The host loads the library at run time, checks that it was built
+//! against a compatible version of this crate, creates the plugin with its settings from
+//! `host.toml`, and calls it for every event it subscribed to.
+//!
+//! Everything that crosses the library boundary is a stable-ABI type from `abi_stable`
+//! ([`RString`], [`RVec`], [`ROption`], ...): a plugin built with another compiler version still
+//! works with the host. Panics never cross the boundary: the export macro catches them and turns
+//! them into a [`PluginError`] of kind [`ErrorKind::Panicked`].
+//!
+//! # Example
+//!
+//! ```
+//! use b24_plugin_api::{export_plugin, Outcome, Plugin, PluginError, UserFieldEvent};
+//!
+//! /// Counts the user-field events it has seen.
+//! #[derive(Default)]
+//! pub struct Counter {
+//!     seen: std::sync::atomic::AtomicU64,
+//! }
+//!
+//! impl Plugin for Counter {
+//!     fn on_user_field(&self, event: &UserFieldEvent) -> Result<Outcome, PluginError> {
+//!         self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+//!         if event.field_name.is_empty() {
+//!             return Ok(Outcome::Skipped);
+//!         }
+//!         Ok(Outcome::Done)
+//!     }
+//! }
+//!
+//! export_plugin!(Counter);
+//! ```
+//!
+//! # Versioning
+//!
+//! The host accepts a plugin when both were built against the same ABI line of this crate: the
+//! same `MAJOR.MINOR` while the crate is `0.x` (see [`ABI_VERSION`]). Within a line, new functions
+//! are only ever appended to the prefix types ([`PluginModule`], the host services), so a plugin
+//! built against an older patch release keeps loading. Any other change starts a new line, and
+//! the host refuses older plugins with an error that names the version to rebuild against.
+
+#![warn(missing_docs)]
+
+mod error;
+mod event;
+mod export;
+mod host;
+mod module;
+mod plugin;
+mod secret;
+
+pub use error::{ErrorKind, Outcome, PluginError};
+pub use event::{
+    Action, AppStatus, Delivery, Entity, Event, KeyValue, Origin, Portal, UserAuth, UserFieldEvent,
+};
+pub use host::{Host, HostServices, HostServices_TO, HostServicesArc, LogLevel};
+pub use module::{ABI_VERSION, PluginInfo, PluginModule, PluginModuleRef};
+pub use plugin::{Create, Plugin, PluginContext, PluginObj, PluginObj_TO, PluginBox};
+pub use secret::Secret;
+
+pub use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
+
+#[doc(hidden)]
+pub mod __private {
+    //! Items the export macro expands to; not part of the public API.
+    pub use crate::export::{guarded_create, plugin_info, root_module};
+    pub use abi_stable;
+}

@@ -1,0 +1,144 @@
+//! **probe**: a test-only b24-host plugin. It records every call it receives as a JSON line and
+//! misbehaves on command, so the end-to-end tests can watch what the host really delivers.
+//!
+//! Settings (`[plugin.probe.settings]`):
+//! - `record`: file to append one JSON line per call to (required).
+//! - `sleep_ms`: sleep this long in every call (a slow plugin).
+//! - `panic_always`: panic in every call.
+//!
+//! Commands in the field name of a user-field event:
+//! `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
+//! `SLEEP<ms>` sleeps that long.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    sync::Mutex,
+    time::Duration,
+};
+
+use b24_plugin_api::{
+    Create, Event, Outcome, Plugin, PluginContext, PluginError, ROption, UserFieldEvent,
+    export_plugin,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    record: String,
+    #[serde(default)]
+    sleep_ms: u64,
+    #[serde(default)]
+    panic_always: bool,
+}
+
+/// The probe plugin.
+pub struct Probe {
+    settings: Settings,
+    file: Mutex<File>,
+}
+
+impl Create for Probe {
+    fn create(ctx: PluginContext) -> Result<Self, PluginError> {
+        let settings: Settings = toml::from_str(&ctx.settings)
+            .map_err(|e| PluginError::reject(format!("probe settings: {e}")))?;
+        let path = ctx.host.resolve_path(&settings.record);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| PluginError::reject(format!("cannot open {}: {e}", path.display())))?;
+        ctx.host.info("probe created");
+        Ok(Probe { settings, file: Mutex::new(file) })
+    }
+}
+
+impl Probe {
+    fn record(&self, line: serde_json::Value) {
+        let mut text = line.to_string();
+        text.push('\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = file.write_all(text.as_bytes());
+    }
+
+    fn common(&self) {
+        if self.settings.sleep_ms > 0 {
+            std::thread::sleep(Duration::from_millis(self.settings.sleep_ms));
+        }
+        if self.settings.panic_always {
+            panic!("probe told to panic always");
+        }
+    }
+}
+
+impl Plugin for Probe {
+    const EVENTS: &'static [&'static str] = &["*"];
+
+    fn on_user_field(&self, event: &UserFieldEvent) -> Result<Outcome, PluginError> {
+        let user = match &event.user {
+            ROption::RSome(user) => json!(user.user_id),
+            ROption::RNone => json!("system"),
+        };
+        self.record(json!({
+            "kind": "user_field",
+            "event_id": event.delivery.event_id,
+            "attempt": event.delivery.attempt,
+            "code": event.code.as_str(),
+            "action": event.action.as_str(),
+            "entity": event.entity.name(),
+            "entity_id": event.entity_id.as_str(),
+            "field_id": event.field_id,
+            "field_name": event.field_name.as_str(),
+            "member_id": event.portal.member_id.as_str(),
+            "user": user,
+        }));
+        self.common();
+        let name = event.field_name.as_str();
+        if name.contains("PANIC") {
+            panic!("probe told to panic by field {name}");
+        }
+        if name.contains("REJECT") {
+            return Err(PluginError::reject("probe told to reject"));
+        }
+        if let Some(n) = command_number(name, "RETRY")
+            && u64::from(event.delivery.attempt) <= n
+        {
+            return Err(PluginError::retry(format!("probe told to retry {n} times")));
+        }
+        if let Some(ms) = command_number(name, "SLEEP") {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn on_event(&self, event: &Event) -> Result<Outcome, PluginError> {
+        let data: Vec<_> =
+            event.data.iter().map(|kv| json!([kv.key.as_str(), kv.value.as_str()])).collect();
+        self.record(json!({
+            "kind": "generic",
+            "event_id": event.delivery.event_id,
+            "attempt": event.delivery.attempt,
+            "code": event.code.as_str(),
+            "member_id": event.portal.member_id.as_str(),
+            "user": event.user.is_some(),
+            "data": data,
+        }));
+        self.common();
+        Ok(Outcome::Done)
+    }
+
+    fn shutdown(&self) {
+        self.record(json!({"kind": "shutdown"}));
+    }
+}
+
+/// The number after `command` in `name`: `RETRY3` -> 3.
+fn command_number(name: &str, command: &str) -> Option<u64> {
+    let rest = &name[name.find(command)? + command.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+export_plugin!(Probe);

@@ -1,0 +1,302 @@
+//! Harness for the b24-host end-to-end tests: builds the real host binary and plugins once,
+//! lays out a temporary host folder (config, plugins, state), starts the host as a child
+//! process on port 0, talks plain HTTP/1.1 to it, and reads what the plugins wrote.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// The workspace root (the folder with the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// The folder cargo builds into for this workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Paths of the built artefacts.
+#[derive(Debug)]
+pub struct Built {
+    /// The `b24-host` binary.
+    pub host: PathBuf,
+    /// The folder with the compiled plugin libraries.
+    pub lib_dir: PathBuf,
+}
+
+/// Builds the host and the plugins once per test run (`cargo build`, debug profile).
+pub fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", "b24-host", "-p", "audit-log", "-p", "probe"])
+            .status()
+            .expect("cannot run cargo");
+        assert!(status.success(), "cargo build of the host and plugins failed");
+        let dir = target_dir().join("debug");
+        Built { host: dir.join("b24-host"), lib_dir: dir }
+    })
+}
+
+/// The library file of a plugin built in this workspace, e.g. `libaudit_log.so`.
+pub fn plugin_file(name: &str) -> String {
+    format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX)
+}
+
+/// A temporary host folder: `host.toml`, `plugins/`, `state/`, and whatever plugins write.
+pub struct HostDir {
+    /// The temporary folder (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl HostDir {
+    /// An empty host folder with a `plugins/` folder holding copies of the named workspace
+    /// plugins (copies, so each test loads its own file).
+    pub fn new(plugins: &[&str]) -> HostDir {
+        let dir = tempfile::tempdir().expect("cannot make a temp dir");
+        std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
+        let host_dir = HostDir { dir };
+        for name in plugins {
+            host_dir.add_plugin_file(&built().lib_dir.join(plugin_file(name)));
+        }
+        host_dir
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies a library into `plugins/`.
+    pub fn add_plugin_file(&self, library: &Path) {
+        let target = self.path().join("plugins").join(library.file_name().expect("file name"));
+        std::fs::copy(library, &target)
+            .unwrap_or_else(|e| panic!("cannot copy {} into plugins/: {e}", library.display()));
+    }
+
+    /// Writes `host.toml` with `text`.
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.path().join("host.toml");
+        std::fs::write(&path, text).expect("cannot write host.toml");
+        path
+    }
+
+    /// Reads a JSON-lines file the plugins wrote (empty if it does not exist yet).
+    pub fn read_lines(&self, file: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.path().join(file)).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits until `file` has at least `n` lines matching `pred`, up to `limit`; returns them.
+    pub fn wait_lines(
+        &self,
+        file: &str,
+        n: usize,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let started = Instant::now();
+        loop {
+            let lines: Vec<_> = self.read_lines(file).into_iter().filter(|l| pred(l)).collect();
+            if lines.len() >= n || started.elapsed() > limit {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `b24-host ARGS` to completion in this folder.
+    pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&built().host)
+            .current_dir(self.path())
+            .args(args)
+            .output()
+            .expect("cannot run b24-host")
+    }
+
+    /// Starts `b24-host serve --config host.toml --listen 127.0.0.1:0` in this folder and waits
+    /// for it to listen.
+    pub fn start(&self) -> Result<RunningHost, String> {
+        let log_path = self.path().join(format!("host-{}.log", unique()));
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let mut child = Command::new(&built().host)
+            .current_dir(self.path())
+            .args(["serve", "--config", "host.toml", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info,b24_host=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next();
+        // Keep draining stdout so the host never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        match first {
+            Some(Ok(line)) if line.contains("listening on http://") => {
+                let url = line.split("listening on ").nth(1).unwrap_or_default().trim().to_owned();
+                let addr = url
+                    .trim_start_matches("http://")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(RunningHost { child, addr, path: format!("/{}", url.splitn(4, '/').nth(3).unwrap_or("")), log: log_path })
+            }
+            _ => {
+                let status = child.wait().map_err(|e| e.to_string())?;
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                Err(format!("host did not start ({status}):\n{log}"))
+            }
+        }
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// A host process started by [`HostDir::start`]; killed on drop.
+pub struct RunningHost {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The event path.
+    pub path: String,
+    /// The host's stderr log.
+    pub log: PathBuf,
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+}
+
+impl RunningHost {
+    /// Posts a form body (as Bitrix24 does) to the event path.
+    pub fn post_form(&self, body: &str) -> Answer {
+        self.request("POST", &self.path.clone(), Some("application/x-www-form-urlencoded"), body.as_bytes())
+    }
+
+    /// Posts a JSON body to the event path.
+    pub fn post_json(&self, body: &str) -> Answer {
+        self.request("POST", &self.path.clone(), Some("application/json"), body.as_bytes())
+    }
+
+    /// Sends one request on a fresh connection and reads the whole answer.
+    pub fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Answer {
+        let mut stream = TcpStream::connect(&self.addr).expect("cannot connect to the host");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("write head");
+        // The host may answer (413) before reading everything; ignore a reset while writing.
+        let _ = stream.write_all(body);
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        parse_answer(&raw)
+    }
+
+    /// The host's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the host's log contains `needle`, up to `limit`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit; returns whether it exited successfully.
+    pub fn stop(mut self) -> bool {
+        signal(&self.child, "TERM");
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the host with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for RunningHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill").args([format!("-{name}"), child.id().to_string()]).status();
+}
+
+fn parse_answer(raw: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Answer { status, body: body.trim().to_owned() }
+}
+
+/// A reference event body made by Bitrix24's own PHP encoder (committed fixtures in
+/// host/tests/fixtures), by event code.
+pub fn fixture(name: &str) -> String {
+    let path = workspace_root().join("host/tests/fixtures").join(format!("{name}.form"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The member id and token of the fixtures.
+pub const MEMBER: &str = "a223c6b3710f85df22e9377d6c4f7553";
+/// The application token of the fixtures.
+pub const TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";

@@ -1,0 +1,165 @@
+//! Loading plugins and reading the config: the errors a user sees, and the plugin-author flow.
+
+use std::{path::Path, process::Command};
+
+use crate::support::*;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_lists_each_plugin_with_its_version_and_subscriptions() {
+    let dir = HostDir::new(&["audit-log", "probe"]);
+    dir.write_config(&config(&["audit-log", "probe"], &probe("events = [\"ONCRMDEAL*\"]", "")));
+    let out = dir.run_cli(&["check", "--config", "host.toml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert!(stdout.contains("plugin audit-log 0.1.0"), "{stdout}");
+    assert!(stdout.contains("ONCRM*USERFIELD*"), "{stdout}");
+    assert!(stdout.contains("plugin probe 0.1.0"), "{stdout}");
+    assert!(stdout.contains("narrowed to ONCRMDEAL*"), "{stdout}");
+}
+
+#[test]
+fn a_missing_plugin_and_a_library_that_is_not_a_plugin_are_reported_together() {
+    let dir = HostDir::new(&["audit-log"]);
+    // A real shared library without a plugin root module.
+    let source = dir.path().join("notaplugin.c");
+    std::fs::write(&source, "int answer(void) { return 42; }\n").unwrap();
+    let library = dir.path().join("plugins").join(plugin_file("notaplugin"));
+    let cc = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .expect("cannot run cc");
+    assert!(cc.success());
+    dir.write_config(&config(&["audit-log", "notaplugin", "ghost"], ""));
+
+    let out = dir.run_cli(&["check", "--config", "host.toml"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("plugin `notaplugin`") && err.contains("is not a b24-host plugin"), "{err}");
+    assert!(err.contains("plugin `ghost`") && err.contains("libghost.so"), "{err}");
+    assert!(err.contains("2 problem(s)"), "{err}");
+    // audit-log itself was fine and is still listed.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plugin audit-log"));
+
+    // serve refuses to start, with the same reasons.
+    let started = dir.start();
+    let message = started.err().expect("the host started with a broken plugin");
+    assert!(message.contains("is not a b24-host plugin"), "{message}");
+}
+
+#[test]
+fn a_config_error_names_the_file_line_and_key() {
+    let dir = HostDir::new(&[]);
+    dir.write_config("state_dir = \"state\"\n\n[server]\nlisten = \"127.0.0.1:0\"\ntimeout = 5\n");
+    let out = dir.run_cli(&["check", "--config", "host.toml"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("host.toml:5"), "{err}");
+    assert!(err.contains("server.timeout"), "{err}");
+}
+
+/// Makes a plugin crate outside the workspace, as a plugin author would, against `api` (the
+/// path of a b24-plugin-api crate), builds it and returns the library.
+fn author_plugin(work: &Path, api: &Path, name: &str) -> std::path::PathBuf {
+    let krate = work.join(name);
+    std::fs::create_dir_all(krate.join("src")).unwrap();
+    std::fs::write(
+        krate.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.3.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nb24-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
+            api.display().to_string()
+        ),
+    )
+    .unwrap();
+    // The README's plugin guide, verbatim in spirit: a struct, one method, one macro line.
+    std::fs::write(
+        krate.join("src/lib.rs"),
+        r#"use b24_plugin_api::{export_plugin, Outcome, Plugin, PluginError, UserFieldEvent};
+
+#[derive(Default)]
+pub struct FieldWatch;
+
+impl Plugin for FieldWatch {
+    fn on_user_field(&self, event: &UserFieldEvent) -> Result<Outcome, PluginError> {
+        let line = format!("{} {} {}\n", event.code, event.field_id, event.field_name);
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open("field-watch.txt")
+            .map_err(PluginError::retry)?;
+        file.write_all(line.as_bytes()).map_err(PluginError::retry)?;
+        Ok(Outcome::Done)
+    }
+}
+
+export_plugin!(FieldWatch);
+"#,
+    )
+    .unwrap();
+    // Pin the same dependency versions as the workspace so the build reuses its artefacts.
+    std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&krate)
+        .args(["build", "--quiet", "--offline"])
+        .env("CARGO_TARGET_DIR", target_dir().join("author-plugins"))
+        .status()
+        .expect("cannot run cargo");
+    assert!(status.success(), "building the author's plugin failed");
+    target_dir().join("author-plugins/debug").join(plugin_file(name))
+}
+
+#[test]
+fn a_plugin_author_builds_a_plugin_outside_the_workspace_and_the_host_runs_it() {
+    let work = tempfile::tempdir().unwrap();
+    let library = author_plugin(work.path(), &workspace_root().join("plugin-api"), "field-watch");
+    let dir = HostDir::new(&[]);
+    dir.add_plugin_file(&library);
+    dir.write_config(&config(&["field-watch"], ""));
+    // The plugin writes into the host's working folder, which the harness sets to `dir`.
+    let out_file = dir.path().join("field-watch.txt");
+    let host = start(&dir);
+    assert_eq!(host.post_form(&fixture("ONCRMQUOTEUSERFIELDADD")).status, 200);
+    let started = std::time::Instant::now();
+    let mut text = String::new();
+    while started.elapsed() < PATIENCE && text.is_empty() {
+        text = std::fs::read_to_string(&out_file).unwrap_or_default();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(text, "ONCRMQUOTEUSERFIELDADD 554 UF_CRM_1724771514\n");
+    assert!(host.stop());
+}
+
+#[test]
+fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use() {
+    let work = tempfile::tempdir().unwrap();
+    // A copy of b24-plugin-api that claims to be 0.2.0.
+    let api = work.path().join("plugin-api-0.2");
+    std::fs::create_dir_all(api.join("src")).unwrap();
+    for entry in std::fs::read_dir(workspace_root().join("plugin-api/src")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), api.join("src").join(entry.file_name())).unwrap();
+    }
+    let manifest = std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap();
+    let manifest = manifest
+        .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+        .replace("edition.workspace = true", "edition = \"2024\"")
+        .replace("license.workspace = true", "")
+        .replace("rust-version.workspace = true", "")
+        .replace("abi_stable.workspace = true", "abi_stable = { version = \"0.11\", default-features = false }");
+    std::fs::write(api.join("Cargo.toml"), manifest).unwrap();
+    let library = author_plugin(work.path(), &api, "old-watch");
+
+    let dir = HostDir::new(&[]);
+    dir.add_plugin_file(&library);
+    dir.write_config(&config(&["old-watch"], ""));
+    let out = dir.run_cli(&["check", "--config", "host.toml"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("built against b24-plugin-api 0.2") && err.contains("rebuild the plugin against b24-plugin-api 0.1"),
+        "{err}"
+    );
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: each starts a real `b24-host` process with real compiled plugins and
+//! talks HTTP to it. One test binary; the modules group the tests by what they cover.
+
+mod support;
+
+mod auth;
+mod delivery;
+mod http;
+mod loading;
+mod pipeline;

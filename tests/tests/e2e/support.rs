@@ -1,0 +1,86 @@
+//! Shared helpers of the end-to-end tests: configs and event bodies.
+
+use std::time::Duration;
+
+pub use b24_tests::*;
+use b24_host::cli::SendArgs;
+
+/// How long a test waits for plugins to catch up before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A config with the fixtures' portal, the given plugins enabled, and `extra` appended
+/// (which may add `[plugin.NAME]` tables but not repeat the ones written here).
+pub fn config(enabled: &[&str], extra: &str) -> String {
+    let enabled: Vec<String> = enabled.iter().map(|p| format!("{p:?}")).collect();
+    format!(
+        r#"state_dir = "state"
+
+[server]
+path = "/b24/events"
+max_body_bytes = 65536
+shutdown_grace_ms = 5000
+
+[log]
+level = "debug"
+
+[auth]
+learn_tokens_on_install = true
+
+[auth.portals]
+"{MEMBER}" = "{TOKEN}"
+
+[plugins]
+dir = "plugins"
+enabled = [{}]
+
+[plugin.audit-log.settings]
+path = "audit.jsonl"
+
+{extra}
+"#,
+        enabled.join(", ")
+    )
+}
+
+/// The `[plugin.probe]` tables with the given extra host-side keys and settings.
+pub fn probe(host_keys: &str, settings: &str) -> String {
+    format!(
+        "[plugin.probe]\n{host_keys}\n[plugin.probe.retry]\nattempts = 3\nbase_ms = 10\ncap_ms = 50\n\n[plugin.probe.settings]\nrecord = \"probe.jsonl\"\n{settings}\n"
+    )
+}
+
+/// Options for an event body built like Bitrix24 builds it.
+pub fn args(event: &str) -> SendArgs {
+    SendArgs {
+        url: String::new(),
+        event: event.to_owned(),
+        field_id: 554,
+        field_name: "UF_CRM_1724771514".to_owned(),
+        entity_id: None,
+        member_id: MEMBER.to_owned(),
+        token: TOKEN.to_owned(),
+        domain: "some-domain.bitrix24.com".to_owned(),
+        handler_id: 15,
+        system: false,
+        json: false,
+        print: false,
+    }
+}
+
+/// The form body for `args`.
+pub fn form(args: &SendArgs) -> String {
+    b24_host::send::body(args).0
+}
+
+/// A user-field update of field `id` named `name`, form-encoded.
+pub fn field_event(id: u64, name: &str) -> String {
+    let mut a = args("ONCRMDEALUSERFIELDUPDATE");
+    a.field_id = id;
+    a.field_name = name.to_owned();
+    form(&a)
+}
+
+/// Starts the host or fails the test with its log.
+pub fn start(dir: &HostDir) -> RunningHost {
+    dir.start().unwrap_or_else(|e| panic!("{e}"))
+}
