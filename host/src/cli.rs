@@ -70,7 +70,12 @@ pub struct SendArgs {
     #[arg(long, default_value = "a223c6b3710f85df22e9377d6c4f7553")]
     pub member_id: String,
     /// `auth[application_token]`; may come from the environment.
-    #[arg(long, env = "B24_APPLICATION_TOKEN", default_value = "51856fefc120afa4b628cc82d3935cce", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "B24_APPLICATION_TOKEN",
+        default_value = "51856fefc120afa4b628cc82d3935cce",
+        hide_env_values = true
+    )]
     pub token: String,
     /// `auth[domain]`.
     #[arg(long, default_value = "some-domain.bitrix24.com")]

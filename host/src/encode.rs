@@ -118,10 +118,7 @@ mod tests {
         );
         let value = serde_json::json!({"k": {"v": [1, "x"]}});
         let from_value = map_from_json(&value).expect("object");
-        assert_eq!(
-            http_build_query(&from_value),
-            "k%5Bv%5D%5B0%5D=1&k%5Bv%5D%5B1%5D=x"
-        );
+        assert_eq!(http_build_query(&from_value), "k%5Bv%5D%5B0%5D=1&k%5Bv%5D%5B1%5D=x");
         assert!(map_from_json(&serde_json::json!([1])).is_err());
         let mut m = Map::new();
         m.insert(5, "five");
@@ -138,19 +135,9 @@ mod tests {
 
     #[test]
     fn pairs_follow_parse_str() {
-        let map = map_from_pairs(&[
-            ("LIST[]", "a"),
-            ("LIST[]", "b"),
-            ("x.y", "1"),
-            ("LIST[5]", "c"),
-        ]);
-        assert_eq!(
-            map.to_php_json(),
-            r#"{"LIST":{"0":"a","1":"b","5":"c"},"x_y":"1"}"#
-        );
-        assert_eq!(
-            http_build_query(&map),
-            "LIST%5B0%5D=a&LIST%5B1%5D=b&LIST%5B5%5D=c&x_y=1"
-        );
+        let map =
+            map_from_pairs(&[("LIST[]", "a"), ("LIST[]", "b"), ("x.y", "1"), ("LIST[5]", "c")]);
+        assert_eq!(map.to_php_json(), r#"{"LIST":{"0":"a","1":"b","5":"c"},"x_y":"1"}"#);
+        assert_eq!(http_build_query(&map), "LIST%5B0%5D=a&LIST%5B1%5D=b&LIST%5B5%5D=c&x_y=1");
     }
 }

@@ -69,11 +69,13 @@ impl Ingress {
 
     async fn route(&self, request: Request<Incoming>) -> Answer {
         if request.uri().path() != self.path {
-            return answer(StatusCode::NOT_FOUND, format!("no event handler at this path; events go to {}", self.path));
+            return answer(
+                StatusCode::NOT_FOUND,
+                format!("no event handler at this path; events go to {}", self.path),
+            );
         }
         if request.method() != Method::POST {
-            let mut response =
-                answer(StatusCode::METHOD_NOT_ALLOWED, "events must be POSTed");
+            let mut response = answer(StatusCode::METHOD_NOT_ALLOWED, "events must be POSTed");
             response.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
             return response;
         }

@@ -165,7 +165,9 @@ impl LoadedPlugin {
     pub fn create(&self, settings: &str, host: HostServicesArc) -> Result<PluginBox, LoadError> {
         match (self.module.create())(settings.into(), host) {
             ROk(instance) => Ok(instance),
-            RErr(err) => Err(LoadError::Create { name: self.name.clone(), message: err.to_string() }),
+            RErr(err) => {
+                Err(LoadError::Create { name: self.name.clone(), message: err.to_string() })
+            }
         }
     }
 }
@@ -177,12 +179,7 @@ pub fn normalize(name: &str) -> String {
 
 /// The file name a plugin library has on this platform, e.g. `libaudit_log.so`.
 pub fn library_file_name(name: &str) -> String {
-    format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        normalize(name),
-        std::env::consts::DLL_SUFFIX
-    )
+    format!("{}{}{}", std::env::consts::DLL_PREFIX, normalize(name), std::env::consts::DLL_SUFFIX)
 }
 
 /// The plugin name a library file stands for, if it is a shared library:
@@ -259,8 +256,9 @@ pub fn load_file(name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
         expected: abi_line(ABI_VERSION),
     };
     let found = header.version_strings().version.as_str().to_owned();
-    let expected: VersionNumber = VersionNumber::new(b24_plugin_api::PluginModuleRef::VERSION_STRINGS)
-        .map_err(|_| incompatible(found.clone()))?;
+    let expected: VersionNumber =
+        VersionNumber::new(b24_plugin_api::PluginModuleRef::VERSION_STRINGS)
+            .map_err(|_| incompatible(found.clone()))?;
     match VersionNumber::new(header.version_strings()) {
         Ok(v) if v.major == expected.major && v.minor == expected.minor => {}
         _ => return Err(incompatible(abi_line(&found))),

@@ -58,13 +58,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             logging::init(&config.log.level, format);
             runtime()?.block_on(async move {
+                let prepared = server::prepare(config.clone())?;
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
                 let local = listener.local_addr().context("cannot read the bound address")?;
                 // One line on stdout that scripts and tests can wait for.
                 println!("b24-host: listening on http://{local}{}", config.server.path);
-                server::serve(listener, config, shutdown_signal()).await?;
+                prepared.run(listener, shutdown_signal()).await;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -78,8 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{body}");
                 return Ok(ExitCode::SUCCESS);
             }
-            let (status, text) =
-                runtime()?.block_on(send::post(&args.url, body, content_type))?;
+            let (status, text) = runtime()?.block_on(send::post(&args.url, body, content_type))?;
             println!("{status} {text}");
             Ok(if (200..300).contains(&status) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

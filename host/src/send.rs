@@ -66,7 +66,11 @@ pub fn payload(args: &SendArgs) -> Value {
             auth.retain(|k, _| {
                 matches!(
                     k.as_str(),
-                    "domain" | "server_endpoint" | "client_endpoint" | "member_id" | "application_token"
+                    "domain"
+                        | "server_endpoint"
+                        | "client_endpoint"
+                        | "member_id"
+                        | "application_token"
                 )
             });
             json!({"LANGUAGE_ID": "en", "CLEAN": "0"})
@@ -109,14 +113,20 @@ pub fn body(args: &SendArgs) -> (String, &'static str) {
 
 /// Posts `body` to `url`; returns the status and the answer's text.
 pub async fn post(url: &str, body: String, content_type: &str) -> Result<(u16, String), SendError> {
-    let uri: Uri = url.parse().map_err(|e| SendError::Url { url: url.into(), reason: format!("{e}") })?;
+    let uri: Uri =
+        url.parse().map_err(|e| SendError::Url { url: url.into(), reason: format!("{e}") })?;
     if uri.scheme_str() != Some("http") {
-        return Err(SendError::Url { url: url.into(), reason: "only http:// URLs are supported".into() });
+        return Err(SendError::Url {
+            url: url.into(),
+            reason: "only http:// URLs are supported".into(),
+        });
     }
-    let host = uri.host().ok_or_else(|| SendError::Url { url: url.into(), reason: "no host".into() })?;
+    let host =
+        uri.host().ok_or_else(|| SendError::Url { url: url.into(), reason: "no host".into() })?;
     let port = uri.port_u16().unwrap_or(80);
     let http = |reason: String| SendError::Http { url: url.into(), reason };
-    let stream = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| http(e.to_string()))?;
+    let stream =
+        tokio::net::TcpStream::connect((host, port)).await.map_err(|e| http(e.to_string()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| http(e.to_string()))?;

@@ -109,19 +109,19 @@ fn create_workers(config: &Config) -> Result<Vec<Worker>, ServeError> {
     Ok(workers)
 }
 
-/// Runs the host on `listener` until `shutdown` completes, then shuts down gracefully.
-///
-/// The listener comes from outside so that callers (and tests) choose the address, port 0
-/// included.
-pub async fn serve(
-    listener: TcpListener,
+/// A host with its plugins loaded and created, its workers started, ready to accept.
+pub struct Prepared {
     config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::StateDir {
-        path: config.state_dir.clone(),
-        source,
-    })?;
+    queue: Queue,
+    dispatcher: Dispatcher,
+    ingress: Arc<Ingress>,
+}
+
+/// Loads everything the host needs before it may accept an event: the state folder, the
+/// token store, every enabled plugin. Fails, naming every problem, when any is missing.
+pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
     let verifier = Arc::new(Verifier::new(&config.auth, &config.state_dir)?);
     let workers = create_workers(&config)?;
     let queue = Queue::new();
@@ -132,45 +132,67 @@ pub async fn serve(
         verifier,
         queue: queue.clone(),
     });
+    Ok(Prepared { config, queue, dispatcher, ingress })
+}
 
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let ingress = ingress.clone();
-                let service = service_fn(move |request| ingress.clone().handle(request));
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!("connection closed with an error: {e}");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-
-    tracing::info!("shutting down: no new connections");
-    drop(listener);
-    let grace = config.server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("requests still open at the end of the grace period; closing them");
-    }
-    queue.close();
-    dispatcher.finish(grace).await;
-    tracing::info!("stopped");
+/// Runs the host on `listener` until `shutdown` completes, then shuts down gracefully.
+///
+/// The listener comes from outside so that callers (and tests) choose the address, port 0
+/// included.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    prepare(config)?.run(listener, shutdown).await;
     Ok(())
+}
+
+impl Prepared {
+    /// Accepts connections on `listener` until `shutdown` completes, then stops in order: no
+    /// new connections, open requests finish, queued events are delivered (up to the grace
+    /// period), every plugin's `shutdown` runs.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let Prepared { config, queue, dispatcher, ingress } = self;
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _peer)) => stream,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let ingress = ingress.clone();
+                    let service = service_fn(move |request| ingress.clone().handle(request));
+                    let connection =
+                        graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!("connection closed with an error: {e}");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+
+        tracing::info!("shutting down: no new connections");
+        drop(listener);
+        let grace = config.server.shutdown_grace;
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("requests still open at the end of the grace period; closing them");
+        }
+        queue.close();
+        dispatcher.finish(grace).await;
+        tracing::info!("stopped");
+    }
 }

@@ -132,10 +132,6 @@ fn guard<T>(f: impl FnOnce() -> Result<T, PluginError>) -> Result<T, PluginError
     }
 }
 
-
-
-
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,7 +59,7 @@ pub use event::{
 };
 pub use host::{Host, HostServices, HostServices_TO, HostServicesArc, LogLevel};
 pub use module::{ABI_VERSION, PluginInfo, PluginModule, PluginModuleRef};
-pub use plugin::{Create, Plugin, PluginContext, PluginObj, PluginObj_TO, PluginBox};
+pub use plugin::{Create, Plugin, PluginBox, PluginContext, PluginObj, PluginObj_TO};
 pub use secret::Secret;
 
 pub use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};

@@ -49,7 +49,12 @@ pub fn built() -> &'static Built {
 
 /// The library file of a plugin built in this workspace, e.g. `libaudit_log.so`.
 pub fn plugin_file(name: &str) -> String {
-    format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX)
+    format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        name.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    )
 }
 
 /// A temporary host folder: `host.toml`, `plugins/`, `state/`, and whatever plugins write.
@@ -154,7 +159,12 @@ impl HostDir {
                     .next()
                     .unwrap_or_default()
                     .to_owned();
-                Ok(RunningHost { child, addr, path: format!("/{}", url.splitn(4, '/').nth(3).unwrap_or("")), log: log_path })
+                Ok(RunningHost {
+                    child,
+                    addr,
+                    path: format!("/{}", url.splitn(4, '/').nth(3).unwrap_or("")),
+                    log: log_path,
+                })
             }
             _ => {
                 let status = child.wait().map_err(|e| e.to_string())?;
@@ -166,7 +176,10 @@ impl HostDir {
 }
 
 fn unique() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// A host process started by [`HostDir::start`]; killed on drop.
@@ -192,7 +205,12 @@ pub struct Answer {
 impl RunningHost {
     /// Posts a form body (as Bitrix24 does) to the event path.
     pub fn post_form(&self, body: &str) -> Answer {
-        self.request("POST", &self.path.clone(), Some("application/x-www-form-urlencoded"), body.as_bytes())
+        self.request(
+            "POST",
+            &self.path.clone(),
+            Some("application/x-www-form-urlencoded"),
+            body.as_bytes(),
+        )
     }
 
     /// Posts a JSON body to the event path.
@@ -201,7 +219,13 @@ impl RunningHost {
     }
 
     /// Sends one request on a fresh connection and reads the whole answer.
-    pub fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Answer {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Answer {
         let mut stream = TcpStream::connect(&self.addr).expect("cannot connect to the host");
         stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
         let mut head = format!(

@@ -47,10 +47,7 @@ pub struct Limits {
 
 impl Limits {
     /// PHP's defaults: 1000 variables, 64 levels.
-    pub const PHP: Limits = Limits {
-        max_vars: 1000,
-        max_depth: 64,
-    };
+    pub const PHP: Limits = Limits { max_vars: 1000, max_depth: 64 };
 }
 
 impl Default for Limits {
@@ -120,10 +117,7 @@ pub fn parse_with(body: &[u8], limits: &Limits) -> Parsed {
         out.register(name, value);
     }
     out.warnings.nul_truncated = nul_truncated;
-    Parsed {
-        map: out.map,
-        warnings: out.warnings,
-    }
+    Parsed { map: out.map, warnings: out.warnings }
 }
 
 /// PHP's `urldecode`: `+` is a space, `%XX` (hex digits in either case) is that byte, and a `%`
@@ -171,10 +165,8 @@ fn decode_from(input: &[u8], first: usize, out: &mut Vec<u8>) {
                 i += 1;
             }
         } else {
-            let run = input[i..]
-                .iter()
-                .position(|&b| b == b'%' || b == b'+')
-                .unwrap_or(input.len() - i);
+            let run =
+                input[i..].iter().position(|&b| b == b'%' || b == b'+').unwrap_or(input.len() - i);
             out.extend_from_slice(&input[i..i + run]);
             i += run;
         }
@@ -237,10 +229,7 @@ struct Brackets<'k> {
 
 impl<'k> Brackets<'k> {
     fn new(name: &'k [u8], first_open: usize) -> Self {
-        Brackets {
-            name,
-            open: Some(first_open),
-        }
+        Brackets { name, open: Some(first_open) }
     }
 }
 
@@ -328,8 +317,7 @@ impl Registrar {
         }
         let base = normalize_base(&name[..base_end]);
         if base_end == name.len() {
-            self.map
-                .insert_ref(KeyRef::from_php(&base), Value::Str(value));
+            self.map.insert_ref(KeyRef::from_php(&base), Value::Str(value));
             return;
         }
 
@@ -338,9 +326,8 @@ impl Registrar {
         // uses up a `[`, so there is nothing to count when there are few.
         let opens = name[base_end..].iter().filter(|&&b| b == b'[').count();
         if opens > self.max_depth {
-            let depth = Brackets::new(name, base_end)
-                .take(self.max_depth.saturating_add(1))
-                .count();
+            let depth =
+                Brackets::new(name, base_end).take(self.max_depth.saturating_add(1)).count();
             if depth > self.max_depth {
                 self.map.remove(KeyRef::from_php(&base));
                 self.last_index = None;
@@ -356,8 +343,7 @@ impl Registrar {
                 let mut plain = base.into_owned();
                 plain.push('_');
                 plain.push_str(&text(rest).replace([' ', '.', '['], "_"));
-                self.map
-                    .insert_ref(KeyRef::from_php(&plain), Value::Str(value));
+                self.map.insert_ref(KeyRef::from_php(&plain), Value::Str(value));
                 return;
             }
             Some(Bracket::Index(next)) => (self.top_child(&base), next.map(text)),
@@ -415,10 +401,7 @@ mod tests {
             ("a.b=1", r#"{"a_b":"1"}"#),
             ("a[=1", r#"{"a_":"1"}"#),
             ("[]=1", "[]"),
-            (
-                "a[]=1&a[]=2&a[5]=x&a[]=y",
-                r#"{"a":{"0":"1","1":"2","5":"x","6":"y"}}"#,
-            ),
+            ("a[]=1&a[]=2&a[5]=x&a[]=y", r#"{"a":{"0":"1","1":"2","5":"x","6":"y"}}"#),
             ("a=1&a[b]=2", r#"{"a":{"b":"2"}}"#),
             ("a[b]=2&a=1", r#"{"a":"1"}"#),
             ("a%00b=1", r#"{"a":"1"}"#),
@@ -469,36 +452,20 @@ mod tests {
         let ok = parse_with(format!("a[y]=1&{}=v", nested(64)).as_bytes(), &Limits::PHP);
         assert!(ok.warnings.is_empty());
         assert!(ok.map.get_path(&["a", "y"]).is_some());
-        let deep = parse_with(
-            format!("b=0&a[y]=1&{}=v&c=2", nested(65)).as_bytes(),
-            &Limits::PHP,
-        );
+        let deep = parse_with(format!("b=0&a[y]=1&{}=v&c=2", nested(65)).as_bytes(), &Limits::PHP);
         assert_eq!(deep.map.to_php_json(), r#"{"b":"0","c":"2"}"#);
         assert_eq!(deep.warnings.too_deep, 1);
         // Re-created after the deletion: goes to the end.
-        assert_eq!(
-            php(&format!("a=1&b=2&{}=v&a=3", nested(70))),
-            r#"{"b":"2","a":"3"}"#
-        );
+        assert_eq!(php(&format!("a=1&b=2&{}=v&a=3", nested(70))), r#"{"b":"2","a":"3"}"#);
         // An unclosed bracket at level 65 still counts as a level.
         assert_eq!(php(&format!("a[y]=1&{}[z=v", nested(64))), "[]");
-        let custom = Limits {
-            max_depth: 1,
-            ..Limits::PHP
-        };
+        let custom = Limits { max_depth: 1, ..Limits::PHP };
         assert_eq!(
             parse_with(b"a[b]=1&c[d][e]=2", &custom).map.to_php_json(),
             r#"{"a":{"b":"1"}}"#
         );
-        let huge = Limits {
-            max_depth: usize::MAX,
-            ..Limits::PHP
-        };
-        assert!(
-            parse_with(nested(200).as_bytes(), &huge)
-                .warnings
-                .is_empty()
-        );
+        let huge = Limits { max_depth: usize::MAX, ..Limits::PHP };
+        assert!(parse_with(nested(200).as_bytes(), &huge).warnings.is_empty());
     }
 
     #[test]
@@ -543,10 +510,7 @@ mod tests {
     fn big_bodies_stay_fast_enough_to_finish() {
         // Not a timing assertion: a quadratic decoder would take minutes here.
         let many = "k[]=v&".repeat(100_000);
-        let unlimited = Limits {
-            max_vars: usize::MAX,
-            max_depth: 64,
-        };
+        let unlimited = Limits { max_vars: usize::MAX, max_depth: 64 };
         assert_eq!(
             parse_with(many.as_bytes(), &unlimited)
                 .map

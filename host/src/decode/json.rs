@@ -40,12 +40,7 @@ pub fn parse_with(body: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> {
         offset: e.valid_up_to(),
         reason: "not valid UTF-8",
     })?;
-    let mut parser = Parser {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-        depth: 0,
-    };
+    let mut parser = Parser { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
     parser.skip_ws();
     let root = parser.value()?;
     parser.skip_ws();
@@ -61,9 +56,7 @@ pub fn parse_with(body: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> {
         limits,
         count: 0,
         name: Vec::new(),
-        budget: NAME_BUDGET_PER_BYTE
-            .saturating_mul(body.len())
-            .saturating_add(NAME_BUDGET_BASE),
+        budget: NAME_BUDGET_PER_BYTE.saturating_mul(body.len()).saturating_add(NAME_BUDGET_BASE),
     };
     for (key, node) in entries {
         out.name.clear();
@@ -72,10 +65,7 @@ pub fn parse_with(body: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> {
             break;
         }
     }
-    Ok(Parsed {
-        map: out.out.map,
-        warnings: out.out.warnings,
-    })
+    Ok(Parsed { map: out.out.map, warnings: out.out.warnings })
 }
 
 /// Every leaf becomes a variable whose name repeats all the keys above it, so a long key over
@@ -152,10 +142,8 @@ impl Flattener<'_> {
             self.out.warnings.vars_exceeded = true;
             return Ok(false);
         }
-        self.budget = self
-            .budget
-            .checked_sub(self.name.len())
-            .ok_or(DecodeError::JsonTooComplex)?;
+        self.budget =
+            self.budget.checked_sub(self.name.len()).ok_or(DecodeError::JsonTooComplex)?;
         self.out.register(&self.name, value);
         Ok(true)
     }
@@ -180,10 +168,7 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn error(&self, reason: &'static str) -> DecodeError {
-        DecodeError::InvalidJson {
-            offset: self.pos,
-            reason,
-        }
+        DecodeError::InvalidJson { offset: self.pos, reason }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -467,10 +452,7 @@ mod tests {
 
     #[test]
     fn repeated_keys_like_json_decode() {
-        assert_eq!(
-            php(r#"{"a":{"x":"1"},"b":"2","a":{"y":"3"}}"#),
-            r#"{"a":{"y":"3"},"b":"2"}"#
-        );
+        assert_eq!(php(r#"{"a":{"x":"1"},"b":"2","a":{"y":"3"}}"#), r#"{"a":{"y":"3"},"b":"2"}"#);
         assert_eq!(php(r#"{"a":"1","b":"2","a":[]}"#), r#"{"b":"2"}"#);
     }
 
@@ -490,34 +472,13 @@ mod tests {
             ("null", "JSON body is not an object: it is null"),
             ("", "invalid JSON body at byte 0: unexpected end of input"),
             ("{", "invalid JSON body at byte 1: expected a string key"),
-            (
-                "{\"a\":1,}",
-                "invalid JSON body at byte 7: expected a string key",
-            ),
-            (
-                "{\"a\":01}",
-                "invalid JSON body at byte 6: expected `,` or `}`",
-            ),
-            (
-                "{\"a\":\"\\ud800\"}",
-                "invalid JSON body at byte 12: lone UTF-16 surrogate",
-            ),
-            (
-                "{\"a\":\"\u{1}\"}",
-                "invalid JSON body at byte 6: control character in string",
-            ),
-            (
-                "{} x",
-                "invalid JSON body at byte 3: unexpected data after the JSON value",
-            ),
-            (
-                "\u{feff}{}",
-                "invalid JSON body at byte 0: expected a JSON value",
-            ),
-            (
-                "{\"a\":tru}",
-                "invalid JSON body at byte 5: invalid literal",
-            ),
+            ("{\"a\":1,}", "invalid JSON body at byte 7: expected a string key"),
+            ("{\"a\":01}", "invalid JSON body at byte 6: expected `,` or `}`"),
+            ("{\"a\":\"\\ud800\"}", "invalid JSON body at byte 12: lone UTF-16 surrogate"),
+            ("{\"a\":\"\u{1}\"}", "invalid JSON body at byte 6: control character in string"),
+            ("{} x", "invalid JSON body at byte 3: unexpected data after the JSON value"),
+            ("\u{feff}{}", "invalid JSON body at byte 0: expected a JSON value"),
+            ("{\"a\":tru}", "invalid JSON body at byte 5: invalid literal"),
             ("{\"a\":-}", "invalid JSON body at byte 6: invalid number"),
             ("{\"a\":1.}", "invalid JSON body at byte 7: invalid number"),
             ("{\"a\":1e}", "invalid JSON body at byte 7: invalid number"),
@@ -548,23 +509,12 @@ mod tests {
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(
             parse(deep.as_bytes()),
-            Err(DecodeError::InvalidJson {
-                reason: "nested too deeply",
-                ..
-            })
+            Err(DecodeError::InvalidJson { reason: "nested too deeply", .. })
         ));
         // 64 bracket levels survive parse_str, 65 drop the key.
-        let ok = format!(
-            "{{\"a\":{}\"v\"{},\"b\":\"1\"}}",
-            "[".repeat(64),
-            "]".repeat(64)
-        );
+        let ok = format!("{{\"a\":{}\"v\"{},\"b\":\"1\"}}", "[".repeat(64), "]".repeat(64));
         assert!(parse(ok.as_bytes()).is_ok_and(|m| m.len() == 2));
-        let dropped = format!(
-            "{{\"a\":{}\"v\"{},\"b\":\"1\"}}",
-            "[".repeat(65),
-            "]".repeat(65)
-        );
+        let dropped = format!("{{\"a\":{}\"v\"{},\"b\":\"1\"}}", "[".repeat(65), "]".repeat(65));
         assert_eq!(
             parse(dropped.as_bytes()).map(|m| m.to_php_json()),
             Ok(r#"{"b":"1"}"#.to_owned())

@@ -124,14 +124,8 @@ mod tests {
             BodyFormat::from_content_type("application/x-www-form-urlencoded; charset=UTF-8"),
             Some(BodyFormat::Form)
         );
-        assert_eq!(
-            BodyFormat::from_content_type(" Application/JSON "),
-            Some(BodyFormat::Json)
-        );
-        assert_eq!(
-            BodyFormat::from_content_type("application/vnd.x+json"),
-            Some(BodyFormat::Json)
-        );
+        assert_eq!(BodyFormat::from_content_type(" Application/JSON "), Some(BodyFormat::Json));
+        assert_eq!(BodyFormat::from_content_type("application/vnd.x+json"), Some(BodyFormat::Json));
         assert_eq!(BodyFormat::from_content_type("text/plain"), None);
         assert_eq!(BodyFormat::from_content_type(""), None);
     }

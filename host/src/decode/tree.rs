@@ -286,11 +286,7 @@ pub struct Map {
 impl PartialEq for Map {
     fn eq(&self, other: &Map) -> bool {
         self.entries.len() == other.entries.len()
-            && self
-                .entries
-                .iter()
-                .zip(other.entries.iter())
-                .all(|(a, b)| a == b)
+            && self.entries.iter().zip(other.entries.iter()).all(|(a, b)| a == b)
     }
 }
 
@@ -304,10 +300,7 @@ impl Map {
 
     /// An empty map with room for `capacity` entries.
     pub fn with_capacity(capacity: usize) -> Map {
-        Map {
-            entries: IndexMap::with_capacity(capacity),
-            next_index: None,
-        }
+        Map { entries: IndexMap::with_capacity(capacity), next_index: None }
     }
 
     /// Number of entries.
@@ -377,11 +370,7 @@ impl Map {
             self.note_int_key(&Key::Int(i));
         }
         let hash = self.entries.hasher().hash_one(key);
-        match self
-            .entries
-            .raw_entry_mut_v1()
-            .from_key_hashed_nocheck(hash, &key)
-        {
+        match self.entries.raw_entry_mut_v1().from_key_hashed_nocheck(hash, &key) {
             RawEntryMut::Occupied(slot) => *slot.into_mut() = value,
             RawEntryMut::Vacant(slot) => {
                 slot.insert_hashed_nocheck(hash, key.to_key(), value);
@@ -430,11 +419,7 @@ impl Map {
             RawEntryMut::Occupied(slot) => (slot.index(), slot.into_mut()),
             RawEntryMut::Vacant(slot) => {
                 let index = slot.index();
-                (
-                    index,
-                    slot.insert_hashed_nocheck(hash, key.to_key(), Value::Map(Map::new()))
-                        .1,
-                )
+                (index, slot.insert_hashed_nocheck(hash, key.to_key(), Value::Map(Map::new())).1)
             }
         };
         (index, slot.force_map())
@@ -480,10 +465,7 @@ impl Map {
             serde_json::Value::Array(self.entries.values().map(Value::to_json).collect())
         } else {
             serde_json::Value::Object(
-                self.entries
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_json()))
-                    .collect(),
+                self.entries.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect(),
             )
         }
     }
@@ -722,10 +704,7 @@ mod tests {
         assert_eq!(o.to_php_json(), r#"{"1":"x","0":"y"}"#);
         let mut s = Map::new();
         s.insert("k", "\u{1}\"\\/\n\u{2028}é😀\u{7f}");
-        assert_eq!(
-            s.to_php_json(),
-            "{\"k\":\"\\u0001\\\"\\\\/\\n\\u2028é😀\u{7f}\"}"
-        );
+        assert_eq!(s.to_php_json(), "{\"k\":\"\\u0001\\\"\\\\/\\n\\u2028é😀\u{7f}\"}");
     }
 
     #[test]
@@ -733,9 +712,7 @@ mod tests {
         let mut m = Map::new();
         let f = m.child_map(KeyRef::Str("FIELDS"));
         f.insert("ID", "554");
-        f.child_map(KeyRef::Str("LIST"))
-            .child_map(KeyRef::Int(0))
-            .insert("VALUE", "x");
+        f.child_map(KeyRef::Str("LIST")).child_map(KeyRef::Int(0)).insert("VALUE", "x");
         assert_eq!(m.get_path_str(&["FIELDS", "ID"]), Some("554"));
         assert_eq!(m.get_path_str(&["FIELDS", "LIST", "0", "VALUE"]), Some("x"));
         assert_eq!(m.get_path(&["FIELDS", "ID", "x"]), None);

@@ -141,9 +141,8 @@ impl Family {
 /// The family and action of a user-field event code (upper-case), or `None` for other codes.
 fn classify(code: &str) -> Option<(Family, Action)> {
     let rest = code.strip_prefix("ONCRM")?;
-    let (family, rest) = FAMILIES
-        .iter()
-        .find_map(|&(name, family)| Some((family, rest.strip_prefix(name)?)))?;
+    let (family, rest) =
+        FAMILIES.iter().find_map(|&(name, family)| Some((family, rest.strip_prefix(name)?)))?;
     let action = rest.strip_prefix("USERFIELD")?;
     let action = ACTIONS.iter().find(|&&(name, _)| name == action)?.1;
     Some((family, action))
@@ -172,16 +171,12 @@ fn lookup<'m>(
     data: &'m Map,
     places: &[(&'static str, &[&str])],
 ) -> Option<(&'static str, &'m Value)> {
-    places
-        .iter()
-        .find_map(|&(name, path)| Some((name, data.get_path(path)?)))
+    places.iter().find_map(|&(name, path)| Some((name, data.get_path(path)?)))
 }
 
 /// A non-empty string at one of `places`; arrays count as absent.
 fn lookup_str<'m>(data: &'m Map, places: &[(&'static str, &[&str])]) -> Option<&'m str> {
-    places
-        .iter()
-        .find_map(|&(_, path)| data.get_path_str(path).filter(|s| !s.is_empty()))
+    places.iter().find_map(|&(_, path)| data.get_path_str(path).filter(|s| !s.is_empty()))
 }
 
 fn user_field(
@@ -206,13 +201,7 @@ fn user_field(
         }
     };
     let field_name = lookup_str(data, &FIELD_NAME).unwrap_or_default().to_owned();
-    Ok(UserField {
-        action,
-        entity,
-        entity_id,
-        field_id,
-        field_name,
-    })
+    Ok(UserField { action, entity, entity_id, field_id, field_name })
 }
 
 /// Decimal digits only (no sign, no spaces), within `u64`.
@@ -319,14 +308,7 @@ impl Decoded {
             Some(Value::Str(s)) => vec![(String::new(), s)],
             None => Vec::new(),
         };
-        Ok(Decoded {
-            code,
-            handler_id,
-            ts,
-            auth,
-            data,
-            kind,
-        })
+        Ok(Decoded { code, handler_id, ts, auth, data, kind })
     }
 
     /// The user field, for user-field events.
@@ -339,10 +321,7 @@ impl Decoded {
 
     /// The value at `key` in [`Decoded::data`] (e.g. `FIELDS[ID]`), if present.
     pub fn data_value(&self, key: &str) -> Option<&str> {
-        self.data
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.data.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -410,15 +389,11 @@ mod tests {
         let d = view("event=ONCRMINVOICEUSERFIELDADD&data[FIELDS][id]=9&data[FIELDS][entityId]=CRM_INVOICE&data[FIELDS][fieldName]=UF_CRM_X")
             .expect("decodes");
         let f = d.user_field().expect("user field");
-        assert_eq!(
-            (f.field_id, f.entity, f.field_name.as_str()),
-            (9, Entity::Invoice, "UF_CRM_X")
-        );
+        assert_eq!((f.field_id, f.entity, f.field_name.as_str()), (9, Entity::Invoice, "UF_CRM_X"));
         let top = view("event=ONCRMINVOICEUSERFIELDADD&data[id]=10&data[fieldName]=UF_Y")
             .expect("decodes");
         assert_eq!(
-            top.user_field()
-                .map(|f| (f.field_id, f.field_name.as_str())),
+            top.user_field().map(|f| (f.field_id, f.field_name.as_str())),
             Some((10, "UF_Y"))
         );
     }
@@ -427,10 +402,7 @@ mod tests {
     fn errors() {
         assert_eq!(view("a=1").err(), Some(DecodeError::Missing("event")));
         assert_eq!(view("event=").err(), Some(DecodeError::Missing("event")));
-        assert_eq!(
-            view("event[]=x").err(),
-            Some(DecodeError::NotAString("event"))
-        );
+        assert_eq!(view("event[]=x").err(), Some(DecodeError::NotAString("event")));
         assert_eq!(
             view("event=ONCRMDEALUSERFIELDADD").err(),
             Some(DecodeError::Missing("data[FIELDS][ID]"))
@@ -482,10 +454,7 @@ mod tests {
             (12, Some(1_700_000_000), "crm")
         );
         assert_eq!(user.access_token.expose(), "AT-SECRET");
-        assert_eq!(
-            d.auth.refresh_token.as_ref().map(Secret::expose),
-            Some("RT-SECRET")
-        );
+        assert_eq!(d.auth.refresh_token.as_ref().map(Secret::expose), Some("RT-SECRET"));
         assert_eq!(d.auth.application_token.expose(), "APP-SECRET");
         assert_eq!(d.auth.status.as_deref(), Some("F"));
         assert_eq!(d.data, vec![(String::new(), "plain".to_owned())]);
@@ -497,10 +466,7 @@ mod tests {
         assert_eq!(empty_token.auth.user, None);
         let array_auth = view("event=X&auth[domain][]=d&auth[member_id]=m").expect("decodes");
         assert_eq!(
-            (
-                array_auth.auth.domain.as_str(),
-                array_auth.auth.member_id.as_str()
-            ),
+            (array_auth.auth.domain.as_str(), array_auth.auth.member_id.as_str()),
             ("", "m")
         );
     }

@@ -1,8 +1,7 @@
 //! Turns a decoded event into the stable-ABI views plugins receive.
 
 use b24_plugin_api::{
-    AppStatus, Delivery, Event, KeyValue, Origin, Portal, ROption, RVec, UserAuth,
-    UserFieldEvent,
+    AppStatus, Delivery, Event, KeyValue, Origin, Portal, ROption, RVec, UserAuth, UserFieldEvent,
 };
 
 use crate::{

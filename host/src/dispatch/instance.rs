@@ -60,7 +60,8 @@ impl Instance {
     /// its last call has finished.
     pub fn recreate(&self) -> Result<(), LoadError> {
         let fresh = Arc::new(self.plugin.create(&self.settings, self.host.clone())?);
-        let old = std::mem::replace(&mut *self.current.lock().unwrap_or_else(|p| p.into_inner()), fresh);
+        let old =
+            std::mem::replace(&mut *self.current.lock().unwrap_or_else(|p| p.into_inner()), fresh);
         if let Some(old) = Arc::into_inner(old) {
             old.shutdown();
         }

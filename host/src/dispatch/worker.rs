@@ -73,7 +73,12 @@ impl Worker {
             let started = Instant::now();
             let error = match self.call(event).await {
                 Ok(outcome) => {
-                    tracing::debug!(attempt, ?outcome, elapsed_us = started.elapsed().as_micros() as u64, "delivered");
+                    tracing::debug!(
+                        attempt,
+                        ?outcome,
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "delivered"
+                    );
                     return;
                 }
                 Err(error) => error,
@@ -129,7 +134,10 @@ impl Worker {
             }
         };
         joined.unwrap_or_else(|e| {
-            Err(PluginError { kind: ErrorKind::Panicked, message: format!("call failed: {e}").into() })
+            Err(PluginError {
+                kind: ErrorKind::Panicked,
+                message: format!("call failed: {e}").into(),
+            })
         })
     }
 }

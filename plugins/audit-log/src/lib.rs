@@ -99,9 +99,9 @@ impl Plugin for AuditLog {
             .map_err(|e| PluginError::reject(format!("cannot encode the line: {e}")))?;
         text.push('\n');
         let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.flush())
-            .map_err(|e| PluginError::retry(format!("cannot write {}: {e}", self.path.display())))?;
+        file.write_all(text.as_bytes()).and_then(|()| file.flush()).map_err(|e| {
+            PluginError::retry(format!("cannot write {}: {e}", self.path.display()))
+        })?;
         Ok(Outcome::Done)
     }
 

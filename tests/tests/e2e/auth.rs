@@ -22,7 +22,9 @@ fn a_wrong_token_or_an_unknown_portal_gets_401_and_reaches_no_plugin() {
     assert_eq!(answer.status, 401);
     assert!(answer.body.contains("unknown portal"), "{}", answer.body);
 
-    let missing = format!("event=ONCRMDEALUSERFIELDADD&data%5BFIELDS%5D%5BID%5D=1&auth%5Bmember_id%5D={MEMBER}");
+    let missing = format!(
+        "event=ONCRMDEALUSERFIELDADD&data%5BFIELDS%5D%5BID%5D=1&auth%5Bmember_id%5D={MEMBER}"
+    );
     assert_eq!(host.post_form(&missing).status, 401);
 
     // A good event afterwards is the first and only thing the probe sees.
@@ -60,7 +62,10 @@ fn onappinstall_teaches_a_token_that_survives_a_restart_and_uninstall_forgets_it
     assert_eq!(host.post_form(&event("ONAPPINSTALL", token)).status, 200);
     assert_eq!(host.post_form(&event("ONCRMDEALUSERFIELDADD", token)).status, 200);
     // Another install claiming the portal with another token is refused.
-    assert_eq!(host.post_form(&event("ONAPPINSTALL", "99999999999999999999999999999999")).status, 401);
+    assert_eq!(
+        host.post_form(&event("ONAPPINSTALL", "99999999999999999999999999999999")).status,
+        401
+    );
     assert!(host.stop());
 
     let host = start(&dir);

@@ -33,7 +33,11 @@ fn a_panic_on_one_event_is_retried_and_later_events_still_arrive() {
     assert_eq!(host.post_form(&field_event(4, "UF_CRM_FINE")).status, 200);
     let lines = dir.wait_lines("probe.jsonl", 8, PATIENCE, |l| l["kind"] == "user_field");
     let attempts = |id: u64| -> Vec<u64> {
-        lines.iter().filter(|l| l["field_id"] == id).map(|l| l["attempt"].as_u64().unwrap_or(0)).collect()
+        lines
+            .iter()
+            .filter(|l| l["field_id"] == id)
+            .map(|l| l["attempt"].as_u64().unwrap_or(0))
+            .collect()
     };
     assert_eq!(attempts(1), vec![1, 2, 3], "a panicking event is tried the configured 3 times");
     assert_eq!(attempts(2), vec![1, 2, 3], "RETRY2 succeeds on the third attempt");
@@ -43,7 +47,8 @@ fn a_panic_on_one_event_is_retried_and_later_events_still_arrive() {
     let order: Vec<u64> = lines.iter().map(|l| l["field_id"].as_u64().unwrap_or(0)).collect();
     assert_eq!(order, vec![1, 1, 1, 2, 2, 2, 3, 4]);
     // The event id stays the same across attempts.
-    let ids: Vec<_> = lines.iter().filter(|l| l["field_id"] == 2).map(|l| l["event_id"].clone()).collect();
+    let ids: Vec<_> =
+        lines.iter().filter(|l| l["field_id"] == 2).map(|l| l["event_id"].clone()).collect();
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
     assert!(host.stop());
 }
@@ -51,7 +56,10 @@ fn a_panic_on_one_event_is_retried_and_later_events_still_arrive() {
 #[test]
 fn a_plugin_past_its_timeout_does_not_delay_the_others() {
     let dir = HostDir::new(&["audit-log", "probe"]);
-    dir.write_config(&config(&["audit-log", "probe"], &probe("timeout_ms = 100", "sleep_ms = 3000")));
+    dir.write_config(&config(
+        &["audit-log", "probe"],
+        &probe("timeout_ms = 100", "sleep_ms = 3000"),
+    ));
     let host = start(&dir);
     for id in 1..=5 {
         assert_eq!(host.post_form(&field_event(id, "UF_CRM_X")).status, 200);
@@ -61,6 +69,9 @@ fn a_plugin_past_its_timeout_does_not_delay_the_others() {
     let audit = dir.wait_lines("audit.jsonl", 5, PATIENCE, |_| true);
     assert_eq!(audit.len(), 5);
     let probe_calls = dir.read_lines("probe.jsonl").len();
-    assert!(probe_calls <= 2, "audit-log waited for the slow probe ({probe_calls} probe calls first)");
+    assert!(
+        probe_calls <= 2,
+        "audit-log waited for the slow probe ({probe_calls} probe calls first)"
+    );
     assert!(host.wait_log("exceeded its timeout", PATIENCE), "the timeout was not logged");
 }

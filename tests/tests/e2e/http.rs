@@ -13,7 +13,12 @@ fn bad_requests_get_clear_statuses_and_reach_no_plugin() {
     let answer = host.request("GET", &path, None, b"");
     assert_eq!(answer.status, 405);
 
-    let answer = host.request("POST", "/elsewhere", Some("application/x-www-form-urlencoded"), good.as_bytes());
+    let answer = host.request(
+        "POST",
+        "/elsewhere",
+        Some("application/x-www-form-urlencoded"),
+        good.as_bytes(),
+    );
     assert_eq!(answer.status, 404);
 
     let answer = host.request("POST", &path, Some("text/plain"), good.as_bytes());

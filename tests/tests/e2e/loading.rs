@@ -40,7 +40,10 @@ fn a_missing_plugin_and_a_library_that_is_not_a_plugin_are_reported_together() {
     let out = dir.run_cli(&["check", "--config", "host.toml"]);
     let err = stderr(&out);
     assert!(!out.status.success());
-    assert!(err.contains("plugin `notaplugin`") && err.contains("is not a b24-host plugin"), "{err}");
+    assert!(
+        err.contains("plugin `notaplugin`") && err.contains("is not a b24-host plugin"),
+        "{err}"
+    );
     assert!(err.contains("plugin `ghost`") && err.contains("libghost.so"), "{err}");
     assert!(err.contains("2 problem(s)"), "{err}");
     // audit-log itself was fine and is still listed.
@@ -148,7 +151,10 @@ fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use
         .replace("edition.workspace = true", "edition = \"2024\"")
         .replace("license.workspace = true", "")
         .replace("rust-version.workspace = true", "")
-        .replace("abi_stable.workspace = true", "abi_stable = { version = \"0.11\", default-features = false }");
+        .replace(
+            "abi_stable.workspace = true",
+            "abi_stable = { version = \"0.11\", default-features = false }",
+        );
     std::fs::write(api.join("Cargo.toml"), manifest).unwrap();
     let library = author_plugin(work.path(), &api, "old-watch");
 
@@ -159,7 +165,8 @@ fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(
-        err.contains("built against b24-plugin-api 0.2") && err.contains("rebuild the plugin against b24-plugin-api 0.1"),
+        err.contains("built against b24-plugin-api 0.2")
+            && err.contains("rebuild the plugin against b24-plugin-api 0.1"),
         "{err}"
     );
 }

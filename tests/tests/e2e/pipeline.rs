@@ -58,7 +58,10 @@ fn every_user_field_code_reaches_the_plugins_with_its_action_and_entity() {
         assert_eq!(line["field_name"], "UF_CRM_1724771514");
         assert_eq!(line["user"], "1");
         let text = line.to_string();
-        assert!(!text.contains("s6p6eclrvim6da22ft9ch94ekreb52lv"), "a token reached the audit log: {text}");
+        assert!(
+            !text.contains("s6p6eclrvim6da22ft9ch94ekreb52lv"),
+            "a token reached the audit log: {text}"
+        );
         assert!(!text.contains(TOKEN), "a token reached the audit log: {text}");
     }
     assert!(host.stop(), "the host did not stop cleanly");
@@ -100,10 +103,7 @@ fn a_json_body_is_accepted_like_a_form() {
 #[test]
 fn a_generic_event_reaches_only_plugins_subscribed_to_it() {
     let dir = HostDir::new(&["audit-log", "probe"]);
-    dir.write_config(&config(
-        &["audit-log", "probe"],
-        &probe("events = [\"oncrmcontact*\"]", ""),
-    ));
+    dir.write_config(&config(&["audit-log", "probe"], &probe("events = [\"oncrmcontact*\"]", "")));
     let host = start(&dir);
     // A generic event with nested data, as Bitrix24 would encode it.
     let body = format!(
@@ -121,7 +121,11 @@ fn a_generic_event_reaches_only_plugins_subscribed_to_it() {
     assert_eq!(probe[0]["user"], false);
     assert_eq!(
         probe[0]["data"],
-        serde_json::json!([["FIELDS[ID]", "134806"], ["FIELDS[TAGS][0]", "a b"], ["FIELDS[TAGS][1]", "c&d"]])
+        serde_json::json!([
+            ["FIELDS[ID]", "134806"],
+            ["FIELDS[TAGS][0]", "a b"],
+            ["FIELDS[TAGS][1]", "c&d"]
+        ])
     );
     assert_eq!(probe[1]["code"], "ONCRMCONTACTUSERFIELDADD");
     // audit-log subscribes to user-field events only: it saw the two user-field events.

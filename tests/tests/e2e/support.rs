@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-pub use b24_tests::*;
 use b24_host::cli::SendArgs;
+pub use b24_tests::*;
 
 /// How long a test waits for plugins to catch up before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
