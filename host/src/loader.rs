@@ -12,7 +12,7 @@ use std::{
 };
 
 use abi_stable::{
-    library::{LibraryError, lib_header_from_path},
+    library::{LibraryError, RootModule, lib_header_from_path},
     sabi_types::VersionNumber,
     std_types::{RErr, ROk},
 };
@@ -298,8 +298,6 @@ pub fn load_file(name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
     })
 }
 
-use abi_stable::library::RootModule as _;
-
 /// `0.1.0` -> `0.1`: the line a version belongs to, as users name it.
 fn abi_line(version: &str) -> String {
     let mut parts = version.split('.');
@@ -326,6 +324,30 @@ mod tests {
         assert_eq!(plugin_name_of(Path::new("/p/audit-log.txt")), None);
         assert_eq!(plugin_name_of(Path::new("/p/lib.so")), None);
         assert_eq!(library_file_name("audit-log"), "libaudit_log.so");
+    }
+
+    #[test]
+    fn two_files_for_one_plugin_are_refused_and_a_missing_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("libwatch.so"), b"").unwrap();
+        std::fs::write(dir.path().join("watch.so"), b"").unwrap();
+        std::fs::write(dir.path().join("README.txt"), b"").unwrap();
+        let found = discover(dir.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        let err = load(dir.path(), &found, "watch").unwrap_err();
+        assert!(matches!(err, LoadError::Ambiguous { ref files, .. } if files.len() == 2), "{err}");
+        assert!(err.to_string().contains("keep only one"));
+        let err = load(dir.path(), &found, "other").unwrap_err();
+        assert!(err.to_string().contains("libother.so"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_cannot_be_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libjunk.so");
+        std::fs::write(&path, b"not an ELF file").unwrap();
+        let err = load_file("junk", &path).unwrap_err();
+        assert!(matches!(err, LoadError::Open { .. }), "{err}");
     }
 
     #[test]
