@@ -3,14 +3,10 @@
 //! Bitrix24 signs nothing; an event's only proof is `auth[application_token]`, which must equal
 //! the token the portal gave the app (per portal, keyed by `member_id`). Tokens come from
 //! host.toml or, with `learn_tokens_on_install`, from the portal's `ONAPPINSTALL` event; learned
-//! tokens are kept in the state folder. Comparison is constant-time, and no token is ever logged.
+//! tokens are kept in the journal, written in the same transaction as the event that taught or
+//! revoked them. Comparison is constant-time, and no token is ever logged.
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::{Path, PathBuf},
-    sync::RwLock,
-};
+use std::{collections::BTreeMap, sync::RwLock};
 
 use b24_plugin_api::Secret;
 use subtle::ConstantTimeEq;
@@ -31,8 +27,8 @@ pub enum AuthError {
     Mismatch,
 }
 
-/// What accepting the event implies for the token store, done by [`Verifier::commit`] once the
-/// event is safely queued.
+/// What accepting the event implies for the learned tokens: journaled with the event, then
+/// applied with [`Verifier::apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Nothing to change.
@@ -43,33 +39,21 @@ pub enum Effect {
     Forget,
 }
 
-/// The token store could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the token store {}: {source}", .path.display())]
-pub struct StoreError {
-    path: PathBuf,
-    source: std::io::Error,
-}
-
 /// Checks application tokens against host.toml and the learned-token store.
 pub struct Verifier {
     configured: BTreeMap<String, Secret>,
     learn: bool,
-    store_path: PathBuf,
     learned: RwLock<BTreeMap<String, Secret>>,
 }
 
 impl Verifier {
-    /// A verifier for `config`, with learned tokens kept in `state_dir/tokens.json`.
-    pub fn new(config: &AuthConfig, state_dir: &Path) -> Result<Verifier, StoreError> {
-        let store_path = state_dir.join("tokens.json");
-        let learned = load_store(&store_path)?;
-        Ok(Verifier {
+    /// A verifier for `config` with the tokens learned so far.
+    pub fn new(config: &AuthConfig, learned: BTreeMap<String, Secret>) -> Verifier {
+        Verifier {
             configured: config.portals.clone(),
             learn: config.learn_tokens_on_install,
-            store_path,
             learned: RwLock::new(learned),
-        })
+        }
     }
 
     /// Verifies `event`; on success says what to change in the store once it is accepted.
@@ -93,20 +77,29 @@ impl Verifier {
         }
     }
 
-    /// Applies `effect` for `event` to the store and persists it.
-    pub fn commit(&self, event: &Decoded, effect: &Effect) -> Result<(), StoreError> {
+    /// The token write to journal with the event: `(member_id, Some(token))` to remember,
+    /// `(member_id, None)` to forget.
+    pub fn token_change(event: &Decoded, effect: &Effect) -> Option<(String, Option<Secret>)> {
         let member = event.auth.member_id.clone();
+        match effect {
+            Effect::None => None,
+            Effect::Learn => Some((member, Some(event.auth.application_token.clone()))),
+            Effect::Forget => Some((member, None)),
+        }
+    }
+
+    /// Applies `effect` once the event that carries it is journaled.
+    pub fn apply(&self, event: &Decoded, effect: &Effect) {
         let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
         match effect {
-            Effect::None => return Ok(()),
+            Effect::None => {}
             Effect::Learn => {
-                learned.insert(member, event.auth.application_token.clone());
+                learned.insert(event.auth.member_id.clone(), event.auth.application_token.clone());
             }
             Effect::Forget => {
-                learned.remove(&member);
+                learned.remove(&event.auth.member_id);
             }
         }
-        save_store(&self.store_path, &learned)
     }
 
     /// The member ids with a learned token.
@@ -117,35 +110,4 @@ impl Verifier {
 
 fn same(known: &Secret, given: &Secret) -> bool {
     known.expose().as_bytes().ct_eq(given.expose().as_bytes()).into()
-}
-
-fn load_store(path: &Path) -> Result<BTreeMap<String, Secret>, StoreError> {
-    let err = |source| StoreError { path: path.to_owned(), source };
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(err(e)),
-    };
-    let raw: BTreeMap<String, String> = serde_json::from_str(&text)
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    Ok(raw.into_iter().map(|(k, v)| (k, Secret::new(v))).collect())
-}
-
-/// Writes the store atomically: a temporary file, fsync, rename, fsync of the folder.
-fn save_store(path: &Path, tokens: &BTreeMap<String, Secret>) -> Result<(), StoreError> {
-    let err = |source| StoreError { path: path.to_owned(), source };
-    let raw: BTreeMap<&str, &str> = tokens.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
-    let text = serde_json::to_vec_pretty(&raw).map_err(|e| err(std::io::Error::other(e)))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp).map_err(err)?;
-    file.write_all(&text).and_then(|()| file.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    Ok(())
 }

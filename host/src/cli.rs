@@ -46,6 +46,58 @@ pub enum Command {
     },
     /// Post one realistic event, encoded exactly as Bitrix24 encodes it, and print the answer.
     Send(SendArgs),
+    /// Inspect and repair the journal (works on a stopped or a running host).
+    Journal {
+        /// The config file (default as for `serve`); names the state folder.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        /// What to do.
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+/// The `journal` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Per plugin: backlog, retrying, dead letters, age of the oldest pending event.
+    Stats,
+    /// The newest events and who still has to process them.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One event in detail, tokens redacted.
+    Show {
+        /// The event id.
+        id: u64,
+    },
+    /// Dead letters.
+    Dead {
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+    },
+    /// Put dead letters back into delivery.
+    Replay {
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only these event ids (all dead letters when none).
+        ids: Vec<u64>,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only these event ids (all dead letters when none).
+        ids: Vec<u64>,
+    },
 }
 
 /// Options of `send`.

@@ -1,16 +1,16 @@
 //! The HTTP front door: checks method, path, size and content type, decodes the body, verifies
-//! the application token and queues the event, answering 200 only once the queue has it.
+//! the application token and journals the event, answering 200 only once it is on disk.
 //!
 //! | status | when |
 //! |---|---|
-//! | 200 | accepted (queued) |
+//! | 200 | accepted (journaled), or a duplicate of an event journaled within the window |
 //! | 400 | the body is not a well-formed event |
 //! | 401 | missing, unknown or wrong application token |
 //! | 404 | another path |
 //! | 405 | not a POST |
 //! | 413 | body over `server.max_body_bytes` |
 //! | 415 | content type neither form nor JSON |
-//! | 503 | the event could not be queued (shutting down, storage failure) |
+//! | 503 | the event could not be journaled (storage failure, shutting down); nothing is claimed |
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
@@ -25,7 +25,8 @@ use hyper::{
 use crate::{
     auth::Verifier,
     decode::{self, BodyFormat},
-    queue::Queue,
+    journal::{Appended, Journal},
+    route::Route,
 };
 
 /// What the front door needs; shared by every connection.
@@ -37,7 +38,9 @@ pub struct Ingress {
     /// Token checks.
     pub verifier: Arc<Verifier>,
     /// Where accepted events go.
-    pub queue: Queue,
+    pub journal: Journal,
+    /// Every enabled plugin (loaded or not) and the events it receives.
+    pub routes: Vec<(Arc<str>, Route)>,
 }
 
 /// The answer to one request.
@@ -135,20 +138,29 @@ impl Ingress {
                 return answer(StatusCode::UNAUTHORIZED, e.to_string());
             }
         };
-        if let Err(e) = self.verifier.commit(&event, &effect) {
-            tracing::error!("{e}");
-            return answer(StatusCode::SERVICE_UNAVAILABLE, "cannot store the portal's token");
-        }
-        let member_id = event.auth.member_id.clone();
-        let code = event.code.clone();
-        match self.queue.submit(body, event).await {
-            Ok(envelope) => {
-                tracing::info!(event_id = envelope.id, %member_id, %code, "event accepted");
-                answer(StatusCode::OK, format!("accepted {}", envelope.id))
+        let plugins: Vec<Arc<str>> = self
+            .routes
+            .iter()
+            .filter(|(_, route)| route.matches(&event))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let token = Verifier::token_change(&event, &effect);
+        match self.journal.append(body, format, &event, plugins, token).await {
+            Ok(Appended::New(id)) => {
+                self.verifier.apply(&event, &effect);
+                tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "event accepted");
+                answer(StatusCode::OK, format!("accepted {id}"))
+            }
+            Ok(Appended::Duplicate(id)) => {
+                tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "duplicate of a recent event; not delivered again");
+                answer(StatusCode::OK, format!("duplicate of {id}"))
             }
             Err(e) => {
-                tracing::error!(%member_id, %code, "cannot accept the event: {e}");
-                answer(StatusCode::SERVICE_UNAVAILABLE, format!("cannot accept the event: {e}"))
+                tracing::error!(member_id = %event.auth.member_id, code = %event.code, "cannot journal the event: {e}");
+                answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot store the event; nothing was accepted",
+                )
             }
         }
     }

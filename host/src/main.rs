@@ -8,8 +8,9 @@ use std::{
 
 use anyhow::Context;
 use b24_host::{
-    cli::{Cli, Command, LogFormatArg},
+    cli::{Cli, Command, JournalCommand, LogFormatArg},
     config::{Config, LogFormat},
+    journal::{admin::Request, store::Selection},
     logging, send, server,
 };
 use clap::Parser;
@@ -72,6 +73,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => {
             let config = load_config(config)?;
             Ok(b24_host::check::run(&config))
+        }
+        Command::Journal { config, json, command } => {
+            let config = load_config(config)?;
+            let request = match command {
+                JournalCommand::Stats => Request::Stats { enabled: config.plugins.enabled.clone() },
+                JournalCommand::List { limit } => Request::List { limit },
+                JournalCommand::Show { id } => Request::Show { id },
+                JournalCommand::Dead { plugin } => Request::Dead { plugin },
+                JournalCommand::Replay { plugin, ids } => {
+                    Request::Replay(Selection { plugin, ids })
+                }
+                JournalCommand::Purge { plugin, ids } => Request::Purge(Selection { plugin, ids }),
+            };
+            b24_host::journal_cmd::run(&config, request, json)
         }
         Command::Send(args) => {
             let (body, content_type) = send::body(&args);

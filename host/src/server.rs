@@ -1,5 +1,6 @@
-//! Server wiring: loads the plugins, starts the workers, accepts connections, and shuts down
-//! in order (stop accepting, finish requests, deliver what is queued, shut the plugins down).
+//! Server wiring: opens the journal, loads the plugins, starts the workers and the control
+//! socket, accepts connections, and shuts down in order (stop accepting, finish requests,
+//! finish the calls in flight, make the journal durable, shut the plugins down).
 
 use std::{future::Future, sync::Arc, time::Instant};
 
@@ -11,12 +12,14 @@ use hyper_util::{
 use tokio::net::TcpListener;
 
 use crate::{
-    auth::{StoreError, Verifier},
+    auth::Verifier,
     config::Config,
-    dispatch::{Dispatcher, Instance, Route, Worker, host_services},
+    control,
+    dispatch::{Dispatcher, Instance, Worker, host_services},
     ingress::Ingress,
+    journal::{self, Journal, StoreError},
     loader::{self, LoadError, LoadedPlugin},
-    queue::Queue,
+    route::Route,
 };
 
 /// Why the server could not start.
@@ -30,12 +33,17 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The learned-token store cannot be read.
-    #[error(transparent)]
-    TokenStore(#[from] StoreError),
-    /// One or more enabled plugins failed to load or create.
-    #[error("{} enabled plugin(s) failed:\n  {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
-    Plugins(Vec<LoadError>),
+    /// The journal cannot be opened.
+    #[error("{0}")]
+    Journal(#[from] StoreError),
+    /// The control socket cannot be bound.
+    #[error("cannot create the control socket {}: {source}", .path.display())]
+    Control {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// A plugin that loaded, with the route it will receive events by.
@@ -68,10 +76,14 @@ pub fn load_plugins(config: &Config) -> (Vec<PluginReport>, Vec<LoadError>) {
     (loaded, errors)
 }
 
-/// Loads and creates every enabled plugin, ready to run.
-fn create_workers(config: &Config) -> Result<Vec<Worker>, ServeError> {
+/// Loads and creates every enabled plugin. A plugin that fails is reported and left out: its
+/// events wait in the journal until it loads.
+fn create_workers(config: &Config) -> Vec<Worker> {
     let started = Instant::now();
-    let (loaded, mut errors) = load_plugins(config);
+    let (loaded, errors) = load_plugins(config);
+    for e in &errors {
+        tracing::error!("{e}; its events are kept in the journal until it loads");
+    }
     let mut workers = Vec::new();
     for PluginReport { plugin, route } in loaded {
         let name = plugin.name.clone();
@@ -95,44 +107,68 @@ fn create_workers(config: &Config) -> Result<Vec<Worker>, ServeError> {
                     config: plugin_config,
                 });
             }
-            Err(e) => errors.push(e),
+            Err(e) => tracing::error!("{e}; its events are kept in the journal until it loads"),
         }
-    }
-    if !errors.is_empty() {
-        return Err(ServeError::Plugins(errors));
     }
     tracing::info!(
         plugins = workers.len(),
+        failed = config.plugins.enabled.len() - workers.len(),
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
         "plugins ready"
     );
-    Ok(workers)
+    workers
 }
 
-/// A host with its plugins loaded and created, its workers started, ready to accept.
+/// A host with its journal open, its plugins loaded and its workers started, ready to accept.
 pub struct Prepared {
     config: Config,
-    queue: Queue,
+    journal: Journal,
+    writer: std::thread::JoinHandle<()>,
     dispatcher: Dispatcher,
     ingress: Arc<Ingress>,
+    control: tokio::net::UnixListener,
 }
 
-/// Loads everything the host needs before it may accept an event: the state folder, the
-/// token store, every enabled plugin. Fails, naming every problem, when any is missing.
+/// Everything the host needs before it may accept an event: the state folder, the journal,
+/// the control socket, the plugins. Must run inside the tokio runtime.
 pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
-    let verifier = Arc::new(Verifier::new(&config.auth, &config.state_dir)?);
-    let workers = create_workers(&config)?;
-    let queue = Queue::new();
-    let dispatcher = Dispatcher::start(workers, &queue);
+    let (journal, writer) = Journal::open(
+        &config.state_dir.join(journal::FILE_NAME),
+        &config.journal,
+        &config.plugins.enabled,
+    )?;
+    let verifier = Arc::new(Verifier::new(&config.auth, journal.learned_tokens()?));
+    let control = control::bind(&config.state_dir).map_err(|source| ServeError::Control {
+        path: control::socket_path(&config.state_dir),
+        source,
+    })?;
+    let workers = create_workers(&config);
+    let routes = config
+        .plugins
+        .enabled
+        .iter()
+        .map(|name| {
+            let route = workers
+                .iter()
+                .find(|w| &w.name == name || loader::normalize(&w.name) == loader::normalize(name))
+                .map_or_else(
+                    || Route::config_only(&config.plugin_config(name)),
+                    |w| w.route.clone(),
+                );
+            (Arc::from(name.as_str()), route)
+        })
+        .collect();
+    let dispatcher = Dispatcher::start(workers, &journal);
     let ingress = Arc::new(Ingress {
         path: config.server.path.clone(),
         max_body_bytes: config.server.max_body_bytes,
         verifier,
-        queue: queue.clone(),
+        journal: journal.clone(),
+        routes,
     });
-    Ok(Prepared { config, queue, dispatcher, ingress })
+    Ok(Prepared { config, journal, writer, dispatcher, ingress, control })
 }
 
 /// Runs the host on `listener` until `shutdown` completes, then shuts down gracefully.
@@ -150,10 +186,12 @@ pub async fn serve(
 
 impl Prepared {
     /// Accepts connections on `listener` until `shutdown` completes, then stops in order: no
-    /// new connections, open requests finish, queued events are delivered (up to the grace
-    /// period), every plugin's `shutdown` runs.
+    /// new connections, open requests finish, calls in flight finish (up to the grace period),
+    /// the journal is made durable, every plugin's `shutdown` runs. Undelivered events stay in
+    /// the journal for the next start.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let Prepared { config, queue, dispatcher, ingress } = self;
+        let Prepared { config, journal, writer, dispatcher, ingress, control } = self;
+        let control = tokio::spawn(control::serve(control, journal.clone()));
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
         let graceful = GracefulShutdown::new();
@@ -191,8 +229,16 @@ impl Prepared {
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("requests still open at the end of the grace period; closing them");
         }
-        queue.close();
+        journal.close();
         dispatcher.finish(grace).await;
+        control.abort();
+        let _ = control.await;
+        journal.flush().await;
+        drop(ingress);
+        drop(journal);
+        // The writer ends once the last handle is gone, after a final durable commit.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let _ = std::fs::remove_file(control::socket_path(&config.state_dir));
         tracing::info!("stopped");
     }
 }

@@ -95,6 +95,47 @@ impl HostDir {
         path
     }
 
+    /// Reads a JSON-lines file, skipping lines that do not parse (a line torn by SIGKILL).
+    pub fn read_lines_lenient(&self, file: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.path().join(file)).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Runs `b24-host journal ARGS --json` here and parses the answer.
+    pub fn journal(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["journal"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--config", "host.toml", "--json"]);
+        let out = self.run_cli(&all);
+        assert!(
+            out.status.success(),
+            "b24-host {all:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("journal --json prints JSON")
+    }
+
+    /// Per plugin (name -> backlog, retrying, dead) from `journal stats`.
+    pub fn stats(&self) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+        let answer = self.journal(&["stats"]);
+        answer["plugins"]
+            .as_array()
+            .map(|plugins| {
+                plugins
+                    .iter()
+                    .map(|p| {
+                        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+                        (
+                            p["plugin"].as_str().unwrap_or_default().to_owned(),
+                            (n("backlog"), n("retrying"), n("dead")),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Reads a JSON-lines file the plugins wrote (empty if it does not exist yet).
     pub fn read_lines(&self, file: &str) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.path().join(file)).unwrap_or_default();
@@ -134,11 +175,32 @@ impl HostDir {
     /// Starts `b24-host serve --config host.toml --listen 127.0.0.1:0` in this folder and waits
     /// for it to listen.
     pub fn start(&self) -> Result<RunningHost, String> {
+        self.start_with(Launch::default())
+    }
+
+    /// Starts the host as `launch` says.
+    pub fn start_with(&self, launch: Launch) -> Result<RunningHost, String> {
         let log_path = self.path().join(format!("host-{}.log", unique()));
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let mut child = Command::new(&built().host)
+        let listen = launch.listen.unwrap_or_else(|| "127.0.0.1:0".to_owned());
+        let host = built().host.display().to_string();
+        let mut command = match launch.file_size_limit_kib {
+            // The shell sets the limit and ignores SIGXFSZ, so writes past it fail with EFBIG
+            // (a full disk, as far as the host can tell) instead of killing the process.
+            Some(kib) => {
+                let mut c = Command::new("bash");
+                c.args([
+                    "-c",
+                    &format!("ulimit -f {kib}; trap '' XFSZ; exec \"$0\" \"$@\""),
+                    &host,
+                ]);
+                c
+            }
+            None => Command::new(&host),
+        };
+        let mut child = command
             .current_dir(self.path())
-            .args(["serve", "--config", "host.toml", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--config", "host.toml", "--listen", &listen])
             .env("RUST_LOG", "info,b24_host=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -173,6 +235,23 @@ impl HostDir {
             }
         }
     }
+}
+
+/// How to start the host.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// `--listen` address (default `127.0.0.1:0`).
+    pub listen: Option<String>,
+    /// A limit on the size of files the host may write, in KiB (`ulimit -f`).
+    pub file_size_limit_kib: Option<u64>,
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
 }
 
 fn unique() -> u128 {
@@ -226,23 +305,7 @@ impl RunningHost {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Answer {
-        let mut stream = TcpStream::connect(&self.addr).expect("cannot connect to the host");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        if let Some(ct) = content_type {
-            head.push_str(&format!("Content-Type: {ct}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).expect("write head");
-        // The host may answer (413) before reading everything; ignore a reset while writing.
-        let _ = stream.write_all(body);
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        parse_answer(&raw)
+        try_request(&self.addr, method, path, content_type, body).expect("cannot talk to the host")
     }
 
     /// The host's log so far.
@@ -299,6 +362,38 @@ impl Drop for RunningHost {
 
 fn signal(child: &Child, name: &str) {
     let _ = Command::new("kill").args([format!("-{name}"), child.id().to_string()]).status();
+}
+
+/// Sends one request to `addr` on a fresh connection; an error when there is no answer (the
+/// host is down or died mid-request).
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Answer, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        addr,
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    // The host may answer (413) before reading everything; ignore a reset while writing.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let answer = parse_answer(&raw);
+    if answer.status == 0 {
+        return Err("no HTTP answer".into());
+    }
+    Ok(answer)
 }
 
 fn parse_answer(raw: &[u8]) -> Answer {

@@ -68,6 +68,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Per-plugin tables (`[plugin.<name>]`), by plugin name; enabled or not.
     pub plugin: BTreeMap<String, PluginConfig>,
+    /// The durable journal (`[journal]`).
+    pub journal: JournalConfig,
 }
 
 /// The HTTP endpoint that receives events (`[server]`).
@@ -240,6 +242,43 @@ impl Default for RetryConfig {
     }
 }
 
+/// The durable journal (`[journal]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// How long the group commit waits for more events to share one durable write
+    /// (`commit_window_ms`; 0 batches only what is already waiting).
+    pub commit_window: Duration,
+    /// An identical event arriving again within this window is answered 200 and not delivered
+    /// twice (`dedup_window_ms`; 0 turns duplicate suppression off).
+    pub dedup_window: Duration,
+    /// Completed events are pruned after this long (`keep_completed_hours`).
+    pub keep_completed_for: Duration,
+    /// At most this many completed events are kept (`keep_completed_events`).
+    pub keep_completed_events: u64,
+}
+
+/// Default of `journal.commit_window_ms`.
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(1);
+/// Default of `journal.dedup_window_ms`.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_millis(600_000);
+/// Default of `journal.keep_completed_hours`.
+pub const DEFAULT_KEEP_COMPLETED_HOURS: u64 = 24;
+/// Default of `journal.keep_completed_events`.
+pub const DEFAULT_KEEP_COMPLETED_EVENTS: u64 = 100_000;
+/// Upper bound of `journal.keep_completed_hours` (one year).
+pub const MAX_KEEP_COMPLETED_HOURS: u64 = 24 * 366;
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            commit_window: DEFAULT_COMMIT_WINDOW,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            keep_completed_for: Duration::from_secs(DEFAULT_KEEP_COMPLETED_HOURS * 3600),
+            keep_completed_events: DEFAULT_KEEP_COMPLETED_EVENTS,
+        }
+    }
+}
+
 /// The embedded defaults, relative paths joined to `base_dir`; see [`Config::default_for`].
 pub(crate) fn default_config(base_dir: &Path) -> Config {
     Config {
@@ -249,6 +288,7 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         server: ServerConfig::default(),
         log: LogConfig::default(),
         auth: AuthConfig::default(),
+        journal: JournalConfig::default(),
         plugins: PluginsConfig {
             dir: base_dir.join(DEFAULT_PLUGINS_DIR),
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),

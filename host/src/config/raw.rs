@@ -28,9 +28,21 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub auth: RawAuth,
     #[serde(default)]
+    pub journal: RawJournal,
+    #[serde(default)]
     pub plugins: RawPlugins,
     #[serde(default)]
     pub plugin: BTreeMap<String, RawPlugin>,
+}
+
+/// `[journal]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJournal {
+    pub commit_window_ms: Option<Spanned<Millis>>,
+    pub dedup_window_ms: Option<Spanned<Millis>>,
+    pub keep_completed_hours: Option<Spanned<Count>>,
+    pub keep_completed_events: Option<Spanned<Count>>,
 }
 
 /// `[server]`.

@@ -14,16 +14,16 @@ use b24_plugin_api::Secret;
 use toml::Spanned;
 
 use super::{
-    AuthConfig, Config, ConfigError, LogConfig, LogFormat, PluginConfig, PluginsConfig,
-    RetryConfig, ServerConfig,
+    AuthConfig, Config, ConfigError, JournalConfig, LogConfig, LogFormat, PluginConfig,
+    PluginsConfig, RetryConfig, ServerConfig,
     load::{Source, join_keys},
     model::{
         DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
-        MAX_CONCURRENCY, MAX_MILLIS,
+        MAX_CONCURRENCY, MAX_KEEP_COMPLETED_HOURS, MAX_MILLIS,
     },
     raw::{
-        Bytes, Count, Millis, RawAuth, RawConfig, RawLog, RawPlugin, RawPlugins, RawRetry,
-        RawServer, RawToken,
+        Bytes, Count, Millis, RawAuth, RawConfig, RawJournal, RawLog, RawPlugin, RawPlugins,
+        RawRetry, RawServer, RawToken,
     },
 };
 
@@ -38,6 +38,7 @@ pub(crate) fn build(
     let server = server(src, raw.server)?;
     let log = log(src, raw.log)?;
     let auth = auth(src, raw.auth, env)?;
+    let journal = journal(src, raw.journal)?;
     let plugins = plugins(src, base_dir, raw.plugins)?;
     let mut plugin = BTreeMap::new();
     for (name, table) in raw.plugin {
@@ -57,8 +58,40 @@ pub(crate) fn build(
         auth,
         plugins,
         plugin,
+        journal,
     })
 }
+
+fn journal(src: &Source<'_>, raw: RawJournal) -> Result<JournalConfig, ConfigError> {
+    let mut out = JournalConfig::default();
+    if let Some(ms) = raw.commit_window_ms {
+        out.commit_window = millis(src, &ms, "journal.commit_window_ms", 0)?;
+        if out.commit_window > MAX_COMMIT_WINDOW {
+            return Err(src.invalid(
+                ms.span(),
+                "journal.commit_window_ms",
+                format!(
+                    "must be at most {} (every accepted request waits this long)",
+                    MAX_COMMIT_WINDOW.as_millis()
+                ),
+            ));
+        }
+    }
+    if let Some(ms) = raw.dedup_window_ms {
+        out.dedup_window = millis(src, &ms, "journal.dedup_window_ms", 0)?;
+    }
+    if let Some(hours) = raw.keep_completed_hours {
+        let hours = count(src, &hours, "journal.keep_completed_hours", MAX_KEEP_COMPLETED_HOURS)?;
+        out.keep_completed_for = Duration::from_secs(hours * 3600);
+    }
+    if let Some(n) = raw.keep_completed_events {
+        out.keep_completed_events = count(src, &n, "journal.keep_completed_events", u64::MAX)?;
+    }
+    Ok(out)
+}
+
+/// The longest group-commit window: every accepted request may wait this long.
+const MAX_COMMIT_WINDOW: Duration = Duration::from_millis(50);
 
 /// A folder key: not empty, relative ones joined to `base_dir`.
 fn resolve_dir(

@@ -6,7 +6,7 @@ use b24_plugin_api::{
 
 use crate::{
     decode::{AuthBlock, EventKind},
-    queue::Envelope,
+    journal::Envelope,
 };
 
 /// The view of one event for one delivery attempt.

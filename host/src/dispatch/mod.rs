@@ -1,7 +1,6 @@
-//! Dispatch: one worker per enabled plugin takes that plugin's events from the queue and calls
-//! the plugin. A slow, failing or panicking plugin only ever delays itself.
+//! Dispatch: one worker per loaded plugin takes that plugin's pending events from the journal
+//! and calls the plugin. A slow, failing or panicking plugin only ever delays itself.
 //!
-//! - [`route`]: which events a plugin receives.
 //! - [`convert`]: decoded event -> stable-ABI view.
 //! - [`instance`]: the live plugin instance, re-created after a panic.
 //! - [`worker`]: ordered delivery, timeouts, retries with back-off.
@@ -10,16 +9,14 @@
 pub mod convert;
 pub mod host_services;
 pub mod instance;
-pub mod route;
 pub mod worker;
 
 use std::{sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
 
-use crate::queue::Queue;
+use crate::journal::Journal;
 pub use instance::{Instance, PluginStatus};
-pub use route::Route;
 pub use worker::Worker;
 
 /// The running workers.
@@ -29,18 +26,18 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts one worker per plugin, each with its own consumer of `queue`.
-    pub fn start(workers: Vec<Worker>, queue: &Queue) -> Dispatcher {
+    /// Starts one worker per plugin, each with its own consumer of `journal`.
+    pub fn start(workers: Vec<Worker>, journal: &Journal) -> Dispatcher {
         let workers: Vec<Arc<Worker>> = workers.into_iter().map(Arc::new).collect();
         let mut running = JoinSet::new();
         for worker in &workers {
-            running.spawn(worker.clone().run(queue.consumer()));
+            running.spawn(worker.clone().run(journal.consumer(&worker.name)));
         }
         Dispatcher { workers, running }
     }
 
-    /// After the queue is closed: lets the workers deliver what is queued for up to `grace`,
-    /// then stops them and calls every plugin's `shutdown`.
+    /// After the journal is closed: lets calls in flight finish for up to `grace`, then stops
+    /// the workers and calls every plugin's `shutdown`. Undelivered events stay in the journal.
     pub async fn finish(mut self, grace: Duration) {
         let drained = tokio::time::timeout(grace, async {
             while self.running.join_next().await.is_some() {}

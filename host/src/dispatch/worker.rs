@@ -1,5 +1,6 @@
-//! A plugin's delivery worker: takes the plugin's events in arrival order, calls the plugin on
-//! a blocking thread, watches the timeout, and retries with exponential back-off and jitter.
+//! A plugin's delivery worker: takes the plugin's pending events from the journal in id
+//! order, calls the plugin on a blocking thread, watches the timeout, and reports each outcome
+//! back: done, failed (kept, with exponential back-off and jitter) or given up (dead letter).
 
 use std::{
     sync::Arc,
@@ -14,11 +15,11 @@ use tracing::Instrument;
 use super::{
     convert::{PluginEvent, plugin_event},
     instance::{Instance, PluginStatus},
-    route::Route,
 };
 use crate::{
     config::{PluginConfig, RetryConfig},
-    queue::{Consumer, Envelope},
+    journal::{Consumer, DeadLetter, Delivery, Pending, Reporter, now_ms},
+    route::Route,
 };
 
 /// Everything a worker needs to deliver to one plugin.
@@ -34,18 +35,18 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Delivers every event from `consumer` until the queue is closed and drained.
+    /// Delivers the plugin's events until the journal closes; calls in flight then finish.
     pub async fn run(self: Arc<Self>, mut consumer: Consumer) {
         let concurrency =
             if self.instance.plugin().concurrent { self.config.concurrency.max(1) } else { 1 };
         let slots = Arc::new(Semaphore::new(concurrency));
+        let reporter = consumer.reporter();
         let mut running = JoinSet::new();
-        while let Some(envelope) = consumer.next().await {
-            if !self.route.matches(&envelope.event) {
-                continue;
-            }
+        while let Some(delivery) = consumer.next().await {
             let Ok(slot) = slots.clone().acquire_owned().await else { break };
             let worker = self.clone();
+            let reporter = reporter.clone();
+            let envelope = &delivery.envelope;
             let span = tracing::info_span!(
                 "deliver",
                 plugin = %self.name,
@@ -55,7 +56,7 @@ impl Worker {
             );
             running.spawn(
                 async move {
-                    worker.deliver(&envelope).await;
+                    worker.deliver(delivery, &reporter).await;
                     drop(slot);
                 }
                 .instrument(span),
@@ -65,11 +66,31 @@ impl Worker {
         while running.join_next().await.is_some() {}
     }
 
-    /// Delivers one event, retrying until it succeeds, is rejected or runs out of attempts.
-    async fn deliver(&self, envelope: &Envelope) {
+    /// Delivers one event until it succeeds, is rejected, runs out of attempts, or the host
+    /// shuts down (then it stays pending for the next start).
+    async fn deliver(&self, delivery: Delivery, reporter: &Reporter) {
+        let Delivery { envelope, attempts, next_at_ms } = delivery;
+        let id = envelope.id;
+        if !self.route.matches(&envelope.event) {
+            reporter.complete(id);
+            return;
+        }
         let retry = &self.config.retry;
-        for attempt in 1..=retry.attempts.max(1) {
-            let event = Arc::new(plugin_event(envelope, attempt));
+        let mut attempt = attempts;
+        let mut due = next_at_ms;
+        loop {
+            let wait = due - now_ms();
+            if wait > 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                    () = reporter.closed() => return,
+                }
+            }
+            if reporter.is_closed() {
+                return;
+            }
+            attempt += 1;
+            let event = Arc::new(plugin_event(&envelope, attempt));
             let started = Instant::now();
             let error = match self.call(event).await {
                 Ok(outcome) => {
@@ -79,13 +100,15 @@ impl Worker {
                         elapsed_us = started.elapsed().as_micros() as u64,
                         "delivered"
                     );
+                    reporter.complete(id);
                     return;
                 }
                 Err(error) => error,
             };
             match error.kind {
                 ErrorKind::Reject => {
-                    tracing::error!(attempt, reason = %error.message, "plugin rejected the event; not delivering it again");
+                    tracing::error!(attempt, reason = %error.message, "plugin rejected the event; moved to its dead letters");
+                    reporter.bury(id, dead(format!("rejected: {}", error.message), attempt));
                     return;
                 }
                 ErrorKind::Panicked => {
@@ -102,10 +125,19 @@ impl Worker {
                 }
             }
             if attempt >= retry.attempts {
-                tracing::error!(attempts = attempt, "giving up on the event: no attempts left");
+                tracing::error!(
+                    attempts = attempt,
+                    "no attempts left; moved to the plugin's dead letters"
+                );
+                reporter
+                    .bury(id, dead(format!("gave up after {attempt} attempts: {error}"), attempt));
                 return;
             }
-            tokio::time::sleep(backoff(retry, attempt)).await;
+            due = now_ms() + backoff(retry, attempt).as_millis() as i64;
+            reporter.update(
+                id,
+                Pending { attempts: attempt, next_at_ms: due, last_error: error.to_string() },
+            );
         }
     }
 
@@ -140,6 +172,10 @@ impl Worker {
             })
         })
     }
+}
+
+fn dead(reason: String, attempts: u32) -> DeadLetter {
+    DeadLetter { reason, attempts, at_ms: now_ms() }
 }
 
 /// The wait before attempt `attempt + 1`: `base * 2^(attempt-1)` capped at `cap`, then

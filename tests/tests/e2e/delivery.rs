@@ -40,6 +40,7 @@ fn a_panic_on_one_event_is_retried_and_later_events_still_arrive() {
             .collect()
     };
     assert_eq!(attempts(1), vec![1, 2, 3], "a panicking event is tried the configured 3 times");
+    // Then it is a dead letter, as is the rejected one.
     assert_eq!(attempts(2), vec![1, 2, 3], "RETRY2 succeeds on the third attempt");
     assert_eq!(attempts(3), vec![1], "a rejected event is not retried");
     assert_eq!(attempts(4), vec![1]);
@@ -50,6 +51,11 @@ fn a_panic_on_one_event_is_retried_and_later_events_still_arrive() {
     let ids: Vec<_> =
         lines.iter().filter(|l| l["field_id"] == 2).map(|l| l["event_id"].clone()).collect();
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    let started = std::time::Instant::now();
+    while dir.stats()["probe"] != (0, 0, 2) && started.elapsed() < PATIENCE {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(dir.stats()["probe"], (0, 0, 2));
     assert!(host.stop());
 }
 

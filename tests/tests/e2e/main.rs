@@ -4,7 +4,9 @@
 mod support;
 
 mod auth;
+mod crash;
 mod delivery;
 mod http;
+mod journal;
 mod loading;
 mod pipeline;

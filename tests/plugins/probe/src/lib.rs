@@ -5,6 +5,7 @@
 //! - `record`: file to append one JSON line per call to (required).
 //! - `sleep_ms`: sleep this long in every call (a slow plugin).
 //! - `panic_always`: panic in every call.
+//! - `fail_while`: a file name; while that file exists, every call asks for a retry.
 //!
 //! Commands in the field name of a user-field event:
 //! `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
@@ -32,12 +33,15 @@ struct Settings {
     sleep_ms: u64,
     #[serde(default)]
     panic_always: bool,
+    #[serde(default)]
+    fail_while: Option<String>,
 }
 
 /// The probe plugin.
 pub struct Probe {
     settings: Settings,
     file: Mutex<File>,
+    fail_flag: Option<std::path::PathBuf>,
 }
 
 impl Create for Probe {
@@ -51,7 +55,8 @@ impl Create for Probe {
             .open(&path)
             .map_err(|e| PluginError::reject(format!("cannot open {}: {e}", path.display())))?;
         ctx.host.info("probe created");
-        Ok(Probe { settings, file: Mutex::new(file) })
+        let fail_flag = settings.fail_while.as_deref().map(|f| ctx.host.resolve_path(f));
+        Ok(Probe { settings, file: Mutex::new(file), fail_flag })
     }
 }
 
@@ -63,13 +68,17 @@ impl Probe {
         let _ = file.write_all(text.as_bytes());
     }
 
-    fn common(&self) {
+    fn common(&self) -> Result<(), PluginError> {
+        if self.fail_flag.as_ref().is_some_and(|flag| flag.exists()) {
+            return Err(PluginError::retry("probe told to fail while its flag file exists"));
+        }
         if self.settings.sleep_ms > 0 {
             std::thread::sleep(Duration::from_millis(self.settings.sleep_ms));
         }
         if self.settings.panic_always {
             panic!("probe told to panic always");
         }
+        Ok(())
     }
 }
 
@@ -94,13 +103,13 @@ impl Plugin for Probe {
             "member_id": event.portal.member_id.as_str(),
             "user": user,
         }));
-        self.common();
         let name = event.field_name.as_str();
-        if name.contains("PANIC") {
-            panic!("probe told to panic by field {name}");
-        }
         if name.contains("REJECT") {
             return Err(PluginError::reject("probe told to reject"));
+        }
+        self.common()?;
+        if name.contains("PANIC") {
+            panic!("probe told to panic by field {name}");
         }
         if let Some(n) = command_number(name, "RETRY")
             && u64::from(event.delivery.attempt) <= n
@@ -125,7 +134,7 @@ impl Plugin for Probe {
             "user": event.user.is_some(),
             "data": data,
         }));
-        self.common();
+        self.common()?;
         Ok(Outcome::Done)
     }
 

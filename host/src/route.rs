@@ -1,4 +1,5 @@
 //! Which events a plugin receives: its own subscriptions, narrowed by its host.toml table.
+//! Ingress uses it to decide whose pending rows an event gets; workers check it again.
 
 use wildmatch::WildMatch;
 
@@ -29,6 +30,12 @@ impl Route {
             entities: config.entities.as_deref().map(compile),
             fields: config.fields.as_deref().map(compile),
         }
+    }
+
+    /// The route of a plugin that did not load: its own subscriptions are unknown, so only the
+    /// host-side filters apply. Its events wait in the journal until it loads.
+    pub fn config_only(config: &PluginConfig) -> Route {
+        Route::new(&["*".to_owned()], config)
     }
 
     /// Whether the plugin wants `event`. Codes match case-insensitively; the entity and field

@@ -1,0 +1,339 @@
+//! What the `journal` commands show and change: per-plugin statistics, event listings, one
+//! event in detail (tokens redacted), dead letters, replay and purge.
+//!
+//! The same [`Request`]/[`Response`] pair serves a stopped host (the command opens the file
+//! itself) and a running one (the command asks the host over its control socket, and the
+//! host's writer thread applies changes).
+
+use std::collections::BTreeMap;
+
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    now_ms,
+    record::{DeadLetter, EventRecord, Pending, from_json},
+    store::{self, DEAD, EVENTS, PENDING, Selection, StoreError, db},
+    writer::AdminOp,
+};
+use crate::decode;
+
+/// A question or change for the journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "request")]
+pub enum Request {
+    /// Per-plugin backlog, retrying, dead letters, oldest pending age.
+    Stats {
+        /// The enabled plugins (listed even with nothing pending).
+        enabled: Vec<String>,
+    },
+    /// The newest events.
+    List {
+        /// How many.
+        limit: usize,
+    },
+    /// One event in detail.
+    Show {
+        /// Its id.
+        id: u64,
+    },
+    /// Dead letters.
+    Dead {
+        /// Only this plugin's.
+        plugin: Option<String>,
+    },
+    /// Put dead letters back into delivery.
+    Replay(Selection),
+    /// Delete dead letters.
+    Purge(Selection),
+}
+
+/// One plugin's numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginStats {
+    /// The plugin.
+    pub plugin: String,
+    /// Events not yet delivered (pending rows).
+    pub backlog: u64,
+    /// Of those, events that failed at least once.
+    pub retrying: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Age of the oldest pending event, ms.
+    pub oldest_pending_age_ms: Option<i64>,
+}
+
+/// One line of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSummary {
+    /// Event id.
+    pub id: u64,
+    /// When it was accepted, ms since the epoch.
+    pub received_at_ms: i64,
+    /// Event code.
+    pub code: String,
+    /// Portal.
+    pub member_id: String,
+    /// Plugins still to deliver to.
+    pub pending: Vec<String>,
+    /// Plugins that gave up on it.
+    pub dead: Vec<String>,
+}
+
+/// One event in detail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDetail {
+    /// The summary.
+    pub summary: EventSummary,
+    /// The decoded event with every token redacted.
+    pub decoded: serde_json::Value,
+    /// Per plugin still pending: attempts and last error.
+    pub pending_state: BTreeMap<String, Pending>,
+    /// Per plugin dead: why.
+    pub dead_state: BTreeMap<String, DeadLetter>,
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadRow {
+    /// The plugin.
+    pub plugin: String,
+    /// The event.
+    pub id: u64,
+    /// Its code.
+    pub code: String,
+    /// Its portal.
+    pub member_id: String,
+    /// Why it is dead.
+    pub dead: DeadLetter,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "response")]
+pub enum Response {
+    /// For `Stats`.
+    Stats {
+        /// One entry per plugin.
+        plugins: Vec<PluginStats>,
+        /// Events in the journal.
+        events: u64,
+    },
+    /// For `List`.
+    List {
+        /// Newest first.
+        events: Vec<EventSummary>,
+    },
+    /// For `Show`.
+    Show {
+        /// `None` when there is no such event.
+        event: Option<Box<EventDetail>>,
+    },
+    /// For `Dead`.
+    Dead {
+        /// The dead letters.
+        rows: Vec<DeadRow>,
+    },
+    /// For `Replay` and `Purge`: the (plugin, event id) pairs changed.
+    Changed {
+        /// The pairs.
+        rows: Vec<(String, u64)>,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Answers a read-only request from the database; `None` for a change.
+pub fn read(database: &Database, request: &Request) -> Option<Result<Response, StoreError>> {
+    Some(match request {
+        Request::Stats { enabled } => stats(database, enabled),
+        Request::List { limit } => list(database, *limit),
+        Request::Show { id } => show(database, *id),
+        Request::Dead { plugin } => dead(database, plugin.as_deref()),
+        Request::Replay(_) | Request::Purge(_) => return None,
+    })
+}
+
+/// The change a request makes, to run in a write transaction; `None` for a read.
+pub fn change(request: &Request) -> Option<AdminOp> {
+    match request.clone() {
+        Request::Replay(which) => {
+            Some(Box::new(move |txn: &WriteTransaction| Ok((store::replay(txn, &which)?, true))))
+        }
+        Request::Purge(which) => Some(Box::new(move |txn: &WriteTransaction| {
+            Ok((store::purge_dead(txn, &which)?, false))
+        })),
+        _ => None,
+    }
+}
+
+/// Runs `request` on a database this process opened itself (the host is not running).
+pub fn execute_offline(database: &Database, request: &Request) -> Result<Response, StoreError> {
+    if let Some(answer) = read(database, request) {
+        return answer;
+    }
+    let Some(op) = change(request) else {
+        return Ok(Response::Error { message: "unknown request".into() });
+    };
+    let txn = db(database.begin_write())?;
+    let (rows, _) = op(&txn)?;
+    db(txn.commit())?;
+    Ok(Response::Changed { rows })
+}
+
+/// One event's rows: per plugin pending, per plugin dead.
+type EventRows = (Vec<(String, Pending)>, Vec<(String, DeadLetter)>);
+type Rows = BTreeMap<u64, EventRows>;
+
+/// Every pending and dead row, by event id.
+fn rows(database: &Database) -> Result<Rows, StoreError> {
+    let txn = db(database.begin_read())?;
+    let mut out: Rows = BTreeMap::new();
+    for row in db(db(txn.open_table(PENDING))?.iter())? {
+        let (k, v) = db(row)?;
+        let (plugin, id) = k.value();
+        out.entry(id).or_default().0.push((plugin.to_owned(), from_json(v.value())));
+    }
+    for row in db(db(txn.open_table(DEAD))?.iter())? {
+        let (k, v) = db(row)?;
+        let (plugin, id) = k.value();
+        let dead: DeadLetter = serde_json::from_slice(v.value()).unwrap_or(DeadLetter {
+            reason: "unreadable dead letter".into(),
+            attempts: 0,
+            at_ms: 0,
+        });
+        out.entry(id).or_default().1.push((plugin.to_owned(), dead));
+    }
+    Ok(out)
+}
+
+fn record(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreError> {
+    store::event(database, id)
+}
+
+fn stats(database: &Database, enabled: &[String]) -> Result<Response, StoreError> {
+    let mut by_plugin: BTreeMap<String, PluginStats> = enabled
+        .iter()
+        .map(|p| (p.clone(), PluginStats { plugin: p.clone(), ..PluginStats::default() }))
+        .collect();
+    let now = now_ms();
+    for (id, (pending, dead)) in rows(database)? {
+        let received = if pending.is_empty() {
+            None
+        } else {
+            record(database, id)?.map(|r| r.meta.received_at_ms)
+        };
+        for (plugin, state) in pending {
+            let entry = by_plugin
+                .entry(plugin.clone())
+                .or_insert_with(|| PluginStats { plugin, ..PluginStats::default() });
+            entry.backlog += 1;
+            if state.attempts > 0 {
+                entry.retrying += 1;
+            }
+            if let Some(at) = received {
+                let age = now - at;
+                entry.oldest_pending_age_ms =
+                    Some(entry.oldest_pending_age_ms.map_or(age, |a| a.max(age)));
+            }
+        }
+        for (plugin, _) in dead {
+            by_plugin
+                .entry(plugin.clone())
+                .or_insert_with(|| PluginStats { plugin, ..PluginStats::default() })
+                .dead += 1;
+        }
+    }
+    let txn = db(database.begin_read())?;
+    let events = redb::ReadableTableMetadata::len(&db(txn.open_table(EVENTS))?)
+        .map_err(|e| StoreError::Db(e.into()))?;
+    Ok(Response::Stats { plugins: by_plugin.into_values().collect(), events })
+}
+
+fn summary(id: u64, record: &EventRecord, rows: Option<&EventRows>) -> EventSummary {
+    EventSummary {
+        id,
+        received_at_ms: record.meta.received_at_ms,
+        code: record.meta.code.clone(),
+        member_id: record.meta.member_id.clone(),
+        pending: rows.map(|r| r.0.iter().map(|(p, _)| p.clone()).collect()).unwrap_or_default(),
+        dead: rows.map(|r| r.1.iter().map(|(p, _)| p.clone()).collect()).unwrap_or_default(),
+    }
+}
+
+fn list(database: &Database, limit: usize) -> Result<Response, StoreError> {
+    let rows = rows(database)?;
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(EVENTS))?;
+    let mut events = Vec::new();
+    for row in db(table.iter())?.rev().take(limit) {
+        let (k, v) = db(row)?;
+        let id = k.value();
+        if let Some(record) = EventRecord::decode(v.value()) {
+            events.push(summary(id, &record, rows.get(&id)));
+        }
+    }
+    Ok(Response::List { events })
+}
+
+fn show(database: &Database, id: u64) -> Result<Response, StoreError> {
+    let Some(record) = record(database, id)? else { return Ok(Response::Show { event: None }) };
+    let all = rows(database)?;
+    let mine = all.get(&id);
+    let decoded = match decode::decode(&record.raw, record.meta.format.into()) {
+        Ok(event) => redacted(&event),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
+    Ok(Response::Show {
+        event: Some(Box::new(EventDetail {
+            summary: summary(id, &record, mine),
+            decoded,
+            pending_state: mine.map(|r| r.0.iter().cloned().collect()).unwrap_or_default(),
+            dead_state: mine.map(|r| r.1.iter().cloned().collect()).unwrap_or_default(),
+        })),
+    })
+}
+
+/// The decoded event as JSON, tokens replaced by `<redacted>`.
+pub fn redacted(event: &decode::Decoded) -> serde_json::Value {
+    let auth = &event.auth;
+    let hidden = |present: bool| {
+        if present { serde_json::json!("<redacted>") } else { serde_json::Value::Null }
+    };
+    serde_json::json!({
+        "event": event.code,
+        "event_handler_id": event.handler_id,
+        "ts": event.ts,
+        "data": event.data.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+        "auth": {
+            "member_id": auth.member_id,
+            "domain": auth.domain,
+            "client_endpoint": auth.client_endpoint,
+            "server_endpoint": auth.server_endpoint,
+            "status": auth.status,
+            "application_token": hidden(!auth.application_token.is_empty()),
+            "user_id": auth.user.as_ref().map(|u| u.user_id),
+            "scope": auth.user.as_ref().map(|u| u.scope.clone()),
+            "access_token": hidden(auth.user.is_some()),
+            "refresh_token": hidden(auth.refresh_token.is_some()),
+        },
+    })
+}
+
+fn dead(database: &Database, plugin: Option<&str>) -> Result<Response, StoreError> {
+    let mut out = Vec::new();
+    for (id, (_, dead)) in rows(database)? {
+        for (p, letter) in dead {
+            if plugin.is_some_and(|want| want != p) {
+                continue;
+            }
+            let (code, member_id) =
+                record(database, id)?.map(|r| (r.meta.code, r.meta.member_id)).unwrap_or_default();
+            out.push(DeadRow { plugin: p, id, code, member_id, dead: letter });
+        }
+    }
+    Ok(Response::Dead { rows: out })
+}

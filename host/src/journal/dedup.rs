@@ -1,0 +1,129 @@
+//! Duplicate suppression: the same event delivered again within the window (Bitrix24 sends one
+//! change through every binding, and a sender may resend) is answered 200 but not delivered
+//! twice.
+//!
+//! The key is a SHA-256 over the portal (`member_id`), the event code, `ts` and the whole `data`
+//! block, in order. It leaves out `event_handler_id` (which differs per binding) and the `auth`
+//! block (tokens rotate); so two bindings of one change share a key, while a real second change
+//! differs in `ts` or data.
+
+use std::collections::{HashMap, VecDeque};
+
+use sha2::{Digest, Sha256};
+
+use crate::decode::Decoded;
+
+/// A duplicate-suppression key.
+pub type DedupKey = [u8; 16];
+
+/// The key of `event`.
+pub fn key(event: &Decoded) -> DedupKey {
+    let mut hash = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    field(event.auth.member_id.as_bytes());
+    field(event.code.as_bytes());
+    field(event.ts.map(|ts| ts.to_string()).unwrap_or_default().as_bytes());
+    for (k, v) in &event.data {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// Lower-case hex of a key.
+pub fn hex(key: &DedupKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses [`hex`] output.
+pub fn from_hex(text: &str) -> Option<DedupKey> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The keys seen within the window, with the event id each first arrived as.
+#[derive(Debug, Default)]
+pub struct Window {
+    window_ms: i64,
+    seen: HashMap<DedupKey, u64>,
+    order: VecDeque<(i64, DedupKey)>,
+}
+
+impl Window {
+    /// An empty window of `window_ms` milliseconds (0 = suppression off).
+    pub fn new(window_ms: i64) -> Window {
+        Window { window_ms, ..Window::default() }
+    }
+
+    /// Whether suppression is on.
+    pub fn enabled(&self) -> bool {
+        self.window_ms > 0
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        while let Some(&(at, key)) = self.order.front() {
+            if now_ms - at < self.window_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+
+    /// The id of an earlier event with `key` inside the window, if any.
+    pub fn check(&mut self, key: &DedupKey, now_ms: i64) -> Option<u64> {
+        if !self.enabled() {
+            return None;
+        }
+        self.expire(now_ms);
+        self.seen.get(key).copied()
+    }
+
+    /// Records that `key` arrived at `at_ms` as event `id`.
+    pub fn insert(&mut self, key: DedupKey, id: u64, at_ms: i64) {
+        if self.enabled() && !self.seen.contains_key(&key) {
+            self.seen.insert(key, id);
+            self.order.push_back((at_ms, key));
+        }
+    }
+
+    /// Forgets `key` (its append was rolled back).
+    pub fn remove(&mut self, key: &DedupKey) {
+        self.seen.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_expire_after_the_window() {
+        let mut window = Window::new(1000);
+        let k = [7u8; 16];
+        assert_eq!(window.check(&k, 0), None);
+        window.insert(k, 1, 0);
+        assert_eq!(window.check(&k, 999), Some(1));
+        assert_eq!(window.check(&k, 1000), None);
+        assert_eq!(from_hex(&hex(&k)), Some(k));
+    }
+
+    #[test]
+    fn a_zero_window_suppresses_nothing() {
+        let mut window = Window::new(0);
+        window.insert([1; 16], 1, 0);
+        assert_eq!(window.check(&[1; 16], 0), None);
+    }
+}

@@ -1,0 +1,375 @@
+//! The durable journal: the seam between accepting an event and delivering it.
+//!
+//! Ingress [`Journal::append`]s an event; the call returns only once the raw body, its metadata
+//! and one pending row per subscribed plugin are on disk (group commit: concurrent appends
+//! share one fsync). Each plugin's worker reads its own pending rows in id order through a
+//! [`Consumer`] and reports each outcome back: done, failed (kept with its attempt count) or
+//! given up (a dead letter). Nothing is lost on a crash or restart: on start every pending row
+//! is delivered again.
+//!
+//! - [`record`]: what is stored.
+//! - [`store`]: the redb tables and the reads and writes on them.
+//! - [`writer`]: the group-commit thread.
+//! - [`dedup`]: the duplicate window.
+//! - [`admin`]: what the `journal` commands show and change.
+
+pub mod admin;
+pub mod dedup;
+pub mod record;
+pub mod store;
+pub mod writer;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+};
+
+use b24_plugin_api::Secret;
+use bytes::Bytes;
+use redb::Database;
+use tokio::sync::{Notify, oneshot};
+
+use crate::{
+    config::JournalConfig,
+    decode::{self, BodyFormat, Decoded},
+};
+pub use record::{DeadLetter, EventMeta, EventRecord, Pending, Source};
+pub use store::{Selection, StoreError};
+pub use writer::Appended;
+use writer::Command;
+
+/// The file name of the journal inside the state folder.
+pub const FILE_NAME: &str = "journal.redb";
+
+/// An accepted event as it travels to a plugin.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The journal's id for the event: stable across retries and restarts.
+    pub id: u64,
+    /// When the host accepted it, in milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// The body exactly as received.
+    pub raw: Bytes,
+    /// The decoded event.
+    pub event: Decoded,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Per-plugin wake-up signals, shared by the writer and the consumers.
+#[derive(Default)]
+pub struct Shared {
+    plugins: HashMap<Arc<str>, Arc<Signal>>,
+    closed: AtomicBool,
+    closing: Notify,
+}
+
+/// One plugin's wake-ups: new rows, and dead letters put back into delivery.
+#[derive(Default)]
+struct Signal {
+    notify: Notify,
+    replayed: Mutex<VecDeque<u64>>,
+}
+
+impl Shared {
+    fn wake(&self, plugin: &str) {
+        if let Some(signal) = self.plugins.get(plugin) {
+            signal.notify.notify_one();
+        }
+    }
+
+    fn replayed(&self, plugin: &str, id: u64) {
+        if let Some(signal) = self.plugins.get(plugin) {
+            signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).push_back(id);
+            signal.notify.notify_one();
+        }
+    }
+}
+
+/// The journal of a running host.
+#[derive(Clone)]
+pub struct Journal {
+    database: Arc<Database>,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Journal {
+    /// Opens the journal at `path` for the enabled `plugins` and starts its writer thread.
+    pub fn open(
+        path: &Path,
+        config: &JournalConfig,
+        plugins: &[String],
+    ) -> Result<(Journal, std::thread::JoinHandle<()>), StoreError> {
+        let database = Arc::new(store::open(path)?);
+        let shared = Arc::new(Shared {
+            plugins: plugins.iter().map(|p| (Arc::from(p.as_str()), Arc::default())).collect(),
+            ..Shared::default()
+        });
+        let (commands, rx) = mpsc::channel();
+        let settings = writer::Settings {
+            window: config.commit_window,
+            dedup_window_ms: config.dedup_window.as_millis() as i64,
+            keep_for_ms: config.keep_completed_for.as_millis() as i64,
+            keep_max: config.keep_completed_events,
+        };
+        let thread = {
+            let database = database.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("journal-writer".into())
+                .spawn(move || writer::run(database, rx, settings, shared))
+                .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
+        };
+        Ok((Journal { database, commands, shared }, thread))
+    }
+
+    /// The database, for reads.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Learned application tokens.
+    pub fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
+        store::learned_tokens(&self.database)
+    }
+
+    /// Journals `event` (received as `raw` in `format`) for `plugins`, with an optional token
+    /// change, durably. Returns once it is on disk, or says it was a duplicate.
+    pub async fn append(
+        &self,
+        raw: Bytes,
+        format: BodyFormat,
+        event: &Decoded,
+        plugins: Vec<Arc<str>>,
+        token: Option<(String, Option<Secret>)>,
+    ) -> Result<Appended, StoreError> {
+        let key = dedup::key(event);
+        let record = EventRecord {
+            meta: EventMeta {
+                received_at_ms: now_ms(),
+                format: format.into(),
+                source: Source::Online,
+                code: event.code.clone(),
+                member_id: event.auth.member_id.clone(),
+                domain: event.auth.domain.clone(),
+                dedup_key: dedup::hex(&key),
+            },
+            raw,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Append { record, plugins, key, token, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs an operator's change in the writer's next transaction.
+    pub async fn admin(&self, op: writer::AdminOp) -> Result<Vec<(String, u64)>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Admin { op, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until everything reported so far is durable.
+    pub async fn flush(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Flush(reply)).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.commands.send(command).map_err(|_| StoreError::Closed)
+    }
+
+    /// The consumer of `plugin`'s pending events. One per plugin.
+    pub fn consumer(&self, plugin: &str) -> Consumer {
+        let name: Arc<str> = Arc::from(plugin);
+        let signal = self.shared.plugins.get(plugin).cloned().unwrap_or_default();
+        Consumer { journal: self.clone(), plugin: name, signal, cursor: 0, buffer: VecDeque::new() }
+    }
+
+    /// Stops handing out events: consumers return `None` from now on.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.closing.notify_waiters();
+        for signal in self.shared.plugins.values() {
+            signal.notify.notify_one();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// One event for one plugin.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The event.
+    pub envelope: Arc<Envelope>,
+    /// Attempts already made (before a restart, too).
+    pub attempts: u32,
+    /// Not before this time (ms since the epoch).
+    pub next_at_ms: i64,
+}
+
+/// How many pending rows a consumer reads at a time.
+const SCAN_BATCH: usize = 256;
+
+/// One plugin's view of the journal: its pending events in id order, then new ones as they
+/// arrive, and dead letters put back by `journal replay`.
+pub struct Consumer {
+    journal: Journal,
+    plugin: Arc<str>,
+    signal: Arc<Signal>,
+    cursor: u64,
+    buffer: VecDeque<Delivery>,
+}
+
+impl Consumer {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &Arc<str> {
+        &self.plugin
+    }
+
+    /// The next event to deliver; `None` once the journal is closed.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if self.journal.is_closed() {
+                return None;
+            }
+            if let Some(delivery) = self.buffer.pop_front() {
+                return Some(delivery);
+            }
+            let signal = self.signal.clone();
+            let shared = self.journal.shared.clone();
+            let notified = signal.notify.notified();
+            let closing = shared.closing.notified();
+            if let Err(e) = self.fill() {
+                tracing::error!(plugin = %self.plugin, "cannot read the journal: {e}");
+            }
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                () = notified => {},
+                () = closing => {},
+                // A missed wake-up or a read error costs at most this long.
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+            }
+        }
+    }
+
+    /// Reads replayed and newly pending events into the buffer.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let replayed: Vec<u64> =
+            self.signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for id in replayed {
+            if id > self.cursor {
+                continue; // The scan below reaches it anyway.
+            }
+            if let Some(record) = store::event(&self.journal.database, id)? {
+                self.push(id, Pending::default(), Some(record));
+            }
+        }
+        let rows =
+            store::scan_pending(&self.journal.database, &self.plugin, self.cursor, SCAN_BATCH)?;
+        for (id, pending, record) in rows {
+            self.cursor = id;
+            self.push(id, pending, record);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, id: u64, pending: Pending, record: Option<EventRecord>) {
+        let Some(record) = record else {
+            self.bury(
+                id,
+                DeadLetter {
+                    reason: "the journal record is missing or damaged".into(),
+                    attempts: pending.attempts,
+                    at_ms: now_ms(),
+                },
+            );
+            return;
+        };
+        match decode::decode(&record.raw, record.meta.format.into()) {
+            Ok(event) => self.buffer.push_back(Delivery {
+                envelope: Arc::new(Envelope {
+                    id,
+                    received_at_ms: record.meta.received_at_ms,
+                    raw: record.raw,
+                    event,
+                }),
+                attempts: pending.attempts,
+                next_at_ms: pending.next_at_ms,
+            }),
+            Err(e) => self.bury(
+                id,
+                DeadLetter {
+                    reason: format!("cannot decode the journaled body: {e}"),
+                    attempts: pending.attempts,
+                    at_ms: now_ms(),
+                },
+            ),
+        }
+    }
+
+    /// A handle to report outcomes with, usable from other tasks.
+    pub fn reporter(&self) -> Reporter {
+        Reporter { journal: self.journal.clone(), plugin: self.plugin.clone() }
+    }
+
+    fn bury(&self, id: u64, dead: DeadLetter) {
+        self.reporter().bury(id, dead);
+    }
+}
+
+/// Reports one plugin's outcomes to the journal.
+#[derive(Clone)]
+pub struct Reporter {
+    journal: Journal,
+    plugin: Arc<str>,
+}
+
+impl Reporter {
+    /// Resolves once the journal is closing (the host is shutting down).
+    pub async fn closed(&self) {
+        let closing = self.journal.shared.closing.notified();
+        if self.journal.is_closed() {
+            return;
+        }
+        closing.await;
+    }
+
+    /// Whether the journal is closing.
+    pub fn is_closed(&self) -> bool {
+        self.journal.is_closed()
+    }
+
+    /// The plugin finished event `id` (done or skipped).
+    pub fn complete(&self, id: u64) {
+        let _ = self.journal.send(Command::Complete(self.plugin.clone(), id));
+    }
+
+    /// An attempt failed; remember the attempt count and the next attempt's time.
+    pub fn update(&self, id: u64, state: Pending) {
+        let _ = self.journal.send(Command::Update(self.plugin.clone(), id, state));
+    }
+
+    /// The plugin gave up on event `id`.
+    pub fn bury(&self, id: u64, dead: DeadLetter) {
+        let _ = self.journal.send(Command::Bury(self.plugin.clone(), id, dead));
+    }
+}

@@ -1,0 +1,312 @@
+//! The journal's tables in the redb file, and the reads and writes on them. Both the running
+//! host (through the writer thread) and the offline `journal` commands use these functions.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `events` | event id | [`EventRecord`]: metadata + raw body |
+//! | `pending` | (plugin, event id) | [`Pending`]: attempts so far, next attempt time, last error |
+//! | `dead` | (plugin, event id) | [`DeadLetter`]: why the plugin gave up on it |
+//! | `tokens` | member_id | application token learned from `ONAPPINSTALL` |
+//! | `meta` | name | counters (`next_id`) |
+//!
+//! An event is *complete* for a plugin when it has neither a pending nor a dead row for it;
+//! a complete event with no rows at all may be pruned.
+
+use std::{collections::BTreeMap, collections::HashSet, path::Path};
+
+use b24_plugin_api::Secret;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+use super::record::{DeadLetter, EventRecord, Pending, from_json, to_json};
+
+/// Event id -> record.
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// (plugin, event id) -> pending state.
+pub const PENDING: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("pending");
+/// (plugin, event id) -> dead letter.
+pub const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
+/// member_id -> learned application token.
+pub const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
+/// Counters.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The journal file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process has the file open: a running host.
+    #[error("the journal {path} is in use by another process (a running host)")]
+    InUse {
+        /// The file.
+        path: String,
+    },
+    /// Any other storage failure (disk full, permissions, damage).
+    #[error("journal storage failed: {0}")]
+    Db(#[from] redb::Error),
+    /// The writer thread is gone.
+    #[error("the journal is closed")]
+    Closed,
+    /// A storage failure reported to several waiters (the original error stays in the log).
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// Shorthand: a redb result into a store result.
+pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError> {
+    result.map_err(|e| StoreError::Db(e.into()))
+}
+
+/// Opens (creating if needed) the journal at `path`, with every table present.
+pub fn open(path: &Path) -> Result<Database, StoreError> {
+    let database = Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            StoreError::InUse { path: path.display().to_string() }
+        }
+        other => StoreError::Db(other.into()),
+    })?;
+    let txn = db(database.begin_write())?;
+    {
+        db(txn.open_table(EVENTS))?;
+        db(txn.open_table(PENDING))?;
+        db(txn.open_table(DEAD))?;
+        db(txn.open_table(TOKENS))?;
+        db(txn.open_table(META))?;
+    }
+    db(txn.commit())?;
+    Ok(database)
+}
+
+/// The next event id to hand out.
+pub fn next_id(database: &Database) -> Result<u64, StoreError> {
+    let txn = db(database.begin_read())?;
+    let meta = db(txn.open_table(META))?;
+    let stored = db(meta.get("next_id"))?.map(|v| v.value()).unwrap_or(1);
+    let events = db(txn.open_table(EVENTS))?;
+    let after_last = db(events.last())?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+    Ok(stored.max(after_last))
+}
+
+/// Learned application tokens.
+pub fn learned_tokens(database: &Database) -> Result<BTreeMap<String, Secret>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(TOKENS))?;
+    let mut out = BTreeMap::new();
+    for row in db(table.iter())? {
+        let (k, v) = db(row)?;
+        out.insert(k.value().to_owned(), Secret::new(v.value()));
+    }
+    Ok(out)
+}
+
+/// Reads one event record.
+pub fn event(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(EVENTS))?;
+    Ok(db(table.get(id))?.and_then(|v| EventRecord::decode(v.value())))
+}
+
+/// Up to `limit` of `plugin`'s pending events with ids above `after`, oldest first, each with
+/// its record (`None` if the record is gone or damaged).
+pub fn scan_pending(
+    database: &Database,
+    plugin: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Pending, Option<EventRecord>)>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let pending = db(txn.open_table(PENDING))?;
+    let events = db(txn.open_table(EVENTS))?;
+    let mut out = Vec::new();
+    let Some(start) = after.checked_add(1) else { return Ok(out) };
+    for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))?.take(limit) {
+        let (key, value) = db(row)?;
+        let id = key.value().1;
+        let record = db(events.get(id))?.and_then(|v| EventRecord::decode(v.value()));
+        out.push((id, from_json(value.value()), record));
+    }
+    Ok(out)
+}
+
+/// Records of events received at or after `since_ms`, newest first (for the duplicate window).
+pub fn recent_events(
+    database: &Database,
+    since_ms: i64,
+) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let events = db(txn.open_table(EVENTS))?;
+    let mut out = Vec::new();
+    for row in db(events.iter())?.rev() {
+        let (k, v) = db(row)?;
+        let Some(record) = EventRecord::decode(v.value()) else { continue };
+        if record.meta.received_at_ms < since_ms {
+            break;
+        }
+        out.push((k.value(), record));
+    }
+    Ok(out)
+}
+
+/// Writes a new event and a pending row for each of `plugins`.
+pub fn insert_event(
+    txn: &WriteTransaction,
+    id: u64,
+    record: &EventRecord,
+    plugins: &[std::sync::Arc<str>],
+) -> Result<(), StoreError> {
+    db(db(txn.open_table(EVENTS))?.insert(id, record.encode().as_slice()))?;
+    let mut pending = db(txn.open_table(PENDING))?;
+    let fresh = to_json(&Pending::default());
+    for plugin in plugins {
+        db(pending.insert((&**plugin, id), fresh.as_slice()))?;
+    }
+    db(db(txn.open_table(META))?.insert("next_id", id + 1))?;
+    Ok(())
+}
+
+/// The plugin finished the event.
+pub fn complete(txn: &WriteTransaction, plugin: &str, id: u64) -> Result<(), StoreError> {
+    db(db(txn.open_table(PENDING))?.remove((plugin, id)))?;
+    Ok(())
+}
+
+/// Updates the plugin's pending state of the event (after a failed attempt).
+pub fn set_pending(
+    txn: &WriteTransaction,
+    plugin: &str,
+    id: u64,
+    state: &Pending,
+) -> Result<(), StoreError> {
+    let mut table = db(txn.open_table(PENDING))?;
+    // Only while still pending: a replay or purge in between wins.
+    if db(table.get((plugin, id)))?.is_some() {
+        db(table.insert((plugin, id), to_json(state).as_slice()))?;
+    }
+    Ok(())
+}
+
+/// Moves the event from the plugin's pending rows to its dead letters.
+pub fn bury(
+    txn: &WriteTransaction,
+    plugin: &str,
+    id: u64,
+    dead: &DeadLetter,
+) -> Result<(), StoreError> {
+    db(db(txn.open_table(PENDING))?.remove((plugin, id)))?;
+    db(db(txn.open_table(DEAD))?.insert((plugin, id), to_json(dead).as_slice()))?;
+    Ok(())
+}
+
+/// Remembers or forgets a portal's learned token.
+pub fn set_token(
+    txn: &WriteTransaction,
+    member_id: &str,
+    token: Option<&Secret>,
+) -> Result<(), StoreError> {
+    let mut table = db(txn.open_table(TOKENS))?;
+    match token {
+        Some(token) => db(table.insert(member_id, token.expose()))?,
+        None => db(table.remove(member_id))?,
+    };
+    Ok(())
+}
+
+/// Which dead letters an admin command applies to.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Selection {
+    /// Only this plugin's (all plugins when `None`).
+    pub plugin: Option<String>,
+    /// Only these event ids (all when empty).
+    pub ids: Vec<u64>,
+}
+
+impl Selection {
+    fn matches(&self, plugin: &str, id: u64) -> bool {
+        self.plugin.as_deref().is_none_or(|p| p == plugin)
+            && (self.ids.is_empty() || self.ids.contains(&id))
+    }
+}
+
+fn selected_dead(
+    txn: &WriteTransaction,
+    which: &Selection,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let table = db(txn.open_table(DEAD))?;
+    let mut out = Vec::new();
+    for row in db(table.iter())? {
+        let (key, _) = db(row)?;
+        let (plugin, id) = key.value();
+        if which.matches(plugin, id) {
+            out.push((plugin.to_owned(), id));
+        }
+    }
+    Ok(out)
+}
+
+/// Puts the selected dead letters back into delivery (attempts start again from 1).
+pub fn replay(txn: &WriteTransaction, which: &Selection) -> Result<Vec<(String, u64)>, StoreError> {
+    let chosen = selected_dead(txn, which)?;
+    let mut dead = db(txn.open_table(DEAD))?;
+    let mut pending = db(txn.open_table(PENDING))?;
+    let fresh = to_json(&Pending::default());
+    for (plugin, id) in &chosen {
+        db(dead.remove((plugin.as_str(), *id)))?;
+        db(pending.insert((plugin.as_str(), *id), fresh.as_slice()))?;
+    }
+    Ok(chosen)
+}
+
+/// Deletes the selected dead letters for good.
+pub fn purge_dead(
+    txn: &WriteTransaction,
+    which: &Selection,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let chosen = selected_dead(txn, which)?;
+    let mut dead = db(txn.open_table(DEAD))?;
+    for (plugin, id) in &chosen {
+        db(dead.remove((plugin.as_str(), *id)))?;
+    }
+    Ok(chosen)
+}
+
+/// Deletes complete events (no pending or dead row) older than `keep_for_ms`, and the oldest
+/// complete ones beyond `keep_max`. Returns how many were deleted.
+pub fn prune(
+    txn: &WriteTransaction,
+    now_ms: i64,
+    keep_for_ms: i64,
+    keep_max: u64,
+) -> Result<u64, StoreError> {
+    let mut referenced = HashSet::new();
+    for table in [PENDING, DEAD] {
+        for row in db(db(txn.open_table(table))?.iter())? {
+            referenced.insert(db(row)?.0.value().1);
+        }
+    }
+    let mut events = db(txn.open_table(EVENTS))?;
+    let total = db(events.len())?;
+    let referenced_present = referenced.len() as u64;
+    let mut complete = total.saturating_sub(referenced_present);
+    let mut doomed = Vec::new();
+    for row in db(events.iter())? {
+        let (k, v) = db(row)?;
+        let id = k.value();
+        if referenced.contains(&id) {
+            continue;
+        }
+        let old = EventRecord::decode(v.value())
+            .is_none_or(|r| now_ms - r.meta.received_at_ms > keep_for_ms);
+        if old || complete > keep_max {
+            doomed.push(id);
+            complete = complete.saturating_sub(1);
+        } else {
+            // Ids grow with time: everything after this one is younger.
+            break;
+        }
+    }
+    for id in &doomed {
+        db(events.remove(*id))?;
+    }
+    Ok(doomed.len() as u64)
+}

@@ -1,0 +1,333 @@
+//! The group-commit writer: one thread owns every write to the journal. Concurrent requests'
+//! appends, and the workers' outcomes, are gathered for up to the commit window and written in
+//! one transaction; one fsync then makes a whole batch durable.
+//!
+//! Appends need durability before their 200, so a batch with an append commits with
+//! `Durability::Immediate`. A batch of outcomes only commits with `Durability::None`: losing one
+//! in a crash means a redelivery, which at-least-once allows, and the next durable commit
+//! persists it anyway.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use b24_plugin_api::Secret;
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::{
+    Shared,
+    dedup::{DedupKey, Window},
+    record::{DeadLetter, EventRecord, Pending},
+    store::{self, StoreError, db},
+};
+
+/// What the writer is asked to do.
+pub enum Command {
+    /// Journal a new event for `plugins`, unless it is a duplicate.
+    Append {
+        /// The record.
+        record: EventRecord,
+        /// The plugins that will receive it.
+        plugins: Vec<Arc<str>>,
+        /// Its duplicate-suppression key.
+        key: DedupKey,
+        /// A token to remember (`Some(Some)`) or forget (`Some(None)`) with it.
+        token: Option<(String, Option<Secret>)>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    /// A plugin finished an event.
+    Complete(Arc<str>, u64),
+    /// A plugin's attempt failed; keep its state.
+    Update(Arc<str>, u64, Pending),
+    /// A plugin gave up on an event.
+    Bury(Arc<str>, u64, DeadLetter),
+    /// An operator's change, run inside the next transaction.
+    Admin {
+        /// The change.
+        op: AdminOp,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>,
+    },
+    /// Make everything so far durable, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// An operator's change to the journal: (plugin, event id) pairs it touched come back.
+pub type AdminOp =
+    Box<dyn FnOnce(&WriteTransaction) -> Result<(Vec<(String, u64)>, bool), StoreError> + Send>;
+
+/// How an append ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Journaled under this id.
+    New(u64),
+    /// The same event was journaled within the duplicate window, under this id.
+    Duplicate(u64),
+}
+
+/// The writer's settings.
+pub struct Settings {
+    /// How long a batch waits for more commands after its first.
+    pub window: Duration,
+    /// Duplicate window in ms (0 = off).
+    pub dedup_window_ms: i64,
+    /// Completed events are kept this long (ms)...
+    pub keep_for_ms: i64,
+    /// ... and at most this many.
+    pub keep_max: u64,
+}
+
+/// The largest batch; beyond it a batch commits without waiting for its window.
+const MAX_BATCH: usize = 4096;
+/// How often completed events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs the writer until every sender is gone.
+pub fn run(
+    database: Arc<Database>,
+    rx: mpsc::Receiver<Command>,
+    settings: Settings,
+    shared: Arc<Shared>,
+) {
+    let mut next_id = store::next_id(&database).unwrap_or(1);
+    let mut window = Window::new(settings.dedup_window_ms);
+    if window.enabled() {
+        let since = crate::journal::now_ms() - settings.dedup_window_ms;
+        if let Ok(recent) = store::recent_events(&database, since) {
+            for (id, record) in recent.into_iter().rev() {
+                if let Some(key) = super::dedup::from_hex(&record.meta.dedup_key) {
+                    window.insert(key, id, record.meta.received_at_ms);
+                }
+            }
+        }
+    }
+    // Start from a tidy journal: what became prunable while the host was down goes now.
+    prune(&database, &settings);
+    let mut last_prune = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(PRUNE_EVERY) {
+            Ok(command) => command,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                prune(&database, &settings);
+                last_prune = Instant::now();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = vec![first];
+        // Let concurrent appends gather: one sleep instead of a wake-up per arriving command.
+        // A batch of outcomes alone does not wait: nobody is blocked on it.
+        if !settings.window.is_zero() && matches!(batch[0], Command::Append { .. }) {
+            std::thread::sleep(settings.window);
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        write_batch(&database, batch, &mut next_id, &mut window, &shared);
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            prune(&database, &settings);
+            last_prune = Instant::now();
+        }
+    }
+    // Make the last outcomes durable before the process ends.
+    if let Ok(txn) = database.begin_write() {
+        let _ = txn.commit();
+    }
+}
+
+fn prune(database: &Database, settings: &Settings) {
+    let result = (|| {
+        let mut txn = db(database.begin_write())?;
+        let _ = txn.set_durability(Durability::None);
+        let pruned =
+            store::prune(&txn, crate::journal::now_ms(), settings.keep_for_ms, settings.keep_max)?;
+        db(txn.commit())?;
+        Ok::<_, StoreError>(pruned)
+    })();
+    match result {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(pruned = n, "pruned completed events"),
+        Err(e) => tracing::warn!("pruning the journal failed: {e}"),
+    }
+}
+
+/// A reply to send once the batch is committed.
+enum Reply {
+    Append(oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, ()>, Option<DedupKey>),
+    Admin(
+        oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>,
+        Result<(Vec<(String, u64)>, bool), StoreError>,
+    ),
+    Flush(oneshot::Sender<()>),
+}
+
+fn write_batch(
+    database: &Database,
+    batch: Vec<Command>,
+    next_id: &mut u64,
+    window: &mut Window,
+    shared: &Shared,
+) {
+    let now = crate::journal::now_ms();
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut durable = false;
+    let mut woken: HashSet<Arc<str>> = HashSet::new();
+    let txn = database.begin_write();
+    let mut txn = match txn {
+        Ok(txn) => txn,
+        Err(e) => {
+            let error = StoreError::Db(e.into());
+            tracing::error!(
+                "cannot write to the journal: {error}; events get 503 until the host restarts with storage available"
+            );
+            fail_all(batch, &error);
+            return;
+        }
+    };
+    let mut failure: Option<StoreError> = None;
+    for command in batch {
+        match command {
+            Command::Append { record, plugins, key, token, reply } => {
+                if let Some(original) = window.check(&key, now) {
+                    replies.push(Reply::Append(reply, Ok(Appended::Duplicate(original)), None));
+                    continue;
+                }
+                let id = *next_id;
+                let written =
+                    store::insert_event(&txn, id, &record, &plugins).and_then(|()| match &token {
+                        Some((member, secret)) => store::set_token(&txn, member, secret.as_ref()),
+                        None => Ok(()),
+                    });
+                match written {
+                    Ok(()) => {
+                        *next_id += 1;
+                        durable = true;
+                        window.insert(key, id, now);
+                        woken.extend(plugins);
+                        replies.push(Reply::Append(reply, Ok(Appended::New(id)), Some(key)));
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot journal an event: {e}");
+                        failure.get_or_insert(e);
+                        replies.push(Reply::Append(reply, Err(()), None));
+                    }
+                }
+            }
+            Command::Complete(plugin, id) => note(&mut failure, store::complete(&txn, &plugin, id)),
+            Command::Update(plugin, id, state) => {
+                note(&mut failure, store::set_pending(&txn, &plugin, id, &state))
+            }
+            Command::Bury(plugin, id, dead) => {
+                note(&mut failure, store::bury(&txn, &plugin, id, &dead))
+            }
+            Command::Admin { op, reply } => {
+                let result = op(&txn);
+                if let Ok((touched, wake)) = &result {
+                    durable = true;
+                    if *wake {
+                        for (plugin, id) in touched {
+                            shared.replayed(plugin, *id);
+                        }
+                    }
+                }
+                replies.push(Reply::Admin(reply, result));
+            }
+            Command::Flush(reply) => {
+                durable = true;
+                replies.push(Reply::Flush(reply));
+            }
+        }
+    }
+    if !durable {
+        let _ = txn.set_durability(Durability::None);
+    }
+    let commit_started = Instant::now();
+    let committed = match failure {
+        Some(e) => {
+            drop(txn);
+            Err(e)
+        }
+        None => txn.commit().map_err(|e| StoreError::Db(e.into())),
+    };
+    if let Err(e) = &committed {
+        tracing::error!("journal commit failed: {e}");
+    }
+    tracing::trace!(
+        commands = replies.len(),
+        durable,
+        commit_us = commit_started.elapsed().as_micros() as u64,
+        "journal batch"
+    );
+    for reply in replies {
+        match reply {
+            Reply::Append(tx, outcome, key) => {
+                let result = match (&committed, outcome) {
+                    (Ok(()), Ok(appended)) => Ok(appended),
+                    (Ok(()), Err(())) | (Err(_), _) => {
+                        if let Some(key) = key {
+                            window.remove(&key);
+                        }
+                        Err(StoreError::Closed.or_storage(&committed))
+                    }
+                };
+                let _ = tx.send(result);
+            }
+            Reply::Admin(tx, result) => {
+                let result = match &committed {
+                    Ok(()) => result.map(|(touched, _)| touched),
+                    Err(_) => Err(StoreError::Closed.or_storage(&committed)),
+                };
+                let _ = tx.send(result);
+            }
+            Reply::Flush(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+    if committed.is_ok() {
+        for plugin in &woken {
+            shared.wake(plugin);
+        }
+    }
+}
+
+fn note(failure: &mut Option<StoreError>, result: Result<(), StoreError>) {
+    if let Err(e) = result {
+        tracing::error!("cannot record a delivery outcome: {e}");
+        failure.get_or_insert(e);
+    }
+}
+
+fn fail_all(batch: Vec<Command>, error: &StoreError) {
+    for command in batch {
+        match command {
+            Command::Append { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Storage(error.to_string())));
+            }
+            Command::Admin { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Storage(error.to_string())));
+            }
+            Command::Flush(reply) => {
+                let _ = reply.send(());
+            }
+            Command::Complete(..) | Command::Update(..) | Command::Bury(..) => {}
+        }
+    }
+}
+
+impl StoreError {
+    /// The commit's error as a reply, or this one when the commit itself went fine.
+    fn or_storage(self, committed: &Result<(), StoreError>) -> StoreError {
+        match committed {
+            Err(e) => StoreError::Storage(e.to_string()),
+            Ok(()) => self,
+        }
+    }
+}

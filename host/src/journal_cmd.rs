@@ -1,0 +1,112 @@
+//! `b24-host journal ...`: inspect and repair the journal of a stopped host (by opening the file)
+//! or of a running one (through its control socket).
+
+use std::process::ExitCode;
+
+use crate::{
+    config::Config,
+    control,
+    journal::{
+        self,
+        admin::{self, Request, Response},
+        now_ms,
+        store::{self, StoreError},
+    },
+};
+
+/// Runs `request` against the journal of `config`'s host and prints the answer.
+pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<ExitCode> {
+    let path = config.state_dir.join(journal::FILE_NAME);
+    let response = if path.exists() {
+        match store::open(&path) {
+            Ok(database) => admin::execute_offline(&database, &request)?,
+            Err(StoreError::InUse { .. }) => {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "the journal {} is locked by a running host, and {e}",
+                        path.display()
+                    )
+                })?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        anyhow::bail!("no journal at {} (has the host run with this state_dir?)", path.display());
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print(&response)
+}
+
+fn age(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", secs / 86400, (secs % 86400) / 3600),
+    }
+}
+
+fn print(response: &Response) -> anyhow::Result<ExitCode> {
+    let now = now_ms();
+    match response {
+        Response::Stats { plugins, events } => {
+            println!(
+                "{:<24} {:>9} {:>9} {:>7} {:>15}",
+                "plugin", "backlog", "retrying", "dead", "oldest pending"
+            );
+            for p in plugins {
+                let oldest = p.oldest_pending_age_ms.map_or("-".to_owned(), age);
+                println!(
+                    "{:<24} {:>9} {:>9} {:>7} {:>15}",
+                    p.plugin, p.backlog, p.retrying, p.dead, oldest
+                );
+            }
+            println!("{events} event(s) in the journal");
+        }
+        Response::List { events } => {
+            for e in events {
+                println!(
+                    "{:>8}  {:>8} ago  {:<34} {}  pending [{}]  dead [{}]",
+                    e.id,
+                    age(now - e.received_at_ms),
+                    e.code,
+                    e.member_id,
+                    e.pending.join(", "),
+                    e.dead.join(", ")
+                );
+            }
+        }
+        Response::Show { event: Some(detail) } => {
+            println!("{}", serde_json::to_string_pretty(detail)?)
+        }
+        Response::Show { event: None } => {
+            eprintln!("no such event");
+            return Ok(ExitCode::FAILURE);
+        }
+        Response::Dead { rows } => {
+            for r in rows {
+                println!(
+                    "{:<20} {:>8}  {:<34} {}  attempts {}  {}",
+                    r.plugin, r.id, r.code, r.member_id, r.dead.attempts, r.dead.reason
+                );
+            }
+            println!("{} dead letter(s)", rows.len());
+        }
+        Response::Changed { rows } => {
+            for (plugin, id) in rows {
+                println!("{plugin} {id}");
+            }
+            println!("{} dead letter(s) changed", rows.len());
+        }
+        Response::Error { message } => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
