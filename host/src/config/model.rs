@@ -246,7 +246,7 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
     /// How long the group commit waits for more events to share one durable write
-    /// (`commit_window_ms`; 0 batches only what is already waiting).
+    /// (`commit_window_ms`; 0, the default, batches what arrived while the previous write ran).
     pub commit_window: Duration,
     /// An identical event arriving again within this window is answered 200 and not delivered
     /// twice (`dedup_window_ms`; 0 turns duplicate suppression off).
@@ -258,7 +258,7 @@ pub struct JournalConfig {
 }
 
 /// Default of `journal.commit_window_ms`.
-pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(1);
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::ZERO;
 /// Default of `journal.dedup_window_ms`.
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_millis(600_000);
 /// Default of `journal.keep_completed_hours`.

@@ -62,8 +62,25 @@ fn unknown_key_at_top_level() {
     assert_eq!(
         e.to_string(),
         "host.toml:3:1: statedir: unknown key; expected one of state_dir, server, log, auth, \
-         plugins, plugin"
+         journal, plugins, plugin"
     );
+}
+
+#[test]
+fn journal_keys_are_checked() {
+    let e = error("[journal]\ncommit_window_ms = 500\n");
+    assert!(
+        e.to_string().starts_with("host.toml:2:20: journal.commit_window_ms: must be at most 50"),
+        "{e}"
+    );
+    let e = error("[journal]\nkeep_completed_events = 0\n");
+    assert!(
+        e.to_string()
+            .starts_with("host.toml:2:25: journal.keep_completed_events: must be at least 1"),
+        "{e}"
+    );
+    let e = error("[journal]\nwindow = 1\n");
+    assert!(e.to_string().starts_with("host.toml:2:1: journal.window: unknown key"), "{e}");
 }
 
 #[test]

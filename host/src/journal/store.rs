@@ -12,7 +12,7 @@
 //! An event is *complete* for a plugin when it has neither a pending nor a dead row for it;
 //! a complete event with no rows at all may be pruned.
 
-use std::{collections::BTreeMap, collections::HashSet, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use b24_plugin_api::Secret;
 use redb::{
@@ -58,14 +58,19 @@ pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError
     result.map_err(|e| StoreError::Db(e.into()))
 }
 
+/// redb's page cache. Its default (1 GiB) would let the cache grow with the journal; the hot
+/// part is the newest pages, which this holds many times over.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Opens (creating if needed) the journal at `path`, with every table present.
 pub fn open(path: &Path) -> Result<Database, StoreError> {
-    let database = Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => {
-            StoreError::InUse { path: path.display().to_string() }
-        }
-        other => StoreError::Db(other.into()),
-    })?;
+    let database =
+        redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse { path: path.display().to_string() }
+            }
+            other => StoreError::Db(other.into()),
+        })?;
     let txn = db(database.begin_write())?;
     {
         db(txn.open_table(EVENTS))?;
@@ -148,68 +153,138 @@ pub fn recent_events(
     Ok(out)
 }
 
-/// Writes a new event and a pending row for each of `plugins`.
-pub fn insert_event(
-    txn: &WriteTransaction,
-    id: u64,
-    record: &EventRecord,
-    plugins: &[std::sync::Arc<str>],
-) -> Result<(), StoreError> {
-    db(db(txn.open_table(EVENTS))?.insert(id, record.encode().as_slice()))?;
-    let mut pending = db(txn.open_table(PENDING))?;
-    let fresh = to_json(&Pending::default());
-    for plugin in plugins {
-        db(pending.insert((&**plugin, id), fresh.as_slice()))?;
+/// The tables a batch of the writer works on, opened once per transaction: opening a table
+/// costs a lookup and allocations, far more than one small insert.
+pub struct Tables<'txn> {
+    events: redb::Table<'txn, u64, &'static [u8]>,
+    pending: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    dead: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    tokens: redb::Table<'txn, &'static str, &'static str>,
+    meta: redb::Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    /// Opens every table in `txn`.
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            events: db(txn.open_table(EVENTS))?,
+            pending: db(txn.open_table(PENDING))?,
+            dead: db(txn.open_table(DEAD))?,
+            tokens: db(txn.open_table(TOKENS))?,
+            meta: db(txn.open_table(META))?,
+        })
     }
-    db(db(txn.open_table(META))?.insert("next_id", id + 1))?;
-    Ok(())
-}
 
-/// The plugin finished the event.
-pub fn complete(txn: &WriteTransaction, plugin: &str, id: u64) -> Result<(), StoreError> {
-    db(db(txn.open_table(PENDING))?.remove((plugin, id)))?;
-    Ok(())
-}
-
-/// Updates the plugin's pending state of the event (after a failed attempt).
-pub fn set_pending(
-    txn: &WriteTransaction,
-    plugin: &str,
-    id: u64,
-    state: &Pending,
-) -> Result<(), StoreError> {
-    let mut table = db(txn.open_table(PENDING))?;
-    // Only while still pending: a replay or purge in between wins.
-    if db(table.get((plugin, id)))?.is_some() {
-        db(table.insert((plugin, id), to_json(state).as_slice()))?;
+    /// Writes a new event and a pending row for each of `plugins`.
+    pub fn insert_event(
+        &mut self,
+        id: u64,
+        record: &EventRecord,
+        plugins: &[std::sync::Arc<str>],
+    ) -> Result<(), StoreError> {
+        db(self.events.insert(id, record.encode().as_slice()))?;
+        let fresh = to_json(&Pending::default());
+        for plugin in plugins {
+            db(self.pending.insert((&**plugin, id), fresh.as_slice()))?;
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Moves the event from the plugin's pending rows to its dead letters.
-pub fn bury(
-    txn: &WriteTransaction,
-    plugin: &str,
-    id: u64,
-    dead: &DeadLetter,
-) -> Result<(), StoreError> {
-    db(db(txn.open_table(PENDING))?.remove((plugin, id)))?;
-    db(db(txn.open_table(DEAD))?.insert((plugin, id), to_json(dead).as_slice()))?;
-    Ok(())
-}
+    /// Records the next id to hand out (once per batch).
+    pub fn set_next_id(&mut self, next_id: u64) -> Result<(), StoreError> {
+        db(self.meta.insert("next_id", next_id))?;
+        Ok(())
+    }
 
-/// Remembers or forgets a portal's learned token.
-pub fn set_token(
-    txn: &WriteTransaction,
-    member_id: &str,
-    token: Option<&Secret>,
-) -> Result<(), StoreError> {
-    let mut table = db(txn.open_table(TOKENS))?;
-    match token {
-        Some(token) => db(table.insert(member_id, token.expose()))?,
-        None => db(table.remove(member_id))?,
-    };
-    Ok(())
+    /// The plugin finished the event.
+    pub fn complete(&mut self, plugin: &str, id: u64) -> Result<(), StoreError> {
+        db(self.pending.remove((plugin, id)))?;
+        Ok(())
+    }
+
+    /// Updates the plugin's pending state of the event (after a failed attempt), unless a
+    /// replay or purge changed it in between.
+    pub fn set_pending(
+        &mut self,
+        plugin: &str,
+        id: u64,
+        state: &Pending,
+    ) -> Result<(), StoreError> {
+        if db(self.pending.get((plugin, id)))?.is_some() {
+            db(self.pending.insert((plugin, id), to_json(state).as_slice()))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the event from the plugin's pending rows to its dead letters.
+    pub fn bury(&mut self, plugin: &str, id: u64, dead: &DeadLetter) -> Result<(), StoreError> {
+        db(self.pending.remove((plugin, id)))?;
+        db(self.dead.insert((plugin, id), to_json(dead).as_slice()))?;
+        Ok(())
+    }
+
+    /// Deletes up to `max_delete` complete events (no pending or dead row for any plugin),
+    /// oldest first: those older than `keep_for_ms`, and beyond that the oldest while more than
+    /// `keep_max` complete events remain. Returns how many were deleted; `max_delete` keeps each
+    /// round short, so that appends never wait long behind a prune.
+    pub fn prune(
+        &mut self,
+        now_ms: i64,
+        keep_for_ms: i64,
+        keep_max: u64,
+        max_delete: usize,
+    ) -> Result<usize, StoreError> {
+        let mut owners = plugins_in(&self.pending)?;
+        owners.extend(plugins_in(&self.dead)?);
+        owners.sort();
+        owners.dedup();
+        // Rows outnumber the events they hold back when an event waits for several plugins,
+        // so this undercounts complete events: pruning by count errs on the side of keeping.
+        let rows = db(self.pending.len())? + db(self.dead.len())?;
+        let mut complete = db(self.events.len())?.saturating_sub(rows);
+        let mut doomed = Vec::new();
+        for row in db(self.events.iter())? {
+            if doomed.len() >= max_delete {
+                break;
+            }
+            let (k, v) = db(row)?;
+            let id = k.value();
+            let mut referenced = false;
+            for plugin in &owners {
+                if db(self.pending.get((plugin.as_str(), id)))?.is_some()
+                    || db(self.dead.get((plugin.as_str(), id)))?.is_some()
+                {
+                    referenced = true;
+                    break;
+                }
+            }
+            if referenced {
+                continue;
+            }
+            let old = EventRecord::decode(v.value())
+                .is_none_or(|r| now_ms - r.meta.received_at_ms > keep_for_ms);
+            if old || complete > keep_max {
+                doomed.push(id);
+                complete = complete.saturating_sub(1);
+            } else {
+                // Ids grow with time: every later event is younger, and the count is in bounds.
+                break;
+            }
+        }
+        for id in &doomed {
+            db(self.events.remove(*id))?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Remembers or forgets a portal's learned token.
+    pub fn set_token(&mut self, member_id: &str, token: Option<&Secret>) -> Result<(), StoreError> {
+        match token {
+            Some(token) => db(self.tokens.insert(member_id, token.expose()))?,
+            None => db(self.tokens.remove(member_id))?,
+        };
+        Ok(())
+    }
 }
 
 /// Which dead letters an admin command applies to.
@@ -270,43 +345,32 @@ pub fn purge_dead(
     Ok(chosen)
 }
 
-/// Deletes complete events (no pending or dead row) older than `keep_for_ms`, and the oldest
-/// complete ones beyond `keep_max`. Returns how many were deleted.
+/// The plugin names that have rows in `table`, found by seeking past each name in turn.
+fn plugins_in<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    table: &T,
+) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::new();
+    let mut next = db(table.first())?.map(|(k, _)| k.value().0.to_owned());
+    while let Some(name) = next {
+        // The smallest key above every key of `name`.
+        let after = format!("{name}\0");
+        next = match db(table.range((after.as_str(), 0)..))?.next() {
+            Some(row) => Some(db(row)?.0.value().0.to_owned()),
+            None => None,
+        };
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Deletes up to `max_delete` complete events in a transaction of its own; see
+/// [`Tables::prune`].
 pub fn prune(
     txn: &WriteTransaction,
     now_ms: i64,
     keep_for_ms: i64,
     keep_max: u64,
-) -> Result<u64, StoreError> {
-    let mut referenced = HashSet::new();
-    for table in [PENDING, DEAD] {
-        for row in db(db(txn.open_table(table))?.iter())? {
-            referenced.insert(db(row)?.0.value().1);
-        }
-    }
-    let mut events = db(txn.open_table(EVENTS))?;
-    let total = db(events.len())?;
-    let referenced_present = referenced.len() as u64;
-    let mut complete = total.saturating_sub(referenced_present);
-    let mut doomed = Vec::new();
-    for row in db(events.iter())? {
-        let (k, v) = db(row)?;
-        let id = k.value();
-        if referenced.contains(&id) {
-            continue;
-        }
-        let old = EventRecord::decode(v.value())
-            .is_none_or(|r| now_ms - r.meta.received_at_ms > keep_for_ms);
-        if old || complete > keep_max {
-            doomed.push(id);
-            complete = complete.saturating_sub(1);
-        } else {
-            // Ids grow with time: everything after this one is younger.
-            break;
-        }
-    }
-    for id in &doomed {
-        db(events.remove(*id))?;
-    }
-    Ok(doomed.len() as u64)
+    max_delete: usize,
+) -> Result<usize, StoreError> {
+    Tables::open(txn)?.prune(now_ms, keep_for_ms, keep_max, max_delete)
 }

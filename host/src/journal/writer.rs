@@ -83,8 +83,12 @@ pub struct Settings {
 
 /// The largest batch; beyond it a batch commits without waiting for its window.
 const MAX_BATCH: usize = 4096;
-/// How often completed events are pruned.
+/// How often completed events are pruned when there is little to prune.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// How often while a prune round found more than it may delete at once.
+const PRUNE_AGAIN: Duration = Duration::from_millis(100);
+/// The most events one prune round of its own deletes, so that appends never wait long behind it.
+const PRUNE_BATCH: usize = 500;
 
 /// Runs the writer until every sender is gone.
 pub fn run(
@@ -106,14 +110,15 @@ pub fn run(
         }
     }
     // Start from a tidy journal: what became prunable while the host was down goes now.
-    prune(&database, &settings);
-    let mut last_prune = Instant::now();
+    while prune(&database, &settings) {}
+    let mut pruning = false;
+    let mut next_prune = Instant::now() + PRUNE_EVERY;
     loop {
-        let first = match rx.recv_timeout(PRUNE_EVERY) {
+        let first = match rx.recv_timeout(next_prune.saturating_duration_since(Instant::now())) {
             Ok(command) => command,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                prune(&database, &settings);
-                last_prune = Instant::now();
+                pruning |= prune(&database, &settings);
+                next_prune = Instant::now() + if pruning { PRUNE_AGAIN } else { PRUNE_EVERY };
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -130,10 +135,25 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        write_batch(&database, batch, &mut next_id, &mut window, &shared);
-        if last_prune.elapsed() >= PRUNE_EVERY {
-            prune(&database, &settings);
-            last_prune = Instant::now();
+        let appends = batch.iter().filter(|c| matches!(c, Command::Append { .. })).count();
+        // While there is a backlog to prune, each batch deletes about twice what it adds, in
+        // the same transaction: pruning keeps pace with the load without pauses of its own.
+        let prune_budget = pruning.then_some(2 * appends + 64);
+        let pruned = write_batch(
+            &database,
+            batch,
+            &mut next_id,
+            &mut window,
+            &shared,
+            &settings,
+            prune_budget,
+        );
+        if let (Some(budget), Some(done)) = (prune_budget, pruned) {
+            pruning = done >= budget;
+        }
+        if Instant::now() >= next_prune {
+            pruning |= prune(&database, &settings);
+            next_prune = Instant::now() + if pruning { PRUNE_AGAIN } else { PRUNE_EVERY };
         }
     }
     // Make the last outcomes durable before the process ends.
@@ -142,19 +162,26 @@ pub fn run(
     }
 }
 
-fn prune(database: &Database, settings: &Settings) {
+/// One prune round; whether it had more to delete than one round may.
+fn prune(database: &Database, settings: &Settings) -> bool {
     let result = (|| {
         let mut txn = db(database.begin_write())?;
         let _ = txn.set_durability(Durability::None);
-        let pruned =
-            store::prune(&txn, crate::journal::now_ms(), settings.keep_for_ms, settings.keep_max)?;
+        let now = crate::journal::now_ms();
+        let pruned = store::prune(&txn, now, settings.keep_for_ms, settings.keep_max, PRUNE_BATCH)?;
         db(txn.commit())?;
         Ok::<_, StoreError>(pruned)
     })();
     match result {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(pruned = n, "pruned completed events"),
-        Err(e) => tracing::warn!("pruning the journal failed: {e}"),
+        Ok(0) => false,
+        Ok(n) => {
+            tracing::debug!(pruned = n, "pruned completed events");
+            n >= PRUNE_BATCH
+        }
+        Err(e) => {
+            tracing::warn!("pruning the journal failed: {e}");
+            false
+        }
     }
 }
 
@@ -168,13 +195,18 @@ enum Reply {
     Flush(oneshot::Sender<()>),
 }
 
+/// Writes one batch in one transaction; with a `prune_budget`, also prunes up to that many
+/// completed events and returns how many it pruned.
 fn write_batch(
     database: &Database,
     batch: Vec<Command>,
     next_id: &mut u64,
     window: &mut Window,
     shared: &Shared,
-) {
+    settings: &Settings,
+    prune_budget: Option<usize>,
+) -> Option<usize> {
+    let mut pruned = None;
     let now = crate::journal::now_ms();
     let mut replies = Vec::with_capacity(batch.len());
     let mut durable = false;
@@ -188,62 +220,60 @@ fn write_batch(
                 "cannot write to the journal: {error}; events get 503 until the host restarts with storage available"
             );
             fail_all(batch, &error);
-            return;
+            return None;
         }
     };
     let mut failure: Option<StoreError> = None;
-    for command in batch {
-        match command {
-            Command::Append { record, plugins, key, token, reply } => {
-                if let Some(original) = window.check(&key, now) {
-                    replies.push(Reply::Append(reply, Ok(Appended::Duplicate(original)), None));
-                    continue;
-                }
-                let id = *next_id;
-                let written =
-                    store::insert_event(&txn, id, &record, &plugins).and_then(|()| match &token {
-                        Some((member, secret)) => store::set_token(&txn, member, secret.as_ref()),
-                        None => Ok(()),
-                    });
-                match written {
-                    Ok(()) => {
-                        *next_id += 1;
-                        durable = true;
-                        window.insert(key, id, now);
-                        woken.extend(plugins);
-                        replies.push(Reply::Append(reply, Ok(Appended::New(id)), Some(key)));
-                    }
-                    Err(e) => {
-                        tracing::error!("cannot journal an event: {e}");
-                        failure.get_or_insert(e);
-                        replies.push(Reply::Append(reply, Err(()), None));
-                    }
-                }
-            }
-            Command::Complete(plugin, id) => note(&mut failure, store::complete(&txn, &plugin, id)),
-            Command::Update(plugin, id, state) => {
-                note(&mut failure, store::set_pending(&txn, &plugin, id, &state))
-            }
-            Command::Bury(plugin, id, dead) => {
-                note(&mut failure, store::bury(&txn, &plugin, id, &dead))
-            }
-            Command::Admin { op, reply } => {
-                let result = op(&txn);
-                if let Ok((touched, wake)) = &result {
-                    durable = true;
-                    if *wake {
-                        for (plugin, id) in touched {
-                            shared.replayed(plugin, *id);
-                        }
-                    }
-                }
-                replies.push(Reply::Admin(reply, result));
-            }
-            Command::Flush(reply) => {
+    // Operators' changes open tables themselves: run them before this batch's tables are open.
+    let (admin, regular): (Vec<Command>, Vec<Command>) =
+        batch.into_iter().partition(|c| matches!(c, Command::Admin { .. }));
+    for command in admin {
+        if let Command::Admin { op, reply } = command {
+            let result = op(&txn);
+            if let Ok((touched, wake)) = &result {
                 durable = true;
-                replies.push(Reply::Flush(reply));
+                if *wake {
+                    for (plugin, id) in touched {
+                        shared.replayed(plugin, *id);
+                    }
+                }
+            }
+            replies.push(Reply::Admin(reply, result));
+        }
+    }
+    match store::Tables::open(&txn) {
+        Err(e) => {
+            failure.get_or_insert(e);
+            fail_all(regular, &StoreError::Storage("cannot open the journal's tables".into()));
+        }
+        Ok(mut tables) => {
+            let id_before = *next_id;
+            for command in regular {
+                apply(
+                    &mut tables,
+                    command,
+                    now,
+                    next_id,
+                    window,
+                    &mut woken,
+                    &mut replies,
+                    &mut failure,
+                );
+            }
+            if *next_id != id_before {
+                durable = true;
+                note(&mut failure, tables.set_next_id(*next_id));
+            }
+            if let Some(budget) = prune_budget {
+                match tables.prune(now, settings.keep_for_ms, settings.keep_max, budget) {
+                    Ok(n) => pruned = Some(n),
+                    Err(e) => tracing::warn!("pruning the journal failed: {e}"),
+                }
             }
         }
+    }
+    if durable_flush(&replies) {
+        durable = true;
     }
     if !durable {
         let _ = txn.set_durability(Durability::None);
@@ -294,6 +324,62 @@ fn write_batch(
     if committed.is_ok() {
         for plugin in &woken {
             shared.wake(plugin);
+        }
+    }
+    pruned
+}
+
+/// Whether a reply waits on a flush (which must be durable).
+fn durable_flush(replies: &[Reply]) -> bool {
+    replies.iter().any(|r| matches!(r, Reply::Flush(_)))
+}
+
+/// Applies one regular command to the batch's open tables.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    tables: &mut store::Tables<'_>,
+    command: Command,
+    now: i64,
+    next_id: &mut u64,
+    window: &mut Window,
+    woken: &mut HashSet<Arc<str>>,
+    replies: &mut Vec<Reply>,
+    failure: &mut Option<StoreError>,
+) {
+    match command {
+        Command::Append { record, plugins, key, token, reply } => {
+            if let Some(original) = window.check(&key, now) {
+                replies.push(Reply::Append(reply, Ok(Appended::Duplicate(original)), None));
+                return;
+            }
+            let id = *next_id;
+            let written = tables.insert_event(id, &record, &plugins).and_then(|()| match &token {
+                Some((member, secret)) => tables.set_token(member, secret.as_ref()),
+                None => Ok(()),
+            });
+            match written {
+                Ok(()) => {
+                    *next_id += 1;
+                    window.insert(key, id, now);
+                    woken.extend(plugins);
+                    replies.push(Reply::Append(reply, Ok(Appended::New(id)), Some(key)));
+                }
+                Err(e) => {
+                    tracing::error!("cannot journal an event: {e}");
+                    failure.get_or_insert(e);
+                    replies.push(Reply::Append(reply, Err(()), None));
+                }
+            }
+        }
+        Command::Complete(plugin, id) => note(failure, tables.complete(&plugin, id)),
+        Command::Update(plugin, id, state) => {
+            note(failure, tables.set_pending(&plugin, id, &state))
+        }
+        Command::Bury(plugin, id, dead) => note(failure, tables.bury(&plugin, id, &dead)),
+        Command::Flush(reply) => replies.push(Reply::Flush(reply)),
+        Command::Admin { reply, .. } => {
+            let _ =
+                reply.send(Err(StoreError::Storage("internal: admin command out of place".into())));
         }
     }
 }
