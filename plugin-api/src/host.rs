@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 use abi_stable::{
     StableAbi, sabi_trait,
-    std_types::{RArc, RStr, RString},
+    std_types::{RArc, RResult, RStr, RString},
 };
+
+use crate::{ErrorKind, PluginError};
 
 /// Severity of a plugin log line.
 #[repr(u8)]
@@ -44,6 +46,70 @@ pub trait HostServices: Clone + Send + Sync {
     /// The host's state folder; a plugin may keep its own files below it.
     #[sabi(last_prefix_field)]
     fn state_dir(&self) -> RString;
+
+    /// Since 0.1.1: calls Bitrix24 REST `method` with `params` (a JSON object) on the portal of
+    /// the event being handled, and returns the `result` member of the answer as JSON. The host
+    /// picks the credentials (the event's user token, the portal's stored OAuth tokens, or its
+    /// incoming webhook), refreshes expired tokens, keeps to the portal's rate limit and retries
+    /// when the portal says it is over it. Blocks the calling thread.
+    fn rest(&self, method: RStr<'_>, params: RStr<'_>) -> RResult<RString, RestError>;
+}
+
+/// What went wrong with a REST call.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestErrorKind {
+    /// The portal answered with an error (`error`, `error_description`), e.g. `ERROR_NOT_FOUND`.
+    Api,
+    /// The portal or OAuth server could not be reached, timed out, or stayed over its rate limit:
+    /// try again later.
+    Unavailable,
+    /// No usable credentials for the portal (no user token, no stored OAuth tokens that could be
+    /// refreshed, no webhook).
+    Credentials,
+    /// The call itself was wrong: not during an event, or `params` is not a JSON object.
+    Usage,
+}
+
+/// A failed REST call.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct RestError {
+    /// The kind of failure.
+    pub kind: RestErrorKind,
+    /// The HTTP status of the last answer, 0 when there was none.
+    pub status: u16,
+    /// Bitrix24's `error` code (e.g. `ERROR_NOT_FOUND`, `QUERY_LIMIT_EXCEEDED`), or the host's.
+    pub error: RString,
+    /// Bitrix24's `error_description`, or the host's explanation.
+    pub description: RString,
+}
+
+impl RestError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.kind == RestErrorKind::Unavailable
+    }
+}
+
+impl std::fmt::Display for RestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error, self.description)?;
+        if self.status != 0 {
+            write!(f, " (HTTP {})", self.status)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RestError {}
+
+impl From<RestError> for PluginError {
+    /// Transient failures become [`ErrorKind::Retry`], the rest [`ErrorKind::Reject`].
+    fn from(e: RestError) -> PluginError {
+        let kind = if e.is_transient() { ErrorKind::Retry } else { ErrorKind::Reject };
+        PluginError { kind, message: format!("REST call failed: {e}").into() }
+    }
 }
 
 /// The host services as they cross the ABI: a reference-counted trait object.
@@ -101,6 +167,17 @@ impl Host {
     pub fn resolve_path(&self, path: &str) -> PathBuf {
         let path = PathBuf::from(path);
         if path.is_absolute() { path } else { self.config_dir().join(path) }
+    }
+
+    /// Calls Bitrix24 REST `method` with `params` (a JSON object, e.g.
+    /// `{"id": 554}`) on the portal of the event being handled; returns the answer's `result` as
+    /// JSON text. See [`HostServices::rest`]. Needs a host of b24-plugin-api 0.1.1 or later.
+    ///
+    /// ```ignore
+    /// let field = ctx.host.rest("crm.deal.userfield.get", r#"{"id": 554}"#)?;
+    /// ```
+    pub fn rest(&self, method: &str, params: &str) -> Result<String, RestError> {
+        self.inner.rest(method.into(), params.into()).into_result().map(RString::into_string)
     }
 
     /// The underlying trait object.

@@ -42,6 +42,11 @@
 //! are only ever appended to the prefix types ([`PluginModule`], the host services), so a plugin
 //! built against an older patch release keeps loading. Any other change starts a new line, and
 //! the host refuses older plugins with an error that names the version to rebuild against.
+//!
+//! | release | appended |
+//! |---|---|
+//! | 0.1.0 | the first release of the 0.1 line |
+//! | 0.1.1 | `HostServices::rest` / [`Host::rest`]: Bitrix24 REST calls through the host |
 
 #![warn(missing_docs)]
 
@@ -57,7 +62,9 @@ pub use error::{ErrorKind, Outcome, PluginError};
 pub use event::{
     Action, AppStatus, Delivery, Entity, Event, KeyValue, Origin, Portal, UserAuth, UserFieldEvent,
 };
-pub use host::{Host, HostServices, HostServices_TO, HostServicesArc, LogLevel};
+pub use host::{
+    Host, HostServices, HostServices_TO, HostServicesArc, LogLevel, RestError, RestErrorKind,
+};
 pub use module::{ABI_VERSION, PluginInfo, PluginModule, PluginModuleRef};
 pub use plugin::{Create, Plugin, PluginBox, PluginContext, PluginObj, PluginObj_TO};
 pub use secret::Secret;

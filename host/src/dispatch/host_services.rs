@@ -2,11 +2,14 @@
 
 use std::{path::Path, sync::Arc};
 
+use abi_stable::std_types::RResult;
 use abi_stable::{
     sabi_trait::TD_Opaque,
     std_types::{RArc, RStr, RString},
 };
-use b24_plugin_api::{HostServices, HostServices_TO, HostServicesArc, LogLevel};
+use b24_plugin_api::{
+    HostServices, HostServices_TO, HostServicesArc, LogLevel, RestError, RestErrorKind,
+};
 
 /// The services given to one plugin; its log lines carry its name.
 #[derive(Clone)]
@@ -35,6 +38,15 @@ impl HostServices for PluginHost {
 
     fn state_dir(&self) -> RString {
         self.state_dir.clone()
+    }
+
+    fn rest(&self, _method: RStr<'_>, _params: RStr<'_>) -> RResult<RString, RestError> {
+        RResult::RErr(RestError {
+            kind: RestErrorKind::Usage,
+            status: 0,
+            error: "NOT_CONFIGURED".into(),
+            description: "REST calls are not available yet".into(),
+        })
     }
 }
 
