@@ -16,7 +16,8 @@ pub fn run(config: &Config) -> ExitCode {
     let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     for report in &loaded {
         let plugin = &report.plugin;
-        let host = host_services::for_plugin(&plugin.name, &config.base_dir, &config.state_dir);
+        let host =
+            host_services::for_plugin(&plugin.name, &config.base_dir, &config.state_dir, None);
         let settings = config.plugin_config(&plugin.name).settings;
         match plugin.create(&settings, host) {
             Ok(instance) => {

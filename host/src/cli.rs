@@ -45,7 +45,7 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Post one realistic event, encoded exactly as Bitrix24 encodes it, and print the answer.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Inspect and repair the journal (works on a stopped or a running host).
     Journal {
         /// The config file (default as for `serve`); names the state folder.
@@ -135,6 +135,18 @@ pub struct SendArgs {
     /// `event_handler_id`.
     #[arg(long, default_value_t = 15)]
     pub handler_id: u64,
+    /// `auth[client_endpoint]` (default `https://<domain>/rest/`).
+    #[arg(long)]
+    pub client_endpoint: Option<String>,
+    /// `auth[server_endpoint]` (default `https://oauth.bitrix.info/rest/`).
+    #[arg(long)]
+    pub server_endpoint: Option<String>,
+    /// `auth[access_token]` of the acting user (a made-up one by default).
+    #[arg(long)]
+    pub access_token: Option<String>,
+    /// `auth[refresh_token]` for ONAPPINSTALL/ONAPPUPDATE (a made-up one by default).
+    #[arg(long)]
+    pub refresh_token: Option<String>,
     /// An event no user caused: no user tokens in `auth`.
     #[arg(long)]
     pub system: bool,

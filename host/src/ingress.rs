@@ -26,6 +26,7 @@ use crate::{
     auth::Verifier,
     decode::{self, BodyFormat},
     journal::{Appended, Journal},
+    rest::oauth::StoredTokens,
     route::Route,
 };
 
@@ -148,6 +149,13 @@ impl Ingress {
         match self.journal.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {
                 self.verifier.apply(&event, &effect);
+                if let Some(tokens) = StoredTokens::from_event(&event) {
+                    // The portal's OAuth tokens, for REST calls on its behalf later.
+                    let bytes = serde_json::to_vec(&tokens).unwrap_or_default();
+                    if let Err(e) = self.journal.save_oauth(&event.auth.member_id, bytes).await {
+                        tracing::error!(member_id = %event.auth.member_id, "cannot store the portal's OAuth tokens: {e}");
+                    }
+                }
                 tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "event accepted");
                 answer(StatusCode::OK, format!("accepted {id}"))
             }

@@ -16,7 +16,7 @@ use abi_stable::{
     sabi_types::VersionNumber,
     std_types::{RErr, ROk},
 };
-use b24_plugin_api::{ABI_VERSION, HostServicesArc, PluginBox, PluginModuleRef};
+use b24_plugin_api::{ABI_VERSION, HostHandle, HostServicesArc, PluginBox, PluginModuleRef};
 
 /// Why a plugin could not be loaded or created. Each message names the plugin, the file and what
 /// to do about it.
@@ -163,8 +163,8 @@ impl std::fmt::Debug for LoadedPlugin {
 impl LoadedPlugin {
     /// Creates a new instance with the plugin's settings (TOML text) and host services.
     pub fn create(&self, settings: &str, host: HostServicesArc) -> Result<PluginBox, LoadError> {
-        match (self.module.create())(settings.into(), host) {
-            ROk(instance) => Ok(instance),
+        match (self.module.create())(settings.into(), HostHandle::new(host)) {
+            ROk(instance) => Ok(instance.into_plugin()),
             RErr(err) => {
                 Err(LoadError::Create { name: self.name.clone(), message: err.to_string() })
             }

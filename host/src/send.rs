@@ -38,23 +38,28 @@ pub fn payload(args: &SendArgs) -> Value {
     let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut auth = Map::new();
     if !args.system {
-        auth.insert("access_token".into(), json!("s6p6eclrvim6da22ft9ch94ekreb52lv"));
+        let token = args.access_token.as_deref().unwrap_or("s6p6eclrvim6da22ft9ch94ekreb52lv");
+        auth.insert("access_token".into(), json!(token));
         auth.insert("expires".into(), json!((ts + 3600).to_string()));
         auth.insert("expires_in".into(), json!("3600"));
         auth.insert("scope".into(), json!("crm"));
     }
     auth.insert("domain".into(), json!(args.domain));
-    auth.insert("server_endpoint".into(), json!("https://oauth.bitrix.info/rest/"));
+    let server = args.server_endpoint.as_deref().unwrap_or("https://oauth.bitrix.info/rest/");
+    auth.insert("server_endpoint".into(), json!(server));
     if !args.system {
         auth.insert("status".into(), json!("F"));
     }
-    auth.insert("client_endpoint".into(), json!(format!("https://{}/rest/", args.domain)));
+    let client =
+        args.client_endpoint.clone().unwrap_or_else(|| format!("https://{}/rest/", args.domain));
+    auth.insert("client_endpoint".into(), json!(client));
     auth.insert("member_id".into(), json!(args.member_id));
     if !args.system {
         auth.insert("user_id".into(), json!("1"));
     }
     if !args.system && (code == "ONAPPINSTALL" || code == "ONAPPUPDATE") {
-        auth.insert("refresh_token".into(), json!("4s386p3q0tr8dy89xvmt96234v3dljg8"));
+        let refresh = args.refresh_token.as_deref().unwrap_or("4s386p3q0tr8dy89xvmt96234v3dljg8");
+        auth.insert("refresh_token".into(), json!(refresh));
     }
     auth.insert("application_token".into(), json!(args.token));
 

@@ -19,6 +19,7 @@ use crate::{
     ingress::Ingress,
     journal::{self, Journal, StoreError},
     loader::{self, LoadError, LoadedPlugin},
+    rest::RestClient,
     route::Route,
 };
 
@@ -36,6 +37,9 @@ pub enum ServeError {
     /// The journal cannot be opened.
     #[error("{0}")]
     Journal(#[from] StoreError),
+    /// The REST client cannot be set up (TLS).
+    #[error("cannot set up the REST client: {0}")]
+    Rest(String),
     /// The control socket cannot be bound.
     #[error("cannot create the control socket {}: {source}", .path.display())]
     Control {
@@ -78,7 +82,7 @@ pub fn load_plugins(config: &Config) -> (Vec<PluginReport>, Vec<LoadError>) {
 
 /// Loads and creates every enabled plugin. A plugin that fails is reported and left out: its
 /// events wait in the journal until it loads.
-fn create_workers(config: &Config) -> Vec<Worker> {
+fn create_workers(config: &Config, rest: &Arc<RestClient>) -> Vec<Worker> {
     let started = Instant::now();
     let (loaded, errors) = load_plugins(config);
     for e in &errors {
@@ -88,7 +92,13 @@ fn create_workers(config: &Config) -> Vec<Worker> {
     for PluginReport { plugin, route } in loaded {
         let name = plugin.name.clone();
         let plugin_config = config.plugin_config(&name);
-        let host = host_services::for_plugin(&name, &config.base_dir, &config.state_dir);
+        let runtime = tokio::runtime::Handle::current();
+        let host = host_services::for_plugin(
+            &name,
+            &config.base_dir,
+            &config.state_dir,
+            Some((rest.clone(), runtime)),
+        );
         let load_time = plugin.load_time;
         let version = plugin.version.clone();
         match Instance::create(plugin, plugin_config.settings.clone(), host) {
@@ -144,7 +154,11 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         path: control::socket_path(&config.state_dir),
         source,
     })?;
-    let workers = create_workers(&config);
+    let rest = Arc::new(
+        RestClient::new(config.rest.clone(), journal.clone())
+            .map_err(|e| ServeError::Rest(e.to_string()))?,
+    );
+    let workers = create_workers(&config, &rest);
     let routes = config
         .plugins
         .enabled

@@ -13,9 +13,8 @@ use abi_stable::{
 };
 
 use crate::{
-    ErrorKind, Event, Host, HostServicesArc, Outcome, Plugin, PluginBox, PluginContext,
-    PluginError, PluginInfo, PluginModule, PluginModuleRef, PluginObj, PluginObj_TO,
-    UserFieldEvent,
+    ErrorKind, Event, Host, HostHandle, Outcome, Plugin, PluginContext, PluginError, PluginHandle,
+    PluginInfo, PluginModule, PluginModuleRef, PluginObj, PluginObj_TO, UserFieldEvent,
 };
 
 /// Exports a [`Plugin`] type as the root module of this library. Write it once, at the crate
@@ -42,8 +41,8 @@ macro_rules! export_plugin {
             }
             extern "C" fn create(
                 settings: $crate::RStr<'_>,
-                host: $crate::HostServicesArc,
-            ) -> $crate::RResult<$crate::PluginBox, $crate::PluginError> {
+                host: $crate::HostHandle,
+            ) -> $crate::RResult<$crate::PluginHandle, $crate::PluginError> {
                 $crate::__private::guarded_create::<$plugin>(settings, host)
             }
             fn root_module() -> $crate::PluginModuleRef {
@@ -77,7 +76,7 @@ pub fn plugin_info<P: Plugin>(name: &str, version: &str) -> PluginInfo {
 /// Builds the root module from the two exported functions.
 pub fn root_module(
     info: extern "C" fn() -> PluginInfo,
-    create: extern "C" fn(RStr<'_>, HostServicesArc) -> RResult<PluginBox, PluginError>,
+    create: extern "C" fn(RStr<'_>, HostHandle) -> RResult<PluginHandle, PluginError>,
 ) -> PluginModuleRef {
     PluginModule { info, create }.leak_into_prefix()
 }
@@ -85,11 +84,14 @@ pub fn root_module(
 /// Creates plugin `P` with panics caught, and wraps it so that its calls catch panics too.
 pub fn guarded_create<P: Plugin>(
     settings: RStr<'_>,
-    host: HostServicesArc,
-) -> RResult<PluginBox, PluginError> {
-    let ctx = PluginContext { settings: settings.as_str().to_owned(), host: Host::new(host) };
+    host: HostHandle,
+) -> RResult<PluginHandle, PluginError> {
+    let ctx = PluginContext {
+        settings: settings.as_str().to_owned(),
+        host: Host::new(host.into_services()),
+    };
     match guard(|| P::create(ctx)) {
-        Ok(plugin) => ROk(PluginObj_TO::from_value(Guarded(plugin), TD_Opaque)),
+        Ok(plugin) => ROk(PluginHandle::new(PluginObj_TO::from_value(Guarded(plugin), TD_Opaque))),
         Err(err) => RErr(err),
     }
 }

@@ -52,7 +52,17 @@ pub trait HostServices: Clone + Send + Sync {
     /// picks the credentials (the event's user token, the portal's stored OAuth tokens, or its
     /// incoming webhook), refreshes expired tokens, keeps to the portal's rate limit and retries
     /// when the portal says it is over it. Blocks the calling thread.
-    fn rest(&self, method: RStr<'_>, params: RStr<'_>) -> RResult<RString, RestError>;
+    fn rest(&self, method: RStr<'_>, params: RStr<'_>) -> RResult<RString, RestError> {
+        // What a plugin sees on a host older than 0.2.1, whose services lack this method.
+        let _ = (method, params);
+        RResult::RErr(RestError {
+            kind: RestErrorKind::Usage,
+            status: 0,
+            error: "NOT_SUPPORTED".into(),
+            description: "this host is older than b24-plugin-api 0.2.1 and cannot make REST calls"
+                .into(),
+        })
+    }
 }
 
 /// What went wrong with a REST call.
@@ -112,8 +122,34 @@ impl From<RestError> for PluginError {
     }
 }
 
-/// The host services as they cross the ABI: a reference-counted trait object.
+/// The host services as a reference-counted trait object.
 pub type HostServicesArc = HostServices_TO<'static, RArc<()>>;
+
+/// The host services as they cross the ABI in `create`.
+///
+/// abi_stable's load-time check refuses a host whose prefix types are longer than the
+/// plugin's, which would make every method appended to [`HostServices`] break the plugins built
+/// before it. So the check sees this handle as opaque (size and alignment only); compatibility
+/// within an ABI line is this crate's promise instead: methods are only ever appended, each
+/// with a default body that a plugin falls back to on an older host.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(unsafe_opaque_fields)]
+pub struct HostHandle {
+    services: HostServicesArc,
+}
+
+impl HostHandle {
+    /// Wraps the host's services (host side).
+    pub fn new(services: HostServicesArc) -> HostHandle {
+        HostHandle { services }
+    }
+
+    /// The services (plugin side).
+    pub fn into_services(self) -> HostServicesArc {
+        self.services
+    }
+}
 
 /// A plugin's handle on the host: logging and paths. Cheap to clone; keep it in your plugin.
 #[derive(Clone)]

@@ -43,10 +43,18 @@
 //! built against an older patch release keeps loading. Any other change starts a new line, and
 //! the host refuses older plugins with an error that names the version to rebuild against.
 //!
-//! | release | appended |
+//! abi_stable checks every type layout when a plugin loads, but it refuses a host whose prefix
+//! types are *longer* than the plugin's, so the two trait objects that may grow (the host
+//! services handed to a plugin, the plugin instance handed back) cross the boundary in opaque
+//! handles ([`HostHandle`], [`PluginHandle`]); every method appended to them has a default body,
+//! which is what a plugin gets on a host older than the method. [`PluginModule`] and the event
+//! structs are checked field by field and never change within a line.
+//!
+//! | release | change |
 //! |---|---|
-//! | 0.1.0 | the first release of the 0.1 line |
-//! | 0.1.1 | `HostServices::rest` / [`Host::rest`]: Bitrix24 REST calls through the host |
+//! | 0.1.0 | first release; its host services could not grow (superseded) |
+//! | 0.2.0 | the 0.2 line: host services and plugin instances in opaque, growable handles |
+//! | 0.2.1 | appends `HostServices::rest` / [`Host::rest`]: Bitrix24 REST calls through the host |
 
 #![warn(missing_docs)]
 
@@ -63,10 +71,11 @@ pub use event::{
     Action, AppStatus, Delivery, Entity, Event, KeyValue, Origin, Portal, UserAuth, UserFieldEvent,
 };
 pub use host::{
-    Host, HostServices, HostServices_TO, HostServicesArc, LogLevel, RestError, RestErrorKind,
+    Host, HostHandle, HostServices, HostServices_TO, HostServicesArc, LogLevel, RestError,
+    RestErrorKind,
 };
 pub use module::{ABI_VERSION, PluginInfo, PluginModule, PluginModuleRef};
-pub use plugin::{Create, Plugin, PluginBox, PluginContext, PluginObj, PluginObj_TO};
+pub use plugin::{Create, Plugin, PluginBox, PluginContext, PluginHandle, PluginObj, PluginObj_TO};
 pub use secret::Secret;
 
 pub use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};

@@ -7,7 +7,7 @@ use abi_stable::{
     std_types::{RResult, RStr, RString, RVec},
 };
 
-use crate::{HostServicesArc, PluginBox, PluginError};
+use crate::{HostHandle, PluginError, PluginHandle};
 
 /// The ABI line of this crate: `MAJOR.MINOR.0` of its version. The host loads a plugin only when
 /// the plugin was built against the same line.
@@ -45,7 +45,7 @@ pub struct PluginModule {
     /// are caught and returned as [`crate::ErrorKind::Panicked`].
     #[sabi(last_prefix_field)]
     pub create:
-        extern "C" fn(settings: RStr<'_>, host: HostServicesArc) -> RResult<PluginBox, PluginError>,
+        extern "C" fn(settings: RStr<'_>, host: HostHandle) -> RResult<PluginHandle, PluginError>,
 }
 
 impl RootModule for PluginModuleRef {

@@ -76,5 +76,27 @@ pub trait PluginObj: Send + Sync {
     fn shutdown(&self);
 }
 
-/// A boxed plugin instance as it crosses the ABI.
+/// A boxed plugin instance.
 pub type PluginBox = PluginObj_TO<'static, RBox<()>>;
+
+/// A plugin instance as it crosses the ABI out of `create`: opaque to the load-time check for
+/// the same reason as [`crate::HostHandle`], so that methods appended to [`PluginObj`] (each
+/// with a default) do not break older plugins.
+#[repr(C)]
+#[derive(abi_stable::StableAbi)]
+#[sabi(unsafe_opaque_fields)]
+pub struct PluginHandle {
+    plugin: PluginBox,
+}
+
+impl PluginHandle {
+    /// Wraps an instance (plugin side).
+    pub fn new(plugin: PluginBox) -> PluginHandle {
+        PluginHandle { plugin }
+    }
+
+    /// The instance (host side).
+    pub fn into_plugin(self) -> PluginBox {
+        self.plugin
+    }
+}

@@ -2,6 +2,8 @@
 //! lays out a temporary host folder (config, plugins, state), starts the host as a child
 //! process on port 0, talks plain HTTP/1.1 to it, and reads what the plugins wrote.
 
+pub mod fake_portal;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,

@@ -50,7 +50,7 @@ pub const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_CONCURRENCY: usize = 1024;
 
 /// The whole host configuration: `host.toml` merged over the embedded defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this was read from; `None` for [`Config::default_for`].
     pub source: Option<PathBuf>,
@@ -70,6 +70,8 @@ pub struct Config {
     pub plugin: BTreeMap<String, PluginConfig>,
     /// The durable journal (`[journal]`).
     pub journal: JournalConfig,
+    /// REST calls for plugins (`[rest]`).
+    pub rest: RestConfig,
 }
 
 /// The HTTP endpoint that receives events (`[server]`).
@@ -242,6 +244,54 @@ impl Default for RetryConfig {
     }
 }
 
+/// Bitrix24 REST calls made for plugins (`[rest]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestConfig {
+    /// The application's OAuth client id (`client_id`), needed to refresh stored tokens.
+    pub client_id: Option<Secret>,
+    /// The application's OAuth client secret (`client_secret`).
+    pub client_secret: Option<Secret>,
+    /// How long one HTTP request may take (`timeout_ms`).
+    pub timeout: Duration,
+    /// Default leaky-bucket rate per portal, requests per second (`rate_per_sec`).
+    pub rate_per_sec: f64,
+    /// Default bucket size per portal (`burst`).
+    pub burst: u32,
+    /// Per-portal settings (`[rest.portals."<member_id>"]`).
+    pub portals: BTreeMap<String, RestPortalConfig>,
+}
+
+/// One portal's REST settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestPortalConfig {
+    /// Its rate, when not the default (Enterprise portals: 5).
+    pub rate_per_sec: Option<f64>,
+    /// Its bucket size, when not the default (Enterprise portals: 250).
+    pub burst: Option<u32>,
+    /// An incoming-webhook URL (`https://portal/rest/1/<secret>/`) for local integrations.
+    pub webhook: Option<Secret>,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        RestConfig {
+            client_id: None,
+            client_secret: None,
+            timeout: DEFAULT_REST_TIMEOUT,
+            rate_per_sec: DEFAULT_REST_RATE,
+            burst: DEFAULT_REST_BURST,
+            portals: BTreeMap::new(),
+        }
+    }
+}
+
+/// Default of `rest.timeout_ms`.
+pub const DEFAULT_REST_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// Default of `rest.rate_per_sec` (Bitrix24's standard plans).
+pub const DEFAULT_REST_RATE: f64 = 2.0;
+/// Default of `rest.burst`.
+pub const DEFAULT_REST_BURST: u32 = 50;
+
 /// The durable journal (`[journal]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
@@ -289,6 +339,7 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         log: LogConfig::default(),
         auth: AuthConfig::default(),
         journal: JournalConfig::default(),
+        rest: RestConfig::default(),
         plugins: PluginsConfig {
             dir: base_dir.join(DEFAULT_PLUGINS_DIR),
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),

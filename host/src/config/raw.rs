@@ -30,9 +30,33 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub journal: RawJournal,
     #[serde(default)]
+    pub rest: RawRest,
+    #[serde(default)]
     pub plugins: RawPlugins,
     #[serde(default)]
     pub plugin: BTreeMap<String, RawPlugin>,
+}
+
+/// `[rest]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRest {
+    pub client_id: Option<Spanned<RawToken>>,
+    pub client_secret: Option<Spanned<RawToken>>,
+    pub timeout_ms: Option<Spanned<Millis>>,
+    pub rate_per_sec: Option<Spanned<f64>>,
+    pub burst: Option<Spanned<Count>>,
+    #[serde(default)]
+    pub portals: BTreeMap<String, RawRestPortal>,
+}
+
+/// `[rest.portals."<member_id>"]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRestPortal {
+    pub rate_per_sec: Option<Spanned<f64>>,
+    pub burst: Option<Spanned<Count>>,
+    pub webhook: Option<Spanned<RawToken>>,
 }
 
 /// `[journal]`.

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use super::{
     AuthConfig, Config, ConfigError, JournalConfig, LogConfig, LogFormat, PluginConfig,
-    PluginsConfig, RetryConfig, ServerConfig,
+    PluginsConfig, RestConfig, RestPortalConfig, RetryConfig, ServerConfig,
     load::{Source, join_keys},
     model::{
         DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
@@ -23,7 +23,7 @@ use super::{
     },
     raw::{
         Bytes, Count, Millis, RawAuth, RawConfig, RawJournal, RawLog, RawPlugin, RawPlugins,
-        RawRetry, RawServer, RawToken,
+        RawRest, RawRetry, RawServer, RawToken,
     },
 };
 
@@ -39,6 +39,7 @@ pub(crate) fn build(
     let log = log(src, raw.log)?;
     let auth = auth(src, raw.auth, env)?;
     let journal = journal(src, raw.journal)?;
+    let rest = rest(src, raw.rest, env)?;
     let plugins = plugins(src, base_dir, raw.plugins)?;
     let mut plugin = BTreeMap::new();
     for (name, table) in raw.plugin {
@@ -59,7 +60,95 @@ pub(crate) fn build(
         plugins,
         plugin,
         journal,
+        rest,
     })
+}
+
+fn rest(
+    src: &Source<'_>,
+    raw: RawRest,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<RestConfig, ConfigError> {
+    let mut out = RestConfig::default();
+    if let Some(id) = raw.client_id {
+        out.client_id = Some(Secret::new(secret(src, &["rest", "client_id"], id, env)?));
+    }
+    if let Some(secret_value) = raw.client_secret {
+        out.client_secret =
+            Some(Secret::new(secret(src, &["rest", "client_secret"], secret_value, env)?));
+    }
+    if let Some(ms) = raw.timeout_ms {
+        out.timeout = millis(src, &ms, "rest.timeout_ms", 1)?;
+    }
+    if let Some(rate) = raw.rate_per_sec {
+        out.rate_per_sec = positive_rate(src, &rate, "rest.rate_per_sec")?;
+    }
+    if let Some(burst) = raw.burst {
+        out.burst = count(src, &burst, "rest.burst", 100_000)? as u32;
+    }
+    for (member, portal) in raw.portals {
+        let key = join_keys(["rest", "portals", &member]);
+        let mut cfg = RestPortalConfig::default();
+        if let Some(rate) = portal.rate_per_sec {
+            cfg.rate_per_sec = Some(positive_rate(src, &rate, &format!("{key}.rate_per_sec"))?);
+        }
+        if let Some(burst) = portal.burst {
+            cfg.burst = Some(count(src, &burst, &format!("{key}.burst"), 100_000)? as u32);
+        }
+        if let Some(hook) = portal.webhook {
+            let url = secret(src, &["rest", "portals", &member, "webhook"], hook, env)?;
+            cfg.webhook = Some(Secret::new(url));
+        }
+        out.portals.insert(member, cfg);
+    }
+    Ok(out)
+}
+
+fn positive_rate(src: &Source<'_>, value: &Spanned<f64>, key: &str) -> Result<f64, ConfigError> {
+    let rate = *value.get_ref();
+    if rate.is_finite() && rate > 0.0 && rate <= 10_000.0 {
+        Ok(rate)
+    } else {
+        Err(src.invalid(value.span(), key, "must be a number of requests per second above 0"))
+    }
+}
+
+/// A secret value: written in the file, or `{ env = "VAR" }` read from the environment.
+fn secret(
+    src: &Source<'_>,
+    path: &[&str],
+    token: Spanned<RawToken>,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<String, ConfigError> {
+    let key = join_keys(path.iter().copied());
+    let span = token.span();
+    match token.into_inner() {
+        RawToken::Literal(value) => {
+            if value.is_empty() {
+                return Err(src.invalid(span, key, "must not be empty"));
+            }
+            Ok(value)
+        }
+        RawToken::Env(name) => {
+            let n = name.get_ref();
+            if n.is_empty() || n.contains(['=', '\0']) {
+                return Err(src.invalid(
+                    name.span(),
+                    format!("{key}.env"),
+                    format!("{n:?} is not an environment variable name"),
+                ));
+            }
+            let fail = |message: String| Err(src.invalid_key(path, span.clone(), message));
+            match env(n) {
+                Ok(value) if !value.is_empty() => Ok(value),
+                Ok(_) => fail(format!("environment variable {n} is empty")),
+                Err(VarError::NotPresent) => fail(format!("environment variable {n} is not set")),
+                Err(VarError::NotUnicode(_)) => {
+                    fail(format!("environment variable {n} is not valid UTF-8"))
+                }
+            }
+        }
+    }
 }
 
 fn journal(src: &Source<'_>, raw: RawJournal) -> Result<JournalConfig, ConfigError> {
@@ -172,43 +261,12 @@ fn auth(
 ) -> Result<AuthConfig, ConfigError> {
     let mut portals = BTreeMap::new();
     for (member, token) in raw.portals.0 {
-        let key = join_keys(["auth", "portals", &member]);
         let token_span = token.span();
         let path = ["auth", "portals", member.as_str()];
         if member.is_empty() {
             return Err(src.invalid_key(&path, token_span, "member_id must not be empty"));
         }
-        let secret = match token.into_inner() {
-            RawToken::Literal(value) => {
-                if value.is_empty() {
-                    return Err(src.invalid(token_span, key, "token must not be empty"));
-                }
-                value
-            }
-            RawToken::Env(name) => {
-                let n = name.get_ref();
-                if n.is_empty() || n.contains(['=', '\0']) {
-                    return Err(src.invalid(
-                        name.span(),
-                        format!("{key}.env"),
-                        format!("{n:?} is not an environment variable name"),
-                    ));
-                }
-                // Point at the portal's key: the line that needs the variable.
-                let fail =
-                    |message: String| Err(src.invalid_key(&path, token_span.clone(), message));
-                match env(n) {
-                    Ok(value) if !value.is_empty() => value,
-                    Ok(_) => return fail(format!("environment variable {n} is empty")),
-                    Err(VarError::NotPresent) => {
-                        return fail(format!("environment variable {n} is not set"));
-                    }
-                    Err(VarError::NotUnicode(_)) => {
-                        return fail(format!("environment variable {n} is not valid UTF-8"));
-                    }
-                }
-            }
-        };
+        let secret = secret(src, &path, token, env)?;
         portals.insert(member, Secret::new(secret));
     }
     Ok(AuthConfig {

@@ -2,6 +2,8 @@
 
 use std::{path::Path, sync::Arc};
 
+use crate::rest::{self, RestClient};
+
 use abi_stable::std_types::RResult;
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -17,6 +19,7 @@ struct PluginHost {
     plugin: Arc<str>,
     config_dir: RString,
     state_dir: RString,
+    rest: Option<(Arc<RestClient>, tokio::runtime::Handle)>,
 }
 
 impl HostServices for PluginHost {
@@ -40,22 +43,38 @@ impl HostServices for PluginHost {
         self.state_dir.clone()
     }
 
-    fn rest(&self, _method: RStr<'_>, _params: RStr<'_>) -> RResult<RString, RestError> {
-        RResult::RErr(RestError {
-            kind: RestErrorKind::Usage,
-            status: 0,
-            error: "NOT_CONFIGURED".into(),
-            description: "REST calls are not available yet".into(),
-        })
+    fn rest(&self, method: RStr<'_>, params: RStr<'_>) -> RResult<RString, RestError> {
+        let Some((client, handle)) = &self.rest else {
+            return RResult::RErr(RestError {
+                kind: RestErrorKind::Usage,
+                status: 0,
+                error: "NOT_AVAILABLE".into(),
+                description: "REST calls are only available while the host serves".into(),
+            });
+        };
+        match rest::call_blocking(client, handle, method.as_str(), params.as_str()) {
+            Ok(result) => RResult::ROk(result.into()),
+            Err(e) => {
+                tracing::debug!(target: "plugin", plugin = &*self.plugin, %method, error = %e.error, "REST call failed");
+                RResult::RErr(e)
+            }
+        }
     }
 }
 
-/// The host services for plugin `plugin`.
-pub fn for_plugin(plugin: &str, config_dir: &Path, state_dir: &Path) -> HostServicesArc {
+/// The host services for plugin `plugin`; REST calls need the client and the runtime to run
+/// them on (`None` in `check`).
+pub fn for_plugin(
+    plugin: &str,
+    config_dir: &Path,
+    state_dir: &Path,
+    rest: Option<(Arc<RestClient>, tokio::runtime::Handle)>,
+) -> HostServicesArc {
     let host = PluginHost {
         plugin: plugin.into(),
         config_dir: config_dir.display().to_string().into(),
         state_dir: state_dir.display().to_string().into(),
+        rest,
     };
     HostServices_TO::from_ptr(RArc::new(host), TD_Opaque)
 }

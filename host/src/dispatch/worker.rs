@@ -19,6 +19,7 @@ use super::{
 use crate::{
     config::{PluginConfig, RetryConfig},
     journal::{Consumer, DeadLetter, Delivery, Pending, Reporter, now_ms},
+    rest::{self, EventContext},
     route::Route,
 };
 
@@ -91,8 +92,9 @@ impl Worker {
             }
             attempt += 1;
             let event = Arc::new(plugin_event(&envelope, attempt));
+            let context = Arc::new(EventContext::of(&envelope.event));
             let started = Instant::now();
-            let error = match self.call(event).await {
+            let error = match self.call(event, context).await {
                 Ok(outcome) => {
                     tracing::debug!(
                         attempt,
@@ -143,11 +145,18 @@ impl Worker {
 
     /// One call on a blocking thread. Past `timeout_ms` the plugin is marked degraded and the
     /// worker keeps waiting: the call cannot be cancelled, and its outcome decides the event.
-    async fn call(&self, event: Arc<PluginEvent>) -> Result<Outcome, PluginError> {
+    async fn call(
+        &self,
+        event: Arc<PluginEvent>,
+        context: Arc<EventContext>,
+    ) -> Result<Outcome, PluginError> {
         let plugin = self.instance.current();
-        let mut call = tokio::task::spawn_blocking(move || match &*event {
-            PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
-            PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
+        // The context tells REST calls made during the call which portal they are for.
+        let mut call = tokio::task::spawn_blocking(move || {
+            rest::context::with(context, || match &*event {
+                PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
+                PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
+            })
         });
         let joined = match tokio::time::timeout(self.config.timeout, &mut call).await {
             Ok(joined) => {

@@ -180,6 +180,18 @@ impl Journal {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Stores a portal's OAuth tokens (JSON) durably; returns once they are on disk.
+    pub async fn save_oauth(&self, member_id: &str, tokens: Vec<u8>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SetOAuth(member_id.to_owned(), tokens, reply))?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A portal's stored OAuth tokens (JSON), if any.
+    pub fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        store::oauth(&self.database, member_id)
+    }
+
     /// Waits until everything reported so far is durable.
     pub async fn flush(&self) {
         let (reply, answer) = oneshot::channel();

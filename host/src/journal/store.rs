@@ -8,6 +8,7 @@
 //! | `dead` | (plugin, event id) | [`DeadLetter`]: why the plugin gave up on it |
 //! | `tokens` | member_id | application token learned from `ONAPPINSTALL` |
 //! | `meta` | name | counters (`next_id`) |
+//! | `oauth` | member_id | the portal's OAuth tokens, from `ONAPPINSTALL` and refreshes |
 //!
 //! An event is *complete* for a plugin when it has neither a pending nor a dead row for it;
 //! a complete event with no rows at all may be pruned.
@@ -32,6 +33,8 @@ pub const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead
 pub const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 /// Counters.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// member_id -> the portal's OAuth tokens (JSON), for REST calls on its behalf.
+pub const OAUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth");
 
 /// The journal file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +81,15 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
         db(txn.open_table(DEAD))?;
         db(txn.open_table(TOKENS))?;
         db(txn.open_table(META))?;
+        db(txn.open_table(OAUTH))?;
     }
     db(txn.commit())?;
+    // The file holds tokens: owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
     Ok(database)
 }
 
@@ -103,6 +113,13 @@ pub fn learned_tokens(database: &Database) -> Result<BTreeMap<String, Secret>, S
         out.insert(k.value().to_owned(), Secret::new(v.value()));
     }
     Ok(out)
+}
+
+/// A portal's stored OAuth tokens (JSON), if any.
+pub fn oauth(database: &Database, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(OAUTH))?;
+    Ok(db(table.get(member_id))?.map(|v| v.value().to_vec()))
 }
 
 /// Reads one event record.
@@ -156,6 +173,7 @@ pub fn recent_events(
 /// The tables a batch of the writer works on, opened once per transaction: opening a table
 /// costs a lookup and allocations, far more than one small insert.
 pub struct Tables<'txn> {
+    oauth: redb::Table<'txn, &'static str, &'static [u8]>,
     events: redb::Table<'txn, u64, &'static [u8]>,
     pending: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
     dead: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
@@ -167,6 +185,7 @@ impl<'txn> Tables<'txn> {
     /// Opens every table in `txn`.
     pub fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
+            oauth: db(txn.open_table(OAUTH))?,
             events: db(txn.open_table(EVENTS))?,
             pending: db(txn.open_table(PENDING))?,
             dead: db(txn.open_table(DEAD))?,
@@ -275,6 +294,12 @@ impl<'txn> Tables<'txn> {
             db(self.events.remove(*id))?;
         }
         Ok(doomed.len())
+    }
+
+    /// Stores a portal's OAuth tokens (JSON).
+    pub fn set_oauth(&mut self, member_id: &str, tokens: &[u8]) -> Result<(), StoreError> {
+        db(self.oauth.insert(member_id, tokens))?;
+        Ok(())
     }
 
     /// Remembers or forgets a portal's learned token.

@@ -54,6 +54,8 @@ pub enum Command {
     },
     /// Make everything so far durable, then answer.
     Flush(oneshot::Sender<()>),
+    /// Store a portal's OAuth tokens (JSON) durably.
+    SetOAuth(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// An operator's change to the journal: (plugin, event id) pairs it touched come back.
@@ -193,6 +195,7 @@ enum Reply {
         Result<(Vec<(String, u64)>, bool), StoreError>,
     ),
     Flush(oneshot::Sender<()>),
+    OAuth(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// Writes one batch in one transaction; with a `prune_budget`, also prunes up to that many
@@ -319,6 +322,12 @@ fn write_batch(
             Reply::Flush(tx) => {
                 let _ = tx.send(());
             }
+            Reply::OAuth(tx) => {
+                let _ = tx.send(match &committed {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Storage(e.to_string())),
+                });
+            }
         }
     }
     if committed.is_ok() {
@@ -329,9 +338,9 @@ fn write_batch(
     pruned
 }
 
-/// Whether a reply waits on a flush (which must be durable).
+/// Whether a reply waits on something that must be durable: a flush or stored tokens.
 fn durable_flush(replies: &[Reply]) -> bool {
-    replies.iter().any(|r| matches!(r, Reply::Flush(_)))
+    replies.iter().any(|r| matches!(r, Reply::Flush(_) | Reply::OAuth(_)))
 }
 
 /// Applies one regular command to the batch's open tables.
@@ -377,6 +386,13 @@ fn apply(
         }
         Command::Bury(plugin, id, dead) => note(failure, tables.bury(&plugin, id, &dead)),
         Command::Flush(reply) => replies.push(Reply::Flush(reply)),
+        Command::SetOAuth(member, tokens, reply) => {
+            let result = tables.set_oauth(&member, &tokens);
+            if let Err(e) = &result {
+                failure.get_or_insert(StoreError::Storage(e.to_string()));
+            }
+            replies.push(Reply::OAuth(reply));
+        }
         Command::Admin { reply, .. } => {
             let _ =
                 reply.send(Err(StoreError::Storage("internal: admin command out of place".into())));
@@ -402,6 +418,9 @@ fn fail_all(batch: Vec<Command>, error: &StoreError) {
             }
             Command::Flush(reply) => {
                 let _ = reply.send(());
+            }
+            Command::SetOAuth(_, _, reply) => {
+                let _ = reply.send(Err(StoreError::Storage(error.to_string())));
             }
             Command::Complete(..) | Command::Update(..) | Command::Bury(..) => {}
         }

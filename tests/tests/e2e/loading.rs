@@ -70,6 +70,16 @@ fn a_config_error_names_the_file_line_and_key() {
     assert!(err.contains("server.timeout"), "{err}");
 }
 
+/// The version of the workspace's b24-plugin-api.
+fn current_api_version() -> String {
+    let manifest = std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap();
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \"").and_then(|v| v.strip_suffix('"')))
+        .expect("a version line")
+        .to_owned()
+}
+
 /// Makes a plugin crate outside the workspace, as a plugin author would, against `api` (the
 /// path of a b24-plugin-api crate), builds it and returns the library.
 fn author_plugin(work: &Path, api: &Path, name: &str) -> std::path::PathBuf {
@@ -142,8 +152,8 @@ fn a_plugin_author_builds_a_plugin_outside_the_workspace_and_the_host_runs_it() 
 #[test]
 fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use() {
     let work = tempfile::tempdir().unwrap();
-    // A copy of b24-plugin-api that claims to be 0.2.0.
-    let api = work.path().join("plugin-api-0.2");
+    // A copy of b24-plugin-api that claims to be 0.3.0: another ABI line.
+    let api = work.path().join("plugin-api-0.3");
     std::fs::create_dir_all(api.join("src")).unwrap();
     for entry in std::fs::read_dir(workspace_root().join("plugin-api/src")).unwrap() {
         let entry = entry.unwrap();
@@ -151,7 +161,7 @@ fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use
     }
     let manifest = std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap();
     let manifest = manifest
-        .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+        .replace(&format!("version = \"{}\"", current_api_version()), "version = \"0.3.0\"")
         .replace("edition.workspace = true", "edition = \"2024\"")
         .replace("license.workspace = true", "")
         .replace("rust-version.workspace = true", "")
@@ -160,17 +170,47 @@ fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use
             "abi_stable = { version = \"0.11\", default-features = false }",
         );
     std::fs::write(api.join("Cargo.toml"), manifest).unwrap();
-    let library = author_plugin(work.path(), &api, "old-watch");
+    let library = author_plugin(work.path(), &api, "other-line-watch");
 
     let dir = HostDir::new(&[]);
     dir.add_plugin_file(&library);
-    dir.write_config(&config(&["old-watch"], ""));
+    dir.write_config(&config(&["other-line-watch"], ""));
     let out = dir.run_cli(&["check", "--config", "host.toml"]);
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(
-        err.contains("built against b24-plugin-api 0.2")
-            && err.contains("rebuild the plugin against b24-plugin-api 0.1"),
+        err.contains("built against b24-plugin-api 0.3")
+            && err.contains("rebuild the plugin against b24-plugin-api 0.2"),
         "{err}"
     );
+}
+
+#[test]
+fn a_plugin_built_against_plugin_api_0_2_0_still_loads_and_runs_in_this_host() {
+    // tests/fixtures/plugin-api-0.2.0 is the API as released before HostServices::rest was
+    // appended; this host's services have one more method than that plugin knows.
+    let work = tempfile::tempdir().unwrap();
+    let api = workspace_root().join("tests/fixtures/plugin-api-0.2.0");
+    let library = author_plugin(work.path(), &api, "legacy-watch");
+    let dir = HostDir::new(&[]);
+    dir.add_plugin_file(&library);
+    dir.write_config(&config(&["legacy-watch"], ""));
+    let out = dir.run_cli(&["check", "--config", "host.toml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains("plugin legacy-watch 0.3.0") && stdout.contains("api 0.2.0"),
+        "{stdout}"
+    );
+    let host = start(&dir);
+    assert_eq!(host.post_form(&fixture("ONCRMLEADUSERFIELDDELETE")).status, 200);
+    let out_file = dir.path().join("field-watch.txt");
+    let started = std::time::Instant::now();
+    let mut text = String::new();
+    while started.elapsed() < PATIENCE && text.is_empty() {
+        text = std::fs::read_to_string(&out_file).unwrap_or_default();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(text, "ONCRMLEADUSERFIELDDELETE 554 UF_CRM_1724771514\n");
+    assert!(host.stop());
 }

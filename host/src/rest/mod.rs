@@ -1,0 +1,476 @@
+//! Bitrix24 REST calls made for plugins (`HostServices::rest`).
+//!
+//! A plugin asks for `method(params)` while it handles an event; the host calls the event's
+//! portal with, in this order, the acting user's token from the event, the portal's stored
+//! OAuth tokens (refreshed once on `expired_token`), or the portal's configured incoming
+//! webhook. Every request to a portal passes its leaky bucket; a 503 `QUERY_LIMIT_EXCEEDED`
+//! is retried after a back-off; a redirect (a portal's domain changed) is followed with the
+//! same POST. HTTPS only, except to loopback addresses (tests).
+//!
+//! - [`context`]: which event the calling thread is handling.
+//! - [`bucket`]: the per-portal rate limit.
+//! - [`oauth`]: stored tokens and their refresh.
+
+pub mod bucket;
+pub mod context;
+pub mod oauth;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use b24_plugin_api::{RestError, RestErrorKind, Secret};
+use reqwest::{StatusCode, header::LOCATION, redirect::Policy};
+use serde_json::{Map, Value};
+
+use crate::{config::RestConfig, journal::Journal};
+use bucket::Bucket;
+pub use context::EventContext;
+use oauth::{RefreshAnswer, StoredTokens, token_url};
+
+/// How often a call is retried while the portal answers `QUERY_LIMIT_EXCEEDED`.
+const LIMIT_RETRIES: u32 = 4;
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 5;
+
+fn error(
+    kind: RestErrorKind,
+    status: u16,
+    code: &str,
+    description: impl Into<String>,
+) -> RestError {
+    RestError { kind, status, error: code.into(), description: description.into().into() }
+}
+
+/// Which credentials a request carries.
+enum Credential {
+    /// An OAuth access token, against this REST base URL.
+    Token { token: Secret, endpoint: String, stored: bool },
+    /// An incoming webhook URL (the secret is in the URL).
+    Webhook(Secret),
+}
+
+/// The host's REST client, shared by every plugin.
+pub struct RestClient {
+    http: reqwest::Client,
+    config: RestConfig,
+    journal: Journal,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl RestClient {
+    /// A client with `config`, storing refreshed tokens in `journal`.
+    pub fn new(config: RestConfig, journal: Journal) -> Result<RestClient, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(Policy::none())
+            .timeout(config.timeout)
+            .user_agent(concat!("b24-host/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(RestClient {
+            http,
+            config,
+            journal,
+            buckets: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Calls `method` with `params` on the portal of `ctx`; returns the answer's `result`.
+    pub async fn call(
+        &self,
+        ctx: &EventContext,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, RestError> {
+        if method.is_empty()
+            || !method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+        {
+            return Err(error(
+                RestErrorKind::Usage,
+                0,
+                "INVALID_METHOD",
+                format!("{method:?} is not a REST method name"),
+            ));
+        }
+        let Value::Object(params) = params else {
+            return Err(error(
+                RestErrorKind::Usage,
+                0,
+                "INVALID_PARAMS",
+                "params must be a JSON object",
+            ));
+        };
+        let mut last = None;
+        for credential in self.credentials(ctx)? {
+            let stored = matches!(credential, Credential::Token { stored: true, .. });
+            let result = match credential {
+                Credential::Token { token, endpoint, .. } => {
+                    let first = self.post(ctx, &endpoint, method, &params, Some(&token)).await;
+                    match first {
+                        Err(e) if stored && e.error.as_str() == "expired_token" => {
+                            match self.refresh(ctx, &token).await {
+                                Ok((fresh, endpoint)) => {
+                                    self.post(ctx, &endpoint, method, &params, Some(&fresh)).await
+                                }
+                                Err(refresh_error) => Err(refresh_error),
+                            }
+                        }
+                        other => other,
+                    }
+                }
+                Credential::Webhook(url) => {
+                    self.post(ctx, url.expose(), method, &params, None).await
+                }
+            };
+            match result {
+                Err(e)
+                    if matches!(
+                        e.error.as_str(),
+                        "expired_token" | "invalid_token" | "NO_AUTH_FOUND"
+                    ) =>
+                {
+                    // This credential is spent; the next one may still work.
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            error(
+                RestErrorKind::Credentials,
+                0,
+                "NO_CREDENTIALS",
+                "no usable credentials for the portal",
+            )
+        }))
+    }
+
+    /// The credentials to try for `ctx`, in order.
+    fn credentials(&self, ctx: &EventContext) -> Result<Vec<Credential>, RestError> {
+        let mut out = Vec::new();
+        if let (Some(token), Some(endpoint)) = (&ctx.user_token, &ctx.client_endpoint) {
+            out.push(Credential::Token {
+                token: token.clone(),
+                endpoint: endpoint.clone(),
+                stored: false,
+            });
+        }
+        if let Some(stored) = self.stored(&ctx.member_id)? {
+            let endpoint = ctx.client_endpoint.clone().or(stored.client_endpoint.clone());
+            if let Some(endpoint) = endpoint {
+                out.push(Credential::Token { token: stored.access(), endpoint, stored: true });
+            }
+        }
+        if let Some(hook) = self.config.portals.get(&ctx.member_id).and_then(|p| p.webhook.clone())
+        {
+            out.push(Credential::Webhook(hook));
+        }
+        if out.is_empty() {
+            return Err(error(
+                RestErrorKind::Credentials,
+                0,
+                "NO_CREDENTIALS",
+                format!(
+                    "no credentials for portal {}: no user token in the event, no stored OAuth tokens (from ONAPPINSTALL), no webhook in rest.portals",
+                    ctx.member_id
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn stored(&self, member_id: &str) -> Result<Option<StoredTokens>, RestError> {
+        let raw = self
+            .journal
+            .oauth(member_id)
+            .map_err(|e| error(RestErrorKind::Unavailable, 0, "STORAGE", e.to_string()))?;
+        Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Refreshes the portal's stored tokens after `spent` was refused; returns the new access
+    /// token and the REST base URL to use. One refresh at a time: a caller that waited finds
+    /// the tokens another caller already refreshed.
+    async fn refresh(
+        &self,
+        ctx: &EventContext,
+        spent: &Secret,
+    ) -> Result<(Secret, String), RestError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let stored = self.stored(&ctx.member_id)?.ok_or_else(|| {
+            error(
+                RestErrorKind::Credentials,
+                401,
+                "expired_token",
+                "the stored token expired and there is no refresh token",
+            )
+        })?;
+        let endpoint_of = |t: &StoredTokens| {
+            ctx.client_endpoint.clone().or(t.client_endpoint.clone()).unwrap_or_default()
+        };
+        if stored.access_token != spent.expose() {
+            return Ok((stored.access(), endpoint_of(&stored)));
+        }
+        let (Some(client_id), Some(client_secret)) =
+            (&self.config.client_id, &self.config.client_secret)
+        else {
+            return Err(error(
+                RestErrorKind::Credentials,
+                401,
+                "expired_token",
+                "the stored token expired; set rest.client_id and rest.client_secret so the host can refresh it",
+            ));
+        };
+        let server = ctx
+            .server_endpoint
+            .clone()
+            .or(stored.server_endpoint.clone())
+            .unwrap_or_else(|| "https://oauth.bitrix.info/rest/".to_owned());
+        let url = token_url(&server);
+        check_scheme(&url)?;
+        let response = self
+            .http
+            .get(&url)
+            .query(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", client_id.expose()),
+                ("client_secret", client_secret.expose()),
+                ("refresh_token", stored.refresh_token.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| {
+                error(
+                    RestErrorKind::Unavailable,
+                    0,
+                    "OAUTH_UNREACHABLE",
+                    format!("cannot reach the OAuth server: {}", without_url(&e)),
+                )
+            })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() || body.get("error").is_some() {
+            let code =
+                body.get("error").and_then(Value::as_str).unwrap_or("oauth_error").to_owned();
+            let kind = if status.is_server_error() {
+                RestErrorKind::Unavailable
+            } else {
+                RestErrorKind::Credentials
+            };
+            tracing::error!(member_id = %ctx.member_id, status = status.as_u16(), error = %code, "token refresh refused");
+            return Err(error(
+                kind,
+                status.as_u16(),
+                &code,
+                "the OAuth server refused the refresh; the app may need reinstalling",
+            ));
+        }
+        let answer: RefreshAnswer = serde_json::from_value(body).map_err(|e| {
+            error(
+                RestErrorKind::Unavailable,
+                status.as_u16(),
+                "OAUTH_ANSWER",
+                format!("unreadable refresh answer: {e}"),
+            )
+        })?;
+        let fresh = StoredTokens {
+            access_token: answer.access_token,
+            refresh_token: answer.refresh_token,
+            expires: answer
+                .expires
+                .or(answer.expires_in.map(|s| crate::journal::now_ms() / 1000 + s)),
+            client_endpoint: answer.client_endpoint.or(stored.client_endpoint),
+            server_endpoint: answer.server_endpoint.or(Some(server)),
+        };
+        // The old refresh token is spent: store the new one before anything else.
+        let bytes = serde_json::to_vec(&fresh).unwrap_or_default();
+        self.journal.save_oauth(&ctx.member_id, bytes).await.map_err(|e| {
+            error(
+                RestErrorKind::Unavailable,
+                0,
+                "STORAGE",
+                format!("cannot store the refreshed tokens: {e}"),
+            )
+        })?;
+        tracing::info!(member_id = %ctx.member_id, "refreshed the portal's OAuth tokens");
+        Ok((fresh.access(), endpoint_of(&fresh)))
+    }
+
+    /// Waits for room in the portal's bucket.
+    async fn wait_turn(&self, member_id: &str) {
+        let wait = {
+            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            let portal = self.config.portals.get(member_id);
+            let rate = portal.and_then(|p| p.rate_per_sec).unwrap_or(self.config.rate_per_sec);
+            let burst = portal.and_then(|p| p.burst).unwrap_or(self.config.burst);
+            buckets
+                .entry(member_id.to_owned())
+                .or_insert_with(|| Bucket::new(rate, burst))
+                .reserve(Instant::now())
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// POSTs one call, following redirects and retrying while the portal is over its limit.
+    async fn post(
+        &self,
+        ctx: &EventContext,
+        base: &str,
+        method: &str,
+        params: &Map<String, Value>,
+        token: Option<&Secret>,
+    ) -> Result<Value, RestError> {
+        let mut body = params.clone();
+        if let Some(token) = token {
+            body.insert("auth".into(), Value::String(token.expose().to_owned()));
+        }
+        let mut url = format!("{}/{method}", base.trim_end_matches('/'));
+        let mut limit_retries = 0;
+        let mut redirects = 0;
+        loop {
+            check_scheme(&url)?;
+            self.wait_turn(&ctx.member_id).await;
+            let started = Instant::now();
+            let response = self.http.post(&url).json(&body).send().await.map_err(|e| {
+                error(
+                    RestErrorKind::Unavailable,
+                    0,
+                    "UNREACHABLE",
+                    format!("cannot reach the portal: {}", without_url(&e)),
+                )
+            })?;
+            let status = response.status();
+            if status.is_redirection() {
+                let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok())
+                else {
+                    return Err(error(
+                        RestErrorKind::Unavailable,
+                        status.as_u16(),
+                        "BAD_REDIRECT",
+                        "a redirect without a Location",
+                    ));
+                };
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(error(
+                        RestErrorKind::Unavailable,
+                        status.as_u16(),
+                        "TOO_MANY_REDIRECTS",
+                        "too many redirects",
+                    ));
+                }
+                // Resolve relative locations; keep POST and the body (a moved portal).
+                url = reqwest::Url::parse(&url)
+                    .and_then(|u| u.join(location))
+                    .map(|u| u.to_string())
+                    .map_err(|_| {
+                        error(
+                            RestErrorKind::Unavailable,
+                            status.as_u16(),
+                            "BAD_REDIRECT",
+                            "an unreadable Location",
+                        )
+                    })?;
+                tracing::info!(member_id = %ctx.member_id, %method, "the portal moved; following its redirect");
+                continue;
+            }
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            tracing::debug!(member_id = %ctx.member_id, %method, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "REST call");
+            if let Some(code) = answer.get("error").and_then(Value::as_str) {
+                let description = answer
+                    .get("error_description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if code == "QUERY_LIMIT_EXCEEDED" && limit_retries < LIMIT_RETRIES {
+                    limit_retries += 1;
+                    let wait = Duration::from_millis(500 << limit_retries);
+                    tracing::warn!(member_id = %ctx.member_id, %method, wait_ms = wait.as_millis() as u64, "portal over its rate limit; retrying");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let kind = if code == "QUERY_LIMIT_EXCEEDED" || status.is_server_error() {
+                    RestErrorKind::Unavailable
+                } else {
+                    RestErrorKind::Api
+                };
+                return Err(error(kind, status.as_u16(), code, description));
+            }
+            if status == StatusCode::OK || status.is_success() {
+                return match answer.get("result") {
+                    Some(result) => Ok(result.clone()),
+                    None => Err(error(
+                        RestErrorKind::Api,
+                        status.as_u16(),
+                        "NO_RESULT",
+                        "the answer has no result",
+                    )),
+                };
+            }
+            let kind = if status.is_server_error() {
+                RestErrorKind::Unavailable
+            } else {
+                RestErrorKind::Api
+            };
+            return Err(error(kind, status.as_u16(), "HTTP_ERROR", format!("HTTP {status}")));
+        }
+    }
+}
+
+/// HTTPS only; plain HTTP to loopback addresses (tests, local proxies).
+fn check_scheme(url: &str) -> Result<(), RestError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|_| error(RestErrorKind::Usage, 0, "INVALID_URL", "not a URL"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(error(
+            RestErrorKind::Usage,
+            0,
+            "INSECURE_URL",
+            "refusing a non-HTTPS portal address",
+        )),
+    }
+}
+
+/// A reqwest error's text without its URL (a webhook URL holds a secret).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "<url>");
+    }
+    text
+}
+
+/// Makes a plugin's synchronous call on the host's runtime.
+pub fn call_blocking(
+    client: &Arc<RestClient>,
+    handle: &tokio::runtime::Handle,
+    method: &str,
+    params: &str,
+) -> Result<String, RestError> {
+    let Some(ctx) = context::current() else {
+        return Err(error(
+            RestErrorKind::Usage,
+            0,
+            "NO_EVENT",
+            "REST calls are bound to the event being handled; call during on_user_field/on_event",
+        ));
+    };
+    let params: Value = serde_json::from_str(if params.trim().is_empty() { "{}" } else { params })
+        .map_err(|e| {
+            error(RestErrorKind::Usage, 0, "INVALID_PARAMS", format!("params are not JSON: {e}"))
+        })?;
+    let result = handle.block_on(client.call(&ctx, method, params))?;
+    Ok(result.to_string())
+}
