@@ -40,7 +40,18 @@ pub fn built() -> &'static Built {
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "b24-host", "-p", "audit-log", "-p", "probe"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "b24-host",
+                "-p",
+                "audit-log",
+                "-p",
+                "probe",
+                "-p",
+                "field-registry",
+            ])
             .status()
             .expect("cannot run cargo");
         assert!(status.success(), "cargo build of the host and plugins failed");
@@ -204,6 +215,7 @@ impl HostDir {
             .current_dir(self.path())
             .args(["serve", "--config", "host.toml", "--listen", &listen])
             .env("RUST_LOG", "info,b24_host=debug")
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -246,6 +258,8 @@ pub struct Launch {
     pub listen: Option<String>,
     /// A limit on the size of files the host may write, in KiB (`ulimit -f`).
     pub file_size_limit_kib: Option<u64>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// A free loopback port (bound, then released).

@@ -10,3 +10,4 @@ mod http;
 mod journal;
 mod loading;
 mod pipeline;
+mod registry;
