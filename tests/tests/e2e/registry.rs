@@ -115,7 +115,7 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
             0 => {
                 let (entity_id, family) = ENTITIES[(next(&mut seed) % 4) as usize];
                 let name = format!("UF_CRM_{step}");
-                let list = next(&mut seed) % 2 == 0;
+                let list = next(&mut seed).is_multiple_of(2);
                 let values = if list { vec!["red", "green"] } else { vec![] };
                 let kind = if list { "enumeration" } else { "string" };
                 let id = portal.add_field(entity_id, &name, kind, values);
