@@ -46,6 +46,18 @@ pub enum Command {
     },
     /// Post one realistic event, encoded exactly as Bitrix24 encodes it, and print the answer.
     Send(Box<SendArgs>),
+    /// Offline events: bind them on a portal, see the pollers (needs the running host).
+    Offline {
+        /// The config file (default as for `serve`); names the state folder.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        /// What to do.
+        #[command(subcommand)]
+        command: OfflineCommand,
+    },
     /// Inspect and repair the journal (works on a stopped or a running host).
     Journal {
         /// The config file (default as for `serve`); names the state folder.
@@ -58,6 +70,22 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+}
+
+/// The `offline` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum OfflineCommand {
+    /// Subscribe the portal's offline events (`event.bind` with `event_type=offline`).
+    Bind {
+        /// The portal's member_id.
+        #[arg(long)]
+        portal: String,
+        /// Event codes, e.g. ONCRMDEALUSERFIELDUPDATE.
+        #[arg(long = "event", required = true)]
+        events: Vec<String>,
+    },
+    /// Per portal: mode, last poll, rows pulled, errors.
+    Status,
 }
 
 /// The `journal` sub-commands.

@@ -11,9 +11,15 @@ use hyper::{Request, Response, StatusCode, server::conn::http1, service::service
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::journal::{
-    Journal,
-    admin::{self, Request as AdminRequest, Response as AdminResponse},
+use std::sync::Arc;
+
+use crate::{
+    journal::{
+        Journal,
+        admin::{self, Request as AdminRequest, Response as AdminResponse},
+    },
+    offline::Pollers,
+    rest::{EventContext, RestClient},
 };
 
 /// The socket's path inside the state folder.
@@ -28,19 +34,30 @@ pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(&path)
 }
 
+/// What the control socket can reach in the running host.
+#[derive(Clone)]
+pub struct Reach {
+    /// The journal.
+    pub journal: Journal,
+    /// The offline pollers.
+    pub pollers: Arc<Pollers>,
+    /// The REST client (for `offline bind`).
+    pub rest: Arc<RestClient>,
+}
+
 /// Answers control requests until the task is dropped.
-pub async fn serve(listener: UnixListener, journal: Journal) {
+pub async fn serve(listener: UnixListener, reach: Reach) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let journal = journal.clone();
+        let reach = reach.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let journal = journal.clone();
+                let reach = reach.clone();
                 async move {
                     let answer = match request.into_body().collect().await {
                         Ok(body) => {
                             match serde_json::from_slice::<AdminRequest>(&body.to_bytes()) {
-                                Ok(request) => execute(&journal, request).await,
+                                Ok(request) => execute(&reach, request).await,
                                 Err(e) => {
                                     AdminResponse::Error { message: format!("bad request: {e}") }
                                 }
@@ -59,8 +76,18 @@ pub async fn serve(listener: UnixListener, journal: Journal) {
     }
 }
 
-/// Runs one request against the running host's journal.
-async fn execute(journal: &Journal, request: AdminRequest) -> AdminResponse {
+/// Runs one request against the running host.
+async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
+    let journal = &reach.journal;
+    match &request {
+        AdminRequest::OfflineStatus => {
+            return AdminResponse::Offline { portals: reach.pollers.status() };
+        }
+        AdminRequest::OfflineBind { portal, events } => {
+            return bind_offline(reach, portal, events).await;
+        }
+        _ => {}
+    }
     if let Some(op) = admin::change(&request) {
         return match journal.admin(op).await {
             Ok(rows) => AdminResponse::Changed { rows },
@@ -76,6 +103,35 @@ async fn execute(journal: &Journal, request: AdminRequest) -> AdminResponse {
         Ok(None) => AdminResponse::Error { message: "unknown request".into() },
         Err(e) => AdminResponse::Error { message: e.to_string() },
     }
+}
+
+/// `event.bind` with `event_type=offline` for each code, with the portal's stored credentials.
+async fn bind_offline(reach: &Reach, portal: &str, events: &[String]) -> AdminResponse {
+    let (client_endpoint, server_endpoint) = reach.rest.stored_endpoints(portal);
+    let ctx = EventContext {
+        member_id: portal.to_owned(),
+        domain: String::new(),
+        client_endpoint,
+        server_endpoint,
+        user_token: None,
+    };
+    let mut bound = Vec::new();
+    for code in events {
+        let params =
+            serde_json::json!({ "event": code.to_ascii_uppercase(), "event_type": "offline" });
+        match reach.rest.call(&ctx, "event.bind", params).await {
+            Ok(_) => bound.push(code.to_ascii_uppercase()),
+            Err(e) if e.error.as_str() == "ERROR_EVENT_ALREADY_INSTALLED" => {
+                bound.push(code.to_ascii_uppercase())
+            }
+            Err(e) => {
+                return AdminResponse::Error {
+                    message: format!("event.bind {code} failed: {e} (bound so far: {bound:?})"),
+                };
+            }
+        }
+    }
+    AdminResponse::Bound { events: bound }
 }
 
 /// Why the running host could not be asked.

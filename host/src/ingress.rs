@@ -26,6 +26,7 @@ use crate::{
     auth::Verifier,
     decode::{self, BodyFormat},
     journal::{Appended, Journal},
+    offline::Pollers,
     rest::oauth::StoredTokens,
     route::Route,
 };
@@ -42,6 +43,8 @@ pub struct Ingress {
     pub journal: Journal,
     /// Every enabled plugin (loaded or not) and the events it receives.
     pub routes: Vec<(Arc<str>, Route)>,
+    /// The offline pollers, woken by `ONOFFLINEEVENT`.
+    pub pollers: Arc<Pollers>,
 }
 
 /// The answer to one request.
@@ -149,6 +152,10 @@ impl Ingress {
         match self.journal.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {
                 self.verifier.apply(&event, &effect);
+                if event.code == "ONOFFLINEEVENT" {
+                    // The portal's offline queue has rows: pull now, not at the next interval.
+                    self.pollers.wake(&event.auth.member_id);
+                }
                 if let Some(tokens) = StoredTokens::from_event(&event) {
                     // The portal's OAuth tokens, for REST calls on its behalf later.
                     let bytes = serde_json::to_vec(&tokens).unwrap_or_default();

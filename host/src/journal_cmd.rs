@@ -103,6 +103,28 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
             }
             println!("{} dead letter(s) changed", rows.len());
         }
+        Response::Offline { portals } => {
+            if portals.is_empty() {
+                println!("no portal has offline polling enabled");
+            }
+            for p in portals {
+                let last = p
+                    .last_poll_ms
+                    .map_or("never".to_owned(), |at| format!("{} ago", age(now - at)));
+                println!(
+                    "{}  mode {}  last poll {}  rows {}  duplicates {}  sent back {}  errors {}{}",
+                    p.member_id,
+                    p.mode,
+                    last,
+                    p.rows_pulled,
+                    p.duplicates,
+                    p.rows_failed,
+                    p.errors,
+                    p.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
+                );
+            }
+        }
+        Response::Bound { events } => println!("bound for offline delivery: {}", events.join(", ")),
         Response::Error { message } => {
             eprintln!("error: {message}");
             return Ok(ExitCode::FAILURE);

@@ -18,6 +18,7 @@ pub mod journal;
 pub mod journal_cmd;
 pub mod loader;
 pub mod logging;
+pub mod offline;
 pub mod rest;
 pub mod route;
 pub mod send;

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context;
 use b24_host::{
-    cli::{Cli, Command, JournalCommand, LogFormatArg},
+    cli::{Cli, Command, JournalCommand, LogFormatArg, OfflineCommand},
     config::{Config, LogFormat},
     journal::{admin::Request, store::Selection},
     logging, send, server,
@@ -90,6 +90,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Request::Replay(Selection { plugin, ids })
                 }
                 JournalCommand::Purge { plugin, ids } => Request::Purge(Selection { plugin, ids }),
+            };
+            b24_host::journal_cmd::run(&config, request, json)
+        }
+        Command::Offline { config, json, command } => {
+            let config = load_config(config)?;
+            let request = match command {
+                OfflineCommand::Bind { portal, events } => Request::OfflineBind { portal, events },
+                OfflineCommand::Status => Request::OfflineStatus,
             };
             b24_host::journal_cmd::run(&config, request, json)
         }

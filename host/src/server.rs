@@ -19,6 +19,7 @@ use crate::{
     ingress::Ingress,
     journal::{self, Journal, StoreError},
     loader::{self, LoadError, LoadedPlugin},
+    offline::Pollers,
     rest::RestClient,
     route::Route,
 };
@@ -137,6 +138,8 @@ pub struct Prepared {
     dispatcher: Dispatcher,
     ingress: Arc<Ingress>,
     control: tokio::net::UnixListener,
+    pollers: Arc<Pollers>,
+    rest: Arc<RestClient>,
 }
 
 /// Everything the host needs before it may accept an event: the state folder, the journal,
@@ -159,7 +162,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
             .map_err(|e| ServeError::Rest(e.to_string()))?,
     );
     let workers = create_workers(&config, &rest);
-    let routes = config
+    let routes: Vec<(Arc<str>, Route)> = config
         .plugins
         .enabled
         .iter()
@@ -175,14 +178,16 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         })
         .collect();
     let dispatcher = Dispatcher::start(workers, &journal);
+    let pollers = Arc::new(Pollers::start(&config, rest.clone(), journal.clone(), routes.clone()));
     let ingress = Arc::new(Ingress {
         path: config.server.path.clone(),
         max_body_bytes: config.server.max_body_bytes,
         verifier,
         journal: journal.clone(),
         routes,
+        pollers: pollers.clone(),
     });
-    Ok(Prepared { config, journal, writer, dispatcher, ingress, control })
+    Ok(Prepared { config, journal, writer, dispatcher, ingress, control, pollers, rest })
 }
 
 /// Runs the host on `listener` until `shutdown` completes, then shuts down gracefully.
@@ -204,8 +209,10 @@ impl Prepared {
     /// the journal is made durable, every plugin's `shutdown` runs. Undelivered events stay in
     /// the journal for the next start.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let Prepared { config, journal, writer, dispatcher, ingress, control } = self;
-        let control = tokio::spawn(control::serve(control, journal.clone()));
+        let Prepared { config, journal, writer, dispatcher, ingress, control, pollers, rest } =
+            self;
+        let reach = control::Reach { journal: journal.clone(), pollers: pollers.clone(), rest };
+        let control = tokio::spawn(control::serve(control, reach));
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
         let graceful = GracefulShutdown::new();
@@ -243,12 +250,15 @@ impl Prepared {
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("requests still open at the end of the grace period; closing them");
         }
+        drop(ingress);
+        if let Some(pollers) = Arc::into_inner(pollers) {
+            pollers.stop().await;
+        }
         journal.close();
         dispatcher.finish(grace).await;
         control.abort();
         let _ = control.await;
         journal.flush().await;
-        drop(ingress);
         drop(journal);
         // The writer ends once the last handle is gone, after a final durable commit.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -33,7 +33,7 @@ pub use model::{
     DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES, DEFAULT_PATH,
     DEFAULT_PLUGIN_TIMEOUT, DEFAULT_PLUGINS_DIR, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BASE,
     DEFAULT_RETRY_CAP, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATE_DIR, JournalConfig, LogConfig,
-    LogFormat, MAX_CONCURRENCY, MAX_MILLIS, PluginConfig, PluginsConfig, RestConfig,
+    LogFormat, MAX_CONCURRENCY, MAX_MILLIS, OfflineConfig, PluginConfig, PluginsConfig, RestConfig,
     RestPortalConfig, RetryConfig, ServerConfig,
 };
 

@@ -270,6 +270,35 @@ pub struct RestPortalConfig {
     pub burst: Option<u32>,
     /// An incoming-webhook URL (`https://portal/rest/1/<secret>/`) for local integrations.
     pub webhook: Option<Secret>,
+    /// Pulling the portal's offline-event queue (`offline`), when configured.
+    pub offline: Option<OfflineConfig>,
+}
+
+/// Pulling a portal's offline-event queue (`[rest.portals."<member_id>".offline]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineConfig {
+    /// Whether the host polls (`enabled`, default true when the table is present).
+    pub enabled: bool,
+    /// Time between polls when nothing wakes the poller earlier (`poll_interval_ms`).
+    pub poll_interval: Duration,
+    /// Rows per `event.offline.get` (`batch`, 1 to 50).
+    pub batch: u32,
+    /// `auth_connector` passed to `event.offline.get`, to skip the app's own changes.
+    pub auth_connector: Option<String>,
+}
+
+/// Default of `offline.poll_interval_ms`.
+pub const DEFAULT_OFFLINE_POLL: Duration = Duration::from_millis(30_000);
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        OfflineConfig {
+            enabled: true,
+            poll_interval: DEFAULT_OFFLINE_POLL,
+            batch: 50,
+            auth_connector: None,
+        }
+    }
 }
 
 impl Default for RestConfig {

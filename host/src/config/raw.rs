@@ -57,6 +57,17 @@ pub(crate) struct RawRestPortal {
     pub rate_per_sec: Option<Spanned<f64>>,
     pub burst: Option<Spanned<Count>>,
     pub webhook: Option<Spanned<RawToken>>,
+    pub offline: Option<RawOffline>,
+}
+
+/// `[rest.portals."<member_id>".offline]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOffline {
+    pub enabled: Option<bool>,
+    pub poll_interval_ms: Option<Spanned<Millis>>,
+    pub batch: Option<Spanned<Count>>,
+    pub auth_connector: Option<Spanned<String>>,
 }
 
 /// `[journal]`.

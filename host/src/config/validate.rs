@@ -17,6 +17,7 @@ use super::{
     AuthConfig, Config, ConfigError, JournalConfig, LogConfig, LogFormat, PluginConfig,
     PluginsConfig, RestConfig, RestPortalConfig, RetryConfig, ServerConfig,
     load::{Source, join_keys},
+    model::OfflineConfig,
     model::{
         DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
         MAX_CONCURRENCY, MAX_KEEP_COMPLETED_HOURS, MAX_MILLIS,
@@ -98,6 +99,20 @@ fn rest(
         if let Some(hook) = portal.webhook {
             let url = secret(src, &["rest", "portals", &member, "webhook"], hook, env)?;
             cfg.webhook = Some(Secret::new(url));
+        }
+        if let Some(offline) = portal.offline {
+            let mut o = OfflineConfig::default();
+            if let Some(enabled) = offline.enabled {
+                o.enabled = enabled;
+            }
+            if let Some(ms) = offline.poll_interval_ms {
+                o.poll_interval = millis(src, &ms, &format!("{key}.offline.poll_interval_ms"), 1)?;
+            }
+            if let Some(batch) = offline.batch {
+                o.batch = count(src, &batch, &format!("{key}.offline.batch"), 50)? as u32;
+            }
+            o.auth_connector = offline.auth_connector.map(Spanned::into_inner);
+            cfg.offline = Some(o);
         }
         out.portals.insert(member, cfg);
     }

@@ -6,7 +6,7 @@ use b24_plugin_api::{
 
 use crate::{
     decode::{AuthBlock, EventKind},
-    journal::Envelope,
+    journal::{Envelope, Source},
 };
 
 /// The view of one event for one delivery attempt.
@@ -25,8 +25,11 @@ pub fn plugin_event(envelope: &Envelope, attempt: u32) -> PluginEvent {
         event_id: envelope.id,
         attempt,
         received_at_ms: envelope.received_at_ms,
-        origin: Origin::Online,
-        extra: RVec::new(),
+        origin: match envelope.source {
+            Source::Online => Origin::Online,
+            Source::Offline => Origin::Offline,
+        },
+        extra: envelope.extra.iter().map(|(k, v)| KeyValue::new(k.as_str(), v.as_str())).collect(),
     };
     let data: RVec<KeyValue> =
         event.data.iter().map(|(k, v)| KeyValue::new(k.as_str(), v.as_str())).collect();

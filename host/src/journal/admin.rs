@@ -46,6 +46,16 @@ pub enum Request {
     Replay(Selection),
     /// Delete dead letters.
     Purge(Selection),
+    /// Offline pollers' status (running host only).
+    OfflineStatus,
+    /// Subscribe a portal's offline events with `event.bind` (running host only: it has the
+    /// portal's tokens and REST client).
+    OfflineBind {
+        /// The portal's member_id.
+        portal: String,
+        /// Event codes.
+        events: Vec<String>,
+    },
 }
 
 /// One plugin's numbers.
@@ -139,6 +149,16 @@ pub enum Response {
         /// The pairs.
         rows: Vec<(String, u64)>,
     },
+    /// For `OfflineStatus`.
+    Offline {
+        /// One entry per polled portal.
+        portals: Vec<crate::offline::PortalStatus>,
+    },
+    /// For `OfflineBind`: the codes bound.
+    Bound {
+        /// The codes.
+        events: Vec<String>,
+    },
     /// The request failed.
     Error {
         /// Why.
@@ -154,6 +174,9 @@ pub fn read(database: &Database, request: &Request) -> Option<Result<Response, S
         Request::Show { id } => show(database, *id),
         Request::Dead { plugin } => dead(database, plugin.as_deref()),
         Request::Replay(_) | Request::Purge(_) => return None,
+        Request::OfflineStatus | Request::OfflineBind { .. } => Ok(Response::Error {
+            message: "the host is not running: offline status and bind need the running host (its pollers, tokens and REST client)".into(),
+        }),
     })
 }
 

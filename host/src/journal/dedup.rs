@@ -36,6 +36,19 @@ pub fn key(event: &Decoded) -> DedupKey {
     out
 }
 
+/// A key over arbitrary parts (each length-prefixed, so parts cannot run into each other).
+pub fn key_of(parts: &[&[u8]]) -> DedupKey {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
 /// Lower-case hex of a key.
 pub fn hex(key: &DedupKey) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()

@@ -53,10 +53,14 @@ pub struct Envelope {
     pub id: u64,
     /// When the host accepted it, in milliseconds since the Unix epoch.
     pub received_at_ms: i64,
-    /// The body exactly as received.
+    /// The body exactly as received (for offline rows, the JSON payload built from the row).
     pub raw: Bytes,
     /// The decoded event.
     pub event: Decoded,
+    /// Where it came from.
+    pub source: Source,
+    /// Further delivery facts for the plugins (offline rows: `message_id`, `user_id`).
+    pub extra: Vec<(String, String)>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -65,6 +69,29 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+fn record(
+    raw: Bytes,
+    format: BodyFormat,
+    event: &Decoded,
+    source: Source,
+    key: &dedup::DedupKey,
+    extra: Vec<(String, String)>,
+) -> EventRecord {
+    EventRecord {
+        meta: EventMeta {
+            received_at_ms: now_ms(),
+            format: format.into(),
+            source,
+            code: event.code.clone(),
+            member_id: event.auth.member_id.clone(),
+            domain: event.auth.domain.clone(),
+            dedup_key: dedup::hex(key),
+            extra,
+        },
+        raw,
+    }
 }
 
 /// Per-plugin wake-up signals, shared by the writer and the consumers.
@@ -156,20 +183,27 @@ impl Journal {
         token: Option<(String, Option<Secret>)>,
     ) -> Result<Appended, StoreError> {
         let key = dedup::key(event);
-        let record = EventRecord {
-            meta: EventMeta {
-                received_at_ms: now_ms(),
-                format: format.into(),
-                source: Source::Online,
-                code: event.code.clone(),
-                member_id: event.auth.member_id.clone(),
-                domain: event.auth.domain.clone(),
-                dedup_key: dedup::hex(&key),
-            },
-            raw,
-        };
+        let record = Box::new(record(raw, format, event, Source::Online, &key, Vec::new()));
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Append { record, plugins, key, token, reply })?;
+        self.send(Command::Append { record, plugins, key, token, permanent: false, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Journals a row pulled from a portal's offline queue (`raw` is its JSON payload), keyed by
+    /// `row_key` (the row's message id and state): the same row pulled again after a crash is
+    /// a duplicate however long ago the first pull was.
+    pub async fn append_offline(
+        &self,
+        raw: Bytes,
+        event: &Decoded,
+        plugins: Vec<Arc<str>>,
+        row_key: &str,
+        extra: Vec<(String, String)>,
+    ) -> Result<Appended, StoreError> {
+        let key = dedup::key_of(&[b"offline", event.auth.member_id.as_bytes(), row_key.as_bytes()]);
+        let record = Box::new(record(raw, BodyFormat::Json, event, Source::Offline, &key, extra));
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Append { record, plugins, key, token: None, permanent: true, reply })?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -185,6 +219,18 @@ impl Journal {
         let (reply, answer) = oneshot::channel();
         self.send(Command::SetOAuth(member_id.to_owned(), tokens, reply))?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Sets (`Some`) or removes (`None`) a named state value, durably.
+    pub async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SetState(name.to_owned(), value, reply))?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A named state value, if set.
+    pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        store::state(&self.database, name)
     }
 
     /// A portal's stored OAuth tokens (JSON), if any.
@@ -323,6 +369,8 @@ impl Consumer {
                     received_at_ms: record.meta.received_at_ms,
                     raw: record.raw,
                     event,
+                    source: record.meta.source,
+                    extra: record.meta.extra,
                 }),
                 attempts: pending.attempts,
                 next_at_ms: pending.next_at_ms,

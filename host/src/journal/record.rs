@@ -12,6 +12,8 @@ use crate::decode::BodyFormat;
 pub enum Source {
     /// POSTed to the host.
     Online,
+    /// Pulled from the portal's offline-event queue.
+    Offline,
 }
 
 /// An accepted event as journaled.
@@ -31,6 +33,9 @@ pub struct EventMeta {
     pub domain: String,
     /// The duplicate-suppression key, hex.
     pub dedup_key: String,
+    /// Further facts for the plugins' delivery info (offline rows: `message_id`, `user_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<(String, String)>,
 }
 
 /// The body's encoding, as journaled.

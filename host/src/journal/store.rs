@@ -9,6 +9,8 @@
 //! | `tokens` | member_id | application token learned from `ONAPPINSTALL` |
 //! | `meta` | name | counters (`next_id`) |
 //! | `oauth` | member_id | the portal's OAuth tokens, from `ONAPPINSTALL` and refreshes |
+//! | `offline_seen` | offline row key | the event id an offline-queue row became |
+//! | `state` | name | small state of the host's tasks (an offline batch's `process_id`) |
 //!
 //! An event is *complete* for a plugin when it has neither a pending nor a dead row for it;
 //! a complete event with no rows at all may be pruned.
@@ -33,6 +35,11 @@ pub const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead
 pub const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 /// Counters.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Duplicate key of an offline row -> the event it became. Kept as long as the event, so a
+/// batch pulled again after a crash is recognised however long the host was down.
+pub const OFFLINE_SEEN: TableDefinition<&[u8], u64> = TableDefinition::new("offline_seen");
+/// Small named state of the host's own tasks (e.g. `offline_process:<member_id>`).
+pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// member_id -> the portal's OAuth tokens (JSON), for REST calls on its behalf.
 pub const OAUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth");
 
@@ -82,6 +89,8 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
         db(txn.open_table(TOKENS))?;
         db(txn.open_table(META))?;
         db(txn.open_table(OAUTH))?;
+        db(txn.open_table(OFFLINE_SEEN))?;
+        db(txn.open_table(STATE))?;
     }
     db(txn.commit())?;
     // The file holds tokens: owner only.
@@ -120,6 +129,13 @@ pub fn oauth(database: &Database, member_id: &str) -> Result<Option<Vec<u8>>, St
     let txn = db(database.begin_read())?;
     let table = db(txn.open_table(OAUTH))?;
     Ok(db(table.get(member_id))?.map(|v| v.value().to_vec()))
+}
+
+/// A named state value, if set.
+pub fn state(database: &Database, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(STATE))?;
+    Ok(db(table.get(name))?.map(|v| v.value().to_vec()))
 }
 
 /// Reads one event record.
@@ -173,6 +189,8 @@ pub fn recent_events(
 /// The tables a batch of the writer works on, opened once per transaction: opening a table
 /// costs a lookup and allocations, far more than one small insert.
 pub struct Tables<'txn> {
+    state: redb::Table<'txn, &'static str, &'static [u8]>,
+    offline_seen: redb::Table<'txn, &'static [u8], u64>,
     oauth: redb::Table<'txn, &'static str, &'static [u8]>,
     events: redb::Table<'txn, u64, &'static [u8]>,
     pending: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
@@ -185,6 +203,8 @@ impl<'txn> Tables<'txn> {
     /// Opens every table in `txn`.
     pub fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
+            state: db(txn.open_table(STATE))?,
+            offline_seen: db(txn.open_table(OFFLINE_SEEN))?,
             oauth: db(txn.open_table(OAUTH))?,
             events: db(txn.open_table(EVENTS))?,
             pending: db(txn.open_table(PENDING))?,
@@ -206,6 +226,17 @@ impl<'txn> Tables<'txn> {
         for plugin in plugins {
             db(self.pending.insert((&**plugin, id), fresh.as_slice()))?;
         }
+        Ok(())
+    }
+
+    /// The event an offline row with `key` already became, if any.
+    pub fn offline_seen(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        Ok(db(self.offline_seen.get(key))?.map(|v| v.value()))
+    }
+
+    /// Remembers that the offline row with `key` became event `id`.
+    pub fn remember_offline(&mut self, key: &[u8], id: u64) -> Result<(), StoreError> {
+        db(self.offline_seen.insert(key, id))?;
         Ok(())
     }
 
@@ -262,6 +293,7 @@ impl<'txn> Tables<'txn> {
         let rows = db(self.pending.len())? + db(self.dead.len())?;
         let mut complete = db(self.events.len())?.saturating_sub(rows);
         let mut doomed = Vec::new();
+        let mut offline_keys = Vec::new();
         for row in db(self.events.iter())? {
             if doomed.len() >= max_delete {
                 break;
@@ -280,9 +312,14 @@ impl<'txn> Tables<'txn> {
             if referenced {
                 continue;
             }
-            let old = EventRecord::decode(v.value())
-                .is_none_or(|r| now_ms - r.meta.received_at_ms > keep_for_ms);
+            let record = EventRecord::decode(v.value());
+            let old = record.as_ref().is_none_or(|r| now_ms - r.meta.received_at_ms > keep_for_ms);
             if old || complete > keep_max {
+                if let Some(r) = record.filter(|r| r.meta.source == super::record::Source::Offline)
+                    && let Some(key) = super::dedup::from_hex(&r.meta.dedup_key)
+                {
+                    offline_keys.push(key);
+                }
                 doomed.push(id);
                 complete = complete.saturating_sub(1);
             } else {
@@ -293,7 +330,19 @@ impl<'txn> Tables<'txn> {
         for id in &doomed {
             db(self.events.remove(*id))?;
         }
+        for key in &offline_keys {
+            db(self.offline_seen.remove(key.as_slice()))?;
+        }
         Ok(doomed.len())
+    }
+
+    /// Sets (`Some`) or removes (`None`) a named state value.
+    pub fn set_state(&mut self, name: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => db(self.state.insert(name, v))?,
+            None => db(self.state.remove(name))?,
+        };
+        Ok(())
     }
 
     /// Stores a portal's OAuth tokens (JSON).

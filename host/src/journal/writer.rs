@@ -28,14 +28,17 @@ use super::{
 pub enum Command {
     /// Journal a new event for `plugins`, unless it is a duplicate.
     Append {
-        /// The record.
-        record: EventRecord,
+        /// The record (boxed: it is most of the command's size).
+        record: Box<EventRecord>,
         /// The plugins that will receive it.
         plugins: Vec<Arc<str>>,
         /// Its duplicate-suppression key.
         key: DedupKey,
         /// A token to remember (`Some(Some)`) or forget (`Some(None)`) with it.
         token: Option<(String, Option<Secret>)>,
+        /// An offline row: its key is recognised for as long as its event is kept, not only
+        /// within the duplicate window.
+        permanent: bool,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Appended, StoreError>>,
     },
@@ -56,6 +59,8 @@ pub enum Command {
     Flush(oneshot::Sender<()>),
     /// Store a portal's OAuth tokens (JSON) durably.
     SetOAuth(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
+    /// Set or remove a named state value durably.
+    SetState(String, Option<Vec<u8>>, oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// An operator's change to the journal: (plugin, event id) pairs it touched come back.
@@ -356,16 +361,33 @@ fn apply(
     failure: &mut Option<StoreError>,
 ) {
     match command {
-        Command::Append { record, plugins, key, token, reply } => {
+        Command::Append { record, plugins, key, token, permanent, reply } => {
             if let Some(original) = window.check(&key, now) {
                 replies.push(Reply::Append(reply, Ok(Appended::Duplicate(original)), None));
                 return;
             }
+            if permanent {
+                match tables.offline_seen(&key) {
+                    Ok(Some(original)) => {
+                        replies.push(Reply::Append(reply, Ok(Appended::Duplicate(original)), None));
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        replies.push(Reply::Append(reply, Err(()), None));
+                        return;
+                    }
+                }
+            }
             let id = *next_id;
-            let written = tables.insert_event(id, &record, &plugins).and_then(|()| match &token {
-                Some((member, secret)) => tables.set_token(member, secret.as_ref()),
-                None => Ok(()),
-            });
+            let written = tables
+                .insert_event(id, &record, &plugins)
+                .and_then(|()| match &token {
+                    Some((member, secret)) => tables.set_token(member, secret.as_ref()),
+                    None => Ok(()),
+                })
+                .and_then(|()| if permanent { tables.remember_offline(&key, id) } else { Ok(()) });
             match written {
                 Ok(()) => {
                     *next_id += 1;
@@ -386,6 +408,13 @@ fn apply(
         }
         Command::Bury(plugin, id, dead) => note(failure, tables.bury(&plugin, id, &dead)),
         Command::Flush(reply) => replies.push(Reply::Flush(reply)),
+        Command::SetState(name, value, reply) => {
+            let result = tables.set_state(&name, value.as_deref());
+            if let Err(e) = &result {
+                failure.get_or_insert(StoreError::Storage(e.to_string()));
+            }
+            replies.push(Reply::OAuth(reply));
+        }
         Command::SetOAuth(member, tokens, reply) => {
             let result = tables.set_oauth(&member, &tokens);
             if let Err(e) = &result {
@@ -419,7 +448,7 @@ fn fail_all(batch: Vec<Command>, error: &StoreError) {
             Command::Flush(reply) => {
                 let _ = reply.send(());
             }
-            Command::SetOAuth(_, _, reply) => {
+            Command::SetOAuth(_, _, reply) | Command::SetState(_, _, reply) => {
                 let _ = reply.send(Err(StoreError::Storage(error.to_string())));
             }
             Command::Complete(..) | Command::Update(..) | Command::Bury(..) => {}

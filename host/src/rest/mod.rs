@@ -182,6 +182,15 @@ impl RestClient {
         Ok(out)
     }
 
+    /// The REST and OAuth endpoints stored with a portal's tokens, for calls no event carries
+    /// (the offline poller's).
+    pub fn stored_endpoints(&self, member_id: &str) -> (Option<String>, Option<String>) {
+        match self.stored(member_id) {
+            Ok(Some(t)) => (t.client_endpoint, t.server_endpoint),
+            _ => (None, None),
+        }
+    }
+
     fn stored(&self, member_id: &str) -> Result<Option<StoredTokens>, RestError> {
         let raw = self
             .journal

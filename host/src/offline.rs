@@ -1,0 +1,343 @@
+//! Offline events: pulls each configured portal's offline-event queue (`event.offline.*`) into
+//! the journal, so that changes made while the host was down or unreachable still arrive.
+//!
+//! Safe mode (`clear=0`): `event.offline.get` reserves a batch under a `process_id`, which is
+//! stored durably first; every row is journaled durably (as an `Event`/`UserFieldEvent` with
+//! origin offline); only then `event.offline.clear` removes the rows from the portal. A row that
+//! cannot be decoded goes back with `event.offline.error`. After a crash the stored
+//! `process_id` fetches the same batch again, and the journal recognises rows it already has,
+//! so each row reaches the plugins once per change. Portals without the extended offline
+//! feature refuse `clear=0`; the poller then falls back to `clear=1` (rows leave the portal when
+//! read, so a crash between that read and the journal write loses them) and says so.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use b24_plugin_api::RestError;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::{
+    config::{Config, OfflineConfig},
+    decode::{self, BodyFormat},
+    journal::{Appended, Journal, now_ms},
+    rest::{EventContext, RestClient},
+    route::Route,
+};
+
+/// What `offline status` shows for a portal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalStatus {
+    /// The portal.
+    pub member_id: String,
+    /// `safe` (clear=0) or `clear` (the fallback).
+    pub mode: String,
+    /// When the last poll ended, ms since the epoch.
+    pub last_poll_ms: Option<i64>,
+    /// Rows journaled since the start.
+    pub rows_pulled: u64,
+    /// Rows the journal already had (a batch fetched again after a crash).
+    pub duplicates: u64,
+    /// Rows sent back with `event.offline.error`.
+    pub rows_failed: u64,
+    /// Polls that failed.
+    pub errors: u64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// The running pollers: one per portal with `offline` enabled.
+#[derive(Default)]
+pub struct Pollers {
+    wakers: HashMap<String, Arc<Notify>>,
+    status: Arc<Mutex<HashMap<String, PortalStatus>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Pollers {
+    /// Starts a poller for every portal whose `offline` table is enabled.
+    pub fn start(
+        config: &Config,
+        rest: Arc<RestClient>,
+        journal: Journal,
+        routes: Vec<(Arc<str>, Route)>,
+    ) -> Pollers {
+        let mut pollers = Pollers::default();
+        let routes = Arc::new(routes);
+        for (member, portal) in &config.rest.portals {
+            let Some(offline) = portal.offline.clone().filter(|o| o.enabled) else { continue };
+            let wake = Arc::new(Notify::new());
+            pollers.wakers.insert(member.clone(), wake.clone());
+            pollers.status.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                member.clone(),
+                PortalStatus {
+                    member_id: member.clone(),
+                    mode: "safe".into(),
+                    ..PortalStatus::default()
+                },
+            );
+            let poller = Poller {
+                member: member.clone(),
+                config: offline,
+                rest: rest.clone(),
+                journal: journal.clone(),
+                routes: routes.clone(),
+                status: pollers.status.clone(),
+                safe: true,
+            };
+            pollers.tasks.push(tokio::spawn(poller.run(wake)));
+        }
+        pollers
+    }
+
+    /// Wakes the poller of `member_id` now (an `ONOFFLINEEVENT` arrived).
+    pub fn wake(&self, member_id: &str) {
+        if let Some(wake) = self.wakers.get(member_id) {
+            wake.notify_one();
+        }
+    }
+
+    /// Every poller's status.
+    pub fn status(&self) -> Vec<PortalStatus> {
+        let mut out: Vec<_> =
+            self.status.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        out.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        out
+    }
+
+    /// Stops every poller (a batch in progress is abandoned; its stored `process_id` resumes
+    /// it at the next start).
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Poller {
+    member: String,
+    config: OfflineConfig,
+    rest: Arc<RestClient>,
+    journal: Journal,
+    routes: Arc<Vec<(Arc<str>, Route)>>,
+    status: Arc<Mutex<HashMap<String, PortalStatus>>>,
+    safe: bool,
+}
+
+/// The journal state key of a portal's reserved batch.
+fn process_key(member: &str) -> String {
+    format!("offline_process:{member}")
+}
+
+/// Whether the portal refused safe mode for lack of the extended offline feature.
+fn is_licence_refusal(e: &RestError) -> bool {
+    let text = format!("{} {}", e.error, e.description).to_ascii_lowercase();
+    text.contains("licen")
+        || text.contains("not available on your")
+        || e.error.as_str() == "ERROR_OFFLINE_NOT_AVAILABLE"
+}
+
+impl Poller {
+    async fn run(mut self, wake: Arc<Notify>) {
+        loop {
+            // Pull until a batch comes back short, then wait for the interval or a wake-up.
+            loop {
+                match self.pull_once().await {
+                    Ok(full) if full => continue,
+                    Ok(_) => break,
+                    Err(message) => {
+                        tracing::warn!(member_id = %self.member, "offline poll failed: {message}");
+                        self.update(|s| {
+                            s.errors += 1;
+                            s.last_error = Some(message.clone());
+                        });
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = wake.notified() => tracing::debug!(member_id = %self.member, "offline poll woken"),
+            }
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PortalStatus)) {
+        let mut all = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(status) = all.get_mut(&self.member) {
+            f(status);
+        }
+    }
+
+    fn context(&self) -> EventContext {
+        let (client, server) = self.rest.stored_endpoints(&self.member);
+        EventContext {
+            member_id: self.member.clone(),
+            domain: String::new(),
+            client_endpoint: client,
+            server_endpoint: server,
+            user_token: None,
+        }
+    }
+
+    /// One `event.offline.get` and what follows; `Ok(true)` when the batch was full (more wait).
+    async fn pull_once(&mut self) -> Result<bool, String> {
+        let ctx = self.context();
+        let resume = if self.safe {
+            self.journal
+                .state(&process_key(&self.member))
+                .map_err(|e| e.to_string())?
+                .and_then(|v| String::from_utf8(v).ok())
+        } else {
+            None
+        };
+        let mut params =
+            json!({ "limit": self.config.batch, "clear": if self.safe { 0 } else { 1 } });
+        if let Some(pid) = &resume {
+            params["process_id"] = json!(pid);
+        }
+        if let Some(connector) = &self.config.auth_connector {
+            params["auth_connector"] = json!(connector);
+        }
+        let answer = match self.rest.call(&ctx, "event.offline.get", params).await {
+            Ok(answer) => answer,
+            Err(e) if self.safe && is_licence_refusal(&e) => {
+                tracing::warn!(
+                    member_id = %self.member,
+                    "the portal refuses safe offline reads (clear=0): {e}; falling back to clear=1, where rows read but not yet journaled are lost if the host dies in between"
+                );
+                self.safe = false;
+                self.update(|s| s.mode = "clear".into());
+                return Ok(true);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let process_id =
+            answer.get("process_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let rows = answer.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+        if self.safe && !rows.is_empty() && resume.as_deref() != Some(process_id.as_str()) {
+            self.journal
+                .set_state(&process_key(&self.member), Some(process_id.clone().into_bytes()))
+                .await
+                .map_err(|e| format!("cannot store the batch's process_id: {e}"))?;
+        }
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        let (mut pulled, mut duplicates) = (0, 0);
+        for row in &rows {
+            let message_id =
+                row.get("MESSAGE_ID").and_then(Value::as_str).unwrap_or_default().to_owned();
+            match self.journal_row(&ctx, row).await {
+                Ok(Appended::New(id)) => {
+                    pulled += 1;
+                    tracing::info!(event_id = id, member_id = %self.member, %message_id, "offline event journaled");
+                    done.push(message_id);
+                }
+                Ok(Appended::Duplicate(id)) => {
+                    duplicates += 1;
+                    tracing::info!(event_id = id, member_id = %self.member, %message_id, "offline event already journaled");
+                    done.push(message_id);
+                }
+                Err(RowError::Undecodable(reason)) => {
+                    tracing::warn!(member_id = %self.member, %message_id, "offline row cannot be decoded: {reason}");
+                    failed.push(message_id);
+                }
+                Err(RowError::Storage(e)) => {
+                    return Err(format!("cannot journal an offline row: {e}"));
+                }
+            }
+        }
+        if self.safe && !rows.is_empty() {
+            if !done.is_empty() {
+                let params = json!({ "process_id": process_id, "message_id": done });
+                self.rest
+                    .call(&ctx, "event.offline.clear", params)
+                    .await
+                    .map_err(|e| format!("event.offline.clear failed: {e}"))?;
+            }
+            if !failed.is_empty() {
+                let params = json!({ "process_id": process_id, "message_id": failed });
+                self.rest
+                    .call(&ctx, "event.offline.error", params)
+                    .await
+                    .map_err(|e| format!("event.offline.error failed: {e}"))?;
+            }
+            self.journal
+                .set_state(&process_key(&self.member), None)
+                .await
+                .map_err(|e| format!("cannot forget the batch's process_id: {e}"))?;
+        }
+        let rows_failed = failed.len() as u64;
+        self.update(|s| {
+            s.last_poll_ms = Some(now_ms());
+            s.rows_pulled += pulled;
+            s.duplicates += duplicates;
+            s.rows_failed += rows_failed;
+            s.last_error = None;
+        });
+        Ok(rows.len() >= self.config.batch as usize)
+    }
+
+    /// Journals one row as the event it stands for.
+    async fn journal_row(&self, ctx: &EventContext, row: &Value) -> Result<Appended, RowError> {
+        let name = row
+            .get("EVENT_NAME")
+            .and_then(Value::as_str)
+            .ok_or(RowError::Undecodable("no EVENT_NAME".into()))?;
+        let message_id = row.get("MESSAGE_ID").and_then(Value::as_str).unwrap_or_default();
+        let data = row.get("EVENT_DATA").cloned().unwrap_or(Value::Null);
+        let timestamp = row.get("TIMESTAMP_X").map(|t| t.to_string()).unwrap_or_default();
+        let payload = json!({
+            "event": name,
+            "data": data,
+            "auth": {
+                "member_id": self.member,
+                "domain": ctx.domain,
+                "client_endpoint": ctx.client_endpoint,
+                "server_endpoint": ctx.server_endpoint,
+            },
+        });
+        let raw = Bytes::from(payload.to_string());
+        let event = decode::decode(&raw, BodyFormat::Json)
+            .map_err(|e| RowError::Undecodable(e.to_string()))?;
+        let plugins: Vec<Arc<str>> = self
+            .routes
+            .iter()
+            .filter(|(_, route)| route.matches(&event))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut extra = vec![("message_id".to_owned(), message_id.to_owned())];
+        if let Some(id) = row.get("ID") {
+            extra.push((
+                "offline_id".into(),
+                id.as_str().map_or_else(|| id.to_string(), str::to_owned),
+            ));
+        }
+        if let Some(user) = row.pointer("/EVENT_ADDITIONAL/user_id") {
+            extra.push((
+                "user_id".into(),
+                user.as_str().map_or_else(|| user.to_string(), str::to_owned),
+            ));
+        }
+        extra.push(("timestamp".into(), timestamp.trim_matches('"').to_owned()));
+        let row_key = format!(
+            "{message_id}\n{}\n{timestamp}",
+            row.get("EVENT_DATA").map(|d| d.to_string()).unwrap_or_default()
+        );
+        self.journal
+            .append_offline(raw, &event, plugins, &row_key, extra)
+            .await
+            .map_err(|e| RowError::Storage(e.to_string()))
+    }
+}
+
+enum RowError {
+    Undecodable(String),
+    Storage(String),
+}
