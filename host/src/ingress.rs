@@ -152,8 +152,9 @@ impl Ingress {
         match self.journal.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {
                 self.verifier.apply(&event, &effect);
-                if event.code == "ONOFFLINEEVENT" {
-                    // The portal's offline queue has rows: pull now, not at the next interval.
+                if matches!(event.code.as_str(), "ONOFFLINEEVENT" | "ONAPPINSTALL") {
+                    // The portal's offline queue has rows, or the host just got the tokens to
+                    // read it: pull now, not at the next interval.
                     self.pollers.wake(&event.auth.member_id);
                 }
                 if let Some(tokens) = StoredTokens::from_event(&event) {

@@ -55,7 +55,7 @@ pub struct PortalStatus {
 pub struct Pollers {
     wakers: HashMap<String, Arc<Notify>>,
     status: Arc<Mutex<HashMap<String, PortalStatus>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Pollers {
@@ -89,7 +89,11 @@ impl Pollers {
                 status: pollers.status.clone(),
                 safe: true,
             };
-            pollers.tasks.push(tokio::spawn(poller.run(wake)));
+            pollers
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tokio::spawn(poller.run(wake)));
         }
         pollers
     }
@@ -111,11 +115,13 @@ impl Pollers {
 
     /// Stops every poller (a batch in progress is abandoned; its stored `process_id` resumes
     /// it at the next start).
-    pub async fn stop(self) {
-        for task in &self.tasks {
+    pub async fn stop(&self) {
+        let tasks: Vec<_> =
+            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for task in &tasks {
             task.abort();
         }
-        for task in self.tasks {
+        for task in tasks {
             let _ = task.await;
         }
     }
@@ -155,6 +161,7 @@ impl Poller {
                     Err(message) => {
                         tracing::warn!(member_id = %self.member, "offline poll failed: {message}");
                         self.update(|s| {
+                            s.last_poll_ms = Some(now_ms());
                             s.errors += 1;
                             s.last_error = Some(message.clone());
                         });

@@ -251,9 +251,7 @@ impl Prepared {
             tracing::warn!("requests still open at the end of the grace period; closing them");
         }
         drop(ingress);
-        if let Some(pollers) = Arc::into_inner(pollers) {
-            pollers.stop().await;
-        }
+        pollers.stop().await;
         journal.close();
         dispatcher.finish(grace).await;
         control.abort();

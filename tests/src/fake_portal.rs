@@ -2735,7 +2735,7 @@ mod tests {
         // A reserved row is not touched: the repeat makes a new row.
         let a = post(&portal, "event.offline.get", json!({"clear": 0, "limit": 1, "auth": token}));
         let pid = a.json["result"]["process_id"].as_str().unwrap().to_owned();
-        assert_eq!(message_ids(&a), [first.clone()]);
+        assert_eq!(message_ids(&a), std::slice::from_ref(&first));
         let fresh = portal.push_offline("ONCRMDEALUSERFIELDUPDATE", deal_field(554), Some(1));
         assert_ne!(fresh, first);
         assert_eq!(portal.offline_rows().len(), 5);

@@ -9,5 +9,6 @@ mod delivery;
 mod http;
 mod journal;
 mod loading;
+mod offline;
 mod pipeline;
 mod registry;

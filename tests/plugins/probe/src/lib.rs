@@ -102,6 +102,8 @@ impl Plugin for Probe {
             "field_name": event.field_name.as_str(),
             "member_id": event.portal.member_id.as_str(),
             "user": user,
+            "origin": format!("{:?}", event.delivery.origin),
+            "message_id": extra(&event.delivery.extra, "message_id"),
         }));
         let name = event.field_name.as_str();
         if name.contains("REJECT") {
@@ -133,6 +135,8 @@ impl Plugin for Probe {
             "member_id": event.portal.member_id.as_str(),
             "user": event.user.is_some(),
             "data": data,
+            "origin": format!("{:?}", event.delivery.origin),
+            "message_id": extra(&event.delivery.extra, "message_id"),
         }));
         self.common()?;
         Ok(Outcome::Done)
@@ -141,6 +145,11 @@ impl Plugin for Probe {
     fn shutdown(&self) {
         self.record(json!({"kind": "shutdown"}));
     }
+}
+
+/// A value of the delivery's extra pairs.
+fn extra(pairs: &[b24_plugin_api::KeyValue], key: &str) -> Option<String> {
+    pairs.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
 }
 
 /// The number after `command` in `name`: `RETRY3` -> 3.
