@@ -28,6 +28,8 @@ config() { # $1 = enabled list
 state_dir = "state"
 [server]
 listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
 [log]
 level = "warn"
 [auth.portals]

@@ -34,6 +34,9 @@ pub enum Command {
         /// Listen on this address instead of `server.listen` (e.g. 127.0.0.1:0 for any port).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Admin listener address instead of `admin.listen`.
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
         /// Log format; overrides `log.format`.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
@@ -46,6 +49,16 @@ pub enum Command {
     },
     /// Post one realistic event, encoded exactly as Bitrix24 encodes it, and print the answer.
     Send(Box<SendArgs>),
+    /// Re-read host.toml and the plugins folder in the running host (through its admin
+    /// listener); exits non-zero when a plugin failed to reload.
+    Reload {
+        /// The config file (default as for `serve`); names the admin address.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin listener's URL instead, e.g. http://127.0.0.1:8025/.
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Offline events: bind them on a portal, see the pollers (needs the running host).
     Offline {
         /// The config file (default as for `serve`); names the state folder.

@@ -26,9 +26,10 @@ use crate::{
     auth::Verifier,
     decode::{self, BodyFormat},
     journal::{Appended, Journal},
+    metrics::Metrics,
     offline::Pollers,
     rest::oauth::StoredTokens,
-    route::Route,
+    supervisor::Supervisor,
 };
 
 /// What the front door needs; shared by every connection.
@@ -41,8 +42,10 @@ pub struct Ingress {
     pub verifier: Arc<Verifier>,
     /// Where accepted events go.
     pub journal: Journal,
-    /// Every enabled plugin (loaded or not) and the events it receives.
-    pub routes: Vec<(Arc<str>, Route)>,
+    /// The plugins: who receives what (changes with reloads).
+    pub supervisor: Arc<Supervisor>,
+    /// Request counters and latency.
+    pub metrics: Arc<Metrics>,
     /// The offline pollers, woken by `ONOFFLINEEVENT`.
     pub pollers: Arc<Pollers>,
 }
@@ -66,6 +69,20 @@ impl Ingress {
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Answer, Infallible> {
         let started = Instant::now();
         let response = self.route(request).await;
+        let outcome = match response.status().as_u16() {
+            200 => "accepted",
+            400 => "malformed",
+            401 => "unauthorized",
+            404 => "not_found",
+            405 => "wrong_method",
+            413 => "too_large",
+            415 => "unsupported_type",
+            _ => "unavailable",
+        };
+        let code = response.extensions().get::<AcceptedCode>().map_or("-", |c| c.0.as_str());
+        let outcome =
+            if response.extensions().get::<Duplicate>().is_some() { "duplicate" } else { outcome };
+        self.metrics.request(code, outcome, started.elapsed().as_secs_f64());
         tracing::debug!(
             status = response.status().as_u16(),
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -142,8 +159,8 @@ impl Ingress {
                 return answer(StatusCode::UNAUTHORIZED, e.to_string());
             }
         };
-        let plugins: Vec<Arc<str>> = self
-            .routes
+        let routes = self.supervisor.routes();
+        let plugins: Vec<Arc<str>> = routes
             .iter()
             .filter(|(_, route)| route.matches(&event))
             .map(|(name, _)| name.clone())
@@ -151,6 +168,7 @@ impl Ingress {
         let token = Verifier::token_change(&event, &effect);
         match self.journal.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {
+                let code = AcceptedCode(event.code.clone());
                 self.verifier.apply(&event, &effect);
                 if matches!(event.code.as_str(), "ONOFFLINEEVENT" | "ONAPPINSTALL") {
                     // The portal's offline queue has rows, or the host just got the tokens to
@@ -165,11 +183,16 @@ impl Ingress {
                     }
                 }
                 tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "event accepted");
-                answer(StatusCode::OK, format!("accepted {id}"))
+                let mut response = answer(StatusCode::OK, format!("accepted {id}"));
+                response.extensions_mut().insert(code);
+                response
             }
             Ok(Appended::Duplicate(id)) => {
                 tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "duplicate of a recent event; not delivered again");
-                answer(StatusCode::OK, format!("duplicate of {id}"))
+                let mut response = answer(StatusCode::OK, format!("duplicate of {id}"));
+                response.extensions_mut().insert(AcceptedCode(event.code.clone()));
+                response.extensions_mut().insert(Duplicate);
+                response
             }
             Err(e) => {
                 tracing::error!(member_id = %event.auth.member_id, code = %event.code, "cannot journal the event: {e}");
@@ -181,6 +204,14 @@ impl Ingress {
         }
     }
 }
+
+/// The code of an authenticated event, for the metrics' `code` label.
+#[derive(Clone)]
+struct AcceptedCode(String);
+
+/// Marks a duplicate's answer, for the metrics.
+#[derive(Clone)]
+struct Duplicate;
 
 /// The body format a `Content-Type` announces, if it is one we read.
 fn body_format(value: Option<&HeaderValue>) -> Option<BodyFormat> {

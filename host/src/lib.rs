@@ -18,10 +18,13 @@ pub mod journal;
 pub mod journal_cmd;
 pub mod loader;
 pub mod logging;
+pub mod metrics;
 pub mod offline;
+pub mod ops;
 pub mod rest;
 pub mod route;
 pub mod send;
 pub mod server;
+pub mod supervisor;
 
 pub use server::serve;

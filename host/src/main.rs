@@ -52,10 +52,13 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, listen, log_format } => {
+        Command::Serve { config, listen, admin_listen, log_format } => {
             let mut config = load_config(config)?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
+            }
+            if let Some(admin) = admin_listen {
+                config.admin = Some(admin);
             }
             let format = match log_format {
                 Some(LogFormatArg::Json) => LogFormat::Json,
@@ -69,9 +72,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
                 let local = listener.local_addr().context("cannot read the bound address")?;
+                let admin = match config.admin {
+                    Some(addr) => Some(
+                        tokio::net::TcpListener::bind(addr)
+                            .await
+                            .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?,
+                    ),
+                    None => None,
+                };
+                let admin_note = match &admin {
+                    Some(a) => format!(
+                        " admin http://{}/",
+                        a.local_addr().context("cannot read the admin address")?
+                    ),
+                    None => String::new(),
+                };
                 // One line on stdout that scripts and tests can wait for.
-                println!("b24-host: listening on http://{local}{}", config.server.path);
-                prepared.run(listener, shutdown_signal()).await;
+                println!("b24-host: listening on http://{local}{}{admin_note}", config.server.path);
+                prepared.run(listener, admin, shutdown_signal()).await;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -100,6 +118,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 OfflineCommand::Status => Request::OfflineStatus,
             };
             b24_host::journal_cmd::run(&config, request, json)
+        }
+        Command::Reload { config, admin } => {
+            let url = match admin {
+                Some(url) => url,
+                None => {
+                    let config = load_config(config)?;
+                    let addr =
+                        config.admin.context("admin.enabled is false: use SIGHUP to reload")?;
+                    format!("http://{addr}/")
+                }
+            };
+            let url = format!("{}/reload", url.trim_end_matches('/'));
+            let (status, text) =
+                runtime()?.block_on(send::post(&url, String::new(), "application/json"))?;
+            println!("{text}");
+            Ok(if status == 200 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Send(args) => {
             let (body, content_type) = send::body(&args);

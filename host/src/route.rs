@@ -8,6 +8,9 @@ use crate::{
     decode::{Decoded, EventKind},
 };
 
+/// Every enabled plugin's name with its route, as ingress and the offline poller use them.
+pub type Routes = Vec<(std::sync::Arc<str>, Route)>;
+
 /// A plugin's compiled subscription filter.
 #[derive(Debug, Clone)]
 pub struct Route {

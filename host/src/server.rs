@@ -2,7 +2,7 @@
 //! socket, accepts connections, and shuts down in order (stop accepting, finish requests,
 //! finish the calls in flight, make the journal durable, shut the plugins down).
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::{
@@ -15,13 +15,15 @@ use crate::{
     auth::Verifier,
     config::Config,
     control,
-    dispatch::{Dispatcher, Instance, Worker, host_services},
     ingress::Ingress,
     journal::{self, Journal, StoreError},
     loader::{self, LoadError, LoadedPlugin},
+    metrics::Metrics,
     offline::Pollers,
+    ops::Ops,
     rest::RestClient,
     route::Route,
+    supervisor::Supervisor,
 };
 
 /// Why the server could not start.
@@ -81,65 +83,17 @@ pub fn load_plugins(config: &Config) -> (Vec<PluginReport>, Vec<LoadError>) {
     (loaded, errors)
 }
 
-/// Loads and creates every enabled plugin. A plugin that fails is reported and left out: its
-/// events wait in the journal until it loads.
-fn create_workers(config: &Config, rest: &Arc<RestClient>) -> Vec<Worker> {
-    let started = Instant::now();
-    let (loaded, errors) = load_plugins(config);
-    for e in &errors {
-        tracing::error!("{e}; its events are kept in the journal until it loads");
-    }
-    let mut workers = Vec::new();
-    for PluginReport { plugin, route } in loaded {
-        let name = plugin.name.clone();
-        let plugin_config = config.plugin_config(&name);
-        let runtime = tokio::runtime::Handle::current();
-        let host = host_services::for_plugin(
-            &name,
-            &config.base_dir,
-            &config.state_dir,
-            Some((rest.clone(), runtime)),
-        );
-        let load_time = plugin.load_time;
-        let version = plugin.version.clone();
-        match Instance::create(plugin, plugin_config.settings.clone(), host) {
-            Ok(instance) => {
-                tracing::info!(
-                    plugin = %name,
-                    %version,
-                    load_us = load_time.as_micros() as u64,
-                    subscriptions = %route.describe(),
-                    "plugin loaded"
-                );
-                workers.push(Worker {
-                    name,
-                    instance: Arc::new(instance),
-                    route,
-                    config: plugin_config,
-                });
-            }
-            Err(e) => tracing::error!("{e}; its events are kept in the journal until it loads"),
-        }
-    }
-    tracing::info!(
-        plugins = workers.len(),
-        failed = config.plugins.enabled.len() - workers.len(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "plugins ready"
-    );
-    workers
-}
-
 /// A host with its journal open, its plugins loaded and its workers started, ready to accept.
 pub struct Prepared {
     config: Config,
     journal: Journal,
     writer: std::thread::JoinHandle<()>,
-    dispatcher: Dispatcher,
+    supervisor: Arc<Supervisor>,
     ingress: Arc<Ingress>,
     control: tokio::net::UnixListener,
     pollers: Arc<Pollers>,
     rest: Arc<RestClient>,
+    metrics: Arc<Metrics>,
 }
 
 /// Everything the host needs before it may accept an event: the state folder, the journal,
@@ -161,33 +115,25 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         RestClient::new(config.rest.clone(), journal.clone())
             .map_err(|e| ServeError::Rest(e.to_string()))?,
     );
-    let workers = create_workers(&config, &rest);
-    let routes: Vec<(Arc<str>, Route)> = config
-        .plugins
-        .enabled
-        .iter()
-        .map(|name| {
-            let route = workers
-                .iter()
-                .find(|w| &w.name == name || loader::normalize(&w.name) == loader::normalize(name))
-                .map_or_else(
-                    || Route::config_only(&config.plugin_config(name)),
-                    |w| w.route.clone(),
-                );
-            (Arc::from(name.as_str()), route)
-        })
-        .collect();
-    let dispatcher = Dispatcher::start(workers, &journal);
-    let pollers = Arc::new(Pollers::start(&config, rest.clone(), journal.clone(), routes.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let supervisor =
+        Supervisor::start(config.clone(), journal.clone(), rest.clone(), metrics.clone());
+    let pollers = Arc::new(Pollers::start(
+        &config,
+        rest.clone(),
+        journal.clone(),
+        (*supervisor.routes()).clone(),
+    ));
     let ingress = Arc::new(Ingress {
         path: config.server.path.clone(),
         max_body_bytes: config.server.max_body_bytes,
         verifier,
         journal: journal.clone(),
-        routes,
+        supervisor: supervisor.clone(),
         pollers: pollers.clone(),
+        metrics: metrics.clone(),
     });
-    Ok(Prepared { config, journal, writer, dispatcher, ingress, control, pollers, rest })
+    Ok(Prepared { config, journal, writer, supervisor, ingress, control, pollers, rest, metrics })
 }
 
 /// Runs the host on `listener` until `shutdown` completes, then shuts down gracefully.
@@ -199,7 +145,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    prepare(config)?.run(listener, shutdown).await;
+    prepare(config)?.run(listener, None, shutdown).await;
     Ok(())
 }
 
@@ -208,11 +154,35 @@ impl Prepared {
     /// new connections, open requests finish, calls in flight finish (up to the grace period),
     /// the journal is made durable, every plugin's `shutdown` runs. Undelivered events stay in
     /// the journal for the next start.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let Prepared { config, journal, writer, dispatcher, ingress, control, pollers, rest } =
-            self;
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let Prepared {
+            config,
+            journal,
+            writer,
+            supervisor,
+            ingress,
+            control,
+            pollers,
+            rest,
+            metrics,
+        } = self;
         let reach = control::Reach { journal: journal.clone(), pollers: pollers.clone(), rest };
         let control = tokio::spawn(control::serve(control, reach));
+        let ops = Ops {
+            supervisor: supervisor.clone(),
+            journal: journal.clone(),
+            metrics,
+            config_path: config.source.clone(),
+            journal_file: config.state_dir.join(journal::FILE_NAME),
+        };
+        let admin = admin.map(|listener| tokio::spawn(ops.clone().serve(listener)));
+        let mut hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
         let graceful = GracefulShutdown::new();
@@ -241,6 +211,11 @@ impl Prepared {
                     });
                 }
                 () = &mut shutdown => break,
+                () = hangup(&mut hangups) => {
+                    tracing::info!("SIGHUP: reloading host.toml and the plugins");
+                    let (status, _) = ops.reload().await;
+                    tracing::info!(status = status.as_u16(), "reload finished");
+                }
             }
         }
 
@@ -251,9 +226,14 @@ impl Prepared {
             tracing::warn!("requests still open at the end of the grace period; closing them");
         }
         drop(ingress);
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         pollers.stop().await;
         journal.close();
-        dispatcher.finish(grace).await;
+        supervisor.finish(grace).await;
+        drop(ops);
+        drop(supervisor);
         control.abort();
         let _ = control.await;
         journal.flush().await;
@@ -262,5 +242,15 @@ impl Prepared {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         let _ = std::fs::remove_file(control::socket_path(&config.state_dir));
         tracing::info!("stopped");
+    }
+}
+
+/// Resolves on the next SIGHUP (never, if the signal cannot be watched).
+async fn hangup(signals: &mut Option<tokio::signal::unix::Signal>) {
+    match signals {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }

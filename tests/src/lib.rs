@@ -213,7 +213,15 @@ impl HostDir {
         };
         let mut child = command
             .current_dir(self.path())
-            .args(["serve", "--config", "host.toml", "--listen", &listen])
+            .args([
+                "serve",
+                "--config",
+                "host.toml",
+                "--listen",
+                &listen,
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .env("RUST_LOG", "info,b24_host=debug")
             .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -228,7 +236,19 @@ impl HostDir {
         std::thread::spawn(move || for _ in lines {});
         match first {
             Some(Ok(line)) if line.contains("listening on http://") => {
-                let url = line.split("listening on ").nth(1).unwrap_or_default().trim().to_owned();
+                let admin = line
+                    .split(" admin http://")
+                    .nth(1)
+                    .map(|a| a.trim().trim_end_matches('/').to_owned());
+                let url = line
+                    .split("listening on ")
+                    .nth(1)
+                    .unwrap_or_default()
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
                 let addr = url
                     .trim_start_matches("http://")
                     .split('/')
@@ -236,6 +256,7 @@ impl HostDir {
                     .unwrap_or_default()
                     .to_owned();
                 Ok(RunningHost {
+                    admin,
                     child,
                     addr,
                     path: format!("/{}", url.splitn(4, '/').nth(3).unwrap_or("")),
@@ -280,6 +301,8 @@ fn unique() -> u128 {
 /// A host process started by [`HostDir::start`]; killed on drop.
 pub struct RunningHost {
     child: Child,
+    /// The admin listener, `127.0.0.1:PORT`.
+    pub admin: Option<String>,
     /// `127.0.0.1:PORT`.
     pub addr: String,
     /// The event path.
@@ -339,6 +362,22 @@ impl RunningHost {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// GET (or POST) on the admin listener.
+    pub fn admin_request(&self, method: &str, path: &str) -> Answer {
+        let admin = self.admin.as_deref().expect("the host has an admin listener");
+        try_request(admin, method, path, None, b"").expect("cannot talk to the admin listener")
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) to the host.
+    pub fn signal(&self, name: &str) {
+        signal(&self.child, name);
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM and waits for a graceful exit; returns whether it exited successfully.

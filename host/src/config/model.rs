@@ -72,7 +72,13 @@ pub struct Config {
     pub journal: JournalConfig,
     /// REST calls for plugins (`[rest]`).
     pub rest: RestConfig,
+    /// The admin listener (`[admin]`): `None` when disabled.
+    pub admin: Option<SocketAddr>,
 }
+
+/// Default of `admin.listen`.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8025));
 
 /// The HTTP endpoint that receives events (`[server]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,6 +375,7 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         auth: AuthConfig::default(),
         journal: JournalConfig::default(),
         rest: RestConfig::default(),
+        admin: Some(DEFAULT_ADMIN_LISTEN),
         plugins: PluginsConfig {
             dir: base_dir.join(DEFAULT_PLUGINS_DIR),
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),

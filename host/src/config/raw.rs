@@ -28,6 +28,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub auth: RawAuth,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub journal: RawJournal,
     #[serde(default)]
     pub rest: RawRest,
@@ -68,6 +70,14 @@ pub(crate) struct RawOffline {
     pub poll_interval_ms: Option<Spanned<Millis>>,
     pub batch: Option<Spanned<Count>>,
     pub auth_connector: Option<Spanned<String>>,
+}
+
+/// `[admin]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub listen: Option<Spanned<String>>,
 }
 
 /// `[journal]`.

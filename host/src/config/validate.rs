@@ -41,6 +41,19 @@ pub(crate) fn build(
     let auth = auth(src, raw.auth, env)?;
     let journal = journal(src, raw.journal)?;
     let rest = rest(src, raw.rest, env)?;
+    let admin = match raw.admin.enabled {
+        Some(false) => None,
+        _ => match raw.admin.listen {
+            None => Some(super::model::DEFAULT_ADMIN_LISTEN),
+            Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+                src.invalid(
+                    listen.span(),
+                    "admin.listen",
+                    format!("{:?} is not an address like 127.0.0.1:8025", listen.get_ref()),
+                )
+            })?),
+        },
+    };
     let plugins = plugins(src, base_dir, raw.plugins)?;
     let mut plugin = BTreeMap::new();
     for (name, table) in raw.plugin {
@@ -62,6 +75,7 @@ pub(crate) fn build(
         plugin,
         journal,
         rest,
+        admin,
     })
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicU8, Ordering},
+    atomic::{AtomicBool, AtomicU8, Ordering},
 };
 
 use b24_plugin_api::{HostServicesArc, PluginBox};
@@ -27,6 +27,7 @@ pub struct Instance {
     host: HostServicesArc,
     current: Mutex<Arc<PluginBox>>,
     status: AtomicU8,
+    shut_down: AtomicBool,
 }
 
 impl Instance {
@@ -43,6 +44,7 @@ impl Instance {
             host,
             current: Mutex::new(Arc::new(first)),
             status: AtomicU8::new(PluginStatus::Ready as u8),
+            shut_down: AtomicBool::new(false),
         })
     }
 
@@ -68,9 +70,11 @@ impl Instance {
         Ok(())
     }
 
-    /// Calls the plugin's `shutdown` (blocking).
+    /// Calls the plugin's `shutdown` (blocking), once.
     pub fn shutdown(&self) {
-        self.current().shutdown();
+        if !self.shut_down.swap(true, Ordering::SeqCst) {
+            self.current().shutdown();
+        }
     }
 
     /// The current health.
@@ -86,6 +90,28 @@ impl Instance {
         match self.status.swap(status as u8, Ordering::Relaxed) {
             1 => PluginStatus::Degraded,
             _ => PluginStatus::Ready,
+        }
+    }
+}
+
+impl Drop for Instance {
+    /// An instance replaced by a reload goes when its last call has finished: shut it down then.
+    fn drop(&mut self) {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let current = self.current();
+        let name = self.plugin.name.clone();
+        let version = self.plugin.version.clone();
+        let shut = move || {
+            current.shutdown();
+            tracing::info!(plugin = %name, %version, "replaced plugin instance shut down");
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(shut);
+            }
+            Err(_) => shut(),
         }
     }
 }

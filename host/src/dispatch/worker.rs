@@ -3,7 +3,7 @@
 //! back: done, failed (kept, with exponential back-off and jitter) or given up (dead letter).
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -19,27 +19,72 @@ use super::{
 use crate::{
     config::{PluginConfig, RetryConfig},
     journal::{Consumer, DeadLetter, Delivery, Pending, Reporter, now_ms},
+    metrics::{Metrics, PluginLabel},
     rest::{self, EventContext},
     route::Route,
 };
 
-/// Everything a worker needs to deliver to one plugin.
+/// Everything a worker needs to deliver to one plugin. A reload swaps the instance, route and
+/// settings in place; deliveries already running finish with what they started with.
 pub struct Worker {
     /// The plugin's name.
     pub name: String,
-    /// Its live instance.
-    pub instance: Arc<Instance>,
-    /// Which events it receives.
-    pub route: Route,
-    /// Its host-side settings (timeout, concurrency, retry).
-    pub config: PluginConfig,
+    instance: Mutex<Arc<Instance>>,
+    route: Mutex<Route>,
+    config: Mutex<PluginConfig>,
+    metrics: Arc<Metrics>,
+}
+
+fn locked<T: Clone>(m: &Mutex<T>) -> T {
+    m.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl Worker {
+    /// A worker for `name`.
+    pub fn new(
+        name: String,
+        instance: Arc<Instance>,
+        route: Route,
+        config: PluginConfig,
+        metrics: Arc<Metrics>,
+    ) -> Worker {
+        Worker {
+            name,
+            instance: Mutex::new(instance),
+            route: Mutex::new(route),
+            config: Mutex::new(config),
+            metrics,
+        }
+    }
+
+    /// The live instance.
+    pub fn instance(&self) -> Arc<Instance> {
+        locked(&self.instance)
+    }
+
+    /// The plugin's route.
+    pub fn route(&self) -> Route {
+        locked(&self.route)
+    }
+
+    /// The plugin's host-side settings.
+    pub fn config(&self) -> PluginConfig {
+        locked(&self.config)
+    }
+
+    /// Swaps in a new instance (a reload); calls already running finish on the old one, which
+    /// is shut down when the last of them ends.
+    pub fn swap(&self, instance: Arc<Instance>, route: Route, config: PluginConfig) {
+        *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = instance;
+        *self.route.lock().unwrap_or_else(|p| p.into_inner()) = route;
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
     /// Delivers the plugin's events until the journal closes; calls in flight then finish.
     pub async fn run(self: Arc<Self>, mut consumer: Consumer) {
+        let config = self.config();
         let concurrency =
-            if self.instance.plugin().concurrent { self.config.concurrency.max(1) } else { 1 };
+            if self.instance().plugin().concurrent { config.concurrency.max(1) } else { 1 };
         let slots = Arc::new(Semaphore::new(concurrency));
         let reporter = consumer.reporter();
         let mut running = JoinSet::new();
@@ -72,11 +117,12 @@ impl Worker {
     async fn deliver(&self, delivery: Delivery, reporter: &Reporter) {
         let Delivery { envelope, attempts, next_at_ms } = delivery;
         let id = envelope.id;
-        if !self.route.matches(&envelope.event) {
+        if !self.route().matches(&envelope.event) {
             reporter.complete(id);
             return;
         }
-        let retry = &self.config.retry;
+        let config = self.config();
+        let retry = &config.retry;
         let mut attempt = attempts;
         let mut due = next_at_ms;
         loop {
@@ -94,7 +140,19 @@ impl Worker {
             let event = Arc::new(plugin_event(&envelope, attempt));
             let context = Arc::new(EventContext::of(&envelope.event));
             let started = Instant::now();
-            let error = match self.call(event, context).await {
+            let result = self.call(event, context, &config).await;
+            let seconds = started.elapsed().as_secs_f64();
+            let label = match &result {
+                Ok(Outcome::Done) => "done",
+                Ok(Outcome::Skipped) => "skipped",
+                Err(e) => match e.kind {
+                    ErrorKind::Retry => "retry",
+                    ErrorKind::Reject => "reject",
+                    ErrorKind::Panicked => "panicked",
+                },
+            };
+            self.metrics.call(&self.name, label, seconds);
+            let error = match result {
                 Ok(outcome) => {
                     tracing::debug!(
                         attempt,
@@ -111,11 +169,15 @@ impl Worker {
                 ErrorKind::Reject => {
                     tracing::error!(attempt, reason = %error.message, "plugin rejected the event; moved to its dead letters");
                     reporter.bury(id, dead(format!("rejected: {}", error.message), attempt));
+                    self.metrics
+                        .dead_letters
+                        .get_or_create(&PluginLabel { plugin: self.name.clone() })
+                        .inc();
                     return;
                 }
                 ErrorKind::Panicked => {
                     tracing::error!(attempt, panic = %error.message, "plugin panicked; re-creating its instance");
-                    let instance = self.instance.clone();
+                    let instance = self.instance();
                     match tokio::task::spawn_blocking(move || instance.recreate()).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::error!("cannot re-create the plugin: {e}"),
@@ -149,8 +211,10 @@ impl Worker {
         &self,
         event: Arc<PluginEvent>,
         context: Arc<EventContext>,
+        config: &PluginConfig,
     ) -> Result<Outcome, PluginError> {
-        let plugin = self.instance.current();
+        let instance = self.instance();
+        let plugin = instance.current();
         // The context tells REST calls made during the call which portal they are for.
         let mut call = tokio::task::spawn_blocking(move || {
             rest::context::with(context, || match &*event {
@@ -158,17 +222,17 @@ impl Worker {
                 PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
             })
         });
-        let joined = match tokio::time::timeout(self.config.timeout, &mut call).await {
+        let joined = match tokio::time::timeout(config.timeout, &mut call).await {
             Ok(joined) => {
-                if self.instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
+                if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
                     tracing::info!("plugin answers within its timeout again");
                 }
                 joined
             }
             Err(_) => {
-                self.instance.set_status(PluginStatus::Degraded);
+                instance.set_status(PluginStatus::Degraded);
                 tracing::warn!(
-                    timeout_ms = self.config.timeout.as_millis() as u64,
+                    timeout_ms = config.timeout.as_millis() as u64,
                     "plugin call exceeded its timeout; plugin marked degraded, still waiting for it"
                 );
                 call.await

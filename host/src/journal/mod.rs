@@ -97,7 +97,8 @@ fn record(
 /// Per-plugin wake-up signals, shared by the writer and the consumers.
 #[derive(Default)]
 pub struct Shared {
-    plugins: HashMap<Arc<str>, Arc<Signal>>,
+    last_error: Mutex<Option<String>>,
+    plugins: std::sync::RwLock<HashMap<Arc<str>, Arc<Signal>>>,
     closed: AtomicBool,
     closing: Notify,
 }
@@ -110,14 +111,32 @@ struct Signal {
 }
 
 impl Shared {
+    /// Records how the last commit went.
+    fn commit_result(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    fn signal(&self, plugin: &str) -> Option<Arc<Signal>> {
+        self.plugins.read().unwrap_or_else(|p| p.into_inner()).get(plugin).cloned()
+    }
+
+    /// The signal of `plugin`, created if it is new (a plugin enabled by a reload).
+    fn signal_or_new(&self, plugin: &str) -> Arc<Signal> {
+        if let Some(signal) = self.signal(plugin) {
+            return signal;
+        }
+        let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
+        plugins.entry(Arc::from(plugin)).or_default().clone()
+    }
+
     fn wake(&self, plugin: &str) {
-        if let Some(signal) = self.plugins.get(plugin) {
+        if let Some(signal) = self.signal(plugin) {
             signal.notify.notify_one();
         }
     }
 
     fn replayed(&self, plugin: &str, id: u64) {
-        if let Some(signal) = self.plugins.get(plugin) {
+        if let Some(signal) = self.signal(plugin) {
             signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).push_back(id);
             signal.notify.notify_one();
         }
@@ -141,7 +160,9 @@ impl Journal {
     ) -> Result<(Journal, std::thread::JoinHandle<()>), StoreError> {
         let database = Arc::new(store::open(path)?);
         let shared = Arc::new(Shared {
-            plugins: plugins.iter().map(|p| (Arc::from(p.as_str()), Arc::default())).collect(),
+            plugins: std::sync::RwLock::new(
+                plugins.iter().map(|p| (Arc::from(p.as_str()), Arc::default())).collect(),
+            ),
             ..Shared::default()
         });
         let (commands, rx) = mpsc::channel();
@@ -160,6 +181,11 @@ impl Journal {
                 .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
         };
         Ok((Journal { database, commands, shared }, thread))
+    }
+
+    /// Why the last journal commit failed, if it did (cleared by the next good one).
+    pub fn last_write_error(&self) -> Option<String> {
+        self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The database, for reads.
@@ -253,15 +279,22 @@ impl Journal {
     /// The consumer of `plugin`'s pending events. One per plugin.
     pub fn consumer(&self, plugin: &str) -> Consumer {
         let name: Arc<str> = Arc::from(plugin);
-        let signal = self.shared.plugins.get(plugin).cloned().unwrap_or_default();
-        Consumer { journal: self.clone(), plugin: name, signal, cursor: 0, buffer: VecDeque::new() }
+        let signal = self.shared.signal_or_new(plugin);
+        Consumer {
+            journal: self.clone(),
+            plugin: name,
+            signal,
+            cursor: 0,
+            buffer: VecDeque::new(),
+            stopped: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Stops handing out events: consumers return `None` from now on.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.closing.notify_waiters();
-        for signal in self.shared.plugins.values() {
+        for signal in self.shared.plugins.read().unwrap_or_else(|p| p.into_inner()).values() {
             signal.notify.notify_one();
         }
     }
@@ -293,6 +326,22 @@ pub struct Consumer {
     signal: Arc<Signal>,
     cursor: u64,
     buffer: VecDeque<Delivery>,
+    stopped: Arc<AtomicBool>,
+}
+
+/// Stops one consumer (its plugin was disabled); its events stay in the journal.
+#[derive(Clone)]
+pub struct Stopper {
+    stopped: Arc<AtomicBool>,
+    signal: Arc<Signal>,
+}
+
+impl Stopper {
+    /// The consumer returns `None` from its next `next()` on.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.signal.notify.notify_one();
+    }
 }
 
 impl Consumer {
@@ -301,10 +350,15 @@ impl Consumer {
         &self.plugin
     }
 
-    /// The next event to deliver; `None` once the journal is closed.
+    /// A handle that stops this consumer.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { stopped: self.stopped.clone(), signal: self.signal.clone() }
+    }
+
+    /// The next event to deliver; `None` once the journal is closed or the consumer stopped.
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
-            if self.journal.is_closed() {
+            if self.journal.is_closed() || self.stopped.load(Ordering::SeqCst) {
                 return None;
             }
             if let Some(delivery) = self.buffer.pop_front() {

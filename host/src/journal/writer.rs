@@ -297,6 +297,7 @@ fn write_batch(
     if let Err(e) = &committed {
         tracing::error!("journal commit failed: {e}");
     }
+    shared.commit_result(committed.as_ref().err().map(|e| e.to_string()));
     tracing::trace!(
         commands = replies.len(),
         durable,

@@ -1,0 +1,134 @@
+//! Micro-benchmark of the hand-off a worker makes for every plugin call: move the call to a
+//! blocking thread with `tokio::task::spawn_blocking` and await its answer, against making the
+//! same call inline on the async thread.
+//!
+//! The plugin is a tiny type defined here ([`FieldIdReader`]: reads `event.field_id`, returns
+//! `Ok(Outcome::Done)`), created through `b24_plugin_api::__private::guarded_create` and called
+//! through the stable ABI (`PluginBox::on_user_field`), held in an `Arc` as
+//! `dispatch::instance` holds it; the event is the `ONCRMDEALUSERFIELDUPDATE` fixture's ABI view
+//! in an `Arc<PluginEvent>`, as the worker passes it. The runtime is built like the host's
+//! (`new_multi_thread().enable_all()`, one worker thread per core).
+//!
+//! - `handoff/inline`: the plugin call made directly inside the async routine.
+//! - `handoff/spawn_blocking`: `spawn_blocking(move || plugin.on_user_field(..))` awaited, with
+//!   criterion's `to_async` (the routine runs in the runtime's `block_on`).
+//! - `handoff/spawn_blocking_from_task`: the same, awaited from a task spawned on the runtime,
+//!   i.e. from a runtime worker thread, which is where a real worker awaits it.
+//!
+//! Not included: the worker's `tokio::time::timeout` around the call and the REST context set
+//! around it. No shared library is loaded (see the `abi_call` bench).
+//!
+//! **Target**: no fixed target; the hand-off should stay a small part of the ~30 µs of CPU the
+//! host spends per event (see "Load" above in BENCHMARKS.md), i.e. a few µs at most.
+//!
+//! Run: `cargo bench -p b24-host --bench handoff`.
+
+use std::{
+    hint::black_box,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use b24_host::{
+    decode::{BodyFormat, decode},
+    dispatch::{
+        convert::{PluginEvent, plugin_event},
+        host_services,
+    },
+    journal::{Envelope, Source, now_ms},
+};
+use b24_plugin_api::{
+    __private::guarded_create, HostHandle, Outcome, Plugin, PluginBox, PluginError, RResult,
+    UserFieldEvent,
+};
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+
+/// The benchmark's plugin: reads the field id and says it is done.
+#[derive(Default)]
+struct FieldIdReader;
+
+impl Plugin for FieldIdReader {
+    fn on_user_field(&self, event: &UserFieldEvent) -> Result<Outcome, PluginError> {
+        black_box(event.field_id);
+        Ok(Outcome::Done)
+    }
+}
+
+/// The ABI view of the `ONCRMDEALUSERFIELDUPDATE` fixture, first attempt.
+fn plugin_event_of_fixture() -> PluginEvent {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ONCRMDEALUSERFIELDUPDATE.form");
+    let body =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let event = decode(&body, BodyFormat::Form).expect("fixture decodes");
+    let envelope = Envelope {
+        id: 1,
+        received_at_ms: now_ms(),
+        raw: Bytes::from(body),
+        event,
+        source: Source::Online,
+        extra: vec![],
+    };
+    plugin_event(&envelope, 1)
+}
+
+/// The plugin call the worker makes, on whichever thread runs it.
+fn call(plugin: &PluginBox, event: &PluginEvent) -> RResult<Outcome, PluginError> {
+    match event {
+        PluginEvent::UserField(e) => plugin.on_user_field(e),
+        PluginEvent::Generic(e) => plugin.on_event(e),
+    }
+}
+
+/// One hand-off as the worker makes it: clone the two `Arc`s, run the call on a blocking thread,
+/// await the answer.
+async fn handoff(
+    plugin: &Arc<PluginBox>,
+    event: &Arc<PluginEvent>,
+) -> RResult<Outcome, PluginError> {
+    let (plugin, event) = (plugin.clone(), event.clone());
+    tokio::task::spawn_blocking(move || call(&plugin, &event)).await.expect("the call ran")
+}
+
+/// Inline call versus `spawn_blocking`, from `block_on` and from a runtime task.
+fn bench_handoff(c: &mut Criterion) {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let services = host_services::for_plugin("bench", Path::new("."), Path::new("."), None);
+    let plugin: Arc<PluginBox> = Arc::new(
+        guarded_create::<FieldIdReader>("".into(), HostHandle::new(services))
+            .into_result()
+            .unwrap_or_else(|e| panic!("create failed: {}", e.message))
+            .into_plugin(),
+    );
+    let event = Arc::new(plugin_event_of_fixture());
+    assert!(matches!(event.as_ref(), PluginEvent::UserField(_)));
+    assert_eq!(runtime.block_on(handoff(&plugin, &event)).into_result().ok(), Some(Outcome::Done));
+
+    let mut group = c.benchmark_group("handoff");
+    group.bench_function("inline", |b| {
+        b.to_async(&runtime).iter(|| async { call(black_box(&plugin), black_box(&event)) })
+    });
+    group.bench_function("spawn_blocking", |b| {
+        b.to_async(&runtime).iter(|| handoff(black_box(&plugin), black_box(&event)))
+    });
+    group.bench_function("spawn_blocking_from_task", |b| {
+        b.iter_custom(|iters| {
+            let (plugin, event) = (plugin.clone(), event.clone());
+            let task = runtime.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(handoff(&plugin, &event).await);
+                }
+                start.elapsed()
+            });
+            runtime.block_on(task).unwrap_or(Duration::ZERO)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_handoff);
+criterion_main!(benches);

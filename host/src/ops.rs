@@ -1,0 +1,187 @@
+//! The admin listener, apart from the public event endpoint (loopback by default):
+//! `GET /healthz` (the process answers), `GET /readyz` (journal writable and every enabled
+//! plugin loaded, else 503 with the reasons), `GET /metrics` (Prometheus text format) and
+//! `POST /reload` (re-read host.toml and the plugins folder; 200 with the report, 500 when a
+//! plugin failed to reload and kept its old instance, 400 when host.toml is invalid).
+
+use std::{convert::Infallible, path::PathBuf, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode, body::Incoming, header::CONTENT_TYPE,
+    server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::{
+    config::Config,
+    journal::{Journal, admin},
+    metrics::{Metrics, PluginLabel},
+    supervisor::{ReloadReport, Supervisor},
+};
+
+/// What the admin listener needs.
+#[derive(Clone)]
+pub struct Ops {
+    /// The plugins.
+    pub supervisor: Arc<Supervisor>,
+    /// The journal.
+    pub journal: Journal,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The config file to re-read on reload (`None`: embedded defaults, nothing to re-read).
+    pub config_path: Option<PathBuf>,
+    /// The enabled plugins' names, as of the last reload.
+    pub journal_file: PathBuf,
+}
+
+fn text(
+    status: StatusCode,
+    body: impl Into<String>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.into())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    response
+}
+
+impl Ops {
+    /// Serves the admin endpoints until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        let ops = Arc::new(self);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let ops = ops.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let ops = ops.clone();
+                    async move { Ok::<_, Infallible>(ops.handle(request).await) }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),
+            (&Method::GET, "/readyz") => {
+                let problems = self.problems();
+                if problems.is_empty() {
+                    text(StatusCode::OK, "ready\n", "text/plain; charset=utf-8")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready:\n{}\n", problems.join("\n")),
+                        "text/plain; charset=utf-8",
+                    )
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let journal = self.journal.clone();
+                let metrics = self.metrics.clone();
+                let file = self.journal_file.clone();
+                let supervisor = self.supervisor.clone();
+                let body = tokio::task::spawn_blocking(move || {
+                    refresh_gauges(&journal, &metrics, &supervisor, &file);
+                    metrics.render()
+                })
+                .await
+                .unwrap_or_default();
+                text(
+                    StatusCode::OK,
+                    body,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            }
+            (&Method::POST, "/reload") => {
+                let (status, report) = self.reload().await;
+                text(
+                    status,
+                    serde_json::to_string_pretty(&report).unwrap_or_default(),
+                    "application/json",
+                )
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "try /healthz, /readyz, /metrics or POST /reload\n",
+                "text/plain; charset=utf-8",
+            ),
+        }
+    }
+
+    /// Why the host is not ready, if it is not.
+    fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .supervisor
+            .failures()
+            .into_iter()
+            .map(|(name, reason)| format!("plugin {name} is not loaded: {reason}"))
+            .collect();
+        if let Some(e) = self.journal.last_write_error() {
+            out.push(format!("the journal is not writable: {e}"));
+        }
+        out
+    }
+
+    /// Re-reads host.toml and applies it; the status tells the reload command how it went.
+    pub async fn reload(&self) -> (StatusCode, ReloadOutcome) {
+        let Some(path) = &self.config_path else {
+            return (
+                StatusCode::BAD_REQUEST,
+                ReloadOutcome::Error(
+                    "the host runs on its embedded defaults: there is no config file to re-read"
+                        .into(),
+                ),
+            );
+        };
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => return (StatusCode::BAD_REQUEST, ReloadOutcome::Error(e.to_string())),
+        };
+        let report = self.supervisor.reload(config).await;
+        let status = if report.ok() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+        (status, ReloadOutcome::Done(report))
+    }
+}
+
+/// The answer to `POST /reload`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The reload ran; see the report.
+    Done(ReloadReport),
+    /// It could not start (bad host.toml).
+    Error(String),
+}
+
+/// Fills the scrape-time gauges from the journal and the supervisor.
+fn refresh_gauges(
+    journal: &Journal,
+    metrics: &Metrics,
+    supervisor: &Supervisor,
+    file: &std::path::Path,
+) {
+    supervisor.export_states();
+    if let Ok(meta) = std::fs::metadata(file) {
+        metrics.journal_bytes.set(meta.len() as i64);
+    }
+    if let Some(Ok(admin::Response::Stats { plugins, events })) =
+        admin::read(journal.database(), &admin::Request::Stats { enabled: Vec::new() })
+    {
+        metrics.journal_events.set(events as i64);
+        for p in plugins {
+            let label = PluginLabel { plugin: p.plugin.clone() };
+            metrics.backlog.get_or_create(&label).set(p.backlog as i64);
+            metrics
+                .oldest_pending_seconds
+                .get_or_create(&label)
+                .set(p.oldest_pending_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The plugin supervisor: loads the enabled plugins at start, runs one worker per loaded
+//! plugin, knows which failed and why, and applies live reloads.
+//!
+//! A reload re-reads host.toml and the plugins folder. A library whose SHA-256 changed is
+//! copied to `state_dir/plugins/<sha256>.so` (the dynamic loader caches by path and abi_stable
+//! never unloads, so only a new path loads new code), loaded, created, and swapped into the
+//! plugin's worker; calls already running finish on the old instance, which is shut down after
+//! the last of them. A plugin that fails to load or create keeps its old instance. A newly
+//! enabled plugin receives the events that arrive from then on; a disabled one stops, keeping
+//! its backlog. Changes outside the plugin tables are reported as needing a restart.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+use crate::{
+    config::{Config, PluginConfig},
+    dispatch::{Instance, PluginStatus, Worker, host_services},
+    journal::{Journal, Stopper},
+    loader::{self, LoadedPlugin},
+    metrics::{Metrics, PluginState},
+    rest::RestClient,
+    route::{Route, Routes},
+};
+
+/// One enabled plugin as the supervisor sees it.
+struct Entry {
+    /// The running worker, when the plugin loaded at least once.
+    worker: Option<Running>,
+    /// Why the last load or create failed, if it did.
+    failure: Option<String>,
+    /// SHA-256 of the library now running.
+    sha256: Option<String>,
+    /// The host-side config it runs with.
+    config: Option<PluginConfig>,
+}
+
+struct Running {
+    worker: Arc<Worker>,
+    task: JoinHandle<()>,
+    stopper: Stopper,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Plugins whose new library or settings now run.
+    pub reloaded: Vec<String>,
+    /// Plugins newly enabled and running.
+    pub started: Vec<String>,
+    /// Plugins disabled (their events stay in the journal).
+    pub stopped: Vec<String>,
+    /// Plugins left as they were: (plugin, why the new one failed).
+    pub failed: Vec<(String, String)>,
+    /// Settings that changed but only take effect after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+impl ReloadReport {
+    /// Whether everything asked for took effect.
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// The supervisor.
+pub struct Supervisor {
+    journal: Journal,
+    rest: Arc<RestClient>,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    config: Mutex<Config>,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    routes: RwLock<Arc<Routes>>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Supervisor {
+    /// Loads every enabled plugin and starts the workers of those that loaded.
+    pub fn start(
+        config: Config,
+        journal: Journal,
+        rest: Arc<RestClient>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Supervisor> {
+        let supervisor = Arc::new(Supervisor {
+            journal,
+            rest,
+            metrics,
+            runtime: tokio::runtime::Handle::current(),
+            config: Mutex::new(config.clone()),
+            entries: Mutex::new(BTreeMap::new()),
+            routes: RwLock::new(Arc::new(Vec::new())),
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        let started = Instant::now();
+        let mut report = ReloadReport::default();
+        for name in &config.plugins.enabled {
+            supervisor.bring_up(&config, name, false, &mut report);
+        }
+        for (name, reason) in &report.failed {
+            tracing::error!(plugin = %name, "{reason}; its events are kept in the journal until it loads");
+        }
+        supervisor.publish_routes(&config);
+        tracing::info!(
+            plugins = report.started.len(),
+            failed = report.failed.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "plugins ready"
+        );
+        supervisor
+    }
+
+    /// The routes of every enabled plugin (loaded or not), for ingress.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish_routes(&self, config: &Config) {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let routes: Routes = config
+            .plugins
+            .enabled
+            .iter()
+            .map(|name| {
+                let route = entries.get(name).and_then(|e| e.worker.as_ref()).map_or_else(
+                    || Route::config_only(&config.plugin_config(name)),
+                    |r| r.worker.route(),
+                );
+                (Arc::from(name.as_str()), route)
+            })
+            .collect();
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// Loads, creates and starts (or swaps in) plugin `name` as `config` says. With
+    /// `only_if_changed`, an unchanged library with unchanged settings is left alone.
+    fn bring_up(
+        &self,
+        config: &Config,
+        name: &str,
+        only_if_changed: bool,
+        report: &mut ReloadReport,
+    ) {
+        let plugin_config = config.plugin_config(name);
+        let attempt = || -> Result<Option<(LoadedPlugin, String)>, String> {
+            let found = loader::discover(&config.plugins.dir).map_err(|e| e.to_string())?;
+            let path = match found.get(&loader::normalize(name)).map(Vec::as_slice) {
+                Some([one]) => one.clone(),
+                _ => {
+                    return Err(loader::load(&config.plugins.dir, &found, name)
+                        .err()
+                        .map_or_else(|| "cannot find the library".into(), |e| e.to_string()));
+                }
+            };
+            let sha = sha256_of(&path)
+                .map_err(|e| format!("plugin `{name}`: cannot read {}: {e}", path.display()))?;
+            {
+                let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+                if only_if_changed
+                    && let Some(entry) = entries.get(name)
+                    && entry.worker.is_some()
+                    && entry.sha256.as_deref() == Some(sha.as_str())
+                    && entry.config.as_ref() == Some(&plugin_config)
+                {
+                    return Ok(None);
+                }
+            }
+            // Load from a content-addressed copy: a new path is the only way to get new code
+            // into a process that already loaded the old file.
+            let copy = content_copy(&config.state_dir, &path, &sha)?;
+            let loaded = loader::load_file(name, &copy).map_err(|e| e.to_string())?;
+            Ok(Some((loaded, sha)))
+        };
+        let (loaded, sha) = match attempt() {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(reason) => {
+                self.fail(name, reason, report);
+                return;
+            }
+        };
+        let host = host_services::for_plugin(
+            name,
+            &config.base_dir,
+            &config.state_dir,
+            Some((self.rest.clone(), self.runtime.clone())),
+        );
+        let route = Route::new(&loaded.events, &plugin_config);
+        let version = loaded.version.clone();
+        let load_us = loaded.load_time.as_micros() as u64;
+        let instance = match Instance::create(loaded, plugin_config.settings.clone(), host) {
+            Ok(instance) => Arc::new(instance),
+            Err(e) => {
+                self.fail(name, e.to_string(), report);
+                return;
+            }
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.entry(name.to_owned()).or_insert(Entry {
+            worker: None,
+            failure: None,
+            sha256: None,
+            config: None,
+        });
+        match &entry.worker {
+            Some(running) => {
+                running.worker.swap(instance, route.clone(), plugin_config.clone());
+                report.reloaded.push(name.to_owned());
+                tracing::info!(plugin = %name, %version, sha256 = %sha, subscriptions = %route.describe(), "plugin reloaded");
+            }
+            None => {
+                let worker = Arc::new(Worker::new(
+                    name.to_owned(),
+                    instance,
+                    route.clone(),
+                    plugin_config.clone(),
+                    self.metrics.clone(),
+                ));
+                let consumer = self.journal.consumer(name);
+                let stopper = consumer.stopper();
+                let task = self.runtime.spawn(worker.clone().run(consumer));
+                entry.worker = Some(Running { worker, task, stopper });
+                report.started.push(name.to_owned());
+                tracing::info!(plugin = %name, %version, load_us, subscriptions = %route.describe(), "plugin loaded");
+            }
+        }
+        entry.failure = None;
+        entry.sha256 = Some(sha);
+        entry.config = Some(plugin_config);
+    }
+
+    fn fail(&self, name: &str, reason: String, report: &mut ReloadReport) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.entry(name.to_owned()).or_insert(Entry {
+            worker: None,
+            failure: None,
+            sha256: None,
+            config: None,
+        });
+        entry.failure = Some(reason.clone());
+        report.failed.push((name.to_owned(), reason));
+    }
+
+    /// Applies `new` (a re-read host.toml) to the running plugins.
+    pub async fn reload(self: &Arc<Self>, new: Config) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut report =
+            ReloadReport { restart_needed: restart_needed(&old, &new), ..ReloadReport::default() };
+        let this = self.clone();
+        let new_for_task = new.clone();
+        let (mut report, new) = tokio::task::spawn_blocking(move || {
+            for name in &new_for_task.plugins.enabled {
+                this.bring_up(&new_for_task, name, true, &mut report);
+            }
+            (report, new_for_task)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (
+                ReloadReport {
+                    failed: vec![("*".into(), e.to_string())],
+                    ..ReloadReport::default()
+                },
+                new,
+            )
+        });
+        let gone: Vec<String> = {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.keys().filter(|n| !new.plugins.enabled.contains(n)).cloned().collect()
+        };
+        for name in gone {
+            let entry = self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            if let Some(Entry { worker: Some(running), .. }) = entry {
+                running.stopper.stop();
+                let _ = running.task.await;
+                running.worker.instance().shutdown();
+                tracing::info!(plugin = %name, "plugin disabled; its events stay in the journal");
+            }
+            report.stopped.push(name);
+        }
+        self.publish_routes(&new);
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        let outcome = if report.ok() { "ok" } else { "failed" };
+        self.metrics
+            .reloads
+            .get_or_create(&crate::metrics::Received { code: "-".into(), outcome: outcome.into() })
+            .inc();
+        for (name, reason) in &report.failed {
+            tracing::error!(plugin = %name, "reload failed, the old instance keeps running: {reason}");
+        }
+        for setting in &report.restart_needed {
+            tracing::warn!(%setting, "changed in host.toml; takes effect after a restart");
+        }
+        report
+    }
+
+    /// Plugins that are enabled but not running, with the reason.
+    pub fn failures(&self) -> Vec<(String, String)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter_map(|(name, e)| e.failure.clone().map(|f| (name.clone(), f)))
+            .collect()
+    }
+
+    /// Fills the per-plugin state gauges.
+    pub fn export_states(&self) {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, entry) in entries.iter() {
+            let state = match (&entry.worker, &entry.failure) {
+                (Some(r), _) if r.worker.instance().status() == PluginStatus::Degraded => {
+                    "degraded"
+                }
+                (Some(_), None) => "loaded",
+                (Some(_), Some(_)) => "loaded",
+                (None, _) => "failed",
+            };
+            for s in ["loaded", "degraded", "failed"] {
+                let gauge = self
+                    .metrics
+                    .plugin_state
+                    .get_or_create(&PluginState { plugin: name.clone(), state: s.into() });
+                gauge.set(i64::from(s == state));
+            }
+        }
+    }
+
+    /// Stops every worker after its calls in flight (up to `grace`), then shuts the plugins down.
+    pub async fn finish(&self, grace: Duration) {
+        let running: Vec<(String, Running)> = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries
+                .iter_mut()
+                .filter_map(|(n, e)| e.worker.take().map(|r| (n.clone(), r)))
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        for (name, r) in running {
+            r.stopper.stop();
+            let mut task = r.task;
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(plugin = %name, "calls still running at the end of the shutdown grace period; stopping them");
+                task.abort();
+            }
+            let instance = r.worker.instance();
+            match tokio::task::spawn_blocking(move || instance.shutdown()).await {
+                Ok(()) => tracing::info!(plugin = %name, "plugin shut down"),
+                Err(e) => tracing::error!(plugin = %name, "plugin shutdown failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Copies `library` to `state_dir/plugins/<sha256>.so` unless it is there already.
+fn content_copy(state_dir: &Path, library: &Path, sha: &str) -> Result<PathBuf, String> {
+    let dir = state_dir.join("plugins");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let target = dir.join(format!("{sha}{}", std::env::consts::DLL_SUFFIX));
+    if !target.exists() {
+        let tmp = dir.join(format!(".{sha}.tmp"));
+        std::fs::copy(library, &tmp)
+            .map_err(|e| format!("cannot copy {}: {e}", library.display()))?;
+        std::fs::rename(&tmp, &target)
+            .map_err(|e| format!("cannot place {}: {e}", target.display()))?;
+    }
+    Ok(target)
+}
+
+/// The settings outside the plugin tables that differ (they need a restart).
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.server != new.server {
+        out.push("server".to_owned());
+    }
+    if old.state_dir != new.state_dir {
+        out.push("state_dir".to_owned());
+    }
+    if old.auth != new.auth {
+        out.push("auth".to_owned());
+    }
+    if old.journal != new.journal {
+        out.push("journal".to_owned());
+    }
+    if old.rest != new.rest {
+        out.push("rest".to_owned());
+    }
+    if old.log != new.log {
+        out.push("log".to_owned());
+    }
+    if old.plugins.dir != new.plugins.dir {
+        out.push("plugins.dir".to_owned());
+    }
+    out
+}
