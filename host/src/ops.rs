@@ -121,7 +121,7 @@ impl Ops {
             .supervisor
             .failures()
             .into_iter()
-            .map(|(name, reason)| format!("plugin {name} is not loaded: {reason}"))
+            .map(|(name, reason)| format!("plugin {name}: {reason}"))
             .collect();
         if let Some(e) = self.journal.last_write_error() {
             out.push(format!("the journal is not writable: {e}"));

@@ -250,7 +250,11 @@ impl Supervisor {
             sha256: None,
             config: None,
         });
-        entry.failure = Some(reason.clone());
+        entry.failure = Some(if entry.worker.is_some() {
+            format!("the last reload failed, the previous instance still serves: {reason}")
+        } else {
+            format!("not loaded: {reason}")
+        });
         report.failed.push((name.to_owned(), reason));
     }
 

@@ -57,6 +57,10 @@ impl Worker {
         }
     }
 
+    fn label(&self) -> PluginLabel {
+        PluginLabel { plugin: self.name.clone() }
+    }
+
     /// The live instance.
     pub fn instance(&self) -> Arc<Instance> {
         locked(&self.instance)
@@ -169,10 +173,7 @@ impl Worker {
                 ErrorKind::Reject => {
                     tracing::error!(attempt, reason = %error.message, "plugin rejected the event; moved to its dead letters");
                     reporter.bury(id, dead(format!("rejected: {}", error.message), attempt));
-                    self.metrics
-                        .dead_letters
-                        .get_or_create(&PluginLabel { plugin: self.name.clone() })
-                        .inc();
+                    self.metrics.dead_letters.get_or_create(&self.label()).inc();
                     return;
                 }
                 ErrorKind::Panicked => {
@@ -195,8 +196,10 @@ impl Worker {
                 );
                 reporter
                     .bury(id, dead(format!("gave up after {attempt} attempts: {error}"), attempt));
+                self.metrics.dead_letters.get_or_create(&self.label()).inc();
                 return;
             }
+            self.metrics.retries.get_or_create(&self.label()).inc();
             due = now_ms() + backoff(retry, attempt).as_millis() as i64;
             reporter.update(
                 id,

@@ -10,5 +10,6 @@ mod http;
 mod journal;
 mod loading;
 mod offline;
+mod ops;
 mod pipeline;
 mod registry;

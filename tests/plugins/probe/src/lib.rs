@@ -104,6 +104,7 @@ impl Plugin for Probe {
             "user": user,
             "origin": format!("{:?}", event.delivery.origin),
             "message_id": extra(&event.delivery.extra, "message_id"),
+            "version": env!("CARGO_PKG_VERSION"),
         }));
         let name = event.field_name.as_str();
         if name.contains("REJECT") {
