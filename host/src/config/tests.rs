@@ -62,7 +62,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(
         e.to_string(),
         "host.toml:3:1: statedir: unknown key; expected one of state_dir, server, log, auth, \
-         journal, rest, plugins, plugin"
+         admin, journal, rest, plugins, plugin"
     );
 }
 
