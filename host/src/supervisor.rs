@@ -386,27 +386,18 @@ fn content_copy(state_dir: &Path, library: &Path, sha: &str) -> Result<PathBuf, 
 
 /// The settings outside the plugin tables that differ (they need a restart).
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.server != new.server {
-        out.push("server".to_owned());
-    }
-    if old.state_dir != new.state_dir {
-        out.push("state_dir".to_owned());
-    }
-    if old.auth != new.auth {
-        out.push("auth".to_owned());
-    }
-    if old.journal != new.journal {
-        out.push("journal".to_owned());
-    }
-    if old.rest != new.rest {
-        out.push("rest".to_owned());
-    }
-    if old.log != new.log {
-        out.push("log".to_owned());
-    }
-    if old.plugins.dir != new.plugins.dir {
-        out.push("plugins.dir".to_owned());
-    }
-    out
+    [
+        ("server", old.server != new.server),
+        ("state_dir", old.state_dir != new.state_dir),
+        ("auth", old.auth != new.auth),
+        ("journal", old.journal != new.journal),
+        ("rest", old.rest != new.rest),
+        ("log", old.log != new.log),
+        ("admin", old.admin != new.admin),
+        ("plugins.dir", old.plugins.dir != new.plugins.dir),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| name.to_owned())
+    .collect()
 }

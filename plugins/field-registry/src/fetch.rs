@@ -39,23 +39,21 @@ pub struct Reader {
 /// The call that reads field `field_id` of `entity`, or `None` for [`Entity::Other`], which no
 /// known method reads.
 pub fn reader(entity: Entity, field_id: u64) -> Option<Reader> {
-    let legacy = match entity {
-        Entity::Lead => "lead",
-        Entity::Deal => "deal",
-        Entity::Contact => "contact",
-        Entity::Company => "company",
-        Entity::Quote => "quote",
-        Entity::Invoice => "invoice",
-        Entity::Requisite => "requisite",
+    match entity {
         Entity::SmartProcess { .. } | Entity::SmartInvoice | Entity::SmartDocument => {
-            return Some(Reader {
+            Some(Reader {
                 method: "userfieldconfig.get".to_owned(),
                 params: json!({"moduleId": "crm", "id": field_id}),
-            });
+            })
         }
-        Entity::Other => return None,
-    };
-    Some(Reader { method: format!("crm.{legacy}.userfield.get"), params: json!({"id": field_id}) })
+        Entity::Other => None,
+        // lead, deal, contact, company, quote, invoice, requisite: `Entity::name` is the
+        // method's entity segment.
+        legacy => Some(Reader {
+            method: format!("crm.{}.userfield.get", legacy.name()),
+            params: json!({"id": field_id}),
+        }),
+    }
 }
 
 /// Whether a failed read means "this field does not exist (any more)": the portal's
