@@ -8,8 +8,8 @@
 //! - `auth/dedup_key`: [`b24_host::journal::dedup::key`], the duplicate-suppression key (SHA-256
 //!   over `member_id`, code, `ts` and the `data` block) computed for every appended event.
 //!
-//! **Target**: no fixed target; both should be far below the decode (under 5 µs), i.e. well
-//! under 1 µs, and `verify` should barely grow from 1 to 1000 portals.
+//! **Target**: none set. Both are expected to be small next to the decode (under 5 µs), and
+//! `verify` to grow only logarithmically from 1 to 1000 portals.
 //!
 //! Run: `cargo bench -p b24-host --bench auth`.
 

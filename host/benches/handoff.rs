@@ -18,8 +18,9 @@
 //! Not included: the worker's `tokio::time::timeout` around the call and the REST context set
 //! around it. No shared library is loaded (see the `abi_call` bench).
 //!
-//! **Target**: no fixed target; the hand-off should stay a small part of the ~30 µs of CPU the
-//! host spends per event (see "Load" above in BENCHMARKS.md), i.e. a few µs at most.
+//! **Target**: none set. What to look at is `spawn_blocking` minus `inline`: the latency a
+//! worker adds to every plugin call. It is mostly two cross-thread wake-ups (to the blocking
+//! thread and back), so it depends on the machine and on whether the threads are already awake.
 //!
 //! Run: `cargo bench -p b24-host --bench handoff`.
 

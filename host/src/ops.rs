@@ -171,8 +171,10 @@ fn refresh_gauges(
     if let Ok(meta) = std::fs::metadata(file) {
         metrics.journal_bytes.set(meta.len() as i64);
     }
+    // Every enabled plugin is listed, so a drained backlog reads 0 rather than its last value.
+    let enabled = supervisor.names();
     if let Some(Ok(admin::Response::Stats { plugins, events })) =
-        admin::read(journal.database(), &admin::Request::Stats { enabled: Vec::new() })
+        admin::read(journal.database(), &admin::Request::Stats { enabled })
     {
         metrics.journal_events.set(events as i64);
         for p in plugins {

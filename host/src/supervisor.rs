@@ -312,6 +312,11 @@ impl Supervisor {
         report
     }
 
+    /// The enabled plugins' names.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
     /// Plugins that are enabled but not running, with the reason.
     pub fn failures(&self) -> Vec<(String, String)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

@@ -74,6 +74,28 @@ fn metrics_move_with_events_rejections_retries_and_dead_letters() {
     );
     assert!(metric(&text, "b24_journal_size_bytes").is_some_and(|b| b > 0.0), "{text}");
     assert!(text.contains("b24_request_duration_seconds_bucket"), "{text}");
+    // A gauge follows the backlog down to zero (it is not left at its last non-zero value).
+    let slow = host.post_form(&field_event(4, "UF_CRM_SLEEP300"));
+    assert_eq!(slow.status, 200);
+    assert_eq!(host.post_form(&field_event(5, "UF_CRM_OK")).status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let busy = host.admin_request("GET", "/metrics").body;
+    assert!(
+        metric(&busy, "b24_plugin_backlog{plugin=\"probe\"}").is_some_and(|b| b >= 1.0),
+        "{busy}"
+    );
+    dir.wait_lines("probe.jsonl", 6, PATIENCE, |l| l["kind"] == "user_field");
+    let started = Instant::now();
+    let mut backlog = None;
+    while started.elapsed() < PATIENCE {
+        let text = host.admin_request("GET", "/metrics").body;
+        backlog = metric(&text, "b24_plugin_backlog{plugin=\"probe\"}");
+        if backlog == Some(0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(backlog, Some(0.0));
     assert!(host.stop());
 }
 
