@@ -66,18 +66,30 @@ pub fn from_hex(text: &str) -> Option<DedupKey> {
     Some(out)
 }
 
+/// The most keys the window holds. Under sustained load a 10-minute window would otherwise
+/// grow without bound (30k events/s is 18 million keys); beyond this the oldest keys go first,
+/// so the window shortens under extreme load. Bitrix24's duplicates arrive within seconds.
+pub const MAX_KEYS: usize = 200_000;
+
 /// The keys seen within the window, with the event id each first arrived as.
 #[derive(Debug, Default)]
 pub struct Window {
     window_ms: i64,
+    max_keys: usize,
     seen: HashMap<DedupKey, u64>,
     order: VecDeque<(i64, DedupKey)>,
 }
 
 impl Window {
-    /// An empty window of `window_ms` milliseconds (0 = suppression off).
+    /// An empty window of `window_ms` milliseconds (0 = suppression off), holding at most
+    /// [`MAX_KEYS`] keys.
     pub fn new(window_ms: i64) -> Window {
-        Window { window_ms, ..Window::default() }
+        Window::with_capacity(window_ms, MAX_KEYS)
+    }
+
+    /// An empty window holding at most `max_keys` keys.
+    pub fn with_capacity(window_ms: i64, max_keys: usize) -> Window {
+        Window { window_ms, max_keys: max_keys.max(1), ..Window::default() }
     }
 
     /// Whether suppression is on.
@@ -107,6 +119,11 @@ impl Window {
     /// Records that `key` arrived at `at_ms` as event `id`.
     pub fn insert(&mut self, key: DedupKey, id: u64, at_ms: i64) {
         if self.enabled() && !self.seen.contains_key(&key) {
+            while self.order.len() >= self.max_keys {
+                if let Some((_, oldest)) = self.order.pop_front() {
+                    self.seen.remove(&oldest);
+                }
+            }
             self.seen.insert(key, id);
             self.order.push_back((at_ms, key));
         }
@@ -131,6 +148,17 @@ mod tests {
         assert_eq!(window.check(&k, 999), Some(1));
         assert_eq!(window.check(&k, 1000), None);
         assert_eq!(from_hex(&hex(&k)), Some(k));
+    }
+
+    #[test]
+    fn the_window_holds_at_most_its_capacity_dropping_the_oldest() {
+        let mut window = Window::with_capacity(60_000, 2);
+        window.insert([1; 16], 1, 0);
+        window.insert([2; 16], 2, 1);
+        window.insert([3; 16], 3, 2);
+        assert_eq!(window.check(&[1; 16], 3), None);
+        assert_eq!(window.check(&[2; 16], 3), Some(2));
+        assert_eq!(window.check(&[3; 16], 3), Some(3));
     }
 
     #[test]

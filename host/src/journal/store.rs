@@ -167,15 +167,17 @@ pub fn scan_pending(
     Ok(out)
 }
 
-/// Records of events received at or after `since_ms`, newest first (for the duplicate window).
+/// Up to `limit` records of events received at or after `since_ms`, newest first (for the
+/// duplicate window).
 pub fn recent_events(
     database: &Database,
     since_ms: i64,
+    limit: usize,
 ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
     let txn = db(database.begin_read())?;
     let events = db(txn.open_table(EVENTS))?;
     let mut out = Vec::new();
-    for row in db(events.iter())?.rev() {
+    for row in db(events.iter())?.rev().take(limit) {
         let (k, v) = db(row)?;
         let Some(record) = EventRecord::decode(v.value()) else { continue };
         if record.meta.received_at_ms < since_ms {

@@ -108,7 +108,7 @@ pub fn run(
     let mut window = Window::new(settings.dedup_window_ms);
     if window.enabled() {
         let since = crate::journal::now_ms() - settings.dedup_window_ms;
-        if let Ok(recent) = store::recent_events(&database, since) {
+        if let Ok(recent) = store::recent_events(&database, since, super::dedup::MAX_KEYS) {
             for (id, record) in recent.into_iter().rev() {
                 if let Some(key) = super::dedup::from_hex(&record.meta.dedup_key) {
                     window.insert(key, id, record.meta.received_at_ms);
