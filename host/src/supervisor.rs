@@ -31,6 +31,7 @@ use crate::{
 };
 
 /// One enabled plugin as the supervisor sees it.
+#[derive(Default)]
 struct Entry {
     /// The running worker, when the plugin loaded at least once.
     worker: Option<Running>,
@@ -209,12 +210,7 @@ impl Supervisor {
             }
         };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(name.to_owned()).or_insert(Entry {
-            worker: None,
-            failure: None,
-            sha256: None,
-            config: None,
-        });
+        let entry = entries.entry(name.to_owned()).or_default();
         match &entry.worker {
             Some(running) => {
                 running.worker.swap(instance, route.clone(), plugin_config.clone());
@@ -244,12 +240,7 @@ impl Supervisor {
 
     fn fail(&self, name: &str, reason: String, report: &mut ReloadReport) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(name.to_owned()).or_insert(Entry {
-            worker: None,
-            failure: None,
-            sha256: None,
-            config: None,
-        });
+        let entry = entries.entry(name.to_owned()).or_default();
         entry.failure = Some(if entry.worker.is_some() {
             format!("the last reload failed, the previous instance still serves: {reason}")
         } else {

@@ -16,14 +16,6 @@ const CLIENTS: u64 = 4;
 const EVENTS_PER_CLIENT: u64 = 750;
 const KILLS: usize = 5;
 
-/// A tiny xorshift: random enough for kill timing, and reproducible from the printed seed.
-fn next(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
-
 #[test]
 fn every_acknowledged_event_reaches_every_plugin_across_sigkills() {
     let dir = HostDir::new(&["audit-log", "probe"]);
@@ -75,7 +67,7 @@ fn every_acknowledged_event_reaches_every_plugin_across_sigkills() {
     let mut kills = 0;
     let mut host = dir.start_with(launch.clone()).unwrap_or_else(|e| panic!("{e}"));
     while kills < KILLS {
-        std::thread::sleep(Duration::from_millis(200 + next(&mut seed) % 600));
+        std::thread::sleep(Duration::from_millis(200 + next_random(&mut seed) % 600));
         host.kill();
         kills += 1;
         host = dir.start_with(launch.clone()).unwrap_or_else(|e| panic!("restart {kills}: {e}"));

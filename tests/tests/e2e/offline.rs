@@ -23,17 +23,6 @@ fn offline_host(portal: &FakePortal, poll_ms: u64) -> HostDir {
     dir
 }
 
-/// Installs the app on `portal` through `host`: the host stores the portal's OAuth tokens.
-fn install(host: &RunningHost, portal: &FakePortal) {
-    let (access, refresh) = portal.initial_oauth();
-    let mut a = args("ONAPPINSTALL");
-    a.access_token = Some(access);
-    a.refresh_token = Some(refresh);
-    a.client_endpoint = Some(portal.client_endpoint());
-    a.server_endpoint = Some(portal.server_endpoint());
-    assert_eq!(host.post_form(&form(&a)).status, 200);
-}
-
 fn push_rows(portal: &FakePortal, n: u64, first_field: u64) -> BTreeSet<String> {
     (0..n)
         .map(|i| {

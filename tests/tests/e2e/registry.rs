@@ -48,13 +48,6 @@ fn live_view(snapshot: &Value) -> Value {
     Value::Object(out)
 }
 
-fn next(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
-
 const ENTITIES: [(&str, &str); 4] =
     [("CRM_DEAL", "DEAL"), ("CRM_CONTACT", "CONTACT"), ("CRM_LEAD", "LEAD"), ("CRM_7", "TYPE")];
 
@@ -90,13 +83,7 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
     };
 
     // The app is installed: the host keeps the portal's OAuth pair.
-    let (access, refresh) = portal.initial_oauth();
-    let mut install = args("ONAPPINSTALL");
-    install.access_token = Some(access);
-    install.refresh_token = Some(refresh);
-    install.client_endpoint = Some(portal.client_endpoint());
-    install.server_endpoint = Some(portal.server_endpoint());
-    assert_eq!(host.post_form(&form(&install)).status, 200);
+    install(&host, &portal);
 
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut live: Vec<(u64, &str, &str, String)> = Vec::new();
@@ -110,12 +97,12 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
         if step == 25 {
             portal.set_moved(true);
         }
-        let op = if live.is_empty() { 0 } else { next(&mut seed) % 4 };
+        let op = if live.is_empty() { 0 } else { next_random(&mut seed) % 4 };
         match op {
             0 => {
-                let (entity_id, family) = ENTITIES[(next(&mut seed) % 4) as usize];
+                let (entity_id, family) = ENTITIES[(next_random(&mut seed) % 4) as usize];
                 let name = format!("UF_CRM_{step}");
-                let list = next(&mut seed).is_multiple_of(2);
+                let list = next_random(&mut seed).is_multiple_of(2);
                 let values = if list { vec!["red", "green"] } else { vec![] };
                 let kind = if list { "enumeration" } else { "string" };
                 let id = portal.add_field(entity_id, &name, kind, values);
@@ -130,14 +117,14 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
             }
             1 => {
                 let (id, entity_id, family, name) =
-                    live[(next(&mut seed) % live.len() as u64) as usize].clone();
+                    live[(next_random(&mut seed) % live.len() as u64) as usize].clone();
                 portal.set_label(id, &format!("Label {step}"));
                 send(&format!("ONCRM{family}USERFIELDUPDATE"), id, entity_id, &name);
                 events += 1;
             }
             2 => {
                 let (id, entity_id, family, name) =
-                    live[(next(&mut seed) % live.len() as u64) as usize].clone();
+                    live[(next_random(&mut seed) % live.len() as u64) as usize].clone();
                 if portal.field(id).is_some_and(|f| f.user_type_id == "enumeration") {
                     portal.set_list(id, vec!["blue", "green", &format!("v{step}")]);
                     send(&format!("ONCRM{family}USERFIELDSETENUMVALUES"), id, entity_id, &name);
@@ -148,7 +135,7 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
                 events += 1;
             }
             _ => {
-                let index = (next(&mut seed) % live.len() as u64) as usize;
+                let index = (next_random(&mut seed) % live.len() as u64) as usize;
                 let (id, entity_id, family, name) = live.remove(index);
                 portal.delete_field(id);
                 send(&format!("ONCRM{family}USERFIELDDELETE"), id, entity_id, &name);

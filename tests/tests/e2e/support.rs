@@ -88,3 +88,23 @@ pub fn field_event(id: u64, name: &str) -> String {
 pub fn start(dir: &HostDir) -> RunningHost {
     dir.start().unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Installs the app on `portal` through `host`: an ONAPPINSTALL carrying the portal's first
+/// OAuth pair and endpoints, which the host stores for REST calls.
+pub fn install(host: &RunningHost, portal: &b24_tests::fake_portal::FakePortal) {
+    let (access, refresh) = portal.initial_oauth();
+    let mut a = args("ONAPPINSTALL");
+    a.access_token = Some(access);
+    a.refresh_token = Some(refresh);
+    a.client_endpoint = Some(portal.client_endpoint());
+    a.server_endpoint = Some(portal.server_endpoint());
+    assert_eq!(host.post_form(&form(&a)).status, 200);
+}
+
+/// A tiny xorshift step: random enough for test sequences, reproducible from its seed.
+pub fn next_random(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
