@@ -35,7 +35,10 @@ fn metrics_move_with_events_rejections_retries_and_dead_letters() {
     let started = Instant::now();
     let text = loop {
         let text = host.admin_request("GET", "/metrics").body;
-        if metric(&text, "b24_plugin_dead_letters_total{plugin=\"probe\"}") == Some(1.0)
+        // Counters move when the worker learns an outcome; the backlog gauge reads the journal,
+        // where the outcome lands with the writer's next commit: wait for both.
+        if (metric(&text, "b24_plugin_dead_letters_total{plugin=\"probe\"}") == Some(1.0)
+            && metric(&text, "b24_plugin_backlog{plugin=\"probe\"}") == Some(0.0))
             || started.elapsed() > PATIENCE
         {
             break text;
