@@ -1,16 +1,24 @@
 //! A plugin's delivery worker: takes the plugin's pending events from the journal in id
-//! order, calls the plugin on a blocking thread, watches the timeout, and reports each outcome
-//! back: done, failed (kept, with exponential back-off and jitter) or given up (dead letter).
+//! order and hands them to the plugin's own threads (its *lanes*: one, or `concurrency` for a
+//! plugin that declares itself concurrent). A lane calls the plugin directly, waits out the
+//! back-off between attempts, and reports each outcome back: done, failed (kept, with
+//! exponential back-off and jitter) or given up (dead letter).
+//!
+//! Lanes are long-lived threads fed through a short queue, so a plugin with a backlog is called
+//! back to back: no thread wake-up per call, and the consumer reads ahead while the plugin works.
+//! A watchdog task marks the plugin degraded while a call runs past its timeout.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use b24_plugin_api::{ErrorKind, Outcome, PluginError};
 use rand::Rng;
-use tokio::{sync::Semaphore, task::JoinSet};
-use tracing::Instrument;
+use tokio::{runtime::Handle, sync::mpsc};
 
 use super::{
     convert::{PluginEvent, plugin_event},
@@ -18,11 +26,15 @@ use super::{
 };
 use crate::{
     config::{PluginConfig, RetryConfig},
-    journal::{Consumer, DeadLetter, Delivery, Pending, Reporter, now_ms},
+    journal::{Consumer, DeadLetter, Delivery, Pending, Reporter, Stopper, now_ms},
     metrics::{Metrics, PluginLabel},
     rest::{self, EventContext},
     route::Route,
 };
+
+/// Deliveries read ahead of the lanes: enough to keep them busy, few enough that a reload or
+/// a stop finds little queued.
+const READ_AHEAD: usize = 32;
 
 /// Everything a worker needs to deliver to one plugin. A reload swaps the instance, route and
 /// settings in place; deliveries already running finish with what they started with.
@@ -37,6 +49,46 @@ pub struct Worker {
 
 fn locked<T: Clone>(m: &Mutex<T>) -> T {
     m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// What a lane shares with the worker's watchdog: when its current call started.
+#[derive(Default)]
+struct Lane {
+    /// Microseconds since `Lanes::epoch` at which the running call started, plus one; 0 when
+    /// the lane is idle.
+    busy_since: AtomicU64,
+}
+
+/// A worker's lanes and what they need.
+struct Lanes {
+    epoch: Instant,
+    lanes: Vec<Lane>,
+    reporter: Reporter,
+    stopper: Stopper,
+    runtime: Handle,
+}
+
+impl Lanes {
+    fn micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64 + 1
+    }
+
+    /// Whether deliveries should stop starting: the host is shutting down or the plugin was
+    /// disabled. What is not delivered stays pending in the journal.
+    fn stopping(&self) -> bool {
+        self.reporter.is_closed() || self.stopper.is_stopped()
+    }
+
+    /// Sleeps for `wait`, or less if the host starts shutting down; whether it finished.
+    fn sleep(&self, wait: Duration) -> bool {
+        let reporter = &self.reporter;
+        self.runtime.block_on(async {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => true,
+                () = reporter.closed() => false,
+            }
+        })
+    }
 }
 
 impl Worker {
@@ -84,18 +136,61 @@ impl Worker {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
-    /// Delivers the plugin's events until the journal closes; calls in flight then finish.
+    /// Delivers the plugin's events until the journal closes or the plugin is disabled; calls
+    /// in flight then finish.
     pub async fn run(self: Arc<Self>, mut consumer: Consumer) {
         let config = self.config();
-        let concurrency =
-            if self.instance().plugin().concurrent { config.concurrency.max(1) } else { 1 };
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let reporter = consumer.reporter();
-        let mut running = JoinSet::new();
-        while let Some(delivery) = consumer.next().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let count = if self.instance().plugin().concurrent { config.concurrency.max(1) } else { 1 };
+        let lanes = Arc::new(Lanes {
+            epoch: Instant::now(),
+            lanes: (0..count).map(|_| Lane::default()).collect(),
+            reporter: consumer.reporter(),
+            stopper: consumer.stopper(),
+            runtime: Handle::current(),
+        });
+        let (queue, receiver) = mpsc::channel::<Delivery>(READ_AHEAD);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut finished = Vec::with_capacity(count);
+        for index in 0..count {
+            let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
             let worker = self.clone();
-            let reporter = reporter.clone();
+            let lanes = lanes.clone();
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("plugin-{index}-{}", self.name))
+                .spawn(move || {
+                    worker.lane(&lanes, index, &receiver);
+                    drop(done);
+                });
+            match spawned {
+                Ok(_) => finished.push(done_rx),
+                Err(e) => {
+                    tracing::error!(plugin = %self.name, "cannot start a delivery thread: {e}")
+                }
+            }
+        }
+        if finished.is_empty() {
+            return;
+        }
+        let watchdog = tokio::spawn(self.clone().watch(lanes.clone()));
+        while let Some(delivery) = consumer.next().await {
+            if queue.send(delivery).await.is_err() {
+                break;
+            }
+        }
+        drop(queue);
+        for done in finished {
+            let _ = done.await;
+        }
+        watchdog.abort();
+    }
+
+    /// One lane: takes deliveries from the queue until it closes.
+    fn lane(&self, lanes: &Lanes, index: usize, receiver: &Mutex<mpsc::Receiver<Delivery>>) {
+        loop {
+            // Lanes take turns at the queue; the one holding the lock waits for the next event.
+            let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
+            let Some(delivery) = next else { return };
             let envelope = &delivery.envelope;
             let span = tracing::info_span!(
                 "deliver",
@@ -104,22 +199,46 @@ impl Worker {
                 member_id = %envelope.event.auth.member_id,
                 code = %envelope.event.code,
             );
-            running.spawn(
-                async move {
-                    worker.deliver(delivery, &reporter).await;
-                    drop(slot);
-                }
-                .instrument(span),
-            );
-            while running.try_join_next().is_some() {}
+            let _entered = span.enter();
+            self.deliver(delivery, lanes, &lanes.lanes[index]);
         }
-        while running.join_next().await.is_some() {}
     }
 
-    /// Delivers one event until it succeeds, is rejected, runs out of attempts, or the host
-    /// shuts down (then it stays pending for the next start).
-    async fn deliver(&self, delivery: Delivery, reporter: &Reporter) {
+    /// Marks the plugin degraded while a call runs past its timeout (the call cannot be
+    /// cancelled: its outcome still decides the event).
+    async fn watch(self: Arc<Self>, lanes: Arc<Lanes>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let timeout = self.config().timeout.as_micros() as u64;
+            let now = lanes.micros();
+            let late = lanes.lanes.iter().any(|lane| {
+                let since = lane.busy_since.load(Ordering::Relaxed);
+                since != 0 && now.saturating_sub(since) > timeout
+            });
+            if late {
+                self.degraded(&self.instance(), "still waiting for it");
+            }
+        }
+    }
+
+    /// Marks the plugin degraded, saying so once.
+    fn degraded(&self, instance: &Instance, now: &str) {
+        if instance.set_status(PluginStatus::Degraded) == PluginStatus::Ready {
+            tracing::warn!(
+                plugin = %self.name,
+                timeout_ms = self.config().timeout.as_millis() as u64,
+                "plugin call exceeded its timeout; plugin marked degraded, {now}"
+            );
+        }
+    }
+
+    /// Delivers one event until it succeeds, is rejected, runs out of attempts, or delivery
+    /// stops (then it stays pending for the next start).
+    fn deliver(&self, delivery: Delivery, lanes: &Lanes, lane: &Lane) {
         let Delivery { envelope, attempts, next_at_ms } = delivery;
+        let reporter = &lanes.reporter;
         let id = envelope.id;
         if !self.route().matches(&envelope.event) {
             reporter.complete(id);
@@ -131,20 +250,17 @@ impl Worker {
         let mut due = next_at_ms;
         loop {
             let wait = due - now_ms();
-            if wait > 0 {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
-                    () = reporter.closed() => return,
-                }
+            if wait > 0 && !lanes.sleep(Duration::from_millis(wait as u64)) {
+                return;
             }
-            if reporter.is_closed() {
+            if lanes.stopping() {
                 return;
             }
             attempt += 1;
-            let event = Arc::new(plugin_event(&envelope, attempt));
+            let event = plugin_event(&envelope, attempt);
             let context = Arc::new(EventContext::of(&envelope.event));
             let started = Instant::now();
-            let result = self.call(event, context, &config).await;
+            let result = self.call(&event, context, &config, lanes, lane);
             let seconds = started.elapsed().as_secs_f64();
             let label = match &result {
                 Ok(Outcome::Done) => "done",
@@ -178,11 +294,8 @@ impl Worker {
                 }
                 ErrorKind::Panicked => {
                     tracing::error!(attempt, panic = %error.message, "plugin panicked; re-creating its instance");
-                    let instance = self.instance();
-                    match tokio::task::spawn_blocking(move || instance.recreate()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::error!("cannot re-create the plugin: {e}"),
-                        Err(e) => tracing::error!("cannot re-create the plugin: {e}"),
+                    if let Err(e) = self.instance().recreate() {
+                        tracing::error!("cannot re-create the plugin: {e}");
                     }
                 }
                 ErrorKind::Retry => {
@@ -208,43 +321,37 @@ impl Worker {
         }
     }
 
-    /// One call on a blocking thread. Past `timeout_ms` the plugin is marked degraded and the
-    /// worker keeps waiting: the call cannot be cancelled, and its outcome decides the event.
-    async fn call(
+    /// One call, on the lane's thread. The plugin side catches the plugin's panics; a panic of
+    /// the host's own conversion code is caught here, so that it costs one attempt, not the lane.
+    fn call(
         &self,
-        event: Arc<PluginEvent>,
+        event: &PluginEvent,
         context: Arc<EventContext>,
         config: &PluginConfig,
+        lanes: &Lanes,
+        lane: &Lane,
     ) -> Result<Outcome, PluginError> {
         let instance = self.instance();
         let plugin = instance.current();
+        let started = Instant::now();
+        lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
         // The context tells REST calls made during the call which portal they are for.
-        let mut call = tokio::task::spawn_blocking(move || {
-            rest::context::with(context, || match &*event {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rest::context::with(context, || match event {
                 PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
                 PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
             })
-        });
-        let joined = match tokio::time::timeout(config.timeout, &mut call).await {
-            Ok(joined) => {
-                if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
-                    tracing::info!("plugin answers within its timeout again");
-                }
-                joined
-            }
-            Err(_) => {
-                instance.set_status(PluginStatus::Degraded);
-                tracing::warn!(
-                    timeout_ms = config.timeout.as_millis() as u64,
-                    "plugin call exceeded its timeout; plugin marked degraded, still waiting for it"
-                );
-                call.await
-            }
-        };
-        joined.unwrap_or_else(|e| {
+        }));
+        lane.busy_since.store(0, Ordering::Relaxed);
+        if started.elapsed() > config.timeout {
+            self.degraded(&instance, "the call has ended");
+        } else if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
+            tracing::info!("plugin answers within its timeout again");
+        }
+        result.unwrap_or_else(|_| {
             Err(PluginError {
                 kind: ErrorKind::Panicked,
-                message: format!("call failed: {e}").into(),
+                message: "the host panicked while calling the plugin".into(),
             })
         })
     }

@@ -342,6 +342,11 @@ impl Stopper {
         self.stopped.store(true, Ordering::SeqCst);
         self.signal.notify.notify_one();
     }
+
+    /// Whether the consumer was stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
 }
 
 impl Consumer {
