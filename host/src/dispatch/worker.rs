@@ -187,6 +187,9 @@ impl Worker {
 
     /// One lane: takes deliveries from the queue until it closes.
     fn lane(&self, lanes: &Lanes, index: usize, receiver: &Mutex<mpsc::Receiver<Delivery>>) {
+        // The runtime is this thread's context, as on tokio's own threads: an instance replaced
+        // by a reload and dropped here is shut down on a blocking thread, not in this lane.
+        let _runtime = lanes.runtime.enter();
         loop {
             // Lanes take turns at the queue; the one holding the lock waits for the next event.
             let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
