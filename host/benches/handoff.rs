@@ -1,6 +1,6 @@
-//! Micro-benchmark of the hand-off a worker makes for every plugin call: move the call to a
-//! blocking thread with `tokio::task::spawn_blocking` and await its answer, against making the
-//! same call inline on the async thread.
+//! Micro-benchmark of handing a plugin call from the async side to a thread that may block, and
+//! getting the answer back: the worker's real path (a queue to the plugin's long-lived lane
+//! thread), the `spawn_blocking` hand-off it replaced, and the same call made inline.
 //!
 //! The plugin is a tiny type defined here ([`FieldIdReader`]: reads `event.field_id`, returns
 //! `Ok(Outcome::Done)`), created through `b24_plugin_api::__private::guarded_create` and called
@@ -13,7 +13,14 @@
 //! - `handoff/spawn_blocking`: `spawn_blocking(move || plugin.on_user_field(..))` awaited, with
 //!   criterion's `to_async` (the routine runs in the runtime's `block_on`).
 //! - `handoff/spawn_blocking_from_task`: the same, awaited from a task spawned on the runtime,
-//!   i.e. from a runtime worker thread, which is where a real worker awaits it.
+//!   i.e. from a runtime worker thread (the worker's path before lanes).
+//! - `handoff/lane_round_trip`: from a runtime task, one event at a time through a bounded
+//!   `tokio::sync::mpsc` queue to a long-lived thread that `blocking_recv`s it, calls the plugin
+//!   and sends the outcome back; the task waits for each answer before sending the next.
+//! - `handoff/lane_pipelined`: the same queue kept full, as when a plugin has a backlog: the
+//!   task sends every event (waiting only for queue space) and then collects the answers. The
+//!   figure is the cost per event; the worker's lanes work this way (they report outcomes to
+//!   the journal, not back to the task).
 //!
 //! Not included: the worker's `tokio::time::timeout` around the call and the REST context set
 //! around it. No shared library is loaded (see the `abi_call` bench).
@@ -93,7 +100,27 @@ async fn handoff(
     tokio::task::spawn_blocking(move || call(&plugin, &event)).await.expect("the call ran")
 }
 
-/// Inline call versus `spawn_blocking`, from `block_on` and from a runtime task.
+/// A long-lived thread that answers each event it is sent, as a worker's lane calls the plugin.
+fn lane(
+    plugin: Arc<PluginBox>,
+    event: Arc<PluginEvent>,
+) -> (
+    tokio::sync::mpsc::Sender<()>,
+    tokio::sync::mpsc::UnboundedReceiver<RResult<Outcome, PluginError>>,
+) {
+    let (queue, mut jobs) = tokio::sync::mpsc::channel::<()>(32);
+    let (answer, answers) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        while jobs.blocking_recv().is_some() {
+            if answer.send(call(&plugin, &event)).is_err() {
+                return;
+            }
+        }
+    });
+    (queue, answers)
+}
+
+/// Inline call versus `spawn_blocking` and a lane thread, from `block_on` and from a task.
 fn bench_handoff(c: &mut Criterion) {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -123,6 +150,39 @@ fn bench_handoff(c: &mut Criterion) {
                 for _ in 0..iters {
                     black_box(handoff(&plugin, &event).await);
                 }
+                start.elapsed()
+            });
+            runtime.block_on(task).unwrap_or(Duration::ZERO)
+        })
+    });
+    group.bench_function("lane_round_trip", |b| {
+        b.iter_custom(|iters| {
+            let (queue, mut answers) = lane(plugin.clone(), event.clone());
+            let task = runtime.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    queue.send(()).await.expect("the lane runs");
+                    black_box(answers.recv().await.expect("an answer"));
+                }
+                start.elapsed()
+            });
+            runtime.block_on(task).unwrap_or(Duration::ZERO)
+        })
+    });
+    group.bench_function("lane_pipelined", |b| {
+        b.iter_custom(|iters| {
+            let (queue, mut answers) = lane(plugin.clone(), event.clone());
+            let task = runtime.spawn(async move {
+                let start = Instant::now();
+                let collect = tokio::spawn(async move {
+                    for _ in 0..iters {
+                        black_box(answers.recv().await.expect("an answer"));
+                    }
+                });
+                for _ in 0..iters {
+                    queue.send(()).await.expect("the lane runs");
+                }
+                collect.await.expect("all answers");
                 start.elapsed()
             });
             runtime.block_on(task).unwrap_or(Duration::ZERO)
