@@ -395,5 +395,16 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     .into_iter()
     .filter(|(_, changed)| *changed)
     .map(|(name, _)| name.to_owned())
+    // A running plugin's lane threads are started with it: their number changes on a restart.
+    .chain(
+        old.plugins
+            .enabled
+            .iter()
+            .filter(|name| new.plugins.enabled.contains(name))
+            .filter(|name| {
+                old.plugin_config(name).concurrency != new.plugin_config(name).concurrency
+            })
+            .map(|name| format!("plugin.{name}.concurrency")),
+    )
     .collect()
 }

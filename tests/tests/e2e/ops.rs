@@ -270,12 +270,19 @@ fn sighup_reloads_and_a_newly_enabled_plugin_starts_with_new_events() {
     let host = start(&dir);
     assert_eq!(host.post_form(&field_event(1, "UF_CRM_BEFORE")).status, 200);
     dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "user_field");
-    dir.write_config(&config(&["probe", "audit-log"], &probe("", "")));
+    // The probe's thread count only changes with a restart: the reload says so.
+    dir.write_config(&config(&["probe", "audit-log"], &probe("concurrency = 2", "")));
     host.signal("HUP");
     assert!(
         host.wait_log("plugin loaded", PATIENCE) && host.wait_log("reload finished", PATIENCE),
         "{}",
         host.log_text()
+    );
+    let log = host.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("plugin.probe.concurrency") && l.contains("after a restart")),
+        "{log}"
     );
     assert_eq!(host.post_form(&field_event(2, "UF_CRM_AFTER")).status, 200);
     let audit = dir.wait_lines("audit.jsonl", 1, PATIENCE, |_| true);
