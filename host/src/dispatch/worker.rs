@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     config::{PluginConfig, RetryConfig},
-    journal::{Consumer, DeadLetter, Delivery, Pending, Reporter, Stopper, now_ms},
+    journal::{Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, now_ms},
     metrics::{Metrics, PluginLabel},
     rest::{self, EventContext},
     route::Route,
@@ -194,16 +194,24 @@ impl Worker {
             // Lanes take turns at the queue; the one holding the lock waits for the next event.
             let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
             let Some(delivery) = next else { return };
-            let envelope = &delivery.envelope;
+            let id = delivery.id;
+            let (envelope, attempts, next_at_ms) = match delivery.open() {
+                Ok(opened) => opened,
+                Err(dead) => {
+                    tracing::error!(plugin = %self.name, event_id = id, reason = %dead.reason, "moved to the plugin's dead letters");
+                    lanes.reporter.bury(id, dead);
+                    continue;
+                }
+            };
             let span = tracing::info_span!(
                 "deliver",
                 plugin = %self.name,
-                event_id = envelope.id,
+                event_id = id,
                 member_id = %envelope.event.auth.member_id,
                 code = %envelope.event.code,
             );
             let _entered = span.enter();
-            self.deliver(delivery, lanes, &lanes.lanes[index]);
+            self.deliver(&envelope, attempts, next_at_ms, lanes, &lanes.lanes[index]);
         }
     }
 
@@ -239,8 +247,14 @@ impl Worker {
 
     /// Delivers one event until it succeeds, is rejected, runs out of attempts, or delivery
     /// stops (then it stays pending for the next start).
-    fn deliver(&self, delivery: Delivery, lanes: &Lanes, lane: &Lane) {
-        let Delivery { envelope, attempts, next_at_ms } = delivery;
+    fn deliver(
+        &self,
+        envelope: &Envelope,
+        attempts: u32,
+        next_at_ms: i64,
+        lanes: &Lanes,
+        lane: &Lane,
+    ) {
         let reporter = &lanes.reporter;
         let id = envelope.id;
         if !self.route().matches(&envelope.event) {
@@ -260,7 +274,7 @@ impl Worker {
                 return;
             }
             attempt += 1;
-            let event = plugin_event(&envelope, attempt);
+            let event = plugin_event(envelope, attempt);
             let context = Arc::new(EventContext::of(&envelope.event));
             let started = Instant::now();
             let result = self.call(&event, context, &config, lanes, lane);

@@ -304,15 +304,44 @@ impl Journal {
     }
 }
 
-/// One event for one plugin.
+/// One event for one plugin, as the journal holds it: [`Delivery::open`] decodes it. Decoding
+/// is left to the plugin's delivery thread, off the async threads that serve HTTP.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The event.
-    pub envelope: Arc<Envelope>,
+    /// The journal's id for the event.
+    pub id: u64,
     /// Attempts already made (before a restart, too).
     pub attempts: u32,
     /// Not before this time (ms since the epoch).
     pub next_at_ms: i64,
+    record: EventRecord,
+}
+
+impl Delivery {
+    /// The event as plugins get it, or why it cannot be delivered (its journaled body no longer
+    /// decodes: a dead letter).
+    pub fn open(self) -> Result<(Envelope, u32, i64), DeadLetter> {
+        let Delivery { id, attempts, next_at_ms, record } = self;
+        match decode::decode(&record.raw, record.meta.format.into()) {
+            Ok(event) => Ok((
+                Envelope {
+                    id,
+                    received_at_ms: record.meta.received_at_ms,
+                    raw: record.raw,
+                    event,
+                    source: record.meta.source,
+                    extra: record.meta.extra,
+                },
+                attempts,
+                next_at_ms,
+            )),
+            Err(e) => Err(DeadLetter {
+                reason: format!("cannot decode the journaled body: {e}"),
+                attempts,
+                at_ms: now_ms(),
+            }),
+        }
+    }
 }
 
 /// How many pending rows a consumer reads at a time.
@@ -410,34 +439,17 @@ impl Consumer {
     }
 
     fn push(&mut self, id: u64, pending: Pending, record: Option<EventRecord>) {
-        let Some(record) = record else {
-            self.bury(
+        match record {
+            Some(record) => self.buffer.push_back(Delivery {
+                id,
+                attempts: pending.attempts,
+                next_at_ms: pending.next_at_ms,
+                record,
+            }),
+            None => self.bury(
                 id,
                 DeadLetter {
                     reason: "the journal record is missing or damaged".into(),
-                    attempts: pending.attempts,
-                    at_ms: now_ms(),
-                },
-            );
-            return;
-        };
-        match decode::decode(&record.raw, record.meta.format.into()) {
-            Ok(event) => self.buffer.push_back(Delivery {
-                envelope: Arc::new(Envelope {
-                    id,
-                    received_at_ms: record.meta.received_at_ms,
-                    raw: record.raw,
-                    event,
-                    source: record.meta.source,
-                    extra: record.meta.extra,
-                }),
-                attempts: pending.attempts,
-                next_at_ms: pending.next_at_ms,
-            }),
-            Err(e) => self.bury(
-                id,
-                DeadLetter {
-                    reason: format!("cannot decode the journaled body: {e}"),
                     attempts: pending.attempts,
                     at_ms: now_ms(),
                 },
