@@ -237,42 +237,45 @@ fn record(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreErro
     store::event(database, id)
 }
 
+/// Counts per plugin in one pass over the pending and dead keys. Pending rows are ordered by
+/// (plugin, id) and ids grow with time, so a plugin's first row is its oldest: only that one
+/// event's record is read, however long the backlog.
 fn stats(database: &Database, enabled: &[String]) -> Result<Response, StoreError> {
     let mut by_plugin: BTreeMap<String, PluginStats> = enabled
         .iter()
         .map(|p| (p.clone(), PluginStats { plugin: p.clone(), ..PluginStats::default() }))
         .collect();
-    let now = now_ms();
-    for (id, (pending, dead)) in rows(database)? {
-        let received = if pending.is_empty() {
-            None
-        } else {
-            record(database, id)?.map(|r| r.meta.received_at_ms)
-        };
-        for (plugin, state) in pending {
-            let entry = by_plugin
-                .entry(plugin.clone())
-                .or_insert_with(|| PluginStats { plugin, ..PluginStats::default() });
-            entry.backlog += 1;
-            if state.attempts > 0 {
-                entry.retrying += 1;
-            }
-            if let Some(at) = received {
-                let age = now - at;
-                entry.oldest_pending_age_ms =
-                    Some(entry.oldest_pending_age_ms.map_or(age, |a| a.max(age)));
-            }
+    fn entry<'a>(map: &'a mut BTreeMap<String, PluginStats>, plugin: &str) -> &'a mut PluginStats {
+        if !map.contains_key(plugin) {
+            let stats = PluginStats { plugin: plugin.to_owned(), ..PluginStats::default() };
+            map.insert(plugin.to_owned(), stats);
         }
-        for (plugin, _) in dead {
-            by_plugin
-                .entry(plugin.clone())
-                .or_insert_with(|| PluginStats { plugin, ..PluginStats::default() })
-                .dead += 1;
+        map.get_mut(plugin).expect("inserted above")
+    }
+    let now = now_ms();
+    let txn = db(database.begin_read())?;
+    let events_table = db(txn.open_table(EVENTS))?;
+    for row in db(db(txn.open_table(PENDING))?.iter())? {
+        let (k, v) = db(row)?;
+        let (plugin, id) = k.value();
+        let stats = entry(&mut by_plugin, plugin);
+        stats.backlog += 1;
+        if from_json::<Pending>(v.value()).attempts > 0 {
+            stats.retrying += 1;
+        }
+        if stats.backlog == 1 {
+            let received = db(events_table.get(id))?
+                .and_then(|v| EventRecord::decode(v.value()))
+                .map(|r| r.meta.received_at_ms);
+            stats.oldest_pending_age_ms = received.map(|at| now - at);
         }
     }
-    let txn = db(database.begin_read())?;
-    let events = redb::ReadableTableMetadata::len(&db(txn.open_table(EVENTS))?)
-        .map_err(|e| StoreError::Db(e.into()))?;
+    for row in db(db(txn.open_table(DEAD))?.iter())? {
+        let (k, _) = db(row)?;
+        entry(&mut by_plugin, k.value().0).dead += 1;
+    }
+    let events =
+        redb::ReadableTableMetadata::len(&events_table).map_err(|e| StoreError::Db(e.into()))?;
     Ok(Response::Stats { plugins: by_plugin.into_values().collect(), events })
 }
 
@@ -359,4 +362,68 @@ fn dead(database: &Database, plugin: Option<&str>) -> Result<Response, StoreErro
         }
     }
     Ok(Response::Dead { rows: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::journal::record::{EventMeta, Format, Source};
+
+    fn record(received_at_ms: i64) -> EventRecord {
+        EventRecord {
+            meta: EventMeta {
+                received_at_ms,
+                format: Format::Form,
+                source: Source::Online,
+                code: "ONCRMDEALUSERFIELDUPDATE".into(),
+                member_id: "m".into(),
+                domain: "d".into(),
+                dedup_key: String::new(),
+                extra: vec![],
+            },
+            raw: Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
+        }
+    }
+
+    #[test]
+    fn stats_count_rows_and_age_each_backlog_by_its_oldest_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = store::open(&dir.path().join("journal.redb")).unwrap();
+        let now = now_ms();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            // Event 1 is 60 s old, 2 is 30 s, 3 is new; `a` gets all three, `b` only 2 and 3.
+            tables.insert_event(1, &record(now - 60_000), &[a.clone()]).unwrap();
+            tables.insert_event(2, &record(now - 30_000), &[a.clone(), b.clone()]).unwrap();
+            tables.insert_event(3, &record(now), &[a.clone(), b.clone()]).unwrap();
+            let failed = Pending { attempts: 2, next_at_ms: 0, last_error: "x".into() };
+            tables.set_pending("a", 3, &failed).unwrap();
+            tables
+                .bury("b", 3, &DeadLetter { reason: "r".into(), attempts: 1, at_ms: now })
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        let enabled = vec!["a".to_owned(), "b".to_owned(), "idle".to_owned()];
+        let Some(Ok(Response::Stats { plugins, events })) =
+            read(&database, &Request::Stats { enabled })
+        else {
+            panic!("no stats");
+        };
+        assert_eq!(events, 3);
+        let by_name: BTreeMap<&str, &PluginStats> =
+            plugins.iter().map(|p| (p.plugin.as_str(), p)).collect();
+        let (sa, sb, idle) = (by_name["a"], by_name["b"], by_name["idle"]);
+        assert_eq!((sa.backlog, sa.retrying, sa.dead), (3, 1, 0));
+        assert_eq!((sb.backlog, sb.retrying, sb.dead), (1, 0, 1));
+        assert_eq!((idle.backlog, idle.dead, idle.oldest_pending_age_ms), (0, 0, None));
+        let age = |s: &PluginStats| s.oldest_pending_age_ms.unwrap();
+        assert!((60_000..65_000).contains(&age(sa)), "{sa:?}");
+        assert!((30_000..35_000).contains(&age(sb)), "{sb:?}");
+    }
 }
