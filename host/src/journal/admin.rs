@@ -399,9 +399,9 @@ mod tests {
         {
             let mut tables = store::Tables::open(&txn).unwrap();
             // Event 1 is 60 s old, 2 is 30 s, 3 is new; `a` gets all three, `b` only 2 and 3.
-            tables.insert_event(1, &record(now - 60_000), &[a.clone()]).unwrap();
+            tables.insert_event(1, &record(now - 60_000), std::slice::from_ref(&a)).unwrap();
             tables.insert_event(2, &record(now - 30_000), &[a.clone(), b.clone()]).unwrap();
-            tables.insert_event(3, &record(now), &[a.clone(), b.clone()]).unwrap();
+            tables.insert_event(3, &record(now), &[a, b]).unwrap();
             let failed = Pending { attempts: 2, next_at_ms: 0, last_error: "x".into() };
             tables.set_pending("a", 3, &failed).unwrap();
             tables
