@@ -20,40 +20,44 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's option numbers (v3 `mi_option_e`), for [`tune_allocator`].
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// mimalloc settings that must be in place before the first allocation (see
+/// `allocator::tune_allocator`); Linux runs them as an ELF constructor.
+#[cfg(target_os = "linux")]
+mod allocator {
+    /// mimalloc's option numbers (v3 `mi_option_e`), for [`tune_allocator`].
+    const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Keeps the resident set close to what is in use: commit arena memory as it is used rather
-/// than up front, and return freed pages to the OS at once rather than after a delay. Measured
-/// under `bench/load.sh` point (4): peak RSS 67 -> 47 MiB, throughput unchanged. The options
-/// must be set before the first allocation creates an arena, so this runs as an ELF
-/// constructor ahead of the default-priority ones (mimalloc's own and Rust's start-up).
-/// Environment variables (`MIMALLOC_*`) still win for anyone tuning by hand.
-extern "C" fn tune_allocator() {
-    for (option, value, env) in [
-        (MI_OPTION_ARENA_EAGER_COMMIT, 0, c"MIMALLOC_ARENA_EAGER_COMMIT"),
-        (MI_OPTION_PURGE_DELAY, 0, c"MIMALLOC_PURGE_DELAY"),
-    ] {
-        // SAFETY: `getenv` with a NUL-terminated name, and a process-wide allocator option
-        // set while the process is still single-threaded (constructors run before `main`).
-        unsafe {
-            if libc_getenv(env.as_ptr()).is_null() {
-                libmimalloc_sys::mi_option_set(option, value);
+    /// Keeps the resident set close to what is in use: commit arena memory as it is used rather
+    /// than up front, and return freed pages to the OS at once rather than after a delay. Measured
+    /// under `bench/load.sh` point (4): peak RSS 67 -> 47 MiB, throughput unchanged. The options
+    /// must be set before the first allocation creates an arena, so this runs as an ELF
+    /// constructor ahead of the default-priority ones (mimalloc's own and Rust's start-up).
+    /// Environment variables (`MIMALLOC_*`) still win for anyone tuning by hand.
+    extern "C" fn tune_allocator() {
+        for (option, value, env) in [
+            (MI_OPTION_ARENA_EAGER_COMMIT, 0, c"MIMALLOC_ARENA_EAGER_COMMIT"),
+            (MI_OPTION_PURGE_DELAY, 0, c"MIMALLOC_PURGE_DELAY"),
+        ] {
+            // SAFETY: `getenv` with a NUL-terminated name, and a process-wide allocator option
+            // set while the process is still single-threaded (constructors run before `main`).
+            unsafe {
+                if libc_getenv(env.as_ptr()).is_null() {
+                    libmimalloc_sys::mi_option_set(option, value);
+                }
             }
         }
     }
-}
 
-unsafe extern "C" {
-    #[link_name = "getenv"]
-    fn libc_getenv(name: *const std::ffi::c_char) -> *const std::ffi::c_char;
-}
+    unsafe extern "C" {
+        #[link_name = "getenv"]
+        fn libc_getenv(name: *const std::ffi::c_char) -> *const std::ffi::c_char;
+    }
 
-#[cfg(target_os = "linux")]
-#[used]
-#[unsafe(link_section = ".init_array.00101")]
-static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+    #[used]
+    #[unsafe(link_section = ".init_array.00101")]
+    static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
