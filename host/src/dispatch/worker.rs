@@ -36,6 +36,9 @@ use crate::{
 /// a stop finds little queued.
 const READ_AHEAD: usize = 32;
 
+/// How often a lane waiting out a back-off checks whether its plugin was disabled.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 /// Everything a worker needs to deliver to one plugin. A reload swaps the instance, route and
 /// settings in place; deliveries already running finish with what they started with.
 pub struct Worker {
@@ -79,13 +82,24 @@ impl Lanes {
         self.reporter.is_closed() || self.stopper.is_stopped()
     }
 
-    /// Sleeps for `wait`, or less if the host starts shutting down; whether it finished.
+    /// Sleeps for `wait`, or less if delivery stops (the host shuts down or the plugin is
+    /// disabled); whether it slept the whole time.
     fn sleep(&self, wait: Duration) -> bool {
         let reporter = &self.reporter;
+        let until = tokio::time::Instant::now() + wait;
         self.runtime.block_on(async {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => true,
-                () = reporter.closed() => false,
+            loop {
+                if self.stopping() {
+                    return false;
+                }
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    return true;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep((until - now).min(STOP_CHECK)) => {}
+                    () = reporter.closed() => return false,
+                }
             }
         })
     }

@@ -331,3 +331,29 @@ fn a_disabled_plugin_keeps_its_backlog_and_gets_it_once_enabled_again() {
     assert_eq!(delivered, acked, "each event once, in order, across the disable");
     assert!(host.stop());
 }
+
+#[test]
+fn disabling_a_plugin_that_waits_out_a_long_back_off_does_not_wait_for_it() {
+    let dir = HostDir::new(&["probe"]);
+    // Every call fails while the flag exists; the next attempt is 20 to 40 s away.
+    let settings = "[plugin.probe.retry]\nattempts = 5\nbase_ms = 40000\ncap_ms = 40000\n\n\
+                    [plugin.probe.settings]\nrecord = \"probe.jsonl\"\nfail_while = \"fail.flag\"\n";
+    dir.write_config(&config(&["probe"], settings));
+    std::fs::write(dir.path().join("fail.flag"), "").unwrap();
+    let host = start(&dir);
+    assert_eq!(host.post_form(&field_event(1, "UF_CRM_WAITS")).status, 200);
+    dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "user_field");
+    assert!(host.wait_log("plugin asked to retry", PATIENCE), "{}", host.log_text());
+    let started = Instant::now();
+    dir.write_config(&config(&[], settings));
+    host.signal("HUP");
+    assert!(host.wait_log("plugin disabled", PATIENCE), "{}", host.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the reload waited {:?}, as long as the back-off",
+        started.elapsed()
+    );
+    // The event waits in the journal with its attempt counted.
+    assert!(host.stop());
+    assert_eq!(dir.stats()["probe"], (1, 1, 0));
+}
