@@ -143,9 +143,11 @@ pub fn run(
             }
         }
         let appends = batch.iter().filter(|c| matches!(c, Command::Append { .. })).count();
-        // While there is a backlog to prune, each batch deletes about twice what it adds, in
-        // the same transaction: pruning keeps pace with the load without pauses of its own.
-        let prune_budget = pruning.then_some(2 * appends + 64);
+        // Each batch that adds events (and each batch while a backlog to prune remains)
+        // deletes up to about twice what it adds, in the same transaction: pruning keeps pace
+        // with the load without pauses of its own. With nothing to prune this costs a few
+        // look-ups.
+        let prune_budget = (pruning || appends > 0).then_some(2 * appends + 64);
         let pruned = write_batch(
             &database,
             batch,
@@ -158,9 +160,12 @@ pub fn run(
         if let (Some(budget), Some(done)) = (prune_budget, pruned) {
             pruning = done >= budget;
         }
-        if Instant::now() >= next_prune {
-            pruning |= prune(&database, &settings);
-            next_prune = Instant::now() + if pruning { PRUNE_AGAIN } else { PRUNE_EVERY };
+        // A round of its own (up to PRUNE_BATCH deletes in one transaction) holds up the
+        // requests waiting for the next batch, so under load it only runs when the batches are
+        // not pruning (a stream of outcomes alone, say), and at most every PRUNE_EVERY.
+        if !pruning && Instant::now() >= next_prune {
+            pruning = prune(&database, &settings);
+            next_prune = Instant::now() + PRUNE_EVERY;
         }
     }
     // Make the last outcomes durable before the process ends.
