@@ -214,6 +214,7 @@ impl Worker {
                 Err(dead) => {
                     tracing::error!(plugin = %self.name, event_id = id, reason = %dead.reason, "moved to the plugin's dead letters");
                     lanes.reporter.bury(id, dead);
+                    self.metrics.dead_letters.get_or_create(&self.label()).inc();
                     continue;
                 }
             };
