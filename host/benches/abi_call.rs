@@ -23,20 +23,14 @@
 //!
 //! Run: `cargo bench -p b24-host --bench abi_call`.
 
+mod common;
+
 use std::{hint::black_box, path::Path};
 
-use b24_host::{
-    decode::{BodyFormat, decode},
-    dispatch::{
-        convert::{PluginEvent, plugin_event},
-        host_services,
-    },
-    journal::{Envelope, Source, now_ms},
-};
+use b24_host::dispatch::{convert::PluginEvent, host_services};
 use b24_plugin_api::{
     __private::guarded_create, HostHandle, Outcome, Plugin, PluginError, UserFieldEvent,
 };
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// The benchmark's plugin: reads the field id and says it is done.
@@ -51,23 +45,9 @@ impl Plugin for FieldIdReader {
     }
 }
 
-/// The ABI view of the `ONCRMDEALUSERFIELDUPDATE` fixture, as the worker would hand it to a
-/// plugin on the first attempt.
+/// The fixture's user-field view (see `common::fixture_plugin_event`).
 fn user_field_event() -> UserFieldEvent {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ONCRMDEALUSERFIELDUPDATE.form");
-    let body =
-        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let event = decode(&body, BodyFormat::Form).expect("fixture decodes");
-    let envelope = Envelope {
-        id: 1,
-        received_at_ms: now_ms(),
-        raw: Bytes::from(body),
-        event,
-        source: Source::Online,
-        extra: vec![],
-    };
-    match plugin_event(&envelope, 1) {
+    match common::fixture_plugin_event() {
         PluginEvent::UserField(event) => event,
         PluginEvent::Generic(event) => panic!("{} is not a user-field event", event.code),
     }

@@ -22,14 +22,17 @@
 //!   figure is the cost per event; the worker's lanes work this way (they report outcomes to
 //!   the journal, not back to the task).
 //!
-//! Not included: the worker's `tokio::time::timeout` around the call and the REST context set
-//! around it. No shared library is loaded (see the `abi_call` bench).
+//! Not included: the lane's timeout watchdog and the REST context set around the call. No shared
+//! library is loaded (see the `abi_call` bench).
 //!
-//! **Target**: none set. What to look at is `spawn_blocking` minus `inline`: the latency a
-//! worker adds to every plugin call. It is mostly two cross-thread wake-ups (to the blocking
-//! thread and back), so it depends on the machine and on whether the threads are already awake.
+//! **Target**: none set. What to look at is each hand-off row minus `inline`: what reaching a
+//! thread that may block adds to a plugin call. One at a time it is mostly two cross-thread
+//! wake-ups, so it depends on the machine and on whether the threads are already awake;
+//! `lane_pipelined` shows what is left when the lane never has to be woken.
 //!
 //! Run: `cargo bench -p b24-host --bench handoff`.
+
+mod common;
 
 use std::{
     hint::black_box,
@@ -38,19 +41,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use b24_host::{
-    decode::{BodyFormat, decode},
-    dispatch::{
-        convert::{PluginEvent, plugin_event},
-        host_services,
-    },
-    journal::{Envelope, Source, now_ms},
-};
+use b24_host::dispatch::{convert::PluginEvent, host_services};
 use b24_plugin_api::{
     __private::guarded_create, HostHandle, Outcome, Plugin, PluginBox, PluginError, RResult,
     UserFieldEvent,
 };
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// The benchmark's plugin: reads the field id and says it is done.
@@ -62,24 +57,6 @@ impl Plugin for FieldIdReader {
         black_box(event.field_id);
         Ok(Outcome::Done)
     }
-}
-
-/// The ABI view of the `ONCRMDEALUSERFIELDUPDATE` fixture, first attempt.
-fn plugin_event_of_fixture() -> PluginEvent {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ONCRMDEALUSERFIELDUPDATE.form");
-    let body =
-        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let event = decode(&body, BodyFormat::Form).expect("fixture decodes");
-    let envelope = Envelope {
-        id: 1,
-        received_at_ms: now_ms(),
-        raw: Bytes::from(body),
-        event,
-        source: Source::Online,
-        extra: vec![],
-    };
-    plugin_event(&envelope, 1)
 }
 
 /// The plugin call the worker makes, on whichever thread runs it.
@@ -131,7 +108,7 @@ fn bench_handoff(c: &mut Criterion) {
             .unwrap_or_else(|e| panic!("create failed: {}", e.message))
             .into_plugin(),
     );
-    let event = Arc::new(plugin_event_of_fixture());
+    let event = Arc::new(common::fixture_plugin_event());
     assert!(matches!(event.as_ref(), PluginEvent::UserField(_)));
     assert_eq!(runtime.block_on(handoff(&plugin, &event)).into_result().ok(), Some(Outcome::Done));
 

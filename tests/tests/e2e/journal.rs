@@ -97,28 +97,21 @@ fn pending_events_survive_a_restart_with_their_ids() {
     let dir = HostDir::new(&["probe"]);
     dir.write_config(&config(&["probe"], &probe("", "sleep_ms = 300")));
     let host = start(&dir);
-    let mut acked = Vec::new();
-    for id in 1..=8 {
-        let answer = host.post_form(&field_event(id, "UF_CRM_SLOW"));
-        assert_eq!(answer.status, 200);
-        acked.push(answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap());
-    }
+    let acked = post_fields(&host, 1..=8, "UF_CRM_SLOW");
     dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "user_field");
     // A graceful stop finishes the call in flight and leaves the rest in the journal.
     assert!(host.stop());
-    let before: Vec<u64> = dir
-        .read_lines("probe.jsonl")
-        .iter()
-        .filter(|l| l["kind"] == "user_field")
-        .map(|l| l["event_id"].as_u64().unwrap())
-        .collect();
+    let before = probe_calls(&dir);
     assert!(before.len() < 8, "everything was delivered before the stop; the test proves nothing");
     assert_eq!(dir.stats()["probe"].0, 8 - before.len() as u64);
 
     let host = start(&dir);
     let lines = dir.wait_lines("probe.jsonl", 8, PATIENCE, |l| l["kind"] == "user_field");
-    let delivered: Vec<u64> = lines.iter().map(|l| l["event_id"].as_u64().unwrap()).collect();
-    assert_eq!(delivered, acked, "every event once, in arrival order, under its original id");
+    assert_eq!(
+        event_ids(&lines),
+        acked,
+        "every event once, in arrival order, under its original id"
+    );
     assert!(wait_drained(&dir));
     assert!(host.stop());
 }

@@ -297,29 +297,17 @@ fn a_disabled_plugin_keeps_its_backlog_and_gets_it_once_enabled_again() {
     let both = config(&["probe", "audit-log"], &probe("", "sleep_ms = 300"));
     dir.write_config(&both);
     let host = start(&dir);
-    let mut acked = Vec::new();
-    for id in 1..=8 {
-        let answer = host.post_form(&field_event(id, "UF_CRM_QUEUED"));
-        assert_eq!(answer.status, 200);
-        acked.push(answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap());
-    }
+    let acked = post_fields(&host, 1..=8, "UF_CRM_QUEUED");
     dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "user_field");
     // Disable the probe while most of its events wait (read ahead into its queue, too).
     dir.write_config(&config(&["audit-log"], &probe("", "sleep_ms = 300")));
     host.signal("HUP");
     assert!(host.wait_log("plugin disabled", PATIENCE), "{}", host.log_text());
-    let calls = |dir: &HostDir| -> Vec<u64> {
-        dir.read_lines("probe.jsonl")
-            .iter()
-            .filter(|l| l["kind"] == "user_field")
-            .map(|l| l["event_id"].as_u64().unwrap())
-            .collect()
-    };
-    let at_disable = calls(&dir);
+    let at_disable = probe_calls(&dir);
     assert!(at_disable.len() < 8, "everything was delivered before the disable; proves nothing");
     // Nothing more reaches the disabled plugin, and what it did not finish stays in the journal.
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(calls(&dir), at_disable, "calls after the plugin was disabled");
+    assert_eq!(probe_calls(&dir), at_disable, "calls after the plugin was disabled");
     assert_eq!(dir.stats()["probe"].0, 8 - at_disable.len() as u64);
     // The other plugin was not held back.
     assert_eq!(dir.wait_lines("audit.jsonl", 8, PATIENCE, |_| true).len(), 8);
@@ -327,8 +315,7 @@ fn a_disabled_plugin_keeps_its_backlog_and_gets_it_once_enabled_again() {
     dir.write_config(&both);
     host.signal("HUP");
     let lines = dir.wait_lines("probe.jsonl", 8, PATIENCE, |l| l["kind"] == "user_field");
-    let delivered: Vec<u64> = lines.iter().map(|l| l["event_id"].as_u64().unwrap()).collect();
-    assert_eq!(delivered, acked, "each event once, in order, across the disable");
+    assert_eq!(event_ids(&lines), acked, "each event once, in order, across the disable");
     assert!(host.stop());
 }
 

@@ -108,3 +108,28 @@ pub fn next_random(seed: &mut u64) -> u64 {
     *seed ^= *seed << 17;
     *seed
 }
+
+/// Posts a user-field event for each field id in `ids` (field name `name`), asserts each was
+/// accepted, and returns the journal ids the host answered with, in order.
+pub fn post_fields(host: &RunningHost, ids: std::ops::RangeInclusive<u64>, name: &str) -> Vec<u64> {
+    ids.map(|id| {
+        let answer = host.post_form(&field_event(id, name));
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap()
+    })
+    .collect()
+}
+
+/// The journal ids of the probe's user-field calls so far, in call order.
+pub fn probe_calls(dir: &HostDir) -> Vec<u64> {
+    event_ids(&dir.read_lines("probe.jsonl"))
+}
+
+/// The `event_id`s of the user-field lines among `lines`, in order.
+pub fn event_ids(lines: &[serde_json::Value]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|l| l["kind"] == "user_field")
+        .map(|l| l["event_id"].as_u64().unwrap())
+        .collect()
+}
