@@ -159,14 +159,35 @@ impl fmt::Display for LogFormat {
 }
 
 /// Event authentication (`[auth]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     /// Whether the application token of an `ONAPPINSTALL` event from an unknown portal is
-    /// remembered (trust on first use) (`learn_tokens_on_install`).
+    /// remembered once the install is verified at the OAuth server (`learn_tokens_on_install`).
     pub learn_tokens_on_install: bool,
     /// Known portals: `member_id` → application token, environment-variable tokens already read
     /// (`[auth.portals]`). `Debug` never shows the tokens.
     pub portals: BTreeMap<String, Secret>,
+    /// At most this many portals are learned (`max_learned_portals`).
+    pub max_learned_portals: usize,
+    /// Installs from unknown portals verified per minute at most, all portals together; also
+    /// the burst (`unknown_installs_per_minute`).
+    pub unknown_installs_per_minute: u32,
+}
+
+/// Default of `auth.max_learned_portals`.
+pub const DEFAULT_MAX_LEARNED_PORTALS: usize = 1000;
+/// Default of `auth.unknown_installs_per_minute`.
+pub const DEFAULT_UNKNOWN_INSTALLS_PER_MINUTE: u32 = 10;
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            learn_tokens_on_install: false,
+            portals: BTreeMap::new(),
+            max_learned_portals: DEFAULT_MAX_LEARNED_PORTALS,
+            unknown_installs_per_minute: DEFAULT_UNKNOWN_INSTALLS_PER_MINUTE,
+        }
+    }
 }
 
 /// Which plugins to load and from where (`[plugins]`).
@@ -257,6 +278,9 @@ pub struct RestConfig {
     pub client_id: Option<Secret>,
     /// The application's OAuth client secret (`client_secret`).
     pub client_secret: Option<Secret>,
+    /// The OAuth server's token URL, where installs are verified (`oauth_url`); never taken
+    /// from an event.
+    pub oauth_url: String,
     /// How long one HTTP request may take (`timeout_ms`).
     pub timeout: Duration,
     /// Default leaky-bucket rate per portal, requests per second (`rate_per_sec`).
@@ -312,6 +336,7 @@ impl Default for RestConfig {
         RestConfig {
             client_id: None,
             client_secret: None,
+            oauth_url: DEFAULT_OAUTH_URL.to_owned(),
             timeout: DEFAULT_REST_TIMEOUT,
             rate_per_sec: DEFAULT_REST_RATE,
             burst: DEFAULT_REST_BURST,
@@ -320,6 +345,8 @@ impl Default for RestConfig {
     }
 }
 
+/// Default of `rest.oauth_url`: Bitrix24's OAuth server.
+pub const DEFAULT_OAUTH_URL: &str = "https://oauth.bitrix.info/oauth/token/";
 /// Default of `rest.timeout_ms`.
 pub const DEFAULT_REST_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// Default of `rest.rate_per_sec` (Bitrix24's standard plans).

@@ -45,6 +45,7 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawRest {
     pub client_id: Option<Spanned<RawToken>>,
     pub client_secret: Option<Spanned<RawToken>>,
+    pub oauth_url: Option<Spanned<String>>,
     pub timeout_ms: Option<Spanned<Millis>>,
     pub rate_per_sec: Option<Spanned<f64>>,
     pub burst: Option<Spanned<Count>>,
@@ -114,6 +115,8 @@ pub(crate) struct RawLog {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     pub learn_tokens_on_install: Option<bool>,
+    pub max_learned_portals: Option<Spanned<Count>>,
+    pub unknown_installs_per_minute: Option<Spanned<Count>>,
     #[serde(default)]
     pub portals: RawPortals,
 }

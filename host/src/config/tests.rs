@@ -657,6 +657,9 @@ fn shipped_example_mentions_every_key() {
         "format",
         "[auth]",
         "learn_tokens_on_install",
+        "max_learned_portals",
+        "unknown_installs_per_minute",
+        "oauth_url",
         "[auth.portals]",
         "env =",
         "[plugins]",
@@ -691,4 +694,27 @@ fn shipped_example_mentions_every_key() {
     assert!(config.plugin_config("audit-log").events.is_some());
     assert!(config.plugin_config("audit-log").entities.is_some());
     assert!(config.plugin_config("audit-log").fields.is_some());
+}
+
+#[test]
+fn install_verification_keys_are_read_and_checked() {
+    let d = parse("");
+    assert_eq!(d.auth.max_learned_portals, 1000);
+    assert_eq!(d.auth.unknown_installs_per_minute, 10);
+    assert_eq!(d.rest.oauth_url, "https://oauth.bitrix.info/oauth/token/");
+    let c = parse(
+        "[auth]\nmax_learned_portals = 3\nunknown_installs_per_minute = 2\n\
+         [rest]\noauth_url = \"https://oauth.bitrix24.tech/oauth/token/\"\n",
+    );
+    assert_eq!(c.auth.max_learned_portals, 3);
+    assert_eq!(c.auth.unknown_installs_per_minute, 2);
+    assert_eq!(c.rest.oauth_url, "https://oauth.bitrix24.tech/oauth/token/");
+    assert_eq!(
+        invalid("[auth]\nmax_learned_portals = 0\n", 2, 23, "auth.max_learned_portals"),
+        "must be at least 1"
+    );
+    assert!(
+        invalid("[rest]\noauth_url = \"oauth.bitrix.info\"\n", 2, 13, "rest.oauth_url")
+            .contains("is not an https URL")
+    );
 }

@@ -92,6 +92,9 @@ fn rest(
         out.client_secret =
             Some(Secret::new(secret(src, &["rest", "client_secret"], secret_value, env)?));
     }
+    if let Some(url) = raw.oauth_url {
+        out.oauth_url = oauth_url(src, url)?;
+    }
     if let Some(ms) = raw.timeout_ms {
         out.timeout = millis(src, &ms, "rest.timeout_ms", 1)?;
     }
@@ -298,10 +301,35 @@ fn auth(
         let secret = secret(src, &path, token, env)?;
         portals.insert(member, Secret::new(secret));
     }
-    Ok(AuthConfig {
+    let mut out = AuthConfig {
         learn_tokens_on_install: raw.learn_tokens_on_install.unwrap_or(false),
         portals,
-    })
+        ..AuthConfig::default()
+    };
+    if let Some(n) = raw.max_learned_portals {
+        out.max_learned_portals = count(src, &n, "auth.max_learned_portals", 1_000_000)? as usize;
+    }
+    if let Some(n) = raw.unknown_installs_per_minute {
+        out.unknown_installs_per_minute =
+            count(src, &n, "auth.unknown_installs_per_minute", 10_000)? as u32;
+    }
+    Ok(out)
+}
+
+/// `rest.oauth_url`: an http(s) URL (the host refuses plain HTTP except to loopback when it
+/// calls it).
+fn oauth_url(src: &Source<'_>, value: Spanned<String>) -> Result<String, ConfigError> {
+    let text = value.get_ref();
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {
+            Ok(text.clone())
+        }
+        _ => Err(src.invalid(
+            value.span(),
+            "rest.oauth_url",
+            format!("{text:?} is not an https URL like https://oauth.bitrix.info/oauth/token/"),
+        )),
+    }
 }
 
 /// Whether `name` can name a plugin: ASCII letters, digits, `-` and `_`.
