@@ -6,6 +6,11 @@
 //! block, in order. It leaves out `event_handler_id` (which differs per binding) and the `auth`
 //! block (tokens rotate); so two bindings of one change share a key, while a real second change
 //! differs in `ts` or data.
+//!
+//! Install and uninstall events mark a portal's lifecycle: an accepted `ONAPPINSTALL` or
+//! `ONAPPUNINSTALL` ends the portal's previous cycle, so the window forgets the portal's earlier
+//! lifecycle events. A re-install after an uninstall is then never taken for a duplicate of the
+//! first install, however alike the two are; a repeat within one cycle still is.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -66,6 +71,11 @@ pub fn from_hex(text: &str) -> Option<DedupKey> {
     Some(out)
 }
 
+/// Whether `code` is a lifecycle event (see the module docs).
+pub fn is_lifecycle(code: &str) -> bool {
+    matches!(code, "ONAPPINSTALL" | "ONAPPUNINSTALL")
+}
+
 /// The most keys the window holds. Under sustained load a 10-minute window would otherwise
 /// grow without bound (30k events/s is 18 million keys); beyond this the oldest keys go first,
 /// so the window shortens under extreme load. Bitrix24's duplicates arrive within seconds.
@@ -76,8 +86,11 @@ pub const MAX_KEYS: usize = 200_000;
 pub struct Window {
     window_ms: i64,
     max_keys: usize,
-    seen: HashMap<DedupKey, u64>,
+    /// Key -> (event id, when it was recorded).
+    seen: HashMap<DedupKey, (u64, i64)>,
     order: VecDeque<(i64, DedupKey)>,
+    /// member_id -> the key of its last accepted lifecycle event, and when.
+    lifecycle: HashMap<String, (DedupKey, i64)>,
 }
 
 impl Window {
@@ -103,7 +116,18 @@ impl Window {
                 break;
             }
             self.order.pop_front();
-            self.seen.remove(&key);
+            self.forget(&key, at);
+        }
+        if self.lifecycle.len() > self.max_keys {
+            let window_ms = self.window_ms;
+            self.lifecycle.retain(|_, (_, at)| now_ms - *at < window_ms);
+        }
+    }
+
+    /// Forgets `key` if it was recorded at `at` (not re-recorded since).
+    fn forget(&mut self, key: &DedupKey, at: i64) {
+        if self.seen.get(key).is_some_and(|&(_, recorded)| recorded == at) {
+            self.seen.remove(key);
         }
     }
 
@@ -113,20 +137,33 @@ impl Window {
             return None;
         }
         self.expire(now_ms);
-        self.seen.get(key).copied()
+        self.seen.get(key).map(|&(id, _)| id)
     }
 
     /// Records that `key` arrived at `at_ms` as event `id`.
     pub fn insert(&mut self, key: DedupKey, id: u64, at_ms: i64) {
         if self.enabled() && !self.seen.contains_key(&key) {
             while self.order.len() >= self.max_keys {
-                if let Some((_, oldest)) = self.order.pop_front() {
-                    self.seen.remove(&oldest);
+                if let Some((at, oldest)) = self.order.pop_front() {
+                    self.forget(&oldest, at);
                 }
             }
-            self.seen.insert(key, id);
+            self.seen.insert(key, (id, at_ms));
             self.order.push_back((at_ms, key));
         }
+    }
+
+    /// Records a lifecycle event of portal `member_id` (see the module docs): its earlier
+    /// lifecycle event is forgotten, then `key` is recorded as [`Window::insert`] does.
+    pub fn insert_lifecycle(&mut self, member_id: &str, key: DedupKey, id: u64, at_ms: i64) {
+        if !self.enabled() {
+            return;
+        }
+        if let Some((previous, at)) = self.lifecycle.remove(member_id) {
+            self.forget(&previous, at);
+        }
+        self.insert(key, id, at_ms);
+        self.lifecycle.insert(member_id.to_owned(), (key, at_ms));
     }
 
     /// Forgets `key` (its append was rolled back).
@@ -159,6 +196,26 @@ mod tests {
         assert_eq!(window.check(&[1; 16], 3), None);
         assert_eq!(window.check(&[2; 16], 3), Some(2));
         assert_eq!(window.check(&[3; 16], 3), Some(3));
+    }
+
+    #[test]
+    fn a_lifecycle_event_ends_the_previous_cycle() {
+        let mut window = Window::new(60_000);
+        let (install, uninstall) = ([1u8; 16], [2u8; 16]);
+        window.insert_lifecycle("m", install, 1, 0);
+        assert_eq!(window.check(&install, 1), Some(1), "a repeat within the cycle");
+        window.insert_lifecycle("m", uninstall, 2, 2);
+        assert_eq!(window.check(&uninstall, 3), Some(2));
+        assert_eq!(window.check(&install, 3), None, "a re-install is no duplicate");
+        window.insert_lifecycle("m", install, 3, 4);
+        assert_eq!(window.check(&install, 5), Some(3));
+        assert_eq!(window.check(&uninstall, 5), None);
+        // Another portal's cycle is its own.
+        window.insert_lifecycle("n", [3u8; 16], 4, 6);
+        assert_eq!(window.check(&install, 7), Some(3));
+        // The re-recorded key lives for its own window, not the first one's.
+        assert_eq!(window.check(&install, 60_001), Some(3));
+        assert_eq!(window.check(&install, 60_004), None);
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub fn run(
         if let Ok(recent) = store::recent_events(&database, since, super::dedup::MAX_KEYS) {
             for (id, record) in recent.into_iter().rev() {
                 if let Some(key) = super::dedup::from_hex(&record.meta.dedup_key) {
-                    window.insert(key, id, record.meta.received_at_ms);
+                    record_key(&mut window, &record, key, id, record.meta.received_at_ms);
                 }
             }
         }
@@ -397,7 +397,7 @@ fn apply(
             match written {
                 Ok(()) => {
                     *next_id += 1;
-                    window.insert(key, id, now);
+                    record_key(window, &record, key, id, now);
                     woken.extend(plugins);
                     replies.push(Reply::Append(reply, Ok(Appended::New(id)), Some(key)));
                 }
@@ -432,6 +432,16 @@ fn apply(
             let _ =
                 reply.send(Err(StoreError::Storage("internal: admin command out of place".into())));
         }
+    }
+}
+
+/// Records an accepted event's key in the duplicate window; a lifecycle event (install,
+/// uninstall) also ends its portal's previous cycle there.
+fn record_key(window: &mut Window, record: &EventRecord, key: DedupKey, id: u64, at: i64) {
+    if super::dedup::is_lifecycle(&record.meta.code) {
+        window.insert_lifecycle(&record.meta.member_id, key, id, at);
+    } else {
+        window.insert(key, id, at);
     }
 }
 
