@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::{
+    auth::Verifier,
     config::Config,
     journal::{Journal, admin},
     metrics::{Metrics, PluginLabel},
@@ -25,6 +26,8 @@ use crate::{
 /// What the admin listener needs.
 #[derive(Clone)]
 pub struct Ops {
+    /// Token checks: `[auth]` applies on reload.
+    pub verifier: Arc<Verifier>,
     /// The plugins.
     pub supervisor: Arc<Supervisor>,
     /// The journal.
@@ -144,6 +147,7 @@ impl Ops {
             Ok(config) => config,
             Err(e) => return (StatusCode::BAD_REQUEST, ReloadOutcome::Error(e.to_string())),
         };
+        self.verifier.reconfigure(&config.auth);
         let report = self.supervisor.reload(config).await;
         let status = if report.ok() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
         (status, ReloadOutcome::Done(report))
