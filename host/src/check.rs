@@ -11,6 +11,9 @@ pub fn run(config: &Config) -> ExitCode {
         Some(path) => println!("config: {} (ok)", path.display()),
         None => println!("config: embedded defaults"),
     }
+    for warning in crate::auth::warnings(config) {
+        eprintln!("warning: {warning}");
+    }
     println!("plugins folder: {}", config.plugins.dir.display());
     let (loaded, errors) = load_plugins(config);
     let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();

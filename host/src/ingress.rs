@@ -5,12 +5,17 @@
 //! |---|---|
 //! | 200 | accepted (journaled), or a duplicate of an event journaled within the window |
 //! | 400 | the body is not a well-formed event |
-//! | 401 | missing, unknown or wrong application token |
+//! | 401 | missing, unknown or wrong application token; an install from an unknown portal that the OAuth server did not confirm |
 //! | 404 | another path |
 //! | 405 | not a POST |
 //! | 413 | body over `server.max_body_bytes` |
 //! | 415 | content type neither form nor JSON |
-//! | 503 | the event could not be journaled (storage failure, shutting down); nothing is claimed |
+//! | 429 | more installs from unknown portals than `auth.unknown_installs_per_minute` |
+//! | 503 | the event could not be journaled (storage failure, shutting down), or an install could not be verified now (OAuth server unreachable, `auth.max_learned_portals` reached); nothing is claimed |
+//!
+//! An install that is not verified is not an accepted event: it is neither journaled nor
+//! delivered, since nothing proves it came from the portal (Bitrix24 does not resend it; the
+//! log says why, and the app can be reinstalled).
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
@@ -23,7 +28,7 @@ use hyper::{
 };
 
 use crate::{
-    auth::Verifier,
+    auth::{Effect, Verifier},
     decode::{self, BodyFormat},
     journal::{Appended, Journal},
     metrics::Metrics,
@@ -77,6 +82,7 @@ impl Ingress {
             405 => "wrong_method",
             413 => "too_large",
             415 => "unsupported_type",
+            429 => "rate_limited",
             _ => "unavailable",
         };
         let code = response.extensions().get::<AcceptedCode>().map_or("-", |c| c.0.as_str());
@@ -146,7 +152,7 @@ impl Ingress {
                 return answer(StatusCode::BAD_REQUEST, format!("malformed event: {e}"));
             }
         };
-        let effect = match self.verifier.verify(&event) {
+        let mut effect = match self.verifier.verify(&event) {
             Ok(effect) => effect,
             Err(e) => {
                 tracing::warn!(
@@ -159,6 +165,43 @@ impl Ingress {
                 return answer(StatusCode::UNAUTHORIZED, e.to_string());
             }
         };
+        // An install from an unknown portal: verified at the OAuth server before anything else.
+        // Held until the event is applied, so installs are verified one at a time.
+        let mut _installing = None;
+        let mut exchanged = false;
+        if effect == Effect::Verify {
+            match self.verifier.verify_install(&event).await {
+                Ok(mut verified) => {
+                    effect = verified.effect.clone();
+                    if let Some(tokens) = verified.tokens.take() {
+                        // The exchange spent the event's refresh token: keep the new pair even
+                        // if the event itself is not journaled below.
+                        let bytes = serde_json::to_vec(&tokens).unwrap_or_default();
+                        if let Err(e) = self.journal.save_oauth(&event.auth.member_id, bytes).await
+                        {
+                            tracing::error!(member_id = %event.auth.member_id, "cannot store the portal's OAuth tokens from the install's verification: {e}");
+                            return answer(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "cannot store the install's tokens; nothing was accepted",
+                            );
+                        }
+                        exchanged = true;
+                        tracing::info!(member_id = %event.auth.member_id, domain = %event.auth.domain, "install verified at the OAuth server");
+                    }
+                    _installing = Some(verified);
+                }
+                Err(e) => {
+                    let status = StatusCode::from_u16(e.status())
+                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    if matches!(e, crate::auth::InstallError::NoCredentials) {
+                        tracing::error!(member_id = %event.auth.member_id, domain = %event.auth.domain, reason = %e, "install refused: not verified");
+                    } else {
+                        tracing::warn!(member_id = %event.auth.member_id, domain = %event.auth.domain, status = status.as_u16(), reason = %e, "install refused: not verified");
+                    }
+                    return answer(status, format!("install not verified: {e}"));
+                }
+            }
+        }
         let routes = self.supervisor.routes();
         let plugins: Vec<Arc<str>> = routes
             .iter()
@@ -175,7 +218,7 @@ impl Ingress {
                     // read it: pull now, not at the next interval.
                     self.pollers.wake(&event.auth.member_id);
                 }
-                if let Some(tokens) = StoredTokens::from_event(&event) {
+                if let Some(tokens) = StoredTokens::from_event(&event).filter(|_| !exchanged) {
                     // The portal's OAuth tokens, for REST calls on its behalf later.
                     let bytes = serde_json::to_vec(&tokens).unwrap_or_default();
                     if let Err(e) = self.journal.save_oauth(&event.auth.member_id, bytes).await {
@@ -188,6 +231,9 @@ impl Ingress {
                 response
             }
             Ok(Appended::Duplicate(id)) => {
+                if effect == Effect::Learn {
+                    tracing::warn!(event_id = id, member_id = %event.auth.member_id, "a verified install repeats an install of this cycle; its token is not learned");
+                }
                 tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "duplicate of a recent event; not delivered again");
                 let mut response = answer(StatusCode::OK, format!("duplicate of {id}"));
                 response.extensions_mut().insert(AcceptedCode(event.code.clone()));

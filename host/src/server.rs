@@ -106,7 +106,13 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         &config.journal,
         &config.plugins.enabled,
     )?;
-    let verifier = Arc::new(Verifier::new(&config.auth, journal.learned_tokens()?));
+    let verifier = Arc::new(
+        Verifier::new(&config.auth, &config.rest, journal.learned_tokens()?)
+            .map_err(|e| ServeError::Rest(e.to_string()))?,
+    );
+    for warning in verifier.warnings() {
+        tracing::warn!("{warning}");
+    }
     let control = control::bind(&config.state_dir).map_err(|source| ServeError::Control {
         path: control::socket_path(&config.state_dir),
         source,
@@ -174,6 +180,7 @@ impl Prepared {
         let reach = control::Reach { journal: journal.clone(), pollers: pollers.clone(), rest };
         let control = tokio::spawn(control::serve(control, reach));
         let ops = Ops {
+            verifier: ingress.verifier.clone(),
             supervisor: supervisor.clone(),
             journal: journal.clone(),
             metrics,

@@ -2,16 +2,25 @@
 //!
 //! Bitrix24 signs nothing; an event's only proof is `auth[application_token]`, which must equal
 //! the token the portal gave the app (per portal, keyed by `member_id`). Tokens come from
-//! host.toml or, with `learn_tokens_on_install`, from the portal's `ONAPPINSTALL` event; learned
-//! tokens are kept in the journal, written in the same transaction as the event that taught or
-//! revoked them. Comparison is constant-time, and no token is ever logged.
+//! host.toml (re-read on reload) or, with `learn_tokens_on_install`, from the portal's
+//! `ONAPPINSTALL` event once [`install`] has verified it at the OAuth server; learned tokens are
+//! kept in the journal, written in the same transaction as the event that taught or revoked
+//! them. Comparison is constant-time, and no token is ever logged.
+//!
+//! - [`install`]: verifying an install (refresh-token exchange, rate limit, cap).
+
+pub mod install;
 
 use std::{collections::BTreeMap, sync::RwLock};
 
 use b24_plugin_api::Secret;
 use subtle::ConstantTimeEq;
 
-use crate::{config::AuthConfig, decode::Decoded};
+use crate::{
+    config::{AuthConfig, RestConfig},
+    decode::Decoded,
+};
+pub use install::{InstallError, Verified};
 
 /// Why an event was refused (HTTP 401). The reason is safe to show and to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -33,7 +42,11 @@ pub enum AuthError {
 pub enum Effect {
     /// Nothing to change.
     None,
-    /// `ONAPPINSTALL` from a new portal: remember its token.
+    /// `ONAPPINSTALL` that must be verified ([`Verifier::verify_install`]) before it is
+    /// accepted: from an unknown portal, or a learned one with another token (a re-install
+    /// whose uninstall never arrived).
+    Verify,
+    /// A verified `ONAPPINSTALL`: remember its token.
     Learn,
     /// `ONAPPUNINSTALL` verified against a learned token: forget it.
     Forget,
@@ -41,19 +54,39 @@ pub enum Effect {
 
 /// Checks application tokens against host.toml and the learned-token store.
 pub struct Verifier {
-    configured: BTreeMap<String, Secret>,
-    learn: bool,
+    settings: RwLock<AuthConfig>,
     learned: RwLock<BTreeMap<String, Secret>>,
+    installs: install::Installs,
 }
 
 impl Verifier {
-    /// A verifier for `config` with the tokens learned so far.
-    pub fn new(config: &AuthConfig, learned: BTreeMap<String, Secret>) -> Verifier {
-        Verifier {
-            configured: config.portals.clone(),
-            learn: config.learn_tokens_on_install,
+    /// A verifier for `config` with the tokens learned so far; installs are verified with the
+    /// OAuth settings of `rest`.
+    pub fn new(
+        config: &AuthConfig,
+        rest: &RestConfig,
+        learned: BTreeMap<String, Secret>,
+    ) -> Result<Verifier, reqwest::Error> {
+        Ok(Verifier {
+            settings: RwLock::new(config.clone()),
             learned: RwLock::new(learned),
+            installs: install::Installs::new(rest)?,
+        })
+    }
+
+    /// Takes a re-read `[auth]` (live reload): portals added or removed, learning switched,
+    /// limits changed. Learned tokens stay.
+    pub fn reconfigure(&self, config: &AuthConfig) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        for warning in self.warnings() {
+            tracing::warn!("{warning}");
         }
+    }
+
+    /// What is wrong with the auth settings as the host runs them (see [`warnings`]).
+    pub fn warnings(&self) -> Vec<String> {
+        let settings = self.settings.read().unwrap_or_else(|p| p.into_inner());
+        install::warnings(&settings, self.installs.has_credentials())
     }
 
     /// Verifies `event`; on success says what to change in the store once it is accepted.
@@ -63,18 +96,53 @@ impl Verifier {
         if member.is_empty() || token.is_empty() {
             return Err(AuthError::Missing);
         }
-        if let Some(known) = self.configured.get(member) {
+        let settings = self.settings.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = settings.portals.get(member) {
             return same(known, token).then_some(Effect::None).ok_or(AuthError::Mismatch);
         }
+        let install = settings.learn_tokens_on_install && event.code == "ONAPPINSTALL";
         let learned = self.learned.read().unwrap_or_else(|p| p.into_inner());
         match learned.get(member) {
             Some(known) if same(known, token) => {
                 Ok(if event.code == "ONAPPUNINSTALL" { Effect::Forget } else { Effect::None })
             }
+            Some(_) if install => Ok(Effect::Verify),
             Some(_) => Err(AuthError::Mismatch),
-            None if self.learn && event.code == "ONAPPINSTALL" => Ok(Effect::Learn),
+            None if install => Ok(Effect::Verify),
             None => Err(AuthError::UnknownPortal),
         }
+    }
+
+    /// Verifies an install that [`Verifier::verify`] answered [`Effect::Verify`] for: within
+    /// the rate limit and the cap, its `auth[refresh_token]` is exchanged at `rest.oauth_url`,
+    /// and the answer must name the event's `member_id`. One install at a time: keep the
+    /// returned [`Verified`] until the event is journaled and applied.
+    pub async fn verify_install(&self, event: &Decoded) -> Result<Verified<'_>, InstallError> {
+        let per_minute = self.settings().unknown_installs_per_minute;
+        self.installs.admit(per_minute)?;
+        let guard = self.installs.one_at_a_time().await;
+        // Another request may have learned the portal while this one waited.
+        let effect = self.verify(event).map_err(InstallError::Auth)?;
+        if effect != Effect::Verify {
+            return Ok(Verified { effect, tokens: None, _guard: guard });
+        }
+        let settings = self.settings();
+        if !settings.learn_tokens_on_install {
+            return Err(InstallError::Auth(AuthError::UnknownPortal));
+        }
+        let member = event.auth.member_id.as_str();
+        {
+            let learned = self.learned.read().unwrap_or_else(|p| p.into_inner());
+            if !learned.contains_key(member) && learned.len() >= settings.max_learned_portals {
+                return Err(InstallError::TooManyPortals(settings.max_learned_portals));
+            }
+        }
+        let tokens = self.installs.exchange(event).await?;
+        Ok(Verified { effect: Effect::Learn, tokens: Some(tokens), _guard: guard })
+    }
+
+    fn settings(&self) -> AuthConfig {
+        self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The token write to journal with the event: `(member_id, Some(token))` to remember,
@@ -82,7 +150,7 @@ impl Verifier {
     pub fn token_change(event: &Decoded, effect: &Effect) -> Option<(String, Option<Secret>)> {
         let member = event.auth.member_id.clone();
         match effect {
-            Effect::None => None,
+            Effect::None | Effect::Verify => None,
             Effect::Learn => Some((member, Some(event.auth.application_token.clone()))),
             Effect::Forget => Some((member, None)),
         }
@@ -92,7 +160,7 @@ impl Verifier {
     pub fn apply(&self, event: &Decoded, effect: &Effect) {
         let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
         match effect {
-            Effect::None => {}
+            Effect::None | Effect::Verify => {}
             Effect::Learn => {
                 learned.insert(event.auth.member_id.clone(), event.auth.application_token.clone());
             }
@@ -106,6 +174,12 @@ impl Verifier {
     pub fn learned_portals(&self) -> Vec<String> {
         self.learned.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
+}
+
+/// What `check` and `serve` warn about in `config`'s auth settings.
+pub fn warnings(config: &crate::config::Config) -> Vec<String> {
+    let credentials = config.rest.client_id.is_some() && config.rest.client_secret.is_some();
+    install::warnings(&config.auth, credentials)
 }
 
 fn same(known: &Secret, given: &Secret) -> bool {

@@ -431,7 +431,7 @@ impl RestClient {
 }
 
 /// HTTPS only; plain HTTP to loopback addresses (tests, local proxies).
-fn check_scheme(url: &str) -> Result<(), RestError> {
+pub(crate) fn check_scheme(url: &str) -> Result<(), RestError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|_| error(RestErrorKind::Usage, 0, "INVALID_URL", "not a URL"))?;
     let loopback = match parsed.host() {
@@ -453,7 +453,7 @@ fn check_scheme(url: &str) -> Result<(), RestError> {
 }
 
 /// A reqwest error's text without its URL (a webhook URL holds a secret).
-fn without_url(e: &reqwest::Error) -> String {
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     if let Some(url) = e.url() {
         text = text.replace(url.as_str(), "<url>");

@@ -73,6 +73,9 @@ pub struct RefreshAnswer {
     /// The OAuth server.
     #[serde(default)]
     pub server_endpoint: Option<String>,
+    /// The portal the tokens belong to: what an install's verification compares.
+    #[serde(default)]
+    pub member_id: Option<String>,
 }
 
 /// The OAuth token URL for a `server_endpoint` such as `https://oauth.bitrix.info/rest/`:
