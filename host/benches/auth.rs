@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, hint::black_box, path::Path};
 
 use b24_host::{
     auth::{Effect, Verifier},
-    config::AuthConfig,
+    config::{AuthConfig, RestConfig},
     decode::{BodyFormat, Decoded, decode},
     journal::dedup,
 };
@@ -44,8 +44,8 @@ fn verifier(event: &Decoded, portals: usize) -> Verifier {
         let member = format!("{:016x}{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i);
         map.insert(member, Secret::new(format!("{:032x}", u128::from(i) << 64 | 0xabcd)));
     }
-    let config = AuthConfig { learn_tokens_on_install: false, portals: map };
-    Verifier::new(&config, BTreeMap::new())
+    let config = AuthConfig { portals: map, ..AuthConfig::default() };
+    Verifier::new(&config, &RestConfig::default(), BTreeMap::new()).expect("an HTTP client")
 }
 
 /// `Verifier::verify` with 1 and 1000 configured portals.

@@ -191,8 +191,8 @@ impl Ingress {
                     _installing = Some(verified);
                 }
                 Err(e) => {
-                    let status = StatusCode::from_u16(e.status())
-                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    let status =
+                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                     if matches!(e, crate::auth::InstallError::NoCredentials) {
                         tracing::error!(member_id = %event.auth.member_id, domain = %event.auth.domain, reason = %e, "install refused: not verified");
                     } else {

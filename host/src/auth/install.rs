@@ -117,7 +117,11 @@ impl Installs {
     /// Takes one install from the rate limit.
     pub(super) fn admit(&self, per_minute: u32) -> Result<(), InstallError> {
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        if limiter.take(per_minute, Instant::now()) { Ok(()) } else { Err(InstallError::RateLimited) }
+        if limiter.take(per_minute, Instant::now()) {
+            Ok(())
+        } else {
+            Err(InstallError::RateLimited)
+        }
     }
 
     pub(super) async fn one_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {

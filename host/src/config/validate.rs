@@ -321,9 +321,7 @@ fn auth(
 fn oauth_url(src: &Source<'_>, value: Spanned<String>) -> Result<String, ConfigError> {
     let text = value.get_ref();
     match url::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {
-            Ok(text.clone())
-        }
+        Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => Ok(text.clone()),
         _ => Err(src.invalid(
             value.span(),
             "rest.oauth_url",
