@@ -28,8 +28,8 @@ use hyper::{
 };
 
 use crate::{
-    auth::{Effect, Verifier},
-    decode::{self, BodyFormat},
+    auth::{Effect, InstallError, Verified, Verifier},
+    decode::{self, BodyFormat, Decoded},
     journal::{Appended, Journal},
     metrics::Metrics,
     offline::Pollers,
@@ -165,41 +165,18 @@ impl Ingress {
                 return answer(StatusCode::UNAUTHORIZED, e.to_string());
             }
         };
-        // An install from an unknown portal: verified at the OAuth server before anything else.
-        // Held until the event is applied, so installs are verified one at a time.
+        // An install from an unknown portal is verified at the OAuth server first; the guard
+        // it yields is held until the event is applied, so installs are verified one at a time.
         let mut _installing = None;
         let mut exchanged = false;
         if effect == Effect::Verify {
-            match self.verifier.verify_install(&event).await {
-                Ok(mut verified) => {
+            match self.verify_install(&event).await {
+                Ok(verified) => {
                     effect = verified.effect.clone();
-                    if let Some(tokens) = verified.tokens.take() {
-                        // The exchange spent the event's refresh token: keep the new pair even
-                        // if the event itself is not journaled below.
-                        let bytes = serde_json::to_vec(&tokens).unwrap_or_default();
-                        if let Err(e) = self.journal.save_oauth(&event.auth.member_id, bytes).await
-                        {
-                            tracing::error!(member_id = %event.auth.member_id, "cannot store the portal's OAuth tokens from the install's verification: {e}");
-                            return answer(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "cannot store the install's tokens; nothing was accepted",
-                            );
-                        }
-                        exchanged = true;
-                        tracing::info!(member_id = %event.auth.member_id, domain = %event.auth.domain, "install verified at the OAuth server");
-                    }
+                    exchanged = verified.tokens.is_some();
                     _installing = Some(verified);
                 }
-                Err(e) => {
-                    let status =
-                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                    if matches!(e, crate::auth::InstallError::NoCredentials) {
-                        tracing::error!(member_id = %event.auth.member_id, domain = %event.auth.domain, reason = %e, "install refused: not verified");
-                    } else {
-                        tracing::warn!(member_id = %event.auth.member_id, domain = %event.auth.domain, status = status.as_u16(), reason = %e, "install refused: not verified");
-                    }
-                    return answer(status, format!("install not verified: {e}"));
-                }
+                Err(refused) => return refused,
             }
         }
         let routes = self.supervisor.routes();
@@ -248,6 +225,45 @@ impl Ingress {
                 )
             }
         }
+    }
+}
+
+impl Ingress {
+    /// Verifies an install ([`Verifier::verify_install`]) and stores the OAuth tokens its
+    /// exchange yielded; the answer to give when it is not verified.
+    async fn verify_install<'a>(&'a self, event: &Decoded) -> Result<Verified<'a>, Answer> {
+        let member_id = event.auth.member_id.as_str();
+        let domain = event.auth.domain.as_str();
+        let verified = match self.verifier.verify_install(event).await {
+            Ok(verified) => verified,
+            Err(e) => {
+                let status =
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                if matches!(e, InstallError::NoCredentials) {
+                    tracing::error!(member_id, domain, reason = %e, "install refused: not verified");
+                } else {
+                    tracing::warn!(member_id, domain, status = status.as_u16(), reason = %e, "install refused: not verified");
+                }
+                return Err(answer(status, format!("install not verified: {e}")));
+            }
+        };
+        if let Some(tokens) = &verified.tokens {
+            // The exchange spent the event's refresh token: keep the new pair, even if the
+            // event itself is not journaled after all.
+            let bytes = serde_json::to_vec(tokens).unwrap_or_default();
+            if let Err(e) = self.journal.save_oauth(member_id, bytes).await {
+                tracing::error!(
+                    member_id,
+                    "cannot store the OAuth tokens of a verified install: {e}"
+                );
+                return Err(answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot store the install's tokens; nothing was accepted",
+                ));
+            }
+            tracing::info!(member_id, domain, "install verified at the OAuth server");
+        }
+        Ok(verified)
     }
 }
 
