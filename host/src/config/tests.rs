@@ -713,8 +713,10 @@ fn install_verification_keys_are_read_and_checked() {
         invalid("[auth]\nmax_learned_portals = 0\n", 2, 23, "auth.max_learned_portals"),
         "must be at least 1"
     );
-    assert!(
-        invalid("[rest]\noauth_url = \"oauth.bitrix.info\"\n", 2, 13, "rest.oauth_url")
-            .contains("is not an https URL")
-    );
+    for bad in ["oauth.bitrix.info", "http://oauth.bitrix.info/oauth/token/", "ftp://x/"] {
+        let text = format!("[rest]\noauth_url = {bad:?}\n");
+        assert!(invalid(&text, 2, 13, "rest.oauth_url").contains("is not an https URL"));
+    }
+    let local = parse("[rest]\noauth_url = \"http://127.0.0.1:9/oauth/token/\"\n");
+    assert_eq!(local.rest.oauth_url, "http://127.0.0.1:9/oauth/token/");
 }

@@ -316,12 +316,19 @@ fn auth(
     Ok(out)
 }
 
-/// `rest.oauth_url`: an http(s) URL (the host refuses plain HTTP except to loopback when it
-/// calls it).
+/// `rest.oauth_url`: an https URL (plain http only to a loopback address, for tests and local
+/// proxies).
 fn oauth_url(src: &Source<'_>, value: Spanned<String>) -> Result<String, ConfigError> {
     let text = value.get_ref();
+    let loopback = |url: &url::Url| match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
     match url::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => Ok(text.clone()),
+        Ok(url) if url.scheme() == "https" && url.has_host() => Ok(text.clone()),
+        Ok(url) if url.scheme() == "http" && loopback(&url) => Ok(text.clone()),
         _ => Err(src.invalid(
             value.span(),
             "rest.oauth_url",
