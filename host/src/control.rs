@@ -99,8 +99,11 @@ async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
         };
     }
     let journal = journal.clone();
-    let answer =
-        tokio::task::spawn_blocking(move || admin::read(journal.database(), &request)).await;
+    let answer = tokio::task::spawn_blocking(move || match journal.database() {
+        Ok(database) => admin::read(&database, &request),
+        Err(e) => Some(Err(e)),
+    })
+    .await;
     match answer {
         Ok(Some(Ok(response))) => response,
         Ok(Some(Err(e))) => AdminResponse::Error { message: e.to_string() },

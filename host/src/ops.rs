@@ -179,8 +179,9 @@ fn refresh_gauges(
     }
     // Every enabled plugin is listed, so a drained backlog reads 0 rather than its last value.
     let enabled = supervisor.names();
-    if let Some(Ok(admin::Response::Stats { plugins, events })) =
-        admin::read(journal.database(), &admin::Request::Stats { enabled })
+    if let Ok(database) = journal.database()
+        && let Some(Ok(admin::Response::Stats { plugins, events })) =
+            admin::read(&database, &admin::Request::Stats { enabled })
     {
         metrics.journal_events.set(events as i64);
         for p in plugins {
