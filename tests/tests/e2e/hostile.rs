@@ -89,7 +89,7 @@ fn slow_clients_are_cut_off_and_a_valid_event_still_gets_200() {
                 started.elapsed()
             );
             let sent = Instant::now();
-            let answer = host.post_form(&field_event(posted as u64 + 1, "UF_CRM_SLOW"));
+            let answer = host.post_form(&field_event(posted + 1, "UF_CRM_SLOW"));
             worst = worst.max(sent.elapsed());
             assert_eq!(answer.status, 200, "{answer:?}");
             posted += 1;
