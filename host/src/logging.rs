@@ -160,6 +160,25 @@ mod tests {
     }
 
     #[test]
+    fn the_json_format_escapes_them_too() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(member_id = %"a\nb\x1b[2J", "refused {}", "c\nd");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(text.contains(r#""member_id":"a\nb\u001b[2J""#), "{text}");
+    }
+
+    #[test]
     fn escaping_keeps_printable_text() {
         let mut out = String::new();
         escape_into(&mut out, "Сделка 1\t\r\u{85}\u{2028}ok");
