@@ -31,7 +31,11 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
     let path = socket_path(state_dir);
     let _ = std::fs::remove_file(&path);
-    UnixListener::bind(&path)
+    let listener = UnixListener::bind(&path)?;
+    // Owner only: the socket can read and change the journal.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// What the control socket can reach in the running host.
@@ -95,8 +99,11 @@ async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
         };
     }
     let journal = journal.clone();
-    let answer =
-        tokio::task::spawn_blocking(move || admin::read(journal.database(), &request)).await;
+    let answer = tokio::task::spawn_blocking(move || match journal.database() {
+        Ok(database) => admin::read(&database, &request),
+        Err(e) => Some(Err(e)),
+    })
+    .await;
     match answer {
         Ok(Some(Ok(response))) => response,
         Ok(Some(Err(e))) => AdminResponse::Error { message: e.to_string() },

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod decode;
 pub mod dispatch;

@@ -1,8 +1,14 @@
 //! Prometheus metrics, through the `prometheus-client` crate: counters and histograms updated
 //! where things happen (ingress, workers), gauges filled in at scrape time from the journal and
-//! the plugin table.
+//! the plugin table. Served as OpenMetrics to clients that ask for it (`Accept`), else in the
+//! Prometheus text format 0.0.4. The `code` label takes known codes only (the user-field
+//! codes, common app and CRM events, and the codes plugins subscribe to by name); the rest
+//! count as `other`, so a portal sending random codes cannot grow the series.
 
-use std::sync::atomic::AtomicU64;
+use std::{
+    collections::HashSet,
+    sync::{RwLock, atomic::AtomicU64},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -83,6 +89,40 @@ pub struct Metrics {
     pub journal_events: Gauge,
     /// Successful live reloads.
     pub reloads: Family<Received, Counter>,
+    /// Event codes that plugins subscribe to by name (no wildcard), as of the last reload.
+    subscribed: RwLock<HashSet<String>>,
+}
+
+/// The user-field event families and actions: their 32 codes are always their own label.
+const FAMILIES: [&str; 8] =
+    ["LEAD", "DEAL", "CONTACT", "COMPANY", "QUOTE", "INVOICE", "REQUISITE", "TYPE"];
+const ACTIONS: [&str; 4] = ["ADD", "UPDATE", "DELETE", "SETENUMVALUES"];
+/// App events, always their own label.
+const APP_EVENTS: [&str; 6] = [
+    "ONAPPINSTALL",
+    "ONAPPUNINSTALL",
+    "ONAPPUPDATE",
+    "ONAPPTEST",
+    "ONAPPMETHODCONFIRM",
+    "ONOFFLINEEVENT",
+];
+/// CRM entities whose `ONCRM<ENTITY>{ADD,UPDATE,DELETE}` are always their own label.
+const CRM_ENTITIES: [&str; 8] =
+    ["LEAD", "DEAL", "CONTACT", "COMPANY", "QUOTE", "INVOICE", "REQUISITE", "DYNAMICITEM"];
+
+/// Whether `code` (upper-case) is one of the codes that always get their own label.
+fn known_code(code: &str) -> bool {
+    if APP_EVENTS.contains(&code) {
+        return true;
+    }
+    let Some(rest) = code.strip_prefix("ONCRM") else { return false };
+    FAMILIES.iter().any(|family| {
+        rest.strip_prefix(family)
+            .and_then(|r| r.strip_prefix("USERFIELD"))
+            .is_some_and(|action| ACTIONS.contains(&action))
+    }) || CRM_ENTITIES.iter().any(|entity| {
+        rest.strip_prefix(entity).is_some_and(|action| ACTIONS[..3].contains(&action))
+    })
 }
 
 impl Default for Metrics {
@@ -108,6 +148,7 @@ impl Metrics {
             journal_bytes: Gauge::default(),
             journal_events: Gauge::default(),
             reloads: Family::default(),
+            subscribed: RwLock::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -159,10 +200,29 @@ impl Metrics {
 
     /// Counts a request.
     pub fn request(&self, code: &str, outcome: &str, seconds: f64) {
-        self.received
-            .get_or_create(&Received { code: code.to_owned(), outcome: outcome.to_owned() })
-            .inc();
+        let code = self.code_label(code);
+        self.received.get_or_create(&Received { code, outcome: outcome.to_owned() }).inc();
         self.request_seconds.observe(seconds);
+    }
+
+    /// The `code` label of an event code: itself when known or subscribed by name, else
+    /// `other` (`-` stays `-`: not authenticated).
+    pub fn code_label(&self, code: &str) -> String {
+        let upper = code.to_ascii_uppercase();
+        if code == "-"
+            || known_code(&upper)
+            || self.subscribed.read().unwrap_or_else(|p| p.into_inner()).contains(&upper)
+        {
+            upper
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// Sets the codes plugins subscribe to by name (called when the routes change).
+    pub fn set_subscribed(&self, codes: impl IntoIterator<Item = String>) {
+        let codes = codes.into_iter().map(|c| c.to_ascii_uppercase()).collect();
+        *self.subscribed.write().unwrap_or_else(|p| p.into_inner()) = codes;
     }
 
     /// Counts one plugin call.
@@ -177,10 +237,145 @@ impl Metrics {
         self.call_seconds.get_or_create(&label).observe(seconds);
     }
 
-    /// The text exposition (Prometheus / OpenMetrics text format).
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The exposition a client asks for with `accept`: `(body, content type)`.
+    pub fn render_for(&self, accept: Option<&str>) -> (String, &'static str) {
+        let text = self.render();
+        if wants_openmetrics(accept) {
+            (text, OPENMETRICS)
+        } else {
+            (prometheus_text(&text), PROMETHEUS_TEXT)
+        }
+    }
+}
+
+/// The OpenMetrics content type.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format's content type.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether an `Accept` header prefers OpenMetrics to plain text (by its `q` values; an equal
+/// preference goes to OpenMetrics, as a Prometheus server listing both means it).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
+}
+
+/// Rewrites prometheus-client's OpenMetrics text as Prometheus text 0.0.4: no `# EOF` or
+/// `# UNIT`, counters described under their `_total` sample name, `unknown` as `untyped`,
+/// `info` as a gauge named `_info`.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "gauge" | "histogram" | "summary" => (name.to_owned(), kind),
+                "info" => (format!("{name}_info"), "gauge"),
+                _ => (name.to_owned(), "untyped"),
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        // Exemplars (` # {...}`) are OpenMetrics only.
+        let sample = line.split_once(" # ").map_or(line, |(sample, _)| sample);
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_asks_for_openmetrics_and_curl_gets_text() {
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,\
+            application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0, */*")));
+        assert!(!wants_openmetrics(Some("text/plain, application/openmetrics-text;q=0.5")));
+    }
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples_and_has_no_eof() {
+        let metrics = Metrics::new();
+        metrics.request("ONAPPINSTALL", "accepted", 0.001);
+        let (text, content_type) = metrics.render_for(Some("*/*"));
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        assert!(text.contains("# TYPE b24_events_received_total counter\n"), "{text}");
+        assert!(text.contains("# HELP b24_events_received_total Event requests"), "{text}");
+        assert!(
+            text.contains(
+                "b24_events_received_total{code=\"ONAPPINSTALL\",outcome=\"accepted\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE b24_request_duration_seconds histogram\n"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        let (open, content_type) = metrics.render_for(Some("application/openmetrics-text"));
+        assert_eq!(content_type, OPENMETRICS);
+        assert!(open.ends_with("# EOF\n") && open.contains("# TYPE b24_events_received counter"));
+    }
+
+    #[test]
+    fn unknown_codes_share_one_label() {
+        let metrics = Metrics::new();
+        for i in 0..1000 {
+            metrics.request(&format!("ONRANDOM{i}"), "accepted", 0.0);
+        }
+        metrics.request("ONCRMDEALUSERFIELDSETENUMVALUES", "accepted", 0.0);
+        metrics.request("ONCRMDEALUPDATE", "accepted", 0.0);
+        metrics.request("ONMYEVENT", "accepted", 0.0);
+        metrics.set_subscribed(["onMyEvent".to_owned()]);
+        metrics.request("ONMYEVENT", "accepted", 0.0);
+        metrics.request("-", "unauthorized", 0.0);
+        let text = metrics.render();
+        let series = text.lines().filter(|l| l.starts_with("b24_events_received_total")).count();
+        assert_eq!(series, 5, "{text}");
+        assert!(text.contains("code=\"other\",outcome=\"accepted\"} 1001"), "{text}");
+        assert!(text.contains("code=\"ONMYEVENT\",outcome=\"accepted\"} 1"), "{text}");
+        assert!(text.contains("code=\"ONCRMDEALUSERFIELDSETENUMVALUES\""), "{text}");
+        assert!(text.contains("code=\"ONCRMDEALUPDATE\""), "{text}");
+        assert!(text.contains("code=\"-\",outcome=\"unauthorized\"} 1"), "{text}");
     }
 }

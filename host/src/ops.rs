@@ -1,6 +1,7 @@
 //! The admin listener, apart from the public event endpoint (loopback by default):
 //! `GET /healthz` (the process answers), `GET /readyz` (journal writable and every enabled
-//! plugin loaded, else 503 with the reasons), `GET /metrics` (Prometheus text format) and
+//! plugin loaded, else 503 with the reasons), `GET /metrics` (Prometheus text 0.0.4, or
+//! OpenMetrics when `Accept` prefers it) and
 //! `POST /reload` (re-read host.toml and the plugins folder; 200 with the report, 500 when a
 //! plugin failed to reload and kept its old instance, 400 when host.toml is invalid).
 
@@ -86,21 +87,22 @@ impl Ops {
                 }
             }
             (&Method::GET, "/metrics") => {
+                let accept = request
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let journal = self.journal.clone();
                 let metrics = self.metrics.clone();
                 let file = self.journal_file.clone();
                 let supervisor = self.supervisor.clone();
-                let body = tokio::task::spawn_blocking(move || {
+                let (body, content_type) = tokio::task::spawn_blocking(move || {
                     refresh_gauges(&journal, &metrics, &supervisor, &file);
-                    metrics.render()
+                    metrics.render_for(accept.as_deref())
                 })
                 .await
-                .unwrap_or_default();
-                text(
-                    StatusCode::OK,
-                    body,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )
+                .unwrap_or((String::new(), crate::metrics::PROMETHEUS_TEXT));
+                text(StatusCode::OK, body, content_type)
             }
             (&Method::POST, "/reload") => {
                 let (status, report) = self.reload().await;
@@ -145,7 +147,11 @@ impl Ops {
         };
         let config = match Config::load(path) {
             Ok(config) => config,
-            Err(e) => return (StatusCode::BAD_REQUEST, ReloadOutcome::Error(e.to_string())),
+            Err(e) => {
+                // The same text `b24-host reload` prints: file, line, column, key.
+                tracing::error!("reload refused, the running config stays: {e}");
+                return (StatusCode::BAD_REQUEST, ReloadOutcome::Error(e.to_string()));
+            }
         };
         self.verifier.reconfigure(&config.auth);
         let report = self.supervisor.reload(config).await;
@@ -177,8 +183,9 @@ fn refresh_gauges(
     }
     // Every enabled plugin is listed, so a drained backlog reads 0 rather than its last value.
     let enabled = supervisor.names();
-    if let Some(Ok(admin::Response::Stats { plugins, events })) =
-        admin::read(journal.database(), &admin::Request::Stats { enabled })
+    if let Ok(database) = journal.database()
+        && let Some(Ok(admin::Response::Stats { plugins, events })) =
+            admin::read(&database, &admin::Request::Stats { enabled })
     {
         metrics.journal_events.set(events as i64);
         for p in plugins {

@@ -70,6 +70,15 @@ impl Route {
         true
     }
 
+    /// The event codes this route names without a wildcard (for the metrics' `code` label).
+    pub fn literal_codes(&self) -> impl Iterator<Item = String> + '_ {
+        self.subscribed
+            .iter()
+            .chain(self.events.iter().flatten())
+            .map(|g| g.to_string())
+            .filter(|g| !g.contains(['*', '?']))
+    }
+
     /// The subscription globs, for `check`.
     pub fn describe(&self) -> String {
         let show = |globs: &[WildMatch]| {

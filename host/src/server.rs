@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::{
     auth::Verifier,
     config::Config,
+    conn::{self, DeadlineIo, Limiter},
     control,
     ingress::Ingress,
     journal::{self, Journal, StoreError},
@@ -99,8 +100,15 @@ pub struct Prepared {
 /// Everything the host needs before it may accept an event: the state folder, the journal,
 /// the control socket, the plugins. Must run inside the tokio runtime.
 pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
-    std::fs::create_dir_all(&config.state_dir)
+    private_dir(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
+    match conn::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the open-file limit to its hard limit");
+        }
+        Ok((now, _)) => tracing::info!(limit = now, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let (journal, writer) = Journal::open(
         &config.state_dir.join(journal::FILE_NAME),
         &config.journal,
@@ -193,6 +201,8 @@ impl Prepared {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
         let graceful = GracefulShutdown::new();
+        let limiter = Limiter::new(config.server.max_connections);
+        let read_limit = config.server.request_read_timeout;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -206,15 +216,21 @@ impl Prepared {
                             continue;
                         }
                     };
+                    let Some(slot) = limiter.try_acquire() else {
+                        tracing::debug!("server.max_connections reached: 503");
+                        limiter.reject(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let ingress = ingress.clone();
                     let service = service_fn(move |request| ingress.clone().handle(request));
-                    let connection =
-                        graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    let io = TokioIo::new(DeadlineIo::new(stream, read_limit));
+                    let connection = graceful.watch(http.serve_connection(io, service));
                     tokio::spawn(async move {
                         if let Err(e) = connection.await {
                             tracing::debug!("connection closed with an error: {e}");
                         }
+                        drop(slot);
                     });
                 }
                 () = &mut shutdown => break,
@@ -260,4 +276,12 @@ async fn hangup(signals: &mut Option<tokio::signal::unix::Signal>) {
         }
         None => std::future::pending::<()>().await,
     }
+}
+
+/// Creates `dir` (and its parents) if needed and makes it the owner's only (0700): it holds the
+/// journal with tokens, the plugin copies and the control socket.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

@@ -144,6 +144,7 @@ impl Supervisor {
                 (Arc::from(name.as_str()), route)
             })
             .collect();
+        self.metrics.set_subscribed(routes.iter().flat_map(|(_, route)| route.literal_codes()));
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
     }
 
@@ -188,7 +189,14 @@ impl Supervisor {
         };
         let (loaded, sha) = match attempt() {
             Ok(Some(found)) => found,
-            Ok(None) => return,
+            Ok(None) => {
+                // What runs is what was asked for: an earlier failed reload no longer applies.
+                let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(entry) = entries.get_mut(name) {
+                    entry.failure = None;
+                }
+                return;
+            }
             Err(reason) => {
                 self.fail(name, reason, report);
                 return;
@@ -367,16 +375,35 @@ impl Supervisor {
 }
 
 /// Copies `library` to `state_dir/plugins/<sha256>.so` unless it is there already.
+/// The copy is written to a temporary name (owner-only, 0600), synced and renamed into place,
+/// so a failed copy (a full disk) leaves no partial file behind, and says why.
 fn content_copy(state_dir: &Path, library: &Path, sha: &str) -> Result<PathBuf, String> {
     let dir = state_dir.join("plugins");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    crate::server::private_dir(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let target = dir.join(format!("{sha}{}", std::env::consts::DLL_SUFFIX));
     if !target.exists() {
         let tmp = dir.join(format!(".{sha}.tmp"));
-        std::fs::copy(library, &tmp)
-            .map_err(|e| format!("cannot copy {}: {e}", library.display()))?;
-        std::fs::rename(&tmp, &target)
-            .map_err(|e| format!("cannot place {}: {e}", target.display()))?;
+        let copied = (|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut from = std::fs::File::open(library)?;
+            let mut to = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            std::io::copy(&mut from, &mut to)?;
+            to.sync_all()
+        })();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("cannot copy {} to {}: {e}", library.display(), target.display()));
+        }
+        std::fs::rename(&tmp, &target).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot place {}: {e}", target.display())
+        })?;
     }
     Ok(target)
 }

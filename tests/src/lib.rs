@@ -197,19 +197,21 @@ impl HostDir {
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let listen = launch.listen.unwrap_or_else(|| "127.0.0.1:0".to_owned());
         let host = built().host.display().to_string();
-        let mut command = match launch.file_size_limit_kib {
-            // The shell sets the limit and ignores SIGXFSZ, so writes past it fail with EFBIG
-            // (a full disk, as far as the host can tell) instead of killing the process.
-            Some(kib) => {
-                let mut c = Command::new("bash");
-                c.args([
-                    "-c",
-                    &format!("ulimit -f {kib}; trap '' XFSZ; exec \"$0\" \"$@\""),
-                    &host,
-                ]);
-                c
-            }
-            None => Command::new(&host),
+        // The shell sets the limits; it ignores SIGXFSZ, so writes past a file size limit fail
+        // with EFBIG (a full disk, as far as the host can tell) instead of killing the process.
+        let mut limits = String::new();
+        if let Some(kib) = launch.file_size_limit_kib {
+            limits.push_str(&format!("ulimit -f {kib}; trap '' XFSZ; "));
+        }
+        if let Some(n) = launch.open_files_soft {
+            limits.push_str(&format!("ulimit -S -n {n}; "));
+        }
+        let mut command = if limits.is_empty() {
+            Command::new(&host)
+        } else {
+            let mut c = Command::new("bash");
+            c.args(["-c", &format!("{limits}exec \"$0\" \"$@\""), &host]);
+            c
         };
         let mut child = command
             .current_dir(self.path())
@@ -279,6 +281,8 @@ pub struct Launch {
     pub listen: Option<String>,
     /// A limit on the size of files the host may write, in KiB (`ulimit -f`).
     pub file_size_limit_kib: Option<u64>,
+    /// A soft limit on open files (`ulimit -S -n`), below the hard one.
+    pub open_files_soft: Option<u64>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
 }

@@ -24,6 +24,10 @@ pub const DEFAULT_PATH: &str = "/";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 /// Default of `server.header_read_timeout_ms`.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// Default of `server.request_read_timeout_ms`: headers and body of one request.
+pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// Default of `server.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default of `server.shutdown_grace_ms`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(10_000);
 /// Default of `log.level`.
@@ -91,6 +95,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a client may take to send the request headers (`header_read_timeout_ms`).
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a whole request, headers and body
+    /// (`request_read_timeout_ms`); past it the connection is closed.
+    pub request_read_timeout: Duration,
+    /// Open connections at most (`max_connections`); past it a new one is answered 503.
+    pub max_connections: usize,
     /// How long shutdown waits for in-flight deliveries (`shutdown_grace_ms`).
     pub shutdown_grace: Duration,
 }
@@ -102,6 +111,8 @@ impl Default for ServerConfig {
             path: DEFAULT_PATH.to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }

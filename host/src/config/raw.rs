@@ -99,6 +99,8 @@ pub(crate) struct RawServer {
     pub path: Option<Spanned<String>>,
     pub max_body_bytes: Option<Spanned<Bytes>>,
     pub header_read_timeout_ms: Option<Spanned<Millis>>,
+    pub request_read_timeout_ms: Option<Spanned<Millis>>,
+    pub max_connections: Option<Spanned<Count>>,
     pub shutdown_grace_ms: Option<Spanned<Millis>>,
 }
 

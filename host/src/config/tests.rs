@@ -89,12 +89,12 @@ fn unknown_key_in_server() {
     assert_eq!(
         error(text).to_string(),
         "host.toml:3:1: server.lisen: unknown key; expected one of listen, path, max_body_bytes, \
-         header_read_timeout_ms, shutdown_grace_ms"
+         header_read_timeout_ms, request_read_timeout_ms, max_connections, shutdown_grace_ms"
     );
     // Same through a dotted key at the top level.
     assert_eq!(invalid("server.lisen = 1\n", 1, 8, "server.lisen").as_str(), {
         "unknown key; expected one of listen, path, max_body_bytes, header_read_timeout_ms, \
-         shutdown_grace_ms"
+         request_read_timeout_ms, max_connections, shutdown_grace_ms"
     });
 }
 
@@ -257,6 +257,14 @@ fn zero_and_out_of_range_values() {
     assert_eq!(
         invalid("[server]\nheader_read_timeout_ms = 0\n", 2, 26, "server.header_read_timeout_ms"),
         "must be greater than 0"
+    );
+    assert_eq!(
+        invalid("[server]\nrequest_read_timeout_ms = 0\n", 2, 27, "server.request_read_timeout_ms"),
+        "must be greater than 0"
+    );
+    assert_eq!(
+        invalid("[server]\nmax_connections = 0\n", 2, 19, "server.max_connections"),
+        "must be at least 1"
     );
     assert_eq!(
         invalid("[server]\nmax_body_bytes = 0\n", 2, 18, "server.max_body_bytes"),
@@ -651,6 +659,8 @@ fn shipped_example_mentions_every_key() {
         "path",
         "max_body_bytes",
         "header_read_timeout_ms",
+        "request_read_timeout_ms",
+        "max_connections",
         "shutdown_grace_ms",
         "[log]",
         "level",

@@ -265,6 +265,12 @@ fn server(src: &Source<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError>
     if let Some(ms) = raw.header_read_timeout_ms {
         out.header_read_timeout = millis(src, &ms, "server.header_read_timeout_ms", 1)?;
     }
+    if let Some(ms) = raw.request_read_timeout_ms {
+        out.request_read_timeout = millis(src, &ms, "server.request_read_timeout_ms", 1)?;
+    }
+    if let Some(n) = raw.max_connections {
+        out.max_connections = count(src, &n, "server.max_connections", 1_000_000)? as usize;
+    }
     if let Some(ms) = raw.shutdown_grace_ms {
         out.shutdown_grace = millis(src, &ms, "server.shutdown_grace_ms", 0)?;
     }

@@ -21,7 +21,7 @@ pub mod writer;
 
 use std::{
     collections::{HashMap, VecDeque},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -143,10 +143,59 @@ impl Shared {
     }
 }
 
+/// The open database file, which the writer replaces when it reopens the file after a storage
+/// error (redb refuses every write after an I/O error until the file is opened again).
+/// Readers take a handle for the length of one read; while the file is being reopened, or
+/// cannot be, reads fail too.
+pub struct Slot {
+    path: PathBuf,
+    current: std::sync::RwLock<Option<Arc<Database>>>,
+}
+
+impl Slot {
+    /// The open database.
+    pub fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
+            StoreError::Storage("the journal is being reopened after a storage error".into())
+        })
+    }
+
+    /// Closes the file and opens it again. Waits (up to a second) for readers to let go of
+    /// the old handle, whose file lock would refuse the new one.
+    fn reopen(&self) -> Result<Arc<Database>, StoreError> {
+        let old = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut old) = old {
+            let started = std::time::Instant::now();
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(database) => {
+                        drop(database);
+                        break;
+                    }
+                    Err(still) if started.elapsed() > std::time::Duration::from_secs(1) => {
+                        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(still);
+                        return Err(StoreError::Storage(
+                            "the journal is still in use by a reader; reopening later".into(),
+                        ));
+                    }
+                    Err(still) => {
+                        old = still;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        let database = Arc::new(store::open(&self.path)?);
+        store::probe_write(&database)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(database.clone());
+        Ok(database)
+    }
+}
+
 /// The journal of a running host.
 #[derive(Clone)]
 pub struct Journal {
-    database: Arc<Database>,
+    slot: Arc<Slot>,
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
 }
@@ -159,6 +208,10 @@ impl Journal {
         plugins: &[String],
     ) -> Result<(Journal, std::thread::JoinHandle<()>), StoreError> {
         let database = Arc::new(store::open(path)?);
+        let slot = Arc::new(Slot {
+            path: path.to_owned(),
+            current: std::sync::RwLock::new(Some(database)),
+        });
         let shared = Arc::new(Shared {
             plugins: std::sync::RwLock::new(
                 plugins.iter().map(|p| (Arc::from(p.as_str()), Arc::default())).collect(),
@@ -173,14 +226,14 @@ impl Journal {
             keep_max: config.keep_completed_events,
         };
         let thread = {
-            let database = database.clone();
+            let slot = slot.clone();
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("journal-writer".into())
-                .spawn(move || writer::run(database, rx, settings, shared))
+                .spawn(move || writer::run(slot, rx, settings, shared))
                 .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
         };
-        Ok((Journal { database, commands, shared }, thread))
+        Ok((Journal { slot, commands, shared }, thread))
     }
 
     /// Why the last journal commit failed, if it did (cleared by the next good one).
@@ -188,14 +241,14 @@ impl Journal {
         self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The database, for reads.
-    pub fn database(&self) -> &Database {
-        &self.database
+    /// The database, for reads; an error while the writer reopens it after a storage error.
+    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.slot.get()
     }
 
     /// Learned application tokens.
     pub fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
-        store::learned_tokens(&self.database)
+        store::learned_tokens(&*self.slot.get()?)
     }
 
     /// Journals `event` (received as `raw` in `format`) for `plugins`, with an optional token
@@ -256,12 +309,12 @@ impl Journal {
 
     /// A named state value, if set.
     pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store::state(&self.database, name)
+        store::state(&*self.slot.get()?, name)
     }
 
     /// A portal's stored OAuth tokens (JSON), if any.
     pub fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store::oauth(&self.database, member_id)
+        store::oauth(&*self.slot.get()?, member_id)
     }
 
     /// Waits until everything reported so far is durable.
@@ -419,18 +472,18 @@ impl Consumer {
 
     /// Reads replayed and newly pending events into the buffer.
     fn fill(&mut self) -> Result<(), StoreError> {
+        let database = self.journal.slot.get()?;
         let replayed: Vec<u64> =
             self.signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for id in replayed {
             if id > self.cursor {
                 continue; // The scan below reaches it anyway.
             }
-            if let Some(record) = store::event(&self.journal.database, id)? {
+            if let Some(record) = store::event(&database, id)? {
                 self.push(id, Pending::default(), Some(record));
             }
         }
-        let rows =
-            store::scan_pending(&self.journal.database, &self.plugin, self.cursor, SCAN_BATCH)?;
+        let rows = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)?;
         for (id, pending, record) in rows {
             self.cursor = id;
             self.push(id, pending, record);

@@ -102,6 +102,24 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
     Ok(database)
 }
 
+/// Proves the file can take new data: writes a 64 KiB state value durably, then removes it.
+/// A file reopened on a still-full disk fails here rather than on the next event.
+pub fn probe_write(database: &Database) -> Result<(), StoreError> {
+    const PROBE: &str = "write_probe";
+    let txn = db(database.begin_write())?;
+    {
+        let mut state = db(txn.open_table(STATE))?;
+        db(state.insert(PROBE, vec![0u8; 64 * 1024].as_slice()))?;
+    }
+    db(txn.commit())?;
+    let txn = db(database.begin_write())?;
+    {
+        let mut state = db(txn.open_table(STATE))?;
+        db(state.remove(PROBE))?;
+    }
+    db(txn.commit())
+}
+
 /// The next event id to hand out.
 pub fn next_id(database: &Database) -> Result<u64, StoreError> {
     let txn = db(database.begin_read())?;

@@ -18,7 +18,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::{
-    Shared,
+    Shared, Slot,
     dedup::{DedupKey, Window},
     record::{DeadLetter, EventRecord, Pending},
     store::{self, StoreError, db},
@@ -97,13 +97,26 @@ const PRUNE_AGAIN: Duration = Duration::from_millis(100);
 /// The most events one prune round of its own deletes, so that appends never wait long behind it.
 const PRUNE_BATCH: usize = 500;
 
+/// The first wait before reopening the journal after a storage error; it doubles per failed
+/// try up to [`REOPEN_MAX`].
+const REOPEN_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between tries to reopen the journal.
+const REOPEN_MAX: Duration = Duration::from_secs(2);
+
+/// The journal could not be written: when to try reopening it, and why.
+struct Broken {
+    retry_at: Instant,
+    backoff: Duration,
+    reason: String,
+}
+
 /// Runs the writer until every sender is gone.
-pub fn run(
-    database: Arc<Database>,
-    rx: mpsc::Receiver<Command>,
-    settings: Settings,
-    shared: Arc<Shared>,
-) {
+///
+/// After a storage error (a full disk, say) redb refuses every later write, so the writer
+/// closes and reopens the file, with back-off, until a test write succeeds; meanwhile every
+/// append is refused at once (503: nothing accepted) and `/readyz` says why.
+pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, shared: Arc<Shared>) {
+    let Ok(database) = slot.get() else { return };
     let mut next_id = store::next_id(&database).unwrap_or(1);
     let mut window = Window::new(settings.dedup_window_ms);
     if window.enabled() {
@@ -118,22 +131,58 @@ pub fn run(
     }
     // Start from a tidy journal: what became prunable while the host was down goes now.
     while prune(&database, &settings) {}
+    drop(database);
     let mut pruning = false;
     let mut next_prune = Instant::now() + PRUNE_EVERY;
+    let mut broken: Option<Broken> = None;
     loop {
-        let first = match rx.recv_timeout(next_prune.saturating_duration_since(Instant::now())) {
-            Ok(command) => command,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+        let wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
+        let first = match rx.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
+            Ok(command) => Some(command),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(b) = &mut broken
+            && Instant::now() >= b.retry_at
+        {
+            match slot.reopen() {
+                Ok(database) => {
+                    next_id = next_id.max(store::next_id(&database).unwrap_or(1));
+                    shared.commit_result(None);
+                    broken = None;
+                    tracing::info!(
+                        "journal reopened after a storage error; accepting events again"
+                    );
+                }
+                Err(e) => {
+                    b.backoff = (b.backoff * 2).min(REOPEN_MAX);
+                    b.retry_at = Instant::now() + b.backoff;
+                    b.reason = e.to_string();
+                    shared.commit_result(Some(format!("{e} (retrying)")));
+                    tracing::warn!(
+                        retry_ms = b.backoff.as_millis() as u64,
+                        "the journal still cannot be written: {e}"
+                    );
+                }
+            }
+        }
+        let Some(first) = first else {
+            if broken.is_none()
+                && Instant::now() >= next_prune
+                && let Ok(database) = slot.get()
+            {
                 pruning |= prune(&database, &settings);
                 next_prune = Instant::now() + if pruning { PRUNE_AGAIN } else { PRUNE_EVERY };
-                continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            continue;
         };
         let mut batch = vec![first];
         // Let concurrent appends gather: one sleep instead of a wake-up per arriving command.
         // A batch of outcomes alone does not wait: nobody is blocked on it.
-        if !settings.window.is_zero() && matches!(batch[0], Command::Append { .. }) {
+        if broken.is_none()
+            && !settings.window.is_zero()
+            && matches!(batch[0], Command::Append { .. })
+        {
             std::thread::sleep(settings.window);
         }
         while batch.len() < MAX_BATCH {
@@ -142,13 +191,25 @@ pub fn run(
                 Err(_) => break,
             }
         }
+        let database = match (&broken, slot.get()) {
+            (None, Ok(database)) => database,
+            (Some(b), _) => {
+                let reason = format!("the journal cannot be written: {}", b.reason);
+                fail_all(batch, &StoreError::Storage(reason));
+                continue;
+            }
+            (None, Err(e)) => {
+                fail_all(batch, &e);
+                continue;
+            }
+        };
         let appends = batch.iter().filter(|c| matches!(c, Command::Append { .. })).count();
         // Each batch that adds events (and each batch while a backlog to prune remains)
         // deletes up to about twice what it adds, in the same transaction: pruning keeps pace
         // with the load without pauses of its own. With nothing to prune this costs a few
         // look-ups.
         let prune_budget = (pruning || appends > 0).then_some(2 * appends + 64);
-        let pruned = write_batch(
+        let (pruned, failed) = write_batch(
             &database,
             batch,
             &mut next_id,
@@ -157,19 +218,34 @@ pub fn run(
             &settings,
             prune_budget,
         );
+        drop(database);
+        if let Some(reason) = failed {
+            tracing::warn!("the journal will be reopened after this storage error");
+            broken = Some(Broken {
+                retry_at: Instant::now() + REOPEN_FIRST,
+                backoff: REOPEN_FIRST,
+                reason,
+            });
+            continue;
+        }
         if let (Some(budget), Some(done)) = (prune_budget, pruned) {
             pruning = done >= budget;
         }
         // A round of its own (up to PRUNE_BATCH deletes in one transaction) holds up the
         // requests waiting for the next batch, so under load it only runs when the batches are
         // not pruning (a stream of outcomes alone, say), and at most every PRUNE_EVERY.
-        if !pruning && Instant::now() >= next_prune {
+        if !pruning
+            && Instant::now() >= next_prune
+            && let Ok(database) = slot.get()
+        {
             pruning = prune(&database, &settings);
             next_prune = Instant::now() + PRUNE_EVERY;
         }
     }
     // Make the last outcomes durable before the process ends.
-    if let Ok(txn) = database.begin_write() {
+    if let Ok(database) = slot.get()
+        && let Ok(txn) = database.begin_write()
+    {
         let _ = txn.commit();
     }
 }
@@ -209,7 +285,8 @@ enum Reply {
 }
 
 /// Writes one batch in one transaction; with a `prune_budget`, also prunes up to that many
-/// completed events and returns how many it pruned.
+/// completed events and returns how many it pruned. The second value is why the batch could
+/// not be written, if it could not (the file then needs reopening).
 fn write_batch(
     database: &Database,
     batch: Vec<Command>,
@@ -218,7 +295,7 @@ fn write_batch(
     shared: &Shared,
     settings: &Settings,
     prune_budget: Option<usize>,
-) -> Option<usize> {
+) -> (Option<usize>, Option<String>) {
     let mut pruned = None;
     let now = crate::journal::now_ms();
     let mut replies = Vec::with_capacity(batch.len());
@@ -229,11 +306,10 @@ fn write_batch(
         Ok(txn) => txn,
         Err(e) => {
             let error = StoreError::Db(e.into());
-            tracing::error!(
-                "cannot write to the journal: {error}; events get 503 until the host restarts with storage available"
-            );
+            tracing::error!("cannot write to the journal: {error}; events get 503 meanwhile");
+            shared.commit_result(Some(error.to_string()));
             fail_all(batch, &error);
-            return None;
+            return (None, Some(error.to_string()));
         }
     };
     let mut failure: Option<StoreError> = None;
@@ -346,7 +422,7 @@ fn write_batch(
             shared.wake(plugin);
         }
     }
-    pruned
+    (pruned, committed.err().map(|e| e.to_string()))
 }
 
 /// Whether a reply waits on something that must be durable: a flush or stored tokens.
