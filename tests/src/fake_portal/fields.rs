@@ -363,6 +363,31 @@ impl State {
                         };
                     }
                     "userfield.list" => return self.classic_list(entity, params),
+                    "userfield.update" => {
+                        let id = param_id(params)?;
+                        let field = match self.live_field(id) {
+                            Some(f) if f.entity_id == *entity => f.clone(),
+                            _ => return Err(not_found(id)),
+                        };
+                        let label = params
+                            .get("fields")
+                            .and_then(|f| f.get("EDIT_FORM_LABEL"))
+                            .map(|l| l.get("en").map_or_else(|| value_text(l), value_text));
+                        if let (Some(label), Some(slot)) = (label, self.fields.get_mut(&id)) {
+                            slot.label = label;
+                        }
+                        // The change goes to the offline queues, but not to the connector
+                        // of this call ("skip your own changes").
+                        let connector = params.get("auth_connector").map(value_text);
+                        let data = json!({ "FIELDS": {
+                            "ID": id.to_string(),
+                            "ENTITY_ID": field.entity_id,
+                            "FIELD_NAME": field.field_name,
+                        }});
+                        let code = format!("ONCRM{}USERFIELDUPDATE", word.to_ascii_uppercase());
+                        self.queue_change(&code, data, Some(1), connector.as_deref());
+                        return Ok((json!(true), Vec::new()));
+                    }
                     _ => {}
                 }
             }

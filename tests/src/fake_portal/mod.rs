@@ -18,6 +18,7 @@
 //! | method | answer |
 //! |---|---|
 //! | `crm.{lead,deal,contact,company,quote,invoice,requisite}.userfield.get` `{id}` | the field, UPPER_CASE, labels as language maps (`{"en": ..}`), `LIST` only for `enumeration` |
+//! | `crm.<entity>.userfield.update` `{id, fields: {EDIT_FORM_LABEL?}}` | `true`; sets the label and queues `ONCRM<ENTITY>USERFIELDUPDATE` offline, skipping the call's `auth_connector` |
 //! | `crm.<entity>.userfield.list` `{filter?, start?}` | array of the entity's live fields, order `SORT, ID`, 50 a page (`next`, `total`); labels only as strings and only with `filter.LANG` (as Bitrix24 does); filter keys `ID, FIELD_NAME, USER_TYPE_ID, XML_ID, MULTIPLE, MANDATORY` compare exactly |
 //! | `userfieldconfig.get` `{moduleId: "crm", id}` | `{"field": {..camelCase.., "enum": [..]}}`, smart-process fields only (`CRM_<n>`, `CRM_SMART_INVOICE`, `CRM_SMART_DOCUMENT`) |
 //! | `userfieldconfig.list` `{moduleId: "crm", filter?: {entityId}, start?}` | `{"fields": [..]}` of live smart-process fields, without `enum` (as Bitrix24 does) |
@@ -51,7 +52,7 @@
 //!    a permission error; the fake is stricter and uniform on purpose.)
 //!
 //! The parts live in [`fields`], [`oauth`], [`offline`] (the offline queue and `event.bind`),
-//! [`wire`] (HTTP) and [`state`] (the shared state and dispatch).
+//! [`wire`] (HTTP) and `state` (the shared state and dispatch).
 //!
 //! # Example
 //!
@@ -74,13 +75,13 @@
 //! # let _ = (access, refresh, auth, rest_calls);
 //! ```
 
-mod fields;
-mod oauth;
-mod offline;
+pub mod fields;
+pub mod oauth;
+pub mod offline;
 mod state;
 #[cfg(test)]
 mod testkit;
-mod wire;
+pub mod wire;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -108,6 +109,10 @@ pub const WRONG_LICENSE: &str = "WRONG_LICENSE";
 /// from the Bitrix24 REST documentation of `event.offline.get`.
 pub const OFFLINE_LICENSE_DESCRIPTION: &str =
     "This feature is not enabled for the current license: extended offline events handling";
+/// The `error_description` that goes with [`WRONG_LICENSE`] when a plan without connectors
+/// gets an `auth_connector` (see [`FakePortal::set_connectors_allowed`]).
+pub const CONNECTOR_LICENSE_DESCRIPTION: &str =
+    "This feature is not enabled for the current license: auth_connector";
 
 /// How to start a [`FakePortal`].
 #[derive(Debug, Clone)]
@@ -131,6 +136,9 @@ pub struct PortalOptions {
     /// reserve-then-confirm mode of the offline queue (`event.offline.get` with `clear=0`).
     /// Default true; see [`FakePortal::set_offline_safe_mode`].
     pub offline_safe_mode: bool,
+    /// The portal's UTC offset in minutes: `TIMESTAMP_X` is the portal's local time with it
+    /// (default 180, `+03:00`).
+    pub utc_offset_minutes: i32,
 }
 
 impl Default for PortalOptions {
@@ -144,6 +152,7 @@ impl Default for PortalOptions {
             domain: None,
             access_ttl: Duration::from_secs(3600),
             offline_safe_mode: true,
+            utc_offset_minutes: 180,
         }
     }
 }
@@ -227,6 +236,13 @@ impl FakePortal {
             failing_clears: 0,
             bindings: Vec::new(),
             event_calls: Vec::new(),
+            next_seq: 0,
+            garbled_clears: 0,
+            hold_clear: None,
+            clear_held: false,
+            app_user_admin: true,
+            connectors_allowed: true,
+            webhooks: Vec::new(),
         };
         state.initial = state.mint_pair(now);
         let shared = Arc::new(Shared { state: Mutex::new(state) });

@@ -28,6 +28,16 @@ pub(super) struct RefreshToken {
 }
 
 impl FakePortal {
+    /// Adds an incoming webhook of user `user_id` and returns its REST base,
+    /// `http://127.0.0.1:PORT/rest/<user_id>/<code>/`: calls under it need no token, but
+    /// `event.offline.*` refuses them (403 `WRONG_AUTH_TYPE`), as Bitrix24 does.
+    pub fn add_webhook(&self, user_id: u64) -> String {
+        let mut state = self.shared.lock();
+        let code = format!("wh{:014x}", 0x00c0_ffee_u64 + state.webhooks.len() as u64);
+        state.webhooks.push(code.clone());
+        format!("{}/rest/{user_id}/{code}/", state.base)
+    }
+
     /// Mints a new access token valid for `access_ttl`, not tied to any refresh token: the user
     /// token an event carries in `auth[access_token]`.
     pub fn issue_access_token(&self) -> String {

@@ -6,30 +6,45 @@
 //! marked erroneous, rewrites that row in place and keeps its `ID` and `MESSAGE_ID`) and read it
 //! with [`FakePortal::offline_rows`], [`FakePortal::offline_cleared`] and
 //! [`FakePortal::offline_errored`]. Rows, as Bitrix24 sends them: `ID` (decimal string,
-//! increasing from 1), `TIMESTAMP_X` (`2026-11-24T21:22:32+00:00`), `EVENT_NAME`, `EVENT_DATA`
+//! increasing from 1), `TIMESTAMP_X` (the portal's local time with its UTC offset,
+//! [`PortalOptions::utc_offset_minutes`](super::PortalOptions), e.g.
+//! `2026-12-01T19:24:05+03:00`; a merged push renews it), `EVENT_NAME`, `EVENT_DATA`
 //! (the online event's `data`), `EVENT_ADDITIONAL` (`{"user_id": "1"}`, or `{"user_id": 0}`
 //! without a user), `MESSAGE_ID` (32 lower-case hex); `event.offline.list` and
 //! [`FakePortal::offline_rows`] add `PROCESS_ID` (`""` when not reserved) and `ERROR`
 //! (`"0"`/`"1"`). Param names are matched case-insensitively; list params may be JSON arrays or
 //! PHP form lists (`message_id[]=..`).
 //!
+//! **One queue per connector**, as in Bitrix24: every `event.offline.*` call works on the rows
+//! whose connector is its `auth_connector` (`""` without one). A change (a push, or a REST
+//! write such as `crm.<entity>.userfield.update`) is queued once for every connector that has
+//! an offline binding of the event (in the default queue `""` when the event has no offline
+//! binding, so tests need not bind), except the connector of the REST call that made it ("skip
+//! your own changes"). While [connectors are not allowed](FakePortal::set_connectors_allowed),
+//! an `event.*` call with an `auth_connector` answers 403 [`WRONG_LICENSE`]
+//! ([`CONNECTOR_LICENSE_DESCRIPTION`]).
+//!
+//! **Who may call**: `event.offline.*` through an [incoming webhook](FakePortal::add_webhook)
+//! answers 403 `WRONG_AUTH_TYPE`; while the [app's user is no
+//! admin](FakePortal::set_app_user_admin), 403 `ACCESS_DENIED`.
+//!
 //! - `event.offline.get` `{filter?, order?, limit?, clear?, process_id?, error?,
 //!   auth_connector?}` answers `{"process_id": .., "events": [rows without PROCESS_ID/ERROR]}`,
-//!   always in `ID` order (`order` is ignored). `limit` defaults to 50 and is capped at 50; below
+//!   in `order` (`{FIELD: ASC|DESC}` over `ID`, `TIMESTAMP_X`, `EVENT_NAME`, `MESSAGE_ID`;
+//!   default `TIMESTAMP_X` ascending, ties in order of change). `limit` defaults to 50 and is capped at 50; below
 //!   1 or not a number: 400 `ERROR_ARGUMENT` "Value must be positive integer". `error=0`
 //!   (default) takes only rows with `ERROR=0`, `error=1` only erroneous ones. `filter` supports
 //!   `ID`, `TIMESTAMP_X`, `EVENT_NAME`, `MESSAGE_ID` with `=`, `>`, `<`, `>=`, `<=` (none = `=`);
 //!   other fields or operations: 400 `ERROR_ARGUMENT` "Filter field not allowed: F" / "Filter
-//!   operation not allowed: OP". `auth_connector` is accepted and only recorded
-//!   ([`FakePortal::event_calls`]): the fake has one queue, not one per connector.
+//!   operation not allowed: OP".
 //!   - `clear=1` (default) without `process_id`: up to `limit` unreserved rows, deleted at once;
 //!     `process_id` is `null` (as Bitrix24 answers).
-//!   - `clear=0` without `process_id`: reserves up to `limit` unreserved rows under a new 32-hex
-//!     `process_id` (returned even when no row was free). Every call runs under one lock, so
+//!   - `clear=0` without `process_id`: reserves up to `limit` unreserved rows under a new
+//!     `process_id` of 32 letters and digits (returned even when no row was free). Every call runs under one lock, so
 //!     parallel callers get disjoint batches; reserved rows are never handed to another batch.
-//!   - with `process_id`: the rows already reserved under it, topped up to `limit` with newly
-//!     reserved unreserved rows; with `clear=1` the WHOLE batch is then deleted, answered or not
-//!     (Bitrix24's documented behaviour).
+//!   - with `process_id`: only the rows still reserved under it (up to `limit`); NOTHING new is
+//!     reserved, so once the batch was cleared the answer is empty (what Bitrix24's code does);
+//!     with `clear=1` the returned rows are deleted.
 //!   - `clear=0` while [safe mode](FakePortal::set_offline_safe_mode) is off: 403
 //!     [`WRONG_LICENSE`] "This feature is not enabled for the current license: extended offline
 //!     events handling" ([`OFFLINE_LICENSE_DESCRIPTION`]), checked after the params.
@@ -43,7 +58,9 @@
 //!   not a list of 32-character strings: 400 `ERROR_ARGUMENT` "Value must be array of
 //!   MESSAGE_ID values"; `id` not a list of positive integers: 400 `ERROR_ARGUMENT` "Value must
 //!   be array of integers". While [`FakePortal::fail_next_clears`] has calls left: 500
-//!   `INTERNAL_SERVER_ERROR` "Internal server error" and nothing is deleted.
+//!   `INTERNAL_SERVER_ERROR` "Internal server error" and nothing is deleted. A lost reply:
+//!   [`FakePortal::garble_next_clear_replies`] (deleted, then answered 502 HTML) and
+//!   [`FakePortal::hold_next_clear`] (deleted, then the reply waits to be released).
 //! - `event.offline.error` `{process_id, message_id}`: the listed rows reserved under
 //!   `process_id` get `ERROR=1` and lose their reservation (so only `error=1` gets them again);
 //!   answers `true`. Same `process_id` errors as clear; `message_id` missing: 400
@@ -61,9 +78,9 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    FakePortal, OFFLINE_LICENSE_DESCRIPTION, WRONG_LICENSE,
+    CONNECTOR_LICENSE_DESCRIPTION, FakePortal, OFFLINE_LICENSE_DESCRIPTION, WRONG_LICENSE,
     fields::{paginate, yn_str},
-    state::{ApiError, CallResult, State, iso_utc, unix_now},
+    state::{ApiError, CallResult, State, iso_local, unix_now},
     wire::value_text,
 };
 
@@ -77,6 +94,12 @@ pub(super) struct OfflineRow {
     pub(super) data: Value,
     pub(super) user_id: Option<u64>,
     pub(super) message_id: String,
+    /// The connector's queue the row is in (`CONNECTOR_ID`; `""` without a connector).
+    pub(super) connector: String,
+    /// The portal's UTC offset in minutes, for `TIMESTAMP_X`.
+    pub(super) utc_offset: i32,
+    /// Change counter: orders rows with the same `TIMESTAMP_X` (one-second resolution).
+    pub(super) seq: u64,
     /// The reserving batch; `None` when not reserved.
     pub(super) process_id: Option<String>,
     pub(super) error: bool,
@@ -145,6 +168,47 @@ impl FakePortal {
         self.shared.lock().failing_clears = n;
     }
 
+    /// Makes the replies of the next `n` successful `event.offline.clear` calls 502 with an
+    /// HTML body (a proxy that lost the portal's answer): the rows ARE deleted, the caller
+    /// cannot tell.
+    pub fn garble_next_clear_replies(&self, n: usize) {
+        self.shared.lock().garbled_clears = n;
+    }
+
+    /// Arms a hold on the next successful `event.offline.clear`: the rows are deleted, then
+    /// the reply waits until [`Self::release_held_clear`] (or 60 s). [`Self::clear_is_held`]
+    /// tells when that moment has come, e.g. to kill the caller while it waits.
+    pub fn hold_next_clear(&self) {
+        self.shared.lock().hold_clear = Some(std::sync::Arc::new(tokio::sync::Notify::new()));
+    }
+
+    /// Whether a clear was applied and its reply is being held.
+    pub fn clear_is_held(&self) -> bool {
+        self.shared.lock().clear_held
+    }
+
+    /// Lets a held clear reply go (and disarms a hold not yet used).
+    pub fn release_held_clear(&self) {
+        let mut state = self.shared.lock();
+        state.clear_held = false;
+        if let Some(hold) = state.hold_clear.take() {
+            hold.notify_one();
+        }
+    }
+
+    /// Whether the user whose tokens the app holds is a portal administrator (default true).
+    /// While not, every `event.offline.*` call answers 403 `ACCESS_DENIED`.
+    pub fn set_app_user_admin(&self, admin: bool) {
+        self.shared.lock().app_user_admin = admin;
+    }
+
+    /// Whether the plan supports `auth_connector` (default true). While not, an `event.*` call
+    /// with a non-empty `auth_connector` answers 403 [`WRONG_LICENSE`] with
+    /// [`CONNECTOR_LICENSE_DESCRIPTION`].
+    pub fn set_connectors_allowed(&self, allowed: bool) {
+        self.shared.lock().connectors_allowed = allowed;
+    }
+
     /// The subscriptions made with `event.bind` (minus those removed by `event.unbind`), in
     /// order: `{"event", "handler" ("" for offline), "auth_type" ("0" unless given),
     /// "offline" (0/1), "auth_connector" (string or null), "options" (object or null)}`.
@@ -172,54 +236,136 @@ impl State {
         format!("{:016x}{:016x}", splitmix64(n ^ salt), splitmix64(n))
     }
 
+    /// A fresh 32-character alphanumeric `process_id` (mixed case, as Bitrix24's
+    /// `Random::getString(32)`); unique within the fake.
+    pub(super) fn process_id(&mut self) -> String {
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        self.next_hex += 1;
+        let mut x = splitmix64(self.next_hex ^ 0x5eed);
+        (0..32)
+            .map(|i| {
+                if i % 10 == 0 {
+                    x = splitmix64(x);
+                }
+                let c = ALPHABET[(x % 62) as usize] as char;
+                x /= 62;
+                c
+            })
+            .collect()
+    }
+
     pub(super) fn push_offline(
         &mut self,
         event_name: &str,
         data: Value,
         user_id: Option<u64>,
     ) -> String {
+        self.queue_change(event_name, data, user_id, None)
+    }
+
+    /// Queues a change for every connector with an offline binding of the event (the default
+    /// queue `""` when the event has none), except `skip`: the connector of the REST call that
+    /// made the change ("skip your own changes"). Returns the `MESSAGE_ID` (`""` when no queue
+    /// took it).
+    pub(super) fn queue_change(
+        &mut self,
+        event_name: &str,
+        data: Value,
+        user_id: Option<u64>,
+        skip: Option<&str>,
+    ) -> String {
         let event_name = event_name.to_ascii_uppercase();
+        let mut connectors: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|b| b.offline && b.event == event_name)
+            .map(|b| b.auth_connector.clone().unwrap_or_default())
+            .collect();
+        connectors.sort();
+        connectors.dedup();
+        if connectors.is_empty() {
+            connectors.push(String::new());
+        }
+        connectors.retain(|c| Some(c.as_str()) != skip.filter(|s| !s.is_empty()));
         let now = unix_now() as i64;
         let key = change_key(&data);
-        let pending = self.offline.values_mut().find(|row| {
-            row.process_id.is_none()
-                && !row.error
-                && row.event_name == event_name
-                && match &key {
-                    Some(id) => change_key(&row.data).as_ref() == Some(id),
-                    None => row.data == data,
+        let mut message_id = String::new();
+        for connector in connectors {
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            let pending = self.offline.values_mut().find(|row| {
+                row.process_id.is_none()
+                    && !row.error
+                    && row.connector == connector
+                    && row.event_name == event_name
+                    && match &key {
+                        Some(id) => change_key(&row.data).as_ref() == Some(id),
+                        None => row.data == data,
+                    }
+            });
+            if let Some(row) = pending {
+                row.data = data.clone();
+                row.user_id = user_id;
+                row.timestamp = now;
+                row.seq = seq;
+                if message_id.is_empty() {
+                    message_id = row.message_id.clone();
                 }
-        });
-        if let Some(row) = pending {
-            row.data = data;
-            row.user_id = user_id;
-            row.timestamp = now;
-            return row.message_id.clone();
-        }
-        let id = self.next_offline_id;
-        self.next_offline_id += 1;
-        let message_id = self.hex32();
-        self.offline.insert(
-            id,
-            OfflineRow {
+                continue;
+            }
+            if message_id.is_empty() {
+                message_id = self.hex32();
+            }
+            let id = self.next_offline_id;
+            self.next_offline_id += 1;
+            self.offline.insert(
                 id,
-                timestamp: now,
-                event_name,
-                data,
-                user_id,
-                message_id: message_id.clone(),
-                process_id: None,
-                error: false,
-            },
-        );
+                OfflineRow {
+                    id,
+                    timestamp: now,
+                    event_name: event_name.clone(),
+                    data: data.clone(),
+                    user_id,
+                    message_id: message_id.clone(),
+                    connector,
+                    utc_offset: self.opts.utc_offset_minutes,
+                    seq,
+                    process_id: None,
+                    error: false,
+                },
+            );
+        }
         message_id
     }
 
     /// `event.*` methods and `feature.get`.
-    pub(super) fn call_event(&mut self, method: &str, params: &Map<String, Value>) -> CallResult {
+    pub(super) fn call_event(
+        &mut self,
+        method: &str,
+        params: &Map<String, Value>,
+        webhook: bool,
+    ) -> CallResult {
         let mut logged = params.clone();
         logged.remove("auth");
-        self.event_calls.push(json!({ "method": method, "params": logged }));
+        self.event_calls.push(json!({ "method": method, "params": logged, "webhook": webhook }));
+        if method.starts_with("event.offline.") {
+            if webhook {
+                return Err(ApiError::new(
+                    403,
+                    "WRONG_AUTH_TYPE",
+                    "Current authorization type is denied for this method",
+                ));
+            }
+            if !self.app_user_admin {
+                return Err(ApiError::new(403, "ACCESS_DENIED", "Access denied!"));
+            }
+        }
+        if method.starts_with("event.")
+            && !self.connectors_allowed
+            && param_ci(params, "auth_connector").is_some_and(|c| !value_text(c).is_empty())
+        {
+            return Err(ApiError::new(403, WRONG_LICENSE, CONNECTOR_LICENSE_DESCRIPTION));
+        }
         match method {
             "feature.get" => {
                 let code = param_ci(params, "code").map(value_text).unwrap_or_default();
@@ -272,6 +418,7 @@ impl State {
     pub(super) fn offline_get(&mut self, params: &Map<String, Value>) -> CallResult {
         let filter =
             parse_offline_filter(params, &["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID"])?;
+        let order = parse_order(params)?;
         let limit = match param_ci(params, "limit") {
             None | Some(Value::Null) => OFFLINE_LIMIT,
             Some(v) => match value_text(v).trim().parse::<u64>() {
@@ -291,64 +438,55 @@ impl State {
         if !clear && !self.opts.offline_safe_mode {
             return Err(ApiError::new(403, WRONG_LICENSE, OFFLINE_LICENSE_DESCRIPTION));
         }
-        let matches = |row: &OfflineRow| row.error == error && filter_matches(&filter, row);
+        let connector = connector_of(params);
+        let matches = |row: &OfflineRow| {
+            row.connector == connector && row.error == error && filter_matches(&filter, row)
+        };
+        let mut ordered: Vec<&OfflineRow> = self.offline.values().collect();
+        sort_rows(&mut ordered, &order);
 
-        if clear && given.is_none() {
-            // Take and delete at once.
-            let ids: Vec<u64> = self
-                .offline
-                .values()
+        if given.is_none() {
+            let taken: Vec<u64> = ordered
+                .iter()
                 .filter(|r| r.process_id.is_none() && matches(r))
                 .take(limit)
                 .map(|r| r.id)
                 .collect();
-            let mut events = Vec::with_capacity(ids.len());
-            for id in ids {
-                if let Some(row) = self.offline.remove(&id) {
+            if clear {
+                // Take and delete at once.
+                let mut events = Vec::with_capacity(taken.len());
+                for id in taken {
+                    if let Some(row) = self.offline.remove(&id) {
+                        events.push(row.short());
+                        self.offline_cleared.push(row.message_id);
+                    }
+                }
+                return Ok((json!({ "process_id": null, "events": events }), Vec::new()));
+            }
+            // Reserve a new batch.
+            let process_id = self.process_id();
+            let mut events = Vec::with_capacity(taken.len());
+            for id in taken {
+                if let Some(row) = self.offline.get_mut(&id) {
+                    row.process_id = Some(process_id.clone());
                     events.push(row.short());
-                    self.offline_cleared.push(row.message_id);
                 }
             }
-            return Ok((json!({ "process_id": null, "events": events }), Vec::new()));
+            return Ok((json!({ "process_id": process_id, "events": events }), Vec::new()));
         }
 
-        // Reserve: the batch's own rows first, then unreserved ones up to the limit.
-        let process_id = match given {
-            Some(p) => p,
-            None => self.hex32(),
-        };
-        let mut ids: Vec<u64> = self
-            .offline
-            .values()
+        // With a process_id: only the rows still held under it; nothing new is reserved.
+        let process_id = given.unwrap_or_default();
+        let held: Vec<u64> = ordered
+            .iter()
             .filter(|r| r.process_id.as_deref() == Some(process_id.as_str()) && matches(r))
             .take(limit)
             .map(|r| r.id)
             .collect();
-        let more: Vec<u64> = self
-            .offline
-            .values()
-            .filter(|r| r.process_id.is_none() && matches(r))
-            .take(limit - ids.len())
-            .map(|r| r.id)
-            .collect();
-        for id in &more {
-            if let Some(row) = self.offline.get_mut(id) {
-                row.process_id = Some(process_id.clone());
-            }
-        }
-        ids.extend(more);
-        ids.sort_unstable();
         let events: Vec<Value> =
-            ids.iter().filter_map(|id| self.offline.get(id)).map(OfflineRow::short).collect();
+            held.iter().filter_map(|id| self.offline.get(id)).map(OfflineRow::short).collect();
         if clear {
-            // clear=1 with a process_id: the whole batch goes, answered or not.
-            let batch: Vec<u64> = self
-                .offline
-                .values()
-                .filter(|r| r.process_id.as_deref() == Some(process_id.as_str()))
-                .map(|r| r.id)
-                .collect();
-            for id in batch {
+            for id in held {
                 if let Some(row) = self.offline.remove(&id) {
                     self.offline_cleared.push(row.message_id);
                 }
@@ -362,8 +500,12 @@ impl State {
             params,
             &["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID", "PROCESS_ID", "ERROR"],
         )?;
-        let all: Vec<&OfflineRow> =
-            self.offline.values().filter(|r| filter_matches(&filter, r)).collect();
+        let connector = connector_of(params);
+        let all: Vec<&OfflineRow> = self
+            .offline
+            .values()
+            .filter(|r| r.connector == connector && filter_matches(&filter, r))
+            .collect();
         let (page, extra) = paginate(&all, params);
         let rows: Vec<Value> = page.iter().map(|r| r.full()).collect();
         Ok((Value::Array(rows), extra))
@@ -392,9 +534,11 @@ impl State {
                     ApiError::new(400, "ERROR_ARGUMENT", "Value must be array of integers")
                 })?,
         };
+        let connector = connector_of(params);
         let doomed: Vec<u64> = self
             .offline
             .values()
+            .filter(|r| r.connector == connector)
             .filter(|r| r.process_id.as_deref() == Some(process_id.as_str()))
             .filter(|r| {
                 if !message_ids.is_empty() {
@@ -427,8 +571,10 @@ impl State {
             }
             Some(v) => message_id_list(v)?,
         };
+        let connector = connector_of(params);
         for row in self.offline.values_mut() {
-            if row.process_id.as_deref() == Some(process_id.as_str())
+            if row.connector == connector
+                && row.process_id.as_deref() == Some(process_id.as_str())
                 && !row.error
                 && message_ids.contains(&row.message_id)
             {
@@ -450,7 +596,7 @@ impl OfflineRow {
         };
         json!({
             "ID": self.id.to_string(),
-            "TIMESTAMP_X": iso_utc(self.timestamp),
+            "TIMESTAMP_X": iso_local(self.timestamp, self.utc_offset),
             "EVENT_NAME": self.event_name,
             "EVENT_DATA": self.data,
             "EVENT_ADDITIONAL": { "user_id": user },
@@ -659,6 +805,64 @@ pub(super) fn change_key(data: &Value) -> Option<String> {
         .map(value_text)
 }
 
+/// The connector queue a call works on: its `auth_connector` (`""` without one).
+pub(super) fn connector_of(params: &Map<String, Value>) -> String {
+    param_ci(params, "auth_connector").map(value_text).unwrap_or_default()
+}
+
+/// The `order` param of `event.offline.get`: `{FIELD: "ASC"|"DESC", ..}` over `ID`,
+/// `TIMESTAMP_X`, `EVENT_NAME`, `MESSAGE_ID`; default `TIMESTAMP_X` ascending.
+pub(super) fn parse_order(params: &Map<String, Value>) -> Result<Vec<(String, bool)>, ApiError> {
+    let order = match param_ci(params, "order") {
+        None | Some(Value::Null) => return Ok(vec![("TIMESTAMP_X".to_owned(), true)]),
+        Some(Value::Array(a)) if a.is_empty() => return Ok(vec![("TIMESTAMP_X".to_owned(), true)]),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::new(400, "ERROR_ARGUMENT", "The order is not an array.")),
+    };
+    let mut out = Vec::new();
+    for (field, direction) in order {
+        let field = field.to_ascii_uppercase();
+        if !["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID"].contains(&field.as_str()) {
+            return Err(ApiError::new(
+                400,
+                "ERROR_ARGUMENT",
+                &format!("Order field not allowed: {field}"),
+            ));
+        }
+        let ascending = match value_text(direction).trim().to_ascii_uppercase().as_str() {
+            "" | "ASC" => true,
+            "DESC" => false,
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    "ERROR_ARGUMENT",
+                    "Order direction must be ASC or DESC",
+                ));
+            }
+        };
+        out.push((field, ascending));
+    }
+    Ok(out)
+}
+
+/// Sorts rows by `order`; ties by change, then by `ID`.
+pub(super) fn sort_rows(rows: &mut [&OfflineRow], order: &[(String, bool)]) {
+    rows.sort_by(|a, b| {
+        let mut ord = std::cmp::Ordering::Equal;
+        for (field, ascending) in order {
+            let o = match field.as_str() {
+                "ID" => a.id.cmp(&b.id),
+                "TIMESTAMP_X" => a.timestamp.cmp(&b.timestamp).then(a.seq.cmp(&b.seq)),
+                "EVENT_NAME" => a.event_name.cmp(&b.event_name),
+                _ => a.message_id.cmp(&b.message_id),
+            };
+            let o = if *ascending { o } else { o.reverse() };
+            ord = ord.then(o);
+        }
+        ord.then(a.seq.cmp(&b.seq)).then(a.id.cmp(&b.id))
+    });
+}
+
 pub(super) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -691,6 +895,11 @@ mod tests {
             .collect()
     }
 
+    /// 32 ASCII letters and digits, as Bitrix24's `Random::getString(32)`.
+    fn is_process_id(s: &str) -> bool {
+        s.len() == 32 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
+
     fn is_hex32(s: &str) -> bool {
         s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }
@@ -710,16 +919,13 @@ mod tests {
         assert_eq!(rows[0]["ERROR"], "0");
         assert_eq!(rows[0]["EVENT_ADDITIONAL"], json!({"user_id": "1"}));
         assert_eq!(rows[0]["EVENT_DATA"], deal_field(1));
-        assert!(rows[0]["TIMESTAMP_X"].as_str().unwrap().ends_with("+00:00"));
+        // The portal's local time with its UTC offset (default +03:00).
+        assert!(rows[0]["TIMESTAMP_X"].as_str().unwrap().ends_with("+03:00"), "{}", rows[0]);
 
-        let a = post(
-            &portal,
-            "event.offline.get",
-            json!({"clear": 0, "limit": 2, "auth_connector": "b24host", "auth": token}),
-        );
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "limit": 2, "auth": token}));
         assert_eq!(a.status, 200, "{}", a.json);
         let pid = a.json["result"]["process_id"].as_str().unwrap().to_owned();
-        assert!(is_hex32(&pid), "{pid}");
+        assert!(is_process_id(&pid), "{pid}");
         assert_eq!(message_ids(&a), ids[..2]);
         let event = &a.json["result"]["events"][0];
         assert_eq!(event["ID"], "1");
@@ -732,7 +938,7 @@ mod tests {
         assert_eq!(
             portal.event_calls()[0],
             json!({"method": "event.offline.get",
-                   "params": {"clear": 0, "limit": 2, "auth_connector": "b24host"}})
+                   "params": {"clear": 0, "limit": 2}, "webhook": false})
         );
 
         // Clear one of the two by MESSAGE_ID; a stranger's process id clears nothing.
@@ -958,7 +1164,7 @@ mod tests {
         assert_eq!(a.json["result"]["value"], "Y");
         let a = post(&portal, "event.offline.get", json!({"clear": 0, "auth": token}));
         assert_eq!(a.status, 200);
-        assert!(is_hex32(a.json["result"]["process_id"].as_str().unwrap()));
+        assert!(is_process_id(a.json["result"]["process_id"].as_str().unwrap()));
     }
 
     #[test]
@@ -985,7 +1191,11 @@ mod tests {
         assert_ne!(portal.push_offline("ONAPPTEST", json!({"X": 2}), None), plain);
 
         // A reserved row is not touched: the repeat makes a new row.
-        let a = post(&portal, "event.offline.get", json!({"clear": 0, "limit": 1, "auth": token}));
+        let a = post(
+            &portal,
+            "event.offline.get",
+            json!({"clear": 0, "limit": 1, "order": {"ID": "ASC"}, "auth": token}),
+        );
         let pid = a.json["result"]["process_id"].as_str().unwrap().to_owned();
         assert_eq!(message_ids(&a), std::slice::from_ref(&first));
         let fresh = portal.push_offline("ONCRMDEALUSERFIELDUPDATE", deal_field(554), Some(1));
@@ -1024,13 +1234,13 @@ mod tests {
         assert_eq!(again.json["result"]["process_id"], pid);
         assert_eq!(message_ids(&again), ids[0..2]);
         assert_eq!(again.json["result"]["events"], a.json["result"]["events"]);
-        // A larger limit tops the batch up with unreserved rows only.
+        // A larger limit reserves nothing new: only the rows still held under the id.
         let more = post(
             &portal,
             "event.offline.get",
             json!({"clear": 0, "limit": 10, "process_id": pid, "auth": token}),
         );
-        assert_eq!(message_ids(&more), [ids[0].clone(), ids[1].clone(), ids[4].clone()]);
+        assert_eq!(message_ids(&more), ids[0..2]);
 
         // The clear fails twice, then works; the rows stay reserved meanwhile.
         portal.fail_next_clears(2);
@@ -1045,12 +1255,22 @@ mod tests {
             "event.offline.get",
             json!({"clear": 0, "process_id": pid, "auth": token}),
         );
-        assert_eq!(message_ids(&again).len(), 3);
+        assert_eq!(message_ids(&again).len(), 2);
         let c = post(&portal, "event.offline.clear", json!({"process_id": pid, "auth": token}));
         assert_eq!(c.status, 200);
-        assert_eq!(portal.offline_cleared(), [ids[0].clone(), ids[1].clone(), ids[4].clone()]);
+        assert_eq!(portal.offline_cleared(), ids[0..2]);
+        // Once cleared, the id holds nothing: an empty answer, and no row is reserved by it.
+        let empty = post(
+            &portal,
+            "event.offline.get",
+            json!({"clear": 0, "limit": 10, "process_id": pid, "auth": token}),
+        );
+        assert_eq!(empty.status, 200);
+        assert!(message_ids(&empty).is_empty(), "{}", empty.json);
+        let reserved = portal.offline_rows().iter().filter(|r| r["PROCESS_ID"] == pid).count();
+        assert_eq!(reserved, 0);
 
-        // clear=1 with a process id deletes the whole batch, even beyond the limit.
+        // clear=1 with a process id deletes what it returned, up to the limit.
         let pb = b.json["result"]["process_id"].as_str().unwrap().to_owned();
         let d = post(
             &portal,
@@ -1059,8 +1279,132 @@ mod tests {
         );
         assert_eq!(d.json["result"]["process_id"], pb);
         assert_eq!(message_ids(&d), [ids[2].clone()]);
-        assert!(portal.offline_rows().is_empty());
-        assert_eq!(portal.offline_cleared().len(), 5);
+        assert_eq!(portal.offline_rows().len(), 2, "row 4 is still held, row 5 was never reserved");
+        assert_eq!(portal.offline_cleared().len(), 3);
+    }
+
+    #[test]
+    fn fake_portal_offline_rows_come_in_timestamp_order_and_a_changed_row_moves_last() {
+        let portal =
+            FakePortal::start(PortalOptions { utc_offset_minutes: -150, ..Default::default() });
+        let token = portal.issue_access_token();
+        let ids = fill(&portal, 3);
+        // Field 1 changes again: same row, newer timestamp, so it comes last.
+        assert_eq!(portal.push_offline("ONCRMDEALUSERFIELDUPDATE", deal_field(1), Some(1)), ids[0]);
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "auth": token}));
+        assert_eq!(message_ids(&a), [ids[1].clone(), ids[2].clone(), ids[0].clone()]);
+        let stamp = a.json["result"]["events"][0]["TIMESTAMP_X"].as_str().unwrap().to_owned();
+        assert!(stamp.ends_with("-02:30"), "{stamp}");
+        let pid = a.json["result"]["process_id"].as_str().unwrap().to_owned();
+        let desc = post(
+            &portal,
+            "event.offline.get",
+            json!({"clear": 0, "process_id": pid, "order": {"TIMESTAMP_X": "DESC"}, "auth": token}),
+        );
+        assert_eq!(message_ids(&desc), [ids[0].clone(), ids[2].clone(), ids[1].clone()]);
+        let bad =
+            post(&portal, "event.offline.get", json!({"order": {"DATA": "ASC"}, "auth": token}));
+        assert_eq!(bad.status, 400);
+    }
+
+    #[test]
+    fn fake_portal_offline_queues_are_per_connector_and_skip_own_changes() {
+        let portal = FakePortal::start(PortalOptions::default());
+        let token = portal.issue_access_token();
+        for connector in ["a", "b"] {
+            let bound = post(
+                &portal,
+                "event.bind",
+                json!({"event": "ONCRMDEALUSERFIELDUPDATE",
+                "event_type": "offline", "auth_connector": connector, "auth": token}),
+            );
+            assert_eq!(bound.status, 200, "{}", bound.json);
+        }
+        portal.push_offline("ONCRMDEALUSERFIELDUPDATE", deal_field(7), Some(1));
+        let field = portal.add_field("CRM_DEAL", "UF_CRM_X", "string", vec![]);
+        // A write through REST with connector a: queued for b only.
+        let w = post(
+            &portal,
+            "crm.deal.userfield.update",
+            json!({"id": field,
+            "fields": {"EDIT_FORM_LABEL": "New"}, "auth_connector": "a", "auth": token}),
+        );
+        assert_eq!(w.status, 200, "{}", w.json);
+        assert_eq!(portal.field(field).unwrap().label, "New");
+        let get = |connector: Option<&str>| {
+            let mut p = json!({"clear": 0, "auth": token});
+            if let Some(c) = connector {
+                p["auth_connector"] = json!(c);
+            }
+            let a = post(&portal, "event.offline.get", p);
+            assert_eq!(a.status, 200, "{}", a.json);
+            a.json["result"]["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["EVENT_DATA"]["FIELDS"]["ID"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get(Some("a")), ["7"]);
+        assert_eq!(get(Some("b")), ["7".to_owned(), field.to_string()]);
+        assert!(get(None).is_empty(), "no queue without a connector when every binding has one");
+
+        portal.set_connectors_allowed(false);
+        let refused =
+            post(&portal, "event.offline.get", json!({"auth_connector": "a", "auth": token}));
+        assert_eq!(refused.status, 403);
+        assert_eq!(refused.json["error"], "WRONG_LICENSE");
+        assert!(refused.json["error_description"].as_str().unwrap().contains("auth_connector"));
+    }
+
+    #[test]
+    fn fake_portal_offline_refuses_webhooks_and_non_admins() {
+        let portal = FakePortal::start(PortalOptions::default());
+        let hook = portal.add_webhook(1);
+        let path = hook.trim_start_matches(&portal.base_url()).to_owned();
+        let call = |method: &str| {
+            send(portal.addr(), "POST", &format!("{path}{method}"), "application/json", "{}")
+        };
+        let a = call("event.offline.get");
+        assert_eq!((a.status, a.json["error"].as_str()), (403, Some("WRONG_AUTH_TYPE")));
+        assert_eq!(call("event.get").status, 200, "other methods take webhooks");
+        let wrong = send(portal.addr(), "POST", "/rest/1/nope/event.get", "application/json", "{}");
+        assert_eq!(wrong.status, 401);
+
+        let token = portal.issue_access_token();
+        portal.set_app_user_admin(false);
+        let a = post(&portal, "event.offline.get", json!({"auth": token}));
+        assert_eq!((a.status, a.json["error"].as_str()), (403, Some("ACCESS_DENIED")));
+    }
+
+    #[test]
+    fn fake_portal_offline_clear_reply_can_be_garbled_or_held_after_it_applied() {
+        let portal = FakePortal::start(PortalOptions::default());
+        let token = portal.issue_access_token();
+        let ids = fill(&portal, 2);
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "limit": 1, "auth": token}));
+        let pid = a.json["result"]["process_id"].as_str().unwrap().to_owned();
+        portal.garble_next_clear_replies(1);
+        let c = post(&portal, "event.offline.clear", json!({"process_id": pid, "auth": token}));
+        assert_eq!(c.status, 502);
+        assert_eq!(portal.offline_cleared(), ids[..1], "applied although the reply was lost");
+
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "limit": 1, "auth": token}));
+        let pid = a.json["result"]["process_id"].as_str().unwrap().to_owned();
+        portal.hold_next_clear();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                post(&portal, "event.offline.clear", json!({"process_id": pid, "auth": token}))
+            });
+            let started = std::time::Instant::now();
+            while !portal.clear_is_held() {
+                assert!(started.elapsed() < Duration::from_secs(10));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(portal.offline_cleared(), ids, "applied while the reply is held");
+            portal.release_held_clear();
+            assert_eq!(waiter.join().unwrap().status, 200);
+        });
     }
 
     #[test]

@@ -58,6 +58,21 @@ pub(super) struct State {
     pub(super) failing_clears: usize,
     pub(super) bindings: Vec<Binding>,
     pub(super) event_calls: Vec<Value>,
+    /// Counter behind the order of changes in the offline queue.
+    pub(super) next_seq: u64,
+    /// How many of the next successful `event.offline.clear` replies are garbled (502 HTML).
+    pub(super) garbled_clears: usize,
+    /// Armed by [`super::FakePortal::hold_next_clear`]: the next successful clear's reply
+    /// waits for this.
+    pub(super) hold_clear: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// A clear was applied and its reply is being held.
+    pub(super) clear_held: bool,
+    /// Whether the user whose tokens the app holds is a portal administrator.
+    pub(super) app_user_admin: bool,
+    /// Whether the plan allows `auth_connector`.
+    pub(super) connectors_allowed: bool,
+    /// The codes of the incoming webhooks (`/rest/<user>/<code>/<method>`).
+    pub(super) webhooks: Vec<String>,
 }
 
 impl State {
@@ -100,9 +115,14 @@ impl State {
     }
 
     /// Runs a REST method; `Ok((result, extra top-level members))`.
-    pub(super) fn call(&mut self, method: &str, params: &Map<String, Value>) -> CallResult {
+    pub(super) fn call(
+        &mut self,
+        method: &str,
+        params: &Map<String, Value>,
+        webhook: bool,
+    ) -> CallResult {
         if method.starts_with("event.") || method == "feature.get" {
-            return self.call_event(method, params);
+            return self.call_event(method, params, webhook);
         }
         self.call_fields(method, params)
     }
@@ -126,6 +146,15 @@ impl ApiError {
 
 pub(super) fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Unix seconds as the portal's local time with its UTC offset (minutes), as Bitrix24 writes
+/// `TIMESTAMP_X`: `2026-12-01T19:24:05+03:00`.
+pub(super) fn iso_local(secs: i64, offset_minutes: i32) -> String {
+    let local = iso_utc(secs + i64::from(offset_minutes) * 60);
+    let sign = if offset_minutes < 0 { '-' } else { '+' };
+    let abs = offset_minutes.unsigned_abs();
+    format!("{}{sign}{:02}:{:02}", &local[..local.len() - 6], abs / 60, abs % 60)
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SS+00:00`.

@@ -61,6 +61,24 @@ pub(super) async fn handle(
     let started_unix = unix_now();
     let (parts, body) = req.into_parts();
     let body = Limited::new(body, MAX_BODY).collect().await.map(|b| b.to_bytes());
+    let (reply, hold) = respond(&shared, arrived, started_unix, &parts, body);
+    if let Some(notify) = hold {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(60), notify.notified()).await;
+        let mut state = shared.lock();
+        state.clear_held = false;
+        state.hold_clear = None;
+    }
+    Ok(reply.into_response())
+}
+
+/// The answer to one request, and the hold its reply must wait for, if any.
+fn respond(
+    shared: &Shared,
+    arrived: Instant,
+    started_unix: f64,
+    parts: &hyper::http::request::Parts,
+    body: Result<Bytes, Box<dyn std::error::Error + Send + Sync>>,
+) -> (Reply, Option<Arc<tokio::sync::Notify>>) {
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or_default().to_owned();
     let content_type = parts
@@ -88,7 +106,7 @@ pub(super) async fn handle(
         };
         let refresh = params.as_ref().ok().and_then(|p| p.get("refresh_token")).map(value_text);
         state.record(arrived, RequestKind::OAuth, &parts.method, "oauth/token", refresh, &reply);
-        return Ok(reply.into_response());
+        return (reply, None);
     }
 
     let (raw_method, moved_path) = if let Some(m) = path.strip_prefix("/rest/") {
@@ -99,7 +117,17 @@ pub(super) async fn handle(
         let reply =
             Reply::error(&ApiError::new(404, "NOT_FOUND", "No such path on the fake portal"));
         state.record(arrived, RequestKind::Other, &parts.method, &path, None, &reply);
-        return Ok(reply.into_response());
+        return (reply, None);
+    };
+    // An incoming webhook: `/rest/<user>/<code>/<method>`.
+    let mut parts_of = raw_method.splitn(3, '/');
+    let (webhook, raw_method) = match (parts_of.next(), parts_of.next(), parts_of.next()) {
+        (Some(user), Some(code), Some(rest))
+            if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (Some(state.webhooks.iter().any(|c| c == code)), rest)
+        }
+        _ => (None, raw_method),
     };
     let method = normalize_method(raw_method);
 
@@ -111,7 +139,7 @@ pub(super) async fn handle(
         }
         let reply = Reply { status: 302, body: Vec::new(), location: Some(location), error: None };
         state.record(arrived, RequestKind::Redirect, &parts.method, &method, token, &reply);
-        return Ok(reply.into_response());
+        return (reply, None);
     }
 
     let outcome = if !state.take_bucket(arrived) {
@@ -122,16 +150,21 @@ pub(super) async fn handle(
     } else {
         match &params {
             Err(e) => Err(ApiError::new(400, "INVALID_REQUEST", e)),
-            Ok(p) => state
-                .check_token(token.as_deref(), Instant::now())
-                .and_then(|()| {
-                    if method.is_empty() {
-                        Err(ApiError::new(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"))
-                    } else {
-                        Ok(())
-                    }
-                })
-                .and_then(|()| state.call(&method, p)),
+            Ok(p) => match webhook {
+                Some(true) => Ok(()),
+                Some(false) => {
+                    Err(ApiError::new(401, "INVALID_CREDENTIALS", "Invalid request credentials"))
+                }
+                None => state.check_token(token.as_deref(), Instant::now()),
+            }
+            .and_then(|()| {
+                if method.is_empty() {
+                    Err(ApiError::new(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"))
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| state.call(&method, p, webhook.is_some())),
         }
     };
     let reply = match outcome {
@@ -159,8 +192,24 @@ pub(super) async fn handle(
         }
         Err(e) => Reply::error(&e),
     };
+    let mut reply = reply;
+    let mut hold = None;
+    if method == "event.offline.clear" && reply.status == 200 {
+        if state.garbled_clears > 0 {
+            state.garbled_clears -= 1;
+            reply = Reply {
+                status: 502,
+                body: b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+                location: None,
+                error: Some("garbled".into()),
+            };
+        } else if let Some(notify) = state.hold_clear.clone() {
+            state.clear_held = true;
+            hold = Some(notify);
+        }
+    }
     state.record(arrived, RequestKind::Rest, &parts.method, &method, token, &reply);
-    Ok(reply.into_response())
+    (reply, hold)
 }
 
 /// `crm.deal.userfield.get.json/` -> `crm.deal.userfield.get`.
