@@ -159,12 +159,7 @@ impl Ingress {
                 return answer(StatusCode::UNAUTHORIZED, e.to_string());
             }
         };
-        let routes = self.supervisor.routes();
-        let plugins: Vec<Arc<str>> = routes
-            .iter()
-            .filter(|(_, route)| route.matches(&event))
-            .map(|(name, _)| name.clone())
-            .collect();
+        let plugins = self.supervisor.router().recipients(&event);
         let token = Verifier::token_change(&event, &effect);
         match self.journal.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {

@@ -26,7 +26,7 @@ use crate::{
     decode::{self, BodyFormat},
     journal::{Appended, Journal, now_ms},
     rest::{EventContext, RestClient},
-    route::Route,
+    route::Router,
 };
 
 /// What `offline status` shows for a portal.
@@ -64,10 +64,9 @@ impl Pollers {
         config: &Config,
         rest: Arc<RestClient>,
         journal: Journal,
-        routes: Vec<(Arc<str>, Route)>,
+        router: Arc<Router>,
     ) -> Pollers {
         let mut pollers = Pollers::default();
-        let routes = Arc::new(routes);
         for (member, portal) in &config.rest.portals {
             let Some(offline) = portal.offline.clone().filter(|o| o.enabled) else { continue };
             let wake = Arc::new(Notify::new());
@@ -85,7 +84,7 @@ impl Pollers {
                 config: offline,
                 rest: rest.clone(),
                 journal: journal.clone(),
-                routes: routes.clone(),
+                router: router.clone(),
                 status: pollers.status.clone(),
                 safe: true,
             };
@@ -132,7 +131,7 @@ struct Poller {
     config: OfflineConfig,
     rest: Arc<RestClient>,
     journal: Journal,
-    routes: Arc<Vec<(Arc<str>, Route)>>,
+    router: Arc<Router>,
     status: Arc<Mutex<HashMap<String, PortalStatus>>>,
     safe: bool,
 }
@@ -313,12 +312,7 @@ impl Poller {
         let raw = Bytes::from(payload.to_string());
         let event = decode::decode(&raw, BodyFormat::Json)
             .map_err(|e| RowError::Undecodable(e.to_string()))?;
-        let plugins: Vec<Arc<str>> = self
-            .routes
-            .iter()
-            .filter(|(_, route)| route.matches(&event))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let plugins = self.router.recipients(&event);
         let mut extra = vec![("message_id".to_owned(), message_id.to_owned())];
         if let Some(id) = row.get("ID") {
             extra.push((

@@ -1,5 +1,11 @@
 //! Which events a plugin receives: its own subscriptions, narrowed by its host.toml table.
-//! Ingress uses it to decide whose pending rows an event gets; workers check it again.
+//!
+//! [`Router`] is the one place that decides who receives an event: the supervisor publishes
+//! the live routes into it (at start and after every reload), and both ingress and the offline
+//! pollers ask it, so a plugin enabled or disabled by a reload gets (or stops getting) events
+//! from either path at once. Workers check a plugin's own route again.
+
+use std::sync::{Arc, RwLock};
 
 use wildmatch::WildMatch;
 
@@ -9,7 +15,34 @@ use crate::{
 };
 
 /// Every enabled plugin's name with its route, as ingress and the offline poller use them.
-pub type Routes = Vec<(std::sync::Arc<str>, Route)>;
+pub type Routes = Vec<(Arc<str>, Route)>;
+
+/// The live routes of every enabled plugin; cheap to share (`Arc<Router>`).
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: RwLock<Arc<Routes>>,
+}
+
+impl Router {
+    /// Replaces the routes (the supervisor, after a start or a reload).
+    pub fn publish(&self, routes: Routes) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// The routes as they are now.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The plugins that receive `event`, by the routes as they are now.
+    pub fn recipients(&self, event: &Decoded) -> Vec<Arc<str>> {
+        self.routes()
+            .iter()
+            .filter(|(_, route)| route.matches(event))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
 
 /// A plugin's compiled subscription filter.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,7 +27,7 @@ use crate::{
     loader::{self, LoadedPlugin},
     metrics::{Metrics, PluginState},
     rest::RestClient,
-    route::{Route, Routes},
+    route::{Route, Router, Routes},
 };
 
 /// One enabled plugin as the supervisor sees it.
@@ -79,7 +79,7 @@ pub struct Supervisor {
     runtime: tokio::runtime::Handle,
     config: Mutex<Config>,
     entries: Mutex<BTreeMap<String, Entry>>,
-    routes: RwLock<Arc<Routes>>,
+    router: Arc<Router>,
     reloading: tokio::sync::Mutex<()>,
 }
 
@@ -103,7 +103,7 @@ impl Supervisor {
             runtime: tokio::runtime::Handle::current(),
             config: Mutex::new(config.clone()),
             entries: Mutex::new(BTreeMap::new()),
-            routes: RwLock::new(Arc::new(Vec::new())),
+            router: Arc::new(Router::default()),
             reloading: tokio::sync::Mutex::new(()),
         });
         let started = Instant::now();
@@ -124,9 +124,14 @@ impl Supervisor {
         supervisor
     }
 
-    /// The routes of every enabled plugin (loaded or not), for ingress.
+    /// The routes of every enabled plugin (loaded or not).
     pub fn routes(&self) -> Arc<Routes> {
-        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.router.routes()
+    }
+
+    /// Who receives an event, by the live routes: what ingress and the offline pollers ask.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.clone()
     }
 
     fn publish_routes(&self, config: &Config) {
@@ -143,7 +148,7 @@ impl Supervisor {
                 (Arc::from(name.as_str()), route)
             })
             .collect();
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        self.router.publish(routes);
     }
 
     /// Loads, creates and starts (or swaps in) plugin `name` as `config` says. With
