@@ -196,6 +196,19 @@ impl FakePortal {
         }
     }
 
+    /// Binds `event` offline for `connector`, as another application (or another connector of
+    /// this one) would: from now on changes of that event are queued for it too.
+    pub fn bind_offline_for(&self, connector: &str, event: &str) {
+        self.shared.lock().bindings.push(Binding {
+            event: event.to_ascii_uppercase(),
+            handler: String::new(),
+            auth_type: "0".into(),
+            offline: true,
+            auth_connector: Some(connector.to_owned()).filter(|c| !c.is_empty()),
+            options: Value::Null,
+        });
+    }
+
     /// Whether the user whose tokens the app holds is a portal administrator (default true).
     /// While not, every `event.offline.*` call answers 403 `ACCESS_DENIED`.
     pub fn set_app_user_admin(&self, admin: bool) {
