@@ -121,3 +121,31 @@ impl Route {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{BodyFormat, decode};
+
+    fn event(code: &str) -> Decoded {
+        let body = format!(
+            r#"{{"event":"{code}","data":{{"FIELDS":{{"ID":"1","ENTITY_ID":"CRM_DEAL","FIELD_NAME":"UF_CRM_A"}}}},"auth":{{"member_id":"m","domain":"d"}}}}"#
+        );
+        decode(body.as_bytes(), BodyFormat::Json).expect("decodes")
+    }
+
+    #[test]
+    fn the_router_answers_by_the_routes_published_last() {
+        let router = Router::default();
+        let deal = event("ONCRMDEALUSERFIELDUPDATE");
+        assert!(router.recipients(&deal).is_empty());
+        let config = PluginConfig::default();
+        router.publish(vec![
+            (Arc::from("a"), Route::new(&["ONCRMDEAL*".to_owned()], &config)),
+            (Arc::from("b"), Route::new(&["ONCRMLEAD*".to_owned()], &config)),
+        ]);
+        assert_eq!(router.recipients(&deal), vec![Arc::<str>::from("a")]);
+        router.publish(vec![(Arc::from("b"), Route::new(&["*".to_owned()], &config))]);
+        assert_eq!(router.recipients(&deal), vec![Arc::<str>::from("b")]);
+    }
+}
