@@ -373,10 +373,11 @@ fn a_plugins_own_write_with_the_connector_does_not_come_back_offline() {
         .filter(|l| l["origin"] == "Offline" && l["field_id"] == field)
         .collect();
     assert!(echoes.is_empty(), "the plugin's own write came back: {echoes:?}");
+    let field_id = field.to_string();
     let queued: Vec<Value> = portal
         .offline_rows()
         .into_iter()
-        .filter(|r| r["EVENT_DATA"]["FIELDS"]["ID"] == field.to_string())
+        .filter(|r| r["EVENT_DATA"]["FIELDS"]["ID"] == field_id.as_str())
         .collect();
     assert_eq!(queued.len(), 1, "only the other connector's queue has it: {queued:?}");
     assert!(host.stop());
