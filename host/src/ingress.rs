@@ -159,7 +159,8 @@ impl Ingress {
                 return answer(StatusCode::UNAUTHORIZED, e.to_string());
             }
         };
-        let plugins = self.supervisor.router().recipients(&event);
+        let routes = self.supervisor.routes();
+        let plugins = crate::route::recipients(&routes, &event);
         let token = Verifier::token_change(&event, &effect);
         match self.journal.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {

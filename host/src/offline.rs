@@ -75,7 +75,7 @@ impl Pollers {
         config: &Config,
         rest: Arc<RestClient>,
         journal: Journal,
-        router: Arc<Router>,
+        router: Router,
     ) -> Pollers {
         let mut pollers = Pollers::default();
         for (member, portal) in &config.rest.portals {
@@ -142,7 +142,7 @@ struct Poller {
     config: OfflineConfig,
     rest: Arc<RestClient>,
     journal: Journal,
-    router: Arc<Router>,
+    router: Router,
     status: Arc<Mutex<HashMap<String, PortalStatus>>>,
     safe: bool,
 }

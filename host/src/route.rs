@@ -1,9 +1,9 @@
 //! Which events a plugin receives: its own subscriptions, narrowed by its host.toml table.
 //!
-//! [`Router`] is the one place that decides who receives an event: the supervisor publishes
-//! the live routes into it (at start and after every reload), and both ingress and the offline
-//! pollers ask it, so a plugin enabled or disabled by a reload gets (or stops getting) events
-//! from either path at once. Workers check a plugin's own route again.
+//! [`recipients`] is the one place that decides who receives an event, by the supervisor's live
+//! routes (published at start and after every reload): ingress passes the current ones, the
+//! offline pollers hold a [`Router`] on them, so a plugin enabled or disabled by a reload gets
+//! (or stops getting) events from either path at once. Workers check a plugin's own route again.
 
 use std::sync::{Arc, RwLock};
 
@@ -17,14 +17,27 @@ use crate::{
 /// Every enabled plugin's name with its route, as ingress and the offline poller use them.
 pub type Routes = Vec<(Arc<str>, Route)>;
 
-/// The live routes of every enabled plugin; cheap to share (`Arc<Router>`).
-#[derive(Debug, Default)]
+/// The routes as the supervisor publishes them (at start and after every reload).
+pub type LiveRoutes = Arc<RwLock<Arc<Routes>>>;
+
+/// Who receives an event, by the routes `routes` (ingress passes the supervisor's current ones).
+pub fn recipients(routes: &Routes, event: &Decoded) -> Vec<Arc<str>> {
+    routes.iter().filter(|(_, route)| route.matches(event)).map(|(name, _)| name.clone()).collect()
+}
+
+/// A handle on the supervisor's live routes; cheap to clone.
+#[derive(Debug, Clone, Default)]
 pub struct Router {
-    routes: RwLock<Arc<Routes>>,
+    routes: LiveRoutes,
 }
 
 impl Router {
-    /// Replaces the routes (the supervisor, after a start or a reload).
+    /// A handle on `routes`.
+    pub fn new(routes: LiveRoutes) -> Router {
+        Router { routes }
+    }
+
+    /// Replaces the routes.
     pub fn publish(&self, routes: Routes) {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
     }
@@ -36,11 +49,7 @@ impl Router {
 
     /// The plugins that receive `event`, by the routes as they are now.
     pub fn recipients(&self, event: &Decoded) -> Vec<Arc<str>> {
-        self.routes()
-            .iter()
-            .filter(|(_, route)| route.matches(event))
-            .map(|(name, _)| name.clone())
-            .collect()
+        recipients(&self.routes(), event)
     }
 }
 

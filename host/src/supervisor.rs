@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -79,7 +79,7 @@ pub struct Supervisor {
     runtime: tokio::runtime::Handle,
     config: Mutex<Config>,
     entries: Mutex<BTreeMap<String, Entry>>,
-    router: Arc<Router>,
+    routes: Arc<RwLock<Arc<Routes>>>,
     reloading: tokio::sync::Mutex<()>,
 }
 
@@ -103,7 +103,7 @@ impl Supervisor {
             runtime: tokio::runtime::Handle::current(),
             config: Mutex::new(config.clone()),
             entries: Mutex::new(BTreeMap::new()),
-            router: Arc::new(Router::default()),
+            routes: Arc::new(RwLock::new(Arc::new(Vec::new()))),
             reloading: tokio::sync::Mutex::new(()),
         });
         let started = Instant::now();
@@ -124,14 +124,14 @@ impl Supervisor {
         supervisor
     }
 
-    /// The routes of every enabled plugin (loaded or not).
+    /// The routes of every enabled plugin (loaded or not), for ingress.
     pub fn routes(&self) -> Arc<Routes> {
-        self.router.routes()
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Who receives an event, by the live routes: what ingress and the offline pollers ask.
-    pub fn router(&self) -> Arc<Router> {
-        self.router.clone()
+    /// A live handle on the routes, for the offline pollers: who receives an event as of now.
+    pub fn router(&self) -> Router {
+        Router::new(self.routes.clone())
     }
 
     fn publish_routes(&self, config: &Config) {
@@ -148,7 +148,7 @@ impl Supervisor {
                 (Arc::from(name.as_str()), route)
             })
             .collect();
-        self.router.publish(routes);
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
     }
 
     /// Loads, creates and starts (or swaps in) plugin `name` as `config` says. With

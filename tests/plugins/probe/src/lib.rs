@@ -9,7 +9,9 @@
 //!
 //! Commands in the field name of a user-field event:
 //! `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
-//! `SLEEP<ms>` sleeps that long, `WRITE` changes the field through the host's REST call
+//! `SLEEP<ms>` sleeps that long.
+//!
+//! `WRITE` in the field name changes the field through the host's REST call
 //! (`crm.<entity>.userfield.update`, a write the portal echoes as an event) and records the
 //! answer as a `rest` line.
 
