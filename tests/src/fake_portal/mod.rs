@@ -239,7 +239,7 @@ impl FakePortal {
             next_seq: 0,
             garbled_clears: 0,
             hold_clear: None,
-            clear_held: false,
+            held_clear: None,
             app_user_admin: true,
             connectors_allowed: true,
             webhooks: Vec::new(),

@@ -184,15 +184,15 @@ impl FakePortal {
 
     /// Whether a clear was applied and its reply is being held.
     pub fn clear_is_held(&self) -> bool {
-        self.shared.lock().clear_held
+        self.shared.lock().held_clear.is_some()
     }
 
     /// Lets a held clear reply go (and disarms a hold not yet used).
     pub fn release_held_clear(&self) {
         let mut state = self.shared.lock();
-        state.clear_held = false;
-        if let Some(hold) = state.hold_clear.take() {
-            hold.notify_one();
+        state.hold_clear = None;
+        if let Some(held) = state.held_clear.take() {
+            held.notify_one();
         }
     }
 
@@ -230,8 +230,9 @@ impl FakePortal {
     }
 
     /// Every call of an `event.*` method (and `feature.get`) that passed the token check, in
-    /// order: `{"method": "event.offline.get", "params": {..}}` with the params as received,
-    /// minus `auth` (so `auth_connector`, `limit`, `clear`, `process_id` can be asserted).
+    /// order: `{"method": "event.offline.get", "params": {..}, "webhook": false}` with the
+    /// params as received, minus `auth` (so `auth_connector`, `limit`, `clear`, `process_id`
+    /// can be asserted); `webhook` is true for a call through an incoming webhook.
     pub fn event_calls(&self) -> Vec<Value> {
         self.shared.lock().event_calls.clone()
     }

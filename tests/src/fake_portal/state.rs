@@ -65,8 +65,8 @@ pub(super) struct State {
     /// Armed by [`super::FakePortal::hold_next_clear`]: the next successful clear's reply
     /// waits for this.
     pub(super) hold_clear: Option<std::sync::Arc<tokio::sync::Notify>>,
-    /// A clear was applied and its reply is being held.
-    pub(super) clear_held: bool,
+    /// The release of a clear reply being held (the clear was applied).
+    pub(super) held_clear: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// Whether the user whose tokens the app holds is a portal administrator.
     pub(super) app_user_admin: bool,
     /// Whether the plan allows `auth_connector`.

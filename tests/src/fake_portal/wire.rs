@@ -64,9 +64,7 @@ pub(super) async fn handle(
     let (reply, hold) = respond(&shared, arrived, started_unix, &parts, body);
     if let Some(notify) = hold {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(60), notify.notified()).await;
-        let mut state = shared.lock();
-        state.clear_held = false;
-        state.hold_clear = None;
+        shared.lock().held_clear = None;
     }
     Ok(reply.into_response())
 }
@@ -203,8 +201,8 @@ fn respond(
                 location: None,
                 error: Some("garbled".into()),
             };
-        } else if let Some(notify) = state.hold_clear.clone() {
-            state.clear_held = true;
+        } else if let Some(notify) = state.hold_clear.take() {
+            state.held_clear = Some(notify.clone());
             hold = Some(notify);
         }
     }
