@@ -112,7 +112,8 @@ async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
     }
 }
 
-/// `event.bind` with `event_type=offline` for each code, with the portal's stored credentials.
+/// `event.bind` with `event_type=offline` for each code, with the portal's stored OAuth tokens
+/// (the REST client adds the portal's `auth_connector`, so the binding is the poller's queue).
 async fn bind_offline(reach: &Reach, portal: &str, events: &[String]) -> AdminResponse {
     let (client_endpoint, server_endpoint) = reach.rest.stored_endpoints(portal);
     let ctx = EventContext {
@@ -126,7 +127,7 @@ async fn bind_offline(reach: &Reach, portal: &str, events: &[String]) -> AdminRe
     for code in events {
         let params =
             serde_json::json!({ "event": code.to_ascii_uppercase(), "event_type": "offline" });
-        match reach.rest.call(&ctx, "event.bind", params).await {
+        match reach.rest.call_as_app(&ctx, "event.bind", params).await {
             Ok(_) => bound.push(code.to_ascii_uppercase()),
             Err(e) if e.error.as_str() == "ERROR_EVENT_ALREADY_INSTALLED" => {
                 bound.push(code.to_ascii_uppercase())

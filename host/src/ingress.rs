@@ -180,11 +180,7 @@ impl Ingress {
             }
         }
         let routes = self.supervisor.routes();
-        let plugins: Vec<Arc<str>> = routes
-            .iter()
-            .filter(|(_, route)| route.matches(&event))
-            .map(|(name, _)| name.clone())
-            .collect();
+        let plugins = crate::route::recipients(&routes, &event);
         let token = Verifier::token_change(&event, &effect);
         match self.journal.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {

@@ -6,9 +6,20 @@
 //! origin offline); only then `event.offline.clear` removes the rows from the portal. A row that
 //! cannot be decoded goes back with `event.offline.error`. After a crash the stored
 //! `process_id` fetches the same batch again, and the journal recognises rows it already has,
-//! so each row reaches the plugins once per change. Portals without the extended offline
-//! feature refuse `clear=0`; the poller then falls back to `clear=1` (rows leave the portal when
-//! read, so a crash between that read and the journal write loses them) and says so.
+//! so each row reaches the plugins once per change. A portal answers a stored `process_id`
+//! with the rows still held under it and reserves nothing new, so an empty answer means the
+//! batch is gone (cleared, but the reply was lost or the host died right after): the poller
+//! forgets the id and reserves afresh.
+//!
+//! Portals without the extended offline feature refuse `clear=0` (403 `WRONG_LICENSE` about
+//! "extended offline events handling"); the poller then falls back to `clear=1` (rows leave the
+//! portal when read, so a crash between that read and the journal write loses them) and says
+//! so. Other refusals are reported (status `last_error` and the log), never a fallback: a plan
+//! without `auth_connector`, a webhook (`WRONG_AUTH_TYPE`; the poller uses the app's OAuth
+//! tokens only), a user who is not an administrator (`ACCESS_DENIED`).
+//!
+//! The queue is the portal's connector queue: the REST client adds the portal's
+//! `auth_connector` to every call. Who receives a row is decided by the live [`Router`].
 
 use std::{
     collections::HashMap,
@@ -26,7 +37,7 @@ use crate::{
     decode::{self, BodyFormat},
     journal::{Appended, Journal, now_ms},
     rest::{EventContext, RestClient},
-    route::Route,
+    route::Router,
 };
 
 /// What `offline status` shows for a portal.
@@ -64,10 +75,9 @@ impl Pollers {
         config: &Config,
         rest: Arc<RestClient>,
         journal: Journal,
-        routes: Vec<(Arc<str>, Route)>,
+        router: Router,
     ) -> Pollers {
         let mut pollers = Pollers::default();
-        let routes = Arc::new(routes);
         for (member, portal) in &config.rest.portals {
             let Some(offline) = portal.offline.clone().filter(|o| o.enabled) else { continue };
             let wake = Arc::new(Notify::new());
@@ -85,7 +95,7 @@ impl Pollers {
                 config: offline,
                 rest: rest.clone(),
                 journal: journal.clone(),
-                routes: routes.clone(),
+                router: router.clone(),
                 status: pollers.status.clone(),
                 safe: true,
             };
@@ -132,7 +142,7 @@ struct Poller {
     config: OfflineConfig,
     rest: Arc<RestClient>,
     journal: Journal,
-    routes: Arc<Vec<(Arc<str>, Route)>>,
+    router: Router,
     status: Arc<Mutex<HashMap<String, PortalStatus>>>,
     safe: bool,
 }
@@ -142,12 +152,49 @@ fn process_key(member: &str) -> String {
     format!("offline_process:{member}")
 }
 
-/// Whether the portal refused safe mode for lack of the extended offline feature.
-fn is_licence_refusal(e: &RestError) -> bool {
-    let text = format!("{} {}", e.error, e.description).to_ascii_lowercase();
-    text.contains("licen")
-        || text.contains("not available on your")
-        || e.error.as_str() == "ERROR_OFFLINE_NOT_AVAILABLE"
+/// What a refusal of an `event.offline.*` call means for the poller.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The plan lacks the extended offline mode: `clear=0` is refused, `clear=1` works.
+    SafeModeUnlicensed,
+    /// The plan lacks `auth_connector` support.
+    ConnectorUnlicensed,
+    /// Not the application's OAuth (a webhook).
+    WrongAuthType,
+    /// The user whose tokens the host holds is not a portal administrator.
+    NotAdmin,
+    /// Anything else.
+    Other,
+}
+
+fn classify(e: &RestError) -> Refusal {
+    let description = e.description.as_str().to_ascii_lowercase();
+    match e.error.as_str() {
+        "WRONG_LICENSE" if description.contains("extended offline events") => {
+            Refusal::SafeModeUnlicensed
+        }
+        "WRONG_LICENSE" if description.contains("connector") => Refusal::ConnectorUnlicensed,
+        "WRONG_AUTH_TYPE" => Refusal::WrongAuthType,
+        "ACCESS_DENIED" => Refusal::NotAdmin,
+        _ => Refusal::Other,
+    }
+}
+
+/// The operator's reading of a failed `event.offline.*` call.
+fn explain(member: &str, connector: Option<&str>, method: &str, e: &RestError) -> String {
+    match classify(e) {
+        Refusal::ConnectorUnlicensed => format!(
+            "the portal's plan does not allow auth_connector {:?} ({e}): remove auth_connector from [rest.portals.\"{member}\".offline] or change the plan; the host does not fall back to another queue",
+            connector.unwrap_or_default()
+        ),
+        Refusal::WrongAuthType => format!(
+            "the portal refuses {method} with these credentials ({e}): the offline queue needs the application's OAuth tokens, a webhook cannot read it; install the app while the host runs"
+        ),
+        Refusal::NotAdmin => format!(
+            "the portal refuses {method} ({e}): the user whose tokens the host holds is not a portal administrator; install the app again as an administrator"
+        ),
+        _ => format!("{method} failed: {e}"),
+    }
 }
 
 impl Poller {
@@ -210,12 +257,11 @@ impl Poller {
         if let Some(pid) = &resume {
             params["process_id"] = json!(pid);
         }
-        if let Some(connector) = &self.config.auth_connector {
-            params["auth_connector"] = json!(connector);
-        }
-        let answer = match self.rest.call(&ctx, "event.offline.get", params).await {
+        // The REST client adds the portal's auth_connector, as to every call for the portal.
+        let connector = self.config.auth_connector.as_deref();
+        let answer = match self.rest.call_as_app(&ctx, "event.offline.get", params).await {
             Ok(answer) => answer,
-            Err(e) if self.safe && is_licence_refusal(&e) => {
+            Err(e) if self.safe && classify(&e) == Refusal::SafeModeUnlicensed => {
                 tracing::warn!(
                     member_id = %self.member,
                     "the portal refuses safe offline reads (clear=0): {e}; falling back to clear=1, where rows read but not yet journaled are lost if the host dies in between"
@@ -224,11 +270,22 @@ impl Poller {
                 self.update(|s| s.mode = "clear".into());
                 return Ok(true);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(explain(&self.member, connector, "event.offline.get", &e)),
         };
         let process_id =
             answer.get("process_id").and_then(Value::as_str).unwrap_or_default().to_owned();
         let rows = answer.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+        if let Some(stale) = resume.as_deref().filter(|_| rows.is_empty()) {
+            // The portal holds nothing under the stored id any more (the clear went through
+            // but its reply was lost, or the host died right after it) and never reserves new
+            // rows under an old id: forget it and reserve afresh.
+            tracing::info!(member_id = %self.member, process_id = %stale, "the stored offline batch is empty on the portal; reserving a new one");
+            self.journal
+                .set_state(&process_key(&self.member), None)
+                .await
+                .map_err(|e| format!("cannot forget the batch's process_id: {e}"))?;
+            return Ok(true);
+        }
         if self.safe && !rows.is_empty() && resume.as_deref() != Some(process_id.as_str()) {
             self.journal
                 .set_state(&process_key(&self.member), Some(process_id.clone().into_bytes()))
@@ -264,16 +321,16 @@ impl Poller {
             if !done.is_empty() {
                 let params = json!({ "process_id": process_id, "message_id": done });
                 self.rest
-                    .call(&ctx, "event.offline.clear", params)
+                    .call_as_app(&ctx, "event.offline.clear", params)
                     .await
-                    .map_err(|e| format!("event.offline.clear failed: {e}"))?;
+                    .map_err(|e| explain(&self.member, connector, "event.offline.clear", &e))?;
             }
             if !failed.is_empty() {
                 let params = json!({ "process_id": process_id, "message_id": failed });
                 self.rest
-                    .call(&ctx, "event.offline.error", params)
+                    .call_as_app(&ctx, "event.offline.error", params)
                     .await
-                    .map_err(|e| format!("event.offline.error failed: {e}"))?;
+                    .map_err(|e| explain(&self.member, connector, "event.offline.error", &e))?;
             }
             self.journal
                 .set_state(&process_key(&self.member), None)
@@ -313,12 +370,7 @@ impl Poller {
         let raw = Bytes::from(payload.to_string());
         let event = decode::decode(&raw, BodyFormat::Json)
             .map_err(|e| RowError::Undecodable(e.to_string()))?;
-        let plugins: Vec<Arc<str>> = self
-            .routes
-            .iter()
-            .filter(|(_, route)| route.matches(&event))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let plugins = self.router.recipients(&event);
         let mut extra = vec![("message_id".to_owned(), message_id.to_owned())];
         if let Some(id) = row.get("ID") {
             extra.push((
@@ -347,4 +399,59 @@ impl Poller {
 enum RowError {
     Undecodable(String),
     Storage(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use b24_plugin_api::RestErrorKind;
+
+    use super::*;
+
+    fn refusal(code: &str, description: &str) -> RestError {
+        RestError {
+            kind: RestErrorKind::Api,
+            status: 403,
+            error: code.into(),
+            description: description.into(),
+        }
+    }
+
+    #[test]
+    fn only_the_exact_safe_mode_refusal_means_falling_back() {
+        let safe = refusal(
+            "WRONG_LICENSE",
+            "This feature is not enabled for the current license: extended offline events handling",
+        );
+        assert_eq!(classify(&safe), Refusal::SafeModeUnlicensed);
+        let connector = refusal(
+            "WRONG_LICENSE",
+            "This feature is not enabled for the current license: auth_connector",
+        );
+        assert_eq!(classify(&connector), Refusal::ConnectorUnlicensed);
+        // Text about licences with another code, or another licence refusal: no fallback.
+        assert_eq!(classify(&refusal("ERROR", "license expired")), Refusal::Other);
+        assert_eq!(classify(&refusal("WRONG_LICENSE", "something else")), Refusal::Other);
+        assert_eq!(classify(&refusal("WRONG_AUTH_TYPE", "")), Refusal::WrongAuthType);
+        assert_eq!(classify(&refusal("ACCESS_DENIED", "Access denied!")), Refusal::NotAdmin);
+    }
+
+    #[test]
+    fn refusals_are_explained_in_the_operators_terms() {
+        let m = "abc";
+        let text = explain(
+            m,
+            Some("b24host"),
+            "event.offline.get",
+            &refusal("WRONG_LICENSE", "x: auth_connector"),
+        );
+        assert!(
+            text.contains("auth_connector") && text.contains("[rest.portals.\"abc\".offline]"),
+            "{text}"
+        );
+        let text = explain(m, None, "event.offline.get", &refusal("WRONG_AUTH_TYPE", "denied"));
+        assert!(text.contains("webhook") && text.contains("install"), "{text}");
+        let text =
+            explain(m, None, "event.offline.get", &refusal("ACCESS_DENIED", "Access denied!"));
+        assert!(text.contains("administrator"), "{text}");
+    }
 }

@@ -1,5 +1,11 @@
 //! Which events a plugin receives: its own subscriptions, narrowed by its host.toml table.
-//! Ingress uses it to decide whose pending rows an event gets; workers check it again.
+//!
+//! [`recipients`] is the one place that decides who receives an event, by the supervisor's live
+//! routes (published at start and after every reload): ingress passes the current ones, the
+//! offline pollers hold a [`Router`] on them, so a plugin enabled or disabled by a reload gets
+//! (or stops getting) events from either path at once. Workers check a plugin's own route again.
+
+use std::sync::{Arc, RwLock};
 
 use wildmatch::WildMatch;
 
@@ -9,7 +15,43 @@ use crate::{
 };
 
 /// Every enabled plugin's name with its route, as ingress and the offline poller use them.
-pub type Routes = Vec<(std::sync::Arc<str>, Route)>;
+pub type Routes = Vec<(Arc<str>, Route)>;
+
+/// The routes as the supervisor publishes them (at start and after every reload).
+pub type LiveRoutes = Arc<RwLock<Arc<Routes>>>;
+
+/// Who receives an event, by the routes `routes` (ingress passes the supervisor's current ones).
+pub fn recipients(routes: &Routes, event: &Decoded) -> Vec<Arc<str>> {
+    routes.iter().filter(|(_, route)| route.matches(event)).map(|(name, _)| name.clone()).collect()
+}
+
+/// A handle on the supervisor's live routes; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    routes: LiveRoutes,
+}
+
+impl Router {
+    /// A handle on `routes`.
+    pub fn new(routes: LiveRoutes) -> Router {
+        Router { routes }
+    }
+
+    /// Replaces the routes.
+    pub fn publish(&self, routes: Routes) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// The routes as they are now.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The plugins that receive `event`, by the routes as they are now.
+    pub fn recipients(&self, event: &Decoded) -> Vec<Arc<str>> {
+        recipients(&self.routes(), event)
+    }
+}
 
 /// A plugin's compiled subscription filter.
 #[derive(Debug, Clone)]
@@ -95,5 +137,33 @@ impl Route {
             out.push_str(&format!("; fields {}", show(fields)));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{BodyFormat, decode};
+
+    fn event(code: &str) -> Decoded {
+        let body = format!(
+            r#"{{"event":"{code}","data":{{"FIELDS":{{"ID":"1","ENTITY_ID":"CRM_DEAL","FIELD_NAME":"UF_CRM_A"}}}},"auth":{{"member_id":"m","domain":"d"}}}}"#
+        );
+        decode(body.as_bytes(), BodyFormat::Json).expect("decodes")
+    }
+
+    #[test]
+    fn the_router_answers_by_the_routes_published_last() {
+        let router = Router::default();
+        let deal = event("ONCRMDEALUSERFIELDUPDATE");
+        assert!(router.recipients(&deal).is_empty());
+        let config = PluginConfig::default();
+        router.publish(vec![
+            (Arc::from("a"), Route::new(&["ONCRMDEAL*".to_owned()], &config)),
+            (Arc::from("b"), Route::new(&["ONCRMLEAD*".to_owned()], &config)),
+        ]);
+        assert_eq!(router.recipients(&deal), vec![Arc::<str>::from("a")]);
+        router.publish(vec![(Arc::from("b"), Route::new(&["*".to_owned()], &config))]);
+        assert_eq!(router.recipients(&deal), vec![Arc::<str>::from("b")]);
     }
 }

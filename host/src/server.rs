@@ -132,12 +132,8 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let metrics = Arc::new(Metrics::new());
     let supervisor =
         Supervisor::start(config.clone(), journal.clone(), rest.clone(), metrics.clone());
-    let pollers = Arc::new(Pollers::start(
-        &config,
-        rest.clone(),
-        journal.clone(),
-        (*supervisor.routes()).clone(),
-    ));
+    let pollers =
+        Arc::new(Pollers::start(&config, rest.clone(), journal.clone(), supervisor.router()));
     let ingress = Arc::new(Ingress {
         path: config.server.path.clone(),
         max_body_bytes: config.server.max_body_bytes,

@@ -28,7 +28,7 @@ use crate::{
     loader::{self, LoadedPlugin},
     metrics::{Metrics, PluginState},
     rest::RestClient,
-    route::{Route, Routes},
+    route::{Route, Router, Routes},
 };
 
 /// One enabled plugin as the supervisor sees it.
@@ -80,7 +80,7 @@ pub struct Supervisor {
     runtime: tokio::runtime::Handle,
     config: Mutex<Config>,
     entries: Mutex<BTreeMap<String, Entry>>,
-    routes: RwLock<Arc<Routes>>,
+    routes: Arc<RwLock<Arc<Routes>>>,
     reloading: tokio::sync::Mutex<()>,
 }
 
@@ -104,7 +104,7 @@ impl Supervisor {
             runtime: tokio::runtime::Handle::current(),
             config: Mutex::new(config.clone()),
             entries: Mutex::new(BTreeMap::new()),
-            routes: RwLock::new(Arc::new(Vec::new())),
+            routes: Arc::new(RwLock::new(Arc::new(Vec::new()))),
             reloading: tokio::sync::Mutex::new(()),
         });
         let started = Instant::now();
@@ -128,6 +128,11 @@ impl Supervisor {
     /// The routes of every enabled plugin (loaded or not), for ingress.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A live handle on the routes, for the offline pollers: who receives an event as of now.
+    pub fn router(&self) -> Router {
+        Router::new(self.routes.clone())
     }
 
     fn publish_routes(&self, config: &Config) {

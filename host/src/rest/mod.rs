@@ -5,7 +5,10 @@
 //! OAuth tokens (refreshed once on `expired_token`), or the portal's configured incoming
 //! webhook. Every request to a portal passes its leaky bucket; a 503 `QUERY_LIMIT_EXCEEDED`
 //! is retried after a back-off; a redirect (a portal's domain changed) is followed with the
-//! same POST. HTTPS only, except to loopback addresses (tests).
+//! same POST. HTTPS only, except to loopback addresses (tests). Every call to a portal whose
+//! offline table names an `auth_connector` carries it, so the portal leaves the host's own
+//! writes out of that connector's offline queue. [`RestClient::call_as_app`] never uses the
+//! webhook (the `event.offline.*` methods and offline `event.bind` refuse webhooks).
 //!
 //! - [`context`]: which event the calling thread is handling.
 //! - [`bucket`]: the per-portal rate limit.
@@ -85,6 +88,35 @@ impl RestClient {
         method: &str,
         params: Value,
     ) -> Result<Value, RestError> {
+        self.call_with(ctx, method, params, true).await
+    }
+
+    /// Like [`Self::call`], with the application's OAuth tokens only, never the webhook.
+    pub async fn call_as_app(
+        &self,
+        ctx: &EventContext,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, RestError> {
+        self.call_with(ctx, method, params, false).await
+    }
+
+    /// The `auth_connector` of a portal (`rest.portals."<m>".offline.auth_connector`).
+    pub fn connector(&self, member_id: &str) -> Option<&str> {
+        self.config
+            .portals
+            .get(member_id)
+            .and_then(|p| p.offline.as_ref())
+            .and_then(|o| o.auth_connector.as_deref())
+    }
+
+    async fn call_with(
+        &self,
+        ctx: &EventContext,
+        method: &str,
+        params: Value,
+        webhook: bool,
+    ) -> Result<Value, RestError> {
         if method.is_empty()
             || !method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
         {
@@ -95,7 +127,7 @@ impl RestClient {
                 format!("{method:?} is not a REST method name"),
             ));
         }
-        let Value::Object(params) = params else {
+        let Value::Object(mut params) = params else {
             return Err(error(
                 RestErrorKind::Usage,
                 0,
@@ -103,8 +135,12 @@ impl RestClient {
                 "params must be a JSON object",
             ));
         };
+        if let Some(connector) = self.connector(&ctx.member_id) {
+            // So the portal leaves this change out of the host's own offline queue.
+            params.entry("auth_connector").or_insert_with(|| Value::from(connector));
+        }
         let mut last = None;
-        for credential in self.credentials(ctx)? {
+        for credential in self.credentials(ctx, webhook)? {
             let stored = matches!(credential, Credential::Token { stored: true, .. });
             let result = match credential {
                 Credential::Token { token, endpoint, .. } => {
@@ -149,7 +185,7 @@ impl RestClient {
     }
 
     /// The credentials to try for `ctx`, in order.
-    fn credentials(&self, ctx: &EventContext) -> Result<Vec<Credential>, RestError> {
+    fn credentials(&self, ctx: &EventContext, webhook: bool) -> Result<Vec<Credential>, RestError> {
         let mut out = Vec::new();
         if let (Some(token), Some(endpoint)) = (&ctx.user_token, &ctx.client_endpoint) {
             out.push(Credential::Token {
@@ -165,8 +201,20 @@ impl RestClient {
             }
         }
         if let Some(hook) = self.config.portals.get(&ctx.member_id).and_then(|p| p.webhook.clone())
+            && webhook
         {
             out.push(Credential::Webhook(hook));
+        }
+        if out.is_empty() && !webhook {
+            return Err(error(
+                RestErrorKind::Credentials,
+                0,
+                "NO_CREDENTIALS",
+                format!(
+                    "no OAuth tokens stored for portal {}: this call needs the application's OAuth (a webhook is refused); install the app while the host runs",
+                    ctx.member_id
+                ),
+            ));
         }
         if out.is_empty() {
             return Err(error(

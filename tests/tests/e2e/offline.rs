@@ -12,15 +12,47 @@ use crate::support::*;
 
 /// A host folder with the probe, set up to poll `portal`'s offline queue.
 fn offline_host(portal: &FakePortal, poll_ms: u64) -> HostDir {
-    let options = portal.options();
     let dir = HostDir::new(&["probe"]);
-    dir.write_config(&format!(
-        "{}\n[rest]\nclient_id = {:?}\nclient_secret = {:?}\n\n[rest.portals.\"{MEMBER}\"]\nrate_per_sec = 50.0\nburst = 50\n\n[rest.portals.\"{MEMBER}\".offline]\npoll_interval_ms = {poll_ms}\nbatch = 5\n",
-        config(&["probe"], &probe("", "")),
+    dir.write_config(&offline_config(portal, poll_ms, &["probe"], "", ""));
+    dir
+}
+
+/// host.toml polling `portal` every `poll_ms`, with `enabled` plugins, `portal_keys` in the
+/// portal's table and `offline_keys` in its offline table.
+fn offline_config(
+    portal: &FakePortal,
+    poll_ms: u64,
+    enabled: &[&str],
+    portal_keys: &str,
+    offline_keys: &str,
+) -> String {
+    let options = portal.options();
+    format!(
+        "{}\n[rest]\nclient_id = {:?}\nclient_secret = {:?}\n\n[rest.portals.\"{MEMBER}\"]\nrate_per_sec = 50.0\nburst = 50\n{portal_keys}\n\n[rest.portals.\"{MEMBER}\".offline]\npoll_interval_ms = {poll_ms}\nbatch = 5\n{offline_keys}\n",
+        config(enabled, &probe("", "")),
         options.client_id,
         options.client_secret,
-    ));
-    dir
+    )
+}
+
+/// The poller's status of the fixtures' portal, as `offline status --json` shows it.
+fn offline_status(dir: &HostDir) -> Value {
+    let out = dir.run_cli(&["offline", "status", "--config", "host.toml", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    status["portals"][0].clone()
+}
+
+/// Each of `rows` became exactly one journal event (a redelivery keeps the event id).
+fn assert_once_each(dir: &HostDir, rows: &BTreeSet<String>) {
+    let lines = dir.read_lines_lenient("probe.jsonl");
+    for message_id in rows {
+        let ids: BTreeSet<u64> = lines
+            .iter()
+            .filter(|l| l["message_id"] == message_id.as_str())
+            .filter_map(|l| l["event_id"].as_u64())
+            .collect();
+        assert_eq!(ids.len(), 1, "row {message_id} became events {ids:?}");
+    }
 }
 
 fn push_rows(portal: &FakePortal, n: u64, first_field: u64) -> BTreeSet<String> {
@@ -197,5 +229,221 @@ fn onofflineevent_wakes_the_poller_and_bind_subscribes_offline_events() {
         offline.contains(&"ONCRMDEALUSERFIELDUPDATE") && offline.contains(&"ONCRMLEADUSERFIELDADD"),
         "{bindings:?}"
     );
+    assert!(host.stop());
+}
+
+#[test]
+fn a_clear_whose_reply_is_lost_does_not_stall_the_queue() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let dir = offline_host(&portal, 200);
+    let host = start(&dir);
+    install(&host, &portal);
+    // The portal deletes the batch but the host never learns it did: it keeps the process_id,
+    // under which the portal now holds nothing and reserves nothing new.
+    portal.garble_next_clear_replies(1);
+    let first = push_rows(&portal, 3, 400);
+    assert!(host.wait_log("event.offline.clear failed", PATIENCE), "{}", host.log_text());
+    wait_for("the first rows", PATIENCE, || delivered(&dir).len() >= first.len());
+    let later = push_rows(&portal, 3, 410);
+    wait_for("the later rows to arrive", PATIENCE, || {
+        let got: BTreeSet<String> = delivered(&dir).into_iter().collect();
+        later.is_subset(&got)
+    });
+    let all: BTreeSet<String> = first.union(&later).cloned().collect();
+    assert_eq!(delivered(&dir).into_iter().collect::<BTreeSet<_>>(), all);
+    assert_once_each(&dir, &all);
+    assert!(host.stop());
+}
+
+#[test]
+fn a_host_killed_right_after_the_clear_reads_the_queue_again_after_a_restart() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let dir = offline_host(&portal, 200);
+    let host = start(&dir);
+    install(&host, &portal);
+    // The clear is applied on the portal and its reply held back; the host dies waiting.
+    portal.hold_next_clear();
+    let first = push_rows(&portal, 3, 500);
+    wait_for("the clear to be applied and held", PATIENCE, || portal.clear_is_held());
+    host.kill();
+    portal.release_held_clear();
+    assert!(portal.offline_rows().is_empty(), "{:?}", portal.offline_rows());
+
+    let later = push_rows(&portal, 3, 510);
+    let host = start(&dir);
+    wait_for("the later rows to arrive", PATIENCE, || {
+        let got: BTreeSet<String> = delivered(&dir).into_iter().collect();
+        later.is_subset(&got)
+    });
+    let all: BTreeSet<String> = first.union(&later).cloned().collect();
+    assert_eq!(delivered(&dir).into_iter().collect::<BTreeSet<_>>(), all);
+    assert_once_each(&dir, &all);
+    assert!(host.stop());
+}
+
+#[test]
+fn an_offline_row_reaches_a_plugin_enabled_by_a_live_reload() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let dir = HostDir::new(&["probe", "audit-log"]);
+    dir.write_config(&offline_config(&portal, 200, &["audit-log"], "", ""));
+    let host = start(&dir);
+    install(&host, &portal);
+    dir.write_config(&offline_config(&portal, 200, &["audit-log", "probe"], "", ""));
+    let reload = host.admin_request("POST", "/reload");
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    let rows = push_rows(&portal, 2, 600);
+    wait_for("the newly enabled plugin to get the offline rows", PATIENCE, || {
+        delivered(&dir).len() >= rows.len()
+    });
+    assert_eq!(delivered(&dir).into_iter().collect::<BTreeSet<_>>(), rows);
+    assert!(host.stop());
+}
+
+#[test]
+fn offline_bind_subscribes_with_the_portals_connector() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&offline_config(
+        &portal,
+        600_000,
+        &["probe"],
+        "",
+        "auth_connector = \"b24host\"",
+    ));
+    let host = start(&dir);
+    install(&host, &portal);
+    let out = dir.run_cli(&[
+        "offline",
+        "bind",
+        "--portal",
+        MEMBER,
+        "--event",
+        "ONCRMDEALUSERFIELDUPDATE",
+        "--config",
+        "host.toml",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bindings = portal.bindings();
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(bindings[0]["auth_connector"], "b24host", "{bindings:?}");
+    assert!(host.stop());
+}
+
+#[test]
+fn a_plugins_own_write_with_the_connector_does_not_come_back_offline() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&offline_config(&portal, 200, &["probe"], "", "auth_connector = \"b24host\""));
+    let host = start(&dir);
+    install(&host, &portal);
+    let out = dir.run_cli(&[
+        "offline",
+        "bind",
+        "--portal",
+        MEMBER,
+        "--event",
+        "ONCRMDEALUSERFIELDUPDATE",
+        "--config",
+        "host.toml",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Another application (connector) sees every change, the probe's write included.
+    portal.bind_offline_for("other", "ONCRMDEALUSERFIELDUPDATE");
+    let field = portal.add_field("CRM_DEAL", "UF_CRM_WRITE", "string", vec![]);
+    let mut event = args("ONCRMDEALUSERFIELDUPDATE");
+    event.field_id = field;
+    event.field_name = "UF_CRM_WRITE".into();
+    event.client_endpoint = Some(portal.client_endpoint());
+    assert_eq!(host.post_form(&form(&event)).status, 200);
+    wait_for("the probe's write", PATIENCE, || {
+        dir.read_lines_lenient("probe.jsonl").iter().any(|l| l["kind"] == "rest")
+    });
+    let write = dir.read_lines_lenient("probe.jsonl").into_iter().find(|l| l["kind"] == "rest");
+    assert_eq!(write.as_ref().map(|w| w["ok"].clone()), Some(json!(true)), "{write:?}");
+    assert_eq!(portal.field(field).unwrap().label, "probe");
+    // A sentinel change made on the portal arrives; the probe's own write never does.
+    let sentinel = push_rows(&portal, 1, 700);
+    wait_for("the sentinel", PATIENCE, || {
+        let got: BTreeSet<String> = delivered(&dir).into_iter().collect();
+        sentinel.is_subset(&got)
+    });
+    let echoes: Vec<Value> = dir
+        .read_lines_lenient("probe.jsonl")
+        .into_iter()
+        .filter(|l| l["origin"] == "Offline" && l["field_id"] == field)
+        .collect();
+    assert!(echoes.is_empty(), "the plugin's own write came back: {echoes:?}");
+    let field_id = field.to_string();
+    let queued: Vec<Value> = portal
+        .offline_rows()
+        .into_iter()
+        .filter(|r| r["EVENT_DATA"]["FIELDS"]["ID"] == field_id.as_str())
+        .collect();
+    assert_eq!(queued.len(), 1, "only the other connector's queue has it: {queued:?}");
+    assert!(host.stop());
+}
+
+#[test]
+fn a_plan_without_connectors_is_reported_not_taken_for_a_lossy_fallback() {
+    let portal = FakePortal::start(PortalOptions::default());
+    portal.set_connectors_allowed(false);
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&offline_config(&portal, 200, &["probe"], "", "auth_connector = \"b24host\""));
+    let host = start(&dir);
+    install(&host, &portal);
+    wait_for("a poll refused for the connector", PATIENCE, || {
+        offline_status(&dir)["last_error"].as_str().is_some_and(|e| e.contains("WRONG_LICENSE"))
+    });
+    let status = offline_status(&dir);
+    assert_eq!(status["mode"], "safe", "{status}");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("does not allow auth_connector"), "{status}");
+    assert!(host.log_text().contains("auth_connector"), "{}", host.log_text());
+    let lossy = portal
+        .event_calls()
+        .into_iter()
+        .filter(|c| c["method"] == "event.offline.get" && c["params"]["clear"] == 1)
+        .count();
+    assert_eq!(lossy, 0, "no clear=1 read");
+    assert!(host.stop());
+}
+
+#[test]
+fn a_webhook_is_never_used_for_the_offline_queue_and_the_poller_says_why() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let hook = portal.add_webhook(1);
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&offline_config(&portal, 200, &["probe"], &format!("webhook = {hook:?}"), ""));
+    // No install: the host has the webhook only.
+    let host = start(&dir);
+    wait_for("a failed poll", PATIENCE, || offline_status(&dir)["errors"].as_u64() >= Some(1));
+    let status = offline_status(&dir);
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("webhook") && error.contains("install"), "{status}");
+    let by_webhook = portal.event_calls().into_iter().filter(|c| c["webhook"] == true).count();
+    assert_eq!(by_webhook, 0, "{:?}", portal.event_calls());
+    assert!(host.stop());
+}
+
+#[test]
+fn a_non_admin_install_is_reported_as_such() {
+    let portal = FakePortal::start(PortalOptions::default());
+    portal.set_app_user_admin(false);
+    let dir = offline_host(&portal, 200);
+    let host = start(&dir);
+    install(&host, &portal);
+    wait_for("a refused poll", PATIENCE, || {
+        offline_status(&dir)["last_error"].as_str().is_some_and(|e| e.contains("ACCESS_DENIED"))
+    });
+    let status = offline_status(&dir);
+    assert_eq!(status["mode"], "safe", "{status}");
+    assert!(status["last_error"].as_str().unwrap().contains("administrator"), "{status}");
+    // Once the app's user is an admin, the rows flow, with the portal's UTC offset kept.
+    portal.set_app_user_admin(true);
+    let rows = push_rows(&portal, 2, 800);
+    wait_for("the rows", PATIENCE, || delivered(&dir).len() >= rows.len());
+    let lines = dir.read_lines_lenient("probe.jsonl");
+    let stamp = lines.iter().find(|l| l["origin"] == "Offline").unwrap()["timestamp"].clone();
+    assert!(stamp.as_str().is_some_and(|s| s.ends_with("+03:00")), "{stamp}");
     assert!(host.stop());
 }

@@ -10,6 +10,10 @@
 //! Commands in the field name of a user-field event:
 //! `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
 //! `SLEEP<ms>` sleeps that long.
+//!
+//! `WRITE` in the field name changes the field through the host's REST call
+//! (`crm.<entity>.userfield.update`, a write the portal echoes as an event) and records the
+//! answer as a `rest` line.
 
 use std::{
     fs::{File, OpenOptions},
@@ -39,6 +43,7 @@ struct Settings {
 
 /// The probe plugin.
 pub struct Probe {
+    host: b24_plugin_api::Host,
     settings: Settings,
     file: Mutex<File>,
     fail_flag: Option<std::path::PathBuf>,
@@ -56,7 +61,7 @@ impl Create for Probe {
             .map_err(|e| PluginError::reject(format!("cannot open {}: {e}", path.display())))?;
         ctx.host.info("probe created");
         let fail_flag = settings.fail_while.as_deref().map(|f| ctx.host.resolve_path(f));
-        Ok(Probe { settings, file: Mutex::new(file), fail_flag })
+        Ok(Probe { host: ctx.host, settings, file: Mutex::new(file), fail_flag })
     }
 }
 
@@ -104,6 +109,7 @@ impl Plugin for Probe {
             "user": user,
             "origin": format!("{:?}", event.delivery.origin),
             "message_id": extra(&event.delivery.extra, "message_id"),
+            "timestamp": extra(&event.delivery.extra, "timestamp"),
             "version": env!("CARGO_PKG_VERSION"),
         }));
         let name = event.field_name.as_str();
@@ -121,6 +127,18 @@ impl Plugin for Probe {
         }
         if let Some(ms) = command_number(name, "SLEEP") {
             std::thread::sleep(Duration::from_millis(ms));
+        }
+        if name.contains("WRITE") {
+            let method = format!("crm.{}.userfield.update", event.entity.name());
+            let params = json!({ "id": event.field_id, "fields": { "EDIT_FORM_LABEL": "probe" } });
+            let answer = self.host.rest(&method, &params.to_string());
+            self.record(json!({
+                "kind": "rest",
+                "event_id": event.delivery.event_id,
+                "method": method,
+                "ok": answer.is_ok(),
+                "error": answer.err().map(|e| e.to_string()),
+            }));
         }
         Ok(Outcome::Done)
     }
