@@ -19,6 +19,7 @@ pub mod journal_cmd;
 pub mod loader;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod offline;
 pub mod ops;
 pub mod rest;

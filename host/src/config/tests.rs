@@ -638,6 +638,8 @@ fn expected_example(path: &Path) -> Config {
         "audit-log".to_owned(),
         PluginConfig { settings: "path = \"audit.jsonl\"\n".to_owned(), ..PluginConfig::default() },
     );
+    let line = example().lines().position(|l| l.starts_with("[plugin.audit-log]")).unwrap() + 1;
+    expected.plugin_positions.insert("audit-log".to_owned(), Position { line, column: 9 });
     expected
 }
 
