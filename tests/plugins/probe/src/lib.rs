@@ -87,6 +87,7 @@ impl Plugin for Probe {
 
     fn on_user_field(&self, event: &UserFieldEvent) -> Result<Outcome, PluginError> {
         let user = match &event.user {
+            ROption::RSome(_) if event.delivery.user_id_unknown() => json!("unknown"),
             ROption::RSome(user) => json!(user.user_id),
             ROption::RNone => json!("system"),
         };
