@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod offline;
 pub mod ops;
+pub mod plugin_output;
 pub mod rest;
 pub mod route;
 pub mod send;

@@ -166,6 +166,7 @@ impl std::fmt::Debug for LoadedPlugin {
 impl LoadedPlugin {
     /// Creates a new instance with the plugin's settings (TOML text) and host services.
     pub fn create(&self, settings: &str, host: HostServicesArc) -> Result<PluginBox, LoadError> {
+        let _output = crate::plugin_output::in_plugin(&self.name);
         match (self.module.create())(settings.into(), HostHandle::new(host)) {
             ROk(instance) => Ok(instance.into_plugin()),
             RErr(err) => {

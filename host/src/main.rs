@@ -2,6 +2,7 @@
 //! their context. Everything else lives in the library.
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -11,7 +12,7 @@ use b24_host::{
     cli::{Cli, Command, JournalCommand, LogFormatArg, OfflineCommand},
     config::{Config, LogFormat},
     journal::{admin::Request, store::Selection},
-    logging, send, server,
+    logging, plugin_output, send, server,
 };
 use clap::Parser;
 
@@ -104,8 +105,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(LogFormatArg::Pretty) => LogFormat::Pretty,
                 None => config.log.format,
             };
-            logging::init(&config.log.level, format);
-            runtime()?.block_on(async move {
+            // Plugins print to descriptors 1 and 2: those become log lines, and the host keeps
+            // the original streams for its own line on stdout and for the log.
+            let output = plugin_output::capture().context("cannot capture the plugins' output")?;
+            logging::init_to(&config.log.level, format, output.stderr());
+            let host_stdout = output.stdout();
+            let served = runtime()?.block_on(async move {
                 let prepared = server::prepare(config.clone())?;
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
@@ -127,10 +132,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => String::new(),
                 };
                 // One line on stdout that scripts and tests can wait for.
-                println!("b24-host: listening on http://{local}{}{admin_note}", config.server.path);
+                writeln!(
+                    &mut &*host_stdout,
+                    "b24-host: listening on http://{local}{}{admin_note}",
+                    config.server.path
+                )
+                .context("cannot write to stdout")?;
                 prepared.run(listener, admin, shutdown_signal()).await;
                 Ok(ExitCode::SUCCESS)
-            })
+            });
+            // Restores stdout and stderr, so that an error below reaches the terminal.
+            drop(output);
+            served
         }
         Command::Check { config } => {
             let config = load_config(config)?;

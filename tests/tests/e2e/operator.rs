@@ -114,3 +114,83 @@ fn a_user_token_without_a_user_id_reads_as_unknown_not_as_user_zero() {
     assert_eq!(shown["event"]["decoded"]["auth"]["user_id"], "unknown", "{shown}");
     assert!(host.stop());
 }
+
+#[test]
+fn a_plugins_prints_and_panics_become_log_lines_with_its_name_and_stdout_stays_the_hosts() {
+    let dir = HostDir::new(&["probe"]);
+    let text = config(&["probe"], &probe("", "")).replace("level = \"debug\"", "format = \"json\"");
+    dir.write_config(&text);
+    // The host's stdout and stderr into files, to see everything that reaches them.
+    let stdout_file = dir.path().join("stdout.txt");
+    let stderr_file = dir.path().join("stderr.txt");
+    let mut child = std::process::Command::new(&built().host)
+        .current_dir(dir.path())
+        .args(["serve", "--config", "host.toml", "--listen", "127.0.0.1:0", "--admin-listen"])
+        .arg("127.0.0.1:0")
+        .stdout(std::fs::File::create(&stdout_file).unwrap())
+        .stderr(std::fs::File::create(&stderr_file).unwrap())
+        .spawn()
+        .unwrap();
+    let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
+    let wait_for = |f: &std::path::Path, needle: &str| {
+        let started = std::time::Instant::now();
+        while !read(f).contains(needle) {
+            assert!(started.elapsed() < PATIENCE, "no {needle:?} in {}:\n{}", f.display(), read(f));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for(&stdout_file, "\n");
+    let first = read(&stdout_file);
+    let addr = first
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no listening line on stdout: {first:?}"))
+        .to_owned();
+    let body = field_event(1, "UF_PRINT_PANIC");
+    let answer = try_request(
+        &addr,
+        "POST",
+        "/b24/events",
+        Some("application/x-www-form-urlencoded"),
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    // The panic makes a retry; the sentinels are the second attempt's record and its panic.
+    let calls = dir.wait_lines("probe.jsonl", 2, PATIENCE, |l| l["kind"] == "user_field");
+    assert!(calls.len() >= 2, "{}", read(&stderr_file));
+    wait_for(&stderr_file, "\"attempt\":2,\"panic\"");
+    wait_for(&stderr_file, "probe told to panic");
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success());
+
+    // On stdout, the host's one line and nothing the plugin printed.
+    let stdout = read(&stdout_file);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("b24-host: listening on http://"), "{stdout}");
+    // On stderr, only JSON log lines (parsed below): nothing raw.
+    let log = read(&stderr_file);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line {l:?}: {e}"))
+        })
+        .collect();
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .unwrap_or_else(|| panic!("no log line with {needle:?}:\n{log}"))
+            .clone()
+    };
+    let printed = find("probe prints for field UF_PRINT_PANIC");
+    assert_eq!((&printed["plugin"], &printed["stream"]), (&"probe".into(), &"stdout".into()));
+    assert_eq!(printed["level"], "INFO");
+    let complained = find("probe complains about field UF_PRINT_PANIC");
+    assert_eq!((&complained["plugin"], &complained["stream"]), (&"probe".into(), &"stderr".into()));
+    let panicked = find("plugin panicked: probe told to panic by field UF_PRINT_PANIC");
+    assert_eq!(panicked["plugin"], "probe");
+    assert_eq!(panicked["level"], "ERROR");
+    assert!(panicked["location"].as_str().is_some_and(|l| l.contains("src/lib.rs")), "{panicked}");
+}

@@ -8,7 +8,7 @@
 //! - `fail_while`: a file name; while that file exists, every call asks for a retry.
 //!
 //! Commands in the field name of a user-field event:
-//! `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
+//! `PRINT` prints a line on stdout and one on stderr, `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
 //! `SLEEP<ms>` sleeps that long.
 
 use std::{
@@ -108,6 +108,10 @@ impl Plugin for Probe {
             "version": env!("CARGO_PKG_VERSION"),
         }));
         let name = event.field_name.as_str();
+        if name.contains("PRINT") {
+            println!("probe prints for field {name}");
+            eprintln!("probe complains about field {name}");
+        }
         if name.contains("REJECT") {
             return Err(PluginError::reject("probe told to reject"));
         }
