@@ -23,6 +23,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{Arc, Mutex},
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 /// Which of the two streams a line came from.
@@ -41,29 +42,38 @@ impl Stream {
     }
 }
 
-/// Plugins running code now, and per stream the plugins that ran code since its last read.
+/// Plugins running code now, and per stream the plugins that ran code since its last read,
+/// with the last time they did.
 struct Activity {
     running: BTreeMap<Arc<str>, usize>,
-    since_read: [BTreeSet<Arc<str>>; 2],
+    since_read: [BTreeMap<Arc<str>, Instant>; 2],
 }
+
+/// A blocked reader wakes within microseconds of a write: a plugin that last ran code longer
+/// ago than this before a read is not a likely writer of what the read returned (it still is,
+/// when no other plugin is).
+const RECENT: Duration = Duration::from_millis(50);
 
 static ACTIVITY: Mutex<Activity> = Mutex::new(Activity {
     running: BTreeMap::new(),
-    since_read: [BTreeSet::new(), BTreeSet::new()],
+    since_read: [BTreeMap::new(), BTreeMap::new()],
 });
 
 fn activity() -> std::sync::MutexGuard<'static, Activity> {
     ACTIVITY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Marks the calling thread as running code of plugin `name` until the guard is dropped.
+/// Marks the calling thread as running code of plugin `name` until the guard is dropped. On
+/// the delivery path: after a plugin's first call it allocates nothing (names stay in the map,
+/// with a count of 0 when idle).
 pub fn in_plugin(name: &str) -> InPlugin {
-    let name: Arc<str> = Arc::from(name);
     let mut a = activity();
+    let name = match a.running.get_key_value(name) {
+        Some((known, _)) => known.clone(),
+        None => Arc::from(name),
+    };
     *a.running.entry(name.clone()).or_default() += 1;
-    for set in &mut a.since_read {
-        set.insert(name.clone());
-    }
+    a.touch(&name);
     InPlugin { name }
 }
 
@@ -77,23 +87,48 @@ impl Drop for InPlugin {
     fn drop(&mut self) {
         let mut a = activity();
         if let Some(count) = a.running.get_mut(&self.name) {
-            *count -= 1;
-            if *count == 0 {
-                a.running.remove(&self.name);
-            }
+            *count = count.saturating_sub(1);
         }
         // Its last bytes may still be in the pipe: it stays a candidate until the next read.
-        for set in &mut a.since_read {
-            set.insert(self.name.clone());
+        a.touch(&self.name);
+    }
+}
+
+impl Activity {
+    /// Notes that `name` runs code now, for both streams.
+    fn touch(&mut self, name: &Arc<str>) {
+        let now = Instant::now();
+        for seen in &mut self.since_read {
+            match seen.get_mut(&**name) {
+                Some(at) => *at = now,
+                None => {
+                    seen.insert(name.clone(), now);
+                }
+            }
         }
     }
 }
 
-/// The plugins that may have written what `stream`'s reader just read.
+/// The plugins that may have written what `stream`'s reader just read: those running code now
+/// or a moment ago; else every one that ran code since the previous read.
 fn writers_since_last_read(stream: Stream) -> BTreeSet<Arc<str>> {
     let mut a = activity();
-    let mut names = std::mem::take(&mut a.since_read[stream as usize]);
-    names.extend(a.running.keys().cloned());
+    let seen = std::mem::take(&mut a.since_read[stream as usize]);
+    let now = Instant::now();
+    let mut names: BTreeSet<Arc<str>> = a
+        .running
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, _)| name.clone())
+        .chain(
+            seen.iter()
+                .filter(|(_, at)| now.duration_since(**at) <= RECENT)
+                .map(|(name, _)| name.clone()),
+        )
+        .collect();
+    if names.is_empty() {
+        names = seen.into_keys().collect();
+    }
     names
 }
 
@@ -327,5 +362,15 @@ mod tests {
         assert!(names.contains("unit-test-plugin"));
         let again = writers_since_last_read(Stream::Stdout);
         assert!(!again.contains("unit-test-plugin"));
+    }
+
+    #[test]
+    fn a_plugin_that_ran_long_before_the_read_is_not_a_writer_when_another_just_ran() {
+        drop(in_plugin("unit-test-long-ago"));
+        std::thread::sleep(RECENT * 2);
+        drop(in_plugin("unit-test-just-now"));
+        let names = writers_since_last_read(Stream::Stderr);
+        assert!(names.contains("unit-test-just-now"));
+        assert!(!names.contains("unit-test-long-ago"), "{names:?}");
     }
 }
