@@ -32,7 +32,7 @@ pub enum LoadError {
     },
     /// No library for an enabled plugin.
     #[error(
-        "plugin `{name}`: no library in {dir} (expected {expected}){}; build it and copy it there, or remove it from plugins.enabled",
+        "plugin `{name}`: no library in {dir} (expected {expected}); build it and copy it there, or remove it from plugins.enabled{}",
         crate::names::did_you_mean(suggestion.as_deref())
     )]
     Missing {

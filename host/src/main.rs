@@ -131,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                     None => String::new(),
                 };
+                let shutdown = shutdown_signal();
                 // One line on stdout that scripts and tests can wait for.
                 writeln!(
                     &mut &*host_stdout,
@@ -138,7 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     config.server.path
                 )
                 .context("cannot write to stdout")?;
-                prepared.run(listener, admin, shutdown_signal()).await;
+                prepared.run(listener, admin, shutdown).await;
                 Ok(ExitCode::SUCCESS)
             });
             // Restores stdout and stderr, so that an error below reaches the terminal.
@@ -200,24 +201,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Watches SIGINT and SIGTERM from now on (so that a signal sent right after the `listening
+/// on` line stops the host gracefully instead of killing it) and resolves on the first. Must be
+/// called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = wait(term) => {},
+            () = wait(int) => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

@@ -62,7 +62,7 @@ fn an_enabled_plugin_without_a_library_gets_the_closest_library_as_a_suggestion(
     assert!(!out.status.success());
     assert!(
         err.contains("plugin `audit-lgo`: no library in")
-            && err.contains("(expected libaudit_lgo.so); did you mean `audit-log`?"),
+            && err.contains("(expected libaudit_lgo.so); build it and copy it there, or remove it from plugins.enabled; did you mean `audit-log`?"),
         "{err}"
     );
     assert!(err.contains("did you mean `field-registry`?"), "{err}");
