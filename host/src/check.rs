@@ -15,6 +15,10 @@ pub fn run(config: &Config) -> ExitCode {
         eprintln!("warning: {warning}");
     }
     println!("plugins folder: {}", config.plugins.dir.display());
+    let libraries = crate::loader::discover(&config.plugins.dir).unwrap_or_default();
+    for warning in crate::names::unused_plugin_tables(config, &libraries) {
+        eprintln!("warning: {warning}");
+    }
     let (loaded, errors) = load_plugins(config);
     let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     for report in &loaded {

@@ -32,7 +32,8 @@ pub enum LoadError {
     },
     /// No library for an enabled plugin.
     #[error(
-        "plugin `{name}`: no library in {dir} (expected {expected}); build it and copy it there, or remove it from plugins.enabled"
+        "plugin `{name}`: no library in {dir} (expected {expected}); build it and copy it there, or remove it from plugins.enabled{}",
+        crate::names::did_you_mean(suggestion.as_deref())
     )]
     Missing {
         /// The plugin.
@@ -41,6 +42,8 @@ pub enum LoadError {
         dir: PathBuf,
         /// The file name we looked for.
         expected: String,
+        /// The closest plugin name among the libraries that are there, if one is close.
+        suggestion: Option<String>,
     },
     /// Two libraries claim the same plugin name.
     #[error("plugin `{name}`: several libraries claim this name: {}; keep only one", list(.files))]
@@ -163,6 +166,7 @@ impl std::fmt::Debug for LoadedPlugin {
 impl LoadedPlugin {
     /// Creates a new instance with the plugin's settings (TOML text) and host services.
     pub fn create(&self, settings: &str, host: HostServicesArc) -> Result<PluginBox, LoadError> {
+        let _output = crate::plugin_output::in_plugin(&self.name);
         match (self.module.create())(settings.into(), HostHandle::new(host)) {
             ROk(instance) => Ok(instance.into_plugin()),
             RErr(err) => {
@@ -224,6 +228,7 @@ pub fn load(
                 name: name.to_owned(),
                 dir: dir.to_owned(),
                 expected: library_file_name(name),
+                suggestion: suggest_library(name, discovered),
             });
         }
         Some([one]) => one.clone(),
@@ -232,6 +237,13 @@ pub fn load(
         }
     };
     load_file(name, &path)
+}
+
+/// The name of the library in `discovered` closest to the missing `name`, written with `-` if
+/// `name` is (`discover` lists names with `_`).
+fn suggest_library(name: &str, discovered: &BTreeMap<String, Vec<PathBuf>>) -> Option<String> {
+    let found = crate::names::closest(name, discovered.keys().map(String::as_str))?;
+    Some(if name.contains('-') { found.replace('_', "-") } else { found.to_owned() })
 }
 
 /// Loads one library file as plugin `name`, checking the ABI line, the type layouts and the

@@ -11,20 +11,30 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::{
     EnvFilter,
     field::{MakeExt, MakeVisitor, VisitFmt, VisitOutput},
-    fmt::format::Writer,
+    fmt::{self, format::Writer},
 };
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`.
+/// Installs the global subscriber, writing to stderr. `RUST_LOG`, when set, wins over `level`.
 pub fn init(level: &str, format: LogFormat) {
+    init_with(level, format, std::io::stderr, std::io::stderr().is_terminal());
+}
+
+/// Like [`init`], but writes to `output` (for `serve`: the original stderr kept by
+/// [`crate::plugin_output::capture`], since descriptor 2 then carries the plugins' output).
+pub fn init_to(level: &str, format: LogFormat, output: &'static std::fs::File) {
+    init_with(level, format, move || output, output.is_terminal());
+}
+
+fn init_with<W>(level: &str, format: LogFormat, writer: W, ansi: bool)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let builder = fmt::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     let result = match format {
         LogFormat::Pretty => builder.fmt_fields(escaping_fields()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

@@ -2,6 +2,7 @@
 //! their context. Everything else lives in the library.
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -11,7 +12,7 @@ use b24_host::{
     cli::{Cli, Command, JournalCommand, LogFormatArg, OfflineCommand},
     config::{Config, LogFormat},
     journal::{admin::Request, store::Selection},
-    logging, send, server,
+    logging, plugin_output, send, server,
 };
 use clap::Parser;
 
@@ -104,8 +105,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(LogFormatArg::Pretty) => LogFormat::Pretty,
                 None => config.log.format,
             };
-            logging::init(&config.log.level, format);
-            runtime()?.block_on(async move {
+            // Plugins print to descriptors 1 and 2: those become log lines, and the host keeps
+            // the original streams for its own line on stdout and for the log.
+            let output = plugin_output::capture().context("cannot capture the plugins' output")?;
+            logging::init_to(&config.log.level, format, output.stderr());
+            let host_stdout = output.stdout();
+            let served = runtime()?.block_on(async move {
                 let prepared = server::prepare(config.clone())?;
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
@@ -126,11 +131,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                     None => String::new(),
                 };
+                let shutdown = shutdown_signal();
                 // One line on stdout that scripts and tests can wait for.
-                println!("b24-host: listening on http://{local}{}{admin_note}", config.server.path);
-                prepared.run(listener, admin, shutdown_signal()).await;
+                writeln!(
+                    &mut &*host_stdout,
+                    "b24-host: listening on http://{local}{}{admin_note}",
+                    config.server.path
+                )
+                .context("cannot write to stdout")?;
+                prepared.run(listener, admin, shutdown).await;
                 Ok(ExitCode::SUCCESS)
-            })
+            });
+            // Restores stdout and stderr, so that an error below reaches the terminal.
+            drop(output);
+            served
         }
         Command::Check { config } => {
             let config = load_config(config)?;
@@ -187,24 +201,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Watches SIGINT and SIGTERM from now on (so that a signal sent right after the `listening
+/// on` line stops the host gracefully instead of killing it) and resolves on the first. Must be
+/// called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = wait(term) => {},
+            () = wait(int) => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

@@ -116,6 +116,7 @@ impl Supervisor {
             tracing::error!(plugin = %name, "{reason}; its events are kept in the journal until it loads");
         }
         supervisor.publish_routes(&config);
+        crate::names::warn_unused_plugin_tables(&config);
         tracing::info!(
             plugins = report.started.len(),
             failed = report.failed.len(),
@@ -302,6 +303,7 @@ impl Supervisor {
             report.stopped.push(name);
         }
         self.publish_routes(&new);
+        crate::names::warn_unused_plugin_tables(&new);
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = new;
         let outcome = if report.ok() { "ok" } else { "failed" };
         self.metrics

@@ -3,7 +3,7 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use b24_host::config::{Config, ConfigError, EXAMPLE, LogFormat, Position};
+use b24_host::config::{Config, ConfigError, LogFormat, Position};
 
 #[test]
 fn load_resolves_relative_paths_against_the_file_folder() {
@@ -95,7 +95,9 @@ fn errors_from_a_file_name_that_file() {
 fn the_shipped_example_loads_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("host.toml");
-    fs::write(&file, EXAMPLE).unwrap();
+    // The shipped file, read at run time (the host does not embed it).
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host.toml");
+    fs::copy(&shipped, &file).unwrap();
     let config = Config::load(&file).unwrap();
     let defaults = Config::default_for(dir.path());
     assert_eq!(config.server, defaults.server);
@@ -110,4 +112,30 @@ fn the_shipped_example_loads_from_disk() {
     assert!(!config.auth.learn_tokens_on_install);
     assert_eq!(config.plugin_config("audit-log").settings, "path = \"audit.jsonl\"\n");
     assert!(!format!("{config:?}").contains("51856fefc120afa4b628cc82d3935cce"));
+}
+
+/// `scripts/run` rebuilds only what changed, and users edit host.toml: no source of the host may
+/// embed it (tests read it at run time instead), or every edit would rebuild the binary.
+#[test]
+fn no_source_embeds_the_shipped_host_toml() {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = fs::read_to_string(&path).unwrap();
+                let embeds = text.lines().any(|l| {
+                    (l.contains("include_str!") || l.contains("include_bytes!"))
+                        && l.contains("host.toml")
+                });
+                if embeds {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut found);
+    assert!(found.is_empty(), "these embed host.toml: {found:?}");
 }

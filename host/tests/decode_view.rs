@@ -82,7 +82,7 @@ fn all_32_user_field_events() {
             assert_eq!(auth.status.as_deref(), Some("F"));
             assert_eq!(auth.refresh_token, None);
             let user = auth.user.as_ref().expect("user tokens");
-            assert_eq!(user.user_id, 1);
+            assert_eq!(user.user_id, Some(1));
             assert_eq!(user.access_token.expose(), ACCESS_TOKEN);
             assert_eq!(user.expires, Some(TS + 3600));
             assert_eq!(user.scope, "crm");

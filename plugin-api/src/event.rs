@@ -170,7 +170,10 @@ pub struct Portal {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct UserAuth {
-    /// The Bitrix24 user id (`auth[user_id]`); 0 when the portal sent none.
+    /// The Bitrix24 user id (`auth[user_id]`); 0 when the portal sent none. A user caused the
+    /// event either way; when the id is unknown the host also puts [`EXTRA_USER_ID`] =
+    /// [`USER_ID_UNKNOWN`] into `delivery.extra`, so that it does not read as user 0: see
+    /// [`Delivery::user_id_unknown`].
     pub user_id: u64,
     /// OAuth access token, valid for about an hour from the event.
     pub access_token: Secret,
@@ -224,6 +227,26 @@ pub struct Delivery {
     pub origin: Origin,
     /// Further delivery facts added by later host versions, as key/value pairs.
     pub extra: RVec<KeyValue>,
+}
+
+/// The `delivery.extra` key the host uses for facts about the user: [`USER_ID_UNKNOWN`] when an
+/// event carries a user's token but no `auth[user_id]`; the user id of an offline row.
+pub const EXTRA_USER_ID: &str = "user_id";
+
+/// The value of [`EXTRA_USER_ID`] when a user caused the event but the portal did not say which.
+pub const USER_ID_UNKNOWN: &str = "unknown";
+
+impl Delivery {
+    /// The value of the extra pair `key`, if the host set one.
+    pub fn extra_value(&self, key: &str) -> Option<&str> {
+        lookup(&self.extra, key)
+    }
+
+    /// Whether a user caused the event without the portal naming them (`auth[access_token]`
+    /// without `auth[user_id]`): then `UserAuth::user_id` is 0 but means "unknown", not user 0.
+    pub fn user_id_unknown(&self) -> bool {
+        self.extra_value(EXTRA_USER_ID) == Some(USER_ID_UNKNOWN)
+    }
 }
 
 /// A change to the definition of a CRM custom field (`ONCRM<ENTITY>USERFIELD<ACTION>`).

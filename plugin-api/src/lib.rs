@@ -68,7 +68,8 @@ mod secret;
 
 pub use error::{ErrorKind, Outcome, PluginError};
 pub use event::{
-    Action, AppStatus, Delivery, Entity, Event, KeyValue, Origin, Portal, UserAuth, UserFieldEvent,
+    Action, AppStatus, Delivery, EXTRA_USER_ID, Entity, Event, KeyValue, Origin, Portal,
+    USER_ID_UNKNOWN, UserAuth, UserFieldEvent,
 };
 pub use host::{
     Host, HostHandle, HostServices, HostServices_TO, HostServicesArc, LogLevel, RestError,

@@ -157,6 +157,11 @@ impl Source<'_> {
         span
     }
 
+    /// Where the key at `path` is in the file, if it is there.
+    pub fn key_position(&self, path: &[&str]) -> Option<Position> {
+        self.position(self.key_span(path))
+    }
+
     /// An [`ConfigError::Invalid`] at the key `path`, or at `fallback` when the key is not found.
     pub fn invalid_key(
         &self,

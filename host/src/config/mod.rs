@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Relative paths (`state_dir`, `plugins.dir`) are resolved against the folder of the file.
-//! [`EXAMPLE`] is the shipped, commented `host.toml`.
+//! The shipped, commented `host.toml` at the repository root is read by the tests at run time
+//! (not embedded: editing it must not rebuild the host).
 //!
 //! Layout: `model.rs` holds the types and defaults, `load.rs` the reading and the errors,
 //! `raw.rs` the serde shapes of the file, `validate.rs` the checks after deserializing.
@@ -36,10 +37,6 @@ pub use model::{
     LogFormat, MAX_CONCURRENCY, MAX_MILLIS, OfflineConfig, PluginConfig, PluginsConfig, RestConfig,
     RestPortalConfig, RetryConfig, ServerConfig,
 };
-
-/// The shipped example `host.toml`: every key, commented. It parses (given no environment
-/// variables) to the defaults plus the test tool's default portal and the audit-log settings.
-pub const EXAMPLE: &str = include_str!("../../../host.toml");
 
 impl Config {
     /// Reads and checks the file at `path`; environment-variable tokens are read from the

@@ -72,6 +72,9 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Per-plugin tables (`[plugin.<name>]`), by plugin name; enabled or not.
     pub plugin: BTreeMap<String, PluginConfig>,
+    /// Where each `[plugin.<name>]` table is named in the file, for warnings about tables that
+    /// match no plugin.
+    pub plugin_positions: BTreeMap<String, super::Position>,
     /// The durable journal (`[journal]`).
     pub journal: JournalConfig,
     /// REST calls for plugins (`[rest]`).
@@ -419,5 +422,6 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),
         },
         plugin: BTreeMap::new(),
+        plugin_positions: BTreeMap::new(),
     }
 }

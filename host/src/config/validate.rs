@@ -56,7 +56,11 @@ pub(crate) fn build(
     };
     let plugins = plugins(src, base_dir, raw.plugins)?;
     let mut plugin = BTreeMap::new();
+    let mut plugin_positions = BTreeMap::new();
     for (name, table) in raw.plugin {
+        if let Some(position) = src.key_position(&["plugin", &name]) {
+            plugin_positions.insert(name.clone(), position);
+        }
         if !is_plugin_name(&name) {
             return Err(src.invalid_key(&["plugin", &name], 0..0, not_a_plugin_name(&name)));
         }
@@ -73,6 +77,7 @@ pub(crate) fn build(
         auth,
         plugins,
         plugin,
+        plugin_positions,
         journal,
         rest,
         admin,

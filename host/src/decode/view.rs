@@ -81,8 +81,9 @@ pub struct AuthBlock {
 /// The tokens of the user whose action caused the event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserTokens {
-    /// `auth[user_id]`; 0 when absent.
-    pub user_id: u64,
+    /// `auth[user_id]`; `None` when absent (Bitrix24's own example sends a user's token without
+    /// it): a user caused the event, but which one is unknown.
+    pub user_id: Option<u64>,
     /// `auth[access_token]`.
     pub access_token: Secret,
     /// `auth[expires]`, Unix seconds.
@@ -256,7 +257,7 @@ impl AuthBlock {
             }
         }
         block.user = access_token.map(|token| UserTokens {
-            user_id: user_id.unwrap_or(0),
+            user_id,
             access_token: Secret::from(token),
             expires,
             scope: scope.unwrap_or_default(),
@@ -451,7 +452,7 @@ mod tests {
         let user = d.auth.user.as_ref().expect("user tokens");
         assert_eq!(
             (user.user_id, user.expires, user.scope.as_str()),
-            (12, Some(1_700_000_000), "crm")
+            (Some(12), Some(1_700_000_000), "crm")
         );
         assert_eq!(user.access_token.expose(), "AT-SECRET");
         assert_eq!(d.auth.refresh_token.as_ref().map(Secret::expose), Some("RT-SECRET"));
@@ -461,6 +462,11 @@ mod tests {
         let dbg = format!("{d:?} {:?}", d.auth.user);
         assert!(!dbg.contains("SECRET"), "{dbg}");
         assert!(dbg.contains("ONAPPINSTALL"));
+
+        let no_user_id = view("event=X&auth[access_token]=AT").expect("decodes");
+        assert_eq!(no_user_id.auth.user.map(|u| u.user_id), Some(None), "unknown, not user 0");
+        let user_zero = view("event=X&auth[access_token]=AT&auth[user_id]=0").expect("decodes");
+        assert_eq!(user_zero.auth.user.map(|u| u.user_id), Some(Some(0)));
 
         let empty_token = view("event=X&auth[access_token]=&auth[user_id]=3").expect("decodes");
         assert_eq!(empty_token.auth.user, None);

@@ -29,7 +29,12 @@ pub fn plugin_event(envelope: &Envelope, attempt: u32) -> PluginEvent {
             Source::Online => Origin::Online,
             Source::Offline => Origin::Offline,
         },
-        extra: envelope.extra.iter().map(|(k, v)| KeyValue::new(k.as_str(), v.as_str())).collect(),
+        extra: envelope
+            .extra
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.as_str(), v.as_str()))
+            .chain(user_id_unknown(&event.auth))
+            .collect(),
     };
     let data: RVec<KeyValue> =
         event.data.iter().map(|(k, v)| KeyValue::new(k.as_str(), v.as_str())).collect();
@@ -74,11 +79,20 @@ fn portal(auth: &AuthBlock) -> Portal {
     }
 }
 
+/// `user_id` = `unknown` for the delivery's extra pairs when a user's token came without
+/// `auth[user_id]`: the ABI's `UserAuth::user_id` is then 0, which must not read as user 0.
+fn user_id_unknown(auth: &AuthBlock) -> Option<KeyValue> {
+    auth.user
+        .as_ref()
+        .filter(|u| u.user_id.is_none())
+        .map(|_| KeyValue::new(b24_plugin_api::EXTRA_USER_ID, b24_plugin_api::USER_ID_UNKNOWN))
+}
+
 fn user(auth: &AuthBlock) -> ROption<UserAuth> {
     auth.user
         .as_ref()
         .map(|tokens| UserAuth {
-            user_id: tokens.user_id,
+            user_id: tokens.user_id.unwrap_or(0),
             access_token: tokens.access_token.clone(),
             expires: tokens.expires.into(),
             scope: tokens.scope.as_str().into(),

@@ -65,6 +65,7 @@ impl Instance {
         let old =
             std::mem::replace(&mut *self.current.lock().unwrap_or_else(|p| p.into_inner()), fresh);
         if let Some(old) = Arc::into_inner(old) {
+            let _output = crate::plugin_output::in_plugin(&self.plugin.name);
             old.shutdown();
         }
         Ok(())
@@ -73,6 +74,7 @@ impl Instance {
     /// Calls the plugin's `shutdown` (blocking), once.
     pub fn shutdown(&self) {
         if !self.shut_down.swap(true, Ordering::SeqCst) {
+            let _output = crate::plugin_output::in_plugin(&self.plugin.name);
             self.current().shutdown();
         }
     }
@@ -104,7 +106,9 @@ impl Drop for Instance {
         let name = self.plugin.name.clone();
         let version = self.plugin.version.clone();
         let shut = move || {
+            let output = crate::plugin_output::in_plugin(&name);
             current.shutdown();
+            drop(output);
             tracing::info!(plugin = %name, %version, "replaced plugin instance shut down");
         };
         match tokio::runtime::Handle::try_current() {

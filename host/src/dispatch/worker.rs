@@ -367,6 +367,8 @@ impl Worker {
         let plugin = instance.current();
         let started = Instant::now();
         lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
+        // What the plugin prints during the call is logged under its name.
+        let _output = crate::plugin_output::in_plugin(&instance.plugin().name);
         // The context tells REST calls made during the call which portal they are for.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rest::context::with(context, || match event {

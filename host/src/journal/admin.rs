@@ -341,7 +341,7 @@ pub fn redacted(event: &decode::Decoded) -> serde_json::Value {
             "server_endpoint": auth.server_endpoint,
             "status": auth.status,
             "application_token": hidden(!auth.application_token.is_empty()),
-            "user_id": auth.user.as_ref().map(|u| u.user_id),
+            "user_id": auth.user.as_ref().map(|u| u.user_id.map_or(serde_json::json!("unknown"), |id| serde_json::json!(id))),
             "scope": auth.user.as_ref().map(|u| u.scope.clone()),
             "access_token": hidden(auth.user.is_some()),
             "refresh_token": hidden(auth.refresh_token.is_some()),

@@ -1,8 +1,9 @@
 //! **audit-log**: a b24-host plugin that appends one JSON line per CRM user-field event to a file.
 //!
 //! Each line records when the host received the event, the portal (`member_id`, `domain`), the
-//! event code, the action, the entity, the field's id and name, and who caused it (`user_id`, or
-//! `"system"` for automation). Tokens are never written. Lines are flushed one by one, so a crash
+//! event code, the action, the entity, the field's id and name, and who caused it (`user_id`;
+//! `"unknown"` when the portal sent a user's token without `auth[user_id]`; `"system"` for
+//! automation). Tokens are never written. Lines are flushed one by one, so a crash
 //! loses nothing the plugin reported as done.
 //!
 //! Settings (`[plugin.audit-log.settings]` in host.toml):
@@ -79,6 +80,8 @@ impl Create for AuditLog {
 impl Plugin for AuditLog {
     fn on_user_field(&self, event: &UserFieldEvent) -> Result<Outcome, PluginError> {
         let user = match &event.user {
+            // A user's token without `auth[user_id]`: someone, but not user 0.
+            ROption::RSome(_) if event.delivery.user_id_unknown() => "unknown".to_owned(),
             ROption::RSome(user) => user.user_id.to_string(),
             ROption::RNone => "system".to_owned(),
         };

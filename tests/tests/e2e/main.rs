@@ -11,6 +11,7 @@ mod http;
 mod journal;
 mod loading;
 mod offline;
+mod operator;
 mod ops;
 mod pipeline;
 mod registry;

@@ -8,7 +8,7 @@
 //! - `fail_while`: a file name; while that file exists, every call asks for a retry.
 //!
 //! Commands in the field name of a user-field event:
-//! `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
+//! `PRINT` prints a line on stdout and one on stderr, `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
 //! `SLEEP<ms>` sleeps that long.
 //!
 //! `WRITE` in the field name changes the field through the host's REST call
@@ -92,6 +92,7 @@ impl Plugin for Probe {
 
     fn on_user_field(&self, event: &UserFieldEvent) -> Result<Outcome, PluginError> {
         let user = match &event.user {
+            ROption::RSome(_) if event.delivery.user_id_unknown() => json!("unknown"),
             ROption::RSome(user) => json!(user.user_id),
             ROption::RNone => json!("system"),
         };
@@ -113,6 +114,10 @@ impl Plugin for Probe {
             "version": env!("CARGO_PKG_VERSION"),
         }));
         let name = event.field_name.as_str();
+        if name.contains("PRINT") {
+            println!("probe prints for field {name}");
+            eprintln!("probe complains about field {name}");
+        }
         if name.contains("REJECT") {
             return Err(PluginError::reject("probe told to reject"));
         }

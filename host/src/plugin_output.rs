@@ -1,0 +1,376 @@
+//! Where a plugin's own output goes: its `println!`/`eprintln!` and the panic messages of its
+//! copy of std become lines of the host's log, with the plugin's name, instead of raw text on
+//! the host's stdout and stderr.
+//!
+//! Plugins run in the host's process and each carries its own copy of std, so neither the
+//! host's panic hook nor its `stdout()` sees what they print: they write to file descriptors 1
+//! and 2. [`capture`] therefore keeps duplicates of the original stdout and stderr for the host
+//! (the `listening on` line, and the log itself, which must not write into the pipe it reads),
+//! points 1 and 2 at pipes, and reads each pipe on a thread that logs every line. Lines are
+//! attributed through [`in_plugin`], which the host holds around every call into plugin code: a
+//! line gets the plugin's name when exactly one plugin ran code while its bytes were written;
+//! otherwise the log line names the candidates (`plugins`). A plugin's panic report (std's
+//! `thread '…' panicked at FILE:LINE:` and the message on the next line) becomes one error line.
+//!
+//! The file descriptors are process-wide, so this module keeps the one piece of global state in
+//! the host: which plugins are running code. Issue #11 moves plugins into runner processes;
+//! then this module moves with them and reads the runners' pipes instead.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    io::{self, Read, Write},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// Which of the two streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Plugins running code now, and per stream the plugins that ran code since its last read,
+/// with the last time they did.
+struct Activity {
+    running: BTreeMap<Arc<str>, usize>,
+    since_read: [BTreeMap<Arc<str>, Instant>; 2],
+}
+
+/// A blocked reader wakes within microseconds of a write: a plugin that last ran code longer
+/// ago than this before a read is not a likely writer of what the read returned (it still is,
+/// when no other plugin is).
+const RECENT: Duration = Duration::from_millis(50);
+
+static ACTIVITY: Mutex<Activity> = Mutex::new(Activity {
+    running: BTreeMap::new(),
+    since_read: [BTreeMap::new(), BTreeMap::new()],
+});
+
+fn activity() -> std::sync::MutexGuard<'static, Activity> {
+    ACTIVITY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks the calling thread as running code of plugin `name` until the guard is dropped. On
+/// the delivery path: after a plugin's first call it allocates nothing (names stay in the map,
+/// with a count of 0 when idle).
+pub fn in_plugin(name: &str) -> InPlugin {
+    let mut a = activity();
+    let name = match a.running.get_key_value(name) {
+        Some((known, _)) => known.clone(),
+        None => Arc::from(name),
+    };
+    *a.running.entry(name.clone()).or_default() += 1;
+    a.touch(&name);
+    InPlugin { name }
+}
+
+/// See [`in_plugin`].
+#[must_use = "the plugin counts as running only while the guard lives"]
+pub struct InPlugin {
+    name: Arc<str>,
+}
+
+impl Drop for InPlugin {
+    fn drop(&mut self) {
+        let mut a = activity();
+        if let Some(count) = a.running.get_mut(&self.name) {
+            *count = count.saturating_sub(1);
+        }
+        // Its last bytes may still be in the pipe: it stays a candidate until the next read.
+        a.touch(&self.name);
+    }
+}
+
+impl Activity {
+    /// Notes that `name` runs code now, for both streams.
+    fn touch(&mut self, name: &Arc<str>) {
+        let now = Instant::now();
+        for seen in &mut self.since_read {
+            match seen.get_mut(&**name) {
+                Some(at) => *at = now,
+                None => {
+                    seen.insert(name.clone(), now);
+                }
+            }
+        }
+    }
+}
+
+/// The plugins that may have written what `stream`'s reader just read: those running code now
+/// or a moment ago; else every one that ran code since the previous read.
+fn writers_since_last_read(stream: Stream) -> BTreeSet<Arc<str>> {
+    let mut a = activity();
+    let seen = std::mem::take(&mut a.since_read[stream as usize]);
+    let now = Instant::now();
+    let mut names: BTreeSet<Arc<str>> = a
+        .running
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, _)| name.clone())
+        .chain(
+            seen.iter()
+                .filter(|(_, at)| now.duration_since(**at) <= RECENT)
+                .map(|(name, _)| name.clone()),
+        )
+        .collect();
+    if names.is_empty() {
+        names = seen.into_keys().collect();
+    }
+    names
+}
+
+/// The original stdout and stderr, kept for the host while plugins' output is captured;
+/// dropping it points descriptors 1 and 2 back at them and ends the readers.
+pub struct Captured {
+    stdout: &'static File,
+    stderr: &'static File,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Captured {
+    /// The host's own stdout (for the `listening on` line).
+    pub fn stdout(&self) -> &'static File {
+        self.stdout
+    }
+
+    /// The host's own stderr: where the log must be written.
+    pub fn stderr(&self) -> &'static File {
+        self.stderr
+    }
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        // Restoring 1 and 2 closes the pipes' last write ends: the readers see the end, log
+        // what is left and stop.
+        let _ = dup2(self.stdout.as_raw_fd(), 1);
+        let _ = dup2(self.stderr.as_raw_fd(), 2);
+        // A child process a plugin started may still hold a write end: wait a moment, not
+        // forever.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.readers.iter().any(|r| !r.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Points descriptors 1 and 2 at pipes read by threads that log each line (see the module
+/// docs), and installs a panic hook that logs the host's own panics. Call once, before the
+/// logger is set up with [`Captured::stderr`] as its output.
+pub fn capture() -> io::Result<Captured> {
+    let stdout: &'static File = Box::leak(Box::new(File::from(dup(1)?)));
+    let stderr: &'static File = Box::leak(Box::new(File::from(dup(2)?)));
+    let mut readers = Vec::new();
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        let (read, write) = pipe()?;
+        // Flush what the host's own std buffered for the old stdout first.
+        let _ = io::stdout().flush();
+        dup2(write.as_raw_fd(), stream as i32 + 1)?;
+        drop(write);
+        readers.push(
+            std::thread::Builder::new()
+                .name(format!("plugin-{}", stream.name()))
+                .spawn(move || read_lines(File::from(read), stream))?,
+        );
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        tracing::error!(thread = thread.name().unwrap_or("<unnamed>"), %location, "panicked: {message}");
+    }));
+    Ok(Captured { stdout, stderr, readers })
+}
+
+/// Longest line logged in one piece; longer ones are split.
+const MAX_LINE: usize = 16 * 1024;
+
+/// The reader of one pipe: one log line per line of text, until the pipe ends.
+fn read_lines(mut pipe: File, stream: Stream) {
+    let mut lines = Lines::new(stream);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        lines.push(&buf[..n], &writers_since_last_read(stream));
+    }
+    lines.finish();
+}
+
+/// Splits a stream into lines and logs them; joins std's two-line panic report into one.
+struct Lines {
+    stream: Stream,
+    line: Vec<u8>,
+    writers: BTreeSet<Arc<str>>,
+    /// `thread '…' panicked at FILE:LINE:COL`, waiting for the message on the next line.
+    panic_at: Option<(String, BTreeSet<Arc<str>>)>,
+}
+
+impl Lines {
+    fn new(stream: Stream) -> Lines {
+        Lines { stream, line: Vec::new(), writers: BTreeSet::new(), panic_at: None }
+    }
+
+    fn push(&mut self, bytes: &[u8], writers: &BTreeSet<Arc<str>>) {
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            self.line.extend_from_slice(piece);
+            self.writers.extend(writers.iter().cloned());
+            if piece.ends_with(b"\n") || self.line.len() >= MAX_LINE {
+                self.end_line();
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line).trim_end_matches(['\n', '\r']).to_owned();
+        let writers = std::mem::take(&mut self.writers);
+        self.line.clear();
+        if let Some((at, panic_writers)) = self.panic_at.take() {
+            let mut all = panic_writers;
+            all.extend(writers);
+            emit(self.stream, Kind::Panic { at: &at }, &text, &all);
+            return;
+        }
+        if let Some(at) = panic_location(&text) {
+            self.panic_at = Some((at.to_owned(), writers));
+            return;
+        }
+        if text.trim().is_empty() || text.starts_with("note: run with `RUST_BACKTRACE=1`") {
+            return;
+        }
+        emit(self.stream, Kind::Line, &text, &writers);
+    }
+
+    fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.end_line();
+        }
+        if let Some((at, writers)) = self.panic_at.take() {
+            emit(self.stream, Kind::Panic { at: &at }, "", &writers);
+        }
+    }
+}
+
+/// `FILE:LINE:COL` of std's panic report line `thread 'NAME' panicked at FILE:LINE:COL:` (newer
+/// std writes `thread 'NAME' (TID) panicked at ...`).
+fn panic_location(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("thread '")?;
+    let (_, at) = rest.split_once(" panicked at ")?;
+    Some(at.strip_suffix(':').unwrap_or(at))
+}
+
+enum Kind<'a> {
+    Line,
+    Panic { at: &'a str },
+}
+
+fn emit(stream: Stream, kind: Kind<'_>, text: &str, writers: &BTreeSet<Arc<str>>) {
+    let stream = stream.name();
+    let names = writers.iter().map(|n| &**n).collect::<Vec<_>>().join(",");
+    match (kind, writers.len()) {
+        (Kind::Panic { at }, 1) => {
+            tracing::error!(plugin = %names, stream, location = at, "plugin panicked: {text}")
+        }
+        (Kind::Panic { at }, _) => {
+            tracing::error!(plugins = %names, stream, location = at, "plugin panicked: {text}")
+        }
+        (Kind::Line, 1) if stream == "stdout" => {
+            tracing::info!(plugin = %names, stream, "plugin output: {text}")
+        }
+        (Kind::Line, _) if stream == "stdout" => {
+            tracing::info!(plugins = %names, stream, "plugin output: {text}")
+        }
+        (Kind::Line, 1) => tracing::warn!(plugin = %names, stream, "plugin output: {text}"),
+        (Kind::Line, _) => tracing::warn!(plugins = %names, stream, "plugin output: {text}"),
+    }
+}
+
+fn dup(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own, or -1.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn dup2(from: i32, to: i32) -> io::Result<()> {
+    // SAFETY: dup2 on descriptors we hold; 1 and 2 are replaced atomically.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fresh descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_location_of_a_std_panic_report() {
+        assert_eq!(
+            panic_location("thread '<unnamed>' panicked at src/lib.rs:12:5:"),
+            Some("src/lib.rs:12:5")
+        );
+        assert_eq!(panic_location("thread 'a' b' panicked at x.rs:1:1:"), Some("x.rs:1:1"));
+        assert_eq!(
+            panic_location("thread '<unnamed>' (11947) panicked at src/lib.rs:120:13:"),
+            Some("src/lib.rs:120:13")
+        );
+        assert_eq!(panic_location("hello"), None);
+    }
+
+    #[test]
+    fn a_plugin_that_ran_since_the_last_read_stays_a_candidate() {
+        let guard = in_plugin("unit-test-plugin");
+        drop(guard);
+        let names = writers_since_last_read(Stream::Stdout);
+        assert!(names.contains("unit-test-plugin"));
+        let again = writers_since_last_read(Stream::Stdout);
+        assert!(!again.contains("unit-test-plugin"));
+    }
+
+    #[test]
+    fn a_plugin_that_ran_long_before_the_read_is_not_a_writer_when_another_just_ran() {
+        drop(in_plugin("unit-test-long-ago"));
+        std::thread::sleep(RECENT * 2);
+        drop(in_plugin("unit-test-just-now"));
+        let names = writers_since_last_read(Stream::Stderr);
+        assert!(names.contains("unit-test-just-now"));
+        assert!(!names.contains("unit-test-long-ago"), "{names:?}");
+    }
+}
