@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 use crate::{config::RestConfig, journal::Journal};
 use bucket::Bucket;
 pub use context::EventContext;
-use oauth::{RefreshAnswer, StoredTokens, token_url};
+use oauth::{RefreshAnswer, StoredTokens};
 
 /// How often a call is retried while the portal answers `QUERY_LIMIT_EXCEEDED`.
 const LIMIT_RETRIES: u32 = 4;
@@ -280,12 +280,9 @@ impl RestClient {
                 "the stored token expired; set rest.client_id and rest.client_secret so the host can refresh it",
             ));
         };
-        let server = ctx
-            .server_endpoint
-            .clone()
-            .or(stored.server_endpoint.clone())
-            .unwrap_or_else(|| "https://oauth.bitrix.info/rest/".to_owned());
-        let url = token_url(&server);
+        // The client secret goes only to the OAuth server the operator configured: never to
+        // the `server_endpoint` an event brings (an on-premise portal writes its own events).
+        let url = self.config.oauth_url.clone();
         check_scheme(&url)?;
         let response = self
             .http
@@ -339,7 +336,7 @@ impl RestClient {
                 .expires
                 .or(answer.expires_in.map(|s| crate::journal::now_ms() / 1000 + s)),
             client_endpoint: answer.client_endpoint.or(stored.client_endpoint),
-            server_endpoint: answer.server_endpoint.or(Some(server)),
+            server_endpoint: answer.server_endpoint.or(stored.server_endpoint),
         };
         // The old refresh token is spent: store the new one before anything else.
         let bytes = serde_json::to_vec(&fresh).unwrap_or_default();

@@ -77,25 +77,3 @@ pub struct RefreshAnswer {
     #[serde(default)]
     pub member_id: Option<String>,
 }
-
-/// The OAuth token URL for a `server_endpoint` such as `https://oauth.bitrix.info/rest/`:
-/// `https://oauth.bitrix.info/oauth/token/`.
-pub fn token_url(server_endpoint: &str) -> String {
-    let base = server_endpoint.trim_end_matches('/');
-    let base = base.strip_suffix("/rest").unwrap_or(base);
-    format!("{base}/oauth/token/")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_token_url_sits_beside_the_rest_path() {
-        assert_eq!(
-            token_url("https://oauth.bitrix.info/rest/"),
-            "https://oauth.bitrix.info/oauth/token/"
-        );
-        assert_eq!(token_url("http://127.0.0.1:9/rest"), "http://127.0.0.1:9/oauth/token/");
-    }
-}

@@ -28,10 +28,11 @@ fn offline_config(
 ) -> String {
     let options = portal.options();
     format!(
-        "{}\n[rest]\nclient_id = {:?}\nclient_secret = {:?}\n\n[rest.portals.\"{MEMBER}\"]\nrate_per_sec = 50.0\nburst = 50\n{portal_keys}\n\n[rest.portals.\"{MEMBER}\".offline]\npoll_interval_ms = {poll_ms}\nbatch = 5\n{offline_keys}\n",
+        "{}\n[rest]\nclient_id = {:?}\nclient_secret = {:?}\noauth_url = {:?}\n\n[rest.portals.\"{MEMBER}\"]\nrate_per_sec = 50.0\nburst = 50\n{portal_keys}\n\n[rest.portals.\"{MEMBER}\".offline]\npoll_interval_ms = {poll_ms}\nbatch = 5\n{offline_keys}\n",
         config(enabled, &probe("", "")),
         options.client_id,
         options.client_secret,
+        portal.oauth_url(),
     )
 }
 

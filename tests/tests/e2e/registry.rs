@@ -61,10 +61,11 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
     let options = portal.options();
     let dir = HostDir::new(&["field-registry"]);
     dir.write_config(&format!(
-        "{}\n[rest]\nclient_id = {:?}\nclient_secret = {:?}\nrate_per_sec = 2.0\nburst = 50\n\n[rest.portals.\"{MEMBER}\"]\nrate_per_sec = 20.0\nburst = 10\n\n[plugin.field-registry.settings]\ndir = \"registry\"\n",
+        "{}\n[rest]\nclient_id = {:?}\nclient_secret = {:?}\noauth_url = {:?}\nrate_per_sec = 2.0\nburst = 50\n\n[rest.portals.\"{MEMBER}\"]\nrate_per_sec = 20.0\nburst = 10\n\n[plugin.field-registry.settings]\ndir = \"registry\"\n",
         config(&["field-registry"], ""),
         options.client_id,
         options.client_secret,
+        portal.oauth_url(),
     ));
     let host = start(&dir);
 
