@@ -31,11 +31,12 @@ use std::{env::VarError, path::Path};
 pub use load::{ConfigError, Position};
 pub use model::{
     AuthConfig, Config, DEFAULT_CONCURRENCY, DEFAULT_ENABLED, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES, DEFAULT_PATH,
-    DEFAULT_PLUGIN_TIMEOUT, DEFAULT_PLUGINS_DIR, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BASE,
-    DEFAULT_RETRY_CAP, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATE_DIR, JournalConfig, LogConfig,
-    LogFormat, MAX_CONCURRENCY, MAX_MILLIS, OfflineConfig, PluginConfig, PluginsConfig, RestConfig,
-    RestPortalConfig, RetryConfig, ServerConfig,
+    DEFAULT_KILL_AFTER, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CRASHES, DEFAULT_PATH, DEFAULT_PLUGIN_TIMEOUT, DEFAULT_PLUGINS_DIR,
+    DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_STATE_DIR, Isolation, JournalConfig, LogConfig, LogFormat, MAX_CONCURRENCY, MAX_MILLIS,
+    OfflineConfig, PluginConfig, PluginsConfig, RestConfig, RestPortalConfig, RetryConfig,
+    ServerConfig,
 };
 
 impl Config {

@@ -40,6 +40,14 @@ pub const DEFAULT_ENABLED: &[&str] = &["audit-log"];
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// Default of `plugin.<name>.concurrency`.
 pub const DEFAULT_CONCURRENCY: usize = 1;
+/// Default of `plugin.<name>.kill_after_ms`: a call running this long kills its runner.
+pub const DEFAULT_KILL_AFTER: Duration = Duration::from_millis(60_000);
+/// Default of `plugin.<name>.max_crashes`.
+pub const DEFAULT_MAX_CRASHES: u32 = 3;
+/// Largest accepted `plugin.<name>.memory_limit_mb` (1 TiB).
+pub const MAX_MEMORY_LIMIT_MB: u64 = 1 << 20;
+/// Largest accepted `plugin.<name>.max_crashes`.
+pub const MAX_CRASHES: u32 = 1000;
 /// Default of `plugin.<name>.retry.attempts`.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 8;
 /// Default of `plugin.<name>.retry.base_ms`.
@@ -137,6 +145,36 @@ impl Default for LogConfig {
     }
 }
 
+/// Where a plugin's code runs (`plugin.<name>.isolation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// In a runner process of its own (`"process"`), the default: a crash, an abort or an
+    /// endless call ends the runner, never the host.
+    #[default]
+    Process,
+    /// Inside the host process (`"in-process"`): the fast path, for code you trust.
+    InProcess,
+}
+
+impl Isolation {
+    /// The spelling used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Process => "process",
+            Isolation::InProcess => "in-process",
+        }
+    }
+
+    /// Parses the spelling used in the file (exact, lower case).
+    pub fn from_name(name: &str) -> Option<Isolation> {
+        match name {
+            "process" => Some(Isolation::Process),
+            "in-process" => Some(Isolation::InProcess),
+            _ => None,
+        }
+    }
+}
+
 /// How log lines look (`log.format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum LogFormat {
@@ -228,6 +266,19 @@ pub struct PluginConfig {
     /// At most this many deliveries at once; at least 1. The host uses 1 unless the plugin
     /// declares itself concurrent (`concurrency`).
     pub concurrency: usize,
+    /// Where the plugin's code runs (`isolation`): its own runner process (the default) or
+    /// inside the host.
+    pub isolation: Isolation,
+    /// An address-space limit on the plugin's runner, in MiB (`memory_limit_mb`; process
+    /// isolation only); `None` = no limit.
+    pub memory_limit_mb: Option<u64>,
+    /// A call running this long kills the plugin's runner, which counts as a crash of that
+    /// event (`kill_after_ms`; process isolation only).
+    pub kill_after: Duration,
+    /// After this many crashes during one event (the runner, or the host for an in-process
+    /// plugin, died while calling it) the event becomes a dead letter of the plugin
+    /// (`max_crashes`).
+    pub max_crashes: u32,
     /// Redelivery of failed events (`[plugin.<name>.retry]`).
     pub retry: RetryConfig,
     /// The plugin's own settings as TOML text (the `[plugin.<name>.settings]` table), `""` if
@@ -243,6 +294,10 @@ impl Default for PluginConfig {
             fields: None,
             timeout: DEFAULT_PLUGIN_TIMEOUT,
             concurrency: DEFAULT_CONCURRENCY,
+            isolation: Isolation::default(),
+            memory_limit_mb: None,
+            kill_after: DEFAULT_KILL_AFTER,
+            max_crashes: DEFAULT_MAX_CRASHES,
             retry: RetryConfig::default(),
             settings: String::new(),
         }
@@ -257,6 +312,10 @@ impl fmt::Debug for PluginConfig {
             .field("fields", &self.fields)
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
+            .field("isolation", &self.isolation)
+            .field("memory_limit_mb", &self.memory_limit_mb)
+            .field("kill_after", &self.kill_after)
+            .field("max_crashes", &self.max_crashes)
             .field("retry", &self.retry)
             .field("settings", &format_args!("<{} bytes of TOML>", self.settings.len()))
             .finish()

@@ -140,6 +140,10 @@ pub(crate) struct RawPlugin {
     pub fields: Option<Vec<Spanned<String>>>,
     pub timeout_ms: Option<Spanned<Millis>>,
     pub concurrency: Option<Spanned<Count>>,
+    pub isolation: Option<Spanned<String>>,
+    pub memory_limit_mb: Option<Spanned<Count>>,
+    pub kill_after_ms: Option<Spanned<Millis>>,
+    pub max_crashes: Option<Spanned<Count>>,
     #[serde(default)]
     pub retry: RawRetry,
     /// Any TOML at all; only required to be a table.

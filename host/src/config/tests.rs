@@ -112,8 +112,8 @@ fn unknown_key_in_plugin_table() {
     let message = invalid(text, 6, 3, "plugin.audit-log.timeout");
     assert_eq!(
         message,
-        "unknown key; expected one of events, entities, fields, timeout_ms, concurrency, retry, \
-         settings"
+        "unknown key; expected one of events, entities, fields, timeout_ms, concurrency, isolation, \
+         memory_limit_mb, kill_after_ms, max_crashes, retry, settings"
     );
 }
 
@@ -285,6 +285,14 @@ fn zero_and_out_of_range_values() {
     assert_eq!(
         invalid("[plugin.p]\nconcurrency = 100000\n", 2, 15, "plugin.p.concurrency"),
         "must be at most 1024"
+    );
+    assert_eq!(
+        invalid("[plugin.p]\nisolation = \"thread\"\n", 2, 13, "plugin.p.isolation"),
+        "\"thread\" is not an isolation mode; expected process or in-process"
+    );
+    assert_eq!(
+        invalid("[plugin.p]\nmax_crashes = 0\n", 2, 15, "plugin.p.max_crashes"),
+        "must be at least 1"
     );
     assert_eq!(
         invalid("[plugin.p.retry]\nattempts = 0\n", 2, 12, "plugin.p.retry.attempts"),
@@ -693,6 +701,10 @@ fn shipped_example_mentions_every_key() {
         "fields",
         "timeout_ms",
         "concurrency",
+        "isolation",
+        "memory_limit_mb",
+        "kill_after_ms",
+        "max_crashes",
         "[plugin.audit-log.retry]",
         "attempts",
         "base_ms",

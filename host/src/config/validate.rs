@@ -14,13 +14,13 @@ use b24_plugin_api::Secret;
 use toml::Spanned;
 
 use super::{
-    AuthConfig, Config, ConfigError, JournalConfig, LogConfig, LogFormat, PluginConfig,
+    AuthConfig, Config, ConfigError, Isolation, JournalConfig, LogConfig, LogFormat, PluginConfig,
     PluginsConfig, RestConfig, RestPortalConfig, RetryConfig, ServerConfig,
     load::{Source, join_keys},
     model::OfflineConfig,
     model::{
         DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
-        MAX_CONCURRENCY, MAX_KEEP_COMPLETED_HOURS, MAX_MILLIS,
+        MAX_CONCURRENCY, MAX_CRASHES, MAX_KEEP_COMPLETED_HOURS, MAX_MEMORY_LIMIT_MB, MAX_MILLIS,
     },
     raw::{
         Bytes, Count, Millis, RawAuth, RawConfig, RawJournal, RawLog, RawPlugin, RawPlugins,
@@ -402,6 +402,30 @@ fn plugin_table(src: &Source<'_>, key: &str, raw: RawPlugin) -> Result<PluginCon
         out.concurrency = count(src, &n, &format!("{key}.concurrency"), MAX_CONCURRENCY as u64)?
             .try_into()
             .unwrap_or(MAX_CONCURRENCY);
+    }
+    if let Some(isolation) = raw.isolation {
+        out.isolation = Isolation::from_name(isolation.get_ref()).ok_or_else(|| {
+            src.invalid(
+                isolation.span(),
+                format!("{key}.isolation"),
+                format!(
+                    "{:?} is not an isolation mode; expected process or in-process",
+                    isolation.get_ref()
+                ),
+            )
+        })?;
+    }
+    if let Some(mb) = raw.memory_limit_mb {
+        out.memory_limit_mb =
+            Some(count(src, &mb, &format!("{key}.memory_limit_mb"), MAX_MEMORY_LIMIT_MB)?);
+    }
+    if let Some(ms) = raw.kill_after_ms {
+        out.kill_after = millis(src, &ms, &format!("{key}.kill_after_ms"), 1)?;
+    }
+    if let Some(n) = raw.max_crashes {
+        out.max_crashes = count(src, &n, &format!("{key}.max_crashes"), MAX_CRASHES as u64)?
+            .try_into()
+            .unwrap_or(MAX_CRASHES);
     }
     out.retry = retry(src, &format!("{key}.retry"), raw.retry)?;
     if let Some(settings) = raw.settings {
