@@ -89,6 +89,8 @@ pub struct Metrics {
     pub journal_events: Gauge,
     /// Successful live reloads.
     pub reloads: Family<Received, Counter>,
+    /// Runner processes started again after one died (process isolation).
+    pub runner_restarts: Family<PluginLabel, Counter>,
     /// Event codes that plugins subscribe to by name (no wildcard), as of the last reload.
     subscribed: RwLock<HashSet<String>>,
 }
@@ -148,6 +150,7 @@ impl Metrics {
             journal_bytes: Gauge::default(),
             journal_events: Gauge::default(),
             reloads: Family::default(),
+            runner_restarts: Family::default(),
             subscribed: RwLock::default(),
             registry: Registry::default(),
         };
@@ -195,6 +198,11 @@ impl Metrics {
         );
         registry.register("journal_events", "Events in the journal", m.journal_events.clone());
         registry.register("reloads", "Live reloads by outcome", m.reloads.clone());
+        registry.register(
+            "plugin_runner_restarts",
+            "Runner processes started again after one died",
+            m.runner_restarts.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -13,8 +13,8 @@
 //! `thread '…' panicked at FILE:LINE:` and the message on the next line) becomes one error line.
 //!
 //! The file descriptors are process-wide, so this module keeps the one piece of global state in
-//! the host: which plugins are running code. Issue #11 moves plugins into runner processes;
-//! then this module moves with them and reads the runners' pipes instead.
+//! the host: which plugins are running code. A plugin in a runner process (the default
+//! isolation) prints into pipes of its own, which [`forward`] reads with the same line rules.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -216,6 +216,27 @@ fn read_lines(mut pipe: File, stream: Stream) {
             Err(_) => break,
         };
         lines.push(&buf[..n], &writers_since_last_read(stream));
+    }
+    lines.finish();
+}
+
+/// Logs one output pipe of a runner process line by line under `plugin`'s name, as [`capture`]
+/// does for in-process plugins (a runner runs one plugin, so every line is its own);
+/// `inspect` sees each chunk of text first. Returns when the pipe ends.
+pub fn forward(mut pipe: File, plugin: &str, stderr: bool, mut inspect: impl FnMut(&str)) {
+    let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
+    let writers: BTreeSet<Arc<str>> = [Arc::from(plugin)].into_iter().collect();
+    let mut lines = Lines::new(stream);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        inspect(&String::from_utf8_lossy(&buf[..n]));
+        lines.push(&buf[..n], &writers);
     }
     lines.finish();
 }

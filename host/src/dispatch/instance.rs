@@ -1,14 +1,23 @@
-//! One plugin's live instance: created from its library, re-created after a panic, shut down
-//! at the end.
+//! One plugin's live instance, wherever its code runs: inside the host (`in-process`: created
+//! from its library, re-created after a panic) or in a runner process (`process`: the runner
+//! does both, see [`crate::runner`]). The worker calls either kind through this one type, so
+//! retries, back-off, order, timeouts, metrics and outcomes are one code path.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, AtomicU8, Ordering},
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+    },
+    time::Duration,
 };
 
 use b24_plugin_api::{HostServicesArc, PluginBox};
 
-use crate::loader::{LoadError, LoadedPlugin};
+use crate::{
+    loader::{LoadError, LoadedPlugin},
+    runner::RunnerHandle,
+};
 
 /// Health of a plugin as the host sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,62 +29,156 @@ pub enum PluginStatus {
     Degraded = 1,
 }
 
-/// A created plugin and what it takes to create it again.
-pub struct Instance {
+/// What the host knows of a plugin's library (from the loader, or from its runner).
+#[derive(Debug, Clone)]
+pub struct PluginMeta {
+    /// The plugin's declared name.
+    pub name: String,
+    /// The library file it runs from.
+    pub path: PathBuf,
+    /// The plugin's own version.
+    pub version: String,
+    /// The event-code globs the plugin subscribes to.
+    pub events: Vec<String>,
+    /// Whether the plugin may be called from several threads at once.
+    pub concurrent: bool,
+    /// The exact b24-plugin-api version it was built against.
+    pub api_version: String,
+    /// How long opening and checking the library took.
+    pub load_time: Duration,
+}
+
+impl From<&LoadedPlugin> for PluginMeta {
+    fn from(p: &LoadedPlugin) -> PluginMeta {
+        PluginMeta {
+            name: p.name.clone(),
+            path: p.path.clone(),
+            version: p.version.clone(),
+            events: p.events.clone(),
+            concurrent: p.concurrent,
+            api_version: p.api_version.clone(),
+            load_time: p.load_time,
+        }
+    }
+}
+
+/// A plugin created inside this process.
+pub struct Local {
     plugin: LoadedPlugin,
     settings: String,
     host: HostServicesArc,
     current: Mutex<Arc<PluginBox>>,
+}
+
+/// Where the plugin's code runs.
+pub enum Kind {
+    /// In this process.
+    Local(Local),
+    /// In a runner process.
+    Runner(RunnerHandle),
+}
+
+/// A created plugin and what it takes to create it again.
+pub struct Instance {
+    meta: PluginMeta,
+    kind: Kind,
     status: AtomicU8,
     shut_down: AtomicBool,
 }
 
 impl Instance {
-    /// Creates the first instance of `plugin`.
+    /// Creates the first instance of `plugin` in this process.
     pub fn create(
         plugin: LoadedPlugin,
         settings: String,
         host: HostServicesArc,
     ) -> Result<Instance, LoadError> {
         let first = plugin.create(&settings, host.clone())?;
-        Ok(Instance {
-            plugin,
-            settings,
-            host,
-            current: Mutex::new(Arc::new(first)),
+        Ok(Instance::new(
+            PluginMeta::from(&plugin),
+            Kind::Local(Local { plugin, settings, host, current: Mutex::new(Arc::new(first)) }),
+        ))
+    }
+
+    /// The instance a runner process holds.
+    pub fn in_runner(runner: RunnerHandle) -> Instance {
+        Instance::new(runner.meta().clone(), Kind::Runner(runner))
+    }
+
+    fn new(meta: PluginMeta, kind: Kind) -> Instance {
+        Instance {
+            meta,
+            kind,
             status: AtomicU8::new(PluginStatus::Ready as u8),
             shut_down: AtomicBool::new(false),
-        })
+        }
     }
 
-    /// The library this instance comes from.
-    pub fn plugin(&self) -> &LoadedPlugin {
-        &self.plugin
+    /// What the host knows of the plugin's library.
+    pub fn info(&self) -> &PluginMeta {
+        &self.meta
     }
 
-    /// The instance to call now.
-    pub fn current(&self) -> Arc<PluginBox> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The runner, for a plugin in process isolation.
+    pub fn runner(&self) -> Option<&RunnerHandle> {
+        match &self.kind {
+            Kind::Runner(runner) => Some(runner),
+            Kind::Local(_) => None,
+        }
+    }
+
+    /// The instance to call now (in-process plugins only; `None` for a runner).
+    pub fn current(&self) -> Option<Arc<PluginBox>> {
+        match &self.kind {
+            Kind::Local(local) => {
+                Some(local.current.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            }
+            Kind::Runner(_) => None,
+        }
     }
 
     /// Replaces the instance with a fresh one (after a panic); the old one is shut down once
-    /// its last call has finished.
+    /// its last call has finished. A runner re-creates its instance itself.
     pub fn recreate(&self) -> Result<(), LoadError> {
-        let fresh = Arc::new(self.plugin.create(&self.settings, self.host.clone())?);
+        let Kind::Local(local) = &self.kind else { return Ok(()) };
+        let fresh = Arc::new(local.plugin.create(&local.settings, local.host.clone())?);
         let old =
-            std::mem::replace(&mut *self.current.lock().unwrap_or_else(|p| p.into_inner()), fresh);
+            std::mem::replace(&mut *local.current.lock().unwrap_or_else(|p| p.into_inner()), fresh);
         if let Some(old) = Arc::into_inner(old) {
-            let _output = crate::plugin_output::in_plugin(&self.plugin.name);
+            let _output = crate::plugin_output::in_plugin(&self.meta.name);
             old.shutdown();
         }
         Ok(())
     }
 
-    /// Calls the plugin's `shutdown` (blocking), once.
+    /// Calls the plugin's `shutdown` (blocking), once. A runner is told to finish its calls,
+    /// shut the plugin down and exit, within `grace`.
+    pub fn shutdown_within(&self, grace: Duration) {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        match &self.kind {
+            Kind::Local(_) => {
+                let _output = crate::plugin_output::in_plugin(&self.meta.name);
+                if let Some(current) = self.current() {
+                    current.shutdown();
+                }
+            }
+            Kind::Runner(runner) => runner.shutdown(grace),
+        }
+    }
+
+    /// [`Instance::shutdown_within`] with the default grace for a runner.
     pub fn shutdown(&self) {
-        if !self.shut_down.swap(true, Ordering::SeqCst) {
-            let _output = crate::plugin_output::in_plugin(&self.plugin.name);
-            self.current().shutdown();
+        self.shutdown_within(crate::runner::SHUTDOWN_GRACE);
+    }
+
+    /// Ends the plugin's calls now, at the end of the host's shutdown grace: a runner is killed
+    /// (its calls' events stay pending). An in-process call cannot be stopped; this does
+    /// nothing for it.
+    pub fn stop_now(&self) {
+        if let Kind::Runner(runner) = &self.kind {
+            runner.stop_now();
         }
     }
 
@@ -97,19 +200,31 @@ impl Instance {
 }
 
 impl Drop for Instance {
-    /// An instance replaced by a reload goes when its last call has finished: shut it down then.
+    /// An instance replaced by a reload goes when its last call has finished: shut it down then
+    /// (a runner is drained and stopped).
     fn drop(&mut self) {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        let current = self.current();
-        let name = self.plugin.name.clone();
-        let version = self.plugin.version.clone();
-        let shut = move || {
-            let output = crate::plugin_output::in_plugin(&name);
-            current.shutdown();
-            drop(output);
-            tracing::info!(plugin = %name, %version, "replaced plugin instance shut down");
+        let name = self.meta.name.clone();
+        let version = self.meta.version.clone();
+        let shut: Box<dyn FnOnce() + Send> = match &self.kind {
+            Kind::Local(_) => {
+                let Some(current) = self.current() else { return };
+                Box::new(move || {
+                    let output = crate::plugin_output::in_plugin(&name);
+                    current.shutdown();
+                    drop(output);
+                    tracing::info!(plugin = %name, %version, "replaced plugin instance shut down");
+                })
+            }
+            Kind::Runner(runner) => {
+                let runner = runner.clone();
+                Box::new(move || {
+                    runner.shutdown(crate::runner::SHUTDOWN_GRACE);
+                    tracing::info!(plugin = %name, %version, "replaced plugin runner shut down");
+                })
+            }
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {

@@ -1,0 +1,247 @@
+//! The runner process (`b24-host runner`, hidden): loads one plugin through the same loader and
+//! ABI checks as the host, and calls it for the host. It reads frames from descriptor 3 (see
+//! [`super::protocol`]), runs each call on a lane thread of its own (one per host lane, so the
+//! plugin sees the same concurrency as in the host), decodes the journaled body there as a lane
+//! does in the host, and answers with the outcome. `HostServices::log` and `rest` become
+//! frames to the host, which logs the line and makes the REST call with its own client and
+//! tokens. Its stdout and stderr are pipes the host logs under the plugin's name.
+
+use std::{
+    collections::HashMap,
+    io::{BufReader, BufWriter, Write},
+    os::{fd::FromRawFd, unix::net::UnixStream},
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RArc, RResult, RStr, RString},
+};
+use b24_plugin_api::{
+    ErrorKind, HostServices, HostServices_TO, LogLevel, Outcome, PluginError, RestError,
+    RestErrorKind,
+};
+use bytes::Bytes;
+
+use super::protocol::{FromRunner, RUNNER_FD, ToRunner, WireError, read_frame, write_frame};
+use crate::{
+    dispatch::{
+        Instance,
+        convert::{PluginEvent, plugin_event},
+    },
+    journal::Envelope,
+};
+
+/// The write half of the socket, shared by the lanes and the host services.
+#[derive(Clone)]
+struct Out(Arc<Mutex<BufWriter<UnixStream>>>);
+
+impl Out {
+    fn send(&self, message: &FromRunner) {
+        let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A host that went away ends this process through its death signal or our reader.
+        let _ = write_frame(&mut *out, message, b"").and_then(|()| out.flush());
+    }
+}
+
+thread_local! {
+    /// The host's id of the call this lane thread is making.
+    static CURRENT_CALL: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// REST requests waiting for the host's answer.
+type Waiting = Arc<Mutex<HashMap<u64, mpsc::Sender<Result<String, RestError>>>>>;
+
+/// The plugin's host services inside a runner: everything goes to the host.
+#[derive(Clone)]
+struct Remote {
+    out: Out,
+    config_dir: RString,
+    state_dir: RString,
+    next_request: Arc<AtomicU64>,
+    waiting: Waiting,
+}
+
+impl HostServices for Remote {
+    fn log(&self, level: LogLevel, message: RStr<'_>) {
+        self.out.send(&FromRunner::Log { level: level as u8, message: message.to_string() });
+    }
+
+    fn config_dir(&self) -> RString {
+        self.config_dir.clone()
+    }
+
+    fn state_dir(&self) -> RString {
+        self.state_dir.clone()
+    }
+
+    fn rest(&self, method: RStr<'_>, params: RStr<'_>) -> RResult<RString, RestError> {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+        self.out.send(&FromRunner::Rest {
+            request,
+            call: CURRENT_CALL.with(|c| c.get()),
+            method: method.to_string(),
+            params: params.to_string(),
+        });
+        match rx.recv() {
+            Ok(Ok(result)) => RResult::ROk(result.into()),
+            Ok(Err(e)) => RResult::RErr(e),
+            Err(_) => RResult::RErr(RestError {
+                kind: RestErrorKind::Unavailable,
+                status: 0,
+                error: "HOST_GONE".into(),
+                description: "the host stopped answering".into(),
+            }),
+        }
+    }
+}
+
+/// One call as a lane receives it.
+struct Call {
+    call: u64,
+    envelope: Envelope,
+    attempt: u32,
+}
+
+/// Runs the runner until the host says shutdown or goes away.
+pub fn main() -> ExitCode {
+    // SAFETY: the host started this process with its end of the socketpair on descriptor 3;
+    // nothing else in this process owns it.
+    let socket = unsafe { UnixStream::from_raw_fd(RUNNER_FD) };
+    // Not inherited by processes the plugin may start.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(RUNNER_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    let writer = match socket.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("b24-host runner: cannot use descriptor 3: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = Out(Arc::new(Mutex::new(BufWriter::new(writer))));
+    let mut input = BufReader::new(socket);
+    let Ok(Some((ToRunner::Init { plugin, library, settings, config_dir, state_dir }, _))) =
+        read_frame::<ToRunner>(&mut input)
+    else {
+        eprintln!("b24-host runner: no Init frame from the host (this command is for the host)");
+        return ExitCode::FAILURE;
+    };
+    let waiting: Waiting = Arc::default();
+    let host = HostServices_TO::from_ptr(
+        RArc::new(Remote {
+            out: out.clone(),
+            config_dir: config_dir.into(),
+            state_dir: state_dir.into(),
+            next_request: Arc::new(AtomicU64::new(1)),
+            waiting: waiting.clone(),
+        }),
+        TD_Opaque,
+    );
+    let created = crate::loader::load_file(&plugin, std::path::Path::new(&library))
+        .and_then(|loaded| Instance::create(loaded, settings, host));
+    let instance = match created {
+        Ok(instance) => Arc::new(instance),
+        Err(e) => {
+            out.send(&FromRunner::InitFailed { reason: e.to_string() });
+            return ExitCode::FAILURE;
+        }
+    };
+    let info = instance.info().clone();
+    out.send(&FromRunner::Ready {
+        name: info.name,
+        version: info.version,
+        events: info.events,
+        concurrent: info.concurrent,
+        api_version: info.api_version,
+        load_us: info.load_time.as_micros() as u64,
+    });
+    let mut lanes: HashMap<usize, (mpsc::Sender<Call>, std::thread::JoinHandle<()>)> =
+        HashMap::new();
+    loop {
+        let frame = match read_frame::<ToRunner>(&mut input) {
+            Ok(Some(frame)) => frame,
+            // The host went away: nothing is left to do for it.
+            Ok(None) | Err(_) => std::process::exit(0),
+        };
+        match frame {
+            (ToRunner::Call { call, lane, id, attempt, received_at_ms, format, source, extra }, tail) => {
+                let raw = Bytes::from(tail);
+                let envelope = match crate::decode::decode(&raw, format.into()) {
+                    Ok(event) => Envelope { id, received_at_ms, raw, event, source, extra },
+                    Err(e) => {
+                        let error = PluginError::reject(format!("the runner cannot decode the event: {e}"));
+                        out.send(&FromRunner::Outcome { call, result: Err(WireError::from(&error)) });
+                        continue;
+                    }
+                };
+                let entry = lanes.entry(lane).or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel::<Call>();
+                    let instance = instance.clone();
+                    let out = out.clone();
+                    let thread = std::thread::Builder::new()
+                        .name(format!("plugin-{lane}"))
+                        .spawn(move || run_lane(&instance, &out, &rx))
+                        .expect("cannot start a lane thread");
+                    (tx, thread)
+                });
+                let _ = entry.0.send(Call { call, envelope, attempt });
+            }
+            (ToRunner::RestAnswer { request, result }, _) => {
+                let waiter = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(result.map_err(RestError::from));
+                }
+            }
+            (ToRunner::Shutdown, _) => {
+                // Calls in flight finish first.
+                for (_, (tx, thread)) in lanes.drain() {
+                    drop(tx);
+                    let _ = thread.join();
+                }
+                instance.shutdown();
+                out.send(&FromRunner::ShutdownDone);
+                std::process::exit(0);
+            }
+            (ToRunner::Init { .. }, _) => {}
+        }
+    }
+}
+
+/// One lane: calls the plugin for each call it receives, one at a time.
+fn run_lane(instance: &Instance, out: &Out, calls: &mpsc::Receiver<Call>) {
+    while let Ok(Call { call, envelope, attempt }) = calls.recv() {
+        let event = plugin_event(&envelope, attempt);
+        let plugin = instance.current();
+        CURRENT_CALL.with(|c| c.set(Some(call)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &event {
+            PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
+            PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
+        }))
+        .unwrap_or_else(|_| {
+            Err(PluginError {
+                kind: ErrorKind::Panicked,
+                message: "the runner panicked while calling the plugin".into(),
+            })
+        });
+        CURRENT_CALL.with(|c| c.set(None));
+        drop(plugin);
+        if let Err(e) = &result
+            && e.kind == ErrorKind::Panicked
+            && let Err(e) = instance.recreate()
+        {
+            eprintln!("cannot re-create the plugin after its panic: {e}");
+        }
+        let result = match result {
+            Ok(outcome) => Ok(outcome == Outcome::Done),
+            Err(e) => Err(WireError::from(&e)),
+        };
+        out.send(&FromRunner::Outcome { call, result });
+    }
+}

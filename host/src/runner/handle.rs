@@ -1,0 +1,710 @@
+//! The host's side of one plugin's runner: start, call, supervise, stop.
+//!
+//! One supervising thread per runner starts the process (it must be a thread that lives as long
+//! as the runner: `PR_SET_PDEATHSIG` fires when the *thread* that forked it ends), reads its
+//! frames, and when the runner dies (signal, exit, end of stream) reaps it, ends every call in
+//! flight on it as a crash with the reason ("killed by SIGSEGV", ...), and starts a new one
+//! after a back-off (100 ms doubling to 5 s, back to 100 ms after 10 s of health). Lanes call
+//! through [`RunnerHandle::call`] and block, as an in-process call blocks its lane; the plugin's
+//! REST calls are answered on that same lane thread, inside the event's REST context, with
+//! the host's own client.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufReader, BufWriter, Write},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::{
+            net::UnixStream,
+            process::{CommandExt, ExitStatusExt},
+        },
+    },
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use b24_plugin_api::{HostServicesArc, LogLevel, Outcome, PluginError};
+
+use super::protocol::{FromRunner, RUNNER_FD, ToRunner, WireRestError, read_frame, write_frame};
+use crate::{
+    dispatch::instance::PluginMeta,
+    journal::{Envelope, record::Format},
+    metrics::{Metrics, PluginLabel},
+};
+
+/// First wait before restarting a runner that died.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A runner that lived this long was healthy: the next restart waits [`BACKOFF_MIN`] again.
+const HEALTHY: Duration = Duration::from_secs(10);
+/// How long a runner may take to load and create its plugin.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What it takes to start a plugin's runner.
+#[derive(Clone)]
+pub struct RunnerSpec {
+    /// The plugin's name as enabled.
+    pub plugin: String,
+    /// The content-addressed copy of its library.
+    pub library: PathBuf,
+    /// Its settings (TOML text).
+    pub settings: String,
+    /// `HostServices::config_dir`.
+    pub config_dir: PathBuf,
+    /// `HostServices::state_dir`.
+    pub state_dir: PathBuf,
+    /// The address-space limit, MiB.
+    pub memory_limit_mb: Option<u64>,
+    /// The host services the runner's log lines and REST calls are answered with.
+    pub host: HostServicesArc,
+    /// The metrics (restarts).
+    pub metrics: Arc<Metrics>,
+}
+
+/// How a call through a runner ended, apart from the plugin's own answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The plugin answered with an error.
+    Plugin(PluginError),
+    /// The runner died during the call: the reason ("killed by SIGSEGV").
+    Crashed(String),
+    /// The host or the plugin is stopping: the call did not happen or was cut short; its event
+    /// stays pending, no attempt is counted.
+    Abandoned,
+}
+
+/// A runner's state, for metrics, `/readyz` and `journal stats`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunnerState {
+    /// `running`, `restarting` or `stopped`.
+    pub state: String,
+    /// The runner's process id while it runs.
+    pub pid: Option<u32>,
+    /// How often it was restarted.
+    pub restarts: u64,
+    /// Why the last runner ended, e.g. `killed by SIGSEGV`.
+    pub last_exit: Option<String>,
+}
+
+/// What a waiting call hears from the supervising thread.
+enum Reply {
+    Outcome(Result<Outcome, PluginError>),
+    Rest { request: u64, method: String, params: String },
+    Died(String),
+}
+
+/// What stderr showed before a runner died.
+#[derive(Default)]
+struct Notes {
+    out_of_memory: AtomicBool,
+    stack_overflow: AtomicBool,
+}
+
+/// One runner process's connection.
+struct Conn {
+    pid: i32,
+    out: Mutex<BufWriter<UnixStream>>,
+    calls: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
+    kill_reason: Mutex<Option<String>>,
+    notes: Arc<Notes>,
+}
+
+impl Conn {
+    fn send(&self, message: &ToRunner, tail: &[u8]) -> std::io::Result<()> {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        write_frame(&mut *out, message, tail)?;
+        out.flush()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Running,
+    Restarting,
+    Stopped,
+}
+
+struct State {
+    phase: Phase,
+    conn: Option<Arc<Conn>>,
+    last_exit: Option<String>,
+}
+
+struct Shared {
+    spec: RunnerSpec,
+    meta: Mutex<Option<PluginMeta>>,
+    state: Mutex<State>,
+    changed: Condvar,
+    stopping: AtomicBool,
+    restarts: AtomicU64,
+    next_call: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state());
+        self.changed.notify_all();
+    }
+}
+
+/// A plugin's runner; cheap to clone.
+#[derive(Clone)]
+pub struct RunnerHandle {
+    shared: Arc<Shared>,
+    meta: PluginMeta,
+}
+
+impl std::fmt::Debug for RunnerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerHandle").field("plugin", &self.meta.name).finish_non_exhaustive()
+    }
+}
+
+/// A started runner, before its supervisor takes it over.
+struct Started {
+    child: Child,
+    conn: Arc<Conn>,
+    input: BufReader<UnixStream>,
+    stderr_done: mpsc::Receiver<()>,
+}
+
+impl RunnerHandle {
+    /// Starts the runner of `spec.plugin` and waits until its plugin is created; the error
+    /// says why it could not be (as the loader says it, or how the runner died).
+    pub fn start(spec: RunnerSpec) -> Result<RunnerHandle, String> {
+        let shared = Arc::new(Shared {
+            spec,
+            meta: Mutex::new(None),
+            state: Mutex::new(State { phase: Phase::Starting, conn: None, last_exit: None }),
+            changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            restarts: AtomicU64::new(0),
+            next_call: AtomicU64::new(1),
+        });
+        let (first, first_rx) = mpsc::channel::<Result<PluginMeta, String>>();
+        let supervised = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("runner-{}", shared.spec.plugin))
+            .spawn(move || supervise(&supervised, &first))
+            .map_err(|e| format!("cannot start a thread for the runner: {e}"))?;
+        let meta = first_rx
+            .recv()
+            .map_err(|_| "the runner's supervising thread ended".to_owned())
+            .and_then(|r| r)?;
+        Ok(RunnerHandle { shared, meta })
+    }
+
+    /// What the runner reported of the plugin's library.
+    pub fn meta(&self) -> &PluginMeta {
+        &self.meta
+    }
+
+    /// The runner's state.
+    pub fn state(&self) -> RunnerState {
+        let state = self.shared.state();
+        RunnerState {
+            state: match state.phase {
+                Phase::Starting | Phase::Restarting => "restarting",
+                Phase::Running => "running",
+                Phase::Stopped => "stopped",
+            }
+            .to_owned(),
+            pid: state.conn.as_ref().map(|c| c.pid as u32),
+            restarts: self.shared.restarts.load(Ordering::Relaxed),
+            last_exit: state.last_exit.clone(),
+        }
+    }
+
+    /// Whether a runner is up and taking calls.
+    pub fn is_running(&self) -> bool {
+        self.shared.state().phase == Phase::Running
+    }
+
+    /// Calls the plugin with `envelope` (body encoded as `format`) for attempt `attempt`, from
+    /// host lane `lane`; blocks until the outcome. REST calls the plugin makes meanwhile run on
+    /// this thread (in the REST context the caller set). While the runner is restarting the
+    /// call waits for it, unless `stop` says delivery stops.
+    pub fn call(
+        &self,
+        lane: usize,
+        envelope: &Envelope,
+        format: Format,
+        attempt: u32,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Outcome, CallError> {
+        let conn = loop {
+            if self.shared.stopping.load(Ordering::SeqCst) || stop() {
+                return Err(CallError::Abandoned);
+            }
+            let state = self.shared.state();
+            if let (Phase::Running, Some(conn)) = (state.phase, &state.conn) {
+                break conn.clone();
+            }
+            let _ = self.shared.changed.wait_timeout(state, Duration::from_millis(100));
+        };
+        let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        conn.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(call, tx);
+        let message = ToRunner::Call {
+            call,
+            lane,
+            id: envelope.id,
+            attempt,
+            received_at_ms: envelope.received_at_ms,
+            format,
+            source: envelope.source,
+            extra: envelope.extra.clone(),
+        };
+        // A failed write means the runner is dying: its supervisor answers the call.
+        let _ = conn.send(&message, &envelope.raw);
+        loop {
+            match rx.recv() {
+                Ok(Reply::Outcome(result)) => return result.map_err(CallError::Plugin),
+                Ok(Reply::Rest { request, method, params }) => {
+                    let result = self.shared.spec.host.rest(method.as_str().into(), params.as_str().into());
+                    let result = result.into_result().map(|s| s.into_string()).map_err(WireRestError::from);
+                    let _ = conn.send(&ToRunner::RestAnswer { request, result }, b"");
+                }
+                Ok(Reply::Died(reason)) => {
+                    return Err(if self.shared.stopping.load(Ordering::SeqCst) {
+                        CallError::Abandoned
+                    } else {
+                        CallError::Crashed(reason)
+                    });
+                }
+                Err(_) => return Err(CallError::Crashed("the runner connection was lost".into())),
+            }
+        }
+    }
+
+    /// Kills the running runner with SIGKILL; `reason` becomes its exit reason (e.g. `killed:
+    /// ran past kill_after_ms`). Its calls end as crashes; a new runner starts after the
+    /// back-off.
+    pub fn kill(&self, reason: &str) {
+        let state = self.shared.state();
+        // The supervisor reaps the process only after taking its connection out of the state,
+        // under this lock: the pid cannot have been reused.
+        if let Some(conn) = &state.conn {
+            let mut kill_reason = conn.kill_reason.lock().unwrap_or_else(|p| p.into_inner());
+            if kill_reason.is_none() {
+                *kill_reason = Some(reason.to_owned());
+            }
+            // SAFETY: kill(2) on our own, not yet reaped child.
+            unsafe { libc::kill(conn.pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Tells the runner to finish its calls, shut its plugin down and exit; kills it when it
+    /// takes longer than `grace`. No new runner starts after this.
+    pub fn shutdown(&self, grace: Duration) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        let conn = self.shared.state().conn.clone();
+        if let Some(conn) = conn {
+            let _ = conn.send(&ToRunner::Shutdown, b"");
+        }
+        if !self.wait_stopped(grace) {
+            tracing::warn!(plugin = %self.meta.name, "the plugin's runner did not finish within the grace period; killing it");
+            self.kill("killed: still busy at shutdown");
+            self.wait_stopped(Duration::from_secs(2));
+        }
+    }
+
+    /// Kills the runner now (the host's shutdown grace is over): its calls end, their events
+    /// stay pending.
+    pub fn stop_now(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        self.kill("killed: still busy at shutdown");
+    }
+
+    fn wait_stopped(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut state = self.shared.state();
+        while state.phase != Phase::Stopped {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self.shared.changed.wait_timeout(state, deadline - now).map(|(s, _)| s).unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+}
+
+/// The supervising thread: starts the runner, reports the first start on `first`, then reads
+/// frames and restarts the runner whenever it dies, until the handle stops it.
+fn supervise(shared: &Arc<Shared>, first: &mpsc::Sender<Result<PluginMeta, String>>) {
+    let name = shared.spec.plugin.clone();
+    let mut started = match spawn(shared) {
+        Ok((started, meta)) => {
+            *shared.meta.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
+            let _ = first.send(Ok(meta));
+            started
+        }
+        Err(reason) => {
+            shared.set(|s| s.phase = Phase::Stopped);
+            let _ = first.send(Err(reason));
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let since = Instant::now();
+        let conn = started.conn.clone();
+        shared.set(|s| {
+            s.phase = Phase::Running;
+            s.conn = Some(conn.clone());
+        });
+        read_frames(shared, &conn, &mut started.input);
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        shared.set(|s| {
+            s.conn = None;
+            s.phase = if stopping { Phase::Stopped } else { Phase::Restarting };
+        });
+        let reason = reap(&mut started, stopping);
+        for (_, call) in conn.calls.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            let _ = call.send(Reply::Died(reason.clone()));
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            shared.set(|s| {
+                s.phase = Phase::Stopped;
+                if !reason.starts_with("exited with status 0") || !stopping {
+                    s.last_exit = Some(reason.clone());
+                }
+            });
+            return;
+        }
+        shared.set(|s| s.last_exit = Some(reason.clone()));
+        shared.restarts.fetch_add(1, Ordering::Relaxed);
+        shared
+            .spec
+            .metrics
+            .runner_restarts
+            .get_or_create(&PluginLabel { plugin: name.clone() })
+            .inc();
+        if since.elapsed() >= HEALTHY {
+            backoff = BACKOFF_MIN;
+        }
+        tracing::error!(plugin = %name, reason = %reason, restart_in_ms = backoff.as_millis() as u64, "plugin runner died; starting a new one");
+        started = loop {
+            if !sleep_unless_stopping(shared, backoff) {
+                shared.set(|s| s.phase = Phase::Stopped);
+                return;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            match spawn(shared) {
+                Ok((started, _)) => break started,
+                Err(reason) => {
+                    tracing::error!(plugin = %name, %reason, "plugin runner failed to start again");
+                    shared.set(|s| s.last_exit = Some(reason));
+                }
+            }
+        };
+        tracing::info!(plugin = %name, "plugin runner restarted");
+    }
+}
+
+/// Waits `wait`, or less when the handle stops the runner; whether it waited the whole time.
+fn sleep_unless_stopping(shared: &Shared, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut state = shared.state();
+    loop {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        state = shared
+            .changed
+            .wait_timeout(state, deadline - now)
+            .map(|(s, _)| s)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+}
+
+/// Reads the runner's frames until its end of the socket closes (or it sends garbage).
+fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<UnixStream>) {
+    loop {
+        let frame = match read_frame::<FromRunner>(input) {
+            Ok(Some((frame, _))) => frame,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(plugin = %shared.spec.plugin, "bad frame from the plugin's runner: {e}");
+                return;
+            }
+        };
+        match frame {
+            FromRunner::Outcome { call, result } => {
+                let waiter = conn.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&call);
+                if let Some(waiter) = waiter {
+                    let result = match result {
+                        Ok(true) => Ok(Outcome::Done),
+                        Ok(false) => Ok(Outcome::Skipped),
+                        Err(e) => Err(PluginError::from(e)),
+                    };
+                    let _ = waiter.send(Reply::Outcome(result));
+                }
+            }
+            FromRunner::Log { level, message } => {
+                let level = match level {
+                    0 => LogLevel::Error,
+                    1 => LogLevel::Warn,
+                    2 => LogLevel::Info,
+                    3 => LogLevel::Debug,
+                    _ => LogLevel::Trace,
+                };
+                shared.spec.host.log(level, message.as_str().into());
+            }
+            FromRunner::Rest { request, call, method, params } => {
+                let waiter = call.and_then(|call| {
+                    conn.calls.lock().unwrap_or_else(|p| p.into_inner()).get(&call).cloned()
+                });
+                let reply = Reply::Rest { request, method, params };
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(reply);
+                    }
+                    None => {
+                        // Made outside an event (a thread of the plugin's own): answered as the
+                        // host answers such a call, without an event context.
+                        let Reply::Rest { request, method, params } = reply else { continue };
+                        let host = shared.spec.host.clone();
+                        let conn = conn.clone();
+                        std::thread::spawn(move || {
+                            let result = host.rest(method.as_str().into(), params.as_str().into());
+                            let result = result.into_result().map(|s| s.into_string()).map_err(WireRestError::from);
+                            let _ = conn.send(&ToRunner::RestAnswer { request, result }, b"");
+                        });
+                    }
+                }
+            }
+            FromRunner::ShutdownDone | FromRunner::Ready { .. } | FromRunner::InitFailed { .. } => {}
+        }
+    }
+}
+
+/// Waits for a runner whose stream ended to exit (killing it if it does not), and says why it
+/// ended.
+fn reap(started: &mut Started, stopping: bool) -> String {
+    let pid = started.conn.pid;
+    let deadline = Instant::now() + Duration::from_millis(if stopping { 2000 } else { 500 });
+    let status = loop {
+        match started.child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                // It closed the socket but lives on: it is of no use any more.
+                // SAFETY: kill(2) on our own, not yet reaped child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                break started.child.wait().ok();
+            }
+            Err(_) => break None,
+        }
+    };
+    // What it wrote last (an allocation failure, a stack overflow) says more than the signal.
+    let _ = started.stderr_done.recv_timeout(Duration::from_millis(500));
+    let kill_reason = started.conn.kill_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    describe(status, kill_reason, &started.conn.notes)
+}
+
+/// Why a runner ended, in the words the dead letters and `journal stats` use.
+fn describe(status: Option<ExitStatus>, kill_reason: Option<String>, notes: &Notes) -> String {
+    if let Some(reason) = kill_reason {
+        return reason;
+    }
+    let Some(status) = status else { return "ended (its exit status is unknown)".into() };
+    match (status.signal(), status.code()) {
+        (Some(libc::SIGABRT), _) if notes.out_of_memory.load(Ordering::Relaxed) => {
+            "killed: memory_limit_mb reached (allocation failed, SIGABRT)".into()
+        }
+        (Some(libc::SIGABRT), _) if notes.stack_overflow.load(Ordering::Relaxed) => {
+            "aborted (SIGABRT): stack overflow".into()
+        }
+        (Some(libc::SIGABRT), _) => "aborted (SIGABRT)".into(),
+        (Some(signal), _) => format!("killed by {}", signal_name(signal)),
+        (None, Some(code)) => format!("exited with status {code}"),
+        (None, None) => "ended".into(),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
+}
+
+/// Starts one runner process and waits for its plugin to be created.
+fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
+    let spec = &shared.spec;
+    let (host_end, runner_end) =
+        UnixStream::pair().map_err(|e| format!("cannot make a socketpair: {e}"))?;
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .args(["runner", "--plugin", &spec.plugin])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let fd = runner_end.as_raw_fd();
+    // SAFETY: getpid has no preconditions.
+    let host_pid = unsafe { libc::getpid() };
+    let limit = spec.memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024));
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (dup2, fcntl, prctl, getppid, setrlimit, signal).
+    unsafe {
+        command.pre_exec(move || prepare_child(fd, host_pid, limit));
+    }
+    let mut child = command.spawn().map_err(|e| format!("cannot start the runner: {e}"))?;
+    drop(runner_end);
+    let pid = child.id() as i32;
+    let notes = Arc::new(Notes::default());
+    let plugin: Arc<str> = spec.plugin.as_str().into();
+    let (stderr_tx, stderr_done) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        forward_output(OwnedFd::from(stdout).into(), plugin.clone(), false, notes.clone(), None);
+    }
+    if let Some(stderr) = child.stderr.take() {
+        forward_output(OwnedFd::from(stderr).into(), plugin, true, notes.clone(), Some(stderr_tx));
+    }
+    let writer = host_end.try_clone().map_err(|e| format!("cannot use the socketpair: {e}"))?;
+    let conn = Arc::new(Conn {
+        pid,
+        out: Mutex::new(BufWriter::new(writer)),
+        calls: Mutex::new(HashMap::new()),
+        kill_reason: Mutex::new(None),
+        notes,
+    });
+    let mut started = Started { child, conn, input: BufReader::new(host_end), stderr_done };
+    let init = ToRunner::Init {
+        plugin: spec.plugin.clone(),
+        library: spec.library.display().to_string(),
+        settings: spec.settings.clone(),
+        config_dir: spec.config_dir.display().to_string(),
+        state_dir: spec.state_dir.display().to_string(),
+    };
+    let fail = |started: &mut Started, what: String| -> String {
+        // SAFETY: kill(2) on our own, not yet reaped child.
+        unsafe { libc::kill(started.conn.pid, libc::SIGKILL) };
+        let _ = started.child.wait();
+        what
+    };
+    if let Err(e) = started.conn.send(&init, b"") {
+        let reason = reap(&mut started, false);
+        return Err(format!("plugin `{}`: the runner did not take its start-up message ({e}): {reason}", spec.plugin));
+    }
+    let _ = started.input.get_ref().set_read_timeout(Some(INIT_TIMEOUT));
+    let answer = read_frame::<FromRunner>(&mut started.input);
+    let _ = started.input.get_ref().set_read_timeout(None);
+    match answer {
+        Ok(Some((FromRunner::Ready { name, version, events, concurrent, api_version, load_us }, _))) => {
+            let meta = PluginMeta {
+                name,
+                path: spec.library.clone(),
+                version,
+                events,
+                concurrent,
+                api_version,
+                load_time: Duration::from_micros(load_us),
+            };
+            Ok((started, meta))
+        }
+        Ok(Some((FromRunner::InitFailed { reason }, _))) => {
+            let _ = started.child.wait();
+            Err(reason)
+        }
+        Ok(Some(_)) => Err(fail(&mut started, format!("plugin `{}`: the runner answered its start-up out of turn", spec.plugin))),
+        Ok(None) => {
+            let reason = reap(&mut started, false);
+            Err(format!("plugin `{}`: the runner ended while loading the plugin: {reason}", spec.plugin))
+        }
+        Err(e) => Err(fail(&mut started, format!("plugin `{}`: no start-up answer from the runner: {e}", spec.plugin))),
+    }
+}
+
+/// In the forked child, before exec: the socket onto descriptor 3, death with the host, the
+/// memory limit, and the host's job-control signals ignored (the host stops its runners itself).
+fn prepare_child(fd: i32, host_pid: i32, limit: Option<u64>) -> std::io::Result<()> {
+    // SAFETY (whole body): async-signal-safe libc calls on descriptors and limits of this child.
+    unsafe {
+        if fd == RUNNER_FD {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, RUNNER_FD) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The host may have died between fork and prctl: then nobody would kill us.
+        if libc::getppid() != host_pid {
+            return Err(std::io::Error::other("the host is gone"));
+        }
+        if let Some(bytes) = limit {
+            let rlim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+            if libc::setrlimit(libc::RLIMIT_AS, &rlim) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
+    Ok(())
+}
+
+/// Reads one of a runner's output pipes into the log under the plugin's name, noting what
+/// explains a death; `done` is signalled when the pipe ends.
+fn forward_output(
+    pipe: File,
+    plugin: Arc<str>,
+    stderr: bool,
+    notes: Arc<Notes>,
+    done: Option<mpsc::Sender<()>>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("runner-out-{plugin}"))
+        .spawn(move || {
+            crate::plugin_output::forward(pipe, &plugin, stderr, |text| {
+                if text.contains("memory allocation of") {
+                    notes.out_of_memory.store(true, Ordering::Relaxed);
+                }
+                if text.contains("has overflowed its stack") {
+                    notes.stack_overflow.store(true, Ordering::Relaxed);
+                }
+            });
+            drop(done);
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot read a runner's output: {e}");
+    }
+}
