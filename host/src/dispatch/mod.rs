@@ -6,8 +6,10 @@
 //! - [`instance`]: the live plugin instance, re-created after a panic.
 //! - [`worker`]: ordered delivery, timeouts, retries with back-off, outcomes.
 //! - [`host_services`]: what plugins can ask of the host.
+//! - [`crash`]: poison events: a delivery that ended with a process dying, `max_crashes`.
 
 pub mod convert;
+pub mod crash;
 pub mod host_services;
 pub mod instance;
 pub mod worker;

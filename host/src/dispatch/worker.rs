@@ -209,7 +209,7 @@ impl Worker {
             let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
             let Some(delivery) = next else { return };
             let id = delivery.id;
-            let (envelope, attempts, next_at_ms) = match delivery.open() {
+            let (envelope, pending) = match delivery.open() {
                 Ok(opened) => opened,
                 Err(dead) => {
                     tracing::error!(plugin = %self.name, event_id = id, reason = %dead.reason, "moved to the plugin's dead letters");
@@ -226,7 +226,7 @@ impl Worker {
                 code = %envelope.event.code,
             );
             let _entered = span.enter();
-            self.deliver(&envelope, attempts, next_at_ms, lanes, &lanes.lanes[index]);
+            self.deliver(&envelope, &pending, lanes, &lanes.lanes[index]);
         }
     }
 
@@ -262,14 +262,7 @@ impl Worker {
 
     /// Delivers one event until it succeeds, is rejected, runs out of attempts, or delivery
     /// stops (then it stays pending for the next start).
-    fn deliver(
-        &self,
-        envelope: &Envelope,
-        attempts: u32,
-        next_at_ms: i64,
-        lanes: &Lanes,
-        lane: &Lane,
-    ) {
+    fn deliver(&self, envelope: &Envelope, pending: &Pending, lanes: &Lanes, lane: &Lane) {
         let reporter = &lanes.reporter;
         let id = envelope.id;
         if !self.route().matches(&envelope.event) {
@@ -278,8 +271,8 @@ impl Worker {
         }
         let config = self.config();
         let retry = &config.retry;
-        let mut attempt = attempts;
-        let mut due = next_at_ms;
+        let mut attempt = pending.attempts;
+        let mut due = pending.next_at_ms;
         loop {
             let wait = due - now_ms();
             if wait > 0 && !lanes.sleep(Duration::from_millis(wait as u64)) {
@@ -346,9 +339,15 @@ impl Worker {
             }
             self.metrics.retries.get_or_create(&self.label()).inc();
             due = now_ms() + backoff(retry, attempt).as_millis() as i64;
+            // The crash count carries over: a retry does not forgive a crash.
             reporter.update(
                 id,
-                Pending { attempts: attempt, next_at_ms: due, last_error: error.to_string() },
+                Pending {
+                    attempts: attempt,
+                    next_at_ms: due,
+                    last_error: error.to_string(),
+                    crashes: pending.crashes,
+                },
             );
         }
     }

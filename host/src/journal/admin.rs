@@ -65,7 +65,7 @@ pub struct PluginStats {
     pub plugin: String,
     /// Events not yet delivered (pending rows).
     pub backlog: u64,
-    /// Of those, events that failed at least once.
+    /// Of those, events that failed or crashed at least once.
     pub retrying: u64,
     /// Dead letters.
     pub dead: u64,
@@ -260,7 +260,8 @@ fn stats(database: &Database, enabled: &[String]) -> Result<Response, StoreError
         let (plugin, id) = k.value();
         let stats = entry(&mut by_plugin, plugin);
         stats.backlog += 1;
-        if from_json::<Pending>(v.value()).attempts > 0 {
+        let state = from_json::<Pending>(v.value());
+        if state.attempts > 0 || state.crashes > 0 {
             stats.retrying += 1;
         }
         if stats.backlog == 1 {
@@ -402,7 +403,7 @@ mod tests {
             tables.insert_event(1, &record(now - 60_000), std::slice::from_ref(&a)).unwrap();
             tables.insert_event(2, &record(now - 30_000), &[a.clone(), b.clone()]).unwrap();
             tables.insert_event(3, &record(now), &[a, b]).unwrap();
-            let failed = Pending { attempts: 2, next_at_ms: 0, last_error: "x".into() };
+            let failed = Pending { attempts: 2, last_error: "x".into(), ..Pending::default() };
             tables.set_pending("a", 3, &failed).unwrap();
             tables
                 .bury("b", 3, &DeadLetter { reason: "r".into(), attempts: 1, at_ms: now })

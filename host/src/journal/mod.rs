@@ -363,18 +363,18 @@ impl Journal {
 pub struct Delivery {
     /// The journal's id for the event.
     pub id: u64,
-    /// Attempts already made (before a restart, too).
-    pub attempts: u32,
-    /// Not before this time (ms since the epoch).
-    pub next_at_ms: i64,
+    /// The plugin's pending state of the event as read: attempts already made (before a
+    /// restart, too), when the next one is due, crashes counted so far.
+    pub pending: Pending,
     record: EventRecord,
 }
 
 impl Delivery {
-    /// The event as plugins get it, or why it cannot be delivered (its journaled body no longer
-    /// decodes: a dead letter).
-    pub fn open(self) -> Result<(Envelope, u32, i64), DeadLetter> {
-        let Delivery { id, attempts, next_at_ms, record } = self;
+    /// The event as plugins get it, with its pending state (attempts, next attempt time,
+    /// crashes), or why it cannot be delivered (its journaled body no longer decodes: a dead
+    /// letter).
+    pub fn open(self) -> Result<(Envelope, Pending), DeadLetter> {
+        let Delivery { id, pending, record } = self;
         match decode::decode(&record.raw, record.meta.format.into()) {
             Ok(event) => Ok((
                 Envelope {
@@ -385,12 +385,11 @@ impl Delivery {
                     source: record.meta.source,
                     extra: record.meta.extra,
                 },
-                attempts,
-                next_at_ms,
+                pending,
             )),
             Err(e) => Err(DeadLetter {
                 reason: format!("cannot decode the journaled body: {e}"),
-                attempts,
+                attempts: pending.attempts,
                 at_ms: now_ms(),
             }),
         }
@@ -493,12 +492,7 @@ impl Consumer {
 
     fn push(&mut self, id: u64, pending: Pending, record: Option<EventRecord>) {
         match record {
-            Some(record) => self.buffer.push_back(Delivery {
-                id,
-                attempts: pending.attempts,
-                next_at_ms: pending.next_at_ms,
-                record,
-            }),
+            Some(record) => self.buffer.push_back(Delivery { id, pending, record }),
             None => self.bury(
                 id,
                 DeadLetter {
