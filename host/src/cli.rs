@@ -71,6 +71,13 @@ pub enum Command {
         #[command(subcommand)]
         command: OfflineCommand,
     },
+    /// The runner process of one plugin in process isolation; started by `serve` only.
+    #[command(hide = true)]
+    Runner {
+        /// The plugin it runs (for `ps`; the host says it again on the socket).
+        #[arg(long)]
+        plugin: Option<String>,
+    },
     /// Inspect and repair the journal (works on a stopped or a running host).
     Journal {
         /// The config file (default as for `serve`); names the state folder.

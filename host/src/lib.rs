@@ -26,6 +26,7 @@ pub mod ops;
 pub mod plugin_output;
 pub mod rest;
 pub mod route;
+pub mod runner;
 pub mod send;
 pub mod server;
 pub mod supervisor;

@@ -146,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drop(output);
             served
         }
+        Command::Runner { .. } => Ok(b24_host::runner::child::main()),
         Command::Check { config } => {
             let config = load_config(config)?;
             Ok(b24_host::check::run(&config))

@@ -22,13 +22,14 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::{Config, PluginConfig},
+    config::{Config, Isolation, PluginConfig},
     dispatch::{Instance, PluginStatus, Worker, host_services},
     journal::{Journal, Stopper},
-    loader::{self, LoadedPlugin},
+    loader,
     metrics::{Metrics, PluginState},
     rest::RestClient,
     route::{Route, Router, Routes},
+    runner::{RunnerHandle, RunnerSpec, RunnerState},
 };
 
 /// One enabled plugin as the supervisor sees it.
@@ -164,7 +165,7 @@ impl Supervisor {
         report: &mut ReloadReport,
     ) {
         let plugin_config = config.plugin_config(name);
-        let attempt = || -> Result<Option<(LoadedPlugin, String)>, String> {
+        let attempt = || -> Result<Option<(PathBuf, String)>, String> {
             let found = loader::discover(&config.plugins.dir).map_err(|e| e.to_string())?;
             let path = match found.get(&loader::normalize(name)).map(Vec::as_slice) {
                 Some([one]) => one.clone(),
@@ -190,10 +191,9 @@ impl Supervisor {
             // Load from a content-addressed copy: a new path is the only way to get new code
             // into a process that already loaded the old file.
             let copy = content_copy(&config.state_dir, &path, &sha)?;
-            let loaded = loader::load_file(name, &copy).map_err(|e| e.to_string())?;
-            Ok(Some((loaded, sha)))
+            Ok(Some((copy, sha)))
         };
-        let (loaded, sha) = match attempt() {
+        let (copy, sha) = match attempt() {
             Ok(Some(found)) => found,
             Ok(None) => {
                 // What runs is what was asked for: an earlier failed reload no longer applies.
@@ -214,23 +214,40 @@ impl Supervisor {
             &config.state_dir,
             Some((self.rest.clone(), self.runtime.clone())),
         );
-        let route = Route::new(&loaded.events, &plugin_config);
-        let version = loaded.version.clone();
-        let load_us = loaded.load_time.as_micros() as u64;
-        let instance = match Instance::create(loaded, plugin_config.settings.clone(), host) {
+        let created = match plugin_config.isolation {
+            Isolation::InProcess => loader::load_file(name, &copy)
+                .and_then(|loaded| Instance::create(loaded, plugin_config.settings.clone(), host))
+                .map_err(|e| e.to_string()),
+            Isolation::Process => RunnerHandle::start(RunnerSpec {
+                plugin: name.to_owned(),
+                library: copy,
+                settings: plugin_config.settings.clone(),
+                config_dir: config.base_dir.clone(),
+                state_dir: config.state_dir.clone(),
+                memory_limit_mb: plugin_config.memory_limit_mb,
+                host,
+                metrics: self.metrics.clone(),
+            })
+            .map(Instance::in_runner),
+        };
+        let instance = match created {
             Ok(instance) => Arc::new(instance),
             Err(e) => {
-                self.fail(name, e.to_string(), report);
+                self.fail(name, e, report);
                 return;
             }
         };
+        let route = Route::new(&instance.info().events, &plugin_config);
+        let version = instance.info().version.clone();
+        let load_us = instance.info().load_time.as_micros() as u64;
+        let isolation = plugin_config.isolation.as_str();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let entry = entries.entry(name.to_owned()).or_default();
         match &entry.worker {
             Some(running) => {
                 running.worker.swap(instance, route.clone(), plugin_config.clone());
                 report.reloaded.push(name.to_owned());
-                tracing::info!(plugin = %name, %version, sha256 = %sha, subscriptions = %route.describe(), "plugin reloaded");
+                tracing::info!(plugin = %name, %version, isolation, sha256 = %sha, subscriptions = %route.describe(), "plugin reloaded");
             }
             None => {
                 let worker = Arc::new(Worker::new(
@@ -245,7 +262,7 @@ impl Supervisor {
                 let task = self.runtime.spawn(worker.clone().run(consumer));
                 entry.worker = Some(Running { worker, task, stopper });
                 report.started.push(name.to_owned());
-                tracing::info!(plugin = %name, %version, load_us, subscriptions = %route.describe(), "plugin loaded");
+                tracing::info!(plugin = %name, %version, load_us, isolation, subscriptions = %route.describe(), "plugin loaded");
             }
         }
         entry.failure = None;
@@ -333,11 +350,26 @@ impl Supervisor {
             .collect()
     }
 
+    /// Each process-isolated plugin's runner: its state, restarts and last exit reason.
+    pub fn runners(&self) -> Vec<(String, RunnerState)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter_map(|(name, e)| {
+                let instance = e.worker.as_ref()?.worker.instance();
+                Some((name.clone(), instance.runner()?.state()))
+            })
+            .collect()
+    }
+
     /// Fills the per-plugin state gauges.
     pub fn export_states(&self) {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         for (name, entry) in entries.iter() {
             let state = match (&entry.worker, &entry.failure) {
+                (Some(r), _) if r.worker.instance().runner().is_some_and(|r| !r.is_running()) => {
+                    "restarting"
+                }
                 (Some(r), _) if r.worker.instance().status() == PluginStatus::Degraded => {
                     "degraded"
                 }
@@ -345,7 +377,7 @@ impl Supervisor {
                 (Some(_), Some(_)) => "loaded",
                 (None, _) => "failed",
             };
-            for s in ["loaded", "degraded", "failed"] {
+            for s in ["loaded", "degraded", "restarting", "failed"] {
                 let gauge = self
                     .metrics
                     .plugin_state
@@ -370,10 +402,13 @@ impl Supervisor {
             let mut task = r.task;
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 tracing::warn!(plugin = %name, "calls still running at the end of the shutdown grace period; stopping them");
+                // A runner is killed (its events stay pending); an in-process call runs on.
+                r.worker.instance().stop_now();
                 task.abort();
             }
             let instance = r.worker.instance();
-            match tokio::task::spawn_blocking(move || instance.shutdown()).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::task::spawn_blocking(move || instance.shutdown_within(left)).await {
                 Ok(()) => tracing::info!(plugin = %name, "plugin shut down"),
                 Err(e) => tracing::error!(plugin = %name, "plugin shutdown failed: {e}"),
             }

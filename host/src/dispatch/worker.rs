@@ -22,14 +22,19 @@ use tokio::{runtime::Handle, sync::mpsc};
 
 use super::{
     convert::{PluginEvent, plugin_event},
+    crash::{self, CrashVerdict},
     instance::{Instance, PluginStatus},
 };
 use crate::{
     config::{PluginConfig, RetryConfig},
-    journal::{Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, now_ms},
+    journal::{
+        Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, now_ms,
+        record::Format,
+    },
     metrics::{Metrics, PluginLabel},
     rest::{self, EventContext},
     route::Route,
+    runner::CallError,
 };
 
 /// Deliveries read ahead of the lanes: enough to keep them busy, few enough that a reload or
@@ -57,6 +62,8 @@ fn locked<T: Clone>(m: &Mutex<T>) -> T {
 /// What a lane shares with the worker's watchdog: when its current call started.
 #[derive(Default)]
 struct Lane {
+    /// The lane's number (a runner runs each host lane's calls on a lane of its own).
+    index: usize,
     /// Microseconds since `Lanes::epoch` at which the running call started, plus one; 0 when
     /// the lane is idle.
     busy_since: AtomicU64,
@@ -154,10 +161,10 @@ impl Worker {
     /// in flight then finish.
     pub async fn run(self: Arc<Self>, mut consumer: Consumer) {
         let config = self.config();
-        let count = if self.instance().plugin().concurrent { config.concurrency.max(1) } else { 1 };
+        let count = if self.instance().info().concurrent { config.concurrency.max(1) } else { 1 };
         let lanes = Arc::new(Lanes {
             epoch: Instant::now(),
-            lanes: (0..count).map(|_| Lane::default()).collect(),
+            lanes: (0..count).map(|index| Lane { index, ..Lane::default() }).collect(),
             reporter: consumer.reporter(),
             stopper: consumer.stopper(),
             runtime: Handle::current(),
@@ -209,6 +216,7 @@ impl Worker {
             let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
             let Some(delivery) = next else { return };
             let id = delivery.id;
+            let format = delivery.format();
             let (envelope, pending) = match delivery.open() {
                 Ok(opened) => opened,
                 Err(dead) => {
@@ -226,7 +234,7 @@ impl Worker {
                 code = %envelope.event.code,
             );
             let _entered = span.enter();
-            self.deliver(&envelope, &pending, lanes, &lanes.lanes[index]);
+            self.deliver(&envelope, format, &pending, lanes, &lanes.lanes[index]);
         }
     }
 
@@ -237,14 +245,30 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let timeout = self.config().timeout.as_micros() as u64;
+            let config = self.config();
             let now = lanes.micros();
-            let late = lanes.lanes.iter().any(|lane| {
-                let since = lane.busy_since.load(Ordering::Relaxed);
-                since != 0 && now.saturating_sub(since) > timeout
-            });
-            if late {
-                self.degraded(&self.instance(), "still waiting for it");
+            let longest = lanes
+                .lanes
+                .iter()
+                .map(|lane| lane.busy_since.load(Ordering::Relaxed))
+                .filter(|since| *since != 0)
+                .map(|since| now.saturating_sub(since))
+                .max()
+                .unwrap_or(0);
+            let instance = self.instance();
+            if longest > config.timeout.as_micros() as u64 {
+                self.degraded(&instance, "still waiting for it");
+            }
+            // A process can be stopped where a thread cannot: past kill_after_ms, the runner goes.
+            if let Some(runner) = instance.runner()
+                && longest > config.kill_after.as_micros() as u64
+            {
+                tracing::error!(
+                    plugin = %self.name,
+                    kill_after_ms = config.kill_after.as_millis() as u64,
+                    "plugin call ran past kill_after_ms; killing its runner"
+                );
+                runner.kill("killed: ran past kill_after_ms");
             }
         }
     }
@@ -262,7 +286,14 @@ impl Worker {
 
     /// Delivers one event until it succeeds, is rejected, runs out of attempts, or delivery
     /// stops (then it stays pending for the next start).
-    fn deliver(&self, envelope: &Envelope, pending: &Pending, lanes: &Lanes, lane: &Lane) {
+    fn deliver(
+        &self,
+        envelope: &Envelope,
+        format: Format,
+        pending: &Pending,
+        lanes: &Lanes,
+        lane: &Lane,
+    ) {
         let reporter = &lanes.reporter;
         let id = envelope.id;
         if !self.route().matches(&envelope.event) {
@@ -273,6 +304,7 @@ impl Worker {
         let retry = &config.retry;
         let mut attempt = pending.attempts;
         let mut due = pending.next_at_ms;
+        let mut crashes = pending.crashes;
         loop {
             let wait = due - now_ms();
             if wait > 0 && !lanes.sleep(Duration::from_millis(wait as u64)) {
@@ -282,21 +314,58 @@ impl Worker {
                 return;
             }
             attempt += 1;
-            let event = plugin_event(envelope, attempt);
             let context = Arc::new(EventContext::of(&envelope.event));
             let started = Instant::now();
-            let result = self.call(&event, context, &config, lanes, lane);
+            let result = self.call(envelope, format, attempt, context, &config, lanes, lane);
             let seconds = started.elapsed().as_secs_f64();
             let label = match &result {
                 Ok(Outcome::Done) => "done",
                 Ok(Outcome::Skipped) => "skipped",
-                Err(e) => match e.kind {
+                Err(CallError::Plugin(e)) => match e.kind {
                     ErrorKind::Retry => "retry",
                     ErrorKind::Reject => "reject",
                     ErrorKind::Panicked => "panicked",
                 },
+                Err(CallError::Crashed(_)) => "crashed",
+                Err(CallError::Abandoned) => "abandoned",
             };
             self.metrics.call(&self.name, label, seconds);
+            let result = match result {
+                // Cut short by a shutdown or a disabled plugin: the event stays pending as it was.
+                Err(CallError::Abandoned) => return,
+                Err(CallError::Crashed(reason)) => {
+                    // The call never answered: it uses up no attempt, it counts as a crash.
+                    attempt -= 1;
+                    let state = Pending {
+                        attempts: attempt,
+                        next_at_ms: due,
+                        last_error: String::new(),
+                        crashes,
+                    };
+                    let cause = format!("plugin process died: {reason}");
+                    let verdict = crash::after_crash(&state, &cause, config.max_crashes);
+                    if let CrashVerdict::Again(next) = &verdict {
+                        crashes = next.crashes;
+                        tracing::error!(
+                            crashes,
+                            max_crashes = config.max_crashes,
+                            "{cause}; delivering the event again"
+                        );
+                    } else {
+                        tracing::error!(
+                            crashes = crashes + 1,
+                            "{cause}; moved to the plugin's dead letters"
+                        );
+                    }
+                    if crash::report(reporter, id, verdict) {
+                        self.metrics.dead_letters.get_or_create(&self.label()).inc();
+                        return;
+                    }
+                    continue;
+                }
+                Err(CallError::Plugin(error)) => Err(error),
+                Ok(outcome) => Ok(outcome),
+            };
             let error = match result {
                 Ok(outcome) => {
                     tracing::debug!(
@@ -346,7 +415,7 @@ impl Worker {
                     attempts: attempt,
                     next_at_ms: due,
                     last_error: error.to_string(),
-                    crashes: pending.crashes,
+                    crashes,
                 },
             );
         }
@@ -354,27 +423,41 @@ impl Worker {
 
     /// One call, on the lane's thread. The plugin side catches the plugin's panics; a panic of
     /// the host's own conversion code is caught here, so that it costs one attempt, not the lane.
+    #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
-        event: &PluginEvent,
+        envelope: &Envelope,
+        format: Format,
+        attempt: u32,
         context: Arc<EventContext>,
         config: &PluginConfig,
         lanes: &Lanes,
         lane: &Lane,
-    ) -> Result<Outcome, PluginError> {
+    ) -> Result<Outcome, CallError> {
         let instance = self.instance();
-        let plugin = instance.current();
         let started = Instant::now();
         lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
-        // What the plugin prints during the call is logged under its name.
-        let _output = crate::plugin_output::in_plugin(&instance.plugin().name);
-        // The context tells REST calls made during the call which portal they are for.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rest::context::with(context, || match event {
-                PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
-                PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
-            })
-        }));
+        let result = match (instance.runner(), instance.current()) {
+            // Process isolation: the runner decodes and calls; REST calls it makes come back to
+            // this thread, inside the event's context.
+            (Some(runner), _) => Ok(rest::context::with(context, || {
+                runner.call(lane.index, envelope, format, attempt, &|| lanes.stopping())
+            })),
+            (None, Some(plugin)) => {
+                // What the plugin prints during the call is logged under its name.
+                let _output = crate::plugin_output::in_plugin(&instance.info().name);
+                // The context tells REST calls made during the call which portal they are for.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let event = plugin_event(envelope, attempt);
+                    rest::context::with(context, || match &event {
+                        PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
+                        PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
+                    })
+                    .map_err(CallError::Plugin)
+                }))
+            }
+            (None, None) => Ok(Err(CallError::Abandoned)),
+        };
         lane.busy_since.store(0, Ordering::Relaxed);
         if started.elapsed() > config.timeout {
             self.degraded(&instance, "the call has ended");
@@ -382,10 +465,10 @@ impl Worker {
             tracing::info!("plugin answers within its timeout again");
         }
         result.unwrap_or_else(|_| {
-            Err(PluginError {
+            Err(CallError::Plugin(PluginError {
                 kind: ErrorKind::Panicked,
                 message: "the host panicked while calling the plugin".into(),
-            })
+            }))
         })
     }
 }

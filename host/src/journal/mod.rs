@@ -551,3 +551,10 @@ impl Reporter {
         let _ = self.journal.send(Command::Bury(self.plugin.clone(), id, dead));
     }
 }
+
+impl Delivery {
+    /// How the journaled body is encoded (a runner decodes it again on its side).
+    pub fn format(&self) -> record::Format {
+        self.record.meta.format
+    }
+}

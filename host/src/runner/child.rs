@@ -171,13 +171,20 @@ pub fn main() -> ExitCode {
             Ok(None) | Err(_) => std::process::exit(0),
         };
         match frame {
-            (ToRunner::Call { call, lane, id, attempt, received_at_ms, format, source, extra }, tail) => {
+            (
+                ToRunner::Call { call, lane, id, attempt, received_at_ms, format, source, extra },
+                tail,
+            ) => {
                 let raw = Bytes::from(tail);
                 let envelope = match crate::decode::decode(&raw, format.into()) {
                     Ok(event) => Envelope { id, received_at_ms, raw, event, source, extra },
                     Err(e) => {
-                        let error = PluginError::reject(format!("the runner cannot decode the event: {e}"));
-                        out.send(&FromRunner::Outcome { call, result: Err(WireError::from(&error)) });
+                        let error =
+                            PluginError::reject(format!("the runner cannot decode the event: {e}"));
+                        out.send(&FromRunner::Outcome {
+                            call,
+                            result: Err(WireError::from(&error)),
+                        });
                         continue;
                     }
                 };
@@ -218,7 +225,7 @@ pub fn main() -> ExitCode {
 fn run_lane(instance: &Instance, out: &Out, calls: &mpsc::Receiver<Call>) {
     while let Ok(Call { call, envelope, attempt }) = calls.recv() {
         let event = plugin_event(&envelope, attempt);
-        let plugin = instance.current();
+        let Some(plugin) = instance.current() else { return };
         CURRENT_CALL.with(|c| c.set(Some(call)));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &event {
             PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),

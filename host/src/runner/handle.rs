@@ -274,8 +274,10 @@ impl RunnerHandle {
             match rx.recv() {
                 Ok(Reply::Outcome(result)) => return result.map_err(CallError::Plugin),
                 Ok(Reply::Rest { request, method, params }) => {
-                    let result = self.shared.spec.host.rest(method.as_str().into(), params.as_str().into());
-                    let result = result.into_result().map(|s| s.into_string()).map_err(WireRestError::from);
+                    let result =
+                        self.shared.spec.host.rest(method.as_str().into(), params.as_str().into());
+                    let result =
+                        result.into_result().map(|s| s.into_string()).map_err(WireRestError::from);
                     let _ = conn.send(&ToRunner::RestAnswer { request, result }, b"");
                 }
                 Ok(Reply::Died(reason)) => {
@@ -339,7 +341,12 @@ impl RunnerHandle {
             if now >= deadline {
                 return false;
             }
-            state = self.shared.changed.wait_timeout(state, deadline - now).map(|(s, _)| s).unwrap_or_else(|p| p.into_inner().0);
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .map(|(s, _)| s)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
         true
     }
@@ -461,16 +468,7 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<Uni
                     let _ = waiter.send(Reply::Outcome(result));
                 }
             }
-            FromRunner::Log { level, message } => {
-                let level = match level {
-                    0 => LogLevel::Error,
-                    1 => LogLevel::Warn,
-                    2 => LogLevel::Info,
-                    3 => LogLevel::Debug,
-                    _ => LogLevel::Trace,
-                };
-                shared.spec.host.log(level, message.as_str().into());
-            }
+            FromRunner::Log { level, message } => log(&shared.spec.host, level, &message),
             FromRunner::Rest { request, call, method, params } => {
                 let waiter = call.and_then(|call| {
                     conn.calls.lock().unwrap_or_else(|p| p.into_inner()).get(&call).cloned()
@@ -488,15 +486,31 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<Uni
                         let conn = conn.clone();
                         std::thread::spawn(move || {
                             let result = host.rest(method.as_str().into(), params.as_str().into());
-                            let result = result.into_result().map(|s| s.into_string()).map_err(WireRestError::from);
+                            let result = result
+                                .into_result()
+                                .map(|s| s.into_string())
+                                .map_err(WireRestError::from);
                             let _ = conn.send(&ToRunner::RestAnswer { request, result }, b"");
                         });
                     }
                 }
             }
-            FromRunner::ShutdownDone | FromRunner::Ready { .. } | FromRunner::InitFailed { .. } => {}
+            FromRunner::ShutdownDone | FromRunner::Ready { .. } | FromRunner::InitFailed { .. } => {
+            }
         }
     }
+}
+
+/// A plugin's log line from its runner, logged as the host logs an in-process plugin's.
+fn log(host: &HostServicesArc, level: u8, message: &str) {
+    let level = match level {
+        0 => LogLevel::Error,
+        1 => LogLevel::Warn,
+        2 => LogLevel::Info,
+        3 => LogLevel::Debug,
+        _ => LogLevel::Trace,
+    };
+    host.log(level, message.into());
 }
 
 /// Waits for a runner whose stream ended to exit (killing it if it does not), and says why it
@@ -619,13 +633,25 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
     };
     if let Err(e) = started.conn.send(&init, b"") {
         let reason = reap(&mut started, false);
-        return Err(format!("plugin `{}`: the runner did not take its start-up message ({e}): {reason}", spec.plugin));
+        return Err(format!(
+            "plugin `{}`: the runner did not take its start-up message ({e}): {reason}",
+            spec.plugin
+        ));
     }
     let _ = started.input.get_ref().set_read_timeout(Some(INIT_TIMEOUT));
-    let answer = read_frame::<FromRunner>(&mut started.input);
+    // The plugin may log while it is created.
+    let answer = loop {
+        match read_frame::<FromRunner>(&mut started.input) {
+            Ok(Some((FromRunner::Log { level, message }, _))) => log(&spec.host, level, &message),
+            other => break other,
+        }
+    };
     let _ = started.input.get_ref().set_read_timeout(None);
     match answer {
-        Ok(Some((FromRunner::Ready { name, version, events, concurrent, api_version, load_us }, _))) => {
+        Ok(Some((
+            FromRunner::Ready { name, version, events, concurrent, api_version, load_us },
+            _,
+        ))) => {
             let meta = PluginMeta {
                 name,
                 path: spec.library.clone(),
@@ -641,12 +667,21 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
             let _ = started.child.wait();
             Err(reason)
         }
-        Ok(Some(_)) => Err(fail(&mut started, format!("plugin `{}`: the runner answered its start-up out of turn", spec.plugin))),
+        Ok(Some(_)) => Err(fail(
+            &mut started,
+            format!("plugin `{}`: the runner answered its start-up out of turn", spec.plugin),
+        )),
         Ok(None) => {
             let reason = reap(&mut started, false);
-            Err(format!("plugin `{}`: the runner ended while loading the plugin: {reason}", spec.plugin))
+            Err(format!(
+                "plugin `{}`: the runner ended while loading the plugin: {reason}",
+                spec.plugin
+            ))
         }
-        Err(e) => Err(fail(&mut started, format!("plugin `{}`: no start-up answer from the runner: {e}", spec.plugin))),
+        Err(e) => Err(fail(
+            &mut started,
+            format!("plugin `{}`: no start-up answer from the runner: {e}", spec.plugin),
+        )),
     }
 }
 
@@ -691,9 +726,8 @@ fn forward_output(
     notes: Arc<Notes>,
     done: Option<mpsc::Sender<()>>,
 ) {
-    let spawned = std::thread::Builder::new()
-        .name(format!("runner-out-{plugin}"))
-        .spawn(move || {
+    let spawned =
+        std::thread::Builder::new().name(format!("runner-out-{plugin}")).spawn(move || {
             crate::plugin_output::forward(pipe, &plugin, stderr, |text| {
                 if text.contains("memory allocation of") {
                     notes.out_of_memory.store(true, Ordering::Relaxed);
