@@ -29,14 +29,27 @@ pub fn run(config: &Config) -> ExitCode {
         match plugin.create(&settings, host) {
             Ok(instance) => {
                 instance.shutdown();
+                let plugin_config = config.plugin_config(&plugin.name);
+                let limits = match plugin_config.isolation {
+                    crate::config::Isolation::Process => format!(
+                        "; kill_after_ms {}, memory_limit_mb {}, max_crashes {}",
+                        plugin_config.kill_after.as_millis(),
+                        plugin_config.memory_limit_mb.map_or("none".to_owned(), |m| m.to_string()),
+                        plugin_config.max_crashes
+                    ),
+                    crate::config::Isolation::InProcess => {
+                        format!("; max_crashes {}", plugin_config.max_crashes)
+                    }
+                };
                 println!(
-                    "plugin {} {} ({}; api {}; loaded in {:.1} ms)\n  receives: {}",
+                    "plugin {} {} ({}; api {}; loaded in {:.1} ms)\n  receives: {}\n  isolation: {}{limits}",
                     plugin.name,
                     plugin.version,
                     plugin.path.display(),
                     plugin.api_version,
                     plugin.load_time.as_secs_f64() * 1000.0,
-                    report.route.describe()
+                    report.route.describe(),
+                    plugin_config.isolation.as_str(),
                 );
             }
             Err(e) => errors.push(e.to_string()),

@@ -47,6 +47,8 @@ pub struct Reach {
     pub pollers: Arc<Pollers>,
     /// The REST client (for `offline bind`).
     pub rest: Arc<RestClient>,
+    /// The plugins (their runners, for `journal stats`).
+    pub supervisor: Arc<crate::supervisor::Supervisor>,
 }
 
 /// Answers control requests until the task is dropped.
@@ -105,6 +107,14 @@ async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
     })
     .await;
     match answer {
+        Ok(Some(Ok(AdminResponse::Stats { mut plugins, events }))) => {
+            let runners: std::collections::BTreeMap<_, _> =
+                reach.supervisor.runners().into_iter().collect();
+            for p in &mut plugins {
+                p.runner = runners.get(&p.plugin).cloned();
+            }
+            AdminResponse::Stats { plugins, events }
+        }
         Ok(Some(Ok(response))) => response,
         Ok(Some(Err(e))) => AdminResponse::Error { message: e.to_string() },
         Ok(None) => AdminResponse::Error { message: "unknown request".into() },

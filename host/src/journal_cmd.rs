@@ -59,6 +59,8 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
                 "{:<24} {:>9} {:>9} {:>7} {:>15}",
                 "plugin", "backlog", "retrying", "dead", "oldest pending"
             );
+            let plugins_runners: Vec<_> =
+                plugins.iter().filter_map(|p| Some((p.plugin.clone(), p.runner.clone()?))).collect();
             for p in plugins {
                 let oldest = p.oldest_pending_age_ms.map_or("-".to_owned(), age);
                 println!(
@@ -67,6 +69,16 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("{events} event(s) in the journal");
+            for p in plugins_runners {
+                println!(
+                    "runner {}: {}, pid {}, {} restart(s), last exit: {}",
+                    p.0,
+                    p.1.state,
+                    p.1.pid.map_or("-".to_owned(), |pid| pid.to_string()),
+                    p.1.restarts,
+                    p.1.last_exit.as_deref().unwrap_or("-")
+                );
+            }
         }
         Response::List { events } => {
             for e in events {

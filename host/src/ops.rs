@@ -128,6 +128,12 @@ impl Ops {
             .into_iter()
             .map(|(name, reason)| format!("plugin {name}: {reason}"))
             .collect();
+        for (name, runner) in self.supervisor.runners() {
+            if runner.state != "running" {
+                let last = runner.last_exit.as_deref().unwrap_or("-");
+                out.push(format!("plugin {name}: its runner is {} (last exit: {last})", runner.state));
+            }
+        }
         if let Some(e) = self.journal.last_write_error() {
             out.push(format!("the journal is not writable: {e}"));
         }

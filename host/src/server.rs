@@ -181,7 +181,12 @@ impl Prepared {
             rest,
             metrics,
         } = self;
-        let reach = control::Reach { journal: journal.clone(), pollers: pollers.clone(), rest };
+        let reach = control::Reach {
+            journal: journal.clone(),
+            pollers: pollers.clone(),
+            rest,
+            supervisor: supervisor.clone(),
+        };
         let control = tokio::spawn(control::serve(control, reach));
         let ops = Ops {
             verifier: ingress.verifier.clone(),

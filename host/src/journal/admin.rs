@@ -71,6 +71,9 @@ pub struct PluginStats {
     pub dead: u64,
     /// Age of the oldest pending event, ms.
     pub oldest_pending_age_ms: Option<i64>,
+    /// The plugin's runner process (process isolation, running host only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<crate::runner::RunnerState>,
 }
 
 /// One line of a listing.

@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod hostile;
 mod http;
+mod isolation;
 mod journal;
 mod loading;
 mod offline;

@@ -1,0 +1,161 @@
+//! Process isolation (the default): a plugin that aborts, faults, overflows its stack, exits,
+//! loops or leaks ends its runner, never the host. While a client posts a steady stream of
+//! events, every request is answered 200, the other plugin receives every event, the poison
+//! event becomes a dead letter of the faulty plugin after `max_crashes` tries with a reason
+//! naming how its runner died, and later events reach the plugin through a new runner.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::support::*;
+
+/// Faults need restarts with back-off (and, for LOOP, three kill_after_ms): more patience.
+const FAULT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Posts user-field events `UF_CRM_OK` from field id 10_000 on until stopped; returns the
+/// field ids answered 200 and the number of requests that were not.
+fn steady_client(addr: String, path: String, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut id = 10_000;
+    while !stop.load(Ordering::SeqCst) {
+        let body = field_event(id, "UF_CRM_OK");
+        match try_request(
+            &addr,
+            "POST",
+            &path,
+            Some("application/x-www-form-urlencoded"),
+            body.as_bytes(),
+        ) {
+            Ok(answer) if answer.status == 200 => acked.push(id),
+            _ => refused += 1,
+        }
+        id += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (acked, refused)
+}
+
+/// The dead letters of `plugin` (event id -> reason).
+fn dead_letters(dir: &HostDir, plugin: &str) -> Vec<(u64, String)> {
+    let dead = dir.journal(&["dead", "--plugin", plugin]);
+    dead["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (r["id"].as_u64().unwrap_or(0), r["dead"]["reason"].as_str().unwrap_or("").to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs the fault `command` in the probe under a steady stream and checks everything the
+/// issue asks; `reason` must appear in the dead letter's reason.
+fn fault_is_quarantined(command: &str, host_keys: &str, reason: &str) {
+    let dir = HostDir::new(&["audit-log", "probe"]);
+    dir.write_config(&config(
+        &["audit-log", "probe"],
+        &probe(&format!("max_crashes = 3\n{host_keys}"), ""),
+    ));
+    let mut host = start(&dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (addr, path, stop) = (host.addr.clone(), host.path.clone(), stop.clone());
+        std::thread::spawn(move || steady_client(addr, path, stop))
+    };
+    let poison = host.post_form(&field_event(1, &format!("UF_CRM_{command}")));
+    assert_eq!(poison.status, 200, "{poison:?}");
+    let poison_id: u64 = poison.body.trim_start_matches("accepted ").parse().unwrap();
+
+    let started = Instant::now();
+    let dead = loop {
+        let dead = dead_letters(&dir, "probe");
+        if !dead.is_empty() || started.elapsed() > FAULT_PATIENCE {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(dead.len(), 1, "the poison event is not a dead letter of probe: {dead:?}\n{}", host.log_text());
+    assert_eq!(dead[0].0, poison_id);
+    assert!(
+        dead[0].1.contains(reason) && dead[0].1.contains("3 times"),
+        "dead letter reason {:?} does not name {reason:?}",
+        dead[0].1
+    );
+    // The probe recorded each try before it faulted: max_crashes of them.
+    let tries = dir.read_lines_lenient("probe.jsonl").iter().filter(|l| l["field_id"] == 1).count();
+    assert_eq!(tries, 3, "the poison event was tried {tries} times");
+
+    // A later event reaches the probe through a new runner (the sentinel).
+    assert_eq!(host.post_form(&field_event(2, "UF_CRM_AFTER")).status, 200);
+    let after = dir.wait_lines("probe.jsonl", 1, FAULT_PATIENCE, |l| l["field_id"] == 2);
+    assert_eq!(after.len(), 1, "no event reached the probe after the poison one");
+
+    stop.store(true, Ordering::SeqCst);
+    let (acked, refused) = client.join().unwrap();
+    assert_eq!(refused, 0, "{refused} requests were refused during the fault");
+    assert!(acked.len() > 10, "the client posted only {} events", acked.len());
+
+    // audit-log received every event: the steady stream, the poison and the sentinel.
+    let mut expected: BTreeSet<u64> = acked.iter().copied().collect();
+    expected.extend([1, 2]);
+    let audit = dir.wait_lines("audit.jsonl", expected.len(), PATIENCE, |_| true);
+    let got: BTreeSet<u64> = audit.iter().filter_map(|l| l["field_id"].as_u64()).collect();
+    let missing: Vec<_> = expected.difference(&got).collect();
+    assert!(missing.is_empty(), "audit-log is missing {} events: {missing:?}", missing.len());
+
+    // The host says what happened to the runner.
+    let stats = dir.journal(&["stats"]);
+    let probe_stats = stats["plugins"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["plugin"] == "probe"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(probe_stats["runner"]["restarts"].as_u64().unwrap_or(0) >= 3, "{probe_stats}");
+    assert!(
+        probe_stats["runner"]["last_exit"].as_str().unwrap_or("").contains(reason),
+        "{probe_stats}"
+    );
+    let metrics = host.admin_request("GET", "/metrics").body;
+    assert!(metrics.contains("b24_plugin_runner_restarts_total{plugin=\"probe\"}"), "{metrics}");
+    assert!(host.is_running());
+    assert!(host.stop(), "the host did not stop cleanly");
+}
+
+#[test]
+fn an_abort_is_quarantined() {
+    fault_is_quarantined("ABORT", "", "aborted (SIGABRT)");
+}
+
+#[test]
+fn a_segfault_is_quarantined() {
+    fault_is_quarantined("SEGV", "", "killed by SIGSEGV");
+}
+
+#[test]
+fn a_stack_overflow_is_quarantined() {
+    fault_is_quarantined("STACK", "", "stack overflow");
+}
+
+#[test]
+fn an_exit_is_quarantined() {
+    fault_is_quarantined("EXIT", "", "exited with status 0");
+}
+
+#[test]
+fn an_endless_call_is_killed_after_kill_after_ms() {
+    fault_is_quarantined("LOOP", "kill_after_ms = 300", "ran past kill_after_ms");
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_by_memory_limit_mb() {
+    fault_is_quarantined("LEAK", "memory_limit_mb = 256", "memory_limit_mb");
+}
