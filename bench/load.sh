@@ -5,9 +5,11 @@
 #
 # Points: (1) a bare hyper server that reads the body and answers 200; (3) b24-host with the
 # durable journal and no plugins; (4) the same with the audit-log plugin and a second plugin
-# (the test probe). Each with 64 keep-alive connections, then again with a new connection per
-# request. Prints requests/s, p50, p99, peak RSS, the ratio of each to (1), and for (4) how long
-# the plugins need after the load stops until every backlog is empty.
+# (the test probe), once with both in-process and once in runner processes (isolation =
+# "process", the default). Each with 64 keep-alive connections, then again with a new connection
+# per request. Prints requests/s, p50, p99, peak RSS (with the runners' for process mode), the
+# ratio of each to (1), and for (4) how long the plugins need after the load stops until every
+# backlog is empty.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_POINT=${1:-10}
@@ -23,7 +25,8 @@ cp "$BIN/libaudit_log.so" "$BIN/libprobe.so" "$WORK/plugins/"
 "$BIN/b24-host" send --print --event ONCRMDEALUSERFIELDUPDATE > "$WORK/body.form"
 export BODY_FILE="$WORK/body.form"
 
-config() { # $1 = enabled list
+config() { # $1 = enabled list, $2 = isolation of the plugins (default process)
+  local isolation=${2:-process}
   cat <<TOML
 state_dir = "state"
 [server]
@@ -37,8 +40,12 @@ level = "warn"
 [plugins]
 dir = "plugins"
 enabled = [$1]
+[plugin.audit-log]
+isolation = "$isolation"
 [plugin.audit-log.settings]
 path = "audit.jsonl"
+[plugin.probe]
+isolation = "$isolation"
 [plugin.probe.settings]
 record = "probe.jsonl"
 TOML
@@ -59,7 +66,15 @@ start() {
 
 stop() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }
 
-peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$PID/status"; }
+# Peak RSS of the server and of its children (the runners in process mode).
+peak_rss_mib() {
+  local pid total=0 kib
+  for pid in "$PID" $(pgrep -P "$PID" || true); do
+    kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    total=$((total + ${kib:-0}))
+  done
+  awk -v k="$total" 'BEGIN {printf "%.1f", k/1024}'
+}
 
 # Runs wrk; prints "rps p50_ms p99_ms".
 measure() { # $1 = close (0/1)
@@ -106,8 +121,10 @@ for close in 0 1; do
   read -r rps p50 p99 < <(measure "$close"); rss=$(peak_rss_mib); stop
   printf '%-44s %10.0f %8s %8s %9s %7.2f\n' "(3) durable journal, no plugins" "$rps" "$p50" "$p99" "$rss" "$(awk -v a="$rps" -v b="$base" 'BEGIN {print a/b}')"
 
-  config '"audit-log", "probe"' > "$WORK/host.toml"
-  start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
-  read -r rps p50 p99 < <(measure "$close"); drain=$(drain_seconds); rss=$(peak_rss_mib); stop
-  printf '%-44s %10.0f %8s %8s %9s %7.2f %s\n' "(4) journal + audit-log + probe" "$rps" "$p50" "$p99" "$rss" "$(awk -v a="$rps" -v b="$base" 'BEGIN {print a/b}')" "$drain"
+  for isolation in in-process process; do
+    config '"audit-log", "probe"' "$isolation" > "$WORK/host.toml"
+    start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
+    read -r rps p50 p99 < <(measure "$close"); drain=$(drain_seconds); rss=$(peak_rss_mib); stop
+    printf '%-44s %10.0f %8s %8s %9s %7.2f %s\n' "(4) journal + audit-log + probe, $isolation" "$rps" "$p50" "$p99" "$rss" "$(awk -v a="$rps" -v b="$base" 'BEGIN {print a/b}')" "$drain"
+  done
 done

@@ -59,8 +59,10 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
                 "{:<24} {:>9} {:>9} {:>7} {:>15}",
                 "plugin", "backlog", "retrying", "dead", "oldest pending"
             );
-            let plugins_runners: Vec<_> =
-                plugins.iter().filter_map(|p| Some((p.plugin.clone(), p.runner.clone()?))).collect();
+            let plugins_runners: Vec<_> = plugins
+                .iter()
+                .filter_map(|p| Some((p.plugin.clone(), p.runner.clone()?)))
+                .collect();
             for p in plugins {
                 let oldest = p.oldest_pending_age_ms.map_or("-".to_owned(), age);
                 println!(

@@ -131,7 +131,10 @@ impl Ops {
         for (name, runner) in self.supervisor.runners() {
             if runner.state != "running" {
                 let last = runner.last_exit.as_deref().unwrap_or("-");
-                out.push(format!("plugin {name}: its runner is {} (last exit: {last})", runner.state));
+                out.push(format!(
+                    "plugin {name}: its runner is {} (last exit: {last})",
+                    runner.state
+                ));
             }
         }
         if let Some(e) = self.journal.last_write_error() {

@@ -193,7 +193,9 @@ impl Worker {
         if finished.is_empty() {
             return;
         }
-        let watchdog = tokio::spawn(self.clone().watch(lanes.clone()));
+        // Aborted with this task too (a shutdown past its grace aborts it): the watchdog holds
+        // the lanes' journal handle, which the journal writer waits for at exit.
+        let watchdog = AbortOnDrop(tokio::spawn(self.clone().watch(lanes.clone())));
         while let Some(delivery) = consumer.next().await {
             if queue.send(delivery).await.is_err() {
                 break;
@@ -203,7 +205,7 @@ impl Worker {
         for done in finished {
             let _ = done.await;
         }
-        watchdog.abort();
+        drop(watchdog);
     }
 
     /// One lane: takes deliveries from the queue until it closes.
@@ -470,6 +472,15 @@ impl Worker {
                 message: "the host panicked while calling the plugin".into(),
             }))
         })
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -112,8 +112,13 @@ struct Call {
 
 /// Runs the runner until the host says shutdown or goes away.
 pub fn main() -> ExitCode {
-    // SAFETY: the host started this process with its end of the socketpair on descriptor 3;
-    // nothing else in this process owns it.
+    // SAFETY: fcntl(F_GETFD) only asks whether descriptor 3 is open.
+    if unsafe { libc::fcntl(RUNNER_FD, libc::F_GETFD) } < 0 {
+        eprintln!("b24-host runner: this command is started by `b24-host serve`, not by hand");
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: the host started this process with its end of the socketpair on descriptor 3
+    // (checked open above); nothing else in this process owns it.
     let socket = unsafe { UnixStream::from_raw_fd(RUNNER_FD) };
     // Not inherited by processes the plugin may start.
     // SAFETY: fcntl on a descriptor we own.

@@ -582,8 +582,10 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
     let spec = &shared.spec;
     let (host_end, runner_end) =
         UnixStream::pair().map_err(|e| format!("cannot make a socketpair: {e}"))?;
+    // The running binary even when an upgrade replaced the file on disk.
     let mut command = Command::new("/proc/self/exe");
     command
+        .arg0("b24-host")
         .args(["runner", "--plugin", &spec.plugin])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -126,3 +126,5 @@ fn every_acknowledged_event_reaches_every_plugin_across_sigkills() {
     );
     assert!(host.stop());
 }
+
+crate::in_process_too!(every_acknowledged_event_reaches_every_plugin_across_sigkills);

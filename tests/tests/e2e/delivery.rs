@@ -81,3 +81,9 @@ fn a_plugin_past_its_timeout_does_not_delay_the_others() {
     );
     assert!(host.wait_log("exceeded its timeout", PATIENCE), "the timeout was not logged");
 }
+
+crate::in_process_too!(
+    a_panicking_plugin_neither_stops_the_host_nor_the_other_plugins,
+    a_panic_on_one_event_is_retried_and_later_events_still_arrive,
+    a_plugin_past_its_timeout_does_not_delay_the_others,
+);

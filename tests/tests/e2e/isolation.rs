@@ -50,7 +50,10 @@ fn dead_letters(dir: &HostDir, plugin: &str) -> Vec<(u64, String)> {
         .map(|rows| {
             rows.iter()
                 .map(|r| {
-                    (r["id"].as_u64().unwrap_or(0), r["dead"]["reason"].as_str().unwrap_or("").to_owned())
+                    (
+                        r["id"].as_u64().unwrap_or(0),
+                        r["dead"]["reason"].as_str().unwrap_or("").to_owned(),
+                    )
                 })
                 .collect()
         })
@@ -83,7 +86,12 @@ fn fault_is_quarantined(command: &str, host_keys: &str, reason: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(dead.len(), 1, "the poison event is not a dead letter of probe: {dead:?}\n{}", host.log_text());
+    assert_eq!(
+        dead.len(),
+        1,
+        "the poison event is not a dead letter of probe: {dead:?}\n{}",
+        host.log_text()
+    );
     assert_eq!(dead[0].0, poison_id);
     assert!(
         dead[0].1.contains(reason) && dead[0].1.contains("3 times"),
@@ -158,4 +166,62 @@ fn an_endless_call_is_killed_after_kill_after_ms() {
 #[test]
 fn a_memory_bomb_is_stopped_by_memory_limit_mb() {
     fault_is_quarantined("LEAK", "memory_limit_mb = 256", "memory_limit_mb");
+}
+
+#[test]
+fn sigterm_while_a_call_hangs_kills_the_runner_within_the_grace_and_the_event_waits_for_the_restart()
+ {
+    let dir = HostDir::new(&["probe"]);
+    // shutdown_grace_ms is 5000 in these configs; every probe call sleeps ten minutes.
+    dir.write_config(&config(&["probe"], &probe("", "sleep_ms = 600000")));
+    let host = start(&dir);
+    assert_eq!(host.post_form(&field_event(1, "UF_CRM_HANG")).status, 200);
+    let calls = dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["field_id"] == 1);
+    assert_eq!(calls.len(), 1, "the call did not start");
+    let stopping = Instant::now();
+    assert!(host.stop(), "the host did not exit cleanly");
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5 + 5), "the host took {took:?} to stop (grace 5 s)");
+    // Not delivered, not a crash: still pending.
+    assert_eq!(dir.stats()["probe"], (1, 0, 0));
+
+    dir.write_config(&config(&["probe"], &probe("", "")));
+    let host = start(&dir);
+    let calls = dir.wait_lines("probe.jsonl", 2, PATIENCE, |l| l["field_id"] == 1);
+    assert_eq!(calls.len(), 2, "the event was not delivered after the restart");
+    let started = Instant::now();
+    while dir.stats()["probe"] != (0, 0, 0) && started.elapsed() < PATIENCE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(dir.stats()["probe"], (0, 0, 0));
+    assert!(host.stop());
+}
+
+#[test]
+fn runners_are_processes_of_their_own_that_die_with_the_host() {
+    let dir = HostDir::new(&["audit-log", "probe"]);
+    dir.write_config(&config(&["audit-log", "probe"], &probe("", "")));
+    let host = start(&dir);
+    let stats = dir.journal(&["stats"]);
+    let pids: Vec<u32> = stats["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["runner"]["pid"].as_u64().map(|pid| pid as u32))
+        .collect();
+    assert_eq!(pids.len(), 2, "{stats}");
+    let alive = |pid: u32| {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    };
+    assert!(pids.iter().all(|pid| *pid != host.pid() && alive(*pid)));
+    // SIGKILL leaves the host no chance to stop them: the death signal does.
+    host.kill();
+    let started = Instant::now();
+    while pids.iter().any(|pid| alive(*pid)) && started.elapsed() < PATIENCE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pids.iter().all(|pid| !alive(*pid)), "a runner outlived the host");
 }

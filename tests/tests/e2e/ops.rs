@@ -344,3 +344,9 @@ fn disabling_a_plugin_that_waits_out_a_long_back_off_does_not_wait_for_it() {
     assert!(host.stop());
     assert_eq!(dir.stats()["probe"], (1, 1, 0));
 }
+
+crate::in_process_too!(
+    metrics_move_with_events_rejections_retries_and_dead_letters,
+    a_live_reload_under_load_loses_nothing_and_a_broken_build_leaves_the_old_one_serving,
+    sighup_reloads_and_a_newly_enabled_plugin_starts_with_new_events,
+);

@@ -173,3 +173,11 @@ fn shutdown_finishes_the_call_in_flight_and_calls_every_plugin_shutdown() {
     // The call in flight finished: nothing is left for the next start.
     assert_eq!(dir.stats()["probe"], (0, 0, 0));
 }
+
+crate::in_process_too!(
+    every_user_field_code_reaches_the_plugins_with_its_action_and_entity,
+    a_system_event_arrives_without_user_tokens,
+    a_json_body_is_accepted_like_a_form,
+    a_generic_event_reaches_only_plugins_subscribed_to_it,
+    shutdown_finishes_the_call_in_flight_and_calls_every_plugin_shutdown,
+);

@@ -8,6 +8,40 @@ pub use b24_tests::*;
 /// How long a test waits for plugins to catch up before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+thread_local! {
+    /// Whether this test thread's configs run audit-log and probe in-process (see
+    /// [`in_process`]); the default is process isolation, as in production.
+    static IN_PROCESS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `test` with `isolation = "in-process"` for audit-log and probe in every config that
+/// [`config`] and [`probe`] write on this thread: the plugin-facing tests run in both modes.
+pub fn in_process(test: fn()) {
+    IN_PROCESS.with(|c| c.set(true));
+    test();
+}
+
+/// The `isolation` line of this thread's mode.
+fn isolation_line() -> &'static str {
+    if IN_PROCESS.with(|c| c.get()) { "isolation = \"in-process\"\n" } else { "" }
+}
+
+/// For each named test function of the calling module, a test of the same name in a
+/// submodule `in_process` that runs it with in-process plugins.
+#[macro_export]
+macro_rules! in_process_too {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::support::in_process(super::$name);
+                }
+            )*
+        }
+    };
+}
+
 /// A config with the fixtures' portal, the given plugins enabled, and `extra` appended
 /// (which may add `[plugin.NAME]` tables but not repeat the ones written here).
 pub fn config(enabled: &[&str], extra: &str) -> String {
@@ -33,19 +67,23 @@ learn_tokens_on_install = true
 dir = "plugins"
 enabled = [{}]
 
+[plugin.audit-log]
+{isolation}
 [plugin.audit-log.settings]
 path = "audit.jsonl"
 
 {extra}
 "#,
-        enabled.join(", ")
+        enabled.join(", "),
+        isolation = isolation_line(),
     )
 }
 
 /// The `[plugin.probe]` tables with the given extra host-side keys and settings.
 pub fn probe(host_keys: &str, settings: &str) -> String {
     format!(
-        "[plugin.probe]\n{host_keys}\n[plugin.probe.retry]\nattempts = 3\nbase_ms = 10\ncap_ms = 50\n\n[plugin.probe.settings]\nrecord = \"probe.jsonl\"\n{settings}\n"
+        "[plugin.probe]\n{}{host_keys}\n[plugin.probe.retry]\nattempts = 3\nbase_ms = 10\ncap_ms = 50\n\n[plugin.probe.settings]\nrecord = \"probe.jsonl\"\n{settings}\n",
+        isolation_line()
     )
 }
 
