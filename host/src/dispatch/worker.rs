@@ -82,14 +82,15 @@ impl Lanes {
         self.reporter.is_closed() || self.stopper.is_stopped()
     }
 
-    /// Sleeps for `wait`, or less if delivery stops (the host shuts down or the plugin is
-    /// disabled); whether it slept the whole time.
-    fn sleep(&self, wait: Duration) -> bool {
+    /// Sleeps for `wait` before an attempt at event `id`, or less if delivery stops (the host
+    /// shuts down or the plugin is disabled) or an operator skips the event; whether it slept
+    /// the whole time.
+    fn sleep(&self, wait: Duration, id: u64) -> bool {
         let reporter = &self.reporter;
         let until = tokio::time::Instant::now() + wait;
         self.runtime.block_on(async {
             loop {
-                if self.stopping() {
+                if self.stopping() || reporter.is_skipped(id) {
                     return false;
                 }
                 let now = tokio::time::Instant::now();
@@ -275,10 +276,14 @@ impl Worker {
         let mut due = pending.next_at_ms;
         loop {
             let wait = due - now_ms();
-            if wait > 0 && !lanes.sleep(Duration::from_millis(wait as u64)) {
-                return;
+            if wait > 0 {
+                lanes.sleep(Duration::from_millis(wait as u64), id);
             }
             if lanes.stopping() {
+                return;
+            }
+            if reporter.take_skipped(id) {
+                tracing::warn!("skipped by an operator; left in the plugin's dead letters");
                 return;
             }
             attempt += 1;

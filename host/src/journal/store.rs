@@ -286,10 +286,12 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Moves the event from the plugin's pending rows to its dead letters.
+    /// Moves the event from the plugin's pending rows to its dead letters, unless it is no
+    /// longer pending (an operator skipped it in between: that dead letter stays as it is).
     pub fn bury(&mut self, plugin: &str, id: u64, dead: &DeadLetter) -> Result<(), StoreError> {
-        db(self.pending.remove((plugin, id)))?;
-        db(self.dead.insert((plugin, id), to_json(dead).as_slice()))?;
+        if db(self.pending.remove((plugin, id)))?.is_some() {
+            db(self.dead.insert((plugin, id), to_json(dead).as_slice()))?;
+        }
         Ok(())
     }
 
@@ -424,6 +426,32 @@ pub fn replay(txn: &WriteTransaction, which: &Selection) -> Result<Vec<(String, 
         db(pending.insert((plugin.as_str(), *id), fresh.as_slice()))?;
     }
     Ok(chosen)
+}
+
+/// The reason of a dead letter that `journal skip` made.
+pub const SKIPPED: &str = "skipped by an operator";
+
+/// Moves `plugin`'s pending rows of `ids` to its dead letters (reason [`SKIPPED`]), keeping
+/// their attempt counts; ids without a pending row of the plugin are left alone. Returns the
+/// pairs moved.
+pub fn skip(
+    txn: &WriteTransaction,
+    plugin: &str,
+    ids: &[u64],
+    now_ms: i64,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut pending = db(txn.open_table(PENDING))?;
+    let mut dead = db(txn.open_table(DEAD))?;
+    let mut out = Vec::new();
+    for &id in ids {
+        let Some(row) = db(pending.remove((plugin, id)))? else { continue };
+        let state: Pending = from_json(row.value());
+        drop(row);
+        let letter = DeadLetter { reason: SKIPPED.into(), attempts: state.attempts, at_ms: now_ms };
+        db(dead.insert((plugin, id), to_json(&letter).as_slice()))?;
+        out.push((plugin.to_owned(), id));
+    }
+    Ok(out)
 }
 
 /// Deletes the selected dead letters for good.
