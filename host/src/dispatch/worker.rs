@@ -22,6 +22,7 @@ use tokio::{runtime::Handle, sync::mpsc};
 
 use super::{
     convert::{PluginEvent, plugin_event},
+    inflight::Inflight,
     instance::{Instance, PluginStatus},
 };
 use crate::{
@@ -48,6 +49,7 @@ pub struct Worker {
     route: Mutex<Route>,
     config: Mutex<PluginConfig>,
     metrics: Arc<Metrics>,
+    inflight: Arc<Inflight>,
 }
 
 fn locked<T: Clone>(m: &Mutex<T>) -> T {
@@ -121,7 +123,14 @@ impl Worker {
             route: Mutex::new(route),
             config: Mutex::new(config),
             metrics,
+            inflight: Arc::new(Inflight::off()),
         }
+    }
+
+    /// Records each call's event in `record` (an in-process plugin: see `inflight`).
+    pub fn with_inflight(mut self, record: Arc<Inflight>) -> Worker {
+        self.inflight = record;
+        self
     }
 
     fn label(&self) -> PluginLabel {
@@ -290,6 +299,7 @@ impl Worker {
             let event = plugin_event(envelope, attempt);
             let context = Arc::new(EventContext::of(&envelope.event));
             let started = Instant::now();
+            let _inflight = self.inflight.mark(id);
             let result = self.call(&event, context, &config, lanes, lane);
             let seconds = started.elapsed().as_secs_f64();
             let label = match &result {

@@ -163,6 +163,13 @@ pub fn event(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreE
     Ok(db(table.get(id))?.and_then(|v| EventRecord::decode(v.value())))
 }
 
+/// `plugin`'s pending state of event `id`, if it is pending for it.
+pub fn pending(database: &Database, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(PENDING))?;
+    Ok(db(table.get((plugin, id)))?.map(|v| from_json(v.value())))
+}
+
 /// Up to `limit` of `plugin`'s pending events with ids above `after`, oldest first, each with
 /// its record (`None` if the record is gone or damaged).
 pub fn scan_pending(
