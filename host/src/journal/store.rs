@@ -4,7 +4,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `events` | event id | [`EventRecord`]: metadata + raw body |
-//! | `pending` | (plugin, event id) | [`Pending`]: attempts so far, next attempt time, last error |
+//! | `pending` | (plugin, event id) | [`Pending`]: attempts so far, next attempt time, last error, crashes |
 //! | `dead` | (plugin, event id) | [`DeadLetter`]: why the plugin gave up on it |
 //! | `tokens` | member_id | application token learned from `ONAPPINSTALL` |
 //! | `meta` | name | counters (`next_id`) |
