@@ -13,8 +13,9 @@
 //!
 //! At start [`recover`] reads the record, counts one crash for each event found (the pending
 //! row's `crashes`, a dead letter at `max_crashes` with "the host died while plugin P handled
-//! it, N times"), makes that durable, and only then clears the record. Plugins with process
-//! isolation do not use it: the host sees their runner die.
+//! it, N times"), makes that durable, and only then clears the record. Which lane brought the
+//! process down is not known, so with several lanes every event in flight counts a crash.
+//! Plugins with process isolation do not use it: the host sees their runner die.
 
 use std::{
     collections::HashMap,
