@@ -161,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Request::Replay(Selection { plugin, ids })
                 }
                 JournalCommand::Purge { plugin, ids } => Request::Purge(Selection { plugin, ids }),
+                JournalCommand::Skip { plugin, ids } => Request::Skip { plugin, ids },
             };
             b24_host::journal_cmd::run(&config, request, json)
         }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     config::{Config, PluginConfig},
-    dispatch::{Instance, PluginStatus, Worker, host_services},
+    dispatch::{Instance, PluginStatus, Worker, host_services, inflight},
     journal::{Journal, Stopper},
     loader::{self, LoadedPlugin},
     metrics::{Metrics, PluginState},
@@ -82,6 +82,7 @@ pub struct Supervisor {
     entries: Mutex<BTreeMap<String, Entry>>,
     routes: Arc<RwLock<Arc<Routes>>>,
     reloading: tokio::sync::Mutex<()>,
+    inflight: inflight::Records,
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {
@@ -106,6 +107,7 @@ impl Supervisor {
             entries: Mutex::new(BTreeMap::new()),
             routes: Arc::new(RwLock::new(Arc::new(Vec::new()))),
             reloading: tokio::sync::Mutex::new(()),
+            inflight: inflight::Records::default(),
         });
         let started = Instant::now();
         let mut report = ReloadReport::default();
@@ -233,16 +235,36 @@ impl Supervisor {
                 tracing::info!(plugin = %name, %version, sha256 = %sha, subscriptions = %route.describe(), "plugin reloaded");
             }
             None => {
-                let worker = Arc::new(Worker::new(
-                    name.to_owned(),
-                    instance,
-                    route.clone(),
-                    plugin_config.clone(),
-                    self.metrics.clone(),
-                ));
+                let (record, found) = self.inflight.get(&config.state_dir, name, &plugin_config);
+                let worker = Arc::new(
+                    Worker::new(
+                        name.to_owned(),
+                        instance,
+                        route.clone(),
+                        plugin_config.clone(),
+                        self.metrics.clone(),
+                    )
+                    .with_inflight(record.clone()),
+                );
                 let consumer = self.journal.consumer(name);
                 let stopper = consumer.stopper();
-                let task = self.runtime.spawn(worker.clone().run(consumer));
+                // Crashes of the host in this plugin are counted before it gets anything.
+                let startup = inflight::Startup {
+                    journal: self.journal.clone(),
+                    reporter: consumer.reporter(),
+                    plugin: name.to_owned(),
+                    record,
+                    found,
+                    max_crashes: plugin_config.max_crashes,
+                    metrics: self.metrics.clone(),
+                };
+                let task = self.runtime.spawn({
+                    let worker = worker.clone();
+                    async move {
+                        startup.run().await;
+                        worker.run(consumer).await
+                    }
+                });
                 entry.worker = Some(Running { worker, task, stopper });
                 report.started.push(name.to_owned());
                 tracing::info!(plugin = %name, %version, load_us, subscriptions = %route.describe(), "plugin loaded");

@@ -22,6 +22,7 @@ use tokio::{runtime::Handle, sync::mpsc};
 
 use super::{
     convert::{PluginEvent, plugin_event},
+    inflight::Inflight,
     instance::{Instance, PluginStatus},
 };
 use crate::{
@@ -48,6 +49,7 @@ pub struct Worker {
     route: Mutex<Route>,
     config: Mutex<PluginConfig>,
     metrics: Arc<Metrics>,
+    inflight: Arc<Inflight>,
 }
 
 fn locked<T: Clone>(m: &Mutex<T>) -> T {
@@ -82,14 +84,15 @@ impl Lanes {
         self.reporter.is_closed() || self.stopper.is_stopped()
     }
 
-    /// Sleeps for `wait`, or less if delivery stops (the host shuts down or the plugin is
-    /// disabled); whether it slept the whole time.
-    fn sleep(&self, wait: Duration) -> bool {
+    /// Sleeps for `wait` before an attempt at event `id`, or less if delivery stops (the host
+    /// shuts down or the plugin is disabled) or an operator skips the event; whether it slept
+    /// the whole time.
+    fn sleep(&self, wait: Duration, id: u64) -> bool {
         let reporter = &self.reporter;
         let until = tokio::time::Instant::now() + wait;
         self.runtime.block_on(async {
             loop {
-                if self.stopping() {
+                if self.stopping() || reporter.is_skipped(id) {
                     return false;
                 }
                 let now = tokio::time::Instant::now();
@@ -120,7 +123,14 @@ impl Worker {
             route: Mutex::new(route),
             config: Mutex::new(config),
             metrics,
+            inflight: Arc::new(Inflight::off()),
         }
+    }
+
+    /// Records each call's event in `record` (an in-process plugin: see `inflight`).
+    pub fn with_inflight(mut self, record: Arc<Inflight>) -> Worker {
+        self.inflight = record;
+        self
     }
 
     fn label(&self) -> PluginLabel {
@@ -209,7 +219,7 @@ impl Worker {
             let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
             let Some(delivery) = next else { return };
             let id = delivery.id;
-            let (envelope, attempts, next_at_ms) = match delivery.open() {
+            let (envelope, pending) = match delivery.open() {
                 Ok(opened) => opened,
                 Err(dead) => {
                     tracing::error!(plugin = %self.name, event_id = id, reason = %dead.reason, "moved to the plugin's dead letters");
@@ -226,7 +236,7 @@ impl Worker {
                 code = %envelope.event.code,
             );
             let _entered = span.enter();
-            self.deliver(&envelope, attempts, next_at_ms, lanes, &lanes.lanes[index]);
+            self.deliver(&envelope, &pending, lanes, &lanes.lanes[index]);
         }
     }
 
@@ -262,14 +272,7 @@ impl Worker {
 
     /// Delivers one event until it succeeds, is rejected, runs out of attempts, or delivery
     /// stops (then it stays pending for the next start).
-    fn deliver(
-        &self,
-        envelope: &Envelope,
-        attempts: u32,
-        next_at_ms: i64,
-        lanes: &Lanes,
-        lane: &Lane,
-    ) {
+    fn deliver(&self, envelope: &Envelope, pending: &Pending, lanes: &Lanes, lane: &Lane) {
         let reporter = &lanes.reporter;
         let id = envelope.id;
         if !self.route().matches(&envelope.event) {
@@ -278,20 +281,25 @@ impl Worker {
         }
         let config = self.config();
         let retry = &config.retry;
-        let mut attempt = attempts;
-        let mut due = next_at_ms;
+        let mut attempt = pending.attempts;
+        let mut due = pending.next_at_ms;
         loop {
             let wait = due - now_ms();
-            if wait > 0 && !lanes.sleep(Duration::from_millis(wait as u64)) {
-                return;
+            if wait > 0 {
+                lanes.sleep(Duration::from_millis(wait as u64), id);
             }
             if lanes.stopping() {
+                return;
+            }
+            if reporter.take_skipped(id) {
+                tracing::warn!("skipped by an operator; left in the plugin's dead letters");
                 return;
             }
             attempt += 1;
             let event = plugin_event(envelope, attempt);
             let context = Arc::new(EventContext::of(&envelope.event));
             let started = Instant::now();
+            let _inflight = self.inflight.mark(id);
             let result = self.call(&event, context, &config, lanes, lane);
             let seconds = started.elapsed().as_secs_f64();
             let label = match &result {
@@ -346,9 +354,15 @@ impl Worker {
             }
             self.metrics.retries.get_or_create(&self.label()).inc();
             due = now_ms() + backoff(retry, attempt).as_millis() as i64;
+            // The crash count carries over: a retry does not forgive a crash.
             reporter.update(
                 id,
-                Pending { attempts: attempt, next_at_ms: due, last_error: error.to_string() },
+                Pending {
+                    attempts: attempt,
+                    next_at_ms: due,
+                    last_error: error.to_string(),
+                    crashes: pending.crashes,
+                },
             );
         }
     }

@@ -105,6 +105,15 @@ pub struct Pending {
     /// Why the last attempt failed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_error: String,
+    /// Deliveries that ended with the plugin's process dying (the host's, for an in-process
+    /// plugin): counted apart from `attempts`, against `max_crashes` (see
+    /// `dispatch::crash::after_crash`). Rows written before the field existed read as 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An event a plugin gave up on.

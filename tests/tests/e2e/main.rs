@@ -14,4 +14,5 @@ mod offline;
 mod operator;
 mod ops;
 mod pipeline;
+mod poison;
 mod registry;

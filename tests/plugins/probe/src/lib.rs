@@ -11,6 +11,13 @@
 //! `PRINT` prints a line on stdout and one on stderr, `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
 //! `SLEEP<ms>` sleeps that long.
 //!
+//! Faults, for the crash tests (each on every attempt, after the call is recorded): `ABORT`
+//! calls `std::process::abort()` (SIGABRT), `SEGV` writes through a pointer into the null page
+//! (SIGSEGV; address 8 rather than 0, so that debug builds' null-pointer checks do not turn it
+//! into an abort), `STACK` recurses without bound (stack overflow: Rust reports it and aborts),
+//! `EXIT` calls `std::process::exit(0)` (the process ends with status 0), `LOOP` never returns,
+//! `LEAK` allocates and touches memory without bound (16 MiB at a time).
+//!
 //! `WRITE` in the field name changes the field through the host's REST call
 //! (`crm.<entity>.userfield.update`, a write the portal echoes as an event) and records the
 //! answer as a `rest` line.
@@ -114,6 +121,7 @@ impl Plugin for Probe {
             "version": env!("CARGO_PKG_VERSION"),
         }));
         let name = event.field_name.as_str();
+        fault(name);
         if name.contains("PRINT") {
             println!("probe prints for field {name}");
             eprintln!("probe complains about field {name}");
@@ -169,6 +177,51 @@ impl Plugin for Probe {
     fn shutdown(&self) {
         self.record(json!({"kind": "shutdown"}));
     }
+}
+
+/// Misbehaves as the fault command in `name` says (see the crate docs); returns if there is none.
+fn fault(name: &str) {
+    if name.contains("ABORT") {
+        std::process::abort();
+    }
+    if name.contains("SEGV") {
+        // Non-null and aligned, so no debug precondition check fires: the write itself faults.
+        let address = std::hint::black_box(8usize);
+        // SAFETY: none; the point is to fault. The write is volatile so it is not elided.
+        unsafe { std::ptr::write_volatile(std::ptr::without_provenance_mut::<u64>(address), 1) };
+    }
+    if name.contains("STACK") {
+        std::hint::black_box(recurse(0));
+    }
+    if name.contains("EXIT") {
+        std::process::exit(0);
+    }
+    if name.contains("LOOP") {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    if name.contains("LEAK") {
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut chunk = vec![0u8; 16 << 20];
+            // Touch every page, so the memory is really committed.
+            for byte in chunk.iter_mut().step_by(4096) {
+                *byte = 1;
+            }
+            kept.push(std::hint::black_box(chunk));
+        }
+    }
+}
+
+/// Recurses until the stack overflows; the frame's buffer and the work after the call keep the
+/// compiler from turning it into a loop.
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth as u8; 1024]);
+    if std::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1).wrapping_add(u64::from(frame[0]))
 }
 
 /// A value of the delivery's extra pairs.
