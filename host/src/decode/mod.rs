@@ -17,6 +17,8 @@
 
 pub mod form;
 pub mod json;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod tree;
 pub mod view;
 
