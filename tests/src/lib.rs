@@ -449,3 +449,29 @@ pub fn fixture(name: &str) -> String {
 pub const MEMBER: &str = "a223c6b3710f85df22e9377d6c4f7553";
 /// The application token of the fixtures.
 pub const TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
+
+/// Builds a plugin crate outside the workspace, as a plugin author would: `manifest` as its
+/// Cargo.toml and `lib_rs` as src/lib.rs, in `work/<name>`, with the workspace's Cargo.lock
+/// (same dependency versions, so the build needs no network and reuses artefacts) and its own
+/// target folder `target/author-<name>`. Returns the built library.
+pub fn build_author_crate(work: &Path, name: &str, manifest: &str, lib_rs: &str) -> PathBuf {
+    let krate = work.join(name);
+    std::fs::create_dir_all(krate.join("src")).expect("create the crate folder");
+    std::fs::write(krate.join("Cargo.toml"), manifest).expect("write Cargo.toml");
+    std::fs::write(krate.join("src/lib.rs"), lib_rs).expect("write src/lib.rs");
+    std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock"))
+        .expect("copy Cargo.lock");
+    let target = target_dir().join(format!("author-{name}"));
+    let output = Command::new(env!("CARGO"))
+        .current_dir(&krate)
+        .args(["build", "--quiet", "--offline"])
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cannot run cargo");
+    assert!(
+        output.status.success(),
+        "building {name} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target.join("debug").join(plugin_file(name))
+}
