@@ -303,19 +303,35 @@ pub struct Event {
     pub delivery: Delivery,
 }
 
-impl Event {
-    /// The value at `key` in `data`, if present (the last one when a key repeats).
-    pub fn data_value(&self, key: &str) -> Option<&str> {
-        lookup(&self.data, key)
-    }
+/// The parts of the envelope both event views share, read the same way.
+macro_rules! envelope_accessors {
+    ($($view:ty),*) => {$(
+        impl $view {
+            /// The value at `key` in `data`, if present (the last one when a key repeats).
+            pub fn data_value(&self, key: &str) -> Option<&str> {
+                lookup(&self.data, key)
+            }
+
+            /// The acting user's tokens; `None` for system events (automation, workflows,
+            /// agents).
+            pub fn user(&self) -> Option<&UserAuth> {
+                self.user.as_ref().into()
+            }
+
+            /// The id of the binding that sent the event, when sent.
+            pub fn handler_id(&self) -> Option<u64> {
+                self.handler_id.into()
+            }
+
+            /// The portal's send time (Unix seconds), when sent.
+            pub fn ts(&self) -> Option<i64> {
+                self.ts.into()
+            }
+        }
+    )*};
 }
 
-impl UserFieldEvent {
-    /// The value at `key` in `data`, if present (the last one when a key repeats).
-    pub fn data_value(&self, key: &str) -> Option<&str> {
-        lookup(&self.data, key)
-    }
-}
+envelope_accessors!(UserFieldEvent, Event);
 
 fn lookup<'a>(data: &'a [KeyValue], key: &str) -> Option<&'a str> {
     data.iter().rev().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.as_str())
@@ -342,40 +358,6 @@ impl UserAuth {
     /// The refresh token, when sent (installs, updates, `ONOFFLINEEVENT`).
     pub fn refresh_token(&self) -> Option<&Secret> {
         self.refresh_token.as_ref().into()
-    }
-}
-
-impl UserFieldEvent {
-    /// The acting user's tokens; `None` for system events (automation, workflows, agents).
-    pub fn user(&self) -> Option<&UserAuth> {
-        self.user.as_ref().into()
-    }
-
-    /// The id of the binding that sent the event, when sent.
-    pub fn handler_id(&self) -> Option<u64> {
-        self.handler_id.into()
-    }
-
-    /// The portal's send time (Unix seconds), when sent.
-    pub fn ts(&self) -> Option<i64> {
-        self.ts.into()
-    }
-}
-
-impl Event {
-    /// The acting user's tokens; `None` for system events.
-    pub fn user(&self) -> Option<&UserAuth> {
-        self.user.as_ref().into()
-    }
-
-    /// The id of the binding that sent the event, when sent.
-    pub fn handler_id(&self) -> Option<u64> {
-        self.handler_id.into()
-    }
-
-    /// The portal's send time (Unix seconds), when sent.
-    pub fn ts(&self) -> Option<i64> {
-        self.ts.into()
     }
 }
 

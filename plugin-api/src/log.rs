@@ -62,3 +62,47 @@ pub fn info(message: &str) {
 pub fn debug(message: &str) {
     log(LogLevel::Debug, message);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use abi_stable::{
+        sabi_trait::TD_Opaque,
+        std_types::{RArc, RStr, RString},
+    };
+
+    use super::*;
+    use crate::abi::{HostServices, HostServices_TO};
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl HostServices for Recorder {
+        fn log(&self, level: LogLevel, message: RStr<'_>) {
+            self.0.lock().unwrap().push(format!("{level:?} {message}"));
+        }
+        fn config_dir(&self) -> RString {
+            RString::new()
+        }
+        fn state_dir(&self) -> RString {
+            RString::new()
+        }
+    }
+
+    #[test]
+    fn lines_go_to_the_host_of_the_running_call_and_only_during_it() {
+        let recorder = Recorder::default();
+        let host = Host::new(HostServices_TO::from_ptr(RArc::new(recorder.clone()), TD_Opaque));
+        assert!(Host::current().is_none());
+        with_host(&host, || {
+            info("inside");
+            // A panic inside a call is caught by the export glue; the host is restored anyway.
+            let _ = std::panic::catch_unwind(|| with_host(&host, || panic!("boom")));
+            warn("still inside");
+        });
+        assert!(Host::current().is_none());
+        info("outside: to stderr");
+        assert_eq!(*recorder.0.lock().unwrap(), ["Info inside", "Warn still inside"]);
+    }
+}
