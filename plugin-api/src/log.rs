@@ -105,4 +105,13 @@ mod tests {
         info("outside: to stderr");
         assert_eq!(*recorder.0.lock().unwrap(), ["Info inside", "Warn still inside"]);
     }
+
+    #[test]
+    fn a_context_shows_its_settings_only_by_length() {
+        let host = Host::new(HostServices_TO::from_ptr(RArc::new(Recorder::default()), TD_Opaque));
+        let ctx =
+            crate::PluginContext { name: "p".into(), settings: "token = \"s3cret\"".into(), host };
+        let debug = format!("{ctx:?}");
+        assert!(!debug.contains("s3cret") && debug.contains("16 bytes"), "{debug}");
+    }
 }

@@ -11,8 +11,9 @@ use abi_stable::{
 
 use crate::{Event, Host, Outcome, PluginError, UserFieldEvent};
 
-/// What a plugin gets when the host creates it.
-#[derive(Debug, Clone)]
+/// What a plugin gets when the host creates it. `Debug` shows the settings' length only: they
+/// may hold credentials.
+#[derive(Clone)]
 pub struct PluginContext {
     /// The plugin's name (its package name), for messages.
     pub name: String,
@@ -22,6 +23,16 @@ pub struct PluginContext {
     pub settings: String,
     /// The plugin's handle on the host.
     pub host: Host,
+}
+
+impl std::fmt::Debug for PluginContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginContext")
+            .field("name", &self.name)
+            .field("settings", &format_args!("<{} bytes of TOML>", self.settings.len()))
+            .field("host", &self.host)
+            .finish()
+    }
 }
 
 /// How a plugin instance is made. Types that implement `Default` get this for free; implement it
