@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod crash;
 mod delivery;
+mod guide;
 mod hostile;
 mod http;
 mod journal;

@@ -87,7 +87,7 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
     };
 
     // The app is installed: the host keeps the portal's OAuth pair.
-    install(&host, &portal);
+    post_app_install(&host, &portal);
 
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut live: Vec<(u64, &str, &str, String)> = Vec::new();
