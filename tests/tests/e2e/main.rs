@@ -15,3 +15,4 @@ mod operator;
 mod ops;
 mod pipeline;
 mod registry;
+mod restart;

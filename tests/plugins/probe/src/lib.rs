@@ -6,6 +6,7 @@
 //! - `sleep_ms`: sleep this long in every call (a slow plugin).
 //! - `panic_always`: panic in every call.
 //! - `fail_while`: a file name; while that file exists, every call asks for a retry.
+//! - `shutdown_sleep_ms`: sleep this long in `shutdown` (a plugin that hangs at the end).
 //!
 //! Commands in the field name of a user-field event:
 //! `PRINT` prints a line on stdout and one on stderr, `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
@@ -39,6 +40,8 @@ struct Settings {
     panic_always: bool,
     #[serde(default)]
     fail_while: Option<String>,
+    #[serde(default)]
+    shutdown_sleep_ms: u64,
 }
 
 /// The probe plugin.
@@ -168,6 +171,7 @@ impl Plugin for Probe {
 
     fn shutdown(&self) {
         self.record(json!({"kind": "shutdown"}));
+        std::thread::sleep(Duration::from_millis(self.settings.shutdown_sleep_ms));
     }
 }
 
