@@ -58,8 +58,7 @@ pub unsafe fn take_listeners() -> Result<Inherited, ActivationError> {
     // SAFETY: the caller guarantees that no other thread reads the environment now.
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(ActivationError::Environment)?;
-    let mut events = Vec::new();
-    let mut admin = Vec::new();
+    let mut named = Vec::new();
     for (fd, name) in fds {
         // SAFETY: systemd hands these descriptors to this process, and nothing else owns them.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -68,8 +67,17 @@ pub unsafe fn take_listeners() -> Result<Inherited, ActivationError> {
             name: name.clone(),
             reason,
         })?;
-        if name == ADMIN_NAME { admin.push(listener) } else { events.push(listener) }
+        named.push((listener, name));
     }
+    by_name(named)
+}
+
+/// Tells the listeners apart by their names: `admin`, or anything else for the events.
+fn by_name(named: Vec<(std::net::TcpListener, String)>) -> Result<Inherited, ActivationError> {
+    let (admin, events): (Vec<_>, Vec<_>) =
+        named.into_iter().partition(|(_, name)| name == ADMIN_NAME);
+    let events = events.into_iter().map(|(l, _)| l).collect();
+    let admin = admin.into_iter().map(|(l, _)| l).collect();
     let one = |mut found: Vec<std::net::TcpListener>, listener| match found.len() {
         0 | 1 => Ok(found.pop()),
         count => Err(ActivationError::TooMany { listener, count }),
@@ -147,5 +155,25 @@ mod tests {
 
         let bound = std::net::TcpStream::connect(addr).unwrap();
         assert_eq!(listening_tcp(OwnedFd::from(bound)).unwrap_err(), "not listening");
+    }
+
+    #[test]
+    fn the_socket_named_admin_is_the_admin_listener_and_one_of_each_is_allowed() {
+        let socket = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = |l: &Option<std::net::TcpListener>| l.as_ref().unwrap().local_addr().unwrap();
+        let (a, b) = (socket(), socket());
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let both = by_name(vec![(a, "admin".into()), (b, "events".into())]).unwrap();
+        assert_eq!((port(&both.admin), port(&both.events)), (a_addr, b_addr));
+
+        // systemd's default name (the socket unit's) or none at all: the event listener.
+        let one = by_name(vec![(socket(), "unknown".into())]).unwrap();
+        assert!(one.events.is_some() && one.admin.is_none());
+
+        let err = by_name(vec![(socket(), "unknown".into()), (socket(), "b24.socket".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2 sockets passed for the event listener"), "{err}");
+        assert!(err.contains("FileDescriptorName=admin"), "{err}");
     }
 }

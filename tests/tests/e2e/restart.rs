@@ -251,7 +251,12 @@ fn a_connection_accepted_before_sigterm_still_gets_its_request_answered() {
     let dir = HostDir::new(&["audit-log"]);
     dir.write_config(
         &config(&["audit-log"], "")
-            .replace("shutdown_grace_ms = 5000", "shutdown_grace_ms = 5000\nmax_connections = 1"),
+            // Generous limits: the test's own pace on a busy machine must not close the
+            // connection.
+            .replace(
+                "shutdown_grace_ms = 5000",
+                "shutdown_grace_ms = 30000\nmax_connections = 1\nheader_read_timeout_ms = 30000\nrequest_read_timeout_ms = 30000",
+            ),
     );
     let mut host = start(&dir);
     // A client connects; its request is not sent yet.
