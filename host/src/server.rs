@@ -263,8 +263,13 @@ impl Prepared {
                 () = &mut shutdown => break,
                 () = hangup(&mut hangups) => {
                     tracing::info!("SIGHUP: reloading host.toml and the plugins");
-                    let (status, _) = ops.reload().await;
-                    tracing::info!(status = status.as_u16(), "reload finished");
+                    // Apart from this loop: connections are accepted during a reload, and a
+                    // plugin whose creation hangs does not keep SIGTERM from stopping the host.
+                    let ops = ops.clone();
+                    tokio::spawn(async move {
+                        let (status, _) = ops.reload().await;
+                        tracing::info!(status = status.as_u16(), "reload finished");
+                    });
                 }
             }
         }

@@ -295,3 +295,24 @@ fn a_connection_accepted_before_sigterm_still_gets_its_request_answered() {
     assert_eq!(dir.wait_lines("audit.jsonl", 1, PATIENCE, |_| true).len(), 1);
     assert!(host.stop());
 }
+
+#[test]
+fn a_reload_whose_plugin_creation_hangs_neither_stops_intake_nor_holds_sigterm() {
+    let dir = HostDir::new(&["probe", "audit-log"]);
+    dir.write_config(&hang_config(""));
+    let mut host = start(&dir);
+    // New settings re-create the probe on SIGHUP, and its creation hangs.
+    dir.write_config(&hang_config(&format!("create_sleep_ms = {HANG_MS}")));
+    host.signal("HUP");
+    assert!(host.wait_log("SIGHUP: reloading", PATIENCE), "{}", host.log_text());
+    // Events are still accepted and delivered by the old instance meanwhile.
+    let id = post_fields(&host, 3..=3, "UF_CRM_DURING_RELOAD")[0];
+    assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["event_id"] == id).len(), 1);
+
+    host.signal("TERM");
+    let asked = Instant::now();
+    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
+    let log = host.log_text();
+    assert!(status.is_some(), "still running {:?} after SIGTERM:\n{log}", asked.elapsed());
+    assert!(status.unwrap().success(), "{status:?}\n{log}");
+}
