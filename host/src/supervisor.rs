@@ -14,7 +14,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use serde::{Deserialize, Serialize};
@@ -377,8 +377,12 @@ impl Supervisor {
         }
     }
 
-    /// Stops every worker after its calls in flight (up to `grace`), then shuts the plugins down.
-    pub async fn finish(&self, grace: Duration) {
+    /// Stops every worker after its calls in flight, then shuts its plugin down, all plugins at
+    /// once and all by `deadline` (the end of the shutdown grace period). A plugin whose call
+    /// is still running then is abandoned: its `shutdown` is not called (a call is still inside
+    /// it), its events stay pending, and its name comes back. So is one whose `shutdown` runs
+    /// past the deadline. Workers with a runner process kill it here once the deadline passes.
+    pub async fn finish(&self, deadline: tokio::time::Instant) -> Vec<String> {
         let running: Vec<(String, Running)> = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries
@@ -386,20 +390,37 @@ impl Supervisor {
                 .filter_map(|(n, e)| e.worker.take().map(|r| (n.clone(), r)))
                 .collect()
         };
-        let deadline = tokio::time::Instant::now() + grace;
+        let mut stopping = tokio::task::JoinSet::new();
         for (name, r) in running {
             r.stopper.stop();
-            let mut task = r.task;
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                tracing::warn!(plugin = %name, "calls still running at the end of the shutdown grace period; stopping them");
-                task.abort();
-            }
-            let instance = r.worker.instance();
-            match tokio::task::spawn_blocking(move || instance.shutdown()).await {
-                Ok(()) => tracing::info!(plugin = %name, "plugin shut down"),
-                Err(e) => tracing::error!(plugin = %name, "plugin shutdown failed: {e}"),
+            stopping.spawn(async move {
+                let mut task = r.task;
+                if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                    tracing::warn!(plugin = %name, "a call is still running at the end of the shutdown grace period; abandoned (its event stays pending for the next start)");
+                    task.abort();
+                    return Some(name);
+                }
+                let instance = r.worker.instance();
+                let shutdown = tokio::task::spawn_blocking(move || instance.shutdown());
+                match tokio::time::timeout_at(deadline, shutdown).await {
+                    Ok(Ok(())) => tracing::info!(plugin = %name, "plugin shut down"),
+                    Ok(Err(e)) => tracing::error!(plugin = %name, "plugin shutdown failed: {e}"),
+                    Err(_) => {
+                        tracing::warn!(plugin = %name, "the plugin's shutdown is still running at the end of the shutdown grace period; abandoned");
+                        return Some(name);
+                    }
+                }
+                None
+            });
+        }
+        let mut abandoned = Vec::new();
+        while let Some(done) = stopping.join_next().await {
+            if let Ok(Some(name)) = done {
+                abandoned.push(name);
             }
         }
+        abandoned.sort();
+        abandoned
     }
 }
 

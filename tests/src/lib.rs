@@ -206,13 +206,35 @@ impl HostDir {
         if let Some(n) = launch.open_files_soft {
             limits.push_str(&format!("ulimit -S -n {n}; "));
         }
+        // Socket activation as systemd does it: the socket as fd 3, LISTEN_FDS=1 and
+        // LISTEN_PID naming the host's own pid (the shell's, which `exec` keeps).
+        let mut redirect = String::new();
+        if let Some(fd) = launch.listen_fd {
+            limits.push_str("export LISTEN_PID=$$ LISTEN_FDS=1; ");
+            if fd != 3 {
+                redirect = format!(" 3<&{fd} {fd}<&-");
+            }
+        }
         let mut command = if limits.is_empty() {
             Command::new(&host)
         } else {
             let mut c = Command::new("bash");
-            c.args(["-c", &format!("{limits}exec \"$0\" \"$@\""), &host]);
+            c.args(["-c", &format!("{limits}exec \"$0\" \"$@\"{redirect}"), &host]);
             c
         };
+        if let Some(fd) = launch.listen_fd {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only `fcntl`, which is async-signal-safe, runs between fork and exec: the
+            // socket is inherited by this child alone (it stays close-on-exec in this process).
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command
             .current_dir(self.path())
             .args([
@@ -285,6 +307,9 @@ pub struct Launch {
     pub open_files_soft: Option<u64>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// A listening socket (its descriptor in this process) handed to the host as systemd's
+    /// socket activation does: as fd 3, with `LISTEN_FDS=1` and `LISTEN_PID`.
+    pub listen_fd: Option<std::os::fd::RawFd>,
 }
 
 /// A free loopback port (bound, then released).
@@ -397,6 +422,20 @@ impl RunningHost {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -17,3 +17,4 @@ mod ops;
 mod pipeline;
 mod poison;
 mod registry;
+mod restart;
