@@ -59,7 +59,7 @@ fn bench_abi_call(c: &mut Criterion) {
 
     let direct = FieldIdReader;
     let services = host_services::for_plugin("bench", Path::new("."), Path::new("."), None);
-    let abi = guarded_create::<FieldIdReader>("".into(), HostHandle::new(services))
+    let abi = guarded_create::<FieldIdReader>("bench", "".into(), HostHandle::new(services))
         .into_result()
         .unwrap_or_else(|e| panic!("create failed: {}", e.message))
         .into_plugin();

@@ -103,7 +103,7 @@ fn bench_handoff(c: &mut Criterion) {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let services = host_services::for_plugin("bench", Path::new("."), Path::new("."), None);
     let plugin: Arc<PluginBox> = Arc::new(
-        guarded_create::<FieldIdReader>("".into(), HostHandle::new(services))
+        guarded_create::<FieldIdReader>("bench", "".into(), HostHandle::new(services))
             .into_result()
             .unwrap_or_else(|e| panic!("create failed: {}", e.message))
             .into_plugin(),

@@ -146,6 +146,16 @@ pub enum JournalCommand {
         /// Only these event ids (all dead letters when none).
         ids: Vec<u64>,
     },
+    /// Move pending events of one plugin to its dead letters ("skipped by an operator"), e.g.
+    /// a poison event; `replay` brings them back.
+    Skip {
+        /// The plugin.
+        #[arg(long)]
+        plugin: String,
+        /// The event ids.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
 }
 
 /// Options of `send`.

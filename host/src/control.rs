@@ -96,7 +96,7 @@ async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
     }
     if let Some(op) = admin::change(&request) {
         return match journal.admin(op).await {
-            Ok(rows) => AdminResponse::Changed { rows },
+            Ok(rows) => admin::changed(&request, rows),
             Err(e) => AdminResponse::Error { message: e.to_string() },
         };
     }

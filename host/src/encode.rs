@@ -97,6 +97,7 @@ pub fn map_from_json(value: &serde_json::Value) -> Result<Map, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::test_support::PhpJson;
 
     #[test]
     fn urlencode_like_php() {

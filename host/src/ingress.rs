@@ -109,7 +109,8 @@ impl Ingress {
             response.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
             return response;
         }
-        let format = match body_format(request.headers().get(CONTENT_TYPE)) {
+        let content_type = request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let format = match content_type.and_then(BodyFormat::from_content_type) {
             Some(format) => format,
             None => {
                 return answer(
@@ -270,32 +271,3 @@ struct AcceptedCode(String);
 /// Marks a duplicate's answer, for the metrics.
 #[derive(Clone)]
 struct Duplicate;
-
-/// The body format a `Content-Type` announces, if it is one we read.
-fn body_format(value: Option<&HeaderValue>) -> Option<BodyFormat> {
-    let value = value?.to_str().ok()?;
-    let media = value.split(';').next()?.trim();
-    if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        Some(BodyFormat::Form)
-    } else if media.eq_ignore_ascii_case("application/json") {
-        Some(BodyFormat::Json)
-    } else {
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_types_are_matched_by_media_type() {
-        let form = HeaderValue::from_static("Application/X-WWW-Form-Urlencoded; charset=UTF-8");
-        assert!(matches!(body_format(Some(&form)), Some(BodyFormat::Form)));
-        let json = HeaderValue::from_static("application/json");
-        assert!(matches!(body_format(Some(&json)), Some(BodyFormat::Json)));
-        let text = HeaderValue::from_static("text/plain");
-        assert!(body_format(Some(&text)).is_none());
-        assert!(body_format(None).is_none());
-    }
-}

@@ -117,6 +117,17 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
             }
             println!("{} dead letter(s) changed", rows.len());
         }
+        Response::Skipped { plugin, skipped, not_pending } => {
+            for id in skipped {
+                println!("{plugin} {id}");
+            }
+            println!("{} event(s) of {plugin} moved to its dead letters", skipped.len());
+            if !not_pending.is_empty() {
+                let ids: Vec<String> = not_pending.iter().map(u64::to_string).collect();
+                eprintln!("error: not pending for {plugin}: {}", ids.join(", "));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Response::Offline { portals } => {
             if portals.is_empty() {
                 println!("no portal has offline polling enabled");

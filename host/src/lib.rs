@@ -5,6 +5,7 @@
 //! then 200) -> [`dispatch`] (one worker per plugin) -> the plugin -> the outcome back into the
 //! journal. See ARCHITECTURE.md for the map.
 
+pub mod activation;
 pub mod auth;
 pub mod check;
 pub mod cli;
@@ -13,6 +14,8 @@ pub mod conn;
 pub mod control;
 pub mod decode;
 pub mod dispatch;
+pub mod drain;
+
 pub mod encode;
 pub mod ingress;
 pub mod journal;

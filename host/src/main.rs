@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::Context;
 use b24_host::{
+    activation,
     cli::{Cli, Command, JournalCommand, LogFormatArg, OfflineCommand},
     config::{Config, LogFormat},
     journal::{admin::Request, store::Selection},
@@ -93,6 +94,9 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, listen, admin_listen, log_format } => {
+            // SAFETY: nothing has started a thread yet (the output capture, the log and the
+            // runtime come below), so changing the environment races with nothing.
+            let inherited = unsafe { activation::take_listeners() }?;
             let mut config = load_config(config)?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
@@ -110,19 +114,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let output = plugin_output::capture().context("cannot capture the plugins' output")?;
             logging::init_to(&config.log.level, format, output.stderr());
             let host_stdout = output.stdout();
-            let served = runtime()?.block_on(async move {
+            let runtime = runtime()?;
+            let served = runtime.block_on(async move {
+                // Watches SIGHUP too: both before the host says it is ready.
                 let prepared = server::prepare(config.clone())?;
-                let listener = tokio::net::TcpListener::bind(config.server.listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+                let shutdown = shutdown_signal();
+                let listener = match inherited.events {
+                    Some(socket) => {
+                        let listener = tokio::net::TcpListener::from_std(socket)
+                            .context("cannot use the socket passed by the service manager")?;
+                        tracing::info!(
+                            addr = %listener.local_addr().context("cannot read the passed socket's address")?,
+                            "serving on the socket passed by the service manager (server.listen is not used)"
+                        );
+                        listener
+                    }
+                    None => tokio::net::TcpListener::bind(config.server.listen)
+                        .await
+                        .with_context(|| format!("cannot listen on {}", config.server.listen))?,
+                };
                 let local = listener.local_addr().context("cannot read the bound address")?;
-                let admin = match config.admin {
-                    Some(addr) => Some(
+                let admin = match (config.admin, inherited.admin) {
+                    (Some(_), Some(socket)) => Some(
+                        tokio::net::TcpListener::from_std(socket)
+                            .context("cannot use the admin socket passed by the service manager")?,
+                    ),
+                    (None, Some(_)) => {
+                        tracing::warn!("a socket named `admin` was passed, but the admin listener is off in host.toml; not serving it");
+                        None
+                    }
+                    (Some(addr), None) => Some(
                         tokio::net::TcpListener::bind(addr)
                             .await
                             .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?,
                     ),
-                    None => None,
+                    (None, None) => None,
                 };
                 let admin_note = match &admin {
                     Some(a) => format!(
@@ -131,20 +157,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                     None => String::new(),
                 };
-                let shutdown = shutdown_signal();
                 // One line on stdout that scripts and tests can wait for.
-                writeln!(
-                    &mut &*host_stdout,
-                    "b24-host: listening on http://{local}{}{admin_note}",
-                    config.server.path
-                )
-                .context("cannot write to stdout")?;
-                prepared.run(listener, admin, shutdown).await;
-                Ok(ExitCode::SUCCESS)
+                let line =
+                    format!("b24-host: listening on http://{local}{}{admin_note}", config.server.path);
+                writeln!(&mut &*host_stdout, "{line}").context("cannot write to stdout")?;
+                activation::ready(line.trim_start_matches("b24-host: "));
+                anyhow::Ok(prepared.run(listener, admin, shutdown).await)
             });
+            // A plugin thread abandoned at the end of the grace period is not waited for.
+            runtime.shutdown_background();
             // Restores stdout and stderr, so that an error below reaches the terminal.
             drop(output);
-            served
+            let stopped = served?;
+            if !stopped.abandoned.is_empty() {
+                // The journal is durable; threads stuck in plugin code must not keep the
+                // process alive (returning would wait for nothing else, but say it plainly).
+                std::process::exit(0);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Runner { .. } => Ok(b24_host::runner::child::main()),
         Command::Check { config } => {
@@ -162,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Request::Replay(Selection { plugin, ids })
                 }
                 JournalCommand::Purge { plugin, ids } => Request::Purge(Selection { plugin, ids }),
+                JournalCommand::Skip { plugin, ids } => Request::Skip { plugin, ids },
             };
             b24_host::journal_cmd::run(&config, request, json)
         }

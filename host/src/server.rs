@@ -1,21 +1,21 @@
 //! Server wiring: opens the journal, loads the plugins, starts the workers and the control
 //! socket, accepts connections, and shuts down in order (stop accepting, finish requests,
-//! finish the calls in flight, make the journal durable, shut the plugins down).
+//! finish the calls in flight, make the journal durable, shut the plugins down), all within
+//! `server.shutdown_grace_ms` of the signal: what a plugin still runs then is abandoned.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::{
+    activation,
     auth::Verifier,
     config::Config,
     conn::{self, DeadlineIo, Limiter},
     control,
+    drain::{Drain, Started},
     ingress::Ingress,
     journal::{self, Journal, StoreError},
     loader::{self, LoadError, LoadedPlugin},
@@ -95,6 +95,18 @@ pub struct Prepared {
     pollers: Arc<Pollers>,
     rest: Arc<RestClient>,
     metrics: Arc<Metrics>,
+    /// SIGHUP is watched from here on, before the host says it is ready: a reload sent right
+    /// after `listening on` (or systemd's `READY=1`) must not find the default action (exit).
+    hangups: Option<tokio::signal::unix::Signal>,
+}
+
+/// How a stop ended.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Stopped {
+    /// What was still running at the end of the grace period and was left behind (a plugin's
+    /// call or its `shutdown`): the process must exit rather than wait for those threads.
+    pub abandoned: Vec<String>,
 }
 
 /// Everything the host needs before it may accept an event: the state folder, the journal,
@@ -130,6 +142,9 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
             .map_err(|e| ServeError::Rest(e.to_string()))?,
     );
     let metrics = Arc::new(Metrics::new());
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!("cannot watch SIGHUP (reloads by signal are off): {e}"))
+        .ok();
     let supervisor =
         Supervisor::start(config.clone(), journal.clone(), rest.clone(), metrics.clone());
     let pollers =
@@ -143,33 +158,45 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         pollers: pollers.clone(),
         metrics: metrics.clone(),
     });
-    Ok(Prepared { config, journal, writer, supervisor, ingress, control, pollers, rest, metrics })
+    Ok(Prepared {
+        config,
+        journal,
+        writer,
+        supervisor,
+        ingress,
+        control,
+        pollers,
+        rest,
+        metrics,
+        hangups,
+    })
 }
 
 /// Runs the host on `listener` until `shutdown` completes, then shuts down gracefully.
 ///
 /// The listener comes from outside so that callers (and tests) choose the address, port 0
-/// included.
+/// included, or pass one handed over by systemd (see `activation.rs`).
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    prepare(config)?.run(listener, None, shutdown).await;
-    Ok(())
+) -> Result<Stopped, ServeError> {
+    Ok(prepare(config)?.run(listener, None, shutdown).await)
 }
 
 impl Prepared {
     /// Accepts connections on `listener` until `shutdown` completes, then stops in order: no
-    /// new connections, open requests finish, calls in flight finish (up to the grace period),
-    /// the journal is made durable, every plugin's `shutdown` runs. Undelivered events stay in
-    /// the journal for the next start.
+    /// new connections, open requests finish, calls in flight finish, every plugin's `shutdown`
+    /// runs, the journal is made durable. All of it within `server.shutdown_grace_ms`: a call
+    /// or a `shutdown` still running then is abandoned (its event stays pending, nothing is
+    /// marked done), and the returned [`Stopped`] names it so the caller exits the process.
+    /// Undelivered events stay in the journal for the next start.
     pub async fn run(
         self,
         listener: TcpListener,
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> Stopped {
         let Prepared {
             config,
             journal,
@@ -180,6 +207,7 @@ impl Prepared {
             pollers,
             rest,
             metrics,
+            mut hangups,
         } = self;
         let reach = control::Reach {
             journal: journal.clone(),
@@ -197,11 +225,9 @@ impl Prepared {
             journal_file: config.state_dir.join(journal::FILE_NAME),
         };
         let admin = admin.map(|listener| tokio::spawn(ops.clone().serve(listener)));
-        let mut hangups =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
-        let graceful = GracefulShutdown::new();
+        let drain = Drain::new();
         let limiter = Limiter::new(config.server.max_connections);
         let read_limit = config.server.request_read_timeout;
         let mut shutdown = std::pin::pin!(shutdown);
@@ -224,9 +250,14 @@ impl Prepared {
                     };
                     let _ = stream.set_nodelay(true);
                     let ingress = ingress.clone();
-                    let service = service_fn(move |request| ingress.clone().handle(request));
+                    let started = Arc::new(Started::default());
+                    let begun = started.clone();
+                    let service = service_fn(move |request| {
+                        begun.begin();
+                        ingress.clone().handle(request)
+                    });
                     let io = TokioIo::new(DeadlineIo::new(stream, read_limit));
-                    let connection = graceful.watch(http.serve_connection(io, service));
+                    let connection = drain.watch(http.serve_connection(io, service), started);
                     tokio::spawn(async move {
                         if let Err(e) = connection.await {
                             tracing::debug!("connection closed with an error: {e}");
@@ -237,16 +268,24 @@ impl Prepared {
                 () = &mut shutdown => break,
                 () = hangup(&mut hangups) => {
                     tracing::info!("SIGHUP: reloading host.toml and the plugins");
-                    let (status, _) = ops.reload().await;
-                    tracing::info!(status = status.as_u16(), "reload finished");
+                    // Apart from this loop: connections are accepted during a reload, and a
+                    // plugin whose creation hangs does not keep SIGTERM from stopping the host.
+                    let ops = ops.clone();
+                    tokio::spawn(async move {
+                        let (status, _) = ops.reload().await;
+                        tracing::info!(status = status.as_u16(), "reload finished");
+                    });
                 }
             }
         }
 
+        activation::stopping();
         tracing::info!("shutting down: no new connections");
         drop(listener);
-        let grace = config.server.shutdown_grace;
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        // One deadline for every step: the service manager (TimeoutStopSec) and the operator
+        // can count on it whatever a plugin does.
+        let deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
+        if tokio::time::timeout_at(deadline, drain.stop()).await.is_err() {
             tracing::warn!("requests still open at the end of the grace period; closing them");
         }
         drop(ingress);
@@ -255,17 +294,31 @@ impl Prepared {
         }
         pollers.stop().await;
         journal.close();
-        supervisor.finish(grace).await;
+        let mut abandoned = supervisor.finish(deadline).await;
         drop(ops);
         drop(supervisor);
         control.abort();
         let _ = control.await;
+        // Durable before anything else may go wrong: every outcome reported so far.
         journal.flush().await;
         drop(journal);
-        // The writer ends once the last handle is gone, after a final durable commit.
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // The writer ends once the last handle is gone, after a final durable commit. An
+        // abandoned plugin thread may hold a handle for ever: then the flush above is the end.
+        let join = tokio::task::spawn_blocking(move || writer.join());
+        let leftover = if abandoned.is_empty() { Duration::from_secs(1) } else { Duration::ZERO };
+        if tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + leftover), join)
+            .await
+            .is_err()
+        {
+            abandoned.push("the journal writer (held by an abandoned plugin)".into());
+        }
         let _ = std::fs::remove_file(control::socket_path(&config.state_dir));
-        tracing::info!("stopped");
+        if abandoned.is_empty() {
+            tracing::info!("stopped");
+        } else {
+            tracing::warn!(abandoned = ?abandoned, "stopped; the journal is durable, leaving the rest behind");
+        }
+        Stopped { abandoned }
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     config::{Config, Isolation, PluginConfig},
-    dispatch::{Instance, PluginStatus, Worker, host_services},
+    dispatch::{Instance, PluginStatus, Worker, host_services, inflight},
     journal::{Journal, Stopper},
     loader,
     metrics::{Metrics, PluginState},
@@ -83,6 +83,7 @@ pub struct Supervisor {
     entries: Mutex<BTreeMap<String, Entry>>,
     routes: Arc<RwLock<Arc<Routes>>>,
     reloading: tokio::sync::Mutex<()>,
+    inflight: inflight::Records,
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {
@@ -107,6 +108,7 @@ impl Supervisor {
             entries: Mutex::new(BTreeMap::new()),
             routes: Arc::new(RwLock::new(Arc::new(Vec::new()))),
             reloading: tokio::sync::Mutex::new(()),
+            inflight: inflight::Records::default(),
         });
         let started = Instant::now();
         let mut report = ReloadReport::default();
@@ -250,16 +252,36 @@ impl Supervisor {
                 tracing::info!(plugin = %name, %version, isolation, sha256 = %sha, subscriptions = %route.describe(), "plugin reloaded");
             }
             None => {
-                let worker = Arc::new(Worker::new(
-                    name.to_owned(),
-                    instance,
-                    route.clone(),
-                    plugin_config.clone(),
-                    self.metrics.clone(),
-                ));
+                let (record, found) = self.inflight.get(&config.state_dir, name, &plugin_config);
+                let worker = Arc::new(
+                    Worker::new(
+                        name.to_owned(),
+                        instance,
+                        route.clone(),
+                        plugin_config.clone(),
+                        self.metrics.clone(),
+                    )
+                    .with_inflight(record.clone()),
+                );
                 let consumer = self.journal.consumer(name);
                 let stopper = consumer.stopper();
-                let task = self.runtime.spawn(worker.clone().run(consumer));
+                // Crashes of the host in this plugin are counted before it gets anything.
+                let startup = inflight::Startup {
+                    journal: self.journal.clone(),
+                    reporter: consumer.reporter(),
+                    plugin: name.to_owned(),
+                    record,
+                    found,
+                    max_crashes: plugin_config.max_crashes,
+                    metrics: self.metrics.clone(),
+                };
+                let task = self.runtime.spawn({
+                    let worker = worker.clone();
+                    async move {
+                        startup.run().await;
+                        worker.run(consumer).await
+                    }
+                });
                 entry.worker = Some(Running { worker, task, stopper });
                 report.started.push(name.to_owned());
                 tracing::info!(plugin = %name, %version, load_us, isolation, subscriptions = %route.describe(), "plugin loaded");
@@ -387,8 +409,12 @@ impl Supervisor {
         }
     }
 
-    /// Stops every worker after its calls in flight (up to `grace`), then shuts the plugins down.
-    pub async fn finish(&self, grace: Duration) {
+    /// Stops every worker after its calls in flight, then shuts its plugin down, all plugins at
+    /// once and all by `deadline` (the end of the shutdown grace period). A plugin whose call
+    /// is still running then is abandoned: its `shutdown` is not called (a call is still inside
+    /// it), its events stay pending, and its name comes back. So is one whose `shutdown` runs
+    /// past the deadline. Workers with a runner process kill it here once the deadline passes.
+    pub async fn finish(&self, deadline: tokio::time::Instant) -> Vec<String> {
         let running: Vec<(String, Running)> = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries
@@ -396,23 +422,40 @@ impl Supervisor {
                 .filter_map(|(n, e)| e.worker.take().map(|r| (n.clone(), r)))
                 .collect()
         };
-        let deadline = tokio::time::Instant::now() + grace;
+        let mut stopping = tokio::task::JoinSet::new();
         for (name, r) in running {
             r.stopper.stop();
-            let mut task = r.task;
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                tracing::warn!(plugin = %name, "calls still running at the end of the shutdown grace period; stopping them");
-                // A runner is killed (its events stay pending); an in-process call runs on.
-                r.worker.instance().stop_now();
-                task.abort();
-            }
-            let instance = r.worker.instance();
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::task::spawn_blocking(move || instance.shutdown_within(left)).await {
-                Ok(()) => tracing::info!(plugin = %name, "plugin shut down"),
-                Err(e) => tracing::error!(plugin = %name, "plugin shutdown failed: {e}"),
+            stopping.spawn(async move {
+                let mut task = r.task;
+                if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                    tracing::warn!(plugin = %name, "a call is still running at the end of the shutdown grace period; abandoned (its event stays pending for the next start)");
+                    // A runner is killed: its call ends (uncounted) and its process goes.
+                    r.worker.instance().stop_now();
+                    task.abort();
+                    return Some(name);
+                }
+                let instance = r.worker.instance();
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let shutdown = tokio::task::spawn_blocking(move || instance.shutdown_within(left));
+                match tokio::time::timeout_at(deadline, shutdown).await {
+                    Ok(Ok(())) => tracing::info!(plugin = %name, "plugin shut down"),
+                    Ok(Err(e)) => tracing::error!(plugin = %name, "plugin shutdown failed: {e}"),
+                    Err(_) => {
+                        tracing::warn!(plugin = %name, "the plugin's shutdown is still running at the end of the shutdown grace period; abandoned");
+                        return Some(name);
+                    }
+                }
+                None
+            });
+        }
+        let mut abandoned = Vec::new();
+        while let Some(done) = stopping.join_next().await {
+            if let Ok(Some(name)) = done {
+                abandoned.push(name);
             }
         }
+        abandoned.sort();
+        abandoned
     }
 }
 

@@ -303,20 +303,105 @@ pub struct Event {
     pub delivery: Delivery,
 }
 
-impl Event {
-    /// The value at `key` in `data`, if present (the last one when a key repeats).
-    pub fn data_value(&self, key: &str) -> Option<&str> {
-        lookup(&self.data, key)
-    }
+/// The parts of the envelope both event views share, read the same way.
+macro_rules! envelope_accessors {
+    ($($view:ty),*) => {$(
+        impl $view {
+            /// The value at `key` in `data`, if present (the last one when a key repeats).
+            pub fn data_value(&self, key: &str) -> Option<&str> {
+                lookup(&self.data, key)
+            }
+
+            /// The acting user's tokens; `None` for system events (automation, workflows,
+            /// agents).
+            pub fn user(&self) -> Option<&UserAuth> {
+                self.user.as_ref().into()
+            }
+
+            /// The id of the binding that sent the event, when sent.
+            pub fn handler_id(&self) -> Option<u64> {
+                self.handler_id.into()
+            }
+
+            /// The portal's send time (Unix seconds), when sent.
+            pub fn ts(&self) -> Option<i64> {
+                self.ts.into()
+            }
+        }
+    )*};
 }
 
-impl UserFieldEvent {
-    /// The value at `key` in `data`, if present (the last one when a key repeats).
-    pub fn data_value(&self, key: &str) -> Option<&str> {
-        lookup(&self.data, key)
-    }
-}
+envelope_accessors!(UserFieldEvent, Event);
 
 fn lookup<'a>(data: &'a [KeyValue], key: &str) -> Option<&'a str> {
     data.iter().rev().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.as_str())
+}
+
+impl Portal {
+    /// The portal's REST base URL (`auth[client_endpoint]`), when sent.
+    pub fn client_endpoint(&self) -> Option<&str> {
+        self.client_endpoint.as_ref().map(RString::as_str).into()
+    }
+
+    /// The portal's OAuth server (`auth[server_endpoint]`), when sent.
+    pub fn server_endpoint(&self) -> Option<&str> {
+        self.server_endpoint.as_ref().map(RString::as_str).into()
+    }
+}
+
+impl UserAuth {
+    /// When the access token expires (Unix seconds), when sent.
+    pub fn expires(&self) -> Option<i64> {
+        self.expires.into()
+    }
+
+    /// The refresh token, when sent (installs, updates, `ONOFFLINEEVENT`).
+    pub fn refresh_token(&self) -> Option<&Secret> {
+        self.refresh_token.as_ref().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use abi_stable::std_types::RNone;
+
+    use super::*;
+
+    #[test]
+    fn optional_parts_read_as_options() {
+        let user = UserAuth {
+            user_id: 7,
+            access_token: Secret::new("t"),
+            expires: ROption::RSome(5),
+            scope: "crm".into(),
+            refresh_token: RNone,
+        };
+        assert_eq!((user.expires(), user.refresh_token()), (Some(5), None));
+        let portal = Portal {
+            member_id: "m".into(),
+            domain: "d".into(),
+            client_endpoint: ROption::RSome("https://d/rest/".into()),
+            server_endpoint: RNone,
+            status: AppStatus::Unknown,
+        };
+        assert_eq!(portal.client_endpoint(), Some("https://d/rest/"));
+        assert_eq!(portal.server_endpoint(), None);
+        let event = Event {
+            code: "ONAPPINSTALL".into(),
+            handler_id: ROption::RSome(3),
+            ts: RNone,
+            portal,
+            user: ROption::RSome(user),
+            data: RVec::new(),
+            delivery: Delivery {
+                event_id: 1,
+                attempt: 1,
+                received_at_ms: 0,
+                origin: Origin::Online,
+                extra: RVec::new(),
+            },
+        };
+        assert_eq!(event.user().map(|u| u.user_id), Some(7));
+        assert_eq!((event.handler_id(), event.ts()), (Some(3), None));
+    }
 }

@@ -12,40 +12,57 @@ use abi_stable::{
     std_types::{RErr, ROk, RResult, RStr, RString, RVec},
 };
 
+use serde::de::DeserializeOwned;
+
 use crate::{
-    ErrorKind, Event, Host, HostHandle, Outcome, Plugin, PluginContext, PluginError, PluginHandle,
-    PluginInfo, PluginModule, PluginModuleRef, PluginObj, PluginObj_TO, UserFieldEvent,
+    ErrorKind, Event, Host, Outcome, Plugin, PluginContext, PluginError, UserFieldEvent,
+    abi::{
+        HostHandle, PluginHandle, PluginInfo, PluginModule, PluginModuleRef, PluginObj,
+        PluginObj_TO,
+    },
+    log::with_host,
 };
 
 /// Exports a [`Plugin`] type as the root module of this library. Write it once, at the crate
 /// root of a `cdylib`:
 ///
 /// ```ignore
-/// b24_plugin_api::export_plugin!(MyPlugin);
+/// b24_plugin_api::export_plugin!(MyPlugin);            // made by `Create` (or `Default`)
+/// b24_plugin_api::export_plugin!(MyPlugin, settings);  // read from its settings table
 /// ```
+///
+/// The second form is for a plugin that is nothing but its settings: a `serde::Deserialize +
+/// Default` type, read as [`PluginContext::settings`](crate::PluginContext::settings) reads it
+/// (unknown keys refused, no table gives `Default`); it logs with [`crate::log`].
 ///
 /// The plugin's name and version are the package's (`CARGO_PKG_NAME`, `CARGO_PKG_VERSION`); its
 /// subscriptions and concurrency come from [`Plugin::EVENTS`] and [`Plugin::CONCURRENT`].
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
+        $crate::export_plugin!(@export $plugin, guarded_create);
+    };
+    ($plugin:ty, settings) => {
+        $crate::export_plugin!(@export $plugin, guarded_create_from_settings);
+    };
+    (@export $plugin:ty, $create:ident) => {
         /// The abi_stable library header: the symbol the host looks up when it loads this file.
         #[unsafe(no_mangle)]
         pub static _1as_0lib_1header_0root_bmodule_bloader:
             $crate::__private::abi_stable::library::LibHeader = {
-            extern "C" fn info() -> $crate::PluginInfo {
+            extern "C" fn info() -> $crate::abi::PluginInfo {
                 $crate::__private::plugin_info::<$plugin>(
                     env!("CARGO_PKG_NAME"),
                     env!("CARGO_PKG_VERSION"),
                 )
             }
             extern "C" fn create(
-                settings: $crate::RStr<'_>,
-                host: $crate::HostHandle,
-            ) -> $crate::RResult<$crate::PluginHandle, $crate::PluginError> {
-                $crate::__private::guarded_create::<$plugin>(settings, host)
+                settings: $crate::abi::RStr<'_>,
+                host: $crate::abi::HostHandle,
+            ) -> $crate::abi::RResult<$crate::abi::PluginHandle, $crate::PluginError> {
+                $crate::__private::$create::<$plugin>(env!("CARGO_PKG_NAME"), settings, host)
             }
-            fn root_module() -> $crate::PluginModuleRef {
+            fn root_module() -> $crate::abi::PluginModuleRef {
                 $crate::__private::root_module(info, create)
             }
             extern "C" fn load() -> $crate::__private::abi_stable::library::RootModuleResult {
@@ -55,7 +72,7 @@ macro_rules! export_plugin {
             // module type given here, and its layout is included for the loader to check.
             unsafe {
                 $crate::__private::abi_stable::library::LibHeader::from_constructor::<
-                    $crate::PluginModuleRef,
+                    $crate::abi::PluginModuleRef,
                 >(load, $crate::__private::abi_stable::library::CheckTypeLayout::Yes)
             }
         };
@@ -81,37 +98,65 @@ pub fn root_module(
     PluginModule { info, create }.leak_into_prefix()
 }
 
-/// Creates plugin `P` with panics caught, and wraps it so that its calls catch panics too.
+/// Creates plugin `P` through [`crate::Create`] with panics caught, and wraps it so that its
+/// calls catch panics too.
 pub fn guarded_create<P: Plugin>(
+    name: &str,
     settings: RStr<'_>,
     host: HostHandle,
 ) -> RResult<PluginHandle, PluginError> {
-    let ctx = PluginContext {
-        settings: settings.as_str().to_owned(),
-        host: Host::new(host.into_services()),
-    };
-    match guard(|| P::create(ctx)) {
-        Ok(plugin) => ROk(PluginHandle::new(PluginObj_TO::from_value(Guarded(plugin), TD_Opaque))),
+    create_with::<P>(name, settings, host, P::create)
+}
+
+/// Creates plugin `P` from its settings table ([`PluginContext::settings`]), as
+/// `export_plugin!(P, settings)` asks.
+pub fn guarded_create_from_settings<P: Plugin + DeserializeOwned + Default>(
+    name: &str,
+    settings: RStr<'_>,
+    host: HostHandle,
+) -> RResult<PluginHandle, PluginError> {
+    create_with::<P>(name, settings, host, |ctx| ctx.settings::<P>())
+}
+
+fn create_with<P: Plugin>(
+    name: &str,
+    settings: RStr<'_>,
+    host: HostHandle,
+    create: impl FnOnce(PluginContext) -> Result<P, PluginError>,
+) -> RResult<PluginHandle, PluginError> {
+    let host = Host::new(host.into_services());
+    let ctx = PluginContext { name: name.to_owned(), settings: settings.as_str().to_owned(), host };
+    let host = ctx.host.clone();
+    match with_host(&host, || guard(|| create(ctx))) {
+        Ok(plugin) => {
+            ROk(PluginHandle::new(PluginObj_TO::from_value(Guarded { plugin, host }, TD_Opaque)))
+        }
         Err(err) => RErr(err),
     }
 }
 
-/// A plugin whose every call runs inside `catch_unwind`.
-struct Guarded<P>(P);
+/// A plugin whose every call runs inside `catch_unwind`, with its host current on the calling
+/// thread ([`Host::current`], [`crate::log`]).
+struct Guarded<P> {
+    plugin: P,
+    host: Host,
+}
 
 impl<P: Plugin> PluginObj for Guarded<P> {
     fn on_user_field(&self, event: &UserFieldEvent) -> RResult<Outcome, PluginError> {
-        guard(|| self.0.on_user_field(event)).into()
+        with_host(&self.host, || guard(|| self.plugin.on_user_field(event))).into()
     }
 
     fn on_event(&self, event: &Event) -> RResult<Outcome, PluginError> {
-        guard(|| self.0.on_event(event)).into()
+        with_host(&self.host, || guard(|| self.plugin.on_event(event))).into()
     }
 
     fn shutdown(&self) {
-        let _ = guard(|| {
-            self.0.shutdown();
-            Ok(())
+        let _ = with_host(&self.host, || {
+            guard(|| {
+                self.plugin.shutdown();
+                Ok(())
+            })
         });
     }
 }

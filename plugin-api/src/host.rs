@@ -1,5 +1,5 @@
-//! What the host offers a plugin: the [`HostServices`] trait object and its friendly handle
-//! [`Host`].
+//! What the host offers a plugin: the [`HostServices`] trait object (in [`crate::abi`]) and its
+//! friendly handle [`Host`].
 
 // `#[sabi_trait]` expands to impls that rustc flags as non-local; they are abi_stable's, not ours.
 #![allow(non_local_definitions)]
@@ -47,7 +47,7 @@ pub trait HostServices: Clone + Send + Sync {
     #[sabi(last_prefix_field)]
     fn state_dir(&self) -> RString;
 
-    /// Since 0.1.1: calls Bitrix24 REST `method` with `params` (a JSON object) on the portal of
+    /// Since 0.2.1: calls Bitrix24 REST `method` with `params` (a JSON object) on the portal of
     /// the event being handled, and returns the `result` member of the answer as JSON. The host
     /// picks the credentials (the event's user token, the portal's stored OAuth tokens, or its
     /// incoming webhook), refreshes expired tokens, keeps to the portal's rate limit and retries
@@ -207,7 +207,7 @@ impl Host {
 
     /// Calls Bitrix24 REST `method` with `params` (a JSON object, e.g.
     /// `{"id": 554}`) on the portal of the event being handled; returns the answer's `result` as
-    /// JSON text. See [`HostServices::rest`]. Needs a host of b24-plugin-api 0.1.1 or later.
+    /// JSON text. See [`HostServices::rest`]. Needs a host of b24-plugin-api 0.2.1 or later.
     ///
     /// ```ignore
     /// let field = ctx.host.rest("crm.deal.userfield.get", r#"{"id": 554}"#)?;

@@ -11,18 +11,34 @@ use abi_stable::{
 
 use crate::{Event, Host, Outcome, PluginError, UserFieldEvent};
 
-/// What a plugin gets when the host creates it.
-#[derive(Debug, Clone)]
+/// What a plugin gets when the host creates it. `Debug` shows the settings' length only: they
+/// may hold credentials.
+#[derive(Clone)]
 pub struct PluginContext {
+    /// The plugin's name (its package name), for messages.
+    pub name: String,
     /// The plugin's own settings: the `[plugin.<name>.settings]` table of `host.toml`, as TOML
-    /// text (empty when there is none). Parse it with any TOML crate.
+    /// text (empty when there is none). Read them with [`PluginContext::settings`], which
+    /// checks them against your type.
     pub settings: String,
     /// The plugin's handle on the host.
     pub host: Host,
 }
 
+impl std::fmt::Debug for PluginContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginContext")
+            .field("name", &self.name)
+            .field("settings", &format_args!("<{} bytes of TOML>", self.settings.len()))
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
 /// How a plugin instance is made. Types that implement `Default` get this for free; implement it
-/// yourself to read settings or keep the [`Host`] handle.
+/// yourself to read settings ([`PluginContext::settings`]) or keep the [`Host`] handle. A plugin
+/// that is nothing but its settings needs neither: export it with
+/// `export_plugin!(MyPlugin, settings)` (see [`crate::export_plugin!`]).
 pub trait Create: Sized {
     /// Creates the plugin. An `Err` stops the plugin from loading; its message is shown to the
     /// operator, so say what is wrong with the settings.
@@ -61,8 +77,9 @@ pub trait Plugin: Create + Send + Sync + 'static {
     fn shutdown(&self) {}
 }
 
-/// The stable-ABI face of a plugin instance, as the host sees it. Plugin authors do not
-/// implement this: [`crate::export_plugin!`] wraps a [`Plugin`] in it and catches panics.
+/// The stable-ABI face of a plugin instance, as the host sees it (in [`crate::abi`]). Plugin
+/// authors do not implement this: [`crate::export_plugin!`] wraps a [`Plugin`] in it and catches
+/// panics.
 #[sabi_trait]
 pub trait PluginObj: Send + Sync {
     /// See [`Plugin::on_user_field`].
@@ -80,7 +97,7 @@ pub trait PluginObj: Send + Sync {
 pub type PluginBox = PluginObj_TO<'static, RBox<()>>;
 
 /// A plugin instance as it crosses the ABI out of `create`: opaque to the load-time check for
-/// the same reason as [`crate::HostHandle`], so that methods appended to [`PluginObj`] (each
+/// the same reason as [`crate::abi::HostHandle`], so that methods appended to [`PluginObj`] (each
 /// with a default) do not break older plugins.
 #[repr(C)]
 #[derive(abi_stable::StableAbi)]

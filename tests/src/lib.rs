@@ -3,10 +3,10 @@
 //! process on port 0, talks plain HTTP/1.1 to it, and reads what the plugins wrote.
 
 pub mod fake_portal;
+pub mod http;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -206,13 +206,35 @@ impl HostDir {
         if let Some(n) = launch.open_files_soft {
             limits.push_str(&format!("ulimit -S -n {n}; "));
         }
+        // Socket activation as systemd does it: the socket as fd 3, LISTEN_FDS=1 and
+        // LISTEN_PID naming the host's own pid (the shell's, which `exec` keeps).
+        let mut redirect = String::new();
+        if let Some(fd) = launch.listen_fd {
+            limits.push_str("export LISTEN_PID=$$ LISTEN_FDS=1; ");
+            if fd != 3 {
+                redirect = format!(" 3<&{fd} {fd}<&-");
+            }
+        }
         let mut command = if limits.is_empty() {
             Command::new(&host)
         } else {
             let mut c = Command::new("bash");
-            c.args(["-c", &format!("{limits}exec \"$0\" \"$@\""), &host]);
+            c.args(["-c", &format!("{limits}exec \"$0\" \"$@\"{redirect}"), &host]);
             c
         };
+        if let Some(fd) = launch.listen_fd {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only `fcntl`, which is async-signal-safe, runs between fork and exec: the
+            // socket is inherited by this child alone (it stays close-on-exec in this process).
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command
             .current_dir(self.path())
             .args([
@@ -285,6 +307,9 @@ pub struct Launch {
     pub open_files_soft: Option<u64>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// A listening socket (its descriptor in this process) handed to the host as systemd's
+    /// socket activation does: as fd 3, with `LISTEN_FDS=1` and `LISTEN_PID`.
+    pub listen_fd: Option<std::os::fd::RawFd>,
 }
 
 /// A free loopback port (bound, then released).
@@ -400,6 +425,20 @@ impl RunningHost {
         }
     }
 
+    /// Waits up to `limit` for the process to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Kills the host with SIGKILL, as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -423,8 +462,8 @@ fn signal(child: &Child, name: &str) {
     let _ = Command::new("kill").args([format!("-{name}"), child.id().to_string()]).status();
 }
 
-/// Sends one request to `addr` on a fresh connection; an error when there is no answer (the
-/// host is down or died mid-request).
+/// Sends one request to `addr` on a fresh connection ([`http::request`]); an error when there
+/// is no answer (the host is down or died mid-request).
 pub fn try_request(
     addr: &str,
     method: &str,
@@ -432,39 +471,10 @@ pub fn try_request(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Answer, String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        addr,
-        body.len()
-    );
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
-    // The host may answer (413) before reading everything; ignore a reset while writing.
-    let _ = stream.write_all(body);
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let answer = parse_answer(&raw);
-    if answer.status == 0 {
-        return Err("no HTTP answer".into());
-    }
-    Ok(answer)
-}
-
-fn parse_answer(raw: &[u8]) -> Answer {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Answer { status, body: body.trim().to_owned() }
+    let headers: Vec<(&str, &str)> =
+        content_type.map(|ct| ("Content-Type", ct)).into_iter().collect();
+    let response = http::request(addr, method, path, &headers, body)?;
+    Ok(Answer { status: response.status, body: response.body.trim().to_owned() })
 }
 
 /// A reference event body made by Bitrix24's own PHP encoder (committed fixtures in
@@ -478,3 +488,29 @@ pub fn fixture(name: &str) -> String {
 pub const MEMBER: &str = "a223c6b3710f85df22e9377d6c4f7553";
 /// The application token of the fixtures.
 pub const TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
+
+/// Builds a plugin crate outside the workspace, as a plugin author would: `manifest` as its
+/// Cargo.toml and `lib_rs` as src/lib.rs, in `work/<name>`, with the workspace's Cargo.lock
+/// (same dependency versions, so the build needs no network and reuses artefacts) and its own
+/// target folder `target/author-<name>`. Returns the built library.
+pub fn build_author_crate(work: &Path, name: &str, manifest: &str, lib_rs: &str) -> PathBuf {
+    let krate = work.join(name);
+    std::fs::create_dir_all(krate.join("src")).expect("create the crate folder");
+    std::fs::write(krate.join("Cargo.toml"), manifest).expect("write Cargo.toml");
+    std::fs::write(krate.join("src/lib.rs"), lib_rs).expect("write src/lib.rs");
+    std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock"))
+        .expect("copy Cargo.lock");
+    let target = target_dir().join(format!("author-{name}"));
+    let output = Command::new(env!("CARGO"))
+        .current_dir(&krate)
+        .args(["build", "--quiet", "--offline"])
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cannot run cargo");
+    assert!(
+        output.status.success(),
+        "building {name} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target.join("debug").join(plugin_file(name))
+}

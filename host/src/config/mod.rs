@@ -15,9 +15,11 @@
 //! The shipped, commented `host.toml` at the repository root is read by the tests at run time
 //! (not embedded: editing it must not rebuild the host).
 //!
-//! Layout: `model.rs` holds the types and defaults, `load.rs` the reading and the errors,
-//! `raw.rs` the serde shapes of the file, `validate.rs` the checks after deserializing.
+//! Layout: `model.rs` holds the types and defaults, `load.rs` the reading, `error.rs` the errors
+//! and the source positions both stages use, `raw.rs` the serde shapes of the file,
+//! `validate.rs` the checks after deserializing.
 
+mod error;
 mod load;
 mod model;
 mod raw;
@@ -28,7 +30,7 @@ mod tests;
 
 use std::{env::VarError, path::Path};
 
-pub use load::{ConfigError, Position};
+pub use error::{ConfigError, Position};
 pub use model::{
     AuthConfig, Config, DEFAULT_CONCURRENCY, DEFAULT_ENABLED, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_KILL_AFTER, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES,

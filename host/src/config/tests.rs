@@ -495,11 +495,21 @@ fn toml_syntax_error_has_a_position() {
 
 #[test]
 fn deep_nesting_is_an_error_not_a_crash() {
+    // A syntax error on the value's line, saying why, not a stack overflow.
+    fn assert_too_deep(e: &ConfigError) {
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+        assert_eq!(e.position().map(|p| p.line), Some(2), "{e}");
+        assert!(e.to_string().starts_with("host.toml:2:"), "{e}");
+        assert!(e.to_string().contains("max recursion depth"), "{e}");
+    }
+
     let text = format!("[plugin.p.settings]\nx = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
-    let _ = parse_at(&text, "host.toml");
+    let e = parse_at(&text, "host.toml").unwrap_err();
+    assert_too_deep(&e);
     let text =
         format!("[plugin.p.settings]\nx = {}1{}\n", "{a=".repeat(50_000), "}".repeat(50_000));
-    let _ = parse_at(&text, "host.toml");
+    let e = parse_at(&text, "host.toml").unwrap_err();
+    assert_too_deep(&e);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use toml::Spanned;
 use super::{
     AuthConfig, Config, ConfigError, Isolation, JournalConfig, LogConfig, LogFormat, PluginConfig,
     PluginsConfig, RestConfig, RestPortalConfig, RetryConfig, ServerConfig,
-    load::{Source, join_keys},
+    error::{Source, join_keys},
     model::OfflineConfig,
     model::{
         DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,

@@ -377,6 +377,7 @@ impl Registrar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::test_support::PhpJson;
 
     fn php(body: &str) -> String {
         parse(body.as_bytes()).to_php_json()

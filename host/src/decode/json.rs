@@ -414,6 +414,7 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::test_support::PhpJson;
 
     fn php(body: &str) -> String {
         match parse(body.as_bytes()) {

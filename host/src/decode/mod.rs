@@ -17,6 +17,8 @@
 
 pub mod form;
 pub mod json;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod tree;
 pub mod view;
 
@@ -34,17 +36,16 @@ pub enum BodyFormat {
 }
 
 impl BodyFormat {
-    /// The format for a `Content-Type` header value: `application/x-www-form-urlencoded` is
-    /// [`BodyFormat::Form`], `application/json` and `application/*+json` are
-    /// [`BodyFormat::Json`] (parameters such as `charset` are ignored); anything else is `None`.
+    /// The format for a `Content-Type` header value (the one place that decides it):
+    /// `application/x-www-form-urlencoded` is [`BodyFormat::Form`], `application/json` is
+    /// [`BodyFormat::Json`], in any case and with any parameters (`charset`); anything else is
+    /// `None`, a 415. Structured `+json` types (`application/problem+json`, `ld+json`, ...) are
+    /// refused: each names a vocabulary of its own, never a Bitrix24 event.
     pub fn from_content_type(content_type: &str) -> Option<BodyFormat> {
         let media = content_type.split(';').next().unwrap_or_default().trim();
-        let media = media.to_ascii_lowercase();
-        if media == "application/x-www-form-urlencoded" {
+        if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
             Some(BodyFormat::Form)
-        } else if media == "application/json"
-            || (media.starts_with("application/") && media.ends_with("+json"))
-        {
+        } else if media.eq_ignore_ascii_case("application/json") {
             Some(BodyFormat::Json)
         } else {
             None
@@ -125,7 +126,16 @@ mod tests {
             Some(BodyFormat::Form)
         );
         assert_eq!(BodyFormat::from_content_type(" Application/JSON "), Some(BodyFormat::Json));
-        assert_eq!(BodyFormat::from_content_type("application/vnd.x+json"), Some(BodyFormat::Json));
+        assert_eq!(
+            BodyFormat::from_content_type("Application/X-WWW-Form-Urlencoded"),
+            Some(BodyFormat::Form)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type("application/json; charset=utf-8"),
+            Some(BodyFormat::Json)
+        );
+        assert_eq!(BodyFormat::from_content_type("application/vnd.x+json"), None);
+        assert_eq!(BodyFormat::from_content_type("application/problem+json"), None);
         assert_eq!(BodyFormat::from_content_type("text/plain"), None);
         assert_eq!(BodyFormat::from_content_type(""), None);
     }

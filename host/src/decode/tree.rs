@@ -2,9 +2,7 @@
 //! [`Map`], an insertion-ordered map keyed by [`Key`] (integer or string) with PHP's rules for
 //! integer-looking keys and for the next free index of `k[]`.
 //!
-//! [`Map::to_php_json`] writes exactly what PHP's `json_encode($array, JSON_UNESCAPED_SLASHES |
-//! JSON_UNESCAPED_UNICODE)` writes for the same array, so a decoded body can be compared byte for
-//! byte with the reference decoder (`b24-event --decode`).
+//! The tests compare trees with PHP's own through `decode::test_support` (PHP's `json_encode`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -220,21 +218,6 @@ impl Value {
             Value::Map(m) => m,
             // Replaced just above.
             Value::Str(_) => unreachable!("value was just turned into a map"),
-        }
-    }
-
-    /// PHP `json_encode` of this value (see [`Map::to_php_json`]).
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Value::Str(s) => serde_json::Value::String(s.clone()),
-            Value::Map(m) => m.to_json(),
-        }
-    }
-
-    fn write_php_json(&self, out: &mut String) {
-        match self {
-            Value::Str(s) => write_json_str(s, out),
-            Value::Map(m) => m.write_php_json(out),
         }
     }
 }
@@ -455,71 +438,9 @@ impl Map {
             .all(|(i, k)| matches!(k, Key::Int(n) if i64::try_from(i).is_ok_and(|i| i == *n)))
     }
 
-    /// The map as JSON in the shape of PHP's `json_encode`: a list (see [`Map::is_list`]) becomes
-    /// an array, anything else an object with the keys as strings.
-    ///
-    /// `serde_json::Map` keeps keys sorted unless serde_json's `preserve_order` feature is on, so
-    /// compare key order with [`Map::to_php_json`] instead.
-    pub fn to_json(&self) -> serde_json::Value {
-        if self.is_list() {
-            serde_json::Value::Array(self.entries.values().map(Value::to_json).collect())
-        } else {
-            serde_json::Value::Object(
-                self.entries.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect(),
-            )
-        }
-    }
-
-    /// Exactly PHP's `json_encode($map, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE)`, the
-    /// output of `b24-event --decode` without its trailing newline.
-    pub fn to_php_json(&self) -> String {
-        let mut out = String::new();
-        self.write_php_json(&mut out);
-        out
-    }
-
-    fn write_php_json(&self, out: &mut String) {
-        if self.is_list() {
-            out.push('[');
-            for (i, v) in self.entries.values().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                v.write_php_json(out);
-            }
-            out.push(']');
-        } else {
-            out.push('{');
-            for (i, (k, v)) in self.entries.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                match k {
-                    Key::Int(n) => {
-                        out.push('"');
-                        out.push_str(&n.to_string());
-                        out.push('"');
-                    }
-                    Key::Str(s) => write_json_str(s, out),
-                }
-                out.push(':');
-                v.write_php_json(out);
-            }
-            out.push('}');
-        }
-    }
-
-    /// The leaves in order with their PHP key paths: `{"FIELDS": {"ID": "5"}}` gives
+    /// The leaves in order with their PHP key paths, moved out: `{"FIELDS": {"ID": "5"}}` gives
     /// `("FIELDS[ID]", "5")`. Lossless for trees made by `parse_str` (empty maps, which it never
     /// makes, produce nothing).
-    pub fn flatten(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let mut path = String::new();
-        flatten_into(self, false, &mut path, &mut out);
-        out
-    }
-
-    /// [`Map::flatten`], moving the values out instead of copying them.
     pub fn into_flat(self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut path = String::new();
@@ -541,18 +462,6 @@ fn push_key(path: &mut String, key: &Key, nested: bool) {
     }
 }
 
-fn flatten_into(map: &Map, nested: bool, path: &mut String, out: &mut Vec<(String, String)>) {
-    for (k, v) in map.iter() {
-        let len = path.len();
-        push_key(path, k, nested);
-        match v {
-            Value::Str(s) => out.push((path.clone(), s.clone())),
-            Value::Map(m) => flatten_into(m, true, path, out),
-        }
-        path.truncate(len);
-    }
-}
-
 fn into_flat(map: Map, nested: bool, path: &mut String, out: &mut Vec<(String, String)>) {
     for (k, v) in map.into_entries() {
         let len = path.len();
@@ -563,44 +472,6 @@ fn into_flat(map: Map, nested: bool, path: &mut String, out: &mut Vec<(String, S
         }
         path.truncate(len);
     }
-}
-
-/// Writes `s` as a JSON string the way PHP's encoder does with `JSON_UNESCAPED_SLASHES |
-/// JSON_UNESCAPED_UNICODE`: `\b \f \n \r \t \" \\`, other control characters as lower-case
-/// `\u00xx`, U+2028/U+2029 escaped, everything else raw.
-fn write_json_str(s: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(s.len() + 2);
-    out.push('"');
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\u{8}' => Some("\\b"),
-            '\u{c}' => Some("\\f"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            '\u{2028}' => Some("\\u2028"),
-            '\u{2029}' => Some("\\u2029"),
-            c if (c as u32) < 0x20 => None,
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                let b = c as u32 as usize;
-                out.push_str("\\u00");
-                out.push(char::from(HEX[b >> 4]));
-                out.push(char::from(HEX[b & 0xf]));
-            }
-        }
-        start = i + c.len_utf8();
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
 }
 
 fn key_is_secret(key: &Key) -> bool {
@@ -633,6 +504,7 @@ impl fmt::Debug for Map {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::test_support::PhpJson;
 
     #[test]
     fn int_keys_follow_php() {
@@ -691,23 +563,6 @@ mod tests {
     }
 
     #[test]
-    fn json_shapes() {
-        let mut m = Map::new();
-        assert_eq!(m.to_php_json(), "[]");
-        m.push("x").ok();
-        m.push("y").ok();
-        assert_eq!(m.to_php_json(), r#"["x","y"]"#);
-        assert_eq!(m.to_json(), serde_json::json!(["x", "y"]));
-        let mut o = Map::new();
-        o.insert(1, "x");
-        o.insert(0, "y");
-        assert_eq!(o.to_php_json(), r#"{"1":"x","0":"y"}"#);
-        let mut s = Map::new();
-        s.insert("k", "\u{1}\"\\/\n\u{2028}é😀\u{7f}");
-        assert_eq!(s.to_php_json(), "{\"k\":\"\\u0001\\\"\\\\/\\n\\u2028é😀\u{7f}\"}");
-    }
-
-    #[test]
     fn paths_and_flatten() {
         let mut m = Map::new();
         let f = m.child_map(KeyRef::Str("FIELDS"));
@@ -721,7 +576,6 @@ mod tests {
             ("FIELDS[ID]".to_owned(), "554".to_owned()),
             ("FIELDS[LIST][0][VALUE]".to_owned(), "x".to_owned()),
         ];
-        assert_eq!(m.flatten(), flat);
         assert_eq!(m.into_flat(), flat);
     }
 

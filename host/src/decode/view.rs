@@ -124,17 +124,18 @@ const ACTIONS: [(&str, Action); 4] = [
 ];
 
 impl Family {
-    /// The entity id and entity implied by the event code alone.
-    fn default_entity(self) -> (&'static str, Entity) {
+    /// The entity id implied by the event code alone (`""` for `ONCRMTYPEUSERFIELD*`); its
+    /// [`Entity`] is the plugin API's mapping, [`Entity::from_entity_id`], as for a sent one.
+    fn default_entity_id(self) -> &'static str {
         match self {
-            Family::Lead => ("CRM_LEAD", Entity::Lead),
-            Family::Deal => ("CRM_DEAL", Entity::Deal),
-            Family::Contact => ("CRM_CONTACT", Entity::Contact),
-            Family::Company => ("CRM_COMPANY", Entity::Company),
-            Family::Quote => ("CRM_QUOTE", Entity::Quote),
-            Family::Invoice => ("CRM_INVOICE", Entity::Invoice),
-            Family::Requisite => ("CRM_REQUISITE", Entity::Requisite),
-            Family::Type => ("", Entity::Other),
+            Family::Lead => "CRM_LEAD",
+            Family::Deal => "CRM_DEAL",
+            Family::Contact => "CRM_CONTACT",
+            Family::Company => "CRM_COMPANY",
+            Family::Quote => "CRM_QUOTE",
+            Family::Invoice => "CRM_INVOICE",
+            Family::Requisite => "CRM_REQUISITE",
+            Family::Type => "",
         }
     }
 }
@@ -194,13 +195,8 @@ fn user_field(
             parse_u64(raw).ok_or_else(|| DecodeError::not_a_number(key, raw))?
         }
     };
-    let (entity_id, entity) = match lookup_str(data, &ENTITY_ID) {
-        Some(raw) => (raw.to_owned(), Entity::from_entity_id(raw)),
-        None => {
-            let (id, entity) = family.default_entity();
-            (id.to_owned(), entity)
-        }
-    };
+    let entity_id = lookup_str(data, &ENTITY_ID).unwrap_or(family.default_entity_id());
+    let (entity_id, entity) = (entity_id.to_owned(), Entity::from_entity_id(entity_id));
     let field_name = lookup_str(data, &FIELD_NAME).unwrap_or_default().to_owned();
     Ok(UserField { action, entity, entity_id, field_id, field_name })
 }

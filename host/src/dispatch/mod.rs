@@ -7,10 +7,13 @@
 //! - [`worker`]: ordered delivery, timeouts, retries with back-off, outcomes.
 //! - [`host_services`]: what plugins can ask of the host.
 //! - [`crash`]: poison events: a delivery that ended with a process dying, `max_crashes`.
+//! - [`inflight`]: an in-process plugin's record of the events its lanes are calling, read at
+//!   the next start to count a crash of the host.
 
 pub mod convert;
 pub mod crash;
 pub mod host_services;
+pub mod inflight;
 pub mod instance;
 pub mod worker;
 

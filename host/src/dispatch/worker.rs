@@ -23,6 +23,7 @@ use tokio::{runtime::Handle, sync::mpsc};
 use super::{
     convert::{PluginEvent, plugin_event},
     crash::{self, CrashVerdict},
+    inflight::Inflight,
     instance::{Instance, PluginStatus},
 };
 use crate::{
@@ -53,6 +54,7 @@ pub struct Worker {
     route: Mutex<Route>,
     config: Mutex<PluginConfig>,
     metrics: Arc<Metrics>,
+    inflight: Arc<Inflight>,
 }
 
 fn locked<T: Clone>(m: &Mutex<T>) -> T {
@@ -89,14 +91,15 @@ impl Lanes {
         self.reporter.is_closed() || self.stopper.is_stopped()
     }
 
-    /// Sleeps for `wait`, or less if delivery stops (the host shuts down or the plugin is
-    /// disabled); whether it slept the whole time.
-    fn sleep(&self, wait: Duration) -> bool {
+    /// Sleeps for `wait` before an attempt at event `id`, or less if delivery stops (the host
+    /// shuts down or the plugin is disabled) or an operator skips the event; whether it slept
+    /// the whole time.
+    fn sleep(&self, wait: Duration, id: u64) -> bool {
         let reporter = &self.reporter;
         let until = tokio::time::Instant::now() + wait;
         self.runtime.block_on(async {
             loop {
-                if self.stopping() {
+                if self.stopping() || reporter.is_skipped(id) {
                     return false;
                 }
                 let now = tokio::time::Instant::now();
@@ -127,7 +130,14 @@ impl Worker {
             route: Mutex::new(route),
             config: Mutex::new(config),
             metrics,
+            inflight: Arc::new(Inflight::off()),
         }
+    }
+
+    /// Records each call's event in `record` (an in-process plugin: see `inflight`).
+    pub fn with_inflight(mut self, record: Arc<Inflight>) -> Worker {
+        self.inflight = record;
+        self
     }
 
     fn label(&self) -> PluginLabel {
@@ -309,15 +319,21 @@ impl Worker {
         let mut crashes = pending.crashes;
         loop {
             let wait = due - now_ms();
-            if wait > 0 && !lanes.sleep(Duration::from_millis(wait as u64)) {
-                return;
+            if wait > 0 {
+                lanes.sleep(Duration::from_millis(wait as u64), id);
             }
             if lanes.stopping() {
+                return;
+            }
+            if reporter.take_skipped(id) {
+                tracing::warn!("skipped by an operator; left in the plugin's dead letters");
                 return;
             }
             attempt += 1;
             let context = Arc::new(EventContext::of(&envelope.event));
             let started = Instant::now();
+            // The in-flight record of an in-process plugin (off in process isolation).
+            let _inflight = self.inflight.mark(id);
             let result = self.call(envelope, format, attempt, context, &config, lanes, lane);
             let seconds = started.elapsed().as_secs_f64();
             let label = match &result {

@@ -1,5 +1,6 @@
 //! What the `journal` commands show and change: per-plugin statistics, event listings, one
-//! event in detail (tokens redacted), dead letters, replay and purge.
+//! event in detail (tokens redacted), dead letters, replay and purge, and skip (pending events
+//! of one plugin moved to its dead letters by an operator).
 //!
 //! The same [`Request`]/[`Response`] pair serves a stopped host (the command opens the file
 //! itself) and a running one (the command asks the host over its control socket, and the
@@ -14,7 +15,7 @@ use super::{
     now_ms,
     record::{DeadLetter, EventRecord, Pending, from_json},
     store::{self, DEAD, EVENTS, PENDING, Selection, StoreError, db},
-    writer::AdminOp,
+    writer::{AdminOp, Notice},
 };
 use crate::decode;
 
@@ -46,6 +47,13 @@ pub enum Request {
     Replay(Selection),
     /// Delete dead letters.
     Purge(Selection),
+    /// Move pending events of one plugin to its dead letters ("skipped by an operator").
+    Skip {
+        /// The plugin.
+        plugin: String,
+        /// The event ids.
+        ids: Vec<u64>,
+    },
     /// Offline pollers' status (running host only).
     OfflineStatus,
     /// Subscribe a portal's offline events with `event.bind` (running host only: it has the
@@ -152,6 +160,15 @@ pub enum Response {
         /// The pairs.
         rows: Vec<(String, u64)>,
     },
+    /// For `Skip`.
+    Skipped {
+        /// The plugin.
+        plugin: String,
+        /// The events moved to its dead letters.
+        skipped: Vec<u64>,
+        /// The ids asked for that had no pending row of the plugin (finished, dead, unknown).
+        not_pending: Vec<u64>,
+    },
     /// For `OfflineStatus`.
     Offline {
         /// One entry per polled portal.
@@ -176,7 +193,7 @@ pub fn read(database: &Database, request: &Request) -> Option<Result<Response, S
         Request::List { limit } => list(database, *limit),
         Request::Show { id } => show(database, *id),
         Request::Dead { plugin } => dead(database, plugin.as_deref()),
-        Request::Replay(_) | Request::Purge(_) => return None,
+        Request::Replay(_) | Request::Purge(_) | Request::Skip { .. } => return None,
         Request::OfflineStatus | Request::OfflineBind { .. } => Ok(Response::Error {
             message: "the host is not running: offline status and bind need the running host (its pollers, tokens and REST client)".into(),
         }),
@@ -186,11 +203,14 @@ pub fn read(database: &Database, request: &Request) -> Option<Result<Response, S
 /// The change a request makes, to run in a write transaction; `None` for a read.
 pub fn change(request: &Request) -> Option<AdminOp> {
     match request.clone() {
-        Request::Replay(which) => {
-            Some(Box::new(move |txn: &WriteTransaction| Ok((store::replay(txn, &which)?, true))))
-        }
+        Request::Replay(which) => Some(Box::new(move |txn: &WriteTransaction| {
+            Ok((store::replay(txn, &which)?, Notice::Replayed))
+        })),
         Request::Purge(which) => Some(Box::new(move |txn: &WriteTransaction| {
-            Ok((store::purge_dead(txn, &which)?, false))
+            Ok((store::purge_dead(txn, &which)?, Notice::Nothing))
+        })),
+        Request::Skip { plugin, ids } => Some(Box::new(move |txn: &WriteTransaction| {
+            Ok((store::skip(txn, &plugin, &ids, now_ms())?, Notice::Skipped))
         })),
         _ => None,
     }
@@ -207,7 +227,21 @@ pub fn execute_offline(database: &Database, request: &Request) -> Result<Respons
     let txn = db(database.begin_write())?;
     let (rows, _) = op(&txn)?;
     db(txn.commit())?;
-    Ok(Response::Changed { rows })
+    Ok(changed(request, rows))
+}
+
+/// The answer to a change `request` that touched `rows`.
+pub fn changed(request: &Request, rows: Vec<(String, u64)>) -> Response {
+    match request {
+        Request::Skip { plugin, ids } => {
+            let skipped: Vec<u64> = rows.into_iter().map(|(_, id)| id).collect();
+            let mut not_pending: Vec<u64> =
+                ids.iter().copied().filter(|id| !skipped.contains(id)).collect();
+            not_pending.dedup();
+            Response::Skipped { plugin: plugin.clone(), skipped, not_pending }
+        }
+        _ => Response::Changed { rows },
+    }
 }
 
 /// One event's rows: per plugin pending, per plugin dead.
@@ -429,5 +463,49 @@ mod tests {
         let age = |s: &PluginStats| s.oldest_pending_age_ms.unwrap();
         assert!((60_000..65_000).contains(&age(sa)), "{sa:?}");
         assert!((30_000..35_000).contains(&age(sb)), "{sb:?}");
+    }
+
+    #[test]
+    fn skip_moves_pending_rows_of_one_plugin_to_its_dead_letters_and_replay_brings_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = store::open(&dir.path().join("journal.redb")).unwrap();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            tables.insert_event(1, &record(now_ms()), &[a.clone(), b.clone()]).unwrap();
+            tables.insert_event(2, &record(now_ms()), &[a, b]).unwrap();
+            let crashed = Pending { attempts: 1, crashes: 2, ..Pending::default() };
+            tables.set_pending("a", 1, &crashed).unwrap();
+        }
+        txn.commit().unwrap();
+        let skip = Request::Skip { plugin: "a".into(), ids: vec![1, 7] };
+        let answer = execute_offline(&database, &skip).unwrap();
+        assert_eq!(
+            answer,
+            Response::Skipped { plugin: "a".into(), skipped: vec![1], not_pending: vec![7] }
+        );
+        let Response::Dead { rows } = dead(&database, None).unwrap() else { panic!() };
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].plugin.as_str(), rows[0].id), ("a", 1));
+        assert_eq!((rows[0].dead.reason.as_str(), rows[0].dead.attempts), (store::SKIPPED, 1));
+        // The other plugin still has it, and `a` still has event 2.
+        let Some(Ok(Response::Stats { plugins, .. })) =
+            read(&database, &Request::Stats { enabled: vec![] })
+        else {
+            panic!()
+        };
+        let backlog: Vec<(String, u64, u64)> =
+            plugins.iter().map(|p| (p.plugin.clone(), p.backlog, p.dead)).collect();
+        assert_eq!(backlog, vec![("a".into(), 1, 1), ("b".into(), 2, 0)]);
+        // Replay brings it back as a fresh pending row (crashes forgiven too).
+        let replay = Request::Replay(Selection { plugin: Some("a".into()), ids: vec![1] });
+        execute_offline(&database, &replay).unwrap();
+        let Some(Ok(Response::Show { event: Some(detail) })) =
+            read(&database, &Request::Show { id: 1 })
+        else {
+            panic!()
+        };
+        assert_eq!(detail.pending_state.get("a"), Some(&Pending::default()));
     }
 }

@@ -103,11 +103,13 @@ pub struct Shared {
     closing: Notify,
 }
 
-/// One plugin's wake-ups: new rows, and dead letters put back into delivery.
+/// One plugin's wake-ups: new rows, dead letters put back into delivery, and pending events an
+/// operator skipped (a lane may hold them already: it drops them at its next look).
 #[derive(Default)]
 struct Signal {
     notify: Notify,
     replayed: Mutex<VecDeque<u64>>,
+    skipped: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Shared {
@@ -135,8 +137,15 @@ impl Shared {
         }
     }
 
+    fn skipped(&self, plugin: &str, id: u64) {
+        if let Some(signal) = self.signal(plugin) {
+            signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        }
+    }
+
     fn replayed(&self, plugin: &str, id: u64) {
         if let Some(signal) = self.signal(plugin) {
+            signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).push_back(id);
             signal.notify.notify_one();
         }
@@ -506,7 +515,11 @@ impl Consumer {
 
     /// A handle to report outcomes with, usable from other tasks.
     pub fn reporter(&self) -> Reporter {
-        Reporter { journal: self.journal.clone(), plugin: self.plugin.clone() }
+        Reporter {
+            journal: self.journal.clone(),
+            plugin: self.plugin.clone(),
+            signal: self.signal.clone(),
+        }
     }
 
     fn bury(&self, id: u64, dead: DeadLetter) {
@@ -519,6 +532,7 @@ impl Consumer {
 pub struct Reporter {
     journal: Journal,
     plugin: Arc<str>,
+    signal: Arc<Signal>,
 }
 
 impl Reporter {
@@ -534,6 +548,17 @@ impl Reporter {
     /// Whether the journal is closing.
     pub fn is_closed(&self) -> bool {
         self.journal.is_closed()
+    }
+
+    /// Whether an operator skipped event `id` (`journal skip`) since it was read: it is a dead
+    /// letter now, so stop delivering it (a process-mode plugin stuck on it can be killed).
+    pub fn is_skipped(&self, id: u64) -> bool {
+        self.signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    /// [`Reporter::is_skipped`], and forgets it: for the lane that drops the event.
+    pub fn take_skipped(&self, id: u64) -> bool {
+        self.signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 
     /// The plugin finished event `id` (done or skipped).

@@ -4,7 +4,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `events` | event id | [`EventRecord`]: metadata + raw body |
-//! | `pending` | (plugin, event id) | [`Pending`]: attempts so far, next attempt time, last error |
+//! | `pending` | (plugin, event id) | [`Pending`]: attempts so far, next attempt time, last error, crashes |
 //! | `dead` | (plugin, event id) | [`DeadLetter`]: why the plugin gave up on it |
 //! | `tokens` | member_id | application token learned from `ONAPPINSTALL` |
 //! | `meta` | name | counters (`next_id`) |
@@ -163,6 +163,13 @@ pub fn event(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreE
     Ok(db(table.get(id))?.and_then(|v| EventRecord::decode(v.value())))
 }
 
+/// `plugin`'s pending state of event `id`, if it is pending for it.
+pub fn pending(database: &Database, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(PENDING))?;
+    Ok(db(table.get((plugin, id)))?.map(|v| from_json(v.value())))
+}
+
 /// Up to `limit` of `plugin`'s pending events with ids above `after`, oldest first, each with
 /// its record (`None` if the record is gone or damaged).
 pub fn scan_pending(
@@ -286,10 +293,12 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Moves the event from the plugin's pending rows to its dead letters.
+    /// Moves the event from the plugin's pending rows to its dead letters, unless it is no
+    /// longer pending (an operator skipped it in between: that dead letter stays as it is).
     pub fn bury(&mut self, plugin: &str, id: u64, dead: &DeadLetter) -> Result<(), StoreError> {
-        db(self.pending.remove((plugin, id)))?;
-        db(self.dead.insert((plugin, id), to_json(dead).as_slice()))?;
+        if db(self.pending.remove((plugin, id)))?.is_some() {
+            db(self.dead.insert((plugin, id), to_json(dead).as_slice()))?;
+        }
         Ok(())
     }
 
@@ -424,6 +433,32 @@ pub fn replay(txn: &WriteTransaction, which: &Selection) -> Result<Vec<(String, 
         db(pending.insert((plugin.as_str(), *id), fresh.as_slice()))?;
     }
     Ok(chosen)
+}
+
+/// The reason of a dead letter that `journal skip` made.
+pub const SKIPPED: &str = "skipped by an operator";
+
+/// Moves `plugin`'s pending rows of `ids` to its dead letters (reason [`SKIPPED`]), keeping
+/// their attempt counts; ids without a pending row of the plugin are left alone. Returns the
+/// pairs moved.
+pub fn skip(
+    txn: &WriteTransaction,
+    plugin: &str,
+    ids: &[u64],
+    now_ms: i64,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut pending = db(txn.open_table(PENDING))?;
+    let mut dead = db(txn.open_table(DEAD))?;
+    let mut out = Vec::new();
+    for &id in ids {
+        let Some(row) = db(pending.remove((plugin, id)))? else { continue };
+        let state: Pending = from_json(row.value());
+        drop(row);
+        let letter = DeadLetter { reason: SKIPPED.into(), attempts: state.attempts, at_ms: now_ms };
+        db(dead.insert((plugin, id), to_json(&letter).as_slice()))?;
+        out.push((plugin.to_owned(), id));
+    }
+    Ok(out)
 }
 
 /// Deletes the selected dead letters for good.

@@ -63,9 +63,22 @@ pub enum Command {
     SetState(String, Option<Vec<u8>>, oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// An operator's change to the journal: (plugin, event id) pairs it touched come back.
+/// An operator's change to the journal: (plugin, event id) pairs it touched come back, with
+/// what the consumers must be told about them.
 pub type AdminOp =
-    Box<dyn FnOnce(&WriteTransaction) -> Result<(Vec<(String, u64)>, bool), StoreError> + Send>;
+    Box<dyn FnOnce(&WriteTransaction) -> Result<(Vec<(String, u64)>, Notice), StoreError> + Send>;
+
+/// What an operator's change means to the plugins' consumers and lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Nothing (dead letters purged).
+    Nothing,
+    /// The rows are pending again (replayed): deliver them.
+    Replayed,
+    /// The rows were moved from pending to dead letters (skipped): stop delivering them, also
+    /// when a lane already holds them (read ahead, or waiting out a back-off).
+    Skipped,
+}
 
 /// How an append ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,7 +291,7 @@ enum Reply {
     Append(oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, ()>, Option<DedupKey>),
     Admin(
         oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>,
-        Result<(Vec<(String, u64)>, bool), StoreError>,
+        Result<(Vec<(String, u64)>, Notice), StoreError>,
     ),
     Flush(oneshot::Sender<()>),
     OAuth(oneshot::Sender<Result<(), StoreError>>),
@@ -319,9 +332,9 @@ fn write_batch(
     for command in admin {
         if let Command::Admin { op, reply } = command {
             let result = op(&txn);
-            if let Ok((touched, wake)) = &result {
+            if let Ok((touched, notice)) = &result {
                 durable = true;
-                if *wake {
+                if *notice == Notice::Replayed {
                     for (plugin, id) in touched {
                         shared.replayed(plugin, *id);
                     }
@@ -401,7 +414,14 @@ fn write_batch(
             }
             Reply::Admin(tx, result) => {
                 let result = match &committed {
-                    Ok(()) => result.map(|(touched, _)| touched),
+                    Ok(()) => {
+                        if let Ok((touched, Notice::Skipped)) = &result {
+                            for (plugin, id) in touched {
+                                shared.skipped(plugin, *id);
+                            }
+                        }
+                        result.map(|(touched, _)| touched)
+                    }
                     Err(_) => Err(StoreError::Closed.or_storage(&committed)),
                 };
                 let _ = tx.send(result);

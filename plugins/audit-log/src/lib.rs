@@ -19,22 +19,21 @@ use std::{
     sync::Mutex,
 };
 
-use b24_plugin_api::{
-    Create, Outcome, Plugin, PluginContext, PluginError, ROption, UserFieldEvent, export_plugin,
-};
+use b24_plugin_api::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The plugin's settings.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 struct Settings {
     /// Where to append the lines.
-    #[serde(default = "default_path")]
     path: String,
 }
 
-fn default_path() -> String {
-    "audit.jsonl".to_owned()
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { path: "audit.jsonl".to_owned() }
+    }
 }
 
 /// One line of the audit log.
@@ -61,8 +60,7 @@ pub struct AuditLog {
 
 impl Create for AuditLog {
     fn create(ctx: PluginContext) -> Result<Self, PluginError> {
-        let settings: Settings = toml::from_str(&ctx.settings)
-            .map_err(|e| PluginError::reject(format!("audit-log settings: {e}")))?;
+        let settings: Settings = ctx.settings()?;
         let path = ctx.host.resolve_path(&settings.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -79,11 +77,11 @@ impl Create for AuditLog {
 
 impl Plugin for AuditLog {
     fn on_user_field(&self, event: &UserFieldEvent) -> Result<Outcome, PluginError> {
-        let user = match &event.user {
+        let user = match event.user() {
             // A user's token without `auth[user_id]`: someone, but not user 0.
-            ROption::RSome(_) if event.delivery.user_id_unknown() => "unknown".to_owned(),
-            ROption::RSome(user) => user.user_id.to_string(),
-            ROption::RNone => "system".to_owned(),
+            Some(_) if event.delivery.user_id_unknown() => "unknown".to_owned(),
+            Some(user) => user.user_id.to_string(),
+            None => "system".to_owned(),
         };
         let line = Line {
             event_id: event.delivery.event_id,

@@ -30,9 +30,7 @@ pub mod snapshot;
 
 use std::sync::Mutex;
 
-use b24_plugin_api::{
-    Create, Host, Outcome, Plugin, PluginContext, PluginError, UserFieldEvent, export_plugin,
-};
+use b24_plugin_api::prelude::*;
 use serde::Deserialize;
 
 pub use fetch::{FieldDef, ListValue, Portal};
@@ -41,22 +39,15 @@ pub use snapshot::Snapshot;
 
 /// The plugin's settings, `[plugin.field-registry.settings]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct Settings {
     /// The folder for the snapshots; relative paths are taken against the folder of host.toml.
-    #[serde(default = "default_dir")]
     pub dir: String,
 }
 
-fn default_dir() -> String {
-    "field-registry".to_owned()
-}
-
-impl Settings {
-    /// Parses the settings' TOML text; an empty text gives the defaults. Unknown keys are
-    /// errors that name the key and the known ones.
-    pub fn parse(text: &str) -> Result<Settings, String> {
-        toml::from_str(text).map_err(|e| format!("field-registry settings: {}", e.message()))
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { dir: "field-registry".to_owned() }
     }
 }
 
@@ -68,7 +59,7 @@ pub struct FieldRegistry {
 
 impl Create for FieldRegistry {
     fn create(ctx: PluginContext) -> Result<Self, PluginError> {
-        let settings = Settings::parse(&ctx.settings).map_err(PluginError::reject)?;
+        let settings: Settings = ctx.settings()?;
         if settings.dir.trim().is_empty() {
             return Err(PluginError::reject("field-registry settings: `dir` must not be empty"));
         }
@@ -116,19 +107,7 @@ export_plugin!(FieldRegistry);
 
 #[cfg(test)]
 mod tests {
-    use b24_plugin_api::Plugin;
-
     use super::*;
-
-    #[test]
-    fn settings_default_and_unknown_keys_are_refused() {
-        assert_eq!(Settings::parse("").unwrap().dir, "field-registry");
-        assert_eq!(Settings::parse("dir = \"/var/lib/fr\"").unwrap().dir, "/var/lib/fr");
-        let err = Settings::parse("dir = \"x\"\npath = \"y\"").unwrap_err();
-        assert!(err.contains("unknown field `path`") && err.contains("`dir`"), "{err}");
-        let err = Settings::parse("dir = 3").unwrap_err();
-        assert!(err.starts_with("field-registry settings:"), "{err}");
-    }
 
     #[test]
     fn subscribes_to_user_field_events_one_at_a_time() {

@@ -1,9 +1,6 @@
 //! Helpers of the fake's own unit tests: raw HTTP requests and their answers.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-};
+use std::net::SocketAddr;
 
 use serde_json::Value;
 
@@ -24,7 +21,7 @@ impl Raw {
     }
 }
 
-/// One request on a fresh connection (`Connection: close`), read to the end.
+/// One request on a fresh connection, through the tests' one raw client ([`crate::http`]).
 pub(super) fn send(
     addr: SocketAddr,
     method: &str,
@@ -32,33 +29,15 @@ pub(super) fn send(
     content_type: &str,
     body: &str,
 ) -> Raw {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !content_type.is_empty() {
-        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    let headers: &[(&str, &str)] =
+        if content_type.is_empty() { &[] } else { &[("Content-Type", content_type)] };
+    let r = crate::http::request(&addr.to_string(), method, target, headers, body.as_bytes())
+        .expect("an HTTP answer");
+    Raw {
+        status: r.status,
+        headers: r.headers,
+        json: serde_json::from_str(&r.body).unwrap_or(Value::Null),
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("write head");
-    stream.write_all(body.as_bytes()).expect("write body");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Raw { status, headers, json: serde_json::from_str(body).unwrap_or(Value::Null) }
 }
 
 pub(super) fn post(portal: &FakePortal, method: &str, params: Value) -> Raw {

@@ -12,18 +12,13 @@ use std::{
 
 use crate::support::*;
 
-/// A raw GET with extra header lines; returns (status line and headers, body).
+/// A GET with extra header lines (`Name: value\r\n` each); returns (status line and headers,
+/// body).
 fn get_with(addr: &str, path: &str, headers: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.to_owned(), body.to_owned())
+    let headers: Vec<(&str, &str)> =
+        headers.split("\r\n").filter_map(|line| line.split_once(": ")).collect();
+    let r = b24_tests::http::request(addr, "GET", path, &headers, b"").expect("an HTTP answer");
+    (r.head, r.body)
 }
 
 fn mode(path: &Path) -> u32 {

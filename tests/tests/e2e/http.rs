@@ -25,6 +25,10 @@ fn bad_requests_get_clear_statuses_and_reach_no_plugin() {
     assert_eq!(answer.status, 415, "{}", answer.body);
     let answer = host.request("POST", &path, None, good.as_bytes());
     assert_eq!(answer.status, 415, "{}", answer.body);
+    // A `+json` type names another vocabulary than a Bitrix24 event.
+    let json = r#"{"event": "ONCRMDEALUSERFIELDADD", "data": {"FIELDS": {"ID": "1"}}}"#;
+    let answer = host.request("POST", &path, Some("application/problem+json"), json.as_bytes());
+    assert_eq!(answer.status, 415, "{}", answer.body);
 
     let huge = format!("{good}&data%5Bpad%5D={}", "x".repeat(70_000));
     let answer = host.post_form(&huge);

@@ -168,7 +168,10 @@ fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use
         .replace(
             "abi_stable.workspace = true",
             "abi_stable = { version = \"0.11\", default-features = false }",
-        );
+        )
+        .replace("serde.workspace = true", "serde = { version = \"1\", features = [\"derive\"] }")
+        .replace("serde_ignored.workspace = true", "serde_ignored = \"0.1\"")
+        .replace("toml.workspace = true", "toml = \"0.9\"");
     std::fs::write(api.join("Cargo.toml"), manifest).unwrap();
     let library = author_plugin(work.path(), &api, "other-line-watch");
 

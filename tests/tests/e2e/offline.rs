@@ -91,7 +91,7 @@ fn each_row_reaches_the_plugins_once_across_a_sigkill_between_journal_and_clear(
     let portal = FakePortal::start(PortalOptions::default());
     let dir = offline_host(&portal, 300);
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     // The first clear fails: the batch is journaled but stays reserved on the portal, as if
     // the host had died right after the journal write.
     portal.fail_next_clears(1);
@@ -143,8 +143,8 @@ fn two_hosts_polling_one_portal_split_the_queue_and_lose_nothing() {
     let b = offline_host(&portal, 200);
     let host_a = start(&a);
     let host_b = start(&b);
-    install(&host_a, &portal);
-    install(&host_b, &portal);
+    post_app_install(&host_a, &portal);
+    post_app_install(&host_b, &portal);
     let rows = push_rows(&portal, 40, 1000);
     wait_for("the queue to empty", PATIENCE, || portal.offline_rows().is_empty());
     wait_for("both hosts to deliver", PATIENCE, || {
@@ -170,7 +170,7 @@ fn a_portal_without_safe_mode_falls_back_to_clear_on_read() {
     portal.set_offline_safe_mode(false);
     let dir = offline_host(&portal, 300);
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     let rows = push_rows(&portal, 7, 200);
     wait_for("every row to be delivered", PATIENCE, || delivered(&dir).len() >= rows.len());
     let got: BTreeSet<String> = delivered(&dir).into_iter().collect();
@@ -188,7 +188,7 @@ fn onofflineevent_wakes_the_poller_and_bind_subscribes_offline_events() {
     // Polls once at start, then only every 10 minutes.
     let dir = offline_host(&portal, 600_000);
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     wait_for("the first poll", PATIENCE, || {
         let out = dir.run_cli(&["offline", "status", "--config", "host.toml", "--json"]);
         let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -238,7 +238,7 @@ fn a_clear_whose_reply_is_lost_does_not_stall_the_queue() {
     let portal = FakePortal::start(PortalOptions::default());
     let dir = offline_host(&portal, 200);
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     // The portal deletes the batch but the host never learns it did: it keeps the process_id,
     // under which the portal now holds nothing and reserves nothing new.
     portal.garble_next_clear_replies(1);
@@ -261,7 +261,7 @@ fn a_host_killed_right_after_the_clear_reads_the_queue_again_after_a_restart() {
     let portal = FakePortal::start(PortalOptions::default());
     let dir = offline_host(&portal, 200);
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     // The clear is applied on the portal and its reply held back; the host dies waiting.
     portal.hold_next_clear();
     let first = push_rows(&portal, 3, 500);
@@ -288,7 +288,7 @@ fn an_offline_row_reaches_a_plugin_enabled_by_a_live_reload() {
     let dir = HostDir::new(&["probe", "audit-log"]);
     dir.write_config(&offline_config(&portal, 200, &["audit-log"], "", ""));
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     dir.write_config(&offline_config(&portal, 200, &["audit-log", "probe"], "", ""));
     let reload = host.admin_request("POST", "/reload");
     assert_eq!(reload.status, 200, "{}", reload.body);
@@ -312,7 +312,7 @@ fn offline_bind_subscribes_with_the_portals_connector() {
         "auth_connector = \"b24host\"",
     ));
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     let out = dir.run_cli(&[
         "offline",
         "bind",
@@ -336,7 +336,7 @@ fn a_plugins_own_write_with_the_connector_does_not_come_back_offline() {
     let dir = HostDir::new(&["probe"]);
     dir.write_config(&offline_config(&portal, 200, &["probe"], "", "auth_connector = \"b24host\""));
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     let out = dir.run_cli(&[
         "offline",
         "bind",
@@ -391,7 +391,7 @@ fn a_plan_without_connectors_is_reported_not_taken_for_a_lossy_fallback() {
     let dir = HostDir::new(&["probe"]);
     dir.write_config(&offline_config(&portal, 200, &["probe"], "", "auth_connector = \"b24host\""));
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     wait_for("a poll refused for the connector", PATIENCE, || {
         offline_status(&dir)["last_error"].as_str().is_some_and(|e| e.contains("WRONG_LICENSE"))
     });
@@ -432,7 +432,7 @@ fn a_non_admin_install_is_reported_as_such() {
     portal.set_app_user_admin(false);
     let dir = offline_host(&portal, 200);
     let host = start(&dir);
-    install(&host, &portal);
+    post_app_install(&host, &portal);
     wait_for("a refused poll", PATIENCE, || {
         offline_status(&dir)["last_error"].as_str().is_some_and(|e| e.contains("ACCESS_DENIED"))
     });

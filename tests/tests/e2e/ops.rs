@@ -166,7 +166,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn install(dir: &HostDir, library: &Path) {
+/// Puts `library` in place of the host folder's probe plugin, as a deployment would.
+fn deploy_probe_library(dir: &HostDir, library: &Path) {
     // Replace atomically, as a deployment would (the running host has the old file mapped).
     let target = dir.path().join("plugins").join(plugin_file("probe"));
     let tmp = dir.path().join("plugins").join(".probe.tmp");
@@ -209,7 +210,7 @@ fn a_live_reload_under_load_loses_nothing_and_a_broken_build_leaves_the_old_one_
     };
     std::thread::sleep(Duration::from_millis(600));
     let rss_before = rss_kib(host.pid());
-    install(&dir, &v2);
+    deploy_probe_library(&dir, &v2);
     let reload = host.admin_request("POST", "/reload");
     assert_eq!(reload.status, 200, "{}", reload.body);
     assert!(

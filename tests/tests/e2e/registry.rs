@@ -58,6 +58,9 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
         burst: 12,
         ..PortalOptions::default()
     });
+    // The events name another OAuth server: the host must refresh at rest.oauth_url only, so
+    // the app's client secret never reaches a server an event chose.
+    let elsewhere = FakePortal::start(PortalOptions::default());
     let options = portal.options();
     let dir = HostDir::new(&["field-registry"]);
     dir.write_config(&format!(
@@ -77,14 +80,14 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
         // Fired by automation: no user token, so the host must use the stored OAuth tokens.
         a.system = true;
         a.client_endpoint = Some(portal.client_endpoint());
-        a.server_endpoint = Some(portal.server_endpoint());
+        a.server_endpoint = Some(elsewhere.server_endpoint());
         a.domain = portal.domain();
         let answer = host.post_form(&form(&a));
         assert_eq!(answer.status, 200, "{code}: {answer:?}");
     };
 
     // The app is installed: the host keeps the portal's OAuth pair.
-    install(&host, &portal);
+    post_app_install(&host, &portal);
 
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut live: Vec<(u64, &str, &str, String)> = Vec::new();
@@ -167,6 +170,7 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
 
     let refreshes = portal.refreshes();
     assert_eq!(refreshes.len(), 2, "one refresh per expiry: {refreshes:?}");
+    assert!(elsewhere.requests().is_empty(), "the host asked the event's server_endpoint");
     assert_eq!(
         refreshes[1].0, refreshes[0].1,
         "the second refresh used the first one's new refresh token"

@@ -127,9 +127,9 @@ pub fn start(dir: &HostDir) -> RunningHost {
     dir.start().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Installs the app on `portal` through `host`: an ONAPPINSTALL carrying the portal's first
-/// OAuth pair and endpoints, which the host stores for REST calls.
-pub fn install(host: &RunningHost, portal: &b24_tests::fake_portal::FakePortal) {
+/// Installs the app on `portal` as the portal would: posts to `host` an ONAPPINSTALL carrying
+/// the portal's first OAuth pair and endpoints, which the host stores for REST calls.
+pub fn post_app_install(host: &RunningHost, portal: &b24_tests::fake_portal::FakePortal) {
     let (access, refresh) = portal.initial_oauth();
     let mut a = args("ONAPPINSTALL");
     a.access_token = Some(access);

@@ -6,6 +6,8 @@
 //! - `sleep_ms`: sleep this long in every call (a slow plugin).
 //! - `panic_always`: panic in every call.
 //! - `fail_while`: a file name; while that file exists, every call asks for a retry.
+//! - `shutdown_sleep_ms`: sleep this long in `shutdown` (a plugin that hangs at the end).
+//! - `create_sleep_ms`: sleep this long when created (a plugin that hangs at a reload).
 //!
 //! Commands in the field name of a user-field event:
 //! `PRINT` prints a line on stdout and one on stderr, `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
@@ -46,6 +48,10 @@ struct Settings {
     panic_always: bool,
     #[serde(default)]
     fail_while: Option<String>,
+    #[serde(default)]
+    shutdown_sleep_ms: u64,
+    #[serde(default)]
+    create_sleep_ms: u64,
 }
 
 /// The probe plugin.
@@ -60,6 +66,7 @@ impl Create for Probe {
     fn create(ctx: PluginContext) -> Result<Self, PluginError> {
         let settings: Settings = toml::from_str(&ctx.settings)
             .map_err(|e| PluginError::reject(format!("probe settings: {e}")))?;
+        std::thread::sleep(Duration::from_millis(settings.create_sleep_ms));
         let path = ctx.host.resolve_path(&settings.record);
         let file = OpenOptions::new()
             .create(true)
@@ -176,6 +183,7 @@ impl Plugin for Probe {
 
     fn shutdown(&self) {
         self.record(json!({"kind": "shutdown"}));
+        std::thread::sleep(Duration::from_millis(self.settings.shutdown_sleep_ms));
     }
 }
 

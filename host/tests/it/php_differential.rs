@@ -2,12 +2,10 @@
 //! it): random bodies decoded by `form::parse` and by PHP's `parse_str`, random trees encoded by
 //! `http_build_query` here and in PHP, and a sample checked against the `b24-event` tool itself.
 
-mod common;
-
-use b24_host::decode::{Map, form};
+use crate::common::trees::any_map;
+use crate::common::{php_http_build_query, php_parse_str, require_php, run_tool};
+use b24_host::decode::{Map, form, test_support::PhpJson};
 use b24_host::encode::{http_build_query, urlencode};
-use common::trees::any_map;
-use common::{php_http_build_query, php_parse_str, require_php, run_tool};
 use proptest::prelude::*;
 
 /// Pieces of names and values, raw or percent-encoded, that exercise the decoder's rules.

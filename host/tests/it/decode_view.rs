@@ -1,11 +1,9 @@
 //! The typed view ([`Decoded`]) of real Bitrix24 bodies from `tests/fixtures`, its errors, and
 //! robustness against truncated and arbitrary input.
 
-mod common;
-
+use crate::common::{files_with_ext, fixtures_dir};
 use b24_host::decode::{AuthBlock, BodyFormat, DecodeError, Decoded, EventKind, UserField, decode};
 use b24_plugin_api::{Action, Entity, Secret};
-use common::{files_with_ext, fixtures_dir};
 use proptest::prelude::*;
 
 const TS: i64 = 1_727_018_926;

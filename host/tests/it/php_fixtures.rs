@@ -2,10 +2,8 @@
 //! the fixtures were made (`tests/fixtures/regenerate.sh`), and every JSON payload decodes to
 //! the same tree as the form body PHP encoded from it.
 
-mod common;
-
-use b24_host::decode::{BodyFormat, decode, decode_tree, form, json};
-use common::{files_with_ext, fixtures_dir, stem};
+use crate::common::{files_with_ext, fixtures_dir, stem};
+use b24_host::decode::{BodyFormat, decode, decode_tree, form, json, test_support::PhpJson};
 
 #[test]
 fn forms_decode_like_php() {

@@ -1,11 +1,9 @@
 //! Property tests of the encoder against the decoder: trees that PHP round-trips unchanged come
 //! back unchanged through `http_build_query` + `parse_str`, and through JSON.
 
-mod common;
-
-use b24_host::decode::{form, json};
+use crate::common::trees::php_stable_map;
+use b24_host::decode::{form, json, test_support::PhpJson};
 use b24_host::encode::http_build_query;
-use common::trees::php_stable_map;
 use proptest::prelude::*;
 
 proptest! {
