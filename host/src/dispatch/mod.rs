@@ -3,7 +3,8 @@
 //! supervisor (`crate::supervisor`) starts, swaps and stops the workers.
 //!
 //! - [`convert`]: decoded event -> stable-ABI view.
-//! - [`instance`]: the live plugin instance, re-created after a panic.
+//! - [`instance`]: the live plugin instance, in this process (re-created after a panic) or in
+//!   a runner process (`crate::runner`).
 //! - [`worker`]: ordered delivery, timeouts, retries with back-off, outcomes.
 //! - [`host_services`]: what plugins can ask of the host.
 //! - [`crash`]: poison events: a delivery that ended with a process dying, `max_crashes`.

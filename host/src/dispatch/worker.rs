@@ -1,12 +1,14 @@
 //! A plugin's delivery worker: takes the plugin's pending events from the journal in id
 //! order and hands them to the plugin's own threads (its *lanes*: one, or `concurrency` for a
-//! plugin that declares itself concurrent). A lane calls the plugin directly, waits out the
-//! back-off between attempts, and reports each outcome back: done, failed (kept, with
-//! exponential back-off and jitter) or given up (dead letter).
+//! plugin that declares itself concurrent). A lane calls the plugin (directly, or through its
+//! runner process: one code path either way, see `instance`), waits out the back-off between
+//! attempts, and reports each outcome back: done, failed (kept, with exponential back-off and
+//! jitter), crashed (the runner died: `crash::after_crash` counts it) or given up (dead letter).
 //!
 //! Lanes are long-lived threads fed through a short queue, so a plugin with a backlog is called
 //! back to back: no thread wake-up per call, and the consumer reads ahead while the plugin works.
-//! A watchdog task marks the plugin degraded while a call runs past its timeout.
+//! A watchdog task marks the plugin degraded while a call runs past its timeout, and kills a
+//! runner whose call runs past `kill_after_ms`.
 
 use std::{
     sync::{

@@ -387,9 +387,10 @@ fn supervise(shared: &Arc<Shared>, first: &mpsc::Sender<Result<PluginMeta, Strin
             let _ = call.send(Reply::Died(reason.clone()));
         }
         if shared.stopping.load(Ordering::SeqCst) {
+            // A runner told to stop exits with status 0; anything else is worth keeping.
             shared.set(|s| {
                 s.phase = Phase::Stopped;
-                if !reason.starts_with("exited with status 0") || !stopping {
+                if reason != "exited with status 0" {
                     s.last_exit = Some(reason.clone());
                 }
             });
@@ -742,5 +743,38 @@ fn forward_output(
         });
     if let Err(e) = spawned {
         tracing::error!("cannot read a runner's output: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons_name_the_signal_the_exit_or_the_limit() {
+        let quiet = Notes::default();
+        let signaled = |signal: i32| Some(ExitStatus::from_raw(signal));
+        assert_eq!(describe(signaled(libc::SIGSEGV), None, &quiet), "killed by SIGSEGV");
+        assert_eq!(describe(signaled(libc::SIGABRT), None, &quiet), "aborted (SIGABRT)");
+        assert_eq!(describe(Some(ExitStatus::from_raw(0)), None, &quiet), "exited with status 0");
+        assert_eq!(
+            describe(Some(ExitStatus::from_raw(3 << 8)), None, &quiet),
+            "exited with status 3"
+        );
+        let killed = Some("killed: ran past kill_after_ms".to_owned());
+        assert_eq!(
+            describe(signaled(libc::SIGKILL), killed, &quiet),
+            "killed: ran past kill_after_ms"
+        );
+        let oom = Notes::default();
+        oom.out_of_memory.store(true, Ordering::Relaxed);
+        assert!(describe(signaled(libc::SIGABRT), None, &oom).contains("memory_limit_mb"));
+        let stack = Notes::default();
+        stack.stack_overflow.store(true, Ordering::Relaxed);
+        assert_eq!(
+            describe(signaled(libc::SIGABRT), None, &stack),
+            "aborted (SIGABRT): stack overflow"
+        );
+        assert_eq!(signal_name(64), "signal 64");
     }
 }
