@@ -225,3 +225,45 @@ fn runners_are_processes_of_their_own_that_die_with_the_host() {
     }
     assert!(pids.iter().all(|pid| !alive(*pid)), "a runner outlived the host");
 }
+
+/// The probe's runner pid from `journal stats`.
+fn probe_runner_pid(dir: &HostDir) -> Option<u64> {
+    let stats = dir.journal(&["stats"]);
+    stats["plugins"].as_array()?.iter().find(|p| p["plugin"] == "probe")?["runner"]["pid"].as_u64()
+}
+
+#[test]
+fn a_reload_starts_a_new_runner_and_drains_and_stops_the_old_one() {
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&config(&["probe"], &probe("", "")));
+    let host = start(&dir);
+    assert_eq!(host.post_form(&field_event(1, "UF_CRM_BEFORE")).status, 200);
+    assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["field_id"] == 1).len(), 1);
+    let old = probe_runner_pid(&dir).expect("the probe has a runner");
+
+    // New settings re-create the plugin: in process isolation, in a new runner.
+    dir.write_config(&config(&["probe"], &probe("", "sleep_ms = 1")));
+    let answer = host.admin_request("POST", "/reload");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let shutdown = dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "shutdown");
+    assert_eq!(shutdown.len(), 1, "the old instance was not shut down");
+    let gone = |pid: u64| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z ")
+    };
+    let started = Instant::now();
+    while !gone(old) && started.elapsed() < PATIENCE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(old), "the old runner {old} is still running");
+    let new = probe_runner_pid(&dir).expect("the probe has a new runner");
+    assert_ne!(new, old);
+    assert_eq!(host.post_form(&field_event(2, "UF_CRM_AFTER")).status, 200);
+    assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["field_id"] == 2).len(), 1);
+    // A runner that was told to stop is no crash: no restart counted.
+    let stats = dir.journal(&["stats"]);
+    let probe =
+        stats["plugins"].as_array().unwrap().iter().find(|p| p["plugin"] == "probe").unwrap();
+    assert_eq!(probe["runner"]["restarts"], 0, "{probe}");
+    assert!(host.stop());
+}
