@@ -455,15 +455,20 @@ impl Worker {
         lane: &Lane,
     ) -> Result<Outcome, CallError> {
         let instance = self.instance();
-        let started = Instant::now();
-        lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
+        let mut started = Instant::now();
         let result = match (instance.runner(), instance.current()) {
             // Process isolation: the runner decodes and calls; REST calls it makes come back to
-            // this thread, inside the event's context.
+            // this thread, inside the event's context. The call's clock starts when it is sent:
+            // waiting for a runner to restart is not the plugin's time (nor kill_after_ms's).
             (Some(runner), _) => Ok(rest::context::with(context, || {
-                runner.call(lane.index, envelope, format, attempt, &|| lanes.stopping())
+                let sent = || {
+                    started = Instant::now();
+                    lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
+                };
+                runner.call(lane.index, envelope, format, attempt, &|| lanes.stopping(), sent)
             })),
             (None, Some(plugin)) => {
+                lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
                 // What the plugin prints during the call is logged under its name.
                 let _output = crate::plugin_output::in_plugin(&instance.info().name);
                 // The context tells REST calls made during the call which portal they are for.

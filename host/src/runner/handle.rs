@@ -236,7 +236,7 @@ impl RunnerHandle {
     /// Calls the plugin with `envelope` (body encoded as `format`) for attempt `attempt`, from
     /// host lane `lane`; blocks until the outcome. REST calls the plugin makes meanwhile run on
     /// this thread (in the REST context the caller set). While the runner is restarting the
-    /// call waits for it, unless `stop` says delivery stops.
+    /// call waits for it, unless `stop` says delivery stops; `sent` runs when the call goes out.
     pub fn call(
         &self,
         lane: usize,
@@ -244,6 +244,7 @@ impl RunnerHandle {
         format: Format,
         attempt: u32,
         stop: &dyn Fn() -> bool,
+        sent: impl FnOnce(),
     ) -> Result<Outcome, CallError> {
         let conn = loop {
             if self.shared.stopping.load(Ordering::SeqCst) || stop() {
@@ -268,6 +269,7 @@ impl RunnerHandle {
             source: envelope.source,
             extra: envelope.extra.clone(),
         };
+        sent();
         // A failed write means the runner is dying: its supervisor answers the call.
         let _ = conn.send(&message, &envelope.raw);
         loop {

@@ -127,7 +127,9 @@ fn fault_is_quarantined(command: &str, host_keys: &str, reason: &str) {
         .and_then(|p| p.iter().find(|p| p["plugin"] == "probe"))
         .cloned()
         .unwrap_or_default();
-    assert!(probe_stats["runner"]["restarts"].as_u64().unwrap_or(0) >= 3, "{probe_stats}");
+    // Three deaths, all the poison's: an event that waited for a runner to restart is not
+    // charged the wait (kill_after_ms counts from when the call is sent).
+    assert_eq!(probe_stats["runner"]["restarts"], 3, "{probe_stats}");
     assert!(
         probe_stats["runner"]["last_exit"].as_str().unwrap_or("").contains(reason),
         "{probe_stats}"
@@ -265,5 +267,29 @@ fn a_reload_starts_a_new_runner_and_drains_and_stops_the_old_one() {
     let probe =
         stats["plugins"].as_array().unwrap().iter().find(|p| p["plugin"] == "probe").unwrap();
     assert_eq!(probe["runner"]["restarts"], 0, "{probe}");
+    assert!(host.stop());
+}
+
+#[test]
+fn kill_after_ms_counts_from_when_the_call_is_sent_not_while_it_waits_for_a_restart() {
+    let dir = HostDir::new(&["probe"]);
+    // Every call takes 300 ms, under kill_after_ms; the runner's third restart waits 400 ms.
+    dir.write_config(&config(
+        &["probe"],
+        &probe("max_crashes = 3\nkill_after_ms = 500", "sleep_ms = 300"),
+    ));
+    let host = start(&dir);
+    assert_eq!(host.post_form(&field_event(1, "UF_CRM_LOOP")).status, 200);
+    // Queued behind the poison: it waits for the runner that follows the poison's third death.
+    assert_eq!(host.post_form(&field_event(2, "UF_CRM_INNOCENT")).status, 200);
+    let done = dir.wait_lines("probe.jsonl", 1, FAULT_PATIENCE, |l| l["field_id"] == 2);
+    assert_eq!(done.len(), 1, "the second event never reached the probe");
+    let started = Instant::now();
+    while dir.stats()["probe"] != (0, 0, 1) && started.elapsed() < PATIENCE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(dir.stats()["probe"], (0, 0, 1), "only the poison is a dead letter");
+    let tries = dir.read_lines("probe.jsonl").iter().filter(|l| l["field_id"] == 2).count();
+    assert_eq!(tries, 1, "the innocent event was killed for the time it waited for a runner");
     assert!(host.stop());
 }
