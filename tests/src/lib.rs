@@ -3,6 +3,7 @@
 //! process on port 0, talks plain HTTP/1.1 to it, and reads what the plugins wrote.
 
 pub mod fake_portal;
+pub mod nats;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
