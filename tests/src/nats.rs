@@ -7,6 +7,7 @@
 
 use std::{
     fmt,
+    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -104,8 +105,10 @@ pub fn cluster_or_skip(test: &str, nodes: usize, options: NatsOptions) -> Option
     match NatsCluster::start_with(nodes, options) {
         Ok(cluster) => Some(cluster),
         Err(NatsError::NotFound(why)) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!(
-                "\n==== SKIPPED {test}: {why} ====\n==== (under CI=true this test fails) ====\n"
+            // Straight to the stderr handle: libtest captures `eprintln!`, and a skip must show.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n==== SKIPPED {test}: no nats-server found: {why} ====\n==== (under CI=true this test fails) ====\n"
             );
             None
         }
