@@ -275,3 +275,20 @@ async fn scenario(cluster: &mut NatsCluster) {
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     assert!(doubled.is_empty(), "stored twice despite Nats-Msg-Id: {doubled:?}");
 }
+
+#[test]
+fn one_node_with_sync_always_has_it_in_force_and_restarts_on_its_store() {
+    let Some(mut cluster) = cluster_or_skip(
+        "nats_cluster::one_node_with_sync_always_has_it_in_force_and_restarts_on_its_store",
+        1,
+        NatsOptions { sync_always: true },
+    ) else {
+        return;
+    };
+    let jsz = cluster.monitor(0, "/jsz").expect("/jsz");
+    assert_eq!(jsz["config"]["sync_always"], true, "sync_interval: always is in force: {jsz}");
+    cluster.kill(0);
+    cluster.restart(0).expect("restart on the same store");
+    assert_eq!(cluster.monitor(0, "/jsz").expect("/jsz")["config"]["sync_always"], true);
+    assert_eq!(cluster.urls(), vec![cluster.url(0)]);
+}
