@@ -162,10 +162,33 @@ impl NatsCluster {
 
     /// Starts `nodes` servers configured by `options` and waits until every node is healthy
     /// and (with more than one node) the cluster has a JetStream meta leader.
+    ///
+    /// Ports are picked free and released before the servers bind them, so another process
+    /// may take one in between; a start that fails that way is tried again on new ports.
     pub fn start_with(nodes: usize, options: NatsOptions) -> Result<NatsCluster, NatsError> {
         assert!(nodes >= 1, "a cluster has at least one node");
         let binary = locate_server()?;
         let version = server_version(&binary)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match NatsCluster::try_start(&binary, &version, nodes, options) {
+                Err(NatsError::Start(why))
+                    if tries < 3 && why.contains("address already in use") =>
+                {
+                    continue;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn try_start(
+        binary: &Path,
+        version: &str,
+        nodes: usize,
+        options: NatsOptions,
+    ) -> Result<NatsCluster, NatsError> {
         let dir = tempfile::Builder::new()
             .prefix("b24-nats-")
             .tempdir()
@@ -202,7 +225,12 @@ impl NatsCluster {
             let log = dir.path().join(format!("{name}.log"));
             list.push(Node { name, client_port, http_port, config, log, child: None });
         }
-        let mut cluster = NatsCluster { binary, version, nodes: list, dir };
+        let mut cluster = NatsCluster {
+            binary: binary.to_owned(),
+            version: version.to_owned(),
+            nodes: list,
+            dir,
+        };
         for i in 0..nodes {
             cluster.spawn(i)?;
         }
