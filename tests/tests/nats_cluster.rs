@@ -143,6 +143,7 @@ async fn scenario(cluster: &mut NatsCluster) {
     // Acked-publish latency at R3, IN_FLIGHT publishes pipelined.
     let total = 2000;
     let mut latencies = Vec::with_capacity(total);
+    let mut sequences = BTreeMap::new();
     let mut pending = FuturesUnordered::new();
     let started = Instant::now();
     for i in 0..total {
@@ -154,6 +155,7 @@ async fn scenario(cluster: &mut NatsCluster) {
             let (id, sent_at, ack) = pending.next().await.expect("a pending publish");
             let ack = ack.unwrap_or_else(|e| panic!("{id} not acknowledged: {e}"));
             assert!(!ack.duplicate, "{id} is new, not a duplicate");
+            sequences.insert(id.clone(), ack.sequence);
             latencies.push(sent_at.elapsed());
             acked.insert(id);
         }
@@ -188,6 +190,7 @@ async fn scenario(cluster: &mut NatsCluster) {
     let again =
         js.send_publish(subject(7), message("e-7")).await.expect("send").await.expect("ack");
     assert!(again.duplicate, "the server suppresses a repeated Nats-Msg-Id");
+    assert_eq!(again.sequence, sequences["e-7"], "a duplicate's ack names the original's sequence");
     assert_eq!(events.info().await.expect("info").state.messages, acked.len() as u64);
 
     // SIGKILL the stream leader with publishes in flight, then time the next acknowledged publish.
