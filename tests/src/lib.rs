@@ -4,6 +4,7 @@
 
 pub mod fake_portal;
 pub mod http;
+pub mod nats;
 
 use std::{
     io::{BufRead, BufReader},
