@@ -139,6 +139,10 @@ async fn scenario(cluster: &mut NatsCluster) {
     let client = async_nats::connect(cluster.url(follower)).await.expect("connect to a follower");
     let js = jetstream::ContextBuilder::new().timeout(ACK_TIMEOUT).build(client);
     let mut acked = BTreeSet::new();
+    // A stream just created may not yet be known to the follower's server ("no stream found"
+    // until the leader's interest reaches it): wait until one publish through it is acked.
+    publish_until_acked(&js, 0, "warm-up").await;
+    acked.insert("warm-up".to_owned());
 
     // Acked-publish latency at R3, IN_FLIGHT publishes pipelined.
     let total = 2000;
