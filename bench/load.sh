@@ -54,6 +54,7 @@ TOML
 # Starts a server command in the background; sets PID and URL from its "listening on" line.
 start() {
   rm -rf "$WORK/state" "$WORK"/*.jsonl
+  : > "$WORK/out.txt" # not the previous server's "listening on" line
   (cd "$WORK" && exec "$@" > "$WORK/out.txt" 2> "$WORK/err.txt") &
   PID=$!
   for _ in $(seq 100); do
