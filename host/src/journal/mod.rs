@@ -17,7 +17,7 @@
 //! - [`record`]: the event record (metadata + raw body), a plugin's pending state, a dead
 //!   letter: what a delivery carries and what the admin data shows.
 //! - [`dedup`]: the duplicate key (the same event twice has the same key, whichever host
-//!   accepted it); its in-memory [`dedup::Window`] is the embedded backend's.
+//!   accepted it); keeping the window is each backend's (`embedded::window`).
 //! - [`admin`]: what the `journal` commands show, as plain data.
 
 pub mod admin;

@@ -5,12 +5,14 @@
 //! - [`writer`]: the group-commit thread, the only writer; after a storage error it reopens
 //!   the file ([`Slot`], with back-off) and refuses appends until a test write succeeds.
 //! - [`admin`]: statistics, listings and the operator's changes on the tables.
+//! - [`window`]: the duplicate window the writer checks appends against.
 //!
 //! [`Embedded`], [`Consumer`], [`Reporter`] and [`Stopper`] are what the journal's face
 //! (`journal::Journal` and its namesakes) dispatch to.
 
 pub mod admin;
 pub mod store;
+pub mod window;
 pub mod writer;
 
 use std::{

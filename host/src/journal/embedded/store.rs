@@ -1,5 +1,5 @@
-//! The embedded backend's tables in the redb file, and the reads and writes on them. Both the running
-//! host (through the writer thread) and the offline `journal` commands use these functions.
+//! The embedded backend's tables in the redb file, and the reads and writes on them: writes
+//! only from the writer thread, reads from anyone holding the `Slot`'s current handle.
 //!
 //! | table | key | value |
 //! |---|---|---|

@@ -20,10 +20,11 @@ use tokio::sync::oneshot;
 use super::{
     Shared, Slot,
     store::{self, db},
+    window::{self, Window},
 };
 use crate::journal::{
     Appended, StoreError,
-    dedup::{self, DedupKey, Window},
+    dedup::{self, DedupKey},
     record::{DeadLetter, EventRecord, Pending},
 };
 
@@ -132,7 +133,7 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
     let mut window = Window::new(settings.dedup_window_ms);
     if settings.maintain && window.enabled() {
         let since = crate::journal::now_ms() - settings.dedup_window_ms;
-        if let Ok(recent) = store::recent_events(&database, since, dedup::MAX_KEYS) {
+        if let Ok(recent) = store::recent_events(&database, since, window::MAX_KEYS) {
             for (id, record) in recent.into_iter().rev() {
                 if let Some(key) = dedup::from_hex(&record.meta.dedup_key) {
                     record_key(&mut window, &record, key, id, record.meta.received_at_ms);
