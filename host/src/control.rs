@@ -1,7 +1,10 @@
-//! The control socket (`state_dir/control.sock`): how `b24-host journal ...` reaches a running
-//! host, whose journal file is locked by the host. Requests and answers are
-//! [`admin::Request`]/[`admin::Response`] as JSON over HTTP/1 on a Unix socket, which only
-//! users with access to the state folder can open.
+//! The control protocol and socket (`state_dir/control.sock`): how `b24-host journal ...` and
+//! `b24-host offline ...` reach a running host, whose journal is locked by the host. Requests
+//! and answers are [`Request`]/[`Response`] as JSON over HTTP/1 on a Unix socket, which only
+//! users with access to the state folder can open. The journal answers with plain data
+//! (`journal::admin`); this module wraps it into the protocol, adds what only the running host
+//! knows (runner states, offline pollers) and answers a stopped host's journal too
+//! ([`answer_journal`]).
 
 use std::path::{Path, PathBuf};
 
@@ -13,14 +16,174 @@ use tokio::net::{UnixListener, UnixStream};
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     journal::{
-        Journal,
-        admin::{self, Request as AdminRequest, Response as AdminResponse},
+        Journal, Selection,
+        admin::{DeadRow, EventDetail, EventSummary, PluginStats},
     },
-    offline::Pollers,
+    offline::{Pollers, PortalStatus},
     rest::{EventContext, RestClient},
+    runner::RunnerState,
 };
+
+/// A question or change for the journal, or the offline pollers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "request")]
+pub enum AdminRequest {
+    /// Per-plugin backlog, retrying, dead letters, oldest pending age.
+    Stats {
+        /// The enabled plugins (listed even with nothing pending).
+        enabled: Vec<String>,
+    },
+    /// The newest events.
+    List {
+        /// How many.
+        limit: usize,
+    },
+    /// One event in detail.
+    Show {
+        /// Its id.
+        id: u64,
+    },
+    /// Dead letters.
+    Dead {
+        /// Only this plugin's.
+        plugin: Option<String>,
+    },
+    /// Put dead letters back into delivery.
+    Replay(Selection),
+    /// Delete dead letters.
+    Purge(Selection),
+    /// Move pending events of one plugin to its dead letters ("skipped by an operator").
+    Skip {
+        /// The plugin.
+        plugin: String,
+        /// The event ids.
+        ids: Vec<u64>,
+    },
+    /// Offline pollers' status (running host only).
+    OfflineStatus,
+    /// Subscribe a portal's offline events with `event.bind` (running host only: it has the
+    /// portal's tokens and REST client).
+    OfflineBind {
+        /// The portal's member_id.
+        portal: String,
+        /// Event codes.
+        events: Vec<String>,
+    },
+}
+
+/// One plugin's line of `journal stats`: the journal's numbers and, on a running host in
+/// process isolation, its runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLine {
+    /// The journal's numbers.
+    #[serde(flatten)]
+    pub stats: PluginStats,
+    /// The plugin's runner process (process isolation, running host only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<RunnerState>,
+}
+
+/// The answer to an [`AdminRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "response")]
+pub enum AdminResponse {
+    /// For `Stats`.
+    Stats {
+        /// One entry per plugin.
+        plugins: Vec<PluginLine>,
+        /// Events in the journal.
+        events: u64,
+    },
+    /// For `List`.
+    List {
+        /// Newest first.
+        events: Vec<EventSummary>,
+    },
+    /// For `Show`.
+    Show {
+        /// `None` when there is no such event.
+        event: Option<Box<EventDetail>>,
+    },
+    /// For `Dead`.
+    Dead {
+        /// The dead letters.
+        rows: Vec<DeadRow>,
+    },
+    /// For `Replay` and `Purge`: the (plugin, event id) pairs changed.
+    Changed {
+        /// The pairs.
+        rows: Vec<(String, u64)>,
+    },
+    /// For `Skip`.
+    Skipped {
+        /// The plugin.
+        plugin: String,
+        /// The events moved to its dead letters.
+        skipped: Vec<u64>,
+        /// The ids asked for that had no pending row of the plugin (finished, dead, unknown).
+        not_pending: Vec<u64>,
+    },
+    /// For `OfflineStatus`.
+    Offline {
+        /// One entry per polled portal.
+        portals: Vec<PortalStatus>,
+    },
+    /// For `OfflineBind`: the codes bound.
+    Bound {
+        /// The codes.
+        events: Vec<String>,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Answers a journal request from `journal` (a running host's, or one a command opened while
+/// the host is stopped). The offline requests need the running host: an error here.
+pub async fn answer_journal(journal: &Journal, request: AdminRequest) -> AdminResponse {
+    let fail = |e: crate::journal::StoreError| AdminResponse::Error { message: e.to_string() };
+    match request {
+        AdminRequest::Stats { enabled } => match journal.stats(enabled).await {
+            Ok(stats) => AdminResponse::Stats {
+                plugins: stats
+                    .plugins
+                    .into_iter()
+                    .map(|stats| PluginLine { stats, runner: None })
+                    .collect(),
+                events: stats.events,
+            },
+            Err(e) => fail(e),
+        },
+        AdminRequest::List { limit } => {
+            journal.list(limit).await.map_or_else(fail, |events| AdminResponse::List { events })
+        }
+        AdminRequest::Show { id } => journal
+            .show(id)
+            .await
+            .map_or_else(fail, |event| AdminResponse::Show { event: event.map(Box::new) }),
+        AdminRequest::Dead { plugin } => {
+            journal.dead(plugin).await.map_or_else(fail, |rows| AdminResponse::Dead { rows })
+        }
+        AdminRequest::Replay(which) => {
+            journal.replay(which).await.map_or_else(fail, |rows| AdminResponse::Changed { rows })
+        }
+        AdminRequest::Purge(which) => {
+            journal.purge(which).await.map_or_else(fail, |rows| AdminResponse::Changed { rows })
+        }
+        AdminRequest::Skip { plugin, ids } => journal.skip(plugin, ids).await.map_or_else(fail, |s| {
+            AdminResponse::Skipped { plugin: s.plugin, skipped: s.skipped, not_pending: s.not_pending }
+        }),
+        AdminRequest::OfflineStatus | AdminRequest::OfflineBind { .. } => AdminResponse::Error {
+            message: "the host is not running: offline status and bind need the running host (its pollers, tokens and REST client)".into(),
+        },
+    }
+}
 
 /// The socket's path inside the state folder.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -84,41 +247,20 @@ pub async fn serve(listener: UnixListener, reach: Reach) {
 
 /// Runs one request against the running host.
 async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
-    let journal = &reach.journal;
-    match &request {
-        AdminRequest::OfflineStatus => {
-            return AdminResponse::Offline { portals: reach.pollers.status() };
-        }
-        AdminRequest::OfflineBind { portal, events } => {
-            return bind_offline(reach, portal, events).await;
-        }
-        _ => {}
-    }
-    if let Some(op) = admin::change(&request) {
-        return match journal.admin(op).await {
-            Ok(rows) => admin::changed(&request, rows),
-            Err(e) => AdminResponse::Error { message: e.to_string() },
-        };
-    }
-    let journal = journal.clone();
-    let answer = tokio::task::spawn_blocking(move || match journal.database() {
-        Ok(database) => admin::read(&database, &request),
-        Err(e) => Some(Err(e)),
-    })
-    .await;
-    match answer {
-        Ok(Some(Ok(AdminResponse::Stats { mut plugins, events }))) => {
-            let runners: std::collections::BTreeMap<_, _> =
-                reach.supervisor.runners().into_iter().collect();
-            for p in &mut plugins {
-                p.runner = runners.get(&p.plugin).cloned();
+    match request {
+        AdminRequest::OfflineStatus => AdminResponse::Offline { portals: reach.pollers.status() },
+        AdminRequest::OfflineBind { portal, events } => bind_offline(reach, &portal, &events).await,
+        request => match answer_journal(&reach.journal, request).await {
+            AdminResponse::Stats { mut plugins, events } => {
+                let runners: std::collections::BTreeMap<_, _> =
+                    reach.supervisor.runners().into_iter().collect();
+                for p in &mut plugins {
+                    p.runner = runners.get(&p.stats.plugin).cloned();
+                }
+                AdminResponse::Stats { plugins, events }
             }
-            AdminResponse::Stats { plugins, events }
-        }
-        Ok(Some(Ok(response))) => response,
-        Ok(Some(Err(e))) => AdminResponse::Error { message: e.to_string() },
-        Ok(None) => AdminResponse::Error { message: "unknown request".into() },
-        Err(e) => AdminResponse::Error { message: e.to_string() },
+            other => other,
+        },
     }
 }
 

@@ -5,34 +5,26 @@ use std::process::ExitCode;
 
 use crate::{
     config::Config,
-    control,
-    journal::{
-        self,
-        admin::{self, Request, Response},
-        now_ms,
-        store::{self, StoreError},
-    },
+    control::{self, AdminRequest as Request, AdminResponse as Response},
+    journal::{Journal, StoreError, now_ms},
 };
 
 /// Runs `request` against the journal of `config`'s host and prints the answer.
 pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<ExitCode> {
-    let path = config.state_dir.join(journal::FILE_NAME);
-    let response = if path.exists() {
-        match store::open(&path) {
-            Ok(database) => admin::execute_offline(&database, &request)?,
-            Err(StoreError::InUse { .. }) => {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
-                    anyhow::anyhow!(
-                        "the journal {} is locked by a running host, and {e}",
-                        path.display()
-                    )
-                })?
-            }
-            Err(e) => return Err(e.into()),
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let response = match Journal::open_for_command(&config.state_dir, &config.journal) {
+        Ok((journal, writer)) => {
+            let response = runtime.block_on(control::answer_journal(&journal, request));
+            drop(journal);
+            let _ = writer.join();
+            response
         }
-    } else {
-        anyhow::bail!("no journal at {} (has the host run with this state_dir?)", path.display());
+        Err(StoreError::InUse { path }) => {
+            runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
+                anyhow::anyhow!("the journal {path} is locked by a running host, and {e}")
+            })?
+        }
+        Err(e) => return Err(e.into()),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
@@ -61,9 +53,9 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
             );
             let plugins_runners: Vec<_> = plugins
                 .iter()
-                .filter_map(|p| Some((p.plugin.clone(), p.runner.clone()?)))
+                .filter_map(|p| Some((p.stats.plugin.clone(), p.runner.clone()?)))
                 .collect();
-            for p in plugins {
+            for p in plugins.iter().map(|line| &line.stats) {
                 let oldest = p.oldest_pending_age_ms.map_or("-".to_owned(), age);
                 println!(
                     "{:<24} {:>9} {:>9} {:>7} {:>15}",

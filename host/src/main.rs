@@ -12,7 +12,8 @@ use b24_host::{
     activation,
     cli::{Cli, Command, JournalCommand, LogFormatArg, OfflineCommand},
     config::{Config, LogFormat},
-    journal::{admin::Request, store::Selection},
+    control::AdminRequest as Request,
+    journal::Selection,
     logging, plugin_output, send, server,
 };
 use clap::Parser;

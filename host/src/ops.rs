@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use crate::{
     auth::Verifier,
     config::Config,
-    journal::{Journal, admin},
+    journal::{Journal, admin::Stats},
     metrics::{Metrics, PluginLabel},
     supervisor::{ReloadReport, Supervisor},
 };
@@ -37,8 +37,6 @@ pub struct Ops {
     pub metrics: Arc<Metrics>,
     /// The config file to re-read on reload (`None`: embedded defaults, nothing to re-read).
     pub config_path: Option<PathBuf>,
-    /// The enabled plugins' names, as of the last reload.
-    pub journal_file: PathBuf,
 }
 
 fn text(
@@ -92,12 +90,14 @@ impl Ops {
                     .get(hyper::header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let journal = self.journal.clone();
+                // Every enabled plugin is listed, so a drained backlog reads 0 rather than its
+                // last value.
+                let stats = self.journal.stats(self.supervisor.names()).await.ok();
+                let size = self.journal.size_bytes();
                 let metrics = self.metrics.clone();
-                let file = self.journal_file.clone();
                 let supervisor = self.supervisor.clone();
                 let (body, content_type) = tokio::task::spawn_blocking(move || {
-                    refresh_gauges(&journal, &metrics, &supervisor, &file);
+                    refresh_gauges(stats, size, &metrics, &supervisor);
                     metrics.render_for(accept.as_deref())
                 })
                 .await
@@ -179,23 +179,18 @@ pub enum ReloadOutcome {
     Error(String),
 }
 
-/// Fills the scrape-time gauges from the journal and the supervisor.
+/// Fills the scrape-time gauges from the journal's numbers and the supervisor.
 fn refresh_gauges(
-    journal: &Journal,
+    stats: Option<Stats>,
+    journal_bytes: Option<u64>,
     metrics: &Metrics,
     supervisor: &Supervisor,
-    file: &std::path::Path,
 ) {
     supervisor.export_states();
-    if let Ok(meta) = std::fs::metadata(file) {
-        metrics.journal_bytes.set(meta.len() as i64);
+    if let Some(bytes) = journal_bytes {
+        metrics.journal_bytes.set(bytes as i64);
     }
-    // Every enabled plugin is listed, so a drained backlog reads 0 rather than its last value.
-    let enabled = supervisor.names();
-    if let Ok(database) = journal.database()
-        && let Some(Ok(admin::Response::Stats { plugins, events })) =
-            admin::read(&database, &admin::Request::Stats { enabled })
-    {
+    if let Some(Stats { plugins, events }) = stats {
         metrics.journal_events.set(events as i64);
         for p in plugins {
             let label = PluginLabel { plugin: p.plugin.clone() };

@@ -17,7 +17,7 @@ use crate::{
     control,
     drain::{Drain, Started},
     ingress::Ingress,
-    journal::{self, Journal, StoreError},
+    journal::{Journal, StoreError},
     loader::{self, LoadError, LoadedPlugin},
     metrics::Metrics,
     offline::Pollers,
@@ -121,11 +121,8 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         Ok((now, _)) => tracing::info!(limit = now, "open-file limit"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    let (journal, writer) = Journal::open(
-        &config.state_dir.join(journal::FILE_NAME),
-        &config.journal,
-        &config.plugins.enabled,
-    )?;
+    let (journal, writer) =
+        Journal::open(&config.state_dir, &config.journal, &config.plugins.enabled)?;
     let verifier = Arc::new(
         Verifier::new(&config.auth, &config.rest, journal.learned_tokens()?)
             .map_err(|e| ServeError::Rest(e.to_string()))?,
@@ -222,7 +219,6 @@ impl Prepared {
             journal: journal.clone(),
             metrics,
             config_path: config.source.clone(),
-            journal_file: config.state_dir.join(journal::FILE_NAME),
         };
         let admin = admin.map(|listener| tokio::spawn(ops.clone().serve(listener)));
         let mut http = http1::Builder::new();

@@ -36,9 +36,9 @@ pub use model::{
     DEFAULT_KILL_AFTER, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CRASHES, DEFAULT_PATH, DEFAULT_PLUGIN_TIMEOUT, DEFAULT_PLUGINS_DIR,
     DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_STATE_DIR, Isolation, JournalConfig, LogConfig, LogFormat, MAX_CONCURRENCY, MAX_MILLIS,
-    OfflineConfig, PluginConfig, PluginsConfig, RestConfig, RestPortalConfig, RetryConfig,
-    ServerConfig,
+    DEFAULT_STATE_DIR, Isolation, JournalBackend, JournalConfig, LogConfig, LogFormat,
+    MAX_CONCURRENCY, MAX_MILLIS, OfflineConfig, PluginConfig, PluginsConfig, RestConfig,
+    RestPortalConfig, RetryConfig, ServerConfig,
 };
 
 impl Config {

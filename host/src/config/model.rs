@@ -430,6 +430,8 @@ pub const DEFAULT_REST_BURST: u32 = 50;
 /// The durable journal (`[journal]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
+    /// Which backend holds the journal (`backend`).
+    pub backend: JournalBackend,
     /// How long the group commit waits for more events to share one durable write
     /// (`commit_window_ms`; 0, the default, batches what arrived while the previous write ran).
     pub commit_window: Duration,
@@ -440,6 +442,14 @@ pub struct JournalConfig {
     pub keep_completed_for: Duration,
     /// At most this many completed events are kept (`keep_completed_events`).
     pub keep_completed_events: u64,
+}
+
+/// Where the journal lives (`journal.backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JournalBackend {
+    /// `"embedded"`: a redb file in the state folder, no server needed (the default).
+    #[default]
+    Embedded,
 }
 
 /// Default of `journal.commit_window_ms`.
@@ -456,6 +466,7 @@ pub const MAX_KEEP_COMPLETED_HOURS: u64 = 24 * 366;
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
+            backend: JournalBackend::default(),
             commit_window: DEFAULT_COMMIT_WINDOW,
             dedup_window: DEFAULT_DEDUP_WINDOW,
             keep_completed_for: Duration::from_secs(DEFAULT_KEEP_COMPLETED_HOURS * 3600),

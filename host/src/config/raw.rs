@@ -85,6 +85,7 @@ pub(crate) struct RawAdmin {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawJournal {
+    pub backend: Option<Spanned<String>>,
     pub commit_window_ms: Option<Spanned<Millis>>,
     pub dedup_window_ms: Option<Spanned<Millis>>,
     pub keep_completed_hours: Option<Spanned<Count>>,

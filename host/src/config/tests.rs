@@ -75,6 +75,25 @@ fn unknown_key_at_top_level() {
 }
 
 #[test]
+fn journal_backend_is_embedded_by_default_and_by_name() {
+    assert_eq!(parse("").journal.backend, JournalBackend::Embedded);
+    let config = parse("[journal]\nbackend = \"embedded\"\n");
+    assert_eq!(config.journal.backend, JournalBackend::Embedded);
+}
+
+#[test]
+fn journal_backend_other_than_embedded_is_refused_with_file_line_and_key() {
+    let message = invalid("[journal]\nbackend = \"nats\"\n", 2, 11, "journal.backend");
+    assert!(message.contains("\"nats\" is not built yet"), "{message}");
+    let message = invalid("\n[journal]\nbackend = \"redis\"\n", 3, 11, "journal.backend");
+    assert!(message.contains("unknown backend \"redis\""), "{message}");
+    let e = error("[journal]\nbackend = \"Embedded\"\n");
+    assert!(e.to_string().starts_with("host.toml:2:11: journal.backend: unknown backend"), "{e}");
+    let e = error("[journal]\nbackend = 1\n");
+    assert!(e.to_string().starts_with("host.toml:2:11"), "{e}");
+}
+
+#[test]
 fn journal_keys_are_checked() {
     let e = error("[journal]\ncommit_window_ms = 500\n");
     assert!(

@@ -14,8 +14,9 @@ use b24_plugin_api::Secret;
 use toml::Spanned;
 
 use super::{
-    AuthConfig, Config, ConfigError, Isolation, JournalConfig, LogConfig, LogFormat, PluginConfig,
-    PluginsConfig, RestConfig, RestPortalConfig, RetryConfig, ServerConfig,
+    AuthConfig, Config, ConfigError, Isolation, JournalBackend, JournalConfig, LogConfig,
+    LogFormat, PluginConfig, PluginsConfig, RestConfig, RestPortalConfig, RetryConfig,
+    ServerConfig,
     error::{Source, join_keys},
     model::OfflineConfig,
     model::{
@@ -190,6 +191,20 @@ fn secret(
 
 fn journal(src: &Source<'_>, raw: RawJournal) -> Result<JournalConfig, ConfigError> {
     let mut out = JournalConfig::default();
+    if let Some(backend) = raw.backend {
+        out.backend = match backend.get_ref().as_str() {
+            "embedded" => JournalBackend::Embedded,
+            other => {
+                return Err(src.invalid(
+                    backend.span(),
+                    "journal.backend",
+                    format!(
+                        "unknown backend {other:?}: the only one built is \"embedded\" (\"nats\" is not built yet)"
+                    ),
+                ));
+            }
+        };
+    }
     if let Some(ms) = raw.commit_window_ms {
         out.commit_window = millis(src, &ms, "journal.commit_window_ms", 0)?;
         if out.commit_window > MAX_COMMIT_WINDOW {

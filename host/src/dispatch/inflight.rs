@@ -33,7 +33,7 @@ use memmap2::MmapMut;
 use super::crash::{self, after_crash};
 use crate::{
     config::{Isolation, PluginConfig},
-    journal::{Journal, Reporter, StoreError, store},
+    journal::{Journal, Reporter, StoreError},
     metrics::{Metrics, PluginLabel},
 };
 
@@ -184,10 +184,9 @@ pub async fn recover(
     if ids.is_empty() {
         return Ok(out);
     }
-    let database = journal.database()?;
     let cause = format!("the host died while plugin {plugin} handled it");
     for &id in ids {
-        let Some(pending) = store::pending(&database, plugin, id)? else { continue };
+        let Some(pending) = journal.pending(plugin, id)? else { continue };
         let verdict = after_crash(&pending, &cause, max_crashes);
         let result = match &verdict {
             crash::CrashVerdict::Again(next) => Recovered::Counted { id, crashes: next.crashes },
@@ -198,7 +197,6 @@ pub async fn recover(
         crash::report(reporter, id, verdict);
         out.push(result);
     }
-    drop(database);
     // The count must outlive the next crash, or a poison event would loop for ever.
     journal.flush().await;
     Ok(out)

@@ -1,50 +1,43 @@
 //! The durable journal: the seam between accepting an event and delivering it.
 //!
 //! Ingress [`Journal::append`]s an event; the call returns only once the raw body, its metadata
-//! and one pending row per subscribed plugin are on disk (group commit: concurrent appends
-//! share one fsync). Each plugin's worker reads its own pending rows in id order through a
-//! [`Consumer`] and reports each outcome back: done, failed (kept with its attempt count) or
-//! given up (a dead letter). Nothing is lost on a crash or restart: on start every pending row
-//! is delivered again.
+//! and one pending entry per subscribed plugin are durable. Each plugin's worker reads its own
+//! pending events in id order through a [`Consumer`] and reports each outcome back through a
+//! [`Reporter`]: done, failed (kept with its attempt and crash counts) or given up (a dead
+//! letter). Nothing is lost on a crash or restart: every pending event is delivered again.
+//! The journal also keeps the host's small durable state: learned application tokens, stored
+//! OAuth tokens and named values (the offline pollers' `process_id`).
 //!
-//! - [`record`]: what is stored.
-//! - [`store`]: the redb tables and the reads and writes on them.
-//! - [`writer`]: the group-commit thread.
-//! - [`dedup`]: the duplicate window.
-//! - [`admin`]: what the `journal` commands show and change.
+//! This module is the face every user sees; the backend behind it is chosen by
+//! `[journal] backend` and reached by an enum match, no boxing, per call:
+//!
+//! - [`embedded`]: one redb file, written by a group-commit thread (the default).
+//!
+//! Backend-neutral pieces, shared by every backend:
+//! - [`record`]: the event record (metadata + raw body), a plugin's pending state, a dead
+//!   letter: what a delivery carries and what the admin data shows.
+//! - [`dedup`]: the duplicate key (the same event twice has the same key, whichever host
+//!   accepted it); keeping the window is each backend's (`embedded::window`).
+//! - [`admin`]: what the `journal` commands show, as plain data.
 
 pub mod admin;
 pub mod dedup;
+pub mod embedded;
+mod error;
 pub mod record;
-pub mod store;
-pub mod writer;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
-};
+use std::{path::Path, sync::Arc};
 
 use b24_plugin_api::Secret;
 use bytes::Bytes;
-use redb::Database;
-use tokio::sync::{Notify, oneshot};
 
 use crate::{
-    config::JournalConfig,
+    config::{JournalBackend, JournalConfig},
     decode::{self, BodyFormat, Decoded},
 };
+pub use admin::Selection;
+pub use error::StoreError;
 pub use record::{DeadLetter, EventMeta, EventRecord, Pending, Source};
-pub use store::{Selection, StoreError};
-pub use writer::Appended;
-use writer::Command;
-
-/// The file name of the journal inside the state folder.
-pub const FILE_NAME: &str = "journal.redb";
 
 /// An accepted event as it travels to a plugin.
 #[derive(Debug)]
@@ -61,6 +54,15 @@ pub struct Envelope {
     pub source: Source,
     /// Further delivery facts for the plugins (offline rows: `message_id`, `user_id`).
     pub extra: Vec<(String, String)>,
+}
+
+/// How an append ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Journaled under this id.
+    New(u64),
+    /// The same event was journaled within the duplicate window, under this id.
+    Duplicate(u64),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -94,174 +96,72 @@ fn record(
     }
 }
 
-/// Per-plugin wake-up signals, shared by the writer and the consumers.
-#[derive(Default)]
-pub struct Shared {
-    last_error: Mutex<Option<String>>,
-    plugins: std::sync::RwLock<HashMap<Arc<str>, Arc<Signal>>>,
-    closed: AtomicBool,
-    closing: Notify,
-}
-
-/// One plugin's wake-ups: new rows, dead letters put back into delivery, and pending events an
-/// operator skipped (a lane may hold them already: it drops them at its next look).
-#[derive(Default)]
-struct Signal {
-    notify: Notify,
-    replayed: Mutex<VecDeque<u64>>,
-    skipped: Mutex<std::collections::HashSet<u64>>,
-}
-
-impl Shared {
-    /// Records how the last commit went.
-    fn commit_result(&self, error: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
-    }
-
-    fn signal(&self, plugin: &str) -> Option<Arc<Signal>> {
-        self.plugins.read().unwrap_or_else(|p| p.into_inner()).get(plugin).cloned()
-    }
-
-    /// The signal of `plugin`, created if it is new (a plugin enabled by a reload).
-    fn signal_or_new(&self, plugin: &str) -> Arc<Signal> {
-        if let Some(signal) = self.signal(plugin) {
-            return signal;
-        }
-        let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
-        plugins.entry(Arc::from(plugin)).or_default().clone()
-    }
-
-    fn wake(&self, plugin: &str) {
-        if let Some(signal) = self.signal(plugin) {
-            signal.notify.notify_one();
-        }
-    }
-
-    fn skipped(&self, plugin: &str, id: u64) {
-        if let Some(signal) = self.signal(plugin) {
-            signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
-        }
-    }
-
-    fn replayed(&self, plugin: &str, id: u64) {
-        if let Some(signal) = self.signal(plugin) {
-            signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).push_back(id);
-            signal.notify.notify_one();
-        }
-    }
-}
-
-/// The open database file, which the writer replaces when it reopens the file after a storage
-/// error (redb refuses every write after an I/O error until the file is opened again).
-/// Readers take a handle for the length of one read; while the file is being reopened, or
-/// cannot be, reads fail too.
-pub struct Slot {
-    path: PathBuf,
-    current: std::sync::RwLock<Option<Arc<Database>>>,
-}
-
-impl Slot {
-    /// The open database.
-    pub fn get(&self) -> Result<Arc<Database>, StoreError> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
-            StoreError::Storage("the journal is being reopened after a storage error".into())
-        })
-    }
-
-    /// Closes the file and opens it again. Waits (up to a second) for readers to let go of
-    /// the old handle, whose file lock would refuse the new one.
-    fn reopen(&self) -> Result<Arc<Database>, StoreError> {
-        let old = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut old) = old {
-            let started = std::time::Instant::now();
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(database) => {
-                        drop(database);
-                        break;
-                    }
-                    Err(still) if started.elapsed() > std::time::Duration::from_secs(1) => {
-                        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(still);
-                        return Err(StoreError::Storage(
-                            "the journal is still in use by a reader; reopening later".into(),
-                        ));
-                    }
-                    Err(still) => {
-                        old = still;
-                        std::thread::sleep(std::time::Duration::from_millis(5));
-                    }
-                }
-            }
-        }
-        let database = Arc::new(store::open(&self.path)?);
-        store::probe_write(&database)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(database.clone());
-        Ok(database)
-    }
-}
-
-/// The journal of a running host.
+/// The journal of a running host (or of a `journal` command), whichever backend holds it.
 #[derive(Clone)]
 pub struct Journal {
-    slot: Arc<Slot>,
-    commands: mpsc::Sender<Command>,
-    shared: Arc<Shared>,
+    backend: Backend,
+}
+
+/// The backends. A match per call is all the seam costs.
+#[derive(Clone)]
+enum Backend {
+    Embedded(embedded::Embedded),
 }
 
 impl Journal {
-    /// Opens the journal at `path` for the enabled `plugins` and starts its writer thread.
+    /// Opens the journal of the host whose state folder is `state_dir`, for the enabled
+    /// `plugins`; the thread to join at exit (the embedded backend's writer) comes with it.
     pub fn open(
-        path: &Path,
+        state_dir: &Path,
         config: &JournalConfig,
         plugins: &[String],
     ) -> Result<(Journal, std::thread::JoinHandle<()>), StoreError> {
-        let database = Arc::new(store::open(path)?);
-        let slot = Arc::new(Slot {
-            path: path.to_owned(),
-            current: std::sync::RwLock::new(Some(database)),
-        });
-        let shared = Arc::new(Shared {
-            plugins: std::sync::RwLock::new(
-                plugins.iter().map(|p| (Arc::from(p.as_str()), Arc::default())).collect(),
-            ),
-            ..Shared::default()
-        });
-        let (commands, rx) = mpsc::channel();
-        let settings = writer::Settings {
-            window: config.commit_window,
-            dedup_window_ms: config.dedup_window.as_millis() as i64,
-            keep_for_ms: config.keep_completed_for.as_millis() as i64,
-            keep_max: config.keep_completed_events,
-        };
-        let thread = {
-            let slot = slot.clone();
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("journal-writer".into())
-                .spawn(move || writer::run(slot, rx, settings, shared))
-                .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
-        };
-        Ok((Journal { slot, commands, shared }, thread))
+        match config.backend {
+            JournalBackend::Embedded => {
+                let (journal, thread) = embedded::Embedded::open(state_dir, config, plugins, true)?;
+                Ok((Journal { backend: Backend::Embedded(journal) }, thread))
+            }
+        }
     }
 
-    /// Why the last journal commit failed, if it did (cleared by the next good one).
+    /// Opens the journal for a `journal` command while the host is stopped: it reads and runs
+    /// the operator's changes, nothing else. [`StoreError::InUse`] while a host runs on it
+    /// (ask that host through the control socket), [`StoreError::NotFound`] if there is none.
+    pub fn open_for_command(
+        state_dir: &Path,
+        config: &JournalConfig,
+    ) -> Result<(Journal, std::thread::JoinHandle<()>), StoreError> {
+        match config.backend {
+            JournalBackend::Embedded => {
+                let (journal, thread) = embedded::Embedded::open_for_command(state_dir, config)?;
+                Ok((Journal { backend: Backend::Embedded(journal) }, thread))
+            }
+        }
+    }
+
+    /// Why the last journal write failed, if it did (cleared by the next good one).
     pub fn last_write_error(&self) -> Option<String> {
-        self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        match &self.backend {
+            Backend::Embedded(j) => j.last_write_error(),
+        }
     }
 
-    /// The database, for reads; an error while the writer reopens it after a storage error.
-    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
-        self.slot.get()
+    /// The storage the journal takes on this host, bytes, if it keeps any.
+    pub fn size_bytes(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Embedded(j) => j.size_bytes(),
+        }
     }
 
     /// Learned application tokens.
     pub fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
-        store::learned_tokens(&*self.slot.get()?)
+        match &self.backend {
+            Backend::Embedded(j) => j.learned_tokens(),
+        }
     }
 
     /// Journals `event` (received as `raw` in `format`) for `plugins`, with an optional token
-    /// change, durably. Returns once it is on disk, or says it was a duplicate.
+    /// change, durably. Returns once it is durable, or says it was a duplicate.
     pub async fn append(
         &self,
         raw: Bytes,
@@ -272,9 +172,9 @@ impl Journal {
     ) -> Result<Appended, StoreError> {
         let key = dedup::key(event);
         let record = Box::new(record(raw, format, event, Source::Online, &key, Vec::new()));
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Append { record, plugins, key, token, permanent: false, reply })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Embedded(j) => j.append(record, key, plugins, token, false).await,
+        }
     }
 
     /// Journals a row pulled from a portal's offline queue (`raw` is its JSON payload), keyed by
@@ -290,79 +190,118 @@ impl Journal {
     ) -> Result<Appended, StoreError> {
         let key = dedup::key_of(&[b"offline", event.auth.member_id.as_bytes(), row_key.as_bytes()]);
         let record = Box::new(record(raw, BodyFormat::Json, event, Source::Offline, &key, extra));
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Append { record, plugins, key, token: None, permanent: true, reply })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Embedded(j) => j.append(record, key, plugins, None, true).await,
+        }
     }
 
-    /// Runs an operator's change in the writer's next transaction.
-    pub async fn admin(&self, op: writer::AdminOp) -> Result<Vec<(String, u64)>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Admin { op, reply })?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Stores a portal's OAuth tokens (JSON) durably; returns once they are on disk.
+    /// Stores a portal's OAuth tokens (JSON) durably; returns once they are durable.
     pub async fn save_oauth(&self, member_id: &str, tokens: Vec<u8>) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::SetOAuth(member_id.to_owned(), tokens, reply))?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Sets (`Some`) or removes (`None`) a named state value, durably.
-    pub async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::SetState(name.to_owned(), value, reply))?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// A named state value, if set.
-    pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store::state(&*self.slot.get()?, name)
+        match &self.backend {
+            Backend::Embedded(j) => j.save_oauth(member_id, tokens).await,
+        }
     }
 
     /// A portal's stored OAuth tokens (JSON), if any.
     pub fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store::oauth(&*self.slot.get()?, member_id)
+        match &self.backend {
+            Backend::Embedded(j) => j.oauth(member_id),
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) a named state value, durably.
+    pub async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.set_state(name, value).await,
+        }
+    }
+
+    /// A named state value, if set.
+    pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.state(name),
+        }
+    }
+
+    /// `plugin`'s pending state of event `id`, if the event is pending for it.
+    pub fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.pending(plugin, id),
+        }
     }
 
     /// Waits until everything reported so far is durable.
     pub async fn flush(&self) {
-        let (reply, answer) = oneshot::channel();
-        if self.send(Command::Flush(reply)).is_ok() {
-            let _ = answer.await;
+        match &self.backend {
+            Backend::Embedded(j) => j.flush().await,
         }
-    }
-
-    fn send(&self, command: Command) -> Result<(), StoreError> {
-        self.commands.send(command).map_err(|_| StoreError::Closed)
     }
 
     /// The consumer of `plugin`'s pending events. One per plugin.
     pub fn consumer(&self, plugin: &str) -> Consumer {
-        let name: Arc<str> = Arc::from(plugin);
-        let signal = self.shared.signal_or_new(plugin);
-        Consumer {
-            journal: self.clone(),
-            plugin: name,
-            signal,
-            cursor: 0,
-            buffer: VecDeque::new(),
-            stopped: Arc::new(AtomicBool::new(false)),
+        match &self.backend {
+            Backend::Embedded(j) => Consumer(ConsumerBackend::Embedded(j.consumer(plugin))),
         }
     }
 
     /// Stops handing out events: consumers return `None` from now on.
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        self.shared.closing.notify_waiters();
-        for signal in self.shared.plugins.read().unwrap_or_else(|p| p.into_inner()).values() {
-            signal.notify.notify_one();
+        match &self.backend {
+            Backend::Embedded(j) => j.close(),
         }
     }
 
-    fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::SeqCst)
+    /// Per-plugin backlog, retrying, dead letters and oldest pending age; every plugin of
+    /// `enabled` is listed, also with nothing pending.
+    pub async fn stats(&self, enabled: Vec<String>) -> Result<admin::Stats, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.stats(enabled).await,
+        }
+    }
+
+    /// The newest `limit` events, newest first.
+    pub async fn list(&self, limit: usize) -> Result<Vec<admin::EventSummary>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.list(limit).await,
+        }
+    }
+
+    /// Event `id` in detail (tokens redacted), if there is one.
+    pub async fn show(&self, id: u64) -> Result<Option<admin::EventDetail>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.show(id).await,
+        }
+    }
+
+    /// Dead letters, only `plugin`'s when given.
+    pub async fn dead(&self, plugin: Option<String>) -> Result<Vec<admin::DeadRow>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.dead(plugin).await,
+        }
+    }
+
+    /// Puts the selected dead letters back into delivery (attempts and crashes start again);
+    /// returns the (plugin, event id) pairs replayed.
+    pub async fn replay(&self, which: Selection) -> Result<Vec<(String, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.replay(which).await,
+        }
+    }
+
+    /// Deletes the selected dead letters for good; returns the pairs deleted.
+    pub async fn purge(&self, which: Selection) -> Result<Vec<(String, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.purge(which).await,
+        }
+    }
+
+    /// Moves `plugin`'s pending events `ids` to its dead letters ([`admin::SKIPPED`]); a lane
+    /// holding one drops it ([`Reporter::is_skipped`]).
+    pub async fn skip(&self, plugin: String, ids: Vec<u64>) -> Result<admin::Skipped, StoreError> {
+        let moved = match &self.backend {
+            Backend::Embedded(j) => j.skip(plugin.clone(), ids.clone()).await?,
+        };
+        Ok(admin::Skipped::of(&plugin, &ids, moved))
     }
 }
 
@@ -403,183 +342,134 @@ impl Delivery {
             }),
         }
     }
-}
 
-/// How many pending rows a consumer reads at a time.
-const SCAN_BATCH: usize = 256;
+    /// How the journaled body is encoded (a runner decodes it again on its side).
+    pub fn format(&self) -> record::Format {
+        self.record.meta.format
+    }
+}
 
 /// One plugin's view of the journal: its pending events in id order, then new ones as they
 /// arrive, and dead letters put back by `journal replay`.
-pub struct Consumer {
-    journal: Journal,
-    plugin: Arc<str>,
-    signal: Arc<Signal>,
-    cursor: u64,
-    buffer: VecDeque<Delivery>,
-    stopped: Arc<AtomicBool>,
-}
+pub struct Consumer(ConsumerBackend);
 
-/// Stops one consumer (its plugin was disabled); its events stay in the journal.
-#[derive(Clone)]
-pub struct Stopper {
-    stopped: Arc<AtomicBool>,
-    signal: Arc<Signal>,
-}
-
-impl Stopper {
-    /// The consumer returns `None` from its next `next()` on.
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        self.signal.notify.notify_one();
-    }
-
-    /// Whether the consumer was stopped.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
-    }
+enum ConsumerBackend {
+    Embedded(embedded::Consumer),
 }
 
 impl Consumer {
     /// The plugin's name.
     pub fn plugin(&self) -> &Arc<str> {
-        &self.plugin
+        match &self.0 {
+            ConsumerBackend::Embedded(c) => c.plugin(),
+        }
     }
 
     /// A handle that stops this consumer.
     pub fn stopper(&self) -> Stopper {
-        Stopper { stopped: self.stopped.clone(), signal: self.signal.clone() }
+        match &self.0 {
+            ConsumerBackend::Embedded(c) => Stopper(StopperBackend::Embedded(c.stopper())),
+        }
     }
 
     /// The next event to deliver; `None` once the journal is closed or the consumer stopped.
     pub async fn next(&mut self) -> Option<Delivery> {
-        loop {
-            if self.journal.is_closed() || self.stopped.load(Ordering::SeqCst) {
-                return None;
-            }
-            if let Some(delivery) = self.buffer.pop_front() {
-                return Some(delivery);
-            }
-            let signal = self.signal.clone();
-            let shared = self.journal.shared.clone();
-            let notified = signal.notify.notified();
-            let closing = shared.closing.notified();
-            if let Err(e) = self.fill() {
-                tracing::error!(plugin = %self.plugin, "cannot read the journal: {e}");
-            }
-            if !self.buffer.is_empty() {
-                continue;
-            }
-            tokio::select! {
-                () = notified => {},
-                () = closing => {},
-                // A missed wake-up or a read error costs at most this long.
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
-            }
+        match &mut self.0 {
+            ConsumerBackend::Embedded(c) => c.next().await,
         }
     }
 
-    /// Reads replayed and newly pending events into the buffer.
-    fn fill(&mut self) -> Result<(), StoreError> {
-        let database = self.journal.slot.get()?;
-        let replayed: Vec<u64> =
-            self.signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
-        for id in replayed {
-            if id > self.cursor {
-                continue; // The scan below reaches it anyway.
-            }
-            if let Some(record) = store::event(&database, id)? {
-                self.push(id, Pending::default(), Some(record));
-            }
-        }
-        let rows = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)?;
-        for (id, pending, record) in rows {
-            self.cursor = id;
-            self.push(id, pending, record);
-        }
-        Ok(())
-    }
-
-    fn push(&mut self, id: u64, pending: Pending, record: Option<EventRecord>) {
-        match record {
-            Some(record) => self.buffer.push_back(Delivery { id, pending, record }),
-            None => self.bury(
-                id,
-                DeadLetter {
-                    reason: "the journal record is missing or damaged".into(),
-                    attempts: pending.attempts,
-                    at_ms: now_ms(),
-                },
-            ),
-        }
-    }
-
-    /// A handle to report outcomes with, usable from other tasks.
+    /// A handle to report outcomes with, usable from other tasks and threads.
     pub fn reporter(&self) -> Reporter {
-        Reporter {
-            journal: self.journal.clone(),
-            plugin: self.plugin.clone(),
-            signal: self.signal.clone(),
+        match &self.0 {
+            ConsumerBackend::Embedded(c) => Reporter(ReporterBackend::Embedded(c.reporter())),
+        }
+    }
+}
+
+/// Stops one consumer (its plugin was disabled); its events stay in the journal.
+#[derive(Clone)]
+pub struct Stopper(StopperBackend);
+
+#[derive(Clone)]
+enum StopperBackend {
+    Embedded(embedded::Stopper),
+}
+
+impl Stopper {
+    /// The consumer returns `None` from its next `next()` on.
+    pub fn stop(&self) {
+        match &self.0 {
+            StopperBackend::Embedded(s) => s.stop(),
         }
     }
 
-    fn bury(&self, id: u64, dead: DeadLetter) {
-        self.reporter().bury(id, dead);
+    /// Whether the consumer was stopped.
+    pub fn is_stopped(&self) -> bool {
+        match &self.0 {
+            StopperBackend::Embedded(s) => s.is_stopped(),
+        }
     }
 }
 
 /// Reports one plugin's outcomes to the journal.
 #[derive(Clone)]
-pub struct Reporter {
-    journal: Journal,
-    plugin: Arc<str>,
-    signal: Arc<Signal>,
+pub struct Reporter(ReporterBackend);
+
+#[derive(Clone)]
+enum ReporterBackend {
+    Embedded(embedded::Reporter),
 }
 
 impl Reporter {
     /// Resolves once the journal is closing (the host is shutting down).
     pub async fn closed(&self) {
-        let closing = self.journal.shared.closing.notified();
-        if self.journal.is_closed() {
-            return;
+        match &self.0 {
+            ReporterBackend::Embedded(r) => r.closed().await,
         }
-        closing.await;
     }
 
     /// Whether the journal is closing.
     pub fn is_closed(&self) -> bool {
-        self.journal.is_closed()
+        match &self.0 {
+            ReporterBackend::Embedded(r) => r.is_closed(),
+        }
     }
 
     /// Whether an operator skipped event `id` (`journal skip`) since it was read: it is a dead
     /// letter now, so stop delivering it (a process-mode plugin stuck on it can be killed).
     pub fn is_skipped(&self, id: u64) -> bool {
-        self.signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+        match &self.0 {
+            ReporterBackend::Embedded(r) => r.is_skipped(id),
+        }
     }
 
     /// [`Reporter::is_skipped`], and forgets it: for the lane that drops the event.
     pub fn take_skipped(&self, id: u64) -> bool {
-        self.signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
+        match &self.0 {
+            ReporterBackend::Embedded(r) => r.take_skipped(id),
+        }
     }
 
     /// The plugin finished event `id` (done or skipped).
     pub fn complete(&self, id: u64) {
-        let _ = self.journal.send(Command::Complete(self.plugin.clone(), id));
+        match &self.0 {
+            ReporterBackend::Embedded(r) => r.complete(id),
+        }
     }
 
-    /// An attempt failed; remember the attempt count and the next attempt's time.
+    /// An attempt failed (or its process crashed); remember the attempt and crash counts and
+    /// the next attempt's time.
     pub fn update(&self, id: u64, state: Pending) {
-        let _ = self.journal.send(Command::Update(self.plugin.clone(), id, state));
+        match &self.0 {
+            ReporterBackend::Embedded(r) => r.update(id, state),
+        }
     }
 
-    /// The plugin gave up on event `id`.
+    /// The plugin gave up on event `id`: a dead letter.
     pub fn bury(&self, id: u64, dead: DeadLetter) {
-        let _ = self.journal.send(Command::Bury(self.plugin.clone(), id, dead));
-    }
-}
-
-impl Delivery {
-    /// How the journaled body is encoded (a runner decodes it again on its side).
-    pub fn format(&self) -> record::Format {
-        self.record.meta.format
+        match &self.0 {
+            ReporterBackend::Embedded(r) => r.bury(id, dead),
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The journal's tables in the redb file, and the reads and writes on them. Both the running
-//! host (through the writer thread) and the offline `journal` commands use these functions.
+//! The embedded backend's tables in the redb file, and the reads and writes on them: writes
+//! only from the writer thread, reads from anyone holding the `Slot`'s current handle.
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -23,7 +23,11 @@ use redb::{
     WriteTransaction,
 };
 
-use super::record::{DeadLetter, EventRecord, Pending, from_json, to_json};
+use crate::journal::{
+    StoreError,
+    admin::{SKIPPED, Selection},
+    record::{DeadLetter, EventRecord, Pending, from_json, to_json},
+};
 
 /// Event id -> record.
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -42,26 +46,6 @@ pub const OFFLINE_SEEN: TableDefinition<&[u8], u64> = TableDefinition::new("offl
 pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// member_id -> the portal's OAuth tokens (JSON), for REST calls on its behalf.
 pub const OAUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth");
-
-/// The journal file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Another process has the file open: a running host.
-    #[error("the journal {path} is in use by another process (a running host)")]
-    InUse {
-        /// The file.
-        path: String,
-    },
-    /// Any other storage failure (disk full, permissions, damage).
-    #[error("journal storage failed: {0}")]
-    Db(#[from] redb::Error),
-    /// The writer thread is gone.
-    #[error("the journal is closed")]
-    Closed,
-    /// A storage failure reported to several waiters (the original error stays in the log).
-    #[error("{0}")]
-    Storage(String),
-}
 
 /// Shorthand: a redb result into a store result.
 pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError> {
@@ -344,8 +328,9 @@ impl<'txn> Tables<'txn> {
             let record = EventRecord::decode(v.value());
             let old = record.as_ref().is_none_or(|r| now_ms - r.meta.received_at_ms > keep_for_ms);
             if old || complete > keep_max {
-                if let Some(r) = record.filter(|r| r.meta.source == super::record::Source::Offline)
-                    && let Some(key) = super::dedup::from_hex(&r.meta.dedup_key)
+                if let Some(r) =
+                    record.filter(|r| r.meta.source == crate::journal::record::Source::Offline)
+                    && let Some(key) = crate::journal::dedup::from_hex(&r.meta.dedup_key)
                 {
                     offline_keys.push(key);
                 }
@@ -390,22 +375,6 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-/// Which dead letters an admin command applies to.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Selection {
-    /// Only this plugin's (all plugins when `None`).
-    pub plugin: Option<String>,
-    /// Only these event ids (all when empty).
-    pub ids: Vec<u64>,
-}
-
-impl Selection {
-    fn matches(&self, plugin: &str, id: u64) -> bool {
-        self.plugin.as_deref().is_none_or(|p| p == plugin)
-            && (self.ids.is_empty() || self.ids.contains(&id))
-    }
-}
-
 fn selected_dead(
     txn: &WriteTransaction,
     which: &Selection,
@@ -434,9 +403,6 @@ pub fn replay(txn: &WriteTransaction, which: &Selection) -> Result<Vec<(String, 
     }
     Ok(chosen)
 }
-
-/// The reason of a dead letter that `journal skip` made.
-pub const SKIPPED: &str = "skipped by an operator";
 
 /// Moves `plugin`'s pending rows of `ids` to its dead letters (reason [`SKIPPED`]), keeping
 /// their attempt counts; ids without a pending row of the plugin are left alone. Returns the

@@ -19,9 +19,13 @@ use tokio::sync::oneshot;
 
 use super::{
     Shared, Slot,
-    dedup::{DedupKey, Window},
+    store::{self, db},
+    window::{self, Window},
+};
+use crate::journal::{
+    Appended, StoreError,
+    dedup::{self, DedupKey},
     record::{DeadLetter, EventRecord, Pending},
-    store::{self, StoreError, db},
 };
 
 /// What the writer is asked to do.
@@ -80,15 +84,6 @@ pub enum Notice {
     Skipped,
 }
 
-/// How an append ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    /// Journaled under this id.
-    New(u64),
-    /// The same event was journaled within the duplicate window, under this id.
-    Duplicate(u64),
-}
-
 /// The writer's settings.
 pub struct Settings {
     /// How long a batch waits for more commands after its first.
@@ -99,6 +94,10 @@ pub struct Settings {
     pub keep_for_ms: i64,
     /// ... and at most this many.
     pub keep_max: u64,
+    /// Whether this writer keeps the journal tidy (loads the duplicate window, prunes). Off
+    /// when a `journal` command opened the file of a stopped host: it only reads and runs
+    /// operators' changes.
+    pub maintain: bool,
 }
 
 /// The largest batch; beyond it a batch commits without waiting for its window.
@@ -132,18 +131,18 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
     let Ok(database) = slot.get() else { return };
     let mut next_id = store::next_id(&database).unwrap_or(1);
     let mut window = Window::new(settings.dedup_window_ms);
-    if window.enabled() {
+    if settings.maintain && window.enabled() {
         let since = crate::journal::now_ms() - settings.dedup_window_ms;
-        if let Ok(recent) = store::recent_events(&database, since, super::dedup::MAX_KEYS) {
+        if let Ok(recent) = store::recent_events(&database, since, window::MAX_KEYS) {
             for (id, record) in recent.into_iter().rev() {
-                if let Some(key) = super::dedup::from_hex(&record.meta.dedup_key) {
+                if let Some(key) = dedup::from_hex(&record.meta.dedup_key) {
                     record_key(&mut window, &record, key, id, record.meta.received_at_ms);
                 }
             }
         }
     }
     // Start from a tidy journal: what became prunable while the host was down goes now.
-    while prune(&database, &settings) {}
+    while settings.maintain && prune(&database, &settings) {}
     drop(database);
     let mut pruning = false;
     let mut next_prune = Instant::now() + PRUNE_EVERY;
@@ -181,6 +180,7 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
         }
         let Some(first) = first else {
             if broken.is_none()
+                && settings.maintain
                 && Instant::now() >= next_prune
                 && let Ok(database) = slot.get()
             {
@@ -221,7 +221,8 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
         // deletes up to about twice what it adds, in the same transaction: pruning keeps pace
         // with the load without pauses of its own. With nothing to prune this costs a few
         // look-ups.
-        let prune_budget = (pruning || appends > 0).then_some(2 * appends + 64);
+        let prune_budget =
+            (settings.maintain && (pruning || appends > 0)).then_some(2 * appends + 64);
         let (pruned, failed) = write_batch(
             &database,
             batch,
@@ -248,6 +249,7 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
         // requests waiting for the next batch, so under load it only runs when the batches are
         // not pruning (a stream of outcomes alone, say), and at most every PRUNE_EVERY.
         if !pruning
+            && settings.maintain
             && Instant::now() >= next_prune
             && let Ok(database) = slot.get()
         {
@@ -534,7 +536,7 @@ fn apply(
 /// Records an accepted event's key in the duplicate window; a lifecycle event (install,
 /// uninstall) also ends its portal's previous cycle there.
 fn record_key(window: &mut Window, record: &EventRecord, key: DedupKey, id: u64, at: i64) {
-    if super::dedup::is_lifecycle(&record.meta.code) {
+    if dedup::is_lifecycle(&record.meta.code) {
         window.insert_lifecycle(&record.meta.member_id, key, id, at);
     } else {
         window.insert(key, id, at);

@@ -1,0 +1,530 @@
+//! The embedded backend: one redb file in the state folder (`journal.redb`), written by one
+//! group-commit thread. The default: it needs no server.
+//!
+//! - [`store`]: the redb tables and the reads and writes on them.
+//! - [`writer`]: the group-commit thread, the only writer; after a storage error it reopens
+//!   the file ([`Slot`], with back-off) and refuses appends until a test write succeeds.
+//! - [`admin`]: statistics, listings and the operator's changes on the tables.
+//! - [`window`]: the duplicate window the writer checks appends against.
+//!
+//! [`Embedded`], [`Consumer`], [`Reporter`] and [`Stopper`] are what the journal's face
+//! (`journal::Journal` and its namesakes) dispatch to.
+
+pub mod admin;
+pub mod store;
+pub mod window;
+pub mod writer;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+};
+
+use b24_plugin_api::Secret;
+use redb::Database;
+use tokio::sync::{Notify, oneshot};
+
+use super::{
+    Appended, Delivery, StoreError,
+    admin::{DeadRow, EventDetail, EventSummary, Selection, Stats},
+    dedup::DedupKey,
+    now_ms,
+    record::{DeadLetter, EventRecord, Pending},
+};
+use crate::config::JournalConfig;
+use writer::Command;
+
+/// The file name of the journal inside the state folder.
+pub const FILE_NAME: &str = "journal.redb";
+
+/// Per-plugin wake-up signals, shared by the writer and the consumers.
+#[derive(Default)]
+pub struct Shared {
+    last_error: Mutex<Option<String>>,
+    plugins: std::sync::RwLock<HashMap<Arc<str>, Arc<Signal>>>,
+    closed: AtomicBool,
+    closing: Notify,
+}
+
+/// One plugin's wake-ups: new rows, dead letters put back into delivery, and pending events an
+/// operator skipped (a lane may hold them already: it drops them at its next look).
+#[derive(Default)]
+pub struct Signal {
+    notify: Notify,
+    replayed: Mutex<VecDeque<u64>>,
+    skipped: Mutex<HashSet<u64>>,
+}
+
+impl Shared {
+    /// Records how the last commit went.
+    fn commit_result(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    fn signal(&self, plugin: &str) -> Option<Arc<Signal>> {
+        self.plugins.read().unwrap_or_else(|p| p.into_inner()).get(plugin).cloned()
+    }
+
+    /// The signal of `plugin`, created if it is new (a plugin enabled by a reload).
+    fn signal_or_new(&self, plugin: &str) -> Arc<Signal> {
+        if let Some(signal) = self.signal(plugin) {
+            return signal;
+        }
+        let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
+        plugins.entry(Arc::from(plugin)).or_default().clone()
+    }
+
+    fn wake(&self, plugin: &str) {
+        if let Some(signal) = self.signal(plugin) {
+            signal.notify.notify_one();
+        }
+    }
+
+    fn skipped(&self, plugin: &str, id: u64) {
+        if let Some(signal) = self.signal(plugin) {
+            signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        }
+    }
+
+    fn replayed(&self, plugin: &str, id: u64) {
+        if let Some(signal) = self.signal(plugin) {
+            signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).push_back(id);
+            signal.notify.notify_one();
+        }
+    }
+}
+
+/// The open database file, which the writer replaces when it reopens the file after a storage
+/// error (redb refuses every write after an I/O error until the file is opened again).
+/// Readers take a handle for the length of one read; while the file is being reopened, or
+/// cannot be, reads fail too.
+pub struct Slot {
+    path: PathBuf,
+    current: std::sync::RwLock<Option<Arc<Database>>>,
+}
+
+impl Slot {
+    /// The open database.
+    pub fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
+            StoreError::Storage("the journal is being reopened after a storage error".into())
+        })
+    }
+
+    /// Closes the file and opens it again. Waits (up to a second) for readers to let go of
+    /// the old handle, whose file lock would refuse the new one.
+    fn reopen(&self) -> Result<Arc<Database>, StoreError> {
+        let old = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut old) = old {
+            let started = std::time::Instant::now();
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(database) => {
+                        drop(database);
+                        break;
+                    }
+                    Err(still) if started.elapsed() > std::time::Duration::from_secs(1) => {
+                        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(still);
+                        return Err(StoreError::Storage(
+                            "the journal is still in use by a reader; reopening later".into(),
+                        ));
+                    }
+                    Err(still) => {
+                        old = still;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        let database = Arc::new(store::open(&self.path)?);
+        store::probe_write(&database)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(database.clone());
+        Ok(database)
+    }
+}
+
+/// The embedded journal of a running host (or of a `journal` command on a stopped one).
+#[derive(Clone)]
+pub struct Embedded {
+    slot: Arc<Slot>,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Embedded {
+    /// Opens the journal in `state_dir` for the enabled `plugins` and starts its writer
+    /// thread; `maintain`: see [`writer::Settings::maintain`].
+    pub fn open(
+        state_dir: &Path,
+        config: &JournalConfig,
+        plugins: &[String],
+        maintain: bool,
+    ) -> Result<(Embedded, std::thread::JoinHandle<()>), StoreError> {
+        let path = state_dir.join(FILE_NAME);
+        let database = Arc::new(store::open(&path)?);
+        let slot = Arc::new(Slot { path, current: std::sync::RwLock::new(Some(database)) });
+        let shared = Arc::new(Shared {
+            plugins: std::sync::RwLock::new(
+                plugins.iter().map(|p| (Arc::from(p.as_str()), Arc::default())).collect(),
+            ),
+            ..Shared::default()
+        });
+        let (commands, rx) = mpsc::channel();
+        let settings = writer::Settings {
+            window: config.commit_window,
+            dedup_window_ms: config.dedup_window.as_millis() as i64,
+            keep_for_ms: config.keep_completed_for.as_millis() as i64,
+            keep_max: config.keep_completed_events,
+            maintain,
+        };
+        let thread = {
+            let slot = slot.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("journal-writer".into())
+                .spawn(move || writer::run(slot, rx, settings, shared))
+                .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
+        };
+        Ok((Embedded { slot, commands, shared }, thread))
+    }
+
+    /// Opens the journal of a stopped host for a `journal` command: [`StoreError::InUse`]
+    /// when a running host holds it, [`StoreError::NotFound`] when there is none.
+    pub fn open_for_command(
+        state_dir: &Path,
+        config: &JournalConfig,
+    ) -> Result<(Embedded, std::thread::JoinHandle<()>), StoreError> {
+        let path = state_dir.join(FILE_NAME);
+        if !path.exists() {
+            return Err(StoreError::NotFound { path: path.display().to_string() });
+        }
+        Embedded::open(state_dir, config, &[], false)
+    }
+
+    /// Why the last journal commit failed, if it did (cleared by the next good one).
+    pub fn last_write_error(&self) -> Option<String> {
+        self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The journal file's size.
+    pub fn size_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.slot.path).ok().map(|m| m.len())
+    }
+
+    /// Learned application tokens.
+    pub fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
+        store::learned_tokens(&*self.slot.get()?)
+    }
+
+    /// See `Journal::append`: the record and its key are made by the face.
+    pub async fn append(
+        &self,
+        record: Box<EventRecord>,
+        key: DedupKey,
+        plugins: Vec<Arc<str>>,
+        token: Option<(String, Option<Secret>)>,
+        permanent: bool,
+    ) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Append { record, plugins, key, token, permanent, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs an operator's change in the writer's next transaction.
+    async fn change(&self, op: writer::AdminOp) -> Result<Vec<(String, u64)>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Admin { op, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Puts the selected dead letters back into delivery.
+    pub async fn replay(&self, which: Selection) -> Result<Vec<(String, u64)>, StoreError> {
+        self.change(admin::replay(which)).await
+    }
+
+    /// Deletes the selected dead letters.
+    pub async fn purge(&self, which: Selection) -> Result<Vec<(String, u64)>, StoreError> {
+        self.change(admin::purge(which)).await
+    }
+
+    /// Moves `plugin`'s pending `ids` to its dead letters.
+    pub async fn skip(
+        &self,
+        plugin: String,
+        ids: Vec<u64>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.change(admin::skip(plugin, ids)).await
+    }
+
+    /// Runs a read on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let slot = self.slot.clone();
+        tokio::task::spawn_blocking(move || read(&*slot.get()?))
+            .await
+            .map_err(|e| StoreError::Storage(e.to_string()))?
+    }
+
+    /// Per-plugin numbers.
+    pub async fn stats(&self, enabled: Vec<String>) -> Result<Stats, StoreError> {
+        self.read(move |database| admin::stats(database, &enabled)).await
+    }
+
+    /// The newest events.
+    pub async fn list(&self, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
+        self.read(move |database| admin::list(database, limit)).await
+    }
+
+    /// One event in detail.
+    pub async fn show(&self, id: u64) -> Result<Option<EventDetail>, StoreError> {
+        self.read(move |database| admin::show(database, id)).await
+    }
+
+    /// Dead letters.
+    pub async fn dead(&self, plugin: Option<String>) -> Result<Vec<DeadRow>, StoreError> {
+        self.read(move |database| admin::dead(database, plugin.as_deref())).await
+    }
+
+    /// Stores a portal's OAuth tokens (JSON) durably; returns once they are on disk.
+    pub async fn save_oauth(&self, member_id: &str, tokens: Vec<u8>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SetOAuth(member_id.to_owned(), tokens, reply))?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Sets (`Some`) or removes (`None`) a named state value, durably.
+    pub async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SetState(name.to_owned(), value, reply))?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A named state value, if set.
+    pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        store::state(&*self.slot.get()?, name)
+    }
+
+    /// A portal's stored OAuth tokens (JSON), if any.
+    pub fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        store::oauth(&*self.slot.get()?, member_id)
+    }
+
+    /// `plugin`'s pending state of event `id`, if it is pending for it.
+    pub fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
+        store::pending(&*self.slot.get()?, plugin, id)
+    }
+
+    /// Waits until everything reported so far is durable.
+    pub async fn flush(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Flush(reply)).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.commands.send(command).map_err(|_| StoreError::Closed)
+    }
+
+    /// The consumer of `plugin`'s pending events. One per plugin.
+    pub fn consumer(&self, plugin: &str) -> Consumer {
+        let name: Arc<str> = Arc::from(plugin);
+        let signal = self.shared.signal_or_new(plugin);
+        Consumer {
+            journal: self.clone(),
+            plugin: name,
+            signal,
+            cursor: 0,
+            buffer: VecDeque::new(),
+            stopped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Stops handing out events: consumers return `None` from now on.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.closing.notify_waiters();
+        for signal in self.shared.plugins.read().unwrap_or_else(|p| p.into_inner()).values() {
+            signal.notify.notify_one();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// How many pending rows a consumer reads at a time.
+const SCAN_BATCH: usize = 256;
+
+/// One plugin's view of the journal: its pending events in id order, then new ones as they
+/// arrive, and dead letters put back by `journal replay`.
+pub struct Consumer {
+    journal: Embedded,
+    plugin: Arc<str>,
+    signal: Arc<Signal>,
+    cursor: u64,
+    buffer: VecDeque<Delivery>,
+    stopped: Arc<AtomicBool>,
+}
+
+/// Stops one consumer (its plugin was disabled); its events stay in the journal.
+#[derive(Clone)]
+pub struct Stopper {
+    stopped: Arc<AtomicBool>,
+    signal: Arc<Signal>,
+}
+
+impl Stopper {
+    /// The consumer returns `None` from its next `next()` on.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.signal.notify.notify_one();
+    }
+
+    /// Whether the consumer was stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+impl Consumer {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &Arc<str> {
+        &self.plugin
+    }
+
+    /// A handle that stops this consumer.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { stopped: self.stopped.clone(), signal: self.signal.clone() }
+    }
+
+    /// The next event to deliver; `None` once the journal is closed or the consumer stopped.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if self.journal.is_closed() || self.stopped.load(Ordering::SeqCst) {
+                return None;
+            }
+            if let Some(delivery) = self.buffer.pop_front() {
+                return Some(delivery);
+            }
+            let signal = self.signal.clone();
+            let shared = self.journal.shared.clone();
+            let notified = signal.notify.notified();
+            let closing = shared.closing.notified();
+            if let Err(e) = self.fill() {
+                tracing::error!(plugin = %self.plugin, "cannot read the journal: {e}");
+            }
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                () = notified => {},
+                () = closing => {},
+                // A missed wake-up or a read error costs at most this long.
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+            }
+        }
+    }
+
+    /// Reads replayed and newly pending events into the buffer.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let database = self.journal.slot.get()?;
+        let replayed: Vec<u64> =
+            self.signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for id in replayed {
+            if id > self.cursor {
+                continue; // The scan below reaches it anyway.
+            }
+            if let Some(record) = store::event(&database, id)? {
+                self.push(id, Pending::default(), Some(record));
+            }
+        }
+        let rows = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)?;
+        for (id, pending, record) in rows {
+            self.cursor = id;
+            self.push(id, pending, record);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, id: u64, pending: Pending, record: Option<EventRecord>) {
+        match record {
+            Some(record) => self.buffer.push_back(Delivery { id, pending, record }),
+            None => self.reporter().bury(
+                id,
+                DeadLetter {
+                    reason: "the journal record is missing or damaged".into(),
+                    attempts: pending.attempts,
+                    at_ms: now_ms(),
+                },
+            ),
+        }
+    }
+
+    /// A handle to report outcomes with, usable from other tasks.
+    pub fn reporter(&self) -> Reporter {
+        Reporter {
+            journal: self.journal.clone(),
+            plugin: self.plugin.clone(),
+            signal: self.signal.clone(),
+        }
+    }
+}
+
+/// Reports one plugin's outcomes to the journal.
+#[derive(Clone)]
+pub struct Reporter {
+    journal: Embedded,
+    plugin: Arc<str>,
+    signal: Arc<Signal>,
+}
+
+impl Reporter {
+    /// Resolves once the journal is closing (the host is shutting down).
+    pub async fn closed(&self) {
+        let closing = self.journal.shared.closing.notified();
+        if self.journal.is_closed() {
+            return;
+        }
+        closing.await;
+    }
+
+    /// Whether the journal is closing.
+    pub fn is_closed(&self) -> bool {
+        self.journal.is_closed()
+    }
+
+    /// Whether an operator skipped event `id` since it was read.
+    pub fn is_skipped(&self, id: u64) -> bool {
+        self.signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    /// [`Reporter::is_skipped`], and forgets it.
+    pub fn take_skipped(&self, id: u64) -> bool {
+        self.signal.skipped.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
+    }
+
+    /// The plugin finished event `id` (done or skipped).
+    pub fn complete(&self, id: u64) {
+        let _ = self.journal.send(Command::Complete(self.plugin.clone(), id));
+    }
+
+    /// An attempt failed; remember the attempt count and the next attempt's time.
+    pub fn update(&self, id: u64, state: Pending) {
+        let _ = self.journal.send(Command::Update(self.plugin.clone(), id, state));
+    }
+
+    /// The plugin gave up on event `id`.
+    pub fn bury(&self, id: u64, dead: DeadLetter) {
+        let _ = self.journal.send(Command::Bury(self.plugin.clone(), id, dead));
+    }
+}

@@ -1,0 +1,27 @@
+//! How the journal can fail, whatever the backend.
+
+/// The journal could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process has the file open: a running host.
+    #[error("the journal {path} is in use by another process (a running host)")]
+    InUse {
+        /// The file.
+        path: String,
+    },
+    /// There is no journal to inspect (a command run before the host ever ran).
+    #[error("no journal at {path} (has the host run with this state_dir?)")]
+    NotFound {
+        /// Where it was looked for.
+        path: String,
+    },
+    /// Any other storage failure of the embedded backend (disk full, permissions, damage).
+    #[error("journal storage failed: {0}")]
+    Db(#[from] redb::Error),
+    /// The writer thread is gone.
+    #[error("the journal is closed")]
+    Closed,
+    /// A storage failure reported to several waiters (the original error stays in the log).
+    #[error("{0}")]
+    Storage(String),
+}
