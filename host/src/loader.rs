@@ -216,27 +216,28 @@ pub fn discover(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>, LoadError>
     Ok(found)
 }
 
-/// Finds and loads the enabled plugin `name` among the `discovered` libraries of `dir`.
-pub fn load(
+/// Finds the one library of the enabled plugin `name` in `dir`: the single place that decides
+/// between none (with the closest name that is there), one, and several claiming the name.
+pub fn locate(dir: &Path, name: &str) -> Result<PathBuf, LoadError> {
+    locate_in(dir, &discover(dir)?, name)
+}
+
+/// [`locate`] among libraries already listed by [`discover`].
+pub fn locate_in(
     dir: &Path,
     discovered: &BTreeMap<String, Vec<PathBuf>>,
     name: &str,
-) -> Result<LoadedPlugin, LoadError> {
-    let path = match discovered.get(&normalize(name)).map(Vec::as_slice) {
-        None | Some([]) => {
-            return Err(LoadError::Missing {
-                name: name.to_owned(),
-                dir: dir.to_owned(),
-                expected: library_file_name(name),
-                suggestion: suggest_library(name, discovered),
-            });
-        }
-        Some([one]) => one.clone(),
-        Some(many) => {
-            return Err(LoadError::Ambiguous { name: name.to_owned(), files: many.to_vec() });
-        }
-    };
-    load_file(name, &path)
+) -> Result<PathBuf, LoadError> {
+    match discovered.get(&normalize(name)).map(Vec::as_slice) {
+        None | Some([]) => Err(LoadError::Missing {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            expected: library_file_name(name),
+            suggestion: suggest_library(name, discovered),
+        }),
+        Some([one]) => Ok(one.clone()),
+        Some(many) => Err(LoadError::Ambiguous { name: name.to_owned(), files: many.to_vec() }),
+    }
 }
 
 /// The name of the library in `discovered` closest to the missing `name`, written with `-` if
@@ -346,10 +347,10 @@ mod tests {
         std::fs::write(dir.path().join("README.txt"), b"").unwrap();
         let found = discover(dir.path()).unwrap();
         assert_eq!(found.len(), 1);
-        let err = load(dir.path(), &found, "watch").unwrap_err();
+        let err = locate(dir.path(), "watch").unwrap_err();
         assert!(matches!(err, LoadError::Ambiguous { ref files, .. } if files.len() == 2), "{err}");
         assert!(err.to_string().contains("keep only one"));
-        let err = load(dir.path(), &found, "other").unwrap_err();
+        let err = locate_in(dir.path(), &found, "other").unwrap_err();
         assert!(err.to_string().contains("libother.so"), "{err}");
     }
 

@@ -111,7 +111,7 @@ pub fn args(event: &str) -> SendArgs {
 
 /// The form body for `args`.
 pub fn form(args: &SendArgs) -> String {
-    b24_host::send::body(args).0
+    b24_host::cmd::send::body(args).0
 }
 
 /// A user-field update of field `id` named `name`, form-encoded.
