@@ -1,9 +1,6 @@
 //! Offline events: the portal's guaranteed queue, pulled into the journal.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use b24_tests::fake_portal::{FakePortal, PortalOptions};
 use serde_json::{Value, json};
@@ -78,12 +75,8 @@ fn delivered(dir: &HostDir) -> Vec<String> {
         .collect()
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, limit: Duration, done: impl FnMut() -> bool) {
+    assert!(eventually(limit, done), "timed out waiting for {what}");
 }
 
 #[test]
@@ -101,8 +94,8 @@ fn each_row_reaches_the_plugins_once_across_a_sigkill_between_journal_and_clear(
 
     let host = start(&dir);
     wait_for("the queue to empty", PATIENCE, || portal.offline_rows().is_empty());
-    wait_for("every row to be delivered", PATIENCE, || delivered(&dir).len() >= rows.len());
-    std::thread::sleep(Duration::from_millis(500));
+    // Every row is journaled before it is cleared: an event posted now is delivered after all.
+    probe_sentinel(&host, &dir, 999_999);
     let got = delivered(&dir);
     let unique: BTreeSet<String> = got.iter().cloned().collect();
     assert_eq!(unique, rows, "every row reached the probe");
@@ -195,8 +188,12 @@ fn onofflineevent_wakes_the_poller_and_bind_subscribes_offline_events() {
         status["portals"][0]["last_poll_ms"].is_number()
     });
     let rows = push_rows(&portal, 3, 300);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(delivered(&dir).is_empty(), "rows arrived without a wake-up");
+    // Had the poller taken the rows before this event was journaled, they would come before it.
+    let before = probe_sentinel(&host, &dir, 999_999);
+    assert!(
+        !before.iter().any(|l| l["origin"] == "Offline"),
+        "rows arrived without a wake-up: {before:?}"
+    );
     let mut nudge = args("ONOFFLINEEVENT");
     nudge.system = true;
     assert_eq!(host.post_form(&form(&nudge)).status, 200);

@@ -158,6 +158,20 @@ pub fn post_fields(host: &RunningHost, ids: std::ops::RangeInclusive<u64>, name:
     .collect()
 }
 
+/// Posts a user-field event for field `field_id` and waits until the probe is called with it;
+/// returns the probe's record lines before that call. The probe gets its events in journal
+/// order, so these lines are all it will ever get of the events accepted before the sentinel:
+/// the way to check that something did not reach it, without sleeping.
+pub fn probe_sentinel(host: &RunningHost, dir: &HostDir, field_id: u64) -> Vec<serde_json::Value> {
+    assert_eq!(host.post_form(&field_event(field_id, "UF_CRM_SENTINEL")).status, 200);
+    let is_sentinel =
+        |l: &serde_json::Value| l["kind"] == "user_field" && l["field_id"] == field_id;
+    let arrived =
+        eventually(PATIENCE, || dir.read_lines_lenient("probe.jsonl").iter().any(is_sentinel));
+    assert!(arrived, "the sentinel event {field_id} never reached the probe:\n{}", host.log_text());
+    dir.read_lines_lenient("probe.jsonl").into_iter().take_while(|l| !is_sentinel(l)).collect()
+}
+
 /// The journal ids of the probe's user-field calls so far, in call order.
 pub fn probe_calls(dir: &HostDir) -> Vec<u64> {
     event_ids(&dir.read_lines("probe.jsonl"))
