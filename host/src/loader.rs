@@ -133,12 +133,12 @@ fn list(files: &[PathBuf]) -> String {
     files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// A plugin library that passed every check and can create instances.
-#[derive(Clone)]
-pub struct LoadedPlugin {
+/// What the host knows of a plugin's library (from the loader, or from a runner's `Ready`).
+#[derive(Debug, Clone)]
+pub struct PluginMeta {
     /// The plugin's declared name.
     pub name: String,
-    /// The file it came from.
+    /// The library file it runs from.
     pub path: PathBuf,
     /// The plugin's own version.
     pub version: String,
@@ -150,16 +150,28 @@ pub struct LoadedPlugin {
     pub api_version: String,
     /// How long opening and checking the library took.
     pub load_time: Duration,
+}
+
+/// A plugin library that passed every check and can create instances; its [`PluginMeta`]
+/// through `Deref`.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    /// What the library says of itself.
+    pub meta: PluginMeta,
     module: PluginModuleRef,
+}
+
+impl std::ops::Deref for LoadedPlugin {
+    type Target = PluginMeta;
+
+    fn deref(&self) -> &PluginMeta {
+        &self.meta
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin")
-            .field("name", &self.name)
-            .field("path", &self.path)
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        f.debug_struct("LoadedPlugin").field("meta", &self.meta).finish_non_exhaustive()
     }
 }
 
@@ -300,13 +312,15 @@ pub fn load_file(name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
         });
     }
     Ok(LoadedPlugin {
-        name: declared,
-        path: path.to_owned(),
-        version: info.version.into_string(),
-        events: info.events.into_iter().map(|e| e.into_string()).collect(),
-        concurrent: info.concurrent,
-        api_version: info.api_version.into_string(),
-        load_time: started.elapsed(),
+        meta: PluginMeta {
+            name: declared,
+            path: path.to_owned(),
+            version: info.version.into_string(),
+            events: info.events.into_iter().map(|e| e.into_string()).collect(),
+            concurrent: info.concurrent,
+            api_version: info.api_version.into_string(),
+            load_time: started.elapsed(),
+        },
         module,
     })
 }

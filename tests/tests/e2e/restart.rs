@@ -157,6 +157,17 @@ const MARGIN: Duration = Duration::from_secs(10);
 /// How long the probe hangs.
 const HANG_MS: u64 = 600_000;
 
+/// Sends SIGTERM and asserts the host exits cleanly within the grace (plus a margin); its log.
+fn sigterm_stops_within_the_grace(host: &mut RunningHost) -> String {
+    host.signal("TERM");
+    let asked = Instant::now();
+    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
+    let log = host.log_text();
+    assert!(status.is_some(), "still running {:?} after SIGTERM:\n{log}", asked.elapsed());
+    assert!(status.unwrap().success(), "{status:?}\n{log}");
+    log
+}
+
 fn hang_config(probe_settings: &str) -> String {
     config(
         &["probe"],
@@ -178,13 +189,7 @@ fn sigterm_while_an_in_process_call_hangs_stops_within_the_grace_and_the_event_i
     // The call has started (the probe records before it sleeps).
     assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["event_id"] == id).len(), 1);
 
-    host.signal("TERM");
-    let asked = Instant::now();
-    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
-    let took = asked.elapsed();
-    let log = host.log_text();
-    assert!(status.is_some(), "still running {took:?} after SIGTERM:\n{log}");
-    assert!(status.unwrap().success(), "{status:?}\n{log}");
+    let log = sigterm_stops_within_the_grace(&mut host);
     assert!(log.contains("abandoned"), "{log}");
     // Nothing was marked done: the event is still pending for the probe.
     assert_eq!(dir.stats().get("probe").map(|s| s.0), Some(1), "{:?}", dir.stats());
@@ -210,12 +215,7 @@ fn a_plugin_shutdown_that_hangs_does_not_hold_the_host_past_the_grace_and_outcom
     // The last outcome is reported right after the call; wait until the journal has them all.
     eventually(PATIENCE, || dir.stats().get("probe").map(|s| s.0) == Some(0));
 
-    host.signal("TERM");
-    let asked = Instant::now();
-    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
-    let log = host.log_text();
-    assert!(status.is_some(), "still running {:?} after SIGTERM:\n{log}", asked.elapsed());
-    assert!(status.unwrap().success(), "{status:?}\n{log}");
+    sigterm_stops_within_the_grace(&mut host);
     assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "shutdown").len(), 1);
     // The journal was closed properly: every outcome kept, nothing delivered twice next time.
     assert_eq!(dir.stats().get("probe").map(|s| s.0), Some(0), "{:?}", dir.stats());
@@ -291,10 +291,5 @@ fn a_reload_whose_plugin_creation_hangs_neither_stops_intake_nor_holds_sigterm()
     let id = post_fields(&host, 3..=3, "UF_CRM_DURING_RELOAD")[0];
     assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["event_id"] == id).len(), 1);
 
-    host.signal("TERM");
-    let asked = Instant::now();
-    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
-    let log = host.log_text();
-    assert!(status.is_some(), "still running {:?} after SIGTERM:\n{log}", asked.elapsed());
-    assert!(status.unwrap().success(), "{status:?}\n{log}");
+    sigterm_stops_within_the_grace(&mut host);
 }
