@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check` and `send`.
+//! The command line: clap definitions of the commands (their bodies live in `cmd/`).
 
 use std::path::PathBuf;
 

@@ -7,8 +7,8 @@
 
 pub mod activation;
 pub mod auth;
-pub mod check;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod conn;
 pub mod control;
@@ -19,7 +19,6 @@ pub mod drain;
 pub mod encode;
 pub mod ingress;
 pub mod journal;
-pub mod journal_cmd;
 pub mod loader;
 pub mod logging;
 pub mod metrics;
@@ -30,8 +29,5 @@ pub mod plugin_output;
 pub mod rest;
 pub mod route;
 pub mod runner;
-pub mod send;
 pub mod server;
 pub mod supervisor;
-
-pub use server::serve;

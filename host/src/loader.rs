@@ -133,12 +133,12 @@ fn list(files: &[PathBuf]) -> String {
     files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// A plugin library that passed every check and can create instances.
-#[derive(Clone)]
-pub struct LoadedPlugin {
+/// What the host knows of a plugin's library (from the loader, or from a runner's `Ready`).
+#[derive(Debug, Clone)]
+pub struct PluginMeta {
     /// The plugin's declared name.
     pub name: String,
-    /// The file it came from.
+    /// The library file it runs from.
     pub path: PathBuf,
     /// The plugin's own version.
     pub version: String,
@@ -150,16 +150,28 @@ pub struct LoadedPlugin {
     pub api_version: String,
     /// How long opening and checking the library took.
     pub load_time: Duration,
+}
+
+/// A plugin library that passed every check and can create instances; its [`PluginMeta`]
+/// through `Deref`.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    /// What the library says of itself.
+    pub meta: PluginMeta,
     module: PluginModuleRef,
+}
+
+impl std::ops::Deref for LoadedPlugin {
+    type Target = PluginMeta;
+
+    fn deref(&self) -> &PluginMeta {
+        &self.meta
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin")
-            .field("name", &self.name)
-            .field("path", &self.path)
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        f.debug_struct("LoadedPlugin").field("meta", &self.meta).finish_non_exhaustive()
     }
 }
 
@@ -216,27 +228,28 @@ pub fn discover(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>, LoadError>
     Ok(found)
 }
 
-/// Finds and loads the enabled plugin `name` among the `discovered` libraries of `dir`.
-pub fn load(
+/// Finds the one library of the enabled plugin `name` in `dir`: the single place that decides
+/// between none (with the closest name that is there), one, and several claiming the name.
+pub fn locate(dir: &Path, name: &str) -> Result<PathBuf, LoadError> {
+    locate_in(dir, &discover(dir)?, name)
+}
+
+/// [`locate`] among libraries already listed by [`discover`].
+pub fn locate_in(
     dir: &Path,
     discovered: &BTreeMap<String, Vec<PathBuf>>,
     name: &str,
-) -> Result<LoadedPlugin, LoadError> {
-    let path = match discovered.get(&normalize(name)).map(Vec::as_slice) {
-        None | Some([]) => {
-            return Err(LoadError::Missing {
-                name: name.to_owned(),
-                dir: dir.to_owned(),
-                expected: library_file_name(name),
-                suggestion: suggest_library(name, discovered),
-            });
-        }
-        Some([one]) => one.clone(),
-        Some(many) => {
-            return Err(LoadError::Ambiguous { name: name.to_owned(), files: many.to_vec() });
-        }
-    };
-    load_file(name, &path)
+) -> Result<PathBuf, LoadError> {
+    match discovered.get(&normalize(name)).map(Vec::as_slice) {
+        None | Some([]) => Err(LoadError::Missing {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            expected: library_file_name(name),
+            suggestion: suggest_library(name, discovered),
+        }),
+        Some([one]) => Ok(one.clone()),
+        Some(many) => Err(LoadError::Ambiguous { name: name.to_owned(), files: many.to_vec() }),
+    }
 }
 
 /// The name of the library in `discovered` closest to the missing `name`, written with `-` if
@@ -299,13 +312,15 @@ pub fn load_file(name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
         });
     }
     Ok(LoadedPlugin {
-        name: declared,
-        path: path.to_owned(),
-        version: info.version.into_string(),
-        events: info.events.into_iter().map(|e| e.into_string()).collect(),
-        concurrent: info.concurrent,
-        api_version: info.api_version.into_string(),
-        load_time: started.elapsed(),
+        meta: PluginMeta {
+            name: declared,
+            path: path.to_owned(),
+            version: info.version.into_string(),
+            events: info.events.into_iter().map(|e| e.into_string()).collect(),
+            concurrent: info.concurrent,
+            api_version: info.api_version.into_string(),
+            load_time: started.elapsed(),
+        },
         module,
     })
 }
@@ -346,10 +361,10 @@ mod tests {
         std::fs::write(dir.path().join("README.txt"), b"").unwrap();
         let found = discover(dir.path()).unwrap();
         assert_eq!(found.len(), 1);
-        let err = load(dir.path(), &found, "watch").unwrap_err();
+        let err = locate(dir.path(), "watch").unwrap_err();
         assert!(matches!(err, LoadError::Ambiguous { ref files, .. } if files.len() == 2), "{err}");
         assert!(err.to_string().contains("keep only one"));
-        let err = load(dir.path(), &found, "other").unwrap_err();
+        let err = locate_in(dir.path(), &found, "other").unwrap_err();
         assert!(err.to_string().contains("libother.so"), "{err}");
     }
 

@@ -205,39 +205,36 @@ pub fn capture() -> io::Result<Captured> {
 const MAX_LINE: usize = 16 * 1024;
 
 /// The reader of one pipe: one log line per line of text, until the pipe ends.
-fn read_lines(mut pipe: File, stream: Stream) {
+fn read_lines(pipe: File, stream: Stream) {
     let mut lines = Lines::new(stream);
+    each_chunk(pipe, |chunk| lines.push(chunk, &writers_since_last_read(stream)));
+    lines.finish();
+}
+
+/// Hands `chunk` each read from `pipe` until it ends (or fails other than by an interruption).
+fn each_chunk(mut pipe: File, mut chunk: impl FnMut(&[u8])) {
     let mut buf = vec![0u8; 8192];
     loop {
-        let n = match pipe.read(&mut buf) {
+        match pipe.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => chunk(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break,
-        };
-        lines.push(&buf[..n], &writers_since_last_read(stream));
+        }
     }
-    lines.finish();
 }
 
 /// Logs one output pipe of a runner process line by line under `plugin`'s name, as [`capture`]
 /// does for in-process plugins (a runner runs one plugin, so every line is its own);
 /// `inspect` sees each chunk of text first. Returns when the pipe ends.
-pub fn forward(mut pipe: File, plugin: &str, stderr: bool, mut inspect: impl FnMut(&str)) {
+pub fn forward(pipe: File, plugin: &str, stderr: bool, mut inspect: impl FnMut(&str)) {
     let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
     let writers: BTreeSet<Arc<str>> = [Arc::from(plugin)].into_iter().collect();
     let mut lines = Lines::new(stream);
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = match pipe.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        inspect(&String::from_utf8_lossy(&buf[..n]));
-        lines.push(&buf[..n], &writers);
-    }
+    each_chunk(pipe, |chunk| {
+        inspect(&String::from_utf8_lossy(chunk));
+        lines.push(chunk, &writers);
+    });
     lines.finish();
 }
 

@@ -18,12 +18,10 @@ use crate::{
     drain::{Drain, Started},
     ingress::Ingress,
     journal::{Journal, StoreError},
-    loader::{self, LoadError, LoadedPlugin},
     metrics::Metrics,
     offline::Pollers,
     ops::Ops,
     rest::RestClient,
-    route::Route,
     supervisor::Supervisor,
 };
 
@@ -52,36 +50,6 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
-}
-
-/// A plugin that loaded, with the route it will receive events by.
-pub struct PluginReport {
-    /// The library.
-    pub plugin: LoadedPlugin,
-    /// Its effective subscription.
-    pub route: Route,
-}
-
-/// Loads every enabled plugin's library (without creating instances): the ones that loaded
-/// and every failure, so that all problems are reported at once.
-pub fn load_plugins(config: &Config) -> (Vec<PluginReport>, Vec<LoadError>) {
-    let dir = &config.plugins.dir;
-    let discovered = match loader::discover(dir) {
-        Ok(found) => found,
-        Err(e) => return (Vec::new(), vec![e]),
-    };
-    let mut loaded = Vec::new();
-    let mut errors = Vec::new();
-    for name in &config.plugins.enabled {
-        match loader::load(dir, &discovered, name) {
-            Ok(plugin) => {
-                let route = Route::new(&plugin.events, &config.plugin_config(name));
-                loaded.push(PluginReport { plugin, route });
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    (loaded, errors)
 }
 
 /// A host with its journal open, its plugins loaded and its workers started, ready to accept.
@@ -167,18 +135,6 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         metrics,
         hangups,
     })
-}
-
-/// Runs the host on `listener` until `shutdown` completes, then shuts down gracefully.
-///
-/// The listener comes from outside so that callers (and tests) choose the address, port 0
-/// included, or pass one handed over by systemd (see `activation.rs`).
-pub async fn serve(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Stopped, ServeError> {
-    Ok(prepare(config)?.run(listener, None, shutdown).await)
 }
 
 impl Prepared {

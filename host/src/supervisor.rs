@@ -168,15 +168,7 @@ impl Supervisor {
     ) {
         let plugin_config = config.plugin_config(name);
         let attempt = || -> Result<Option<(PathBuf, String)>, String> {
-            let found = loader::discover(&config.plugins.dir).map_err(|e| e.to_string())?;
-            let path = match found.get(&loader::normalize(name)).map(Vec::as_slice) {
-                Some([one]) => one.clone(),
-                _ => {
-                    return Err(loader::load(&config.plugins.dir, &found, name)
-                        .err()
-                        .map_or_else(|| "cannot find the library".into(), |e| e.to_string()));
-                }
-            };
+            let path = loader::locate(&config.plugins.dir, name).map_err(|e| e.to_string())?;
             let sha = sha256_of(&path)
                 .map_err(|e| format!("plugin `{name}`: cannot read {}: {e}", path.display()))?;
             {

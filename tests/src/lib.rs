@@ -167,14 +167,12 @@ impl HostDir {
         limit: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Vec<serde_json::Value> {
-        let started = Instant::now();
-        loop {
-            let lines: Vec<_> = self.read_lines(file).into_iter().filter(|l| pred(l)).collect();
-            if lines.len() >= n || started.elapsed() > limit {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut lines = Vec::new();
+        eventually(limit, || {
+            lines = self.read_lines(file).into_iter().filter(|l| pred(l)).collect();
+            lines.len() >= n
+        });
+        lines
     }
 
     /// Runs `b24-host ARGS` to completion in this folder.
@@ -384,14 +382,7 @@ impl RunningHost {
 
     /// Waits until the host's log contains `needle`, up to `limit`.
     pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        eventually(limit, || self.log_text().contains(needle))
     }
 
     /// GET (or POST) on the admin listener.
@@ -413,31 +404,18 @@ impl RunningHost {
     /// Sends SIGTERM and waits for a graceful exit; returns whether it exited successfully.
     pub fn stop(mut self) -> bool {
         signal(&self.child, "TERM");
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            if started.elapsed() > Duration::from_secs(30) {
+        match self.wait_exit(Duration::from_secs(30)) {
+            Some(status) => status.success(),
+            None => {
                 let _ = self.child.kill();
-                return false;
+                false
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Waits up to `limit` for the process to exit; its status, or `None` if still running.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if started.elapsed() > limit {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually(limit, || self.child.try_wait().ok().flatten())
     }
 
     /// Kills the host with SIGKILL, as a crash would.
@@ -478,6 +456,38 @@ pub fn try_request(
     Ok(Answer { status: response.status, body: response.body.trim().to_owned() })
 }
 
+/// What [`eventually`] polls: `true`, or `Some` value, once the awaited state is reached.
+pub trait Reached {
+    /// Whether the state is reached.
+    fn reached(&self) -> bool;
+}
+
+impl Reached for bool {
+    fn reached(&self) -> bool {
+        *self
+    }
+}
+
+impl<T> Reached for Option<T> {
+    fn reached(&self) -> bool {
+        self.is_some()
+    }
+}
+
+/// Calls `check` every 20 ms until it reports the state reached or `limit` has passed, and
+/// returns its last answer: the one polling loop of the tests. Callers assert on the answer (or
+/// on the state itself, for a message that shows it), so a test that waits in vain fails.
+pub fn eventually<R: Reached>(limit: Duration, mut check: impl FnMut() -> R) -> R {
+    let started = Instant::now();
+    loop {
+        let answer = check();
+        if answer.reached() || started.elapsed() >= limit {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A reference event body made by Bitrix24's own PHP encoder (committed fixtures in
 /// host/tests/fixtures), by event code.
 pub fn fixture(name: &str) -> String {
@@ -492,8 +502,9 @@ pub const TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
 
 /// Builds a plugin crate outside the workspace, as a plugin author would: `manifest` as its
 /// Cargo.toml and `lib_rs` as src/lib.rs, in `work/<name>`, with the workspace's Cargo.lock
-/// (same dependency versions, so the build needs no network and reuses artefacts) and its own
-/// target folder `target/author-<name>`. Returns the built library.
+/// (same dependency versions, so the build needs no network) and one target folder for all such
+/// crates, `target/author-plugins`, so their dependencies build once (cargo locks it; the crates'
+/// names must differ, as their libraries share it). Returns the built library.
 pub fn build_author_crate(work: &Path, name: &str, manifest: &str, lib_rs: &str) -> PathBuf {
     let krate = work.join(name);
     std::fs::create_dir_all(krate.join("src")).expect("create the crate folder");
@@ -501,7 +512,7 @@ pub fn build_author_crate(work: &Path, name: &str, manifest: &str, lib_rs: &str)
     std::fs::write(krate.join("src/lib.rs"), lib_rs).expect("write src/lib.rs");
     std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock"))
         .expect("copy Cargo.lock");
-    let target = target_dir().join(format!("author-{name}"));
+    let target = target_dir().join("author-plugins");
     let output = Command::new(env!("CARGO"))
         .current_dir(&krate)
         .args(["build", "--quiet", "--offline"])

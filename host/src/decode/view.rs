@@ -92,28 +92,18 @@ pub struct UserTokens {
     pub scope: String,
 }
 
-/// The eight user-field event families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Lead,
-    Deal,
-    Contact,
-    Company,
-    Quote,
-    Invoice,
-    Requisite,
-    Type,
-}
-
-const FAMILIES: [(&str, Family); 8] = [
-    ("LEAD", Family::Lead),
-    ("DEAL", Family::Deal),
-    ("CONTACT", Family::Contact),
-    ("COMPANY", Family::Company),
-    ("QUOTE", Family::Quote),
-    ("INVOICE", Family::Invoice),
-    ("REQUISITE", Family::Requisite),
-    ("TYPE", Family::Type),
+/// The eight user-field event families (`ONCRM<family>USERFIELD<action>`), each with the entity
+/// id its code implies when the portal sends none (`""` for `ONCRMTYPEUSERFIELD*`); its
+/// [`Entity`] is the plugin API's mapping, [`Entity::from_entity_id`], as for a sent one.
+const FAMILIES: [(&str, &str); 8] = [
+    ("LEAD", "CRM_LEAD"),
+    ("DEAL", "CRM_DEAL"),
+    ("CONTACT", "CRM_CONTACT"),
+    ("COMPANY", "CRM_COMPANY"),
+    ("QUOTE", "CRM_QUOTE"),
+    ("INVOICE", "CRM_INVOICE"),
+    ("REQUISITE", "CRM_REQUISITE"),
+    ("TYPE", ""),
 ];
 
 const ACTIONS: [(&str, Action); 4] = [
@@ -123,28 +113,12 @@ const ACTIONS: [(&str, Action); 4] = [
     ("SETENUMVALUES", Action::SetEnumValues),
 ];
 
-impl Family {
-    /// The entity id implied by the event code alone (`""` for `ONCRMTYPEUSERFIELD*`); its
-    /// [`Entity`] is the plugin API's mapping, [`Entity::from_entity_id`], as for a sent one.
-    fn default_entity_id(self) -> &'static str {
-        match self {
-            Family::Lead => "CRM_LEAD",
-            Family::Deal => "CRM_DEAL",
-            Family::Contact => "CRM_CONTACT",
-            Family::Company => "CRM_COMPANY",
-            Family::Quote => "CRM_QUOTE",
-            Family::Invoice => "CRM_INVOICE",
-            Family::Requisite => "CRM_REQUISITE",
-            Family::Type => "",
-        }
-    }
-}
-
-/// The family and action of a user-field event code (upper-case), or `None` for other codes.
-fn classify(code: &str) -> Option<(Family, Action)> {
+/// The family's default entity id (see [`FAMILIES`]) and the action of a user-field event code
+/// (upper-case), or `None` for other codes.
+fn classify(code: &str) -> Option<(&'static str, Action)> {
     let rest = code.strip_prefix("ONCRM")?;
     let (family, rest) =
-        FAMILIES.iter().find_map(|&(name, family)| Some((family, rest.strip_prefix(name)?)))?;
+        FAMILIES.iter().find_map(|&(name, entity)| Some((entity, rest.strip_prefix(name)?)))?;
     let action = rest.strip_prefix("USERFIELD")?;
     let action = ACTIONS.iter().find(|&&(name, _)| name == action)?.1;
     Some((family, action))
@@ -182,7 +156,7 @@ fn lookup_str<'m>(data: &'m Map, places: &[(&'static str, &[&str])]) -> Option<&
 }
 
 fn user_field(
-    family: Family,
+    default_entity_id: &str,
     action: Action,
     data: Option<&Map>,
 ) -> Result<UserField, DecodeError> {
@@ -195,7 +169,7 @@ fn user_field(
             parse_u64(raw).ok_or_else(|| DecodeError::not_a_number(key, raw))?
         }
     };
-    let entity_id = lookup_str(data, &ENTITY_ID).unwrap_or(family.default_entity_id());
+    let entity_id = lookup_str(data, &ENTITY_ID).unwrap_or(default_entity_id);
     let (entity_id, entity) = (entity_id.to_owned(), Entity::from_entity_id(entity_id));
     let field_name = lookup_str(data, &FIELD_NAME).unwrap_or_default().to_owned();
     Ok(UserField { action, entity, entity_id, field_id, field_name })
@@ -290,9 +264,9 @@ impl Decoded {
         code.make_ascii_uppercase();
 
         let kind = match classify(&code) {
-            Some((family, action)) => {
+            Some((default_entity_id, action)) => {
                 let data_map = data.as_ref().and_then(Value::as_map);
-                EventKind::UserField(user_field(family, action, data_map)?)
+                EventKind::UserField(user_field(default_entity_id, action, data_map)?)
             }
             None => EventKind::Other,
         };
@@ -334,10 +308,10 @@ mod tests {
     #[test]
     fn classify_all_codes() {
         let mut n = 0;
-        for (family_name, family) in FAMILIES {
+        for (family_name, default_entity_id) in FAMILIES {
             for (action_name, action) in ACTIONS {
                 let code = format!("ONCRM{family_name}USERFIELD{action_name}");
-                assert_eq!(classify(&code), Some((family, action)), "{code}");
+                assert_eq!(classify(&code), Some((default_entity_id, action)), "{code}");
                 n += 1;
             }
         }

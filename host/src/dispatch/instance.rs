@@ -4,7 +4,6 @@
 //! retries, back-off, order, timeouts, metrics and outcomes are one code path.
 
 use std::{
-    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU8, Ordering},
@@ -15,7 +14,7 @@ use std::{
 use b24_plugin_api::{HostServicesArc, PluginBox};
 
 use crate::{
-    loader::{LoadError, LoadedPlugin},
+    loader::{LoadError, LoadedPlugin, PluginMeta},
     runner::RunnerHandle,
 };
 
@@ -27,39 +26,6 @@ pub enum PluginStatus {
     Ready = 0,
     /// Its last call ran past `timeout_ms`.
     Degraded = 1,
-}
-
-/// What the host knows of a plugin's library (from the loader, or from its runner).
-#[derive(Debug, Clone)]
-pub struct PluginMeta {
-    /// The plugin's declared name.
-    pub name: String,
-    /// The library file it runs from.
-    pub path: PathBuf,
-    /// The plugin's own version.
-    pub version: String,
-    /// The event-code globs the plugin subscribes to.
-    pub events: Vec<String>,
-    /// Whether the plugin may be called from several threads at once.
-    pub concurrent: bool,
-    /// The exact b24-plugin-api version it was built against.
-    pub api_version: String,
-    /// How long opening and checking the library took.
-    pub load_time: Duration,
-}
-
-impl From<&LoadedPlugin> for PluginMeta {
-    fn from(p: &LoadedPlugin) -> PluginMeta {
-        PluginMeta {
-            name: p.name.clone(),
-            path: p.path.clone(),
-            version: p.version.clone(),
-            events: p.events.clone(),
-            concurrent: p.concurrent,
-            api_version: p.api_version.clone(),
-            load_time: p.load_time,
-        }
-    }
 }
 
 /// A plugin created inside this process.
@@ -95,7 +61,7 @@ impl Instance {
     ) -> Result<Instance, LoadError> {
         let first = plugin.create(&settings, host.clone())?;
         Ok(Instance::new(
-            PluginMeta::from(&plugin),
+            plugin.meta.clone(),
             Kind::Local(Local { plugin, settings, host, current: Mutex::new(Arc::new(first)) }),
         ))
     }

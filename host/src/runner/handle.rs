@@ -34,8 +34,8 @@ use b24_plugin_api::{HostServicesArc, LogLevel, Outcome, PluginError};
 
 use super::protocol::{FromRunner, RUNNER_FD, ToRunner, WireRestError, read_frame, write_frame};
 use crate::{
-    dispatch::instance::PluginMeta,
     journal::{Envelope, record::Format},
+    loader::PluginMeta,
     metrics::{Metrics, PluginLabel},
 };
 

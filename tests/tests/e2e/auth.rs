@@ -1,8 +1,6 @@
 //! Application-token checks: what gets in, what gets a 401, learning tokens from installs
 //! verified at the OAuth server (the fake portal's), and `[auth]` on live reload.
 
-use std::time::Duration;
-
 use b24_tests::fake_portal::{FakePortal, PortalOptions};
 
 use crate::support::*;
@@ -90,11 +88,8 @@ fn a_wrong_token_or_an_unknown_portal_gets_401_and_reaches_no_plugin() {
 
     // A good event afterwards is the first and only thing the probe sees.
     assert_eq!(host.post_form(&field_event(9, "UF_CRM_OK")).status, 200);
-    let lines = dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] != "shutdown");
-    std::thread::sleep(Duration::from_millis(200));
-    let lines_after = dir.read_lines("probe.jsonl");
-    assert_eq!(lines.len(), 1);
-    assert_eq!(lines_after.len(), 1, "{lines_after:?}");
+    let lines = probe_sentinel(&host, &dir, 10);
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["field_id"], 9);
 
     // The refusals were logged without the token.

@@ -7,7 +7,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::support::*;
@@ -78,17 +78,9 @@ fn every_acknowledged_event_reaches_every_plugin_across_sigkills() {
     assert_eq!(acked.len() as u64, CLIENTS * EVENTS_PER_CLIENT);
 
     // The last host delivers whatever is left.
-    let started = Instant::now();
-    let drained = loop {
-        let stats = dir.stats();
-        if stats.values().all(|(backlog, _, dead)| *backlog == 0 && *dead == 0) {
-            break true;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let drained = eventually(Duration::from_secs(60), || {
+        dir.stats().values().all(|(backlog, _, dead)| *backlog == 0 && *dead == 0)
+    });
     assert!(drained, "plugins left with a backlog: {:?}", dir.stats());
 
     let field_ids = |file: &str, pred: &dyn Fn(&serde_json::Value) -> bool| -> Vec<u64> {

@@ -115,25 +115,11 @@ fn past_max_connections_a_connection_gets_503_with_a_reason() {
         })
         .collect();
     // The host takes connections in order: the 21st is refused.
-    let started = Instant::now();
-    let refused = loop {
-        let answer = host.post_form(&field_event(1, "UF_CRM_FULL"));
-        if answer.status == 503 || started.elapsed() > PATIENCE {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let refused = post_until(503, || host.post_form(&field_event(1, "UF_CRM_FULL")));
     assert_eq!(refused.status, 503, "{refused:?}");
     assert!(refused.body.contains("too many open connections"), "{refused:?}");
     drop(held);
-    let started = Instant::now();
-    let answer = loop {
-        let answer = host.post_form(&field_event(2, "UF_CRM_FREE"));
-        if answer.status == 200 || started.elapsed() > PATIENCE {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let answer = post_until(200, || host.post_form(&field_event(2, "UF_CRM_FREE")));
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(host.stop());
 }
@@ -351,14 +337,7 @@ fn a_full_disk_refuses_events_then_recovers_without_a_restart() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The operator frees space: events are accepted again, without a restart.
     std::fs::remove_file(state.join("ballast")).unwrap();
-    let started = Instant::now();
-    let answer = loop {
-        let answer = host.post_form(&field_event(5000, "UF_CRM_AFTER"));
-        if answer.status == 200 || started.elapsed() > PATIENCE {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let answer = post_until(200, || host.post_form(&field_event(5000, "UF_CRM_AFTER")));
     assert_eq!(answer.status, 200, "{answer:?}\n{}", host.log_text());
     accepted.push(answer.body.trim_start_matches("accepted ").to_owned());
     // The library that runs comes back: the reload that failed no longer counts.
@@ -379,4 +358,16 @@ fn a_full_disk_refuses_events_then_recovers_without_a_restart() {
     assert!(host.stop());
     let events = dir.journal(&["stats"])["events"].as_u64().unwrap();
     assert_eq!(events, accepted.len() as u64);
+}
+
+/// Posts with `post` until the answer has `status`, up to [`PATIENCE`]; the last answer.
+fn post_until(status: u16, mut post: impl FnMut() -> Answer) -> Answer {
+    let mut answer = None;
+    eventually(PATIENCE, || {
+        let last = post();
+        let reached = last.status == status;
+        answer = Some(last);
+        reached
+    });
+    answer.expect("posted at least once")
 }

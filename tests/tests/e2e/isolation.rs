@@ -78,14 +78,9 @@ fn fault_is_quarantined(command: &str, host_keys: &str, reason: &str) {
     assert_eq!(poison.status, 200, "{poison:?}");
     let poison_id: u64 = poison.body.trim_start_matches("accepted ").parse().unwrap();
 
-    let started = Instant::now();
-    let dead = loop {
-        let dead = dead_letters(&dir, "probe");
-        if !dead.is_empty() || started.elapsed() > FAULT_PATIENCE {
-            break dead;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let dead =
+        eventually(FAULT_PATIENCE, || Some(dead_letters(&dir, "probe")).filter(|d| !d.is_empty()))
+            .unwrap_or_default();
     assert_eq!(
         dead.len(),
         1,
@@ -191,10 +186,7 @@ fn sigterm_while_a_call_hangs_kills_the_runner_within_the_grace_and_the_event_wa
     let host = start(&dir);
     let calls = dir.wait_lines("probe.jsonl", 2, PATIENCE, |l| l["field_id"] == 1);
     assert_eq!(calls.len(), 2, "the event was not delivered after the restart");
-    let started = Instant::now();
-    while dir.stats()["probe"] != (0, 0, 0) && started.elapsed() < PATIENCE {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(PATIENCE, || dir.stats()["probe"] == (0, 0, 0));
     assert_eq!(dir.stats()["probe"], (0, 0, 0));
     assert!(host.stop());
 }
@@ -221,10 +213,7 @@ fn runners_are_processes_of_their_own_that_die_with_the_host() {
     assert!(pids.iter().all(|pid| *pid != host.pid() && alive(*pid)));
     // SIGKILL leaves the host no chance to stop them: the death signal does.
     host.kill();
-    let started = Instant::now();
-    while pids.iter().any(|pid| alive(*pid)) && started.elapsed() < PATIENCE {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(PATIENCE, || !pids.iter().any(|pid| alive(*pid)));
     assert!(pids.iter().all(|pid| !alive(*pid)), "a runner outlived the host");
 }
 
@@ -253,10 +242,7 @@ fn a_reload_starts_a_new_runner_and_drains_and_stops_the_old_one() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         stat.is_empty() || stat.contains(") Z ")
     };
-    let started = Instant::now();
-    while !gone(old) && started.elapsed() < PATIENCE {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(PATIENCE, || gone(old));
     assert!(gone(old), "the old runner {old} is still running");
     let new = probe_runner_pid(&dir).expect("the probe has a new runner");
     assert_ne!(new, old);
@@ -284,10 +270,7 @@ fn kill_after_ms_counts_from_when_the_call_is_sent_not_while_it_waits_for_a_rest
     assert_eq!(host.post_form(&field_event(2, "UF_CRM_INNOCENT")).status, 200);
     let done = dir.wait_lines("probe.jsonl", 1, FAULT_PATIENCE, |l| l["field_id"] == 2);
     assert_eq!(done.len(), 1, "the second event never reached the probe");
-    let started = Instant::now();
-    while dir.stats()["probe"] != (0, 0, 1) && started.elapsed() < PATIENCE {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(PATIENCE, || dir.stats()["probe"] == (0, 0, 1));
     assert_eq!(dir.stats()["probe"], (0, 0, 1), "only the poison is a dead letter");
     let tries = dir.read_lines("probe.jsonl").iter().filter(|l| l["field_id"] == 2).count();
     assert_eq!(tries, 1, "the innocent event was killed for the time it waited for a runner");

@@ -1,20 +1,11 @@
 //! The durable journal: retries, dead letters, replay, duplicates, restarts, pruning, storage
 //! failures, and the `journal` commands on a running and a stopped host.
 
-use std::time::{Duration, Instant};
-
 use crate::support::*;
 
 /// Waits until `journal stats` shows no backlog for any plugin.
 fn wait_drained(dir: &HostDir) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < PATIENCE {
-        if dir.stats().values().all(|(backlog, _, _)| *backlog == 0) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    eventually(PATIENCE, || dir.stats().values().all(|(backlog, _, _)| *backlog == 0))
 }
 
 #[test]
@@ -83,13 +74,9 @@ fn an_identical_event_within_the_window_is_acknowledged_but_delivered_once() {
     // A real second change (another ts) is a new event.
     let later = host.post_form(&body.replace("ts=1727018926", "ts=1727018927"));
     assert!(later.body.starts_with("accepted "), "{later:?}");
-    let calls = dir.wait_lines("probe.jsonl", 2, PATIENCE, |l| l["kind"] == "user_field");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        dir.read_lines("probe.jsonl").iter().filter(|l| l["kind"] == "user_field").count(),
-        2
-    );
-    assert_eq!(calls.len(), 2);
+    let calls = probe_sentinel(&host, &dir, 999_999);
+    let calls: Vec<_> = calls.iter().filter(|l| l["kind"] == "user_field").collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
 }
 
 #[test]
@@ -159,15 +146,11 @@ fn completed_events_are_pruned_but_dead_letters_stay() {
     assert!(host.stop());
     // The journal prunes when it starts (and every few seconds while running).
     let host = start(&dir);
-    let started = Instant::now();
     let mut events = u64::MAX;
-    while started.elapsed() < PATIENCE {
+    eventually(PATIENCE, || {
         events = dir.journal(&["stats"])["events"].as_u64().unwrap();
-        if events <= 6 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        events <= 6
+    });
     assert_eq!(events, 6, "5 completed events and 1 dead letter are kept");
     assert_eq!(dir.stats()["probe"], (0, 0, 1));
     let listed = dir.journal(&["list", "--limit", "100"]);

@@ -83,20 +83,16 @@ fn current_api_version() -> String {
 /// Makes a plugin crate outside the workspace, as a plugin author would, against `api` (the
 /// path of a b24-plugin-api crate), builds it and returns the library.
 fn author_plugin(work: &Path, api: &Path, name: &str) -> std::path::PathBuf {
-    let krate = work.join(name);
-    std::fs::create_dir_all(krate.join("src")).unwrap();
-    std::fs::write(
-        krate.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"{name}\"\nversion = \"0.3.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nb24-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
-            api.display().to_string()
-        ),
-    )
-    .unwrap();
-    // The README's plugin guide, verbatim in spirit: a struct, one method, one macro line.
-    std::fs::write(
-        krate.join("src/lib.rs"),
-        r#"use b24_plugin_api::{export_plugin, Outcome, Plugin, PluginError, UserFieldEvent};
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.3.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nb24-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
+        api.display().to_string()
+    );
+    build_author_crate(work, name, &manifest, FIELD_WATCH)
+}
+
+/// A plugin that appends each user-field event's code, field id and name to `field-watch.txt`,
+/// written with the root paths every API line has (so it builds against 0.2.0 too).
+const FIELD_WATCH: &str = r#"use b24_plugin_api::{export_plugin, Outcome, Plugin, PluginError, UserFieldEvent};
 
 #[derive(Default)]
 pub struct FieldWatch;
@@ -113,38 +109,21 @@ impl Plugin for FieldWatch {
 }
 
 export_plugin!(FieldWatch);
-"#,
-    )
-    .unwrap();
-    // Pin the same dependency versions as the workspace so the build reuses its artefacts.
-    std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&krate)
-        .args(["build", "--quiet", "--offline"])
-        .env("CARGO_TARGET_DIR", target_dir().join("author-plugins"))
-        .status()
-        .expect("cannot run cargo");
-    assert!(status.success(), "building the author's plugin failed");
-    target_dir().join("author-plugins/debug").join(plugin_file(name))
-}
+"#;
 
 #[test]
 fn a_plugin_author_builds_a_plugin_outside_the_workspace_and_the_host_runs_it() {
     let work = tempfile::tempdir().unwrap();
-    let library = author_plugin(work.path(), &workspace_root().join("plugin-api"), "field-watch");
+    // Named apart from the README guide's `field-watch`: author crates share a target folder.
+    let library = author_plugin(work.path(), &workspace_root().join("plugin-api"), "quote-watch");
     let dir = HostDir::new(&[]);
     dir.add_plugin_file(&library);
-    dir.write_config(&config(&["field-watch"], ""));
+    dir.write_config(&config(&["quote-watch"], ""));
     // The plugin writes into the host's working folder, which the harness sets to `dir`.
     let out_file = dir.path().join("field-watch.txt");
     let host = start(&dir);
     assert_eq!(host.post_form(&fixture("ONCRMQUOTEUSERFIELDADD")).status, 200);
-    let started = std::time::Instant::now();
-    let mut text = String::new();
-    while started.elapsed() < PATIENCE && text.is_empty() {
-        text = std::fs::read_to_string(&out_file).unwrap_or_default();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let text = eventually(PATIENCE, || std::fs::read_to_string(&out_file).ok()).unwrap_or_default();
     assert_eq!(text, "ONCRMQUOTEUSERFIELDADD 554 UF_CRM_1724771514\n");
     assert!(host.stop());
 }
@@ -208,12 +187,7 @@ fn a_plugin_built_against_plugin_api_0_2_0_still_loads_and_runs_in_this_host() {
     let host = start(&dir);
     assert_eq!(host.post_form(&fixture("ONCRMLEADUSERFIELDDELETE")).status, 200);
     let out_file = dir.path().join("field-watch.txt");
-    let started = std::time::Instant::now();
-    let mut text = String::new();
-    while started.elapsed() < PATIENCE && text.is_empty() {
-        text = std::fs::read_to_string(&out_file).unwrap_or_default();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let text = eventually(PATIENCE, || std::fs::read_to_string(&out_file).ok()).unwrap_or_default();
     assert_eq!(text, "ONCRMLEADUSERFIELDDELETE 554 UF_CRM_1724771514\n");
     assert!(host.stop());
 }

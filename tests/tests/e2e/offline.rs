@@ -1,9 +1,6 @@
 //! Offline events: the portal's guaranteed queue, pulled into the journal.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use b24_tests::fake_portal::{FakePortal, PortalOptions};
 use serde_json::{Value, json};
@@ -15,6 +12,22 @@ fn offline_host(portal: &FakePortal, poll_ms: u64) -> HostDir {
     let dir = HostDir::new(&["probe"]);
     dir.write_config(&offline_config(portal, poll_ms, &["probe"], "", ""));
     dir
+}
+
+/// A fake portal, a host with the probe polling it every `poll_ms`, started, and the app
+/// installed on the portal.
+fn installed(poll_ms: u64) -> (FakePortal, HostDir, RunningHost) {
+    let portal = FakePortal::start(PortalOptions::default());
+    let (dir, host) = installed_on(&portal, poll_ms);
+    (portal, dir, host)
+}
+
+/// A host with the probe polling `portal` every `poll_ms`, started, and the app installed.
+fn installed_on(portal: &FakePortal, poll_ms: u64) -> (HostDir, RunningHost) {
+    let dir = offline_host(portal, poll_ms);
+    let host = start(&dir);
+    post_app_install(&host, portal);
+    (dir, host)
 }
 
 /// host.toml polling `portal` every `poll_ms`, with `enabled` plugins, `portal_keys` in the
@@ -56,6 +69,52 @@ fn assert_once_each(dir: &HostDir, rows: &BTreeSet<String>) {
     }
 }
 
+/// Waits until the `later` rows reach the probe, then asserts it got exactly `first` and
+/// `later`, each row as one event.
+fn assert_later_rows_arrive_and_all_once(
+    dir: &HostDir,
+    first: &BTreeSet<String>,
+    later: &BTreeSet<String>,
+) {
+    wait_for("the later rows to arrive", PATIENCE, || {
+        let got: BTreeSet<String> = delivered(dir).into_iter().collect();
+        later.is_subset(&got)
+    });
+    let all: BTreeSet<String> = first.union(later).cloned().collect();
+    assert_eq!(delivered(dir).into_iter().collect::<BTreeSet<_>>(), all);
+    assert_once_each(dir, &all);
+}
+
+/// `b24-host offline bind` of `ONCRMDEALUSERFIELDUPDATE` on the fixtures' portal; must succeed.
+fn bind_deal_field_updates(dir: &HostDir) {
+    let out = dir.run_cli(&[
+        "offline",
+        "bind",
+        "--portal",
+        MEMBER,
+        "--event",
+        "ONCRMDEALUSERFIELDUPDATE",
+        "--config",
+        "host.toml",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Makes the portal's next clear go wrong by `fault`, pushes `n` rows (see [`push_rows`]) and
+/// waits until `host` logs the failed clear.
+fn rows_past_a_failed_clear(
+    host: &RunningHost,
+    portal: &FakePortal,
+    fault: fn(&FakePortal, usize),
+    n: u64,
+    first_field: u64,
+) -> BTreeSet<String> {
+    fault(portal, 1);
+    let rows = push_rows(portal, n, first_field);
+    assert!(host.wait_log("event.offline.clear failed", PATIENCE), "{}", host.log_text());
+    rows
+}
+
 fn push_rows(portal: &FakePortal, n: u64, first_field: u64) -> BTreeSet<String> {
     (0..n)
         .map(|i| {
@@ -78,45 +137,28 @@ fn delivered(dir: &HostDir) -> Vec<String> {
         .collect()
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, limit: Duration, done: impl FnMut() -> bool) {
+    assert!(eventually(limit, done), "timed out waiting for {what}");
 }
 
 #[test]
 fn each_row_reaches_the_plugins_once_across_a_sigkill_between_journal_and_clear() {
-    let portal = FakePortal::start(PortalOptions::default());
-    let dir = offline_host(&portal, 300);
-    let host = start(&dir);
-    post_app_install(&host, &portal);
+    let (portal, dir, host) = installed(300);
     // The first clear fails: the batch is journaled but stays reserved on the portal, as if
     // the host had died right after the journal write.
-    portal.fail_next_clears(1);
-    let rows = push_rows(&portal, 12, 100);
-    assert!(host.wait_log("event.offline.clear failed", PATIENCE), "{}", host.log_text());
+    let rows = rows_past_a_failed_clear(&host, &portal, FakePortal::fail_next_clears, 12, 100);
     host.kill();
 
     let host = start(&dir);
     wait_for("the queue to empty", PATIENCE, || portal.offline_rows().is_empty());
-    wait_for("every row to be delivered", PATIENCE, || delivered(&dir).len() >= rows.len());
-    std::thread::sleep(Duration::from_millis(500));
+    // Every row is journaled before it is cleared: an event posted now is delivered after all.
+    probe_sentinel(&host, &dir, 999_999);
     let got = delivered(&dir);
     let unique: BTreeSet<String> = got.iter().cloned().collect();
     assert_eq!(unique, rows, "every row reached the probe");
     // Each row became exactly one event: a SIGKILL may interrupt a plugin call and so repeat
     // that delivery (at least once), but always under the same event id.
-    let lines = dir.read_lines_lenient("probe.jsonl");
-    for message_id in &rows {
-        let ids: BTreeSet<u64> = lines
-            .iter()
-            .filter(|l| l["message_id"] == message_id.as_str())
-            .filter_map(|l| l["event_id"].as_u64())
-            .collect();
-        assert_eq!(ids.len(), 1, "row {message_id} became events {ids:?}");
-    }
+    assert_once_each(&dir, &rows);
     eprintln!(
         "offline crash test: {} rows, {} deliveries, all rows once in the journal",
         rows.len(),
@@ -129,10 +171,8 @@ fn each_row_reaches_the_plugins_once_across_a_sigkill_between_journal_and_clear(
     assert_eq!(first["entity"], "deal");
     let status = dir.journal(&["stats"]);
     assert!(status["events"].as_u64().unwrap() >= 12);
-    let out = dir.run_cli(&["offline", "status", "--config", "host.toml", "--json"]);
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(status["portals"][0]["mode"], "safe", "{status}");
+    let status = offline_status(&dir);
+    assert_eq!(status["mode"], "safe", "{status}");
     assert!(host.stop());
 }
 
@@ -168,17 +208,14 @@ fn two_hosts_polling_one_portal_split_the_queue_and_lose_nothing() {
 fn a_portal_without_safe_mode_falls_back_to_clear_on_read() {
     let portal = FakePortal::start(PortalOptions::default());
     portal.set_offline_safe_mode(false);
-    let dir = offline_host(&portal, 300);
-    let host = start(&dir);
-    post_app_install(&host, &portal);
+    let (dir, host) = installed_on(&portal, 300);
     let rows = push_rows(&portal, 7, 200);
     wait_for("every row to be delivered", PATIENCE, || delivered(&dir).len() >= rows.len());
     let got: BTreeSet<String> = delivered(&dir).into_iter().collect();
     assert_eq!(got, rows);
     assert!(host.log_text().contains("falling back to clear=1"), "{}", host.log_text());
-    let out = dir.run_cli(&["offline", "status", "--config", "host.toml", "--json"]);
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert_eq!(status["portals"][0]["mode"], "clear", "{status}");
+    let status = offline_status(&dir);
+    assert_eq!(status["mode"], "clear", "{status}");
     assert!(host.stop());
 }
 
@@ -186,17 +223,15 @@ fn a_portal_without_safe_mode_falls_back_to_clear_on_read() {
 fn onofflineevent_wakes_the_poller_and_bind_subscribes_offline_events() {
     let portal = FakePortal::start(PortalOptions::default());
     // Polls once at start, then only every 10 minutes.
-    let dir = offline_host(&portal, 600_000);
-    let host = start(&dir);
-    post_app_install(&host, &portal);
-    wait_for("the first poll", PATIENCE, || {
-        let out = dir.run_cli(&["offline", "status", "--config", "host.toml", "--json"]);
-        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        status["portals"][0]["last_poll_ms"].is_number()
-    });
+    let (dir, host) = installed_on(&portal, 600_000);
+    wait_for("the first poll", PATIENCE, || offline_status(&dir)["last_poll_ms"].is_number());
     let rows = push_rows(&portal, 3, 300);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(delivered(&dir).is_empty(), "rows arrived without a wake-up");
+    // Had the poller taken the rows before this event was journaled, they would come before it.
+    let before = probe_sentinel(&host, &dir, 999_999);
+    assert!(
+        !before.iter().any(|l| l["origin"] == "Offline"),
+        "rows arrived without a wake-up: {before:?}"
+    );
     let mut nudge = args("ONOFFLINEEVENT");
     nudge.system = true;
     assert_eq!(host.post_form(&form(&nudge)).status, 200);
@@ -235,33 +270,20 @@ fn onofflineevent_wakes_the_poller_and_bind_subscribes_offline_events() {
 
 #[test]
 fn a_clear_whose_reply_is_lost_does_not_stall_the_queue() {
-    let portal = FakePortal::start(PortalOptions::default());
-    let dir = offline_host(&portal, 200);
-    let host = start(&dir);
-    post_app_install(&host, &portal);
+    let (portal, dir, host) = installed(200);
     // The portal deletes the batch but the host never learns it did: it keeps the process_id,
     // under which the portal now holds nothing and reserves nothing new.
-    portal.garble_next_clear_replies(1);
-    let first = push_rows(&portal, 3, 400);
-    assert!(host.wait_log("event.offline.clear failed", PATIENCE), "{}", host.log_text());
+    let first =
+        rows_past_a_failed_clear(&host, &portal, FakePortal::garble_next_clear_replies, 3, 400);
     wait_for("the first rows", PATIENCE, || delivered(&dir).len() >= first.len());
     let later = push_rows(&portal, 3, 410);
-    wait_for("the later rows to arrive", PATIENCE, || {
-        let got: BTreeSet<String> = delivered(&dir).into_iter().collect();
-        later.is_subset(&got)
-    });
-    let all: BTreeSet<String> = first.union(&later).cloned().collect();
-    assert_eq!(delivered(&dir).into_iter().collect::<BTreeSet<_>>(), all);
-    assert_once_each(&dir, &all);
+    assert_later_rows_arrive_and_all_once(&dir, &first, &later);
     assert!(host.stop());
 }
 
 #[test]
 fn a_host_killed_right_after_the_clear_reads_the_queue_again_after_a_restart() {
-    let portal = FakePortal::start(PortalOptions::default());
-    let dir = offline_host(&portal, 200);
-    let host = start(&dir);
-    post_app_install(&host, &portal);
+    let (portal, dir, host) = installed(200);
     // The clear is applied on the portal and its reply held back; the host dies waiting.
     portal.hold_next_clear();
     let first = push_rows(&portal, 3, 500);
@@ -272,13 +294,7 @@ fn a_host_killed_right_after_the_clear_reads_the_queue_again_after_a_restart() {
 
     let later = push_rows(&portal, 3, 510);
     let host = start(&dir);
-    wait_for("the later rows to arrive", PATIENCE, || {
-        let got: BTreeSet<String> = delivered(&dir).into_iter().collect();
-        later.is_subset(&got)
-    });
-    let all: BTreeSet<String> = first.union(&later).cloned().collect();
-    assert_eq!(delivered(&dir).into_iter().collect::<BTreeSet<_>>(), all);
-    assert_once_each(&dir, &all);
+    assert_later_rows_arrive_and_all_once(&dir, &first, &later);
     assert!(host.stop());
 }
 
@@ -313,17 +329,7 @@ fn offline_bind_subscribes_with_the_portals_connector() {
     ));
     let host = start(&dir);
     post_app_install(&host, &portal);
-    let out = dir.run_cli(&[
-        "offline",
-        "bind",
-        "--portal",
-        MEMBER,
-        "--event",
-        "ONCRMDEALUSERFIELDUPDATE",
-        "--config",
-        "host.toml",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bind_deal_field_updates(&dir);
     let bindings = portal.bindings();
     assert_eq!(bindings.len(), 1, "{bindings:?}");
     assert_eq!(bindings[0]["auth_connector"], "b24host", "{bindings:?}");
@@ -337,17 +343,7 @@ fn a_plugins_own_write_with_the_connector_does_not_come_back_offline() {
     dir.write_config(&offline_config(&portal, 200, &["probe"], "", "auth_connector = \"b24host\""));
     let host = start(&dir);
     post_app_install(&host, &portal);
-    let out = dir.run_cli(&[
-        "offline",
-        "bind",
-        "--portal",
-        MEMBER,
-        "--event",
-        "ONCRMDEALUSERFIELDUPDATE",
-        "--config",
-        "host.toml",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bind_deal_field_updates(&dir);
     // Another application (connector) sees every change, the probe's write included.
     portal.bind_offline_for("other", "ONCRMDEALUSERFIELDUPDATE");
     let field = portal.add_field("CRM_DEAL", "UF_CRM_WRITE", "string", vec![]);
@@ -430,9 +426,7 @@ fn a_webhook_is_never_used_for_the_offline_queue_and_the_poller_says_why() {
 fn a_non_admin_install_is_reported_as_such() {
     let portal = FakePortal::start(PortalOptions::default());
     portal.set_app_user_admin(false);
-    let dir = offline_host(&portal, 200);
-    let host = start(&dir);
-    post_app_install(&host, &portal);
+    let (dir, host) = installed_on(&portal, 200);
     wait_for("a refused poll", PATIENCE, || {
         offline_status(&dir)["last_error"].as_str().is_some_and(|e| e.contains("ACCESS_DENIED"))
     });

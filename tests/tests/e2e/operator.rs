@@ -134,11 +134,8 @@ fn a_plugins_prints_and_panics_become_log_lines_with_its_name_and_stdout_stays_t
         .unwrap();
     let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
     let wait_for = |f: &std::path::Path, needle: &str| {
-        let started = std::time::Instant::now();
-        while !read(f).contains(needle) {
-            assert!(started.elapsed() < PATIENCE, "no {needle:?} in {}:\n{}", f.display(), read(f));
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let found = eventually(PATIENCE, || read(f).contains(needle));
+        assert!(found, "no {needle:?} in {}:\n{}", f.display(), read(f));
     };
     wait_for(&stdout_file, "\n");
     let first = read(&stdout_file);

@@ -3,7 +3,6 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -32,19 +31,14 @@ fn metrics_move_with_events_rejections_retries_and_dead_letters() {
     wrong.token = "00000000000000000000000000000000".into();
     assert_eq!(host.post_form(&form(&wrong)).status, 401);
     dir.wait_lines("probe.jsonl", 4, PATIENCE, |l| l["kind"] == "user_field");
-    let started = Instant::now();
-    let text = loop {
-        let text = host.admin_request("GET", "/metrics").body;
-        // Counters move when the worker learns an outcome; the backlog gauge reads the journal,
-        // where the outcome lands with the writer's next commit: wait for both.
-        if (metric(&text, "b24_plugin_dead_letters_total{plugin=\"probe\"}") == Some(1.0)
-            && metric(&text, "b24_plugin_backlog{plugin=\"probe\"}") == Some(0.0))
-            || started.elapsed() > PATIENCE
-        {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut text = String::new();
+    // Counters move when the worker learns an outcome; the backlog gauge reads the journal,
+    // where the outcome lands with the writer's next commit: wait for both.
+    eventually(PATIENCE, || {
+        text = host.admin_request("GET", "/metrics").body;
+        metric(&text, "b24_plugin_dead_letters_total{plugin=\"probe\"}") == Some(1.0)
+            && metric(&text, "b24_plugin_backlog{plugin=\"probe\"}") == Some(0.0)
+    });
     assert_eq!(
         metric(
             &text,
@@ -81,23 +75,16 @@ fn metrics_move_with_events_rejections_retries_and_dead_letters() {
     let slow = host.post_form(&field_event(4, "UF_CRM_SLEEP300"));
     assert_eq!(slow.status, 200);
     assert_eq!(host.post_form(&field_event(5, "UF_CRM_OK")).status, 200);
-    std::thread::sleep(Duration::from_millis(100));
     let busy = host.admin_request("GET", "/metrics").body;
     assert!(
         metric(&busy, "b24_plugin_backlog{plugin=\"probe\"}").is_some_and(|b| b >= 1.0),
         "{busy}"
     );
     dir.wait_lines("probe.jsonl", 6, PATIENCE, |l| l["kind"] == "user_field");
-    let started = Instant::now();
-    let mut backlog = None;
-    while started.elapsed() < PATIENCE {
+    let backlog = eventually(PATIENCE, || {
         let text = host.admin_request("GET", "/metrics").body;
-        backlog = metric(&text, "b24_plugin_backlog{plugin=\"probe\"}");
-        if backlog == Some(0.0) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        metric(&text, "b24_plugin_backlog{plugin=\"probe\"}").filter(|b| *b == 0.0)
+    });
     assert_eq!(backlog, Some(0.0));
     assert!(host.stop());
 }
@@ -126,32 +113,14 @@ fn readyz_is_503_while_an_enabled_plugin_is_not_loaded() {
 
 /// Builds a copy of the probe plugin with another version string, as a new release would be.
 fn probe_build(version: &str) -> PathBuf {
-    let work = tempfile::tempdir().unwrap().keep();
-    let krate = work.join("probe");
-    std::fs::create_dir_all(krate.join("src")).unwrap();
-    std::fs::copy(
-        workspace_root().join("tests/plugins/probe/src/lib.rs"),
-        krate.join("src/lib.rs"),
-    )
-    .unwrap();
-    let api = workspace_root().join("plugin-api");
-    std::fs::write(
-        krate.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"probe\"\nversion = \"{version}\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nb24-plugin-api = {{ path = {:?} }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = {{ version = \"1\", features = [\"preserve_order\"] }}\ntoml = \"0.9\"\n\n[workspace]\n",
-            api.display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&krate)
-        .args(["build", "--quiet", "--offline"])
-        .env("CARGO_TARGET_DIR", target_dir().join(format!("probe-{version}")))
-        .status()
-        .expect("cannot run cargo");
-    assert!(status.success(), "building probe {version} failed");
-    target_dir().join(format!("probe-{version}/debug")).join(plugin_file("probe"))
+    let work = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "[package]\nname = \"probe\"\nversion = \"{version}\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nb24-plugin-api = {{ path = {:?} }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = {{ version = \"1\", features = [\"preserve_order\"] }}\ntoml = \"0.9\"\n\n[workspace]\n",
+        workspace_root().join("plugin-api").display().to_string()
+    );
+    let source =
+        std::fs::read_to_string(workspace_root().join("tests/plugins/probe/src/lib.rs")).unwrap();
+    build_author_crate(work.path(), "probe", &manifest, &source)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -208,7 +177,8 @@ fn a_live_reload_under_load_loses_nothing_and_a_broken_build_leaves_the_old_one_
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(600));
+    // The reload comes while events arrive.
+    assert!(eventually(PATIENCE, || acked.lock().unwrap().len() >= 50), "the sender is stuck");
     let rss_before = rss_kib(host.pid());
     deploy_probe_library(&dir, &v2);
     let reload = host.admin_request("POST", "/reload");
@@ -304,12 +274,17 @@ fn a_disabled_plugin_keeps_its_backlog_and_gets_it_once_enabled_again() {
     dir.write_config(&config(&["audit-log"], &probe("", "sleep_ms = 300")));
     host.signal("HUP");
     assert!(host.wait_log("plugin disabled", PATIENCE), "{}", host.log_text());
-    let at_disable = probe_calls(&dir);
+    // Its instance is shut down once its call in flight ends: nothing can call it after that.
+    let shutdown = dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "shutdown");
+    assert_eq!(shutdown.len(), 1, "the disabled plugin was not shut down");
+    let records = dir.read_lines_lenient("probe.jsonl");
+    let at_disable =
+        event_ids(&records[..records.iter().position(|l| l["kind"] == "shutdown").unwrap()]);
     assert!(at_disable.len() < 8, "everything was delivered before the disable; proves nothing");
-    // Nothing more reaches the disabled plugin, and what it did not finish stays in the journal.
-    std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(probe_calls(&dir), at_disable, "calls after the plugin was disabled");
-    assert_eq!(dir.stats()["probe"].0, 8 - at_disable.len() as u64);
+    // What it did not get stays in the journal.
+    let left = 8 - at_disable.len() as u64;
+    eventually(PATIENCE, || dir.stats()["probe"].0 == left);
+    assert_eq!(dir.stats()["probe"].0, left, "{at_disable:?}");
     // The other plugin was not held back.
     assert_eq!(dir.wait_lines("audit.jsonl", 8, PATIENCE, |_| true).len(), 8);
 

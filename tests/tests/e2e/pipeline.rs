@@ -89,7 +89,7 @@ fn a_json_body_is_accepted_like_a_form() {
     let mut a = args("ONCRMCOMPANYUSERFIELDDELETE");
     a.json = true;
     a.field_id = 77;
-    let (body, content_type) = b24_host::send::body(&a);
+    let (body, content_type) = b24_host::cmd::send::body(&a);
     assert_eq!(content_type, "application/json");
     let answer = host.post_json(&body);
     assert_eq!(answer.status, 200, "{}", answer.body);

@@ -4,10 +4,7 @@
 //! moves it to the plugin's dead letters and serves on; `journal skip` frees a poison event at
 //! once, on a stopped host and on a running one.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use crate::support::*;
 
@@ -36,14 +33,7 @@ fn post(host: &RunningHost, field_id: u64, name: &str) -> Option<u64> {
 
 /// Waits until `host` has exited; whether it did within `limit`.
 fn wait_exit(host: &mut RunningHost, limit: Duration) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if !host.is_running() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    host.wait_exit(limit).is_some()
 }
 
 /// The field ids the probe was called with for user-field events.
@@ -57,17 +47,19 @@ fn probe_fields(dir: &HostDir) -> Vec<u64> {
 
 /// Waits until the probe was called with field `field_id`, or `host` died; whether it was.
 fn wait_probe_or_death(dir: &HostDir, host: &mut RunningHost, field_id: u64) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < PATIENCE {
+    let called = eventually(PATIENCE, || {
         if probe_fields(dir).contains(&field_id) {
-            return true;
+            Some(true)
+        } else {
+            (!host.is_running()).then_some(false)
         }
-        if !host.is_running() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the probe never got field {field_id}, and the host still runs:\n{}", host.log_text());
+    });
+    called.unwrap_or_else(|| {
+        panic!(
+            "the probe never got field {field_id}, and the host still runs:\n{}",
+            host.log_text()
+        )
+    })
 }
 
 /// The probe's dead letters: (event id, reason).

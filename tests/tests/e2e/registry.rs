@@ -2,7 +2,7 @@
 //! random sequence of field changes must leave the registry equal to the portal, within its rate
 //! limit, across token expiry, refresh and a moved portal.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use b24_tests::fake_portal::{FakePortal, PortalOptions, RequestKind};
 use serde_json::Value;
@@ -149,19 +149,10 @@ fn the_field_registry_mirrors_the_portal_through_host_rest_calls() {
     }
 
     // Wait until the plugin has worked through every event.
-    let started = Instant::now();
-    loop {
-        let stats = dir.stats();
-        if stats.get("field-registry").is_some_and(|(backlog, _, _)| *backlog == 0) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "registry still has a backlog: {stats:?}\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let drained = eventually(Duration::from_secs(60), || {
+        dir.stats().get("field-registry").is_some_and(|(backlog, _, _)| *backlog == 0)
+    });
+    assert!(drained, "registry still has a backlog: {:?}\n{}", dir.stats(), host.log_text());
     assert_eq!(dir.stats()["field-registry"], (0, 0, 0), "{}", host.log_text());
 
     let file = dir.path().join("registry").join(format!("{MEMBER}.json"));

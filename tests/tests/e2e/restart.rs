@@ -79,15 +79,8 @@ fn a_restart_on_a_passed_socket_refuses_no_connection_and_loses_no_event() {
         .collect();
     let answered = |results: &Results| results.lock().unwrap().len();
     let wait_answers = |n: usize| {
-        let started = Instant::now();
-        while answered(&results) < n {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the clients got only {} answers",
-                answered(&results)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let enough = eventually(PATIENCE, || answered(&results) >= n);
+        assert!(enough, "the clients got only {} answers", answered(&results));
     };
     wait_answers(30);
 
@@ -125,10 +118,7 @@ fn a_restart_on_a_passed_socket_refuses_no_connection_and_loses_no_event() {
     assert!(waited.count() > 0, "no request waited for the new process");
     // Every accepted event reaches the plugin, those accepted by either process.
     let delivered = |dir: &HostDir| -> BTreeSet<u64> { probe_calls(dir).into_iter().collect() };
-    let started = Instant::now();
-    while !accepted.is_subset(&delivered(&dir)) && started.elapsed() < PATIENCE {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(PATIENCE, || accepted.is_subset(&delivered(&dir)));
     let missing: Vec<u64> = accepted.difference(&delivered(&dir)).copied().collect();
     assert!(missing.is_empty(), "accepted but never delivered: {missing:?}");
     assert!(second.stop());
@@ -167,6 +157,17 @@ const MARGIN: Duration = Duration::from_secs(10);
 /// How long the probe hangs.
 const HANG_MS: u64 = 600_000;
 
+/// Sends SIGTERM and asserts the host exits cleanly within the grace (plus a margin); its log.
+fn sigterm_stops_within_the_grace(host: &mut RunningHost) -> String {
+    host.signal("TERM");
+    let asked = Instant::now();
+    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
+    let log = host.log_text();
+    assert!(status.is_some(), "still running {:?} after SIGTERM:\n{log}", asked.elapsed());
+    assert!(status.unwrap().success(), "{status:?}\n{log}");
+    log
+}
+
 fn hang_config(probe_settings: &str) -> String {
     config(
         &["probe"],
@@ -188,13 +189,7 @@ fn sigterm_while_an_in_process_call_hangs_stops_within_the_grace_and_the_event_i
     // The call has started (the probe records before it sleeps).
     assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["event_id"] == id).len(), 1);
 
-    host.signal("TERM");
-    let asked = Instant::now();
-    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
-    let took = asked.elapsed();
-    let log = host.log_text();
-    assert!(status.is_some(), "still running {took:?} after SIGTERM:\n{log}");
-    assert!(status.unwrap().success(), "{status:?}\n{log}");
+    let log = sigterm_stops_within_the_grace(&mut host);
     assert!(log.contains("abandoned"), "{log}");
     // Nothing was marked done: the event is still pending for the probe.
     assert_eq!(dir.stats().get("probe").map(|s| s.0), Some(1), "{:?}", dir.stats());
@@ -204,10 +199,7 @@ fn sigterm_while_an_in_process_call_hangs_stops_within_the_grace_and_the_event_i
     let host = start(&dir);
     let calls = dir.wait_lines("probe.jsonl", 2, PATIENCE, |l| l["event_id"] == id);
     assert_eq!(calls.len(), 2, "not delivered after the restart");
-    let started = Instant::now();
-    while dir.stats().get("probe").map(|s| s.0) != Some(0) && started.elapsed() < PATIENCE {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(PATIENCE, || dir.stats().get("probe").map(|s| s.0) == Some(0));
     assert_eq!(dir.stats().get("probe").map(|s| s.0), Some(0), "{:?}", dir.stats());
     assert!(host.stop());
 }
@@ -221,17 +213,9 @@ fn a_plugin_shutdown_that_hangs_does_not_hold_the_host_past_the_grace_and_outcom
     let done = dir.wait_lines("probe.jsonl", 5, PATIENCE, |l| l["kind"] == "user_field");
     assert_eq!(done.len(), 5);
     // The last outcome is reported right after the call; wait until the journal has them all.
-    let started = Instant::now();
-    while dir.stats().get("probe").map(|s| s.0) != Some(0) && started.elapsed() < PATIENCE {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(PATIENCE, || dir.stats().get("probe").map(|s| s.0) == Some(0));
 
-    host.signal("TERM");
-    let asked = Instant::now();
-    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
-    let log = host.log_text();
-    assert!(status.is_some(), "still running {:?} after SIGTERM:\n{log}", asked.elapsed());
-    assert!(status.unwrap().success(), "{status:?}\n{log}");
+    sigterm_stops_within_the_grace(&mut host);
     assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "shutdown").len(), 1);
     // The journal was closed properly: every outcome kept, nothing delivered twice next time.
     assert_eq!(dir.stats().get("probe").map(|s| s.0), Some(0), "{:?}", dir.stats());
@@ -263,16 +247,14 @@ fn a_connection_accepted_before_sigterm_still_gets_its_request_answered() {
     let mut early = std::net::TcpStream::connect(&host.addr).unwrap();
     early.set_read_timeout(Some(PATIENCE)).unwrap();
     // The host has accepted it: with a cap of one connection, the next one is turned away.
-    let started = Instant::now();
-    loop {
-        let answer = try_request(&host.addr, "GET", "/", None, b"");
-        if matches!(&answer, Ok(a) if a.status == 503 && a.body.contains("too many open connections"))
-        {
-            break;
-        }
-        assert!(started.elapsed() < PATIENCE, "{answer:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut answer = None;
+    let turned_away = eventually(PATIENCE, || {
+        let last = try_request(&host.addr, "GET", "/", None, b"");
+        let full = matches!(&last, Ok(a) if a.status == 503 && a.body.contains("too many open connections"));
+        answer = Some(last);
+        full
+    });
+    assert!(turned_away, "{answer:?}");
 
     host.signal("TERM");
     assert!(host.wait_log("shutting down: no new connections", PATIENCE), "{}", host.log_text());
@@ -309,10 +291,5 @@ fn a_reload_whose_plugin_creation_hangs_neither_stops_intake_nor_holds_sigterm()
     let id = post_fields(&host, 3..=3, "UF_CRM_DURING_RELOAD")[0];
     assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["event_id"] == id).len(), 1);
 
-    host.signal("TERM");
-    let asked = Instant::now();
-    let status = host.wait_exit(Duration::from_millis(GRACE_MS) + MARGIN);
-    let log = host.log_text();
-    assert!(status.is_some(), "still running {:?} after SIGTERM:\n{log}", asked.elapsed());
-    assert!(status.unwrap().success(), "{status:?}\n{log}");
+    sigterm_stops_within_the_grace(&mut host);
 }

@@ -111,7 +111,7 @@ pub fn args(event: &str) -> SendArgs {
 
 /// The form body for `args`.
 pub fn form(args: &SendArgs) -> String {
-    b24_host::send::body(args).0
+    b24_host::cmd::send::body(args).0
 }
 
 /// A user-field update of field `id` named `name`, form-encoded.
@@ -156,6 +156,20 @@ pub fn post_fields(host: &RunningHost, ids: std::ops::RangeInclusive<u64>, name:
         answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap()
     })
     .collect()
+}
+
+/// Posts a user-field event for field `field_id` and waits until the probe is called with it;
+/// returns the probe's record lines before that call. The probe gets its events in journal
+/// order, so these lines are all it will ever get of the events accepted before the sentinel:
+/// the way to check that something did not reach it, without sleeping.
+pub fn probe_sentinel(host: &RunningHost, dir: &HostDir, field_id: u64) -> Vec<serde_json::Value> {
+    assert_eq!(host.post_form(&field_event(field_id, "UF_CRM_SENTINEL")).status, 200);
+    let is_sentinel =
+        |l: &serde_json::Value| l["kind"] == "user_field" && l["field_id"] == field_id;
+    let arrived =
+        eventually(PATIENCE, || dir.read_lines_lenient("probe.jsonl").iter().any(is_sentinel));
+    assert!(arrived, "the sentinel event {field_id} never reached the probe:\n{}", host.log_text());
+    dir.read_lines_lenient("probe.jsonl").into_iter().take_while(|l| !is_sentinel(l)).collect()
 }
 
 /// The journal ids of the probe's user-field calls so far, in call order.

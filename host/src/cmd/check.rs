@@ -1,9 +1,14 @@
 //! `b24-host check`: validates the config, loads and creates every enabled plugin, and prints
 //! what each one receives. Reports every problem at once; exits non-zero on any.
 
-use std::process::ExitCode;
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
-use crate::{config::Config, dispatch::host_services, server::load_plugins};
+use crate::{
+    config::Config,
+    dispatch::host_services,
+    loader::{self, LoadError, LoadedPlugin},
+    route::Route,
+};
 
 /// Runs the check and prints its report on stdout (problems on stderr).
 pub fn run(config: &Config) -> ExitCode {
@@ -15,11 +20,15 @@ pub fn run(config: &Config) -> ExitCode {
         eprintln!("warning: {warning}");
     }
     println!("plugins folder: {}", config.plugins.dir.display());
-    let libraries = crate::loader::discover(&config.plugins.dir).unwrap_or_default();
-    for warning in crate::names::unused_plugin_tables(config, &libraries) {
-        eprintln!("warning: {warning}");
-    }
-    let (loaded, errors) = load_plugins(config);
+    let (loaded, errors) = match loader::discover(&config.plugins.dir) {
+        Ok(libraries) => {
+            for warning in crate::names::unused_plugin_tables(config, &libraries) {
+                eprintln!("warning: {warning}");
+            }
+            load_plugins(config, &libraries)
+        }
+        Err(e) => (Vec::new(), vec![e]),
+    };
     let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     for report in &loaded {
         let plugin = &report.plugin;
@@ -65,4 +74,35 @@ pub fn run(config: &Config) -> ExitCode {
         eprintln!("{} problem(s) found", errors.len());
         ExitCode::FAILURE
     }
+}
+
+/// A plugin that loaded, with the route it will receive events by.
+struct PluginReport {
+    /// The library.
+    plugin: LoadedPlugin,
+    /// Its effective subscription.
+    route: Route,
+}
+
+/// Loads every enabled plugin's library among the `libraries` of the plugins folder (without
+/// creating instances): the ones that loaded and every failure, so that all problems are
+/// reported at once.
+fn load_plugins(
+    config: &Config,
+    libraries: &BTreeMap<String, Vec<PathBuf>>,
+) -> (Vec<PluginReport>, Vec<LoadError>) {
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    for name in &config.plugins.enabled {
+        match loader::locate_in(&config.plugins.dir, libraries, name)
+            .and_then(|path| loader::load_file(name, &path))
+        {
+            Ok(plugin) => {
+                let route = Route::new(&plugin.events, &config.plugin_config(name));
+                loaded.push(PluginReport { plugin, route });
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (loaded, errors)
 }

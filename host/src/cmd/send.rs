@@ -1,7 +1,10 @@
 //! `b24-host send`: builds a realistic event exactly as Bitrix24's PHP sender would, and posts
 //! it. Used in the quick start, in tests, and to poke a running host by hand.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    process::ExitCode,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -30,6 +33,18 @@ pub enum SendError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// Prints the body (`--print`) or posts it and prints the answer; fails on a non-2xx status.
+pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
+    let (body, content_type) = body(args);
+    if args.print {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (status, text) = super::runtime()?.block_on(post(&args.url, body, content_type))?;
+    println!("{status} {text}");
+    Ok(if (200..300).contains(&status) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The event `args` describe, as the nested payload Bitrix24 would send.

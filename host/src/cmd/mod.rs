@@ -1,0 +1,76 @@
+//! The commands of the `b24-host` binary, one module each (as mini-redis keeps one file per
+//! command): `main.rs` parses the command line and calls [`run`], which dispatches here. The
+//! hidden `runner` command's body is the runner process itself, [`crate::runner::child::main`].
+
+pub mod check;
+pub mod journal;
+pub mod offline;
+pub mod reload;
+pub mod send;
+pub mod serve;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context;
+
+use crate::{
+    cli::{Cli, Command, JournalCommand},
+    config::Config,
+    control::AdminRequest as Request,
+    journal::Selection,
+};
+
+/// The multi-threaded runtime a command's async part runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The config named on the command line, else `host.toml` here if present, else the defaults.
+pub fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(&path)?),
+        None if Path::new("host.toml").exists() => Ok(Config::load(Path::new("host.toml"))?),
+        None => {
+            let here = std::env::current_dir().context("cannot read the current folder")?;
+            Ok(Config::default_for(&here))
+        }
+    }
+}
+
+/// Runs the command `cli` names.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, listen, admin_listen, log_format } => {
+            serve::run(config, listen, admin_listen, log_format)
+        }
+        Command::Runner { .. } => Ok(crate::runner::child::main()),
+        Command::Check { config } => Ok(check::run(&load_config(config)?)),
+        Command::Journal { config, json, command } => {
+            // The journal command's requests (its module runs them, for `offline` too).
+            let config = load_config(config)?;
+            let request = match command {
+                JournalCommand::Stats => Request::Stats { enabled: config.plugins.enabled.clone() },
+                JournalCommand::List { limit } => Request::List { limit },
+                JournalCommand::Show { id } => Request::Show { id },
+                JournalCommand::Dead { plugin } => Request::Dead { plugin },
+                JournalCommand::Replay { plugin, ids } => {
+                    Request::Replay(Selection { plugin, ids })
+                }
+                JournalCommand::Purge { plugin, ids } => Request::Purge(Selection { plugin, ids }),
+                JournalCommand::Skip { plugin, ids } => Request::Skip { plugin, ids },
+            };
+            journal::run(&config, request, json)
+        }
+        Command::Offline { config, json, command } => {
+            offline::run(&load_config(config)?, command, json)
+        }
+        Command::Reload { config, admin } => reload::run(config, admin),
+        Command::Send(args) => send::run(&args),
+    }
+}
