@@ -4,10 +4,25 @@
 use std::process::ExitCode;
 
 use crate::{
+    cli::JournalCommand,
     config::Config,
     control::{self, AdminRequest as Request, AdminResponse as Response},
-    journal::{Journal, StoreError, now_ms},
+    journal::{Journal, Selection, StoreError, now_ms},
 };
+
+/// Runs the `journal` subcommand `command` (its request, then [`run`]).
+pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let request = match command {
+        JournalCommand::Stats => Request::Stats { enabled: config.plugins.enabled.clone() },
+        JournalCommand::List { limit } => Request::List { limit },
+        JournalCommand::Show { id } => Request::Show { id },
+        JournalCommand::Dead { plugin } => Request::Dead { plugin },
+        JournalCommand::Replay { plugin, ids } => Request::Replay(Selection { plugin, ids }),
+        JournalCommand::Purge { plugin, ids } => Request::Purge(Selection { plugin, ids }),
+        JournalCommand::Skip { plugin, ids } => Request::Skip { plugin, ids },
+    };
+    run(config, request, json)
+}
 
 /// Runs `request` against the journal of `config`'s host and prints the answer.
 pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<ExitCode> {

@@ -17,10 +17,8 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    cli::{Cli, Command, JournalCommand},
+    cli::{Cli, Command},
     config::Config,
-    control::AdminRequest as Request,
-    journal::Selection,
 };
 
 /// The multi-threaded runtime a command's async part runs on.
@@ -52,20 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runner { .. } => Ok(crate::runner::child::main()),
         Command::Check { config } => Ok(check::run(&load_config(config)?)),
         Command::Journal { config, json, command } => {
-            // The journal command's requests (its module runs them, for `offline` too).
-            let config = load_config(config)?;
-            let request = match command {
-                JournalCommand::Stats => Request::Stats { enabled: config.plugins.enabled.clone() },
-                JournalCommand::List { limit } => Request::List { limit },
-                JournalCommand::Show { id } => Request::Show { id },
-                JournalCommand::Dead { plugin } => Request::Dead { plugin },
-                JournalCommand::Replay { plugin, ids } => {
-                    Request::Replay(Selection { plugin, ids })
-                }
-                JournalCommand::Purge { plugin, ids } => Request::Purge(Selection { plugin, ids }),
-                JournalCommand::Skip { plugin, ids } => Request::Skip { plugin, ids },
-            };
-            journal::run(&config, request, json)
+            journal::command(&load_config(config)?, command, json)
         }
         Command::Offline { config, json, command } => {
             offline::run(&load_config(config)?, command, json)
