@@ -16,11 +16,13 @@
 //! Backend-neutral pieces, shared by every backend:
 //! - [`record`]: the event record (metadata + raw body), a plugin's pending state, a dead
 //!   letter: what a delivery carries and what the admin data shows.
+//! - [`checksum`]: the checksum sealing every stored record, checked on every read.
 //! - [`dedup`]: the duplicate key (the same event twice has the same key, whichever host
 //!   accepted it); keeping the window is each backend's (`embedded::window`).
 //! - [`admin`]: what the `journal` commands show, as plain data.
 
 pub mod admin;
+pub mod checksum;
 pub mod dedup;
 pub mod embedded;
 mod error;
@@ -143,6 +145,14 @@ impl Journal {
     pub fn last_write_error(&self) -> Option<String> {
         match &self.backend {
             Backend::Embedded(j) => j.last_write_error(),
+        }
+    }
+
+    /// Records found damaged (checksum mismatch, unreadable) or missing on a read since the
+    /// host started; each became a dead letter.
+    pub fn damaged_records(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded(j) => j.damaged_records(),
         }
     }
 

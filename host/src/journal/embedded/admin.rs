@@ -17,7 +17,7 @@ use crate::{
         StoreError,
         admin::{DeadRow, EventDetail, EventSummary, PluginStats, Selection, Stats, redacted},
         now_ms,
-        record::{DeadLetter, EventRecord, Pending, from_json},
+        record::{DeadLetter, EventRecord, Pending, unseal_row},
     },
 };
 
@@ -49,13 +49,14 @@ fn rows(database: &Database) -> Result<Rows, StoreError> {
     for row in db(db(txn.open_table(PENDING))?.iter())? {
         let (k, v) = db(row)?;
         let (plugin, id) = k.value();
-        out.entry(id).or_default().0.push((plugin.to_owned(), from_json(v.value())));
+        let state = unseal_row(plugin, id, v.value()).unwrap_or_default();
+        out.entry(id).or_default().0.push((plugin.to_owned(), state));
     }
     for row in db(db(txn.open_table(DEAD))?.iter())? {
         let (k, v) = db(row)?;
         let (plugin, id) = k.value();
-        let dead: DeadLetter = serde_json::from_slice(v.value()).unwrap_or(DeadLetter {
-            reason: "unreadable dead letter".into(),
+        let dead: DeadLetter = unseal_row(plugin, id, v.value()).unwrap_or_else(|e| DeadLetter {
+            reason: format!("dead letter {e}"),
             attempts: 0,
             at_ms: 0,
         });
@@ -65,7 +66,7 @@ fn rows(database: &Database) -> Result<Rows, StoreError> {
 }
 
 fn record(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreError> {
-    store::event(database, id)
+    Ok(store::event(database, id)?.and_then(Result::ok))
 }
 
 /// Counts per plugin in one pass over the pending and dead keys. Pending rows are ordered by
@@ -91,13 +92,13 @@ pub fn stats(database: &Database, enabled: &[String]) -> Result<Stats, StoreErro
         let (plugin, id) = k.value();
         let stats = entry(&mut by_plugin, plugin);
         stats.backlog += 1;
-        let state = from_json::<Pending>(v.value());
+        let state: Pending = unseal_row(plugin, id, v.value()).unwrap_or_default();
         if state.attempts > 0 || state.crashes > 0 {
             stats.retrying += 1;
         }
         if stats.backlog == 1 {
             let received = db(events_table.get(id))?
-                .and_then(|v| EventRecord::decode(v.value()))
+                .and_then(|v| EventRecord::unseal(id, v.value()).ok())
                 .map(|r| r.meta.received_at_ms);
             stats.oldest_pending_age_ms = received.map(|at| now - at);
         }
@@ -131,7 +132,7 @@ pub fn list(database: &Database, limit: usize) -> Result<Vec<EventSummary>, Stor
     for row in db(table.iter())?.rev().take(limit) {
         let (k, v) = db(row)?;
         let id = k.value();
-        if let Some(record) = EventRecord::decode(v.value()) {
+        if let Ok(record) = EventRecord::unseal(id, v.value()) {
             events.push(summary(id, &record, rows.get(&id)));
         }
     }

@@ -32,6 +32,7 @@ use tokio::sync::{Notify, oneshot};
 use super::{
     Appended, Delivery, StoreError,
     admin::{DeadRow, EventDetail, EventSummary, Selection, Stats},
+    checksum::Damage,
     dedup::DedupKey,
     now_ms,
     record::{DeadLetter, EventRecord, Pending},
@@ -49,6 +50,8 @@ pub struct Shared {
     plugins: std::sync::RwLock<HashMap<Arc<str>, Arc<Signal>>>,
     closed: AtomicBool,
     closing: Notify,
+    /// Records found damaged (or missing) on a read, made dead letters: for the metric.
+    damaged: std::sync::atomic::AtomicU64,
 }
 
 /// One plugin's wake-ups: new rows, dead letters put back into delivery, and pending events an
@@ -210,6 +213,11 @@ impl Embedded {
     /// Why the last journal commit failed, if it did (cleared by the next good one).
     pub fn last_write_error(&self) -> Option<String> {
         self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records found damaged or missing on a read since the host started (each a dead letter).
+    pub fn damaged_records(&self) -> u64 {
+        self.shared.damaged.load(Ordering::Relaxed)
     }
 
     /// The journal file's size.
@@ -445,7 +453,7 @@ impl Consumer {
                 continue; // The scan below reaches it anyway.
             }
             if let Some(record) = store::event(&database, id)? {
-                self.push(id, Pending::default(), Some(record));
+                self.push(id, Ok(Pending::default()), record);
             }
         }
         let rows = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)?;
@@ -456,17 +464,32 @@ impl Consumer {
         Ok(())
     }
 
-    fn push(&mut self, id: u64, pending: Pending, record: Option<EventRecord>) {
-        match record {
-            Some(record) => self.buffer.push_back(Delivery { id, pending, record }),
-            None => self.reporter().bury(
-                id,
-                DeadLetter {
-                    reason: "the journal record is missing or damaged".into(),
-                    attempts: pending.attempts,
-                    at_ms: now_ms(),
-                },
-            ),
+    /// Buffers a checked event for delivery; a damaged or missing one is never delivered: it
+    /// becomes a dead letter with the reason, an ERROR line and a count for the metric.
+    fn push(
+        &mut self,
+        id: u64,
+        pending: Result<Pending, Damage>,
+        record: Result<EventRecord, Damage>,
+    ) {
+        match (pending, record) {
+            (Ok(pending), Ok(record)) => self.buffer.push_back(Delivery { id, pending, record }),
+            (pending, record) => {
+                let (what, damage) = match (&pending, &record) {
+                    (_, Err(e)) => ("event record", *e),
+                    (Err(e), _) => ("pending row", *e),
+                    (Ok(_), Ok(_)) => unreachable!("matched above"),
+                };
+                let reason = format!("{what} {damage}");
+                tracing::error!(
+                    event_id = id,
+                    plugin = %self.plugin,
+                    "journal {reason}: the event is not delivered; it is a dead letter now"
+                );
+                self.journal.shared.damaged.fetch_add(1, Ordering::Relaxed);
+                let attempts = pending.map(|p| p.attempts).unwrap_or(0);
+                self.reporter().bury(id, DeadLetter { reason, attempts, at_ms: now_ms() });
+            }
         }
     }
 
