@@ -129,7 +129,11 @@ impl Slot {
             loop {
                 match Arc::try_unwrap(old) {
                     Ok(database) => {
-                        drop(database);
+                        // Closing a damaged file can panic in the library too.
+                        let _ = store::guard("closing the journal", || {
+                            drop(database);
+                            Ok(())
+                        });
                         break;
                     }
                     Err(still) if started.elapsed() > std::time::Duration::from_secs(1) => {
@@ -227,7 +231,7 @@ impl Embedded {
 
     /// Learned application tokens.
     pub fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
-        store::learned_tokens(&*self.slot.get()?)
+        store::guard("reading tokens", || store::learned_tokens(&*self.slot.get()?))
     }
 
     /// See `Journal::append`: the record and its key are made by the face.
@@ -276,9 +280,11 @@ impl Embedded {
         read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let slot = self.slot.clone();
-        tokio::task::spawn_blocking(move || read(&*slot.get()?))
-            .await
-            .map_err(|e| StoreError::Storage(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            store::guard("reading the journal", || read(&*slot.get()?))
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))?
     }
 
     /// Per-plugin numbers.
@@ -317,17 +323,17 @@ impl Embedded {
 
     /// A named state value, if set.
     pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store::state(&*self.slot.get()?, name)
+        store::guard("reading state", || store::state(&*self.slot.get()?, name))
     }
 
     /// A portal's stored OAuth tokens (JSON), if any.
     pub fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store::oauth(&*self.slot.get()?, member_id)
+        store::guard("reading tokens", || store::oauth(&*self.slot.get()?, member_id))
     }
 
     /// `plugin`'s pending state of event `id`, if it is pending for it.
     pub fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
-        store::pending(&*self.slot.get()?, plugin, id)
+        store::guard("reading a pending row", || store::pending(&*self.slot.get()?, plugin, id))
     }
 
     /// Waits until everything reported so far is durable.
@@ -428,7 +434,7 @@ impl Consumer {
             let shared = self.journal.shared.clone();
             let notified = signal.notify.notified();
             let closing = shared.closing.notified();
-            if let Err(e) = self.fill() {
+            if let Err(e) = store::guard("reading pending events", || self.fill()) {
                 tracing::error!(plugin = %self.plugin, "cannot read the journal: {e}");
             }
             if !self.buffer.is_empty() {

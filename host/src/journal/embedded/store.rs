@@ -53,12 +53,33 @@ pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError
     result.map_err(|e| StoreError::Db(e.into()))
 }
 
+/// Runs `work` on the file, turning a panic of the storage library (redb panics on some
+/// damaged pages) into [`StoreError::Damaged`]: no storage panic ends the host.
+pub fn guard<T>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        tracing::error!(what, "the journal's storage library panicked: {message}");
+        Err(StoreError::Damaged { what, message })
+    })
+}
+
 /// redb's page cache. Its default (1 GiB) would let the cache grow with the journal; the hot
 /// part is the newest pages, which this holds many times over.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Opens (creating if needed) the journal at `path`, with every table present.
 pub fn open(path: &Path) -> Result<Database, StoreError> {
+    guard("opening the journal", || open_unguarded(path))
+}
+
+fn open_unguarded(path: &Path) -> Result<Database, StoreError> {
     let database =
         redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
@@ -90,6 +111,10 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
 /// Proves the file can take new data: writes a 64 KiB state value durably, then removes it.
 /// A file reopened on a still-full disk fails here rather than on the next event.
 pub fn probe_write(database: &Database) -> Result<(), StoreError> {
+    guard("test-writing the journal", || probe_write_unguarded(database))
+}
+
+fn probe_write_unguarded(database: &Database) -> Result<(), StoreError> {
     const PROBE: &str = "write_probe";
     let txn = db(database.begin_write())?;
     {

@@ -129,11 +129,14 @@ struct Broken {
 /// append is refused at once (503: nothing accepted) and `/readyz` says why.
 pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, shared: Arc<Shared>) {
     let Ok(database) = slot.get() else { return };
-    let mut next_id = store::next_id(&database).unwrap_or(1);
+    let mut next_id =
+        store::guard("reading the next id", || store::next_id(&database)).unwrap_or(1);
     let mut window = Window::new(settings.dedup_window_ms);
     if settings.maintain && window.enabled() {
         let since = crate::journal::now_ms() - settings.dedup_window_ms;
-        if let Ok(recent) = store::recent_events(&database, since, window::MAX_KEYS) {
+        if let Ok(recent) = store::guard("reading recent events", || {
+            store::recent_events(&database, since, window::MAX_KEYS)
+        }) {
             for (id, record) in recent.into_iter().rev() {
                 if let Some(key) = dedup::from_hex(&record.meta.dedup_key) {
                     record_key(&mut window, &record, key, id, record.meta.received_at_ms);
@@ -159,7 +162,8 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
         {
             match slot.reopen() {
                 Ok(database) => {
-                    next_id = next_id.max(store::next_id(&database).unwrap_or(1));
+                    let stored = store::guard("reading the next id", || store::next_id(&database));
+                    next_id = next_id.max(stored.unwrap_or(1));
                     shared.commit_result(None);
                     broken = None;
                     tracing::info!(
@@ -223,15 +227,31 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
         // look-ups.
         let prune_budget =
             (settings.maintain && (pruning || appends > 0)).then_some(2 * appends + 64);
-        let (pruned, failed) = write_batch(
-            &database,
-            batch,
-            &mut next_id,
-            &mut window,
-            &shared,
-            &settings,
-            prune_budget,
-        );
+        // A panic of the storage library (a damaged page) drops the batch's replies (their
+        // callers get an error: 503, nothing claimed) and is handled as a storage error: the
+        // file is reopened, and meanwhile `/readyz` says why.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_batch(
+                &database,
+                batch,
+                &mut next_id,
+                &mut window,
+                &shared,
+                &settings,
+                prune_budget,
+            )
+        }));
+        let (pruned, failed) = written.unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            let error = StoreError::Damaged { what: "writing the journal", message };
+            tracing::error!("{error}");
+            shared.commit_result(Some(error.to_string()));
+            (None, Some(error.to_string()))
+        });
         drop(database);
         if let Some(reason) = failed {
             tracing::warn!("the journal will be reopened after this storage error");
@@ -258,23 +278,26 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
         }
     }
     // Make the last outcomes durable before the process ends.
-    if let Ok(database) = slot.get()
-        && let Ok(txn) = database.begin_write()
-    {
-        let _ = txn.commit();
+    if let Ok(database) = slot.get() {
+        let _ = store::guard("closing the journal", || {
+            if let Ok(txn) = database.begin_write() {
+                let _ = txn.commit();
+            }
+            Ok(())
+        });
     }
 }
 
 /// One prune round; whether it had more to delete than one round may.
 fn prune(database: &Database, settings: &Settings) -> bool {
-    let result = (|| {
+    let result = store::guard("pruning the journal", || {
         let mut txn = db(database.begin_write())?;
         let _ = txn.set_durability(Durability::None);
         let now = crate::journal::now_ms();
         let pruned = store::prune(&txn, now, settings.keep_for_ms, settings.keep_max, PRUNE_BATCH)?;
         db(txn.commit())?;
         Ok::<_, StoreError>(pruned)
-    })();
+    });
     match result {
         Ok(0) => false,
         Ok(n) => {
