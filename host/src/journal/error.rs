@@ -34,6 +34,9 @@ pub enum StoreError {
         /// The library's panic message.
         message: String,
     },
+    /// The host must not start on this journal: the message says what happened and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// A storage failure reported to several waiters (the original error stays in the log).
     #[error("{0}")]
     Storage(String),

@@ -6,11 +6,14 @@
 //!   the file ([`Slot`], with back-off) and refuses appends until a test write succeeds.
 //! - [`admin`]: statistics, listings and the operator's changes on the tables.
 //! - [`window`]: the duplicate window the writer checks appends against.
+//! - [`mark`]: the highest event id journaled, kept outside the file: a journal found missing,
+//!   empty or cut short is refused rather than started empty.
 //!
 //! [`Embedded`], [`Consumer`], [`Reporter`] and [`Stopper`] are what the journal's face
 //! (`journal::Journal` and its namesakes) dispatch to.
 
 pub mod admin;
+pub mod mark;
 pub mod store;
 pub mod window;
 pub mod writer;
@@ -174,7 +177,32 @@ impl Embedded {
         maintain: bool,
     ) -> Result<(Embedded, std::thread::JoinHandle<()>), StoreError> {
         let path = state_dir.join(FILE_NAME);
-        let database = Arc::new(store::open(&path)?);
+        // The host checks its journal against the mark; a `journal` command only reads it.
+        let marked = if maintain { mark::read(state_dir)? } else { None };
+        mark::check_file(state_dir, &path, marked)?;
+        let database = match store::open(&path) {
+            Ok(database) => Arc::new(database),
+            Err(e @ StoreError::InUse { .. }) => return Err(e),
+            Err(e) => {
+                return Err(match marked.filter(|m| m.highest_id > 0) {
+                    Some(m) => {
+                        mark::refusal(state_dir, &path, &format!("cannot be opened ({e})"), m)
+                    }
+                    None => e,
+                });
+            }
+        };
+        let mark = if maintain {
+            let stored = store::guard("reading the next id", || store::next_id(&database))?;
+            let highest = stored.saturating_sub(1);
+            if let Some(m) = marked.filter(|m| m.highest_id > highest) {
+                let what = format!("holds events only up to id {highest}");
+                return Err(mark::refusal(state_dir, &path, &what, m));
+            }
+            Some(mark::Mark::open(state_dir, &path, highest)?)
+        } else {
+            None
+        };
         let slot = Arc::new(Slot { path, current: std::sync::RwLock::new(Some(database)) });
         let shared = Arc::new(Shared {
             plugins: std::sync::RwLock::new(
@@ -195,7 +223,7 @@ impl Embedded {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("journal-writer".into())
-                .spawn(move || writer::run(slot, rx, settings, shared))
+                .spawn(move || writer::run(slot, rx, settings, shared, mark))
                 .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
         };
         Ok((Embedded { slot, commands, shared }, thread))

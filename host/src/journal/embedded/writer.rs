@@ -127,7 +127,13 @@ struct Broken {
 /// After a storage error (a full disk, say) redb refuses every later write, so the writer
 /// closes and reopens the file, with back-off, until a test write succeeds; meanwhile every
 /// append is refused at once (503: nothing accepted) and `/readyz` says why.
-pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, shared: Arc<Shared>) {
+pub fn run(
+    slot: Arc<Slot>,
+    rx: mpsc::Receiver<Command>,
+    settings: Settings,
+    shared: Arc<Shared>,
+    mut mark: Option<super::mark::Mark>,
+) {
     let Ok(database) = slot.get() else { return };
     let mut next_id =
         store::guard("reading the next id", || store::next_id(&database)).unwrap_or(1);
@@ -182,6 +188,9 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
                 }
             }
         }
+        if let Some(mark) = &mut mark {
+            mark.tick();
+        }
         let Some(first) = first else {
             if broken.is_none()
                 && settings.maintain
@@ -220,6 +229,7 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
                 continue;
             }
         };
+        let id_before = next_id;
         let appends = batch.iter().filter(|c| matches!(c, Command::Append { .. })).count();
         // Each batch that adds events (and each batch while a backlog to prune remains)
         // deletes up to about twice what it adds, in the same transaction: pruning keeps pace
@@ -262,6 +272,11 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
             });
             continue;
         }
+        if next_id != id_before
+            && let Some(mark) = &mut mark
+        {
+            mark.note(next_id - 1);
+        }
         if let (Some(budget), Some(done)) = (prune_budget, pruned) {
             pruning = done >= budget;
         }
@@ -276,6 +291,9 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
             pruning = prune(&database, &settings);
             next_prune = Instant::now() + PRUNE_EVERY;
         }
+    }
+    if let Some(mark) = &mut mark {
+        mark.sync();
     }
     // Make the last outcomes durable before the process ends.
     if let Ok(database) = slot.get() {
