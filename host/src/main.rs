@@ -185,6 +185,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Journal { config, json, command } => {
             let config = load_config(config)?;
             let request = match command {
+                JournalCommand::Verify => {
+                    let report = b24_host::journal::verify(&config.state_dir, &config.journal)?;
+                    return print_repair(&report, json);
+                }
+                JournalCommand::Salvage { to } => {
+                    let report =
+                        b24_host::journal::salvage(&config.state_dir, &config.journal, &to)?;
+                    return print_repair(&report, json);
+                }
                 JournalCommand::Stats => Request::Stats { enabled: config.plugins.enabled.clone() },
                 JournalCommand::List { limit } => Request::List { limit },
                 JournalCommand::Show { id } => Request::Show { id },
@@ -255,4 +264,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             () = wait(int) => {},
         }
     }
+}
+
+/// Prints a `journal verify`/`salvage` report; fails when it found problems.
+fn print_repair(
+    report: &b24_host::journal::admin::RepairReport,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

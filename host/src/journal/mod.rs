@@ -315,6 +315,26 @@ impl Journal {
     }
 }
 
+/// `journal verify`: checks every record of the stopped host's journal (checksums, the rows'
+/// references, the mark) without changing it.
+pub fn verify(state_dir: &Path, config: &JournalConfig) -> Result<admin::RepairReport, StoreError> {
+    match config.backend {
+        JournalBackend::Embedded => embedded::repair::verify(state_dir),
+    }
+}
+
+/// `journal salvage --to NEW`: copies every readable event, pending row and dead letter of the
+/// stopped host's journal into a new journal at `to`, and reports what it could not read.
+pub fn salvage(
+    state_dir: &Path,
+    config: &JournalConfig,
+    to: &Path,
+) -> Result<admin::RepairReport, StoreError> {
+    match config.backend {
+        JournalBackend::Embedded => embedded::repair::salvage(state_dir, to),
+    }
+}
+
 /// One event for one plugin, as the journal holds it: [`Delivery::open`] decodes it. Decoding
 /// is left to the plugin's delivery thread, off the async threads that serve HTTP.
 #[derive(Debug)]

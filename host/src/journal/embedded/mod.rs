@@ -6,6 +6,7 @@
 //!   the file ([`Slot`], with back-off) and refuses appends until a test write succeeds.
 //! - [`admin`]: statistics, listings and the operator's changes on the tables.
 //! - [`window`]: the duplicate window the writer checks appends against.
+//! - [`repair`]: `journal verify` and `journal salvage`, offline.
 //! - [`mark`]: the highest event id journaled, kept outside the file: a journal found missing,
 //!   empty or cut short is refused rather than started empty.
 //!
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod mark;
+pub mod repair;
 pub mod store;
 pub mod window;
 pub mod writer;
