@@ -22,13 +22,16 @@ use crate::journal::{
     record::{DeadLetter, EventRecord, Pending, seal_row, unseal_row},
 };
 
+/// A key and a value, as bytes.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// What could be read from the file.
 #[derive(Default)]
 struct Readable {
     events: Vec<(u64, EventRecord)>,
     pending: Vec<(String, u64, Result<Pending, Damage>)>,
     dead: Vec<(String, u64, Result<DeadLetter, Damage>)>,
-    small: Vec<(&'static str, Vec<(Vec<u8>, Vec<u8>)>)>,
+    small: Vec<(&'static str, Vec<Pair>)>,
     tokens: Vec<(String, String)>,
     offline_seen: Vec<(Vec<u8>, u64)>,
     next_id: u64,
