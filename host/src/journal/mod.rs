@@ -247,6 +247,14 @@ impl Journal {
         }
     }
 
+    /// Makes everything durable and closes the storage cleanly: the host's last step (later
+    /// outcomes are lost, as after a crash: redelivered).
+    pub async fn finish(&self) {
+        match &self.backend {
+            Backend::Embedded(j) => j.finish().await,
+        }
+    }
+
     /// The consumer of `plugin`'s pending events. One per plugin.
     pub fn consumer(&self, plugin: &str) -> Consumer {
         match &self.backend {

@@ -114,7 +114,7 @@ impl Shared {
 /// cannot be, reads fail too.
 pub struct Slot {
     path: PathBuf,
-    current: std::sync::RwLock<Option<Arc<Database>>>,
+    pub(super) current: std::sync::RwLock<Option<Arc<Database>>>,
 }
 
 impl Slot {
@@ -370,6 +370,14 @@ impl Embedded {
     pub async fn flush(&self) {
         let (reply, answer) = oneshot::channel();
         if self.send(Command::Flush(reply)).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    /// Commits what is pending and closes the file cleanly (the host's last step).
+    pub async fn finish(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Close(reply)).is_ok() {
             let _ = answer.await;
         }
     }

@@ -61,6 +61,9 @@ pub enum Command {
     },
     /// Make everything so far durable, then answer.
     Flush(oneshot::Sender<()>),
+    /// Commit what came before, close the file cleanly (so that it opens without redb's
+    /// repair, and read-only for `journal verify`/`salvage`), then answer; later commands fail.
+    Close(oneshot::Sender<()>),
     /// Store a portal's OAuth tokens (JSON) durably.
     SetOAuth(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
     /// Set or remove a named state value durably.
@@ -156,7 +159,8 @@ pub fn run(
     let mut pruning = false;
     let mut next_prune = Instant::now() + PRUNE_EVERY;
     let mut broken: Option<Broken> = None;
-    loop {
+    let mut closers = Vec::new();
+    while closers.is_empty() {
         let wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
         let first = match rx.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
             Ok(command) => Some(command),
@@ -216,6 +220,16 @@ pub fn run(
                 Ok(command) => batch.push(command),
                 Err(_) => break,
             }
+        }
+        let (close, rest): (Vec<Command>, Vec<Command>) =
+            batch.into_iter().partition(|c| matches!(c, Command::Close(_)));
+        let mut batch = rest;
+        if !close.is_empty() {
+            closers.extend(close.into_iter().filter_map(|c| match c {
+                Command::Close(tx) => Some(tx),
+                _ => None,
+            }));
+            batch.push(Command::Flush(oneshot::channel().0));
         }
         let database = match (&broken, slot.get()) {
             (None, Ok(database)) => database,
@@ -295,14 +309,20 @@ pub fn run(
     if let Some(mark) = &mut mark {
         mark.sync();
     }
-    // Make the last outcomes durable before the process ends.
-    if let Ok(database) = slot.get() {
+    // Make the last outcomes durable before the process ends, and close the file: once the
+    // readers of the moment let go, redb marks it shut down cleanly.
+    let last = slot.current.write().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(database) = last {
         let _ = store::guard("closing the journal", || {
             if let Ok(txn) = database.begin_write() {
                 let _ = txn.commit();
             }
+            drop(database);
             Ok(())
         });
+    }
+    for tx in closers {
+        let _ = tx.send(());
     }
 }
 
@@ -553,6 +573,7 @@ fn apply(
         }
         Command::Bury(plugin, id, dead) => note(failure, tables.bury(&plugin, id, &dead)),
         Command::Flush(reply) => replies.push(Reply::Flush(reply)),
+        Command::Close(reply) => replies.push(Reply::Flush(reply)),
         Command::SetState(name, value, reply) => {
             let result = tables.set_state(&name, value.as_deref());
             if let Err(e) = &result {
@@ -600,7 +621,7 @@ fn fail_all(batch: Vec<Command>, error: &StoreError) {
             Command::Admin { reply, .. } => {
                 let _ = reply.send(Err(StoreError::Storage(error.to_string())));
             }
-            Command::Flush(reply) => {
+            Command::Flush(reply) | Command::Close(reply) => {
                 let _ = reply.send(());
             }
             Command::SetOAuth(_, _, reply) | Command::SetState(_, _, reply) => {
