@@ -153,11 +153,12 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
         }
         Ok(host) => host,
     };
-    // The sentinel: the probe has nothing pending any more (delivered or dead).
+    // The sentinel: every posted event was delivered or is a dead letter (an event stuck
+    // pending fails the test after PATIENCE: a loss nobody reported).
     let started = Instant::now();
     loop {
-        let stats = dir.stats();
-        if stats.get("probe").is_none_or(|s| s.0 == 0) || started.elapsed() > PATIENCE {
+        let done = delivered_ids(dir).len() + dead_ids(dir).len();
+        if done >= posted.len() || started.elapsed() > PATIENCE {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -180,10 +181,7 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
         }
     }
     outcome.delivered_unchanged = delivered.len();
-    let dead: BTreeSet<u64> = dir.journal(&["dead"])["rows"]
-        .as_array()
-        .map(|rows| rows.iter().filter_map(|r| r["id"].as_u64()).collect())
-        .unwrap_or_default();
+    let dead = dead_ids(dir);
     let metrics = host.admin_request("GET", "/metrics").body;
     let log = host.log_text();
     let lost: Vec<u64> = posted.keys().filter(|id| !delivered.contains(id)).copied().collect();
@@ -199,8 +197,9 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
     let damaged_keys = report["pending"]["damaged"].as_u64().unwrap_or(0) as usize;
     assert!(
         unreported.len() <= damaged_keys,
-        "{name}: {} events lost without a word: {unreported:?}\nverify: {problems:?}",
-        unreported.len()
+        "{name}: {} events lost without a word: {unreported:?}\nverify: {problems:?}\nlog: {}",
+        unreported.len(),
+        log.lines().filter(|l| l.contains("ERROR")).take(8).collect::<Vec<_>>().join("\n")
     );
     if !dead.is_empty() {
         assert!(
@@ -212,8 +211,29 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
     assert!(!log.contains("panicked at"), "{name}: the host panicked:\n{log}");
     assert!(host.stop(), "{name}: the host must stop cleanly");
     assert_eq!(outcome.changed, 0, "{name}: changed events were delivered");
+    assert!(
+        outcome.salvaged as usize >= outcome.delivered_unchanged,
+        "{name}: salvage recovered {} events, fewer than the host could deliver ({}):\n{salvage_text}",
+        outcome.salvaged,
+        outcome.delivered_unchanged
+    );
     eprintln!("damage {name}: {outcome:?}");
     outcome
+}
+
+/// The event ids the probe was called with.
+fn delivered_ids(dir: &HostDir) -> BTreeSet<u64> {
+    dir.read_lines_lenient("probe.jsonl").iter().filter_map(|l| l["event_id"].as_u64()).collect()
+}
+
+/// The probe's dead letters (empty while the command fails).
+fn dead_ids(dir: &HostDir) -> BTreeSet<u64> {
+    let out = dir.run_cli(&["journal", "dead", "--config", "host.toml", "--json"]);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    answer["rows"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["id"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 fn truncate(path: &Path, len: u64) {

@@ -42,25 +42,36 @@ pub fn skip(plugin: String, ids: Vec<u64>) -> AdminOp {
 type EventRows = (Vec<(String, Pending)>, Vec<(String, DeadLetter)>);
 type Rows = BTreeMap<u64, EventRows>;
 
-/// Every pending and dead row, by event id.
+/// Every pending and dead row, by event id. A table that becomes unreadable part-way (a damaged
+/// page) gives the rows before it, with an ERROR line: a listing, not a verdict (`journal
+/// verify` gives that).
 fn rows(database: &Database) -> Result<Rows, StoreError> {
     let txn = db(database.begin_read())?;
     let mut out: Rows = BTreeMap::new();
-    for row in db(db(txn.open_table(PENDING))?.iter())? {
-        let (k, v) = db(row)?;
-        let (plugin, id) = k.value();
-        let state = unseal_row(plugin, id, v.value()).unwrap_or_default();
-        out.entry(id).or_default().0.push((plugin.to_owned(), state));
-    }
-    for row in db(db(txn.open_table(DEAD))?.iter())? {
-        let (k, v) = db(row)?;
-        let (plugin, id) = k.value();
-        let dead: DeadLetter = unseal_row(plugin, id, v.value()).unwrap_or_else(|e| DeadLetter {
-            reason: format!("dead letter {e}"),
-            attempts: 0,
-            at_ms: 0,
-        });
-        out.entry(id).or_default().1.push((plugin.to_owned(), dead));
+    let pending = store::guard("listing pending rows", || {
+        for row in db(db(txn.open_table(PENDING))?.iter())? {
+            let (k, v) = db(row)?;
+            let (plugin, id) = k.value();
+            let state = unseal_row(plugin, id, v.value()).unwrap_or_default();
+            out.entry(id).or_default().0.push((plugin.to_owned(), state));
+        }
+        Ok(())
+    });
+    let dead = store::guard("listing dead letters", || {
+        for row in db(db(txn.open_table(DEAD))?.iter())? {
+            let (k, v) = db(row)?;
+            let (plugin, id) = k.value();
+            let dead: DeadLetter = unseal_row(plugin, id, v.value()).unwrap_or_else(|e| {
+                DeadLetter { reason: format!("dead letter {e}"), attempts: 0, at_ms: 0 }
+            });
+            out.entry(id).or_default().1.push((plugin.to_owned(), dead));
+        }
+        Ok(())
+    });
+    for e in [pending, dead].into_iter().filter_map(Result::err) {
+        tracing::error!(
+            "the journal is unreadable past a point: {e}; run `b24-host journal verify`"
+        );
     }
     Ok(out)
 }

@@ -520,8 +520,8 @@ impl Consumer {
             (Ok(pending), Ok(record)) => self.buffer.push_back(Delivery { id, pending, record }),
             (pending, record) => {
                 let (what, damage) = match (&pending, &record) {
-                    (_, Err(e)) => ("event record", *e),
-                    (Err(e), _) => ("pending row", *e),
+                    (_, Err(e)) => ("event", *e),
+                    (Err(e), _) => ("pending row:", *e),
                     (Ok(_), Ok(_)) => unreachable!("matched above"),
                 };
                 let reason = format!("{what} {damage}");

@@ -54,50 +54,15 @@ pub fn salvage(state_dir: &Path, to: &Path) -> Result<RepairReport, StoreError> 
     let (readable, mut report) = read_all(state_dir)?;
     let database = store::open(to)?;
     let txn = db(database.begin_write())?;
+    let readable_ids: std::collections::HashSet<u64> =
+        readable.events.iter().map(|(id, _)| *id).collect();
     {
         let mut tables = store::Tables::open(&txn)?;
-        let readable_ids: std::collections::HashSet<u64> =
-            readable.events.iter().map(|(id, _)| *id).collect();
         for (id, record) in &readable.events {
             tables.insert_event(*id, record, &[])?;
         }
-        let mut pending = db(txn.open_table(PENDING))?;
-        let mut dead = db(txn.open_table(DEAD))?;
-        // A pending row whose event or own state is unreadable becomes a dead letter with the
-        // reason: the loss stays visible in `journal dead`.
-        for (plugin, id, state) in &readable.pending {
-            let lost = match state {
-                Err(e) => Some(format!("pending row {e}")),
-                Ok(_) if !readable_ids.contains(id) => {
-                    Some("event record damaged or missing".into())
-                }
-                Ok(_) => None,
-            };
-            let key = (plugin.as_str(), *id);
-            match (lost, state) {
-                (None, Ok(state)) => {
-                    db(pending.insert(key, seal_row(plugin, *id, state).as_slice()))?
-                }
-                (reason, state) => {
-                    let attempts = state.as_ref().map(|s| s.attempts).unwrap_or(0);
-                    let reason = format!("salvaged: {}", reason.unwrap_or_default());
-                    let letter = DeadLetter { reason, attempts, at_ms: now_ms() };
-                    report.pending_made_dead += 1;
-                    db(dead.insert(key, seal_row(plugin, *id, &letter).as_slice()))?
-                }
-            };
-        }
-        for (plugin, id, letter) in &readable.dead {
-            let letter = letter.clone().unwrap_or_else(|e| DeadLetter {
-                reason: format!("salvaged: dead letter {e}"),
-                attempts: 0,
-                at_ms: now_ms(),
-            });
-            db(dead.insert((plugin.as_str(), *id), seal_row(plugin, *id, &letter).as_slice()))?;
-        }
-        drop((pending, dead));
         for (member, token) in &readable.tokens {
-            db(db(txn.open_table(TOKENS))?.insert(member.as_str(), token.as_str()))?;
+            tables.set_token(member, Some(&b24_plugin_api::Secret::new(token.as_str())))?;
         }
         for (key, id) in &readable.offline_seen {
             tables.remember_offline(key, *id)?;
@@ -113,6 +78,42 @@ pub fn salvage(state_dir: &Path, to: &Path) -> Result<RepairReport, StoreError> 
             }
         }
         tables.set_next_id(readable.next_id)?;
+    }
+    {
+        let mut pending = db(txn.open_table(PENDING))?;
+        let mut dead = db(txn.open_table(DEAD))?;
+        // A pending row whose event or own state is unreadable becomes a dead letter with the
+        // reason: the loss stays visible in `journal dead`.
+        for (plugin, id, state) in &readable.pending {
+            let lost = match state {
+                Err(e) => Some(format!("pending row {e}")),
+                Ok(_) if !readable_ids.contains(id) => {
+                    Some("event record damaged or missing".to_owned())
+                }
+                Ok(_) => None,
+            };
+            let key = (plugin.as_str(), *id);
+            match (lost, state) {
+                (None, Ok(state)) => {
+                    db(pending.insert(key, seal_row(plugin, *id, state).as_slice()))?;
+                }
+                (reason, state) => {
+                    let attempts = state.as_ref().map(|s| s.attempts).unwrap_or(0);
+                    let reason = format!("salvaged: {}", reason.unwrap_or_default());
+                    let letter = DeadLetter { reason, attempts, at_ms: now_ms() };
+                    report.pending_made_dead += 1;
+                    db(dead.insert(key, seal_row(plugin, *id, &letter).as_slice()))?;
+                }
+            }
+        }
+        for (plugin, id, letter) in &readable.dead {
+            let letter = letter.clone().unwrap_or_else(|e| DeadLetter {
+                reason: format!("salvaged: dead letter {e}"),
+                attempts: 0,
+                at_ms: now_ms(),
+            });
+            db(dead.insert((plugin.as_str(), *id), seal_row(plugin, *id, &letter).as_slice()))?;
+        }
     }
     db(txn.commit())?;
     report.salvaged_to = Some(to.display().to_string());
@@ -159,6 +160,27 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
             let copy = Copy(state_dir.join(format!(".journal-repair-{}.redb", std::process::id())));
             std::fs::copy(&path, &copy.0)
                 .map_err(|e| StoreError::Storage(format!("cannot copy the journal: {e}")))?;
+            // A file cut short: give the copy back the length the mark last saw (the lost
+            // tail reads as zeros, caught by the checksums), so that redb opens it at all.
+            if let Some(m) = marked.filter(|m| m.file_bytes > size) {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&copy.0)
+                    .and_then(|f| f.set_len(m.file_bytes));
+                report.notes.push(format!(
+                    "the file is {size} bytes, the mark saw {}: read a copy padded to that",
+                    m.file_bytes
+                ));
+            }
+            let read_only = store::guard("opening a copy of the journal read-only", || {
+                redb::Builder::new().open_read_only(&copy.0).map_err(|e| StoreError::Db(e.into()))
+            });
+            if let Ok(database) = read_only {
+                report.notes.push(format!("read-only open failed ({first}); read a padded copy"));
+                let readable = scan(&database, &mut report);
+                drop(database);
+                return Ok(finish(readable, report, marked));
+            }
             let repaired = store::guard("opening a copy of the journal", || {
                 redb::Builder::new().open(&copy.0).map_err(|e| StoreError::Db(e.into()))
             });
@@ -178,6 +200,15 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
             }
         }
     };
+    Ok(finish(readable, report, marked))
+}
+
+/// Adds the mark's verdict to the report.
+fn finish(
+    readable: Readable,
+    mut report: RepairReport,
+    marked: Option<mark::Marked>,
+) -> (Readable, RepairReport) {
     if let Some(m) = marked
         && readable.next_id.saturating_sub(1) < m.highest_id
     {
@@ -188,7 +219,7 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
             mark::FILE_NAME
         ));
     }
-    Ok((readable, report))
+    (readable, report)
 }
 
 /// Rows of one table, read until the end or the first failure (reported).

@@ -196,16 +196,31 @@ pub fn scan_pending(
     let events = db(txn.open_table(EVENTS))?;
     let mut out = Vec::new();
     let Some(start) = after.checked_add(1) else { return Ok(out) };
-    for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))?.take(limit) {
-        let (key, value) = db(row)?;
-        let id = key.value().1;
-        let record = match db(events.get(id))? {
-            Some(v) => EventRecord::unseal(id, v.value()),
-            None => Err(Damage::Missing),
-        };
-        out.push((id, unseal_row(plugin, id, value.value()), record));
+    // A damaged page under one event's record makes that event unreadable, not the scan: the
+    // rows read before a damaged pending page are still delivered.
+    let scanned = guard("reading pending rows", || {
+        for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))?.take(limit) {
+            let (key, value) = db(row)?;
+            let id = key.value().1;
+            let record = guard("reading an event record", || {
+                Ok(match db(events.get(id))? {
+                    Some(v) => EventRecord::unseal(id, v.value()),
+                    None => Err(Damage::Missing),
+                })
+            })
+            .unwrap_or(Err(Damage::Unreadable));
+            out.push((id, unseal_row(plugin, id, value.value()), record));
+        }
+        Ok(())
+    });
+    match scanned {
+        Err(e) if out.is_empty() => Err(e),
+        Err(e) => {
+            tracing::error!(plugin, "the journal's pending rows are unreadable past a point: {e}");
+            Ok(out)
+        }
+        Ok(()) => Ok(out),
     }
-    Ok(out)
 }
 
 /// A pending row as a consumer reads it: the event id, its pending state and its record, each
