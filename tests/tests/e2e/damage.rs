@@ -195,8 +195,12 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
         lost.iter().filter(|id| !dead.contains(id) && !mentioned(id)).copied().collect();
     outcome.reported = lost.len() - unreported.len();
     let damaged_keys = report["pending"]["damaged"].as_u64().unwrap_or(0) as usize;
+    // Events behind a damaged page of the pending table stay pending (the host says so in an
+    // ERROR line, verify names the table and salvage makes them dead letters).
+    let behind_damage = problems.iter().any(|p| p.starts_with("table pending: unreadable"))
+        && log.contains("unreadable past a point");
     assert!(
-        unreported.len() <= damaged_keys,
+        behind_damage || unreported.len() <= damaged_keys,
         "{name}: {} events lost without a word: {unreported:?}\nverify: {problems:?}\nlog: {}",
         unreported.len(),
         log.lines().filter(|l| l.contains("ERROR")).take(8).collect::<Vec<_>>().join("\n")

@@ -35,6 +35,9 @@ struct Readable {
     tokens: Vec<(String, String)>,
     offline_seen: Vec<(Vec<u8>, u64)>,
     next_id: u64,
+    /// Events that follow a damaged page of the pending table: their pending rows (if any)
+    /// could not be read.
+    behind_damage: Vec<(String, u64)>,
 }
 
 /// Checks the journal in `state_dir`.
@@ -105,6 +108,14 @@ pub fn salvage(state_dir: &Path, to: &Path) -> Result<RepairReport, StoreError> 
                     db(dead.insert(key, seal_row(plugin, *id, &letter).as_slice()))?;
                 }
             }
+        }
+        for (plugin, id) in &readable.behind_damage {
+            let reason = "salvaged: its pending row was on a damaged page (it may have been \
+                          delivered already)"
+                .to_owned();
+            let letter = DeadLetter { reason, attempts: 0, at_ms: now_ms() };
+            report.pending_made_dead += 1;
+            db(dead.insert((plugin.as_str(), *id), seal_row(plugin, *id, &letter).as_slice()))?;
         }
         for (plugin, id, letter) in &readable.dead {
             let letter = letter.clone().unwrap_or_else(|e| DeadLetter {
@@ -276,6 +287,18 @@ fn scan<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Readabl
     readable.pending = rows(database, PENDING, report, |(plugin, id), v| {
         (plugin.to_owned(), id, unseal_row::<Pending>(plugin, id, v))
     });
+    let cut = report.problems.last().is_some_and(|p| p.starts_with("table pending:"));
+    if cut && let Some((plugin, last, _)) = readable.pending.last() {
+        readable.behind_damage =
+            ids.iter().filter(|id| *id > last).map(|id| (plugin.clone(), *id)).collect();
+        readable.behind_damage.sort();
+        report.problems.push(format!(
+            "pending rows of {plugin} after event {last} (and of any plugin named after it) are \
+             unreadable: {} later events may have been waiting for it; salvage makes them its \
+             dead letters (replay them once checked)",
+            readable.behind_damage.len()
+        ));
+    }
     for (plugin, id, state) in &readable.pending {
         match state {
             Ok(_) => report.pending.readable += 1,
