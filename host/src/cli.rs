@@ -156,6 +156,16 @@ pub enum JournalCommand {
         #[arg(required = true)]
         ids: Vec<u64>,
     },
+    /// Check every record of a stopped host's journal (checksums, references); exits non-zero
+    /// on any problem.
+    Verify,
+    /// Copy every readable event, pending row and dead letter of a stopped host's journal into
+    /// a new journal file, and report what could not be read.
+    Salvage {
+        /// The new journal file (must not exist); put it in place of journal.redb to use it.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 /// Options of `send`.

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub journal_bytes: Gauge,
     /// Events in the journal (scrape time).
     pub journal_events: Gauge,
+    /// Journal records found damaged or missing on a read (each a dead letter; scrape time).
+    pub journal_damaged: Counter,
     /// Successful live reloads.
     pub reloads: Family<Received, Counter>,
     /// Runner processes started again after one died (process isolation).
@@ -149,6 +151,7 @@ impl Metrics {
             plugin_state: Family::default(),
             journal_bytes: Gauge::default(),
             journal_events: Gauge::default(),
+            journal_damaged: Counter::default(),
             reloads: Family::default(),
             runner_restarts: Family::default(),
             subscribed: RwLock::default(),
@@ -197,6 +200,11 @@ impl Metrics {
             m.journal_bytes.clone(),
         );
         registry.register("journal_events", "Events in the journal", m.journal_events.clone());
+        registry.register(
+            "journal_damaged_records",
+            "Journal records found damaged or missing on a read, each made a dead letter",
+            m.journal_damaged.clone(),
+        );
         registry.register("reloads", "Live reloads by outcome", m.reloads.clone());
         registry.register(
             "plugin_runner_restarts",

@@ -94,6 +94,9 @@ impl Ops {
                 // last value.
                 let stats = self.journal.stats(self.supervisor.names()).await.ok();
                 let size = self.journal.size_bytes();
+                let damaged = self.journal.damaged_records();
+                let counted = &self.metrics.journal_damaged;
+                counted.inc_by(damaged.saturating_sub(counted.get()));
                 let metrics = self.metrics.clone();
                 let supervisor = self.supervisor.clone();
                 let (body, content_type) = tokio::task::spawn_blocking(move || {

@@ -37,7 +37,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// The journal cannot be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Journal(#[from] StoreError),
     /// The REST client cannot be set up (TLS).
     #[error("cannot set up the REST client: {0}")]
@@ -253,6 +253,7 @@ impl Prepared {
         let _ = control.await;
         // Durable before anything else may go wrong: every outcome reported so far.
         journal.flush().await;
+        journal.finish().await;
         drop(journal);
         // The writer ends once the last handle is gone, after a final durable commit. An
         // abandoned plugin thread may hold a handle for ever: then the flush above is the end.

@@ -13,6 +13,14 @@ use crate::{
 /// Runs the `journal` subcommand `command` (its request, then [`run`]).
 pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::Result<ExitCode> {
     let request = match command {
+        JournalCommand::Verify => {
+            let report = crate::journal::verify(&config.state_dir, &config.journal)?;
+            return print_repair(&report, json);
+        }
+        JournalCommand::Salvage { to } => {
+            let report = crate::journal::salvage(&config.state_dir, &config.journal, &to)?;
+            return print_repair(&report, json);
+        }
         JournalCommand::Stats => Request::Stats { enabled: config.plugins.enabled.clone() },
         JournalCommand::List { limit } => Request::List { limit },
         JournalCommand::Show { id } => Request::Show { id },
@@ -163,4 +171,17 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a `journal verify`/`salvage` report; fails when it found problems.
+fn print_repair(
+    report: &crate::journal::admin::RepairReport,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

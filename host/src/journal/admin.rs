@@ -147,3 +147,75 @@ pub fn redacted(event: &decode::Decoded) -> serde_json::Value {
         },
     })
 }
+
+/// Readable and damaged rows of one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counted {
+    /// Rows whose checksum (and content) holds.
+    pub readable: u64,
+    /// Rows that fail it.
+    pub damaged: u64,
+}
+
+/// What `journal verify` or `journal salvage` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// The journal read.
+    pub file: String,
+    /// Event records.
+    pub events: Counted,
+    /// Pending rows.
+    pub pending: Counted,
+    /// Dead letters.
+    pub dead: Counted,
+    /// The next event id the journal would hand out.
+    pub next_id: u64,
+    /// The highest event id the host noted in its mark, if it keeps one.
+    pub mark_highest_id: Option<u64>,
+    /// Salvage: pending rows whose event or state was unreadable, written as dead letters.
+    pub pending_made_dead: u64,
+    /// Salvage: the new journal.
+    pub salvaged_to: Option<String>,
+    /// Everything that is wrong; empty for a sound journal.
+    pub problems: Vec<String>,
+    /// How it was read.
+    pub notes: Vec<String>,
+}
+
+impl std::fmt::Display for RepairReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "journal {}", self.file)?;
+        for (what, c) in
+            [("events", &self.events), ("pending", &self.pending), ("dead", &self.dead)]
+        {
+            writeln!(f, "  {what:<8} {} readable, {} damaged", c.readable, c.damaged)?;
+        }
+        writeln!(f, "  next id  {}", self.next_id)?;
+        if let Some(mark) = self.mark_highest_id {
+            writeln!(f, "  mark     events journaled up to id {mark}")?;
+        }
+        for note in &self.notes {
+            writeln!(f, "  note: {note}")?;
+        }
+        if let Some(to) = &self.salvaged_to {
+            writeln!(
+                f,
+                "salvaged into {to}: {} events, {} pending rows ({} of them made dead letters: \
+                 their event or state was unreadable), {} dead letters",
+                self.events.readable,
+                self.pending.readable + self.pending.damaged - self.pending_made_dead,
+                self.pending_made_dead,
+                self.dead.readable + self.dead.damaged + self.pending_made_dead,
+            )?;
+        }
+        if self.problems.is_empty() {
+            writeln!(f, "no problems found")
+        } else {
+            writeln!(f, "{} problems:", self.problems.len())?;
+            for p in &self.problems {
+                writeln!(f, "  {p}")?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -21,6 +21,22 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("the journal is closed")]
     Closed,
+    /// The storage library panicked on the file (a damaged page): contained at the backend's
+    /// boundary, never the end of the host.
+    #[error(
+        "the journal file looks damaged: the storage library failed while {what}: {message}; \
+         check it with `b24-host journal verify` and copy what is readable with \
+         `b24-host journal salvage --to NEW`"
+    )]
+    Damaged {
+        /// What the journal was doing.
+        what: &'static str,
+        /// The library's panic message.
+        message: String,
+    },
+    /// The host must not start on this journal: the message says what happened and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// A storage failure reported to several waiters (the original error stays in the log).
     #[error("{0}")]
     Storage(String),

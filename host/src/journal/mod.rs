@@ -16,11 +16,13 @@
 //! Backend-neutral pieces, shared by every backend:
 //! - [`record`]: the event record (metadata + raw body), a plugin's pending state, a dead
 //!   letter: what a delivery carries and what the admin data shows.
+//! - [`checksum`]: the checksum sealing every stored record, checked on every read.
 //! - [`dedup`]: the duplicate key (the same event twice has the same key, whichever host
 //!   accepted it); keeping the window is each backend's (`embedded::window`).
 //! - [`admin`]: what the `journal` commands show, as plain data.
 
 pub mod admin;
+pub mod checksum;
 pub mod dedup;
 pub mod embedded;
 mod error;
@@ -146,6 +148,14 @@ impl Journal {
         }
     }
 
+    /// Records found damaged (checksum mismatch, unreadable) or missing on a read since the
+    /// host started; each became a dead letter.
+    pub fn damaged_records(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded(j) => j.damaged_records(),
+        }
+    }
+
     /// The storage the journal takes on this host, bytes, if it keeps any.
     pub fn size_bytes(&self) -> Option<u64> {
         match &self.backend {
@@ -237,6 +247,14 @@ impl Journal {
         }
     }
 
+    /// Makes everything durable and closes the storage cleanly: the host's last step (later
+    /// outcomes are lost, as after a crash: redelivered).
+    pub async fn finish(&self) {
+        match &self.backend {
+            Backend::Embedded(j) => j.finish().await,
+        }
+    }
+
     /// The consumer of `plugin`'s pending events. One per plugin.
     pub fn consumer(&self, plugin: &str) -> Consumer {
         match &self.backend {
@@ -302,6 +320,26 @@ impl Journal {
             Backend::Embedded(j) => j.skip(plugin.clone(), ids.clone()).await?,
         };
         Ok(admin::Skipped::of(&plugin, &ids, moved))
+    }
+}
+
+/// `journal verify`: checks every record of the stopped host's journal (checksums, the rows'
+/// references, the mark) without changing it.
+pub fn verify(state_dir: &Path, config: &JournalConfig) -> Result<admin::RepairReport, StoreError> {
+    match config.backend {
+        JournalBackend::Embedded => embedded::repair::verify(state_dir),
+    }
+}
+
+/// `journal salvage --to NEW`: copies every readable event, pending row and dead letter of the
+/// stopped host's journal into a new journal at `to`, and reports what it could not read.
+pub fn salvage(
+    state_dir: &Path,
+    config: &JournalConfig,
+    to: &Path,
+) -> Result<admin::RepairReport, StoreError> {
+    match config.backend {
+        JournalBackend::Embedded => embedded::repair::salvage(state_dir, to),
     }
 }
 

@@ -1,9 +1,11 @@
 //! What the journal stores, and how: the event record, a plugin's pending state and a dead
-//! letter. Each is JSON metadata; an event record is followed by the raw body.
+//! letter. Each is JSON metadata; an event record is followed by the raw body. Stored, each is
+//! sealed with a checksum ([`super::checksum`]) and checked when read back.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::checksum::{self, Damage};
 use crate::decode::BodyFormat;
 
 /// Where an event came from.
@@ -93,6 +95,37 @@ impl EventRecord {
         let raw = Bytes::copy_from_slice(bytes.get(4 + len..)?);
         Some(EventRecord { meta, raw })
     }
+
+    /// The record as stored under event `id`: [`EventRecord::encode`] sealed with its checksum.
+    pub fn seal(&self, id: u64) -> Vec<u8> {
+        let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
+        checksum::seal_with(&checksum::event_key(id), 4 + meta.len() + self.raw.len(), |out| {
+            out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+            out.extend_from_slice(&meta);
+            out.extend_from_slice(&self.raw);
+        })
+    }
+
+    /// The record stored under event `id`, checked against its checksum.
+    pub fn unseal(id: u64, stored: &[u8]) -> Result<EventRecord, Damage> {
+        let body = checksum::unseal(&checksum::event_key(id), stored)?;
+        EventRecord::decode(body).ok_or(Damage::Unreadable)
+    }
+}
+
+/// A pending row or dead letter as stored under (`plugin`, `id`): JSON sealed with its checksum.
+pub fn seal_row<T: Serialize>(plugin: &str, id: u64, value: &T) -> Vec<u8> {
+    checksum::seal(&checksum::row_key(plugin, id), &to_json(value))
+}
+
+/// A pending row or dead letter stored under (`plugin`, `id`), checked against its checksum.
+pub fn unseal_row<T: for<'de> Deserialize<'de>>(
+    plugin: &str,
+    id: u64,
+    stored: &[u8],
+) -> Result<T, Damage> {
+    let body = checksum::unseal(&checksum::row_key(plugin, id), stored)?;
+    serde_json::from_slice(body).map_err(|_| Damage::Unreadable)
 }
 
 /// A plugin's state for an event it has not finished.

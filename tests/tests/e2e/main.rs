@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod crash;
+mod damage;
 mod delivery;
 mod guide;
 mod hostile;

@@ -17,7 +17,7 @@ use crate::{
         StoreError,
         admin::{DeadRow, EventDetail, EventSummary, PluginStats, Selection, Stats, redacted},
         now_ms,
-        record::{DeadLetter, EventRecord, Pending, from_json},
+        record::{DeadLetter, EventRecord, Pending, unseal_row},
     },
 };
 
@@ -42,30 +42,42 @@ pub fn skip(plugin: String, ids: Vec<u64>) -> AdminOp {
 type EventRows = (Vec<(String, Pending)>, Vec<(String, DeadLetter)>);
 type Rows = BTreeMap<u64, EventRows>;
 
-/// Every pending and dead row, by event id.
+/// Every pending and dead row, by event id. A table that becomes unreadable part-way (a damaged
+/// page) gives the rows before it, with an ERROR line: a listing, not a verdict (`journal
+/// verify` gives that).
 fn rows(database: &Database) -> Result<Rows, StoreError> {
     let txn = db(database.begin_read())?;
     let mut out: Rows = BTreeMap::new();
-    for row in db(db(txn.open_table(PENDING))?.iter())? {
-        let (k, v) = db(row)?;
-        let (plugin, id) = k.value();
-        out.entry(id).or_default().0.push((plugin.to_owned(), from_json(v.value())));
-    }
-    for row in db(db(txn.open_table(DEAD))?.iter())? {
-        let (k, v) = db(row)?;
-        let (plugin, id) = k.value();
-        let dead: DeadLetter = serde_json::from_slice(v.value()).unwrap_or(DeadLetter {
-            reason: "unreadable dead letter".into(),
-            attempts: 0,
-            at_ms: 0,
-        });
-        out.entry(id).or_default().1.push((plugin.to_owned(), dead));
+    let pending = store::guard("listing pending rows", || {
+        for row in db(db(txn.open_table(PENDING))?.iter())? {
+            let (k, v) = db(row)?;
+            let (plugin, id) = k.value();
+            let state = unseal_row(plugin, id, v.value()).unwrap_or_default();
+            out.entry(id).or_default().0.push((plugin.to_owned(), state));
+        }
+        Ok(())
+    });
+    let dead = store::guard("listing dead letters", || {
+        for row in db(db(txn.open_table(DEAD))?.iter())? {
+            let (k, v) = db(row)?;
+            let (plugin, id) = k.value();
+            let dead: DeadLetter = unseal_row(plugin, id, v.value()).unwrap_or_else(|e| {
+                DeadLetter { reason: format!("dead letter {e}"), attempts: 0, at_ms: 0 }
+            });
+            out.entry(id).or_default().1.push((plugin.to_owned(), dead));
+        }
+        Ok(())
+    });
+    for e in [pending, dead].into_iter().filter_map(Result::err) {
+        tracing::error!(
+            "the journal is unreadable past a point: {e}; run `b24-host journal verify`"
+        );
     }
     Ok(out)
 }
 
 fn record(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreError> {
-    store::event(database, id)
+    Ok(store::event(database, id)?.and_then(Result::ok))
 }
 
 /// Counts per plugin in one pass over the pending and dead keys. Pending rows are ordered by
@@ -91,13 +103,13 @@ pub fn stats(database: &Database, enabled: &[String]) -> Result<Stats, StoreErro
         let (plugin, id) = k.value();
         let stats = entry(&mut by_plugin, plugin);
         stats.backlog += 1;
-        let state = from_json::<Pending>(v.value());
+        let state: Pending = unseal_row(plugin, id, v.value()).unwrap_or_default();
         if state.attempts > 0 || state.crashes > 0 {
             stats.retrying += 1;
         }
         if stats.backlog == 1 {
             let received = db(events_table.get(id))?
-                .and_then(|v| EventRecord::decode(v.value()))
+                .and_then(|v| EventRecord::unseal(id, v.value()).ok())
                 .map(|r| r.meta.received_at_ms);
             stats.oldest_pending_age_ms = received.map(|at| now - at);
         }
@@ -131,7 +143,7 @@ pub fn list(database: &Database, limit: usize) -> Result<Vec<EventSummary>, Stor
     for row in db(table.iter())?.rev().take(limit) {
         let (k, v) = db(row)?;
         let id = k.value();
-        if let Some(record) = EventRecord::decode(v.value()) {
+        if let Ok(record) = EventRecord::unseal(id, v.value()) {
             events.push(summary(id, &record, rows.get(&id)));
         }
     }

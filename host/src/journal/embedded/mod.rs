@@ -6,11 +6,16 @@
 //!   the file ([`Slot`], with back-off) and refuses appends until a test write succeeds.
 //! - [`admin`]: statistics, listings and the operator's changes on the tables.
 //! - [`window`]: the duplicate window the writer checks appends against.
+//! - [`repair`]: `journal verify` and `journal salvage`, offline.
+//! - [`mark`]: the highest event id journaled, kept outside the file: a journal found missing,
+//!   empty or cut short is refused rather than started empty.
 //!
 //! [`Embedded`], [`Consumer`], [`Reporter`] and [`Stopper`] are what the journal's face
 //! (`journal::Journal` and its namesakes) dispatch to.
 
 pub mod admin;
+pub mod mark;
+pub mod repair;
 pub mod store;
 pub mod window;
 pub mod writer;
@@ -32,6 +37,7 @@ use tokio::sync::{Notify, oneshot};
 use super::{
     Appended, Delivery, StoreError,
     admin::{DeadRow, EventDetail, EventSummary, Selection, Stats},
+    checksum::Damage,
     dedup::DedupKey,
     now_ms,
     record::{DeadLetter, EventRecord, Pending},
@@ -49,6 +55,8 @@ pub struct Shared {
     plugins: std::sync::RwLock<HashMap<Arc<str>, Arc<Signal>>>,
     closed: AtomicBool,
     closing: Notify,
+    /// Records found damaged (or missing) on a read, made dead letters: for the metric.
+    damaged: std::sync::atomic::AtomicU64,
 }
 
 /// One plugin's wake-ups: new rows, dead letters put back into delivery, and pending events an
@@ -106,7 +114,7 @@ impl Shared {
 /// cannot be, reads fail too.
 pub struct Slot {
     path: PathBuf,
-    current: std::sync::RwLock<Option<Arc<Database>>>,
+    pub(super) current: std::sync::RwLock<Option<Arc<Database>>>,
 }
 
 impl Slot {
@@ -126,7 +134,11 @@ impl Slot {
             loop {
                 match Arc::try_unwrap(old) {
                     Ok(database) => {
-                        drop(database);
+                        // Closing a damaged file can panic in the library too.
+                        let _ = store::guard("closing the journal", || {
+                            drop(database);
+                            Ok(())
+                        });
                         break;
                     }
                     Err(still) if started.elapsed() > std::time::Duration::from_secs(1) => {
@@ -167,7 +179,32 @@ impl Embedded {
         maintain: bool,
     ) -> Result<(Embedded, std::thread::JoinHandle<()>), StoreError> {
         let path = state_dir.join(FILE_NAME);
-        let database = Arc::new(store::open(&path)?);
+        // The host checks its journal against the mark; a `journal` command only reads it.
+        let marked = if maintain { mark::read(state_dir)? } else { None };
+        mark::check_file(state_dir, &path, marked)?;
+        let database = match store::open(&path) {
+            Ok(database) => Arc::new(database),
+            Err(e @ StoreError::InUse { .. }) => return Err(e),
+            Err(e) => {
+                return Err(match marked.filter(|m| m.highest_id > 0) {
+                    Some(m) => {
+                        mark::refusal(state_dir, &path, &format!("cannot be opened ({e})"), m)
+                    }
+                    None => e,
+                });
+            }
+        };
+        let mark = if maintain {
+            let stored = store::guard("reading the next id", || store::next_id(&database))?;
+            let highest = stored.saturating_sub(1);
+            if let Some(m) = marked.filter(|m| m.highest_id > highest) {
+                let what = format!("holds events only up to id {highest}");
+                return Err(mark::refusal(state_dir, &path, &what, m));
+            }
+            Some(mark::Mark::open(state_dir, &path, highest)?)
+        } else {
+            None
+        };
         let slot = Arc::new(Slot { path, current: std::sync::RwLock::new(Some(database)) });
         let shared = Arc::new(Shared {
             plugins: std::sync::RwLock::new(
@@ -188,7 +225,7 @@ impl Embedded {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("journal-writer".into())
-                .spawn(move || writer::run(slot, rx, settings, shared))
+                .spawn(move || writer::run(slot, rx, settings, shared, mark))
                 .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
         };
         Ok((Embedded { slot, commands, shared }, thread))
@@ -212,6 +249,11 @@ impl Embedded {
         self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Records found damaged or missing on a read since the host started (each a dead letter).
+    pub fn damaged_records(&self) -> u64 {
+        self.shared.damaged.load(Ordering::Relaxed)
+    }
+
     /// The journal file's size.
     pub fn size_bytes(&self) -> Option<u64> {
         std::fs::metadata(&self.slot.path).ok().map(|m| m.len())
@@ -219,7 +261,7 @@ impl Embedded {
 
     /// Learned application tokens.
     pub fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
-        store::learned_tokens(&*self.slot.get()?)
+        store::guard("reading tokens", || store::learned_tokens(&*self.slot.get()?))
     }
 
     /// See `Journal::append`: the record and its key are made by the face.
@@ -268,9 +310,11 @@ impl Embedded {
         read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let slot = self.slot.clone();
-        tokio::task::spawn_blocking(move || read(&*slot.get()?))
-            .await
-            .map_err(|e| StoreError::Storage(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            store::guard("reading the journal", || read(&*slot.get()?))
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))?
     }
 
     /// Per-plugin numbers.
@@ -309,23 +353,31 @@ impl Embedded {
 
     /// A named state value, if set.
     pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store::state(&*self.slot.get()?, name)
+        store::guard("reading state", || store::state(&*self.slot.get()?, name))
     }
 
     /// A portal's stored OAuth tokens (JSON), if any.
     pub fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store::oauth(&*self.slot.get()?, member_id)
+        store::guard("reading tokens", || store::oauth(&*self.slot.get()?, member_id))
     }
 
     /// `plugin`'s pending state of event `id`, if it is pending for it.
     pub fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
-        store::pending(&*self.slot.get()?, plugin, id)
+        store::guard("reading a pending row", || store::pending(&*self.slot.get()?, plugin, id))
     }
 
     /// Waits until everything reported so far is durable.
     pub async fn flush(&self) {
         let (reply, answer) = oneshot::channel();
         if self.send(Command::Flush(reply)).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    /// Commits what is pending and closes the file cleanly (the host's last step).
+    pub async fn finish(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Close(reply)).is_ok() {
             let _ = answer.await;
         }
     }
@@ -420,7 +472,7 @@ impl Consumer {
             let shared = self.journal.shared.clone();
             let notified = signal.notify.notified();
             let closing = shared.closing.notified();
-            if let Err(e) = self.fill() {
+            if let Err(e) = store::guard("reading pending events", || self.fill()) {
                 tracing::error!(plugin = %self.plugin, "cannot read the journal: {e}");
             }
             if !self.buffer.is_empty() {
@@ -445,7 +497,7 @@ impl Consumer {
                 continue; // The scan below reaches it anyway.
             }
             if let Some(record) = store::event(&database, id)? {
-                self.push(id, Pending::default(), Some(record));
+                self.push(id, Ok(Pending::default()), record);
             }
         }
         let rows = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)?;
@@ -456,17 +508,32 @@ impl Consumer {
         Ok(())
     }
 
-    fn push(&mut self, id: u64, pending: Pending, record: Option<EventRecord>) {
-        match record {
-            Some(record) => self.buffer.push_back(Delivery { id, pending, record }),
-            None => self.reporter().bury(
-                id,
-                DeadLetter {
-                    reason: "the journal record is missing or damaged".into(),
-                    attempts: pending.attempts,
-                    at_ms: now_ms(),
-                },
-            ),
+    /// Buffers a checked event for delivery; a damaged or missing one is never delivered: it
+    /// becomes a dead letter with the reason, an ERROR line and a count for the metric.
+    fn push(
+        &mut self,
+        id: u64,
+        pending: Result<Pending, Damage>,
+        record: Result<EventRecord, Damage>,
+    ) {
+        match (pending, record) {
+            (Ok(pending), Ok(record)) => self.buffer.push_back(Delivery { id, pending, record }),
+            (pending, record) => {
+                let (what, damage) = match (&pending, &record) {
+                    (_, Err(e)) => ("event", *e),
+                    (Err(e), _) => ("pending row:", *e),
+                    (Ok(_), Ok(_)) => unreachable!("matched above"),
+                };
+                let reason = format!("{what} {damage}");
+                tracing::error!(
+                    event_id = id,
+                    plugin = %self.plugin,
+                    "journal {reason}: the event is not delivered; it is a dead letter now"
+                );
+                self.journal.shared.damaged.fetch_add(1, Ordering::Relaxed);
+                let attempts = pending.map(|p| p.attempts).unwrap_or(0);
+                self.reporter().bury(id, DeadLetter { reason, attempts, at_ms: now_ms() });
+            }
         }
     }
 

@@ -26,7 +26,8 @@ use redb::{
 use crate::journal::{
     StoreError,
     admin::{SKIPPED, Selection},
-    record::{DeadLetter, EventRecord, Pending, from_json, to_json},
+    checksum::Damage,
+    record::{DeadLetter, EventRecord, Pending, seal_row, unseal_row},
 };
 
 /// Event id -> record.
@@ -52,12 +53,33 @@ pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError
     result.map_err(|e| StoreError::Db(e.into()))
 }
 
+/// Runs `work` on the file, turning a panic of the storage library (redb panics on some
+/// damaged pages) into [`StoreError::Damaged`]: no storage panic ends the host.
+pub fn guard<T>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        tracing::error!(what, "the journal's storage library panicked: {message}");
+        Err(StoreError::Damaged { what, message })
+    })
+}
+
 /// redb's page cache. Its default (1 GiB) would let the cache grow with the journal; the hot
 /// part is the newest pages, which this holds many times over.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Opens (creating if needed) the journal at `path`, with every table present.
 pub fn open(path: &Path) -> Result<Database, StoreError> {
+    guard("opening the journal", || open_unguarded(path))
+}
+
+fn open_unguarded(path: &Path) -> Result<Database, StoreError> {
     let database =
         redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
@@ -89,6 +111,10 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
 /// Proves the file can take new data: writes a 64 KiB state value durably, then removes it.
 /// A file reopened on a still-full disk fails here rather than on the next event.
 pub fn probe_write(database: &Database) -> Result<(), StoreError> {
+    guard("test-writing the journal", || probe_write_unguarded(database))
+}
+
+fn probe_write_unguarded(database: &Database) -> Result<(), StoreError> {
     const PROBE: &str = "write_probe";
     let txn = db(database.begin_write())?;
     {
@@ -140,41 +166,66 @@ pub fn state(database: &Database, name: &str) -> Result<Option<Vec<u8>>, StoreEr
     Ok(db(table.get(name))?.map(|v| v.value().to_vec()))
 }
 
-/// Reads one event record.
-pub fn event(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreError> {
+/// Reads one event record, checked against its checksum.
+pub fn event(
+    database: &Database,
+    id: u64,
+) -> Result<Option<Result<EventRecord, Damage>>, StoreError> {
     let txn = db(database.begin_read())?;
     let table = db(txn.open_table(EVENTS))?;
-    Ok(db(table.get(id))?.and_then(|v| EventRecord::decode(v.value())))
+    Ok(db(table.get(id))?.map(|v| EventRecord::unseal(id, v.value())))
 }
 
 /// `plugin`'s pending state of event `id`, if it is pending for it.
 pub fn pending(database: &Database, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
     let txn = db(database.begin_read())?;
     let table = db(txn.open_table(PENDING))?;
-    Ok(db(table.get((plugin, id)))?.map(|v| from_json(v.value())))
+    Ok(db(table.get((plugin, id)))?.map(|v| unseal_row(plugin, id, v.value()).unwrap_or_default()))
 }
 
 /// Up to `limit` of `plugin`'s pending events with ids above `after`, oldest first, each with
-/// its record (`None` if the record is gone or damaged).
+/// its record; each checked against its checksum (a missing record is [`Damage::Missing`]).
 pub fn scan_pending(
     database: &Database,
     plugin: &str,
     after: u64,
     limit: usize,
-) -> Result<Vec<(u64, Pending, Option<EventRecord>)>, StoreError> {
+) -> Result<Vec<ScannedRow>, StoreError> {
     let txn = db(database.begin_read())?;
     let pending = db(txn.open_table(PENDING))?;
     let events = db(txn.open_table(EVENTS))?;
     let mut out = Vec::new();
     let Some(start) = after.checked_add(1) else { return Ok(out) };
-    for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))?.take(limit) {
-        let (key, value) = db(row)?;
-        let id = key.value().1;
-        let record = db(events.get(id))?.and_then(|v| EventRecord::decode(v.value()));
-        out.push((id, from_json(value.value()), record));
+    // A damaged page under one event's record makes that event unreadable, not the scan: the
+    // rows read before a damaged pending page are still delivered.
+    let scanned = guard("reading pending rows", || {
+        for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))?.take(limit) {
+            let (key, value) = db(row)?;
+            let id = key.value().1;
+            let record = guard("reading an event record", || {
+                Ok(match db(events.get(id))? {
+                    Some(v) => EventRecord::unseal(id, v.value()),
+                    None => Err(Damage::Missing),
+                })
+            })
+            .unwrap_or(Err(Damage::Unreadable));
+            out.push((id, unseal_row(plugin, id, value.value()), record));
+        }
+        Ok(())
+    });
+    match scanned {
+        Err(e) if out.is_empty() => Err(e),
+        Err(e) => {
+            tracing::error!(plugin, "the journal's pending rows are unreadable past a point: {e}");
+            Ok(out)
+        }
+        Ok(()) => Ok(out),
     }
-    Ok(out)
 }
+
+/// A pending row as a consumer reads it: the event id, its pending state and its record, each
+/// checked.
+pub type ScannedRow = (u64, Result<Pending, Damage>, Result<EventRecord, Damage>);
 
 /// Up to `limit` records of events received at or after `since_ms`, newest first (for the
 /// duplicate window).
@@ -188,7 +239,7 @@ pub fn recent_events(
     let mut out = Vec::new();
     for row in db(events.iter())?.rev().take(limit) {
         let (k, v) = db(row)?;
-        let Some(record) = EventRecord::decode(v.value()) else { continue };
+        let Ok(record) = EventRecord::unseal(k.value(), v.value()) else { continue };
         if record.meta.received_at_ms < since_ms {
             break;
         }
@@ -232,9 +283,9 @@ impl<'txn> Tables<'txn> {
         record: &EventRecord,
         plugins: &[std::sync::Arc<str>],
     ) -> Result<(), StoreError> {
-        db(self.events.insert(id, record.encode().as_slice()))?;
-        let fresh = to_json(&Pending::default());
+        db(self.events.insert(id, record.seal(id).as_slice()))?;
         for plugin in plugins {
+            let fresh = seal_row(plugin, id, &Pending::default());
             db(self.pending.insert((&**plugin, id), fresh.as_slice()))?;
         }
         Ok(())
@@ -272,7 +323,7 @@ impl<'txn> Tables<'txn> {
         state: &Pending,
     ) -> Result<(), StoreError> {
         if db(self.pending.get((plugin, id)))?.is_some() {
-            db(self.pending.insert((plugin, id), to_json(state).as_slice()))?;
+            db(self.pending.insert((plugin, id), seal_row(plugin, id, state).as_slice()))?;
         }
         Ok(())
     }
@@ -281,7 +332,7 @@ impl<'txn> Tables<'txn> {
     /// longer pending (an operator skipped it in between: that dead letter stays as it is).
     pub fn bury(&mut self, plugin: &str, id: u64, dead: &DeadLetter) -> Result<(), StoreError> {
         if db(self.pending.remove((plugin, id)))?.is_some() {
-            db(self.dead.insert((plugin, id), to_json(dead).as_slice()))?;
+            db(self.dead.insert((plugin, id), seal_row(plugin, id, dead).as_slice()))?;
         }
         Ok(())
     }
@@ -325,7 +376,7 @@ impl<'txn> Tables<'txn> {
             if referenced {
                 continue;
             }
-            let record = EventRecord::decode(v.value());
+            let record = EventRecord::unseal(id, v.value()).ok();
             let old = record.as_ref().is_none_or(|r| now_ms - r.meta.received_at_ms > keep_for_ms);
             if old || complete > keep_max {
                 if let Some(r) =
@@ -396,9 +447,9 @@ pub fn replay(txn: &WriteTransaction, which: &Selection) -> Result<Vec<(String, 
     let chosen = selected_dead(txn, which)?;
     let mut dead = db(txn.open_table(DEAD))?;
     let mut pending = db(txn.open_table(PENDING))?;
-    let fresh = to_json(&Pending::default());
     for (plugin, id) in &chosen {
         db(dead.remove((plugin.as_str(), *id)))?;
+        let fresh = seal_row(plugin, *id, &Pending::default());
         db(pending.insert((plugin.as_str(), *id), fresh.as_slice()))?;
     }
     Ok(chosen)
@@ -418,10 +469,10 @@ pub fn skip(
     let mut out = Vec::new();
     for &id in ids {
         let Some(row) = db(pending.remove((plugin, id)))? else { continue };
-        let state: Pending = from_json(row.value());
+        let state: Pending = unseal_row(plugin, id, row.value()).unwrap_or_default();
         drop(row);
         let letter = DeadLetter { reason: SKIPPED.into(), attempts: state.attempts, at_ms: now_ms };
-        db(dead.insert((plugin, id), to_json(&letter).as_slice()))?;
+        db(dead.insert((plugin, id), seal_row(plugin, id, &letter).as_slice()))?;
         out.push((plugin.to_owned(), id));
     }
     Ok(out)

@@ -61,6 +61,9 @@ pub enum Command {
     },
     /// Make everything so far durable, then answer.
     Flush(oneshot::Sender<()>),
+    /// Commit what came before, close the file cleanly (so that it opens without redb's
+    /// repair, and read-only for `journal verify`/`salvage`), then answer; later commands fail.
+    Close(oneshot::Sender<()>),
     /// Store a portal's OAuth tokens (JSON) durably.
     SetOAuth(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
     /// Set or remove a named state value durably.
@@ -127,13 +130,22 @@ struct Broken {
 /// After a storage error (a full disk, say) redb refuses every later write, so the writer
 /// closes and reopens the file, with back-off, until a test write succeeds; meanwhile every
 /// append is refused at once (503: nothing accepted) and `/readyz` says why.
-pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, shared: Arc<Shared>) {
+pub fn run(
+    slot: Arc<Slot>,
+    rx: mpsc::Receiver<Command>,
+    settings: Settings,
+    shared: Arc<Shared>,
+    mut mark: Option<super::mark::Mark>,
+) {
     let Ok(database) = slot.get() else { return };
-    let mut next_id = store::next_id(&database).unwrap_or(1);
+    let mut next_id =
+        store::guard("reading the next id", || store::next_id(&database)).unwrap_or(1);
     let mut window = Window::new(settings.dedup_window_ms);
     if settings.maintain && window.enabled() {
         let since = crate::journal::now_ms() - settings.dedup_window_ms;
-        if let Ok(recent) = store::recent_events(&database, since, window::MAX_KEYS) {
+        if let Ok(recent) = store::guard("reading recent events", || {
+            store::recent_events(&database, since, window::MAX_KEYS)
+        }) {
             for (id, record) in recent.into_iter().rev() {
                 if let Some(key) = dedup::from_hex(&record.meta.dedup_key) {
                     record_key(&mut window, &record, key, id, record.meta.received_at_ms);
@@ -147,7 +159,8 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
     let mut pruning = false;
     let mut next_prune = Instant::now() + PRUNE_EVERY;
     let mut broken: Option<Broken> = None;
-    loop {
+    let mut closers = Vec::new();
+    while closers.is_empty() {
         let wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
         let first = match rx.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
             Ok(command) => Some(command),
@@ -159,7 +172,8 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
         {
             match slot.reopen() {
                 Ok(database) => {
-                    next_id = next_id.max(store::next_id(&database).unwrap_or(1));
+                    let stored = store::guard("reading the next id", || store::next_id(&database));
+                    next_id = next_id.max(stored.unwrap_or(1));
                     shared.commit_result(None);
                     broken = None;
                     tracing::info!(
@@ -177,6 +191,9 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
                     );
                 }
             }
+        }
+        if let Some(mark) = &mut mark {
+            mark.tick();
         }
         let Some(first) = first else {
             if broken.is_none()
@@ -204,6 +221,16 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
                 Err(_) => break,
             }
         }
+        let (close, rest): (Vec<Command>, Vec<Command>) =
+            batch.into_iter().partition(|c| matches!(c, Command::Close(_)));
+        let mut batch = rest;
+        if !close.is_empty() {
+            closers.extend(close.into_iter().filter_map(|c| match c {
+                Command::Close(tx) => Some(tx),
+                _ => None,
+            }));
+            batch.push(Command::Flush(oneshot::channel().0));
+        }
         let database = match (&broken, slot.get()) {
             (None, Ok(database)) => database,
             (Some(b), _) => {
@@ -216,6 +243,7 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
                 continue;
             }
         };
+        let id_before = next_id;
         let appends = batch.iter().filter(|c| matches!(c, Command::Append { .. })).count();
         // Each batch that adds events (and each batch while a backlog to prune remains)
         // deletes up to about twice what it adds, in the same transaction: pruning keeps pace
@@ -223,15 +251,31 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
         // look-ups.
         let prune_budget =
             (settings.maintain && (pruning || appends > 0)).then_some(2 * appends + 64);
-        let (pruned, failed) = write_batch(
-            &database,
-            batch,
-            &mut next_id,
-            &mut window,
-            &shared,
-            &settings,
-            prune_budget,
-        );
+        // A panic of the storage library (a damaged page) drops the batch's replies (their
+        // callers get an error: 503, nothing claimed) and is handled as a storage error: the
+        // file is reopened, and meanwhile `/readyz` says why.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_batch(
+                &database,
+                batch,
+                &mut next_id,
+                &mut window,
+                &shared,
+                &settings,
+                prune_budget,
+            )
+        }));
+        let (pruned, failed) = written.unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            let error = StoreError::Damaged { what: "writing the journal", message };
+            tracing::error!("{error}");
+            shared.commit_result(Some(error.to_string()));
+            (None, Some(error.to_string()))
+        });
         drop(database);
         if let Some(reason) = failed {
             tracing::warn!("the journal will be reopened after this storage error");
@@ -241,6 +285,11 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
                 reason,
             });
             continue;
+        }
+        if next_id != id_before
+            && let Some(mark) = &mut mark
+        {
+            mark.note(next_id - 1);
         }
         if let (Some(budget), Some(done)) = (prune_budget, pruned) {
             pruning = done >= budget;
@@ -257,24 +306,36 @@ pub fn run(slot: Arc<Slot>, rx: mpsc::Receiver<Command>, settings: Settings, sha
             next_prune = Instant::now() + PRUNE_EVERY;
         }
     }
-    // Make the last outcomes durable before the process ends.
-    if let Ok(database) = slot.get()
-        && let Ok(txn) = database.begin_write()
-    {
-        let _ = txn.commit();
+    if let Some(mark) = &mut mark {
+        mark.sync();
+    }
+    // Make the last outcomes durable before the process ends, and close the file: once the
+    // readers of the moment let go, redb marks it shut down cleanly.
+    let last = slot.current.write().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(database) = last {
+        let _ = store::guard("closing the journal", || {
+            if let Ok(txn) = database.begin_write() {
+                let _ = txn.commit();
+            }
+            drop(database);
+            Ok(())
+        });
+    }
+    for tx in closers {
+        let _ = tx.send(());
     }
 }
 
 /// One prune round; whether it had more to delete than one round may.
 fn prune(database: &Database, settings: &Settings) -> bool {
-    let result = (|| {
+    let result = store::guard("pruning the journal", || {
         let mut txn = db(database.begin_write())?;
         let _ = txn.set_durability(Durability::None);
         let now = crate::journal::now_ms();
         let pruned = store::prune(&txn, now, settings.keep_for_ms, settings.keep_max, PRUNE_BATCH)?;
         db(txn.commit())?;
         Ok::<_, StoreError>(pruned)
-    })();
+    });
     match result {
         Ok(0) => false,
         Ok(n) => {
@@ -512,6 +573,7 @@ fn apply(
         }
         Command::Bury(plugin, id, dead) => note(failure, tables.bury(&plugin, id, &dead)),
         Command::Flush(reply) => replies.push(Reply::Flush(reply)),
+        Command::Close(reply) => replies.push(Reply::Flush(reply)),
         Command::SetState(name, value, reply) => {
             let result = tables.set_state(&name, value.as_deref());
             if let Err(e) = &result {
@@ -559,7 +621,7 @@ fn fail_all(batch: Vec<Command>, error: &StoreError) {
             Command::Admin { reply, .. } => {
                 let _ = reply.send(Err(StoreError::Storage(error.to_string())));
             }
-            Command::Flush(reply) => {
+            Command::Flush(reply) | Command::Close(reply) => {
                 let _ = reply.send(());
             }
             Command::SetOAuth(_, _, reply) | Command::SetState(_, _, reply) => {

@@ -1,0 +1,341 @@
+//! `journal verify` and `journal salvage` on the embedded backend, for a stopped host: read
+//! every table of the file without changing it (read-only; a file that needs redb's repair
+//! first is copied and the copy repaired), check every record's checksum and the rows'
+//! references, and (salvage) write everything readable into a fresh journal.
+//!
+//! Every read runs inside [`store::guard`]: a damaged page that makes the storage library panic
+//! ends one table's scan (reported), never the command.
+
+use std::path::Path;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+
+use super::{
+    FILE_NAME, mark,
+    store::{self, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
+};
+use crate::journal::{
+    StoreError,
+    admin::RepairReport,
+    checksum::Damage,
+    now_ms,
+    record::{DeadLetter, EventRecord, Pending, seal_row, unseal_row},
+};
+
+/// A key and a value, as bytes.
+type Pair = (Vec<u8>, Vec<u8>);
+
+/// What could be read from the file.
+#[derive(Default)]
+struct Readable {
+    events: Vec<(u64, EventRecord)>,
+    pending: Vec<(String, u64, Result<Pending, Damage>)>,
+    dead: Vec<(String, u64, Result<DeadLetter, Damage>)>,
+    small: Vec<(&'static str, Vec<Pair>)>,
+    tokens: Vec<(String, String)>,
+    offline_seen: Vec<(Vec<u8>, u64)>,
+    next_id: u64,
+    /// Events that follow a damaged page of the pending table: their pending rows (if any)
+    /// could not be read.
+    behind_damage: Vec<(String, u64)>,
+}
+
+/// Checks the journal in `state_dir`.
+pub fn verify(state_dir: &Path) -> Result<RepairReport, StoreError> {
+    let (_, report) = read_all(state_dir)?;
+    Ok(report)
+}
+
+/// Copies everything readable of the journal in `state_dir` into a new journal at `to`.
+pub fn salvage(state_dir: &Path, to: &Path) -> Result<RepairReport, StoreError> {
+    if to.exists() {
+        return Err(StoreError::Refused(format!(
+            "{} exists; salvage writes a new journal and never overwrites one",
+            to.display()
+        )));
+    }
+    let (readable, mut report) = read_all(state_dir)?;
+    let database = store::open(to)?;
+    let txn = db(database.begin_write())?;
+    let readable_ids: std::collections::HashSet<u64> =
+        readable.events.iter().map(|(id, _)| *id).collect();
+    {
+        let mut tables = store::Tables::open(&txn)?;
+        for (id, record) in &readable.events {
+            tables.insert_event(*id, record, &[])?;
+        }
+        for (member, token) in &readable.tokens {
+            tables.set_token(member, Some(&b24_plugin_api::Secret::new(token.as_str())))?;
+        }
+        for (key, id) in &readable.offline_seen {
+            tables.remember_offline(key, *id)?;
+        }
+        for (name, rows) in &readable.small {
+            for (k, v) in rows {
+                let k = String::from_utf8_lossy(k);
+                if *name == "oauth" {
+                    tables.set_oauth(&k, v)?;
+                } else {
+                    tables.set_state(&k, Some(v))?;
+                }
+            }
+        }
+        tables.set_next_id(readable.next_id)?;
+    }
+    {
+        let mut pending = db(txn.open_table(PENDING))?;
+        let mut dead = db(txn.open_table(DEAD))?;
+        // A pending row whose event or own state is unreadable becomes a dead letter with the
+        // reason: the loss stays visible in `journal dead`.
+        for (plugin, id, state) in &readable.pending {
+            let lost = match state {
+                Err(e) => Some(format!("pending row {e}")),
+                Ok(_) if !readable_ids.contains(id) => {
+                    Some("event record damaged or missing".to_owned())
+                }
+                Ok(_) => None,
+            };
+            let key = (plugin.as_str(), *id);
+            match (lost, state) {
+                (None, Ok(state)) => {
+                    db(pending.insert(key, seal_row(plugin, *id, state).as_slice()))?;
+                }
+                (reason, state) => {
+                    let attempts = state.as_ref().map(|s| s.attempts).unwrap_or(0);
+                    let reason = format!("salvaged: {}", reason.unwrap_or_default());
+                    let letter = DeadLetter { reason, attempts, at_ms: now_ms() };
+                    report.pending_made_dead += 1;
+                    db(dead.insert(key, seal_row(plugin, *id, &letter).as_slice()))?;
+                }
+            }
+        }
+        for (plugin, id) in &readable.behind_damage {
+            let reason = "salvaged: its pending row was on a damaged page (it may have been \
+                          delivered already)"
+                .to_owned();
+            let letter = DeadLetter { reason, attempts: 0, at_ms: now_ms() };
+            report.pending_made_dead += 1;
+            db(dead.insert((plugin.as_str(), *id), seal_row(plugin, *id, &letter).as_slice()))?;
+        }
+        for (plugin, id, letter) in &readable.dead {
+            let letter = letter.clone().unwrap_or_else(|e| DeadLetter {
+                reason: format!("salvaged: dead letter {e}"),
+                attempts: 0,
+                at_ms: now_ms(),
+            });
+            db(dead.insert((plugin.as_str(), *id), seal_row(plugin, *id, &letter).as_slice()))?;
+        }
+    }
+    db(txn.commit())?;
+    report.salvaged_to = Some(to.display().to_string());
+    Ok(report)
+}
+
+/// A repaired copy of the journal, removed when done.
+struct Copy(std::path::PathBuf);
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Reads every table (read-only, or a repaired copy) and checks what it reads.
+fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
+    let path = state_dir.join(FILE_NAME);
+    let marked = mark::read(state_dir).ok().flatten();
+    let mut report = RepairReport { file: path.display().to_string(), ..RepairReport::default() };
+    if let Some(m) = marked {
+        report.mark_highest_id = Some(m.highest_id);
+    }
+    let size = std::fs::metadata(&path)
+        .map_err(|_| StoreError::NotFound { path: path.display().to_string() })?
+        .len();
+    if size == 0 {
+        report.problems.push("the journal file is empty".into());
+        return Ok((Readable::default(), report));
+    }
+    let opened = store::guard("opening the journal read-only", || {
+        redb::Builder::new().open_read_only(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse { path: path.display().to_string() }
+            }
+            other => StoreError::Db(other.into()),
+        })
+    });
+    let readable = match opened {
+        Ok(database) => scan(&database, &mut report),
+        Err(e @ StoreError::InUse { .. }) => return Err(e),
+        Err(first) => {
+            // Not closed cleanly (or damaged): let redb repair a copy, never the original.
+            let copy = Copy(state_dir.join(format!(".journal-repair-{}.redb", std::process::id())));
+            std::fs::copy(&path, &copy.0)
+                .map_err(|e| StoreError::Storage(format!("cannot copy the journal: {e}")))?;
+            // A file cut short: give the copy back the length the mark last saw (the lost
+            // tail reads as zeros, caught by the checksums), so that redb opens it at all.
+            if let Some(m) = marked.filter(|m| m.file_bytes > size) {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&copy.0)
+                    .and_then(|f| f.set_len(m.file_bytes));
+                report.notes.push(format!(
+                    "the file is {size} bytes, the mark saw {}: read a copy padded to that",
+                    m.file_bytes
+                ));
+            }
+            let read_only = store::guard("opening a copy of the journal read-only", || {
+                redb::Builder::new().open_read_only(&copy.0).map_err(|e| StoreError::Db(e.into()))
+            });
+            if let Ok(database) = read_only {
+                report.notes.push(format!("read-only open failed ({first}); read a padded copy"));
+                let readable = scan(&database, &mut report);
+                drop(database);
+                return Ok(finish(readable, report, marked));
+            }
+            let repaired = store::guard("opening a copy of the journal", || {
+                redb::Builder::new().open(&copy.0).map_err(|e| StoreError::Db(e.into()))
+            });
+            match repaired {
+                Ok(database) => {
+                    report
+                        .notes
+                        .push(format!("read-only open failed ({first}); read a repaired copy"));
+                    scan(&database, &mut report)
+                }
+                Err(e) => {
+                    report.problems.push(format!(
+                        "the journal cannot be opened: {first}; a repaired copy neither: {e}"
+                    ));
+                    Readable::default()
+                }
+            }
+        }
+    };
+    Ok(finish(readable, report, marked))
+}
+
+/// Adds the mark's verdict to the report.
+fn finish(
+    readable: Readable,
+    mut report: RepairReport,
+    marked: Option<mark::Marked>,
+) -> (Readable, RepairReport) {
+    if let Some(m) = marked
+        && readable.next_id.saturating_sub(1) < m.highest_id
+    {
+        report.problems.push(format!(
+            "the journal holds events only up to id {} but the host had journaled up to id {} ({})",
+            readable.next_id.saturating_sub(1),
+            m.highest_id,
+            mark::FILE_NAME
+        ));
+    }
+    (readable, report)
+}
+
+/// Rows of one table, read until the end or the first failure (reported).
+fn rows<K, V, D, T>(
+    database: &D,
+    table: TableDefinition<K, V>,
+    report: &mut RepairReport,
+    mut take: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> T,
+) -> Vec<T>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+    D: ReadableDatabase,
+{
+    let mut out = Vec::new();
+    let name = table.name().to_owned();
+    let result = store::guard("reading a table", || {
+        let txn = db(database.begin_read())?;
+        let table = match txn.open_table(table) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(StoreError::Db(e.into())),
+        };
+        for row in db(table.iter())? {
+            let (k, v) = db(row)?;
+            out.push(take(k.value(), v.value()));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        report.problems.push(format!("table {name}: unreadable after {} rows: {e}", out.len()));
+    }
+    out
+}
+
+fn scan<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Readable {
+    let mut readable = Readable::default();
+    let stored = rows(database, EVENTS, report, |id, v| (id, EventRecord::unseal(id, v)));
+    let mut highest = 0;
+    for (id, record) in stored {
+        highest = highest.max(id);
+        match record {
+            Ok(record) => {
+                report.events.readable += 1;
+                readable.events.push((id, record));
+            }
+            Err(e) => {
+                report.events.damaged += 1;
+                report.problems.push(format!("event {id}: {e}"));
+            }
+        }
+    }
+    let ids: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
+    readable.pending = rows(database, PENDING, report, |(plugin, id), v| {
+        (plugin.to_owned(), id, unseal_row::<Pending>(plugin, id, v))
+    });
+    let cut = report.problems.last().is_some_and(|p| p.starts_with("table pending:"));
+    if cut && let Some((plugin, last, _)) = readable.pending.last() {
+        readable.behind_damage =
+            ids.iter().filter(|id| *id > last).map(|id| (plugin.clone(), *id)).collect();
+        readable.behind_damage.sort();
+        report.problems.push(format!(
+            "pending rows of {plugin} after event {last} (and of any plugin named after it) are \
+             unreadable: {} later events may have been waiting for it; salvage makes them its \
+             dead letters (replay them once checked)",
+            readable.behind_damage.len()
+        ));
+    }
+    for (plugin, id, state) in &readable.pending {
+        match state {
+            Ok(_) => report.pending.readable += 1,
+            Err(e) => {
+                report.pending.damaged += 1;
+                report.problems.push(format!("pending row ({plugin}, {id}): {e}"));
+            }
+        }
+        if !ids.contains(id) {
+            report
+                .problems
+                .push(format!("pending row ({plugin}, {id}): its event is damaged or missing"));
+        }
+    }
+    readable.dead = rows(database, DEAD, report, |(plugin, id), v| {
+        (plugin.to_owned(), id, unseal_row::<DeadLetter>(plugin, id, v))
+    });
+    for (plugin, id, letter) in &readable.dead {
+        match letter {
+            Ok(_) => report.dead.readable += 1,
+            Err(e) => {
+                report.dead.damaged += 1;
+                report.problems.push(format!("dead letter ({plugin}, {id}): {e}"));
+            }
+        }
+    }
+    readable.tokens = rows(database, TOKENS, report, |k, v| (k.to_owned(), v.to_owned()));
+    readable.offline_seen = rows(database, OFFLINE_SEEN, report, |k, v| (k.to_vec(), v));
+    readable
+        .small
+        .push(("oauth", rows(database, OAUTH, report, |k, v| (k.as_bytes().to_vec(), v.to_vec()))));
+    readable
+        .small
+        .push(("state", rows(database, STATE, report, |k, v| (k.as_bytes().to_vec(), v.to_vec()))));
+    let meta = rows(database, META, report, |k, v| (k.to_owned(), v));
+    let stored_next = meta.iter().find(|(k, _)| k == "next_id").map_or(1, |(_, v)| *v);
+    readable.next_id = stored_next.max(highest + 1);
+    report.next_id = readable.next_id;
+    readable
+}
