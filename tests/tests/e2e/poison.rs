@@ -127,7 +127,10 @@ fn an_in_process_abort_poison_loop_ends_after_max_crashes_restarts() {
     // Later events reach the probe; audit-log got every acknowledged event.
     post(&host, 300, "UF_CRM_AFTER").expect("accepted");
     acked.insert(300);
-    assert!(wait_probe_or_death(&dir, &mut { host }, 300));
+    let mut host = host;
+    assert!(wait_probe_or_death(&dir, &mut host, 300));
+    // audit-log is another plugin, on its own lane: wait for it to have the last event too.
+    dir.wait_lines("audit.jsonl", 1, PATIENCE, |l| l["field_id"] == 300);
     let audit: BTreeSet<u64> = dir
         .read_lines_lenient("audit.jsonl")
         .iter()
@@ -135,6 +138,7 @@ fn an_in_process_abort_poison_loop_ends_after_max_crashes_restarts() {
         .collect();
     let missing: Vec<_> = acked.difference(&audit).collect();
     assert!(missing.is_empty(), "audit-log lost {missing:?}");
+    assert!(host.stop());
 }
 
 #[test]
@@ -169,6 +173,8 @@ fn journal_skip_on_a_stopped_host_frees_an_in_process_poison_loop() {
     post(&host, 200, "UF_CRM_AFTER").expect("accepted");
     assert!(wait_probe_or_death(&dir, &mut host, 200), "{}", host.log_text());
     assert_eq!(calls(), 2);
+    // audit-log is another plugin, on its own lane: wait for it to have the later event too.
+    dir.wait_lines("audit.jsonl", 1, PATIENCE, |l| l["field_id"] == 200);
     let audit: Vec<u64> = dir
         .read_lines_lenient("audit.jsonl")
         .iter()
