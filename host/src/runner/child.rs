@@ -121,6 +121,9 @@ struct Call {
 /// The runner's lanes: the sender of each host lane's calls and its thread.
 type Lanes = HashMap<usize, (LaneSender, std::thread::JoinHandle<()>)>;
 
+/// The first call ids of the batches the host stopped.
+type Stops = Arc<Mutex<std::collections::HashSet<u64>>>;
+
 /// What feeds a lane thread.
 struct LaneSender(mpsc::Sender<Vec<Call>>);
 
@@ -136,6 +139,7 @@ fn lane_of<'a>(
     lane: usize,
     instance: &Arc<Instance>,
     out: &Out,
+    stops: &Stops,
 ) -> &'a LaneSender {
     &lanes
         .entry(lane)
@@ -143,9 +147,10 @@ fn lane_of<'a>(
             let (tx, rx) = mpsc::channel::<Vec<Call>>();
             let instance = instance.clone();
             let out = out.clone();
+            let stops = stops.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("plugin-{lane}"))
-                .spawn(move || run_lane(&instance, &out, &rx))
+                .spawn(move || run_lane(&instance, &out, &rx, &stops))
                 .expect("cannot start a lane thread");
             (LaneSender(tx), thread)
         })
@@ -210,6 +215,7 @@ pub fn main() -> ExitCode {
         load_us: info.load_time.as_micros() as u64,
     });
     let mut lanes: Lanes = HashMap::new();
+    let stops: Stops = Arc::default();
     loop {
         let frame = match read_frame::<ToRunner>(&mut input) {
             Ok(Some(frame)) => frame,
@@ -223,7 +229,7 @@ pub fn main() -> ExitCode {
             ) => {
                 let raw = Bytes::from(tail);
                 let item = Call { call, id, attempt, received_at_ms, format, source, extra, raw };
-                lane_of(&mut lanes, lane, &instance, &out).send(vec![item]);
+                lane_of(&mut lanes, lane, &instance, &out, &stops).send(vec![item]);
             }
             (ToRunner::CallBatch { lane, items }, tail) => {
                 let tail = Bytes::from(tail);
@@ -246,7 +252,10 @@ pub fn main() -> ExitCode {
                         raw,
                     });
                 }
-                lane_of(&mut lanes, lane, &instance, &out).send(calls);
+                lane_of(&mut lanes, lane, &instance, &out, &stops).send(calls);
+            }
+            (ToRunner::StopBatch { call, .. }, _) => {
+                stops.lock().unwrap_or_else(|p| p.into_inner()).insert(call);
             }
             (ToRunner::RestAnswer { request, result }, _) => {
                 let waiter = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
@@ -272,10 +281,16 @@ pub fn main() -> ExitCode {
 /// One lane: calls the plugin for each call it receives, one at a time and in order; in a run
 /// of calls it stops at the first that is not Done or Skipped (the host re-queues the rest).
 /// The body is decoded here, as a lane does in the host.
-fn run_lane(instance: &Instance, out: &Out, runs: &mpsc::Receiver<Vec<Call>>) {
+fn run_lane(instance: &Instance, out: &Out, runs: &mpsc::Receiver<Vec<Call>>, stops: &Stops) {
     while let Ok(calls) = runs.recv() {
-        for item in calls {
+        let batch = calls.first().map(|c| c.call).unwrap_or_default();
+        let stopped = || stops.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch);
+        for (index, item) in calls.into_iter().enumerate() {
             let call = item.call;
+            if index > 0 && stopped() {
+                out.send(&FromRunner::NotAttempted { call });
+                break;
+            }
             let result = match crate::decode::decode(&item.raw, item.format.into()) {
                 Ok(event) => {
                     let envelope = Envelope {
@@ -307,6 +322,7 @@ fn run_lane(instance: &Instance, out: &Out, runs: &mpsc::Receiver<Vec<Call>>) {
                 break;
             }
         }
+        stopped();
     }
 }
 

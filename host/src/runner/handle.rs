@@ -48,6 +48,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A runner that lived this long was healthy: the next restart waits [`BACKOFF_MIN`] again.
 const HEALTHY: Duration = Duration::from_secs(10);
+/// How often a lane waiting for a batch checks whether delivery stops.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 /// How long a runner may take to load and create its plugin.
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -383,8 +385,21 @@ impl RunnerHandle {
         sent();
         // A failed write means the runner is dying: its supervisor answers the calls.
         let _ = conn.send(&message, &tail);
+        let mut stop_sent = false;
         let end = loop {
-            match rx.recv() {
+            let reply = match rx.recv_timeout(STOP_CHECK) {
+                Ok(reply) => Ok(reply),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Delivery stops: the batch ends after the call it is making.
+                    if !stop_sent && stop() {
+                        stop_sent = true;
+                        let _ = conn.send(&ToRunner::StopBatch { lane, call: first }, b"");
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+            };
+            match reply {
                 Ok(Reply::BatchDone) => break None,
                 Ok(Reply::Rest { request, call, method, params }) => {
                     let index = call.checked_sub(first).map(|i| i as usize);
@@ -639,6 +654,15 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<Uni
                 } else {
                     drop(answered);
                     (batch.progress)();
+                }
+            }
+            FromRunner::NotAttempted { call } => {
+                let mut waiting = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(Waiter { tx, batch: Some(batch) }) = waiting.remove(&call) {
+                    for other in &batch.calls {
+                        waiting.remove(other);
+                    }
+                    let _ = tx.send(Reply::BatchDone);
                 }
             }
             FromRunner::Log { level, message } => log(&shared.spec.host, level, &message),

@@ -63,6 +63,15 @@ pub enum ToRunner {
         /// The calls, in order.
         items: Vec<BatchCall>,
     },
+    /// Delivery stops (the plugin is disabled, the host shuts down): the batch whose first
+    /// call is `call` ends after the call it is making; the runner answers
+    /// [`FromRunner::NotAttempted`] for the next.
+    StopBatch {
+        /// The host lane.
+        lane: usize,
+        /// The batch's first call id.
+        call: u64,
+    },
     /// The host's answer to [`FromRunner::Rest`].
     RestAnswer {
         /// The runner's request id.
@@ -126,6 +135,12 @@ pub enum FromRunner {
         call: u64,
         /// `Ok(done?)` (true = Done, false = Skipped) or the plugin's error.
         result: Result<bool, WireError>,
+    },
+    /// A batch was stopped ([`ToRunner::StopBatch`]): call `call` and the ones after it were
+    /// not attempted.
+    NotAttempted {
+        /// The first call not attempted.
+        call: u64,
     },
     /// A `HostServices::log` line.
     Log {
