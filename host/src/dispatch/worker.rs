@@ -11,6 +11,7 @@
 //! runner whose call runs past `kill_after_ms`.
 
 use std::{
+    collections::VecDeque,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -37,12 +38,23 @@ use crate::{
     metrics::{Metrics, PluginLabel},
     rest::{self, EventContext},
     route::Route,
-    runner::CallError,
+    runner::{BatchItem, CallError},
 };
 
 /// Deliveries read ahead of the lanes: enough to keep them busy, few enough that a reload or
 /// a stop finds little queued.
 const READ_AHEAD: usize = 32;
+
+/// The most deliveries a lane sends its runner in one frame (at most what is read ahead
+/// anyway).
+const BATCH: usize = READ_AHEAD;
+
+/// A delivery read from the journal, before its attempts.
+struct Opened {
+    envelope: Envelope,
+    pending: Pending,
+    format: Format,
+}
 
 /// How often a lane waiting out a back-off checks whether its plugin was disabled.
 const STOP_CHECK: Duration = Duration::from_millis(100);
@@ -220,36 +232,163 @@ impl Worker {
         drop(watchdog);
     }
 
-    /// One lane: takes deliveries from the queue until it closes.
-    fn lane(&self, lanes: &Lanes, index: usize, receiver: &Mutex<mpsc::Receiver<Delivery>>) {
+    /// One lane: takes deliveries from the queue until it closes. Through a runner, a lane
+    /// that finds more deliveries already waiting sends up to [`BATCH`] of them in one frame
+    /// (see [`Worker::deliver_batch`]); the ones a batch did not attempt come next, in order.
+    fn lane(&self, lanes: &Arc<Lanes>, index: usize, receiver: &Mutex<mpsc::Receiver<Delivery>>) {
         // The runtime is this thread's context, as on tokio's own threads: an instance replaced
         // by a reload and dropped here is shut down on a blocking thread, not in this lane.
         let _runtime = lanes.runtime.enter();
+        let mut ahead: VecDeque<Opened> = VecDeque::new();
         loop {
-            // Lanes take turns at the queue; the one holding the lock waits for the next event.
-            let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
-            let Some(delivery) = next else { return };
-            let id = delivery.id;
-            let format = delivery.format();
-            let (envelope, pending) = match delivery.open() {
-                Ok(opened) => opened,
-                Err(dead) => {
-                    tracing::error!(plugin = %self.name, event_id = id, reason = %dead.reason, "moved to the plugin's dead letters");
-                    lanes.reporter.bury(id, dead);
-                    self.metrics.dead_letters.get_or_create(&self.label()).inc();
-                    continue;
+            let first = match ahead.pop_front() {
+                Some(opened) => opened,
+                None => {
+                    // Lanes take turns at the queue; the one holding the lock waits for the next
+                    // event.
+                    let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
+                    let Some(delivery) = next else { return };
+                    let Some(opened) = self.open(delivery, lanes) else { continue };
+                    opened
                 }
             };
-            let span = tracing::info_span!(
-                "deliver",
-                plugin = %self.name,
-                event_id = id,
-                member_id = %envelope.event.auth.member_id,
-                code = %envelope.event.code,
-            );
-            let _entered = span.enter();
-            self.deliver(&envelope, format, &pending, lanes, &lanes.lanes[index]);
+            if self.instance().runner().is_some() && self.batchable(&first, lanes) {
+                let mut batch = vec![first];
+                // Only what is already waiting: a batch never waits for more.
+                while batch.len() < BATCH {
+                    let next = match ahead.pop_front() {
+                        Some(opened) => opened,
+                        None => {
+                            let Ok(mut queue) = receiver.try_lock() else { break };
+                            let Ok(delivery) = queue.try_recv() else { break };
+                            drop(queue);
+                            let Some(opened) = self.open(delivery, lanes) else { continue };
+                            opened
+                        }
+                    };
+                    if !self.batchable(&next, lanes) {
+                        ahead.push_front(next);
+                        break;
+                    }
+                    batch.push(next);
+                }
+                if batch.len() > 1 {
+                    for opened in self.deliver_batch(batch, lanes, index).into_iter().rev() {
+                        ahead.push_front(opened);
+                    }
+                    continue;
+                }
+                let Some(first) = batch.pop() else { continue };
+                self.deliver_opened(first, lanes, index, None);
+                continue;
+            }
+            self.deliver_opened(first, lanes, index, None);
         }
+    }
+
+    /// Opens a delivery; one that cannot be read becomes a dead letter (`None`).
+    fn open(&self, delivery: Delivery, lanes: &Lanes) -> Option<Opened> {
+        let id = delivery.id;
+        let format = delivery.format();
+        match delivery.open() {
+            Ok((envelope, pending)) => Some(Opened { envelope, pending, format }),
+            Err(dead) => {
+                tracing::error!(plugin = %self.name, event_id = id, reason = %dead.reason, "moved to the plugin's dead letters");
+                lanes.reporter.bury(id, dead);
+                self.metrics.dead_letters.get_or_create(&self.label()).inc();
+                None
+            }
+        }
+    }
+
+    /// Whether an event can go in a batch: due now, for this plugin, not skipped, and
+    /// delivery goes on. Anything else takes the one-event path.
+    fn batchable(&self, opened: &Opened, lanes: &Lanes) -> bool {
+        opened.pending.next_at_ms <= now_ms()
+            && !lanes.stopping()
+            && !lanes.reporter.is_skipped(opened.envelope.id)
+            && self.route().matches(&opened.envelope.event)
+    }
+
+    /// Delivers one event in its span; `first` is the outcome of its first attempt when a
+    /// batch made it.
+    fn deliver_opened(
+        &self,
+        opened: Opened,
+        lanes: &Lanes,
+        index: usize,
+        first: Option<(Result<Outcome, CallError>, Duration)>,
+    ) {
+        let Opened { envelope, pending, format } = opened;
+        let span = tracing::info_span!(
+            "deliver",
+            plugin = %self.name,
+            event_id = envelope.id,
+            member_id = %envelope.event.auth.member_id,
+            code = %envelope.event.code,
+        );
+        let _entered = span.enter();
+        self.deliver(&envelope, format, &pending, lanes, &lanes.lanes[index], first);
+    }
+
+    /// Sends `batch` (due now, in order) to the runner in one frame. Each answered event is
+    /// then handled as a single delivery's first attempt would be: the Done/Skipped ones
+    /// completed, the first that is not (retry, reject, panic, or the runner's death during
+    /// it) delivered on from there as today, back-off and all, on this lane. What follows it
+    /// was not attempted and is returned, in order, to be delivered next; so per-plugin order
+    /// holds and a retrying event still holds back the later ones.
+    fn deliver_batch(&self, batch: Vec<Opened>, lanes: &Arc<Lanes>, index: usize) -> Vec<Opened> {
+        let lane = &lanes.lanes[index];
+        let instance = self.instance();
+        let Some(runner) = instance.runner() else { return batch };
+        let config = self.config();
+        let items: Vec<BatchItem<'_>> = batch
+            .iter()
+            .map(|o| BatchItem {
+                envelope: &o.envelope,
+                format: o.format,
+                attempt: o.pending.attempts + 1,
+                context: Arc::new(EventContext::of(&o.envelope.event)),
+            })
+            .collect();
+        // Each call's end restarts the lane's clock: timeout and kill_after_ms stay per event.
+        let watched = lanes.clone();
+        let progress = Box::new(move || {
+            watched.lanes[index].busy_since.store(watched.micros(), Ordering::Relaxed)
+        });
+        tracing::debug!(plugin = %self.name, events = items.len(), "calling the runner with a batch in one frame");
+        let sent = || lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
+        let outcome = runner.call_batch(lane.index, &items, &|| lanes.stopping(), sent, progress);
+        lane.busy_since.store(0, Ordering::Relaxed);
+        drop(items);
+        let longest = outcome
+            .answered
+            .iter()
+            .map(|(_, took)| *took)
+            .chain(outcome.end.as_ref().map(|(_, took)| *took))
+            .max()
+            .unwrap_or_default();
+        if longest > config.timeout {
+            self.degraded(&instance, "the call has ended");
+        } else if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
+            tracing::info!("plugin answers within its timeout again");
+        }
+        let mut batch = batch.into_iter();
+        for (result, took) in outcome.answered {
+            let Some(opened) = batch.next() else { break };
+            self.deliver_opened(
+                opened,
+                lanes,
+                index,
+                Some((result.map_err(CallError::Plugin), took)),
+            );
+        }
+        if let Some((end, took)) = outcome.end
+            && let Some(opened) = batch.next()
+        {
+            self.deliver_opened(opened, lanes, index, Some((Err(end), took)));
+        }
+        batch.collect()
     }
 
     /// Marks the plugin degraded while a call runs past its timeout (the call cannot be
@@ -299,7 +438,8 @@ impl Worker {
     }
 
     /// Delivers one event until it succeeds, is rejected, runs out of attempts, or delivery
-    /// stops (then it stays pending for the next start).
+    /// stops (then it stays pending for the next start). `first`: the outcome of its first
+    /// attempt and how long it took, when a batch already made it.
     fn deliver(
         &self,
         envelope: &Envelope,
@@ -307,10 +447,11 @@ impl Worker {
         pending: &Pending,
         lanes: &Lanes,
         lane: &Lane,
+        mut first: Option<(Result<Outcome, CallError>, Duration)>,
     ) {
         let reporter = &lanes.reporter;
         let id = envelope.id;
-        if !self.route().matches(&envelope.event) {
+        if first.is_none() && !self.route().matches(&envelope.event) {
             reporter.complete(id);
             return;
         }
@@ -320,24 +461,34 @@ impl Worker {
         let mut due = pending.next_at_ms;
         let mut crashes = pending.crashes;
         loop {
-            let wait = due - now_ms();
-            if wait > 0 {
-                lanes.sleep(Duration::from_millis(wait as u64), id);
-            }
-            if lanes.stopping() {
-                return;
-            }
-            if reporter.take_skipped(id) {
-                tracing::warn!("skipped by an operator; left in the plugin's dead letters");
-                return;
+            let made = first.take();
+            if made.is_none() {
+                let wait = due - now_ms();
+                if wait > 0 {
+                    lanes.sleep(Duration::from_millis(wait as u64), id);
+                }
+                if lanes.stopping() {
+                    return;
+                }
+                if reporter.take_skipped(id) {
+                    tracing::warn!("skipped by an operator; left in the plugin's dead letters");
+                    return;
+                }
             }
             attempt += 1;
-            let context = Arc::new(EventContext::of(&envelope.event));
-            let started = Instant::now();
             // The in-flight record of an in-process plugin (off in process isolation).
-            let _inflight = self.inflight.mark(id);
-            let result = self.call(envelope, format, attempt, context, &config, lanes, lane);
-            let seconds = started.elapsed().as_secs_f64();
+            let _inflight = made.is_none().then(|| self.inflight.mark(id));
+            let (result, elapsed) = match made {
+                Some(made) => made,
+                None => {
+                    let context = Arc::new(EventContext::of(&envelope.event));
+                    let started = Instant::now();
+                    let result =
+                        self.call(envelope, format, attempt, context, &config, lanes, lane);
+                    (result, started.elapsed())
+                }
+            };
+            let seconds = elapsed.as_secs_f64();
             let label = match &result {
                 Ok(Outcome::Done) => "done",
                 Ok(Outcome::Skipped) => "skipped",
@@ -391,7 +542,7 @@ impl Worker {
                     tracing::debug!(
                         attempt,
                         ?outcome,
-                        elapsed_us = started.elapsed().as_micros() as u64,
+                        elapsed_us = elapsed.as_micros() as u64,
                         "delivered"
                     );
                     reporter.complete(id);

@@ -34,7 +34,10 @@ use crate::{
         Instance,
         convert::{PluginEvent, plugin_event},
     },
-    journal::Envelope,
+    journal::{
+        Envelope,
+        record::{Format, Source},
+    },
 };
 
 /// The write half of the socket, shared by the lanes and the host services.
@@ -103,11 +106,55 @@ impl HostServices for Remote {
     }
 }
 
-/// One call as a lane receives it.
+/// One call as a lane receives it (a lane receives them in runs, see `ToRunner::CallBatch`).
 struct Call {
     call: u64,
-    envelope: Envelope,
+    id: u64,
     attempt: u32,
+    received_at_ms: i64,
+    format: Format,
+    source: Source,
+    extra: Vec<(String, String)>,
+    raw: Bytes,
+}
+
+/// The runner's lanes: the sender of each host lane's calls and its thread.
+type Lanes = HashMap<usize, (LaneSender, std::thread::JoinHandle<()>)>;
+
+/// The first call ids of the batches the host stopped.
+type Stops = Arc<Mutex<std::collections::HashSet<u64>>>;
+
+/// What feeds a lane thread.
+struct LaneSender(mpsc::Sender<Vec<Call>>);
+
+impl LaneSender {
+    fn send(&self, calls: Vec<Call>) {
+        let _ = self.0.send(calls);
+    }
+}
+
+/// Host lane `lane`'s lane thread, started on its first call.
+fn lane_of<'a>(
+    lanes: &'a mut Lanes,
+    lane: usize,
+    instance: &Arc<Instance>,
+    out: &Out,
+    stops: &Stops,
+) -> &'a LaneSender {
+    &lanes
+        .entry(lane)
+        .or_insert_with(|| {
+            let (tx, rx) = mpsc::channel::<Vec<Call>>();
+            let instance = instance.clone();
+            let out = out.clone();
+            let stops = stops.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("plugin-{lane}"))
+                .spawn(move || run_lane(&instance, &out, &rx, &stops))
+                .expect("cannot start a lane thread");
+            (LaneSender(tx), thread)
+        })
+        .0
 }
 
 /// Runs the runner until the host says shutdown or goes away.
@@ -167,8 +214,8 @@ pub fn main() -> ExitCode {
         api_version: info.api_version,
         load_us: info.load_time.as_micros() as u64,
     });
-    let mut lanes: HashMap<usize, (mpsc::Sender<Call>, std::thread::JoinHandle<()>)> =
-        HashMap::new();
+    let mut lanes: Lanes = HashMap::new();
+    let stops: Stops = Arc::default();
     loop {
         let frame = match read_frame::<ToRunner>(&mut input) {
             Ok(Some(frame)) => frame,
@@ -181,29 +228,34 @@ pub fn main() -> ExitCode {
                 tail,
             ) => {
                 let raw = Bytes::from(tail);
-                let envelope = match crate::decode::decode(&raw, format.into()) {
-                    Ok(event) => Envelope { id, received_at_ms, raw, event, source, extra },
-                    Err(e) => {
-                        let error =
-                            PluginError::reject(format!("the runner cannot decode the event: {e}"));
-                        out.send(&FromRunner::Outcome {
-                            call,
-                            result: Err(WireError::from(&error)),
-                        });
-                        continue;
-                    }
-                };
-                let entry = lanes.entry(lane).or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel::<Call>();
-                    let instance = instance.clone();
-                    let out = out.clone();
-                    let thread = std::thread::Builder::new()
-                        .name(format!("plugin-{lane}"))
-                        .spawn(move || run_lane(&instance, &out, &rx))
-                        .expect("cannot start a lane thread");
-                    (tx, thread)
-                });
-                let _ = entry.0.send(Call { call, envelope, attempt });
+                let item = Call { call, id, attempt, received_at_ms, format, source, extra, raw };
+                lane_of(&mut lanes, lane, &instance, &out, &stops).send(vec![item]);
+            }
+            (ToRunner::CallBatch { lane, items }, tail) => {
+                let tail = Bytes::from(tail);
+                let mut at = 0usize;
+                let mut calls = Vec::with_capacity(items.len());
+                for item in items {
+                    // A length past the tail is the host's bug; the call gets an empty body
+                    // (and is rejected as undecodable) rather than the runner a panic.
+                    let end = at.saturating_add(item.len).min(tail.len());
+                    let raw = tail.slice(at.min(end)..end);
+                    at = end;
+                    calls.push(Call {
+                        call: item.call,
+                        id: item.id,
+                        attempt: item.attempt,
+                        received_at_ms: item.received_at_ms,
+                        format: item.format,
+                        source: item.source,
+                        extra: item.extra,
+                        raw,
+                    });
+                }
+                lane_of(&mut lanes, lane, &instance, &out, &stops).send(calls);
+            }
+            (ToRunner::StopBatch { call, .. }, _) => {
+                stops.lock().unwrap_or_else(|p| p.into_inner()).insert(call);
             }
             (ToRunner::RestAnswer { request, result }, _) => {
                 let waiter = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
@@ -226,34 +278,81 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// One lane: calls the plugin for each call it receives, one at a time.
-fn run_lane(instance: &Instance, out: &Out, calls: &mpsc::Receiver<Call>) {
-    while let Ok(Call { call, envelope, attempt }) = calls.recv() {
-        let event = plugin_event(&envelope, attempt);
-        let Some(plugin) = instance.current() else { return };
-        CURRENT_CALL.with(|c| c.set(Some(call)));
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &event {
-            PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
-            PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
-        }))
-        .unwrap_or_else(|_| {
-            Err(PluginError {
-                kind: ErrorKind::Panicked,
-                message: "the runner panicked while calling the plugin".into(),
-            })
-        });
-        CURRENT_CALL.with(|c| c.set(None));
-        drop(plugin);
-        if let Err(e) = &result
-            && e.kind == ErrorKind::Panicked
-            && let Err(e) = instance.recreate()
-        {
-            eprintln!("cannot re-create the plugin after its panic: {e}");
+/// One lane: calls the plugin for each call it receives, one at a time and in order; in a run
+/// of calls it stops at the first that is not Done or Skipped (the host re-queues the rest).
+/// The body is decoded here, as a lane does in the host.
+fn run_lane(instance: &Instance, out: &Out, runs: &mpsc::Receiver<Vec<Call>>, stops: &Stops) {
+    while let Ok(calls) = runs.recv() {
+        let batch = calls.first().map(|c| c.call).unwrap_or_default();
+        let stopped = || stops.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch);
+        for (index, item) in calls.into_iter().enumerate() {
+            let call = item.call;
+            if index > 0 && stopped() {
+                out.send(&FromRunner::NotAttempted { call });
+                break;
+            }
+            let result = match crate::decode::decode(&item.raw, item.format.into()) {
+                Ok(event) => {
+                    let envelope = Envelope {
+                        id: item.id,
+                        received_at_ms: item.received_at_ms,
+                        raw: item.raw,
+                        event,
+                        source: item.source,
+                        extra: item.extra,
+                    };
+                    let Some(result) = call_plugin(instance, call, &envelope, item.attempt) else {
+                        return;
+                    };
+                    result
+                }
+                Err(e) => {
+                    Err(PluginError::reject(format!("the runner cannot decode the event: {e}")))
+                }
+            };
+            let success = result.is_ok();
+            let result = match result {
+                Ok(outcome) => Ok(outcome == Outcome::Done),
+                Err(e) => Err(WireError::from(&e)),
+            };
+            // Sent (and flushed) before the next call starts: the host sees each call's end,
+            // for its watchdog and to know which call a crash interrupted.
+            out.send(&FromRunner::Outcome { call, result });
+            if !success {
+                break;
+            }
         }
-        let result = match result {
-            Ok(outcome) => Ok(outcome == Outcome::Done),
-            Err(e) => Err(WireError::from(&e)),
-        };
-        out.send(&FromRunner::Outcome { call, result });
+        stopped();
     }
+}
+
+/// One call of the plugin; `None` when the plugin is gone.
+fn call_plugin(
+    instance: &Instance,
+    call: u64,
+    envelope: &Envelope,
+    attempt: u32,
+) -> Option<Result<Outcome, PluginError>> {
+    let event = plugin_event(envelope, attempt);
+    let plugin = instance.current()?;
+    CURRENT_CALL.with(|c| c.set(Some(call)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &event {
+        PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
+        PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
+    }))
+    .unwrap_or_else(|_| {
+        Err(PluginError {
+            kind: ErrorKind::Panicked,
+            message: "the runner panicked while calling the plugin".into(),
+        })
+    });
+    CURRENT_CALL.with(|c| c.set(None));
+    drop(plugin);
+    if let Err(e) = &result
+        && e.kind == ErrorKind::Panicked
+        && let Err(e) = instance.recreate()
+    {
+        eprintln!("cannot re-create the plugin after its panic: {e}");
+    }
+    Some(result)
 }

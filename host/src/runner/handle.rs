@@ -32,11 +32,14 @@ use std::{
 
 use b24_plugin_api::{HostServicesArc, LogLevel, Outcome, PluginError};
 
-use super::protocol::{FromRunner, RUNNER_FD, ToRunner, WireRestError, read_frame, write_frame};
+use super::protocol::{
+    BatchCall, FromRunner, RUNNER_FD, ToRunner, WireRestError, read_frame, write_frame,
+};
 use crate::{
     journal::{Envelope, record::Format},
     loader::PluginMeta,
     metrics::{Metrics, PluginLabel},
+    rest::{self, EventContext},
 };
 
 /// First wait before restarting a runner that died.
@@ -45,6 +48,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A runner that lived this long was healthy: the next restart waits [`BACKOFF_MIN`] again.
 const HEALTHY: Duration = Duration::from_secs(10);
+/// How often a lane waiting for a batch checks whether delivery stops.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 /// How long a runner may take to load and create its plugin.
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -97,8 +102,54 @@ pub struct RunnerState {
 /// What a waiting call hears from the supervising thread.
 enum Reply {
     Outcome(Result<Outcome, PluginError>),
-    Rest { request: u64, method: String, params: String },
+    /// A batch ended: all its calls answered, or one that is not Done/Skipped.
+    BatchDone,
+    Rest {
+        request: u64,
+        call: u64,
+        method: String,
+        params: String,
+    },
     Died(String),
+}
+
+/// Who waits for a call: a single call's lane, or one call of a batch.
+#[derive(Clone)]
+struct Waiter {
+    tx: mpsc::Sender<Reply>,
+    batch: Option<Arc<Batch>>,
+}
+
+/// A batch in flight: the supervising thread collects its outcomes and wakes the lane once.
+struct Batch {
+    /// Its call ids, in order.
+    calls: Vec<u64>,
+    /// The outcomes so far, in order, each with when it arrived.
+    answered: Mutex<Vec<(Result<Outcome, PluginError>, Instant)>>,
+    /// Runs on each outcome that does not end the batch (the next call has started).
+    progress: Box<dyn Fn() + Send + Sync>,
+}
+
+/// One event of [`RunnerHandle::call_batch`].
+pub struct BatchItem<'a> {
+    /// The event.
+    pub envelope: &'a Envelope,
+    /// How its body is encoded.
+    pub format: Format,
+    /// The attempt (1-based).
+    pub attempt: u32,
+    /// The REST context its plugin's REST calls run in.
+    pub context: Arc<EventContext>,
+}
+
+/// How a batch ended: the outcomes the runner gave, in order, each with how long its call
+/// took; then, if the batch was cut short, why (for the call after the last answered one).
+/// The calls after those were not attempted.
+pub struct BatchOutcome {
+    /// The plugin's answers, in order (only the last may be an error).
+    pub answered: Vec<(Result<Outcome, PluginError>, Duration)>,
+    /// The runner died (or delivery stopped) during the next call, after this long.
+    pub end: Option<(CallError, Duration)>,
 }
 
 /// What stderr showed before a runner died.
@@ -112,7 +163,7 @@ struct Notes {
 struct Conn {
     pid: i32,
     out: Mutex<BufWriter<UnixStream>>,
-    calls: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
+    calls: Mutex<HashMap<u64, Waiter>>,
     kill_reason: Mutex<Option<String>>,
     notes: Arc<Notes>,
 }
@@ -246,19 +297,13 @@ impl RunnerHandle {
         stop: &dyn Fn() -> bool,
         sent: impl FnOnce(),
     ) -> Result<Outcome, CallError> {
-        let conn = loop {
-            if self.shared.stopping.load(Ordering::SeqCst) || stop() {
-                return Err(CallError::Abandoned);
-            }
-            let state = self.shared.state();
-            if let (Phase::Running, Some(conn)) = (state.phase, &state.conn) {
-                break conn.clone();
-            }
-            let _ = self.shared.changed.wait_timeout(state, Duration::from_millis(100));
-        };
+        let Some(conn) = self.running(stop) else { return Err(CallError::Abandoned) };
         let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        conn.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(call, tx);
+        conn.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(call, Waiter { tx, batch: None });
         let message = ToRunner::Call {
             call,
             lane,
@@ -275,22 +320,145 @@ impl RunnerHandle {
         loop {
             match rx.recv() {
                 Ok(Reply::Outcome(result)) => return result.map_err(CallError::Plugin),
-                Ok(Reply::Rest { request, method, params }) => {
-                    let result =
-                        self.shared.spec.host.rest(method.as_str().into(), params.as_str().into());
-                    let result =
-                        result.into_result().map(|s| s.into_string()).map_err(WireRestError::from);
-                    let _ = conn.send(&ToRunner::RestAnswer { request, result }, b"");
+                Ok(Reply::Rest { request, method, params, .. }) => {
+                    self.answer_rest(&conn, request, &method, &params);
                 }
-                Ok(Reply::Died(reason)) => {
-                    return Err(if self.shared.stopping.load(Ordering::SeqCst) {
-                        CallError::Abandoned
-                    } else {
-                        CallError::Crashed(reason)
-                    });
-                }
+                Ok(Reply::Died(reason)) => return Err(self.died(reason)),
+                Ok(Reply::BatchDone) => {}
                 Err(_) => return Err(CallError::Crashed("the runner connection was lost".into())),
             }
+        }
+    }
+
+    /// Calls the plugin with several events in one frame, strictly in order on host lane
+    /// `lane`, until one is not Done or Skipped; blocks until the batch ends. REST calls the
+    /// plugin makes meanwhile run on this thread, each inside its own event's context.
+    /// `sent` runs when the batch goes out, `progress` (on the supervising thread) each time
+    /// a call of it ends and the next starts.
+    pub fn call_batch(
+        &self,
+        lane: usize,
+        items: &[BatchItem<'_>],
+        stop: &dyn Fn() -> bool,
+        sent: impl FnOnce(),
+        progress: Box<dyn Fn() + Send + Sync>,
+    ) -> BatchOutcome {
+        let Some(conn) = self.running(stop) else {
+            return BatchOutcome {
+                answered: Vec::new(),
+                end: Some((CallError::Abandoned, Duration::ZERO)),
+            };
+        };
+        let first = self.shared.next_call.fetch_add(items.len() as u64, Ordering::Relaxed);
+        let calls: Vec<u64> = (first..first + items.len() as u64).collect();
+        let batch = Arc::new(Batch { calls: calls.clone(), answered: Mutex::default(), progress });
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut waiting = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
+            for call in &calls {
+                waiting.insert(*call, Waiter { tx: tx.clone(), batch: Some(batch.clone()) });
+            }
+        }
+        drop(tx);
+        let mut tail = Vec::with_capacity(items.iter().map(|i| i.envelope.raw.len()).sum());
+        let message = ToRunner::CallBatch {
+            lane,
+            items: items
+                .iter()
+                .zip(&calls)
+                .map(|(item, call)| {
+                    tail.extend_from_slice(&item.envelope.raw);
+                    BatchCall {
+                        call: *call,
+                        id: item.envelope.id,
+                        attempt: item.attempt,
+                        received_at_ms: item.envelope.received_at_ms,
+                        format: item.format,
+                        source: item.envelope.source,
+                        extra: item.envelope.extra.clone(),
+                        len: item.envelope.raw.len(),
+                    }
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        sent();
+        // A failed write means the runner is dying: its supervisor answers the calls.
+        let _ = conn.send(&message, &tail);
+        let mut stop_sent = false;
+        let end = loop {
+            let reply = match rx.recv_timeout(STOP_CHECK) {
+                Ok(reply) => Ok(reply),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Delivery stops: the batch ends after the call it is making.
+                    if !stop_sent && stop() {
+                        stop_sent = true;
+                        let _ = conn.send(&ToRunner::StopBatch { lane, call: first }, b"");
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+            };
+            match reply {
+                Ok(Reply::BatchDone) => break None,
+                Ok(Reply::Rest { request, call, method, params }) => {
+                    let index = call.checked_sub(first).map(|i| i as usize);
+                    match index.and_then(|i| items.get(i)) {
+                        Some(item) => rest::context::with(item.context.clone(), || {
+                            self.answer_rest(&conn, request, &method, &params)
+                        }),
+                        None => self.answer_rest(&conn, request, &method, &params),
+                    }
+                }
+                Ok(Reply::Died(reason)) => break Some(self.died(reason)),
+                Ok(Reply::Outcome(_)) => {}
+                Err(_) => break Some(CallError::Crashed("the runner connection was lost".into())),
+            }
+        };
+        // The supervisor takes the batch's calls out of the map when it ends; after a death
+        // they are gone too (drained).
+        conn.calls.lock().unwrap_or_else(|p| p.into_inner()).retain(|c, _| !calls.contains(c));
+        let answered =
+            std::mem::take(&mut *batch.answered.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut last = started;
+        let answered: Vec<_> = answered
+            .into_iter()
+            .map(|(result, at)| {
+                let took = at.saturating_duration_since(last);
+                last = at;
+                (result, took)
+            })
+            .collect();
+        BatchOutcome { answered, end: end.map(|e| (e, last.elapsed())) }
+    }
+
+    /// The running runner's connection, waiting while it restarts; `None` when delivery stops.
+    fn running(&self, stop: &dyn Fn() -> bool) -> Option<Arc<Conn>> {
+        loop {
+            if self.shared.stopping.load(Ordering::SeqCst) || stop() {
+                return None;
+            }
+            let state = self.shared.state();
+            if let (Phase::Running, Some(conn)) = (state.phase, &state.conn) {
+                return Some(conn.clone());
+            }
+            let _ = self.shared.changed.wait_timeout(state, Duration::from_millis(100));
+        }
+    }
+
+    /// Makes a REST call for the plugin (in the caller's REST context) and answers it.
+    fn answer_rest(&self, conn: &Conn, request: u64, method: &str, params: &str) {
+        let result = self.shared.spec.host.rest(method.into(), params.into());
+        let result = result.into_result().map(|s| s.into_string()).map_err(WireRestError::from);
+        let _ = conn.send(&ToRunner::RestAnswer { request, result }, b"");
+    }
+
+    /// What a runner's death means for a call in flight.
+    fn died(&self, reason: String) -> CallError {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            CallError::Abandoned
+        } else {
+            CallError::Crashed(reason)
         }
     }
 
@@ -385,8 +553,8 @@ fn supervise(shared: &Arc<Shared>, first: &mpsc::Sender<Result<PluginMeta, Strin
             s.phase = if stopping { Phase::Stopped } else { Phase::Restarting };
         });
         let reason = reap(&mut started, stopping);
-        for (_, call) in conn.calls.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-            let _ = call.send(Reply::Died(reason.clone()));
+        for (_, waiter) in conn.calls.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            let _ = waiter.tx.send(Reply::Died(reason.clone()));
         }
         if shared.stopping.load(Ordering::SeqCst) {
             // A runner told to stop exits with status 0; anything else is worth keeping.
@@ -461,14 +629,40 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<Uni
         };
         match frame {
             FromRunner::Outcome { call, result } => {
-                let waiter = conn.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&call);
-                if let Some(waiter) = waiter {
-                    let result = match result {
-                        Ok(true) => Ok(Outcome::Done),
-                        Ok(false) => Ok(Outcome::Skipped),
-                        Err(e) => Err(PluginError::from(e)),
-                    };
-                    let _ = waiter.send(Reply::Outcome(result));
+                let mut waiting = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(waiter) = waiting.remove(&call) else { continue };
+                let result = match result {
+                    Ok(true) => Ok(Outcome::Done),
+                    Ok(false) => Ok(Outcome::Skipped),
+                    Err(e) => Err(PluginError::from(e)),
+                };
+                let Some(batch) = &waiter.batch else {
+                    let _ = waiter.tx.send(Reply::Outcome(result));
+                    continue;
+                };
+                // A batch wakes its lane once, when it ends; until then each outcome is
+                // progress (the next call started).
+                let failed = result.is_err();
+                let mut answered = batch.answered.lock().unwrap_or_else(|p| p.into_inner());
+                answered.push((result, Instant::now()));
+                if failed || answered.len() >= batch.calls.len() {
+                    for other in &batch.calls {
+                        waiting.remove(other);
+                    }
+                    drop(answered);
+                    let _ = waiter.tx.send(Reply::BatchDone);
+                } else {
+                    drop(answered);
+                    (batch.progress)();
+                }
+            }
+            FromRunner::NotAttempted { call } => {
+                let mut waiting = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(Waiter { tx, batch: Some(batch) }) = waiting.remove(&call) {
+                    for other in &batch.calls {
+                        waiting.remove(other);
+                    }
+                    let _ = tx.send(Reply::BatchDone);
                 }
             }
             FromRunner::Log { level, message } => log(&shared.spec.host, level, &message),
@@ -476,15 +670,15 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<Uni
                 let waiter = call.and_then(|call| {
                     conn.calls.lock().unwrap_or_else(|p| p.into_inner()).get(&call).cloned()
                 });
-                let reply = Reply::Rest { request, method, params };
+                let reply = Reply::Rest { request, call: call.unwrap_or(0), method, params };
                 match waiter {
                     Some(waiter) => {
-                        let _ = waiter.send(reply);
+                        let _ = waiter.tx.send(reply);
                     }
                     None => {
                         // Made outside an event (a thread of the plugin's own): answered as the
                         // host answers such a call, without an event context.
-                        let Reply::Rest { request, method, params } = reply else { continue };
+                        let Reply::Rest { request, method, params, .. } = reply else { continue };
                         let host = shared.spec.host.clone();
                         let conn = conn.clone();
                         std::thread::spawn(move || {

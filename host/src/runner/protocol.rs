@@ -53,6 +53,25 @@ pub enum ToRunner {
         /// Further delivery facts.
         extra: Vec<(String, String)>,
     },
+    /// Call the plugin with several events, strictly in this order, on lane `lane`; the
+    /// tail is their journaled bodies one after the other (`len` bytes each). The runner
+    /// answers each with its own [`FromRunner::Outcome`] as soon as it has it and stops at the
+    /// first that is not Done or Skipped: the calls after it are not attempted.
+    CallBatch {
+        /// The host lane that makes them.
+        lane: usize,
+        /// The calls, in order.
+        items: Vec<BatchCall>,
+    },
+    /// Delivery stops (the plugin is disabled, the host shuts down): the batch whose first
+    /// call is `call` ends after the call it is making; the runner answers
+    /// [`FromRunner::NotAttempted`] for the next.
+    StopBatch {
+        /// The host lane.
+        lane: usize,
+        /// The batch's first call id.
+        call: u64,
+    },
     /// The host's answer to [`FromRunner::Rest`].
     RestAnswer {
         /// The runner's request id.
@@ -63,6 +82,28 @@ pub enum ToRunner {
     /// Finish the calls in flight, shut the plugin down, answer [`FromRunner::ShutdownDone`]
     /// and exit.
     Shutdown,
+}
+
+/// One call of a [`ToRunner::CallBatch`]: the fields of [`ToRunner::Call`] and its body's
+/// length in the tail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchCall {
+    /// The host's id for this call (REST requests made during it name it).
+    pub call: u64,
+    /// The journal's event id.
+    pub id: u64,
+    /// The attempt (1-based).
+    pub attempt: u32,
+    /// When the host accepted the event, ms since the epoch.
+    pub received_at_ms: i64,
+    /// How the body is encoded.
+    pub format: Format,
+    /// Where it came from.
+    pub source: Source,
+    /// Further delivery facts.
+    pub extra: Vec<(String, String)>,
+    /// The body's length in the frame's tail.
+    pub len: usize,
 }
 
 /// Runner -> host.
@@ -94,6 +135,12 @@ pub enum FromRunner {
         call: u64,
         /// `Ok(done?)` (true = Done, false = Skipped) or the plugin's error.
         result: Result<bool, WireError>,
+    },
+    /// A batch was stopped ([`ToRunner::StopBatch`]): call `call` and the ones after it were
+    /// not attempted.
+    NotAttempted {
+        /// The first call not attempted.
+        call: u64,
     },
     /// A `HostServices::log` line.
     Log {

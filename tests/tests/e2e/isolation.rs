@@ -276,3 +276,49 @@ fn kill_after_ms_counts_from_when_the_call_is_sent_not_while_it_waits_for_a_rest
     assert_eq!(tries, 1, "the innocent event was killed for the time it waited for a runner");
     assert!(host.stop());
 }
+
+#[test]
+fn a_burst_queued_behind_a_busy_runner_keeps_its_order_its_retries_and_its_crashes() {
+    // Through a runner, a lane sends the deliveries already waiting in one frame; the runner
+    // stops at the first that is not done. A retry and a crash in the middle of such a burst
+    // must still hold back the events behind them, and every event must arrive exactly once
+    // (the crash's repeats aside), in order.
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&config(&["probe"], &probe("max_crashes = 2\n", "")));
+    let host = start(&dir);
+    // The probe is busy with this one while the burst is posted and queues up.
+    assert_eq!(host.post_form(&field_event(1, "UF_CRM_SLEEP800")).status, 200);
+    let started = dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["field_id"] == 1);
+    assert_eq!(started.len(), 1);
+    let name = |id: u64| match id {
+        15 => "UF_CRM_RETRY1".to_owned(),
+        30 => "UF_CRM_ABORT".to_owned(),
+        _ => format!("UF_CRM_B{id}"),
+    };
+    for id in 2..=40 {
+        assert_eq!(host.post_form(&field_event(id, &name(id))).status, 200);
+    }
+    let before = probe_sentinel(&host, &dir, 41);
+    let order: Vec<u64> = before
+        .iter()
+        .filter(|l| l["kind"] == "user_field")
+        .map(|l| l["field_id"].as_u64().unwrap_or(0))
+        .collect();
+    let mut expected: Vec<u64> = (1..=40).collect();
+    // RETRY1: a retry, then done; ABORT: two crashes (max_crashes = 2), then a dead letter.
+    expected.insert(expected.iter().position(|&i| i == 15).unwrap_or(0), 15);
+    expected.insert(expected.iter().position(|&i| i == 30).unwrap_or(0), 30);
+    assert_eq!(order, expected, "\n{}", host.log_text());
+    let attempts: Vec<u64> = before
+        .iter()
+        .filter(|l| l["field_id"] == 15)
+        .map(|l| l["attempt"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(attempts, vec![1, 2]);
+    let dead = dead_letters(&dir, "probe");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].1.contains("2 times"), "{dead:?}");
+    // The burst did go out in batches.
+    assert!(host.log_text().contains("a batch in one frame"), "{}", host.log_text());
+    assert!(host.stop());
+}
