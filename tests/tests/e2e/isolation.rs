@@ -287,7 +287,7 @@ fn a_burst_queued_behind_a_busy_runner_keeps_its_order_its_retries_and_its_crash
     dir.write_config(&config(&["probe"], &probe("max_crashes = 2\n", "")));
     let host = start(&dir);
     // The probe is busy with this one while the burst is posted and queues up.
-    assert_eq!(host.post_form(&field_event(1, "UF_CRM_SLEEP800")).status, 200);
+    assert_eq!(host.post_form(&field_event(1, "UF_CRM_SLEEP2000")).status, 200);
     let started = dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["field_id"] == 1);
     assert_eq!(started.len(), 1);
     let name = |id: u64| match id {
