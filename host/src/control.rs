@@ -267,7 +267,7 @@ async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
 /// `event.bind` with `event_type=offline` for each code, with the portal's stored OAuth tokens
 /// (the REST client adds the portal's `auth_connector`, so the binding is the poller's queue).
 async fn bind_offline(reach: &Reach, portal: &str, events: &[String]) -> AdminResponse {
-    let (client_endpoint, server_endpoint) = reach.rest.stored_endpoints(portal);
+    let (client_endpoint, server_endpoint) = reach.rest.stored_endpoints(portal).await;
     let ctx = EventContext {
         member_id: portal.to_owned(),
         domain: String::new(),

@@ -230,8 +230,8 @@ impl Poller {
         }
     }
 
-    fn context(&self) -> EventContext {
-        let (client, server) = self.rest.stored_endpoints(&self.member);
+    async fn context(&self) -> EventContext {
+        let (client, server) = self.rest.stored_endpoints(&self.member).await;
         EventContext {
             member_id: self.member.clone(),
             domain: String::new(),
@@ -243,10 +243,11 @@ impl Poller {
 
     /// One `event.offline.get` and what follows; `Ok(true)` when the batch was full (more wait).
     async fn pull_once(&mut self) -> Result<bool, String> {
-        let ctx = self.context();
+        let ctx = self.context().await;
         let resume = if self.safe {
             self.journal
                 .state(&process_key(&self.member))
+                .await
                 .map_err(|e| e.to_string())?
                 .and_then(|v| String::from_utf8(v).ok())
         } else {

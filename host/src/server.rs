@@ -79,7 +79,7 @@ pub struct Stopped {
 
 /// Everything the host needs before it may accept an event: the state folder, the journal,
 /// the control socket, the plugins. Must run inside the tokio runtime.
-pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
+pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     private_dir(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
     match conn::raise_fd_limit() {
@@ -90,9 +90,9 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
     let (journal, writer) =
-        Journal::open(&config.state_dir, &config.journal, &config.plugins.enabled)?;
+        Journal::open(&config.state_dir, &config.journal, &config.plugins.enabled).await?;
     let verifier = Arc::new(
-        Verifier::new(&config.auth, &config.rest, journal.learned_tokens()?)
+        Verifier::new(&config.auth, &config.rest, journal.learned_tokens().await?)
             .map_err(|e| ServeError::Rest(e.to_string()))?,
     );
     for warning in verifier.warnings() {

@@ -35,7 +35,7 @@ pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::
 /// Runs `request` against the journal of `config`'s host and prints the answer.
 pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let response = match Journal::open_for_command(&config.state_dir, &config.journal) {
+    let response = match runtime.block_on(Journal::open_for_command(&config.state_dir, &config.journal)) {
         Ok((journal, writer)) => {
             let response = runtime.block_on(control::answer_journal(&journal, request));
             drop(journal);

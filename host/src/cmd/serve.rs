@@ -37,7 +37,7 @@ pub fn run(
     let runtime = super::runtime()?;
     let served = runtime.block_on(async move {
         // Watches SIGHUP too: both before the host says it is ready.
-        let prepared = server::prepare(config.clone())?;
+        let prepared = server::prepare(config.clone()).await?;
         let shutdown = shutdown_signal();
         let listener = match inherited.events {
             Some(socket) => {

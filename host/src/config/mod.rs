@@ -24,6 +24,7 @@ mod load;
 mod model;
 mod raw;
 mod validate;
+mod validate_nats;
 
 #[cfg(test)]
 mod tests;
@@ -36,8 +37,8 @@ pub use model::{
     DEFAULT_KILL_AFTER, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CRASHES, DEFAULT_PATH, DEFAULT_PLUGIN_TIMEOUT, DEFAULT_PLUGINS_DIR,
     DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_STATE_DIR, Isolation, JournalBackend, JournalConfig, LogConfig, LogFormat,
-    MAX_CONCURRENCY, MAX_MILLIS, OfflineConfig, PluginConfig, PluginsConfig, RestConfig,
+    DEFAULT_NATS_ACK_TIMEOUT, DEFAULT_NATS_REPLICAS, DEFAULT_NATS_STREAM, DEFAULT_STATE_DIR, Isolation, JournalBackend, JournalConfig, LogConfig, LogFormat,
+    MAX_CONCURRENCY, MAX_MILLIS, NatsAuth, NatsConfig, NatsSync, NatsTls, OfflineConfig, PluginConfig, PluginsConfig, RestConfig,
     RestPortalConfig, RetryConfig, ServerConfig,
 };
 

@@ -442,7 +442,84 @@ pub struct JournalConfig {
     pub keep_completed_for: Duration,
     /// At most this many completed events are kept (`keep_completed_events`).
     pub keep_completed_events: u64,
+    /// The shared log (`[journal.nats]`): set exactly when `backend = "nats"`.
+    pub nats: Option<NatsConfig>,
 }
+
+/// `[journal.nats]`: the NATS JetStream log several hosts share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Servers to connect to (`urls`), e.g. `nats://10.0.0.1:4222`; any one is enough to join.
+    pub urls: Vec<String>,
+    /// How the host authenticates (`token`, `user` + `password`, `nkey_seed` or `creds_file`).
+    pub auth: NatsAuth,
+    /// TLS to the servers (`tls_required`, `tls_ca_file`, `tls_cert_file`, `tls_key_file`).
+    pub tls: NatsTls,
+    /// The events stream's name (`stream`); the dead letters' stream, the key/value buckets and
+    /// the consumers are named after it.
+    pub stream: String,
+    /// Copies of every message (`replicas`, 1 to 5; 3 survives one node failing).
+    pub replicas: usize,
+    /// What the host expects of the servers' disk writes (`sync`).
+    pub sync: NatsSync,
+    /// How long an append waits for the log's acknowledgement before the event goes to the
+    /// local spool instead (`ack_timeout_ms`).
+    pub ack_timeout: Duration,
+}
+
+/// Credentials for the NATS servers. Secrets never show in `Debug` output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// `token`.
+    Token(Secret),
+    /// `user` and `password`.
+    UserPassword {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: Secret,
+    },
+    /// `nkey_seed`: an nkey seed (`SU...`).
+    NkeySeed(Secret),
+    /// `creds_file`: a `.creds` file (JWT + nkey seed), read at connect time.
+    CredsFile(PathBuf),
+}
+
+/// TLS settings for the NATS connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// Refuse a server that does not speak TLS (`tls_required`; implied by `tls://` urls).
+    pub required: bool,
+    /// Extra root certificates, PEM (`tls_ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// The host's client certificate, PEM (`tls_cert_file`, with `tls_key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key, PEM (`tls_key_file`).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `journal.nats.sync`: how durable the servers make an acknowledged message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NatsSync {
+    /// `"server"` (default): the servers' own `sync_interval` (2 minutes unless set); an
+    /// acknowledged message is in the memory of a majority of replicas and reaches their disks
+    /// later, so losing it takes a majority failing together (power loss of one rack).
+    #[default]
+    Server,
+    /// `"always"`: the servers must run with `jetstream { sync_interval: always }`; every
+    /// message is fsynced before it is acknowledged (about half the throughput).
+    Always,
+}
+
+/// Default of `journal.nats.stream`.
+pub const DEFAULT_NATS_STREAM: &str = "B24_EVENTS";
+/// Default of `journal.nats.replicas`.
+pub const DEFAULT_NATS_REPLICAS: usize = 3;
+/// Default of `journal.nats.ack_timeout_ms`.
+pub const DEFAULT_NATS_ACK_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// Where the journal lives (`journal.backend`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -450,6 +527,9 @@ pub enum JournalBackend {
     /// `"embedded"`: a redb file in the state folder, no server needed (the default).
     #[default]
     Embedded,
+    /// `"nats"`: a NATS JetStream cluster several hosts share (`[journal.nats]`); the embedded
+    /// journal is kept as the local spool for appends the log does not acknowledge in time.
+    Nats,
 }
 
 /// Default of `journal.commit_window_ms`.
@@ -471,6 +551,7 @@ impl Default for JournalConfig {
             dedup_window: DEFAULT_DEDUP_WINDOW,
             keep_completed_for: Duration::from_secs(DEFAULT_KEEP_COMPLETED_HOURS * 3600),
             keep_completed_events: DEFAULT_KEEP_COMPLETED_EVENTS,
+            nats: None,
         }
     }
 }

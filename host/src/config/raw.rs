@@ -90,6 +90,27 @@ pub(crate) struct RawJournal {
     pub dedup_window_ms: Option<Spanned<Millis>>,
     pub keep_completed_hours: Option<Spanned<Count>>,
     pub keep_completed_events: Option<Spanned<Count>>,
+    pub nats: Option<Spanned<RawNats>>,
+}
+
+/// `[journal.nats]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNats {
+    pub urls: Option<Spanned<Vec<Spanned<String>>>>,
+    pub token: Option<Spanned<RawToken>>,
+    pub user: Option<Spanned<String>>,
+    pub password: Option<Spanned<RawToken>>,
+    pub nkey_seed: Option<Spanned<RawToken>>,
+    pub creds_file: Option<Spanned<String>>,
+    pub tls_required: Option<bool>,
+    pub tls_ca_file: Option<Spanned<String>>,
+    pub tls_cert_file: Option<Spanned<String>>,
+    pub tls_key_file: Option<Spanned<String>>,
+    pub stream: Option<Spanned<String>>,
+    pub replicas: Option<Spanned<Count>>,
+    pub sync: Option<Spanned<String>>,
+    pub ack_timeout_ms: Option<Spanned<Millis>>,
 }
 
 /// `[server]`.

@@ -84,13 +84,57 @@ fn journal_backend_is_embedded_by_default_and_by_name() {
 #[test]
 fn journal_backend_other_than_embedded_is_refused_with_file_line_and_key() {
     let message = invalid("[journal]\nbackend = \"nats\"\n", 2, 11, "journal.backend");
-    assert!(message.contains("\"nats\" is not built yet"), "{message}");
+    assert!(message.contains("needs a [journal.nats] table"), "{message}");
     let message = invalid("\n[journal]\nbackend = \"redis\"\n", 3, 11, "journal.backend");
     assert!(message.contains("unknown backend \"redis\""), "{message}");
     let e = error("[journal]\nbackend = \"Embedded\"\n");
     assert!(e.to_string().starts_with("host.toml:2:11: journal.backend: unknown backend"), "{e}");
     let e = error("[journal]\nbackend = 1\n");
     assert!(e.to_string().starts_with("host.toml:2:11"), "{e}");
+}
+
+#[test]
+fn journal_nats_is_read_with_defaults_and_secrets_from_the_environment() {
+    let config = parse(
+        "[journal]\nbackend = \"nats\"\n[journal.nats]\nurls = [\"nats://127.0.0.1:4222\", \"tls://n2:4222\"]\n",
+    );
+    let nats = config.journal.nats.expect("nats");
+    assert_eq!(nats.urls, ["nats://127.0.0.1:4222", "tls://n2:4222"]);
+    assert!(nats.tls.required, "a tls:// url asks for TLS");
+    assert_eq!(nats.stream, "B24_EVENTS");
+    assert_eq!(nats.replicas, 3);
+    assert_eq!(nats.sync, crate::config::NatsSync::Server);
+    assert_eq!(nats.ack_timeout, std::time::Duration::from_millis(1000));
+    assert_eq!(nats.auth, crate::config::NatsAuth::None);
+    let config = parse(
+        "[journal]\nbackend = \"nats\"\n[journal.nats]\nurls = [\"nats://a:1\"]\nuser = \"b24\"\npassword = \"pw-secret\"\nreplicas = 1\nsync = \"always\"\nack_timeout_ms = 250\nstream = \"EV\"\n",
+    );
+    let nats = config.journal.nats.expect("nats");
+    assert!(!format!("{nats:?}").contains("pw-secret"), "no secret in Debug output");
+    assert_eq!((nats.replicas, nats.stream.as_str()), (1, "EV"));
+}
+
+#[test]
+fn journal_nats_mistakes_name_the_line_and_key() {
+    let head = "[journal]\nbackend = \"nats\"\n[journal.nats]\n";
+    let message = invalid(&format!("{head}urls = []\n"), 4, 8, "journal.nats.urls");
+    assert!(message.contains("at least one server"), "{message}");
+    let message = invalid(&format!("{head}urls = [\"http://x:1\"]\n"), 4, 9, "journal.nats.urls");
+    assert!(message.contains("not a NATS url scheme"), "{message}");
+    let message =
+        invalid(&format!("{head}urls = [\"nats://a:1\"]\nreplicas = 7\n"), 5, 12, "journal.nats.replicas");
+    assert!(message.contains("at most 5"), "{message}");
+    let message = invalid(
+        &format!("{head}urls = [\"nats://a:1\"]\ntoken = \"t\"\nuser = \"u\"\n"),
+        6,
+        8,
+        "journal.nats.user",
+    );
+    assert!(message.contains("one way to authenticate"), "{message}");
+    let message = invalid(&format!("{head}urls = [\"nats://a:1\"]\nsync = \"never\"\n"), 5, 8, "journal.nats.sync");
+    assert!(message.contains("\"always\""), "{message}");
+    let message = invalid("[journal.nats]\nurls = [\"nats://a:1\"]\n", 1, 1, "journal.nats");
+    assert!(message.contains("only read with journal.backend = \"nats\""), "{message}");
 }
 
 #[test]

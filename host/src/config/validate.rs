@@ -40,7 +40,7 @@ pub(crate) fn build(
     let server = server(src, raw.server)?;
     let log = log(src, raw.log)?;
     let auth = auth(src, raw.auth, env)?;
-    let journal = journal(src, raw.journal)?;
+    let journal = journal(src, base_dir, raw.journal, env)?;
     let rest = rest(src, raw.rest, env)?;
     let admin = match raw.admin.enabled {
         Some(false) => None,
@@ -152,7 +152,7 @@ fn positive_rate(src: &Source<'_>, value: &Spanned<f64>, key: &str) -> Result<f6
 }
 
 /// A secret value: written in the file, or `{ env = "VAR" }` read from the environment.
-fn secret(
+pub(super) fn secret(
     src: &Source<'_>,
     path: &[&str],
     token: Spanned<RawToken>,
@@ -189,21 +189,47 @@ fn secret(
     }
 }
 
-fn journal(src: &Source<'_>, raw: RawJournal) -> Result<JournalConfig, ConfigError> {
+fn journal(
+    src: &Source<'_>,
+    base_dir: &Path,
+    raw: RawJournal,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<JournalConfig, ConfigError> {
     let mut out = JournalConfig::default();
+    let mut backend_span = 0..0;
     if let Some(backend) = raw.backend {
+        backend_span = backend.span();
         out.backend = match backend.get_ref().as_str() {
             "embedded" => JournalBackend::Embedded,
+            "nats" => JournalBackend::Nats,
             other => {
                 return Err(src.invalid(
                     backend.span(),
                     "journal.backend",
-                    format!(
-                        "unknown backend {other:?}: the only one built is \"embedded\" (\"nats\" is not built yet)"
-                    ),
+                    format!("unknown backend {other:?}: use \"embedded\" (the default) or \"nats\""),
                 ));
             }
         };
+    }
+    match (out.backend, raw.nats) {
+        (JournalBackend::Nats, Some(nats)) => {
+            out.nats = Some(super::validate_nats::nats(src, base_dir, nats, env)?);
+        }
+        (JournalBackend::Nats, None) => {
+            return Err(src.invalid(
+                backend_span,
+                "journal.backend",
+                "\"nats\" needs a [journal.nats] table with at least urls = [\"nats://host:4222\"]",
+            ));
+        }
+        (JournalBackend::Embedded, Some(nats)) => {
+            return Err(src.invalid(
+                nats.span(),
+                "journal.nats",
+                "is only read with journal.backend = \"nats\" (the backend is \"embedded\")",
+            ));
+        }
+        (JournalBackend::Embedded, None) => {}
     }
     if let Some(ms) = raw.commit_window_ms {
         out.commit_window = millis(src, &ms, "journal.commit_window_ms", 0)?;
@@ -511,7 +537,7 @@ fn globs(
 }
 
 /// A `*_ms` value in `min..=MAX_MILLIS`.
-fn millis(
+pub(super) fn millis(
     src: &Source<'_>,
     value: &Spanned<Millis>,
     key: &str,
@@ -537,7 +563,7 @@ fn millis(
 }
 
 /// A count in `1..=max`.
-fn count(
+pub(super) fn count(
     src: &Source<'_>,
     value: &Spanned<Count>,
     key: &str,

@@ -186,7 +186,7 @@ pub async fn recover(
     }
     let cause = format!("the host died while plugin {plugin} handled it");
     for &id in ids {
-        let Some(pending) = journal.pending(plugin, id)? else { continue };
+        let Some(pending) = journal.pending(plugin, id).await? else { continue };
         let verdict = after_crash(&pending, &cause, max_crashes);
         let result = match &verdict {
             crash::CrashVerdict::Again(next) => Recovered::Counted { id, crashes: next.crashes },

@@ -26,6 +26,7 @@ pub mod checksum;
 pub mod dedup;
 pub mod embedded;
 mod error;
+pub mod nats;
 pub mod record;
 
 use std::{path::Path, sync::Arc};
@@ -108,12 +109,13 @@ pub struct Journal {
 #[derive(Clone)]
 enum Backend {
     Embedded(embedded::Embedded),
+    Nats(nats::Nats),
 }
 
 impl Journal {
     /// Opens the journal of the host whose state folder is `state_dir`, for the enabled
     /// `plugins`; the thread to join at exit (the embedded backend's writer) comes with it.
-    pub fn open(
+    pub async fn open(
         state_dir: &Path,
         config: &JournalConfig,
         plugins: &[String],
@@ -123,13 +125,17 @@ impl Journal {
                 let (journal, thread) = embedded::Embedded::open(state_dir, config, plugins, true)?;
                 Ok((Journal { backend: Backend::Embedded(journal) }, thread))
             }
+            JournalBackend::Nats => {
+                let (journal, thread) = nats::Nats::open(state_dir, config, plugins).await?;
+                Ok((Journal { backend: Backend::Nats(journal) }, thread))
+            }
         }
     }
 
     /// Opens the journal for a `journal` command while the host is stopped: it reads and runs
     /// the operator's changes, nothing else. [`StoreError::InUse`] while a host runs on it
     /// (ask that host through the control socket), [`StoreError::NotFound`] if there is none.
-    pub fn open_for_command(
+    pub async fn open_for_command(
         state_dir: &Path,
         config: &JournalConfig,
     ) -> Result<(Journal, std::thread::JoinHandle<()>), StoreError> {
@@ -138,6 +144,10 @@ impl Journal {
                 let (journal, thread) = embedded::Embedded::open_for_command(state_dir, config)?;
                 Ok((Journal { backend: Backend::Embedded(journal) }, thread))
             }
+            JournalBackend::Nats => {
+                let (journal, thread) = nats::Nats::open_for_command(state_dir, config).await?;
+                Ok((Journal { backend: Backend::Nats(journal) }, thread))
+            }
         }
     }
 
@@ -145,6 +155,7 @@ impl Journal {
     pub fn last_write_error(&self) -> Option<String> {
         match &self.backend {
             Backend::Embedded(j) => j.last_write_error(),
+            Backend::Nats(j) => j.last_write_error(),
         }
     }
 
@@ -153,6 +164,7 @@ impl Journal {
     pub fn damaged_records(&self) -> u64 {
         match &self.backend {
             Backend::Embedded(j) => j.damaged_records(),
+            Backend::Nats(j) => j.damaged_records(),
         }
     }
 
@@ -160,13 +172,15 @@ impl Journal {
     pub fn size_bytes(&self) -> Option<u64> {
         match &self.backend {
             Backend::Embedded(j) => j.size_bytes(),
+            Backend::Nats(j) => j.size_bytes(),
         }
     }
 
     /// Learned application tokens.
-    pub fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
+    pub async fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.learned_tokens(),
+            Backend::Nats(j) => j.learned_tokens().await,
         }
     }
 
@@ -184,6 +198,7 @@ impl Journal {
         let record = Box::new(record(raw, format, event, Source::Online, &key, Vec::new()));
         match &self.backend {
             Backend::Embedded(j) => j.append(record, key, plugins, token, false).await,
+            Backend::Nats(j) => j.append(record, key, plugins, token, false).await,
         }
     }
 
@@ -202,6 +217,7 @@ impl Journal {
         let record = Box::new(record(raw, BodyFormat::Json, event, Source::Offline, &key, extra));
         match &self.backend {
             Backend::Embedded(j) => j.append(record, key, plugins, None, true).await,
+            Backend::Nats(j) => j.append(record, key, plugins, None, true).await,
         }
     }
 
@@ -209,13 +225,15 @@ impl Journal {
     pub async fn save_oauth(&self, member_id: &str, tokens: Vec<u8>) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.save_oauth(member_id, tokens).await,
+            Backend::Nats(j) => j.save_oauth(member_id, tokens).await,
         }
     }
 
     /// A portal's stored OAuth tokens (JSON), if any.
-    pub fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.oauth(member_id),
+            Backend::Nats(j) => j.oauth(member_id).await,
         }
     }
 
@@ -223,20 +241,23 @@ impl Journal {
     pub async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.set_state(name, value).await,
+            Backend::Nats(j) => j.set_state(name, value).await,
         }
     }
 
     /// A named state value, if set.
-    pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.state(name),
+            Backend::Nats(j) => j.state(name).await,
         }
     }
 
     /// `plugin`'s pending state of event `id`, if the event is pending for it.
-    pub fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
+    pub async fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.pending(plugin, id),
+            Backend::Nats(j) => j.pending(plugin, id).await,
         }
     }
 
@@ -244,6 +265,7 @@ impl Journal {
     pub async fn flush(&self) {
         match &self.backend {
             Backend::Embedded(j) => j.flush().await,
+            Backend::Nats(j) => j.flush().await,
         }
     }
 
@@ -252,6 +274,7 @@ impl Journal {
     pub async fn finish(&self) {
         match &self.backend {
             Backend::Embedded(j) => j.finish().await,
+            Backend::Nats(j) => j.finish().await,
         }
     }
 
@@ -259,6 +282,7 @@ impl Journal {
     pub fn consumer(&self, plugin: &str) -> Consumer {
         match &self.backend {
             Backend::Embedded(j) => Consumer(ConsumerBackend::Embedded(j.consumer(plugin))),
+            Backend::Nats(j) => Consumer(ConsumerBackend::Nats(j.consumer(plugin))),
         }
     }
 
@@ -266,6 +290,7 @@ impl Journal {
     pub fn close(&self) {
         match &self.backend {
             Backend::Embedded(j) => j.close(),
+            Backend::Nats(j) => j.close(),
         }
     }
 
@@ -274,6 +299,7 @@ impl Journal {
     pub async fn stats(&self, enabled: Vec<String>) -> Result<admin::Stats, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.stats(enabled).await,
+            Backend::Nats(j) => j.stats(enabled).await,
         }
     }
 
@@ -281,6 +307,7 @@ impl Journal {
     pub async fn list(&self, limit: usize) -> Result<Vec<admin::EventSummary>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.list(limit).await,
+            Backend::Nats(j) => j.list(limit).await,
         }
     }
 
@@ -288,6 +315,7 @@ impl Journal {
     pub async fn show(&self, id: u64) -> Result<Option<admin::EventDetail>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.show(id).await,
+            Backend::Nats(j) => j.show(id).await,
         }
     }
 
@@ -295,6 +323,7 @@ impl Journal {
     pub async fn dead(&self, plugin: Option<String>) -> Result<Vec<admin::DeadRow>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.dead(plugin).await,
+            Backend::Nats(j) => j.dead(plugin).await,
         }
     }
 
@@ -303,6 +332,7 @@ impl Journal {
     pub async fn replay(&self, which: Selection) -> Result<Vec<(String, u64)>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.replay(which).await,
+            Backend::Nats(j) => j.replay(which).await,
         }
     }
 
@@ -310,6 +340,7 @@ impl Journal {
     pub async fn purge(&self, which: Selection) -> Result<Vec<(String, u64)>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.purge(which).await,
+            Backend::Nats(j) => j.purge(which).await,
         }
     }
 
@@ -318,6 +349,7 @@ impl Journal {
     pub async fn skip(&self, plugin: String, ids: Vec<u64>) -> Result<admin::Skipped, StoreError> {
         let moved = match &self.backend {
             Backend::Embedded(j) => j.skip(plugin.clone(), ids.clone()).await?,
+            Backend::Nats(j) => j.skip(plugin.clone(), ids.clone()).await?,
         };
         Ok(admin::Skipped::of(&plugin, &ids, moved))
     }
@@ -328,6 +360,9 @@ impl Journal {
 pub fn verify(state_dir: &Path, config: &JournalConfig) -> Result<admin::RepairReport, StoreError> {
     match config.backend {
         JournalBackend::Embedded => embedded::repair::verify(state_dir),
+        JournalBackend::Nats => Err(StoreError::Refused(
+            "journal verify checks the embedded journal; the NATS log is checked by its servers (b24-host check reports it)".into(),
+        )),
     }
 }
 
@@ -340,6 +375,12 @@ pub fn salvage(
 ) -> Result<admin::RepairReport, StoreError> {
     match config.backend {
         JournalBackend::Embedded => embedded::repair::salvage(state_dir, to),
+        JournalBackend::Nats => {
+            let _ = to;
+            Err(StoreError::Refused(
+                "journal salvage copies the embedded journal; the NATS log keeps its own replicas".into(),
+            ))
+        }
     }
 }
 
@@ -393,6 +434,7 @@ pub struct Consumer(ConsumerBackend);
 
 enum ConsumerBackend {
     Embedded(embedded::Consumer),
+    Nats(nats::Consumer),
 }
 
 impl Consumer {
@@ -400,6 +442,7 @@ impl Consumer {
     pub fn plugin(&self) -> &Arc<str> {
         match &self.0 {
             ConsumerBackend::Embedded(c) => c.plugin(),
+            ConsumerBackend::Nats(c) => c.plugin(),
         }
     }
 
@@ -407,6 +450,7 @@ impl Consumer {
     pub fn stopper(&self) -> Stopper {
         match &self.0 {
             ConsumerBackend::Embedded(c) => Stopper(StopperBackend::Embedded(c.stopper())),
+            ConsumerBackend::Nats(c) => Stopper(StopperBackend::Nats(c.stopper())),
         }
     }
 
@@ -414,6 +458,7 @@ impl Consumer {
     pub async fn next(&mut self) -> Option<Delivery> {
         match &mut self.0 {
             ConsumerBackend::Embedded(c) => c.next().await,
+            ConsumerBackend::Nats(c) => c.next().await,
         }
     }
 
@@ -421,6 +466,7 @@ impl Consumer {
     pub fn reporter(&self) -> Reporter {
         match &self.0 {
             ConsumerBackend::Embedded(c) => Reporter(ReporterBackend::Embedded(c.reporter())),
+            ConsumerBackend::Nats(c) => Reporter(ReporterBackend::Nats(c.reporter())),
         }
     }
 }
@@ -432,6 +478,7 @@ pub struct Stopper(StopperBackend);
 #[derive(Clone)]
 enum StopperBackend {
     Embedded(embedded::Stopper),
+    Nats(nats::Stopper),
 }
 
 impl Stopper {
@@ -439,6 +486,7 @@ impl Stopper {
     pub fn stop(&self) {
         match &self.0 {
             StopperBackend::Embedded(s) => s.stop(),
+            StopperBackend::Nats(s) => s.stop(),
         }
     }
 
@@ -446,6 +494,7 @@ impl Stopper {
     pub fn is_stopped(&self) -> bool {
         match &self.0 {
             StopperBackend::Embedded(s) => s.is_stopped(),
+            StopperBackend::Nats(s) => s.is_stopped(),
         }
     }
 }
@@ -457,6 +506,7 @@ pub struct Reporter(ReporterBackend);
 #[derive(Clone)]
 enum ReporterBackend {
     Embedded(embedded::Reporter),
+    Nats(nats::Reporter),
 }
 
 impl Reporter {
@@ -464,6 +514,7 @@ impl Reporter {
     pub async fn closed(&self) {
         match &self.0 {
             ReporterBackend::Embedded(r) => r.closed().await,
+            ReporterBackend::Nats(r) => r.closed().await,
         }
     }
 
@@ -471,6 +522,7 @@ impl Reporter {
     pub fn is_closed(&self) -> bool {
         match &self.0 {
             ReporterBackend::Embedded(r) => r.is_closed(),
+            ReporterBackend::Nats(r) => r.is_closed(),
         }
     }
 
@@ -479,6 +531,7 @@ impl Reporter {
     pub fn is_skipped(&self, id: u64) -> bool {
         match &self.0 {
             ReporterBackend::Embedded(r) => r.is_skipped(id),
+            ReporterBackend::Nats(r) => r.is_skipped(id),
         }
     }
 
@@ -486,6 +539,7 @@ impl Reporter {
     pub fn take_skipped(&self, id: u64) -> bool {
         match &self.0 {
             ReporterBackend::Embedded(r) => r.take_skipped(id),
+            ReporterBackend::Nats(r) => r.take_skipped(id),
         }
     }
 
@@ -493,6 +547,7 @@ impl Reporter {
     pub fn complete(&self, id: u64) {
         match &self.0 {
             ReporterBackend::Embedded(r) => r.complete(id),
+            ReporterBackend::Nats(r) => r.complete(id),
         }
     }
 
@@ -501,6 +556,7 @@ impl Reporter {
     pub fn update(&self, id: u64, state: Pending) {
         match &self.0 {
             ReporterBackend::Embedded(r) => r.update(id, state),
+            ReporterBackend::Nats(r) => r.update(id, state),
         }
     }
 
@@ -508,6 +564,7 @@ impl Reporter {
     pub fn bury(&self, id: u64, dead: DeadLetter) {
         match &self.0 {
             ReporterBackend::Embedded(r) => r.bury(id, dead),
+            ReporterBackend::Nats(r) => r.bury(id, dead),
         }
     }
 }

@@ -140,7 +140,7 @@ impl RestClient {
             params.entry("auth_connector").or_insert_with(|| Value::from(connector));
         }
         let mut last = None;
-        for credential in self.credentials(ctx, webhook)? {
+        for credential in self.credentials(ctx, webhook).await? {
             let stored = matches!(credential, Credential::Token { stored: true, .. });
             let result = match credential {
                 Credential::Token { token, endpoint, .. } => {
@@ -185,7 +185,11 @@ impl RestClient {
     }
 
     /// The credentials to try for `ctx`, in order.
-    fn credentials(&self, ctx: &EventContext, webhook: bool) -> Result<Vec<Credential>, RestError> {
+    async fn credentials(
+        &self,
+        ctx: &EventContext,
+        webhook: bool,
+    ) -> Result<Vec<Credential>, RestError> {
         let mut out = Vec::new();
         if let (Some(token), Some(endpoint)) = (&ctx.user_token, &ctx.client_endpoint) {
             out.push(Credential::Token {
@@ -194,7 +198,7 @@ impl RestClient {
                 stored: false,
             });
         }
-        if let Some(stored) = self.stored(&ctx.member_id)? {
+        if let Some(stored) = self.stored(&ctx.member_id).await? {
             let endpoint = ctx.client_endpoint.clone().or(stored.client_endpoint.clone());
             if let Some(endpoint) = endpoint {
                 out.push(Credential::Token { token: stored.access(), endpoint, stored: true });
@@ -232,17 +236,18 @@ impl RestClient {
 
     /// The REST and OAuth endpoints stored with a portal's tokens, for calls no event carries
     /// (the offline poller's).
-    pub fn stored_endpoints(&self, member_id: &str) -> (Option<String>, Option<String>) {
-        match self.stored(member_id) {
+    pub async fn stored_endpoints(&self, member_id: &str) -> (Option<String>, Option<String>) {
+        match self.stored(member_id).await {
             Ok(Some(t)) => (t.client_endpoint, t.server_endpoint),
             _ => (None, None),
         }
     }
 
-    fn stored(&self, member_id: &str) -> Result<Option<StoredTokens>, RestError> {
+    async fn stored(&self, member_id: &str) -> Result<Option<StoredTokens>, RestError> {
         let raw = self
             .journal
             .oauth(member_id)
+            .await
             .map_err(|e| error(RestErrorKind::Unavailable, 0, "STORAGE", e.to_string()))?;
         Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
@@ -256,7 +261,7 @@ impl RestClient {
         spent: &Secret,
     ) -> Result<(Secret, String), RestError> {
         let _one_at_a_time = self.refreshing.lock().await;
-        let stored = self.stored(&ctx.member_id)?.ok_or_else(|| {
+        let stored = self.stored(&ctx.member_id).await?.ok_or_else(|| {
             error(
                 RestErrorKind::Credentials,
                 401,

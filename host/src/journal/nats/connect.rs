@@ -1,0 +1,102 @@
+//! `[journal.nats]` -> a connection and a JetStream context, and the names derived from
+//! `journal.nats.stream`.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::config::{NatsAuth, NatsConfig};
+use crate::journal::StoreError;
+
+/// The connection every part of the backend uses (cheap to clone).
+#[derive(Clone)]
+pub(super) struct Link {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub names: Names,
+    /// This host's id (host name, process id): consumers' client names, lease holders.
+    pub host_id: String,
+}
+
+/// The names of everything the backend keeps in the cluster.
+#[derive(Clone, Debug)]
+pub(super) struct Names {
+    /// The events stream (`journal.nats.stream`).
+    pub stream: String,
+    /// The dead letters' stream.
+    pub dead: String,
+    /// Prefix of every bucket of this host group (`<stream>_tokens`, ...).
+    pub bucket_prefix: String,
+}
+
+impl Names {
+    fn of(stream: &str) -> Names {
+        Names {
+            stream: stream.to_owned(),
+            dead: format!("{stream}_DEAD"),
+            bucket_prefix: stream.to_owned(),
+        }
+    }
+}
+
+impl Link {
+    /// Connects to `config.urls`. The first connection is retried in the background when no
+    /// server answers (the host starts and spools); the JetStream context's API timeout is the
+    /// ack timeout's and at least 2 s.
+    pub async fn connect(config: &NatsConfig) -> Result<Link, StoreError> {
+        let host_id = format!(
+            "{}-{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "host".into()),
+            std::process::id()
+        );
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("b24-host {host_id}"))
+            .retry_on_initial_connect()
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    other => tracing::debug!("NATS: {other}"),
+                }
+            });
+        options = match &config.auth {
+            NatsAuth::None => options,
+            NatsAuth::Token(t) => options.token(t.expose().to_owned()),
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.expose().to_owned())
+            }
+            NatsAuth::NkeySeed(seed) => options.nkey(seed.expose().to_owned()),
+            NatsAuth::CredsFile(path) => options.credentials_file(path).await.map_err(|e| {
+                StoreError::Refused(format!(
+                    "journal.nats.creds_file {}: cannot read it: {e}",
+                    path.display()
+                ))
+            })?,
+        };
+        if config.tls.required {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &config.tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = options.connect(config.urls.clone()).await.map_err(|e| {
+            StoreError::Storage(format!("cannot connect to NATS at {:?}: {e}", config.urls))
+        })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.ack_timeout.max(Duration::from_secs(2)))
+            .build(client.clone());
+        Ok(Link { client, js, names: Names::of(&config.stream), host_id })
+    }
+
+    /// Sends what the client still buffers (acks, publishes) to the server.
+    pub async fn flush(&self) {
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!("cannot flush the NATS connection: {e}");
+        }
+    }
+}

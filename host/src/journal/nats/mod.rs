@@ -1,0 +1,234 @@
+//! The NATS JetStream backend (`[journal] backend = "nats"`): several hosts share one
+//! replicated log.
+//!
+//! Files, each one concern:
+//! - `connect.rs`: `[journal.nats]` -> a client and a JetStream context; the names of the
+//!   stream, the dead-letter stream, the buckets and the consumers derived from `stream`.
+//! - `append.rs`: publishing an accepted event (`Nats-Msg-Id` = the duplicate key), waiting
+//!   for the quorum's acknowledgement at most `ack_timeout_ms`; `spool.rs`: the local
+//!   embedded journal that takes an event the log did not acknowledge in time, and forwards
+//!   it later with the same `Nats-Msg-Id`.
+//! - `deliver.rs`: a plugin's durable pull consumer, its `Consumer`, `Reporter`, `Stopper`;
+//!   `admin.rs`: dead letters, replay, purge, skip, stats, list, show.
+//! - `kv.rs`: the key/value state (learned application tokens, stored OAuth tokens, the
+//!   offline pollers' values) and the leases (one OAuth refresh per portal at a time, one
+//!   poller per portal).
+//!
+//! Invariant: no `async_nats` type leaves this folder.
+
+// The parts are being written (issue 12); the stubs keep the seam compiling meanwhile.
+#![allow(dead_code)]
+
+mod admin;
+mod append;
+mod connect;
+mod deliver;
+mod kv;
+mod spool;
+
+use std::{path::Path, sync::Arc};
+
+use b24_plugin_api::Secret;
+
+use super::{Appended, StoreError, admin as data, dedup::DedupKey, record::{EventRecord, Pending}};
+use crate::config::{JournalConfig, NatsConfig};
+pub use deliver::{Consumer, Reporter, Stopper};
+
+/// The NATS backend of a running host (or of a `journal` command).
+#[derive(Clone)]
+pub struct Nats {
+    inner: Arc<Inner>,
+}
+
+/// What every part shares. Each part keeps its own state in its own type.
+struct Inner {
+    /// `[journal]` as configured (duplicate window, ...).
+    journal: JournalConfig,
+    /// `[journal.nats]`.
+    config: NatsConfig,
+    /// The connection (`connect.rs`).
+    link: connect::Link,
+    /// The append path and the spool (`append.rs`, `spool.rs`).
+    appender: append::Appender,
+    /// The key/value state (`kv.rs`).
+    kv: kv::State,
+    /// The consumers' shared state (`deliver.rs`).
+    deliver: deliver::Shared,
+}
+
+impl Nats {
+    /// Connects for a running host in `state_dir` with the enabled `plugins`: the stream, the
+    /// buckets and every plugin's consumer exist before it returns (or are created as soon as
+    /// the log answers, while appends go to the spool). The thread to join at exit is the
+    /// spool's writer.
+    pub async fn open(
+        state_dir: &Path,
+        config: &JournalConfig,
+        plugins: &[String],
+    ) -> Result<(Nats, std::thread::JoinHandle<()>), StoreError> {
+        let nats = nats_config(config)?;
+        let link = connect::Link::connect(nats).await?;
+        let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
+        let kv = kv::State::open(&link).await?;
+        let deliver = deliver::Shared::open(&link, config, plugins).await?;
+        let inner = Inner {
+            journal: config.clone(),
+            config: nats.clone(),
+            link,
+            appender,
+            kv,
+            deliver,
+        };
+        Ok((Nats { inner: Arc::new(inner) }, thread))
+    }
+
+    /// Connects for a `journal` command: no spool, no consumers of its own.
+    pub async fn open_for_command(
+        state_dir: &Path,
+        config: &JournalConfig,
+    ) -> Result<(Nats, std::thread::JoinHandle<()>), StoreError> {
+        let _ = state_dir;
+        let nats = nats_config(config)?;
+        let link = connect::Link::connect(nats).await?;
+        let (appender, thread) = append::Appender::for_command(&link);
+        let kv = kv::State::open(&link).await?;
+        let deliver = deliver::Shared::open(&link, config, &[]).await?;
+        let inner = Inner {
+            journal: config.clone(),
+            config: nats.clone(),
+            link,
+            appender,
+            kv,
+            deliver,
+        };
+        Ok((Nats { inner: Arc::new(inner) }, thread))
+    }
+}
+
+fn nats_config(config: &JournalConfig) -> Result<&NatsConfig, StoreError> {
+    config.nats.as_ref().ok_or_else(|| {
+        StoreError::Refused("journal.backend is \"nats\" but there is no [journal.nats] table".into())
+    })
+}
+
+// The seam's calls, grouped by the file that implements them.
+impl Nats {
+    /// See `Journal::last_write_error` (append.rs).
+    pub fn last_write_error(&self) -> Option<String> {
+        self.inner.appender.last_error()
+    }
+
+    /// See `Journal::damaged_records` (deliver.rs).
+    pub fn damaged_records(&self) -> u64 {
+        self.inner.deliver.damaged()
+    }
+
+    /// The spool's size on this host (append.rs).
+    pub fn size_bytes(&self) -> Option<u64> {
+        self.inner.appender.spool_bytes()
+    }
+
+    /// See `Journal::append` (append.rs).
+    pub async fn append(
+        &self,
+        record: Box<EventRecord>,
+        key: DedupKey,
+        plugins: Vec<Arc<str>>,
+        token: Option<(String, Option<Secret>)>,
+        permanent: bool,
+    ) -> Result<Appended, StoreError> {
+        if let Some((member, token)) = token {
+            self.inner.kv.set_token(&member, token).await?;
+        }
+        self.inner.appender.append(&self.inner.link, record, key, plugins, permanent).await
+    }
+
+    /// Learned application tokens (kv.rs).
+    pub async fn learned_tokens(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
+        self.inner.kv.learned_tokens().await
+    }
+
+    /// See `Journal::save_oauth` (kv.rs).
+    pub async fn save_oauth(&self, member_id: &str, tokens: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.kv.save_oauth(member_id, tokens).await
+    }
+
+    /// See `Journal::oauth` (kv.rs).
+    pub async fn oauth(&self, member_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.kv.oauth(member_id).await
+    }
+
+    /// See `Journal::set_state` (kv.rs).
+    pub async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        self.inner.kv.set_state(name, value).await
+    }
+
+    /// See `Journal::state` (kv.rs).
+    pub async fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.kv.state(name).await
+    }
+
+    /// See `Journal::pending` (deliver.rs).
+    pub async fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
+        self.inner.deliver.pending(&self.inner.link, plugin, id).await
+    }
+
+    /// See `Journal::flush` (append.rs: the spool; acks are sent as they come).
+    pub async fn flush(&self) {
+        self.inner.appender.flush().await;
+    }
+
+    /// See `Journal::finish`: outcomes sent, the spool closed, the connection flushed.
+    pub async fn finish(&self) {
+        self.inner.deliver.close();
+        self.inner.appender.finish(&self.inner.link).await;
+        self.inner.link.flush().await;
+    }
+
+    /// See `Journal::consumer` (deliver.rs).
+    pub fn consumer(&self, plugin: &str) -> Consumer {
+        deliver::Consumer::new(self.inner.link.clone(), &self.inner.deliver, plugin)
+    }
+
+    /// See `Journal::close` (deliver.rs).
+    pub fn close(&self) {
+        self.inner.deliver.close();
+    }
+
+    /// See `Journal::stats` (admin.rs).
+    pub async fn stats(&self, enabled: Vec<String>) -> Result<data::Stats, StoreError> {
+        admin::stats(&self.inner.link, &self.inner.appender, enabled).await
+    }
+
+    /// See `Journal::list` (admin.rs).
+    pub async fn list(&self, limit: usize) -> Result<Vec<data::EventSummary>, StoreError> {
+        admin::list(&self.inner.link, limit).await
+    }
+
+    /// See `Journal::show` (admin.rs).
+    pub async fn show(&self, id: u64) -> Result<Option<data::EventDetail>, StoreError> {
+        admin::show(&self.inner.link, id).await
+    }
+
+    /// See `Journal::dead` (admin.rs).
+    pub async fn dead(&self, plugin: Option<String>) -> Result<Vec<data::DeadRow>, StoreError> {
+        admin::dead(&self.inner.link, plugin).await
+    }
+
+    /// See `Journal::replay` (admin.rs).
+    pub async fn replay(&self, which: data::Selection) -> Result<Vec<(String, u64)>, StoreError> {
+        admin::replay(&self.inner.link, which).await
+    }
+
+    /// See `Journal::purge` (admin.rs).
+    pub async fn purge(&self, which: data::Selection) -> Result<Vec<(String, u64)>, StoreError> {
+        admin::purge(&self.inner.link, which).await
+    }
+
+    /// See `Journal::skip` (admin.rs): the pairs moved to the dead letters.
+    pub async fn skip(&self, plugin: String, ids: Vec<u64>) -> Result<Vec<(String, u64)>, StoreError> {
+        admin::skip(&self.inner.link, &self.inner.deliver, plugin, ids).await
+    }
+}
