@@ -248,8 +248,6 @@ impl NatsCluster {
         self.dir.path()
     }
 
-    /// The client URLs of all nodes, `nats://127.0.0.1:PORT` (killed ones included: clients
-    /// given the whole list reconnect to whichever is up).
     /// The `[journal]` section of a host.toml whose journal is this cluster, with `replicas`
     /// copies of every message and an ack timeout of `ack_timeout_ms`.
     pub fn journal_toml(&self, replicas: usize, ack_timeout_ms: u64) -> String {
@@ -260,6 +258,8 @@ impl NatsCluster {
         )
     }
 
+    /// The client URLs of all nodes, `nats://127.0.0.1:PORT` (killed ones included: clients
+    /// given the whole list reconnect to whichever is up).
     pub fn urls(&self) -> Vec<String> {
         (0..self.nodes.len()).map(|i| self.url(i)).collect()
     }
