@@ -24,6 +24,7 @@ mod append;
 mod connect;
 mod deliver;
 mod kv;
+mod lease;
 mod spool;
 
 use std::{path::Path, sync::Arc};
