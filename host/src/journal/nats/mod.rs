@@ -22,6 +22,7 @@
 mod admin;
 mod append;
 mod connect;
+mod dead;
 mod deliver;
 mod kv;
 mod lease;
