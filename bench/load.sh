@@ -8,8 +8,13 @@
 # (the test probe), once with both in-process and once in runner processes (isolation =
 # "process", the default). Each with 64 keep-alive connections, then again with a new connection
 # per request. Prints requests/s, p50, p99, peak RSS (with the runners' for process mode), the
-# ratio of each to (1), and for (4) how long the plugins need after the load stops until every
-# backlog is empty.
+# ratio of each to (1), the server's CPU per request (user + system time of the server and its
+# runner processes from /proc, over the measured run and, with plugins, until every backlog is
+# empty, divided by the requests answered) and its ratio to (1)'s, and for (4) how long the
+# plugins need after the load stops until every backlog is empty.
+# Point (5), keep-alive only: b24-host on the NATS backend ([journal] backend = "nats"), on a
+# 1-node (R1) and a 3-node (R3) JetStream cluster on loopback started here, without and with the
+# two plugins; its CPU column is the host's, the cluster's own CPU per request follows it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_POINT=${1:-10}
@@ -17,6 +22,7 @@ CONNECTIONS=64
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release -q -p b24-host -p b24-bench -p audit-log -p probe
+. scripts/lib/nats-server.sh
 BIN=target/release
 WORK=$(mktemp -d)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -25,7 +31,7 @@ cp "$BIN/libaudit_log.so" "$BIN/libprobe.so" "$WORK/plugins/"
 "$BIN/b24-host" send --print --event ONCRMDEALUSERFIELDUPDATE > "$WORK/body.form"
 export BODY_FILE="$WORK/body.form"
 
-config() { # $1 = enabled list, $2 = isolation of the plugins (default process)
+config() { # $1 = enabled list, $2 = isolation of the plugins (default process), $3 = [journal] lines
   local isolation=${2:-process}
   cat <<TOML
 state_dir = "state"
@@ -48,6 +54,7 @@ path = "audit.jsonl"
 isolation = "$isolation"
 [plugin.probe.settings]
 record = "probe.jsonl"
+${3:-}
 TOML
 }
 
@@ -67,6 +74,51 @@ start() {
 
 stop() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }
 
+# CPU ticks (user + system) used so far by the given processes and by their children.
+ticks() {
+  local pid total=0 t
+  for pid in "$@" $(for p in "$@"; do pgrep -P "$p" || true; done); do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+
+# Microseconds of CPU per request: $1 ticks used, $2 requests.
+cpu_us() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }'; }
+
+NATS_PIDS=()
+# Starts an N-node JetStream cluster on free loopback ports; sets NATS_URLS (TOML list).
+nats_cluster() { # $1 = nodes
+  local n=$1 i ports=() routes="" urls=""
+  [ -n "${B24_NATS_SERVER:-}" ] || { echo "no nats-server: point (5) skipped" >&2; return 1; }
+  read -r -a ports < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(3*'"$n"')]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+  for i in $(seq 0 $((n - 1))); do routes="$routes\"nats-route://127.0.0.1:${ports[$((3*i+1))]}\","; done
+  for i in $(seq 0 $((n - 1))); do
+    local dir="$WORK/nats/n$i"; mkdir -p "$dir"
+    {
+      echo "server_name: n$i"; echo "listen: \"127.0.0.1:${ports[$((3*i))]}\""
+      echo "http: \"127.0.0.1:${ports[$((3*i+2))]}\""
+      echo "jetstream { store_dir: \"$dir\", max_memory_store: 256MB, max_file_store: 8GB }"
+      [ "$n" -gt 1 ] && echo "cluster { name: bench, listen: \"127.0.0.1:${ports[$((3*i+1))]}\", routes: [${routes%,}] }"
+    } > "$dir.conf"
+    "$B24_NATS_SERVER" -c "$dir.conf" > "$dir.log" 2>&1 &
+    NATS_PIDS+=($!)
+    urls="$urls\"nats://127.0.0.1:${ports[$((3*i))]}\", "
+  done
+  for i in $(seq 0 $((n - 1))); do
+    for _ in $(seq 200); do
+      curl -sf "http://127.0.0.1:${ports[$((3*i+2))]}/healthz" > /dev/null && break
+      sleep 0.05
+    done
+  done
+  NATS_URLS="[${urls%, }]"
+}
+nats_stop() { kill "${NATS_PIDS[@]}" 2>/dev/null || true; wait "${NATS_PIDS[@]}" 2>/dev/null || true; NATS_PIDS=(); rm -rf "$WORK/nats"; }
+
 # Peak RSS of the server and of its children (the runners in process mode).
 peak_rss_mib() {
   local pid total=0 kib
@@ -77,10 +129,13 @@ peak_rss_mib() {
   awk -v k="$total" 'BEGIN {printf "%.1f", k/1024}'
 }
 
-# Runs wrk; prints "rps p50_ms p99_ms".
+# Runs wrk; prints "rps p50_ms p99_ms"; leaves the requests answered in $WORK/requests and the
+# server's CPU ticks at the start of the measured run in $WORK/ticks0.
 measure() { # $1 = close (0/1)
   CLOSE=$1 wrk -t2 -c$CONNECTIONS -d2s -s bench/post.lua "$URL" > /dev/null
+  ticks "$PID" > "$WORK/ticks0"; ticks "${NATS_PIDS[@]}" > "$WORK/nats_ticks0"
   CLOSE=$1 wrk -t2 -c$CONNECTIONS -d"${SECONDS_PER_POINT}s" --latency -s bench/post.lua "$URL" > "$WORK/wrk.txt"
+  awk '/requests in/ {print $1}' "$WORK/wrk.txt" > "$WORK/requests"
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
   p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.txt")
@@ -108,24 +163,54 @@ drain_seconds() {
   echo ">60"
 }
 
+# CPU per request of the point just measured (call before stop): host, then the cluster's.
+point_cpu() {
+  local n; n=$(cat "$WORK/requests")
+  cpu_us $(( $(ticks "$PID") - $(cat "$WORK/ticks0") )) "$n"
+  if [ ${#NATS_PIDS[@]} -gt 0 ]; then
+    printf ' '; cpu_us $(( $(ticks "${NATS_PIDS[@]}") - $(cat "$WORK/nats_ticks0") )) "$n"
+  fi
+}
+
+row() { # name rps p50 p99 rss cpu [drain] [nats cpu]
+  printf '%-46s %9.0f %7s %7s %8s %6.2f %7s %6.1f %7s %s\n' "$1" "$2" "$3" "$4" "$5" \
+    "$(awk -v a="$2" -v b="$base" 'BEGIN {print a/b}')" "$6" \
+    "$(awk -v a="$6" -v b="$base_cpu" 'BEGIN {print (b > 0 ? a/b : 0)}')" "${7:--}" "${8:+nats $8 us/req}"
+}
+
 printf '%s\n' "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t2 -c$CONNECTIONS, ${SECONDS_PER_POINT}s a point"
-printf '%-44s %10s %8s %8s %9s %7s %s\n' point "req/s" "p50 ms" "p99 ms" "RSS MiB" ratio "drain s"
+printf '%-46s %9s %7s %7s %8s %6s %7s %6s %7s\n' point "req/s" "p50 ms" "p99 ms" "RSS MiB" ratio "CPU us" "x(1)" "drain s"
 for close in 0 1; do
   mode=$([ "$close" = 1 ] && echo "new connection per request" || echo "keep-alive")
   echo "-- $mode"
   start "$PWD/$BIN/bare-hyper" 127.0.0.1:0
-  read -r base p50 p99 < <(measure "$close"); rss=$(peak_rss_mib); stop
-  printf '%-44s %10.0f %8s %8s %9s %7s\n' "(1) bare hyper" "$base" "$p50" "$p99" "$rss" "1.00"
+  read -r base p50 p99 < <(measure "$close"); base_cpu=$(point_cpu); rss=$(peak_rss_mib); stop
+  row "(1) bare hyper" "$base" "$p50" "$p99" "$rss" "$base_cpu"
 
   config "" > "$WORK/host.toml"
   start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
-  read -r rps p50 p99 < <(measure "$close"); rss=$(peak_rss_mib); stop
-  printf '%-44s %10.0f %8s %8s %9s %7.2f\n' "(3) durable journal, no plugins" "$rps" "$p50" "$p99" "$rss" "$(awk -v a="$rps" -v b="$base" 'BEGIN {print a/b}')"
+  read -r rps p50 p99 < <(measure "$close"); cpu=$(point_cpu); rss=$(peak_rss_mib); stop
+  row "(3) durable journal, no plugins" "$rps" "$p50" "$p99" "$rss" "$cpu"
 
   for isolation in in-process process; do
     config '"audit-log", "probe"' "$isolation" > "$WORK/host.toml"
     start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
-    read -r rps p50 p99 < <(measure "$close"); drain=$(drain_seconds); rss=$(peak_rss_mib); stop
-    printf '%-44s %10.0f %8s %8s %9s %7.2f %s\n' "(4) journal + audit-log + probe, $isolation" "$rps" "$p50" "$p99" "$rss" "$(awk -v a="$rps" -v b="$base" 'BEGIN {print a/b}')" "$drain"
+    read -r rps p50 p99 < <(measure "$close"); drain=$(drain_seconds); cpu=$(point_cpu); rss=$(peak_rss_mib); stop
+    row "(4) journal + audit-log + probe, $isolation" "$rps" "$p50" "$p99" "$rss" "$cpu" "$drain"
+  done
+
+  [ "$close" = 0 ] || continue
+  for nodes in 1 3; do
+    nats_cluster "$nodes" || break
+    for plugins in '' '"audit-log", "probe"'; do
+      journal=$(printf '[journal]\nbackend = "nats"\n[journal.nats]\nurls = %s\nreplicas = %s\nstream = "BENCH%s"\n' "$NATS_URLS" "$nodes" "$RANDOM")
+      config "$plugins" process "$journal" > "$WORK/host.toml"
+      start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
+      read -r rps p50 p99 < <(measure "$close")
+      drain=-; [ -n "$plugins" ] && drain=$(drain_seconds)
+      read -r cpu ncpu < <(point_cpu); rss=$(peak_rss_mib); stop
+      row "(5) nats R$nodes$([ -n "$plugins" ] && echo ", audit-log + probe" || echo ", no plugins")" "$rps" "$p50" "$p99" "$rss" "$cpu" "$drain" "$ncpu"
+    done
+    nats_stop
   done
 done
