@@ -68,6 +68,16 @@ pub(super) fn unkey(key: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// The bucket key of lease `name`: `<kind>.<rest>` (kind of letters, digits, `-`, `_`)
+/// becomes `<kind>.` + [`key`]`(rest)`, so `refresh.<member>` reads as such in the bucket;
+/// any other name is [`key`]`(name)`.
+pub(super) fn lease_key(name: &str) -> String {
+    match name.split_once('.') {
+        Some((kind, rest)) if key(kind) == kind => format!("{kind}.{}", key(rest)),
+        _ => key(name),
+    }
+}
+
 /// Opens bucket `<prefix>_<suffix>` or creates it with `replicas` copies, one value per key.
 async fn bucket(
     link: &Link,
@@ -226,16 +236,16 @@ impl State {
     /// is renewed in the background.
     pub async fn lease(&self, name: &str, patience: Duration) -> Result<Option<Held>, StoreError> {
         let lease = if patience.is_zero() {
-            self.leases.try_acquire(&key(name)).await?
+            self.leases.try_acquire(&lease_key(name)).await?
         } else {
-            self.leases.acquire(&key(name), patience).await?
+            self.leases.acquire(&lease_key(name), patience).await?
         };
         Ok(lease.map(Held::start))
     }
 
     /// Who holds lease `name` now (a host id), if anyone.
     pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
-        self.leases.holder(&key(name)).await
+        self.leases.holder(&lease_key(name)).await
     }
 }
 
@@ -306,6 +316,12 @@ mod tests {
         // Plain member ids stay readable in the bucket.
         assert_eq!(key("a1b2c3"), "a1b2c3");
         assert_eq!(key("a.b"), "=612e62");
+        // Lease names keep their kind readable; distinct names stay distinct keys.
+        assert_eq!(lease_key("refresh.a1b2"), "refresh.a1b2");
+        assert_eq!(lease_key("offline.a.b"), "offline.=612e62");
+        assert_eq!(lease_key("odd name.x"), key("odd name.x"));
+        assert!(valid(&lease_key("refresh.")), "{}", lease_key("refresh."));
+        assert_ne!(lease_key("refresh.=41"), lease_key("refresh.A"));
         // Keys no encoding makes are not read as names.
         assert_eq!(unkey("=4"), None);
         assert_eq!(unkey("=zz"), None);
