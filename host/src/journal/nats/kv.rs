@@ -8,8 +8,9 @@
 //! anything else becomes `=` + the lowercase hex of its bytes (`=` never appears in the first
 //! form, so both round-trip through [`unkey`]).
 //!
-//! Every read asks the log (no cache): a value another host wrote a moment ago is seen. The
-//! learned tokens are also pushed to the verifier through [`State::token_changes`] (a watch),
+//! Every read of one key asks the stream's leader (no cache, and not a direct get, which a
+//! replica a little behind may answer): a value another host wrote and had acknowledged is
+//! seen. The learned tokens are also pushed to the verifier through [`State::token_changes`] (a watch),
 //! since a round trip per request would be too slow for the token check.
 
 use std::{collections::BTreeMap, time::Duration};
@@ -78,6 +79,55 @@ pub(super) fn lease_key(name: &str) -> String {
     }
 }
 
+/// Whether a CAS write (`update`) was refused because the key moved on: the client's
+/// `WrongLastRevision`, or the server's code 10164 ("wrong last sequence", the form
+/// nats-server 2.15 answers for a per-subject expectation), which async-nats 0.46 reports as
+/// `Other`.
+pub(super) fn lost_race(e: &kv::UpdateError) -> bool {
+    use async_nats::jetstream::{Error as ApiError, ErrorCode};
+    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(api) = inner.downcast_ref::<ApiError>() {
+            let code = api.error_code();
+            return code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT;
+        }
+        source = inner.source();
+    }
+    false
+}
+
+/// The value and revision of `key` in `store` as the bucket stream's leader has it (a message
+/// get: `Nats-Expected-Last-Subject-Sequence` is checked there too); `None` if absent or
+/// deleted.
+async fn leader_entry(store: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
+    let entry = leader_entry_any(store, key).await?;
+    Ok(entry.and_then(|(value, revision, live)| live.then_some((value, revision))))
+}
+
+/// The last message of `key` in `store` as the leader has it: value, revision, and whether it
+/// is a value (`false`: a delete or purge marker); `None` when the key has no message.
+pub(super) async fn leader_entry_any(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(Bytes, u64, bool)>, StoreError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", store.prefix);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => {
+            let operation = message.headers.get("KV-Operation").map(|v| v.as_str().to_owned());
+            let removed = operation.is_some_and(|op| op == "DEL" || op == "PURGE")
+                || message.headers.get("Nats-Marker-Reason").is_some();
+            Ok(Some((message.payload, message.sequence, !removed)))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(storage(&format!("read {key} in {}", store.name), e)),
+    }
+}
+
 /// Opens bucket `<prefix>_<suffix>` or creates it with `replicas` copies, one value per key.
 async fn bucket(
     link: &Link,
@@ -135,8 +185,8 @@ impl State {
 
     /// A portal's learned token as the log holds it now.
     pub async fn learned_token(&self, member: &str) -> Result<Option<Secret>, StoreError> {
-        let value = self.tokens.get(key(member)).await.map_err(|e| storage("read a token", e))?;
-        Ok(value.map(|v| Secret::new(String::from_utf8_lossy(&v).as_ref())))
+        let value = leader_entry(&self.tokens, &key(member)).await?;
+        Ok(value.map(|(v, _)| Secret::new(String::from_utf8_lossy(&v).as_ref())))
     }
 
     /// Every learned token.
@@ -189,11 +239,8 @@ impl State {
 
     /// A portal's stored OAuth tokens with their revision (for [`State::replace_oauth`]).
     pub async fn oauth_entry(&self, member: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
-        let entry =
-            self.oauth.entry(key(member)).await.map_err(|e| storage("read OAuth tokens", e))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .map(|e| (e.value.to_vec(), e.revision)))
+        let entry = leader_entry(&self.oauth, &key(member)).await?;
+        Ok(entry.map(|(value, revision)| (value.to_vec(), revision)))
     }
 
     /// Replaces a portal's OAuth tokens only if they are still at `revision`; `false` (nothing
@@ -206,7 +253,7 @@ impl State {
     ) -> Result<bool, StoreError> {
         match self.oauth.update(key(member), Bytes::from(tokens), revision).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) if lost_race(&e) => Ok(false),
             Err(e) => Err(storage("replace OAuth tokens", e)),
         }
     }
@@ -228,8 +275,8 @@ impl State {
 
     /// A named value.
     pub async fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = self.state.get(key(name)).await.map_err(|e| storage("read a value", e))?;
-        Ok(value.map(|v| v.to_vec()))
+        let value = leader_entry(&self.state, &key(name)).await?;
+        Ok(value.map(|(v, _)| v.to_vec()))
     }
 
     /// Takes lease `name` (any string), waiting up to `patience` for its holder; while held it

@@ -63,8 +63,18 @@ impl Leases {
     }
 
     /// Takes lease `name` if nobody holds it; `None` when another host does.
+    ///
+    /// Not `kv::Store::create`: after a release it reads the delete marker by a direct get
+    /// (a replica may answer, a little behind) and reports a lost race for the marker as an
+    /// error. Here the key is read from the stream's leader, and the write is a CAS on what
+    /// was read (no message, or the marker): a host that loses the race gets `None`.
     pub async fn try_acquire(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        match self.store.create(name, Bytes::from(self.holder.clone())).await {
+        let expected = match super::kv::leader_entry_any(&self.store, name).await? {
+            Some((_, _, true)) => return Ok(None),
+            Some((_, marker, false)) => marker,
+            None => 0,
+        };
+        match self.store.update(name, Bytes::from(self.holder.clone()), expected).await {
             Ok(revision) => Ok(Some(Lease {
                 store: self.store.clone(),
                 name: name.to_owned(),
@@ -72,7 +82,7 @@ impl Leases {
                 revision,
                 renewed: Instant::now(),
             })),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) if super::kv::lost_race(&e) => Ok(None),
             Err(e) => Err(storage(&format!("take lease {name}"), e)),
         }
     }
@@ -111,8 +121,10 @@ impl Leases {
 
     /// Who holds lease `name` now, if anyone.
     pub async fn holder(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let value = self.store.get(name).await.map_err(|e| storage("read a lease", e))?;
-        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        let value = super::kv::leader_entry_any(&self.store, name).await?;
+        Ok(value
+            .filter(|(_, _, live)| *live)
+            .map(|(v, _, _)| String::from_utf8_lossy(&v).into_owned()))
     }
 }
 
@@ -129,7 +141,7 @@ impl Lease {
                 self.renewed = Instant::now();
                 Ok(true)
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) if super::kv::lost_race(&e) => Ok(false),
             Err(e) => Err(storage(&format!("renew lease {}", self.name), e)),
         }
     }
