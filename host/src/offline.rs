@@ -172,6 +172,9 @@ struct Poller {
     lease: Arc<Mutex<Option<Held>>>,
 }
 
+/// How often a host that does not poll a portal (another host holds its lease) looks again.
+const LEASE_RETRY: Duration = Duration::from_secs(3);
+
 /// The journal state key of a portal's reserved batch.
 fn process_key(member: &str) -> String {
     format!("offline_process:{member}")
@@ -261,7 +264,7 @@ impl Poller {
     }
 
     /// Makes sure this host holds the portal's lease before it polls; `false` after waiting
-    /// up to the poll interval for another holder to give it up or to die.
+    /// a little (`LEASE_RETRY`, at most the poll interval) when another host holds it.
     async fn hold(&self) -> bool {
         if self.holds() {
             return true;
@@ -272,17 +275,7 @@ impl Poller {
             lost.release().await;
         }
         let name = self.lease_name();
-        let taken = match self.journal.lease(&name, Duration::ZERO).await {
-            Ok(None) => {
-                let holder = self.journal.lease_holder(&name).await.ok().flatten();
-                tracing::debug!(member_id = %self.member, ?holder, "another host polls the portal's offline queue");
-                self.update(|s| s.poller = holder);
-                // Woken when the holder gives it up; an expiry is seen within a second.
-                self.journal.lease(&name, self.config.poll_interval).await
-            }
-            other => other,
-        };
-        match taken {
+        match self.journal.lease(&name, Duration::ZERO).await {
             Ok(Some(held)) => {
                 let me = self.journal.host_id();
                 if me.is_some() {
@@ -292,7 +285,15 @@ impl Poller {
                 *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
                 true
             }
-            Ok(None) => false,
+            Ok(None) => {
+                let holder = self.journal.lease_holder(&name).await.ok().flatten();
+                tracing::debug!(member_id = %self.member, ?holder, "another host polls the portal's offline queue");
+                self.update(|s| s.poller = holder);
+                // One read of the lease now and then (not a watch per portal): a released or
+                // expired lease is taken within this.
+                tokio::time::sleep(self.config.poll_interval.min(LEASE_RETRY)).await;
+                false
+            }
             Err(e) => {
                 let message = format!("cannot take the lease on polling the portal: {e}");
                 tracing::warn!(member_id = %self.member, "{message}");

@@ -4,11 +4,13 @@
 //! compare-and-set, named values are shared, leases are exclusive, renewed while held, taken at
 //! once when released and after the expiry when their holder died; and two hosts' REST clients
 //! refreshing one portal's OAuth tokens at once spend its single-use refresh token once (the
-//! fake portal's OAuth server refuses a reuse). Skips loudly without a server, except under
+//! fake portal's OAuth server refuses a reuse), and two hosts' offline pollers poll a portal one
+//! at a time. Skips loudly without a server, except under
 //! `CI=true`.
 
 use std::{
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +20,9 @@ use b24_host::{
     config::{AuthConfig, Config},
     decode::{self, BodyFormat, Decoded},
     journal::{Journal, StoreError},
+    offline::Pollers,
     rest::{EventContext, RestClient, oauth::StoredTokens},
+    route::Router,
 };
 use b24_plugin_api::Secret;
 use b24_tests::{
@@ -344,4 +348,73 @@ async fn two_hosts_refreshing_one_portals_tokens_at_once_spend_the_refresh_token
     let last: StoredTokens =
         serde_json::from_slice(&b.oauth(MEMBER).await.unwrap().expect("stored")).unwrap();
     assert_eq!(Some(&last.refresh_token), chain.last().map(|(_, new)| new));
+}
+
+/// Waits until `ready` says yes, at most `limit`; panics with `what` otherwise.
+async fn until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_at_a_time_polls_a_portals_offline_queue_and_another_takes_over_at_stop() {
+    let Some(cluster) = cluster_or_skip(
+        "one_host_at_a_time_polls_a_portals_offline_queue_and_another_takes_over_at_stop",
+        3,
+        NatsOptions::default(),
+    ) else {
+        return;
+    };
+    let portal = FakePortal::start(PortalOptions {
+        rate_per_sec: f64::INFINITY,
+        ..PortalOptions::default()
+    });
+    let options = portal.options();
+    let rest = format!(
+        "[rest]\nclient_id = {:?}\nclient_secret = {:?}\noauth_url = {:?}\n\n[rest.portals.{MEMBER:?}.offline]\npoll_interval_ms = 100\n",
+        options.client_id,
+        options.client_secret,
+        portal.oauth_url()
+    );
+    let (_dir, config, a, b) = two_hosts(&cluster, &rest).await;
+    let (access, refresh) = portal.initial_oauth();
+    let stored = StoredTokens {
+        access_token: access,
+        refresh_token: refresh,
+        expires: None,
+        client_endpoint: Some(portal.client_endpoint()),
+        server_endpoint: Some(portal.server_endpoint()),
+    };
+    a.save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
+    let rest_a = Arc::new(RestClient::new(config.rest.clone(), a.clone()).expect("client A"));
+    let rest_b = Arc::new(RestClient::new(config.rest.clone(), b.clone()).expect("client B"));
+    let gets = || portal.requests().iter().filter(|r| r.method == "event.offline.get").count();
+
+    let pollers_a = Pollers::start(&config, rest_a, a.clone(), Router::default());
+    let polled = |p: &Pollers| p.status().first().and_then(|s| s.last_poll_ms).is_some();
+    until("A polls", Duration::from_secs(10), || polled(&pollers_a)).await;
+    let pollers_b = Pollers::start(&config, rest_b, b.clone(), Router::default());
+    // B finds the lease held and names its holder.
+    until("B sees A's lease", Duration::from_secs(10), || {
+        pollers_b.status().first().and_then(|s| s.poller.clone()) == a.host_id()
+    })
+    .await;
+    // Many more polls (the sentinel), all A's: B never polled.
+    let before = gets();
+    until("A polls 20 more times", Duration::from_secs(20), || gets() >= before + 20).await;
+    assert!(!polled(&pollers_b), "B polled while A held the lease: {:?}", pollers_b.status());
+    let a_status = pollers_a.status();
+    assert_eq!(a_status[0].errors, 0, "{a_status:?}");
+
+    // A stops and gives the lease up: B takes over.
+    pollers_a.stop().await;
+    let took = until("B takes over", Duration::from_secs(10), || polled(&pollers_b)).await;
+    eprintln!("{} polls by A; B took over {took:?} after A stopped", gets() - 1);
+    let status = pollers_b.status();
+    assert_eq!(status[0].errors, 0, "{status:?}");
+    pollers_b.stop().await;
 }

@@ -128,6 +128,28 @@ pub(super) async fn leader_entry_any(
     }
 }
 
+/// Waits (at most `LEADER_WAIT`) until `store`'s stream has a leader: a bucket just created
+/// by this host or another answers writes with "no stream found" until its replicas elect one.
+pub(super) async fn until_led(store: &kv::Store) {
+    let started = std::time::Instant::now();
+    let mut stream = store.stream.clone();
+    loop {
+        match stream.info().await {
+            Ok(info) if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) => return,
+            Ok(_) => {}
+            Err(e) => tracing::debug!(bucket = %store.name, "bucket info: {e}"),
+        }
+        if started.elapsed() >= LEADER_WAIT {
+            tracing::warn!(bucket = %store.name, "the bucket has no leader yet; its writes fail until it has one");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long opening waits for a bucket's leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
 /// Opens bucket `<prefix>_<suffix>` or creates it with `replicas` copies, one value per key.
 async fn bucket(
     link: &Link,
@@ -137,6 +159,7 @@ async fn bucket(
 ) -> Result<kv::Store, StoreError> {
     let bucket = format!("{}_{suffix}", link.names.bucket_prefix);
     if let Ok(store) = link.js.get_key_value(&bucket).await {
+        until_led(&store).await;
         return Ok(store);
     }
     let config = kv::Config {
@@ -146,15 +169,17 @@ async fn bucket(
         num_replicas: replicas,
         ..Default::default()
     };
-    match link.js.create_key_value(config).await {
-        Ok(store) => Ok(store),
+    let store = match link.js.create_key_value(config).await {
+        Ok(store) => store,
         // Another host created it meanwhile.
         Err(created) => link
             .js
             .get_key_value(&bucket)
             .await
-            .map_err(|_| storage(&format!("create bucket {bucket}"), created)),
-    }
+            .map_err(|_| storage(&format!("create bucket {bucket}"), created))?,
+    };
+    until_led(&store).await;
+    Ok(store)
 }
 
 impl State {

@@ -59,6 +59,7 @@ impl Leases {
                 .await
                 .map_err(|e| storage(&format!("create bucket {bucket}"), e))?,
         };
+        super::kv::until_led(&store).await;
         Ok(Leases { store, holder: link.host_id.clone() })
     }
 
@@ -95,6 +96,9 @@ impl Leases {
         patience: Duration,
     ) -> Result<Option<Lease>, StoreError> {
         let deadline = Instant::now() + patience;
+        // Watched from before the second try on: a release between a try and the wait still
+        // wakes the waiter. One watch for the whole wait.
+        let mut watch = None;
         loop {
             if let Some(lease) = self.try_acquire(name).await? {
                 return Ok(Some(lease));
@@ -103,19 +107,29 @@ impl Leases {
             if left.is_zero() {
                 return Ok(None);
             }
+            let Some(changes) = watch.as_mut() else {
+                watch =
+                    Some(self.store.watch(name).await.map_err(|e| storage("watch a lease", e))?);
+                continue;
+            };
             // Woken by the holder's delete; an expiry sends nothing, so look again at least
             // every half second.
-            let mut watch =
-                self.store.watch(name).await.map_err(|e| storage("watch a lease", e))?;
             let wait = left.min(Duration::from_millis(500));
-            let _ = tokio::time::timeout(wait, async {
-                while let Some(Ok(entry)) = watch.next().await {
-                    if entry.operation != kv::Operation::Put {
-                        return;
+            let woken = tokio::time::timeout(wait, async {
+                loop {
+                    match changes.next().await {
+                        Some(Ok(entry)) if entry.operation == kv::Operation::Put => continue,
+                        Some(Ok(_)) => return true,
+                        // The watch failed or ended: a new one next time, no busy loop.
+                        _ => return false,
                     }
                 }
             })
             .await;
+            if woken == Ok(false) {
+                watch = None;
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 
