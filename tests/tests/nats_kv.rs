@@ -418,3 +418,34 @@ async fn one_host_at_a_time_polls_a_portals_offline_queue_and_another_takes_over
     assert_eq!(status[0].errors, 0, "{status:?}");
     pollers_b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_pair_is_stored_through_the_death_of_the_buckets_leader() {
+    let Some(mut cluster) = cluster_or_skip(
+        "a_refreshed_pair_is_stored_through_the_death_of_the_buckets_leader",
+        3,
+        NatsOptions::default(),
+    ) else {
+        return;
+    };
+    let (_dir, _config, a, b) = two_hosts(&cluster, "").await;
+    a.save_oauth(MEMBER, b"old pair".to_vec()).await.unwrap();
+    let (_, revision) = b.oauth_entry(MEMBER).await.unwrap().expect("stored");
+
+    let client = async_nats::connect(cluster.urls()).await.expect("client");
+    let mut stream =
+        jetstream::new(client).get_stream("KV_B24_EVENTS_oauth").await.expect("the bucket");
+    let info = stream.info().await.expect("stream info");
+    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone()).expect("a leader");
+    let node = cluster.node_named(&leader).expect("the leader is a node of the cluster");
+    cluster.kill(node);
+    let killed = Instant::now();
+    // The refresh's new pair: stored by CAS once a new leader is elected, not lost.
+    assert!(b.replace_oauth(MEMBER, b"new pair".to_vec(), revision).await.unwrap());
+    eprintln!("stored {:?} after SIGKILL of the bucket's leader {leader}", killed.elapsed());
+    assert_eq!(a.oauth(MEMBER).await.unwrap().as_deref(), Some(&b"new pair"[..]));
+    // A stale revision is still refused after the election.
+    assert!(!a.replace_oauth(MEMBER, b"stale".to_vec(), revision).await.unwrap());
+    a.set_state("after the election", Some(b"v".to_vec())).await.unwrap();
+    assert_eq!(b.state("after the election").await.unwrap().as_deref(), Some(&b"v"[..]));
+}

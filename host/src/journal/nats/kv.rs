@@ -147,6 +147,38 @@ pub(super) async fn until_led(store: &kv::Store) {
     }
 }
 
+/// How long a write (or a read for a refresh or a poller) keeps trying while a bucket has no
+/// leader: elections took 4.9 - 8.3 s here (design note, pitfall 13).
+const RIDE_OUT: Duration = Duration::from_secs(15);
+
+/// Runs `op` until it succeeds, fails in a way `is_final` calls final, or [`RIDE_OUT`] has
+/// passed: a bucket whose leader died answers "no stream found" or times out until its
+/// replicas elect another, and a refresh's new pair must not be lost to that.
+async fn patiently<T, E, F, Fut>(
+    what: &str,
+    mut op: F,
+    is_final: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(e) if is_final(&e) || started.elapsed() + pause >= RIDE_OUT => return Err(e),
+            Err(e) => {
+                tracing::warn!("NATS key/value: {what}: {e}; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// How long opening waits for a bucket's leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
@@ -199,16 +231,21 @@ impl State {
         match token {
             Some(token) => {
                 let value = Bytes::from(token.expose().to_owned());
-                self.tokens.put(&key, value).await.map_err(|e| storage("store a token", e))?;
+                patiently("store a token", || self.tokens.put(&key, value.clone()), |_| false)
+                    .await
+                    .map_err(|e| storage("store a token", e))?;
             }
             None => {
-                self.tokens.delete(&key).await.map_err(|e| storage("forget a token", e))?;
+                patiently("forget a token", || self.tokens.delete(&key), |_| false)
+                    .await
+                    .map_err(|e| storage("forget a token", e))?;
             }
         }
         Ok(())
     }
 
-    /// A portal's learned token as the log holds it now.
+    /// A portal's learned token as the log holds it now (one try: ingress asks it before a
+    /// 401 and must not wait out an election).
     pub async fn learned_token(&self, member: &str) -> Result<Option<Secret>, StoreError> {
         let value = leader_entry(&self.tokens, &key(member)).await?;
         Ok(value.map(|(v, _)| Secret::new(String::from_utf8_lossy(&v).as_ref())))
@@ -250,8 +287,8 @@ impl State {
 
     /// Stores a portal's OAuth tokens whatever is there.
     pub async fn save_oauth(&self, member: &str, tokens: Vec<u8>) -> Result<(), StoreError> {
-        self.oauth
-            .put(key(member), Bytes::from(tokens))
+        let (key, value) = (key(member), Bytes::from(tokens));
+        patiently("store OAuth tokens", || self.oauth.put(&key, value.clone()), |_| false)
             .await
             .map_err(|e| storage("store OAuth tokens", e))?;
         Ok(())
@@ -264,7 +301,9 @@ impl State {
 
     /// A portal's stored OAuth tokens with their revision (for [`State::replace_oauth`]).
     pub async fn oauth_entry(&self, member: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
-        let entry = leader_entry(&self.oauth, &key(member)).await?;
+        let key = key(member);
+        let entry =
+            patiently("read OAuth tokens", || leader_entry(&self.oauth, &key), |_| false).await?;
         Ok(entry.map(|(value, revision)| (value.to_vec(), revision)))
     }
 
@@ -276,8 +315,26 @@ impl State {
         tokens: Vec<u8>,
         revision: u64,
     ) -> Result<bool, StoreError> {
-        match self.oauth.update(key(member), Bytes::from(tokens), revision).await {
+        let (key, value) = (key(member), Bytes::from(tokens));
+        let mut tries = 0;
+        let written = patiently(
+            "replace OAuth tokens",
+            || {
+                tries += 1;
+                self.oauth.update(&key, value.clone(), revision)
+            },
+            lost_race,
+        )
+        .await;
+        match written {
             Ok(_) => Ok(true),
+            // A try that timed out may have landed: then the key moved on with our value.
+            Err(e) if lost_race(&e) && tries > 1 => {
+                let now =
+                    patiently("read OAuth tokens", || leader_entry(&self.oauth, &key), |_| false)
+                        .await?;
+                Ok(now.is_some_and(|(stored, _)| stored == value))
+            }
             Err(e) if lost_race(&e) => Ok(false),
             Err(e) => Err(storage("replace OAuth tokens", e)),
         }
@@ -288,19 +345,23 @@ impl State {
         let key = key(name);
         match value {
             Some(value) => {
-                self.state
-                    .put(&key, Bytes::from(value))
+                let value = Bytes::from(value);
+                patiently("store a value", || self.state.put(&key, value.clone()), |_| false)
                     .await
                     .map_err(|e| storage("store a value", e))?;
             }
-            None => self.state.delete(&key).await.map_err(|e| storage("remove a value", e))?,
+            None => patiently("remove a value", || self.state.delete(&key), |_| false)
+                .await
+                .map_err(|e| storage("remove a value", e))?,
         }
         Ok(())
     }
 
     /// A named value.
     pub async fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = leader_entry(&self.state, &key(name)).await?;
+        let key = key(name);
+        let value =
+            patiently("read a value", || leader_entry(&self.state, &key), |_| false).await?;
         Ok(value.map(|(v, _)| v.to_vec()))
     }
 
