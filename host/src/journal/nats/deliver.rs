@@ -10,10 +10,7 @@ use std::sync::{
 
 use super::connect::Link;
 use crate::config::JournalConfig;
-use crate::journal::{
-    Delivery, StoreError,
-    record::{DeadLetter, Pending},
-};
+use crate::journal::{Delivery, StoreError, record::{DeadLetter, Pending}};
 
 /// What the consumers share.
 pub(super) struct Shared {
