@@ -10,7 +10,8 @@
 //!
 //! Every read of one key asks the stream's leader (no cache, and not a direct get, which a
 //! replica a little behind may answer): a value another host wrote and had acknowledged is
-//! seen. The learned tokens are also pushed to the verifier through [`State::token_changes`] (a watch),
+//! seen. Writes (and the refresh's reads) keep trying through a bucket leader's election. The
+//! learned tokens are also pushed to the verifier through [`State::token_changes`] (a watch),
 //! since a round trip per request would be too slow for the token check.
 
 use std::{collections::BTreeMap, time::Duration};
