@@ -153,7 +153,7 @@ impl Ingress {
                 return answer(StatusCode::BAD_REQUEST, format!("malformed event: {e}"));
             }
         };
-        let mut effect = match self.verifier.verify(&event) {
+        let mut effect = match self.verify(&event).await {
             Ok(effect) => effect,
             Err(e) => {
                 tracing::warn!(
@@ -226,6 +226,36 @@ impl Ingress {
 }
 
 impl Ingress {
+    /// [`Verifier::verify`]; when it would refuse or needs an install verified, the shared log
+    /// is read once more first: another host may have learned the portal's token a moment
+    /// ago and this host's watch not delivered it yet (nothing to read on the embedded
+    /// backend).
+    async fn verify(&self, event: &Decoded) -> Result<Effect, crate::auth::AuthError> {
+        use crate::auth::AuthError;
+        let first = self.verifier.verify(event);
+        if !matches!(
+            first,
+            Err(AuthError::UnknownPortal | AuthError::Mismatch) | Ok(Effect::Verify)
+        ) {
+            return first;
+        }
+        let member_id = event.auth.member_id.as_str();
+        match self.journal.shared_token(member_id).await {
+            Ok(Some(token)) => {
+                self.verifier.set_learned(member_id, Some(token));
+                self.verifier.verify(event)
+            }
+            Ok(None) => first,
+            Err(e) => {
+                tracing::warn!(
+                    member_id,
+                    "cannot read the portal's token from the shared log: {e}"
+                );
+                first
+            }
+        }
+    }
+
     /// Verifies an install ([`Verifier::verify_install`]) and stores the OAuth tokens its
     /// exchange yielded; the answer to give when it is not verified.
     async fn verify_install<'a>(&'a self, event: &Decoded) -> Result<Verified<'a>, Answer> {

@@ -18,12 +18,19 @@
 //! without `auth_connector`, a webhook (`WRONG_AUTH_TYPE`; the poller uses the app's OAuth
 //! tokens only), a user who is not an administrator (`ACCESS_DENIED`).
 //!
+//! With several hosts on one shared log, one host at a time polls a portal: the poller holds
+//! the journal's lease `offline.<member>` (renewed while it polls, released at stop); a host
+//! not holding it waits for it to be given up or to expire, then takes over (the stored
+//! `process_id` is shared, so it resumes the batch). An `ONOFFLINEEVENT` that reaches a host
+//! not polling the portal does not wake the holder, which pulls at its next interval.
+//!
 //! The queue is the portal's connector queue: the REST client adds the portal's
 //! `auth_connector` to every call. Who receives a row is decided by the live [`Router`].
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use b24_plugin_api::RestError;
@@ -35,7 +42,7 @@ use tokio::sync::Notify;
 use crate::{
     config::{Config, OfflineConfig},
     decode::{self, BodyFormat},
-    journal::{Appended, Journal, now_ms},
+    journal::{Appended, Held, Journal, now_ms},
     rest::{EventContext, RestClient},
     route::Router,
 };
@@ -59,6 +66,9 @@ pub struct PortalStatus {
     pub errors: u64,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// With a shared log: the host that polls the portal (its lease holder), if known.
+    #[serde(default)]
+    pub poller: Option<String>,
 }
 
 /// The running pollers: one per portal with `offline` enabled.
@@ -67,6 +77,8 @@ pub struct Pollers {
     wakers: HashMap<String, Arc<Notify>>,
     status: Arc<Mutex<HashMap<String, PortalStatus>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Each poller's lease `offline.<member>`, given up at stop.
+    leases: Mutex<Vec<Arc<Mutex<Option<Held>>>>>,
 }
 
 impl Pollers {
@@ -90,6 +102,8 @@ impl Pollers {
                     ..PortalStatus::default()
                 },
             );
+            let lease = Arc::new(Mutex::new(None));
+            pollers.leases.lock().unwrap_or_else(|p| p.into_inner()).push(lease.clone());
             let poller = Poller {
                 member: member.clone(),
                 config: offline,
@@ -98,6 +112,7 @@ impl Pollers {
                 router: router.clone(),
                 status: pollers.status.clone(),
                 safe: true,
+                lease,
             };
             pollers
                 .tasks
@@ -134,6 +149,14 @@ impl Pollers {
         for task in tasks {
             let _ = task.await;
         }
+        let leases: Vec<_> =
+            self.leases.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for lease in leases {
+            let held = lease.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(held) = held {
+                held.release().await;
+            }
+        }
     }
 }
 
@@ -145,7 +168,12 @@ struct Poller {
     router: Router,
     status: Arc<Mutex<HashMap<String, PortalStatus>>>,
     safe: bool,
+    /// The lease `offline.<member>` while this host holds it.
+    lease: Arc<Mutex<Option<Held>>>,
 }
+
+/// How often a host that does not poll a portal (another host holds its lease) looks again.
+const LEASE_RETRY: Duration = Duration::from_secs(3);
 
 /// The journal state key of a portal's reserved batch.
 fn process_key(member: &str) -> String {
@@ -200,10 +228,13 @@ fn explain(member: &str, connector: Option<&str>, method: &str, e: &RestError) -
 impl Poller {
     async fn run(mut self, wake: Arc<Notify>) {
         loop {
+            if !self.hold().await {
+                continue;
+            }
             // Pull until a batch comes back short, then wait for the interval or a wake-up.
             loop {
                 match self.pull_once().await {
-                    Ok(full) if full => continue,
+                    Ok(full) if full && self.holds() => continue,
                     Ok(_) => break,
                     Err(message) => {
                         tracing::warn!(member_id = %self.member, "offline poll failed: {message}");
@@ -219,6 +250,59 @@ impl Poller {
             tokio::select! {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
                 () = wake.notified() => tracing::debug!(member_id = %self.member, "offline poll woken"),
+            }
+        }
+    }
+
+    fn lease_name(&self) -> String {
+        format!("offline.{}", self.member)
+    }
+
+    /// Whether this host holds the portal's lease now.
+    fn holds(&self) -> bool {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(Held::is_held)
+    }
+
+    /// Makes sure this host holds the portal's lease before it polls; `false` after waiting
+    /// a little (`LEASE_RETRY`, at most the poll interval) when another host holds it.
+    async fn hold(&self) -> bool {
+        if self.holds() {
+            return true;
+        }
+        let lost = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(lost) = lost {
+            tracing::warn!(member_id = %self.member, "this host lost the lease on polling the portal's offline queue");
+            lost.release().await;
+        }
+        let name = self.lease_name();
+        match self.journal.lease(&name, Duration::ZERO).await {
+            Ok(Some(held)) => {
+                let me = self.journal.host_id();
+                if me.is_some() {
+                    tracing::info!(member_id = %self.member, "this host polls the portal's offline queue now");
+                }
+                self.update(|s| s.poller = me);
+                *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
+                true
+            }
+            Ok(None) => {
+                let holder = self.journal.lease_holder(&name).await.ok().flatten();
+                tracing::debug!(member_id = %self.member, ?holder, "another host polls the portal's offline queue");
+                self.update(|s| s.poller = holder);
+                // One read of the lease now and then (not a watch per portal): a released or
+                // expired lease is taken within this.
+                tokio::time::sleep(self.config.poll_interval.min(LEASE_RETRY)).await;
+                false
+            }
+            Err(e) => {
+                let message = format!("cannot take the lease on polling the portal: {e}");
+                tracing::warn!(member_id = %self.member, "{message}");
+                self.update(|s| {
+                    s.errors += 1;
+                    s.last_error = Some(message);
+                });
+                tokio::time::sleep(self.config.poll_interval).await;
+                false
             }
         }
     }

@@ -98,6 +98,15 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     for warning in verifier.warnings() {
         tracing::warn!("{warning}");
     }
+    if let Some(mut changes) = journal.token_changes() {
+        // Tokens learned or forgotten through the other hosts on the shared log.
+        let verifier = verifier.clone();
+        tokio::spawn(async move {
+            while let Some((member_id, token)) = changes.recv().await {
+                verifier.set_learned(&member_id, token);
+            }
+        });
+    }
     let control = control::bind(&config.state_dir).map_err(|source| ServeError::Control {
         path: control::socket_path(&config.state_dir),
         source,

@@ -5,7 +5,10 @@
 //! host.toml (re-read on reload) or, with `learn_tokens_on_install`, from the portal's
 //! `ONAPPINSTALL` event once [`install`] has verified it at the OAuth server; learned tokens are
 //! kept in the journal, written in the same transaction as the event that taught or revoked
-//! them. Comparison is constant-time, and no token is ever logged.
+//! them. With several hosts on one shared log, a token learned (or forgotten) through another
+//! host reaches this one by [`Verifier::set_learned`] (server.rs feeds it the journal's
+//! `token_changes`; ingress reads the log once more before answering 401). Comparison is
+//! constant-time, and no token is ever logged.
 //!
 //! - [`install`]: verifying an install (refresh-token exchange, rate limit, cap).
 
@@ -166,6 +169,20 @@ impl Verifier {
             }
             Effect::Forget => {
                 learned.remove(&event.auth.member_id);
+            }
+        }
+    }
+
+    /// Takes a learned token change made through another host (the shared log's watch, or a
+    /// fresh read after a miss): `Some` learned, `None` forgotten (uninstalled).
+    pub fn set_learned(&self, member_id: &str, token: Option<Secret>) {
+        let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
+        match token {
+            Some(token) => {
+                learned.insert(member_id.to_owned(), token);
+            }
+            None => {
+                learned.remove(member_id);
             }
         }
     }

@@ -152,7 +152,7 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
                     .last_poll_ms
                     .map_or("never".to_owned(), |at| format!("{} ago", age(now - at)));
                 println!(
-                    "{}  mode {}  last poll {}  rows {}  duplicates {}  sent back {}  errors {}{}",
+                    "{}  mode {}  last poll {}  rows {}  duplicates {}  sent back {}  errors {}{}{}",
                     p.member_id,
                     p.mode,
                     last,
@@ -160,6 +160,7 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
                     p.duplicates,
                     p.rows_failed,
                     p.errors,
+                    p.poller.as_ref().map(|h| format!("  polled by {h}")).unwrap_or_default(),
                     p.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
                 );
             }

@@ -3,12 +3,14 @@
 //! A plugin asks for `method(params)` while it handles an event; the host calls the event's
 //! portal with, in this order, the acting user's token from the event, the portal's stored
 //! OAuth tokens (refreshed once on `expired_token`), or the portal's configured incoming
-//! webhook. Every request to a portal passes its leaky bucket; a 503 `QUERY_LIMIT_EXCEEDED`
-//! is retried after a back-off; a redirect (a portal's domain changed) is followed with the
-//! same POST. HTTPS only, except to loopback addresses (tests). Every call to a portal whose
-//! offline table names an `auth_connector` carries it, so the portal leaves the host's own
-//! writes out of that connector's offline queue. [`RestClient::call_as_app`] never uses the
-//! webhook (the `event.offline.*` methods and offline `event.bind` refuse webhooks).
+//! webhook. A refresh is serialised per portal across every host sharing the journal (the
+//! lease `refresh.<member>`), and the new pair is stored by compare-and-set. Every request to
+//! a portal passes its leaky bucket; a 503 `QUERY_LIMIT_EXCEEDED` is retried after a
+//! back-off; a redirect (a portal's domain changed) is followed with the same POST. HTTPS
+//! only, except to loopback addresses (tests). Every call to a portal whose offline table
+//! names an `auth_connector` carries it, so the portal leaves the host's own writes out of
+//! that connector's offline queue. [`RestClient::call_as_app`] never uses the webhook (the
+//! `event.offline.*` methods and offline `event.bind` refuse webhooks).
 //!
 //! - [`context`]: which event the calling thread is handling.
 //! - [`bucket`]: the per-portal rate limit.
@@ -253,22 +255,63 @@ impl RestClient {
     }
 
     /// Refreshes the portal's stored tokens after `spent` was refused; returns the new access
-    /// token and the REST base URL to use. One refresh at a time: a caller that waited finds
-    /// the tokens another caller already refreshed.
+    /// token and the REST base URL to use. One refresh per portal at a time, on this host (a
+    /// mutex) and across every host on a shared log (the lease `refresh.<member>`): a caller
+    /// that waited finds, read fresh from the journal, the tokens another caller already
+    /// refreshed, and never spends the single-use refresh token a second time.
     async fn refresh(
         &self,
         ctx: &EventContext,
         spent: &Secret,
     ) -> Result<(Secret, String), RestError> {
         let _one_at_a_time = self.refreshing.lock().await;
-        let stored = self.stored(&ctx.member_id).await?.ok_or_else(|| {
+        // The holder may be in the middle of its OAuth call: wait for it, or for its lease to
+        // age out if it died.
+        let patience = self.config.timeout.saturating_add(Duration::from_secs(15));
+        let storage = |e: crate::journal::StoreError| {
+            error(RestErrorKind::Unavailable, 0, "STORAGE", e.to_string())
+        };
+        let lease = self
+            .journal
+            .lease(&format!("refresh.{}", ctx.member_id), patience)
+            .await
+            .map_err(storage)?
+            .ok_or_else(|| {
+                error(
+                    RestErrorKind::Unavailable,
+                    0,
+                    "REFRESH_BUSY",
+                    "another host is refreshing the portal's OAuth tokens and did not finish in time",
+                )
+            })?;
+        let result = self.refresh_leased(ctx, spent, &lease).await;
+        lease.release().await;
+        result
+    }
+
+    /// [`Self::refresh`] with the lease held.
+    async fn refresh_leased(
+        &self,
+        ctx: &EventContext,
+        spent: &Secret,
+        lease: &crate::journal::Held,
+    ) -> Result<(Secret, String), RestError> {
+        let no_refresh = || {
             error(
                 RestErrorKind::Credentials,
                 401,
                 "expired_token",
                 "the stored token expired and there is no refresh token",
             )
-        })?;
+        };
+        // Read now, not from a cache: another host may have refreshed a moment ago.
+        let (raw, revision) = self
+            .journal
+            .oauth_entry(&ctx.member_id)
+            .await
+            .map_err(|e| error(RestErrorKind::Unavailable, 0, "STORAGE", e.to_string()))?
+            .ok_or_else(no_refresh)?;
+        let stored: StoredTokens = serde_json::from_slice(&raw).map_err(|_| no_refresh())?;
         let endpoint_of = |t: &StoredTokens| {
             ctx.client_endpoint.clone().or(t.client_endpoint.clone()).unwrap_or_default()
         };
@@ -285,6 +328,14 @@ impl RestClient {
                 "the stored token expired; set rest.client_id and rest.client_secret so the host can refresh it",
             ));
         };
+        if !lease.is_held() {
+            return Err(error(
+                RestErrorKind::Unavailable,
+                0,
+                "REFRESH_LEASE_LOST",
+                "the lease on the portal's token refresh was lost (the log did not answer); not refreshing",
+            ));
+        }
         // The client secret goes only to the OAuth server the operator configured: never to
         // the `server_endpoint` an event brings (an on-premise portal writes its own events).
         let url = self.config.oauth_url.clone();
@@ -343,17 +394,34 @@ impl RestClient {
             client_endpoint: answer.client_endpoint.or(stored.client_endpoint),
             server_endpoint: answer.server_endpoint.or(stored.server_endpoint),
         };
-        // The old refresh token is spent: store the new one before anything else.
+        // The old refresh token is spent: store the new one before anything else, only over
+        // the pair it replaces (a host whose lease lapsed must not overwrite a newer pair).
         let bytes = serde_json::to_vec(&fresh).unwrap_or_default();
-        self.journal.save_oauth(&ctx.member_id, bytes).await.map_err(|e| {
-            error(
-                RestErrorKind::Unavailable,
-                0,
-                "STORAGE",
-                format!("cannot store the refreshed tokens: {e}"),
-            )
-        })?;
-        tracing::info!(member_id = %ctx.member_id, "refreshed the portal's OAuth tokens");
+        match self.journal.replace_oauth(&ctx.member_id, bytes, revision).await {
+            Ok(true) => {
+                tracing::info!(member_id = %ctx.member_id, "refreshed the portal's OAuth tokens");
+            }
+            Ok(false) => {
+                // Another host stored a pair after ours was read: its lease outlived ours.
+                // Ours works for this call; the stored one stays.
+                tracing::error!(
+                    member_id = %ctx.member_id,
+                    "refreshed the portal's OAuth tokens, but another host stored newer ones meanwhile (this host's refresh lease had lapsed); keeping the stored pair, this host's new pair is used for this call only"
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    member_id = %ctx.member_id,
+                    "the OAuth server issued new tokens but they cannot be stored ({e}): the portal's old refresh token is spent and the new one is lost unless a retry stores it; if REST calls keep failing with invalid_grant, reinstall the app on the portal"
+                );
+                return Err(error(
+                    RestErrorKind::Unavailable,
+                    0,
+                    "STORAGE",
+                    format!("cannot store the refreshed tokens: {e}"),
+                ));
+            }
+        }
         Ok((fresh.access(), endpoint_of(&fresh)))
     }
 

@@ -59,12 +59,23 @@ impl Leases {
                 .await
                 .map_err(|e| storage(&format!("create bucket {bucket}"), e))?,
         };
+        super::kv::until_led(&store).await;
         Ok(Leases { store, holder: link.host_id.clone() })
     }
 
     /// Takes lease `name` if nobody holds it; `None` when another host does.
+    ///
+    /// Not `kv::Store::create`: after a release it reads the delete marker by a direct get
+    /// (a replica may answer, a little behind) and reports a lost race for the marker as an
+    /// error. Here the key is read from the stream's leader, and the write is a CAS on what
+    /// was read (no message, or the marker): a host that loses the race gets `None`.
     pub async fn try_acquire(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        match self.store.create(name, Bytes::from(self.holder.clone())).await {
+        let expected = match super::kv::leader_entry_any(&self.store, name).await? {
+            Some((_, _, true)) => return Ok(None),
+            Some((_, marker, false)) => marker,
+            None => 0,
+        };
+        match self.store.update(name, Bytes::from(self.holder.clone()), expected).await {
             Ok(revision) => Ok(Some(Lease {
                 store: self.store.clone(),
                 name: name.to_owned(),
@@ -72,15 +83,22 @@ impl Leases {
                 revision,
                 renewed: Instant::now(),
             })),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) if super::kv::lost_race(&e) => Ok(None),
             Err(e) => Err(storage(&format!("take lease {name}"), e)),
         }
     }
 
     /// Takes lease `name`, waiting up to `patience` for its holder to give it up or to die
     /// (then the key ages out within [`LEASE_TIME`]); `None` if it is still held then.
-    pub async fn acquire(&self, name: &str, patience: Duration) -> Result<Option<Lease>, StoreError> {
+    pub async fn acquire(
+        &self,
+        name: &str,
+        patience: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
         let deadline = Instant::now() + patience;
+        // Watched from before the second try on: a release between a try and the wait still
+        // wakes the waiter. One watch for the whole wait.
+        let mut watch = None;
         loop {
             if let Some(lease) = self.try_acquire(name).await? {
                 return Ok(Some(lease));
@@ -89,26 +107,38 @@ impl Leases {
             if left.is_zero() {
                 return Ok(None);
             }
+            let Some(changes) = watch.as_mut() else {
+                watch =
+                    Some(self.store.watch(name).await.map_err(|e| storage("watch a lease", e))?);
+                continue;
+            };
             // Woken by the holder's delete; an expiry sends nothing, so look again at least
             // every half second.
-            let mut watch =
-                self.store.watch(name).await.map_err(|e| storage("watch a lease", e))?;
             let wait = left.min(Duration::from_millis(500));
-            let _ = tokio::time::timeout(wait, async {
-                while let Some(Ok(entry)) = watch.next().await {
-                    if entry.operation != kv::Operation::Put {
-                        return;
+            let woken = tokio::time::timeout(wait, async {
+                loop {
+                    match changes.next().await {
+                        Some(Ok(entry)) if entry.operation == kv::Operation::Put => continue,
+                        Some(Ok(_)) => return true,
+                        // The watch failed or ended: a new one next time, no busy loop.
+                        _ => return false,
                     }
                 }
             })
             .await;
+            if woken == Ok(false) {
+                watch = None;
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 
     /// Who holds lease `name` now, if anyone.
     pub async fn holder(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let value = self.store.get(name).await.map_err(|e| storage("read a lease", e))?;
-        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        let value = super::kv::leader_entry_any(&self.store, name).await?;
+        Ok(value
+            .filter(|(_, _, live)| *live)
+            .map(|(v, _, _)| String::from_utf8_lossy(&v).into_owned()))
     }
 }
 
@@ -125,7 +155,7 @@ impl Lease {
                 self.renewed = Instant::now();
                 Ok(true)
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) if super::kv::lost_race(&e) => Ok(false),
             Err(e) => Err(storage(&format!("renew lease {}", self.name), e)),
         }
     }
