@@ -159,6 +159,15 @@ impl Journal {
         }
     }
 
+    /// What the log does with appends now: the embedded journal, or the shared log
+    /// acknowledging them, or the local spool taking them (`/readyz`, `/metrics`).
+    pub fn log_state(&self) -> admin::LogState {
+        match &self.backend {
+            Backend::Embedded(_) => admin::LogState::Embedded,
+            Backend::Nats(j) => j.log_state(),
+        }
+    }
+
     /// Records found damaged (checksum mismatch, unreadable) or missing on a read since the
     /// host started; each became a dead letter.
     pub fn damaged_records(&self) -> u64 {
@@ -352,6 +361,18 @@ impl Journal {
             Backend::Nats(j) => j.skip(plugin.clone(), ids.clone()).await?,
         };
         Ok(admin::Skipped::of(&plugin, &ids, moved))
+    }
+}
+
+/// `b24-host check`: connects to the shared log and reports it, for the enabled `plugins`;
+/// `None` for the embedded journal (nothing to connect to).
+pub async fn log_report(
+    config: &JournalConfig,
+    plugins: &[String],
+) -> Result<Option<admin::LogReport>, StoreError> {
+    match config.backend {
+        JournalBackend::Embedded => Ok(None),
+        JournalBackend::Nats => nats::Nats::report(config, plugins).await.map(Some),
     }
 }
 

@@ -9,7 +9,8 @@
 //!   embedded journal that takes an event the log did not acknowledge in time, and forwards
 //!   it later with the same `Nats-Msg-Id`.
 //! - `deliver.rs`: a plugin's durable pull consumer, its `Consumer`, `Reporter`, `Stopper`;
-//!   `admin.rs`: dead letters, replay, purge, skip, stats, list, show.
+//!   `admin.rs`: dead letters, replay, purge, skip, stats, list, show; `dead.rs`: storing and
+//!   reading a dead letter; `report.rs`: `b24-host check`'s report and the log's state.
 //! - `kv.rs`: the key/value state (learned application tokens, stored OAuth tokens, the
 //!   offline pollers' values) and the leases (one OAuth refresh per portal at a time, one
 //!   poller per portal).
@@ -26,6 +27,7 @@ mod dead;
 mod deliver;
 mod kv;
 mod lease;
+mod report;
 mod spool;
 
 use std::{path::Path, sync::Arc};
@@ -84,6 +86,15 @@ impl Nats {
         Ok((Nats { inner: Arc::new(inner) }, thread))
     }
 
+    /// Connects to the log `config` names and reports it (`b24-host check`), for the enabled
+    /// `plugins` (report.rs).
+    pub async fn report(
+        config: &JournalConfig,
+        plugins: &[String],
+    ) -> Result<data::LogReport, StoreError> {
+        report::report(nats_config(config)?, plugins).await
+    }
+
     /// Connects for a `journal` command: no spool, no consumers of its own.
     pub async fn open_for_command(
         state_dir: &Path,
@@ -118,6 +129,11 @@ impl Nats {
     /// See `Journal::last_write_error` (append.rs).
     pub fn last_write_error(&self) -> Option<String> {
         self.inner.appender.last_error()
+    }
+
+    /// See `Journal::log_state` (report.rs: the connection's state).
+    pub fn log_state(&self) -> data::LogState {
+        report::state(&self.inner.link)
     }
 
     /// See `Journal::damaged_records` (deliver.rs).
@@ -211,7 +227,7 @@ impl Nats {
 
     /// See `Journal::show` (admin.rs).
     pub async fn show(&self, id: u64) -> Result<Option<data::EventDetail>, StoreError> {
-        admin::show(&self.inner.link, id).await
+        admin::show(&self.inner.link, &self.inner.deliver, id).await
     }
 
     /// See `Journal::dead` (admin.rs).

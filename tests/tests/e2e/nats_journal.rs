@@ -1,0 +1,355 @@
+//! The `journal` commands and `check` on the NATS backend, against a real 3-node JetStream
+//! cluster. The log is stocked here the way hosts stock it (the contract's stream, consumer
+//! and bucket names, subjects, headers and sealed payloads, published with async-nats), so
+//! these tests do not depend on a host's delivery; every command is the real `b24-host`
+//! binary run against the cluster with no host running: the log is shared, not locked.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind, consumer::pull, context::Context, kv, message::PublishMessage, stream,
+};
+use b24_host::journal::{
+    admin::SKIPPED,
+    checksum,
+    record::{EventMeta, EventRecord, Format, Source},
+};
+use b24_tests::nats::{NatsCluster, NatsOptions, cluster_or_skip};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::support::*;
+
+/// The events stream's name (`journal.nats.stream`'s default).
+const S: &str = "B24_EVENTS";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The log as hosts set it up (the contract): the events stream (interest retention, discard
+/// new, R3), the dead letters' stream, the bucket of retry states and skips, and a durable
+/// pull consumer per plugin reading the events and its own replays.
+async fn set_up_log(js: &Context, plugins: &[&str]) {
+    js.get_or_create_stream(stream::Config {
+        name: S.into(),
+        subjects: vec![format!("b24.{S}.events.>"), format!("b24.{S}.replay.>")],
+        storage: stream::StorageType::File,
+        num_replicas: 3,
+        duplicate_window: Duration::from_secs(120),
+        retention: stream::RetentionPolicy::Interest,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .expect("events stream");
+    js.get_or_create_stream(stream::Config {
+        name: format!("{S}_DEAD"),
+        subjects: vec![format!("b24.{S}.dead.>")],
+        storage: stream::StorageType::File,
+        num_replicas: 3,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .expect("dead letters stream");
+    js.create_key_value(kv::Config {
+        bucket: format!("{S}_pending"),
+        history: 1,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("pending bucket");
+    let events = js.get_stream(S).await.expect("events stream");
+    for plugin in plugins {
+        events
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("{S}_{plugin}")),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_ack_pending: 1,
+                filter_subjects: vec![
+                    format!("b24.{S}.events.>"),
+                    format!("b24.{S}.replay.{plugin}.>"),
+                ],
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+    }
+}
+
+/// The sealed payload of a user-field event (field `field`), as a host publishes it.
+fn payload(field: u64) -> Bytes {
+    let raw = field_event(field, &format!("UF_CRM_{field}"));
+    let record = EventRecord {
+        meta: EventMeta {
+            received_at_ms: now_ms() - 5_000,
+            format: Format::Form,
+            source: Source::Online,
+            code: "ONCRMDEALUSERFIELDUPDATE".into(),
+            member_id: MEMBER.into(),
+            domain: "example.bitrix24.com".into(),
+            dedup_key: format!("key{field}"),
+            extra: vec![],
+        },
+        raw: Bytes::from(raw),
+    };
+    Bytes::from(checksum::seal(b"b24-event", &record.encode()))
+}
+
+fn now_ms() -> i64 {
+    b24_host::journal::now_ms()
+}
+
+/// Publishes an event for `plugins` as a host's append does; its id (the sequence).
+async fn publish_event(js: &Context, field: u64, plugins: &str) -> u64 {
+    let subject = format!("b24.{S}.events.{MEMBER}.ONCRMDEALUSERFIELDUPDATE");
+    let message = PublishMessage::build()
+        .payload(payload(field))
+        .message_id(format!("key{field}"))
+        .header("B24-Plugins", plugins);
+    js.send_publish(subject, message).await.unwrap().await.expect("acked").sequence
+}
+
+/// Stores `plugin`'s dead letter of event `id` as a host's `Reporter::bury` does (the host
+/// then ends the consumer's message with `Term`).
+async fn bury(js: &Context, plugin: &str, id: u64, reason: &str, attempts: u32) {
+    let events = js.get_stream(S).await.unwrap();
+    let message = events.get_raw_message(id).await.expect("the event");
+    let subject = format!("b24.{S}.dead.{plugin}.{MEMBER}.ONCRMDEALUSERFIELDUPDATE");
+    let dead = PublishMessage::build()
+        .payload(message.payload)
+        .message_id(format!("dead:{plugin}:{id}"))
+        .header("B24-Event-Id", id.to_string())
+        .header("B24-Plugin", plugin)
+        .header("B24-Reason", reason)
+        .header("B24-Attempts", attempts.to_string())
+        .header("B24-At-Ms", now_ms().to_string());
+    js.send_publish(subject, dead).await.unwrap().await.expect("dead letter acked");
+}
+
+/// Takes the consumer's next message of `plugin` and ends it with `ack`: (sequence, event id
+/// header if any, subject).
+async fn take(js: &Context, plugin: &str, ack: AckKind) -> (u64, Option<String>, String) {
+    let consumer: jetstream::consumer::PullConsumer =
+        js.get_stream(S).await.unwrap().get_consumer(&format!("{S}_{plugin}")).await.unwrap();
+    let mut batch =
+        consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await.unwrap();
+    let message = batch.next().await.expect("a message").expect("not an error");
+    let info = message.info().unwrap().stream_sequence;
+    let event_id =
+        message.headers.as_ref().and_then(|h| h.get("B24-Event-Id")).map(|v| v.to_string());
+    let subject = message.subject.to_string();
+    message.double_ack_with(ack).await.expect("acked");
+    (info, event_id, subject)
+}
+
+fn host_dir(cluster: &NatsCluster) -> HostDir {
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&config(
+        &["probe"],
+        &format!("{}\n{}", probe("", ""), cluster.journal_toml(3, 1000)),
+    ));
+    dir
+}
+
+fn rows(answer: &serde_json::Value, key: &str) -> Vec<serde_json::Value> {
+    answer[key].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn dead_letters_replay_purge_and_skip_through_journal_commands_on_the_shared_log() {
+    let Some(cluster) = cluster_or_skip(
+        "dead_letters_replay_purge_and_skip_through_journal_commands_on_the_shared_log",
+        3,
+        NatsOptions::default(),
+    ) else {
+        return;
+    };
+    let dir = host_dir(&cluster);
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let client = rt.block_on(async_nats::connect(cluster.urls())).expect("connect");
+    let js = jetstream::new(client.clone());
+    rt.block_on(set_up_log(&js, &["probe"]));
+
+    // Four events for the probe: 1 and 2 given up (dead letters), 3 done, 4 still pending.
+    let ids: Vec<u64> = rt.block_on(async {
+        futures_util::future::join_all((1..=4).map(|f| publish_event(&js, f, "probe"))).await
+    });
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![1, 2, 3, 4], "four events acknowledged by the log");
+    rt.block_on(async {
+        for (id, reason) in [(1, "gave up after 3 attempts: HTTP 500"), (2, "rejected: bad field")]
+        {
+            bury(&js, "probe", id, reason, 3).await;
+            // A host that buries again (it died before its Term) stores it once.
+            bury(&js, "probe", id, reason, 3).await;
+            let (seq, _, _) = take(&js, "probe", AckKind::Term).await;
+            assert_eq!(seq, id);
+        }
+        let (seq, _, _) = take(&js, "probe", AckKind::Ack).await;
+        assert_eq!(seq, 3);
+    });
+
+    let stats = dir.stats();
+    assert_eq!(stats["probe"], (1, 0, 2), "backlog 1 (event 4), dead 2: {stats:?}");
+    let answer = dir.journal(&["stats"]);
+    assert_eq!(answer["events"], 1, "the log keeps only what a plugin has not finished: {answer}");
+    let oldest = answer["plugins"][0]["oldest_pending_age_ms"].as_i64().expect("an age");
+    assert!(oldest >= 5_000, "event 4 was accepted 5 s before it was published: {oldest}");
+
+    let listed = rows(&dir.journal(&["list", "--limit", "10"]), "events");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0]["id"].as_u64(), listed[0]["pending"].clone()),
+        (Some(4), serde_json::json!(["probe"]))
+    );
+
+    // `show` finds a pending event in the log and a finished one in its dead letter; tokens
+    // never show.
+    let shown = dir.journal(&["show", "4"]);
+    assert_eq!(shown["event"]["summary"]["code"], "ONCRMDEALUSERFIELDUPDATE");
+    let text = shown.to_string();
+    assert!(text.contains("<redacted>") && !text.contains(TOKEN), "{text}");
+    let shown = dir.journal(&["show", "1"]);
+    assert_eq!(shown["event"]["dead_state"]["probe"]["attempts"], 3, "{shown}");
+    let out = dir.run_cli(&["journal", "show", "3", "--config", "host.toml"]);
+    assert!(!out.status.success(), "event 3 is done and gone");
+
+    let dead = rows(&dir.journal(&["dead", "--plugin", "probe"]), "rows");
+    let dead_ids: Vec<u64> = dead.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(dead_ids, vec![1, 2]);
+    assert_eq!(dead[1]["dead"]["reason"], "rejected: bad field");
+    assert_eq!(dead[0]["member_id"], MEMBER);
+    assert!(rows(&dir.journal(&["dead", "--plugin", "other"]), "rows").is_empty());
+
+    // Replay 1: it goes back to the probe's consumer only, under its original id and a new
+    // message id (not a duplicate of anything), and its dead letter is gone.
+    let replayed = rows(&dir.journal(&["replay", "--plugin", "probe", "1"]), "rows");
+    assert_eq!(replayed, vec![serde_json::json!(["probe", 1])]);
+    assert_eq!(dir.stats()["probe"], (2, 0, 1), "event 4 and the replay of 1 pending; 2 dead");
+    rt.block_on(async {
+        let (seq, _, _) = take(&js, "probe", AckKind::Ack).await;
+        assert_eq!(seq, 4);
+        let (seq, event_id, subject) = take(&js, "probe", AckKind::Ack).await;
+        assert_eq!(event_id.as_deref(), Some("1"), "the replay keeps the event id");
+        assert_eq!(subject, format!("b24.{S}.replay.probe.{MEMBER}.ONCRMDEALUSERFIELDUPDATE"));
+        let stored = js.get_stream(S).await.unwrap().get_raw_message(seq).await;
+        assert!(stored.is_err(), "acknowledged by its only consumer: gone from the log");
+    });
+    assert_eq!(dir.stats()["probe"], (0, 0, 1));
+
+    // Purge 2.
+    let purged = rows(&dir.journal(&["purge", "--plugin", "probe"]), "rows");
+    assert_eq!(purged, vec![serde_json::json!(["probe", 2])]);
+    assert_eq!(dir.stats()["probe"], (0, 0, 0));
+
+    // Skip: event 5 pending becomes a dead letter "skipped by an operator", marked in the
+    // bucket, and the hosts are told on the skip subject; an id not pending is refused.
+    let mut told = rt.block_on(client.subscribe(format!("b24.{S}.skip.probe"))).unwrap();
+    rt.block_on(client.flush()).unwrap();
+    let five = rt.block_on(publish_event(&js, 5, "probe"));
+    let out = dir.run_cli(&[
+        "journal",
+        "skip",
+        "--plugin",
+        "probe",
+        &five.to_string(),
+        "3",
+        "--config",
+        "host.toml",
+        "--json",
+    ]);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["skipped"], serde_json::json!([five]), "{answer}");
+    assert_eq!(answer["not_pending"], serde_json::json!([3]), "{answer}");
+    let word = rt
+        .block_on(tokio::time::timeout(Duration::from_secs(10), told.next()))
+        .expect("the skip was announced")
+        .expect("a message");
+    assert_eq!(word.payload, Bytes::from(five.to_string()));
+    let marked = rt.block_on(async {
+        js.get_key_value(format!("{S}_pending"))
+            .await
+            .unwrap()
+            .get(format!("skip.probe.{five}"))
+            .await
+            .unwrap()
+    });
+    assert!(marked.is_some(), "skip.probe.{five} in the bucket");
+    let dead = rows(&dir.journal(&["dead"]), "rows");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0]["id"].as_u64(), dead[0]["dead"]["reason"].as_str()),
+        (Some(five), Some(SKIPPED))
+    );
+    // Replaying a skipped event lifts its mark, so the delivering host does not drop it.
+    rt.block_on(async {
+        let (seq, _, _) = take(&js, "probe", AckKind::Term).await;
+        assert_eq!(seq, five, "the delivering host drops it (here: by hand)");
+    });
+    let replayed = rows(&dir.journal(&["replay"]), "rows");
+    assert_eq!(replayed, vec![serde_json::json!(["probe", five])]);
+    let marked = rt.block_on(async {
+        js.get_key_value(format!("{S}_pending"))
+            .await
+            .unwrap()
+            .get(format!("skip.probe.{five}"))
+            .await
+            .unwrap()
+    });
+    assert!(marked.is_none(), "the mark is lifted");
+    let stats = dir.stats();
+    assert_eq!(stats["probe"], (1, 0, 0), "{stats:?}");
+}
+
+#[test]
+fn check_reports_the_stream_its_replicas_and_the_consumers_and_names_an_unreachable_log() {
+    let Some(cluster) = cluster_or_skip(
+        "check_reports_the_stream_its_replicas_and_the_consumers_and_names_an_unreachable_log",
+        3,
+        NatsOptions::default(),
+    ) else {
+        return;
+    };
+    let dir = host_dir(&cluster);
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let client = rt.block_on(async_nats::connect(cluster.urls())).expect("connect");
+    let js = jetstream::new(client);
+    rt.block_on(set_up_log(&js, &["probe"]));
+    rt.block_on(async {
+        for field in 1..=3 {
+            publish_event(&js, field, "probe").await;
+        }
+    });
+    let out = dir.run_cli(&["check", "--config", "host.toml"]);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("stream {S}: 3 message(s)")), "{text}");
+    assert!(text.contains("3 replica(s)"), "{text}");
+    let leader = (0..3).map(|i| cluster.name(i)).find(|n| text.contains(&format!("leader {n}")));
+    assert!(leader.is_some(), "the stream's leader is named: {text}");
+    assert!(text.contains("consumer probe: 3 pending, 0 ack pending, 0 redelivered"), "{text}");
+    assert!(text.contains(&format!("dead letters {S}_DEAD: 0")), "{text}");
+
+    // No server: a clear error naming the URLs, within seconds, and a failing exit.
+    let port = free_port();
+    let unreachable = HostDir::new(&["probe"]);
+    let journal = format!(
+        "[journal]\nbackend = \"nats\"\n\n[journal.nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nack_timeout_ms = 500\n"
+    );
+    unreachable.write_config(&config(&["probe"], &format!("{}\n{journal}", probe("", ""))));
+    let started = std::time::Instant::now();
+    let out = unreachable.run_cli(&["check", "--config", "host.toml"]);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains("cannot reach"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+}
