@@ -193,3 +193,61 @@ fn load_plugins(
     }
     (loaded, errors)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::admin::{ConsumerReport, LogReport, PeerReport, StreamReport};
+
+    #[test]
+    fn a_log_report_names_the_leader_each_replica_and_each_consumer() {
+        let report = LogReport {
+            server: "n1 (nats-server 2.15.1)".into(),
+            cluster: Some("b24".into()),
+            stream: Some(StreamReport {
+                name: "B24_EVENTS".into(),
+                messages: 7,
+                bytes: 1234,
+                replicas: 3,
+                leader: Some("n2".into()),
+                peers: vec![
+                    PeerReport { name: "n1".into(), current: true, ..PeerReport::default() },
+                    PeerReport {
+                        name: "n3".into(),
+                        offline: true,
+                        lag: Some(5),
+                        ..PeerReport::default()
+                    },
+                ],
+            }),
+            dead: ("B24_EVENTS_DEAD".into(), Some(2)),
+            consumers: vec![
+                ConsumerReport {
+                    plugin: "probe".into(),
+                    exists: true,
+                    pending: 4,
+                    ack_pending: 1,
+                    redelivered: 1,
+                    leader: Some("n1".into()),
+                },
+                ConsumerReport { plugin: "new".into(), ..ConsumerReport::default() },
+            ],
+        };
+        let text = describe(&report);
+        assert!(
+            text.starts_with("journal: nats, connected to n1 (nats-server 2.15.1), cluster b24\n")
+        );
+        assert!(
+            text.contains("stream B24_EVENTS: 7 message(s), 1234 byte(s), 3 replica(s), leader n2")
+        );
+        assert!(text.contains("replica n1: current, lag 0"), "{text}");
+        assert!(text.contains("replica n3: offline, lag 5"), "{text}");
+        assert!(text.contains("dead letters B24_EVENTS_DEAD: 2"), "{text}");
+        assert!(
+            text.contains("consumer probe: 4 pending, 1 ack pending, 1 redelivered, leader n1")
+        );
+        assert!(text.contains("consumer new: not created yet"), "{text}");
+        let none = describe(&LogReport { dead: ("D".into(), None), ..LogReport::default() });
+        assert!(none.contains("stream: not created yet") && none.contains("D: not created yet"));
+    }
+}

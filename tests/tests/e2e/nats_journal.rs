@@ -353,3 +353,16 @@ fn check_reports_the_stream_its_replicas_and_the_consumers_and_names_an_unreacha
     assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains("cannot reach"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
 }
+
+#[test]
+fn readyz_and_metrics_say_what_the_log_does_on_the_embedded_journal() {
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&config(&["probe"], &probe("", "")));
+    let host = start(&dir);
+    let ready = host.admin_request("GET", "/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.body.trim_end(), "ready\nlog: embedded journal");
+    let metrics = host.admin_request("GET", "/metrics");
+    assert!(metrics.body.contains("\nb24_journal_log_acknowledging 1\n"), "{}", metrics.body);
+    assert!(host.stop());
+}

@@ -22,11 +22,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use async_nats::jetstream::{
-    self, ErrorCode, consumer,
-    context::{ConsumerInfoErrorKind, GetStreamErrorKind},
-    message::StreamMessage,
-    stream::{LastRawMessageErrorKind, Stream},
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self, ErrorCode, consumer,
+        context::{ConsumerInfoErrorKind, GetStreamErrorKind},
+        message::StreamMessage,
+        stream::{LastRawMessageErrorKind, Stream},
+    },
 };
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -156,10 +159,10 @@ fn event_id(m: &StreamMessage) -> u64 {
     dead::header(&m.headers, EVENT_ID).and_then(|v| v.parse().ok()).unwrap_or(m.sequence)
 }
 
-/// Whether a message of the events stream is addressed to `plugin` (`B24-Plugins`; a message
-/// without the header goes to every plugin).
-fn addressed_to(m: &StreamMessage, plugin: &str) -> bool {
-    dead::header(&m.headers, PLUGINS).is_none_or(|list| list.split(',').any(|p| p.trim() == plugin))
+/// Whether a message of the events stream with `headers` is addressed to `plugin`
+/// (`B24-Plugins`; a message without the header goes to every plugin).
+fn addressed_to(headers: &HeaderMap, plugin: &str) -> bool {
+    dead::header(headers, PLUGINS).is_none_or(|list| list.split(',').any(|p| p.trim() == plugin))
 }
 
 /// The plugins whose consumers have not acknowledged past each sequence: plugin -> ack floor.
@@ -173,23 +176,29 @@ async fn ack_floors(link: &Link, stream: &Stream) -> Result<BTreeMap<String, u64
     Ok(out)
 }
 
-/// The plugins `m` is still pending for.
-fn pending_for(m: &StreamMessage, floors: &BTreeMap<String, u64>) -> Vec<String> {
-    let replay_of = replay_plugin(m);
+/// The plugins message `seq` on `subject` with `headers` is still pending for, given each
+/// plugin's ack floor.
+fn pending_for(
+    seq: u64,
+    subject: &str,
+    headers: &HeaderMap,
+    floors: &BTreeMap<String, u64>,
+) -> Vec<String> {
+    let replay_of = replay_plugin(subject);
     floors
         .iter()
         .filter(|(plugin, floor)| {
-            m.sequence > **floor
+            seq > **floor
                 && replay_of.as_deref().is_none_or(|p| p == plugin.as_str())
-                && addressed_to(m, plugin)
+                && addressed_to(headers, plugin)
         })
         .map(|(plugin, _)| plugin.clone())
         .collect()
 }
 
 /// For a replay (`b24.<S>.replay.<plugin>...`), its plugin.
-fn replay_plugin(m: &StreamMessage) -> Option<String> {
-    let mut tokens = m.subject.split('.');
+fn replay_plugin(subject: &str) -> Option<String> {
+    let mut tokens = subject.split('.');
     (tokens.nth(2) == Some("replay")).then(|| tokens.next().unwrap_or_default().to_owned())
 }
 
@@ -209,7 +218,7 @@ fn summary(
             .map_or((m.time.unix_timestamp_nanos() / 1_000_000) as i64, |r| r.meta.received_at_ms),
         code: record.map_or_else(|| from_subject(1).to_owned(), |r| r.meta.code.clone()),
         member_id: record.map_or_else(|| from_subject(2).to_owned(), |r| r.meta.member_id.clone()),
-        pending: pending_for(m, floors),
+        pending: pending_for(m.sequence, &m.subject, &m.headers, floors),
         dead: dead.get(&id).cloned().unwrap_or_default(),
     }
 }
@@ -500,7 +509,10 @@ async fn pending_message(
 ) -> Result<Option<StreamMessage>, StoreError> {
     if id > floor {
         if let Some(m) = message(stream, id).await? {
-            if event_id(&m) == id && replay_plugin(&m).is_none() && addressed_to(&m, plugin) {
+            if event_id(&m) == id
+                && replay_plugin(&m.subject).is_none()
+                && addressed_to(&m.headers, plugin)
+            {
                 return Ok(Some(m));
             }
         }
@@ -574,4 +586,39 @@ pub(super) async fn skip(
     }
     link.flush().await;
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(plugins: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(p) = plugins {
+            h.insert(PLUGINS, p);
+        }
+        h
+    }
+
+    #[test]
+    fn an_event_is_pending_for_the_plugins_it_is_addressed_to_above_their_ack_floors() {
+        let floors: BTreeMap<String, u64> =
+            [("a".to_owned(), 10), ("b".to_owned(), 3), ("c".to_owned(), 0)].into();
+        let event = "b24.S.events.m.ONX";
+        assert_eq!(pending_for(5, event, &headers(Some("a,b,c")), &floors), vec!["b", "c"]);
+        assert_eq!(pending_for(5, event, &headers(Some("a, c")), &floors), vec!["c"]);
+        assert_eq!(pending_for(11, event, &headers(None), &floors), vec!["a", "b", "c"]);
+        // A replay is for its own plugin only, whatever else it says.
+        let replay = "b24.S.replay.b.m.ONX";
+        assert_eq!(replay_plugin(replay).as_deref(), Some("b"));
+        assert_eq!(replay_plugin(event), None);
+        assert_eq!(pending_for(12, replay, &headers(Some("b")), &floors), vec!["b"]);
+        assert_eq!(pending_for(12, replay, &headers(None), &floors), vec!["b"]);
+    }
+
+    #[test]
+    fn skip_marks_are_keyed_by_plugin_and_id() {
+        assert_eq!(skip_key("probe", 42), "skip.probe.42");
+        assert_eq!(skip_key("a.b", 1), "skip.a_b.1");
+    }
 }
