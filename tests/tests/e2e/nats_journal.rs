@@ -197,6 +197,12 @@ fn dead_letters_replay_purge_and_skip_through_journal_commands_on_the_shared_log
 
     let stats = dir.stats();
     assert_eq!(stats["probe"], (1, 0, 2), "backlog 1 (event 4), dead 2: {stats:?}");
+    // A failed attempt's retry state, as the delivering host writes it, counts as retrying;
+    // finished, the host deletes it.
+    let bucket = rt.block_on(js.get_key_value(format!("{S}_pending"))).unwrap();
+    rt.block_on(bucket.put("probe.4", Bytes::from_static(b"{\"attempts\":2}"))).unwrap();
+    assert_eq!(dir.stats()["probe"], (1, 1, 2), "event 4 failed once: retrying");
+    rt.block_on(bucket.delete("probe.4")).unwrap();
     let answer = dir.journal(&["stats"]);
     assert_eq!(answer["events"], 1, "the log keeps only what a plugin has not finished: {answer}");
     let oldest = answer["plugins"][0]["oldest_pending_age_ms"].as_i64().expect("an age");
@@ -352,6 +358,10 @@ fn check_reports_the_stream_its_replicas_and_the_consumers_and_names_an_unreacha
     assert!(!out.status.success(), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains("cannot reach"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    let out = unreachable.run_cli(&["journal", "stats", "--config", "host.toml"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains("cannot reach"), "{text}");
 }
 
 #[test]

@@ -269,6 +269,7 @@ pub(super) async fn stats(
             .or_insert_with(|| PluginStats { plugin: plugin.to_owned(), ..PluginStats::default() })
     }
     let mut events = 0;
+    let retrying = retry_states(link).await?;
     if let Some(mut stream) = stream(link, &link.names.stream).await? {
         events =
             stream.info().await.map_err(|e| storage("read the stream's info", e))?.state.messages;
@@ -280,7 +281,10 @@ pub(super) async fn stats(
             let Some(info) = consumer_info(link, &stream, &plugin).await? else { continue };
             let stats = entry(&mut by_plugin, &plugin);
             stats.backlog = info.num_pending + info.num_ack_pending as u64;
-            stats.retrying = info.num_redelivered as u64;
+            // A retrying event stays held by its host (redelivered only if the host dies):
+            // the retry states in `<S>_pending` count, not the consumer's redeliveries.
+            let states = retrying.get(dead::token(&plugin).as_str()).copied().unwrap_or(0);
+            stats.retrying = states.max(info.num_redelivered as u64).min(stats.backlog);
             if stats.backlog > 0 {
                 stats.oldest_pending_age_ms =
                     oldest_pending_age(link, &stream, &plugin, info.ack_floor.stream_sequence)
@@ -433,6 +437,27 @@ async fn pending_bucket(link: &Link) -> Result<Option<jetstream::kv::Store>, Sto
         .await
         .map(Some)
         .map_err(|e| storage(&format!("open bucket {bucket}"), e))
+}
+
+/// Retry states in `<S>_pending` per plugin token: the keys `<plugin>.<id>` that the
+/// delivering hosts write on a failed attempt and delete when the event is finished.
+async fn retry_states(link: &Link) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut out = BTreeMap::new();
+    let Some(bucket) = pending_bucket(link).await? else { return Ok(out) };
+    let mut keys = bucket.keys().await.map_err(|e| storage("list the retry states", e))?;
+    while let Some(key) = keys.try_next().await.map_err(|e| storage("list the retry states", e))? {
+        if let Some(plugin) = state_key_plugin(&key) {
+            *out.entry(plugin.to_owned()).or_insert(0) += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The plugin token of a retry state's key `<plugin>.<id>` (not a skip mark
+/// `skip.<plugin>.<id>`).
+fn state_key_plugin(key: &str) -> Option<&str> {
+    let (plugin, id) = key.split_once('.')?;
+    id.parse::<u64>().ok().map(|_| plugin)
 }
 
 /// The key marking `plugin`'s event `id` as skipped.
@@ -617,8 +642,12 @@ mod tests {
     }
 
     #[test]
-    fn skip_marks_are_keyed_by_plugin_and_id() {
+    fn skip_marks_are_keyed_by_plugin_and_id_apart_from_retry_states() {
         assert_eq!(skip_key("probe", 42), "skip.probe.42");
         assert_eq!(skip_key("a.b", 1), "skip.a_b.1");
+        assert_eq!(state_key_plugin("probe.42"), Some("probe"));
+        assert_eq!(state_key_plugin("skip.42"), Some("skip"), "a plugin named skip");
+        assert_eq!(state_key_plugin("skip.probe.42"), None);
+        assert_eq!(state_key_plugin("probe"), None);
     }
 }

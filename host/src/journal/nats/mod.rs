@@ -103,6 +103,8 @@ impl Nats {
         let _ = state_dir;
         let nats = nats_config(config)?;
         let link = connect::Link::connect(nats).await?;
+        // A command has nothing to spool: say at once that the log cannot be reached.
+        report::connected(&link, nats).await?;
         let (appender, thread) = append::Appender::for_command(&link);
         let kv = kv::State::open(&link).await?;
         let deliver = deliver::Shared::open(&link, config, &[]).await?;

@@ -14,7 +14,7 @@ use crate::journal::{
 };
 
 /// How long `check` waits for a first connection.
-const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
+const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Whether appends reach the log now (connected) or go to the spool.
 pub(super) fn state(link: &Link) -> LogState {
@@ -26,7 +26,7 @@ pub(super) fn state(link: &Link) -> LogState {
 }
 
 /// Waits until `link` is connected, at most [`CONNECT_PATIENCE`] (and the ack timeout).
-async fn connected(link: &Link, config: &NatsConfig) -> Result<(), StoreError> {
+pub(super) async fn connected(link: &Link, config: &NatsConfig) -> Result<(), StoreError> {
     let patience = CONNECT_PATIENCE.max(config.ack_timeout);
     let started = Instant::now();
     while link.client.connection_state() != State::Connected {
