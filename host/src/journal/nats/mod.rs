@@ -34,7 +34,11 @@ use std::{path::Path, sync::Arc};
 
 use b24_plugin_api::Secret;
 
-use super::{Appended, StoreError, admin as data, dedup::DedupKey, record::{EventRecord, Pending}};
+use super::{
+    Appended, StoreError, admin as data,
+    dedup::DedupKey,
+    record::{EventRecord, Pending},
+};
 use crate::config::{JournalConfig, NatsConfig};
 pub use deliver::{Consumer, Reporter, Stopper};
 
@@ -75,14 +79,8 @@ impl Nats {
         let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
         let kv = kv::State::open(&link).await?;
         let deliver = deliver::Shared::open(&link, config, plugins).await?;
-        let inner = Inner {
-            journal: config.clone(),
-            config: nats.clone(),
-            link,
-            appender,
-            kv,
-            deliver,
-        };
+        let inner =
+            Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
     }
 
@@ -108,21 +106,17 @@ impl Nats {
         let (appender, thread) = append::Appender::for_command(&link);
         let kv = kv::State::open(&link).await?;
         let deliver = deliver::Shared::open(&link, config, &[]).await?;
-        let inner = Inner {
-            journal: config.clone(),
-            config: nats.clone(),
-            link,
-            appender,
-            kv,
-            deliver,
-        };
+        let inner =
+            Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
     }
 }
 
 fn nats_config(config: &JournalConfig) -> Result<&NatsConfig, StoreError> {
     config.nats.as_ref().ok_or_else(|| {
-        StoreError::Refused("journal.backend is \"nats\" but there is no [journal.nats] table".into())
+        StoreError::Refused(
+            "journal.backend is \"nats\" but there is no [journal.nats] table".into(),
+        )
     })
 }
 
@@ -248,7 +242,11 @@ impl Nats {
     }
 
     /// See `Journal::skip` (admin.rs): the pairs moved to the dead letters.
-    pub async fn skip(&self, plugin: String, ids: Vec<u64>) -> Result<Vec<(String, u64)>, StoreError> {
+    pub async fn skip(
+        &self,
+        plugin: String,
+        ids: Vec<u64>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         admin::skip(&self.inner.link, &self.inner.deliver, plugin, ids).await
     }
 }
