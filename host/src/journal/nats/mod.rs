@@ -127,9 +127,13 @@ impl Nats {
         self.inner.appender.last_error()
     }
 
-    /// See `Journal::log_state` (report.rs: the connection's state).
+    /// See `Journal::log_state`: spooling while the append path says why the log does not
+    /// acknowledge (append.rs), else the connection's state (report.rs).
     pub fn log_state(&self) -> data::LogState {
-        report::state(&self.inner.link)
+        match self.inner.appender.last_error() {
+            Some(reason) => data::LogState::Spooling { reason },
+            None => report::state(&self.inner.link),
+        }
     }
 
     /// See `Journal::damaged_records` (deliver.rs).
