@@ -96,6 +96,23 @@ fn check_log(config: &Config) -> Result<(), String> {
         .map_err(|e| format!("journal (nats): {e}"))?;
     let Some(report) = report else { return Ok(()) };
     print!("{}", describe(&report));
+    if let Some(nats) = &config.journal.nats {
+        if nats.sync == crate::config::NatsSync::Always {
+            println!(
+                "  sync: always (every node must run with jetstream {{ sync_interval: always }}; \
+                 its /jsz shows config.sync_always)"
+            );
+        }
+    }
+    for peer in report.stream.iter().flat_map(|s| &s.peers) {
+        if peer.offline || !peer.current {
+            eprintln!(
+                "warning: journal (nats): replica {} of the events stream is {}",
+                peer.name,
+                if peer.offline { "offline" } else { "not current (catching up)" }
+            );
+        }
+    }
     if report.stream.as_ref().is_some_and(|s| s.leader.is_none()) {
         return Err("journal (nats): the events stream has no leader (an election, or too few nodes up for its quorum)".into());
     }
