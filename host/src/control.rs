@@ -1,5 +1,7 @@
 //! The control protocol and socket (`state_dir/control.sock`): how `b24-host journal ...` and
-//! `b24-host offline ...` reach a running host, whose journal is locked by the host. Requests
+//! `b24-host offline ...` reach a running host, whose journal is locked by the host (the
+//! embedded journal's file lock; on the NATS backend the `journal` commands open the shared
+//! log themselves, which no host locks, and only `offline` needs the socket). Requests
 //! and answers are [`Request`]/[`Response`] as JSON over HTTP/1 on a Unix socket, which only
 //! users with access to the state folder can open. The journal answers with plain data
 //! (`journal::admin`); this module wraps it into the protocol, adds what only the running host

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub journal_bytes: Gauge,
     /// Events in the journal (scrape time).
     pub journal_events: Gauge,
+    /// 1 while appends are acknowledged by the journal (embedded, or the shared log), 0 while
+    /// they go to the local spool (scrape time).
+    pub log_acknowledging: Gauge,
     /// Journal records found damaged or missing on a read (each a dead letter; scrape time).
     pub journal_damaged: Counter,
     /// Successful live reloads.
@@ -151,6 +154,7 @@ impl Metrics {
             plugin_state: Family::default(),
             journal_bytes: Gauge::default(),
             journal_events: Gauge::default(),
+            log_acknowledging: Gauge::default(),
             journal_damaged: Counter::default(),
             reloads: Family::default(),
             runner_restarts: Family::default(),
@@ -200,6 +204,11 @@ impl Metrics {
             m.journal_bytes.clone(),
         );
         registry.register("journal_events", "Events in the journal", m.journal_events.clone());
+        registry.register(
+            "journal_log_acknowledging",
+            "1 while appends are acknowledged by the journal or the shared log, 0 while they go to the local spool",
+            m.log_acknowledging.clone(),
+        );
         registry.register(
             "journal_damaged_records",
             "Journal records found damaged or missing on a read, each made a dead letter",

@@ -1,6 +1,8 @@
 //! The admin listener, apart from the public event endpoint (loopback by default):
 //! `GET /healthz` (the process answers), `GET /readyz` (journal writable and every enabled
-//! plugin loaded, else 503 with the reasons), `GET /metrics` (Prometheus text 0.0.4, or
+//! plugin loaded, else 503 with the reasons; the body says what the log does: embedded,
+//! shared log acknowledging, or spooling, which still takes events and stays 200),
+//! `GET /metrics` (Prometheus text 0.0.4, or
 //! OpenMetrics when `Accept` prefers it) and
 //! `POST /reload` (re-read host.toml and the plugins folder; 200 with the report, 500 when a
 //! plugin failed to reload and kept its old instance, 400 when host.toml is invalid).
@@ -39,6 +41,9 @@ pub struct Ops {
     pub config_path: Option<PathBuf>,
 }
 
+/// How long a scrape waits for the journal's numbers (a shared log may not answer).
+const STATS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn text(
     status: StatusCode,
     body: impl Into<String>,
@@ -74,12 +79,14 @@ impl Ops {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),
             (&Method::GET, "/readyz") => {
                 let problems = self.problems();
+                // Spooling is taking events: still ready; the body says so.
+                let log = format!("log: {}\n", self.journal.log_state());
                 if problems.is_empty() {
-                    text(StatusCode::OK, "ready\n", "text/plain; charset=utf-8")
+                    text(StatusCode::OK, format!("ready\n{log}"), "text/plain; charset=utf-8")
                 } else {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("not ready:\n{}\n", problems.join("\n")),
+                        format!("not ready:\n{}\n{log}", problems.join("\n")),
                         "text/plain; charset=utf-8",
                     )
                 }
@@ -92,8 +99,20 @@ impl Ops {
                     .map(str::to_owned);
                 // Every enabled plugin is listed, so a drained backlog reads 0 rather than its
                 // last value.
-                let stats = self.journal.stats(self.supervisor.names()).await.ok();
+                // A shared log that does not answer must not hold up the scrape.
+                let stats = tokio::time::timeout(
+                    STATS_PATIENCE,
+                    self.journal.stats(self.supervisor.names()),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok);
                 let size = self.journal.size_bytes();
+                let acknowledging = !matches!(
+                    self.journal.log_state(),
+                    crate::journal::admin::LogState::Spooling { .. }
+                );
+                self.metrics.log_acknowledging.set(i64::from(acknowledging));
                 let damaged = self.journal.damaged_records();
                 let counted = &self.metrics.journal_damaged;
                 counted.inc_by(damaged.saturating_sub(counted.get()));
@@ -140,7 +159,10 @@ impl Ops {
                 ));
             }
         }
-        if let Some(e) = self.journal.last_write_error() {
+        // A host that spools still takes events: ready (the body says it spools).
+        let spooling =
+            matches!(self.journal.log_state(), crate::journal::admin::LogState::Spooling { .. });
+        if let Some(e) = self.journal.last_write_error().filter(|_| !spooling) {
             out.push(format!("the journal is not writable: {e}"));
         }
         out

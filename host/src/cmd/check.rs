@@ -1,5 +1,7 @@
 //! `b24-host check`: validates the config, loads and creates every enabled plugin, and prints
-//! what each one receives. Reports every problem at once; exits non-zero on any.
+//! what each one receives; on the NATS backend it also connects to the shared log and reports
+//! the stream (messages, bytes, replicas and how current each is, the leader), the dead
+//! letters and each plugin's consumer. Reports every problem at once; exits non-zero on any.
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
@@ -64,6 +66,9 @@ pub fn run(config: &Config) -> ExitCode {
             Err(e) => errors.push(e.to_string()),
         }
     }
+    if let Err(e) = check_log(config) {
+        errors.push(e);
+    }
     if errors.is_empty() {
         println!("ok: {} plugin(s) ready", loaded.len());
         ExitCode::SUCCESS
@@ -74,6 +79,105 @@ pub fn run(config: &Config) -> ExitCode {
         eprintln!("{} problem(s) found", errors.len());
         ExitCode::FAILURE
     }
+}
+
+/// On the NATS backend: connects to the log and prints its state; why it cannot, if so.
+fn check_log(config: &Config) -> Result<(), String> {
+    if config.journal.backend == crate::config::JournalBackend::Embedded {
+        println!("journal: embedded ({})", config.state_dir.display());
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let report = runtime
+        .block_on(crate::journal::log_report(&config.journal, &config.plugins.enabled))
+        .map_err(|e| format!("journal (nats): {e}"))?;
+    let Some(report) = report else { return Ok(()) };
+    print!("{}", describe(&report));
+    if let Some(nats) = &config.journal.nats {
+        if nats.sync == crate::config::NatsSync::Always {
+            println!(
+                "  sync: always (every node must run with jetstream {{ sync_interval: always }}; \
+                 its /jsz shows config.sync_always)"
+            );
+        }
+    }
+    for peer in report.stream.iter().flat_map(|s| &s.peers) {
+        if peer.offline || !peer.current {
+            eprintln!(
+                "warning: journal (nats): replica {} of the events stream is {}",
+                peer.name,
+                if peer.offline { "offline" } else { "not current (catching up)" }
+            );
+        }
+    }
+    if report.stream.as_ref().is_some_and(|s| s.leader.is_none()) {
+        return Err("journal (nats): the events stream has no leader (an election, or too few nodes up for its quorum)".into());
+    }
+    Ok(())
+}
+
+/// The report of a shared log, as `check` prints it.
+pub fn describe(report: &crate::journal::admin::LogReport) -> String {
+    let mut out = format!("journal: nats, connected to {}", report.server);
+    if let Some(cluster) = &report.cluster {
+        out.push_str(&format!(", cluster {cluster}"));
+    }
+    out.push('\n');
+    match &report.stream {
+        None => out.push_str(
+            "  stream: not created yet (the first host to start creates it, with the consumers)\n",
+        ),
+        Some(s) => {
+            out.push_str(&format!(
+                "  stream {}: {} message(s), {} byte(s), {} replica(s), leader {}\n",
+                s.name,
+                s.messages,
+                s.bytes,
+                s.replicas,
+                s.leader.as_deref().unwrap_or("none (electing)")
+            ));
+            for p in &s.peers {
+                let state = if p.offline {
+                    "offline"
+                } else if p.current {
+                    "current"
+                } else {
+                    "catching up"
+                };
+                out.push_str(&format!(
+                    "    replica {}: {state}, lag {}, seen {} ms ago\n",
+                    p.name,
+                    p.lag.unwrap_or(0),
+                    p.active_ms
+                ));
+            }
+        }
+    }
+    match report.dead.1 {
+        Some(n) => out.push_str(&format!("  dead letters {}: {n}\n", report.dead.0)),
+        None => out.push_str(&format!("  dead letters {}: not created yet\n", report.dead.0)),
+    }
+    for c in &report.consumers {
+        if c.exists {
+            out.push_str(&format!(
+                "  consumer {}: {} pending, {} ack pending, {} redelivered, leader {}\n",
+                c.plugin,
+                c.pending,
+                c.ack_pending,
+                c.redelivered,
+                c.leader.as_deref().unwrap_or("none")
+            ));
+        } else {
+            out.push_str(&format!(
+                "  consumer {}: not created yet (a host creates it when it starts with the plugin enabled)\n",
+                c.plugin
+            ));
+        }
+    }
+    out
 }
 
 /// A plugin that loaded, with the route it will receive events by.
@@ -105,4 +209,62 @@ fn load_plugins(
         }
     }
     (loaded, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::admin::{ConsumerReport, LogReport, PeerReport, StreamReport};
+
+    #[test]
+    fn a_log_report_names_the_leader_each_replica_and_each_consumer() {
+        let report = LogReport {
+            server: "n1 (nats-server 2.15.1)".into(),
+            cluster: Some("b24".into()),
+            stream: Some(StreamReport {
+                name: "B24_EVENTS".into(),
+                messages: 7,
+                bytes: 1234,
+                replicas: 3,
+                leader: Some("n2".into()),
+                peers: vec![
+                    PeerReport { name: "n1".into(), current: true, ..PeerReport::default() },
+                    PeerReport {
+                        name: "n3".into(),
+                        offline: true,
+                        lag: Some(5),
+                        ..PeerReport::default()
+                    },
+                ],
+            }),
+            dead: ("B24_EVENTS_DEAD".into(), Some(2)),
+            consumers: vec![
+                ConsumerReport {
+                    plugin: "probe".into(),
+                    exists: true,
+                    pending: 4,
+                    ack_pending: 1,
+                    redelivered: 1,
+                    leader: Some("n1".into()),
+                },
+                ConsumerReport { plugin: "new".into(), ..ConsumerReport::default() },
+            ],
+        };
+        let text = describe(&report);
+        assert!(
+            text.starts_with("journal: nats, connected to n1 (nats-server 2.15.1), cluster b24\n")
+        );
+        assert!(
+            text.contains("stream B24_EVENTS: 7 message(s), 1234 byte(s), 3 replica(s), leader n2")
+        );
+        assert!(text.contains("replica n1: current, lag 0"), "{text}");
+        assert!(text.contains("replica n3: offline, lag 5"), "{text}");
+        assert!(text.contains("dead letters B24_EVENTS_DEAD: 2"), "{text}");
+        assert!(
+            text.contains("consumer probe: 4 pending, 1 ack pending, 1 redelivered, leader n1")
+        );
+        assert!(text.contains("consumer new: not created yet"), "{text}");
+        let none = describe(&LogReport { dead: ("D".into(), None), ..LogReport::default() });
+        assert!(none.contains("stream: not created yet") && none.contains("D: not created yet"));
+    }
 }

@@ -1,5 +1,7 @@
 //! `b24-host journal ...`: inspect and repair the journal of a stopped host (by opening the file)
-//! or of a running one (through its control socket).
+//! or of a running one (through its control socket). On the NATS backend the command opens the
+//! shared log itself, which no host locks, whether hosts run or not (runner states, which only
+//! a running host knows, are then not shown).
 
 use std::process::ExitCode;
 

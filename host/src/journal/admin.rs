@@ -219,3 +219,95 @@ impl std::fmt::Display for RepairReport {
         }
     }
 }
+
+/// What the log behind the journal is doing with appends: for `/readyz` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum LogState {
+    /// The embedded journal on this host's disk.
+    Embedded,
+    /// The shared log answers: appends are acknowledged by its quorum.
+    Acknowledging,
+    /// The shared log does not answer: appends go to the local spool (and are accepted),
+    /// and are forwarded once it is back.
+    Spooling {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for LogState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogState::Embedded => write!(f, "embedded journal"),
+            LogState::Acknowledging => write!(f, "shared log acknowledging"),
+            LogState::Spooling { reason } => {
+                write!(f, "spooling to the local journal ({reason}); events are still accepted")
+            }
+        }
+    }
+}
+
+/// `b24-host check`'s view of a shared log: the stream, its replicas, the consumers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogReport {
+    /// The server this command is connected to, and its version.
+    pub server: String,
+    /// The cluster's name, if the events stream is clustered.
+    pub cluster: Option<String>,
+    /// The events stream; `None` before any host created it.
+    pub stream: Option<StreamReport>,
+    /// The dead letters' stream: its name and messages (`None` before any host created it).
+    pub dead: (String, Option<u64>),
+    /// One entry per consumer on the events stream, and per enabled plugin without one.
+    pub consumers: Vec<ConsumerReport>,
+}
+
+/// A stream of the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReport {
+    /// Its name.
+    pub name: String,
+    /// Messages in it.
+    pub messages: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Replicas configured.
+    pub replicas: usize,
+    /// The node leading it, if any (none during an election).
+    pub leader: Option<String>,
+    /// The other replicas.
+    pub peers: Vec<PeerReport>,
+}
+
+/// A replica of a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// The node.
+    pub name: String,
+    /// Up to date with the leader.
+    pub current: bool,
+    /// Considered offline by the group.
+    pub offline: bool,
+    /// Operations behind the leader.
+    pub lag: Option<u64>,
+    /// Last seen, ms ago.
+    pub active_ms: u64,
+}
+
+/// A plugin's consumer on the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerReport {
+    /// The plugin.
+    pub plugin: String,
+    /// Whether the consumer exists (hosts create it at start).
+    pub exists: bool,
+    /// Not yet delivered.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+    /// Delivered more than once.
+    pub redelivered: u64,
+    /// The node leading it.
+    pub leader: Option<String>,
+}

@@ -161,6 +161,15 @@ impl Journal {
         }
     }
 
+    /// What the log does with appends now: the embedded journal, or the shared log
+    /// acknowledging them, or the local spool taking them (`/readyz`, `/metrics`).
+    pub fn log_state(&self) -> admin::LogState {
+        match &self.backend {
+            Backend::Embedded(_) => admin::LogState::Embedded,
+            Backend::Nats(j) => j.log_state(),
+        }
+    }
+
     /// Records found damaged (checksum mismatch, unreadable) or missing on a read since the
     /// host started; each became a dead letter.
     pub fn damaged_records(&self) -> u64 {
@@ -179,7 +188,9 @@ impl Journal {
     }
 
     /// Learned application tokens.
-    pub async fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
+    pub async fn learned_tokens(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.learned_tokens(),
             Backend::Nats(j) => j.learned_tokens().await,
@@ -430,6 +441,18 @@ impl Journal {
     }
 }
 
+/// `b24-host check`: connects to the shared log and reports it, for the enabled `plugins`;
+/// `None` for the embedded journal (nothing to connect to).
+pub async fn log_report(
+    config: &JournalConfig,
+    plugins: &[String],
+) -> Result<Option<admin::LogReport>, StoreError> {
+    match config.backend {
+        JournalBackend::Embedded => Ok(None),
+        JournalBackend::Nats => nats::Nats::report(config, plugins).await.map(Some),
+    }
+}
+
 /// `journal verify`: checks every record of the stopped host's journal (checksums, the rows'
 /// references, the mark) without changing it.
 pub fn verify(state_dir: &Path, config: &JournalConfig) -> Result<admin::RepairReport, StoreError> {
@@ -453,7 +476,8 @@ pub fn salvage(
         JournalBackend::Nats => {
             let _ = to;
             Err(StoreError::Refused(
-                "journal salvage copies the embedded journal; the NATS log keeps its own replicas".into(),
+                "journal salvage copies the embedded journal; the NATS log keeps its own replicas"
+                    .into(),
             ))
         }
     }

@@ -9,7 +9,8 @@
 //!   embedded journal that takes an event the log did not acknowledge in time, and forwards
 //!   it later with the same `Nats-Msg-Id`.
 //! - `deliver.rs`: a plugin's durable pull consumer, its `Consumer`, `Reporter`, `Stopper`;
-//!   `admin.rs`: dead letters, replay, purge, skip, stats, list, show.
+//!   `admin.rs`: dead letters, replay, purge, skip, stats, list, show; `dead.rs`: storing and
+//!   reading a dead letter; `report.rs`: `b24-host check`'s report and the log's state.
 //! - `kv.rs`: the key/value state (learned application tokens, stored OAuth tokens, the
 //!   offline pollers' values) and the leases (one OAuth refresh per portal at a time, one
 //!   poller per portal).
@@ -27,13 +28,18 @@ mod deliver;
 mod hold;
 mod kv;
 mod lease;
+mod report;
 mod spool;
 
 use std::{path::Path, sync::Arc};
 
 use b24_plugin_api::Secret;
 
-use super::{Appended, StoreError, admin as data, dedup::DedupKey, record::{EventRecord, Pending}};
+use super::{
+    Appended, StoreError, admin as data,
+    dedup::DedupKey,
+    record::{EventRecord, Pending},
+};
 use crate::config::{JournalConfig, NatsConfig};
 pub use deliver::{Consumer, Reporter, Stopper};
 pub use hold::Held;
@@ -75,15 +81,18 @@ impl Nats {
         let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
         let kv = kv::State::open(&link, nats.replicas).await?;
         let deliver = deliver::Shared::open(&link, config, plugins).await?;
-        let inner = Inner {
-            journal: config.clone(),
-            config: nats.clone(),
-            link,
-            appender,
-            kv,
-            deliver,
-        };
+        let inner =
+            Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
+    }
+
+    /// Connects to the log `config` names and reports it (`b24-host check`), for the enabled
+    /// `plugins` (report.rs).
+    pub async fn report(
+        config: &JournalConfig,
+        plugins: &[String],
+    ) -> Result<data::LogReport, StoreError> {
+        report::report(nats_config(config)?, plugins).await
     }
 
     /// Connects for a `journal` command: no spool, no consumers of its own.
@@ -94,24 +103,22 @@ impl Nats {
         let _ = state_dir;
         let nats = nats_config(config)?;
         let link = connect::Link::connect(nats).await?;
+        // A command has nothing to spool: say at once that the log cannot be reached.
+        report::connected(&link, nats).await?;
         let (appender, thread) = append::Appender::for_command(&link);
         let kv = kv::State::open(&link, nats.replicas).await?;
         let deliver = deliver::Shared::open(&link, config, &[]).await?;
-        let inner = Inner {
-            journal: config.clone(),
-            config: nats.clone(),
-            link,
-            appender,
-            kv,
-            deliver,
-        };
+        let inner =
+            Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
     }
 }
 
 fn nats_config(config: &JournalConfig) -> Result<&NatsConfig, StoreError> {
     config.nats.as_ref().ok_or_else(|| {
-        StoreError::Refused("journal.backend is \"nats\" but there is no [journal.nats] table".into())
+        StoreError::Refused(
+            "journal.backend is \"nats\" but there is no [journal.nats] table".into(),
+        )
     })
 }
 
@@ -120,6 +127,15 @@ impl Nats {
     /// See `Journal::last_write_error` (append.rs).
     pub fn last_write_error(&self) -> Option<String> {
         self.inner.appender.last_error()
+    }
+
+    /// See `Journal::log_state`: spooling while the append path says why the log does not
+    /// acknowledge (append.rs), else the connection's state (report.rs).
+    pub fn log_state(&self) -> data::LogState {
+        match self.inner.appender.last_error() {
+            Some(reason) => data::LogState::Spooling { reason },
+            None => report::state(&self.inner.link),
+        }
     }
 
     /// See `Journal::damaged_records` (deliver.rs).
@@ -257,7 +273,7 @@ impl Nats {
 
     /// See `Journal::show` (admin.rs).
     pub async fn show(&self, id: u64) -> Result<Option<data::EventDetail>, StoreError> {
-        admin::show(&self.inner.link, id).await
+        admin::show(&self.inner.link, &self.inner.deliver, id).await
     }
 
     /// See `Journal::dead` (admin.rs).
@@ -276,7 +292,11 @@ impl Nats {
     }
 
     /// See `Journal::skip` (admin.rs): the pairs moved to the dead letters.
-    pub async fn skip(&self, plugin: String, ids: Vec<u64>) -> Result<Vec<(String, u64)>, StoreError> {
+    pub async fn skip(
+        &self,
+        plugin: String,
+        ids: Vec<u64>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         admin::skip(&self.inner.link, &self.inner.deliver, plugin, ids).await
     }
 }
