@@ -12,12 +12,31 @@ use std::{
 
 use crate::support::*;
 
-const CLIENTS: u64 = 4;
-const EVENTS_PER_CLIENT: u64 = 750;
-const KILLS: usize = 5;
-
 #[test]
 fn every_acknowledged_event_reaches_every_plugin_across_sigkills() {
+    crash_test(4, 750, 5);
+}
+
+crate::in_process_too!(every_acknowledged_event_reaches_every_plugin_across_sigkills);
+
+/// The large variant: 10,000 acknowledged events, a random number of SIGKILLs (4 to 9) at random
+/// moments. Runners only (the default isolation): the in-process variant above covers the rest.
+#[test]
+fn ten_thousand_acknowledged_events_survive_random_sigkills() {
+    let mut seed = seed();
+    let kills = 4 + (next_random(&mut seed) % 6) as usize;
+    crash_test(8, 1_250, kills);
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        | 1
+}
+
+/// `clients` concurrent clients send `per_client` events each, retrying until they hear 200,
+/// while the host is SIGKILLed up to `max_kills` times at random moments and restarted; then every
+/// acknowledged event must have reached both plugins.
+fn crash_test(clients: u64, per_client: u64, max_kills: usize) {
     let dir = HostDir::new(&["audit-log", "probe"]);
     dir.write_config(&config(&["audit-log", "probe"], &probe("", "")));
     let addr = format!("127.0.0.1:{}", free_port());
@@ -26,13 +45,13 @@ fn every_acknowledged_event_reaches_every_plugin_across_sigkills() {
 
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let done = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
+    let threads: Vec<_> = (0..clients)
         .map(|client| {
             let acked = acked.clone();
             let addr = addr.clone();
             std::thread::spawn(move || {
                 let mut sent = 0;
-                for n in 0..EVENTS_PER_CLIENT {
+                for n in 0..per_client {
                     let field_id = client * 1_000_000 + n;
                     let body = field_event(field_id, "UF_CRM_CRASH");
                     // Like a sender that retries until it hears 200 (Bitrix24 does not, which
@@ -59,23 +78,24 @@ fn every_acknowledged_event_reaches_every_plugin_across_sigkills() {
         })
         .collect();
 
-    let mut seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-            as u64
-            | 1;
-    eprintln!("crash test seed {seed}");
+    let mut seed = seed();
+    eprintln!("crash test seed {seed}: {clients} clients x {per_client} events, {max_kills} SIGKILLs");
     let mut kills = 0;
     let mut host = dir.start_with(launch.clone()).unwrap_or_else(|e| panic!("{e}"));
-    while kills < KILLS {
+    while kills < max_kills {
+        // Spread the kills over the load: at least 200 ms apart, never after the last event.
         std::thread::sleep(Duration::from_millis(200 + next_random(&mut seed) % 600));
+        if acked.lock().unwrap().len() as u64 >= clients * per_client {
+            break;
+        }
         host.kill();
         kills += 1;
         host = dir.start_with(launch.clone()).unwrap_or_else(|e| panic!("restart {kills}: {e}"));
     }
-    let sent: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let sent: u64 = threads.into_iter().map(|c| c.join().unwrap()).sum();
     done.store(true, Ordering::SeqCst);
     let acked = acked.lock().unwrap().clone();
-    assert_eq!(acked.len() as u64, CLIENTS * EVENTS_PER_CLIENT);
+    assert_eq!(acked.len() as u64, clients * per_client);
 
     // The last host delivers whatever is left.
     let drained = eventually(Duration::from_secs(60), || {
@@ -118,5 +138,3 @@ fn every_acknowledged_event_reaches_every_plugin_across_sigkills() {
     );
     assert!(host.stop());
 }
-
-crate::in_process_too!(every_acknowledged_event_reaches_every_plugin_across_sigkills);
