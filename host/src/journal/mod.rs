@@ -177,7 +177,9 @@ impl Journal {
     }
 
     /// Learned application tokens.
-    pub async fn learned_tokens(&self) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
+    pub async fn learned_tokens(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
         match &self.backend {
             Backend::Embedded(j) => j.learned_tokens(),
             Backend::Nats(j) => j.learned_tokens().await,
@@ -378,7 +380,8 @@ pub fn salvage(
         JournalBackend::Nats => {
             let _ = to;
             Err(StoreError::Refused(
-                "journal salvage copies the embedded journal; the NATS log keeps its own replicas".into(),
+                "journal salvage copies the embedded journal; the NATS log keeps its own replicas"
+                    .into(),
             ))
         }
     }

@@ -3,7 +3,10 @@
 //! STUB: to be written (issue 12, item 2 and 4).
 
 use super::{append::Appender, connect::Link, deliver::Shared};
-use crate::journal::{StoreError, admin::{DeadRow, EventDetail, EventSummary, Selection, Stats}};
+use crate::journal::{
+    StoreError,
+    admin::{DeadRow, EventDetail, EventSummary, Selection, Stats},
+};
 
 fn unbuilt() -> StoreError {
     StoreError::Refused("the NATS backend's journal commands are not built yet".into())
@@ -33,7 +36,10 @@ pub(super) async fn dead(link: &Link, plugin: Option<String>) -> Result<Vec<Dead
     Err(unbuilt())
 }
 
-pub(super) async fn replay(link: &Link, which: Selection) -> Result<Vec<(String, u64)>, StoreError> {
+pub(super) async fn replay(
+    link: &Link,
+    which: Selection,
+) -> Result<Vec<(String, u64)>, StoreError> {
     let _ = (link, which);
     Err(unbuilt())
 }

@@ -79,7 +79,11 @@ impl Leases {
 
     /// Takes lease `name`, waiting up to `patience` for its holder to give it up or to die
     /// (then the key ages out within [`LEASE_TIME`]); `None` if it is still held then.
-    pub async fn acquire(&self, name: &str, patience: Duration) -> Result<Option<Lease>, StoreError> {
+    pub async fn acquire(
+        &self,
+        name: &str,
+        patience: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
         let deadline = Instant::now() + patience;
         loop {
             if let Some(lease) = self.try_acquire(name).await? {

@@ -26,13 +26,18 @@ mod dead;
 mod deliver;
 mod kv;
 mod lease;
+mod setup;
 mod spool;
 
 use std::{path::Path, sync::Arc};
 
 use b24_plugin_api::Secret;
 
-use super::{Appended, StoreError, admin as data, dedup::DedupKey, record::{EventRecord, Pending}};
+use super::{
+    Appended, StoreError, admin as data,
+    dedup::DedupKey,
+    record::{EventRecord, Pending},
+};
 use crate::config::{JournalConfig, NatsConfig};
 pub use deliver::{Consumer, Reporter, Stopper};
 
@@ -70,17 +75,15 @@ impl Nats {
     ) -> Result<(Nats, std::thread::JoinHandle<()>), StoreError> {
         let nats = nats_config(config)?;
         let link = connect::Link::connect(nats).await?;
-        let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
+        // Streams, bucket and every plugin's consumer before anything is published (the
+        // events stream keeps an event only for the consumers that exist).
+        let (stream, pending) = setup::run(&link, config, nats.replicas, plugins).await?;
         let kv = kv::State::open(&link).await?;
-        let deliver = deliver::Shared::open(&link, config, plugins).await?;
-        let inner = Inner {
-            journal: config.clone(),
-            config: nats.clone(),
-            link,
-            appender,
-            kv,
-            deliver,
-        };
+        let deliver = deliver::Shared::open(&link, nats.replicas, stream, pending).await?;
+        // Last: the spool starts forwarding only once the consumers exist.
+        let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
+        let inner =
+            Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
     }
 
@@ -94,22 +97,18 @@ impl Nats {
         let link = connect::Link::connect(nats).await?;
         let (appender, thread) = append::Appender::for_command(&link);
         let kv = kv::State::open(&link).await?;
-        let deliver = deliver::Shared::open(&link, config, &[]).await?;
-        let inner = Inner {
-            journal: config.clone(),
-            config: nats.clone(),
-            link,
-            appender,
-            kv,
-            deliver,
-        };
+        let deliver = deliver::Shared::for_command(&link).await;
+        let inner =
+            Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
     }
 }
 
 fn nats_config(config: &JournalConfig) -> Result<&NatsConfig, StoreError> {
     config.nats.as_ref().ok_or_else(|| {
-        StoreError::Refused("journal.backend is \"nats\" but there is no [journal.nats] table".into())
+        StoreError::Refused(
+            "journal.backend is \"nats\" but there is no [journal.nats] table".into(),
+        )
     })
 }
 
@@ -230,7 +229,11 @@ impl Nats {
     }
 
     /// See `Journal::skip` (admin.rs): the pairs moved to the dead letters.
-    pub async fn skip(&self, plugin: String, ids: Vec<u64>) -> Result<Vec<(String, u64)>, StoreError> {
+    pub async fn skip(
+        &self,
+        plugin: String,
+        ids: Vec<u64>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         admin::skip(&self.inner.link, &self.inner.deliver, plugin, ids).await
     }
 }
