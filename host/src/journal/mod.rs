@@ -6,7 +6,9 @@
 //! [`Reporter`]: done, failed (kept with its attempt and crash counts) or given up (a dead
 //! letter). Nothing is lost on a crash or restart: every pending event is delivered again.
 //! The journal also keeps the host's small durable state: learned application tokens, stored
-//! OAuth tokens and named values (the offline pollers' `process_id`).
+//! OAuth tokens and named values (the offline pollers' `process_id`), and gives out leases
+//! ("one host at a time": an OAuth refresh, an offline poll), which matter when several hosts
+//! share one log.
 //!
 //! This module is the face every user sees; the backend behind it is chosen by
 //! `[journal] backend` and reached by an enum match, no boxing, per call:
@@ -29,7 +31,7 @@ mod error;
 pub mod nats;
 pub mod record;
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use b24_plugin_api::Secret;
 use bytes::Bytes;
@@ -223,6 +225,79 @@ impl Journal {
         }
     }
 
+    /// A portal's learned token as the shared log holds it now (another host may have learned
+    /// it a moment ago; its change may not have reached [`Journal::token_changes`] yet).
+    /// `None` on the embedded backend: there is no other host, the verifier knows them all.
+    pub async fn shared_token(&self, member_id: &str) -> Result<Option<Secret>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(None),
+            Backend::Nats(j) => j.learned_token(member_id).await,
+        }
+    }
+
+    /// The learned tokens' changes made by any host on the shared log, starting with every
+    /// token as it is: `(member_id, Some(token))` learned, `(member_id, None)` forgotten.
+    /// `None` on the embedded backend (only this host learns).
+    pub fn token_changes(&self) -> Option<TokenChanges> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::Nats(j) => Some(j.token_changes()),
+        }
+    }
+
+    /// A portal's stored OAuth tokens (JSON) read now, with the revision to give
+    /// [`Journal::replace_oauth`].
+    pub async fn oauth_entry(&self, member_id: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => Ok(j.oauth(member_id)?.map(|v| (v, 0))),
+            Backend::Nats(j) => j.oauth_entry(member_id).await,
+        }
+    }
+
+    /// Stores a portal's OAuth tokens only if they are still at `revision` (compare-and-set);
+    /// `false`, nothing written, if another host stored newer ones since. The embedded backend
+    /// has one writer (the host serialises its refreshes) and always stores.
+    pub async fn replace_oauth(
+        &self,
+        member_id: &str,
+        tokens: Vec<u8>,
+        revision: u64,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.save_oauth(member_id, tokens).await.map(|()| true),
+            Backend::Nats(j) => j.replace_oauth(member_id, tokens, revision).await,
+        }
+    }
+
+    /// Takes the lease `name` (e.g. `refresh.<member>`, `offline.<member>`): one host at a time
+    /// across every host on the log. Waits up to `patience` for the holder to give it up or to
+    /// die (zero: one try); `None` if another host still holds it. Renewed while held; give it
+    /// up with [`Held::release`]. The embedded backend has one host: always granted.
+    pub async fn lease(&self, name: &str, patience: Duration) -> Result<Option<Held>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Some(Held(HeldBackend::Local))),
+            Backend::Nats(j) => {
+                Ok(j.lease(name, patience).await?.map(|h| Held(HeldBackend::Nats(h))))
+            }
+        }
+    }
+
+    /// Which host holds the lease `name` now, if any (`None` on the embedded backend).
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(None),
+            Backend::Nats(j) => j.lease_holder(name).await,
+        }
+    }
+
+    /// This host's name as lease holders are shown (`None` on the embedded backend).
+    pub fn host_id(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::Nats(j) => Some(j.host_id().to_owned()),
+        }
+    }
+
     /// Stores a portal's OAuth tokens (JSON) durably; returns once they are durable.
     pub async fn save_oauth(&self, member_id: &str, tokens: Vec<u8>) -> Result<(), StoreError> {
         match &self.backend {
@@ -383,6 +458,38 @@ pub fn salvage(
                 "journal salvage copies the embedded journal; the NATS log keeps its own replicas"
                     .into(),
             ))
+        }
+    }
+}
+
+/// The learned tokens' changes: see [`Journal::token_changes`].
+pub type TokenChanges = tokio::sync::mpsc::UnboundedReceiver<(String, Option<Secret>)>;
+
+/// A lease held by this host ([`Journal::lease`]); dropping it gives it up too, in the
+/// background.
+pub struct Held(HeldBackend);
+
+enum HeldBackend {
+    /// The embedded backend: one host, nothing to hold.
+    Local,
+    Nats(nats::Held),
+}
+
+impl Held {
+    /// Whether the lease is still this host's (it is lost when it could not be renewed in
+    /// time); work that must not run on two hosts checks it before each such step.
+    pub fn is_held(&self) -> bool {
+        match &self.0 {
+            HeldBackend::Local => true,
+            HeldBackend::Nats(h) => h.is_held(),
+        }
+    }
+
+    /// Gives the lease up; once this returns another host may take it.
+    pub async fn release(self) {
+        match self.0 {
+            HeldBackend::Local => {}
+            HeldBackend::Nats(h) => h.release().await,
         }
     }
 }

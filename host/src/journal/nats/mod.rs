@@ -24,6 +24,7 @@ mod append;
 mod connect;
 mod dead;
 mod deliver;
+mod hold;
 mod kv;
 mod lease;
 mod setup;
@@ -40,6 +41,7 @@ use super::{
 };
 use crate::config::{JournalConfig, NatsConfig};
 pub use deliver::{Consumer, Reporter, Stopper};
+pub use hold::Held;
 
 /// The NATS backend of a running host (or of a `journal` command).
 #[derive(Clone)]
@@ -78,7 +80,7 @@ impl Nats {
         // Streams, bucket and every plugin's consumer before anything is published (the
         // events stream keeps an event only for the consumers that exist).
         let (stream, pending) = setup::run(&link, config, nats.replicas, plugins).await?;
-        let kv = kv::State::open(&link).await?;
+        let kv = kv::State::open(&link, nats.replicas).await?;
         let deliver = deliver::Shared::open(&link, nats.replicas, stream, pending).await?;
         // Last: the spool starts forwarding only once the consumers exist.
         let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
@@ -96,7 +98,7 @@ impl Nats {
         let nats = nats_config(config)?;
         let link = connect::Link::connect(nats).await?;
         let (appender, thread) = append::Appender::for_command(&link);
-        let kv = kv::State::open(&link).await?;
+        let kv = kv::State::open(&link, nats.replicas).await?;
         let deliver = deliver::Shared::for_command(&link).await;
         let inner =
             Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
@@ -149,6 +151,50 @@ impl Nats {
         &self,
     ) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
         self.inner.kv.learned_tokens().await
+    }
+
+    /// See `Journal::learned_token` (kv.rs).
+    pub async fn learned_token(&self, member_id: &str) -> Result<Option<Secret>, StoreError> {
+        self.inner.kv.learned_token(member_id).await
+    }
+
+    /// See `Journal::token_changes` (kv.rs).
+    pub fn token_changes(&self) -> tokio::sync::mpsc::UnboundedReceiver<(String, Option<Secret>)> {
+        self.inner.kv.token_changes()
+    }
+
+    /// See `Journal::oauth_entry` (kv.rs).
+    pub async fn oauth_entry(&self, member_id: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        self.inner.kv.oauth_entry(member_id).await
+    }
+
+    /// See `Journal::replace_oauth` (kv.rs).
+    pub async fn replace_oauth(
+        &self,
+        member_id: &str,
+        tokens: Vec<u8>,
+        revision: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.kv.replace_oauth(member_id, tokens, revision).await
+    }
+
+    /// See `Journal::lease` (kv.rs, hold.rs).
+    pub async fn lease(
+        &self,
+        name: &str,
+        patience: std::time::Duration,
+    ) -> Result<Option<Held>, StoreError> {
+        self.inner.kv.lease(name, patience).await
+    }
+
+    /// See `Journal::lease_holder` (kv.rs).
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.inner.kv.lease_holder(name).await
+    }
+
+    /// This host's id on the log (lease holders name it).
+    pub fn host_id(&self) -> &str {
+        &self.inner.link.host_id
     }
 
     /// See `Journal::save_oauth` (kv.rs).
