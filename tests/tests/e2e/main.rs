@@ -13,6 +13,7 @@ mod http;
 mod isolation;
 mod journal;
 mod loading;
+mod nats_multi;
 mod offline;
 mod operator;
 mod ops;
