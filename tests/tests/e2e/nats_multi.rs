@@ -193,7 +193,11 @@ fn check_delivery(test: &str, dirs: &[&HostDir], sent: &Sent, non_200: usize) {
             let mut seen = BTreeSet::new();
             let firsts: Vec<u64> = order.iter().filter(|id| seen.insert(**id)).copied().collect();
             let disorder: Vec<_> = firsts.windows(2).filter(|w| w[0] > w[1]).collect();
-            assert!(disorder.is_empty(), "{plugin} on host {host}: out of order: {disorder:?}");
+            assert!(
+                disorder.is_empty(),
+                "{plugin} on host {host}: out of order: {disorder:?} in {:?}",
+                &firsts[..firsts.len().min(40)]
+            );
         }
     }
 }

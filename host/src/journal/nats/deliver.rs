@@ -64,6 +64,11 @@ const PROGRESS: Duration = Duration::from_secs(2);
 /// Messages one pull request asks for.
 const PULL_BATCH: usize = 256;
 
+/// How long a pull request waits on the server. Short: a dead host's pending request would
+/// take new messages meant for the next holder (to be redelivered only after `ack_wait`, after
+/// later ones: out of order); it must expire before the lease can pass to another host.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
 fn storage(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("NATS delivery: cannot {what}: {e}"))
 }
@@ -380,10 +385,32 @@ impl Puller {
         self.load_skips().await;
         let mut renew = tokio::time::interval(RENEW);
         renew.tick().await;
+        // What another host had pulled and not acked when it died (or lost the lease): the
+        // server redelivers it before anything new, but in the order the deliveries expired,
+        // not in stream order. So the first that many messages are gathered and handled in
+        // stream order (for at most two ack waits).
+        let mut takeover = match consumer.get_info().await {
+            Ok(info) => info.num_ack_pending.saturating_sub(lock(&self.state.held).len()),
+            Err(e) => {
+                tracing::debug!(plugin = %self.plugin, "cannot read the consumer's state: {e}");
+                0
+            }
+        };
+        if takeover > 0 {
+            tracing::info!(plugin = %self.plugin, events = takeover, "taking over events another host had in flight");
+        }
+        let gather_until = tokio::time::Instant::now() + 2 * setup::ACK_WAIT;
+        let mut gathered: Vec<(u64, jetstream::Message)> = Vec::new();
         let mut messages = None;
         loop {
             if messages.is_none() {
-                match consumer.stream().max_messages_per_batch(PULL_BATCH).messages().await {
+                match consumer
+                    .stream()
+                    .max_messages_per_batch(PULL_BATCH)
+                    .expires(PULL_EXPIRES)
+                    .messages()
+                    .await
+                {
                     Ok(m) => messages = Some(m),
                     Err(e) => {
                         tracing::warn!(plugin = %self.plugin, "cannot pull from the NATS log: {e}; retrying");
@@ -392,6 +419,10 @@ impl Puller {
             }
             tokio::select! {
                 () = self.ended() => return Some(lease),
+                () = tokio::time::sleep_until(gather_until), if takeover > 0 => {
+                    takeover = 0;
+                    self.handle_in_order(&mut gathered).await;
+                }
                 _ = renew.tick() => {
                     match lease.renew().await {
                         Ok(true) => {}
@@ -415,6 +446,14 @@ impl Puller {
                 }
                 next = async { match messages.as_mut() { Some(m) => m.next().await, None => { tokio::time::sleep(Duration::from_secs(1)).await; None } } } => {
                     match next {
+                        Some(Ok(message)) if takeover > 0 => {
+                            let sequence = message.info().map_or(0, |i| i.stream_sequence);
+                            gathered.push((sequence, message));
+                            takeover -= 1;
+                            if takeover == 0 {
+                                self.handle_in_order(&mut gathered).await;
+                            }
+                        }
                         Some(Ok(message)) => self.handle(message).await,
                         Some(Err(e)) => {
                             // Leader elections, missed heartbeats: the stream goes on.
@@ -424,6 +463,14 @@ impl Puller {
                     }
                 }
             }
+        }
+    }
+
+    /// Handles `gathered` in stream order.
+    async fn handle_in_order(&self, gathered: &mut Vec<(u64, jetstream::Message)>) {
+        gathered.sort_by_key(|(sequence, _)| *sequence);
+        for (_, message) in gathered.drain(..) {
+            self.handle(message).await;
         }
     }
 
