@@ -327,6 +327,14 @@ fn the_stream_leader_killed_under_load_costs_no_request_and_loses_nothing() {
         !log.contains("spooling accepted events") || log.contains("the spool is drained")
     };
     assert!(eventually(CATCH_UP, || drained(&a) && drained(&b)), "a spool did not drain");
+    for (name, host) in [("A", &a), ("B", &b)] {
+        let log = host.log_text();
+        println!(
+            "{test}: host {name} started spooling {} times, drained {} times",
+            log.matches("spooling accepted events").count(),
+            log.matches("the spool is drained").count()
+        );
+    }
     check_delivery(test, &[&dir_a, &dir_b], &sent, non_200.len());
     assert!(a.stop() && b.stop(), "the hosts did not stop cleanly");
 }

@@ -12,7 +12,8 @@
 //!
 //! While the spool holds events not yet forwarded, new events go to the spool as well (behind
 //! the older ones), so one host's events reach the log in the order it accepted them; once
-//! the forwarder has emptied it, appends go straight to the log again. A batch the log
+//! the forwarder has caught up (nothing more spooled when it looks), appends go straight to
+//! the log again (an event being spooled at that moment may then land after a later one). A batch the log
 //! acknowledged only in part is resent from its first unacknowledged event: events of that
 //! batch may then be stored out of order (the duplicates are suppressed by `Nats-Msg-Id`).
 //!
@@ -202,11 +203,15 @@ impl Forwarder {
                 }
             }
             // Whatever else is spooled already, without waiting for more.
+            let mut caught_up = false;
             while retry.len() < BATCH {
                 match consumer.next().now_or_never() {
                     Some(Some(delivery)) => retry.push_back(ready(&self.link, delivery)),
                     Some(None) => return,
-                    None => break,
+                    None => {
+                        caught_up = true;
+                        break;
+                    }
                 }
             }
             let batch: Vec<&Ready> = retry.iter().take(BATCH).collect();
@@ -236,13 +241,14 @@ impl Forwarder {
                 reporter.complete(done.local);
             }
             self.forwarded += acked as u64;
-            let left =
-                self.status.outstanding.fetch_sub(acked as i64, Ordering::SeqCst) - acked as i64;
+            self.status.outstanding.fetch_sub(acked as i64, Ordering::SeqCst);
             match error {
                 None => {
                     delay = Duration::from_millis(100);
                     self.status.set_error(None);
-                    if left <= 0
+                    // Caught up: appends go to the log again. One being spooled at this very
+                    // moment is forwarded next, possibly after a later event published directly.
+                    if caught_up
                         && retry.is_empty()
                         && self.status.spooling.swap(false, Ordering::SeqCst)
                     {
