@@ -353,3 +353,23 @@ fn the_stream_leader_killed_under_load_costs_no_request_and_loses_nothing() {
     check_delivery(test, &[&dir_a, &dir_b], &sent, non_200.len());
     assert!(a.stop() && b.stop(), "the hosts did not stop cleanly");
 }
+
+#[test]
+fn a_host_whose_log_never_answers_refuses_to_start_and_says_what_to_check() {
+    // No server on this port: the host retries for 30 s, then refuses with what to check.
+    let port = free_port();
+    let dir = HostDir::new(&["probe"]);
+    let journal = format!(
+        "[journal]\nbackend = \"nats\"\n\n[journal.nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nreplicas = 1\nack_timeout_ms = 500\n"
+    );
+    dir.write_config(&format!("{}\n{journal}", config(&["probe"], &probe("", ""))));
+    let refused = match dir.start() {
+        Ok(_) => panic!("the host started without its log"),
+        Err(e) => e,
+    };
+    assert!(refused.contains("the NATS log is not ready yet"), "no retry line: {refused}");
+    assert!(
+        refused.contains("cannot set up the NATS log") && refused.contains("journal.nats.urls"),
+        "the refusal does not say what to check: {refused}"
+    );
+}

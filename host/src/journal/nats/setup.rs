@@ -30,6 +30,9 @@ pub(super) const MAX_ACK_PENDING: i64 = 1024;
 /// How long `Nats::open` retries while the cluster is unreachable or electing.
 pub(super) const PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long one setup attempt may wait for the log.
+const ATTEMPT: Duration = Duration::from_secs(5);
+
 /// The duplicate window when `journal.dedup_window_ms` is 0 (a stream's 0 means the server's
 /// 2 min default; the host then sends a per-accept id, see `append.rs`).
 const OFF_WINDOW: Duration = Duration::from_secs(120);
@@ -66,7 +69,15 @@ pub(super) async fn run(
     let started = Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
-        match once(link, config, replicas, plugins).await {
+        // An attempt waits at most ATTEMPT (a request to a server not connected yet can
+        // wait much longer) and never past the patience.
+        let budget = ATTEMPT.min(PATIENCE.saturating_sub(started.elapsed())).max(delay);
+        let attempt = tokio::time::timeout(budget, once(link, config, replicas, plugins))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Storage(format!("no answer within {} ms", budget.as_millis())))
+            });
+        match attempt {
             Ok(done) => return Ok(done),
             // A stream whose retention differs is a configuration matter: no retry helps.
             Err(StoreError::Refused(why)) => return Err(StoreError::Refused(why)),
