@@ -36,10 +36,13 @@ fn host_dir(cluster: &NatsCluster, ack_timeout_ms: u64, sleep_ms: u64) -> HostDi
     dir
 }
 
-/// What the clients saw: per request, the field id sent, the host index and the answer.
+/// One request: the field id sent, the host index and the answer.
+type Row = (u64, usize, Result<Answer, String>);
+
+/// What the clients saw.
 #[derive(Default)]
 struct Sent {
-    rows: Mutex<Vec<(u64, usize, Result<Answer, String>)>>,
+    rows: Mutex<Vec<Row>>,
 }
 
 impl Sent {
