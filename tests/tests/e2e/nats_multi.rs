@@ -376,3 +376,42 @@ fn a_host_whose_log_never_answers_refuses_to_start_and_says_what_to_check() {
         "the refusal does not say what to check: {refused}"
     );
 }
+
+#[test]
+fn events_spooled_before_a_restart_are_forwarded_when_the_host_starts_again() {
+    let test = "nats_multi::spool_restart";
+    let Some(mut cluster) = cluster_or_skip(test, 3, NatsOptions::default()) else { return };
+    let dir = host_dir(&cluster, 300, 0);
+    let host = start(&dir);
+    let post = |host: &RunningHost, fields: std::ops::Range<u64>| -> Vec<Answer> {
+        fields.map(|f| host.post_form(&field_event(f, "UF_CRM_SPOOL"))).collect()
+    };
+    let before = post(&host, 1000..1020);
+    assert!(before.iter().all(|a| a.status == 200), "{before:?}");
+    // Two of three nodes gone: no quorum, the log acknowledges nothing; the host spools.
+    cluster.kill(1);
+    cluster.kill(2);
+    let during = post(&host, 1020..1050);
+    let non_200 = during.iter().filter(|a| a.status != 200).count();
+    let spooled = during.iter().filter(|a| a.body == "accepted 0").count();
+    assert_eq!(non_200, 0, "{during:?}");
+    assert!(host.wait_log("spooling accepted events", Duration::from_secs(5)));
+    assert!(host.stop(), "the host did not stop cleanly");
+    let spool = dir.path().join("state/spool/journal.redb");
+    assert!(spool.is_file(), "no spool at {}", spool.display());
+    cluster.restart(1).expect("restart n2");
+    cluster.restart(2).expect("restart n3");
+    let again = start(&dir);
+    assert!(
+        again.wait_log("from an earlier run", Duration::from_secs(5)),
+        "the restarted host did not find its spooled events"
+    );
+    assert!(again.wait_log("the spool is drained", CATCH_UP), "the spool did not drain");
+    let sent = Sent::default();
+    for (f, a) in (1000..1050).zip(before.into_iter().chain(during)) {
+        sent.rows.lock().unwrap().push((f, 0, Ok(a)));
+    }
+    println!("{test}: {spooled} events spooled before the restart");
+    check_delivery(test, &[&dir], &sent, non_200);
+    assert!(again.stop());
+}

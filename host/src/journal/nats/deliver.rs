@@ -81,6 +81,8 @@ pub(super) struct Shared {
 
 struct Common {
     closed: watch::Sender<bool>,
+    /// Outcome tasks (acks, states, dead letters) not finished yet: `finish` waits for them.
+    outcomes: watch::Sender<usize>,
     damaged: AtomicU64,
     /// `None` for a `journal` command.
     stream: Option<jetstream::stream::Stream>,
@@ -115,6 +117,7 @@ impl Shared {
         Shared {
             common: Arc::new(Common {
                 closed: watch::Sender::new(false),
+                outcomes: watch::Sender::new(0),
                 damaged: AtomicU64::new(0),
                 stream,
                 pending,
@@ -148,6 +151,22 @@ impl Shared {
 
     pub fn close(&self) {
         self.common.closed.send_replace(true);
+    }
+
+    /// Waits (at most `limit`) for the outcomes reported so far to reach the connection.
+    pub async fn drain(&self, limit: Duration) {
+        let mut outcomes = self.common.outcomes.subscribe();
+        let _ = tokio::time::timeout(limit, outcomes.wait_for(|n| *n == 0)).await;
+    }
+
+    /// Runs an outcome's task, counted for [`Shared::drain`].
+    fn outcome(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.common.outcomes.send_modify(|n| *n += 1);
+        let common = self.common.clone();
+        self.common.runtime.spawn(async move {
+            task.await;
+            common.outcomes.send_modify(|n| *n -= 1);
+        });
     }
 
     fn is_closed(&self) -> bool {
@@ -643,7 +662,7 @@ impl Reporter {
         }
         let held = lock(&self.state.held).remove(&id);
         let (store, key) = (self.shared.common.pending.clone(), skip_key(&self.plugin, id));
-        self.shared.common.runtime.spawn(async move {
+        self.shared.outcome(async move {
             if let Some(held) = held {
                 let _ = held.acker.ack_with(AckKind::Term).await;
             }
@@ -659,7 +678,7 @@ impl Reporter {
         let skipped = lock(&self.state.skipped).remove(&id);
         let store = self.shared.common.pending.clone();
         let plugin = self.plugin.clone();
-        self.shared.common.runtime.spawn(async move {
+        self.shared.outcome(async move {
             if let Err(e) = held.acker.ack().await {
                 tracing::warn!(%plugin, event_id = id, "cannot ack a delivered event (it comes again): {e}");
             }
@@ -681,7 +700,7 @@ impl Reporter {
         let Some(store) = self.shared.common.pending.clone() else { return };
         let plugin = self.plugin.clone();
         let value = Bytes::from(record::seal_row(&plugin, id, &state));
-        self.shared.common.runtime.spawn(async move {
+        self.shared.outcome(async move {
             if let Err(e) = store.put(state_key(&plugin, id), value).await {
                 tracing::warn!(%plugin, event_id = id, "cannot store the retry state: {e}");
             }
@@ -708,7 +727,7 @@ impl Reporter {
             return;
         };
         let this = self.clone();
-        self.shared.common.runtime.spawn(async move {
+        self.shared.outcome(async move {
             let mut delay = Duration::from_millis(250);
             loop {
                 match dead::bury(&this.link, &this.plugin, id, payload.clone(), &member, &code, &dead).await {

@@ -230,6 +230,7 @@ impl Nats {
     /// See `Journal::finish`: outcomes sent, the spool closed, the connection flushed.
     pub async fn finish(&self) {
         self.inner.deliver.close();
+        self.inner.deliver.drain(std::time::Duration::from_secs(2)).await;
         self.inner.appender.finish(&self.inner.link).await;
         self.inner.link.flush().await;
     }
