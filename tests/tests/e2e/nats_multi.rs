@@ -254,7 +254,16 @@ fn two_hosts_deliver_every_acknowledged_event_once_per_id_in_order() {
 
 #[test]
 fn a_host_killed_under_load_leaves_its_events_to_the_other() {
-    let test = "nats_multi::host_killed";
+    host_leaves_under_load("nats_multi::host_killed", true);
+}
+
+#[test]
+fn a_host_stopped_under_load_gives_its_events_back_to_the_other() {
+    host_leaves_under_load("nats_multi::host_stopped", false);
+}
+
+/// Host A, which took the leases first, leaves under load: SIGKILL (`kill`) or SIGTERM.
+fn host_leaves_under_load(test: &str, kill: bool) {
     let Some(cluster) = cluster_or_skip(test, 3, NatsOptions::default()) else { return };
     let (dir_a, dir_b) = (host_dir(&cluster, 2000, 5), host_dir(&cluster, 2000, 5));
     let a = start(&dir_a);
@@ -266,8 +275,15 @@ fn a_host_killed_under_load_leaves_its_events_to_the_other() {
     // A took the leases first; with the probe sleeping it has events in flight now.
     let before: usize = dir_a.read_lines_lenient("probe.jsonl").len();
     alive[0].store(false, Ordering::SeqCst);
-    a.kill();
-    println!("{test}: host A SIGKILLed after {before} probe calls");
+    if kill {
+        a.kill();
+    } else {
+        assert!(a.stop(), "host A did not stop cleanly");
+    }
+    println!(
+        "{test}: host A {} after {before} probe calls",
+        if kill { "SIGKILLed" } else { "stopped" }
+    );
     load.wait_sent(400 + 200);
     let sent = load.finish();
     assert!(b.wait_log(DELIVERS, CATCH_UP), "host B never took over");

@@ -83,6 +83,8 @@ struct Common {
     closed: watch::Sender<bool>,
     /// Outcome tasks (acks, states, dead letters) not finished yet: `finish` waits for them.
     outcomes: watch::Sender<usize>,
+    /// Pull tasks running: `finish` waits for them to give back what they hold.
+    pullers: watch::Sender<usize>,
     damaged: AtomicU64,
     /// `None` for a `journal` command.
     stream: Option<jetstream::stream::Stream>,
@@ -118,6 +120,7 @@ impl Shared {
             common: Arc::new(Common {
                 closed: watch::Sender::new(false),
                 outcomes: watch::Sender::new(0),
+                pullers: watch::Sender::new(0),
                 damaged: AtomicU64::new(0),
                 stream,
                 pending,
@@ -156,7 +159,12 @@ impl Shared {
     /// Waits (at most `limit`) for the outcomes reported so far to reach the connection.
     pub async fn drain(&self, limit: Duration) {
         let mut outcomes = self.common.outcomes.subscribe();
-        let _ = tokio::time::timeout(limit, outcomes.wait_for(|n| *n == 0)).await;
+        let mut pullers = self.common.pullers.subscribe();
+        let _ = tokio::time::timeout(limit, async {
+            let _ = pullers.wait_for(|n| *n == 0).await;
+            let _ = outcomes.wait_for(|n| *n == 0).await;
+        })
+        .await;
     }
 
     /// Runs an outcome's task, counted for [`Shared::drain`].
@@ -202,6 +210,8 @@ struct Held {
     state_written: bool,
     /// Its dead letter is being stored.
     burying: bool,
+    /// Handed to a lane (`Consumer::next`).
+    yielded: bool,
 }
 
 /// One plugin's delivery state on this host.
@@ -246,7 +256,12 @@ impl Consumer {
                 stopped: stopped.subscribe(),
             };
             shared.common.runtime.spawn(puller.clone().progress());
-            shared.common.runtime.spawn(puller.run());
+            shared.common.pullers.send_modify(|n| *n += 1);
+            let common = shared.common.clone();
+            shared.common.runtime.spawn(async move {
+                puller.run().await;
+                common.pullers.send_modify(|n| *n -= 1);
+            });
         }
         Consumer { plugin: Arc::from(plugin), stopped, rx, reporter }
     }
@@ -266,11 +281,15 @@ impl Consumer {
         if *closed.borrow() || *stopped.borrow() {
             return None;
         }
-        tokio::select! {
+        let delivery = tokio::select! {
             delivery = self.rx.recv() => delivery,
             _ = closed.wait_for(|c| *c) => None,
             _ = stopped.wait_for(|s| *s) => None,
+        }?;
+        if let Some(held) = lock(&self.reporter.state.held).get_mut(&delivery.id) {
+            held.yielded = true;
         }
+        Some(delivery)
     }
 
     pub fn reporter(&self) -> Reporter {
@@ -321,14 +340,15 @@ impl Puller {
         }
     }
 
-    /// Keeps every held message alive (`AckKind::Progress`) until the consumer ends.
+    /// Keeps every held message alive (`AckKind::Progress`) while the consumer runs, and after
+    /// it ended while the lanes still finish what they have.
     async fn progress(self) {
         let mut tick = tokio::time::interval(PROGRESS);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = self.ended() => return,
+            tick.tick().await;
+            if self.done() && lock(&self.state.held).is_empty() {
+                return;
             }
             let ackers: Vec<Arc<Acker>> =
                 lock(&self.state.held).values().map(|h| h.acker.clone()).collect();
@@ -437,7 +457,10 @@ impl Puller {
                 }
             }
             tokio::select! {
-                () = self.ended() => return Some(lease),
+                () = self.ended() => {
+                    self.give_back().await;
+                    return Some(lease);
+                }
                 () = tokio::time::sleep_until(gather_until), if takeover > 0 => {
                     takeover = 0;
                     self.handle_in_order(&mut gathered).await;
@@ -482,6 +505,23 @@ impl Puller {
                     }
                 }
             }
+        }
+    }
+
+    /// The host stops or the plugin was disabled: what this host pulled and no lane has yet
+    /// goes back to the log now (`Nak`, in id order), ahead of anything newer for the next
+    /// holder, rather than after `ack_wait`. What the lanes have they finish and ack (kept
+    /// alive meanwhile).
+    async fn give_back(&self) {
+        let mut held: Vec<(u64, Arc<Acker>)> = {
+            let mut held = lock(&self.state.held);
+            let back: Vec<u64> =
+                held.iter().filter(|(_, h)| !h.yielded && !h.burying).map(|(id, _)| *id).collect();
+            back.into_iter().filter_map(|id| held.remove(&id).map(|h| (id, h.acker))).collect()
+        };
+        held.sort_by_key(|(id, _)| *id);
+        for (_, acker) in held {
+            let _ = acker.ack_with(AckKind::Nak(None)).await;
         }
     }
 
@@ -579,7 +619,15 @@ impl Puller {
             Some(r) => (r.meta.member_id.clone(), r.meta.code.clone()),
             None => (member, code),
         };
-        let held = Held { acker, member, code, payload, state_written: false, burying: false };
+        let held = Held {
+            acker,
+            member,
+            code,
+            payload,
+            state_written: false,
+            burying: false,
+            yielded: false,
+        };
         let Some(record) = record else {
             let reason = "event damaged: the payload on the log fails its checksum".to_owned();
             tracing::error!(event_id = id, plugin = %self.plugin, "journal {reason}: the event is not delivered; it is a dead letter now");
