@@ -291,6 +291,9 @@ fn host_leaves_under_load(test: &str, kill: bool) {
     let on_b = sent.non_200(Some(1));
     assert!(on_b.is_empty(), "host B answered non-200: {on_b:?}");
     let non_200 = sent.non_200(None).len();
+    for line in b.log_text().lines().filter(|l| l.contains("taking over") || l.contains(DELIVERS)) {
+        println!("{test}: host B: {line}");
+    }
     check_delivery(test, &[&dir_a, &dir_b], &sent, non_200);
     let (by_a, _) = delivered(&[&dir_a], "probe.jsonl");
     let (by_b, _) = delivered(&[&dir_b], "probe.jsonl");

@@ -6,6 +6,12 @@
 //!   (`lease.rs`), renews it every [`RENEW`], and pulls only while holding it; on loss it stops
 //!   pulling (what it already holds it still finishes). That is what keeps per-plugin order
 //!   across hosts.
+//! - **Handing over**: a host that stops (or whose plugin is disabled) stops pulling, keeps
+//!   the lease while its lanes finish, then naks what it still holds in id order and releases
+//!   the lease. A host taking the lease while the consumer has messages pending elsewhere waits
+//!   one `ack_wait` (what the other host had pulled but not given back comes back then, before
+//!   anything newer) and hands that many on in stream order (the server redelivers in the order
+//!   the deliveries expired, not in stream order).
 //! - **Held messages**: every pulled message addressed to the plugin is held (event id ->
 //!   its acker) until the plugin's outcome; a background task extends each held message with
 //!   `AckKind::Progress` every [`PROGRESS`], well inside the consumer's `ack_wait`
@@ -64,6 +70,12 @@ const PROGRESS: Duration = Duration::from_secs(2);
 /// Messages one pull request asks for.
 const PULL_BATCH: usize = 256;
 
+/// How long a disabled plugin's lanes may take to finish what they hold before it goes back.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A takeover stops gathering the previous holder's events after this long without one.
+const GATHER_IDLE: Duration = Duration::from_secs(1);
+
 /// How long a pull request waits on the server. Short: a dead host's pending request would
 /// take new messages meant for the next holder (to be redelivered only after `ack_wait`, after
 /// later ones: out of order); it must expire before the lease can pass to another host.
@@ -85,6 +97,8 @@ struct Common {
     outcomes: watch::Sender<usize>,
     /// Pull tasks running: `finish` waits for them to give back what they hold.
     pullers: watch::Sender<usize>,
+    /// The host's lanes are done (`Journal::finish`): what is still held goes back.
+    finished: watch::Sender<bool>,
     damaged: AtomicU64,
     /// `None` for a `journal` command.
     stream: Option<jetstream::stream::Stream>,
@@ -121,6 +135,7 @@ impl Shared {
                 closed: watch::Sender::new(false),
                 outcomes: watch::Sender::new(0),
                 pullers: watch::Sender::new(0),
+                finished: watch::Sender::new(false),
                 damaged: AtomicU64::new(0),
                 stream,
                 pending,
@@ -157,7 +172,10 @@ impl Shared {
     }
 
     /// Waits (at most `limit`) for the outcomes reported so far to reach the connection.
+    /// The lanes are done: the pull tasks give back what is still held, in id order, and
+    /// release their leases; waits for that (and the outcomes) at most `limit`.
     pub async fn drain(&self, limit: Duration) {
+        self.common.finished.send_replace(true);
         let mut outcomes = self.common.outcomes.subscribe();
         let mut pullers = self.common.pullers.subscribe();
         let _ = tokio::time::timeout(limit, async {
@@ -437,8 +455,18 @@ impl Puller {
         };
         if takeover > 0 {
             tracing::info!(plugin = %self.plugin, events = takeover, "taking over events another host had in flight");
+            // Whatever that host had pulled and not given back (its client's buffer, or all of
+            // it after a crash) comes back when its ack wait runs out: wait for that, so it
+            // comes before anything newer.
+            tokio::select! {
+                () = tokio::time::sleep(setup::ACK_WAIT + Duration::from_millis(500)) => {}
+                () = self.ended() => return Some(lease),
+            }
         }
         let gather_until = tokio::time::Instant::now() + 2 * setup::ACK_WAIT;
+        // Should some of those be acked by their holder still, a while without a message ends
+        // the gathering too.
+        let mut gather_idle = tokio::time::Instant::now() + GATHER_IDLE;
         let mut gathered: Vec<(u64, jetstream::Message)> = Vec::new();
         let mut messages = None;
         loop {
@@ -457,11 +485,8 @@ impl Puller {
                 }
             }
             tokio::select! {
-                () = self.ended() => {
-                    self.give_back().await;
-                    return Some(lease);
-                }
-                () = tokio::time::sleep_until(gather_until), if takeover > 0 => {
+                () = self.ended() => return self.leave(lease).await,
+                () = tokio::time::sleep_until(gather_until.min(gather_idle)), if takeover > 0 => {
                     takeover = 0;
                     self.handle_in_order(&mut gathered).await;
                 }
@@ -491,6 +516,7 @@ impl Puller {
                         Some(Ok(message)) if takeover > 0 => {
                             let sequence = message.info().map_or(0, |i| i.stream_sequence);
                             gathered.push((sequence, message));
+                            gather_idle = tokio::time::Instant::now() + GATHER_IDLE;
                             takeover -= 1;
                             if takeover == 0 {
                                 self.handle_in_order(&mut gathered).await;
@@ -508,20 +534,57 @@ impl Puller {
         }
     }
 
-    /// The host stops or the plugin was disabled: what this host pulled and no lane has yet
-    /// goes back to the log now (`Nak`, in id order), ahead of anything newer for the next
-    /// holder, rather than after `ack_wait`. What the lanes have they finish and ack (kept
-    /// alive meanwhile).
+    /// The host stops or the plugin was disabled: pulling has stopped; the lease is kept
+    /// (renewed) while the lanes finish what they have: until `Journal::finish` (the host's
+    /// lanes are done), or for a disabled plugin until nothing is held or [`STOP_GRACE`]
+    /// passed. Then what is still held goes back to the log (`Nak`, in id order, ahead of
+    /// anything newer for the next holder, rather than after `ack_wait`) and the lease is
+    /// released.
+    async fn leave(&self, mut lease: Lease) -> Option<Lease> {
+        let mut finished = self.shared.common.finished.subscribe();
+        let started = tokio::time::Instant::now();
+        let mut renew = tokio::time::interval(RENEW);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                true = async { finished.wait_for(|f| *f).await.is_ok() } => break,
+                _ = renew.tick() => {
+                    if !matches!(lease.renew().await, Ok(true)) && !lease.is_fresh() {
+                        self.give_back().await;
+                        return None;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    let empty = lock(&self.state.held).is_empty();
+                    if empty || (!self.shared.is_closed() && started.elapsed() > STOP_GRACE) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.give_back().await;
+        Some(lease)
+    }
+
+    /// What is still held goes back to the log, in id order.
     async fn give_back(&self) {
         let mut held: Vec<(u64, Arc<Acker>)> = {
             let mut held = lock(&self.state.held);
             let back: Vec<u64> =
-                held.iter().filter(|(_, h)| !h.yielded && !h.burying).map(|(id, _)| *id).collect();
+                held.iter().filter(|(_, h)| !h.burying).map(|(id, _)| *id).collect();
             back.into_iter().filter_map(|id| held.remove(&id).map(|h| (id, h.acker))).collect()
         };
         held.sort_by_key(|(id, _)| *id);
+        // In order on one connection; the last one confirmed, so all are with the consumer's
+        // leader before the lease is released and the next holder pulls.
+        let last = held.pop();
         for (_, acker) in held {
             let _ = acker.ack_with(AckKind::Nak(None)).await;
+        }
+        if let Some((_, acker)) = last {
+            if let Err(e) = acker.double_ack_with(AckKind::Nak(None)).await {
+                tracing::debug!(plugin = %self.plugin, "giving back held events: {e}");
+            }
         }
     }
 
