@@ -10,12 +10,15 @@
 //! with back-off. It drains at start too: events spooled before a crash or restart go out
 //! once the log answers.
 //!
-//! While the spool holds events not yet forwarded, new events go to the spool as well (behind
-//! the older ones), so one host's events reach the log in the order it accepted them; once
-//! the forwarder has caught up (nothing more spooled when it looks), appends go straight to
-//! the log again (an event being spooled at that moment may then land after a later one). A batch the log
-//! acknowledged only in part is resent from its first unacknowledged event: events of that
-//! batch may then be stored out of order (the duplicates are suppressed by `Nats-Msg-Id`).
+//! Once an append has gone to the spool, the next ones go there too without trying the log
+//! (each would wait up to `ack_timeout_ms` while the log does not answer), until the forwarder
+//! gets an acknowledgement: then appends go to the log again while the forwarder drains the
+//! rest. So an event spooled during an outage is stored (and numbered) after events accepted
+//! later, as an event accepted by another host may be: per-plugin order is the log's order.
+//! An earlier design kept spooling until the spool was empty (one host's order kept), but
+//! under a steady load the spool then never emptied and every event paid the local fsync and
+//! the second hop. A batch the log acknowledged only in part is resent from its first
+//! unacknowledged event (the ones already stored are suppressed by `Nats-Msg-Id`).
 //!
 //! Guarantee and its limit: a spooled event is on this host's disk; a host that dies for good
 //! with spooled events keeps them there until it starts again (with the same `state_dir`).
@@ -54,7 +57,7 @@ pub(super) struct Status {
     last_error: Mutex<Option<String>>,
     /// Events in the spool not yet forwarded (may be briefly off by the ones being appended).
     outstanding: AtomicI64,
-    /// Appends go to the spool (it holds events not yet forwarded).
+    /// Appends go to the spool without trying the log (it did not acknowledge the last try).
     spooling: AtomicBool,
 }
 
@@ -246,12 +249,10 @@ impl Forwarder {
                 None => {
                     delay = Duration::from_millis(100);
                     self.status.set_error(None);
-                    // Caught up: appends go to the log again. One being spooled at this very
-                    // moment is forwarded next, possibly after a later event published directly.
-                    if caught_up
-                        && retry.is_empty()
-                        && self.status.spooling.swap(false, Ordering::SeqCst)
-                    {
+                    // The log acknowledges again: appends go to it directly; the forwarder
+                    // drains the rest meanwhile.
+                    self.status.spooling.store(false, Ordering::SeqCst);
+                    if caught_up && retry.is_empty() && self.forwarded > 0 {
                         tracing::info!(
                             forwarded = self.forwarded,
                             "the spool is drained: every spooled event is on the NATS log"
