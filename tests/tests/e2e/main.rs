@@ -14,6 +14,7 @@ mod isolation;
 mod journal;
 mod loading;
 mod nats_journal;
+mod nats_multi;
 mod offline;
 mod operator;
 mod ops;

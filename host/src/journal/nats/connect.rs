@@ -16,6 +16,8 @@ pub(super) struct Link {
     pub names: Names,
     /// This host's id (host name, process id): consumers' client names, lease holders.
     pub host_id: String,
+    /// How long a publish waits for the log's acknowledgement (`ack_timeout_ms`).
+    pub ack_timeout: Duration,
 }
 
 /// The names of everything the backend keeps in the cluster.
@@ -90,7 +92,13 @@ impl Link {
         let js = jetstream::ContextBuilder::new()
             .timeout(config.ack_timeout.max(Duration::from_secs(2)))
             .build(client.clone());
-        Ok(Link { client, js, names: Names::of(&config.stream), host_id })
+        Ok(Link {
+            client,
+            js,
+            names: Names::of(&config.stream),
+            host_id,
+            ack_timeout: config.ack_timeout,
+        })
     }
 
     /// Sends what the client still buffers (acks, publishes) to the server.
@@ -98,5 +106,32 @@ impl Link {
         if let Err(e) = self.client.flush().await {
             tracing::warn!("cannot flush the NATS connection: {e}");
         }
+    }
+}
+
+/// `s` as one NATS subject token (a portal's `member_id`, an event code, a plugin name): keeps
+/// ASCII letters, digits, `-` and `_`; anything else (`.`, `*`, `>`, whitespace, non-ASCII)
+/// becomes `_`; an empty string becomes `_`. Two values may share a token: the subject only
+/// routes and filters, the payload carries the real values.
+pub(crate) fn subject_token(s: &str) -> String {
+    if s.is_empty() {
+        return "_".to_owned();
+    }
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_token;
+
+    #[test]
+    fn subject_tokens_keep_safe_characters_and_replace_the_rest() {
+        assert_eq!(subject_token("ONCRMDEALADD"), "ONCRMDEALADD");
+        assert_eq!(subject_token("a1-b_2"), "a1-b_2");
+        assert_eq!(subject_token("a.b*c>d e"), "a_b_c_d_e");
+        assert_eq!(subject_token("пример"), "______");
+        assert_eq!(subject_token(""), "_");
     }
 }

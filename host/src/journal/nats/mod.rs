@@ -29,6 +29,7 @@ mod hold;
 mod kv;
 mod lease;
 mod report;
+mod setup;
 mod spool;
 
 use std::{path::Path, sync::Arc};
@@ -78,9 +79,13 @@ impl Nats {
     ) -> Result<(Nats, std::thread::JoinHandle<()>), StoreError> {
         let nats = nats_config(config)?;
         let link = connect::Link::connect(nats).await?;
-        let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
+        // Streams, bucket and every plugin's consumer before anything is published (the
+        // events stream keeps an event only for the consumers that exist).
+        let (stream, pending) = setup::run(&link, config, nats.replicas, plugins).await?;
         let kv = kv::State::open(&link, nats.replicas).await?;
-        let deliver = deliver::Shared::open(&link, config, plugins).await?;
+        let deliver = deliver::Shared::open(&link, nats.replicas, stream, pending).await?;
+        // Last: the spool starts forwarding only once the consumers exist.
+        let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
         let inner =
             Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
@@ -107,7 +112,7 @@ impl Nats {
         report::connected(&link, nats).await?;
         let (appender, thread) = append::Appender::for_command(&link);
         let kv = kv::State::open(&link, nats.replicas).await?;
-        let deliver = deliver::Shared::open(&link, config, &[]).await?;
+        let deliver = deliver::Shared::for_command(&link).await;
         let inner =
             Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
@@ -247,6 +252,7 @@ impl Nats {
     /// See `Journal::finish`: outcomes sent, the spool closed, the connection flushed.
     pub async fn finish(&self) {
         self.inner.deliver.close();
+        self.inner.deliver.drain(std::time::Duration::from_secs(2)).await;
         self.inner.appender.finish(&self.inner.link).await;
         self.inner.link.flush().await;
     }

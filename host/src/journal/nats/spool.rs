@@ -1,4 +1,293 @@
 //! The local spool: an embedded journal in `state_dir/spool/` that takes an event the log did
 //! not acknowledge within `ack_timeout_ms`, and forwards it later with the same `Nats-Msg-Id`.
 //!
-//! STUB: to be written (issue 12, item 3).
+//! The spool is `journal::embedded::Embedded` with one pseudo-plugin, [`FORWARDER`]: an append
+//! returns once the event is fsynced (the same group commit as the embedded backend), so the
+//! host can answer 200 during a leader election. The forwarder task reads the spool in id
+//! order, republishes each event to its subject with its `Nats-Msg-Id` and `B24-Plugins`
+//! (kept in the spooled record as the fact [`PLUGINS_FACT`], removed before publishing), and
+//! completes it only after the log's acknowledgement; unacknowledged ones are retried first,
+//! with back-off. It drains at start too: events spooled before a crash or restart go out
+//! once the log answers.
+//!
+//! Once an append has gone to the spool, the next ones go there too without trying the log
+//! (each would wait up to `ack_timeout_ms` while the log does not answer), until the forwarder
+//! gets an acknowledgement: then appends go to the log again while the forwarder drains the
+//! rest. So an event spooled during an outage is stored (and numbered) after events accepted
+//! later, as an event accepted by another host may be: per-plugin order is the log's order.
+//! An earlier design kept spooling until the spool was empty (one host's order kept), but
+//! under a steady load the spool then never emptied and every event paid the local fsync and
+//! the second hop. A batch the log acknowledged only in part is resent from its first
+//! unacknowledged event (the ones already stored are suppressed by `Nats-Msg-Id`).
+//!
+//! Guarantee and its limit: a spooled event is on this host's disk; a host that dies for good
+//! with spooled events keeps them there until it starts again (with the same `state_dir`).
+
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::FutureExt;
+
+use super::{append, connect::Link};
+use crate::config::JournalConfig;
+use crate::journal::{
+    Appended, Delivery, StoreError, dedup::DedupKey, embedded::Embedded, record::EventRecord,
+};
+
+/// The spool's one pseudo-plugin: the forwarder.
+pub(super) const FORWARDER: &str = "log";
+
+/// The spooled record's fact holding the recipients (`B24-Plugins`); never published.
+pub(super) const PLUGINS_FACT: &str = "\u{0}b24-plugins";
+
+/// How many spooled events the forwarder has in flight at once.
+const BATCH: usize = 64;
+
+/// What the append path and the forwarder share.
+#[derive(Default)]
+pub(super) struct Status {
+    /// Why the log does not acknowledge (while spooling); cleared by the next ack.
+    last_error: Mutex<Option<String>>,
+    /// Events in the spool not yet forwarded (may be briefly off by the ones being appended).
+    outstanding: AtomicI64,
+    /// Appends go to the spool without trying the log (it did not acknowledge the last try).
+    spooling: AtomicBool,
+}
+
+impl Status {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    pub fn is_spooling(&self) -> bool {
+        self.spooling.load(Ordering::SeqCst)
+    }
+}
+
+/// The spool of a running host.
+pub(super) struct Spool {
+    journal: Embedded,
+    status: Arc<Status>,
+}
+
+impl Spool {
+    /// Opens the spool in `state_dir/spool/` and starts its forwarder (which drains what an
+    /// earlier run left). The thread is the spool's writer, to join at exit.
+    pub async fn open(
+        state_dir: &Path,
+        config: &JournalConfig,
+        link: &Link,
+        status: Arc<Status>,
+    ) -> Result<(Spool, std::thread::JoinHandle<()>), StoreError> {
+        let dir = state_dir.join("spool");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::Storage(format!("cannot create the spool folder {}: {e}", dir.display()))
+        })?;
+        // Duplicates are the log's to suppress (by Nats-Msg-Id); forwarded events go at once.
+        let local = JournalConfig {
+            dedup_window: Duration::ZERO,
+            keep_completed_for: Duration::ZERO,
+            keep_completed_events: 0,
+            ..config.clone()
+        };
+        let (journal, thread) = Embedded::open(&dir, &local, &[FORWARDER.to_owned()], true)?;
+        let left = journal
+            .stats(vec![FORWARDER.to_owned()])
+            .await?
+            .plugins
+            .iter()
+            .find(|p| p.plugin == FORWARDER)
+            .map_or(0, |p| p.backlog);
+        if left > 0 {
+            tracing::warn!(
+                events = left,
+                "the spool holds events not yet forwarded to the NATS log (from an earlier run); forwarding them"
+            );
+            status.outstanding.store(left as i64, Ordering::SeqCst);
+            status.spooling.store(true, Ordering::SeqCst);
+        }
+        let forwarder = Forwarder {
+            link: link.clone(),
+            status: status.clone(),
+            ack_timeout: append::ack_timeout(link),
+            forwarded: 0,
+        };
+        tokio::spawn(forwarder.run(journal.consumer(FORWARDER)));
+        Ok((Spool { journal, status }, thread))
+    }
+
+    /// Spools `record` (fsynced when this returns). `why`: the log's failure, for the log line
+    /// and `last_write_error`.
+    pub async fn append(
+        &self,
+        mut record: Box<EventRecord>,
+        key: DedupKey,
+        plugins: &str,
+        why: Option<String>,
+    ) -> Result<Appended, StoreError> {
+        record.meta.extra.push((PLUGINS_FACT.to_owned(), plugins.to_owned()));
+        self.status.outstanding.fetch_add(1, Ordering::SeqCst);
+        if !self.status.spooling.swap(true, Ordering::SeqCst) {
+            let why = why.clone().unwrap_or_else(|| "unknown".into());
+            tracing::warn!(
+                "the NATS log did not acknowledge an event ({why}); spooling accepted events on this host until it does"
+            );
+        }
+        if let Some(why) = why {
+            self.status.set_error(Some(why));
+        }
+        let answer =
+            self.journal.append(record, key, vec![Arc::from(FORWARDER)], None, false).await;
+        match answer {
+            // The log numbers the event when the forwarder publishes it: 0 until then.
+            Ok(_) => Ok(Appended::New(0)),
+            Err(e) => {
+                self.status.outstanding.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// The spool's size on disk.
+    pub fn size_bytes(&self) -> Option<u64> {
+        self.journal.size_bytes()
+    }
+
+    /// Waits for the spool's writes so far.
+    pub async fn flush(&self) {
+        self.journal.flush().await;
+    }
+
+    /// Closes the spool (what is not forwarded stays on disk for the next start).
+    pub async fn finish(&self) {
+        self.journal.close();
+        self.journal.finish().await;
+    }
+}
+
+/// The forwarder task.
+struct Forwarder {
+    link: Link,
+    status: Arc<Status>,
+    ack_timeout: Duration,
+    forwarded: u64,
+}
+
+/// A spooled event ready to publish.
+struct Ready {
+    local: u64,
+    subject: String,
+    msg_id: String,
+    plugins: String,
+    payload: bytes::Bytes,
+}
+
+impl Forwarder {
+    async fn run(mut self, mut consumer: crate::journal::embedded::Consumer) {
+        let reporter = consumer.reporter();
+        let mut retry: VecDeque<Ready> = VecDeque::new();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if retry.is_empty() {
+                match consumer.next().await {
+                    Some(delivery) => retry.push_back(ready(&self.link, delivery)),
+                    None => return,
+                }
+            }
+            // Whatever else is spooled already, without waiting for more.
+            let mut caught_up = false;
+            while retry.len() < BATCH {
+                match consumer.next().now_or_never() {
+                    Some(Some(delivery)) => retry.push_back(ready(&self.link, delivery)),
+                    Some(None) => return,
+                    None => {
+                        caught_up = true;
+                        break;
+                    }
+                }
+            }
+            let batch: Vec<&Ready> = retry.iter().take(BATCH).collect();
+            let results = futures_util::future::join_all(batch.iter().map(|r| {
+                append::publish(
+                    &self.link,
+                    self.ack_timeout,
+                    &r.subject,
+                    &r.msg_id,
+                    &r.plugins,
+                    r.payload.clone(),
+                )
+            }))
+            .await;
+            let mut acked = 0;
+            let mut error = None;
+            for result in results {
+                match result {
+                    Ok(_) if error.is_none() => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+            for done in retry.drain(..acked) {
+                reporter.complete(done.local);
+            }
+            self.forwarded += acked as u64;
+            self.status.outstanding.fetch_sub(acked as i64, Ordering::SeqCst);
+            match error {
+                None => {
+                    delay = Duration::from_millis(100);
+                    self.status.set_error(None);
+                    // The log acknowledges again: appends go to it directly; the forwarder
+                    // drains the rest meanwhile.
+                    self.status.spooling.store(false, Ordering::SeqCst);
+                    if caught_up && retry.is_empty() && self.forwarded > 0 {
+                        tracing::info!(
+                            forwarded = self.forwarded,
+                            "the spool is drained: every spooled event is on the NATS log"
+                        );
+                        self.forwarded = 0;
+                    }
+                }
+                Some(e) => {
+                    self.status.set_error(Some(e.clone()));
+                    tracing::debug!("forwarding spooled events: {e}; again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// A spooled delivery as the message to publish.
+fn ready(link: &Link, delivery: Delivery) -> Ready {
+    let Delivery { id, mut record, .. } = delivery;
+    let mut plugins = String::new();
+    record.meta.extra.retain(|(k, v)| {
+        if k == PLUGINS_FACT {
+            plugins = v.clone();
+            false
+        } else {
+            true
+        }
+    });
+    Ready {
+        local: id,
+        subject: append::subject(&link.names.stream, &record),
+        msg_id: record.meta.dedup_key.clone(),
+        plugins,
+        payload: append::seal(&record),
+    }
+}
