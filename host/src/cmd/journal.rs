@@ -37,20 +37,21 @@ pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::
 /// Runs `request` against the journal of `config`'s host and prints the answer.
 pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let response = match runtime.block_on(Journal::open_for_command(&config.state_dir, &config.journal)) {
-        Ok((journal, writer)) => {
-            let response = runtime.block_on(control::answer_journal(&journal, request));
-            drop(journal);
-            let _ = writer.join();
-            response
-        }
-        Err(StoreError::InUse { path }) => {
-            runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
-                anyhow::anyhow!("the journal {path} is locked by a running host, and {e}")
-            })?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let response =
+        match runtime.block_on(Journal::open_for_command(&config.state_dir, &config.journal)) {
+            Ok((journal, writer)) => {
+                let response = runtime.block_on(control::answer_journal(&journal, request));
+                drop(journal);
+                let _ = writer.join();
+                response
+            }
+            Err(StoreError::InUse { path }) => {
+                runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
+                    anyhow::anyhow!("the journal {path} is locked by a running host, and {e}")
+                })?
+            }
+            Err(e) => return Err(e.into()),
+        };
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(ExitCode::SUCCESS);

@@ -121,8 +121,12 @@ fn journal_nats_mistakes_name_the_line_and_key() {
     assert!(message.contains("at least one server"), "{message}");
     let message = invalid(&format!("{head}urls = [\"http://x:1\"]\n"), 4, 9, "journal.nats.urls");
     assert!(message.contains("not a NATS url scheme"), "{message}");
-    let message =
-        invalid(&format!("{head}urls = [\"nats://a:1\"]\nreplicas = 7\n"), 5, 12, "journal.nats.replicas");
+    let message = invalid(
+        &format!("{head}urls = [\"nats://a:1\"]\nreplicas = 7\n"),
+        5,
+        12,
+        "journal.nats.replicas",
+    );
     assert!(message.contains("at most 5"), "{message}");
     let message = invalid(
         &format!("{head}urls = [\"nats://a:1\"]\ntoken = \"t\"\nuser = \"u\"\n"),
@@ -131,7 +135,12 @@ fn journal_nats_mistakes_name_the_line_and_key() {
         "journal.nats.user",
     );
     assert!(message.contains("one way to authenticate"), "{message}");
-    let message = invalid(&format!("{head}urls = [\"nats://a:1\"]\nsync = \"never\"\n"), 5, 8, "journal.nats.sync");
+    let message = invalid(
+        &format!("{head}urls = [\"nats://a:1\"]\nsync = \"never\"\n"),
+        5,
+        8,
+        "journal.nats.sync",
+    );
     assert!(message.contains("\"always\""), "{message}");
     let message = invalid("[journal.nats]\nurls = [\"nats://a:1\"]\n", 1, 1, "journal.nats");
     assert!(message.contains("only read with journal.backend = \"nats\""), "{message}");

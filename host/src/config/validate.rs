@@ -206,7 +206,9 @@ fn journal(
                 return Err(src.invalid(
                     backend.span(),
                     "journal.backend",
-                    format!("unknown backend {other:?}: use \"embedded\" (the default) or \"nats\""),
+                    format!(
+                        "unknown backend {other:?}: use \"embedded\" (the default) or \"nats\""
+                    ),
                 ));
             }
         };

@@ -9,8 +9,8 @@ use super::{
     ConfigError,
     error::Source,
     model::{
-        DEFAULT_NATS_ACK_TIMEOUT, DEFAULT_NATS_REPLICAS, DEFAULT_NATS_STREAM, NatsAuth,
-        NatsConfig, NatsSync, NatsTls,
+        DEFAULT_NATS_ACK_TIMEOUT, DEFAULT_NATS_REPLICAS, DEFAULT_NATS_STREAM, NatsAuth, NatsConfig,
+        NatsSync, NatsTls,
     },
     raw::RawNats,
     validate::{count, millis, secret},
@@ -146,7 +146,15 @@ pub(super) fn nats(
         None => DEFAULT_NATS_ACK_TIMEOUT,
         Some(ms) => millis(src, &ms, "journal.nats.ack_timeout_ms", MIN_ACK_TIMEOUT_MS)?,
     };
-    Ok(NatsConfig { urls: checked, auth, tls, stream, replicas, sync, ack_timeout: cap(ack_timeout) })
+    Ok(NatsConfig {
+        urls: checked,
+        auth,
+        tls,
+        stream,
+        replicas,
+        sync,
+        ack_timeout: cap(ack_timeout),
+    })
 }
 
 /// An ack timeout longer than a minute would hold Bitrix24's request past its own timeout.
@@ -180,10 +188,13 @@ fn auth(
         return Err(src.invalid(p.span(), "journal.nats.password", "needs user too"));
     }
     let clone_token = |t: &Spanned<super::raw::RawToken>| {
-        Spanned::new(t.span(), match t.get_ref() {
-            super::raw::RawToken::Literal(s) => super::raw::RawToken::Literal(s.clone()),
-            super::raw::RawToken::Env(e) => super::raw::RawToken::Env(e.clone()),
-        })
+        Spanned::new(
+            t.span(),
+            match t.get_ref() {
+                super::raw::RawToken::Literal(s) => super::raw::RawToken::Literal(s.clone()),
+                super::raw::RawToken::Env(e) => super::raw::RawToken::Env(e.clone()),
+            },
+        )
     };
     if let Some(t) = &raw.token {
         let value = secret(src, &["journal", "nats", "token"], clone_token(t), env)?;

@@ -79,7 +79,9 @@ fn crash_test(clients: u64, per_client: u64, max_kills: usize) {
         .collect();
 
     let mut seed = seed();
-    eprintln!("crash test seed {seed}: {clients} clients x {per_client} events, {max_kills} SIGKILLs");
+    eprintln!(
+        "crash test seed {seed}: {clients} clients x {per_client} events, {max_kills} SIGKILLs"
+    );
     let mut kills = 0;
     let mut host = dir.start_with(launch.clone()).unwrap_or_else(|e| panic!("{e}"));
     while kills < max_kills {

@@ -381,7 +381,7 @@ fn readyz_and_metrics_say_what_the_log_does_on_the_embedded_journal() {
 /// and the `journal` commands (run while the host delivers, and after it stopped) show, replay
 /// and purge them; a replay reaches the probe under the event's original id.
 #[test]
-#[ignore = "needs the NATS delivery of branch nats-log: passes on the merge of nats-ops and nats-log (run with --ignored)"]
+
 fn a_host_on_the_log_buries_and_journal_commands_replay_and_purge() {
     let Some(cluster) = cluster_or_skip(
         "a_host_on_the_log_buries_and_journal_commands_replay_and_purge",
@@ -448,7 +448,7 @@ fn a_host_on_the_log_buries_and_journal_commands_replay_and_purge() {
 /// spool, `/readyz` stays 200 and says it spools, `b24_journal_log_acknowledging` is 0; with a
 /// node back the spool drains to the plugin and the log acknowledges again.
 #[test]
-#[ignore = "needs the NATS append path and spool of branch nats-log: passes on the merge of nats-ops and nats-log (run with --ignored)"]
+
 fn readyz_stays_ready_and_says_so_while_the_host_spools() {
     let Some(mut cluster) = cluster_or_skip(
         "readyz_stays_ready_and_says_so_while_the_host_spools",
@@ -516,7 +516,7 @@ fn readyz_stays_ready_and_says_so_while_the_host_spools() {
 /// the skip and announces it; the delivering host drops the event, and the plugin's next
 /// event (a sentinel) comes through.
 #[test]
-#[ignore = "needs the NATS delivery of branch nats-log: passes on the merge of nats-ops and nats-log (run with --ignored)"]
+
 fn skip_of_an_event_a_host_is_retrying_drops_it_there() {
     let Some(cluster) = cluster_or_skip(
         "skip_of_an_event_a_host_is_retrying_drops_it_there",

@@ -36,7 +36,7 @@ use futures_util::TryStreamExt;
 
 use super::{
     append::Appender,
-    connect::Link,
+    connect::{Link, subject_token},
     dead::{self, EVENT_ID, PLUGINS, Stored},
     deliver::Shared,
 };
@@ -243,7 +243,8 @@ async fn oldest_pending_age(
     let s = &link.names.stream;
     let events = first_from(stream, &format!("b24.{s}.events.>"), floor + 1).await?;
     let replays =
-        first_from(stream, &format!("b24.{s}.replay.{}.>", dead::token(plugin)), floor + 1).await?;
+        first_from(stream, &format!("b24.{s}.replay.{}.>", subject_token(plugin)), floor + 1)
+            .await?;
     let first = [events, replays].into_iter().flatten().min_by_key(|m| m.sequence);
     Ok(first.map(|m| {
         let at = dead::open_payload(&m.payload)
@@ -283,7 +284,7 @@ pub(super) async fn stats(
             stats.backlog = info.num_pending + info.num_ack_pending as u64;
             // A retrying event stays held by its host (redelivered only if the host dies):
             // the retry states in `<S>_pending` count, not the consumer's redeliveries.
-            let states = retrying.get(dead::token(&plugin).as_str()).copied().unwrap_or(0);
+            let states = retrying.get(subject_token(&plugin).as_str()).copied().unwrap_or(0);
             stats.retrying = states.max(info.num_redelivered as u64).min(stats.backlog);
             if stats.backlog > 0 {
                 stats.oldest_pending_age_ms =
@@ -462,7 +463,7 @@ fn state_key_plugin(key: &str) -> Option<&str> {
 
 /// The key marking `plugin`'s event `id` as skipped.
 fn skip_key(plugin: &str, id: u64) -> String {
-    format!("skip.{}.{id}", dead::token(plugin))
+    format!("skip.{}.{id}", subject_token(plugin))
 }
 
 /// Deletes dead letter `seq`.
@@ -494,9 +495,9 @@ pub(super) async fn replay(
         let subject = format!(
             "b24.{}.replay.{}.{}.{}",
             link.names.stream,
-            dead::token(&row.plugin),
-            dead::token(&row.member_id),
-            dead::token(&row.code)
+            subject_token(&row.plugin),
+            subject_token(&row.member_id),
+            subject_token(&row.code)
         );
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("replay:{}:{}", row.plugin, row.seq).as_str());
@@ -542,7 +543,7 @@ async fn pending_message(
             }
         }
     }
-    let filter = format!("b24.{}.replay.{}.>", link.names.stream, dead::token(plugin));
+    let filter = format!("b24.{}.replay.{}.>", link.names.stream, subject_token(plugin));
     let mut seq = floor + 1;
     while let Some(m) = first_from(stream, &filter, seq).await? {
         seq = m.sequence + 1;
@@ -602,7 +603,7 @@ pub(super) async fn skip(
             .map_err(|e| storage(&format!("mark {key}"), e))?;
         link.client
             .publish(
-                format!("b24.{}.skip.{}", link.names.stream, dead::token(&plugin)),
+                format!("b24.{}.skip.{}", link.names.stream, subject_token(&plugin)),
                 Bytes::from(id.to_string()),
             )
             .await

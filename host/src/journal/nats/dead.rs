@@ -10,7 +10,10 @@
 use async_nats::{HeaderMap, jetstream::message::PublishMessage};
 use bytes::Bytes;
 
-use super::connect::Link;
+use super::{
+    append::PAYLOAD_KEY,
+    connect::{Link, subject_token},
+};
 use crate::journal::{
     StoreError, checksum,
     record::{DeadLetter, EventRecord},
@@ -28,31 +31,24 @@ pub(super) const REASON: &str = "B24-Reason";
 pub(super) const ATTEMPTS: &str = "B24-Attempts";
 /// Header: when it was given up, ms since the epoch.
 pub(super) const AT_MS: &str = "B24-At-Ms";
-/// The checksum key every payload on the log is sealed under.
-pub(super) const SEAL_KEY: &[u8] = b"b24-event";
 /// Longest reason kept in a header (a plugin's error text can be long).
 const REASON_LIMIT: usize = 2000;
 
-/// A subject token: `[A-Za-z0-9_-]` kept, anything else `_`, empty -> `_` (the contract's
-/// rule, the same as `connect::subject_token`).
-pub(super) fn token(s: &str) -> String {
-    if s.is_empty() {
-        return "_".into();
-    }
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect()
-}
-
 /// The subject of `plugin`'s dead letter of an event from `member` with `code`.
 pub(super) fn subject(link: &Link, plugin: &str, member: &str, code: &str) -> String {
-    format!("b24.{}.dead.{}.{}.{}", link.names.stream, token(plugin), token(member), token(code))
+    format!(
+        "b24.{}.dead.{}.{}.{}",
+        link.names.stream,
+        subject_token(plugin),
+        subject_token(member),
+        subject_token(code)
+    )
 }
 
 /// The subjects of `plugin`'s dead letters (all plugins' when `None`).
 pub(super) fn filter(link: &Link, plugin: Option<&str>) -> String {
     match plugin {
-        Some(p) => format!("b24.{}.dead.{}.>", link.names.stream, token(p)),
+        Some(p) => format!("b24.{}.dead.{}.>", link.names.stream, subject_token(p)),
         None => format!("b24.{}.dead.>", link.names.stream),
     }
 }
@@ -141,7 +137,7 @@ pub(super) struct Stored {
 
 /// The record in a sealed payload; `None` if it fails its checksum or does not parse.
 pub(super) fn open_payload(payload: &[u8]) -> Option<EventRecord> {
-    let body = checksum::unseal(SEAL_KEY, payload).ok()?;
+    let body = checksum::unseal(PAYLOAD_KEY, payload).ok()?;
     EventRecord::decode(body)
 }
 
@@ -172,14 +168,6 @@ pub(super) fn read(seq: u64, subject: &str, headers: &HeaderMap, payload: Bytes)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_keep_only_what_a_subject_token_may_hold() {
-        assert_eq!(token("a.b*c>d e"), "a_b_c_d_e");
-        assert_eq!(token(""), "_");
-        assert_eq!(token("probe-1_X"), "probe-1_X");
-        assert_eq!(token("ünï"), "_n_");
-    }
 
     #[test]
     fn a_dead_letter_reads_back_from_its_headers() {

@@ -150,11 +150,6 @@ impl Shared {
         self.common.damaged.load(Ordering::Relaxed)
     }
 
-    /// The bucket of retry states and skips (`S_pending`), if open.
-    pub fn pending_store(&self) -> Option<&kv::Store> {
-        self.common.pending.as_ref()
-    }
-
     /// `plugin`'s stored retry state of event `id`, if one was written.
     pub async fn pending(
         &self,

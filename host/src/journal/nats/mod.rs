@@ -17,9 +17,6 @@
 //!
 //! Invariant: no `async_nats` type leaves this folder.
 
-// The parts are being written (issue 12); the stubs keep the seam compiling meanwhile.
-#![allow(dead_code)]
-
 mod admin;
 mod append;
 mod connect;
@@ -53,10 +50,6 @@ pub struct Nats {
 
 /// What every part shares. Each part keeps its own state in its own type.
 struct Inner {
-    /// `[journal]` as configured (duplicate window, ...).
-    journal: JournalConfig,
-    /// `[journal.nats]`.
-    config: NatsConfig,
     /// The connection (`connect.rs`).
     link: connect::Link,
     /// The append path and the spool (`append.rs`, `spool.rs`).
@@ -86,8 +79,7 @@ impl Nats {
         let deliver = deliver::Shared::open(&link, nats.replicas, stream, pending).await?;
         // Last: the spool starts forwarding only once the consumers exist.
         let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
-        let inner =
-            Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
+        let inner = Inner { link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
     }
 
@@ -113,8 +105,7 @@ impl Nats {
         let (appender, thread) = append::Appender::for_command(&link);
         let kv = kv::State::open(&link, nats.replicas).await?;
         let deliver = deliver::Shared::for_command(&link).await;
-        let inner =
-            Inner { journal: config.clone(), config: nats.clone(), link, appender, kv, deliver };
+        let inner = Inner { link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))
     }
 }
