@@ -6,20 +6,20 @@ use b24_tests::fake_portal::{FakePortal, PortalOptions};
 use crate::support::*;
 
 /// The portal the install tests learn (not in `[auth.portals]`).
-const PORTAL: &str = "11112222333344445555666677778888";
+pub(crate) const PORTAL: &str = "11112222333344445555666677778888";
 /// Its application token.
-const PORTAL_TOKEN: &str = "aaaabbbbccccddddeeeeffff00001111";
+pub(crate) const PORTAL_TOKEN: &str = "aaaabbbbccccddddeeeeffff00001111";
 /// An attacker's application token.
 const EVIL_TOKEN: &str = "99999999999999999999999999999999";
 
 /// A fake portal `member_id` whose OAuth server the host verifies installs with.
-fn oauth_portal(member_id: &str) -> FakePortal {
+pub(crate) fn oauth_portal(member_id: &str) -> FakePortal {
     FakePortal::start(PortalOptions { member_id: member_id.to_owned(), ..PortalOptions::default() })
 }
 
 /// The `[rest]` table that points the host at `portal`'s OAuth server with the app's
 /// credentials.
-fn rest_table(portal: &FakePortal) -> String {
+pub(crate) fn rest_table(portal: &FakePortal) -> String {
     let options = portal.options();
     format!(
         "[rest]\nclient_id = {:?}\nclient_secret = {:?}\noauth_url = {:?}\n",
@@ -30,7 +30,7 @@ fn rest_table(portal: &FakePortal) -> String {
 }
 
 /// A config learning tokens on install, with `auth_keys` added to `[auth]` and `extra` appended.
-fn learning_config(enabled: &[&str], auth_keys: &str, extra: &str) -> String {
+pub(crate) fn learning_config(enabled: &[&str], auth_keys: &str, extra: &str) -> String {
     config(enabled, extra).replace(
         "learn_tokens_on_install = true\n",
         &format!("learn_tokens_on_install = true\n{auth_keys}\n"),
@@ -38,7 +38,7 @@ fn learning_config(enabled: &[&str], auth_keys: &str, extra: &str) -> String {
 }
 
 /// An event of `code` claiming portal `member` with application token `token`.
-fn event_of(code: &str, member: &str, token: &str) -> String {
+pub(crate) fn event_of(code: &str, member: &str, token: &str) -> String {
     let mut a = args(code);
     a.member_id = member.into();
     a.token = token.into();
@@ -47,7 +47,7 @@ fn event_of(code: &str, member: &str, token: &str) -> String {
 
 /// An `ONAPPINSTALL` claiming `member`, with application token `token` and the OAuth pair
 /// `(access, refresh)`; its endpoints are `endpoints`' (whose OAuth server it names).
-fn install_of(
+pub(crate) fn install_of(
     member: &str,
     token: &str,
     (access, refresh): (String, String),

@@ -13,6 +13,7 @@ mod http;
 mod isolation;
 mod journal;
 mod loading;
+mod nats_auth;
 mod nats_journal;
 mod nats_multi;
 mod offline;
