@@ -103,7 +103,9 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
       echo "server_name: n$i"; echo "listen: \"127.0.0.1:${ports[$((3*i))]}\""
       echo "http: \"127.0.0.1:${ports[$((3*i+2))]}\""
       echo "jetstream { store_dir: \"$dir\", max_memory_store: 256MB, max_file_store: 8GB }"
-      [ "$n" -gt 1 ] && echo "cluster { name: bench, listen: \"127.0.0.1:${ports[$((3*i+1))]}\", routes: [${routes%,}] }"
+      if [ "$n" -gt 1 ]; then
+        echo "cluster { name: bench, listen: \"127.0.0.1:${ports[$((3*i+1))]}\", routes: [${routes%,}] }"
+      fi
     } > "$dir.conf"
     "$B24_NATS_SERVER" -c "$dir.conf" > "$dir.log" 2>&1 &
     NATS_PIDS+=($!)
@@ -170,6 +172,7 @@ point_cpu() {
   if [ ${#NATS_PIDS[@]} -gt 0 ]; then
     printf ' '; cpu_us $(( $(ticks "${NATS_PIDS[@]}") - $(cat "$WORK/nats_ticks0") )) "$n"
   fi
+  echo
 }
 
 row() { # name rps p50 p99 rss cpu [drain] [nats cpu]
