@@ -66,30 +66,7 @@ pub struct Signal {
     notify: Notify,
     replayed: Mutex<VecDeque<u64>>,
     skipped: Mutex<HashSet<u64>>,
-    fresh: Mutex<Fresh>,
 }
-
-/// Events just committed for one plugin, kept in memory so that a consumer that keeps up
-/// delivers them without reading them back from the file (the file stays the record: a
-/// restart, or a consumer behind, reads from it).
-struct Fresh {
-    /// Committed events in id order, each with its record.
-    queue: VecDeque<(u64, EventRecord)>,
-    /// Events up to this id may be missing from `queue` (written before the consumer caught
-    /// up, or dropped when the queue was full): a consumer whose cursor is below it scans the
-    /// file. `u64::MAX` until the consumer's first scan reached the end.
-    missed_up_to: u64,
-}
-
-impl Default for Fresh {
-    fn default() -> Self {
-        Fresh { queue: VecDeque::new(), missed_up_to: u64::MAX }
-    }
-}
-
-/// The most events kept in memory per plugin; past it the queue starts again and the consumer
-/// reads the file until it is level.
-const FRESH_MAX: usize = 1024;
 
 impl Shared {
     /// Records how the last commit went.
@@ -113,20 +90,6 @@ impl Shared {
     fn wake(&self, plugin: &str) {
         if let Some(signal) = self.signal(plugin) {
             signal.notify.notify_one();
-        }
-    }
-
-    /// Hands `plugin` the events of a commit (ids ascending) for delivery from memory.
-    fn fresh(&self, plugin: &str, events: impl Iterator<Item = (u64, EventRecord)>) {
-        let Some(signal) = self.signal(plugin) else { return };
-        let mut fresh = signal.fresh.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, record) in events {
-            if fresh.queue.len() >= FRESH_MAX {
-                fresh.queue.clear();
-                fresh.missed_up_to = id;
-            } else {
-                fresh.queue.push_back((id, record));
-            }
         }
     }
 
@@ -427,9 +390,6 @@ impl Embedded {
     pub fn consumer(&self, plugin: &str) -> Consumer {
         let name: Arc<str> = Arc::from(plugin);
         let signal = self.shared.signal_or_new(plugin);
-        // A new consumer (a plugin enabled again) starts from the file: what an earlier one
-        // took from memory and did not finish is pending there.
-        *signal.fresh.lock().unwrap_or_else(|p| p.into_inner()) = Fresh::default();
         Consumer {
             journal: self.clone(),
             plugin: name,
@@ -540,34 +500,10 @@ impl Consumer {
                 self.push(id, Ok(Pending::default()), record);
             }
         }
-        // Level with the file: deliver what the writer just committed, from memory.
-        {
-            let mut fresh = self.signal.fresh.lock().unwrap_or_else(|p| p.into_inner());
-            if fresh.missed_up_to <= self.cursor {
-                while let Some((id, record)) = fresh.queue.pop_front() {
-                    if id > self.cursor {
-                        self.cursor = id;
-                        self.buffer.push_back(Delivery { id, pending: Pending::default(), record });
-                    }
-                }
-                return Ok(());
-            }
-        }
         let rows = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)?;
-        let level = rows.len() < SCAN_BATCH;
         for (id, pending, record) in rows {
             self.cursor = id;
             self.push(id, pending, record);
-        }
-        let mut fresh = self.signal.fresh.lock().unwrap_or_else(|p| p.into_inner());
-        // Every event past the end of this scan was committed after it began, so after this
-        // consumer's signal existed: the writer handed it to the queue.
-        if level && fresh.missed_up_to == u64::MAX {
-            fresh.missed_up_to = self.cursor;
-        }
-        let cursor = self.cursor;
-        while fresh.queue.front().is_some_and(|(id, _)| *id <= cursor) {
-            fresh.queue.pop_front();
         }
         Ok(())
     }

@@ -377,7 +377,6 @@ fn write_batch(
     let mut replies = Vec::with_capacity(batch.len());
     let mut durable = false;
     let mut woken: HashSet<Arc<str>> = HashSet::new();
-    let mut fresh: Vec<Fresh> = Vec::new();
     let txn = database.begin_write();
     let mut txn = match txn {
         Ok(txn) => txn,
@@ -422,7 +421,6 @@ fn write_batch(
                     next_id,
                     window,
                     &mut woken,
-                    &mut fresh,
                     &mut replies,
                     &mut failure,
                 );
@@ -504,16 +502,11 @@ fn write_batch(
     }
     if committed.is_ok() {
         for plugin in &woken {
-            let events = fresh.iter().filter(|(_, _, plugins)| plugins.contains(plugin));
-            shared.fresh(plugin, events.map(|(id, record, _)| (*id, (**record).clone())));
             shared.wake(plugin);
         }
     }
     (pruned, committed.err().map(|e| e.to_string()))
 }
-
-/// An event a batch appended, for delivery from memory once the batch is committed.
-type Fresh = (u64, Box<EventRecord>, Vec<Arc<str>>);
 
 /// Whether a reply waits on something that must be durable: a flush or stored tokens.
 fn durable_flush(replies: &[Reply]) -> bool {
@@ -529,7 +522,6 @@ fn apply(
     next_id: &mut u64,
     window: &mut Window,
     woken: &mut HashSet<Arc<str>>,
-    fresh: &mut Vec<Fresh>,
     replies: &mut Vec<Reply>,
     failure: &mut Option<StoreError>,
 ) {
@@ -565,8 +557,7 @@ fn apply(
                 Ok(()) => {
                     *next_id += 1;
                     record_key(window, &record, key, id, now);
-                    woken.extend(plugins.iter().cloned());
-                    fresh.push((id, record, plugins));
+                    woken.extend(plugins);
                     replies.push(Reply::Append(reply, Ok(Appended::New(id)), Some(key)));
                 }
                 Err(e) => {
