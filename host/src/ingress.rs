@@ -53,7 +53,16 @@ pub struct Ingress {
     pub metrics: Arc<Metrics>,
     /// The offline pollers, woken by `ONOFFLINEEVENT`.
     pub pollers: Arc<Pollers>,
+    /// Reads of the shared log before a 401 ([`Ingress::verify`]), at most
+    /// [`FRESH_READS_PER_MINUTE`]: a flood of unknown member ids must not become a flood of
+    /// reads on the log.
+    pub fresh_reads: std::sync::Mutex<crate::auth::install::Limiter>,
 }
+
+/// How many reads of the shared log a host makes before answering 401, a minute (100 a second
+/// on average; the bucket holds a minute's worth): they only cover the few milliseconds before
+/// another host's newly learned token reaches this host's watch.
+pub const FRESH_READS_PER_MINUTE: u32 = 6_000;
 
 /// The answer to one request.
 type Answer = Response<Full<Bytes>>;
@@ -240,6 +249,18 @@ impl Ingress {
             return first;
         }
         let member_id = event.auth.member_id.as_str();
+        if !self.journal.is_shared() {
+            return first;
+        }
+        let admitted = self
+            .fresh_reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(FRESH_READS_PER_MINUTE, std::time::Instant::now());
+        if !admitted {
+            tracing::debug!(member_id, "no fresh read of the shared log: too many this minute");
+            return first;
+        }
         match self.journal.shared_token(member_id).await {
             Ok(Some(token)) => {
                 self.verifier.set_learned(member_id, Some(token));

@@ -131,6 +131,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         supervisor: supervisor.clone(),
         pollers: pollers.clone(),
         metrics: metrics.clone(),
+        fresh_reads: Default::default(),
     });
     Ok(Prepared {
         config,

@@ -199,15 +199,16 @@ pub(super) fn warnings(auth: &AuthConfig, credentials: bool) -> Vec<String> {
     out
 }
 
-/// A token bucket of `per_minute` installs a minute, holding as many; it starts full.
+/// A token bucket of `per_minute` takes a minute, holding as many; it starts full.
 #[derive(Default)]
-struct Limiter {
+pub struct Limiter {
     used: f64,
     at: Option<Instant>,
 }
 
 impl Limiter {
-    fn take(&mut self, per_minute: u32, now: Instant) -> bool {
+    /// Takes one; `false` when the bucket is empty.
+    pub fn take(&mut self, per_minute: u32, now: Instant) -> bool {
         let capacity = f64::from(per_minute.max(1));
         if let Some(at) = self.at {
             let drained = now.saturating_duration_since(at).as_secs_f64() * capacity / 60.0;

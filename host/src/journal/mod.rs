@@ -234,6 +234,11 @@ impl Journal {
         }
     }
 
+    /// Whether several hosts share this journal (the NATS backend).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Nats(_))
+    }
+
     /// A portal's learned token as the shared log holds it now (another host may have learned
     /// it a moment ago; its change may not have reached [`Journal::token_changes`] yet).
     /// `None` on the embedded backend: there is no other host, the verifier knows them all.
