@@ -75,8 +75,12 @@ impl Nats {
         // Streams, bucket and every plugin's consumer before anything is published (the
         // events stream keeps an event only for the consumers that exist).
         let (stream, pending) = setup::run(&link, config, nats.replicas, plugins).await?;
-        let kv = kv::State::open(&link, nats.replicas).await?;
-        let deliver = deliver::Shared::open(&link, nats.replicas, stream, pending).await?;
+        let kv = setup::patiently(&link, nats.replicas, || kv::State::open(&link, nats.replicas))
+            .await?;
+        let deliver = setup::patiently(&link, nats.replicas, || {
+            deliver::Shared::open(&link, nats.replicas, stream.clone(), pending.clone())
+        })
+        .await?;
         // Last: the spool starts forwarding only once the consumers exist.
         let (appender, thread) = append::Appender::open(state_dir, config, &link).await?;
         let inner = Inner { link, appender, kv, deliver };
@@ -103,7 +107,9 @@ impl Nats {
         // A command has nothing to spool: say at once that the log cannot be reached.
         report::connected(&link, nats).await?;
         let (appender, thread) = append::Appender::for_command(&link);
-        let kv = kv::State::open(&link, nats.replicas).await?;
+        // A fresh cluster may not place a bucket at once ("no suitable peers"): as at a start.
+        let kv = setup::patiently(&link, nats.replicas, || kv::State::open(&link, nats.replicas))
+            .await?;
         let deliver = deliver::Shared::for_command(&link).await;
         let inner = Inner { link, appender, kv, deliver };
         Ok((Nats { inner: Arc::new(inner) }, thread))

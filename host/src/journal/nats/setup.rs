@@ -66,18 +66,31 @@ pub(super) async fn run(
     replicas: usize,
     plugins: &[String],
 ) -> Result<(jetstream::stream::Stream, kv::Store), StoreError> {
+    patiently(link, replicas, || once(link, config, replicas, plugins)).await
+}
+
+/// Runs `attempt` until it succeeds, for up to [`PATIENCE`] while the cluster does not answer
+/// or cannot place a stream yet (a fresh cluster's peers, an election: "no suitable peers"),
+/// then refuses with what to check. A refusal (a configuration matter) ends it at once.
+pub(super) async fn patiently<T, F, Fut>(
+    link: &Link,
+    replicas: usize,
+    mut attempt: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
     let started = Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
         // An attempt waits at most ATTEMPT (a request to a server not connected yet can
         // wait much longer) and never past the patience.
         let budget = ATTEMPT.min(PATIENCE.saturating_sub(started.elapsed())).max(delay);
-        let attempt = tokio::time::timeout(budget, once(link, config, replicas, plugins))
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Storage(format!("no answer within {} ms", budget.as_millis())))
-            });
-        match attempt {
+        let result = tokio::time::timeout(budget, attempt()).await.unwrap_or_else(|_| {
+            Err(StoreError::Storage(format!("no answer within {} ms", budget.as_millis())))
+        });
+        match result {
             Ok(done) => return Ok(done),
             // A stream whose retention differs is a configuration matter: no retry helps.
             Err(StoreError::Refused(why)) => return Err(StoreError::Refused(why)),
