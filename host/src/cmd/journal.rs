@@ -27,8 +27,12 @@ pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::
         JournalCommand::List { limit } => Request::List { limit },
         JournalCommand::Show { id } => Request::Show { id },
         JournalCommand::Dead { plugin } => Request::Dead { plugin },
-        JournalCommand::Replay { plugin, ids } => Request::Replay(Selection { plugin, ids }),
-        JournalCommand::Purge { plugin, ids } => Request::Purge(Selection { plugin, ids }),
+        JournalCommand::Replay { plugin, ids } => {
+            Request::Replay(Selection { plugin, ids, since_ms: None })
+        }
+        JournalCommand::Purge { plugin, ids } => {
+            Request::Purge(Selection { plugin, ids, since_ms: None })
+        }
         JournalCommand::Skip { plugin, ids } => Request::Skip { plugin, ids },
     };
     run(config, request, json)

@@ -21,14 +21,83 @@ pub struct Selection {
     pub plugin: Option<String>,
     /// Only these event ids (all when empty).
     pub ids: Vec<u64>,
+    /// Only dead letters given up at or after this time, ms since the epoch (the console's
+    /// "everything since"); `None`: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
 }
 
 impl Selection {
-    /// Whether the dead letter of `plugin` for event `id` is selected.
-    pub fn matches(&self, plugin: &str, id: u64) -> bool {
+    /// Whether the dead letter of `plugin` for event `id`, given up at `at_ms`, is selected.
+    pub fn matches(&self, plugin: &str, id: u64, at_ms: i64) -> bool {
         self.plugin.as_deref().is_none_or(|p| p == plugin)
             && (self.ids.is_empty() || self.ids.contains(&id))
+            && self.since_ms.is_none_or(|since| at_ms >= since)
     }
+}
+
+/// How many attempts per (event, plugin) the journal keeps: the first and the latest ones
+/// (older middle ones are dropped), so a plugin retrying for days stays bounded.
+pub const MAX_ATTEMPTS_KEPT: usize = 20;
+
+/// One delivery attempt of an event to a plugin, as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub n: u32,
+    /// When the call started, ms since the epoch.
+    pub at_ms: i64,
+    /// How long the call took, microseconds.
+    pub duration_us: u64,
+    /// `done`, `skipped`, `retry`, `rejected`, `timeout`, `panicked` or `crashed`.
+    pub outcome: String,
+    /// The error text (empty for `done`/`skipped`); never holds a token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// An event's state, for filtering a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    /// Some plugin has still to deliver it.
+    Pending,
+    /// No plugin has it pending or dead (delivered, skipped, or addressed to none).
+    Done,
+    /// Some plugin gave up on it.
+    Dead,
+}
+
+/// A filtered, paged listing (the console's events page).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Only this portal's events.
+    pub member_id: Option<String>,
+    /// Only this event code (compared case-insensitively).
+    pub code: Option<String>,
+    /// Only events in this state.
+    pub status: Option<EventStatus>,
+    /// Only events accepted at or after this time, ms since the epoch.
+    pub since_ms: Option<i64>,
+    /// Only events accepted before this time, ms since the epoch.
+    pub until_ms: Option<i64>,
+    /// Only events with a smaller id (the next page: the previous page's `next_before`).
+    pub before_id: Option<u64>,
+    /// At most this many events (the backend caps it at 500).
+    pub limit: usize,
+}
+
+/// Longest run of events a query reads for one page: a filter that matches little answers
+/// with fewer rows and a `next_before` to go on from, instead of reading the whole journal.
+pub const QUERY_SCAN_LIMIT: u64 = 20_000;
+
+/// One page of a [`Query`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Matching events, newest first.
+    pub events: Vec<EventSummary>,
+    /// Where the next (older) page starts: `Some(id)` while older events may remain.
+    pub next_before: Option<u64>,
 }
 
 /// One plugin's numbers.
@@ -83,6 +152,12 @@ pub struct EventDetail {
     pub pending_state: BTreeMap<String, Pending>,
     /// Per plugin dead: why.
     pub dead_state: BTreeMap<String, DeadLetter>,
+    /// Per plugin, its attempts, oldest first (at most [`MAX_ATTEMPTS_KEPT`]).
+    #[serde(default)]
+    pub attempts: BTreeMap<String, Vec<Attempt>>,
+    /// The raw body as received, every token and secret replaced by `<redacted>`.
+    #[serde(default)]
+    pub raw_redacted: String,
 }
 
 /// One dead letter.

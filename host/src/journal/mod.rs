@@ -402,6 +402,14 @@ impl Journal {
         }
     }
 
+    /// One page of events matching `query`, newest first (the console's events page).
+    pub async fn query(&self, query: admin::Query) -> Result<admin::Page, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.query(query).await,
+            Backend::Nats(j) => j.query(query).await,
+        }
+    }
+
     /// Event `id` in detail (tokens redacted), if there is one.
     pub async fn show(&self, id: u64) -> Result<Option<admin::EventDetail>, StoreError> {
         match &self.backend {
@@ -693,6 +701,16 @@ impl Reporter {
         match &self.0 {
             ReporterBackend::Embedded(r) => r.update(id, state),
             ReporterBackend::Nats(r) => r.update(id, state),
+        }
+    }
+
+    /// One delivery attempt of event `id` ended (before its outcome is reported): kept for
+    /// the console, at most [`admin::MAX_ATTEMPTS_KEPT`] per event and plugin, pruned with
+    /// the event. Never blocks; a lost attempt record loses no event.
+    pub fn attempt(&self, id: u64, attempt: admin::Attempt) {
+        match &self.0 {
+            ReporterBackend::Embedded(r) => r.attempt(id, attempt),
+            ReporterBackend::Nats(r) => r.attempt(id, attempt),
         }
     }
 

@@ -164,6 +164,9 @@ pub fn show(database: &Database, id: u64) -> Result<Option<EventDetail>, StoreEr
         decoded,
         pending_state: mine.map(|r| r.0.iter().cloned().collect()).unwrap_or_default(),
         dead_state: mine.map(|r| r.1.iter().cloned().collect()).unwrap_or_default(),
+        // TODO(issue 15, journal helper): attempts table, the raw body redacted.
+        attempts: Default::default(),
+        raw_redacted: String::new(),
     }))
 }
 
@@ -286,7 +289,10 @@ mod tests {
             plugins.iter().map(|p| (p.plugin.clone(), p.backlog, p.dead)).collect();
         assert_eq!(backlog, vec![("a".into(), 1, 1), ("b".into(), 2, 0)]);
         // Replay brings it back as a fresh pending row (crashes forgiven too).
-        run(&database, replay(Selection { plugin: Some("a".into()), ids: vec![1] }));
+        run(
+            &database,
+            replay(Selection { plugin: Some("a".into()), ids: vec![1], since_ms: None }),
+        );
         let detail = show(&database, 1).unwrap().unwrap();
         assert_eq!(detail.pending_state.get("a"), Some(&Pending::default()));
     }

@@ -327,6 +327,16 @@ impl Embedded {
         self.read(move |database| admin::list(database, limit)).await
     }
 
+    /// One page of a filtered listing (console).
+    pub async fn query(
+        &self,
+        query: crate::journal::admin::Query,
+    ) -> Result<crate::journal::admin::Page, StoreError> {
+        // TODO(issue 15, journal helper): filters, paging, QUERY_SCAN_LIMIT.
+        let events = self.list(query.limit).await?;
+        Ok(crate::journal::admin::Page { events, next_before: None })
+    }
+
     /// One event in detail.
     pub async fn show(&self, id: u64) -> Result<Option<EventDetail>, StoreError> {
         self.read(move |database| admin::show(database, id)).await
@@ -588,6 +598,12 @@ impl Reporter {
     /// An attempt failed; remember the attempt count and the next attempt's time.
     pub fn update(&self, id: u64, state: Pending) {
         let _ = self.journal.send(Command::Update(self.plugin.clone(), id, state));
+    }
+
+    /// One attempt ended (console history).
+    pub fn attempt(&self, id: u64, attempt: crate::journal::admin::Attempt) {
+        // TODO(issue 15, journal helper): kept in the attempts table.
+        let _ = (id, attempt);
     }
 
     /// The plugin gave up on event `id`.

@@ -389,7 +389,15 @@ pub(super) async fn show(
         pending_state.insert(plugin.clone(), state);
     }
     let dead_state = dead_rows.into_iter().map(|r| (r.plugin, r.dead)).collect();
-    Ok(Some(EventDetail { summary, decoded, pending_state, dead_state }))
+    Ok(Some(EventDetail {
+        summary,
+        decoded,
+        pending_state,
+        dead_state,
+        // TODO(issue 15, journal helper): attempts from the attempts stream, the raw body.
+        attempts: Default::default(),
+        raw_redacted: String::new(),
+    }))
 }
 
 fn dead_summary(row: &Stored, dead: &BTreeMap<u64, Vec<String>>) -> EventSummary {
@@ -423,7 +431,7 @@ async fn selected(link: &Link, which: &Selection) -> Result<Vec<Stored>, StoreEr
     Ok(walk_dead(link, which.plugin.as_deref())
         .await?
         .into_iter()
-        .filter(|row| which.matches(&row.plugin, row.id))
+        .filter(|row| which.matches(&row.plugin, row.id, row.dead.at_ms))
         .collect())
 }
 

@@ -813,6 +813,12 @@ impl Reporter {
         });
     }
 
+    /// One attempt ended (console history).
+    pub fn attempt(&self, id: u64, attempt: crate::journal::admin::Attempt) {
+        // TODO(issue 15, journal helper): kept in the attempts stream.
+        let _ = (id, attempt);
+    }
+
     /// The plugin gave up on event `id`: its dead letter is stored, then the message
     /// terminated; until the dead letter is stored the message stays held (tried again with
     /// back-off). For an event not held here (a crash count at start), when it comes.

@@ -274,6 +274,13 @@ impl Nats {
         admin::list(&self.inner.link, limit).await
     }
 
+    /// See `Journal::query` (admin.rs).
+    pub async fn query(&self, query: data::Query) -> Result<data::Page, StoreError> {
+        // TODO(issue 15, journal helper): filters, paging.
+        let events = self.list(query.limit).await?;
+        Ok(data::Page { events, next_before: None })
+    }
+
     /// See `Journal::show` (admin.rs).
     pub async fn show(&self, id: u64) -> Result<Option<data::EventDetail>, StoreError> {
         admin::show(&self.inner.link, &self.inner.deliver, id).await
