@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{DeadLetter, Pending};
+use super::record::{DeadLetter, Format, Pending};
 use crate::decode;
 
 /// The reason of a dead letter that `journal skip` made.
@@ -221,6 +221,142 @@ pub fn redacted(event: &decode::Decoded) -> serde_json::Value {
             "refresh_token": hidden(auth.refresh_token.is_some()),
         },
     })
+}
+
+/// What stands in for a secret in a redacted body.
+pub const REDACTED: &str = "<redacted>";
+
+/// Whether a body's key names a token or secret: its (decoded) name contains `token`, `secret`
+/// or `password`, in any case (`auth[application_token]`, `auth[access_token]`, ...).
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["token", "secret", "password"].iter().any(|word| key.contains(word))
+}
+
+/// The raw body as text with the value of every key that names a token or secret
+/// ([`is_secret_key`]) replaced by [`REDACTED`]; then every other occurrence of such a value
+/// anywhere in the text (as received, percent- or JSON-encoded) is replaced too, so a token
+/// repeated in another key's value does not show either. A JSON body that does not parse is
+/// withheld rather than shown half-checked.
+pub fn redact_raw(raw: &[u8], format: Format) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut secrets: Vec<String> = Vec::new();
+    let mut out = match format {
+        Format::Form => {
+            let pairs: Vec<String> = text
+                .split('&')
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    let name = decoded(key);
+                    if is_secret_key(&name) && !value.is_empty() {
+                        secrets.push(decoded(value));
+                        secrets.push(value.to_owned());
+                        format!("{key}={REDACTED}")
+                    } else {
+                        pair.to_owned()
+                    }
+                })
+                .collect();
+            pairs.join("&")
+        }
+        Format::Json => {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(raw) else {
+                return "<the body is not valid JSON: withheld>".to_owned();
+            };
+            json_secrets(&value, false, &mut secrets);
+            if secrets.iter().any(|s| s.len() < MIN_REPEATED && !value_is_string(&value, s)) {
+                // A short number or flag under a secret key cannot be found by its text:
+                // the body is written out again with those values replaced.
+                let mut value = value;
+                blank_secrets(&mut value, false);
+                serde_json::to_string(&value).unwrap_or_default()
+            } else {
+                let mut out = text.into_owned();
+                for secret in &secrets {
+                    // The quoted string, whatever its length; longer values anywhere below.
+                    let quoted = serde_json::Value::String(secret.clone()).to_string();
+                    out = out.replace(&quoted, &format!("\"{REDACTED}\""));
+                }
+                out
+            }
+        }
+    };
+    let mut spelled: Vec<String> = Vec::new();
+    for secret in secrets.iter().filter(|s| s.len() >= MIN_REPEATED) {
+        spelled.push(secret.clone());
+        spelled.push(url::form_urlencoded::byte_serialize(secret.as_bytes()).collect());
+        let json = serde_json::Value::String(secret.clone()).to_string();
+        spelled.push(json[1..json.len() - 1].to_owned());
+    }
+    // Longest first: a value that contains another is replaced whole.
+    spelled.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    spelled.dedup();
+    for secret in spelled.iter().filter(|s| s.len() >= MIN_REPEATED) {
+        out = out.replace(secret.as_str(), REDACTED);
+    }
+    out
+}
+
+/// Secret values shorter than this are replaced where their key stands, not searched for
+/// elsewhere in the text (a 1-character "token" would blank out half the body).
+const MIN_REPEATED: usize = 3;
+
+/// A form body's key or value, percent- and plus-decoded.
+fn decoded(part: &str) -> String {
+    url::form_urlencoded::parse(format!("k={part}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether `secret` is some string value of `value` (rather than a number or flag).
+fn value_is_string(value: &serde_json::Value, secret: &str) -> bool {
+    match value {
+        serde_json::Value::String(s) => s == secret,
+        serde_json::Value::Object(map) => map.values().any(|v| value_is_string(v, secret)),
+        serde_json::Value::Array(items) => items.iter().any(|v| value_is_string(v, secret)),
+        _ => false,
+    }
+}
+
+/// Replaces every scalar under a secret key of `value` by [`REDACTED`].
+fn blank_secrets(value: &mut serde_json::Value, secret: bool) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                let below = secret || is_secret_key(key);
+                blank_secrets(v, below);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                blank_secrets(v, secret);
+            }
+        }
+        serde_json::Value::Null => {}
+        other if secret => *other = serde_json::Value::String(REDACTED.to_owned()),
+        _ => {}
+    }
+}
+
+/// Every scalar under a secret key of `value`, as text (strings unquoted).
+fn json_secrets(value: &serde_json::Value, secret: bool, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                json_secrets(v, secret || is_secret_key(key), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                json_secrets(v, secret, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) if secret && !s.is_empty() => out.push(s.clone()),
+        other if secret => out.push(other.to_string()),
+        _ => {}
+    }
 }
 
 /// Readable and damaged rows of one kind.
