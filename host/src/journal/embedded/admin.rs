@@ -3,7 +3,10 @@
 //! [`crate::journal::admin`]), and replay, purge and skip as operations the writer runs in its
 //! next transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
@@ -45,6 +48,9 @@ fn record(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreErro
     Ok(store::event(database, id)?.and_then(Result::ok))
 }
 
+/// The body of a pending row never tried: `Pending::default()` as stored.
+const FRESH_ROW: &[u8] = br#"{"attempts":0,"next_at_ms":0}"#;
+
 /// Counts per plugin in one pass over the pending and dead keys. Pending rows are ordered by
 /// (plugin, id) and ids grow with time, so a plugin's first row is its oldest: only that one
 /// event's record is read, however long the backlog.
@@ -68,9 +74,14 @@ pub fn stats(database: &Database, enabled: &[String]) -> Result<Stats, StoreErro
         let (plugin, id) = k.value();
         let stats = entry(&mut by_plugin, plugin);
         stats.backlog += 1;
-        let state: Pending = unseal_row(plugin, id, v.value()).unwrap_or_default();
-        if state.attempts > 0 || state.crashes > 0 {
-            stats.retrying += 1;
+        // Most of a backlog was never tried: its rows hold the fresh state's bytes, which need
+        // no parsing to tell.
+        let fresh = v.value().get(8..).is_some_and(|body| body == FRESH_ROW);
+        if !fresh {
+            let state: Pending = unseal_row(plugin, id, v.value()).unwrap_or_default();
+            if state.attempts > 0 || state.crashes > 0 {
+                stats.retrying += 1;
+            }
         }
         if stats.backlog == 1 {
             let received = db(events_table.get(id))?
@@ -151,6 +162,7 @@ fn scan(
     query: &Query,
     limit: usize,
     scan_limit: u64,
+    deadline: Option<Instant>,
 ) -> Result<Page, StoreError> {
     let txn = db(database.begin_read())?;
     let events = db(txn.open_table(EVENTS))?;
@@ -190,18 +202,26 @@ fn scan(
                     }
                 }
             }
-            if read >= scan_limit {
+            if read >= scan_limit
+                || (read % 64 == 0 && deadline.is_some_and(|d| Instant::now() >= d))
+            {
                 return Ok(Page { events: out, next_before: older(id)? });
             }
         }
     }
 }
 
+/// How long one page's scan may read before it answers with what it found and where to go on
+/// (besides [`QUERY_SCAN_LIMIT`]): a console page answers in time on a slow disk or a busy
+/// machine too.
+pub const QUERY_TIME_BUDGET: Duration = Duration::from_millis(50);
+
 /// One page of a filtered listing (the console's events page): see [`Query`]; a `limit` of 0
-/// lists 50, more than [`MAX_PAGE`] lists that many.
+/// lists 50, more than [`MAX_PAGE`] lists that many. The scan also stops after
+/// [`QUERY_TIME_BUDGET`].
 pub fn query(database: &Database, query: &Query) -> Result<Page, StoreError> {
     let limit = if query.limit == 0 { 50 } else { query.limit.min(MAX_PAGE) };
-    scan(database, query, limit, QUERY_SCAN_LIMIT)
+    scan(database, query, limit, QUERY_SCAN_LIMIT, Some(Instant::now() + QUERY_TIME_BUDGET))
 }
 
 /// The newest `limit` events, newest first.
@@ -209,7 +229,7 @@ pub fn list(database: &Database, limit: usize) -> Result<Vec<EventSummary>, Stor
     if limit == 0 {
         return Ok(Vec::new());
     }
-    Ok(scan(database, &Query::default(), limit, u64::MAX)?.events)
+    Ok(scan(database, &Query::default(), limit, u64::MAX, None)?.events)
 }
 
 /// Event `id` in detail, if there is one: its record, its own rows (one look-up per plugin
@@ -294,7 +314,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::journal::record::{EventMeta, Format, Source};
+    use crate::journal::record::{Format, Source};
 
     fn record(received_at_ms: i64) -> EventRecord {
         EventRecord {
@@ -318,6 +338,12 @@ mod tests {
         let (rows, _) = op(&txn).unwrap();
         txn.commit().unwrap();
         rows
+    }
+
+    #[test]
+    fn a_fresh_pending_row_is_stored_as_stats_expects() {
+        let row = crate::journal::record::seal_row("a", 1, &Pending::default());
+        assert_eq!(&row[8..], FRESH_ROW);
     }
 
     #[test]
@@ -396,5 +422,281 @@ mod tests {
         );
         let detail = show(&database, 1).unwrap().unwrap();
         assert_eq!(detail.pending_state.get("a"), Some(&Pending::default()));
+    }
+
+    fn attempt(n: u32, outcome: &str) -> crate::journal::admin::Attempt {
+        crate::journal::admin::Attempt {
+            n,
+            at_ms: 1_000 + i64::from(n),
+            duration_us: 10,
+            outcome: outcome.into(),
+            error: if outcome == "retry" { "busy".into() } else { String::new() },
+        }
+    }
+
+    /// A record of portal `member`, code `code`, received at `at`.
+    fn event_of(member: &str, code: &str, at: i64) -> EventRecord {
+        let mut r = record(at);
+        r.meta.member_id = member.into();
+        r.meta.code = code.into();
+        r
+    }
+
+    #[test]
+    fn attempts_are_kept_per_plugin_bounded_to_the_first_and_latest_and_go_with_the_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = store::open(&dir.path().join("journal.redb")).unwrap();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            tables.insert_event(1, &record(now_ms()), &[a.clone(), b.clone()]).unwrap();
+            tables.insert_event(2, &record(now_ms()), std::slice::from_ref(&a)).unwrap();
+            for n in 1..=30 {
+                tables.add_attempt("a", 1, &attempt(n, "retry")).unwrap();
+            }
+            tables.add_attempt("b", 1, &attempt(1, "done")).unwrap();
+            tables.add_attempt("a", 2, &attempt(1, "done")).unwrap();
+            // An attempt of an event that is gone leaves nothing behind.
+            tables.add_attempt("a", 99, &attempt(1, "done")).unwrap();
+        }
+        txn.commit().unwrap();
+        let detail = show(&database, 1).unwrap().unwrap();
+        let kept: Vec<u32> = detail.attempts["a"].iter().map(|a| a.n).collect();
+        let mut expected = vec![1];
+        expected.extend(12..=30);
+        assert_eq!(kept, expected);
+        assert_eq!(kept.len(), crate::journal::admin::MAX_ATTEMPTS_KEPT);
+        assert_eq!(detail.attempts["a"][1].error, "busy");
+        assert_eq!(detail.attempts["b"], vec![attempt(1, "done")]);
+        assert!(store::attempts(&database, 99).unwrap().is_empty());
+        // A replayed dead letter's attempts start again from 1 in the worker: numbered on.
+        let txn = database.begin_write().unwrap();
+        store::Tables::open(&txn).unwrap().add_attempt("b", 1, &attempt(1, "retry")).unwrap();
+        txn.commit().unwrap();
+        let b_kept: Vec<u32> =
+            store::attempts(&database, 1).unwrap()["b"].iter().map(|a| a.n).collect();
+        assert_eq!(b_kept, vec![1, 2]);
+        // Event 1 finishes for both plugins, event 2 stays pending: pruning everything
+        // complete takes event 1's attempts and leaves event 2's.
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            tables.complete("a", 1).unwrap();
+            tables.complete("b", 1).unwrap();
+        }
+        txn.commit().unwrap();
+        let txn = database.begin_write().unwrap();
+        assert_eq!(store::prune(&txn, now_ms() + 10_000, 0, 0, 100).unwrap(), 1);
+        txn.commit().unwrap();
+        assert!(store::attempts(&database, 1).unwrap().is_empty());
+        assert_eq!(store::attempts(&database, 2).unwrap()["a"].len(), 1);
+    }
+
+    #[test]
+    fn purge_takes_the_dead_letters_attempts_and_since_selects_by_the_letters_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = store::open(&dir.path().join("journal.redb")).unwrap();
+        let a: Arc<str> = Arc::from("a");
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            for id in 1..=3 {
+                tables.insert_event(id, &record(now_ms()), std::slice::from_ref(&a)).unwrap();
+                tables.add_attempt("a", id, &attempt(1, "rejected")).unwrap();
+                let at_ms = id as i64 * 1_000;
+                let letter = DeadLetter { reason: "r".into(), attempts: 1, at_ms };
+                tables.bury("a", id, &letter).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let since = |ms| Selection { plugin: Some("a".into()), ids: vec![], since_ms: Some(ms) };
+        // Letters given up at 2 s and 3 s are "since 2 s"; replay puts them back.
+        assert_eq!(run(&database, replay(since(2_000))), vec![("a".into(), 2), ("a".into(), 3)]);
+        assert_eq!(dead(&database, Some("a")).unwrap().len(), 1);
+        // Purge by time leaves a later letter alone; purging it takes its attempts.
+        assert!(run(&database, purge(since(5_000))).is_empty());
+        assert_eq!(run(&database, purge(since(0))), vec![("a".into(), 1)]);
+        assert!(store::attempts(&database, 1).unwrap().is_empty());
+        assert_eq!(store::attempts(&database, 2).unwrap()["a"].len(), 1);
+    }
+
+    #[test]
+    fn show_reads_the_events_own_rows_and_redacts_its_raw_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = store::open(&dir.path().join("journal.redb")).unwrap();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let mut r = record(now_ms());
+        r.raw = Bytes::from_static(
+            b"event=ONCRMDEALUSERFIELDUPDATE&auth%5Bapplication_token%5D=apptok123&data%5Bnote%5D=apptok123",
+        );
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            tables.insert_event(1, &r, &[a.clone(), b.clone()]).unwrap();
+            tables.insert_event(2, &record(now_ms()), &[a, b]).unwrap();
+            tables.bury("b", 1, &DeadLetter { reason: "r".into(), attempts: 1, at_ms: 5 }).unwrap();
+            tables.add_attempt("b", 1, &attempt(1, "rejected")).unwrap();
+        }
+        txn.commit().unwrap();
+        let detail = show(&database, 1).unwrap().unwrap();
+        assert_eq!(detail.summary.pending, vec!["a".to_owned()]);
+        assert_eq!(detail.summary.dead, vec!["b".to_owned()]);
+        assert_eq!(detail.dead_state["b"].reason, "r");
+        assert_eq!(detail.attempts.keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(!detail.raw_redacted.contains("apptok123"), "{}", detail.raw_redacted);
+        assert!(detail.raw_redacted.starts_with("event=ONCRMDEALUSERFIELDUPDATE&"));
+        assert!(show(&database, 3).unwrap().is_none());
+    }
+
+    /// Ids 1..=n: portal `p{id % 2}`, code `A` for ids divisible by 3, else `B`; received at
+    /// `id` s; pending for `a` when divisible by 5, dead for `a` when divisible by 7.
+    fn fill(database: &Database, n: u64) {
+        let a: Arc<str> = Arc::from("a");
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            for id in 1..=n {
+                let code = if id % 3 == 0 { "A" } else { "B" };
+                let r = event_of(&format!("p{}", id % 2), code, id as i64 * 1_000);
+                let plugins = if id % 5 == 0 || id % 7 == 0 { vec![a.clone()] } else { vec![] };
+                tables.insert_event(id, &r, &plugins).unwrap();
+                if id % 7 == 0 && id % 5 != 0 {
+                    let letter = DeadLetter { reason: "r".into(), attempts: 1, at_ms: 0 };
+                    tables.bury("a", id, &letter).unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn ids(page: &Page) -> Vec<u64> {
+        page.events.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn query_filters_pages_newest_first_and_stops_at_the_scan_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = store::open(&dir.path().join("journal.redb")).unwrap();
+        fill(&database, 1_000);
+        let q = |f: &dyn Fn(&mut Query)| {
+            let mut q = Query { limit: 3, ..Query::default() };
+            f(&mut q);
+            query(&database, &q).unwrap()
+        };
+        let page = q(&|_| {});
+        assert_eq!((ids(&page), page.next_before), (vec![1_000, 999, 998], Some(998)));
+        let page = q(&|q| q.before_id = Some(998));
+        assert_eq!(ids(&page), vec![997, 996, 995]);
+        let page = q(&|q| q.code = Some("a".into()));
+        assert_eq!(ids(&page), vec![999, 996, 993]);
+        let page = q(&|q| q.member_id = Some("p1".into()));
+        assert_eq!(ids(&page), vec![999, 997, 995]);
+        let page = q(&|q| q.status = Some(EventStatus::Pending));
+        assert_eq!(ids(&page), vec![1_000, 995, 990]);
+        assert_eq!(page.events[0].pending, vec!["a".to_owned()]);
+        let page = q(&|q| q.status = Some(EventStatus::Dead));
+        assert_eq!(ids(&page), vec![994, 987, 973]);
+        assert_eq!(page.events[0].dead, vec!["a".to_owned()]);
+        let page = q(&|q| q.status = Some(EventStatus::Done));
+        assert_eq!(ids(&page), vec![999, 998, 997]);
+        let page = q(&|q| q.until_ms = Some(500_000));
+        assert_eq!(ids(&page), vec![499, 498, 497]);
+        // Since: the first older event ends the listing, with nothing older to page to.
+        let page = q(&|q| {
+            q.since_ms = Some(998_000);
+            q.limit = 10;
+        });
+        assert_eq!((ids(&page), page.next_before), (vec![1_000, 999, 998], None));
+        // The last page: no older events, no next page.
+        let page = q(&|q| q.before_id = Some(3));
+        assert_eq!((ids(&page), page.next_before), (vec![2, 1], None));
+        // A filter that matches nothing reads at most the scan limit, then says where to go on.
+        let none = Query { code: Some("none".into()), ..Query::default() };
+        let page = scan(&database, &none, 3, 100, None).unwrap();
+        assert_eq!((ids(&page), page.next_before), (vec![], Some(901)));
+        // Following `next_before` (pages may also end at the time budget) reaches the oldest.
+        let mut before = None;
+        for _ in 0..1_000 {
+            let page = q(&|q| {
+                q.code = Some("none".into());
+                q.before_id = before;
+            });
+            assert!(page.events.is_empty());
+            match page.next_before {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        assert!(
+            q(&|q| {
+                q.code = Some("none".into());
+                q.before_id = before;
+            })
+            .next_before
+            .is_none()
+        );
+        // `list` is the unfiltered listing.
+        assert_eq!(
+            list(&database, 2).unwrap().iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![1_000, 999]
+        );
+    }
+
+    /// Not a timed assertion: prints what the console's reads cost on 100,000 events (run with
+    /// `--nocapture` to see it; a debug build is several times slower than a release one).
+    #[test]
+    fn console_reads_on_100000_events_touch_only_what_they_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let database = store::open(&path).unwrap();
+        fill(&database, 100_000);
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            for id in 90_001..=100_000 {
+                for n in 1..=3 {
+                    tables.add_attempt("probe", id, &attempt(n, "retry")).unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+        let time = |what: &str, f: &dyn Fn()| {
+            let started = std::time::Instant::now();
+            f();
+            println!("{what}: {:?}", started.elapsed());
+        };
+        time("query, first page of 50", &|| {
+            assert_eq!(
+                query(&database, &Query { limit: 50, ..Query::default() }).unwrap().events.len(),
+                50
+            )
+        });
+        time("query, status dead, 50", &|| {
+            let q = Query { limit: 50, status: Some(EventStatus::Dead), ..Query::default() };
+            assert_eq!(query(&database, &q).unwrap().events.len(), 50)
+        });
+        time("query matching nothing (scan limit)", &|| {
+            let q = Query { limit: 50, code: Some("none".into()), ..Query::default() };
+            let page = query(&database, &q).unwrap();
+            println!("  (read down to id {:?})", page.next_before);
+            assert!(page.next_before.is_some_and(|id| id >= 80_001))
+        });
+        time("show", &|| {
+            assert_eq!(show(&database, 99_999).unwrap().unwrap().attempts["probe"].len(), 3)
+        });
+        time("dead of a", &|| assert!(!dead(&database, Some("a")).unwrap().is_empty()));
+        time("stats", &|| assert_eq!(stats(&database, &[]).unwrap().events, 100_000));
+        let txn = database.begin_read().unwrap();
+        let table = txn.open_table(store::ATTEMPTS).unwrap();
+        let stats = redb::ReadableTableMetadata::stats(&table).unwrap();
+        let bytes = stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        println!(
+            "attempt rows: 30,000 rows take {bytes} bytes (~{} each; stored {}, metadata {}, fragmented {})",
+            bytes / 30_000,
+            stats.stored_bytes(),
+            stats.metadata_bytes(),
+            stats.fragmented_bytes()
+        );
     }
 }
