@@ -264,23 +264,29 @@ pub fn redact_raw(raw: &[u8], format: Format) -> String {
                 return "<the body is not valid JSON: withheld>".to_owned();
             };
             json_secrets(&value, false, &mut secrets);
-            if secrets.iter().any(|s| s.len() < MIN_REPEATED && !value_is_string(&value, s)) {
-                // A short number or flag under a secret key cannot be found by its text:
+            let mut out = text.into_owned();
+            for secret in &secrets {
+                // The quoted string, whatever its length; longer values anywhere below.
+                let quoted = serde_json::Value::String(secret.clone()).to_string();
+                out = out.replace(&quoted, &format!("\"{REDACTED}\""));
+            }
+            out = replace_repeated(out, &secrets);
+            if json_leaks(&out, &secrets) {
+                // Spelled in a way the text search missed (`\/`, `\u0041`, a short number):
                 // the body is written out again with those values replaced.
                 let mut value = value;
                 blank_secrets(&mut value, false);
-                serde_json::to_string(&value).unwrap_or_default()
-            } else {
-                let mut out = text.into_owned();
-                for secret in &secrets {
-                    // The quoted string, whatever its length; longer values anywhere below.
-                    let quoted = serde_json::Value::String(secret.clone()).to_string();
-                    out = out.replace(&quoted, &format!("\"{REDACTED}\""));
-                }
-                out
+                out = serde_json::to_string(&value).unwrap_or_default();
             }
+            out
         }
     };
+    replace_repeated(out, &secrets)
+}
+
+/// `text` with every secret of [`MIN_REPEATED`] characters or more replaced wherever it
+/// occurs, as is, percent-encoded or JSON-escaped.
+fn replace_repeated(mut out: String, secrets: &[String]) -> String {
     let mut spelled: Vec<String> = Vec::new();
     for secret in secrets.iter().filter(|s| s.len() >= MIN_REPEATED) {
         spelled.push(secret.clone());
@@ -309,14 +315,33 @@ fn decoded(part: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Whether `secret` is some string value of `value` (rather than a number or flag).
-fn value_is_string(value: &serde_json::Value, secret: &str) -> bool {
-    match value {
-        serde_json::Value::String(s) => s == secret,
-        serde_json::Value::Object(map) => map.values().any(|v| value_is_string(v, secret)),
-        serde_json::Value::Array(items) => items.iter().any(|v| value_is_string(v, secret)),
-        _ => false,
+/// Whether the redacted JSON text `out` still shows a secret: a value under a secret key
+/// that is not [`REDACTED`], or a long secret inside any string.
+fn json_leaks(out: &str, secrets: &[String]) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(out) else { return true };
+    let mut left = Vec::new();
+    json_secrets(&value, false, &mut left);
+    if left.iter().any(|v| v != REDACTED) {
+        return true;
     }
+    fn strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::String(s) => out.push(s),
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    out.push(k);
+                    strings(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    strings(&value, &mut all);
+    all.iter().any(|s| {
+        secrets.iter().any(|secret| secret.len() >= MIN_REPEATED && s.contains(secret.as_str()))
+    })
 }
 
 /// Replaces every scalar under a secret key of `value` by [`REDACTED`].
@@ -521,4 +546,70 @@ pub struct ConsumerReport {
     pub redelivered: u64,
     /// The node leading it.
     pub leader: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_form_body_has_every_token_value_redacted_also_url_encoded_and_repeated() {
+        let raw = b"event=ONCRMDEALUPDATE&data%5BFIELDS%5D%5BID%5D=5\
+            &auth%5Baccess_token%5D=acc%2Fess1&auth[refresh_token]=refr3sh\
+            &auth%5Bapplication_token%5D=app+tok&auth%5Bmember_id%5D=m1\
+            &data%5Bnote%5D=seen+refr3sh+and+acc%2Fess1&X_Client_Secret=s3cr3t&PassWord=pw12";
+        let out = redact_raw(raw, Format::Form);
+        for secret in ["acc%2Fess1", "acc/ess1", "refr3sh", "app+tok", "s3cr3t", "pw12"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains("auth%5Baccess_token%5D=<redacted>"), "{out}");
+        assert!(out.contains("auth[refresh_token]=<redacted>"), "{out}");
+        assert!(out.contains("auth%5Bapplication_token%5D=<redacted>"), "{out}");
+        assert!(out.contains("data%5Bnote%5D=seen+<redacted>+and+<redacted>"), "{out}");
+        // What is no secret stays as received.
+        assert!(out.starts_with("event=ONCRMDEALUPDATE&data%5BFIELDS%5D%5BID%5D=5&"), "{out}");
+        assert!(out.contains("auth%5Bmember_id%5D=m1"), "{out}");
+    }
+
+    #[test]
+    fn a_json_body_has_every_token_value_redacted_also_nested_and_repeated() {
+        let raw = br#"{"event":"ONCRMDEALUPDATE","auth":{"access_token":"acc\/1x","refresh_token":"ref2","application_token":"app3","member_id":"m1"},"data":{"note":"copy of app3","tokens":{"a":"nested9"}},"password":12}"#;
+        let out = redact_raw(raw, Format::Json);
+        for secret in ["acc/1x", "acc\\/1x", "ref2", "app3", "nested9", ":12"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains(r#""member_id":"m1""#), "{out}");
+        assert!(out.contains("copy of <redacted>"), "{out}");
+        assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{out}");
+        // An escaped spelling the text search misses is still caught.
+        let raw = br#"{"auth": {"access_token": "a\/bcdef"}, "note": "a\/bcdef"}"#;
+        let out = redact_raw(raw, Format::Json);
+        assert!(!out.contains("bcdef"), "{out}");
+        // Long values keep the body as received otherwise.
+        let raw = br#"{"auth": {"access_token": "abcdef"}, "x": 1}"#;
+        assert_eq!(
+            redact_raw(raw, Format::Json),
+            r#"{"auth": {"access_token": "<redacted>"}, "x": 1}"#
+        );
+        assert_eq!(
+            redact_raw(b"{not json", Format::Json),
+            "<the body is not valid JSON: withheld>"
+        );
+    }
+
+    #[test]
+    fn a_short_secret_is_redacted_where_it_stands_without_blanking_the_rest() {
+        let out = redact_raw(b"event=E&auth%5Baccess_token%5D=E&x=EE", Format::Form);
+        assert_eq!(out, "event=E&auth%5Baccess_token%5D=<redacted>&x=EE");
+    }
+
+    #[test]
+    fn a_selection_matches_by_plugin_ids_and_time() {
+        let all = Selection::default();
+        assert!(all.matches("a", 1, 0));
+        let since = Selection { since_ms: Some(10), ..Selection::default() };
+        assert!(since.matches("a", 1, 10) && !since.matches("a", 1, 9));
+        let one = Selection { plugin: Some("a".into()), ids: vec![2], since_ms: None };
+        assert!(one.matches("a", 2, 0) && !one.matches("b", 2, 0) && !one.matches("a", 3, 0));
+    }
 }
