@@ -50,6 +50,21 @@ fn an_event_retried_twice_then_done_shows_its_three_attempts_and_no_token() {
     assert!(text.contains("attempts of probe"), "{text}");
     assert_eq!(text.lines().filter(|l| l.contains("retry")).count(), 2, "{text}");
     assert!(!text.contains(TOKEN), "{text}");
+
+    // A rejected event is a dead letter at once; purge --since selects by the letter's time.
+    let answer = host.post_form(&field_event(8, "UF_CRM_REJECT"));
+    let rejected: u64 = answer.body.trim_start_matches("accepted ").parse().unwrap();
+    let dead = eventually(PATIENCE, || outcomes(&dir, rejected, "probe") == ["rejected"]);
+    assert!(dead, "{:?}", outcomes(&dir, rejected, "probe"));
+    let later = (b24_host::journal::now_ms() + 3_600_000).to_string();
+    let purged = dir.journal(&["purge", "--plugin", "probe", "--since", &later]);
+    assert_eq!(purged["rows"], serde_json::json!([]), "{purged}");
+    let purged = dir.journal(&["purge", "--plugin", "probe", "--since", "2000-01-01T00:00:00Z"]);
+    assert_eq!(purged["rows"], serde_json::json!([["probe", rejected]]), "{purged}");
+    // The purged letter's attempts went with it; the finished event's stay.
+    let shown = dir.journal(&["show", &rejected.to_string()]);
+    assert_eq!(shown["event"]["attempts"], serde_json::json!({}), "{shown}");
+    assert_eq!(outcomes(&dir, id, "probe").len(), 3);
     assert!(host.stop());
 }
 
