@@ -663,6 +663,18 @@ mod tests {
         }
         println!("add_attempt: {:?} per row (30,000 rows)", started.elapsed() / 30_000);
         txn.commit().unwrap();
+        // For comparison, the outcome row a failed attempt writes anyway (a pending state).
+        let txn = database.begin_write().unwrap();
+        let started = std::time::Instant::now();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            let failed = Pending { attempts: 1, last_error: "busy".into(), ..Pending::default() };
+            for id in (90_005..=100_000).step_by(5) {
+                tables.set_pending("a", id, &failed).unwrap();
+            }
+        }
+        println!("set_pending: {:?} per row (2,000 rows)", started.elapsed() / 2_000);
+        txn.commit().unwrap();
         let time = |what: &str, f: &dyn Fn()| {
             let started = std::time::Instant::now();
             f();
