@@ -744,6 +744,10 @@ mod tests {
             println!("  (read down to id {:?})", page.next_before);
             assert!(page.next_before.is_some_and(|id| id >= 80_001))
         });
+        time("query until the 10,000th event's time, 50", &|| {
+            let q = Query { limit: 50, until_ms: Some(10_000_000), ..Query::default() };
+            assert_eq!(query(&database, &q).unwrap().events[0].id, 9_999)
+        });
         time("show", &|| {
             assert_eq!(show(&database, 99_999).unwrap().unwrap().attempts["probe"].len(), 3)
         });
