@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod console_journal;
 mod crash;
 mod damage;
 mod delivery;
