@@ -13,9 +13,13 @@
 mod auth;
 mod chart;
 mod csrf;
+mod dead;
+mod event;
+mod events;
 mod layout;
 mod login;
 mod overview;
+mod plugins;
 mod when;
 
 use std::time::{Duration, Instant};
@@ -194,6 +198,15 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
             return forbidden();
         }
         return match path.as_str() {
+            "/dead/replay" => dead_action(ops, &who, &csrf, dead::Action::Replay, &fields).await,
+            "/dead/purge" => dead_action(ops, &who, &csrf, dead::Action::Purge, &fields).await,
+            "/plugins/reload" => {
+                let (_, outcome) = ops.reload().await;
+                let report = serde_json::to_string_pretty(&outcome).unwrap_or_default();
+                let views = ops.supervisor.views();
+                let body = plugins::body(&views, &csrf, Some(&report));
+                html(StatusCode::OK, layout::page("Plugins", &who, &csrf, body))
+            }
             "/logout" => {
                 if let Who::Session { id, .. } = &who {
                     ops.console.logout(id);
@@ -210,14 +223,134 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
     if method != Method::GET {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "the console takes GET and POST");
     }
-    let _ = &query;
+    let page =
+        |title: &str, body: Markup| html(StatusCode::OK, layout::page(title, &who, &csrf, body));
     match path.as_str() {
-        "/" => {
-            html(StatusCode::OK, layout::page("Overview", &who, &csrf, overview::body(ops).await))
-        }
+        "/" => page("Overview", overview::body(ops).await),
         "/partials/overview" => html(StatusCode::OK, overview::live(ops).await),
-        _ => not_found(&who, &csrf),
+        "/events" => {
+            let filter = match events::filter(&query) {
+                Ok(filter) => filter,
+                Err((name, why)) => return bad_request(&who, &csrf, &name, &why),
+            };
+            match ops.journal.query(filter.query.clone()).await {
+                Ok(found) => {
+                    page("Events", events::body(&filter, &found.events, found.next_before))
+                }
+                Err(e) => unavailable(&who, &csrf, &e.to_string()),
+            }
+        }
+        "/dead" => {
+            let plugin = field(&query, "plugin");
+            let since = match field(&query, "since").map(when::parse).transpose() {
+                Ok(since) => since,
+                Err(why) => return bad_request(&who, &csrf, "since", &why),
+            };
+            match ops.journal.dead(plugin.map(str::to_owned)).await {
+                Ok(mut rows) => {
+                    rows.retain(|r| since.is_none_or(|s| r.dead.at_ms >= s));
+                    rows.sort_by(|a, b| b.dead.at_ms.cmp(&a.dead.at_ms).then(b.id.cmp(&a.id)));
+                    page("Dead letters", dead::body(&rows, plugin, field(&query, "since"), &csrf))
+                }
+                Err(e) => unavailable(&who, &csrf, &e.to_string()),
+            }
+        }
+        // The confirmation step, read-only, as a link may ask for it: a GET never runs one.
+        "/dead/replay" => {
+            dead_action(ops, &who, &csrf, dead::Action::Replay, &without_confirm(&query)).await
+        }
+        "/dead/purge" => {
+            dead_action(ops, &who, &csrf, dead::Action::Purge, &without_confirm(&query)).await
+        }
+        "/plugins" => page("Plugins", plugins::body(&ops.supervisor.views(), &csrf, None)),
+        _ => {
+            if let Some(id) =
+                path.strip_prefix("/partials/events/").and_then(|r| r.strip_suffix("/deliveries"))
+            {
+                return event_page(ops, &who, &csrf, id, true).await;
+            }
+            if let Some(id) = path.strip_prefix("/events/") {
+                return event_page(ops, &who, &csrf, id, false).await;
+            }
+            not_found(&who, &csrf)
+        }
     }
+}
+
+/// `fields` without `confirm`.
+fn without_confirm(fields: &[(String, String)]) -> Vec<(String, String)> {
+    fields.iter().filter(|(k, _)| k != "confirm").cloned().collect()
+}
+
+/// An event's page, or only its deliveries (`partial`).
+async fn event_page(ops: &Ops, who: &Who, csrf: &str, id: &str, partial: bool) -> Answer {
+    let Ok(id) = id.parse::<u64>() else {
+        return bad_request(who, csrf, "id", &format!("{id:?} is not an event id"));
+    };
+    match ops.journal.show(id).await {
+        Ok(Some(detail)) if partial => html(StatusCode::OK, event::deliveries(&detail, csrf)),
+        Ok(Some(detail)) => html(
+            StatusCode::OK,
+            layout::page(&format!("Event {id}"), who, csrf, event::body(&detail, csrf)),
+        ),
+        Ok(None) => html(
+            StatusCode::NOT_FOUND,
+            layout::message(
+                "Not found",
+                who,
+                csrf,
+                &format!("there is no event {id} in the journal"),
+            ),
+        ),
+        Err(e) => unavailable(who, csrf, &e.to_string()),
+    }
+}
+
+/// `/dead/replay` and `/dead/purge`: the count to confirm, or (with `confirm=1`) the action.
+async fn dead_action(
+    ops: &Ops,
+    who: &Who,
+    csrf: &str,
+    action: dead::Action,
+    fields: &[(String, String)],
+) -> Answer {
+    let (which, confirmed) = match dead::selection(fields) {
+        Ok(found) => found,
+        Err((name, why)) => return bad_request(who, csrf, &name, &why),
+    };
+    let title = "Dead letters";
+    if !confirmed {
+        return match ops.journal.dead(which.plugin.clone()).await {
+            Ok(mut rows) => {
+                rows.retain(|r| which.matches(&r.plugin, r.id, r.dead.at_ms));
+                let body = dead::confirm(action, &which, &rows, csrf);
+                html(StatusCode::OK, layout::page(title, who, csrf, body))
+            }
+            Err(e) => unavailable(who, csrf, &e.to_string()),
+        };
+    }
+    let done = match action {
+        dead::Action::Replay => ops.journal.replay(which).await,
+        dead::Action::Purge => ops.journal.purge(which).await,
+    };
+    match done {
+        Ok(done) => {
+            html(StatusCode::OK, layout::page(title, who, csrf, dead::result(action, &done)))
+        }
+        Err(e) => unavailable(who, csrf, &e.to_string()),
+    }
+}
+
+/// 400 naming the field.
+fn bad_request(who: &Who, csrf: &str, name: &str, why: &str) -> Answer {
+    let text = format!("{name}: {why}");
+    html(StatusCode::BAD_REQUEST, layout::message("Bad request", who, csrf, &text))
+}
+
+/// 503: the journal did not answer.
+fn unavailable(who: &Who, csrf: &str, why: &str) -> Answer {
+    let text = format!("the journal did not answer: {why}");
+    html(StatusCode::SERVICE_UNAVAILABLE, layout::message("Journal unavailable", who, csrf, &text))
 }
 
 fn not_found(who: &Who, csrf: &str) -> Answer {

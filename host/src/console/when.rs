@@ -13,15 +13,6 @@ pub fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-/// `ms` since the epoch as `YYYY-MM-DDTHH:MM` UTC: what a filter field takes back.
-pub fn input_value(ms: i64) -> String {
-    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]");
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
-
 /// A filter's time: `YYYY-MM-DDTHH:MM[:SS]` (UTC) or milliseconds since the epoch.
 pub fn parse(text: &str) -> Result<i64, String> {
     let text = text.trim();
@@ -61,7 +52,6 @@ mod tests {
         assert!(parse("yesterday").unwrap_err().contains("not a time like"));
         assert!(parse("").is_err());
         assert_eq!(format_ms(1_796_160_615_000), "2026-12-01 21:30:15");
-        assert_eq!(input_value(1_796_160_615_000), "2026-12-01T21:30");
         assert_eq!(age(850), "850 ms");
         assert_eq!(age(12_345), "12.3 s");
         assert_eq!(age(9_000_000), "2.5 h");
