@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod console;
 mod crash;
 mod damage;
 mod delivery;
