@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod console;
 mod console_journal;
 mod crash;
 mod damage;
