@@ -8,8 +8,8 @@ use maud::{Markup, html};
 use super::{field, when};
 use crate::journal::admin::{DeadRow, Selection};
 
-/// Rows listed on the page at most (the count says how many there are).
-pub const SHOWN: usize = 500;
+/// Rows listed on a page (the count says how many there are; "Older" pages on).
+pub const SHOWN: usize = 100;
 
 /// Replay or purge.
 #[derive(Clone, Copy)]
@@ -43,8 +43,15 @@ impl Action {
     }
 }
 
-/// The page's body: `rows` (newest given up first), the filter, the actions.
-pub fn body(rows: &[DeadRow], plugin: Option<&str>, since: Option<&str>, csrf: &str) -> Markup {
+/// The page's body: one page of `rows` (newest event first) of `total` matching, the filter,
+/// the actions, and a link to the older ones (`next_before`).
+pub fn body(
+    page: &crate::journal::admin::DeadPage,
+    plugin: Option<&str>,
+    since: Option<&str>,
+    csrf: &str,
+) -> Markup {
+    let rows = &page.rows;
     html! {
         h1 { "Dead letters" @if let Some(p) = plugin { " of " (p) } }
         form.filter id="dead-filter" method="get" action="/dead" {
@@ -53,7 +60,8 @@ pub fn body(rows: &[DeadRow], plugin: Option<&str>, since: Option<&str>, csrf: &
             button type="submit" { "Filter" }
             a href="/dead" { "clear" }
         }
-        p.count { (rows.len()) " dead letters" @if rows.len() > SHOWN { " (the " (SHOWN) " newest shown)" } }
+        p.count id="dead-count" { (page.total) " dead letters"
+            @if (rows.len() as u64) < page.total { " (" (rows.len()) " on this page)" } }
         form id="dead-selection" method="post" action="/dead/replay" {
             input type="hidden" name="csrf" value=(csrf);
             @if let Some(p) = plugin { input type="hidden" name="plugin" value=(p); }
@@ -74,6 +82,9 @@ pub fn body(rows: &[DeadRow], plugin: Option<&str>, since: Option<&str>, csrf: &
                     }
                 }
             }
+            @if let Some(before) = page.next_before {
+                p { a id="older" href=(older_link(plugin, since, before)) { "Older" } }
+            }
             div.actions {
                 button.primary id="replay-selected" type="submit" formaction="/dead/replay" { "Replay selected" }
                 button.danger id="purge-selected" type="submit" formaction="/dead/purge" { "Purge selected" }
@@ -90,6 +101,18 @@ pub fn body(rows: &[DeadRow], plugin: Option<&str>, since: Option<&str>, csrf: &
             }
         }
     }
+}
+
+/// The link to the page of dead letters below event `before`, same filter.
+fn older_link(plugin: Option<&str>, since: Option<&str>, before: u64) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in [("plugin", plugin), ("since", since)] {
+        if let Some(value) = value {
+            query.append_pair(key, value);
+        }
+    }
+    query.append_pair("before", &before.to_string());
+    format!("/dead?{}", query.finish())
 }
 
 /// What a replay or purge form asks for: the selection and whether it is confirmed;
@@ -121,7 +144,13 @@ pub fn selection(fields: &[(String, String)]) -> Result<(Selection, bool), (Stri
 }
 
 /// The confirmation step: how many match now, and the form that runs it.
-pub fn confirm(action: Action, which: &Selection, matched: &[DeadRow], csrf: &str) -> Markup {
+pub fn confirm(
+    action: Action,
+    which: &Selection,
+    count: u64,
+    matched: &[DeadRow],
+    csrf: &str,
+) -> Markup {
     html! {
         h1 { (action.verb()) " dead letters" }
         p { (action.verb()) " the dead letters that match"
@@ -129,7 +158,7 @@ pub fn confirm(action: Action, which: &Selection, matched: &[DeadRow], csrf: &st
             @if !which.ids.is_empty() { ", events " (ids_text(&which.ids)) }
             @if let Some(since) = which.since_ms { ", given up since " (when::format_ms(since)) " UTC" }
             ":" }
-        p id="confirm-count" { (matched.len()) }
+        p id="confirm-count" { (count) }
         ul.matched {
             @for r in matched.iter().take(50) {
                 li { a href=(format!("/events/{}", r.id)) { (r.id) } " (" (r.plugin) ", " (r.code) ")" }
@@ -142,7 +171,7 @@ pub fn confirm(action: Action, which: &Selection, matched: &[DeadRow], csrf: &st
             @if let Some(since) = which.since_ms { input type="hidden" name="since" value=(since); }
             input type="hidden" name="confirm" value="1";
             button class=(match action { Action::Replay => "primary", Action::Purge => "danger" })
-                id="confirm" type="submit" disabled[matched.is_empty()] { (action.verb()) " " (matched.len()) }
+                id="confirm" type="submit" disabled[count == 0] { (action.verb()) " " (count) }
             " "
             a href="/dead" { "Cancel" }
         }

@@ -68,7 +68,7 @@ pub fn deliveries(detail: &EventDetail, csrf: &str) -> Markup {
                         }
                     }
                     @if let Some(d) = dead {
-                        p.dead-reason { "given up at " (when::format_ms(d.at_ms)) " after " (d.attempts) " attempts: " (d.reason) }
+                        p.dead-reason { "dead since " (when::format_ms(d.at_ms)) " UTC (" (d.attempts) " attempts): " (d.reason) }
                         form method="post" action="/dead/replay" {
                             input type="hidden" name="csrf" value=(csrf);
                             input type="hidden" name="plugin" value=(plugin);

@@ -246,11 +246,19 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
                 Ok(since) => since,
                 Err(why) => return bad_request(&who, &csrf, "since", &why),
             };
-            match patient(ops.journal.dead(plugin.map(str::to_owned))).await {
-                Ok(mut rows) => {
-                    rows.retain(|r| since.is_none_or(|s| r.dead.at_ms >= s));
-                    rows.sort_by(|a, b| b.dead.at_ms.cmp(&a.dead.at_ms).then(b.id.cmp(&a.id)));
-                    page("Dead letters", dead::body(&rows, plugin, field(&query, "since"), &csrf))
+            let before = match field(&query, "before").map(str::parse::<u64>).transpose() {
+                Ok(before) => before,
+                Err(_) => return bad_request(&who, &csrf, "before", "not an event id"),
+            };
+            let wanted = crate::journal::admin::DeadQuery {
+                plugin: plugin.map(str::to_owned),
+                since_ms: since,
+                before_id: before,
+                limit: dead::SHOWN,
+            };
+            match patient(ops.journal.dead_page(wanted)).await {
+                Ok(found) => {
+                    page("Dead letters", dead::body(&found, plugin, field(&query, "since"), &csrf))
                 }
                 Err(e) => unavailable(&who, &csrf, &e.to_string()),
             }
@@ -321,8 +329,8 @@ async fn dead_action(
     let title = "Dead letters";
     if !confirmed {
         return match matching(ops, &which).await {
-            Ok(rows) => {
-                let body = dead::confirm(action, &which, &rows, csrf);
+            Ok((count, rows)) => {
+                let body = dead::confirm(action, &which, count, &rows, csrf);
                 html(StatusCode::OK, layout::page(title, who, csrf, body))
             }
             Err(e) => unavailable(who, csrf, &e.to_string()),
@@ -359,16 +367,27 @@ async fn patient<T>(
 /// dead letters.
 const COUNT_BY_EVENT: usize = 50;
 
-/// The dead letters `which` selects now: a few ids are looked up one by one (the event page's
-/// replay button), anything else through the dead-letter listing.
+/// How many dead letters `which` selects now, and (some of) them: a time or a whole plugin is
+/// counted by the journal's bounded listing, a few ids are looked up one by one (the event
+/// page's replay button), many ids through the whole listing.
 async fn matching(
     ops: &Ops,
     which: &crate::journal::Selection,
-) -> Result<Vec<crate::journal::admin::DeadRow>, crate::journal::StoreError> {
-    if which.ids.is_empty() || which.ids.len() > COUNT_BY_EVENT {
+) -> Result<(u64, Vec<crate::journal::admin::DeadRow>), crate::journal::StoreError> {
+    if which.ids.is_empty() {
+        let wanted = crate::journal::admin::DeadQuery {
+            plugin: which.plugin.clone(),
+            since_ms: which.since_ms,
+            before_id: None,
+            limit: COUNT_BY_EVENT,
+        };
+        let page = patient(ops.journal.dead_page(wanted)).await?;
+        return Ok((page.total, page.rows));
+    }
+    if which.ids.len() > COUNT_BY_EVENT {
         let mut rows = patient(ops.journal.dead(which.plugin.clone())).await?;
         rows.retain(|r| which.matches(&r.plugin, r.id, r.dead.at_ms));
-        return Ok(rows);
+        return Ok((rows.len() as u64, rows));
     }
     let mut rows = Vec::new();
     for id in &which.ids {
@@ -385,7 +404,7 @@ async fn matching(
             }
         }
     }
-    Ok(rows)
+    Ok((rows.len() as u64, rows))
 }
 
 /// 400 naming the field.

@@ -91,6 +91,66 @@ pub struct Query {
 /// with fewer rows and a `next_before` to go on from, instead of reading the whole journal.
 pub const QUERY_SCAN_LIMIT: u64 = 20_000;
 
+/// A bounded listing of dead letters (the console's dead-letters page).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadQuery {
+    /// Only this plugin's.
+    pub plugin: Option<String>,
+    /// Only those given up at or after this time, ms since the epoch.
+    pub since_ms: Option<i64>,
+    /// Only events with a smaller id (the next page).
+    pub before_id: Option<u64>,
+    /// At most this many rows (capped at 500); 0 only counts.
+    pub limit: usize,
+}
+
+/// One page of dead letters, newest event first, and how many match in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadPage {
+    /// The rows of this page.
+    pub rows: Vec<DeadRow>,
+    /// Where the next (older) page starts, while more rows match.
+    pub next_before: Option<u64>,
+    /// Dead letters matching `plugin` and `since_ms`, on every page.
+    pub total: u64,
+}
+
+impl DeadPage {
+    /// A page of `all` (every matching row, any order): the way a backend without an index
+    /// answers.
+    pub fn of(mut all: Vec<DeadRow>, query: &DeadQuery) -> DeadPage {
+        all.retain(|r| {
+            query.plugin.as_deref().is_none_or(|p| p == r.plugin)
+                && query.since_ms.is_none_or(|s| r.dead.at_ms >= s)
+        });
+        let total = all.len() as u64;
+        all.retain(|r| query.before_id.is_none_or(|b| r.id < b));
+        all.sort_by(|a, b| (b.id, &a.plugin).cmp(&(a.id, &b.plugin)));
+        let next_before = cut_page(&mut all, query.limit.min(500), |r| r.id);
+        DeadPage { rows: all, next_before, total }
+    }
+}
+
+/// Cuts `rows` (sorted newest event first) to a page of at most `limit`; returns where the next
+/// page starts. A page never ends between two letters of one event (the next page starts below
+/// that id), unless that event alone fills it.
+pub fn cut_page<T>(rows: &mut Vec<T>, limit: usize, id: impl Fn(&T) -> u64) -> Option<u64> {
+    if rows.len() <= limit {
+        return None;
+    }
+    let boundary = id(&rows[limit]);
+    rows.truncate(limit);
+    let whole = rows.iter().position(|r| id(r) == boundary).unwrap_or(rows.len());
+    if whole > 0 {
+        // The boundary event's letters all go to the next page.
+        rows.truncate(whole);
+        return Some(boundary + 1);
+    }
+    // One event's letters fill the page: the next page starts below it (its other letters
+    // stay reachable through the event's own page).
+    Some(boundary)
+}
+
 /// One page of a [`Query`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {

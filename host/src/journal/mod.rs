@@ -426,6 +426,17 @@ impl Journal {
         }
     }
 
+    /// One page of dead letters, newest event first, with the count of all that match.
+    pub async fn dead_page(&self, query: admin::DeadQuery) -> Result<admin::DeadPage, StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => j.dead_page(query).await,
+            Backend::Nats(j) => {
+                let all = j.dead(query.plugin.clone()).await?;
+                Ok(admin::DeadPage::of(all, &query))
+            }
+        }
+    }
+
     /// Puts the selected dead letters back into delivery (attempts and crashes start again);
     /// returns the (plugin, event id) pairs replayed.
     pub async fn replay(&self, which: Selection) -> Result<Vec<(String, u64)>, StoreError> {

@@ -19,8 +19,8 @@ use crate::{
     journal::{
         StoreError,
         admin::{
-            DeadRow, EventDetail, EventStatus, EventSummary, Page, PluginStats, QUERY_SCAN_LIMIT,
-            Query, Selection, Stats, redact_raw, redacted,
+            DeadPage, DeadQuery, DeadRow, EventDetail, EventStatus, EventSummary, Page,
+            PluginStats, QUERY_SCAN_LIMIT, Query, Selection, Stats, cut_page, redact_raw, redacted,
         },
         now_ms,
         record::{DeadLetter, EventMeta, EventRecord, Pending, unseal_row},
@@ -348,6 +348,81 @@ pub fn dead(database: &Database, plugin: Option<&str>) -> Result<Vec<DeadRow>, S
     Ok(out)
 }
 
+/// One page of dead letters, newest event first: per plugin a backward range read of its keys
+/// below `before_id`, merged; the count reads keys and values (no event) of every letter of
+/// the plugin(s), which is what lets the console show it before an action runs.
+pub fn dead_page(database: &Database, query: &DeadQuery) -> Result<DeadPage, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(DEAD))?;
+    let events = db(txn.open_table(EVENTS))?;
+    let limit = query.limit.min(500);
+    let before = query.before_id.unwrap_or(u64::MAX);
+    // (id, plugin, letter) of every matching letter below `before`, newest first, bounded.
+    let mut candidates: Vec<(u64, String, DeadLetter)> = Vec::new();
+    let mut total = 0u64;
+    let counted = store::guard("listing dead letters", || {
+        let plugins: Vec<String> = match &query.plugin {
+            Some(p) => vec![p.clone()],
+            None => {
+                let mut names = Vec::new();
+                let mut next: Option<String> = None;
+                // Distinct plugin names by skipping ahead: one seek per plugin.
+                loop {
+                    let mut range = match &next {
+                        None => db(table.iter())?,
+                        Some(after) => db(table.range::<(&str, u64)>((
+                            std::ops::Bound::Excluded((after.as_str(), u64::MAX)),
+                            std::ops::Bound::Unbounded,
+                        )))?,
+                    };
+                    let Some(row) = range.next() else { break };
+                    let (k, _) = db(row)?;
+                    let (p, _) = k.value();
+                    names.push(p.to_owned());
+                    next = Some(p.to_owned());
+                }
+                names
+            }
+        };
+        for plugin in &plugins {
+            let p = plugin.as_str();
+            let mut kept = 0usize;
+            for row in db(table.range((p, 0)..=(p, u64::MAX)))?.rev() {
+                let (k, v) = db(row)?;
+                let id = k.value().1;
+                let letter: DeadLetter = unseal_row(p, id, v.value()).unwrap_or_else(|e| {
+                    DeadLetter { reason: format!("dead letter {e}"), attempts: 0, at_ms: 0 }
+                });
+                if query.since_ms.is_some_and(|s| letter.at_ms < s) {
+                    continue;
+                }
+                total += 1;
+                if id < before && kept <= limit {
+                    kept += 1;
+                    candidates.push((id, plugin.clone(), letter));
+                }
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = counted {
+        tracing::error!(
+            "the journal is unreadable past a point: {e}; run `b24-host journal verify`"
+        );
+    }
+    candidates.sort_by(|a, b| (b.0, &a.1).cmp(&(a.0, &b.1)));
+    let next_before = cut_page(&mut candidates, limit, |c| c.0);
+    let mut rows = Vec::with_capacity(candidates.len());
+    for (id, plugin, dead) in candidates {
+        let (code, member_id) = db(events.get(id))?
+            .and_then(|v| EventRecord::unseal_meta(id, v.value()).ok())
+            .map(|m| (m.code, m.member_id))
+            .unwrap_or_default();
+        rows.push(DeadRow { plugin, id, code, member_id, dead });
+    }
+    Ok(DeadPage { rows, next_before, total })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -379,6 +454,48 @@ mod tests {
         let (rows, _) = op(&txn).unwrap();
         txn.commit().unwrap();
         rows
+    }
+
+    #[test]
+    fn dead_pages_go_newest_event_first_count_every_match_and_never_split_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = store::open(&dir.path().join("journal.redb")).unwrap();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            // Events 1..=10 dead for `a` (given up at 1000 * id), 4..=6 also for `b`.
+            for id in 1..=10u64 {
+                tables.insert_event(id, &record(0), &[a.clone(), b.clone()]).unwrap();
+                let dead = DeadLetter { reason: "r".into(), attempts: 1, at_ms: id as i64 * 1000 };
+                tables.bury("a", id, &dead).unwrap();
+                if (4..=6).contains(&id) {
+                    tables.bury("b", id, &dead).unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+        let page = |plugin: Option<&str>, since_ms, before_id, limit| {
+            let query = DeadQuery { plugin: plugin.map(str::to_owned), since_ms, before_id, limit };
+            let found = dead_page(&database, &query).unwrap();
+            let rows: Vec<(u64, String)> =
+                found.rows.iter().map(|r| (r.id, r.plugin.clone())).collect();
+            (rows, found.next_before, found.total)
+        };
+        let ids = |rows: &[(u64, String)]| rows.iter().map(|r| r.0).collect::<Vec<_>>();
+        // Every plugin: 13 letters; a page of 6 would end between a's and b's letters of
+        // event 5, so it ends after event 6 and the next starts at 5.
+        let (rows, next, total) = page(None, None, None, 6);
+        assert_eq!((ids(&rows), next, total), (vec![10, 9, 8, 7, 6, 6], Some(6), 13));
+        let (rows, next, total) = page(None, None, next, 6);
+        assert_eq!((ids(&rows), next, total), (vec![5, 5, 4, 4, 3, 2], Some(2), 13));
+        let (rows, next, _) = page(None, None, next, 6);
+        assert_eq!((ids(&rows), next), (vec![1], None));
+        // One plugin, given up since 5 s: b has 5 and 6, a has 5..=10.
+        let (rows, next, total) = page(Some("b"), Some(5_000), None, 50);
+        assert_eq!((rows, next, total), (vec![(6, "b".into()), (5, "b".into())], None, 2));
+        let (rows, _, total) = page(Some("a"), Some(5_000), None, 0);
+        assert_eq!((rows.len(), total), (0, 6), "a count only");
     }
 
     #[test]

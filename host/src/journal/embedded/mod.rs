@@ -340,6 +340,14 @@ impl Embedded {
         self.read(move |database| admin::show(database, id)).await
     }
 
+    /// One page of dead letters.
+    pub async fn dead_page(
+        &self,
+        query: crate::journal::admin::DeadQuery,
+    ) -> Result<crate::journal::admin::DeadPage, StoreError> {
+        self.read(move |database| admin::dead_page(database, &query)).await
+    }
+
     /// Dead letters.
     pub async fn dead(&self, plugin: Option<String>) -> Result<Vec<DeadRow>, StoreError> {
         self.read(move |database| admin::dead(database, plugin.as_deref())).await
