@@ -2,6 +2,7 @@
 //! lays out a temporary host folder (config, plugins, state), starts the host as a child
 //! process on port 0, talks plain HTTP/1.1 to it, and reads what the plugins wrote.
 
+pub mod browser;
 pub mod fake_portal;
 pub mod http;
 pub mod nats;
