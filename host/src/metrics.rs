@@ -4,10 +4,13 @@
 //! Prometheus text format 0.0.4. The `code` label takes known codes only (the user-field
 //! codes, common app and CRM events, and the codes plugins subscribe to by name); the rest
 //! count as `other`, so a portal sending random codes cannot grow the series.
+//!
+//! Beside the registry, [`IntakeRing`] keeps the last ten minutes of requests per second and
+//! per status class, for the console's chart (Prometheus keeps history; the console has none).
 
 use std::{
     collections::HashSet,
-    sync::{RwLock, atomic::AtomicU64},
+    sync::{Mutex, RwLock, atomic::AtomicU64},
 };
 
 use prometheus_client::{
@@ -98,6 +101,78 @@ pub struct Metrics {
     pub runner_restarts: Family<PluginLabel, Counter>,
     /// Event codes that plugins subscribe to by name (no wildcard), as of the last reload.
     subscribed: RwLock<HashSet<String>>,
+    /// Requests per second and status class, the last [`INTAKE_SECONDS`].
+    pub intake: IntakeRing,
+}
+
+/// How many seconds of intake the console's chart shows.
+pub const INTAKE_SECONDS: usize = 600;
+
+/// The status classes of the intake ring, in chart order: accepted (200), duplicate (200, a
+/// repeat), refused (4xx: malformed, unauthorized, too large, ...), unavailable (5xx).
+pub const INTAKE_CLASSES: [&str; 4] = ["accepted", "duplicate", "refused", "unavailable"];
+
+/// The class index of a request `outcome` (see [`Received::outcome`]).
+fn intake_class(outcome: &str) -> usize {
+    match outcome {
+        "accepted" => 0,
+        "duplicate" => 1,
+        "unavailable" => 3,
+        _ => 2,
+    }
+}
+
+/// One second of the ring.
+#[derive(Clone, Copy, Default)]
+struct Second {
+    /// Seconds since the epoch this slot counts (an older value: the slot is stale).
+    at: i64,
+    counts: [u32; INTAKE_CLASSES.len()],
+}
+
+/// Per-second request counts by status class over the last [`INTAKE_SECONDS`]: one slot per
+/// second, reused as the clock goes round (a stale slot reads as zero). One short lock per
+/// request.
+pub struct IntakeRing {
+    slots: Mutex<Vec<Second>>,
+}
+
+impl Default for IntakeRing {
+    fn default() -> Self {
+        IntakeRing { slots: Mutex::new(vec![Second::default(); INTAKE_SECONDS]) }
+    }
+}
+
+impl IntakeRing {
+    /// Counts one request of `outcome` at second `now` (since the epoch).
+    pub fn record_at(&self, now: i64, outcome: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut slots[now.rem_euclid(INTAKE_SECONDS as i64) as usize];
+        if slot.at != now {
+            *slot = Second { at: now, counts: [0; INTAKE_CLASSES.len()] };
+        }
+        let class = &mut slot.counts[intake_class(outcome)];
+        *class = class.saturating_add(1);
+    }
+
+    /// The counts of the [`INTAKE_SECONDS`] seconds ending with `now`, oldest first, each
+    /// `[accepted, duplicate, refused, unavailable]`.
+    pub fn window(&self, now: i64) -> Vec<[u32; INTAKE_CLASSES.len()]> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        (now - INTAKE_SECONDS as i64 + 1..=now)
+            .map(|second| {
+                let slot = slots[second.rem_euclid(INTAKE_SECONDS as i64) as usize];
+                if slot.at == second { slot.counts } else { [0; INTAKE_CLASSES.len()] }
+            })
+            .collect()
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The user-field event families and actions: their 32 codes are always their own label.
@@ -159,6 +234,7 @@ impl Metrics {
             reloads: Family::default(),
             runner_restarts: Family::default(),
             subscribed: RwLock::default(),
+            intake: IntakeRing::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -228,6 +304,7 @@ impl Metrics {
         let code = self.code_label(code);
         self.received.get_or_create(&Received { code, outcome: outcome.to_owned() }).inc();
         self.request_seconds.observe(seconds);
+        self.intake.record_at(now_seconds(), outcome);
     }
 
     /// The `code` label of an event code: itself when known or subscribed by name, else
@@ -380,6 +457,26 @@ mod tests {
         let (open, content_type) = metrics.render_for(Some("application/openmetrics-text"));
         assert_eq!(content_type, OPENMETRICS);
         assert!(open.ends_with("# EOF\n") && open.contains("# TYPE b24_events_received counter"));
+    }
+
+    #[test]
+    fn the_intake_ring_counts_per_second_and_class_and_forgets_after_ten_minutes() {
+        let ring = IntakeRing::default();
+        ring.record_at(1000, "accepted");
+        ring.record_at(1000, "accepted");
+        ring.record_at(1000, "duplicate");
+        ring.record_at(1001, "unauthorized");
+        ring.record_at(1002, "unavailable");
+        let window = ring.window(1002);
+        assert_eq!(window.len(), INTAKE_SECONDS);
+        assert_eq!(window[INTAKE_SECONDS - 3], [2, 1, 0, 0]);
+        assert_eq!(window[INTAKE_SECONDS - 2], [0, 0, 1, 0]);
+        assert_eq!(window[INTAKE_SECONDS - 1], [0, 0, 0, 1]);
+        // Ten minutes on, the same slots read as zero, and a new count starts from zero.
+        let later = 1000 + INTAKE_SECONDS as i64;
+        assert!(ring.window(later + 2).iter().all(|c| *c == [0; 4]));
+        ring.record_at(later, "accepted");
+        assert_eq!(ring.window(later)[INTAKE_SECONDS - 1], [1, 0, 0, 0]);
     }
 
     #[test]

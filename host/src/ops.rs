@@ -5,7 +5,10 @@
 //! `GET /metrics` (Prometheus text 0.0.4, or
 //! OpenMetrics when `Accept` prefers it) and
 //! `POST /reload` (re-read host.toml and the plugins folder; 200 with the report, 500 when a
-//! plugin failed to reload and kept its old instance, 400 when host.toml is invalid).
+//! plugin failed to reload and kept its old instance, 400 when host.toml is invalid), and the
+//! web console (`console/`) on every other path. With `admin.token` everything but `/healthz`
+//! and `/static/*` needs the token (bearer) or a console session; `POST /reload` passes the
+//! console's CSRF rule. Every answer carries `Server-Timing: app;dur=<ms>`.
 
 use std::{convert::Infallible, path::PathBuf, sync::Arc};
 
@@ -21,8 +24,10 @@ use tokio::net::TcpListener;
 use crate::{
     auth::Verifier,
     config::Config,
+    console::{self, Console},
     journal::{Journal, admin::Stats},
     metrics::{Metrics, PluginLabel},
+    offline::Pollers,
     supervisor::{ReloadReport, Supervisor},
 };
 
@@ -39,6 +44,10 @@ pub struct Ops {
     pub metrics: Arc<Metrics>,
     /// The config file to re-read on reload (`None`: embedded defaults, nothing to re-read).
     pub config_path: Option<PathBuf>,
+    /// The offline pollers, for the console's overview.
+    pub pollers: Arc<Pollers>,
+    /// The console's login and sessions.
+    pub console: Arc<Console>,
 }
 
 /// How long a scrape waits for the journal's numbers (a shared log may not answer).
@@ -75,8 +84,30 @@ impl Ops {
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = std::time::Instant::now();
+        let mut response = self.route(request).await;
+        console::server_timing(&mut response, started);
+        response
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        if request.method() == Method::GET {
+            if path == "/healthz" {
+                return text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8");
+            }
+            if let Some(asset) = path.strip_prefix("/static/").and_then(|_| console::asset(path)) {
+                return asset;
+            }
+        }
+        let who = self.console.identify(request.headers());
+        if path == "/login" {
+            return console::login(self, who, request).await;
+        }
+        if matches!(who, console::Who::Nobody) {
+            return console::unauthorized(request.method(), path);
+        }
         match (request.method(), request.uri().path()) {
-            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),
             (&Method::GET, "/readyz") => {
                 let problems = self.problems();
                 // Spooling is taking events: still ready; the body says so.
@@ -127,6 +158,13 @@ impl Ops {
                 text(StatusCode::OK, body, content_type)
             }
             (&Method::POST, "/reload") => {
+                if !console::csrf_passes(&self.console, &who, request.headers()) {
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        "CSRF token missing or wrong\n",
+                        "text/plain; charset=utf-8",
+                    );
+                }
                 let (status, report) = self.reload().await;
                 text(
                     status,
@@ -134,16 +172,12 @@ impl Ops {
                     "application/json",
                 )
             }
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "try /healthz, /readyz, /metrics or POST /reload\n",
-                "text/plain; charset=utf-8",
-            ),
+            _ => console::route(self, who, request).await,
         }
     }
 
     /// Why the host is not ready, if it is not.
-    fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .supervisor
             .failures()

@@ -185,6 +185,8 @@ impl Prepared {
             journal: journal.clone(),
             metrics,
             config_path: config.source.clone(),
+            pollers: pollers.clone(),
+            console: Arc::new(crate::console::Console::new(config.admin_token.clone())),
         };
         let admin = admin.map(|listener| tokio::spawn(ops.clone().serve(listener)));
         let mut http = http1::Builder::new();

@@ -73,6 +73,28 @@ impl ReloadReport {
     }
 }
 
+/// One enabled plugin, for the console ([`Supervisor::views`]).
+pub struct PluginView {
+    /// Its name.
+    pub name: String,
+    /// The version it declares, once loaded.
+    pub version: Option<String>,
+    /// Its subscriptions as the route describes them, once loaded.
+    pub subscriptions: Option<String>,
+    /// `process` or `in-process`, once loaded.
+    pub isolation: Option<&'static str>,
+    /// SHA-256 of the library running.
+    pub sha256: Option<String>,
+    /// Its `[plugin.<name>.settings]` as TOML text: may hold credentials, redact before showing.
+    pub settings: String,
+    /// `loaded`, `degraded`, `restarting` or `failed`.
+    pub state: &'static str,
+    /// Why the last load or reload failed, if it did.
+    pub failure: Option<String>,
+    /// Its runner (process isolation).
+    pub runner: Option<RunnerState>,
+}
+
 /// The supervisor.
 pub struct Supervisor {
     journal: Journal,
@@ -376,6 +398,37 @@ impl Supervisor {
             .collect()
     }
 
+    /// Every enabled plugin as the console's plugins page shows it (settings unredacted:
+    /// the console redacts them).
+    pub fn views(&self) -> Vec<PluginView> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .map(|(name, e)| {
+                let instance = e.worker.as_ref().map(|r| r.worker.instance());
+                let route = e.worker.as_ref().map(|r| r.worker.route());
+                let runner = instance.as_ref().and_then(|i| i.runner().map(|r| r.state()));
+                let state = match (&instance, &runner) {
+                    (None, _) => "failed",
+                    (Some(_), Some(r)) if r.state != "running" => "restarting",
+                    (Some(i), _) if i.status() == PluginStatus::Degraded => "degraded",
+                    (Some(_), _) => "loaded",
+                };
+                PluginView {
+                    name: name.clone(),
+                    version: instance.as_ref().map(|i| i.info().version.clone()),
+                    subscriptions: route.map(|r| r.describe()),
+                    isolation: e.config.as_ref().map(|c| c.isolation.as_str()),
+                    sha256: e.sha256.clone(),
+                    settings: e.config.as_ref().map(|c| c.settings.clone()).unwrap_or_default(),
+                    state,
+                    failure: e.failure.clone(),
+                    runner,
+                }
+            })
+            .collect()
+    }
+
     /// Fills the per-plugin state gauges.
     pub fn export_states(&self) {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -493,7 +546,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ("journal", old.journal != new.journal),
         ("rest", old.rest != new.rest),
         ("log", old.log != new.log),
-        ("admin", old.admin != new.admin),
+        ("admin", old.admin != new.admin || old.admin_token != new.admin_token),
         ("plugins.dir", old.plugins.dir != new.plugins.dir),
     ]
     .into_iter()

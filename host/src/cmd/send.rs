@@ -133,6 +133,17 @@ pub fn body(args: &SendArgs) -> (String, &'static str) {
 
 /// Posts `body` to `url`; returns the status and the answer's text.
 pub async fn post(url: &str, body: String, content_type: &str) -> Result<(u16, String), SendError> {
+    post_with(url, body, content_type, None).await
+}
+
+/// [`post`] with `Authorization: Bearer <bearer>` when given (an admin listener with
+/// `admin.token`).
+pub async fn post_with(
+    url: &str,
+    body: String,
+    content_type: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, String), SendError> {
     let uri: Uri =
         url.parse().map_err(|e| SendError::Url { url: url.into(), reason: format!("{e}") })?;
     if uri.scheme_str() != Some("http") {
@@ -153,11 +164,13 @@ pub async fn post(url: &str, body: String, content_type: &str) -> Result<(u16, S
     tokio::spawn(connection);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host.to_owned(), |a| a.to_string());
-    let request = Request::post(path)
+    let mut request = Request::post(path)
         .header(header::HOST, authority)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| http(e.to_string()))?;
+        .header(header::CONTENT_TYPE, content_type);
+    if let Some(token) = bearer {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::from(body))).map_err(|e| http(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(|e| http(e.to_string()))?;
     let status = response.status().as_u16();
     let text = response.into_body().collect().await.map_err(|e| http(e.to_string()))?.to_bytes();

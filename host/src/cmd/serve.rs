@@ -24,6 +24,12 @@ pub fn run(
     if let Some(admin) = admin_listen {
         config.admin = Some(admin);
     }
+    // `--admin-listen` is held to the rule host.toml's `admin.listen` is held to.
+    if let Some(addr) = config.admin.filter(|a| !a.ip().is_loopback())
+        && config.admin_token.is_none()
+    {
+        anyhow::bail!("--admin-listen: {}", crate::config::non_loopback_without_token(addr));
+    }
     let format = match log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,
         Some(LogFormatArg::Pretty) => LogFormat::Pretty,
@@ -70,6 +76,12 @@ pub fn run(
             ),
             (None, None) => None,
         };
+        if let Some(a) = &admin {
+            let addr = a.local_addr().context("cannot read the admin address")?;
+            if config.admin_token.is_none() && !addr.ip().is_loopback() {
+                anyhow::bail!("admin.listen: {}", crate::config::non_loopback_without_token(addr));
+            }
+        }
         let admin_note = match &admin {
             Some(a) => format!(
                 " admin http://{}/",

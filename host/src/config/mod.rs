@@ -42,6 +42,7 @@ pub use model::{
     NatsConfig, NatsSync, NatsTls, OfflineConfig, PluginConfig, PluginsConfig, RestConfig,
     RestPortalConfig, RetryConfig, ServerConfig,
 };
+pub use validate::non_loopback_without_token;
 
 impl Config {
     /// Reads and checks the file at `path`; environment-variable tokens are read from the

@@ -89,6 +89,10 @@ pub struct Config {
     pub rest: RestConfig,
     /// The admin listener (`[admin]`): `None` when disabled.
     pub admin: Option<SocketAddr>,
+    /// The token the admin listener's console and endpoints ask for (`admin.token`, read from
+    /// the environment when `{ env = .. }`); `None`: no login (allowed on loopback only).
+    /// `Debug` never shows it.
+    pub admin_token: Option<Secret>,
 }
 
 /// Default of `admin.listen`.
@@ -568,6 +572,7 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         journal: JournalConfig::default(),
         rest: RestConfig::default(),
         admin: Some(DEFAULT_ADMIN_LISTEN),
+        admin_token: None,
         plugins: PluginsConfig {
             dir: base_dir.join(DEFAULT_PLUGINS_DIR),
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),

@@ -79,6 +79,7 @@ pub(crate) struct RawOffline {
 pub(crate) struct RawAdmin {
     pub enabled: Option<bool>,
     pub listen: Option<Spanned<String>>,
+    pub token: Option<Spanned<RawToken>>,
 }
 
 /// `[journal]`.

@@ -836,3 +836,32 @@ fn install_verification_keys_are_read_and_checked() {
     let local = parse("[rest]\noauth_url = \"http://127.0.0.1:9/oauth/token/\"\n");
     assert_eq!(local.rest.oauth_url, "http://127.0.0.1:9/oauth/token/");
 }
+
+// ---- [admin] ---------------------------------------------------------------------------------
+
+#[test]
+fn admin_listen_off_loopback_needs_a_token() {
+    let message = invalid("[admin]\nlisten = \"0.0.0.0:8025\"\n", 2, 10, "admin.listen");
+    assert!(
+        message.contains("not a loopback address") && message.contains("admin.token"),
+        "{message}"
+    );
+    let e = error("\n[admin]\nlisten = \"[::]:8025\"\n");
+    assert!(e.to_string().starts_with("host.toml:3:10: admin.listen: "), "{e}");
+    // Loopback needs none; the default is loopback.
+    assert_eq!(parse("[admin]\nlisten = \"[::1]:8025\"\n").admin_token, None);
+    assert_eq!(parse("").admin_token, None);
+}
+
+#[test]
+fn admin_token_is_read_from_the_file_or_the_environment_and_never_shown() {
+    let config = parse("[admin]\nlisten = \"0.0.0.0:8025\"\ntoken = \"console-secret-1\"\n");
+    assert_eq!(config.admin_token, Some(Secret::new("console-secret-1")));
+    assert!(!format!("{config:?}").contains("console-secret-1"));
+    let config = parse("[admin]\nlisten = \"10.0.0.1:1\"\ntoken = { env = \"B24_TOKEN_ACME\" }\n");
+    assert_eq!(config.admin_token, Some(Secret::new("acme-secret-token-0123456789")));
+    let message = invalid("[admin]\ntoken = { env = \"NOPE\" }\n", 2, 1, "admin.token");
+    assert!(message.contains("NOPE is not set"), "{message}");
+    let message = invalid("[admin]\ntoken = \"\"\n", 2, 9, "admin.token");
+    assert!(message.contains("must not be empty"), "{message}");
+}

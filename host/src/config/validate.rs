@@ -24,8 +24,8 @@ use super::{
         MAX_CONCURRENCY, MAX_CRASHES, MAX_KEEP_COMPLETED_HOURS, MAX_MEMORY_LIMIT_MB, MAX_MILLIS,
     },
     raw::{
-        Bytes, Count, Millis, RawAuth, RawConfig, RawJournal, RawLog, RawPlugin, RawPlugins,
-        RawRest, RawRetry, RawServer, RawToken,
+        Bytes, Count, Millis, RawAdmin, RawAuth, RawConfig, RawJournal, RawLog, RawPlugin,
+        RawPlugins, RawRest, RawRetry, RawServer, RawToken,
     },
 };
 
@@ -42,19 +42,7 @@ pub(crate) fn build(
     let auth = auth(src, raw.auth, env)?;
     let journal = journal(src, base_dir, raw.journal, env)?;
     let rest = rest(src, raw.rest, env)?;
-    let admin = match raw.admin.enabled {
-        Some(false) => None,
-        _ => match raw.admin.listen {
-            None => Some(super::model::DEFAULT_ADMIN_LISTEN),
-            Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
-                src.invalid(
-                    listen.span(),
-                    "admin.listen",
-                    format!("{:?} is not an address like 127.0.0.1:8025", listen.get_ref()),
-                )
-            })?),
-        },
-    };
+    let (admin, admin_token) = admin(src, raw.admin, env)?;
     let plugins = plugins(src, base_dir, raw.plugins)?;
     let mut plugin = BTreeMap::new();
     let mut plugin_positions = BTreeMap::new();
@@ -82,7 +70,46 @@ pub(crate) fn build(
         journal,
         rest,
         admin,
+        admin_token,
     })
+}
+
+/// `[admin]`: the listener's address and its token. A listener that is not on a loopback
+/// address needs the token: the console shows every event and can replay and purge.
+fn admin(
+    src: &Source<'_>,
+    raw: RawAdmin,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<(Option<SocketAddr>, Option<Secret>), ConfigError> {
+    let token = match raw.token {
+        Some(token) => Some(Secret::new(secret(src, &["admin", "token"], token, env)?)),
+        None => None,
+    };
+    if raw.enabled == Some(false) {
+        return Ok((None, token));
+    }
+    let Some(listen) = raw.listen else {
+        return Ok((Some(super::model::DEFAULT_ADMIN_LISTEN), token));
+    };
+    let addr = listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+        src.invalid(
+            listen.span(),
+            "admin.listen",
+            format!("{:?} is not an address like 127.0.0.1:8025", listen.get_ref()),
+        )
+    })?;
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(src.invalid(listen.span(), "admin.listen", non_loopback_without_token(addr)));
+    }
+    Ok((Some(addr), token))
+}
+
+/// Why an admin listener on `addr` (not loopback) is refused without `admin.token`.
+pub fn non_loopback_without_token(addr: SocketAddr) -> String {
+    format!(
+        "{addr} is not a loopback address: set admin.token (a string or {{ env = \"VAR\" }}) \
+         so that the console and the admin endpoints ask for it, or listen on 127.0.0.1"
+    )
 }
 
 fn rest(

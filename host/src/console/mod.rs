@@ -1,0 +1,366 @@
+//! The web console on the admin listener: server-rendered HTML (maud) with htmx refreshing
+//! parts of pages, readable without JavaScript. Pages: the overview (`/`), events (`/events`,
+//! `/events/{id}`), dead letters (`/dead`, with replay and purge in two steps), plugins
+//! (`/plugins`, with reload). Static assets (htmx, the stylesheet) are embedded in the binary.
+//!
+//! Invariants: the console changes the journal only through the seam's `replay` and `purge`;
+//! it never sees a token (the journal hands out redacted events; plugin settings are redacted
+//! here); every state-changing request is a POST that passes the CSRF rule (`csrf.rs`); with
+//! `admin.token` every path but `/healthz` and `/static/*` needs a login (`auth.rs`).
+//!
+//! `ops.rs` owns the listener and routes here; this module owns the pages.
+
+mod auth;
+mod chart;
+mod csrf;
+mod dead;
+mod event;
+mod events;
+mod layout;
+mod login;
+mod overview;
+mod plugins;
+mod when;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    HeaderMap, Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE},
+};
+use maud::Markup;
+
+pub use auth::{Console, Who};
+
+use crate::ops::Ops;
+
+/// How long a page waits for the journal's numbers.
+pub(crate) const STATS_PATIENCE: Duration = Duration::from_secs(2);
+/// The largest form body taken.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// One answer.
+pub type Answer = Response<Full<Bytes>>;
+
+/// The vendored htmx (2.x; licence in host/assets/htmx.LICENSE).
+static HTMX: &[u8] = include_bytes!("../../assets/htmx.min.js");
+/// The console's stylesheet.
+static CSS: &[u8] = include_bytes!("../../assets/console.css");
+
+fn with_type(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Answer {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// An HTML answer; never cached, never framed.
+pub fn html(status: StatusCode, markup: Markup) -> Answer {
+    let mut response = with_type(status, markup.into_string(), "text/html; charset=utf-8");
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    response
+}
+
+/// A plain-text answer.
+pub fn plain(status: StatusCode, text: &str) -> Answer {
+    with_type(status, format!("{text}\n"), "text/plain; charset=utf-8")
+}
+
+/// A 303 to `location`.
+fn see_other(location: &'static str) -> Answer {
+    let mut response = with_type(StatusCode::SEE_OTHER, "", "text/plain; charset=utf-8");
+    response.headers_mut().insert(LOCATION, HeaderValue::from_static(location));
+    response
+}
+
+/// Adds `Server-Timing: app;dur=<ms>` (the time since `started`).
+pub fn server_timing(response: &mut Answer, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(value) = HeaderValue::from_str(&format!("app;dur={ms:.3}")) {
+        response.headers_mut().insert("server-timing", value);
+    }
+}
+
+/// `GET /static/...`: the embedded assets, cached a day (`None`: not one of them).
+pub fn asset(path: &str) -> Option<Answer> {
+    let (body, content_type) = match path {
+        "/static/htmx.min.js" => (HTMX, "text/javascript; charset=utf-8"),
+        "/static/console.css" => (CSS, "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    let mut response = with_type(StatusCode::OK, Bytes::from_static(body), content_type);
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    Some(response)
+}
+
+/// The answer to a request without a login: the login page for a page, else plain text.
+pub fn unauthorized(method: &Method, path: &str) -> Answer {
+    let page = method == Method::GET
+        && !matches!(path, "/readyz" | "/metrics")
+        && !path.starts_with("/partials/");
+    let mut response = if page {
+        html(StatusCode::UNAUTHORIZED, login::page(None))
+    } else {
+        plain(StatusCode::UNAUTHORIZED, "admin token required")
+    };
+    response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The CSRF refusal.
+fn forbidden() -> Answer {
+    plain(StatusCode::FORBIDDEN, csrf::REFUSED)
+}
+
+/// Whether a state-changing request without a form (`POST /reload`) passes the CSRF rule.
+pub fn csrf_passes(console: &Console, who: &Who, headers: &HeaderMap) -> bool {
+    csrf::passes(console, who, headers, None)
+}
+
+/// The request's query or form pairs.
+fn pairs(text: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(text.as_bytes()).into_owned().collect()
+}
+
+/// The first value of `name`, trimmed, if not empty.
+fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// A POST's form body (at most 64 KiB).
+async fn form(request: Request<Incoming>) -> Result<Vec<(String, String)>, Answer> {
+    let body = Limited::new(request.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|_| plain(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large"))?
+        .to_bytes();
+    Ok(pairs(&String::from_utf8_lossy(&body)))
+}
+
+/// `GET /login` and `POST /login` (and `/logout`): before the login check.
+pub async fn login(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
+    let console = &ops.console;
+    if request.method() == Method::GET {
+        return if console.needs_login() && matches!(who, Who::Nobody) {
+            html(StatusCode::OK, login::page(None))
+        } else {
+            see_other("/")
+        };
+    }
+    if request.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or POST /login");
+    }
+    if !console.needs_login() {
+        return see_other("/");
+    }
+    let fields = match form(request).await {
+        Ok(fields) => fields,
+        Err(answer) => return answer,
+    };
+    match console.login(field(&fields, "token").unwrap_or_default()).await {
+        Some(id) => {
+            let mut response = see_other("/");
+            if let Ok(cookie) = HeaderValue::from_str(&auth::session_cookie(&id)) {
+                response.headers_mut().insert(SET_COOKIE, cookie);
+            }
+            response
+        }
+        None => html(StatusCode::UNAUTHORIZED, login::page(Some("wrong token"))),
+    }
+}
+
+/// Every console path after the login check: the pages, the partials, the actions.
+pub async fn route(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = pairs(request.uri().query().unwrap_or_default());
+    let csrf = ops.console.csrf_for(&who);
+    if method == Method::POST {
+        let headers = request.headers().clone();
+        let fields = match form(request).await {
+            Ok(fields) => fields,
+            Err(answer) => return answer,
+        };
+        if !csrf::passes(&ops.console, &who, &headers, field(&fields, csrf::FIELD)) {
+            return forbidden();
+        }
+        return match path.as_str() {
+            "/dead/replay" => dead_action(ops, &who, &csrf, dead::Action::Replay, &fields).await,
+            "/dead/purge" => dead_action(ops, &who, &csrf, dead::Action::Purge, &fields).await,
+            "/plugins/reload" => {
+                let (_, outcome) = ops.reload().await;
+                let report = serde_json::to_string_pretty(&outcome).unwrap_or_default();
+                let views = ops.supervisor.views();
+                let body = plugins::body(&views, &csrf, Some(&report));
+                html(StatusCode::OK, layout::page("Plugins", &who, &csrf, body))
+            }
+            "/logout" => {
+                if let Who::Session { id, .. } = &who {
+                    ops.console.logout(id);
+                }
+                let mut response = see_other("/");
+                response
+                    .headers_mut()
+                    .insert(SET_COOKIE, HeaderValue::from_static(auth::CLEARED_COOKIE));
+                response
+            }
+            _ => not_found(&who, &csrf),
+        };
+    }
+    if method != Method::GET {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "the console takes GET and POST");
+    }
+    let page =
+        |title: &str, body: Markup| html(StatusCode::OK, layout::page(title, &who, &csrf, body));
+    match path.as_str() {
+        "/" => page("Overview", overview::body(ops).await),
+        "/partials/overview" => html(StatusCode::OK, overview::live(ops).await),
+        "/events" => {
+            let filter = match events::filter(&query) {
+                Ok(filter) => filter,
+                Err((name, why)) => return bad_request(&who, &csrf, &name, &why),
+            };
+            match ops.journal.query(filter.query.clone()).await {
+                Ok(found) => {
+                    page("Events", events::body(&filter, &found.events, found.next_before))
+                }
+                Err(e) => unavailable(&who, &csrf, &e.to_string()),
+            }
+        }
+        "/dead" => {
+            let plugin = field(&query, "plugin");
+            let since = match field(&query, "since").map(when::parse).transpose() {
+                Ok(since) => since,
+                Err(why) => return bad_request(&who, &csrf, "since", &why),
+            };
+            match ops.journal.dead(plugin.map(str::to_owned)).await {
+                Ok(mut rows) => {
+                    rows.retain(|r| since.is_none_or(|s| r.dead.at_ms >= s));
+                    rows.sort_by(|a, b| b.dead.at_ms.cmp(&a.dead.at_ms).then(b.id.cmp(&a.id)));
+                    page("Dead letters", dead::body(&rows, plugin, field(&query, "since"), &csrf))
+                }
+                Err(e) => unavailable(&who, &csrf, &e.to_string()),
+            }
+        }
+        // The confirmation step, read-only, as a link may ask for it: a GET never runs one.
+        "/dead/replay" => {
+            dead_action(ops, &who, &csrf, dead::Action::Replay, &without_confirm(&query)).await
+        }
+        "/dead/purge" => {
+            dead_action(ops, &who, &csrf, dead::Action::Purge, &without_confirm(&query)).await
+        }
+        "/plugins" => page("Plugins", plugins::body(&ops.supervisor.views(), &csrf, None)),
+        _ => {
+            if let Some(id) =
+                path.strip_prefix("/partials/events/").and_then(|r| r.strip_suffix("/deliveries"))
+            {
+                return event_page(ops, &who, &csrf, id, true).await;
+            }
+            if let Some(id) = path.strip_prefix("/events/") {
+                return event_page(ops, &who, &csrf, id, false).await;
+            }
+            not_found(&who, &csrf)
+        }
+    }
+}
+
+/// `fields` without `confirm`.
+fn without_confirm(fields: &[(String, String)]) -> Vec<(String, String)> {
+    fields.iter().filter(|(k, _)| k != "confirm").cloned().collect()
+}
+
+/// An event's page, or only its deliveries (`partial`).
+async fn event_page(ops: &Ops, who: &Who, csrf: &str, id: &str, partial: bool) -> Answer {
+    let Ok(id) = id.parse::<u64>() else {
+        return bad_request(who, csrf, "id", &format!("{id:?} is not an event id"));
+    };
+    match ops.journal.show(id).await {
+        Ok(Some(detail)) if partial => html(StatusCode::OK, event::deliveries(&detail, csrf)),
+        Ok(Some(detail)) => html(
+            StatusCode::OK,
+            layout::page(&format!("Event {id}"), who, csrf, event::body(&detail, csrf)),
+        ),
+        Ok(None) => html(
+            StatusCode::NOT_FOUND,
+            layout::message(
+                "Not found",
+                who,
+                csrf,
+                &format!("there is no event {id} in the journal"),
+            ),
+        ),
+        Err(e) => unavailable(who, csrf, &e.to_string()),
+    }
+}
+
+/// `/dead/replay` and `/dead/purge`: the count to confirm, or (with `confirm=1`) the action.
+async fn dead_action(
+    ops: &Ops,
+    who: &Who,
+    csrf: &str,
+    action: dead::Action,
+    fields: &[(String, String)],
+) -> Answer {
+    let (which, confirmed) = match dead::selection(fields) {
+        Ok(found) => found,
+        Err((name, why)) => return bad_request(who, csrf, &name, &why),
+    };
+    let title = "Dead letters";
+    if !confirmed {
+        return match ops.journal.dead(which.plugin.clone()).await {
+            Ok(mut rows) => {
+                rows.retain(|r| which.matches(&r.plugin, r.id, r.dead.at_ms));
+                let body = dead::confirm(action, &which, &rows, csrf);
+                html(StatusCode::OK, layout::page(title, who, csrf, body))
+            }
+            Err(e) => unavailable(who, csrf, &e.to_string()),
+        };
+    }
+    let done = match action {
+        dead::Action::Replay => ops.journal.replay(which).await,
+        dead::Action::Purge => ops.journal.purge(which).await,
+    };
+    match done {
+        Ok(done) => {
+            html(StatusCode::OK, layout::page(title, who, csrf, dead::result(action, &done)))
+        }
+        Err(e) => unavailable(who, csrf, &e.to_string()),
+    }
+}
+
+/// 400 naming the field.
+fn bad_request(who: &Who, csrf: &str, name: &str, why: &str) -> Answer {
+    let text = format!("{name}: {why}");
+    html(StatusCode::BAD_REQUEST, layout::message("Bad request", who, csrf, &text))
+}
+
+/// 503: the journal did not answer.
+fn unavailable(who: &Who, csrf: &str, why: &str) -> Answer {
+    let text = format!("the journal did not answer: {why}");
+    html(StatusCode::SERVICE_UNAVAILABLE, layout::message("Journal unavailable", who, csrf, &text))
+}
+
+fn not_found(who: &Who, csrf: &str) -> Answer {
+    html(
+        StatusCode::NOT_FOUND,
+        layout::message(
+            "Not found",
+            who,
+            csrf,
+            "no such page; the console has /, /events, /dead and /plugins (and /healthz, /readyz, /metrics, POST /reload)",
+        ),
+    )
+}
