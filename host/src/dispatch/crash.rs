@@ -10,7 +10,7 @@
 //! and the start-up accounting of the in-flight record (in-process mode, see
 //! [`super::inflight`]) use it.
 
-use crate::journal::{DeadLetter, Pending, Reporter, now_ms};
+use crate::journal::{DeadLetter, Pending, Reporter, admin::Attempt, now_ms};
 
 /// What becomes of an event whose delivery ended with a crash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +34,22 @@ pub fn after_crash(pending: &Pending, cause: &str, max_crashes: u32) -> CrashVer
     }
 }
 
-/// Reports `verdict` on event `id` through the plugin's reporter; whether it buried the event.
-pub fn report(reporter: &Reporter, id: u64, verdict: CrashVerdict) -> bool {
+/// Reports `verdict` on event `id` through the plugin's reporter, after the attempt that
+/// ended so (`outcome`: `crashed`, or `timeout` for a runner killed past `kill_after_ms`; the
+/// call started at `at_ms` and lasted `duration_us`); whether it buried the event.
+pub fn report(
+    reporter: &Reporter,
+    id: u64,
+    verdict: CrashVerdict,
+    outcome: &str,
+    at_ms: i64,
+    duration_us: u64,
+) -> bool {
+    let (n, error) = match &verdict {
+        CrashVerdict::Again(pending) => (pending.attempts + 1, pending.last_error.clone()),
+        CrashVerdict::Bury(dead) => (dead.attempts + 1, dead.reason.clone()),
+    };
+    reporter.attempt(id, Attempt { n, at_ms, duration_us, outcome: outcome.into(), error });
     match verdict {
         CrashVerdict::Again(pending) => {
             reporter.update(id, pending);

@@ -194,7 +194,8 @@ pub async fn recover(
                 Recovered::Buried { id, reason: dead.reason.clone() }
             }
         };
-        crash::report(reporter, id, verdict);
+        // The call's start and length died with the host: the attempt shows when it was found.
+        crash::report(reporter, id, verdict, "crashed", crate::journal::now_ms(), 0);
         out.push(result);
     }
     // The count must outlive the next crash, or a poison event would loop for ever.

@@ -32,8 +32,8 @@ use super::{
 use crate::{
     config::{PluginConfig, RetryConfig},
     journal::{
-        Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, now_ms,
-        record::Format,
+        Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, admin::Attempt,
+        now_ms, record::Format,
     },
     metrics::{Metrics, PluginLabel},
     rest::{self, EventContext},
@@ -501,6 +501,9 @@ impl Worker {
                 Err(CallError::Abandoned) => "abandoned",
             };
             self.metrics.call(&self.name, label, seconds);
+            // For the console's history: when the call started and how long it took.
+            let at_ms = now_ms() - elapsed.as_millis() as i64;
+            let duration_us = elapsed.as_micros() as u64;
             let result = match result {
                 // Cut short by a shutdown or a disabled plugin: the event stays pending as it was.
                 Err(CallError::Abandoned) => return,
@@ -528,7 +531,10 @@ impl Worker {
                             "{cause}; moved to the plugin's dead letters"
                         );
                     }
-                    if crash::report(reporter, id, verdict) {
+                    // A runner killed for running past kill_after_ms timed out; others crashed.
+                    let outcome =
+                        if reason.contains("kill_after_ms") { "timeout" } else { "crashed" };
+                    if crash::report(reporter, id, verdict, outcome, at_ms, duration_us) {
                         self.metrics.dead_letters.get_or_create(&self.label()).inc();
                         return;
                     }
@@ -537,6 +543,19 @@ impl Worker {
                 Err(CallError::Plugin(error)) => Err(error),
                 Ok(outcome) => Ok(outcome),
             };
+            let (outcome, error) = match &result {
+                Ok(Outcome::Done) => ("done", String::new()),
+                Ok(Outcome::Skipped) => ("skipped", String::new()),
+                Err(e) => match e.kind {
+                    ErrorKind::Retry => ("retry", e.to_string()),
+                    ErrorKind::Reject => ("rejected", e.to_string()),
+                    ErrorKind::Panicked => ("panicked", e.to_string()),
+                },
+            };
+            reporter.attempt(
+                id,
+                Attempt { n: attempt, at_ms, duration_us, outcome: outcome.into(), error },
+            );
             let error = match result {
                 Ok(outcome) => {
                     tracing::debug!(

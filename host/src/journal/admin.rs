@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{DeadLetter, Pending};
+use super::record::{DeadLetter, Format, Pending};
 use crate::decode;
 
 /// The reason of a dead letter that `journal skip` made.
@@ -223,6 +223,167 @@ pub fn redacted(event: &decode::Decoded) -> serde_json::Value {
     })
 }
 
+/// What stands in for a secret in a redacted body.
+pub const REDACTED: &str = "<redacted>";
+
+/// Whether a body's key names a token or secret: its (decoded) name contains `token`, `secret`
+/// or `password`, in any case (`auth[application_token]`, `auth[access_token]`, ...).
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["token", "secret", "password"].iter().any(|word| key.contains(word))
+}
+
+/// The raw body as text with the value of every key that names a token or secret
+/// ([`is_secret_key`]) replaced by [`REDACTED`]; then every other occurrence of such a value
+/// anywhere in the text (as received, percent- or JSON-encoded) is replaced too, so a token
+/// repeated in another key's value does not show either. A JSON body that does not parse is
+/// withheld rather than shown half-checked.
+pub fn redact_raw(raw: &[u8], format: Format) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut secrets: Vec<String> = Vec::new();
+    let mut out = match format {
+        Format::Form => {
+            let pairs: Vec<String> = text
+                .split('&')
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    let name = decoded(key);
+                    if is_secret_key(&name) && !value.is_empty() {
+                        secrets.push(decoded(value));
+                        secrets.push(value.to_owned());
+                        format!("{key}={REDACTED}")
+                    } else {
+                        pair.to_owned()
+                    }
+                })
+                .collect();
+            pairs.join("&")
+        }
+        Format::Json => {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(raw) else {
+                return "<the body is not valid JSON: withheld>".to_owned();
+            };
+            json_secrets(&value, false, &mut secrets);
+            let mut out = text.into_owned();
+            for secret in &secrets {
+                // The quoted string, whatever its length; longer values anywhere below.
+                let quoted = serde_json::Value::String(secret.clone()).to_string();
+                out = out.replace(&quoted, &format!("\"{REDACTED}\""));
+            }
+            out = replace_repeated(out, &secrets);
+            if json_leaks(&out, &secrets) {
+                // Spelled in a way the text search missed (`\/`, `\u0041`, a short number):
+                // the body is written out again with those values replaced.
+                let mut value = value;
+                blank_secrets(&mut value, false);
+                out = serde_json::to_string(&value).unwrap_or_default();
+            }
+            out
+        }
+    };
+    replace_repeated(out, &secrets)
+}
+
+/// `text` with every secret of [`MIN_REPEATED`] characters or more replaced wherever it
+/// occurs, as is, percent-encoded or JSON-escaped.
+fn replace_repeated(mut out: String, secrets: &[String]) -> String {
+    let mut spelled: Vec<String> = Vec::new();
+    for secret in secrets.iter().filter(|s| s.len() >= MIN_REPEATED) {
+        spelled.push(secret.clone());
+        spelled.push(url::form_urlencoded::byte_serialize(secret.as_bytes()).collect());
+        let json = serde_json::Value::String(secret.clone()).to_string();
+        spelled.push(json[1..json.len() - 1].to_owned());
+    }
+    // Longest first: a value that contains another is replaced whole.
+    spelled.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    spelled.dedup();
+    for secret in spelled.iter().filter(|s| s.len() >= MIN_REPEATED) {
+        out = out.replace(secret.as_str(), REDACTED);
+    }
+    out
+}
+
+/// Secret values shorter than this are replaced where their key stands, not searched for
+/// elsewhere in the text (a 1-character "token" would blank out half the body).
+const MIN_REPEATED: usize = 3;
+
+/// A form body's key or value, percent- and plus-decoded.
+fn decoded(part: &str) -> String {
+    url::form_urlencoded::parse(format!("k={part}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether the redacted JSON text `out` still shows a secret: a value under a secret key
+/// that is not [`REDACTED`], or a long secret inside any string.
+fn json_leaks(out: &str, secrets: &[String]) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(out) else { return true };
+    let mut left = Vec::new();
+    json_secrets(&value, false, &mut left);
+    if left.iter().any(|v| v != REDACTED) {
+        return true;
+    }
+    fn strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::String(s) => out.push(s),
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    out.push(k);
+                    strings(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    strings(&value, &mut all);
+    all.iter().any(|s| {
+        secrets.iter().any(|secret| secret.len() >= MIN_REPEATED && s.contains(secret.as_str()))
+    })
+}
+
+/// Replaces every scalar under a secret key of `value` by [`REDACTED`].
+fn blank_secrets(value: &mut serde_json::Value, secret: bool) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                let below = secret || is_secret_key(key);
+                blank_secrets(v, below);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                blank_secrets(v, secret);
+            }
+        }
+        serde_json::Value::Null => {}
+        other if secret => *other = serde_json::Value::String(REDACTED.to_owned()),
+        _ => {}
+    }
+}
+
+/// Every scalar under a secret key of `value`, as text (strings unquoted).
+fn json_secrets(value: &serde_json::Value, secret: bool, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                json_secrets(v, secret || is_secret_key(key), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                json_secrets(v, secret, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) if secret && !s.is_empty() => out.push(s.clone()),
+        other if secret => out.push(other.to_string()),
+        _ => {}
+    }
+}
+
 /// Readable and damaged rows of one kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counted {
@@ -385,4 +546,70 @@ pub struct ConsumerReport {
     pub redelivered: u64,
     /// The node leading it.
     pub leader: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_form_body_has_every_token_value_redacted_also_url_encoded_and_repeated() {
+        let raw = b"event=ONCRMDEALUPDATE&data%5BFIELDS%5D%5BID%5D=5\
+            &auth%5Baccess_token%5D=acc%2Fess1&auth[refresh_token]=refr3sh\
+            &auth%5Bapplication_token%5D=app+tok&auth%5Bmember_id%5D=m1\
+            &data%5Bnote%5D=seen+refr3sh+and+acc%2Fess1&X_Client_Secret=s3cr3t&PassWord=pw12";
+        let out = redact_raw(raw, Format::Form);
+        for secret in ["acc%2Fess1", "acc/ess1", "refr3sh", "app+tok", "s3cr3t", "pw12"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains("auth%5Baccess_token%5D=<redacted>"), "{out}");
+        assert!(out.contains("auth[refresh_token]=<redacted>"), "{out}");
+        assert!(out.contains("auth%5Bapplication_token%5D=<redacted>"), "{out}");
+        assert!(out.contains("data%5Bnote%5D=seen+<redacted>+and+<redacted>"), "{out}");
+        // What is no secret stays as received.
+        assert!(out.starts_with("event=ONCRMDEALUPDATE&data%5BFIELDS%5D%5BID%5D=5&"), "{out}");
+        assert!(out.contains("auth%5Bmember_id%5D=m1"), "{out}");
+    }
+
+    #[test]
+    fn a_json_body_has_every_token_value_redacted_also_nested_and_repeated() {
+        let raw = br#"{"event":"ONCRMDEALUPDATE","auth":{"access_token":"acc\/1x","refresh_token":"ref2","application_token":"app3","member_id":"m1"},"data":{"note":"copy of app3","tokens":{"a":"nested9"}},"password":12}"#;
+        let out = redact_raw(raw, Format::Json);
+        for secret in ["acc/1x", "acc\\/1x", "ref2", "app3", "nested9", ":12"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains(r#""member_id":"m1""#), "{out}");
+        assert!(out.contains("copy of <redacted>"), "{out}");
+        assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{out}");
+        // An escaped spelling the text search misses is still caught.
+        let raw = br#"{"auth": {"access_token": "a\/bcdef"}, "note": "a\/bcdef"}"#;
+        let out = redact_raw(raw, Format::Json);
+        assert!(!out.contains("bcdef"), "{out}");
+        // Long values keep the body as received otherwise.
+        let raw = br#"{"auth": {"access_token": "abcdef"}, "x": 1}"#;
+        assert_eq!(
+            redact_raw(raw, Format::Json),
+            r#"{"auth": {"access_token": "<redacted>"}, "x": 1}"#
+        );
+        assert_eq!(
+            redact_raw(b"{not json", Format::Json),
+            "<the body is not valid JSON: withheld>"
+        );
+    }
+
+    #[test]
+    fn a_short_secret_is_redacted_where_it_stands_without_blanking_the_rest() {
+        let out = redact_raw(b"event=E&auth%5Baccess_token%5D=E&x=EE", Format::Form);
+        assert_eq!(out, "event=E&auth%5Baccess_token%5D=<redacted>&x=EE");
+    }
+
+    #[test]
+    fn a_selection_matches_by_plugin_ids_and_time() {
+        let all = Selection::default();
+        assert!(all.matches("a", 1, 0));
+        let since = Selection { since_ms: Some(10), ..Selection::default() };
+        assert!(since.matches("a", 1, 10) && !since.matches("a", 1, 9));
+        let one = Selection { plugin: Some("a".into()), ids: vec![2], since_ms: None };
+        assert!(one.matches("a", 2, 0) && !one.matches("b", 2, 0) && !one.matches("a", 3, 0));
+    }
 }

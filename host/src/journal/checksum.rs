@@ -73,6 +73,13 @@ pub fn row_key(plugin: &str, id: u64) -> Vec<u8> {
     key
 }
 
+/// The checksum key of an attempt row: the event, the plugin and the attempt's number.
+pub fn attempt_key(id: u64, plugin: &str, n: u32) -> Vec<u8> {
+    let mut key = row_key(plugin, id);
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

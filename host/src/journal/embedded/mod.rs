@@ -332,9 +332,7 @@ impl Embedded {
         &self,
         query: crate::journal::admin::Query,
     ) -> Result<crate::journal::admin::Page, StoreError> {
-        // TODO(issue 15, journal helper): filters, paging, QUERY_SCAN_LIMIT.
-        let events = self.list(query.limit).await?;
-        Ok(crate::journal::admin::Page { events, next_before: None })
+        self.read(move |database| admin::query(database, &query)).await
     }
 
     /// One event in detail.
@@ -602,8 +600,7 @@ impl Reporter {
 
     /// One attempt ended (console history).
     pub fn attempt(&self, id: u64, attempt: crate::journal::admin::Attempt) {
-        // TODO(issue 15, journal helper): kept in the attempts table.
-        let _ = (id, attempt);
+        let _ = self.journal.send(Command::Attempt(self.plugin.clone(), id, Box::new(attempt)));
     }
 
     /// The plugin gave up on event `id`.

@@ -11,9 +11,12 @@
 //! | `oauth` | member_id | the portal's OAuth tokens, from `ONAPPINSTALL` and refreshes |
 //! | `offline_seen` | offline row key | the event id an offline-queue row became |
 //! | `state` | name | small state of the host's tasks (an offline batch's `process_id`) |
+//! | `attempts` | (event id, plugin, n) | [`Attempt`]: one delivery attempt, for the console |
 //!
 //! An event is *complete* for a plugin when it has neither a pending nor a dead row for it;
-//! a complete event with no rows at all may be pruned.
+//! a complete event with no rows at all may be pruned. Its attempt rows go with it: they are
+//! history, bounded to [`MAX_ATTEMPTS_KEPT`] per (event, plugin) (the first and the latest),
+//! and keyed by event first so that one event's attempts are one range read.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -25,8 +28,8 @@ use redb::{
 
 use crate::journal::{
     StoreError,
-    admin::{SKIPPED, Selection},
-    checksum::Damage,
+    admin::{Attempt, MAX_ATTEMPTS_KEPT, SKIPPED, Selection},
+    checksum::{self, Damage},
     record::{DeadLetter, EventRecord, Pending, seal_row, unseal_row},
 };
 
@@ -47,6 +50,9 @@ pub const OFFLINE_SEEN: TableDefinition<&[u8], u64> = TableDefinition::new("offl
 pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// member_id -> the portal's OAuth tokens (JSON), for REST calls on its behalf.
 pub const OAUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth");
+
+/// (event id, plugin, attempt number) -> attempt (checksummed JSON).
+pub const ATTEMPTS: TableDefinition<(u64, &str, u32), &[u8]> = TableDefinition::new("attempts");
 
 /// Shorthand: a redb result into a store result.
 pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError> {
@@ -97,6 +103,7 @@ fn open_unguarded(path: &Path) -> Result<Database, StoreError> {
         db(txn.open_table(OAUTH))?;
         db(txn.open_table(OFFLINE_SEEN))?;
         db(txn.open_table(STATE))?;
+        db(txn.open_table(ATTEMPTS))?;
     }
     db(txn.commit())?;
     // The file holds tokens: owner only.
@@ -259,6 +266,7 @@ pub struct Tables<'txn> {
     dead: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
     tokens: redb::Table<'txn, &'static str, &'static str>,
     meta: redb::Table<'txn, &'static str, u64>,
+    attempts: redb::Table<'txn, (u64, &'static str, u32), &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -273,6 +281,7 @@ impl<'txn> Tables<'txn> {
             dead: db(txn.open_table(DEAD))?,
             tokens: db(txn.open_table(TOKENS))?,
             meta: db(txn.open_table(META))?,
+            attempts: db(txn.open_table(ATTEMPTS))?,
         })
     }
 
@@ -337,6 +346,33 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// Keeps one attempt of `plugin` on event `id` (unless the event is gone). It is numbered
+    /// after the ones kept already (a replayed dead letter's attempts start again from 1 in the
+    /// worker, but its history goes on); beyond [`MAX_ATTEMPTS_KEPT`] the oldest but the first
+    /// is dropped.
+    pub fn add_attempt(
+        &mut self,
+        plugin: &str,
+        id: u64,
+        attempt: &Attempt,
+    ) -> Result<(), StoreError> {
+        if db(self.events.get(id))?.is_none() {
+            return Ok(());
+        }
+        let mut kept = Vec::new();
+        for row in db(self.attempts.range((id, plugin, 0)..=(id, plugin, u32::MAX)))? {
+            kept.push(db(row)?.0.value().2);
+        }
+        let n = attempt.n.max(kept.last().map_or(1, |last| last.saturating_add(1)));
+        let row = Attempt { n, ..attempt.clone() };
+        db(self.attempts.insert((id, plugin, n), seal_attempt(id, plugin, &row).as_slice()))?;
+        kept.push(n);
+        while kept.len() > MAX_ATTEMPTS_KEPT {
+            db(self.attempts.remove((id, plugin, kept.remove(1))))?;
+        }
+        Ok(())
+    }
+
     /// Deletes up to `max_delete` complete events (no pending or dead row for any plugin),
     /// oldest first: those older than `keep_for_ms`, and beyond that the oldest while more than
     /// `keep_max` complete events remain. Returns how many were deleted; `max_delete` keeps each
@@ -394,6 +430,7 @@ impl<'txn> Tables<'txn> {
         }
         for id in &doomed {
             db(self.events.remove(*id))?;
+            remove_attempts(&mut self.attempts, *id, None)?;
         }
         for key in &offline_keys {
             db(self.offline_seen.remove(key.as_slice()))?;
@@ -426,17 +463,88 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// An attempt as stored under (`id`, `plugin`, its number).
+pub fn seal_attempt(id: u64, plugin: &str, attempt: &Attempt) -> Vec<u8> {
+    checksum::seal(
+        &checksum::attempt_key(id, plugin, attempt.n),
+        &crate::journal::record::to_json(attempt),
+    )
+}
+
+/// An attempt stored under (`id`, `plugin`, `n`), checked against its checksum.
+pub fn unseal_attempt(id: u64, plugin: &str, n: u32, stored: &[u8]) -> Result<Attempt, Damage> {
+    let body = checksum::unseal(&checksum::attempt_key(id, plugin, n), stored)?;
+    serde_json::from_slice(body).map_err(|_| Damage::Unreadable)
+}
+
+/// The keys of every attempt row of event `id`.
+fn event_attempts(id: u64) -> std::ops::Range<(u64, &'static str, u32)> {
+    (id, "", 0)..(id.saturating_add(1), "", 0)
+}
+
+/// Deletes event `id`'s attempt rows: of `plugin` only, or of every plugin.
+fn remove_attempts(
+    table: &mut redb::Table<'_, (u64, &'static str, u32), &'static [u8]>,
+    id: u64,
+    plugin: Option<&str>,
+) -> Result<(), StoreError> {
+    let mut keys: Vec<(String, u32)> = Vec::new();
+    let rows = match plugin {
+        Some(p) => db(table.range((id, p, 0)..=(id, p, u32::MAX)))?,
+        None => db(table.range(event_attempts(id)))?,
+    };
+    for row in rows {
+        let (key, _) = db(row)?;
+        let (_, p, n) = key.value();
+        keys.push((p.to_owned(), n));
+    }
+    for (p, n) in keys {
+        db(table.remove((id, p.as_str(), n)))?;
+    }
+    Ok(())
+}
+
+/// Every attempt row of event `id`: per plugin, oldest first (damaged rows left out).
+pub fn attempts(
+    database: &Database,
+    id: u64,
+) -> Result<BTreeMap<String, Vec<Attempt>>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(ATTEMPTS))?;
+    let mut out: BTreeMap<String, Vec<Attempt>> = BTreeMap::new();
+    for row in db(table.range(event_attempts(id)))? {
+        let (k, v) = db(row)?;
+        let (_, plugin, n) = k.value();
+        match unseal_attempt(id, plugin, n, v.value()) {
+            Ok(attempt) => out.entry(plugin.to_owned()).or_default().push(attempt),
+            Err(e) => tracing::warn!(event_id = id, plugin, n, "an attempt row is {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The dead letters `which` selects: a range of one plugin's rows when it names one, the
+/// letters' own times checked only when it asks for a time.
 fn selected_dead(
     txn: &WriteTransaction,
     which: &Selection,
 ) -> Result<Vec<(String, u64)>, StoreError> {
     let table = db(txn.open_table(DEAD))?;
     let mut out = Vec::new();
-    for row in db(table.iter())? {
-        let (key, _) = db(row)?;
+    let rows = match which.plugin.as_deref() {
+        Some(p) => db(table.range((p, 0)..=(p, u64::MAX)))?,
+        None => db(table.iter())?,
+    };
+    for row in rows {
+        let (key, value) = db(row)?;
         let (plugin, id) = key.value();
-        // TODO(issue 15, journal helper): the dead letter's at_ms for `since_ms`.
-        if which.matches(plugin, id, i64::MAX) {
+        let at_ms = match which.since_ms {
+            None => i64::MAX,
+            // A damaged letter has no time: only a selection without one reaches it.
+            Some(_) => unseal_row::<DeadLetter>(plugin, id, value.value())
+                .map_or(i64::MIN, |letter| letter.at_ms),
+        };
+        if which.matches(plugin, id, at_ms) {
             out.push((plugin.to_owned(), id));
         }
     }
@@ -486,14 +594,16 @@ pub fn purge_dead(
 ) -> Result<Vec<(String, u64)>, StoreError> {
     let chosen = selected_dead(txn, which)?;
     let mut dead = db(txn.open_table(DEAD))?;
+    let mut attempts = db(txn.open_table(ATTEMPTS))?;
     for (plugin, id) in &chosen {
         db(dead.remove((plugin.as_str(), *id)))?;
+        remove_attempts(&mut attempts, *id, Some(plugin))?;
     }
     Ok(chosen)
 }
 
 /// The plugin names that have rows in `table`, found by seeking past each name in turn.
-fn plugins_in<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+pub fn plugins_in<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
     table: &T,
 ) -> Result<Vec<String>, StoreError> {
     let mut names = Vec::new();

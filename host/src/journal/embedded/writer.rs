@@ -52,6 +52,9 @@ pub enum Command {
     Update(Arc<str>, u64, Pending),
     /// A plugin gave up on an event.
     Bury(Arc<str>, u64, DeadLetter),
+    /// One delivery attempt ended: kept for the console, in the outcomes' batch (no fsync
+    /// of its own).
+    Attempt(Arc<str>, u64, Box<crate::journal::admin::Attempt>),
     /// An operator's change, run inside the next transaction.
     Admin {
         /// The change.
@@ -572,6 +575,9 @@ fn apply(
             note(failure, tables.set_pending(&plugin, id, &state))
         }
         Command::Bury(plugin, id, dead) => note(failure, tables.bury(&plugin, id, &dead)),
+        Command::Attempt(plugin, id, attempt) => {
+            note(failure, tables.add_attempt(&plugin, id, &attempt))
+        }
         Command::Flush(reply) => replies.push(Reply::Flush(reply)),
         Command::Close(reply) => replies.push(Reply::Flush(reply)),
         Command::SetState(name, value, reply) => {
@@ -627,7 +633,10 @@ fn fail_all(batch: Vec<Command>, error: &StoreError) {
             Command::SetOAuth(_, _, reply) | Command::SetState(_, _, reply) => {
                 let _ = reply.send(Err(StoreError::Storage(error.to_string())));
             }
-            Command::Complete(..) | Command::Update(..) | Command::Bury(..) => {}
+            Command::Complete(..)
+            | Command::Update(..)
+            | Command::Bury(..)
+            | Command::Attempt(..) => {}
         }
     }
 }
