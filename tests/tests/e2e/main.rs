@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod console;
 mod console_browser;
 mod crash;
 mod damage;
