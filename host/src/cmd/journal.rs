@@ -118,7 +118,25 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
             }
         }
         Response::Show { event: Some(detail) } => {
-            println!("{}", serde_json::to_string_pretty(detail)?)
+            // The event as JSON, then its attempts as a table per plugin.
+            let mut shown = serde_json::to_value(detail)?;
+            if let Some(fields) = shown.as_object_mut() {
+                fields.remove("attempts");
+            }
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            for (plugin, attempts) in &detail.attempts {
+                println!("attempts of {plugin} (oldest first):");
+                for a in attempts {
+                    println!(
+                        "  {:>4}  {:>8} ago  {:>10.3} ms  {:<9} {}",
+                        a.n,
+                        age(now - a.at_ms),
+                        a.duration_us as f64 / 1000.0,
+                        a.outcome,
+                        a.error
+                    );
+                }
+            }
         }
         Response::Show { event: None } => {
             eprintln!("no such event");

@@ -241,7 +241,7 @@ pub fn is_secret_key(key: &str) -> bool {
 pub fn redact_raw(raw: &[u8], format: Format) -> String {
     let text = String::from_utf8_lossy(raw);
     let mut secrets: Vec<String> = Vec::new();
-    let mut out = match format {
+    let out = match format {
         Format::Form => {
             let pairs: Vec<String> = text
                 .split('&')

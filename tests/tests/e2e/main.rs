@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod console;
 mod console_browser;
+mod console_journal;
 mod crash;
 mod damage;
 mod delivery;

@@ -1,0 +1,54 @@
+//! The journal's side of the console: every delivery attempt is kept, and `journal show`
+//! (through the running host's control socket) lists them with the raw body, tokens redacted.
+
+use crate::support::*;
+
+/// The outcomes of `plugin`'s attempts on event `id` as `journal show --json` lists them.
+fn outcomes(dir: &HostDir, id: u64, plugin: &str) -> Vec<String> {
+    let shown = dir.journal(&["show", &id.to_string()]);
+    shown["event"]["attempts"][plugin]
+        .as_array()
+        .map(|a| a.iter().map(|x| x["outcome"].as_str().unwrap_or("?").to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_event_retried_twice_then_done_shows_its_three_attempts_and_no_token() {
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&config(&["probe"], &probe("", "")));
+    let host = start(&dir);
+    let answer = host.post_form(&field_event(7, "UF_CRM_RETRY2"));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let id: u64 = answer.body.trim_start_matches("accepted ").parse().unwrap();
+    // The attempt rows are written with the outcomes: done once the third one is there.
+    let done = eventually(PATIENCE, || outcomes(&dir, id, "probe").len() == 3);
+    assert!(done, "{:?}\n{}", outcomes(&dir, id, "probe"), host.log_text());
+    let shown = dir.journal(&["show", &id.to_string()]);
+    let event = &shown["event"];
+    let attempts = event["attempts"]["probe"].as_array().unwrap();
+    let got: Vec<(u64, &str)> = attempts
+        .iter()
+        .map(|a| (a["n"].as_u64().unwrap(), a["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, vec![(1, "retry"), (2, "retry"), (3, "done")], "{shown}");
+    // Retries carry the plugin's error text; each has a time and a duration.
+    assert!(!attempts[0]["error"].as_str().unwrap_or("").is_empty(), "{shown}");
+    assert!(attempts[2].get("error").is_none(), "{shown}");
+    assert!(attempts.iter().all(|a| a["at_ms"].as_i64().unwrap() > 0), "{shown}");
+    assert!(attempts.windows(2).all(|w| w[0]["at_ms"].as_i64() <= w[1]["at_ms"].as_i64()));
+    // The event is done: no plugin has it pending or dead.
+    assert_eq!(event["summary"]["pending"], serde_json::json!([]), "{shown}");
+    assert_eq!(event["summary"]["dead"], serde_json::json!([]), "{shown}");
+    // The raw body is shown, its application token is not, anywhere in the answer.
+    let raw = event["raw_redacted"].as_str().unwrap();
+    assert!(raw.contains("UF_CRM_RETRY2") && raw.contains("<redacted>"), "{raw}");
+    assert!(!shown.to_string().contains(TOKEN), "{shown}");
+    // The text form lists the attempts too.
+    let out = dir.run_cli(&["journal", "show", &id.to_string(), "--config", "host.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("attempts of probe"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("retry")).count(), 2, "{text}");
+    assert!(!text.contains(TOKEN), "{text}");
+    assert!(host.stop());
+}
