@@ -3,7 +3,7 @@
 //! waits until it listens, and opens a `fantoccini` session with headless Chromium in a
 //! fresh profile. The helpers are blocking (the tests are plain `#[test]` functions) and wait
 //! with the harness' [`eventually`](crate::eventually): find by CSS selector, read text, click,
-//! save a screenshot. Dropping the browser ends the session (Chromium quits) and kills the
+//! type into a field, run a script, read a cookie, save a screenshot. Dropping the browser ends the session (Chromium quits) and kills the
 //! driver. [`browser_or_skip`] skips loudly when Chromium is not installed, except under
 //! `CI=true`, where that is a failure (the rule of `nats::cluster_or_skip`).
 
@@ -116,6 +116,19 @@ pub fn browser_or_skip(test: &str) -> Option<Browser> {
         }
         Err(e) => panic!("{test}: {e}"),
     }
+}
+
+/// A cookie as the browser keeps it.
+#[derive(Debug, Clone)]
+pub struct Cookie {
+    /// The value.
+    pub value: String,
+    /// Whether scripts are kept from it.
+    pub http_only: bool,
+    /// `Strict`, `Lax` or `None`, when set.
+    pub same_site: Option<String>,
+    /// The path it is sent for.
+    pub path: Option<String>,
 }
 
 /// A headless Chromium session and the chromedriver process behind it.
@@ -312,6 +325,48 @@ impl Browser {
             })
         });
         assert!(clicked, "cannot click {css:?} on {}: {last_error}\n{}", self.url(), self.source());
+    }
+
+    /// Types `text` into the first element matching `css` (a form field), waiting for it.
+    pub fn type_into(&self, css: &str, text: &str) {
+        let client = self.client();
+        let mut last_error = String::from("never found");
+        let typed = eventually(PATIENCE, || {
+            self.runtime.block_on(async {
+                let result = async {
+                    let element = client.find(Locator::Css(css)).await?;
+                    element.clear().await?;
+                    element.send_keys(text).await
+                };
+                match result.await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        last_error = e.to_string();
+                        false
+                    }
+                }
+            })
+        });
+        assert!(typed, "cannot type into {css:?} on {}: {last_error}", self.url());
+    }
+
+    /// Runs `script` in the page (a function body: `return ...` gives the answer).
+    pub fn script(&self, script: &str) -> serde_json::Value {
+        self.runtime
+            .block_on(self.client().execute(script, Vec::new()))
+            .unwrap_or_else(|e| panic!("cannot run a script on {}: {e}", self.url()))
+    }
+
+    /// The browser's cookie `name` for the page shown, as the browser keeps it (with the
+    /// attributes that scripts cannot see, such as `HttpOnly`); `None` when it has none.
+    pub fn cookie(&self, name: &str) -> Option<Cookie> {
+        let cookie = self.runtime.block_on(self.client().get_named_cookie(name)).ok()?;
+        Some(Cookie {
+            value: cookie.value().to_owned(),
+            http_only: cookie.http_only().unwrap_or(false),
+            same_site: cookie.same_site().map(|s| s.to_string()),
+            path: cookie.path().map(str::to_owned),
+        })
     }
 
     /// Waits until the page's address satisfies `pred` (after a click that navigates), and

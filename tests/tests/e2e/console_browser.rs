@@ -96,3 +96,57 @@ fn an_operator_sees_a_dead_letter_in_the_browser_replays_it_and_sees_it_delivere
     browser.wait_text("#stats-probe td.dead", |t| t == "0");
     assert!(host.stop());
 }
+
+/// The admin token of the login test.
+const ADMIN_TOKEN: &str = "browser-admin-token-7f3a";
+
+#[test]
+fn with_an_admin_token_the_browser_logs_in_with_an_http_only_cookie_acts_and_logs_out() {
+    let test = "with_an_admin_token_the_browser_logs_in_with_an_http_only_cookie_acts_and_logs_out";
+    let Some(browser) = browser_or_skip(test) else {
+        return;
+    };
+    let dir = HostDir::new(&["audit-log"]);
+    dir.write_config(&config(&["audit-log"], &format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n")));
+    let host = start(&dir);
+    let console = format!("http://{}", host.admin.clone().expect("an admin listener"));
+
+    // Any page asks for the token first.
+    browser.goto(&format!("{console}/plugins"));
+    browser.wait_for("input#token[type=password]");
+    assert!(browser.text("#plugins").is_none(), "a page was shown without login");
+
+    // A wrong token: the form again, saying so.
+    browser.type_into("#token", "not-the-token");
+    browser.click("#login");
+    browser.wait_text("#login-problem", |t| t.contains("wrong token"));
+    assert!(browser.cookie("b24_console").is_none());
+
+    // The right one: the overview, and a session cookie that scripts cannot read.
+    browser.type_into("#token", ADMIN_TOKEN);
+    browser.click("#login");
+    browser.wait_for("#plugin-stats");
+    let cookie = browser.cookie("b24_console").expect("the session cookie");
+    assert!(cookie.http_only, "{cookie:?}");
+    assert_eq!(cookie.same_site.as_deref(), Some("Strict"), "{cookie:?}");
+    assert_eq!(cookie.path.as_deref(), Some("/"), "{cookie:?}");
+    assert_ne!(cookie.value, ADMIN_TOKEN, "the cookie is the token itself");
+    let seen_by_scripts = browser.script("return document.cookie;");
+    assert!(!seen_by_scripts.to_string().contains("b24_console"), "{seen_by_scripts}");
+    assert!(!browser.source().contains(ADMIN_TOKEN), "the admin token is in the page");
+
+    // A POST form of the session (its CSRF token inside) works: the plugins page's reload.
+    browser.click("#nav-plugins");
+    browser.wait_for("#plugin-audit-log");
+    browser.click("#reload");
+    let report = browser.wait_text("#reload-report", |t| !t.is_empty());
+    assert!(report.contains("\"reloaded\"") && report.contains("\"failed\": []"), "{report}");
+    assert!(!browser.source().contains(ADMIN_TOKEN), "the admin token is in the page");
+
+    // Logging out ends the session: the next page asks for the token again.
+    browser.click("#logout");
+    browser.goto(&format!("{console}/"));
+    browser.wait_for("input#token[type=password]");
+    assert!(browser.text("#plugin-stats").is_none());
+    assert!(host.stop());
+}
