@@ -27,11 +27,11 @@ pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::
         JournalCommand::List { limit } => Request::List { limit },
         JournalCommand::Show { id } => Request::Show { id },
         JournalCommand::Dead { plugin } => Request::Dead { plugin },
-        JournalCommand::Replay { plugin, ids } => {
-            Request::Replay(Selection { plugin, ids, since_ms: None })
+        JournalCommand::Replay { plugin, since, ids } => {
+            Request::Replay(Selection { plugin, ids, since_ms: since })
         }
-        JournalCommand::Purge { plugin, ids } => {
-            Request::Purge(Selection { plugin, ids, since_ms: None })
+        JournalCommand::Purge { plugin, since, ids } => {
+            Request::Purge(Selection { plugin, ids, since_ms: since })
         }
         JournalCommand::Skip { plugin, ids } => Request::Skip { plugin, ids },
     };

@@ -52,3 +52,35 @@ fn an_event_retried_twice_then_done_shows_its_three_attempts_and_no_token() {
     assert!(!text.contains(TOKEN), "{text}");
     assert!(host.stop());
 }
+
+#[test]
+fn on_the_nats_log_a_dead_letters_attempts_are_kept_in_the_attempts_stream() {
+    let test = "on_the_nats_log_a_dead_letters_attempts_are_kept_in_the_attempts_stream";
+    let Some(cluster) =
+        b24_tests::nats::cluster_or_skip(test, 1, b24_tests::nats::NatsOptions::default())
+    else {
+        return;
+    };
+    let dir = HostDir::new(&["probe"]);
+    let plugins = config(&["probe"], &probe("", ""));
+    dir.write_config(&format!("{plugins}\n{}", cluster.journal_toml(1, 2_000)));
+    let host = start(&dir);
+    // Retried on every attempt: after the 3 configured attempts, a dead letter.
+    let answer = host.post_form(&field_event(9, "UF_CRM_RETRY9"));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let id: u64 = answer.body.trim_start_matches("accepted ").parse().unwrap();
+    let kept = eventually(PATIENCE, || {
+        let shown = dir.journal(&["show", &id.to_string()]);
+        shown["event"]["dead_state"]["probe"].is_object()
+            && outcomes(&dir, id, "probe") == ["retry", "retry", "retry"]
+    });
+    let shown = dir.journal(&["show", &id.to_string()]);
+    assert!(kept, "{shown}\n{}", host.log_text());
+    let attempts = shown["event"]["attempts"]["probe"].as_array().unwrap();
+    let numbers: Vec<u64> = attempts.iter().map(|a| a["n"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, vec![1, 2, 3], "{shown}");
+    let raw = shown["event"]["raw_redacted"].as_str().unwrap();
+    assert!(raw.contains("UF_CRM_RETRY9") && raw.contains("<redacted>"), "{raw}");
+    assert!(!shown.to_string().contains(TOKEN), "{shown}");
+    assert!(host.stop());
+}

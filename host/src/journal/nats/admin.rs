@@ -45,12 +45,20 @@ use crate::{
     journal::{
         StoreError,
         admin::{
-            DeadRow, EventDetail, EventSummary, PluginStats, SKIPPED, Selection, Stats, redacted,
+            Attempt, DeadRow, EventDetail, EventStatus, EventSummary, Page, PluginStats,
+            QUERY_SCAN_LIMIT, Query, SKIPPED, Selection, Stats, redact_raw, redacted,
         },
         now_ms,
         record::{DeadLetter, EventRecord},
     },
 };
+
+/// The most events one page of a query lists.
+const MAX_PAGE: usize = 500;
+
+/// How long a query's walk of the events stream may take (one request per sequence) before
+/// it answers with what it found and where to go on.
+const QUERY_TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Up to this many messages in the events stream, a listing walks them all from the oldest
 /// (cheap: one request per message); above it, it walks back from the newest sequence.
@@ -394,10 +402,133 @@ pub(super) async fn show(
         decoded,
         pending_state,
         dead_state,
-        // TODO(issue 15, journal helper): attempts from the attempts stream, the raw body.
-        attempts: Default::default(),
-        raw_redacted: String::new(),
+        attempts: attempts(link, id).await?,
+        raw_redacted: record.as_ref().map_or_else(
+            || "<the record on the log fails its checksum: withheld>".to_owned(),
+            |r| redact_raw(&r.raw, r.meta.format),
+        ),
     }))
+}
+
+/// Event `id`'s attempts per plugin, oldest first: the messages of `<S>_ATTEMPTS` on
+/// `b24.<S>.attempts.*.<id>`, one direct get per attempt (the server finds the next message of
+/// a subject filter without a scan of the stream). The plugin is named by its subject token.
+pub(super) async fn attempts(
+    link: &Link,
+    id: u64,
+) -> Result<BTreeMap<String, Vec<Attempt>>, StoreError> {
+    let mut out: BTreeMap<String, Vec<Attempt>> = BTreeMap::new();
+    let Some(stream) = stream(link, &link.names.attempts).await? else { return Ok(out) };
+    let filter = format!("b24.{}.attempts.*.{id}", link.names.stream);
+    let mut seq = 1;
+    while let Some(m) = first_from(&stream, &filter, seq).await? {
+        seq = m.sequence + 1;
+        let plugin = m.subject.split('.').nth(3).unwrap_or_default().to_owned();
+        match serde_json::from_slice::<Attempt>(&m.payload) {
+            Ok(attempt) => out.entry(plugin).or_default().push(attempt),
+            Err(e) => tracing::warn!(subject = %m.subject, "an attempt record does not read: {e}"),
+        }
+    }
+    for list in out.values_mut() {
+        list.sort_by_key(|a| (a.at_ms, a.n));
+    }
+    Ok(out)
+}
+
+/// Deletes `plugin`'s attempts on event `id` (its dead letter was purged).
+async fn purge_attempts(link: &Link, plugin: &str, id: u64) {
+    let Ok(Some(stream)) = stream(link, &link.names.attempts).await else { return };
+    let subject = super::deliver::attempts_subject(link, plugin, id);
+    if let Err(e) = stream.purge().filter(subject).await {
+        tracing::warn!(
+            plugin,
+            event_id = id,
+            "cannot delete the attempts of a purged dead letter: {e}"
+        );
+    }
+}
+
+/// One page of `query` over what the log still holds: the events stream's messages (pending
+/// events: a finished event is gone from it) and the dead letters; "done" lists the events
+/// the stream still holds that no plugin has pending (an event every plugin acknowledged is
+/// gone at once), so it is mostly empty. Newest first from `before_id`; the walk of the
+/// events stream stops after [`QUERY_SCAN_LIMIT`] sequences or [`QUERY_TIME_BUDGET`], and
+/// `next_before` then says where to go on.
+pub(super) async fn query(link: &Link, query: Query) -> Result<Page, StoreError> {
+    let limit = if query.limit == 0 { 50 } else { query.limit.min(MAX_PAGE) };
+    let deadline = std::time::Instant::now() + QUERY_TIME_BUDGET;
+    let dead_rows = walk_dead(link, None).await?;
+    let dead = dead_by_id(&dead_rows);
+    let before = query.before_id.unwrap_or(u64::MAX);
+    let mut found: BTreeMap<u64, EventSummary> = BTreeMap::new();
+    for row in dead_rows.iter().filter(|r| r.id < before) {
+        found.entry(row.id).or_insert_with(|| dead_summary(row, &dead));
+    }
+    // Where the walk of the events stream stopped short (older sequences not read), if it did.
+    let mut stopped_at: Option<u64> = None;
+    if let Some(mut stream) = stream(link, &link.names.stream).await? {
+        let state =
+            stream.info().await.map_err(|e| storage("read the stream's info", e))?.state.clone();
+        let floors = ack_floors(link, &stream).await?;
+        let floor = state.first_sequence.max(1);
+        let mut seq = state.last_sequence.min(before.saturating_sub(1));
+        let mut read = 0u64;
+        let mut matched = 0usize;
+        while seq >= floor && seq > 0 {
+            if read >= QUERY_SCAN_LIMIT || matched >= limit || std::time::Instant::now() >= deadline
+            {
+                stopped_at = Some(seq + 1);
+                break;
+            }
+            if let Some(m) = message(&stream, seq).await? {
+                let id = event_id(&m);
+                if id < before {
+                    let s = summary(&m, dead::open_payload(&m.payload).as_ref(), &floors, &dead);
+                    let entry = found.entry(id).or_insert_with(|| s.clone());
+                    // A replay and the original: pending for the plugins of either.
+                    for p in s.pending {
+                        if !entry.pending.contains(&p) {
+                            entry.pending.push(p);
+                        }
+                    }
+                    if matches(&query, entry) {
+                        matched += 1;
+                    }
+                }
+            }
+            seq -= 1;
+            read += 1;
+        }
+    }
+    // Below where the walk stopped, dead letters wait for the next page (their events' order).
+    let mut events: Vec<EventSummary> = found
+        .into_values()
+        .rev()
+        .filter(|e| stopped_at.is_none_or(|at| e.id >= at))
+        .filter(|e| matches(&query, e))
+        .collect();
+    let more = events.len() > limit;
+    events.truncate(limit);
+    let next_before = if more || stopped_at.is_some() {
+        events.last().map(|e| e.id).or(stopped_at)
+    } else {
+        None
+    };
+    Ok(Page { events, next_before })
+}
+
+/// Whether `event` passes `query`'s filters (not `before_id`).
+fn matches(query: &Query, event: &EventSummary) -> bool {
+    let at = event.received_at_ms;
+    query.member_id.as_deref().is_none_or(|m| m == event.member_id)
+        && query.code.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(&event.code))
+        && query.since_ms.is_none_or(|since| at >= since)
+        && query.until_ms.is_none_or(|until| at < until)
+        && query.status.is_none_or(|status| match status {
+            EventStatus::Pending => !event.pending.is_empty(),
+            EventStatus::Dead => !event.dead.is_empty(),
+            EventStatus::Done => event.pending.is_empty() && event.dead.is_empty(),
+        })
 }
 
 fn dead_summary(row: &Stored, dead: &BTreeMap<u64, Vec<String>>) -> EventSummary {
@@ -527,6 +658,7 @@ pub(super) async fn purge(link: &Link, which: Selection) -> Result<Vec<(String, 
     let mut done = Vec::new();
     for row in rows {
         delete_dead(link, &dead_stream, row.seq).await?;
+        purge_attempts(link, &row.plugin, row.id).await;
         done.push((row.plugin, row.id));
     }
     Ok(done)

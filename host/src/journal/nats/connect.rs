@@ -27,6 +27,8 @@ pub(super) struct Names {
     pub stream: String,
     /// The dead letters' stream.
     pub dead: String,
+    /// The delivery attempts' stream (the console's history).
+    pub attempts: String,
     /// Prefix of every bucket of this host group (`<stream>_tokens`, ...).
     pub bucket_prefix: String,
 }
@@ -36,6 +38,7 @@ impl Names {
         Names {
             stream: stream.to_owned(),
             dead: format!("{stream}_DEAD"),
+            attempts: format!("{stream}_ATTEMPTS"),
             bucket_prefix: stream.to_owned(),
         }
     }

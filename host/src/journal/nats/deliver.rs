@@ -195,6 +195,11 @@ impl Shared {
     }
 }
 
+/// The subject of `plugin`'s attempts on event `id`.
+pub(super) fn attempts_subject(link: &Link, plugin: &str, id: u64) -> String {
+    format!("b24.{}.attempts.{}.{id}", link.names.stream, subject_token(plugin))
+}
+
 fn state_key(plugin: &str, id: u64) -> String {
     format!("{}.{id}", subject_token(plugin))
 }
@@ -813,10 +818,19 @@ impl Reporter {
         });
     }
 
-    /// One attempt ended (console history).
+    /// One attempt ended (console history): published to `b24.<S>.attempts.<plugin>.<id>`
+    /// without waiting for the log's acknowledgement (history, not data: a lost one is a WARN
+    /// line, never a held-up delivery).
     pub fn attempt(&self, id: u64, attempt: crate::journal::admin::Attempt) {
-        // TODO(issue 15, journal helper): kept in the attempts stream.
-        let _ = (id, attempt);
+        let subject = attempts_subject(&self.link, &self.plugin, id);
+        let payload = Bytes::from(record::to_json(&attempt));
+        let client = self.link.client.clone();
+        let plugin = self.plugin.clone();
+        self.shared.outcome(async move {
+            if let Err(e) = client.publish(subject, payload).await {
+                tracing::warn!(%plugin, event_id = id, "cannot record a delivery attempt: {e}");
+            }
+        });
     }
 
     /// The plugin gave up on event `id`: its dead letter is stored, then the message

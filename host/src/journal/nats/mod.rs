@@ -276,9 +276,7 @@ impl Nats {
 
     /// See `Journal::query` (admin.rs).
     pub async fn query(&self, query: data::Query) -> Result<data::Page, StoreError> {
-        // TODO(issue 15, journal helper): filters, paging.
-        let events = self.list(query.limit).await?;
-        Ok(data::Page { events, next_before: None })
+        admin::query(&self.inner.link, query).await
     }
 
     /// See `Journal::show` (admin.rs).

@@ -1,5 +1,5 @@
 //! What the backend needs in the cluster before the host accepts its first event: the events
-//! stream `S`, the dead letters' stream `S_DEAD`, the bucket `S_pending` and one durable pull
+//! stream `S`, the dead letters' stream `S_DEAD`, the attempts' stream `S_ATTEMPTS`, the bucket `S_pending` and one durable pull
 //! consumer per enabled plugin. Created when missing, updated to this configuration when
 //! present (a stream's retention cannot change: that is refused with the reason).
 //!
@@ -149,6 +149,21 @@ async fn once(
         ..Default::default()
     };
     ensure_stream(link, dead).await?;
+    // History, not data: limits retention, the latest attempts per (plugin, event) subject,
+    // gone with the completed events' keep time.
+    let attempts = stream::Config {
+        name: link.names.attempts.clone(),
+        description: Some("b24-host: delivery attempts, for the console".into()),
+        subjects: vec![format!("b24.{s}.attempts.>")],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        max_messages_per_subject: crate::journal::admin::MAX_ATTEMPTS_KEPT as i64,
+        max_age: config.keep_completed_for.max(Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    ensure_stream(link, attempts).await?;
     let pending = open_bucket(link, replicas).await?;
     let stream =
         link.js.get_stream(s).await.map_err(|e| storage(&format!("open stream {s}"), e))?;
