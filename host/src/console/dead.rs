@@ -168,3 +168,27 @@ fn ids_text(ids: &[u64]) -> String {
     let more = if ids.len() > 20 { format!(" and {} more", ids.len() - 20) } else { String::new() };
     format!("{}{more}", shown.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(text: &str) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(text.as_bytes()).into_owned().collect()
+    }
+
+    #[test]
+    fn a_selection_needs_ids_or_a_time_and_confirm_is_explicit() {
+        let (which, confirmed) = selection(&pairs("plugin=probe&ids=3&ids=1,2&ids=3")).expect("ok");
+        assert_eq!(
+            (which.plugin.as_deref(), which.ids.as_slice()),
+            (Some("probe"), &[1, 2, 3][..])
+        );
+        assert!(!confirmed);
+        let (which, confirmed) = selection(&pairs("since=0&confirm=1")).expect("ok");
+        assert_eq!((which.plugin, which.since_ms, confirmed), (None, Some(0), true));
+        assert_eq!(selection(&pairs("plugin=probe")).err().map(|e| e.0), Some("ids".into()));
+        assert_eq!(selection(&pairs("ids=x")).err().map(|e| e.0), Some("ids".into()));
+        assert_eq!(selection(&pairs("since=later")).err().map(|e| e.0), Some("since".into()));
+    }
+}

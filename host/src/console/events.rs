@@ -136,3 +136,30 @@ pub fn body(filter: &Filter, events: &[EventSummary], next_before: Option<u64>) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(text: &str) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(text.as_bytes()).into_owned().collect()
+    }
+
+    #[test]
+    fn filters_become_a_query_and_a_bad_one_names_its_field() {
+        let f = filter(&pairs("portal=m1&code=ONCRMDEALADD&status=dead&since=2026-12-01T21:30&until=1796160700000&before=77")).expect("valid");
+        assert_eq!(f.query.member_id.as_deref(), Some("m1"));
+        assert_eq!(f.query.status, Some(EventStatus::Dead));
+        assert_eq!(f.query.since_ms, Some(1_796_160_600_000));
+        assert_eq!(f.query.until_ms, Some(1_796_160_700_000));
+        assert_eq!((f.query.before_id, f.query.limit), (Some(77), PAGE_SIZE));
+        assert!(!f.query_string().contains("before"), "the Older link sets it");
+        let empty = filter(&pairs("portal=&status=")).expect("empty fields are no filter");
+        assert_eq!(empty.query, Query { limit: PAGE_SIZE, ..Query::default() });
+        for (text, name) in
+            [("status=maybe", "status"), ("since=soon", "since"), ("before=x", "before")]
+        {
+            assert_eq!(filter(&pairs(text)).err().map(|e| e.0), Some(name.to_owned()), "{text}");
+        }
+    }
+}

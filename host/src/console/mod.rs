@@ -320,9 +320,8 @@ async fn dead_action(
     };
     let title = "Dead letters";
     if !confirmed {
-        return match ops.journal.dead(which.plugin.clone()).await {
-            Ok(mut rows) => {
-                rows.retain(|r| which.matches(&r.plugin, r.id, r.dead.at_ms));
+        return match matching(ops, &which).await {
+            Ok(rows) => {
                 let body = dead::confirm(action, &which, &rows, csrf);
                 html(StatusCode::OK, layout::page(title, who, csrf, body))
             }
@@ -339,6 +338,39 @@ async fn dead_action(
         }
         Err(e) => unavailable(who, csrf, &e.to_string()),
     }
+}
+
+/// At most this many ids are counted event by event (`show`); more, or a time, read the
+/// dead letters.
+const COUNT_BY_EVENT: usize = 50;
+
+/// The dead letters `which` selects now: a few ids are looked up one by one (the event page's
+/// replay button), anything else through the dead-letter listing.
+async fn matching(
+    ops: &Ops,
+    which: &crate::journal::Selection,
+) -> Result<Vec<crate::journal::admin::DeadRow>, crate::journal::StoreError> {
+    if which.ids.is_empty() || which.ids.len() > COUNT_BY_EVENT {
+        let mut rows = ops.journal.dead(which.plugin.clone()).await?;
+        rows.retain(|r| which.matches(&r.plugin, r.id, r.dead.at_ms));
+        return Ok(rows);
+    }
+    let mut rows = Vec::new();
+    for id in &which.ids {
+        let Some(detail) = ops.journal.show(*id).await? else { continue };
+        for (plugin, dead) in &detail.dead_state {
+            if which.matches(plugin, *id, dead.at_ms) {
+                rows.push(crate::journal::admin::DeadRow {
+                    plugin: plugin.clone(),
+                    id: *id,
+                    code: detail.summary.code.clone(),
+                    member_id: detail.summary.member_id.clone(),
+                    dead: dead.clone(),
+                });
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// 400 naming the field.

@@ -219,6 +219,22 @@ fn with_an_admin_token_every_path_needs_it_and_forms_need_the_csrf_token() {
         admin(&host, "POST", "/reload", &[("Authorization", &bearer), ("Origin", "x")], "");
     assert_eq!(reload.status, 200, "{}", reload.body);
 
+    // `b24-host reload --admin URL` sends $B24_ADMIN_TOKEN as its bearer token.
+    let url = format!("http://{}/", host.admin.as_deref().unwrap());
+    let reload = |token: &str| {
+        std::process::Command::new(&built().host)
+            .current_dir(dir.path())
+            .args(["reload", "--admin", &url])
+            .env("B24_ADMIN_TOKEN", token)
+            .output()
+            .expect("cannot run b24-host reload")
+    };
+    let out = reload(ADMIN_TOKEN);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = reload("not-the-token");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin token required"));
+
     // A browser: the login form.
     let refused = admin(&host, "POST", "/login", &[], "token=nope");
     assert_eq!(refused.status, 401);
