@@ -1,6 +1,11 @@
 //! The journal's side of the console: every delivery attempt is kept, and `journal show`
 //! (through the running host's control socket) lists them with the raw body, tokens redacted.
 
+use b24_host::journal::{
+    Journal,
+    admin::{EventStatus, Page, Query},
+};
+
 use crate::support::*;
 
 /// The outcomes of `plugin`'s attempts on event `id` as `journal show --json` lists them.
@@ -50,6 +55,21 @@ fn an_event_retried_twice_then_done_shows_its_three_attempts_and_no_token() {
     assert!(text.contains("attempts of probe"), "{text}");
     assert_eq!(text.lines().filter(|l| l.contains("retry")).count(), 2, "{text}");
     assert!(!text.contains(TOKEN), "{text}");
+
+    // A rejected event is a dead letter at once; purge --since selects by the letter's time.
+    let answer = host.post_form(&field_event(8, "UF_CRM_REJECT"));
+    let rejected: u64 = answer.body.trim_start_matches("accepted ").parse().unwrap();
+    let dead = eventually(PATIENCE, || outcomes(&dir, rejected, "probe") == ["rejected"]);
+    assert!(dead, "{:?}", outcomes(&dir, rejected, "probe"));
+    let later = (b24_host::journal::now_ms() + 3_600_000).to_string();
+    let purged = dir.journal(&["purge", "--plugin", "probe", "--since", &later]);
+    assert_eq!(purged["rows"], serde_json::json!([]), "{purged}");
+    let purged = dir.journal(&["purge", "--plugin", "probe", "--since", "2000-01-01T00:00:00Z"]);
+    assert_eq!(purged["rows"], serde_json::json!([["probe", rejected]]), "{purged}");
+    // The purged letter's attempts went with it; the finished event's stay.
+    let shown = dir.journal(&["show", &rejected.to_string()]);
+    assert_eq!(shown["event"]["attempts"], serde_json::json!({}), "{shown}");
+    assert_eq!(outcomes(&dir, id, "probe").len(), 3);
     assert!(host.stop());
 }
 
@@ -82,5 +102,29 @@ fn on_the_nats_log_a_dead_letters_attempts_are_kept_in_the_attempts_stream() {
     let raw = shown["event"]["raw_redacted"].as_str().unwrap();
     assert!(raw.contains("UF_CRM_RETRY9") && raw.contains("<redacted>"), "{raw}");
     assert!(!shown.to_string().contains(TOKEN), "{shown}");
+
+    // The console's listing over the shared log: the dead letter is there, with its filters.
+    let config = b24_host::config::Config::load(&dir.path().join("host.toml")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let query = |q: Query| {
+        runtime.block_on(async {
+            let (journal, _writer) =
+                Journal::open_for_command(&config.state_dir, &config.journal).await.unwrap();
+            journal.query(q).await.unwrap()
+        })
+    };
+    let ids = |page: &Page| page.events.iter().map(|e| e.id).collect::<Vec<u64>>();
+    let all = query(Query { limit: 10, ..Query::default() });
+    assert_eq!((ids(&all), all.next_before), (vec![id], None), "{all:?}");
+    assert_eq!(all.events[0].dead, vec!["probe".to_owned()]);
+    let dead = query(Query { limit: 10, status: Some(EventStatus::Dead), ..Query::default() });
+    assert_eq!(ids(&dead), vec![id]);
+    let pending =
+        query(Query { limit: 10, status: Some(EventStatus::Pending), ..Query::default() });
+    assert_eq!(ids(&pending), Vec::<u64>::new());
+    let other = query(Query { limit: 10, member_id: Some("nobody".into()), ..Query::default() });
+    assert_eq!(ids(&other), Vec::<u64>::new());
+    let older = query(Query { limit: 10, before_id: Some(id), ..Query::default() });
+    assert_eq!(ids(&older), Vec::<u64>::new());
     assert!(host.stop());
 }

@@ -359,16 +359,23 @@ impl<'txn> Tables<'txn> {
         if db(self.events.get(id))?.is_none() {
             return Ok(());
         }
-        let mut kept = Vec::new();
-        for row in db(self.attempts.range((id, plugin, 0)..=(id, plugin, u32::MAX)))? {
-            kept.push(db(row)?.0.value().2);
-        }
-        let n = attempt.n.max(kept.last().map_or(1, |last| last.saturating_add(1)));
+        let last =
+            match db(self.attempts.range((id, plugin, 0)..=(id, plugin, u32::MAX)))?.next_back() {
+                Some(row) => Some(db(row)?.0.value().2),
+                None => None,
+            };
+        let n = attempt.n.max(last.map_or(1, |last| last.saturating_add(1)));
         let row = Attempt { n, ..attempt.clone() };
         db(self.attempts.insert((id, plugin, n), seal_attempt(id, plugin, &row).as_slice()))?;
-        kept.push(n);
-        while kept.len() > MAX_ATTEMPTS_KEPT {
-            db(self.attempts.remove((id, plugin, kept.remove(1))))?;
+        // Numbers only grow, so there can be more than the bound only past it.
+        if n as usize > MAX_ATTEMPTS_KEPT {
+            let mut kept = Vec::new();
+            for row in db(self.attempts.range((id, plugin, 0)..=(id, plugin, u32::MAX)))? {
+                kept.push(db(row)?.0.value().2);
+            }
+            while kept.len() > MAX_ATTEMPTS_KEPT {
+                db(self.attempts.remove((id, plugin, kept.remove(1))))?;
+            }
         }
         Ok(())
     }
