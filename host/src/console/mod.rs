@@ -233,7 +233,7 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
                 Ok(filter) => filter,
                 Err((name, why)) => return bad_request(&who, &csrf, &name, &why),
             };
-            match ops.journal.query(filter.query.clone()).await {
+            match patient(ops.journal.query(filter.query.clone())).await {
                 Ok(found) => {
                     page("Events", events::body(&filter, &found.events, found.next_before))
                 }
@@ -246,7 +246,7 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
                 Ok(since) => since,
                 Err(why) => return bad_request(&who, &csrf, "since", &why),
             };
-            match ops.journal.dead(plugin.map(str::to_owned)).await {
+            match patient(ops.journal.dead(plugin.map(str::to_owned))).await {
                 Ok(mut rows) => {
                     rows.retain(|r| since.is_none_or(|s| r.dead.at_ms >= s));
                     rows.sort_by(|a, b| b.dead.at_ms.cmp(&a.dead.at_ms).then(b.id.cmp(&a.id)));
@@ -287,7 +287,7 @@ async fn event_page(ops: &Ops, who: &Who, csrf: &str, id: &str, partial: bool) -
     let Ok(id) = id.parse::<u64>() else {
         return bad_request(who, csrf, "id", &format!("{id:?} is not an event id"));
     };
-    match ops.journal.show(id).await {
+    match patient(ops.journal.show(id)).await {
         Ok(Some(detail)) if partial => html(StatusCode::OK, event::deliveries(&detail, csrf)),
         Ok(Some(detail)) => html(
             StatusCode::OK,
@@ -340,6 +340,21 @@ async fn dead_action(
     }
 }
 
+/// How long a page waits for a journal read (a shared log may not answer).
+const READ_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A journal read, given up after [`READ_PATIENCE`].
+async fn patient<T>(
+    read: impl std::future::Future<Output = Result<T, crate::journal::StoreError>>,
+) -> Result<T, crate::journal::StoreError> {
+    tokio::time::timeout(READ_PATIENCE, read).await.unwrap_or_else(|_| {
+        Err(crate::journal::StoreError::Storage(format!(
+            "no answer within {} s",
+            READ_PATIENCE.as_secs()
+        )))
+    })
+}
+
 /// At most this many ids are counted event by event (`show`); more, or a time, read the
 /// dead letters.
 const COUNT_BY_EVENT: usize = 50;
@@ -351,13 +366,13 @@ async fn matching(
     which: &crate::journal::Selection,
 ) -> Result<Vec<crate::journal::admin::DeadRow>, crate::journal::StoreError> {
     if which.ids.is_empty() || which.ids.len() > COUNT_BY_EVENT {
-        let mut rows = ops.journal.dead(which.plugin.clone()).await?;
+        let mut rows = patient(ops.journal.dead(which.plugin.clone())).await?;
         rows.retain(|r| which.matches(&r.plugin, r.id, r.dead.at_ms));
         return Ok(rows);
     }
     let mut rows = Vec::new();
     for id in &which.ids {
-        let Some(detail) = ops.journal.show(*id).await? else { continue };
+        let Some(detail) = patient(ops.journal.show(*id)).await? else { continue };
         for (plugin, dead) in &detail.dead_state {
             if which.matches(plugin, *id, dead.at_ms) {
                 rows.push(crate::journal::admin::DeadRow {
