@@ -2,6 +2,7 @@
 //! lays out a temporary host folder (config, plugins, state), starts the host as a child
 //! process on port 0, talks plain HTTP/1.1 to it, and reads what the plugins wrote.
 
+pub mod browser;
 pub mod fake_portal;
 pub mod http;
 pub mod nats;
@@ -35,11 +36,32 @@ pub struct Built {
     pub lib_dir: PathBuf,
 }
 
+/// The environment variables (by prefix) that cargo sets for a test process.
+const CARGO_TEST_VARS: &[&str] = &[
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
 /// Builds the host and the plugins once per test run (`cargo build`, debug profile).
 pub fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // What `cargo test` sets for this test process (the package's name, version, folder..)
+        // is not passed on: ring's build script watches some of it, so this build and the next
+        // `cargo test` would rebuild ring, and everything above it up to the host, in turn.
+        for (name, _) in std::env::vars_os() {
+            let name_text = name.to_string_lossy();
+            if CARGO_TEST_VARS.iter().any(|prefix| name_text.starts_with(prefix)) {
+                cargo.env_remove(&name);
+            }
+        }
+        let status = cargo
             .current_dir(workspace_root())
             .args([
                 "build",

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod console;
+mod console_browser;
 mod console_journal;
 mod crash;
 mod damage;
