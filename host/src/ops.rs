@@ -100,6 +100,15 @@ impl Ops {
                 return asset;
             }
         }
+        if !self.console.host_allowed(request.headers()) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "this admin listener has no admin.token and answers only to localhost or an IP \
+                 address in the Host header (a protection against DNS rebinding); set admin.token \
+                 to reach it under a name\n",
+                "text/plain; charset=utf-8",
+            );
+        }
         let who = self.console.identify(request.headers());
         if path == "/login" {
             return console::login(self, who, request).await;

@@ -63,6 +63,23 @@ pub fn random_hex() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether a `Host` header value is `localhost` or an IP address literal, with or without a port.
+pub fn local_host_name(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Whether `a` equals `b`, in time independent of where they differ.
 pub fn same(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
@@ -103,6 +120,20 @@ impl Console {
             }
             _ => Who::Nobody,
         }
+    }
+
+    /// Whether a request to an open console (no `admin.token`) may be answered: its `Host` must
+    /// name this machine (`localhost`, or an IP address, with any port), or be absent. A web
+    /// page whose domain an attacker re-points at 127.0.0.1 (DNS rebinding) would otherwise
+    /// read the console and its CSRF token as "same origin" from the victim's browser. With a
+    /// token, the session cookie belongs to the name it was set for, so any Host is fine.
+    pub fn host_allowed(&self, headers: &HeaderMap) -> bool {
+        if self.token.is_some() {
+            return true;
+        }
+        let Some(host) = headers.get(hyper::header::HOST) else { return true };
+        let Ok(host) = host.to_str() else { return false };
+        local_host_name(host)
     }
 
     /// The CSRF token forms of `who` carry (empty for a bearer: scripts need none).
@@ -179,6 +210,23 @@ mod tests {
             h.append(*n, v.parse().expect("header value"));
         }
         h
+    }
+
+    #[test]
+    fn an_open_console_answers_only_to_local_host_names_against_dns_rebinding() {
+        for ok in ["127.0.0.1:8025", "localhost", "LOCALHOST:80", "[::1]:8025", "[::1]", "10.0.0.5"]
+        {
+            assert!(local_host_name(ok), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8025", "127.0.0.1.nip.io:8025", "[::1]x", ""] {
+            assert!(!local_host_name(bad), "{bad}");
+        }
+        let open = Console::new(None);
+        assert!(open.host_allowed(&headers(&[("host", "127.0.0.1:8025")])));
+        assert!(open.host_allowed(&headers(&[])), "HTTP/1.0 without Host");
+        assert!(!open.host_allowed(&headers(&[("host", "rebound.example:8025")])));
+        let guarded = Console::new(Some(Secret::new("t")));
+        assert!(guarded.host_allowed(&headers(&[("host", "console.example.com")])));
     }
 
     #[tokio::test]

@@ -91,6 +91,19 @@ fn every_page_answers_without_a_token_in_it_and_replay_and_purge_go_through_the_
 
     let overview = get(&host, "/", &[], 200);
     has_ids("/", &overview, &["nav-overview", "nav-events", "nav-dead", "nav-plugins"]);
+    // Without admin.token, a page asked for under another name (a domain re-pointed at the
+    // loopback address: DNS rebinding) is refused; an IP address or localhost is answered.
+    for (name, status) in [("rebound.example", "403"), ("localhost", "200")] {
+        use std::io::{Read, Write};
+        let addr = host.admin.as_deref().expect("an admin listener");
+        let port = addr.rsplit(':').next().expect("a port");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        let ask = format!("GET / HTTP/1.1\r\nHost: {name}:{port}\r\nConnection: close\r\n\r\n");
+        stream.write_all(ask.as_bytes()).expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "Host {name}: {answer:.200}");
+    }
     has_ids(
         "/",
         &overview,
