@@ -234,45 +234,12 @@ pub struct SendArgs {
     pub print: bool,
 }
 
-/// `--since`: ms since the epoch, or a UTC time `YYYY-MM-DDTHH:MM[:SS[.fff]][Z]`.
+/// `--since`: ms since the epoch, or a UTC time `YYYY-MM-DDTHH:MM[:SS[.fff]][Z]` (the
+/// console's reading of a time, `console::when::parse`, so both accept the same).
 pub fn parse_since(text: &str) -> Result<i64, String> {
     let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map_err(|e| format!("{text:?}: {e}"));
-    }
-    utc_ms(text).ok_or_else(|| {
-        format!("{text:?} is neither ms since the epoch nor a UTC time like 2026-12-01T21:00:00Z")
-    })
-}
-
-/// A UTC time `YYYY-MM-DDTHH:MM[:SS[.fff]][Z|+00:00]` as ms since the epoch.
-fn utc_ms(text: &str) -> Option<i64> {
     let text = text.strip_suffix('Z').or_else(|| text.strip_suffix("+00:00")).unwrap_or(text);
-    let (date, time) = text.split_once(['T', ' '])?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let (clock, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = clock.split(':').map(|p| p.parse::<i64>().ok());
-    let (hour, minute, second) = (t.next()??, t.next()??, t.next().unwrap_or(Some(0))?);
-    if t.next().is_some()
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || !(0..24).contains(&hour)
-        || !(0..60).contains(&minute)
-        || !(0..=60).contains(&second)
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let millis = format!("{frac:0<3}").get(..3)?.parse::<i64>().ok()?;
-    // Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
+    crate::console::when::parse(text)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ mod layout;
 mod login;
 mod overview;
 mod plugins;
-mod when;
+pub mod when;
 
 use std::time::{Duration, Instant};
 

@@ -13,7 +13,7 @@ pub fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-/// A filter's time: `YYYY-MM-DDTHH:MM[:SS]` (UTC) or milliseconds since the epoch.
+/// A filter's time: `YYYY-MM-DDTHH:MM[:SS[.fff]]` (UTC) or milliseconds since the epoch.
 pub fn parse(text: &str) -> Result<i64, String> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
@@ -21,8 +21,10 @@ pub fn parse(text: &str) -> Result<i64, String> {
     }
     let minutes = format_description!("[year]-[month]-[day]T[hour]:[minute]");
     let seconds = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let fraction = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]");
     let at = PrimitiveDateTime::parse(text, &minutes)
         .or_else(|_| PrimitiveDateTime::parse(text, &seconds))
+        .or_else(|_| PrimitiveDateTime::parse(text, &fraction))
         .map_err(|_| {
             format!("{text:?} is not a time like 2026-12-01T21:30 (UTC) or milliseconds")
         })?;
