@@ -201,10 +201,7 @@ fn ids_text(ids: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pairs(text: &str) -> Vec<(String, String)> {
-        url::form_urlencoded::parse(text.as_bytes()).into_owned().collect()
-    }
+    use crate::console::pairs;
 
     #[test]
     fn a_selection_needs_ids_or_a_time_and_confirm_is_explicit() {

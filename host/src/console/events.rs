@@ -140,10 +140,7 @@ pub fn body(filter: &Filter, events: &[EventSummary], next_before: Option<u64>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pairs(text: &str) -> Vec<(String, String)> {
-        url::form_urlencoded::parse(text.as_bytes()).into_owned().collect()
-    }
+    use crate::console::pairs;
 
     #[test]
     fn filters_become_a_query_and_a_bad_one_names_its_field() {
