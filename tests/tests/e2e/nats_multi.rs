@@ -367,9 +367,63 @@ fn the_stream_leader_killed_under_load_costs_no_request_and_loses_nothing() {
     for (name, host) in [("A", &a), ("B", &b)] {
         let log = host.log_text();
         println!(
-            "{test}: host {name} started spooling {} times, drained {} times",
+            "{test}: host {name} started spooling {} times, drained {} times, saw {} gaps in \
+             its deliveries (put back in order)",
             log.matches("spooling accepted events").count(),
-            log.matches("the spool is drained").count()
+            log.matches("the spool is drained").count(),
+            log.matches("never reached this host").count()
+        );
+    }
+    check_delivery(test, &[&dir_a, &dir_b], &sent, non_200.len());
+    assert!(a.stop() && b.stop(), "the hosts did not stop cleanly");
+}
+
+/// The leader of `consumer` of `B24_EVENTS`, from the consumer's info.
+fn consumer_leader(cluster: &NatsCluster, consumer: &str) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    runtime.block_on(async {
+        let client = async_nats::connect(cluster.urls()).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("B24_EVENTS").await.ok()?;
+        let info = stream.consumer_info(consumer).await.ok()?;
+        info.cluster.as_ref().and_then(|c| c.leader.clone())
+    })
+}
+
+/// The node leading the probe's consumer is SIGKILLed while the probe (slow) has a backlog
+/// and messages on the way: deliveries that node had sent may never arrive, and come again
+/// only after their ack wait, behind newer ones. The delivering host must still hand the
+/// probe every acknowledged event in order (it notices the jump in the consumer's delivery
+/// numbers and waits for them), and nothing is lost.
+#[test]
+fn the_consumer_leader_killed_under_load_keeps_every_plugins_order() {
+    let test = "nats_multi::consumer_leader_killed";
+    let Some(mut cluster) = cluster_or_skip(test, 3, NatsOptions::default()) else { return };
+    let (dir_a, dir_b) = (host_dir(&cluster, 300, 2), host_dir(&cluster, 300, 2));
+    let a = start(&dir_a);
+    let b = start(&dir_b);
+    let alive = Arc::new(vec![AtomicBool::new(true), AtomicBool::new(true)]);
+    let load = Load::start(targets(&[&a, &b]), alive, 4, 0);
+    load.wait_sent(300);
+    let leader_name =
+        eventually(Duration::from_secs(10), || consumer_leader(&cluster, "B24_EVENTS_probe"))
+            .expect("the probe consumer's leader from its info");
+    let leader = cluster.node_named(&leader_name).expect("the leader is one of ours");
+    let at_kill = load.sent.len();
+    cluster.kill(leader);
+    println!(
+        "{test}: the probe consumer's leader {leader_name} SIGKILLed after {at_kill} requests"
+    );
+    load.wait_sent(at_kill + 400);
+    cluster.restart(leader).expect("restart the killed node");
+    load.wait_sent(load.sent.len() + 200);
+    let sent = load.finish();
+    let non_200 = sent.non_200(None);
+    assert!(non_200.is_empty(), "requests not answered 200: {non_200:?}");
+    for (name, host) in [("A", &a), ("B", &b)] {
+        println!(
+            "{test}: host {name} saw {} gaps in its deliveries (put back in order)",
+            host.log_text().matches("never reached this host").count()
         );
     }
     check_delivery(test, &[&dir_a, &dir_b], &sent, non_200.len());

@@ -83,18 +83,13 @@ pub(super) async fn stream(link: &Link, name: &str) -> Result<Option<Stream>, St
     }
 }
 
-/// The durable consumer's name of `plugin`.
-pub(super) fn consumer_name(link: &Link, plugin: &str) -> String {
-    format!("{}_{plugin}", link.names.stream)
-}
-
 /// `plugin`'s consumer info; `None` when it has no consumer yet.
 pub(super) async fn consumer_info(
     link: &Link,
     stream: &Stream,
     plugin: &str,
 ) -> Result<Option<consumer::Info>, StoreError> {
-    match stream.consumer_info(consumer_name(link, plugin)).await {
+    match stream.consumer_info(super::setup::consumer_name(link, plugin)).await {
         Ok(info) => Ok(Some(info)),
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
         Err(e) => Err(storage(&format!("read the consumer of {plugin}"), e)),

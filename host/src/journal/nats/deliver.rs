@@ -54,6 +54,7 @@ use super::{
     connect::{Link, subject_token},
     dead,
     lease::{Lease, Leases},
+    resequence::{Resequencer, Seen},
     setup,
 };
 use crate::journal::{
@@ -72,9 +73,6 @@ const PULL_BATCH: usize = 256;
 
 /// How long a disabled plugin's lanes may take to finish what they hold before it goes back.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// A takeover stops gathering the previous holder's events after this long without one.
-const GATHER_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a pull request waits on the server. Short: a dead host's pending request would
 /// take new messages meant for the next holder (to be redelivered only after `ack_wait`, after
@@ -445,14 +443,19 @@ impl Puller {
         // What another host had pulled and not acked when it died (or lost the lease): the
         // server redelivers it before anything new, but in the order the deliveries expired,
         // not in stream order. So the first that many messages are gathered and handled in
-        // stream order (for at most two ack waits).
-        let mut takeover = match consumer.get_info().await {
-            Ok(info) => info.num_ack_pending.saturating_sub(lock(&self.state.held).len()),
+        // stream order (for at most two ack waits). Deliveries lost on the way later (a
+        // consumer leader killed, a dropped pull) are put back in order the same way.
+        let (takeover, last_delivery) = match consumer.get_info().await {
+            Ok(info) => (
+                info.num_ack_pending.saturating_sub(lock(&self.state.held).len()),
+                Some(info.delivered.consumer_sequence),
+            ),
             Err(e) => {
                 tracing::debug!(plugin = %self.plugin, "cannot read the consumer's state: {e}");
-                0
+                (0, None)
             }
         };
+        let mut order = Resequencer::new(2 * setup::ACK_WAIT, last_delivery);
         if takeover > 0 {
             tracing::info!(plugin = %self.plugin, events = takeover, "taking over events another host had in flight");
             // Whatever that host had pulled and not given back (its client's buffer, or all of
@@ -463,11 +466,8 @@ impl Puller {
                 () = self.ended() => return Some(lease),
             }
         }
-        let gather_until = tokio::time::Instant::now() + 2 * setup::ACK_WAIT;
-        // Should some of those be acked by their holder still, a while without a message ends
-        // the gathering too.
-        let mut gather_idle = tokio::time::Instant::now() + GATHER_IDLE;
-        let mut gathered: Vec<(u64, jetstream::Message)> = Vec::new();
+        let now = tokio::time::Instant::now();
+        order.expect(takeover, now, now + 2 * setup::ACK_WAIT);
         let mut messages = None;
         loop {
             if messages.is_none() {
@@ -484,11 +484,17 @@ impl Puller {
                     }
                 }
             }
+            let wake = order.wake_at();
             tokio::select! {
                 () = self.ended() => return self.leave(lease).await,
-                () = tokio::time::sleep_until(gather_until.min(gather_idle)), if takeover > 0 => {
-                    takeover = 0;
-                    self.handle_in_order(&mut gathered).await;
+                () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                    let ready = order.wake(tokio::time::Instant::now());
+                    if !order.gathering() && !ready.is_empty() {
+                        tracing::debug!(plugin = %self.plugin, events = ready.len(), "gathered events handed on in stream order");
+                    }
+                    for message in ready {
+                        self.handle(message).await;
+                    }
                 }
                 _ = renew.tick() => {
                     match lease.renew().await {
@@ -513,16 +519,19 @@ impl Puller {
                 }
                 next = async { match messages.as_mut() { Some(m) => m.next().await, None => { tokio::time::sleep(Duration::from_secs(1)).await; None } } } => {
                     match next {
-                        Some(Ok(message)) if takeover > 0 => {
-                            let sequence = message.info().map_or(0, |i| i.stream_sequence);
-                            gathered.push((sequence, message));
-                            gather_idle = tokio::time::Instant::now() + GATHER_IDLE;
-                            takeover -= 1;
-                            if takeover == 0 {
-                                self.handle_in_order(&mut gathered).await;
+                        Some(Ok(message)) => {
+                            let Some(seen) = self.seen(&message) else {
+                                self.handle(message).await;
+                                continue;
+                            };
+                            let (ready, lost) = order.push(seen, message, tokio::time::Instant::now());
+                            if lost > 0 {
+                                tracing::warn!(plugin = %self.plugin, lost, "deliveries from the NATS log never reached this host (a node or a connection failed on the way); later events wait until those come again, so the plugin keeps its order");
+                            }
+                            for message in ready {
+                                self.handle(message).await;
                             }
                         }
-                        Some(Ok(message)) => self.handle(message).await,
                         Some(Err(e)) => {
                             // Leader elections, missed heartbeats: the stream goes on.
                             tracing::debug!(plugin = %self.plugin, "pulling from the NATS log: {e}");
@@ -532,6 +541,34 @@ impl Puller {
                 }
             }
         }
+    }
+
+    /// What the resequencer needs of a message; `None` without delivery info.
+    fn seen(&self, message: &jetstream::Message) -> Option<Seen> {
+        let info = message.info().ok()?;
+        let (id, _) = self.event_id(&message.message, info.stream_sequence);
+        let returning = info.delivered > 1 && !lock(&self.state.held).contains_key(&id);
+        Some(Seen {
+            consumer_sequence: info.consumer_sequence,
+            stream_sequence: info.stream_sequence,
+            returning,
+        })
+    }
+
+    /// The event id a message is delivered under, and whether it is a replay: the stream
+    /// sequence, or a replay's `B24-Event-Id`.
+    fn event_id(&self, message: &async_nats::Message, sequence: u64) -> (u64, bool) {
+        let replay_prefix = format!("b24.{}.replay.", self.link.names.stream);
+        if !message.subject.as_str().starts_with(&replay_prefix) {
+            return (sequence, false);
+        }
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("B24-Event-Id"))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .unwrap_or(sequence);
+        (id, true)
     }
 
     /// The host stops or the plugin was disabled: pulling has stopped; the lease is kept
@@ -588,14 +625,6 @@ impl Puller {
         }
     }
 
-    /// Handles `gathered` in stream order.
-    async fn handle_in_order(&self, gathered: &mut Vec<(u64, jetstream::Message)>) {
-        gathered.sort_by_key(|(sequence, _)| *sequence);
-        for (_, message) in gathered.drain(..) {
-            self.handle(message).await;
-        }
-    }
-
     /// The `skip.<plugin>.*` keys: skips made while no host held the lease.
     async fn load_skips(&self) {
         let Some(store) = &self.shared.common.pending else { return };
@@ -635,8 +664,7 @@ impl Puller {
         let header = |name: &str| {
             message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
         };
-        let replay_prefix = format!("b24.{}.replay.", self.link.names.stream);
-        let is_replay = message.subject.as_str().starts_with(&replay_prefix);
+        let (id, is_replay) = self.event_id(&message, sequence);
         let addressed = header("B24-Plugins")
             .is_some_and(|list| list.split(',').any(|p| p.trim() == self.plugin));
         if !addressed {
@@ -645,17 +673,9 @@ impl Puller {
             }
             return;
         }
-        let id = if is_replay {
-            match header("B24-Event-Id").and_then(|v| v.parse::<u64>().ok()) {
-                Some(id) => {
-                    lock(&self.state.skipped).remove(&id);
-                    id
-                }
-                None => sequence,
-            }
-        } else {
-            sequence
-        };
+        if is_replay {
+            lock(&self.state.skipped).remove(&id);
+        }
         // member and code from the subject, for a dead letter of an unreadable payload.
         let tokens: Vec<&str> = message.subject.as_str().split('.').collect();
         let (member, code) = match tokens.len() {

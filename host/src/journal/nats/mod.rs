@@ -26,6 +26,7 @@ mod hold;
 mod kv;
 mod lease;
 mod report;
+mod resequence;
 mod setup;
 mod spool;
 
