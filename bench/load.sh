@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The load benchmark: one command, all points measured in the same run on this machine.
 #
-#   bench/load.sh [SECONDS]        (default 10 s a point, after a 2 s warm-up)
+#   bench/load.sh [SECONDS] [POINTS]   (default 10 s a point, after a 2 s warm-up; POINTS
+#                                       e.g. "5" measures (1), then only (5); default all)
 #
 # Points: (1) a bare hyper server that reads the body and answers 200; (3) b24-host with the
 # durable journal and no plugins; (4) the same with the audit-log plugin and a second plugin
@@ -18,6 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_POINT=${1:-10}
+POINTS=${2:-345}
+want() { [[ "$POINTS" == *"$1"* ]]; }
 CONNECTIONS=64
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -88,6 +91,17 @@ ticks() {
 cpu_us() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }'; }
 
 NATS_PIDS=()
+NATS_MONITORS=()
+# Messages the cluster's nodes have received so far (clients' and routes', from /varz): a
+# figure of the work per request that the machine's noise does not move.
+nats_msgs() {
+  local total=0 port n
+  for port in "${NATS_MONITORS[@]}"; do
+    n=$(curl -sf "http://127.0.0.1:$port/varz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["in_msgs"])' || echo 0)
+    total=$((total + n))
+  done
+  echo "$total"
+}
 # Starts an N-node JetStream cluster on free loopback ports; sets NATS_URLS (TOML list).
 nats_cluster() { # $1 = nodes
   local n=$1 i ports=() routes="" urls=""
@@ -109,6 +123,7 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
     } > "$dir.conf"
     "$B24_NATS_SERVER" -c "$dir.conf" > "$dir.log" 2>&1 &
     NATS_PIDS+=($!)
+    NATS_MONITORS+=("${ports[$((3*i+2))]}")
     urls="$urls\"nats://127.0.0.1:${ports[$((3*i))]}\", "
   done
   for i in $(seq 0 $((n - 1))); do
@@ -119,7 +134,7 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
   done
   NATS_URLS="[${urls%, }]"
 }
-nats_stop() { kill "${NATS_PIDS[@]}" 2>/dev/null || true; wait "${NATS_PIDS[@]}" 2>/dev/null || true; NATS_PIDS=(); rm -rf "$WORK/nats"; }
+nats_stop() { kill "${NATS_PIDS[@]}" 2>/dev/null || true; wait "${NATS_PIDS[@]}" 2>/dev/null || true; NATS_PIDS=(); NATS_MONITORS=(); rm -rf "$WORK/nats"; }
 
 # Peak RSS of the server and of its children (the runners in process mode).
 peak_rss_mib() {
@@ -136,6 +151,7 @@ peak_rss_mib() {
 measure() { # $1 = close (0/1)
   CLOSE=$1 wrk -t2 -c$CONNECTIONS -d2s -s bench/post.lua "$URL" > /dev/null
   ticks "$PID" > "$WORK/ticks0"; ticks "${NATS_PIDS[@]}" > "$WORK/nats_ticks0"
+  [ ${#NATS_MONITORS[@]} -gt 0 ] && nats_msgs > "$WORK/nats_msgs0"
   CLOSE=$1 wrk -t2 -c$CONNECTIONS -d"${SECONDS_PER_POINT}s" --latency -s bench/post.lua "$URL" > "$WORK/wrk.txt"
   awk '/requests in/ {print $1}' "$WORK/wrk.txt" > "$WORK/requests"
   local rps p50 p99
@@ -171,31 +187,35 @@ point_cpu() {
   cpu_us $(( $(ticks "$PID") - $(cat "$WORK/ticks0") )) "$n"
   if [ ${#NATS_PIDS[@]} -gt 0 ]; then
     printf ' '; cpu_us $(( $(ticks "${NATS_PIDS[@]}") - $(cat "$WORK/nats_ticks0") )) "$n"
+    printf ' '; awk -v a="$(nats_msgs)" -v b="$(cat "$WORK/nats_msgs0")" -v n="$n" 'BEGIN {printf "%.1f", (a-b)/n}'
   fi
   echo
 }
 
-row() { # name rps p50 p99 rss cpu [drain] [nats cpu]
+row() { # name rps p50 p99 rss cpu [drain] [nats cpu] [nats msgs]
   printf '%-46s %9.0f %7s %7s %8s %6.2f %7s %6.1f %7s %s\n' "$1" "$2" "$3" "$4" "$5" \
     "$(awk -v a="$2" -v b="$base" 'BEGIN {print a/b}')" "$6" \
-    "$(awk -v a="$6" -v b="$base_cpu" 'BEGIN {print (b > 0 ? a/b : 0)}')" "${7:--}" "${8:+nats $8 us/req}"
+    "$(awk -v a="$6" -v b="$base_cpu" 'BEGIN {print (b > 0 ? a/b : 0)}')" "${7:--}" "${8:+nats $8 us/req, $9 msgs/req}"
 }
 
 printf '%s\n' "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t2 -c$CONNECTIONS, ${SECONDS_PER_POINT}s a point"
 printf '%-46s %9s %7s %7s %8s %6s %7s %6s %7s\n' point "req/s" "p50 ms" "p99 ms" "RSS MiB" ratio "CPU us" "x(1)" "drain s"
 for close in 0 1; do
+  [ "$close" = 1 ] && ! want 3 && ! want 4 && break
   mode=$([ "$close" = 1 ] && echo "new connection per request" || echo "keep-alive")
   echo "-- $mode"
   start "$PWD/$BIN/bare-hyper" 127.0.0.1:0
   read -r base p50 p99 < <(measure "$close"); base_cpu=$(point_cpu); rss=$(peak_rss_mib); stop
   row "(1) bare hyper" "$base" "$p50" "$p99" "$rss" "$base_cpu"
 
-  config "" > "$WORK/host.toml"
-  start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
-  read -r rps p50 p99 < <(measure "$close"); cpu=$(point_cpu); rss=$(peak_rss_mib); stop
-  row "(3) durable journal, no plugins" "$rps" "$p50" "$p99" "$rss" "$cpu"
+  if want 3; then
+    config "" > "$WORK/host.toml"
+    start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
+    read -r rps p50 p99 < <(measure "$close"); cpu=$(point_cpu); rss=$(peak_rss_mib); stop
+    row "(3) durable journal, no plugins" "$rps" "$p50" "$p99" "$rss" "$cpu"
+  fi
 
-  for isolation in in-process process; do
+  want 4 && for isolation in in-process process; do
     config '"audit-log", "probe"' "$isolation" > "$WORK/host.toml"
     start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
     read -r rps p50 p99 < <(measure "$close"); drain=$(drain_seconds); cpu=$(point_cpu); rss=$(peak_rss_mib); stop
@@ -203,6 +223,7 @@ for close in 0 1; do
   done
 
   [ "$close" = 0 ] || continue
+  want 5 || continue
   for nodes in 1 3; do
     nats_cluster "$nodes" || break
     for plugins in '' '"audit-log", "probe"'; do
@@ -211,8 +232,8 @@ for close in 0 1; do
       start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
       read -r rps p50 p99 < <(measure "$close")
       drain=-; [ -n "$plugins" ] && drain=$(drain_seconds)
-      read -r cpu ncpu < <(point_cpu); rss=$(peak_rss_mib); stop
-      row "(5) nats R$nodes$([ -n "$plugins" ] && echo ", audit-log + probe" || echo ", no plugins")" "$rps" "$p50" "$p99" "$rss" "$cpu" "$drain" "$ncpu"
+      read -r cpu ncpu nmsgs < <(point_cpu); rss=$(peak_rss_mib); stop
+      row "(5) nats R$nodes$([ -n "$plugins" ] && echo ", audit-log + probe" || echo ", no plugins")" "$rps" "$p50" "$p99" "$rss" "$cpu" "$drain" "$ncpu" "$nmsgs"
     done
     nats_stop
   done
