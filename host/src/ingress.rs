@@ -200,6 +200,8 @@ impl Ingress {
                     // The portal's offline queue has rows, or the host just got the tokens to
                     // read it: pull now, not at the next interval.
                     self.pollers.wake(&event.auth.member_id);
+                    // With several hosts, the portal's poller may be on another one.
+                    self.journal.announce_offline_rows(&event.auth.member_id).await;
                 }
                 if let Some(tokens) = StoredTokens::from_event(&event).filter(|_| !exchanged) {
                     // The portal's OAuth tokens, for REST calls on its behalf later.

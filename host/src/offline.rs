@@ -22,7 +22,8 @@
 //! the journal's lease `offline.<member>` (renewed while it polls, released at stop); a host
 //! not holding it waits for it to be given up or to expire, then takes over (the stored
 //! `process_id` is shared, so it resumes the batch). An `ONOFFLINEEVENT` that reaches a host
-//! not polling the portal does not wake the holder, which pulls at its next interval.
+//! not polling the portal wakes the holder through the log's connection
+//! (`Journal::announce_offline_rows`).
 //!
 //! The queue is the portal's connector queue: the REST client adds the portal's
 //! `auth_connector` to every call. Who receives a row is decided by the live [`Router`].
@@ -119,6 +120,19 @@ impl Pollers {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(tokio::spawn(poller.run(wake)));
+        }
+        // With a shared log: other hosts' ONOFFLINEEVENTs for the portals polled here.
+        let wakes = if pollers.wakers.is_empty() { None } else { journal.offline_wakes() };
+        if let Some(mut wakes) = wakes {
+            let wakers = pollers.wakers.clone();
+            let task = tokio::spawn(async move {
+                while let Some(member) = wakes.recv().await {
+                    if let Some(wake) = wakers.get(&member) {
+                        wake.notify_one();
+                    }
+                }
+            });
+            pollers.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
         }
         pollers
     }

@@ -41,6 +41,18 @@ pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::
 /// Runs `request` against the journal of `config`'s host and prints the answer.
 pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if matches!(request, Request::OfflineStatus | Request::OfflineBind { .. }) {
+        // The pollers, tokens and REST client live in the running host, on either backend (on
+        // NATS this command could open the shared log itself, but the log is not the host).
+        let response =
+            runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
+                anyhow::anyhow!(
+                    "offline status and bind need the running host (its pollers, tokens and REST \
+                 client), and {e}"
+                )
+            })?;
+        return output(&response, json);
+    }
     let response =
         match runtime.block_on(Journal::open_for_command(&config.state_dir, &config.journal)) {
             Ok((journal, writer)) => {
@@ -56,11 +68,16 @@ pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<Exit
             }
             Err(e) => return Err(e.into()),
         };
+    output(&response, json)
+}
+
+/// Prints `response` as JSON or for people.
+fn output(response: &Response, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&response)?);
+        println!("{}", serde_json::to_string_pretty(response)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print(&response)
+    print(response)
 }
 
 fn age(ms: i64) -> String {

@@ -259,6 +259,24 @@ impl Journal {
         }
     }
 
+    /// Tells the offline pollers of the other hosts sharing the log that `member_id`'s queue
+    /// has rows (an `ONOFFLINEEVENT` or an install reached this host; the portal's poller may
+    /// run on another). Nothing on the embedded backend: this host's poller is the only one.
+    pub async fn announce_offline_rows(&self, member_id: &str) {
+        if let Backend::Nats(j) = &self.backend {
+            j.announce_offline_rows(member_id).await;
+        }
+    }
+
+    /// The portals whose offline queue other hosts announced (see
+    /// [`Journal::announce_offline_rows`]). `None` on the embedded backend.
+    pub fn offline_wakes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::Nats(j) => Some(j.offline_wakes()),
+        }
+    }
+
     /// A portal's stored OAuth tokens (JSON) read now, with the revision to give
     /// [`Journal::replace_oauth`].
     pub async fn oauth_entry(&self, member_id: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {

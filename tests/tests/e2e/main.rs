@@ -19,6 +19,7 @@ mod loading;
 mod nats_auth;
 mod nats_journal;
 mod nats_multi;
+mod nats_offline;
 mod offline;
 mod operator;
 mod ops;

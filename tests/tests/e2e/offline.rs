@@ -32,7 +32,7 @@ fn installed_on(portal: &FakePortal, poll_ms: u64) -> (HostDir, RunningHost) {
 
 /// host.toml polling `portal` every `poll_ms`, with `enabled` plugins, `portal_keys` in the
 /// portal's table and `offline_keys` in its offline table.
-fn offline_config(
+pub(crate) fn offline_config(
     portal: &FakePortal,
     poll_ms: u64,
     enabled: &[&str],
@@ -50,7 +50,7 @@ fn offline_config(
 }
 
 /// The poller's status of the fixtures' portal, as `offline status --json` shows it.
-fn offline_status(dir: &HostDir) -> Value {
+pub(crate) fn offline_status(dir: &HostDir) -> Value {
     let out = dir.run_cli(&["offline", "status", "--config", "host.toml", "--json"]);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     status["portals"][0].clone()
@@ -115,7 +115,7 @@ fn rows_past_a_failed_clear(
     rows
 }
 
-fn push_rows(portal: &FakePortal, n: u64, first_field: u64) -> BTreeSet<String> {
+pub(crate) fn push_rows(portal: &FakePortal, n: u64, first_field: u64) -> BTreeSet<String> {
     (0..n)
         .map(|i| {
             let id = first_field + i;
@@ -129,7 +129,7 @@ fn push_rows(portal: &FakePortal, n: u64, first_field: u64) -> BTreeSet<String> 
 }
 
 /// Offline deliveries the probe recorded, by message id (with repeats).
-fn delivered(dir: &HostDir) -> Vec<String> {
+pub(crate) fn delivered(dir: &HostDir) -> Vec<String> {
     dir.read_lines_lenient("probe.jsonl")
         .iter()
         .filter(|l| l["origin"] == "Offline")

@@ -29,6 +29,7 @@ mod report;
 mod resequence;
 mod setup;
 mod spool;
+mod wake;
 
 use std::{path::Path, sync::Arc};
 
@@ -215,6 +216,16 @@ impl Nats {
     /// This host's id on the log (lease holders name it).
     pub fn host_id(&self) -> &str {
         &self.inner.link.host_id
+    }
+
+    /// See `Journal::announce_offline_rows` (wake.rs).
+    pub async fn announce_offline_rows(&self, member_id: &str) {
+        wake::announce(&self.inner.link, member_id).await;
+    }
+
+    /// See `Journal::offline_wakes` (wake.rs).
+    pub fn offline_wakes(&self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        wake::listen(&self.inner.link)
     }
 
     /// See `Journal::save_oauth` (kv.rs).
