@@ -104,6 +104,9 @@ fn check_log(config: &Config) -> Result<(), String> {
             );
         }
     }
+    for warning in idle_consumers(&report, &config.plugins.enabled) {
+        eprintln!("warning: journal (nats): {warning}");
+    }
     for peer in report.stream.iter().flat_map(|s| &s.peers) {
         if peer.offline || !peer.current {
             eprintln!(
@@ -117,6 +120,27 @@ fn check_log(config: &Config) -> Result<(), String> {
         return Err("journal (nats): the events stream has no leader (an election, or too few nodes up for its quorum)".into());
     }
     Ok(())
+}
+
+/// Consumers of plugins this host.toml does not enable. With interest retention such a
+/// consumer keeps every event addressed to its plugin in the log until it is acked: fine while
+/// another host runs the plugin or it is paused, but a plugin gone for good makes the stream
+/// grow until its limits refuse appends (then every host spools).
+fn idle_consumers(report: &crate::journal::admin::LogReport, enabled: &[String]) -> Vec<String> {
+    let stream = report.stream.as_ref().map_or("<stream>", |s| s.name.as_str());
+    report
+        .consumers
+        .iter()
+        .filter(|c| c.exists && !enabled.contains(&c.plugin))
+        .map(|c| {
+            format!(
+                "plugin {} is not enabled here, but its consumer keeps the events addressed to it \
+                 in the log ({} pending); if no host runs it any more, delete the consumer \
+                 (`nats consumer rm {stream} {stream}_{}`) so the log can let them go",
+                c.plugin, c.pending, c.plugin
+            )
+        })
+        .collect()
 }
 
 /// The report of a shared log, as `check` prints it.
@@ -264,6 +288,16 @@ mod tests {
             text.contains("consumer probe: 4 pending, 1 ack pending, 1 redelivered, leader n1")
         );
         assert!(text.contains("consumer new: not created yet"), "{text}");
+        let idle = idle_consumers(&report, &["new".to_owned()]);
+        assert_eq!(idle.len(), 1, "{idle:?}");
+        assert!(
+            idle[0].starts_with("plugin probe is not enabled here")
+                && idle[0].contains("(4 pending)")
+                && idle[0].contains("nats consumer rm B24_EVENTS B24_EVENTS_probe"),
+            "{}",
+            idle[0]
+        );
+        assert!(idle_consumers(&report, &["probe".to_owned(), "new".to_owned()]).is_empty());
         let none = describe(&LogReport { dead: ("D".into(), None), ..LogReport::default() });
         assert!(none.contains("stream: not created yet") && none.contains("D: not created yet"));
     }
