@@ -421,10 +421,18 @@ fn the_consumer_leader_killed_under_load_keeps_every_plugins_order() {
     let non_200 = sent.non_200(None);
     assert!(non_200.is_empty(), "requests not answered 200: {non_200:?}");
     for (name, host) in [("A", &a), ("B", &b)] {
+        let log = host.log_text();
         println!(
             "{test}: host {name} saw {} gaps in its deliveries (put back in order)",
-            host.log_text().matches("never reached this host").count()
+            log.matches("never reached this host").count()
         );
+        for line in log.lines().filter(|l| {
+            ["lease", "taking over", "never reached", "consumer's state", "handed on"]
+                .iter()
+                .any(|k| l.contains(k))
+        }) {
+            println!("{test}: host {name}: {line}");
+        }
     }
     check_delivery(test, &[&dir_a, &dir_b], &sent, non_200.len());
     assert!(a.stop() && b.stop(), "the hosts did not stop cleanly");

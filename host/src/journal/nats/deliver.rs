@@ -54,7 +54,7 @@ use super::{
     connect::{Link, subject_token},
     dead,
     lease::{Lease, Leases},
-    resequence::{Resequencer, Seen},
+    resequence::{Mark, Recent, Resequencer, Seen},
     setup,
 };
 use crate::journal::{
@@ -70,6 +70,15 @@ const PROGRESS: Duration = Duration::from_secs(2);
 
 /// Messages one pull request asks for.
 const PULL_BATCH: usize = 256;
+
+/// Messages whose fate this host remembers (`Recent`): enough for every message in flight
+/// (`max_ack_pending` is 1024) many times over.
+const RECENT: usize = 65_536;
+
+/// How long delivery waits for lost deliveries to come back after a gap before going on
+/// without them: a new consumer leader's election, their ack wait running out, and a pull
+/// request lost with the old leader being sent again (async-nats does after its expiry + 5 s).
+const GAP_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a disabled plugin's lanes may take to finish what they hold before it goes back.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -219,6 +228,8 @@ async fn read_state(
 /// A message held for the plugin's outcome.
 struct Held {
     acker: Arc<Acker>,
+    /// Its place in the stream (a replay's differs from its event id).
+    sequence: u64,
     member: String,
     code: String,
     payload: Bytes,
@@ -231,12 +242,30 @@ struct Held {
 }
 
 /// One plugin's delivery state on this host.
-#[derive(Default)]
 struct Plugin {
     held: Mutex<HashMap<u64, Held>>,
+    /// What this host did with the latest messages, by stream sequence.
+    recent: Mutex<Recent>,
     skipped: Mutex<HashSet<u64>>,
     /// Buried before the message came (by the crash count at start): buried when it comes.
     doomed: Mutex<HashMap<u64, DeadLetter>>,
+}
+
+impl Default for Plugin {
+    fn default() -> Plugin {
+        Plugin {
+            held: Mutex::default(),
+            recent: Mutex::new(Recent::new(RECENT)),
+            skipped: Mutex::default(),
+            doomed: Mutex::default(),
+        }
+    }
+}
+
+impl Plugin {
+    fn mark(&self, sequence: u64, mark: Mark) {
+        lock(&self.recent).mark(sequence, mark);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -455,7 +484,7 @@ impl Puller {
                 (0, None)
             }
         };
-        let mut order = Resequencer::new(2 * setup::ACK_WAIT, last_delivery);
+        let mut order = Resequencer::new(GAP_WAIT, last_delivery);
         if takeover > 0 {
             tracing::info!(plugin = %self.plugin, events = takeover, "taking over events another host had in flight");
             // Whatever that host had pulled and not given back (its client's buffer, or all of
@@ -546,8 +575,12 @@ impl Puller {
     /// What the resequencer needs of a message; `None` without delivery info.
     fn seen(&self, message: &jetstream::Message) -> Option<Seen> {
         let info = message.info().ok()?;
-        let (id, _) = self.event_id(&message.message, info.stream_sequence);
-        let returning = info.delivered > 1 && !lock(&self.state.held).contains_key(&id);
+        let returning = {
+            let mut recent = lock(&self.state.recent);
+            let returning = info.delivered > 1 && recent.get(info.stream_sequence).is_none();
+            recent.mark(info.stream_sequence, Mark::Received);
+            returning
+        };
         Some(Seen {
             consumer_sequence: info.consumer_sequence,
             stream_sequence: info.stream_sequence,
@@ -660,6 +693,21 @@ impl Puller {
             }
         };
         let (message, acker) = message.split();
+        if delivered > 1 {
+            // Finished here already; the ack (or termination) was lost (a consumer leader
+            // killed): say it again rather than deliver it again.
+            let again = match lock(&self.state.recent).get(sequence) {
+                Some(Mark::Acked) => Some(AckKind::Ack),
+                Some(Mark::Terminated) => Some(AckKind::Term),
+                _ => None,
+            };
+            if let Some(kind) = again {
+                if let Err(e) = acker.ack_with(kind).await {
+                    tracing::debug!(plugin = %self.plugin, "cannot acknowledge a finished event again: {e}");
+                }
+                return;
+            }
+        }
         let acker = Arc::new(acker);
         let header = |name: &str| {
             message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
@@ -668,6 +716,7 @@ impl Puller {
         let addressed = header("B24-Plugins")
             .is_some_and(|list| list.split(',').any(|p| p.trim() == self.plugin));
         if !addressed {
+            self.state.mark(sequence, Mark::Acked);
             if let Err(e) = acker.ack().await {
                 tracing::debug!(plugin = %self.plugin, "cannot ack an event for other plugins: {e}");
             }
@@ -684,6 +733,7 @@ impl Puller {
         };
         if lock(&self.state.skipped).remove(&id) {
             // Already a dead letter (journal skip).
+            self.state.mark(sequence, Mark::Terminated);
             let _ = acker.ack_with(AckKind::Term).await;
             self.forget_skip(id).await;
             return;
@@ -704,6 +754,7 @@ impl Puller {
         };
         let held = Held {
             acker,
+            sequence,
             member,
             code,
             payload,
@@ -792,6 +843,9 @@ impl Reporter {
             return false;
         }
         let held = lock(&self.state.held).remove(&id);
+        if let Some(held) = &held {
+            self.state.mark(held.sequence, Mark::Terminated);
+        }
         let (store, key) = (self.shared.common.pending.clone(), skip_key(&self.plugin, id));
         self.shared.outcome(async move {
             if let Some(held) = held {
@@ -806,6 +860,7 @@ impl Reporter {
 
     pub fn complete(&self, id: u64) {
         let Some(held) = lock(&self.state.held).remove(&id) else { return };
+        self.state.mark(held.sequence, Mark::Acked);
         let skipped = lock(&self.state.skipped).remove(&id);
         let store = self.shared.common.pending.clone();
         let plugin = self.plugin.clone();
@@ -895,6 +950,7 @@ impl Reporter {
                 }
             }
             let Some(held) = lock(&this.state.held).remove(&id) else { return };
+            this.state.mark(held.sequence, Mark::Terminated);
             if let Err(e) = held.acker.ack_with(AckKind::Term).await {
                 tracing::debug!(plugin = %this.plugin, event_id = id, "cannot terminate a buried event: {e}");
             }

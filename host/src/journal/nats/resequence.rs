@@ -20,6 +20,12 @@
 //! purged); then everything gathered is handed out sorted by stream sequence. A consumer
 //! sequence lower than the last one (a new consumer leader whose replicated state lagged)
 //! is no gap: the new leader delivers again from its own position, in order.
+//!
+//! [`Recent`] remembers what this host did with the latest messages (received, acked,
+//! terminated): a repeat of a received message is not one of the lost ones coming back (a
+//! gathered message's ack wait runs out too; an ack lost with a killed leader brings a
+//! finished message back), and a finished one is acknowledged again instead of delivered
+//! again.
 
 use std::time::Duration;
 
@@ -36,8 +42,9 @@ pub(super) struct Seen {
     pub consumer_sequence: u64,
     /// The message's place in the stream.
     pub stream_sequence: u64,
-    /// A repeated delivery (`delivered > 1`) of a message this host does not hold: one of the
-    /// lost deliveries coming back.
+    /// A repeated delivery (`delivered > 1`) of a message this host never received: one of
+    /// the lost deliveries coming back (a repeat of one it received, held or finished, is
+    /// not).
     pub returning: bool,
 }
 
@@ -156,6 +163,59 @@ impl<T> Resequencer<T> {
     }
 }
 
+/// The stream sequences of the latest `capacity` messages with a mark each (oldest forgotten
+/// first): which messages this host received, and which it finished (acked or terminated), so
+/// that a repeat is told from a lost delivery coming back, and a finished message whose ack
+/// was lost is acked again instead of delivered again.
+pub(super) struct Recent {
+    marks: std::collections::HashMap<u64, Mark>,
+    order: std::collections::VecDeque<u64>,
+    capacity: usize,
+}
+
+/// What this host did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mark {
+    Received,
+    Acked,
+    Terminated,
+}
+
+impl Recent {
+    pub fn new(capacity: usize) -> Recent {
+        Recent {
+            marks: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            capacity,
+        }
+    }
+
+    pub fn get(&self, sequence: u64) -> Option<Mark> {
+        self.marks.get(&sequence).copied()
+    }
+
+    /// Marks `sequence`; a later mark replaces an earlier one, except that `Received` never
+    /// replaces a finished mark.
+    pub fn mark(&mut self, sequence: u64, mark: Mark) {
+        match self.marks.get_mut(&sequence) {
+            Some(old) => {
+                if mark != Mark::Received {
+                    *old = mark;
+                }
+            }
+            None => {
+                if self.order.len() == self.capacity {
+                    if let Some(oldest) = self.order.pop_front() {
+                        self.marks.remove(&oldest);
+                    }
+                }
+                self.marks.insert(sequence, mark);
+                self.order.push_back(sequence);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -251,6 +311,21 @@ mod tests {
         // The takeover got its one; a gap of one right after gathers again.
         assert!(r.push(seen(7, 10, false), 10, now).0.is_empty());
         assert_eq!(r.push(seen(8, 9, true), 9, now).0, vec![9, 10]);
+    }
+
+    #[test]
+    fn recent_keeps_the_latest_marks_and_never_unfinishes_a_message() {
+        let mut recent = Recent::new(3);
+        recent.mark(1, Mark::Received);
+        recent.mark(1, Mark::Acked);
+        recent.mark(1, Mark::Received);
+        assert_eq!(recent.get(1), Some(Mark::Acked));
+        recent.mark(2, Mark::Received);
+        recent.mark(3, Mark::Terminated);
+        recent.mark(4, Mark::Received);
+        assert_eq!(recent.get(1), None, "the oldest is forgotten");
+        assert_eq!(recent.get(3), Some(Mark::Terminated));
+        assert_eq!(recent.get(4), Some(Mark::Received));
     }
 
     proptest! {
