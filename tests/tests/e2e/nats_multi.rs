@@ -305,15 +305,19 @@ fn host_leaves_under_load(test: &str, kill: bool) {
     assert!(b.stop());
 }
 
-/// The stream leader of `B24_EVENTS`, from the stream's info (as `b24-host check` reads it).
-fn stream_leader(cluster: &NatsCluster) -> Option<String> {
+/// The node leading `B24_EVENTS` (`consumer` `None`, from the stream's info, as `b24-host
+/// check` reads it) or its consumer `consumer`.
+fn leader(cluster: &NatsCluster, consumer: Option<&str>) -> Option<String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     runtime.block_on(async {
         let client = async_nats::connect(cluster.urls()).await.ok()?;
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream("B24_EVENTS").await.ok()?;
-        let info = stream.info().await.ok()?;
-        info.cluster.as_ref().and_then(|c| c.leader.clone())
+        let cluster = match consumer {
+            Some(name) => stream.consumer_info(name).await.ok()?.cluster.clone(),
+            None => stream.info().await.ok()?.cluster.clone(),
+        };
+        cluster.and_then(|c| c.leader)
     })
 }
 
@@ -327,7 +331,7 @@ fn the_stream_leader_killed_under_load_costs_no_request_and_loses_nothing() {
     let alive = Arc::new(vec![AtomicBool::new(true), AtomicBool::new(true)]);
     let load = Load::start(targets(&[&a, &b]), alive, 4, 7);
     load.wait_sent(200);
-    let leader_name = eventually(Duration::from_secs(10), || stream_leader(&cluster))
+    let leader_name = eventually(Duration::from_secs(10), || leader(&cluster, None))
         .expect("the stream's leader from the monitor endpoint");
     let leader = cluster.node_named(&leader_name).expect("the leader is one of ours");
     let at_kill = load.sent.len();
@@ -378,18 +382,6 @@ fn the_stream_leader_killed_under_load_costs_no_request_and_loses_nothing() {
     assert!(a.stop() && b.stop(), "the hosts did not stop cleanly");
 }
 
-/// The leader of `consumer` of `B24_EVENTS`, from the consumer's info.
-fn consumer_leader(cluster: &NatsCluster, consumer: &str) -> Option<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-    runtime.block_on(async {
-        let client = async_nats::connect(cluster.urls()).await.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream("B24_EVENTS").await.ok()?;
-        let info = stream.consumer_info(consumer).await.ok()?;
-        info.cluster.as_ref().and_then(|c| c.leader.clone())
-    })
-}
-
 /// The node leading the probe's consumer is SIGKILLed while the probe (slow) has a backlog
 /// and messages on the way: deliveries that node had sent may never arrive, and come again
 /// only after their ack wait, behind newer ones. The delivering host must still hand the
@@ -406,7 +398,7 @@ fn the_consumer_leader_killed_under_load_keeps_every_plugins_order() {
     let load = Load::start(targets(&[&a, &b]), alive, 4, 0);
     load.wait_sent(300);
     let leader_name =
-        eventually(Duration::from_secs(10), || consumer_leader(&cluster, "B24_EVENTS_probe"))
+        eventually(Duration::from_secs(10), || leader(&cluster, Some("B24_EVENTS_probe")))
             .expect("the probe consumer's leader from its info");
     let leader = cluster.node_named(&leader_name).expect("the leader is one of ours");
     let at_kill = load.sent.len();
