@@ -549,7 +549,12 @@ fn dead_row(stored: Stored) -> DeadRow {
 
 /// Dead letters, `plugin`'s only when given.
 pub(super) async fn dead(link: &Link, plugin: Option<String>) -> Result<Vec<DeadRow>, StoreError> {
-    Ok(walk_dead(link, plugin.as_deref()).await?.into_iter().map(dead_row).collect())
+    let mut rows: Vec<DeadRow> =
+        walk_dead(link, plugin.as_deref()).await?.into_iter().map(dead_row).collect();
+    // By plugin, then event id, as the embedded journal lists them: the stream holds them in
+    // the order they were buried, and two lanes' (or one lane's batch's) burials race.
+    rows.sort_by(|a, b| (&a.plugin, a.id).cmp(&(&b.plugin, b.id)));
+    Ok(rows)
 }
 
 /// The selected dead letters.
