@@ -143,8 +143,11 @@ fn with_an_admin_token_the_browser_logs_in_with_an_http_only_cookie_acts_and_log
     assert!(report.contains("\"reloaded\"") && report.contains("\"failed\": []"), "{report}");
     assert!(!browser.source().contains(ADMIN_TOKEN), "the admin token is in the page");
 
-    // Logging out ends the session: the next page asks for the token again.
+    // Logging out ends the session: the next page asks for the token again. The logout's own
+    // answer (a redirect to the login form) comes first: navigating away at once could cancel
+    // the form's POST before it reached the host.
     browser.click("#logout");
+    browser.wait_for("input#token[type=password]");
     browser.goto(&format!("{console}/"));
     browser.wait_for("input#token[type=password]");
     assert!(browser.text("#plugin-stats").is_none());
