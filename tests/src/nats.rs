@@ -385,3 +385,23 @@ impl Drop for NatsCluster {
         }
     }
 }
+
+/// Retries a set-up request for up to 60 s: a fresh cluster on a loaded CI machine can time
+/// out a stream's creation or answer that a peer is offline while its nodes still meet, as
+/// the host's own set-up allows for (it retries too).
+pub async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut request: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match request().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() < deadline => {
+                println!("{what}: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use async_nats::{
     header::NATS_MESSAGE_ID,
     jetstream::{self, consumer, context::PublishAckFuture, message::PublishMessage, stream},
 };
-use b24_tests::nats::{NatsCluster, NatsOptions, cluster_or_skip};
+use b24_tests::nats::{NatsCluster, NatsOptions, cluster_or_skip, patiently};
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
 const STREAM: &str = "B24_EVENTS";
@@ -119,8 +119,8 @@ fn r3_stream_dedups_and_loses_nothing_acked_when_the_stream_leader_is_killed() {
 
 async fn scenario(cluster: &mut NatsCluster) {
     let admin = jetstream::new(async_nats::connect(cluster.urls()).await.expect("connect"));
-    let mut events = admin
-        .create_stream(stream::Config {
+    let mut events = patiently("create the R3 stream", || {
+        admin.get_or_create_stream(stream::Config {
             name: STREAM.into(),
             subjects: vec!["b24.events.>".into()],
             num_replicas: 3,
@@ -128,8 +128,8 @@ async fn scenario(cluster: &mut NatsCluster) {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         })
-        .await
-        .expect("create the R3 stream");
+    })
+    .await;
     let info = events.info().await.expect("stream info");
     assert_eq!(info.config.num_replicas, 3);
     let leader_name = info.cluster.as_ref().and_then(|c| c.leader.clone()).expect("stream leader");

@@ -14,7 +14,7 @@ use b24_host::journal::{
     checksum,
     record::{EventMeta, EventRecord, Format, Source},
 };
-use b24_tests::nats::{NatsCluster, NatsOptions, cluster_or_skip};
+use b24_tests::nats::{NatsCluster, NatsOptions, cluster_or_skip, patiently};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -31,52 +31,59 @@ fn runtime() -> tokio::runtime::Runtime {
 /// new, R3), the dead letters' stream, the bucket of retry states and skips, and a durable
 /// pull consumer per plugin reading the events and its own replays.
 async fn set_up_log(js: &Context, plugins: &[&str]) {
-    js.get_or_create_stream(stream::Config {
-        name: S.into(),
-        subjects: vec![format!("b24.{S}.events.>"), format!("b24.{S}.replay.>")],
-        storage: stream::StorageType::File,
-        num_replicas: 3,
-        duplicate_window: Duration::from_secs(120),
-        retention: stream::RetentionPolicy::Interest,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
+    patiently("events stream", || {
+        js.get_or_create_stream(stream::Config {
+            name: S.into(),
+            subjects: vec![format!("b24.{S}.events.>"), format!("b24.{S}.replay.>")],
+            storage: stream::StorageType::File,
+            num_replicas: 3,
+            duplicate_window: Duration::from_secs(120),
+            retention: stream::RetentionPolicy::Interest,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
     })
-    .await
-    .expect("events stream");
-    js.get_or_create_stream(stream::Config {
-        name: format!("{S}_DEAD"),
-        subjects: vec![format!("b24.{S}.dead.>")],
-        storage: stream::StorageType::File,
-        num_replicas: 3,
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
+    .await;
+    patiently("dead letters stream", || {
+        js.get_or_create_stream(stream::Config {
+            name: format!("{S}_DEAD"),
+            subjects: vec![format!("b24.{S}.dead.>")],
+            storage: stream::StorageType::File,
+            num_replicas: 3,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
     })
-    .await
-    .expect("dead letters stream");
-    js.create_key_value(kv::Config {
-        bucket: format!("{S}_pending"),
-        history: 1,
-        num_replicas: 3,
-        ..Default::default()
+    .await;
+    patiently("pending bucket", || {
+        js.create_key_value(kv::Config {
+            bucket: format!("{S}_pending"),
+            history: 1,
+            num_replicas: 3,
+            ..Default::default()
+        })
     })
-    .await
-    .expect("pending bucket");
-    let events = js.get_stream(S).await.expect("events stream");
+    .await;
+    let events = patiently("events stream", || js.get_stream(S)).await;
     for plugin in plugins {
-        events
-            .create_consumer(pull::Config {
-                durable_name: Some(format!("{S}_{plugin}")),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                max_ack_pending: 1,
-                filter_subjects: vec![
-                    format!("b24.{S}.events.>"),
-                    format!("b24.{S}.replay.{plugin}.>"),
-                ],
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
+        let name = format!("{S}_{plugin}");
+        patiently("consumer", || {
+            events.get_or_create_consumer::<pull::Config>(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    max_ack_pending: 1,
+                    filter_subjects: vec![
+                        format!("b24.{S}.events.>"),
+                        format!("b24.{S}.replay.{plugin}.>"),
+                    ],
+                    ..Default::default()
+                },
+            )
+        })
+        .await;
     }
 }
 
