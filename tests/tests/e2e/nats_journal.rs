@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{
-    self, AckKind, consumer::pull, context::Context, kv, message::PublishMessage, stream,
+    self, AckKind, consumer::pull, context::Context, kv, message::PublishMessage,
+    publish::PublishAck, stream,
 };
 use b24_host::journal::{
     admin::SKIPPED,
@@ -117,7 +118,20 @@ async fn publish_event(js: &Context, field: u64, plugins: &str) -> u64 {
         .payload(payload(field))
         .message_id(format!("key{field}"))
         .header("B24-Plugins", plugins);
-    js.send_publish(subject, message).await.unwrap().await.expect("acked").sequence
+    publish_patiently(js, &subject, message).await.sequence
+}
+
+/// Publishes until the log acknowledges (the same `Nats-Msg-Id` each time, so stored once): a
+/// stream just created on a fresh cluster may answer "no stream found" from a server its
+/// interest has not reached yet, as the hosts' own appends and burials retry.
+async fn publish_patiently(js: &Context, subject: &str, message: PublishMessage) -> PublishAck {
+    patiently(subject, || async {
+        match js.send_publish(subject.to_owned(), message.clone()).await {
+            Ok(ack) => ack.await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
 }
 
 /// Stores `plugin`'s dead letter of event `id` as a host's `Reporter::bury` does (the host
@@ -134,7 +148,7 @@ async fn bury(js: &Context, plugin: &str, id: u64, reason: &str, attempts: u32) 
         .header("B24-Reason", reason)
         .header("B24-Attempts", attempts.to_string())
         .header("B24-At-Ms", now_ms().to_string());
-    js.send_publish(subject, dead).await.unwrap().await.expect("dead letter acked");
+    publish_patiently(js, &subject, dead).await;
 }
 
 /// Takes the consumer's next message of `plugin` and ends it with `ack`: (sequence, event id
@@ -207,7 +221,10 @@ fn dead_letters_replay_purge_and_skip_through_journal_commands_on_the_shared_log
     // A failed attempt's retry state, as the delivering host writes it, counts as retrying;
     // finished, the host deletes it.
     let bucket = rt.block_on(js.get_key_value(format!("{S}_pending"))).unwrap();
-    rt.block_on(bucket.put("probe.4", Bytes::from_static(b"{\"attempts\":2}"))).unwrap();
+    // (Patiently: the bucket's first write on a fresh cluster, as in `publish_patiently`.)
+    rt.block_on(patiently("retry state", || {
+        bucket.put("probe.4", Bytes::from_static(b"{\"attempts\":2}"))
+    }));
     assert_eq!(dir.stats()["probe"], (1, 1, 2), "event 4 failed once: retrying");
     rt.block_on(bucket.delete("probe.4")).unwrap();
     let answer = dir.journal(&["stats"]);
