@@ -525,9 +525,15 @@ pub const TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
 /// Builds a plugin crate outside the workspace, as a plugin author would: `manifest` as its
 /// Cargo.toml and `lib_rs` as src/lib.rs, in `work/<name>`, with the workspace's Cargo.lock
 /// (same dependency versions, so the build needs no network) and one target folder for all such
-/// crates, `target/author-plugins`, so their dependencies build once (cargo locks it; the crates'
-/// names must differ, as their libraries share it). Returns the built library.
+/// crates, `target/author-plugins`, so their dependencies build once. Returns a copy of the built
+/// library of this call's own (`target/author-plugins/copies/<pid>-<n>/`): the output file is
+/// shared, and cargo's lock ends with the build, so a test building the same crate name at the
+/// same time (ops' two reload tests both build probe 0.2.0 from their own folders) could
+/// rebuild it between another's build and its copy; builds and copies here take turns.
 pub fn build_author_crate(work: &Path, name: &str, manifest: &str, lib_rs: &str) -> PathBuf {
+    static TURN: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+    let mut turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    *turn += 1;
     let krate = work.join(name);
     std::fs::create_dir_all(krate.join("src")).expect("create the crate folder");
     std::fs::write(krate.join("Cargo.toml"), manifest).expect("write Cargo.toml");
@@ -546,5 +552,10 @@ pub fn build_author_crate(work: &Path, name: &str, manifest: &str, lib_rs: &str)
         "building {name} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    target.join("debug").join(plugin_file(name))
+    let copies = target.join("copies").join(format!("{}-{turn}", std::process::id()));
+    std::fs::create_dir_all(&copies).expect("create the copies folder");
+    let library = copies.join(plugin_file(name));
+    std::fs::copy(target.join("debug").join(plugin_file(name)), &library)
+        .expect("copy the built library");
+    library
 }
