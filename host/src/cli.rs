@@ -71,6 +71,15 @@ pub enum Command {
         #[command(subcommand)]
         command: OfflineCommand,
     },
+    /// Write the manual pages (roff), rendered from these definitions, so they say what
+    /// `--help` says; for packaging.
+    #[command(hide = true)]
+    Man {
+        /// Write one page per command (`b24-host.1`, `b24-host-serve.1`, ...) into this
+        /// folder; without it, print the main page.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// The runner process of one plugin in process isolation; started by `serve` only.
     #[command(hide = true)]
     Runner {

@@ -95,6 +95,14 @@ pub struct Metrics {
     pub log_acknowledging: Gauge,
     /// Journal records found damaged or missing on a read (each a dead letter; scrape time).
     pub journal_damaged: Counter,
+    /// 1 while the journal takes writes, 0 while it cannot (503 to events, the host reopening
+    /// it); spooling on the NATS backend still takes writes (scrape time).
+    pub journal_writable: Gauge,
+    /// Events in the local spool not yet forwarded to the NATS log; 0 on the embedded backend
+    /// (scrape time).
+    pub journal_spooled: Gauge,
+    /// 1 while `/readyz` would answer 200, else 0 (scrape time, from the same check).
+    pub ready: Gauge,
     /// Successful live reloads.
     pub reloads: Family<Received, Counter>,
     /// Runner processes started again after one died (process isolation).
@@ -231,6 +239,9 @@ impl Metrics {
             journal_events: Gauge::default(),
             log_acknowledging: Gauge::default(),
             journal_damaged: Counter::default(),
+            journal_writable: Gauge::default(),
+            journal_spooled: Gauge::default(),
+            ready: Gauge::default(),
             reloads: Family::default(),
             runner_restarts: Family::default(),
             subscribed: RwLock::default(),
@@ -290,6 +301,17 @@ impl Metrics {
             "Journal records found damaged or missing on a read, each made a dead letter",
             m.journal_damaged.clone(),
         );
+        registry.register(
+            "journal_writable",
+            "1 while the journal takes writes, 0 while it cannot (events get 503)",
+            m.journal_writable.clone(),
+        );
+        registry.register(
+            "journal_spooled_events",
+            "Events in the local spool not yet forwarded to the NATS log",
+            m.journal_spooled.clone(),
+        );
+        registry.register("ready", "1 while /readyz answers 200, else 0", m.ready.clone());
         registry.register("reloads", "Live reloads by outcome", m.reloads.clone());
         registry.register(
             "plugin_runner_restarts",

@@ -153,6 +153,10 @@ impl Ops {
                     crate::journal::admin::LogState::Spooling { .. }
                 );
                 self.metrics.log_acknowledging.set(i64::from(acknowledging));
+                // The same checks as /readyz, so an alert on the gauge means what a probe sees.
+                self.metrics.ready.set(i64::from(self.problems().is_empty()));
+                self.metrics.journal_writable.set(i64::from(self.journal_unwritable().is_none()));
+                self.metrics.journal_spooled.set(self.journal.spooled_events() as i64);
                 let damaged = self.journal.damaged_records();
                 let counted = &self.metrics.journal_damaged;
                 counted.inc_by(damaged.saturating_sub(counted.get()));
@@ -202,13 +206,18 @@ impl Ops {
                 ));
             }
         }
-        // A host that spools still takes events: ready (the body says it spools).
-        let spooling =
-            matches!(self.journal.log_state(), crate::journal::admin::LogState::Spooling { .. });
-        if let Some(e) = self.journal.last_write_error().filter(|_| !spooling) {
+        if let Some(e) = self.journal_unwritable() {
             out.push(format!("the journal is not writable: {e}"));
         }
         out
+    }
+
+    /// Why the journal takes no writes now, if it does not. A host that spools still takes
+    /// events: writable (and ready; the `/readyz` body says it spools).
+    fn journal_unwritable(&self) -> Option<String> {
+        let spooling =
+            matches!(self.journal.log_state(), crate::journal::admin::LogState::Spooling { .. });
+        self.journal.last_write_error().filter(|_| !spooling)
     }
 
     /// Re-reads host.toml and applies it; the status tells the reload command how it went.

@@ -1,9 +1,11 @@
 //! The commands of the `b24-host` binary, one module each (as mini-redis keeps one file per
 //! command): `main.rs` parses the command line and calls [`run`], which dispatches here. The
-//! hidden `runner` command's body is the runner process itself, [`crate::runner::child::main`].
+//! hidden `runner` command's body is the runner process itself, [`crate::runner::child::main`];
+//! the hidden `man` command writes the manual pages for the Debian package.
 
 pub mod check;
 pub mod journal;
+pub mod man;
 pub mod offline;
 pub mod reload;
 pub mod send;
@@ -57,5 +59,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reload { config, admin } => reload::run(config, admin),
         Command::Send(args) => send::run(&args),
+        Command::Man { dir } => man::run(dir.as_deref()),
     }
 }

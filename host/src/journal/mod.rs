@@ -179,6 +179,15 @@ impl Journal {
         }
     }
 
+    /// Events this host keeps in its local spool for the shared log, not yet forwarded
+    /// (always 0 on the embedded backend, which has no spool).
+    pub fn spooled_events(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded(_) => 0,
+            Backend::Nats(j) => j.spooled_events(),
+        }
+    }
+
     /// The storage the journal takes on this host, bytes, if it keeps any.
     pub fn size_bytes(&self) -> Option<u64> {
         match &self.backend {

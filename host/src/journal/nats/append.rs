@@ -127,6 +127,11 @@ impl Appender {
         self.status.last_error()
     }
 
+    /// Events in the spool not yet forwarded to the log.
+    pub fn spooled_events(&self) -> u64 {
+        self.status.outstanding()
+    }
+
     /// The spool's size on this host.
     pub fn spool_bytes(&self) -> Option<u64> {
         self.spool.as_ref().and_then(Spool::size_bytes)

@@ -147,6 +147,11 @@ impl Nats {
         self.inner.deliver.damaged()
     }
 
+    /// Events in this host's spool not yet forwarded (append.rs).
+    pub fn spooled_events(&self) -> u64 {
+        self.inner.appender.spooled_events()
+    }
+
     /// The spool's size on this host (append.rs).
     pub fn size_bytes(&self) -> Option<u64> {
         self.inner.appender.spool_bytes()

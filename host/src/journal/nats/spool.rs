@@ -73,6 +73,11 @@ impl Status {
     pub fn is_spooling(&self) -> bool {
         self.spooling.load(Ordering::SeqCst)
     }
+
+    /// Events in the spool not yet forwarded.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Ordering::SeqCst).max(0) as u64
+    }
 }
 
 /// The spool of a running host.
