@@ -318,7 +318,23 @@ impl Metrics {
             "Runner processes started again after one died",
             m.runner_restarts.clone(),
         );
+        // Counters exist from the start at 0, not from their first increment: Prometheus'
+        // increase() sees the first reload or dead letter only when a 0 came before it (and
+        // prometheus-client lists a family only once it has a series).
+        for outcome in ["ok", "failed"] {
+            let _ =
+                m.reloads.get_or_create(&Received { code: "-".into(), outcome: outcome.into() });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Gives `plugin` its counters at 0 (see [`Metrics::new`]); called at scrape time for every
+    /// enabled plugin, so a plugin's first dead letter, retry or runner restart is an increase.
+    pub fn touch_plugin(&self, plugin: &str) {
+        let label = PluginLabel { plugin: plugin.to_owned() };
+        let _ = self.dead_letters.get_or_create(&label);
+        let _ = self.retries.get_or_create(&label);
+        let _ = self.runner_restarts.get_or_create(&label);
     }
 
     /// Counts a request.

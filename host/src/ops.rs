@@ -264,6 +264,9 @@ fn refresh_gauges(
     supervisor: &Supervisor,
 ) {
     supervisor.export_states();
+    for plugin in supervisor.names() {
+        metrics.touch_plugin(&plugin);
+    }
     if let Some(bytes) = journal_bytes {
         metrics.journal_bytes.set(bytes as i64);
     }

@@ -322,6 +322,10 @@ fn a_full_disk_refuses_events_then_recovers_without_a_restart() {
     let ready = host.admin_request("GET", "/readyz");
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("journal"), "{}", ready.body);
+    // The gauges the alerts read say the same as /readyz.
+    let metrics = host.admin_request("GET", "/metrics").body;
+    assert!(metrics.contains("\nb24_journal_writable 0\n"), "{metrics}");
+    assert!(metrics.contains("\nb24_ready 0\n"), "{metrics}");
     // A plugin copy that does not fit leaves nothing behind and says why.
     let mut bytes = original.clone();
     bytes.push(0);
@@ -346,6 +350,9 @@ fn a_full_disk_refuses_events_then_recovers_without_a_restart() {
     assert_eq!(reload.status, 200, "{}", reload.body);
     let (head, body) = get_with(&admin, "/readyz", "");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    let metrics = host.admin_request("GET", "/metrics").body;
+    assert!(metrics.contains("\nb24_journal_writable 1\n"), "{metrics}");
+    assert!(metrics.contains("\nb24_ready 1\n"), "{metrics}");
     assert!(host.log_text().contains("journal reopened"), "{}", host.log_text());
     // Every event answered 200 reaches the plugin: nothing acknowledged was lost.
     let lines = dir.wait_lines("audit.jsonl", accepted.len(), PATIENCE, |_| true);
