@@ -131,13 +131,13 @@ fn the_package_installs_checks_as_its_user_and_purges_clean() {
     let user = text(&run("getent", &["passwd", PACKAGE]));
     let fields: Vec<&str> = user.trim().split(':').collect();
     assert_eq!(fields.len(), 7, "{user}");
-    let uid: u32 = fields[2].parse().unwrap();
+    let (uid, gid): (u32, u32) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
     assert!(uid < 1000, "not a system user: {user}");
     assert!(fields[6].ends_with("nologin"), "{user}");
     let state = std::fs::metadata(STATE).unwrap();
     assert_eq!((state.uid(), state.permissions().mode() & 0o777), (uid, 0o700));
     let config = std::fs::metadata(CONFFILE).unwrap();
-    assert_eq!((config.uid(), config.permissions().mode() & 0o777), (0, 0o640));
+    assert_eq!((config.uid(), config.gid(), config.permissions().mode() & 0o777), (0, gid, 0o640));
     let config_text = std::fs::read_to_string(CONFFILE).unwrap();
     assert!(config_text.contains("state_dir = \"/var/lib/b24-host\""), "{config_text}");
     assert!(config_text.contains("dir = \"/usr/lib/b24-host/plugins\""), "{config_text}");
@@ -182,6 +182,16 @@ fn the_package_installs_checks_as_its_user_and_purges_clean() {
     std::fs::write(CONFFILE, format!("{config_text}\n# changed by the operator\n")).unwrap();
     std::fs::write("/etc/b24-host/secrets.env", "B24_CLIENT_SECRET=x\n").unwrap();
     assert!(Path::new(STATE).join("audit.jsonl").exists());
+
+    // Installed again over itself (the upgrade path of the maintainer scripts): the changed
+    // config is kept as it is, and stays readable by the service only.
+    dpkg(&["-i", &deb]);
+    assert_eq!(status().as_deref(), Some("install ok installed"));
+    let kept = std::fs::read_to_string(CONFFILE).unwrap();
+    assert!(kept.contains("# changed by the operator"), "{kept}");
+    let config = std::fs::metadata(CONFFILE).unwrap();
+    assert_eq!((config.uid(), config.gid(), config.permissions().mode() & 0o777), (0, gid, 0o640));
+    assert!(Path::new(STATE).join("audit.jsonl").exists(), "an upgrade touched the state");
 
     // Removed: the program goes; the config and the state (a journal of accepted events) stay.
     dpkg(&["-r", PACKAGE]);
