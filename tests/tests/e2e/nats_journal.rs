@@ -512,6 +512,14 @@ fn readyz_stays_ready_and_says_so_while_the_host_spools() {
     assert!(ready.body.contains("log: spooling"), "{}", ready.body);
     let metrics = host.admin_request("GET", "/metrics").body;
     assert!(metrics.contains("\nb24_journal_log_acknowledging 0\n"), "{metrics}");
+    // The spool's count, what the alert on a spool that does not drain reads.
+    let spooled = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("b24_journal_spooled_events "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert!(spooled(&metrics).is_some_and(|n| n >= 1), "{metrics}");
 
     cluster.restart(1).expect("node 2 back");
     let lines = dir.wait_lines("probe.jsonl", 1 + sent as usize, Duration::from_secs(40), |l| {
@@ -533,6 +541,9 @@ fn readyz_stays_ready_and_says_so_while_the_host_spools() {
         host.admin_request("GET", "/readyz").body.ends_with("log: shared log acknowledging")
     });
     assert!(back, "{}", host.admin_request("GET", "/readyz").body);
+    let drained =
+        eventually(PATIENCE, || spooled(&host.admin_request("GET", "/metrics").body) == Some(0));
+    assert!(drained, "{}", host.admin_request("GET", "/metrics").body);
     assert!(host.stop());
 }
 
