@@ -381,7 +381,7 @@ fn check_handler(handler: &str) -> Result<(), ApiError> {
     } else {
         host.split(':').next().unwrap_or_default().to_owned()
     };
-    if scheme.is_empty() || host.is_empty() || !host.find('.').is_some_and(|dot| dot > 0) {
+    if scheme.is_empty() || host.is_empty() || host.find('.').is_none_or(|dot| dot == 0) {
         return Err(ApiError::new(400, "ERROR_WRONG_HANDLER_URL", "Wrong handler URL"));
     }
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {

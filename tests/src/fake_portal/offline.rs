@@ -74,7 +74,8 @@
 //!   way to them). Answers `true`. Same `process_id` errors as clear; `message_id` missing:
 //!   400 `ERROR_ARGUMENT` "Value must be array of MESSAGE_ID values".
 //! - A lost answer to `get`: [`FakePortal::lose_next_get_replies`] (the rows are reserved, then
-//!   the answer is 502 HTML): no later `get` without that `process_id` returns them.
+//!   the answer is 502 HTML; only answers that hand out rows count): no later `get` without
+//!   that `process_id` returns them.
 
 use serde_json::{Map, Value, json};
 
@@ -165,9 +166,9 @@ impl FakePortal {
         self.shared.lock().garbled_clears = n;
     }
 
-    /// Makes the answers of the next `n` successful `event.offline.get` calls 502 with an HTML
-    /// body (a proxy or a timeout that lost the portal's answer): the rows ARE reserved, under
-    /// a `process_id` the caller never learns.
+    /// Makes the answers of the next `n` successful `event.offline.get` calls that hand out rows
+    /// 502 with an HTML body (a proxy or a timeout that lost the portal's answer): the rows ARE
+    /// reserved, under a `process_id` the caller never learns.
     pub fn lose_next_get_replies(&self, n: usize) {
         self.shared.lock().lost_gets = n;
     }
@@ -1245,8 +1246,10 @@ mod tests {
     fn fake_portal_a_lost_get_answer_leaves_its_rows_reserved() {
         let portal = FakePortal::start(PortalOptions::default());
         let token = portal.issue_access_token();
-        let ids = fill(&portal, 2);
         portal.lose_next_get_replies(1);
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "auth": token}));
+        assert_eq!(a.status, 200, "an empty answer is not the one lost");
+        let ids = fill(&portal, 2);
         let a = post(&portal, "event.offline.get", json!({"clear": 0, "auth": token}));
         assert_eq!(a.status, 502);
         let a = post(&portal, "event.offline.get", json!({"clear": 0, "auth": token}));
