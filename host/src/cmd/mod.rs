@@ -2,6 +2,7 @@
 //! command): `main.rs` parses the command line and calls [`run`], which dispatches here. The
 //! hidden `runner` command's body is the runner process itself, [`crate::runner::child::main`].
 
+pub mod bind;
 pub mod check;
 pub mod journal;
 pub mod offline;
@@ -54,6 +55,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Offline { config, json, command } => {
             offline::run(&load_config(config)?, command, json)
+        }
+        Command::Bind { config, portal, check, json } => {
+            bind::run(&load_config(config)?, portal, check, json)
         }
         Command::Reload { config, admin } => reload::run(config, admin),
         Command::Send(args) => send::run(&args),
