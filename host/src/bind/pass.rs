@@ -134,6 +134,7 @@ pub async fn run(
     };
     let wanted = plan::plugin_codes(routes, offered.as_ref());
     report.unexpanded = wanted.unexpanded;
+    report.not_offered = wanted.not_offered;
     report.needed = plan::needed(&wanted.codes, report.offline);
     let connector = rest.connector(member).unwrap_or_default().to_owned();
     match rest.call_as_app(&ctx, "event.get", json!({})).await {

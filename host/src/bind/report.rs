@@ -41,6 +41,10 @@ pub struct PortalBindings {
     /// `plugin: GLOB` for each wildcard the host could not expand into codes.
     #[serde(default)]
     pub unexpanded: Vec<String>,
+    /// Codes a plugin's wildcard stands for that the portal does not offer the app (outside
+    /// its scopes, or not on this portal): not bound, not missing.
+    #[serde(default)]
+    pub not_offered: BTreeSet<String>,
     /// Why a binding failed, one line each (`CODE: error`).
     #[serde(default)]
     pub failures: Vec<String>,
@@ -90,6 +94,13 @@ impl PortalBindings {
         for glob in &self.unexpanded {
             out.push_str(&format!(
                 "  not expanded: {glob} (matches no code the host knows; name the codes in plugin.<name>.events)\n"
+            ));
+        }
+        if !self.not_offered.is_empty() {
+            let codes: Vec<&str> = self.not_offered.iter().map(String::as_str).collect();
+            out.push_str(&format!(
+                "  not offered by the portal (outside the app's scopes): {}\n",
+                codes.join(", ")
             ));
         }
         for failure in &self.failures {

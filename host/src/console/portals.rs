@@ -49,7 +49,7 @@ pub fn live(ops: &Ops) -> Markup {
                 p { "no portal checked yet: install the app on a portal while the host runs" }
             }
             @for r in &reports {
-                (portal(r, pollers.iter().find(|p| p.member_id == r.member_id), now))
+                (portal(r, pollers.iter().find(|p| p.member_id == r.member_id), ops.binder.handler().is_some(), now))
             }
             @for p in pollers.iter().filter(|p| !reports.iter().any(|r| r.member_id == p.member_id)) {
                 section.portal id=(format!("portal-{}", p.member_id)) {
@@ -61,7 +61,7 @@ pub fn live(ops: &Ops) -> Markup {
     }
 }
 
-fn portal(r: &PortalBindings, poller: Option<&PortalStatus>, now: i64) -> Markup {
+fn portal(r: &PortalBindings, poller: Option<&PortalStatus>, binding: bool, now: i64) -> Markup {
     html! {
         section.portal id=(format!("portal-{}", r.member_id)) {
             h2 { (r.member_id) @if let Some(domain) = &r.domain { " · " (domain) } }
@@ -80,14 +80,16 @@ fn portal(r: &PortalBindings, poller: Option<&PortalStatus>, now: i64) -> Markup
                     dt { "error" }
                     dd.problem.error { (error) }
                 }
-                dt { "needed" }
-                dd.needed { (r.needed.len()) ": " (list(&r.needed)) }
-                dt { "bound" }
-                dd.bound { (r.bound.len()) }
-                dt { "missing" }
-                dd.missing class=@if !r.missing.is_empty() { "problem" } { (r.missing.len()) ": " (list(&r.missing)) }
-                dt { "extra" }
-                dd.extra { (r.extra.len()) ": " (list(&r.extra)) }
+                @if binding {
+                    dt { "needed" }
+                    dd.needed { (r.needed.len()) ": " (list(&r.needed)) }
+                    dt { "bound" }
+                    dd.bound { (r.bound.len()) }
+                    dt { "missing" }
+                    dd.missing class=@if !r.missing.is_empty() { "problem" } { (r.missing.len()) ": " (list(&r.missing)) }
+                    dt { "extra" }
+                    dd.extra { (r.extra.len()) ": " (list(&r.extra)) }
+                }
                 @if !r.unexpanded.is_empty() {
                     dt { "not expanded" }
                     dd.unexpanded.problem { (r.unexpanded.join("; ")) " (name the codes in plugin.<name>.events)" }

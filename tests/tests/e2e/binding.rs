@@ -340,3 +340,38 @@ fn binding_rides_out_the_portals_rate_limit() {
     assert!(portal.violations() > 0, "the portal's limit was never reached");
     assert!(host.stop());
 }
+
+#[test]
+fn wildcards_expand_over_what_the_portal_offers_and_a_glob_nothing_matches_is_reported() {
+    let portal = FakePortal::start(PortalOptions::default());
+    // This portal (or this app's scopes) has no deal entity events, only the field events.
+    portal.set_events_offered(&[
+        "ONAPPUNINSTALL",
+        "ONCRMDEALUSERFIELDADD",
+        "ONCRMDEALUSERFIELDUPDATE",
+        "ONCRMDEALUSERFIELDDELETE",
+        "ONCRMDEALUSERFIELDSETENUMVALUES",
+    ]);
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&bind_config(&portal, r#"["ONCRMDEAL*", "ONTASK*"]"#, ""));
+    let host = start(&dir);
+    post_app_install(&host, &portal);
+    let want = set(&[
+        "ONAPPUNINSTALL",
+        "ONCRMDEALUSERFIELDADD",
+        "ONCRMDEALUSERFIELDDELETE",
+        "ONCRMDEALUSERFIELDSETENUMVALUES",
+        "ONCRMDEALUSERFIELDUPDATE",
+    ]);
+    wait_bound(&portal, &want, &host);
+    let (ok, answer) = bind_cli(&dir, &["--check"]);
+    let report = &answer["portals"][0];
+    assert!(ok, "what the portal does not offer is not missing: {answer}");
+    assert_eq!(report["unexpanded"], json!(["probe: ONTASK*"]), "{report}");
+    assert_eq!(
+        report["not_offered"],
+        json!(["ONCRMDEALADD", "ONCRMDEALDELETE", "ONCRMDEALUPDATE"])
+    );
+    assert!(host.log_text().contains("cannot bind probe: ONTASK*"), "{}", host.log_text());
+    assert!(host.stop());
+}
