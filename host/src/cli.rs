@@ -59,6 +59,23 @@ pub enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Bind on each portal the events the plugins receive (`bind.handler`), or with `--check`
+    /// only show what is needed, bound, missing and extra and whether the app's installation
+    /// is finished; exits non-zero when something is missing (needs the running host).
+    Bind {
+        /// The config file (default as for `serve`); names the state folder.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only this portal (its member_id); default: every portal the host knows.
+        #[arg(long)]
+        portal: Option<String>,
+        /// Change nothing: report only.
+        #[arg(long)]
+        check: bool,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Offline events: bind them on a portal, see the pollers (needs the running host).
     Offline {
         /// The config file (default as for `serve`); names the state folder.

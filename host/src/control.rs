@@ -21,6 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    bind::{Binder, Mode, PortalBindings, already_bound},
     journal::{
         Journal, Selection,
         admin::{DeadRow, EventDetail, EventSummary, PluginStats},
@@ -74,6 +75,13 @@ pub enum AdminRequest {
         portal: String,
         /// Event codes.
         events: Vec<String>,
+    },
+    /// Bind what the plugins receive, or only check (running host only: the binder).
+    Bind {
+        /// Only this portal; every known one when `None`.
+        portal: Option<String>,
+        /// Check only: bind nothing.
+        check: bool,
     },
 }
 
@@ -139,6 +147,13 @@ pub enum AdminResponse {
         /// The codes.
         events: Vec<String>,
     },
+    /// For `Bind`: each portal's bindings and installation.
+    Bindings {
+        /// `bind.handler`; `None`: binding is off (only the installation is checked).
+        handler: Option<String>,
+        /// One report per portal.
+        portals: Vec<PortalBindings>,
+    },
     /// The request failed.
     Error {
         /// Why.
@@ -181,8 +196,10 @@ pub async fn answer_journal(journal: &Journal, request: AdminRequest) -> AdminRe
         AdminRequest::Skip { plugin, ids } => journal.skip(plugin, ids).await.map_or_else(fail, |s| {
             AdminResponse::Skipped { plugin: s.plugin, skipped: s.skipped, not_pending: s.not_pending }
         }),
-        AdminRequest::OfflineStatus | AdminRequest::OfflineBind { .. } => AdminResponse::Error {
-            message: "the host is not running: offline status and bind need the running host (its pollers, tokens and REST client)".into(),
+        AdminRequest::OfflineStatus
+        | AdminRequest::OfflineBind { .. }
+        | AdminRequest::Bind { .. } => AdminResponse::Error {
+            message: "the host is not running: offline status and binding need the running host (its pollers, tokens and REST client)".into(),
         },
     }
 }
@@ -210,6 +227,8 @@ pub struct Reach {
     pub journal: Journal,
     /// The offline pollers.
     pub pollers: Arc<Pollers>,
+    /// The binder (for `bind`).
+    pub binder: Arc<Binder>,
     /// The REST client (for `offline bind`).
     pub rest: Arc<RestClient>,
     /// The plugins (their runners, for `journal stats`).
@@ -252,6 +271,11 @@ async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
     match request {
         AdminRequest::OfflineStatus => AdminResponse::Offline { portals: reach.pollers.status() },
         AdminRequest::OfflineBind { portal, events } => bind_offline(reach, &portal, &events).await,
+        AdminRequest::Bind { portal, check } => {
+            let mode = if check { Mode::Check } else { Mode::Bind };
+            let portals = reach.binder.run(portal, mode).await;
+            AdminResponse::Bindings { handler: reach.binder.handler().map(str::to_owned), portals }
+        }
         request => match answer_journal(&reach.journal, request).await {
             AdminResponse::Stats { mut plugins, events } => {
                 let runners: std::collections::BTreeMap<_, _> =
@@ -283,9 +307,8 @@ async fn bind_offline(reach: &Reach, portal: &str, events: &[String]) -> AdminRe
             serde_json::json!({ "event": code.to_ascii_uppercase(), "event_type": "offline" });
         match reach.rest.call_as_app(&ctx, "event.bind", params).await {
             Ok(_) => bound.push(code.to_ascii_uppercase()),
-            Err(e) if e.error.as_str() == "ERROR_EVENT_ALREADY_INSTALLED" => {
-                bound.push(code.to_ascii_uppercase())
-            }
+            // "Bound already", in any of the portal's spellings.
+            Err(e) if already_bound(&e) => bound.push(code.to_ascii_uppercase()),
             Err(e) => {
                 return AdminResponse::Error {
                     message: format!("event.bind {code} failed: {e} (bound so far: {bound:?})"),

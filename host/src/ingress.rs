@@ -29,6 +29,7 @@ use hyper::{
 
 use crate::{
     auth::{Effect, InstallError, Verified, Verifier},
+    bind::Binder,
     decode::{self, BodyFormat, Decoded},
     journal::{Appended, Journal},
     metrics::Metrics,
@@ -53,6 +54,8 @@ pub struct Ingress {
     pub metrics: Arc<Metrics>,
     /// The offline pollers, woken by `ONOFFLINEEVENT`.
     pub pollers: Arc<Pollers>,
+    /// The binder: an install or update binds the portal's events (off the request path).
+    pub binder: Arc<Binder>,
     /// Reads of the shared log before a 401 ([`Ingress::verify`]), at most
     /// [`FRESH_READS_PER_MINUTE`]: a flood of unknown member ids must not become a flood of
     /// reads on the log.
@@ -209,6 +212,12 @@ impl Ingress {
                     if let Err(e) = self.journal.save_oauth(&event.auth.member_id, bytes).await {
                         tracing::error!(member_id = %event.auth.member_id, "cannot store the portal's OAuth tokens: {e}");
                     }
+                }
+                match event.code.as_str() {
+                    // Bitrix24 deletes an app's bindings on update: bind again, off this path.
+                    "ONAPPINSTALL" | "ONAPPUPDATE" => self.binder.installed(&event.auth.member_id),
+                    "ONAPPUNINSTALL" => self.binder.uninstalled(&event.auth.member_id),
+                    _ => {}
                 }
                 tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "event accepted");
                 let mut response = answer(StatusCode::OK, format!("accepted {id}"));

@@ -7,8 +7,10 @@
 
 pub mod activation;
 pub mod auth;
+pub mod bind;
 pub mod cli;
 pub mod cmd;
+pub mod codes;
 pub mod config;
 pub mod conn;
 pub mod console;
@@ -27,6 +29,7 @@ pub mod names;
 pub mod offline;
 pub mod ops;
 pub mod plugin_output;
+pub mod portal_metrics;
 pub mod rest;
 pub mod route;
 pub mod runner;

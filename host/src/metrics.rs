@@ -111,6 +111,8 @@ pub struct Metrics {
     subscribed: RwLock<HashSet<String>>,
     /// Requests per second and status class, the last [`INTAKE_SECONDS`].
     pub intake: IntakeRing,
+    /// Per portal: bindings and the offline pollers.
+    pub portals: crate::portal_metrics::PortalMetrics,
 }
 
 /// How many seconds of intake the console's chart shows.
@@ -183,38 +185,6 @@ pub fn now_seconds() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The user-field event families and actions: their 32 codes are always their own label.
-const FAMILIES: [&str; 8] =
-    ["LEAD", "DEAL", "CONTACT", "COMPANY", "QUOTE", "INVOICE", "REQUISITE", "TYPE"];
-const ACTIONS: [&str; 4] = ["ADD", "UPDATE", "DELETE", "SETENUMVALUES"];
-/// App events, always their own label.
-const APP_EVENTS: [&str; 6] = [
-    "ONAPPINSTALL",
-    "ONAPPUNINSTALL",
-    "ONAPPUPDATE",
-    "ONAPPTEST",
-    "ONAPPMETHODCONFIRM",
-    "ONOFFLINEEVENT",
-];
-/// CRM entities whose `ONCRM<ENTITY>{ADD,UPDATE,DELETE}` are always their own label.
-const CRM_ENTITIES: [&str; 8] =
-    ["LEAD", "DEAL", "CONTACT", "COMPANY", "QUOTE", "INVOICE", "REQUISITE", "DYNAMICITEM"];
-
-/// Whether `code` (upper-case) is one of the codes that always get their own label.
-fn known_code(code: &str) -> bool {
-    if APP_EVENTS.contains(&code) {
-        return true;
-    }
-    let Some(rest) = code.strip_prefix("ONCRM") else { return false };
-    FAMILIES.iter().any(|family| {
-        rest.strip_prefix(family)
-            .and_then(|r| r.strip_prefix("USERFIELD"))
-            .is_some_and(|action| ACTIONS.contains(&action))
-    }) || CRM_ENTITIES.iter().any(|entity| {
-        rest.strip_prefix(entity).is_some_and(|action| ACTIONS[..3].contains(&action))
-    })
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -246,6 +216,7 @@ impl Metrics {
             runner_restarts: Family::default(),
             subscribed: RwLock::default(),
             intake: IntakeRing::default(),
+            portals: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -325,6 +296,7 @@ impl Metrics {
             let _ =
                 m.reloads.get_or_create(&Received { code: "-".into(), outcome: outcome.into() });
         }
+        m.portals.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -350,7 +322,7 @@ impl Metrics {
     pub fn code_label(&self, code: &str) -> String {
         let upper = code.to_ascii_uppercase();
         if code == "-"
-            || known_code(&upper)
+            || crate::codes::is_known(&upper)
             || self.subscribed.read().unwrap_or_else(|p| p.into_inner()).contains(&upper)
         {
             upper

@@ -27,9 +27,23 @@
 //!
 //! The queue is the portal's connector queue: the REST client adds the portal's
 //! `auth_connector` to every call. Who receives a row is decided by the live [`Router`].
+//!
+//! **Lost reservations.** `event.offline.get` reserves its rows before it answers; when the
+//! answer is lost (a timeout, a crash before the `process_id` was stored) no later `get`
+//! returns them, and the portal deletes them only after `PROCESS_ID_LIFETIME` (34 days). Now
+//! and then (every `resume_lost_after / 2`, at least the poll interval, at most 5 minutes, and
+//! after a failed `get`) the poller surveys the queue with `event.offline.list`: rows reserved
+//! under a `process_id` it does not hold are noted, and one seen reserved for
+//! `resume_lost_after` is taken over: stored as the poller's batch, then read, journaled and
+//! cleared like any batch. The same survey lists the rows parked with `event.offline.error`
+//! (`offline status`, the console).
+//!
+//! Rows carry no `auth` block: the journaled event gets the portal's domain from the stored
+//! install's REST address, and the row's `EVENT_ADDITIONAL.user_id` as `user_id` in the
+//! delivery's extra pairs (the plugin view makes it the event's user, see `dispatch/convert.rs`).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -41,9 +55,12 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::{
+    bind::portal_domain,
     config::{Config, OfflineConfig},
     decode::{self, BodyFormat},
     journal::{Appended, Held, Journal, now_ms},
+    metrics::Metrics,
+    portal_metrics::PortalLabel,
     rest::{EventContext, RestClient},
     route::Router,
 };
@@ -70,7 +87,45 @@ pub struct PortalStatus {
     /// With a shared log: the host that polls the portal (its lease holder), if known.
     #[serde(default)]
     pub poller: Option<String>,
+    /// Rows removed from the portal's queue with `event.offline.clear` (or read with `clear=1`).
+    #[serde(default)]
+    pub rows_cleared: u64,
+    /// Since when (ms since the epoch) the oldest reservation on the queue that the poller
+    /// knows of is held: its own batch, or one whose reply was lost; `None` when none.
+    #[serde(default)]
+    pub oldest_reservation_ms: Option<i64>,
+    /// Batches whose reply was lost that the poller took over.
+    #[serde(default)]
+    pub lost_batches_resumed: u64,
+    /// The rows parked on the portal with `event.offline.error`, as of the last survey (the
+    /// first [`PARKED_SHOWN`]).
+    #[serde(default)]
+    pub parked: Vec<ParkedRow>,
+    /// How many rows are parked (counted up to [`SURVEY_PAGES`] pages of 50).
+    #[serde(default)]
+    pub parked_total: u64,
+    /// When the queue was last surveyed, ms since the epoch.
+    #[serde(default)]
+    pub surveyed_ms: Option<i64>,
 }
+
+/// A row parked on the portal's queue with `event.offline.error`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedRow {
+    /// The row's `ID`.
+    pub id: String,
+    /// Its `MESSAGE_ID`.
+    pub message_id: String,
+    /// Its `EVENT_NAME`.
+    pub event_name: String,
+    /// Its `TIMESTAMP_X`.
+    pub timestamp: String,
+}
+
+/// How many parked rows a status lists.
+pub const PARKED_SHOWN: usize = 50;
+/// Pages of `event.offline.list` (50 rows each) a survey reads at most per question.
+pub const SURVEY_PAGES: u64 = 10;
 
 /// The running pollers: one per portal with `offline` enabled.
 #[derive(Default)]
@@ -89,6 +144,7 @@ impl Pollers {
         rest: Arc<RestClient>,
         journal: Journal,
         router: Router,
+        metrics: Arc<Metrics>,
     ) -> Pollers {
         let mut pollers = Pollers::default();
         for (member, portal) in &config.rest.portals {
@@ -114,6 +170,11 @@ impl Pollers {
                 status: pollers.status.clone(),
                 safe: true,
                 lease,
+                metrics: metrics.clone(),
+                foreign: BTreeMap::new(),
+                batch_since: None,
+                survey_due: true,
+                last_survey: None,
             };
             pollers
                 .tasks
@@ -184,6 +245,16 @@ struct Poller {
     safe: bool,
     /// The lease `offline.<member>` while this host holds it.
     lease: Arc<Mutex<Option<Held>>>,
+    metrics: Arc<Metrics>,
+    /// Reservations of others (lost replies, or another poller's batch in progress) by
+    /// `process_id`, with when each was first seen (ms since the epoch).
+    foreign: BTreeMap<String, i64>,
+    /// Since when this poller's stored batch is reserved (ms since the epoch).
+    batch_since: Option<i64>,
+    /// Survey at the next round (after a failed `get`, after parking rows, at start).
+    survey_due: bool,
+    /// When the last survey ran.
+    last_survey: Option<tokio::time::Instant>,
 }
 
 /// How often a host that does not poll a portal (another host holds its lease) looks again.
@@ -245,6 +316,16 @@ impl Poller {
             if !self.hold().await {
                 continue;
             }
+            if self.safe {
+                if self.survey_is_due()
+                    && let Err(message) = self.survey().await
+                {
+                    tracing::warn!(member_id = %self.member, "offline queue survey failed: {message}");
+                }
+                if let Err(message) = self.take_over_lost().await {
+                    tracing::warn!(member_id = %self.member, "{message}");
+                }
+            }
             // Pull until a batch comes back short, then wait for the interval or a wake-up.
             loop {
                 match self.pull_once().await {
@@ -252,15 +333,23 @@ impl Poller {
                     Ok(_) => break,
                     Err(message) => {
                         tracing::warn!(member_id = %self.member, "offline poll failed: {message}");
+                        self.metrics
+                            .portals
+                            .offline_poll_errors
+                            .get_or_create(&PortalLabel { portal: self.member.clone() })
+                            .inc();
                         self.update(|s| {
                             s.last_poll_ms = Some(now_ms());
                             s.errors += 1;
                             s.last_error = Some(message.clone());
                         });
+                        // The reply may have been lost after the portal reserved rows.
+                        self.survey_due = true;
                         break;
                     }
                 }
             }
+            self.export_reservations();
             tokio::select! {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
                 () = wake.notified() => tracing::debug!(member_id = %self.member, "offline poll woken"),
@@ -332,7 +421,8 @@ impl Poller {
         let (client, server) = self.rest.stored_endpoints(&self.member).await;
         EventContext {
             member_id: self.member.clone(),
-            domain: String::new(),
+            // Rows carry no auth block: the domain is the stored install's.
+            domain: client.as_deref().and_then(portal_domain).unwrap_or_default(),
             client_endpoint: client,
             server_endpoint: server,
             user_token: None,
@@ -383,6 +473,7 @@ impl Poller {
                 .set_state(&process_key(&self.member), None)
                 .await
                 .map_err(|e| format!("cannot forget the batch's process_id: {e}"))?;
+            self.batch_since = None;
             return Ok(true);
         }
         if self.safe && !rows.is_empty() && resume.as_deref() != Some(process_id.as_str()) {
@@ -390,6 +481,11 @@ impl Poller {
                 .set_state(&process_key(&self.member), Some(process_id.clone().into_bytes()))
                 .await
                 .map_err(|e| format!("cannot store the batch's process_id: {e}"))?;
+            self.batch_since = Some(now_ms());
+        }
+        if self.safe && !rows.is_empty() && self.batch_since.is_none() {
+            // A batch stored before a restart: held since at least now.
+            self.batch_since = Some(now_ms());
         }
         let (mut done, mut failed) = (Vec::new(), Vec::new());
         let (mut pulled, mut duplicates) = (0, 0);
@@ -416,6 +512,10 @@ impl Poller {
                 }
             }
         }
+        let portals = &self.metrics.portals;
+        portals.rows(&self.member, "pulled", pulled);
+        portals.rows(&self.member, "duplicate", duplicates);
+        let mut cleared = if self.safe { 0 } else { rows.len() as u64 };
         if self.safe && !rows.is_empty() {
             if !done.is_empty() {
                 let params = json!({ "process_id": process_id, "message_id": done });
@@ -423,6 +523,7 @@ impl Poller {
                     .call_as_app(&ctx, "event.offline.clear", params)
                     .await
                     .map_err(|e| explain(&self.member, connector, "event.offline.clear", &e))?;
+                cleared = done.len() as u64;
             }
             if !failed.is_empty() {
                 let params = json!({ "process_id": process_id, "message_id": failed });
@@ -430,21 +531,172 @@ impl Poller {
                     .call_as_app(&ctx, "event.offline.error", params)
                     .await
                     .map_err(|e| explain(&self.member, connector, "event.offline.error", &e))?;
+                // The parked rows show in the next survey.
+                self.survey_due = true;
             }
             self.journal
                 .set_state(&process_key(&self.member), None)
                 .await
                 .map_err(|e| format!("cannot forget the batch's process_id: {e}"))?;
+            self.batch_since = None;
         }
         let rows_failed = failed.len() as u64;
+        portals.rows(&self.member, "cleared", cleared);
+        portals.rows(&self.member, "error", rows_failed);
         self.update(|s| {
             s.last_poll_ms = Some(now_ms());
             s.rows_pulled += pulled;
             s.duplicates += duplicates;
             s.rows_failed += rows_failed;
+            s.rows_cleared += cleared;
             s.last_error = None;
         });
         Ok(rows.len() >= self.config.batch as usize)
+    }
+
+    /// How often the queue is surveyed: half of `resume_lost_after`, at least the poll interval
+    /// (and a second), at most five minutes.
+    fn survey_every(&self) -> Duration {
+        let cap = Duration::from_secs(300);
+        (self.config.resume_lost_after / 2)
+            .min(cap)
+            .max(self.config.poll_interval.min(cap))
+            .max(Duration::from_secs(1))
+    }
+
+    fn survey_is_due(&self) -> bool {
+        self.survey_due || self.last_survey.is_none_or(|at| at.elapsed() >= self.survey_every())
+    }
+
+    /// Up to [`SURVEY_PAGES`] pages of `event.offline.list` with `filter`, in `ID` order.
+    async fn list(&self, ctx: &EventContext, filter: Value) -> Result<Vec<Value>, String> {
+        let mut rows = Vec::new();
+        for page in 0..SURVEY_PAGES {
+            let params = json!({ "filter": filter, "order": { "ID": "ASC" }, "start": page * 50 });
+            let connector = self.config.auth_connector.as_deref();
+            let got = self
+                .rest
+                .call_as_app(ctx, "event.offline.list", params)
+                .await
+                .map_err(|e| explain(&self.member, connector, "event.offline.list", &e))?;
+            let got = got.as_array().cloned().unwrap_or_default();
+            let full = got.len() >= 50;
+            rows.extend(got);
+            if !full {
+                break;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Looks at the queue: reservations under a `process_id` this poller does not hold (noted
+    /// with when they were first seen), and the parked rows.
+    async fn survey(&mut self) -> Result<(), String> {
+        self.survey_due = false;
+        self.last_survey = Some(tokio::time::Instant::now());
+        let ctx = self.context().await;
+        let ours = self
+            .journal
+            .state(&process_key(&self.member))
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|v| String::from_utf8(v).ok());
+        // Any reserved row: `PROCESS_ID` > "" (the portal allows no negation).
+        let reserved = self.list(&ctx, json!({ ">PROCESS_ID": "" })).await?;
+        let now = now_ms();
+        let held: std::collections::BTreeSet<String> = reserved
+            .iter()
+            .filter_map(|row| row.get("PROCESS_ID").and_then(Value::as_str))
+            .filter(|pid| !pid.is_empty() && Some(*pid) != ours.as_deref())
+            .map(str::to_owned)
+            .collect();
+        self.foreign.retain(|pid, _| held.contains(pid));
+        for pid in held {
+            self.foreign.entry(pid).or_insert(now);
+        }
+        let parked = self.list(&ctx, json!({ "ERROR": 1 })).await?;
+        let total = parked.len() as u64;
+        let shown: Vec<ParkedRow> = parked
+            .iter()
+            .take(PARKED_SHOWN)
+            .map(|row| {
+                let text = |key: &str| {
+                    row.get(key)
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                        .unwrap_or_default()
+                };
+                ParkedRow {
+                    id: text("ID"),
+                    message_id: text("MESSAGE_ID"),
+                    event_name: text("EVENT_NAME"),
+                    timestamp: text("TIMESTAMP_X"),
+                }
+            })
+            .collect();
+        self.metrics
+            .portals
+            .offline_parked_rows
+            .get_or_create(&PortalLabel { portal: self.member.clone() })
+            .set(total as i64);
+        self.update(|s| {
+            s.parked = shown;
+            s.parked_total = total;
+            s.surveyed_ms = Some(now);
+        });
+        Ok(())
+    }
+
+    /// Takes over the oldest reservation of another `process_id` seen for
+    /// `resume_lost_after`, when this poller holds no batch: its reply was lost, and nobody
+    /// else will ever read those rows.
+    async fn take_over_lost(&mut self) -> Result<(), String> {
+        let key = process_key(&self.member);
+        let stored = self.journal.state(&key).await.map_err(|e| e.to_string())?;
+        if stored.is_some() {
+            return Ok(());
+        }
+        let limit = self.config.resume_lost_after.as_millis() as i64;
+        let now = now_ms();
+        let Some((pid, since)) = self
+            .foreign
+            .iter()
+            .filter(|(_, since)| now - **since >= limit)
+            .min_by_key(|(_, since)| **since)
+            .map(|(pid, since)| (pid.clone(), *since))
+        else {
+            return Ok(());
+        };
+        self.journal
+            .set_state(&key, Some(pid.clone().into_bytes()))
+            .await
+            .map_err(|e| format!("cannot store a lost batch's process_id: {e}"))?;
+        self.foreign.remove(&pid);
+        self.batch_since = Some(since);
+        tracing::warn!(
+            member_id = %self.member,
+            process_id = %pid,
+            reserved_for_s = (now - since) / 1000,
+            "taking over an offline batch reserved on the portal whose reply was lost (else its rows would wait 34 days for the portal to drop them)"
+        );
+        self.metrics
+            .portals
+            .offline_lost_batches_resumed
+            .get_or_create(&PortalLabel { portal: self.member.clone() })
+            .inc();
+        self.update(|s| s.lost_batches_resumed += 1);
+        Ok(())
+    }
+
+    /// The oldest reservation known, into the status and the gauge.
+    fn export_reservations(&self) {
+        let oldest = self.foreign.values().copied().chain(self.batch_since).min();
+        let age = oldest.map_or(0.0, |since| (now_ms() - since).max(0) as f64 / 1000.0);
+        self.metrics
+            .portals
+            .offline_oldest_reservation_seconds
+            .get_or_create(&PortalLabel { portal: self.member.clone() })
+            .set(age);
+        self.update(|s| s.oldest_reservation_ms = oldest);
     }
 
     /// Journals one row as the event it stands for.

@@ -46,6 +46,8 @@ pub struct Ops {
     pub config_path: Option<PathBuf>,
     /// The offline pollers, for the console's overview.
     pub pollers: Arc<Pollers>,
+    /// The binder, for the console's portals page.
+    pub binder: Arc<crate::bind::Binder>,
     /// The console's login and sessions.
     pub console: Arc<Console>,
 }

@@ -112,6 +112,19 @@ impl Route {
         true
     }
 
+    /// Whether the route takes events with code `code` (upper-case) at all: its own
+    /// subscriptions and its `events` narrowing; the entity and field filters need an event.
+    pub fn receives_code(&self, code: &str) -> bool {
+        self.subscribed.iter().any(|g| g.matches(code))
+            && self.events.as_ref().is_none_or(|events| events.iter().any(|g| g.matches(code)))
+    }
+
+    /// Every code glob of the route (its subscriptions, then its `events` narrowing), as
+    /// written, upper-case: what the binder expands.
+    pub fn code_globs(&self) -> impl Iterator<Item = String> + '_ {
+        self.subscribed.iter().chain(self.events.iter().flatten()).map(|g| g.to_string())
+    }
+
     /// The event codes this route names without a wildcard (for the metrics' `code` label).
     pub fn literal_codes(&self) -> impl Iterator<Item = String> + '_ {
         self.subscribed

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::{
     activation,
     auth::Verifier,
+    bind::Binder,
     config::Config,
     conn::{self, DeadlineIo, Limiter},
     control,
@@ -61,6 +62,7 @@ pub struct Prepared {
     ingress: Arc<Ingress>,
     control: tokio::net::UnixListener,
     pollers: Arc<Pollers>,
+    binder: Arc<Binder>,
     rest: Arc<RestClient>,
     metrics: Arc<Metrics>,
     /// SIGHUP is watched from here on, before the host says it is ready: a reload sent right
@@ -121,8 +123,20 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         .ok();
     let supervisor =
         Supervisor::start(config.clone(), journal.clone(), rest.clone(), metrics.clone());
-    let pollers =
-        Arc::new(Pollers::start(&config, rest.clone(), journal.clone(), supervisor.router()));
+    let pollers = Arc::new(Pollers::start(
+        &config,
+        rest.clone(),
+        journal.clone(),
+        supervisor.router(),
+        metrics.clone(),
+    ));
+    let binder = Binder::start(
+        &config,
+        rest.clone(),
+        supervisor.router(),
+        metrics.clone(),
+        verifier.learned_portals(),
+    );
     let ingress = Arc::new(Ingress {
         path: config.server.path.clone(),
         max_body_bytes: config.server.max_body_bytes,
@@ -130,6 +144,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         journal: journal.clone(),
         supervisor: supervisor.clone(),
         pollers: pollers.clone(),
+        binder: binder.clone(),
         metrics: metrics.clone(),
         fresh_reads: Default::default(),
     });
@@ -141,6 +156,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         ingress,
         control,
         pollers,
+        binder,
         rest,
         metrics,
         hangups,
@@ -168,6 +184,7 @@ impl Prepared {
             ingress,
             control,
             pollers,
+            binder,
             rest,
             metrics,
             mut hangups,
@@ -175,6 +192,7 @@ impl Prepared {
         let reach = control::Reach {
             journal: journal.clone(),
             pollers: pollers.clone(),
+            binder: binder.clone(),
             rest,
             supervisor: supervisor.clone(),
         };
@@ -186,6 +204,7 @@ impl Prepared {
             metrics,
             config_path: config.source.clone(),
             pollers: pollers.clone(),
+            binder: binder.clone(),
             console: Arc::new(crate::console::Console::new(config.admin_token.clone())),
         };
         let admin = admin.map(|listener| tokio::spawn(ops.clone().serve(listener)));
@@ -256,6 +275,7 @@ impl Prepared {
         if let Some(admin) = admin {
             admin.abort();
         }
+        binder.stop().await;
         pollers.stop().await;
         journal.close();
         let mut abandoned = supervisor.finish(deadline).await;

@@ -548,6 +548,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ("log", old.log != new.log),
         ("admin", old.admin != new.admin || old.admin_token != new.admin_token),
         ("plugins.dir", old.plugins.dir != new.plugins.dir),
+        ("bind", old.bind != new.bind),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

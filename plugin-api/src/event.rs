@@ -175,7 +175,8 @@ pub struct UserAuth {
     /// [`USER_ID_UNKNOWN`] into `delivery.extra`, so that it does not read as user 0: see
     /// [`Delivery::user_id_unknown`].
     pub user_id: u64,
-    /// OAuth access token, valid for about an hour from the event.
+    /// OAuth access token, valid for about an hour from the event; empty for an offline row
+    /// (the portal queues who changed the entity, not their token).
     pub access_token: Secret,
     /// Unix time at which `access_token` expires, when sent.
     pub expires: ROption<i64>,

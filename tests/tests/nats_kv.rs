@@ -394,10 +394,12 @@ async fn one_host_at_a_time_polls_a_portals_offline_queue_and_another_takes_over
     let rest_b = Arc::new(RestClient::new(config.rest.clone(), b.clone()).expect("client B"));
     let gets = || portal.requests().iter().filter(|r| r.method == "event.offline.get").count();
 
-    let pollers_a = Pollers::start(&config, rest_a, a.clone(), Router::default());
+    let pollers_a =
+        Pollers::start(&config, rest_a, a.clone(), Router::default(), Default::default());
     let polled = |p: &Pollers| p.status().first().and_then(|s| s.last_poll_ms).is_some();
     until("A polls", Duration::from_secs(10), || polled(&pollers_a)).await;
-    let pollers_b = Pollers::start(&config, rest_b, b.clone(), Router::default());
+    let pollers_b =
+        Pollers::start(&config, rest_b, b.clone(), Router::default(), Default::default());
     // B finds the lease held and names its holder.
     until("B sees A's lease", Duration::from_secs(10), || {
         pollers_b.status().first().and_then(|s| s.poller.clone()) == a.host_id()

@@ -1,7 +1,9 @@
 //! `b24-host check`: validates the config, loads and creates every enabled plugin, and prints
 //! what each one receives; on the NATS backend it also connects to the shared log and reports
 //! the stream (messages, bytes, replicas and how current each is, the leader), the dead
-//! letters and each plugin's consumer. Reports every problem at once; exits non-zero on any.
+//! letters and each plugin's consumer. With a running host it also asks it about each portal:
+//! whether the app's installation is finished and what is bound (warnings). Reports every
+//! problem at once; exits non-zero on any.
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
@@ -69,6 +71,7 @@ pub fn run(config: &Config) -> ExitCode {
     if let Err(e) = check_log(config) {
         errors.push(e);
     }
+    check_portals(config);
     if errors.is_empty() {
         println!("ok: {} plugin(s) ready", loaded.len());
         ExitCode::SUCCESS
@@ -120,6 +123,76 @@ fn check_log(config: &Config) -> Result<(), String> {
         return Err("journal (nats): the events stream has no leader (an election, or too few nodes up for its quorum)".into());
     }
     Ok(())
+}
+
+/// How long `check` waits for the running host's look at its portals.
+const PORTALS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Asks the running host (its control socket) to look at every portal now: whether the app's
+/// installation is finished (`app.info`) and what is bound. Warnings only: a portal's state is
+/// not a problem of this config. Without a running host there is nothing to ask with (the
+/// tokens and the REST client are the host's).
+fn check_portals(config: &Config) {
+    use crate::control::{AdminRequest, AdminResponse, ask};
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return;
+    };
+    let request = AdminRequest::Bind { portal: None, check: true };
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(PORTALS_PATIENCE, ask(&config.state_dir, &request)).await
+    });
+    let portals = match answer {
+        Ok(Ok(AdminResponse::Bindings { portals, .. })) => portals,
+        Ok(Ok(AdminResponse::Error { message })) => {
+            eprintln!("warning: portals: {message}");
+            return;
+        }
+        Ok(Ok(_)) => return,
+        Ok(Err(_)) => {
+            println!(
+                "portals: no running host to ask (start it: the installation state and the \
+                 bindings of each portal are read with its tokens)"
+            );
+            return;
+        }
+        Err(_) => {
+            eprintln!(
+                "warning: portals: the running host did not answer within {} s",
+                PORTALS_PATIENCE.as_secs()
+            );
+            return;
+        }
+    };
+    if portals.is_empty() {
+        println!("portals: none known yet (install the app on a portal while the host runs)");
+    }
+    for p in &portals {
+        let domain = p.domain.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+        let bindings = match (&p.error, config.bind.handler.is_some()) {
+            (Some(error), _) => format!("; {error}"),
+            (None, true) => format!(
+                "; bindings: {} needed, {} bound, {} missing",
+                p.needed.len(),
+                p.bound.len(),
+                p.missing.len()
+            ),
+            (None, false) => String::new(),
+        };
+        println!("portal {}{domain}: {}{bindings}", p.member_id, p.installation());
+        if p.installed == Some(false) {
+            eprintln!(
+                "warning: portal {}: the app's installation is not finished (installFinish was never called): the portal sends no events",
+                p.member_id
+            );
+        }
+        if !p.missing.is_empty() {
+            eprintln!(
+                "warning: portal {}: {} binding(s) missing (`b24-host bind --check` lists them; `b24-host bind` binds them)",
+                p.member_id,
+                p.missing.len()
+            );
+        }
+    }
 }
 
 /// Consumers of plugins this host.toml does not enable. With interest retention such a

@@ -41,14 +41,17 @@ pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::
 /// Runs `request` against the journal of `config`'s host and prints the answer.
 pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    if matches!(request, Request::OfflineStatus | Request::OfflineBind { .. }) {
+    if matches!(
+        request,
+        Request::OfflineStatus | Request::OfflineBind { .. } | Request::Bind { .. }
+    ) {
         // The pollers, tokens and REST client live in the running host, on either backend (on
         // NATS this command could open the shared log itself, but the log is not the host).
         let response =
             runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
                 anyhow::anyhow!(
-                    "offline status and bind need the running host (its pollers, tokens and REST \
-                 client), and {e}"
+                    "offline status and binding need the running host (its pollers, tokens and \
+                 REST client), and {e}"
                 )
             })?;
         return output(&response, json);
@@ -75,7 +78,13 @@ pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<Exit
 fn output(response: &Response, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(response)?);
-        return Ok(ExitCode::SUCCESS);
+        // A binding report that needs attention fails the command in either form.
+        let failed = match response {
+            Response::Bindings { portals, .. } => portals.iter().any(|p| p.needs_attention()),
+            Response::Error { .. } => true,
+            _ => false,
+        };
+        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
     print(response)
 }
@@ -194,20 +203,56 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
                     .last_poll_ms
                     .map_or("never".to_owned(), |at| format!("{} ago", age(now - at)));
                 println!(
-                    "{}  mode {}  last poll {}  rows {}  duplicates {}  sent back {}  errors {}{}{}",
+                    "{}  mode {}  last poll {}  rows {}  duplicates {}  cleared {}  sent back {}  errors {}{}{}",
                     p.member_id,
                     p.mode,
                     last,
                     p.rows_pulled,
                     p.duplicates,
+                    p.rows_cleared,
                     p.rows_failed,
                     p.errors,
                     p.poller.as_ref().map(|h| format!("  polled by {h}")).unwrap_or_default(),
                     p.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
                 );
+                if let Some(since) = p.oldest_reservation_ms {
+                    println!("  oldest reservation held {}", age(now - since));
+                }
+                if p.lost_batches_resumed > 0 {
+                    println!("  lost batches taken over: {}", p.lost_batches_resumed);
+                }
+                if p.parked_total > 0 {
+                    println!(
+                        "  parked with event.offline.error: {} row(s) (read them with event.offline.get error=1)",
+                        p.parked_total
+                    );
+                    for row in &p.parked {
+                        println!(
+                            "    row {}  {}  {}  message {}",
+                            row.id, row.event_name, row.timestamp, row.message_id
+                        );
+                    }
+                }
             }
         }
         Response::Bound { events } => println!("bound for offline delivery: {}", events.join(", ")),
+        Response::Bindings { handler, portals } => {
+            match handler {
+                Some(handler) => println!("handler: {handler}"),
+                None => println!(
+                    "handler: none (bind.handler is not set: the host binds nothing, only the installation is checked)"
+                ),
+            }
+            if portals.is_empty() {
+                println!("no portal known: install the app on a portal while the host runs");
+            }
+            for p in portals {
+                print!("{}", p.describe());
+            }
+            if portals.iter().any(|p| p.needs_attention()) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Response::Error { message } => {
             eprintln!("error: {message}");
             return Ok(ExitCode::FAILURE);

@@ -3,6 +3,7 @@
 //! hidden `runner` command's body is the runner process itself, [`crate::runner::child::main`];
 //! the hidden `man` command writes the manual pages for the Debian package.
 
+pub mod bind;
 pub mod check;
 pub mod journal;
 pub mod man;
@@ -56,6 +57,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Offline { config, json, command } => {
             offline::run(&load_config(config)?, command, json)
+        }
+        Command::Bind { config, portal, check, json } => {
+            bind::run(&load_config(config)?, portal, check, json)
         }
         Command::Reload { config, admin } => reload::run(config, admin),
         Command::Send(args) => send::run(&args),

@@ -93,6 +93,31 @@ pub struct Config {
     /// the environment when `{ env = .. }`); `None`: no login (allowed on loopback only).
     /// `Debug` never shows it.
     pub admin_token: Option<Secret>,
+    /// Binding the events plugins receive on each portal (`[bind]`).
+    pub bind: BindConfig,
+}
+
+/// Binding what the plugins receive on each portal (`[bind]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindConfig {
+    /// The public handler URL Bitrix24 posts events to (`handler`), e.g.
+    /// `https://b24.example.com/b24/events`; `None`: the host binds nothing.
+    pub handler: Option<String>,
+    /// Also unbind the codes bound to this handler (and this connector's offline codes) that no
+    /// plugin receives any more (`prune`).
+    pub prune: bool,
+    /// `options[minTimeout]` of the `ONOFFLINEEVENT` binding: at least this many seconds
+    /// between two nudges (`nudge_min_timeout_s`; 0 = one per portal hit).
+    pub nudge_min_timeout_s: u32,
+}
+
+/// Default of `bind.nudge_min_timeout_s` (Bitrix24's own default).
+pub const DEFAULT_NUDGE_MIN_TIMEOUT_S: u32 = 1;
+
+impl Default for BindConfig {
+    fn default() -> Self {
+        BindConfig { handler: None, prune: false, nudge_min_timeout_s: DEFAULT_NUDGE_MIN_TIMEOUT_S }
+    }
 }
 
 /// Default of `admin.listen`.
@@ -392,10 +417,16 @@ pub struct OfflineConfig {
     pub batch: u32,
     /// `auth_connector` passed to `event.offline.get`, to skip the app's own changes.
     pub auth_connector: Option<String>,
+    /// A batch reserved on the portal under a `process_id` this host does not hold, seen
+    /// reserved this long, is taken over (`resume_lost_after_ms`): its reply was lost, and the
+    /// portal would keep its rows reserved for `PROCESS_ID_LIFETIME` (34 days).
+    pub resume_lost_after: Duration,
 }
 
 /// Default of `offline.poll_interval_ms`.
 pub const DEFAULT_OFFLINE_POLL: Duration = Duration::from_millis(30_000);
+/// Default of `offline.resume_lost_after_ms`: ten minutes, far beyond any batch in progress.
+pub const DEFAULT_RESUME_LOST_AFTER: Duration = Duration::from_millis(600_000);
 
 impl Default for OfflineConfig {
     fn default() -> Self {
@@ -404,6 +435,7 @@ impl Default for OfflineConfig {
             poll_interval: DEFAULT_OFFLINE_POLL,
             batch: 50,
             auth_connector: None,
+            resume_lost_after: DEFAULT_RESUME_LOST_AFTER,
         }
     }
 }
@@ -573,6 +605,7 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         rest: RestConfig::default(),
         admin: Some(DEFAULT_ADMIN_LISTEN),
         admin_token: None,
+        bind: BindConfig::default(),
         plugins: PluginsConfig {
             dir: base_dir.join(DEFAULT_PLUGINS_DIR),
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),

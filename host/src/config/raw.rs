@@ -37,6 +37,17 @@ pub(crate) struct RawConfig {
     pub plugins: RawPlugins,
     #[serde(default)]
     pub plugin: BTreeMap<String, RawPlugin>,
+    #[serde(default)]
+    pub bind: RawBind,
+}
+
+/// `[bind]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBind {
+    pub handler: Option<Spanned<String>>,
+    pub prune: Option<bool>,
+    pub nudge_min_timeout_s: Option<Spanned<Seconds>>,
 }
 
 /// `[rest]`.
@@ -71,6 +82,7 @@ pub(crate) struct RawOffline {
     pub poll_interval_ms: Option<Spanned<Millis>>,
     pub batch: Option<Spanned<Count>>,
     pub auth_connector: Option<Spanned<String>>,
+    pub resume_lost_after_ms: Option<Spanned<Millis>>,
 }
 
 /// `[admin]`.
@@ -229,6 +241,11 @@ uint_newtype!(
     /// A `*_ms` value.
     Millis,
     "an integer (milliseconds)"
+);
+uint_newtype!(
+    /// A `*_s` value.
+    Seconds,
+    "an integer (seconds)"
 );
 uint_newtype!(
     /// A size in bytes.

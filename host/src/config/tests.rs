@@ -70,7 +70,43 @@ fn unknown_key_at_top_level() {
     assert_eq!(
         e.to_string(),
         "host.toml:3:1: statedir: unknown key; expected one of state_dir, server, log, auth, \
-         admin, journal, rest, plugins, plugin"
+         admin, journal, rest, plugins, plugin, bind"
+    );
+}
+
+// ---- bind ------------------------------------------------------------------------------------
+
+#[test]
+fn bind_takes_a_handler_url_the_portal_accepts() {
+    let config = parse("[bind]\nhandler = \"https://b24.example.com/b24/events\"\nprune = true\n");
+    assert_eq!(config.bind.handler.as_deref(), Some("https://b24.example.com/b24/events"));
+    assert!(config.bind.prune);
+    assert_eq!(config.bind.nudge_min_timeout_s, 1, "Bitrix24's own default");
+    assert_eq!(parse("").bind, crate::config::BindConfig::default());
+    assert_eq!(parse("").bind.handler, None, "no handler: the host binds nothing");
+    for wrong in ["b24.example.com/events", "ftp://b24.example.com/", "https://localhost/events"] {
+        let message = invalid(&format!("[bind]\nhandler = {wrong:?}\n"), 2, 11, "bind.handler");
+        assert!(message.contains("https://b24.example.com/b24/events"), "{message}");
+    }
+    let message =
+        invalid("[bind]\nnudge_min_timeout_s = 90000\n", 2, 23, "bind.nudge_min_timeout_s");
+    assert!(message.contains("86400"), "{message}");
+    assert_eq!(parse("[bind]\nnudge_min_timeout_s = 0\n").bind.nudge_min_timeout_s, 0);
+}
+
+#[test]
+fn an_offline_table_says_when_a_lost_batch_is_taken_over() {
+    let text = "[rest.portals.\"m1\".offline]\nresume_lost_after_ms = 5000\n";
+    let offline = parse(text).rest.portals["m1"].offline.clone().unwrap();
+    assert_eq!(offline.resume_lost_after, std::time::Duration::from_millis(5000));
+    let offline =
+        parse("[rest.portals.\"m1\".offline]\n").rest.portals["m1"].offline.clone().unwrap();
+    assert_eq!(offline.resume_lost_after, std::time::Duration::from_secs(600));
+    invalid(
+        "[rest.portals.\"m1\".offline]\nresume_lost_after_ms = 0\n",
+        2,
+        24,
+        "rest.portals.m1.offline.resume_lost_after_ms",
     );
 }
 

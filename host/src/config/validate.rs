@@ -14,8 +14,8 @@ use b24_plugin_api::Secret;
 use toml::Spanned;
 
 use super::{
-    AuthConfig, Config, ConfigError, Isolation, JournalBackend, JournalConfig, LogConfig,
-    LogFormat, PluginConfig, PluginsConfig, RestConfig, RestPortalConfig, RetryConfig,
+    AuthConfig, BindConfig, Config, ConfigError, Isolation, JournalBackend, JournalConfig,
+    LogConfig, LogFormat, PluginConfig, PluginsConfig, RestConfig, RestPortalConfig, RetryConfig,
     ServerConfig,
     error::{Source, join_keys},
     model::OfflineConfig,
@@ -24,7 +24,7 @@ use super::{
         MAX_CONCURRENCY, MAX_CRASHES, MAX_KEEP_COMPLETED_HOURS, MAX_MEMORY_LIMIT_MB, MAX_MILLIS,
     },
     raw::{
-        Bytes, Count, Millis, RawAdmin, RawAuth, RawConfig, RawJournal, RawLog, RawPlugin,
+        Bytes, Count, Millis, RawAdmin, RawAuth, RawBind, RawConfig, RawJournal, RawLog, RawPlugin,
         RawPlugins, RawRest, RawRetry, RawServer, RawToken,
     },
 };
@@ -44,6 +44,7 @@ pub(crate) fn build(
     let rest = rest(src, raw.rest, env)?;
     let (admin, admin_token) = admin(src, raw.admin, env)?;
     let plugins = plugins(src, base_dir, raw.plugins)?;
+    let bind = bind(src, raw.bind)?;
     let mut plugin = BTreeMap::new();
     let mut plugin_positions = BTreeMap::new();
     for (name, table) in raw.plugin {
@@ -71,7 +72,47 @@ pub(crate) fn build(
         rest,
         admin,
         admin_token,
+        bind,
     })
+}
+
+/// `[bind]`: the public handler URL, as Bitrix24's `event.bind` takes it (an absolute `http`
+/// or `https` URL whose host has a dot), pruning, and the nudge's minimum interval.
+fn bind(src: &Source<'_>, raw: RawBind) -> Result<BindConfig, ConfigError> {
+    let mut out = BindConfig::default();
+    if let Some(handler) = raw.handler {
+        let text = handler.get_ref();
+        let usable = url::Url::parse(text).ok().filter(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some_and(|host| host.find('.').is_some_and(|dot| dot > 0))
+        });
+        if usable.is_none() {
+            return Err(src.invalid(
+                handler.span(),
+                "bind.handler",
+                format!(
+                    "{text:?} is not a handler URL Bitrix24 accepts: an absolute https URL like \
+                     https://b24.example.com/b24/events (the address the portal posts events to)"
+                ),
+            ));
+        }
+        out.handler = Some(text.clone());
+    }
+    if let Some(prune) = raw.prune {
+        out.prune = prune;
+    }
+    if let Some(seconds) = raw.nudge_min_timeout_s {
+        let n = seconds.get_ref().0;
+        if n > 86_400 {
+            return Err(src.invalid(
+                seconds.span(),
+                "bind.nudge_min_timeout_s",
+                "must be at most 86400 (one day)",
+            ));
+        }
+        out.nudge_min_timeout_s = n as u32;
+    }
+    Ok(out)
 }
 
 /// `[admin]`: the listener's address and its token. A listener that is not on a loopback
@@ -162,6 +203,10 @@ fn rest(
                 o.batch = count(src, &batch, &format!("{key}.offline.batch"), 50)? as u32;
             }
             o.auth_connector = offline.auth_connector.map(Spanned::into_inner);
+            if let Some(ms) = offline.resume_lost_after_ms {
+                o.resume_lost_after =
+                    millis(src, &ms, &format!("{key}.offline.resume_lost_after_ms"), 1)?;
+            }
             cfg.offline = Some(o);
         }
         out.portals.insert(member, cfg);

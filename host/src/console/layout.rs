@@ -25,6 +25,7 @@ pub fn page(title: &str, who: &Who, csrf: &str, body: Markup) -> Markup {
                         a id="nav-events" href="/events" { "Events" }
                         a id="nav-dead" href="/dead" { "Dead letters" }
                         a id="nav-plugins" href="/plugins" { "Plugins" }
+                        a id="nav-portals" href="/portals" { "Portals" }
                         @if let Who::Session { .. } = who {
                             form.logout method="post" action="/logout" {
                                 input type="hidden" name="csrf" value=(csrf);

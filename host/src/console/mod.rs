@@ -1,7 +1,7 @@
 //! The web console on the admin listener: server-rendered HTML (maud) with htmx refreshing
 //! parts of pages, readable without JavaScript. Pages: the overview (`/`), events (`/events`,
 //! `/events/{id}`), dead letters (`/dead`, with replay and purge in two steps), plugins
-//! (`/plugins`, with reload). Static assets (htmx, the stylesheet) are embedded in the binary.
+//! (`/plugins`, with reload), portals (`/portals`: installation, bindings, offline queue). Static assets (htmx, the stylesheet) are embedded in the binary.
 //!
 //! Invariants: the console changes the journal only through the seam's `replay` and `purge`;
 //! it never sees a token (the journal hands out redacted events; plugin settings are redacted
@@ -20,6 +20,7 @@ mod layout;
 mod login;
 mod overview;
 mod plugins;
+mod portals;
 pub mod when;
 
 use std::time::{Duration, Instant};
@@ -271,6 +272,8 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
             dead_action(ops, &who, &csrf, dead::Action::Purge, &without_confirm(&query)).await
         }
         "/plugins" => page("Plugins", plugins::body(&ops.supervisor.views(), &csrf, None)),
+        "/portals" => page("Portals", portals::body(ops)),
+        "/partials/portals" => html(StatusCode::OK, portals::live(ops)),
         _ => {
             if let Some(id) =
                 path.strip_prefix("/partials/events/").and_then(|r| r.strip_suffix("/deliveries"))
@@ -426,7 +429,7 @@ fn not_found(who: &Who, csrf: &str) -> Answer {
             "Not found",
             who,
             csrf,
-            "no such page; the console has /, /events, /dead and /plugins (and /healthz, /readyz, /metrics, POST /reload)",
+            "no such page; the console has /, /events, /dead, /plugins and /portals (and /healthz, /readyz, /metrics, POST /reload)",
         ),
     )
 }

@@ -1,5 +1,6 @@
 //! The overview: intake per second (chart), per-plugin backlog, oldest pending age, retrying,
-//! dead letters and state, the journal and its health, each portal's offline poller. The
+//! dead letters and state, the journal and its health, each portal's offline poller (its
+//! parked rows link to the portals page). The
 //! changing part is `div#live`, which htmx reloads from `/partials/overview` every 2 s.
 
 use maud::{Markup, html};
@@ -101,7 +102,7 @@ pub async fn live(ops: &Ops) -> Markup {
                     p { "no portal has offline polling enabled" }
                 } @else {
                     table {
-                        thead { tr { th { "portal" } th { "mode" } th { "last poll" } th { "rows" } th { "errors" } th { "last error" } th { "poller" } } }
+                        thead { tr { th { "portal" } th { "mode" } th { "last poll" } th { "rows" } th { "parked" } th { "errors" } th { "last error" } th { "poller" } } }
                         tbody {
                             @for s in &pollers {
                                 tr id=(format!("offline-{}", s.member_id)) {
@@ -109,6 +110,7 @@ pub async fn live(ops: &Ops) -> Markup {
                                     td.mode { (s.mode) }
                                     td.last-poll { (s.last_poll_ms.map_or("never".to_owned(), |ms| format!("{} ago", when::age(now - ms)))) }
                                     td.rows { (s.rows_pulled) " (" (s.duplicates) " duplicates, " (s.rows_failed) " failed)" }
+                                    td.parked { a href="/portals" { (s.parked_total) } }
                                     td.errors { (s.errors) }
                                     td.last-error { (s.last_error.as_deref().unwrap_or("-")) }
                                     td.poller { (s.poller.as_deref().unwrap_or("this host")) }

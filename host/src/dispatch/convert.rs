@@ -39,7 +39,10 @@ pub fn plugin_event(envelope: &Envelope, attempt: u32) -> PluginEvent {
     let data: RVec<KeyValue> =
         event.data.iter().map(|(k, v)| KeyValue::new(k.as_str(), v.as_str())).collect();
     let portal = portal(&event.auth);
-    let user = user(&event.auth);
+    let user = match user(&event.auth) {
+        ROption::RNone => offline_user(envelope),
+        known => known,
+    };
     let handler_id = event.handler_id.into();
     let ts = event.ts.into();
     match &event.kind {
@@ -86,6 +89,29 @@ fn user_id_unknown(auth: &AuthBlock) -> Option<KeyValue> {
         .as_ref()
         .filter(|u| u.user_id.is_none())
         .map(|_| KeyValue::new(b24_plugin_api::EXTRA_USER_ID, b24_plugin_api::USER_ID_UNKNOWN))
+}
+
+/// The user who changed the entity of an offline row: the row names them
+/// (`EVENT_ADDITIONAL.user_id`, kept as `user_id` among the extra pairs) but carries no token,
+/// so the access token is empty. `0` (an agent, an automation) is no user.
+fn offline_user(envelope: &Envelope) -> ROption<UserAuth> {
+    if envelope.source != Source::Offline {
+        return ROption::RNone;
+    }
+    envelope
+        .extra
+        .iter()
+        .find(|(key, _)| key == "user_id")
+        .and_then(|(_, id)| id.parse::<u64>().ok())
+        .filter(|id| *id > 0)
+        .map(|user_id| UserAuth {
+            user_id,
+            access_token: b24_plugin_api::Secret::new(""),
+            expires: ROption::RNone,
+            scope: "".into(),
+            refresh_token: ROption::RNone,
+        })
+        .into()
 }
 
 fn user(auth: &AuthBlock) -> ROption<UserAuth> {

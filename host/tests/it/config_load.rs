@@ -103,6 +103,7 @@ fn the_shipped_example_loads_from_disk() {
     assert_eq!(config.server, defaults.server);
     assert_eq!(config.log, defaults.log);
     assert_eq!(config.plugins, defaults.plugins);
+    assert_eq!(config.bind, defaults.bind, "[bind] shows the defaults");
     assert_eq!(config.state_dir, dir.path().join("state"));
     assert_eq!(config.auth.portals.len(), 1);
     assert_eq!(

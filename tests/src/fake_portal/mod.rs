@@ -22,9 +22,11 @@
 //! | `crm.<entity>.userfield.list` `{filter?, start?}` | array of the entity's live fields, order `SORT, ID`, 50 a page (`next`, `total`); labels only as strings and only with `filter.LANG` (as Bitrix24 does); filter keys `ID, FIELD_NAME, USER_TYPE_ID, XML_ID, MULTIPLE, MANDATORY` compare exactly |
 //! | `userfieldconfig.get` `{moduleId: "crm", id}` | `{"field": {..camelCase.., "enum": [..]}}`, smart-process fields only (`CRM_<n>`, `CRM_SMART_INVOICE`, `CRM_SMART_DOCUMENT`) |
 //! | `userfieldconfig.list` `{moduleId: "crm", filter?: {entityId}, start?}` | `{"fields": [..]}` of live smart-process fields, without `enum` (as Bitrix24 does) |
-//! | `event.bind` `{event, handler?, event_type?, auth_type?, auth_connector?, options?}` | `true`; see [`offline`] |
-//! | `event.unbind` `{event, handler?, event_type?, auth_connector?}` | `{"count": n}` |
-//! | `event.get` | `[{event, handler, auth_type, offline}]` |
+//! | `event.bind` `{event, handler?, event_type?, auth_type?, auth_connector?, options?}` | `true`; the portal's checks, see [`bindings`] |
+//! | `event.unbind` `{event, handler?, event_type?, auth_type?, auth_connector?}` | `{"count": n}` |
+//! | `event.get` | `[{event, handler, auth_type, offline: 0}, {event, connector_id, offline: 1}]` |
+//! | `events` | the codes the portal offers the app |
+//! | `app.info` | `{ID, CODE, VERSION, STATUS, INSTALLED, ...}` |
 //! | `event.offline.get` / `.list` / `.clear` / `.error` | see [`offline`] |
 //! | `feature.get` `{CODE}` | `{"value": "Y"}`; `N` for `rest_offline_extended` while safe mode is off |
 //! | anything else | 404 `ERROR_METHOD_NOT_FOUND` |
@@ -51,7 +53,8 @@
 //!    (Real Bitrix24 answers a wrong-entity read with 403 and a deleted smart-process field with
 //!    a permission error; the fake is stricter and uniform on purpose.)
 //!
-//! The parts live in [`fields`], [`oauth`], [`offline`] (the offline queue and `event.bind`),
+//! The parts live in [`fields`], [`oauth`], [`offline`] (the offline queue), [`bindings`]
+//! (`event.bind`, `event.get`, `event.unbind`, `events`, `app.info`),
 //! [`wire`] (HTTP) and `state` (the shared state and dispatch).
 //!
 //! # Example
@@ -75,6 +78,7 @@
 //! # let _ = (access, refresh, auth, rest_calls);
 //! ```
 
+pub mod bindings;
 pub mod fields;
 pub mod oauth;
 pub mod offline;
@@ -243,6 +247,10 @@ impl FakePortal {
             app_user_admin: true,
             connectors_allowed: true,
             webhooks: Vec::new(),
+            events_offered: bindings::default_events(),
+            installation_finished: true,
+            lost_gets: 0,
+            offline_discarded: Vec::new(),
         };
         state.initial = state.mint_pair(now);
         let shared = Arc::new(Shared { state: Mutex::new(state) });

@@ -1,11 +1,15 @@
-//! Offline events and `event.bind`.
+//! Offline events (bindings are in [`super::bindings`]).
 //!
 //! The portal keeps Bitrix24's offline event queue. Tests fill it with
-//! [`FakePortal::push_offline`] (it keeps the **latest state per change**: a push for the same
-//! `EVENT_NAME` and `EVENT_DATA.FIELDS.ID` as a pending row, i.e. one neither reserved nor
-//! marked erroneous, rewrites that row in place and keeps its `ID` and `MESSAGE_ID`) and read it
-//! with [`FakePortal::offline_rows`], [`FakePortal::offline_cleared`] and
-//! [`FakePortal::offline_errored`]. Rows, as Bitrix24 sends them: `ID` (decimal string,
+//! [`FakePortal::push_offline`] and read it with [`FakePortal::offline_rows`],
+//! [`FakePortal::offline_cleared`], [`FakePortal::offline_errored`] and
+//! [`FakePortal::offline_discarded`]. **One change, one `MESSAGE_ID`**: Bitrix24 keys a row by
+//! `MESSAGE_ID` (a hash of the event name and data), queue and `PROCESS_ID`, and merges a change
+//! made again into the row of that key; the fake takes `EVENT_NAME` with
+//! `EVENT_DATA.FIELDS.ID` (or the whole `EVENT_DATA` without it) as the change. A push merges
+//! into the change's unreserved row (pending, or parked with `ERROR=1`, which stays parked),
+//! rewriting it in place with its `ID` and `MESSAGE_ID`; while the change's row is reserved by
+//! a batch, the push makes a new row with the same `MESSAGE_ID`. Rows, as Bitrix24 sends them: `ID` (decimal string,
 //! increasing from 1), `TIMESTAMP_X` (the portal's local time with its UTC offset,
 //! [`PortalOptions::utc_offset_minutes`](super::PortalOptions), e.g.
 //! `2026-12-01T19:24:05+03:00`; a merged push renews it), `EVENT_NAME`, `EVENT_DATA`
@@ -48,8 +52,9 @@
 //!   - `clear=0` while [safe mode](FakePortal::set_offline_safe_mode) is off: 403
 //!     [`WRONG_LICENSE`] "This feature is not enabled for the current license: extended offline
 //!     events handling" ([`OFFLINE_LICENSE_DESCRIPTION`]), checked after the params.
-//! - `event.offline.list` `{filter?, start?}`: all rows (reserved and erroneous too, filter
-//!   also on `PROCESS_ID`, `ERROR`), 50 a page with `next`/`total`; reserves nothing.
+//! - `event.offline.list` `{filter?, order?, start?}`: all rows (reserved and erroneous too,
+//!   filter and order also on `PROCESS_ID`, `ERROR`; default order `ID` ascending), 50 a page
+//!   with `next`/`total`; reserves nothing. `{">PROCESS_ID": ""}` finds the reserved rows.
 //! - `event.offline.clear` `{process_id, message_id? | id?}`: deletes the listed rows that are
 //!   reserved under `process_id` (`message_id` wins over `id`; neither, or empty lists: the whole
 //!   batch); others are left alone. Answers `true` even when nothing matched. Missing or empty
@@ -61,19 +66,16 @@
 //!   `INTERNAL_SERVER_ERROR` "Internal server error" and nothing is deleted. A lost reply:
 //!   [`FakePortal::garble_next_clear_replies`] (deleted, then answered 502 HTML) and
 //!   [`FakePortal::hold_next_clear`] (deleted, then the reply waits to be released).
-//! - `event.offline.error` `{process_id, message_id}`: the listed rows reserved under
-//!   `process_id` get `ERROR=1` and lose their reservation (so only `error=1` gets them again);
-//!   answers `true`. Same `process_id` errors as clear; `message_id` missing: 400
-//!   `ERROR_ARGUMENT` "Value must be array of MESSAGE_ID values". (Bitrix24 also deletes rows
-//!   with the same `MESSAGE_ID` outside the batch; the fake does not.)
-//! - `event.bind`: records the binding ([`FakePortal::bindings`], `event.get`); `handler` is
-//!   required for online bindings (400 `ERROR_ARGUMENT` "Argument 'HANDLER' is null or empty")
-//!   and ignored for offline ones; no `event`: "Argument 'EVENT' is null or empty"; an
-//!   `event_type` other than `online`/`offline`: "Value must be one of {online|offline}";
-//!   `ONOFFLINEEVENT` offline: "Offline event cannot be registered for this event.". Binding
-//!   the same (event, handler, auth_type, event_type, auth_connector) again answers, as
-//!   Bitrix24 does, 400 `ERROR_CORE` "Unable to set event handler: Handler already binded".
-//!   Binding does not feed the queue: tests push rows themselves.
+//! - `event.offline.error` `{process_id, message_id}`, as `EventOfflineTable::markError`: for
+//!   each listed `MESSAGE_ID` of the call's queue, every row that is neither parked nor held
+//!   under `process_id` is deleted (the change's pending repeat, another batch's copy; see
+//!   [`FakePortal::offline_discarded`]), and the rows held under `process_id` get `ERROR=1`
+//!   and lose their reservation (only `error=1` gets them again; a change parked before gives
+//!   way to them). Answers `true`. Same `process_id` errors as clear; `message_id` missing:
+//!   400 `ERROR_ARGUMENT` "Value must be array of MESSAGE_ID values".
+//! - A lost answer to `get`: [`FakePortal::lose_next_get_replies`] (the rows are reserved, then
+//!   the answer is 502 HTML; only answers that hand out rows count): no later `get` without
+//!   that `process_id` returns them.
 
 use serde_json::{Map, Value, json};
 
@@ -103,17 +105,6 @@ pub(super) struct OfflineRow {
     /// The reserving batch; `None` when not reserved.
     pub(super) process_id: Option<String>,
     pub(super) error: bool,
-}
-
-/// One `event.bind` subscription.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Binding {
-    pub(super) event: String,
-    pub(super) handler: String,
-    pub(super) auth_type: String,
-    pub(super) offline: bool,
-    pub(super) auth_connector: Option<String>,
-    pub(super) options: Value,
 }
 
 impl FakePortal {
@@ -175,6 +166,19 @@ impl FakePortal {
         self.shared.lock().garbled_clears = n;
     }
 
+    /// Makes the answers of the next `n` successful `event.offline.get` calls that hand out rows
+    /// 502 with an HTML body (a proxy or a timeout that lost the portal's answer): the rows ARE
+    /// reserved, under a `process_id` the caller never learns.
+    pub fn lose_next_get_replies(&self, n: usize) {
+        self.shared.lock().lost_gets = n;
+    }
+
+    /// The `MESSAGE_ID`s of the rows `event.offline.error` deleted (a parked change's pending
+    /// repeat, another batch's copy, an older parked row of the change), in order.
+    pub fn offline_discarded(&self) -> Vec<String> {
+        self.shared.lock().offline_discarded.clone()
+    }
+
     /// Arms a hold on the next successful `event.offline.clear`: the rows are deleted, then
     /// the reply waits until [`Self::release_held_clear`] (or 60 s). [`Self::clear_is_held`]
     /// tells when that moment has come, e.g. to kill the caller while it waits.
@@ -196,19 +200,6 @@ impl FakePortal {
         }
     }
 
-    /// Binds `event` offline for `connector`, as another application (or another connector of
-    /// this one) would: from now on changes of that event are queued for it too.
-    pub fn bind_offline_for(&self, connector: &str, event: &str) {
-        self.shared.lock().bindings.push(Binding {
-            event: event.to_ascii_uppercase(),
-            handler: String::new(),
-            auth_type: "0".into(),
-            offline: true,
-            auth_connector: Some(connector.to_owned()).filter(|c| !c.is_empty()),
-            options: Value::Null,
-        });
-    }
-
     /// Whether the user whose tokens the app holds is a portal administrator (default true).
     /// While not, every `event.offline.*` call answers 403 `ACCESS_DENIED`.
     pub fn set_app_user_admin(&self, admin: bool) {
@@ -220,13 +211,6 @@ impl FakePortal {
     /// [`CONNECTOR_LICENSE_DESCRIPTION`].
     pub fn set_connectors_allowed(&self, allowed: bool) {
         self.shared.lock().connectors_allowed = allowed;
-    }
-
-    /// The subscriptions made with `event.bind` (minus those removed by `event.unbind`), in
-    /// order: `{"event", "handler" ("" for offline), "auth_type" ("0" unless given),
-    /// "offline" (0/1), "auth_connector" (string or null), "options" (object or null)}`.
-    pub fn bindings(&self) -> Vec<Value> {
-        self.shared.lock().bindings.iter().map(Binding::full).collect()
     }
 
     /// Every call of an `event.*` method (and `feature.get`) that passed the token check, in
@@ -307,16 +291,22 @@ impl State {
         for connector in connectors {
             self.next_seq += 1;
             let seq = self.next_seq;
-            let pending = self.offline.values_mut().find(|row| {
-                row.process_id.is_none()
-                    && !row.error
-                    && row.connector == connector
+            let same = |row: &OfflineRow| {
+                row.connector == connector
                     && row.event_name == event_name
                     && match &key {
                         Some(id) => change_key(&row.data).as_ref() == Some(id),
                         None => row.data == data,
                     }
-            });
+            };
+            // A change's unreserved row (pending, or parked: it stays parked) takes the push.
+            if message_id.is_empty()
+                && let Some(row) = self.offline.values().find(|row| same(row))
+            {
+                message_id = row.message_id.clone();
+            }
+            let pending =
+                self.offline.values_mut().find(|row| row.process_id.is_none() && same(row));
             if let Some(row) = pending {
                 row.data = data.clone();
                 row.user_id = user_id;
@@ -389,11 +379,8 @@ impl State {
                 let on = code != "rest_offline_extended" || self.opts.offline_safe_mode;
                 Ok((json!({ "value": yn_str(on) }), Vec::new()))
             }
-            "event.bind" => self.event_bind(params),
-            "event.unbind" => self.event_unbind(params),
-            "event.get" => {
-                let list: Vec<Value> = self.bindings.iter().map(Binding::short).collect();
-                Ok((Value::Array(list), Vec::new()))
+            "event.bind" | "event.unbind" | "event.get" => {
+                self.call_binding(method, params, webhook)
             }
             "event.offline.get" => self.offline_get(params),
             "event.offline.list" => self.offline_list(params),
@@ -403,36 +390,10 @@ impl State {
         }
     }
 
-    pub(super) fn event_bind(&mut self, params: &Map<String, Value>) -> CallResult {
-        let binding = parse_binding(params, true)?;
-        if self.bindings.contains(&binding) {
-            return Err(ApiError::new(
-                400,
-                "ERROR_CORE",
-                "Unable to set event handler: Handler already binded",
-            ));
-        }
-        self.bindings.push(binding);
-        Ok((json!(true), Vec::new()))
-    }
-
-    pub(super) fn event_unbind(&mut self, params: &Map<String, Value>) -> CallResult {
-        let want = parse_binding(params, false)?;
-        let handler_given = param_ci(params, "handler").is_some_and(|h| !value_text(h).is_empty());
-        let before = self.bindings.len();
-        self.bindings.retain(|b| {
-            !(b.event == want.event
-                && b.offline == want.offline
-                && (!handler_given || b.handler == want.handler)
-                && b.auth_connector == want.auth_connector)
-        });
-        Ok((json!({ "count": before - self.bindings.len() }), Vec::new()))
-    }
-
     pub(super) fn offline_get(&mut self, params: &Map<String, Value>) -> CallResult {
         let filter =
             parse_offline_filter(params, &["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID"])?;
-        let order = parse_order(params)?;
+        let order = parse_order(params, GET_FIELDS, "TIMESTAMP_X")?;
         let limit = match param_ci(params, "limit") {
             None | Some(Value::Null) => OFFLINE_LIMIT,
             Some(v) => match value_text(v).trim().parse::<u64>() {
@@ -514,12 +475,14 @@ impl State {
             params,
             &["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID", "PROCESS_ID", "ERROR"],
         )?;
+        let order = parse_order(params, LIST_FIELDS, "ID")?;
         let connector = connector_of(params);
-        let all: Vec<&OfflineRow> = self
+        let mut all: Vec<&OfflineRow> = self
             .offline
             .values()
             .filter(|r| r.connector == connector && filter_matches(&filter, r))
             .collect();
+        sort_rows(&mut all, &order);
         let (page, extra) = paginate(&all, params);
         let rows: Vec<Value> = page.iter().map(|r| r.full()).collect();
         Ok((Value::Array(rows), extra))
@@ -586,15 +549,47 @@ impl State {
             Some(v) => message_id_list(v)?,
         };
         let connector = connector_of(params);
-        for row in self.offline.values_mut() {
-            if row.connector == connector
-                && row.process_id.as_deref() == Some(process_id.as_str())
-                && !row.error
-                && message_ids.contains(&row.message_id)
-            {
+        let held = |row: &OfflineRow| row.process_id.as_deref() == Some(process_id.as_str());
+        // As the portal's SQL does: the change's other live rows go (its pending repeat,
+        // another batch's copy), then the batch's rows are parked.
+        let doomed: Vec<u64> = self
+            .offline
+            .values()
+            .filter(|r| r.connector == connector && message_ids.contains(&r.message_id))
+            .filter(|r| !r.error && !held(r))
+            .map(|r| r.id)
+            .collect();
+        for id in doomed {
+            if let Some(row) = self.offline.remove(&id) {
+                self.offline_discarded.push(row.message_id);
+            }
+        }
+        let parking: Vec<u64> = self
+            .offline
+            .values()
+            .filter(|r| r.connector == connector && message_ids.contains(&r.message_id))
+            .filter(|r| !r.error && held(r))
+            .map(|r| r.id)
+            .collect();
+        for id in parking {
+            let Some(message_id) = self.offline.get(&id).map(|r| r.message_id.clone()) else {
+                continue;
+            };
+            // One parked row per change and queue (the portal's unique key): the older goes.
+            let older: Vec<u64> = self
+                .offline
+                .values()
+                .filter(|r| r.error && r.connector == connector && r.message_id == message_id)
+                .map(|r| r.id)
+                .collect();
+            for old in older {
+                self.offline.remove(&old);
+                self.offline_discarded.push(message_id.clone());
+            }
+            if let Some(row) = self.offline.get_mut(&id) {
                 row.error = true;
                 row.process_id = None;
-                self.offline_errored.push(row.message_id.clone());
+                self.offline_errored.push(message_id);
             }
         }
         Ok((json!(true), Vec::new()))
@@ -627,67 +622,6 @@ impl OfflineRow {
         }
         v
     }
-}
-
-impl Binding {
-    /// The shape of `event.get`.
-    pub(super) fn short(&self) -> Value {
-        json!({
-            "event": self.event,
-            "handler": self.handler,
-            "auth_type": self.auth_type,
-            "offline": i32::from(self.offline),
-        })
-    }
-
-    pub(super) fn full(&self) -> Value {
-        let mut v = self.short();
-        if let Some(m) = v.as_object_mut() {
-            m.insert("auth_connector".into(), json!(self.auth_connector));
-            m.insert("options".into(), self.options.clone());
-        }
-        v
-    }
-}
-
-/// `event`, `handler`, `auth_type`, `event_type`, `auth_connector`, `options` of
-/// `event.bind` (`strict`: the handler is required for online bindings) or `event.unbind`.
-pub(super) fn parse_binding(
-    params: &Map<String, Value>,
-    strict: bool,
-) -> Result<Binding, ApiError> {
-    let text = |k: &str| param_ci(params, k).map(value_text).unwrap_or_default();
-    let event = text("event").trim().to_ascii_uppercase();
-    if event.is_empty() {
-        return Err(ApiError::new(400, "ERROR_ARGUMENT", "Argument 'EVENT' is null or empty"));
-    }
-    let offline = match text("event_type").trim().to_ascii_lowercase().as_str() {
-        "" | "online" => false,
-        "offline" => true,
-        _ => {
-            return Err(ApiError::new(
-                400,
-                "ERROR_ARGUMENT",
-                "Value must be one of {online|offline}",
-            ));
-        }
-    };
-    if offline && event == "ONOFFLINEEVENT" {
-        return Err(ApiError::new(
-            400,
-            "ERROR_ARGUMENT",
-            "Offline event cannot be registered for this event.",
-        ));
-    }
-    let handler = if offline { String::new() } else { text("handler") };
-    if strict && !offline && handler.trim().is_empty() {
-        return Err(ApiError::new(400, "ERROR_ARGUMENT", "Argument 'HANDLER' is null or empty"));
-    }
-    let auth_type = if offline { String::new() } else { text("auth_type") };
-    let auth_type = if auth_type.trim().is_empty() { "0".to_owned() } else { auth_type };
-    let auth_connector = Some(text("auth_connector")).filter(|c| !c.is_empty());
-    let options = param_ci(params, "options").cloned().unwrap_or(Value::Null);
-    Ok(Binding { event, handler, auth_type, offline, auth_connector, options })
 }
 
 /// One filter condition: operation (`=`, `>`, `<`, `>=`, `<=`), field, value.
@@ -824,19 +758,28 @@ pub(super) fn connector_of(params: &Map<String, Value>) -> String {
     param_ci(params, "auth_connector").map(value_text).unwrap_or_default()
 }
 
-/// The `order` param of `event.offline.get`: `{FIELD: "ASC"|"DESC", ..}` over `ID`,
-/// `TIMESTAMP_X`, `EVENT_NAME`, `MESSAGE_ID`; default `TIMESTAMP_X` ascending.
-pub(super) fn parse_order(params: &Map<String, Value>) -> Result<Vec<(String, bool)>, ApiError> {
+/// The fields `event.offline.get` orders by.
+const GET_FIELDS: &[&str] = &["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID"];
+/// The fields `event.offline.list` orders by.
+const LIST_FIELDS: &[&str] =
+    &["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID", "PROCESS_ID", "ERROR"];
+
+/// The `order` param: `{FIELD: "ASC"|"DESC", ..}` over `allowed`; `default` ascending without.
+pub(super) fn parse_order(
+    params: &Map<String, Value>,
+    allowed: &[&str],
+    default: &str,
+) -> Result<Vec<(String, bool)>, ApiError> {
     let order = match param_ci(params, "order") {
-        None | Some(Value::Null) => return Ok(vec![("TIMESTAMP_X".to_owned(), true)]),
-        Some(Value::Array(a)) if a.is_empty() => return Ok(vec![("TIMESTAMP_X".to_owned(), true)]),
+        None | Some(Value::Null) => return Ok(vec![(default.to_owned(), true)]),
+        Some(Value::Array(a)) if a.is_empty() => return Ok(vec![(default.to_owned(), true)]),
         Some(Value::Object(m)) => m,
         Some(_) => return Err(ApiError::new(400, "ERROR_ARGUMENT", "The order is not an array.")),
     };
     let mut out = Vec::new();
     for (field, direction) in order {
         let field = field.to_ascii_uppercase();
-        if !["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID"].contains(&field.as_str()) {
+        if !allowed.contains(&field.as_str()) {
             return Err(ApiError::new(
                 400,
                 "ERROR_ARGUMENT",
@@ -868,6 +811,8 @@ pub(super) fn sort_rows(rows: &mut [&OfflineRow], order: &[(String, bool)]) {
                 "ID" => a.id.cmp(&b.id),
                 "TIMESTAMP_X" => a.timestamp.cmp(&b.timestamp).then(a.seq.cmp(&b.seq)),
                 "EVENT_NAME" => a.event_name.cmp(&b.event_name),
+                "PROCESS_ID" => a.process_id.cmp(&b.process_id),
+                "ERROR" => a.error.cmp(&b.error),
                 _ => a.message_id.cmp(&b.message_id),
             };
             let o = if *ascending { o } else { o.reverse() };
@@ -1204,7 +1149,8 @@ mod tests {
         assert_eq!(portal.push_offline("ONAPPTEST", json!({"X": 1}), None), plain);
         assert_ne!(portal.push_offline("ONAPPTEST", json!({"X": 2}), None), plain);
 
-        // A reserved row is not touched: the repeat makes a new row.
+        // A reserved row is not touched: the repeat makes a new row of the same change, with
+        // the same MESSAGE_ID (Bitrix24 keys rows by message, queue and process id).
         let a = post(
             &portal,
             "event.offline.get",
@@ -1213,19 +1159,113 @@ mod tests {
         let pid = a.json["result"]["process_id"].as_str().unwrap().to_owned();
         assert_eq!(message_ids(&a), std::slice::from_ref(&first));
         let fresh = portal.push_offline("ONCRMDEALUSERFIELDUPDATE", deal_field(554), Some(1));
-        assert_ne!(fresh, first);
+        assert_eq!(fresh, first);
         assert_eq!(portal.offline_rows().len(), 5);
-        // ... and so is an erroneous one.
+        // Parking the reserved row deletes its pending repeat (event.offline.error's SQL) ...
         post(
             &portal,
             "event.offline.error",
             json!({"process_id": pid, "message_id": [first], "auth": token}),
         );
-        let fresh2 = portal.push_offline("ONCRMDEALUSERFIELDUPDATE", deal_field(554), Some(1));
-        assert_eq!(fresh2, fresh, "merges into the pending repeat, not the erroneous row");
-        assert_eq!(portal.offline_rows().len(), 5);
-        let reserved = portal.offline_rows().iter().filter(|r| r["PROCESS_ID"] != "").count();
+        assert_eq!(portal.offline_discarded(), std::slice::from_ref(&first));
+        assert_eq!(portal.offline_rows().len(), 4);
+        // ... and a change made again merges into the parked row, which stays parked.
+        let again = portal.push_offline("ONCRMDEALUSERFIELDUPDATE", renamed.clone(), Some(7));
+        assert_eq!(again, first);
+        let rows = portal.offline_rows();
+        assert_eq!(rows.len(), 4);
+        let parked = rows.iter().find(|r| r["MESSAGE_ID"] == first.as_str()).unwrap();
+        assert_eq!(parked["ERROR"], "1");
+        assert_eq!(parked["EVENT_ADDITIONAL"], json!({"user_id": "7"}));
+        let reserved = rows.iter().filter(|r| r["PROCESS_ID"] != "").count();
         assert_eq!(reserved, 0);
+    }
+
+    #[test]
+    fn fake_portal_offline_error_deletes_every_other_row_of_the_message() {
+        let portal =
+            FakePortal::start(PortalOptions { rate_per_sec: f64::INFINITY, ..Default::default() });
+        let token = portal.issue_access_token();
+        let ids = fill(&portal, 2);
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "limit": 1, "auth": token}));
+        let first = a.json["result"]["process_id"].as_str().unwrap().to_owned();
+        // Field 1 changes again (a pending repeat), and again after another batch took the
+        // repeat: three rows of one message, in three states.
+        portal.push_offline("ONCRMDEALUSERFIELDUPDATE", deal_field(1), Some(1));
+        let b = post(
+            &portal,
+            "event.offline.get",
+            json!({"clear": 0, "filter": {"MESSAGE_ID": ids[0]}, "auth": token}),
+        );
+        let second = b.json["result"]["process_id"].as_str().unwrap().to_owned();
+        assert_eq!(message_ids(&b), std::slice::from_ref(&ids[0]));
+        portal.push_offline("ONCRMDEALUSERFIELDUPDATE", deal_field(1), Some(1));
+        let of_message =
+            |rows: &[Value]| rows.iter().filter(|r| r["MESSAGE_ID"] == ids[0].as_str()).count();
+        assert_eq!(of_message(&portal.offline_rows()), 3);
+        let a = post(
+            &portal,
+            "event.offline.error",
+            json!({"process_id": first, "message_id": [ids[0]], "auth": token}),
+        );
+        assert_eq!(a.json["result"], json!(true));
+        let rows = portal.offline_rows();
+        assert_eq!(of_message(&rows), 1, "{rows:?}");
+        let kept = rows.iter().find(|r| r["MESSAGE_ID"] == ids[0].as_str()).unwrap();
+        assert_eq!((kept["ERROR"].as_str(), kept["PROCESS_ID"].as_str()), (Some("1"), Some("")));
+        assert_eq!(portal.offline_discarded().len(), 2, "the repeat and the other batch's copy");
+        // The other batch holds nothing any more; field 2 is untouched.
+        let again = post(
+            &portal,
+            "event.offline.get",
+            json!({"clear": 0, "process_id": second, "auth": token}),
+        );
+        assert!(message_ids(&again).is_empty());
+        assert!(rows.iter().any(|r| r["MESSAGE_ID"] == ids[1].as_str() && r["ERROR"] == "0"));
+        // The reserved rows are found by listing with `>PROCESS_ID`, newest first on request.
+        let list = post(
+            &portal,
+            "event.offline.list",
+            json!({"filter": {">PROCESS_ID": ""}, "order": {"ID": "DESC"}, "auth": token}),
+        );
+        assert_eq!(list.json["total"], 0, "{}", list.json);
+        let list =
+            post(&portal, "event.offline.list", json!({"order": {"ID": "DESC"}, "auth": token}));
+        let ids_desc: Vec<&str> = list.json["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["ID"].as_str().unwrap())
+            .collect();
+        let mut sorted = ids_desc.clone();
+        sorted.sort_by_key(|id| std::cmp::Reverse(id.parse::<u64>().unwrap()));
+        assert_eq!(ids_desc, sorted);
+    }
+
+    #[test]
+    fn fake_portal_a_lost_get_answer_leaves_its_rows_reserved() {
+        let portal = FakePortal::start(PortalOptions::default());
+        let token = portal.issue_access_token();
+        portal.lose_next_get_replies(1);
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "auth": token}));
+        assert_eq!(a.status, 200, "an empty answer is not the one lost");
+        let ids = fill(&portal, 2);
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "auth": token}));
+        assert_eq!(a.status, 502);
+        let a = post(&portal, "event.offline.get", json!({"clear": 0, "auth": token}));
+        assert!(message_ids(&a).is_empty(), "reserved by the lost batch");
+        let list = post(
+            &portal,
+            "event.offline.list",
+            json!({"filter": {">PROCESS_ID": ""}, "auth": token}),
+        );
+        let held: Vec<&str> = list.json["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["MESSAGE_ID"].as_str().unwrap())
+            .collect();
+        assert_eq!(held, ids);
     }
 
     #[test]
@@ -1381,7 +1421,7 @@ mod tests {
         };
         let a = call("event.offline.get");
         assert_eq!((a.status, a.json["error"].as_str()), (403, Some("WRONG_AUTH_TYPE")));
-        assert_eq!(call("event.get").status, 200, "other methods take webhooks");
+        assert_eq!(call("crm.deal.userfield.list").status, 200, "other methods take webhooks");
         let wrong = send(portal.addr(), "POST", "/rest/1/nope/event.get", "application/json", "{}");
         assert_eq!(wrong.status, 401);
 
@@ -1419,55 +1459,5 @@ mod tests {
             portal.release_held_clear();
             assert_eq!(waiter.join().unwrap().status, 200);
         });
-    }
-
-    #[test]
-    fn fake_portal_event_bind_and_get() {
-        let portal = FakePortal::start(PortalOptions::default());
-        let token = portal.issue_access_token();
-        let bind = |params: Value| {
-            let mut p = params;
-            p["auth"] = json!(token);
-            post(&portal, "event.bind", p)
-        };
-        let a = bind(json!({"event": "ONCRMDEALUSERFIELDUPDATE", "event_type": "offline",
-                            "auth_connector": "b24host"}));
-        assert_eq!((a.status, &a.json["result"]), (200, &json!(true)), "{}", a.json);
-        let a = bind(json!({"event": "ONOFFLINEEVENT", "handler": "http://host.example/events"}));
-        assert_eq!(a.status, 200, "{}", a.json);
-        let a = bind(json!({"event": "onofflineevent", "handler": "http://host.example/events"}));
-        assert_eq!(
-            (a.status, a.json["error"].as_str(), a.json["error_description"].as_str()),
-            (400, Some("ERROR_CORE"), Some("Unable to set event handler: Handler already binded"))
-        );
-        let a = bind(json!({"event": "ONOFFLINEEVENT", "event_type": "offline"}));
-        assert_eq!(a.json["error"], "ERROR_ARGUMENT");
-        let a = bind(json!({"event": "ONCRMDEALADD"}));
-        assert_eq!(a.json["error_description"], "Argument 'HANDLER' is null or empty");
-        let a = bind(
-            json!({"event": "ONCRMDEALADD", "handler": "http://h.example/", "event_type": "later"}),
-        );
-        assert_eq!(a.json["error_description"], "Value must be one of {online|offline}");
-
-        assert_eq!(
-            portal.bindings(),
-            vec![
-                json!({"event": "ONCRMDEALUSERFIELDUPDATE", "handler": "", "auth_type": "0",
-                       "offline": 1, "auth_connector": "b24host", "options": null}),
-                json!({"event": "ONOFFLINEEVENT", "handler": "http://host.example/events",
-                       "auth_type": "0", "offline": 0, "auth_connector": null, "options": null}),
-            ]
-        );
-        let a = post(&portal, "event.get", json!({"auth": token}));
-        assert_eq!(
-            a.json["result"][0],
-            json!({"event": "ONCRMDEALUSERFIELDUPDATE",
-                   "handler": "", "auth_type": "0", "offline": 1})
-        );
-        assert_eq!(a.json["result"].as_array().unwrap().len(), 2);
-        let a = post(&portal, "event.unbind", json!({"event": "ONOFFLINEEVENT", "auth": token}));
-        assert_eq!(a.json["result"], json!({"count": 1}));
-        assert_eq!(portal.bindings().len(), 1);
-        assert_eq!(portal.calls("event.bind"), 6);
     }
 }

@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 
 use super::{
     PortalOptions, RequestKind, RequestRecord,
+    bindings::Binding,
     fields::Field,
     oauth::{AccessToken, RefreshToken},
-    offline::{Binding, OfflineRow},
+    offline::OfflineRow,
     wire::Reply,
 };
 
@@ -73,6 +74,14 @@ pub(super) struct State {
     pub(super) connectors_allowed: bool,
     /// The codes of the incoming webhooks (`/rest/<user>/<code>/<method>`).
     pub(super) webhooks: Vec<String>,
+    /// The codes `events` answers and `event.bind` accepts.
+    pub(super) events_offered: Vec<String>,
+    /// `app.info` `INSTALLED`.
+    pub(super) installation_finished: bool,
+    /// How many of the next successful `event.offline.get` answers are lost (502 HTML).
+    pub(super) lost_gets: usize,
+    /// Rows `event.offline.error` deleted.
+    pub(super) offline_discarded: Vec<String>,
 }
 
 impl State {
@@ -123,6 +132,9 @@ impl State {
     ) -> CallResult {
         if method.starts_with("event.") || method == "feature.get" {
             return self.call_event(method, params, webhook);
+        }
+        if method == "events" || method == "app.info" {
+            return self.call_binding(method, params, webhook);
         }
         self.call_fields(method, params)
     }

@@ -192,6 +192,21 @@ fn respond(
     };
     let mut reply = reply;
     let mut hold = None;
+    let handed_out = || {
+        serde_json::from_slice::<Value>(&reply.body).ok().is_some_and(|a| {
+            a["result"]["events"].as_array().is_some_and(|events| !events.is_empty())
+        })
+    };
+    if method == "event.offline.get" && reply.status == 200 && state.lost_gets > 0 && handed_out() {
+        // Reserved on the portal; the answer never reaches the caller.
+        state.lost_gets -= 1;
+        reply = Reply {
+            status: 502,
+            body: b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+            location: None,
+            error: Some("lost".into()),
+        };
+    }
     if method == "event.offline.clear" && reply.status == 200 {
         if state.garbled_clears > 0 {
             state.garbled_clears -= 1;

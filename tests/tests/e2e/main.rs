@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod binding;
 mod console;
 mod console_browser;
 mod console_journal;

@@ -442,3 +442,115 @@ fn a_non_admin_install_is_reported_as_such() {
     assert!(stamp.as_str().is_some_and(|s| s.ends_with("+03:00")), "{stamp}");
     assert!(host.stop());
 }
+
+/// The value of the metric line starting with `series` (`name{labels}`), if any.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+}
+
+#[test]
+fn a_batch_whose_answer_was_lost_is_taken_over_and_its_rows_delivered() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&offline_config(&portal, 200, &["probe"], "", "resume_lost_after_ms = 1000"));
+    let host = start(&dir);
+    post_app_install(&host, &portal);
+    wait_for("the first poll", PATIENCE, || offline_status(&dir)["last_poll_ms"].is_number());
+    // The portal reserves the rows and the answer never reaches the host: no later get hands
+    // them out, and Bitrix24 would drop them only after 34 days.
+    portal.lose_next_get_replies(1);
+    let rows = push_rows(&portal, 3, 900);
+    wait_for("the rows, taken over", PATIENCE, || delivered(&dir).len() >= rows.len());
+    assert_eq!(delivered(&dir).into_iter().collect::<BTreeSet<_>>(), rows);
+    wait_for("the queue to empty", PATIENCE, || portal.offline_rows().is_empty());
+    let status = offline_status(&dir);
+    assert_eq!(status["lost_batches_resumed"], 1, "{status}");
+    assert!(host.log_text().contains("whose reply was lost"), "{}", host.log_text());
+    // Counted: the lost answer as a poll error, the rows pulled and cleared, the take-over.
+    let metrics = host.admin_request("GET", "/metrics").body;
+    let series = |name: &str, extra: &str| format!("{name}{{portal=\"{MEMBER}\"{extra}}}");
+    assert_eq!(
+        metric(&metrics, &series("b24_offline_rows_total", ",outcome=\"pulled\"")),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, &series("b24_offline_rows_total", ",outcome=\"cleared\"")),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, &series("b24_offline_poll_errors_total", "")) >= Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, &series("b24_offline_lost_batches_resumed_total", "")),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, &series("b24_offline_oldest_reservation_seconds", "")).is_some(),
+        "{metrics}"
+    );
+    assert!(host.stop());
+}
+
+#[test]
+fn offline_rows_reach_plugins_with_the_portals_domain_and_the_user_who_made_the_change() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let dir = HostDir::new(&["audit-log"]);
+    dir.write_config(&offline_config(&portal, 200, &["audit-log"], "", ""));
+    let host = start(&dir);
+    post_app_install(&host, &portal);
+    let field = |id: u64| json!({"FIELDS": {"ID": id.to_string(), "ENTITY_ID": "CRM_DEAL", "FIELD_NAME": format!("UF_CRM_{id}")}});
+    portal.push_offline("ONCRMDEALUSERFIELDUPDATE", field(41), Some(7));
+    portal.push_offline("ONCRMDEALUSERFIELDUPDATE", field(42), None);
+    let lines =
+        dir.wait_lines("audit.jsonl", 2, PATIENCE, |l| l["event"] == "ONCRMDEALUSERFIELDUPDATE");
+    let by_field = |id: u64| lines.iter().find(|l| l["field_id"] == id).cloned().unwrap();
+    let changed_by_user = by_field(41);
+    assert_eq!(changed_by_user["domain"], portal.domain(), "{changed_by_user}");
+    assert_eq!(changed_by_user["user"], "7", "{changed_by_user}");
+    // A change without a user (an agent, an automation) stays the system's.
+    assert_eq!(by_field(42)["user"], "system");
+    assert!(host.stop());
+}
+
+#[test]
+fn a_row_sent_back_with_error_is_listed_as_parked_by_status_the_console_and_metrics() {
+    let portal = FakePortal::start(PortalOptions::default());
+    let (dir, host) = installed_on(&portal, 200);
+    // A user-field row without a numeric field id cannot become an event: sent back.
+    let bad = portal.push_offline(
+        "ONCRMDEALUSERFIELDUPDATE",
+        json!({"FIELDS": {"ID": "not-a-number", "ENTITY_ID": "CRM_DEAL"}}),
+        Some(1),
+    );
+    wait_for("the row to be parked", PATIENCE, || portal.offline_errored().contains(&bad));
+    wait_for("status to list it", PATIENCE, || offline_status(&dir)["parked_total"] == 1);
+    let status = offline_status(&dir);
+    assert_eq!(status["parked"][0]["message_id"], bad.as_str(), "{status}");
+    assert_eq!(status["parked"][0]["event_name"], "ONCRMDEALUSERFIELDUPDATE", "{status}");
+    let text = dir.run_cli(&["offline", "status", "--config", "host.toml"]);
+    let printed = String::from_utf8_lossy(&text.stdout);
+    assert!(printed.contains("parked with event.offline.error: 1 row(s)"), "{printed}");
+    assert!(printed.contains(&bad), "{printed}");
+    let page = host.admin_request("GET", "/portals").body;
+    assert!(page.contains(&bad), "{page}");
+    let metrics = host.admin_request("GET", "/metrics").body;
+    assert_eq!(
+        metric(&metrics, &format!("b24_offline_parked_rows{{portal=\"{MEMBER}\"}}")),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("b24_offline_rows_total{{portal=\"{MEMBER}\",outcome=\"error\"}}")
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(host.stop());
+}
