@@ -32,3 +32,4 @@ pub mod route;
 pub mod runner;
 pub mod server;
 pub mod supervisor;
+pub mod throttle;

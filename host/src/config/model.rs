@@ -28,6 +28,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_millis(5_000);
 pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// Default of `server.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default of `admin.max_connections`: a console and a scraper need a few.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Default of `server.shutdown_grace_ms`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(10_000);
 /// Default of `log.level`.
@@ -93,6 +95,8 @@ pub struct Config {
     /// the environment when `{ env = .. }`); `None`: no login (allowed on loopback only).
     /// `Debug` never shows it.
     pub admin_token: Option<Secret>,
+    /// Open admin connections at most (`admin.max_connections`); past it 503.
+    pub admin_max_connections: usize,
 }
 
 /// Default of `admin.listen`.
@@ -115,6 +119,10 @@ pub struct ServerConfig {
     pub request_read_timeout: Duration,
     /// Open connections at most (`max_connections`); past it a new one is answered 503.
     pub max_connections: usize,
+    /// Open connections from one client address at most (`max_connections_per_address`; an
+    /// IPv6 client by its /64); `None`: no such cap (the default: behind a reverse proxy every
+    /// connection comes from the proxy).
+    pub max_connections_per_address: Option<usize>,
     /// How long shutdown waits for in-flight deliveries (`shutdown_grace_ms`).
     pub shutdown_grace: Duration,
 }
@@ -128,6 +136,7 @@ impl Default for ServerConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
@@ -573,6 +582,7 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         rest: RestConfig::default(),
         admin: Some(DEFAULT_ADMIN_LISTEN),
         admin_token: None,
+        admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         plugins: PluginsConfig {
             dir: base_dir.join(DEFAULT_PLUGINS_DIR),
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),

@@ -42,6 +42,10 @@ pub(crate) fn build(
     let auth = auth(src, raw.auth, env)?;
     let journal = journal(src, base_dir, raw.journal, env)?;
     let rest = rest(src, raw.rest, env)?;
+    let admin_max_connections = match &raw.admin.max_connections {
+        Some(n) => count(src, n, "admin.max_connections", 10_000)? as usize,
+        None => super::model::DEFAULT_ADMIN_MAX_CONNECTIONS,
+    };
     let (admin, admin_token) = admin(src, raw.admin, env)?;
     let plugins = plugins(src, base_dir, raw.plugins)?;
     let mut plugin = BTreeMap::new();
@@ -71,6 +75,7 @@ pub(crate) fn build(
         rest,
         admin,
         admin_token,
+        admin_max_connections,
     })
 }
 
@@ -345,6 +350,10 @@ fn server(src: &Source<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError>
     }
     if let Some(n) = raw.max_connections {
         out.max_connections = count(src, &n, "server.max_connections", 1_000_000)? as usize;
+    }
+    if let Some(n) = raw.max_connections_per_address {
+        out.max_connections_per_address =
+            Some(count(src, &n, "server.max_connections_per_address", 1_000_000)? as usize);
     }
     if let Some(ms) = raw.shutdown_grace_ms {
         out.shutdown_grace = millis(src, &ms, "server.shutdown_grace_ms", 0)?;
