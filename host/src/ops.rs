@@ -177,7 +177,13 @@ impl Ops {
             (&Method::GET, "/readyz") => {
                 let problems = self.problems();
                 // Spooling is taking events: still ready; the body says so.
-                let log = format!("log: {}\n", self.journal.log_state());
+                let mut log = format!("log: {}\n", self.journal.log_state());
+                let spooled = self.journal.spooled();
+                if spooled > 0 {
+                    log.push_str(&format!(
+                        "spool: {spooled} events on this host not yet on the shared log\n"
+                    ));
+                }
                 if problems.is_empty() {
                     text(StatusCode::OK, format!("ready\n{log}"), "text/plain; charset=utf-8")
                 } else {
@@ -259,10 +265,9 @@ impl Ops {
                 ));
             }
         }
-        // A host that spools still takes events: ready (the body says it spools).
-        let spooling =
-            matches!(self.journal.log_state(), crate::journal::admin::LogState::Spooling { .. });
-        if let Some(e) = self.journal.last_write_error().filter(|_| !spooling) {
+        // A host that spools still takes events: ready (the body says it spools), unless its
+        // spool cannot be written either (the NATS backend's write error then).
+        if let Some(e) = self.journal.last_write_error() {
             out.push(format!("the journal is not writable: {e}"));
         }
         out

@@ -161,6 +161,15 @@ impl Journal {
         }
     }
 
+    /// Events accepted into this host's spool and not yet on the shared log (0 on the
+    /// embedded backend, which has no spool).
+    pub fn spooled(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded(_) => 0,
+            Backend::Nats(j) => j.spooled(),
+        }
+    }
+
     /// What the log does with appends now: the embedded journal, or the shared log
     /// acknowledging them, or the local spool taking them (`/readyz`, `/metrics`).
     pub fn log_state(&self) -> admin::LogState {

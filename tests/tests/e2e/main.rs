@@ -21,6 +21,7 @@ mod nats_auth;
 mod nats_journal;
 mod nats_multi;
 mod nats_offline;
+mod nats_spool;
 mod offline;
 mod operator;
 mod ops;
