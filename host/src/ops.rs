@@ -1,7 +1,8 @@
 //! The admin listener, apart from the public event endpoint (loopback by default):
 //! `GET /healthz` (the process answers), `GET /readyz` (journal writable and every enabled
 //! plugin loaded, else 503 with the reasons; the body says what the log does: embedded,
-//! shared log acknowledging, or spooling, which still takes events and stays 200),
+//! shared log acknowledging, or spooling, which still takes events and stays 200 while the
+//! spool can be written),
 //! `GET /metrics` (Prometheus text 0.0.4, or
 //! OpenMetrics when `Accept` prefers it) and
 //! `POST /reload` (re-read host.toml and the plugins folder; 200 with the report, 500 when a
