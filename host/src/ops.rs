@@ -179,7 +179,7 @@ impl Ops {
                 let problems = self.problems();
                 // Spooling is taking events: still ready; the body says so.
                 let mut log = format!("log: {}\n", self.journal.log_state());
-                let spooled = self.journal.spooled();
+                let spooled = self.journal.spooled_events();
                 if spooled > 0 {
                     log.push_str(&format!(
                         "spool: {spooled} events on this host not yet on the shared log\n"

@@ -13,7 +13,7 @@ use crate::{
     activation,
     auth::Verifier,
     config::Config,
-    conn::{self, Acceptor, Budget, DeadlineIo, Limiter, PerAddress},
+    conn::{self, DeadlineIo, Limiter},
     control,
     drain::{Drain, Started},
     ingress::Ingress,
@@ -55,6 +55,8 @@ pub enum ServeError {
 /// A host with its journal open, its plugins loaded and its workers started, ready to accept.
 pub struct Prepared {
     config: Config,
+    /// The connection caps fitted under the open-file limit.
+    budget: conn::Budget,
     journal: Journal,
     writer: std::thread::JoinHandle<()>,
     supervisor: Arc<Supervisor>,
@@ -63,8 +65,6 @@ pub struct Prepared {
     pollers: Arc<Pollers>,
     rest: Arc<RestClient>,
     metrics: Arc<Metrics>,
-    /// The connection caps fitted under the open-file limit.
-    budget: Budget,
     /// SIGHUP is watched from here on, before the host says it is ready: a reload sent right
     /// after `listening on` (or systemd's `READY=1`) must not find the default action (exit).
     hangups: Option<tokio::signal::unix::Signal>,
@@ -131,6 +131,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     });
     Ok(Prepared {
         config,
+        budget,
         journal,
         writer,
         supervisor,
@@ -139,14 +140,13 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         pollers,
         rest,
         metrics,
-        budget,
         hangups,
     })
 }
 
 /// Raises the open-file limit and fits the connection caps under it, with a log line saying
 /// how it is shared (a WARN when `server.max_connections` does not fit).
-fn fd_budget(config: &Config) -> Budget {
+fn fd_budget(config: &Config) -> conn::Budget {
     match conn::raise_fd_limit() {
         Ok((before, after)) if after > before => {
             tracing::info!(before, after, "raised the open-file limit to its hard limit");
@@ -156,7 +156,7 @@ fn fd_budget(config: &Config) -> Budget {
     }
     let limit = conn::fd_limit().unwrap_or(1024);
     let admin = config.admin.map(|_| config.admin_max_connections);
-    let budget = Budget::new(limit, config.server.max_connections, admin);
+    let budget = conn::Budget::new(limit, config.server.max_connections, admin);
     tracing::info!(
         limit,
         event_connections = budget.event,
@@ -189,6 +189,7 @@ impl Prepared {
     ) -> Stopped {
         let Prepared {
             config,
+            budget,
             journal,
             writer,
             supervisor,
@@ -197,7 +198,6 @@ impl Prepared {
             pollers,
             rest,
             metrics,
-            budget,
             mut hangups,
         } = self;
         let reach = control::Reach {
@@ -232,9 +232,9 @@ impl Prepared {
         http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
         let drain = Drain::new();
         let limiter = Limiter::new(budget.event, budget.event_refusals);
-        let per_address = config.server.max_connections_per_address.map(PerAddress::new);
+        let per_address = config.server.max_connections_per_address.map(conn::PerAddress::new);
         let read_limit = config.server.request_read_timeout;
-        let mut listener = Acceptor::new(listener, "event");
+        let mut listener = conn::Acceptor::new(listener, "event");
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {

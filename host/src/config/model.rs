@@ -91,12 +91,12 @@ pub struct Config {
     pub rest: RestConfig,
     /// The admin listener (`[admin]`): `None` when disabled.
     pub admin: Option<SocketAddr>,
+    /// Open admin connections at most (`admin.max_connections`); past it 503.
+    pub admin_max_connections: usize,
     /// The token the admin listener's console and endpoints ask for (`admin.token`, read from
     /// the environment when `{ env = .. }`); `None`: no login (allowed on loopback only).
     /// `Debug` never shows it.
     pub admin_token: Option<Secret>,
-    /// Open admin connections at most (`admin.max_connections`); past it 503.
-    pub admin_max_connections: usize,
 }
 
 /// Default of `admin.listen`.
@@ -576,13 +576,13 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         base_dir: base_dir.to_path_buf(),
         state_dir: base_dir.join(DEFAULT_STATE_DIR),
         server: ServerConfig::default(),
+        admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         log: LogConfig::default(),
         auth: AuthConfig::default(),
         journal: JournalConfig::default(),
         rest: RestConfig::default(),
         admin: Some(DEFAULT_ADMIN_LISTEN),
         admin_token: None,
-        admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         plugins: PluginsConfig {
             dir: base_dir.join(DEFAULT_PLUGINS_DIR),
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),

@@ -38,14 +38,14 @@ pub(crate) fn build(
 ) -> Result<Config, ConfigError> {
     let state_dir = resolve_dir(src, base_dir, raw.state_dir, "state_dir", DEFAULT_STATE_DIR)?;
     let server = server(src, raw.server)?;
-    let log = log(src, raw.log)?;
-    let auth = auth(src, raw.auth, env)?;
-    let journal = journal(src, base_dir, raw.journal, env)?;
-    let rest = rest(src, raw.rest, env)?;
     let admin_max_connections = match &raw.admin.max_connections {
         Some(n) => count(src, n, "admin.max_connections", 10_000)? as usize,
         None => super::model::DEFAULT_ADMIN_MAX_CONNECTIONS,
     };
+    let log = log(src, raw.log)?;
+    let auth = auth(src, raw.auth, env)?;
+    let journal = journal(src, base_dir, raw.journal, env)?;
+    let rest = rest(src, raw.rest, env)?;
     let (admin, admin_token) = admin(src, raw.admin, env)?;
     let plugins = plugins(src, base_dir, raw.plugins)?;
     let mut plugin = BTreeMap::new();
@@ -66,6 +66,7 @@ pub(crate) fn build(
         base_dir: base_dir.to_path_buf(),
         state_dir,
         server,
+        admin_max_connections,
         log,
         auth,
         plugins,
@@ -75,7 +76,6 @@ pub(crate) fn build(
         rest,
         admin,
         admin_token,
-        admin_max_connections,
     })
 }
 

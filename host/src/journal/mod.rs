@@ -161,15 +161,6 @@ impl Journal {
         }
     }
 
-    /// Events accepted into this host's spool and not yet on the shared log (0 on the
-    /// embedded backend, which has no spool).
-    pub fn spooled(&self) -> u64 {
-        match &self.backend {
-            Backend::Embedded(_) => 0,
-            Backend::Nats(j) => j.spooled(),
-        }
-    }
-
     /// What the log does with appends now: the embedded journal, or the shared log
     /// acknowledging them, or the local spool taking them (`/readyz`, `/metrics`).
     pub fn log_state(&self) -> admin::LogState {
@@ -185,6 +176,15 @@ impl Journal {
         match &self.backend {
             Backend::Embedded(j) => j.damaged_records(),
             Backend::Nats(j) => j.damaged_records(),
+        }
+    }
+
+    /// Events this host keeps in its local spool for the shared log, not yet forwarded
+    /// (always 0 on the embedded backend, which has no spool).
+    pub fn spooled_events(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded(_) => 0,
+            Backend::Nats(j) => j.spooled_events(),
         }
     }
 

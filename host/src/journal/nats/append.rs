@@ -132,6 +132,16 @@ impl Appender {
         self.status.last_error()
     }
 
+    /// Events in the spool not yet forwarded to the log.
+    pub fn spooled_events(&self) -> u64 {
+        self.status.outstanding()
+    }
+
+    /// The spool's size on this host.
+    pub fn spool_bytes(&self) -> Option<u64> {
+        self.spool.as_ref().and_then(Spool::size_bytes)
+    }
+
     /// Why an event would be refused now, the log not acknowledging (for `why`): when the
     /// spool cannot be written either.
     pub fn refusing(&self, why: &str) -> Option<String> {
@@ -139,16 +149,6 @@ impl Appender {
         Some(format!(
             "the NATS log does not acknowledge ({why}) and the local spool cannot be written ({spool})"
         ))
-    }
-
-    /// Events in this host's spool not yet on the log.
-    pub fn spooled(&self) -> u64 {
-        self.status.spooled()
-    }
-
-    /// The spool's size on this host.
-    pub fn spool_bytes(&self) -> Option<u64> {
-        self.spool.as_ref().and_then(Spool::size_bytes)
     }
 
     /// See `Journal::append`. `permanent` (an offline row's key) is the log's duplicate window

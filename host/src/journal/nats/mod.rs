@@ -137,11 +137,6 @@ impl Nats {
         }
     }
 
-    /// Events in this host's spool not yet on the log (spool.rs).
-    pub fn spooled(&self) -> u64 {
-        self.inner.appender.spooled()
-    }
-
     /// See `Journal::log_state`: spooling while the append path says why the log does not
     /// acknowledge (append.rs), else the connection's state (report.rs).
     pub fn log_state(&self) -> data::LogState {
@@ -154,6 +149,11 @@ impl Nats {
     /// See `Journal::damaged_records` (deliver.rs).
     pub fn damaged_records(&self) -> u64 {
         self.inner.deliver.damaged()
+    }
+
+    /// Events in this host's spool not yet forwarded (append.rs).
+    pub fn spooled_events(&self) -> u64 {
+        self.inner.appender.spooled_events()
     }
 
     /// The spool's size on this host (append.rs).

@@ -77,6 +77,12 @@ impl Status {
         self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The log acknowledged: appends go to it again.
+    pub fn acknowledged(&self) {
+        self.set_error(None);
+        self.spooling.store(false, Ordering::SeqCst);
+    }
+
     pub fn set_error(&self, error: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
     }
@@ -85,15 +91,9 @@ impl Status {
         self.spooling.load(Ordering::SeqCst)
     }
 
-    /// Events in the spool not yet on the log.
-    pub fn spooled(&self) -> u64 {
+    /// Events in the spool not yet forwarded.
+    pub fn outstanding(&self) -> u64 {
         self.outstanding.load(Ordering::SeqCst).max(0) as u64
-    }
-
-    /// The log acknowledged: appends go to it again.
-    pub fn acknowledged(&self) {
-        self.set_error(None);
-        self.spooling.store(false, Ordering::SeqCst);
     }
 }
 
