@@ -35,3 +35,4 @@ pub mod route;
 pub mod runner;
 pub mod server;
 pub mod supervisor;
+pub mod throttle;

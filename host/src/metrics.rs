@@ -72,6 +72,8 @@ pub struct Metrics {
     pub received: Family<Received, Counter>,
     /// Time from request to answer, seconds.
     pub request_seconds: Histogram,
+    /// Wrong admin tokens (bearer or the console's login form).
+    pub admin_auth_failures: Counter,
     /// Plugin calls by outcome.
     pub deliveries: Family<PluginOutcome, Counter>,
     /// Failed attempts that will be tried again.
@@ -198,6 +200,7 @@ impl Metrics {
         let m = Metrics {
             received: Family::default(),
             request_seconds: latency(),
+            admin_auth_failures: Counter::default(),
             deliveries: Family::default(),
             retries: Family::default(),
             dead_letters: Family::default(),
@@ -228,6 +231,11 @@ impl Metrics {
             "request_duration_seconds",
             "Time from request to answer",
             m.request_seconds.clone(),
+        );
+        registry.register(
+            "admin_auth_failures",
+            "Wrong admin tokens, as a bearer token or in the console's login form",
+            m.admin_auth_failures.clone(),
         );
         registry.register("plugin_deliveries", "Plugin calls by outcome", m.deliveries.clone());
         registry.register(

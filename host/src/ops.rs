@@ -1,7 +1,8 @@
 //! The admin listener, apart from the public event endpoint (loopback by default):
 //! `GET /healthz` (the process answers), `GET /readyz` (journal writable and every enabled
 //! plugin loaded, else 503 with the reasons; the body says what the log does: embedded,
-//! shared log acknowledging, or spooling, which still takes events and stays 200),
+//! shared log acknowledging, or spooling, which still takes events and stays 200 while the
+//! spool can be written),
 //! `GET /metrics` (Prometheus text 0.0.4, or
 //! OpenMetrics when `Accept` prefers it) and
 //! `POST /reload` (re-read host.toml and the plugins folder; 200 with the report, 500 when a
@@ -9,21 +10,28 @@
 //! web console (`console/`) on every other path. With `admin.token` everything but `/healthz`
 //! and `/static/*` needs the token (bearer) or a console session; `POST /reload` passes the
 //! console's CSRF rule. Every answer carries `Server-Timing: app;dur=<ms>`.
+//!
+//! The listener has limits of its own, so that no client of it can take what the event
+//! listener needs: at most `admin.max_connections` open (503 past it), the event listener's
+//! header and whole-request deadlines (an idle connection is closed after
+//! `server.header_read_timeout_ms`), a body of at most 64 KiB read whole before the request is
+//! handled (handling itself, a reload say, has no deadline), and accepting with back-off.
 
-use std::{convert::Infallible, path::PathBuf, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
     Method, Request, Response, StatusCode, body::Incoming, header::CONTENT_TYPE,
     server::conn::http1, service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::{
     auth::Verifier,
     config::Config,
+    conn::{self, Acceptor, DeadlineIo, Limiter, RequestRead},
     console::{self, Console},
     journal::{Journal, admin::Stats},
     metrics::{Metrics, PluginLabel},
@@ -52,6 +60,16 @@ pub struct Ops {
     pub console: Arc<Console>,
 }
 
+/// The admin listener's limits.
+pub struct Limits {
+    /// Its open connections (`admin.max_connections`).
+    pub connections: Limiter,
+    /// `server.header_read_timeout_ms`: also how long an idle connection is kept.
+    pub header_read_timeout: Duration,
+    /// `server.request_read_timeout_ms`: a request's head and body, from its first byte.
+    pub request_read_timeout: Duration,
+}
+
 /// How long a scrape waits for the journal's numbers (a shared log may not answer).
 const STATS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -69,30 +87,67 @@ fn text(
 }
 
 impl Ops {
-    /// Serves the admin endpoints until the task is dropped.
-    pub async fn serve(self, listener: TcpListener) {
+    /// Serves the admin endpoints within `limits` until the task is dropped.
+    pub async fn serve(self, listener: TcpListener, limits: Limits) {
         let ops = Arc::new(self);
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+        let mut listener = Acceptor::new(listener, "admin");
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (stream, peer) = listener.accept().await;
+            let Some(slot) = limits.connections.try_acquire() else {
+                tracing::debug!(%peer, "admin.max_connections reached: 503");
+                limits.connections.reject(stream, conn::BUSY);
+                continue;
+            };
+            let io = DeadlineIo::new(stream, limits.request_read_timeout);
+            let read = io.request_read();
             let ops = ops.clone();
+            let http = http.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    let ops = ops.clone();
-                    async move { Ok::<_, Infallible>(ops.handle(request).await) }
+                    let (ops, read) = (ops.clone(), read.clone());
+                    async move { Ok::<_, Infallible>(ops.handle(request, peer, &read).await) }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http.serve_connection(TokioIo::new(io), service).await;
+                drop(slot);
             });
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        read: &RequestRead,
+    ) -> Response<Full<Bytes>> {
         let started = std::time::Instant::now();
-        let mut response = self.route(request).await;
+        let (head, body) = request.into_parts();
+        // The body is read whole under the request's deadline; handling it then has none.
+        let body = match Limited::new(body, console::MAX_BODY_BYTES).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is larger than 64 KiB\n",
+                    "text/plain; charset=utf-8",
+                );
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}\n"),
+                    "text/plain; charset=utf-8",
+                );
+            }
+        };
+        read.done();
+        let mut response = self.route(Request::from_parts(head, body), peer).await;
         console::server_timing(&mut response, started);
         response
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route(&self, request: Request<Bytes>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = request.uri().path();
         if request.method() == Method::GET {
             if path == "/healthz" {
@@ -111,9 +166,12 @@ impl Ops {
                 "text/plain; charset=utf-8",
             );
         }
-        let who = self.console.identify(request.headers());
+        let who = match self.console.identify(request.headers(), peer.ip()).await {
+            Ok(who) => who,
+            Err(console::TooManyFailures) => return console::too_many_failures(),
+        };
         if path == "/login" {
-            return console::login(self, who, request).await;
+            return console::login(self, who, request, peer.ip()).await;
         }
         if matches!(who, console::Who::Nobody) {
             return console::unauthorized(request.method(), path);
@@ -122,7 +180,13 @@ impl Ops {
             (&Method::GET, "/readyz") => {
                 let problems = self.problems();
                 // Spooling is taking events: still ready; the body says so.
-                let log = format!("log: {}\n", self.journal.log_state());
+                let mut log = format!("log: {}\n", self.journal.log_state());
+                let spooled = self.journal.spooled_events();
+                if spooled > 0 {
+                    log.push_str(&format!(
+                        "spool: {spooled} events on this host not yet on the shared log\n"
+                    ));
+                }
                 if problems.is_empty() {
                     text(StatusCode::OK, format!("ready\n{log}"), "text/plain; charset=utf-8")
                 } else {
@@ -214,12 +278,11 @@ impl Ops {
         out
     }
 
-    /// Why the journal takes no writes now, if it does not. A host that spools still takes
-    /// events: writable (and ready; the `/readyz` body says it spools).
+    /// Why the journal takes no writes now, if it does not.
     fn journal_unwritable(&self) -> Option<String> {
-        let spooling =
-            matches!(self.journal.log_state(), crate::journal::admin::LogState::Spooling { .. });
-        self.journal.last_write_error().filter(|_| !spooling)
+        // A host that spools still takes events (writable, ready; the `/readyz` body says it
+        // spools) unless its spool cannot be written either: the NATS backend's write error.
+        self.journal.last_write_error()
     }
 
     /// Re-reads host.toml and applies it; the status tells the reload command how it went.

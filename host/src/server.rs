@@ -56,6 +56,8 @@ pub enum ServeError {
 /// A host with its journal open, its plugins loaded and its workers started, ready to accept.
 pub struct Prepared {
     config: Config,
+    /// The connection caps fitted under the open-file limit.
+    budget: conn::Budget,
     journal: Journal,
     writer: std::thread::JoinHandle<()>,
     supervisor: Arc<Supervisor>,
@@ -84,13 +86,7 @@ pub struct Stopped {
 pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     private_dir(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
-    match conn::raise_fd_limit() {
-        Ok((before, after)) if after > before => {
-            tracing::info!(before, after, "raised the open-file limit to its hard limit");
-        }
-        Ok((now, _)) => tracing::info!(limit = now, "open-file limit"),
-        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
-    }
+    let budget = fd_budget(&config);
     let (journal, writer) =
         Journal::open(&config.state_dir, &config.journal, &config.plugins.enabled).await?;
     let verifier = Arc::new(
@@ -150,6 +146,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     });
     Ok(Prepared {
         config,
+        budget,
         journal,
         writer,
         supervisor,
@@ -161,6 +158,36 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         metrics,
         hangups,
     })
+}
+
+/// Raises the open-file limit and fits the connection caps under it, with a log line saying
+/// how it is shared (a WARN when `server.max_connections` does not fit).
+fn fd_budget(config: &Config) -> conn::Budget {
+    match conn::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the open-file limit to its hard limit");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let limit = conn::fd_limit().unwrap_or(1024);
+    let admin = config.admin.map(|_| config.admin_max_connections);
+    let budget = conn::Budget::new(limit, config.server.max_connections, admin);
+    tracing::info!(
+        limit,
+        event_connections = budget.event,
+        admin_connections = budget.admin,
+        kept_for_the_rest = budget.kept,
+        "open-file limit shared: event connections, admin connections, the journal, plugins and the rest"
+    );
+    if budget.event < config.server.max_connections {
+        tracing::warn!(
+            "server.max_connections = {} does not fit the open-file limit {limit}: taking at most              {} event connections at once (raise the hard limit, LimitNOFILE= in the systemd unit)",
+            config.server.max_connections,
+            budget.event
+        );
+    }
+    budget
 }
 
 impl Prepared {
@@ -178,6 +205,7 @@ impl Prepared {
     ) -> Stopped {
         let Prepared {
             config,
+            budget,
             journal,
             writer,
             supervisor,
@@ -197,6 +225,10 @@ impl Prepared {
             supervisor: supervisor.clone(),
         };
         let control = tokio::spawn(control::serve(control, reach));
+        let console = crate::console::Console::new(
+            config.admin_token.clone(),
+            metrics.admin_auth_failures.clone(),
+        );
         let ops = Ops {
             verifier: ingress.verifier.clone(),
             supervisor: supervisor.clone(),
@@ -205,30 +237,42 @@ impl Prepared {
             config_path: config.source.clone(),
             pollers: pollers.clone(),
             binder: binder.clone(),
-            console: Arc::new(crate::console::Console::new(config.admin_token.clone())),
+            console: Arc::new(console),
         };
-        let admin = admin.map(|listener| tokio::spawn(ops.clone().serve(listener)));
+        let admin = admin.map(|listener| {
+            let limits = crate::ops::Limits {
+                connections: Limiter::new(budget.admin, budget.admin_refusals),
+                header_read_timeout: config.server.header_read_timeout,
+                request_read_timeout: config.server.request_read_timeout,
+            };
+            tokio::spawn(ops.clone().serve(listener, limits))
+        });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
         let drain = Drain::new();
-        let limiter = Limiter::new(config.server.max_connections);
+        let limiter = Limiter::new(budget.event, budget.event_refusals);
+        let per_address = config.server.max_connections_per_address.map(conn::PerAddress::new);
         let read_limit = config.server.request_read_timeout;
+        let mut listener = conn::Acceptor::new(listener, "event");
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
-                accepted = listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _peer)) => stream,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off instead of spinning.
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
+                (stream, peer) = listener.accept() => {
+                    // Per address first: a client past its own cap takes no slot of the others.
+                    let from_address = match &per_address {
+                        Some(cap) => match cap.try_acquire(peer.ip()) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                tracing::debug!(%peer, "server.max_connections_per_address reached: 503");
+                                limiter.reject(stream, conn::BUSY_ADDRESS);
+                                continue;
+                            }
+                        },
+                        None => None,
                     };
                     let Some(slot) = limiter.try_acquire() else {
                         tracing::debug!("server.max_connections reached: 503");
-                        limiter.reject(stream);
+                        limiter.reject(stream, conn::BUSY);
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
@@ -245,7 +289,7 @@ impl Prepared {
                         if let Err(e) = connection.await {
                             tracing::debug!("connection closed with an error: {e}");
                         }
-                        drop(slot);
+                        drop((slot, from_address));
                     });
                 }
                 () = &mut shutdown => break,

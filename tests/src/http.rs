@@ -39,7 +39,54 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Response, String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    request_on(stream, addr, method, target, headers, body)
+}
+
+/// [`request`] from the local address `source` (any of 127.0.0.0/8 reaches a loopback server
+/// on Linux: a way to be several clients on one machine).
+pub fn request_from(
+    source: std::net::IpAddr,
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
+    let stream = connect_from(source, addr)?;
+    request_on(stream, addr, method, target, headers, body)
+}
+
+/// A connection to `addr` from the local address `source`.
+pub fn connect_from(source: std::net::IpAddr, addr: &str) -> Result<TcpStream, String> {
+    let target: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let socket = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| e.to_string())?;
+        socket.bind((source, 0).into()).map_err(|e| format!("bind {source}: {e}"))?;
+        let stream = socket.connect(target).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let stream = stream.into_std().map_err(|e| e.to_string())?;
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        Ok(stream)
+    })
+}
+
+/// [`request`] on a connection already open to `addr`.
+pub fn request_on(
+    mut stream: TcpStream,
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
     let mut head = format!(
         "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",

@@ -227,6 +227,9 @@ impl HostDir {
         if let Some(n) = launch.open_files_soft {
             limits.push_str(&format!("ulimit -S -n {n}; "));
         }
+        if let Some(n) = launch.open_files {
+            limits.push_str(&format!("ulimit -n {n}; "));
+        }
         // Socket activation as systemd does it: the socket as fd 3, LISTEN_FDS=1 and
         // LISTEN_PID naming the host's own pid (the shell's, which `exec` keeps).
         let mut redirect = String::new();
@@ -326,6 +329,8 @@ pub struct Launch {
     pub file_size_limit_kib: Option<u64>,
     /// A soft limit on open files (`ulimit -S -n`), below the hard one.
     pub open_files_soft: Option<u64>,
+    /// A limit on open files, soft and hard (`ulimit -n`): the host cannot raise it.
+    pub open_files: Option<u64>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
     /// A listening socket (its descriptor in this process) handed to the host as systemd's

@@ -28,6 +28,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_millis(5_000);
 pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// Default of `server.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default of `admin.max_connections`: a console and a scraper need a few.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Default of `server.shutdown_grace_ms`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(10_000);
 /// Default of `log.level`.
@@ -89,6 +91,8 @@ pub struct Config {
     pub rest: RestConfig,
     /// The admin listener (`[admin]`): `None` when disabled.
     pub admin: Option<SocketAddr>,
+    /// Open admin connections at most (`admin.max_connections`); past it 503.
+    pub admin_max_connections: usize,
     /// The token the admin listener's console and endpoints ask for (`admin.token`, read from
     /// the environment when `{ env = .. }`); `None`: no login (allowed on loopback only).
     /// `Debug` never shows it.
@@ -140,6 +144,10 @@ pub struct ServerConfig {
     pub request_read_timeout: Duration,
     /// Open connections at most (`max_connections`); past it a new one is answered 503.
     pub max_connections: usize,
+    /// Open connections from one client address at most (`max_connections_per_address`; an
+    /// IPv6 client by its /64); `None`: no such cap (the default: behind a reverse proxy every
+    /// connection comes from the proxy).
+    pub max_connections_per_address: Option<usize>,
     /// How long shutdown waits for in-flight deliveries (`shutdown_grace_ms`).
     pub shutdown_grace: Duration,
 }
@@ -153,6 +161,7 @@ impl Default for ServerConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
@@ -599,6 +608,7 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         base_dir: base_dir.to_path_buf(),
         state_dir: base_dir.join(DEFAULT_STATE_DIR),
         server: ServerConfig::default(),
+        admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         log: LogConfig::default(),
         auth: AuthConfig::default(),
         journal: JournalConfig::default(),

@@ -92,6 +92,7 @@ pub(crate) struct RawAdmin {
     pub enabled: Option<bool>,
     pub listen: Option<Spanned<String>>,
     pub token: Option<Spanned<RawToken>>,
+    pub max_connections: Option<Spanned<Count>>,
 }
 
 /// `[journal]`.
@@ -136,6 +137,7 @@ pub(crate) struct RawServer {
     pub header_read_timeout_ms: Option<Spanned<Millis>>,
     pub request_read_timeout_ms: Option<Spanned<Millis>>,
     pub max_connections: Option<Spanned<Count>>,
+    pub max_connections_per_address: Option<Spanned<Count>>,
     pub shutdown_grace_ms: Option<Spanned<Millis>>,
 }
 

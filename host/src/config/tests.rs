@@ -205,12 +205,13 @@ fn unknown_key_in_server() {
     assert_eq!(
         error(text).to_string(),
         "host.toml:3:1: server.lisen: unknown key; expected one of listen, path, max_body_bytes, \
-         header_read_timeout_ms, request_read_timeout_ms, max_connections, shutdown_grace_ms"
+         header_read_timeout_ms, request_read_timeout_ms, max_connections, \
+         max_connections_per_address, shutdown_grace_ms"
     );
     // Same through a dotted key at the top level.
     assert_eq!(invalid("server.lisen = 1\n", 1, 8, "server.lisen").as_str(), {
         "unknown key; expected one of listen, path, max_body_bytes, header_read_timeout_ms, \
-         request_read_timeout_ms, max_connections, shutdown_grace_ms"
+         request_read_timeout_ms, max_connections, max_connections_per_address, shutdown_grace_ms"
     });
 }
 
@@ -380,6 +381,19 @@ fn zero_and_out_of_range_values() {
     );
     assert_eq!(
         invalid("[server]\nmax_connections = 0\n", 2, 19, "server.max_connections"),
+        "must be at least 1"
+    );
+    assert_eq!(
+        invalid(
+            "[server]\nmax_connections_per_address = 0\n",
+            2,
+            31,
+            "server.max_connections_per_address"
+        ),
+        "must be at least 1"
+    );
+    assert_eq!(
+        invalid("[admin]\nmax_connections = 0\n", 2, 19, "admin.max_connections"),
         "must be at least 1"
     );
     assert_eq!(
@@ -680,6 +694,8 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(d.server.path, "/");
     assert_eq!(d.server.max_body_bytes, 262_144);
     assert_eq!(d.server.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(d.server.max_connections_per_address, None);
+    assert_eq!(d.admin_max_connections, 64);
     assert_eq!(d.server.shutdown_grace, Duration::from_secs(10));
     assert_eq!(d.log, LogConfig { level: "info".into(), format: LogFormat::Pretty });
     assert!(!d.auth.learn_tokens_on_install);
@@ -799,6 +815,7 @@ fn shipped_example_mentions_every_key() {
         "header_read_timeout_ms",
         "request_read_timeout_ms",
         "max_connections",
+        "max_connections_per_address",
         "shutdown_grace_ms",
         "[log]",
         "level",

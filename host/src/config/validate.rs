@@ -38,6 +38,10 @@ pub(crate) fn build(
 ) -> Result<Config, ConfigError> {
     let state_dir = resolve_dir(src, base_dir, raw.state_dir, "state_dir", DEFAULT_STATE_DIR)?;
     let server = server(src, raw.server)?;
+    let admin_max_connections = match &raw.admin.max_connections {
+        Some(n) => count(src, n, "admin.max_connections", 10_000)? as usize,
+        None => super::model::DEFAULT_ADMIN_MAX_CONNECTIONS,
+    };
     let log = log(src, raw.log)?;
     let auth = auth(src, raw.auth, env)?;
     let journal = journal(src, base_dir, raw.journal, env)?;
@@ -63,6 +67,7 @@ pub(crate) fn build(
         base_dir: base_dir.to_path_buf(),
         state_dir,
         server,
+        admin_max_connections,
         log,
         auth,
         plugins,
@@ -390,6 +395,10 @@ fn server(src: &Source<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError>
     }
     if let Some(n) = raw.max_connections {
         out.max_connections = count(src, &n, "server.max_connections", 1_000_000)? as usize;
+    }
+    if let Some(n) = raw.max_connections_per_address {
+        out.max_connections_per_address =
+            Some(count(src, &n, "server.max_connections_per_address", 1_000_000)? as usize);
     }
     if let Some(ms) = raw.shutdown_grace_ms {
         out.shutdown_grace = millis(src, &ms, "server.shutdown_grace_ms", 0)?;

@@ -2,17 +2,29 @@
 //! the machine is let in. With it, a request needs `Authorization: Bearer <token>` (scripts) or
 //! the session cookie `b24_console` that `POST /login` sets: a random 32-byte id mapped in
 //! memory to a session with its CSRF token, valid 12 hours; the cookie is never the token.
-//! Tokens are compared in constant time (`subtle`); a wrong one costs a delay, one at a time.
+//! Tokens are compared in constant time (`subtle`), first: the right token is answered at
+//! once, whatever else is going on. A wrong one, as a bearer token or in the login form, is
+//! counted (`b24_admin_auth_failures_total`), logged (WARN with the client's address, at most
+//! every 10 s with the count held back) and answered only after its turn: wrong tokens are
+//! answered one at a time, [`WRONG_TOKEN_DELAY`] each, so guesses go at 2.5 a second however
+//! many clients send them; past [`MAX_WAITING_FAILURES`] waiting, a wrong token gets 429 at once.
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    net::IpAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use b24_plugin_api::Secret;
 use hyper::HeaderMap;
+use prometheus_client::metrics::counter::Counter;
 use subtle::ConstantTimeEq;
+
+use crate::throttle::Throttled;
 
 /// The cookie's name.
 pub const COOKIE: &str = "b24_console";
@@ -20,8 +32,12 @@ pub const COOKIE: &str = "b24_console";
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// At most this many sessions are kept; the oldest go first.
 const MAX_SESSIONS: usize = 1000;
-/// What a wrong token costs (logins are taken one at a time, so guesses are slow).
-const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(400);
+/// What a wrong token costs (wrong tokens are answered one at a time, so guesses are slow).
+pub const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(400);
+/// Wrong tokens waiting for their answer at most; past it one is answered 429 at once.
+pub const MAX_WAITING_FAILURES: usize = 16;
+/// How often the WARN line about wrong tokens may repeat.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A logged-in browser.
 struct Session {
@@ -47,14 +63,34 @@ pub enum Who {
     Nobody,
 }
 
+/// Too many wrong tokens are waiting for their answer: this one gets 429 at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyFailures;
+
 /// The console's login state.
 pub struct Console {
     token: Option<Secret>,
     sessions: Mutex<HashMap<String, Session>>,
     /// The CSRF token of the process, used without `admin.token`.
     process_csrf: String,
-    /// Logins are checked one at a time; a wrong one sleeps while holding it.
-    logins: tokio::sync::Mutex<()>,
+    /// Wrong tokens are answered one at a time; each sleeps while holding it.
+    failures: tokio::sync::Mutex<()>,
+    /// Wrong tokens waiting for their answer (holding `failures` or queued for it).
+    waiting: AtomicUsize,
+    /// `b24_admin_auth_failures_total`.
+    failed: Counter,
+    /// The WARN line about wrong tokens.
+    failure_log: Throttled,
+}
+
+/// One wrong token waiting for its answer; dropping it (answered, or the client gone) frees
+/// its place.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// 32 random bytes, hex.
@@ -86,13 +122,17 @@ pub fn same(a: &str, b: &str) -> bool {
 }
 
 impl Console {
-    /// The console of a listener with `token` (`admin.token`), if any.
-    pub fn new(token: Option<Secret>) -> Console {
+    /// The console of a listener with `token` (`admin.token`), if any; wrong tokens are
+    /// counted in `failed`.
+    pub fn new(token: Option<Secret>, failed: Counter) -> Console {
         Console {
             token,
             sessions: Mutex::new(HashMap::new()),
             process_csrf: random_hex(),
-            logins: tokio::sync::Mutex::new(()),
+            failures: tokio::sync::Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+            failed,
+            failure_log: Throttled::new(FAILURE_LOG_EVERY),
         }
     }
 
@@ -101,25 +141,54 @@ impl Console {
         self.token.is_some()
     }
 
-    /// Who sent `headers`.
-    pub fn identify(&self, headers: &HeaderMap) -> Who {
-        let Some(token) = &self.token else { return Who::Open };
+    /// Who sent `headers` (from `peer`). A wrong bearer token is answered `Nobody` only after
+    /// its turn (see the module docs), or [`TooManyFailures`] at once.
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Result<Who, TooManyFailures> {
+        let Some(token) = &self.token else { return Ok(Who::Open) };
         if let Some(bearer) = headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
         {
-            return if same(bearer.trim(), token.expose()) { Who::Bearer } else { Who::Nobody };
+            if same(bearer.trim(), token.expose()) {
+                return Ok(Who::Bearer);
+            }
+            self.failure("a bearer token", peer).await?;
+            return Ok(Who::Nobody);
         }
-        let Some(id) = cookie(headers, COOKIE) else { return Who::Nobody };
+        let Some(id) = cookie(headers, COOKIE) else { return Ok(Who::Nobody) };
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        // A lookup by a 256-bit random id: nothing to learn from its timing.
-        match sessions.get(id) {
+        // A lookup by a 256-bit random id: nothing to learn from its timing, nothing to guess.
+        Ok(match sessions.get(id) {
             Some(s) if s.expires > Instant::now() => {
                 Who::Session { id: id.to_owned(), csrf: s.csrf.clone() }
             }
             _ => Who::Nobody,
+        })
+    }
+
+    /// A wrong token from `peer`: counted, logged, and answered after its turn.
+    async fn failure(&self, how: &str, peer: IpAddr) -> Result<(), TooManyFailures> {
+        self.failed.inc();
+        if let Some(held_back) = self.failure_log.allow() {
+            tracing::warn!(
+                %peer,
+                held_back,
+                "wrong admin token ({how}); wrong tokens are answered one at a time"
+            );
         }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_FAILURES {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(TooManyFailures);
+        }
+        let _waiting = Waiting(&self.waiting);
+        let _turn = self.failures.lock().await;
+        tokio::time::sleep(WRONG_TOKEN_DELAY).await;
+        Ok(())
     }
 
     /// Whether a request to an open console (no `admin.token`) may be answered: its `Host` must
@@ -145,14 +214,18 @@ impl Console {
         }
     }
 
-    /// Checks `given` against the configured token (one login at a time; a wrong token waits
-    /// a little); `Some(session id)` for a new session when right.
-    pub async fn login(&self, given: &str) -> Option<String> {
-        let _one_at_a_time = self.logins.lock().await;
-        let Some(token) = &self.token else { return None };
+    /// Checks `given` (sent from `peer`) against the configured token; `Some(session id)` for
+    /// a new session when right, at once. A wrong token is answered `None` after its turn, or
+    /// [`TooManyFailures`] at once.
+    pub async fn login(
+        &self,
+        given: &str,
+        peer: IpAddr,
+    ) -> Result<Option<String>, TooManyFailures> {
+        let Some(token) = &self.token else { return Ok(None) };
         if !same(given, token.expose()) {
-            tokio::time::sleep(WRONG_TOKEN_DELAY).await;
-            return None;
+            self.failure("the login form", peer).await?;
+            return Ok(None);
         }
         let id = random_hex();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -168,7 +241,7 @@ impl Console {
         }
         sessions
             .insert(id.clone(), Session { csrf: random_hex(), expires: now + SESSION_LIFETIME });
-        Some(id)
+        Ok(Some(id))
     }
 
     /// Ends the session `id`.
@@ -221,37 +294,87 @@ mod tests {
         for bad in ["evil.example", "evil.example:8025", "127.0.0.1.nip.io:8025", "[::1]x", ""] {
             assert!(!local_host_name(bad), "{bad}");
         }
-        let open = Console::new(None);
+        let open = console(None);
         assert!(open.host_allowed(&headers(&[("host", "127.0.0.1:8025")])));
         assert!(open.host_allowed(&headers(&[])), "HTTP/1.0 without Host");
         assert!(!open.host_allowed(&headers(&[("host", "rebound.example:8025")])));
-        let guarded = Console::new(Some(Secret::new("t")));
+        let guarded = console(Some("t"));
         assert!(guarded.host_allowed(&headers(&[("host", "console.example.com")])));
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn console(token: Option<&str>) -> Console {
+        Console::new(token.map(Secret::new), Counter::default())
     }
 
     #[tokio::test]
     async fn bearer_or_session_cookie_and_nothing_else() {
-        let console = Console::new(Some(Secret::new("s3cret-admin")));
-        assert!(matches!(console.identify(&headers(&[])), Who::Nobody));
-        let bearer = headers(&[("authorization", "Bearer s3cret-admin")]);
-        assert!(matches!(console.identify(&bearer), Who::Bearer));
-        let wrong = headers(&[("authorization", "Bearer s3cret-admiN")]);
-        assert!(matches!(console.identify(&wrong), Who::Nobody));
-        assert_eq!(console.login("nope").await, None);
-        let id = console.login("s3cret-admin").await.expect("a session");
+        let console = console(Some("s3cret-admin"));
+        let who = |h: HeaderMap| {
+            let console = &console;
+            async move { console.identify(&h, PEER).await.expect("not refused") }
+        };
+        assert!(matches!(who(headers(&[])).await, Who::Nobody));
+        assert!(matches!(
+            who(headers(&[("authorization", "Bearer s3cret-admin")])).await,
+            Who::Bearer
+        ));
+        assert!(matches!(
+            who(headers(&[("authorization", "Bearer s3cret-admiN")])).await,
+            Who::Nobody
+        ));
+        assert_eq!(console.login("nope", PEER).await, Ok(None));
+        let id = console.login("s3cret-admin", PEER).await.unwrap().expect("a session");
         assert_eq!(id.len(), 64);
         let cookie = format!("other=1; {COOKIE}={id}");
-        let who = console.identify(&headers(&[("cookie", &cookie)]));
-        let Who::Session { csrf, .. } = &who else { panic!("not a session") };
-        assert_eq!(console.csrf_for(&who), *csrf);
+        let session = who(headers(&[("cookie", &cookie)])).await;
+        let Who::Session { csrf, .. } = &session else { panic!("not a session") };
+        assert_eq!(console.csrf_for(&session), *csrf);
         assert!(matches!(
-            console.identify(&headers(&[("cookie", "b24_console=s3cret-admin")])),
+            who(headers(&[("cookie", "b24_console=s3cret-admin")])).await,
             Who::Nobody
         ));
         console.logout(&id);
-        assert!(matches!(console.identify(&headers(&[("cookie", &cookie)])), Who::Nobody));
-        let open = Console::new(None);
-        assert!(matches!(open.identify(&headers(&[])), Who::Open));
+        assert!(matches!(who(headers(&[("cookie", &cookie)])).await, Who::Nobody));
+        assert_eq!(console.failed.get(), 2, "the wrong bearer and the wrong login");
+        let open = self::console(None);
+        assert!(matches!(open.identify(&headers(&[]), PEER).await, Ok(Who::Open)));
         assert_eq!(open.csrf_for(&Who::Open).len(), 64);
+    }
+
+    #[tokio::test]
+    async fn the_right_token_never_waits_behind_wrong_ones_and_the_queue_is_bounded() {
+        let console = std::sync::Arc::new(console(Some("right")));
+        let extra = 4;
+        let wrong: Vec<_> = (0..MAX_WAITING_FAILURES + extra)
+            .map(|_| {
+                let console = console.clone();
+                tokio::spawn(async move {
+                    let h = headers(&[("authorization", "Bearer wrong")]);
+                    console.identify(&h, PEER).await.map(|_| ())
+                })
+            })
+            .collect();
+        // Every wrong token has been counted: the queue is full.
+        while console.failed.get() < wrong.len() as u64 {
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        let right = headers(&[("authorization", "Bearer right")]);
+        assert!(matches!(console.identify(&right, PEER).await, Ok(Who::Bearer)));
+        assert_eq!(console.login("right", PEER).await.map(|id| id.is_some()), Ok(true));
+        // Far less than one wrong token's delay, let alone the queue's 6.4 s.
+        assert!(started.elapsed() < WRONG_TOKEN_DELAY, "{:?}", started.elapsed());
+        assert_eq!(console.login("wrong", PEER).await, Err(TooManyFailures));
+        let mut refused = 0;
+        for task in wrong {
+            if task.is_finished() {
+                refused += usize::from(task.await.unwrap() == Err(TooManyFailures));
+            } else {
+                task.abort();
+            }
+        }
+        assert_eq!(refused, extra);
     }
 }

@@ -38,7 +38,7 @@ mod tests {
 
     #[test]
     fn browsers_need_the_token_scripts_do_not() {
-        let console = Console::new(None);
+        let console = Console::new(None, Default::default());
         let token = console.csrf_for(&Who::Open);
         let mut browser = HeaderMap::new();
         browser.insert("origin", "http://127.0.0.1:8025".parse().expect("value"));

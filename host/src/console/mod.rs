@@ -23,25 +23,27 @@ mod plugins;
 mod portals;
 pub mod when;
 
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode,
-    body::Incoming,
-    header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE},
+    header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER, SET_COOKIE},
 };
 use maud::Markup;
 
-pub use auth::{Console, Who};
+pub use auth::{Console, TooManyFailures, Who};
 
 use crate::ops::Ops;
 
 /// How long a page waits for the journal's numbers.
 pub(crate) const STATS_PATIENCE: Duration = Duration::from_secs(2);
-/// The largest form body taken.
-const MAX_FORM_BYTES: usize = 64 * 1024;
+/// The largest request body the admin listener reads (the console's forms); larger gets 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// One answer.
 pub type Answer = Response<Full<Bytes>>;
@@ -121,6 +123,16 @@ pub fn unauthorized(method: &Method, path: &str) -> Answer {
     response
 }
 
+/// The answer to a wrong admin token while too many wait for theirs.
+pub fn too_many_failures() -> Answer {
+    let mut response = plain(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many wrong admin tokens are waiting for their answer; try again later",
+    );
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("10"));
+    response
+}
+
 /// The CSRF refusal.
 fn forbidden() -> Answer {
     plain(StatusCode::FORBIDDEN, csrf::REFUSED)
@@ -141,18 +153,13 @@ fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
 }
 
-/// A POST's form body (at most 64 KiB).
-async fn form(request: Request<Incoming>) -> Result<Vec<(String, String)>, Answer> {
-    let body = Limited::new(request.into_body(), MAX_FORM_BYTES)
-        .collect()
-        .await
-        .map_err(|_| plain(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large"))?
-        .to_bytes();
-    Ok(pairs(&String::from_utf8_lossy(&body)))
+/// A POST's form fields (the body, read whole by `ops.rs`, at most [`MAX_BODY_BYTES`]).
+fn form(request: &Request<Bytes>) -> Vec<(String, String)> {
+    pairs(&String::from_utf8_lossy(request.body()))
 }
 
-/// `GET /login` and `POST /login` (and `/logout`): before the login check.
-pub async fn login(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
+/// `GET /login` and `POST /login` (and `/logout`) from `peer`: before the login check.
+pub async fn login(ops: &Ops, who: Who, request: Request<Bytes>, peer: IpAddr) -> Answer {
     let console = &ops.console;
     if request.method() == Method::GET {
         return if console.needs_login() && matches!(who, Who::Nobody) {
@@ -167,35 +174,29 @@ pub async fn login(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
     if !console.needs_login() {
         return see_other("/");
     }
-    let fields = match form(request).await {
-        Ok(fields) => fields,
-        Err(answer) => return answer,
-    };
-    match console.login(field(&fields, "token").unwrap_or_default()).await {
-        Some(id) => {
+    let fields = form(&request);
+    match console.login(field(&fields, "token").unwrap_or_default(), peer).await {
+        Err(TooManyFailures) => too_many_failures(),
+        Ok(Some(id)) => {
             let mut response = see_other("/");
             if let Ok(cookie) = HeaderValue::from_str(&auth::session_cookie(&id)) {
                 response.headers_mut().insert(SET_COOKIE, cookie);
             }
             response
         }
-        None => html(StatusCode::UNAUTHORIZED, login::page(Some("wrong token"))),
+        Ok(None) => html(StatusCode::UNAUTHORIZED, login::page(Some("wrong token"))),
     }
 }
 
 /// Every console path after the login check: the pages, the partials, the actions.
-pub async fn route(ops: &Ops, who: Who, request: Request<Incoming>) -> Answer {
+pub async fn route(ops: &Ops, who: Who, request: Request<Bytes>) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = pairs(request.uri().query().unwrap_or_default());
     let csrf = ops.console.csrf_for(&who);
     if method == Method::POST {
-        let headers = request.headers().clone();
-        let fields = match form(request).await {
-            Ok(fields) => fields,
-            Err(answer) => return answer,
-        };
-        if !csrf::passes(&ops.console, &who, &headers, field(&fields, csrf::FIELD)) {
+        let fields = form(&request);
+        if !csrf::passes(&ops.console, &who, request.headers(), field(&fields, csrf::FIELD)) {
             return forbidden();
         }
         return match path.as_str() {

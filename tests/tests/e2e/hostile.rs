@@ -6,7 +6,6 @@ use std::{
     net::TcpStream,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -258,33 +257,6 @@ fn state_folder_plugin_copies_and_control_socket_are_private() {
     assert_eq!(host.post_form(&fixture("ONCRMDEALUSERFIELDUPDATE")).status, 200);
     assert_eq!(dir.wait_lines("audit.jsonl", 1, PATIENCE, |_| true).len(), 1);
     assert!(host.stop());
-}
-
-/// A small tmpfs mounted for one test (the state folder on a disk that can fill up); unmounted
-/// on drop. Needs root, as CI has.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("cannot run mount");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs at {} (this test needs root)",
-            at.display()
-        );
-        Tmpfs(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -22,14 +22,14 @@ use crate::support::*;
 
 /// How long delivery may take to catch up after the load (a lease moving to another host
 /// waits up to 10 s, a leader election up to ~8 s).
-const CATCH_UP: Duration = Duration::from_secs(40);
+pub(crate) const CATCH_UP: Duration = Duration::from_secs(40);
 
 /// The plugins of these tests and the files they record to.
 const PLUGINS: [(&str, &str); 2] = [("probe", "probe.jsonl"), ("audit-log", "audit.jsonl")];
 
 /// A host folder on `cluster` (replicas 3) with probe (sleeping `sleep_ms` per call) and
 /// audit-log.
-fn host_dir(cluster: &NatsCluster, ack_timeout_ms: u64, sleep_ms: u64) -> HostDir {
+pub(crate) fn host_dir(cluster: &NatsCluster, ack_timeout_ms: u64, sleep_ms: u64) -> HostDir {
     let dir = HostDir::new(&["probe", "audit-log"]);
     let plugins = config(&["probe", "audit-log"], &probe("", &format!("sleep_ms = {sleep_ms}")));
     dir.write_config(&format!("{plugins}\n{}", cluster.journal_toml(3, ack_timeout_ms)));
@@ -37,16 +37,16 @@ fn host_dir(cluster: &NatsCluster, ack_timeout_ms: u64, sleep_ms: u64) -> HostDi
 }
 
 /// One request: the field id sent, the host index and the answer.
-type Row = (u64, usize, Result<Answer, String>);
+pub(crate) type Row = (u64, usize, Result<Answer, String>);
 
 /// What the clients saw.
 #[derive(Default)]
-struct Sent {
-    rows: Mutex<Vec<Row>>,
+pub(crate) struct Sent {
+    pub(crate) rows: Mutex<Vec<Row>>,
 }
 
 impl Sent {
-    fn acked(&self) -> BTreeSet<u64> {
+    pub(crate) fn acked(&self) -> BTreeSet<u64> {
         let rows = self.rows.lock().unwrap();
         rows.iter()
             .filter(|(_, _, r)| matches!(r, Ok(a) if a.status == 200))
@@ -168,7 +168,7 @@ fn delivered(dirs: &[&HostDir], file: &str) -> (BTreeMap<u64, BTreeSet<u64>>, Ve
 /// Waits until every acknowledged event reached every plugin, then checks and prints:
 /// nothing lost, one event id per event, per-plugin order on each host. The figures line is
 /// returned for the test's own report.
-fn check_delivery(test: &str, dirs: &[&HostDir], sent: &Sent, non_200: usize) {
+pub(crate) fn check_delivery(test: &str, dirs: &[&HostDir], sent: &Sent, non_200: usize) {
     let acked = sent.acked();
     for (plugin, file) in PLUGINS {
         let reached = eventually(CATCH_UP, || {

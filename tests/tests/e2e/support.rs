@@ -185,3 +185,52 @@ pub fn event_ids(lines: &[serde_json::Value]) -> Vec<u64> {
         .map(|l| l["event_id"].as_u64().unwrap())
         .collect()
 }
+
+/// A small tmpfs mounted for one test (a folder on a disk that can fill up); unmounted on
+/// drop. Needs root, as CI has.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`5120k`, `8m`) at `at`, or fails the test.
+    pub fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        Tmpfs::try_mount(at, size).unwrap_or_else(|e| panic!("{e} (this test needs root)"))
+    }
+
+    /// [`Tmpfs::mount`], or `None` with a loud notice when it cannot be mounted (not root)
+    /// and `CI` is not `true`; under `CI=true` that fails the test (CI runs as root).
+    pub fn mount_or_skip(test: &str, at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        match Tmpfs::try_mount(at, size) {
+            Ok(disk) => Some(disk),
+            Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                use std::io::Write;
+                // Straight to the stderr handle: libtest captures `eprintln!`, and a skip must show.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n==== SKIPPED {test}: {e} (it needs root) ====\n==== (under CI=true this test fails) ====\n"
+                );
+                None
+            }
+            Err(e) => panic!("{test}: {e}"),
+        }
+    }
+
+    fn try_mount(at: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| format!("cannot create {}: {e}", at.display()))?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !status.success() {
+            return Err(format!("cannot mount a tmpfs at {}", at.display()));
+        }
+        Ok(Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -14,6 +14,11 @@
 //! `delivery.event_id`) when the forwarder publishes it, and ingress and the offline pollers
 //! only log the id they get.
 //!
+//! While the host spools and the spool cannot be written (its disk full), an append tries the
+//! log again instead of being refused at once: the event gets 503 only when neither takes it,
+//! and an acknowledgement sends appends back to the log. `last_write_error` is that state
+//! (spooling, and the spool refusing): `/readyz` is 503 exactly then.
+//!
 //! With `journal.dedup_window_ms = 0` (duplicates not suppressed) the `Nats-Msg-Id` is made
 //! unique per accept (`<key>-<host id>-<n>`) and kept as the record's `dedup_key`, so a
 //! spooled event forwarded twice is still stored once.
@@ -137,6 +142,15 @@ impl Appender {
         self.spool.as_ref().and_then(Spool::size_bytes)
     }
 
+    /// Why an event would be refused now, the log not acknowledging (for `why`): when the
+    /// spool cannot be written either.
+    pub fn refusing(&self, why: &str) -> Option<String> {
+        let spool = self.spool.as_ref()?.write_error()?;
+        Some(format!(
+            "the NATS log does not acknowledge ({why}) and the local spool cannot be written ({spool})"
+        ))
+    }
+
     /// See `Journal::append`. `permanent` (an offline row's key) is the log's duplicate window
     /// like any other key: NATS cannot keep an id forever.
     pub async fn append(
@@ -153,8 +167,10 @@ impl Appender {
             record.meta.dedup_key = format!("{}-{}-{n}", record.meta.dedup_key, link.host_id);
         }
         let plugins = plugins.iter().map(|p| &**p).collect::<Vec<_>>().join(",");
+        // Spooling, the spool refusing too: the log may be back, try it rather than refuse.
+        let spool_refusing = self.spool.as_ref().is_some_and(|spool| spool.write_error().is_some());
         let why = match &self.spool {
-            Some(spool) if self.status.is_spooling() => {
+            Some(spool) if self.status.is_spooling() && !spool_refusing => {
                 return spool.append(record, key, &plugins, None).await;
             }
             _ => {
@@ -172,6 +188,8 @@ impl Appender {
                     Ok(ack) => {
                         if !self.status.is_spooling() {
                             self.status.set_error(None);
+                        } else if spool_refusing {
+                            self.status.acknowledged();
                         }
                         return Ok(if ack.duplicate {
                             Appended::Duplicate(ack.sequence)

@@ -128,9 +128,13 @@ fn nats_config(config: &JournalConfig) -> Result<&NatsConfig, StoreError> {
 
 // The seam's calls, grouped by the file that implements them.
 impl Nats {
-    /// See `Journal::last_write_error` (append.rs).
+    /// See `Journal::last_write_error`: an event would be refused now, the log not
+    /// acknowledging and the spool not writable (append.rs). Spooling alone is no error.
     pub fn last_write_error(&self) -> Option<String> {
-        self.inner.appender.last_error()
+        match self.log_state() {
+            data::LogState::Spooling { reason } => self.inner.appender.refusing(&reason),
+            _ => None,
+        }
     }
 
     /// See `Journal::log_state`: spooling while the append path says why the log does not

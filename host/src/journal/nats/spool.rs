@@ -20,6 +20,16 @@
 //! the second hop. A batch the log acknowledged only in part is resent from its first
 //! unacknowledged event (the ones already stored are suppressed by `Nats-Msg-Id`).
 //!
+//! "Drained" means empty: once the forwarder has caught up, it waits for the spool's writes
+//! (its completions) and counts what the spool still holds. Only a count of 0 is logged as
+//! drained. Anything else (completions lost while the spool's disk was full, events the spool
+//! could not be read for) is said with its count, and the forwarder reads the spool again from
+//! its start (what the log already has is suppressed by `Nats-Msg-Id`).
+//!
+//! A spool that cannot be written (a full disk) refuses the event (503): `last_write_error`
+//! says so while the log does not acknowledge either, and `/readyz` is then 503 (append.rs
+//! tries the log first in that state, so the log coming back is noticed by the next event).
+//!
 //! Guarantee and its limit: a spooled event is on this host's disk; a host that dies for good
 //! with spooled events keeps them there until it starts again (with the same `state_dir`).
 
@@ -55,7 +65,8 @@ const BATCH: usize = 64;
 pub(super) struct Status {
     /// Why the log does not acknowledge (while spooling); cleared by the next ack.
     last_error: Mutex<Option<String>>,
-    /// Events in the spool not yet forwarded (may be briefly off by the ones being appended).
+    /// Events in the spool not yet forwarded (may be briefly off by the ones being appended;
+    /// made exact by the forwarder's count once it has caught up).
     outstanding: AtomicI64,
     /// Appends go to the spool without trying the log (it did not acknowledge the last try).
     spooling: AtomicBool,
@@ -64,6 +75,12 @@ pub(super) struct Status {
 impl Status {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The log acknowledged: appends go to it again.
+    pub fn acknowledged(&self) {
+        self.set_error(None);
+        self.spooling.store(false, Ordering::SeqCst);
     }
 
     pub fn set_error(&self, error: Option<String>) {
@@ -127,9 +144,15 @@ impl Spool {
             status: status.clone(),
             ack_timeout: append::ack_timeout(link),
             forwarded: 0,
+            already_there: 0,
         };
-        tokio::spawn(forwarder.run(journal.consumer(FORWARDER)));
+        tokio::spawn(forwarder.run(journal.clone()));
         Ok((Spool { journal, status }, thread))
+    }
+
+    /// Why the spool cannot be written now (a full disk, say), if it cannot.
+    pub fn write_error(&self) -> Option<String> {
+        self.journal.last_write_error()
     }
 
     /// Spools `record` (fsynced when this returns). `why`: the log's failure, for the log line
@@ -186,7 +209,10 @@ struct Forwarder {
     link: Link,
     status: Arc<Status>,
     ack_timeout: Duration,
+    /// Spooled events published (acknowledged) since the spool was last drained.
     forwarded: u64,
+    /// ... of which the log had already (suppressed by `Nats-Msg-Id`).
+    already_there: u64,
 }
 
 /// A spooled event ready to publish.
@@ -199,7 +225,8 @@ struct Ready {
 }
 
 impl Forwarder {
-    async fn run(mut self, mut consumer: crate::journal::embedded::Consumer) {
+    async fn run(mut self, spool: Embedded) {
+        let mut consumer = spool.consumer(FORWARDER);
         let reporter = consumer.reporter();
         let mut retry: VecDeque<Ready> = VecDeque::new();
         let mut delay = Duration::from_millis(100);
@@ -234,11 +261,15 @@ impl Forwarder {
                 )
             }))
             .await;
-            let mut acked = 0;
+            let (mut acked, mut repeats) = (0, 0);
             let mut error = None;
             for result in results {
                 match result {
-                    Ok(_) if error.is_none() => acked += 1,
+                    Ok(ack) if error.is_none() => {
+                        acked += 1;
+                        // Sent before (read again after a lost completion): not counted twice.
+                        repeats += usize::from(ack.duplicate);
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         error.get_or_insert(e);
@@ -249,20 +280,43 @@ impl Forwarder {
                 reporter.complete(done.local);
             }
             self.forwarded += acked as u64;
-            self.status.outstanding.fetch_sub(acked as i64, Ordering::SeqCst);
+            self.already_there += repeats as u64;
+            self.status.outstanding.fetch_sub((acked - repeats) as i64, Ordering::SeqCst);
             match error {
                 None => {
                     delay = Duration::from_millis(100);
-                    self.status.set_error(None);
                     // The log acknowledges again: appends go to it directly; the forwarder
                     // drains the rest meanwhile.
-                    self.status.spooling.store(false, Ordering::SeqCst);
+                    self.status.acknowledged();
                     if caught_up && retry.is_empty() && self.forwarded > 0 {
-                        tracing::info!(
-                            forwarded = self.forwarded,
-                            "the spool is drained: every spooled event is on the NATS log"
-                        );
-                        self.forwarded = 0;
+                        match self.left(&spool).await {
+                            Ok(0) => {
+                                tracing::info!(
+                                    forwarded = self.forwarded - self.already_there,
+                                    already_there = self.already_there,
+                                    "the spool is drained: every spooled event is on the NATS log"
+                                );
+                                self.forwarded = 0;
+                                self.already_there = 0;
+                            }
+                            left => {
+                                let left = match left {
+                                    Ok(n) => format!("{n} events are still in the spool"),
+                                    Err(e) => format!(
+                                        "the spool cannot be read or written now ({e}); what is \
+                                         still in the spool goes once it can be"
+                                    ),
+                                };
+                                tracing::warn!(
+                                    forwarded = self.forwarded - self.already_there,
+                                    "forwarded spooled events to the NATS log, but not all: \
+                                     {left}; reading the spool again from the start"
+                                );
+                                // Rows behind the cursor (their completion lost with a failed
+                                // write) or not readable then: a fresh consumer reads them all.
+                                consumer = spool.consumer(FORWARDER);
+                            }
+                        }
                     }
                 }
                 Some(e) => {
@@ -273,6 +327,21 @@ impl Forwarder {
                 }
             }
         }
+    }
+}
+
+impl Forwarder {
+    /// How many events the spool still holds, once its writes so far (the completions) are
+    /// done; an error when it cannot tell, or when a write failed (a completion may be lost).
+    async fn left(&self, spool: &Embedded) -> Result<u64, StoreError> {
+        spool.flush().await;
+        if let Some(e) = spool.last_write_error() {
+            return Err(StoreError::Storage(e));
+        }
+        let stats = spool.stats(vec![FORWARDER.to_owned()]).await?;
+        let left = stats.plugins.iter().find(|p| p.plugin == FORWARDER).map_or(0, |p| p.backlog);
+        self.status.outstanding.store(left as i64, Ordering::SeqCst);
+        Ok(left)
     }
 }
 
