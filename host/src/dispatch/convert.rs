@@ -88,6 +88,10 @@ fn user_id_unknown(auth: &AuthBlock) -> Option<KeyValue> {
         .map(|_| KeyValue::new(b24_plugin_api::EXTRA_USER_ID, b24_plugin_api::USER_ID_UNKNOWN))
 }
 
+/// The acting user's access token, never a refresh token: the refresh token is single-use and
+/// the host's (an install's is the portal's stored pair; a plugin that spent one would break
+/// the host's refresh), so `UserAuth::refresh_token` is always none. (Events journaled since
+/// the host blanks it carry none anyway, see `decode::strip`.)
 fn user(auth: &AuthBlock) -> ROption<UserAuth> {
     auth.user
         .as_ref()
@@ -96,7 +100,7 @@ fn user(auth: &AuthBlock) -> ROption<UserAuth> {
             access_token: tokens.access_token.clone(),
             expires: tokens.expires.into(),
             scope: tokens.scope.as_str().into(),
-            refresh_token: auth.refresh_token.clone().into(),
+            refresh_token: ROption::RNone,
         })
         .into()
 }
