@@ -35,6 +35,13 @@ pub struct Received {
     pub outcome: String,
 }
 
+/// Why something was refused or waited: a label from a small fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// The reason.
+    pub reason: String,
+}
+
 /// A plugin.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
@@ -99,6 +106,8 @@ pub struct Metrics {
     pub reloads: Family<Received, Counter>,
     /// Runner processes started again after one died (process isolation).
     pub runner_restarts: Family<PluginLabel, Counter>,
+    /// Installs refused, by reason (`auth::InstallError::reason`).
+    pub installs_refused: Family<Reason, Counter>,
     /// Event codes that plugins subscribe to by name (no wildcard), as of the last reload.
     subscribed: RwLock<HashSet<String>>,
     /// Requests per second and status class, the last [`INTAKE_SECONDS`].
@@ -233,6 +242,7 @@ impl Metrics {
             journal_damaged: Counter::default(),
             reloads: Family::default(),
             runner_restarts: Family::default(),
+            installs_refused: Family::default(),
             subscribed: RwLock::default(),
             intake: IntakeRing::default(),
             registry: Registry::default(),
@@ -295,6 +305,11 @@ impl Metrics {
             "plugin_runner_restarts",
             "Runner processes started again after one died",
             m.runner_restarts.clone(),
+        );
+        registry.register(
+            "installs_refused",
+            "Installs refused, by reason (Bitrix24 does not send them again)",
+            m.installs_refused.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -130,6 +130,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         journal: journal.clone(),
         supervisor: supervisor.clone(),
         pollers: pollers.clone(),
+        rest: rest.clone(),
         metrics: metrics.clone(),
         fresh_reads: Default::default(),
     });

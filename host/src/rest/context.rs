@@ -24,6 +24,18 @@ pub struct EventContext {
 }
 
 impl EventContext {
+    /// The context of a call no event carries (the offline poller's, a binding's): the
+    /// portal's stored install says where it is, with the app's tokens.
+    pub fn app(member_id: &str) -> EventContext {
+        EventContext {
+            member_id: member_id.to_owned(),
+            domain: String::new(),
+            client_endpoint: None,
+            server_endpoint: None,
+            user_token: None,
+        }
+    }
+
     /// The context of `event`.
     pub fn of(event: &Decoded) -> EventContext {
         EventContext {

@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use crate::{config::RestConfig, journal::Journal};
 use bucket::Bucket;
 pub use context::EventContext;
-use oauth::{RefreshAnswer, StoredTokens};
+use oauth::{PortalInstall, RefreshAnswer, Stored, StoredTokens};
 
 /// How often a call is retried while the portal answers `QUERY_LIMIT_EXCEEDED`.
 const LIMIT_RETRIES: u32 = 4;
@@ -101,6 +101,12 @@ impl RestClient {
         params: Value,
     ) -> Result<Value, RestError> {
         self.call_with(ctx, method, params, false).await
+    }
+
+    /// The configured OAuth token URL an install naming `server_endpoint` is verified and
+    /// refreshed at (see [`crate::config::RestConfig::oauth_server_for`]).
+    pub fn oauth_server_for(&self, server_endpoint: Option<&str>) -> Result<String, String> {
+        self.config.oauth_server_for(server_endpoint).map(str::to_owned)
     }
 
     /// The `auth_connector` of a portal (`rest.portals."<m>".offline.auth_connector`).
@@ -186,25 +192,27 @@ impl RestClient {
         }))
     }
 
-    /// The credentials to try for `ctx`, in order.
+    /// The credentials to try for `ctx`, in order. Once the portal has a verified install, every
+    /// call goes to the install's REST endpoint (the event's user token too): an event's
+    /// `client_endpoint` is only as trustworthy as the application token it came with, and a
+    /// leaked one must not redirect the portal's tokens.
     async fn credentials(
         &self,
         ctx: &EventContext,
         webhook: bool,
     ) -> Result<Vec<Credential>, RestError> {
         let mut out = Vec::new();
-        if let (Some(token), Some(endpoint)) = (&ctx.user_token, &ctx.client_endpoint) {
-            out.push(Credential::Token {
-                token: token.clone(),
-                endpoint: endpoint.clone(),
-                stored: false,
-            });
+        let stored = self.stored(&ctx.member_id).await?;
+        let installed_at = stored.as_ref().and_then(|t| t.client_endpoint.clone());
+        if let Some(token) = &ctx.user_token
+            && let Some(endpoint) = installed_at.clone().or_else(|| ctx.client_endpoint.clone())
+        {
+            out.push(Credential::Token { token: token.clone(), endpoint, stored: false });
         }
-        if let Some(stored) = self.stored(&ctx.member_id).await? {
-            let endpoint = ctx.client_endpoint.clone().or(stored.client_endpoint.clone());
-            if let Some(endpoint) = endpoint {
-                out.push(Credential::Token { token: stored.access(), endpoint, stored: true });
-            }
+        if let Some(stored) = stored
+            && let Some(endpoint) = installed_at
+        {
+            out.push(Credential::Token { token: stored.access(), endpoint, stored: true });
         }
         if let Some(hook) = self.config.portals.get(&ctx.member_id).and_then(|p| p.webhook.clone())
             && webhook
@@ -239,10 +247,51 @@ impl RestClient {
     /// The REST and OAuth endpoints stored with a portal's tokens, for calls no event carries
     /// (the offline poller's).
     pub async fn stored_endpoints(&self, member_id: &str) -> (Option<String>, Option<String>) {
-        match self.stored(member_id).await {
-            Ok(Some(t)) => (t.client_endpoint, t.server_endpoint),
-            _ => (None, None),
+        match self.install(member_id).await {
+            Some(install) => (install.client_endpoint, install.server_endpoint),
+            None => (None, None),
         }
+    }
+
+    /// The portal's verified install (where it is, which OAuth server refreshes its pair),
+    /// without its tokens; `None` while the app is not installed (never, or uninstalled since)
+    /// or the journal cannot be read.
+    pub async fn install(&self, member_id: &str) -> Option<PortalInstall> {
+        self.stored(member_id).await.ok().flatten().map(|t| t.install(member_id))
+    }
+
+    /// Whether the portal's app was uninstalled (a verified `ONAPPUNINSTALL`) and not installed
+    /// again: the time it was, ms since the epoch.
+    pub async fn uninstalled_at(&self, member_id: &str) -> Option<i64> {
+        let raw = self.journal.oauth(member_id).await.ok().flatten()?;
+        match Stored::parse(&raw)? {
+            Stored::Uninstalled(at) => Some(at),
+            Stored::Tokens(_) => None,
+        }
+    }
+
+    /// Stores the installer's pair of a verified `ONAPPINSTALL`/`ONAPPUPDATE` as the portal's
+    /// (after a refresh in progress on this host, so that it cannot overwrite it).
+    pub async fn store_install(
+        &self,
+        member_id: &str,
+        tokens: &StoredTokens,
+    ) -> Result<(), crate::journal::StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        self.journal.save_oauth(member_id, Stored::Tokens(tokens.clone()).to_bytes()).await
+    }
+
+    /// Forgets the portal's pair (a verified `ONAPPUNINSTALL`): from now on nothing is
+    /// refreshed for it and its offline queue is not polled, until it is installed again.
+    pub async fn forget_install(&self, member_id: &str) -> Result<(), crate::journal::StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let gone = Stored::Uninstalled(crate::journal::now_ms());
+        self.journal.save_oauth(member_id, gone.to_bytes()).await
+    }
+
+    /// The portal's pair as stored (for an update, which keeps the install's place).
+    pub async fn stored_tokens(&self, member_id: &str) -> Option<StoredTokens> {
+        self.stored(member_id).await.ok().flatten()
     }
 
     async fn stored(&self, member_id: &str) -> Result<Option<StoredTokens>, RestError> {
@@ -251,7 +300,18 @@ impl RestClient {
             .oauth(member_id)
             .await
             .map_err(|e| error(RestErrorKind::Unavailable, 0, "STORAGE", e.to_string()))?;
-        Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        Ok(raw.and_then(|bytes| Stored::parse(&bytes)).and_then(Stored::tokens))
+    }
+
+    /// The configured token URL that refreshes `stored`: the one chosen at its install, if it
+    /// is still configured; else the one its OAuth server names; never another address.
+    fn oauth_url_for(&self, stored: &StoredTokens) -> Result<String, String> {
+        if let Some(url) =
+            stored.oauth_url.as_ref().filter(|u| self.config.oauth_servers.contains(u))
+        {
+            return Ok(url.clone());
+        }
+        self.config.oauth_server_for(stored.server_endpoint.as_deref()).map(str::to_owned)
     }
 
     /// Refreshes the portal's stored tokens after `spent` was refused; returns the new access
@@ -311,10 +371,8 @@ impl RestClient {
             .await
             .map_err(|e| error(RestErrorKind::Unavailable, 0, "STORAGE", e.to_string()))?
             .ok_or_else(no_refresh)?;
-        let stored: StoredTokens = serde_json::from_slice(&raw).map_err(|_| no_refresh())?;
-        let endpoint_of = |t: &StoredTokens| {
-            ctx.client_endpoint.clone().or(t.client_endpoint.clone()).unwrap_or_default()
-        };
+        let stored = Stored::parse(&raw).and_then(Stored::tokens).ok_or_else(no_refresh)?;
+        let endpoint_of = |t: &StoredTokens| t.client_endpoint.clone().unwrap_or_default();
         if stored.access_token != spent.expose() {
             return Ok((stored.access(), endpoint_of(&stored)));
         }
@@ -336,9 +394,18 @@ impl RestClient {
                 "the lease on the portal's token refresh was lost (the log did not answer); not refreshing",
             ));
         }
-        // The client secret goes only to the OAuth server the operator configured: never to
-        // the `server_endpoint` an event brings (an on-premise portal writes its own events).
-        let url = self.config.oauth_url.clone();
+        // The client secret goes only to an OAuth server the operator configured, the one
+        // chosen at the portal's install: never to the `server_endpoint` an event brings (an
+        // on-premise portal writes its own events).
+        let url = self.oauth_url_for(&stored).map_err(|why| {
+            tracing::error!(member_id = %ctx.member_id, "cannot refresh the portal's OAuth tokens: {why}");
+            error(
+                RestErrorKind::Credentials,
+                401,
+                "expired_token",
+                format!("the stored token expired and cannot be refreshed: {why}"),
+            )
+        })?;
         check_scheme(&url)?;
         let response = self
             .http
@@ -385,6 +452,8 @@ impl RestClient {
                 format!("unreadable refresh answer: {e}"),
             )
         })?;
+        // The OAuth server is trusted for where the portal is now (a moved portal); the server
+        // chosen at the install stays the portal's.
         let fresh = StoredTokens {
             access_token: answer.access_token,
             refresh_token: answer.refresh_token,
@@ -392,11 +461,14 @@ impl RestClient {
                 .expires
                 .or(answer.expires_in.map(|s| crate::journal::now_ms() / 1000 + s)),
             client_endpoint: answer.client_endpoint.or(stored.client_endpoint),
-            server_endpoint: answer.server_endpoint.or(stored.server_endpoint),
+            server_endpoint: stored.server_endpoint,
+            oauth_url: Some(url),
+            domain: answer.domain.or(stored.domain),
+            installed_at_ms: stored.installed_at_ms,
         };
         // The old refresh token is spent: store the new one before anything else, only over
         // the pair it replaces (a host whose lease lapsed must not overwrite a newer pair).
-        let bytes = serde_json::to_vec(&fresh).unwrap_or_default();
+        let bytes = Stored::Tokens(fresh.clone()).to_bytes();
         match self.journal.replace_oauth(&ctx.member_id, bytes, revision).await {
             Ok(true) => {
                 tracing::info!(member_id = %ctx.member_id, "refreshed the portal's OAuth tokens");
