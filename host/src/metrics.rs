@@ -108,6 +108,8 @@ pub struct Metrics {
     pub runner_restarts: Family<PluginLabel, Counter>,
     /// Installs refused, by reason (`auth::InstallError::reason`).
     pub installs_refused: Family<Reason, Counter>,
+    /// REST calls and the waits for limits (the REST client counts them).
+    pub rest: crate::rest::metrics::RestMetrics,
     /// Event codes that plugins subscribe to by name (no wildcard), as of the last reload.
     subscribed: RwLock<HashSet<String>>,
     /// Requests per second and status class, the last [`INTAKE_SECONDS`].
@@ -243,6 +245,7 @@ impl Metrics {
             reloads: Family::default(),
             runner_restarts: Family::default(),
             installs_refused: Family::default(),
+            rest: Default::default(),
             subscribed: RwLock::default(),
             intake: IntakeRing::default(),
             registry: Registry::default(),
@@ -311,6 +314,7 @@ impl Metrics {
             "Installs refused, by reason (Bitrix24 does not send them again)",
             m.installs_refused.clone(),
         );
+        m.rest.register(&mut registry);
         Metrics { registry, ..m }
     }
 

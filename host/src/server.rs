@@ -111,11 +111,12 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         path: control::socket_path(&config.state_dir),
         source,
     })?;
+    let metrics = Arc::new(Metrics::new());
     let rest = Arc::new(
         RestClient::new(config.rest.clone(), journal.clone())
-            .map_err(|e| ServeError::Rest(e.to_string()))?,
+            .map_err(|e| ServeError::Rest(e.to_string()))?
+            .with_metrics(metrics.rest.clone()),
     );
-    let metrics = Arc::new(Metrics::new());
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!("cannot watch SIGHUP (reloads by signal are off): {e}"))
         .ok();

@@ -73,6 +73,10 @@ pub(super) struct State {
     pub(super) connectors_allowed: bool,
     /// The codes of the incoming webhooks (`/rest/<user>/<code>/<method>`).
     pub(super) webhooks: Vec<String>,
+    /// Each method's operating time.
+    pub(super) meters: HashMap<String, super::operating::Meter>,
+    /// What a call of a method costs in operating time.
+    pub(super) operating_costs: HashMap<String, std::time::Duration>,
 }
 
 impl State {

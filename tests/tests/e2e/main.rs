@@ -15,6 +15,7 @@ mod hostile;
 mod http;
 mod isolation;
 mod journal;
+mod limits;
 mod loading;
 mod nats_auth;
 mod nats_journal;

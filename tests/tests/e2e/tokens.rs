@@ -78,8 +78,8 @@ fn an_offline_nudge_with_a_users_pair_leaves_the_poller_the_installers_tokens() 
     // install found no tokens and called nothing).
     let gets = offline_gets(&portal);
     assert!(
-        gets.iter().all(|(token, status)| token.as_deref() == Some(installer.as_str())
-            && *status == 200),
+        gets.iter()
+            .all(|(token, status)| token.as_deref() == Some(installer.as_str()) && *status == 200),
         "{gets:?}"
     );
     assert!(host.stop());
