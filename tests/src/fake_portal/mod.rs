@@ -42,9 +42,9 @@
 //! 4. A body that is not a JSON object or a form: 400 `INVALID_REQUEST`.
 //! 5. No token: 401 `NO_AUTH_FOUND`; an unknown token: 401 `invalid_token`; an expired token, or
 //!    one made stale by a refresh: 401 `expired_token` "The access token provided has expired.".
-//! 6. Unknown method: 404 `ERROR_METHOD_NOT_FOUND`.
-//! 6a. A method over its operating time: 429 `OPERATION_TIME_LIMIT` (see [`operating`]; every
-//!    successful answer's `time` carries `operating` and `operating_reset_at`).
+//! 6. Unknown method: 404 `ERROR_METHOD_NOT_FOUND`; a method over its operating time: 429
+//!    `OPERATION_TIME_LIMIT` (see [`operating`]; every successful answer's `time` carries
+//!    `operating` and `operating_reset_at`).
 //! 7. `id` missing or not a positive integer: 400 with an EMPTY `error` and
 //!    `error_description` "ID is not defined or invalid." (exactly what Bitrix24 answers).
 //! 8. A field that does not exist, is deleted, or belongs to another entity than the method's
