@@ -169,6 +169,12 @@ impl Ingress {
         };
         let mut effect = match self.verify(&event).await {
             Ok(effect) => effect,
+            Err(e) if event.code == "ONAPPINSTALL" && e != crate::auth::AuthError::Missing => {
+                // An install the host cannot take (learning off, or another token than the one
+                // configured: a reinstall's new token): Bitrix24 will not send it again.
+                self.install_refused(&event, &crate::auth::InstallError::Auth(e));
+                return answer(StatusCode::UNAUTHORIZED, e.to_string());
+            }
             Err(e) => {
                 tracing::warn!(
                     member_id = %event.auth.member_id,
@@ -333,6 +339,27 @@ impl Ingress {
         }
     }
 
+    /// Says that an install was refused (Bitrix24 will not send it again): a log line with
+    /// what to do, `b24_installs_refused_total{reason}`, and the console's list.
+    fn install_refused(&self, event: &Decoded, e: &crate::auth::InstallError) {
+        let member_id = event.auth.member_id.as_str();
+        let domain = event.auth.domain.as_str();
+        self.metrics
+            .installs_refused
+            .get_or_create(&crate::metrics::Reason { reason: e.reason().to_owned() })
+            .inc();
+        self.verifier.refused.record(member_id, domain, e, crate::journal::now_ms());
+        let status = e.status();
+        match e.remedy(member_id) {
+            Some(remedy) => {
+                tracing::error!(member_id, domain, status, reason = %e, "install refused: not verified. {remedy}")
+            }
+            None => {
+                tracing::warn!(member_id, domain, status, reason = %e, "install refused: not verified")
+            }
+        }
+    }
+
     /// Verifies an install ([`Verifier::verify_install`]) and stores the OAuth tokens its
     /// exchange yielded; the answer to give when it is not verified.
     async fn verify_install<'a>(&'a self, event: &Decoded) -> Result<Verified<'a>, Answer> {
@@ -343,19 +370,7 @@ impl Ingress {
             Err(e) => {
                 let status =
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                self.metrics
-                    .installs_refused
-                    .get_or_create(&crate::metrics::Reason { reason: e.reason().to_owned() })
-                    .inc();
-                self.verifier.refused.record(member_id, domain, &e, crate::journal::now_ms());
-                match e.remedy(member_id) {
-                    Some(remedy) => {
-                        tracing::error!(member_id, domain, status = status.as_u16(), reason = %e, "install refused: not verified. {remedy}")
-                    }
-                    None => {
-                        tracing::warn!(member_id, domain, status = status.as_u16(), reason = %e, "install refused: not verified")
-                    }
-                }
+                self.install_refused(event, &e);
                 return Err(answer(status, format!("install not verified: {e}")));
             }
         };

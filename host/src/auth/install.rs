@@ -98,6 +98,12 @@ impl InstallError {
     /// reason says it).
     pub fn remedy(&self, member_id: &str) -> Option<String> {
         match self {
+            InstallError::Auth(AuthError::Mismatch) => Some(format!(
+                "the install carries another application token than [auth.portals] has for \"{member_id}\": if the app was installed anew there, put its new token in [auth.portals] (or {{ env = \"VAR\" }}), reload and reinstall; if not, someone else posted it (the token is not logged)"
+            )),
+            InstallError::Auth(AuthError::UnknownPortal) => Some(format!(
+                "the portal is not in [auth.portals] and auth.learn_tokens_on_install is off: list it there (\"{member_id}\" = its application token) or turn learning on (with rest.client_id/client_secret), then reinstall the app"
+            )),
             InstallError::NoRefreshToken => Some(format!(
                 "Bitrix24 will not send this install again: to accept the portal, list it in [auth.portals] of host.toml (\"{member_id}\" = its application token, or {{ env = \"VAR\" }}) and reload"
             )),

@@ -322,6 +322,22 @@ fn an_install_without_a_refresh_token_is_refused_said_counted_and_shown() {
     assert!(!overview.contains(PORTAL_TOKEN), "the application token reached the console");
     // Nothing of it was accepted.
     assert_eq!(host.post_form(&field_event(5, "UF_CRM_X").replace(MEMBER, PORTAL)).status, 401);
+
+    // An install of a configured portal with another token than the one configured is an
+    // install refused too.
+    let mut other = args("ONAPPINSTALL");
+    other.token = "0000000000000000000000000000beef".into();
+    assert_eq!(host.post_form(&form(&other)).status, 401);
+    assert_eq!(
+        metric(&host, "b24_installs_refused_total{reason=\"not_authenticated\"}"),
+        Some(1.0)
+    );
+    let overview = host.admin_request("GET", "/").body;
+    let section = &overview[overview.find("id=\"refused-installs\"").expect("the section")..];
+    assert!(section.contains(MEMBER) && section.contains(PORTAL), "{section}");
+    let log = host.log_text();
+    assert!(log.contains("another application token than [auth.portals] has"), "{log}");
+    assert!(!log.contains("0000000000000000000000000000beef"), "a token reached the log");
     assert!(host.stop());
 }
 
