@@ -89,3 +89,68 @@ fn an_event_whose_method_is_blocked_for_its_operating_time_is_delivered_once_the
     assert!(waited.is_some_and(|s| s > 0.5 && s < 10.0), "{waited:?}");
     assert!(host.stop());
 }
+
+#[test]
+fn an_event_over_the_portals_rate_limit_after_the_clients_retries_waits_and_is_not_dead_lettered() {
+    // A portal that lets two requests through, then one every 20 s: the client's four retries
+    // (1 + 2 + 4 + 8 s) do not outlast it.
+    let portal = FakePortal::start(PortalOptions {
+        rate_per_sec: 0.05,
+        burst: 2,
+        ..PortalOptions::default()
+    });
+    let options = portal.options();
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&format!(
+        "{}\n[rest]\nclient_id = {:?}\nclient_secret = {:?}\noauth_url = {:?}\n",
+        config(&["probe"], &probe("", "")),
+        options.client_id,
+        options.client_secret,
+        portal.oauth_url(),
+    ));
+    let host = start(&dir);
+    post_app_install(&host, &portal);
+    let field = portal.add_field("CRM_DEAL", "UF_CRM_READ", "string", vec![]);
+    for code in
+        ["ONCRMDEALUSERFIELDUPDATE", "ONCRMDEALUSERFIELDADD", "ONCRMDEALUSERFIELDSETENUMVALUES"]
+    {
+        let mut read = args(code);
+        read.system = true;
+        read.field_id = field;
+        read.field_name = "UF_CRM_READ".into();
+        read.client_endpoint = Some(portal.client_endpoint());
+        assert_eq!(host.post_form(&form(&read)).status, 200);
+    }
+    let rest = |dir: &HostDir| -> Vec<serde_json::Value> {
+        dir.read_lines_lenient("probe.jsonl").into_iter().filter(|l| l["kind"] == "rest").collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(120), || rest(&dir)
+            .iter()
+            .filter(|l| l["ok"] == true)
+            .count()
+            >= 3),
+        "{:?}\n{:?}\n{}",
+        rest(&dir),
+        dir.stats(),
+        host.log_text()
+    );
+    let lines = rest(&dir);
+    // (Once; again only if the machine stalled past the portal's 20 s.)
+    let failed: Vec<_> = lines.iter().filter(|l| l["ok"] == false).collect();
+    assert!(!failed.is_empty(), "{lines:?}");
+    assert!(failed[0]["error"].as_str().unwrap().contains("QUERY_LIMIT_EXCEEDED"), "{lines:?}");
+    // The wait used no attempt, and nothing became a dead letter.
+    assert!(lines.iter().all(|l| l["attempt"] == 1), "{lines:?}");
+    assert_eq!(dir.stats().get("probe").map(|s| s.2), Some(0), "a dead letter");
+    // Four back-offs of the client, then the event's wait.
+    assert_eq!(
+        metric(&host, "b24_rest_limit_waits_total{reason=\"query_limit_exceeded\"}"),
+        Some(5.0)
+    );
+    assert!(
+        metric(&host, "b24_rest_calls_total{family=\"crm\",status=\"query_limit_exceeded\"}")
+            .is_some_and(|n| n >= 5.0)
+    );
+    assert!(host.stop());
+}
