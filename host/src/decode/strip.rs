@@ -35,42 +35,49 @@ pub fn without_secrets(body: Bytes, format: BodyFormat) -> (Bytes, BodyFormat) {
 }
 
 /// Whether a form variable's raw name is one of the secrets, as `parse_str` reads names: URL
-/// decoded, cut at a NUL byte, leading spaces dropped; then base `auth` and the first bracket
-/// `[refresh_token]` or `[application_token]` (anything after it makes the value a map, never
-/// a token).
+/// decoded, cut at a NUL byte, leading spaces dropped; then base `auth` and the one bracket
+/// `[refresh_token]` or `[application_token]` (a further bracket makes the value a map, never a
+/// token; anything else after it PHP ignores).
 fn is_secret_name(raw: &[u8]) -> bool {
     let decoded = form::url_decode(raw);
     let name = decoded.split(|&b| b == 0).next().unwrap_or_default();
     let name = &name[name.iter().take_while(|&&b| b == b' ').count()..];
-    name.strip_prefix(b"auth[").is_some_and(|rest| SECRETS.iter().any(|s| rest.starts_with(s)))
+    name.strip_prefix(b"auth[").is_some_and(|rest| {
+        SECRETS.iter().any(|s| rest.strip_prefix(*s).is_some_and(|after| !after.starts_with(b"[")))
+    })
 }
 
+/// One pass over the variables; the body is copied only when a secret is found, in slices.
 fn blank_form(body: Bytes) -> Bytes {
     // Variables after a raw NUL byte are never read (PHP scans a C string): left as they are.
     let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
     let head = &body[..end];
-    let secret = |var: &[u8]| {
+    let mut out: Option<Vec<u8>> = None;
+    // What of `head` is in `out` so far.
+    let mut copied = 0;
+    let mut start = 0;
+    for var in head.split(|&b| b == b'&') {
+        let here = start;
+        start += var.len() + 1;
         let name = var.iter().position(|&b| b == b'=').map_or(var, |eq| &var[..eq]);
-        is_secret_name(name)
-    };
-    if !head.split(|&b| b == b'&').any(|var| !var.is_empty() && secret(var)) {
-        return body;
-    }
-    let mut out = Vec::with_capacity(body.len());
-    for (i, var) in head.split(|&b| b == b'&').enumerate() {
-        if i > 0 {
-            out.push(b'&');
+        // Cheap first: the name must begin like `auth` does, raw or encoded.
+        let may_be = name.starts_with(b"auth") || matches!(name.first(), Some(b'%' | b'+' | b' '));
+        if !may_be || !is_secret_name(name) {
+            continue;
         }
-        if !var.is_empty() && secret(var) {
-            let name = var.iter().position(|&b| b == b'=').map_or(var, |eq| &var[..eq]);
-            out.extend_from_slice(name);
-            out.push(b'=');
-        } else {
-            out.extend_from_slice(var);
+        let out = out.get_or_insert_with(|| Vec::with_capacity(body.len()));
+        out.extend_from_slice(&head[copied..here]);
+        out.extend_from_slice(name);
+        out.push(b'=');
+        copied = here + var.len();
+    }
+    match out {
+        None => body,
+        Some(mut out) => {
+            out.extend_from_slice(&body[copied..]);
+            Bytes::from(out)
         }
     }
-    out.extend_from_slice(&body[end..]);
-    Bytes::from(out)
 }
 
 /// The JSON body's tree, blanked, as a form that reads back to that tree; `None` when it does
@@ -131,7 +138,8 @@ mod tests {
             ("auth%5brefresh_token%5d=x", true),
             ("++auth[application_token]=x", true),
             ("auth[refresh_token]%00tail=x", true),
-            ("auth[refresh_token][0]=x", true),
+            ("auth[refresh_token]tail=x", true),
+            ("auth[refresh_token][0]=x", false),
             ("auth[Refresh_token]=x", false),
             ("auth[ refresh_token]=x", false),
             ("data[auth][refresh_token]=x", false),
@@ -147,6 +155,28 @@ mod tests {
         assert_eq!(&out[..], b"event=E&auth[refresh_token]=\0&auth[application_token]=a");
         let plain = Bytes::from_static(b"event=E&data[x]=1&&auth[member_id]=m");
         assert_eq!(without_secrets(plain.clone(), BodyFormat::Form).0, plain);
+    }
+
+    proptest::proptest! {
+        /// Whatever the body, the stripped one decodes to the original's tree with the secrets
+        /// blanked, and to nothing else.
+        #[test]
+        fn a_stripped_form_decodes_to_the_blanked_tree(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "auth", "[", "]", "refresh_token", "application_token", "access_token",
+                    "%5B", "%5D", "%5b", "%00", "\0", "=", "&", "+", " ", "a", "x", "data", "[]",
+                ]),
+                0..40,
+            )
+        ) {
+            let body = Bytes::from(parts.concat());
+            let (out, format) = without_secrets(body.clone(), BodyFormat::Form);
+            proptest::prop_assert_eq!(format, BodyFormat::Form);
+            let mut expected = tree(&body, BodyFormat::Form);
+            blank_tree(&mut expected);
+            proptest::prop_assert_eq!(tree(&out, BodyFormat::Form), expected);
+        }
     }
 
     #[test]
