@@ -14,11 +14,14 @@
 //!
 //! **Target**: under 5 µs for the user-field form body.
 //!
+//! `strip/form/user_field`: what ingress adds before journaling that body, blanking its
+//! application token (`decode::strip::without_secrets`); compare it with the decode.
+//!
 //! Run: `cargo bench -p b24-host --bench decode`.
 
 use std::{hint::black_box, path::Path};
 
-use b24_host::decode::{BodyFormat, decode};
+use b24_host::decode::{BodyFormat, decode, strip::without_secrets};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Reads a fixture from `host/tests/fixtures`.
@@ -51,6 +54,11 @@ fn bench_decode(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    let body = bytes::Bytes::from(user_field.clone());
+    c.bench_function("strip/form/user_field", |b| {
+        b.iter(|| without_secrets(black_box(body.clone()), BodyFormat::Form))
+    });
 }
 
 criterion_group!(benches, bench_decode);

@@ -246,7 +246,8 @@ pub struct SendArgs {
     /// `auth[access_token]` of the acting user (a made-up one by default).
     #[arg(long)]
     pub access_token: Option<String>,
-    /// `auth[refresh_token]` for ONAPPINSTALL/ONAPPUPDATE (a made-up one by default).
+    /// `auth[refresh_token]`: for ONAPPINSTALL/ONAPPUPDATE (a made-up one by default), and for
+    /// any other event when given (an `ONOFFLINEEVENT` or a bot event carries its user's).
     #[arg(long)]
     pub refresh_token: Option<String>,
     /// An event no user caused: no user tokens in `auth`.

@@ -294,13 +294,7 @@ async fn execute(reach: &Reach, request: AdminRequest) -> AdminResponse {
 /// (the REST client adds the portal's `auth_connector`, so the binding is the poller's queue).
 async fn bind_offline(reach: &Reach, portal: &str, events: &[String]) -> AdminResponse {
     let (client_endpoint, server_endpoint) = reach.rest.stored_endpoints(portal).await;
-    let ctx = EventContext {
-        member_id: portal.to_owned(),
-        domain: String::new(),
-        client_endpoint,
-        server_endpoint,
-        user_token: None,
-    };
+    let ctx = EventContext { client_endpoint, server_endpoint, ..EventContext::app(portal) };
     let mut bound = Vec::new();
     for code in events {
         let params =

@@ -28,13 +28,16 @@ use hyper::{
 };
 
 use crate::{
-    auth::{Effect, InstallError, Verified, Verifier},
+    auth::{Effect, Verified, Verifier},
     bind::Binder,
     decode::{self, BodyFormat, Decoded},
     journal::{Appended, Journal},
     metrics::Metrics,
     offline::Pollers,
-    rest::oauth::StoredTokens,
+    rest::{
+        RestClient,
+        oauth::{self, StoredTokens},
+    },
     supervisor::Supervisor,
 };
 
@@ -56,6 +59,8 @@ pub struct Ingress {
     pub pollers: Arc<Pollers>,
     /// The binder: an install or update binds the portal's events (off the request path).
     pub binder: Arc<Binder>,
+    /// Where a verified install's pair is stored (and an uninstall forgets it).
+    pub rest: Arc<RestClient>,
     /// Reads of the shared log before a 401 ([`Ingress::verify`]), at most
     /// [`FRESH_READS_PER_MINUTE`]: a flood of unknown member ids must not become a flood of
     /// reads on the log.
@@ -167,6 +172,12 @@ impl Ingress {
         };
         let mut effect = match self.verify(&event).await {
             Ok(effect) => effect,
+            Err(e) if event.code == "ONAPPINSTALL" && e != crate::auth::AuthError::Missing => {
+                // An install the host cannot take (learning off, or another token than the one
+                // configured: a reinstall's new token): Bitrix24 will not send it again.
+                self.install_refused(&event, &crate::auth::InstallError::Auth(e));
+                return answer(StatusCode::UNAUTHORIZED, e.to_string());
+            }
             Err(e) => {
                 tracing::warn!(
                     member_id = %event.auth.member_id,
@@ -195,29 +206,28 @@ impl Ingress {
         let routes = self.supervisor.routes();
         let plugins = crate::route::recipients(&routes, &event);
         let token = Verifier::token_change(&event, &effect);
+        // The refresh and application tokens stay here: no plugin, runner or log replica gets
+        // them from the journal.
+        let (body, format) = decode::strip::without_secrets(body, format);
         match self.journal.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {
                 let code = AcceptedCode(event.code.clone());
                 self.verifier.apply(&event, &effect);
-                if matches!(event.code.as_str(), "ONOFFLINEEVENT" | "ONAPPINSTALL") {
-                    // The portal's offline queue has rows, or the host just got the tokens to
-                    // read it: pull now, not at the next interval.
-                    self.pollers.wake(&event.auth.member_id);
-                    // With several hosts, the portal's poller may be on another one.
-                    self.journal.announce_offline_rows(&event.auth.member_id).await;
-                }
-                if let Some(tokens) = StoredTokens::from_event(&event).filter(|_| !exchanged) {
-                    // The portal's OAuth tokens, for REST calls on its behalf later.
-                    let bytes = serde_json::to_vec(&tokens).unwrap_or_default();
-                    if let Err(e) = self.journal.save_oauth(&event.auth.member_id, bytes).await {
-                        tracing::error!(member_id = %event.auth.member_id, "cannot store the portal's OAuth tokens: {e}");
-                    }
+                if !exchanged {
+                    self.keep_install(&event).await;
                 }
                 match event.code.as_str() {
                     // Bitrix24 deletes an app's bindings on update: bind again, off this path.
                     "ONAPPINSTALL" | "ONAPPUPDATE" => self.binder.installed(&event.auth.member_id),
                     "ONAPPUNINSTALL" => self.binder.uninstalled(&event.auth.member_id),
                     _ => {}
+                }
+                if matches!(event.code.as_str(), "ONOFFLINEEVENT" | "ONAPPINSTALL") {
+                    // The portal's offline queue has rows, or the host just stored the tokens
+                    // to read it: pull now, not at the next interval.
+                    self.pollers.wake(&event.auth.member_id);
+                    // With several hosts, the portal's poller may be on another one.
+                    self.journal.announce_offline_rows(&event.auth.member_id).await;
                 }
                 tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "event accepted");
                 let mut response = answer(StatusCode::OK, format!("accepted {id}"));
@@ -288,6 +298,77 @@ impl Ingress {
         }
     }
 
+    /// What an accepted (authenticated) event means for the portal's stored install: an
+    /// `ONAPPINSTALL`/`ONAPPUPDATE` brings the installer's pair (an update keeps the install's
+    /// endpoint and OAuth server); an `ONAPPUNINSTALL` forgets it and idles the portal's offline
+    /// poller. No other event's pair is stored: it is the acting user's (an `ONOFFLINEEVENT`'s
+    /// may be anyone's), and storing it would replace the administrator's.
+    async fn keep_install(&self, event: &Decoded) {
+        let member_id = event.auth.member_id.as_str();
+        if event.code == "ONAPPUNINSTALL" {
+            match self.rest.forget_install(member_id).await {
+                Ok(()) => tracing::info!(
+                    member_id,
+                    "the app was uninstalled: the portal's OAuth tokens are forgotten; no refresh or offline poll until it is installed again"
+                ),
+                Err(e) => tracing::error!(
+                    member_id,
+                    "cannot forget the uninstalled portal's OAuth tokens: {e}"
+                ),
+            }
+            self.pollers.wake(member_id);
+            return;
+        }
+        if !oauth::carries_installer_pair(&event.code) {
+            return;
+        }
+        let oauth_url = match self.rest.oauth_server_for(event.auth.server_endpoint.as_deref()) {
+            Ok(url) => Some(url),
+            Err(why) => {
+                tracing::warn!(member_id, code = %event.code, "the portal's OAuth tokens are kept but cannot be refreshed: {why}; add its server to rest.oauth_servers");
+                None
+            }
+        };
+        let previous = if event.code == "ONAPPUPDATE" {
+            self.rest.stored_tokens(member_id).await
+        } else {
+            None
+        };
+        let Some(tokens) = StoredTokens::from_install(
+            event,
+            oauth_url,
+            previous.as_ref(),
+            crate::journal::now_ms(),
+        ) else {
+            tracing::warn!(member_id, code = %event.code, "the event carries no OAuth pair to store (auth[access_token], auth[refresh_token])");
+            return;
+        };
+        if let Err(e) = self.rest.store_install(member_id, &tokens).await {
+            tracing::error!(member_id, "cannot store the portal's OAuth tokens: {e}");
+        }
+    }
+
+    /// Says that an install was refused (Bitrix24 will not send it again): a log line with
+    /// what to do, `b24_installs_refused_total{reason}`, and the console's list.
+    fn install_refused(&self, event: &Decoded, e: &crate::auth::InstallError) {
+        let member_id = event.auth.member_id.as_str();
+        let domain = event.auth.domain.as_str();
+        self.metrics
+            .installs_refused
+            .get_or_create(&crate::metrics::Reason { reason: e.reason().to_owned() })
+            .inc();
+        self.verifier.refused.record(member_id, domain, e, crate::journal::now_ms());
+        let status = e.status();
+        match e.remedy(member_id) {
+            Some(remedy) => {
+                tracing::error!(member_id, domain, status, reason = %e, "install refused: not verified. {remedy}")
+            }
+            None => {
+                tracing::warn!(member_id, domain, status, reason = %e, "install refused: not verified")
+            }
+        }
+    }
+
     /// Verifies an install ([`Verifier::verify_install`]) and stores the OAuth tokens its
     /// exchange yielded; the answer to give when it is not verified.
     async fn verify_install<'a>(&'a self, event: &Decoded) -> Result<Verified<'a>, Answer> {
@@ -298,19 +379,14 @@ impl Ingress {
             Err(e) => {
                 let status =
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                if matches!(e, InstallError::NoCredentials) {
-                    tracing::error!(member_id, domain, reason = %e, "install refused: not verified");
-                } else {
-                    tracing::warn!(member_id, domain, status = status.as_u16(), reason = %e, "install refused: not verified");
-                }
+                self.install_refused(event, &e);
                 return Err(answer(status, format!("install not verified: {e}")));
             }
         };
         if let Some(tokens) = &verified.tokens {
             // The exchange spent the event's refresh token: keep the new pair, even if the
             // event itself is not journaled after all.
-            let bytes = serde_json::to_vec(tokens).unwrap_or_default();
-            if let Err(e) = self.journal.save_oauth(member_id, bytes).await {
+            if let Err(e) = self.rest.store_install(member_id, tokens).await {
                 tracing::error!(
                     member_id,
                     "cannot store the OAuth tokens of a verified install: {e}"

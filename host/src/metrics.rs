@@ -35,6 +35,13 @@ pub struct Received {
     pub outcome: String,
 }
 
+/// Why something was refused or waited: a label from a small fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// The reason.
+    pub reason: String,
+}
+
 /// A plugin.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
@@ -109,6 +116,10 @@ pub struct Metrics {
     pub reloads: Family<Received, Counter>,
     /// Runner processes started again after one died (process isolation).
     pub runner_restarts: Family<PluginLabel, Counter>,
+    /// Installs refused, by reason (`auth::InstallError::reason`).
+    pub installs_refused: Family<Reason, Counter>,
+    /// REST calls and the waits for limits (the REST client counts them).
+    pub rest: crate::rest::metrics::RestMetrics,
     /// Event codes that plugins subscribe to by name (no wildcard), as of the last reload.
     subscribed: RwLock<HashSet<String>>,
     /// Requests per second and status class, the last [`INTAKE_SECONDS`].
@@ -217,6 +228,8 @@ impl Metrics {
             ready: Gauge::default(),
             reloads: Family::default(),
             runner_restarts: Family::default(),
+            installs_refused: Family::default(),
+            rest: Default::default(),
             subscribed: RwLock::default(),
             intake: IntakeRing::default(),
             portals: Default::default(),
@@ -305,6 +318,12 @@ impl Metrics {
                 m.reloads.get_or_create(&Received { code: "-".into(), outcome: outcome.into() });
         }
         m.portals.register(&mut registry);
+        registry.register(
+            "installs_refused",
+            "Installs refused, by reason (Bitrix24 does not send them again)",
+            m.installs_refused.clone(),
+        );
+        m.rest.register(&mut registry);
         Metrics { registry, ..m }
     }
 

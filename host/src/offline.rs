@@ -316,6 +316,17 @@ impl Poller {
             if !self.hold().await {
                 continue;
             }
+            if !self.installed().await {
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = wake.notified() => {}
+                }
+                continue;
+            }
+            if self.status_mode() == "not installed" {
+                let mode = if self.safe { "safe" } else { "clear" };
+                self.update(|s| s.mode = mode.into());
+            }
             if self.safe {
                 if self.survey_is_due()
                     && let Err(message) = self.survey().await
@@ -410,6 +421,11 @@ impl Poller {
         }
     }
 
+    fn status_mode(&self) -> String {
+        let all = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(&self.member).map(|s| s.mode.clone()).unwrap_or_default()
+    }
+
     fn update(&self, f: impl FnOnce(&mut PortalStatus)) {
         let mut all = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(status) = all.get_mut(&self.member) {
@@ -425,8 +441,31 @@ impl Poller {
             domain: client.as_deref().and_then(portal_domain).unwrap_or_default(),
             client_endpoint: client,
             server_endpoint: server,
-            user_token: None,
+            ..EventContext::app(&self.member)
         }
+    }
+
+    /// Whether the portal's app is installed (a pair is stored); else says why not in the
+    /// status, without a REST call: an uninstalled portal is not polled (and nothing is
+    /// refreshed for it) until an `ONAPPINSTALL` stores a new pair and wakes the poller.
+    async fn installed(&self) -> bool {
+        if self.rest.install(&self.member).await.is_some() {
+            return true;
+        }
+        let why = match self.rest.uninstalled_at(&self.member).await {
+            Some(_) => {
+                "the app was uninstalled from the portal (ONAPPUNINSTALL): not polling until it is installed again"
+            }
+            None => {
+                "no OAuth tokens stored for the portal: the offline queue needs the application's OAuth tokens (a webhook cannot read it); not polling until the app is installed (ONAPPINSTALL) while the host runs"
+            }
+        };
+        self.update(|s| {
+            s.mode = "not installed".into();
+            s.last_poll_ms = Some(now_ms());
+            s.last_error = Some(why.to_owned());
+        });
+        false
     }
 
     /// One `event.offline.get` and what follows; `Ok(true)` when the batch was full (more wait).

@@ -109,11 +109,12 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         path: control::socket_path(&config.state_dir),
         source,
     })?;
+    let metrics = Arc::new(Metrics::new());
     let rest = Arc::new(
         RestClient::new(config.rest.clone(), journal.clone())
-            .map_err(|e| ServeError::Rest(e.to_string()))?,
+            .map_err(|e| ServeError::Rest(e.to_string()))?
+            .with_metrics(metrics.rest.clone()),
     );
-    let metrics = Arc::new(Metrics::new());
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!("cannot watch SIGHUP (reloads by signal are off): {e}"))
         .ok();
@@ -141,6 +142,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         supervisor: supervisor.clone(),
         pollers: pollers.clone(),
         binder: binder.clone(),
+        rest: rest.clone(),
         metrics: metrics.clone(),
         fresh_reads: Default::default(),
     });

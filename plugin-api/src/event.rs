@@ -182,7 +182,9 @@ pub struct UserAuth {
     pub expires: ROption<i64>,
     /// Granted scopes, comma-separated (`crm,user_brief`).
     pub scope: RString,
-    /// Refresh token; sent only with `ONAPPINSTALL`, `ONAPPUPDATE` and `ONOFFLINEEVENT`.
+    /// Always none: b24-host keeps every refresh token to itself (a refresh token is
+    /// single-use; a plugin that spent the portal's would break the host's refresh). Ask the
+    /// host to call the portal instead (`Host::rest`). Kept for the ABI's layout.
     pub refresh_token: ROption<Secret>,
 }
 
@@ -356,7 +358,8 @@ impl UserAuth {
         self.expires.into()
     }
 
-    /// The refresh token, when sent (installs, updates, `ONOFFLINEEVENT`).
+    /// The refresh token: always `None` from b24-host, which keeps refresh tokens to itself
+    /// (see the field).
     pub fn refresh_token(&self) -> Option<&Secret> {
         self.refresh_token.as_ref().into()
     }

@@ -305,17 +305,14 @@ async fn two_hosts_refreshing_one_portals_tokens_at_once_spend_the_refresh_token
         expires: None,
         client_endpoint: Some(portal.client_endpoint()),
         server_endpoint: Some(portal.server_endpoint()),
+        oauth_url: Some(portal.oauth_url()),
+        domain: None,
+        installed_at_ms: None,
     };
     a.save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
     let client_a = RestClient::new(config.rest.clone(), a.clone()).expect("client A");
     let client_b = RestClient::new(config.rest.clone(), b.clone()).expect("client B");
-    let ctx = EventContext {
-        member_id: MEMBER.into(),
-        domain: String::new(),
-        client_endpoint: None,
-        server_endpoint: None,
-        user_token: None,
-    };
+    let ctx = EventContext::app(MEMBER);
     const ROUNDS: usize = 5;
     let mut calls = 0;
     for round in 0..ROUNDS {
@@ -388,6 +385,9 @@ async fn one_host_at_a_time_polls_a_portals_offline_queue_and_another_takes_over
         expires: None,
         client_endpoint: Some(portal.client_endpoint()),
         server_endpoint: Some(portal.server_endpoint()),
+        oauth_url: Some(portal.oauth_url()),
+        domain: None,
+        installed_at_ms: None,
     };
     a.save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
     let rest_a = Arc::new(RestClient::new(config.rest.clone(), a.clone()).expect("client A"));

@@ -2,11 +2,12 @@
 //!
 //! A portal's `member_id` is not secret, so an install event proves nothing by itself: anyone
 //! could post one first with a token of their own. What only the real portal (and the OAuth
-//! server) knows is the install's `auth[refresh_token]`. The host exchanges it at the OAuth
-//! server named in its own config (`rest.oauth_url`, never the event's `server_endpoint`) with
-//! the application's `rest.client_id`/`client_secret`, and trusts the install only if the
-//! answer names the event's `member_id`. The exchange spends the refresh token; the new pair it
-//! yields becomes the portal's stored OAuth tokens.
+//! server) knows is the install's `auth[refresh_token]`. The host exchanges it at one of the
+//! OAuth servers of its own config (`rest.oauth_servers`: the one at the origin the event's
+//! `server_endpoint` names; an address not on the list is never asked) with the application's
+//! `rest.client_id`/`client_secret`, and trusts the install only if the answer names the
+//! event's `member_id`. The exchange spends the refresh token; the new pair it yields, with the
+//! server chosen, becomes the portal's stored install.
 //!
 //! Installs from unknown portals are rate-limited (`auth.unknown_installs_per_minute`, all
 //! portals together) and verified one at a time; at most `auth.max_learned_portals` portals are
@@ -55,12 +56,70 @@ pub enum InstallError {
     /// The OAuth server answered for another portal (its `member_id`, if any).
     #[error("the OAuth server answered for another portal ({0:?})")]
     OtherPortal(String),
+    /// The install names an OAuth server that `rest.oauth_servers` does not list (or none
+    /// where several are configured).
+    #[error("cannot verify the install: {0}")]
+    UnknownOauthServer(String),
     /// The OAuth server could not be asked or gave no usable answer.
     #[error("cannot verify the install now: {0}")]
     Unavailable(String),
 }
 
 impl InstallError {
+    /// The reason label of `b24_installs_refused_total{reason}`: a small fixed set.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InstallError::Auth(_) => "not_authenticated",
+            InstallError::RateLimited => "rate_limited",
+            InstallError::NoCredentials => "no_credentials",
+            InstallError::TooManyPortals(_) => "too_many_portals",
+            InstallError::NoRefreshToken => "no_refresh_token",
+            InstallError::Refused(_) => "oauth_refused",
+            InstallError::OtherPortal(_) => "other_portal",
+            InstallError::UnknownOauthServer(_) => "unknown_oauth_server",
+            InstallError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Every reason label, for documentation and tests.
+    pub const REASONS: [&'static str; 9] = [
+        "not_authenticated",
+        "rate_limited",
+        "no_credentials",
+        "too_many_portals",
+        "no_refresh_token",
+        "oauth_refused",
+        "other_portal",
+        "unknown_oauth_server",
+        "unavailable",
+    ];
+
+    /// What the operator can do about it, for the log line; `None` when waiting is all (the
+    /// reason says it).
+    pub fn remedy(&self, member_id: &str) -> Option<String> {
+        match self {
+            InstallError::Auth(AuthError::Mismatch) => Some(format!(
+                "the install carries another application token than [auth.portals] has for \"{member_id}\": if the app was installed anew there, put its new token in [auth.portals] (or {{ env = \"VAR\" }}), reload and reinstall; if not, someone else posted it (the token is not logged)"
+            )),
+            InstallError::Auth(AuthError::UnknownPortal) => Some(format!(
+                "the portal is not in [auth.portals] and auth.learn_tokens_on_install is off: list it there (\"{member_id}\" = its application token) or turn learning on (with rest.client_id/client_secret), then reinstall the app"
+            )),
+            InstallError::NoRefreshToken => Some(format!(
+                "Bitrix24 will not send this install again: to accept the portal, list it in [auth.portals] of host.toml (\"{member_id}\" = its application token, or {{ env = \"VAR\" }}) and reload"
+            )),
+            InstallError::NoCredentials => Some(
+                "set rest.client_id and rest.client_secret (the app's OAuth credentials), or list the portal in [auth.portals]; then reinstall the app on the portal".to_owned(),
+            ),
+            InstallError::UnknownOauthServer(_) => Some(
+                "add the portal's OAuth server to rest.oauth_servers (https://oauth.bitrix.info/oauth/token/ or https://oauth.bitrix24.tech/oauth/token/), or list the portal in [auth.portals]; then reinstall the app".to_owned(),
+            ),
+            InstallError::TooManyPortals(_) => Some(
+                "raise auth.max_learned_portals or list the portal in [auth.portals]; then reinstall the app".to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
     /// The HTTP status ingress answers: 401 when the install is not proven (or cannot be by
     /// configuration), 429 past the rate limit, 503 when it could not be checked now.
     pub fn status(&self) -> u16 {
@@ -84,7 +143,7 @@ pub struct Verified<'a> {
 /// The OAuth side of install verification.
 pub(super) struct Installs {
     http: reqwest::Client,
-    oauth_url: String,
+    rest: RestConfig,
     credentials: Option<(Secret, Secret)>,
     limiter: Mutex<Limiter>,
     one_at_a_time: tokio::sync::Mutex<()>,
@@ -103,7 +162,7 @@ impl Installs {
         };
         Ok(Installs {
             http,
-            oauth_url: rest.oauth_url.clone(),
+            rest: rest.clone(),
             credentials,
             limiter: Mutex::new(Limiter::default()),
             one_at_a_time: tokio::sync::Mutex::new(()),
@@ -136,12 +195,17 @@ impl Installs {
         let Some(refresh) = event.auth.refresh_token.as_ref().filter(|t| !t.is_empty()) else {
             return Err(InstallError::NoRefreshToken);
         };
-        check_scheme(&self.oauth_url).map_err(|e| {
-            InstallError::Unavailable(format!("rest.oauth_url: {}", e.description.as_str()))
+        let oauth_url = self
+            .rest
+            .oauth_server_for(event.auth.server_endpoint.as_deref())
+            .map_err(InstallError::UnknownOauthServer)?
+            .to_owned();
+        check_scheme(&oauth_url).map_err(|e| {
+            InstallError::Unavailable(format!("rest.oauth_servers: {}", e.description.as_str()))
         })?;
         let response = self
             .http
-            .get(&self.oauth_url)
+            .get(&oauth_url)
             .query(&[
                 ("grant_type", "refresh_token"),
                 ("client_id", client_id.expose()),
@@ -175,6 +239,7 @@ impl Installs {
         if named != event.auth.member_id {
             return Err(InstallError::OtherPortal(named.chars().take(64).collect()));
         }
+        // Where the portal is comes from the OAuth server's answer where it says.
         Ok(StoredTokens {
             access_token: answer.access_token,
             refresh_token: answer.refresh_token,
@@ -182,7 +247,10 @@ impl Installs {
                 .expires
                 .or(answer.expires_in.map(|s| crate::journal::now_ms() / 1000 + s)),
             client_endpoint: answer.client_endpoint.or(event.auth.client_endpoint.clone()),
-            server_endpoint: answer.server_endpoint.or(event.auth.server_endpoint.clone()),
+            server_endpoint: event.auth.server_endpoint.clone().or(answer.server_endpoint),
+            oauth_url: Some(oauth_url),
+            domain: answer.domain.or(Some(event.auth.domain.clone()).filter(|d| !d.is_empty())),
+            installed_at_ms: Some(crate::journal::now_ms()),
         })
     }
 }
@@ -247,9 +315,29 @@ mod tests {
         assert_eq!(InstallError::RateLimited.status(), 429);
         assert_eq!(InstallError::NoCredentials.status(), 401);
         assert_eq!(InstallError::OtherPortal("x".into()).status(), 401);
+        assert_eq!(InstallError::UnknownOauthServer("x".into()).status(), 401);
         assert_eq!(InstallError::Refused("invalid_grant".into()).status(), 401);
         assert_eq!(InstallError::Unavailable("down".into()).status(), 503);
         assert_eq!(InstallError::TooManyPortals(3).status(), 503);
+    }
+
+    #[test]
+    fn reasons_are_a_fixed_set_and_the_unverifiable_install_says_what_to_do() {
+        let all = [
+            InstallError::Auth(AuthError::UnknownPortal),
+            InstallError::RateLimited,
+            InstallError::NoCredentials,
+            InstallError::TooManyPortals(1),
+            InstallError::NoRefreshToken,
+            InstallError::Refused("x".into()),
+            InstallError::OtherPortal("x".into()),
+            InstallError::UnknownOauthServer("x".into()),
+            InstallError::Unavailable("x".into()),
+        ];
+        let reasons: Vec<_> = all.iter().map(InstallError::reason).collect();
+        assert_eq!(reasons, InstallError::REASONS);
+        let remedy = InstallError::NoRefreshToken.remedy("m1").unwrap();
+        assert!(remedy.contains("[auth.portals]") && remedy.contains("\"m1\""), "{remedy}");
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! constant-time, and no token is ever logged.
 //!
 //! - [`install`]: verifying an install (refresh-token exchange, rate limit, cap).
+//! - [`refused`]: the installs refused lately, for the console.
 
 pub mod install;
+pub mod refused;
 
 use std::{collections::BTreeMap, sync::RwLock};
 
@@ -60,6 +62,8 @@ pub struct Verifier {
     settings: RwLock<AuthConfig>,
     learned: RwLock<BTreeMap<String, Secret>>,
     installs: install::Installs,
+    /// Installs refused lately (the console's overview).
+    pub refused: refused::RefusedInstalls,
 }
 
 impl Verifier {
@@ -74,6 +78,7 @@ impl Verifier {
             settings: RwLock::new(config.clone()),
             learned: RwLock::new(learned),
             installs: install::Installs::new(rest)?,
+            refused: refused::RefusedInstalls::default(),
         })
     }
 
@@ -117,8 +122,9 @@ impl Verifier {
     }
 
     /// Verifies an install that [`Verifier::verify`] answered [`Effect::Verify`] for: within
-    /// the rate limit and the cap, its `auth[refresh_token]` is exchanged at `rest.oauth_url`,
-    /// and the answer must name the event's `member_id`. One install at a time: keep the
+    /// the rate limit and the cap, its `auth[refresh_token]` is exchanged at the configured
+    /// OAuth server its `auth[server_endpoint]` names, and the answer must name the event's
+    /// `member_id`. One install at a time: keep the
     /// returned [`Verified`] until the event is journaled and applied.
     pub async fn verify_install(&self, event: &Decoded) -> Result<Verified<'_>, InstallError> {
         let per_minute = self.settings().unknown_installs_per_minute;

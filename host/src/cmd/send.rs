@@ -72,8 +72,15 @@ pub fn payload(args: &SendArgs) -> Value {
     if !args.system {
         auth.insert("user_id".into(), json!("1"));
     }
-    if !args.system && (code == "ONAPPINSTALL" || code == "ONAPPUPDATE") {
-        let refresh = args.refresh_token.as_deref().unwrap_or("4s386p3q0tr8dy89xvmt96234v3dljg8");
+    // Installs and updates carry the installer's pair; other events a user's when given
+    // (`ONOFFLINEEVENT`, bot events, business-process calls).
+    let refresh = match code.as_str() {
+        "ONAPPINSTALL" | "ONAPPUPDATE" => {
+            Some(args.refresh_token.as_deref().unwrap_or("4s386p3q0tr8dy89xvmt96234v3dljg8"))
+        }
+        _ => args.refresh_token.as_deref(),
+    };
+    if let Some(refresh) = refresh.filter(|_| !args.system) {
         auth.insert("refresh_token".into(), json!(refresh));
     }
     auth.insert("application_token".into(), json!(args.token));

@@ -389,9 +389,11 @@ pub struct RestConfig {
     pub client_id: Option<Secret>,
     /// The application's OAuth client secret (`client_secret`).
     pub client_secret: Option<Secret>,
-    /// The OAuth server's token URL, where installs are verified (`oauth_url`); never taken
-    /// from an event.
-    pub oauth_url: String,
+    /// The OAuth servers' token URLs (`oauth_servers`, or the older one-item `oauth_url`):
+    /// an install is verified at the one whose origin its `auth[server_endpoint]` names, and
+    /// that choice is kept with the portal's stored tokens for their refreshes. An address not
+    /// on this list is never asked.
+    pub oauth_servers: Vec<String>,
     /// How long one HTTP request may take (`timeout_ms`).
     pub timeout: Duration,
     /// Default leaky-bucket rate per portal, requests per second (`rate_per_sec`).
@@ -400,6 +402,47 @@ pub struct RestConfig {
     pub burst: u32,
     /// Per-portal settings (`[rest.portals."<member_id>"]`).
     pub portals: BTreeMap<String, RestPortalConfig>,
+}
+
+impl RestConfig {
+    /// The configured OAuth token URL for an install that names `server_endpoint`
+    /// (`auth[server_endpoint]`, e.g. `https://oauth.bitrix24.tech/rest/`): the one at the same
+    /// origin (scheme, host and port). An install that names no server is verified at the only
+    /// configured one, if there is only one. `Err` says why none fits (safe to log: the
+    /// origin only).
+    pub fn oauth_server_for(&self, server_endpoint: Option<&str>) -> Result<&str, String> {
+        let named = server_endpoint.map(str::trim).filter(|s| !s.is_empty());
+        match named {
+            Some(endpoint) => {
+                let wanted = url_origin(endpoint);
+                self.oauth_servers
+                    .iter()
+                    .find(|url| wanted.is_some() && url_origin(url) == wanted)
+                    .map(String::as_str)
+                    .ok_or_else(|| {
+                        let shown: String = wanted
+                            .unwrap_or_else(|| "an unreadable address".to_owned())
+                            .chars()
+                            .take(100)
+                            .collect();
+                        format!("its OAuth server {shown} is not in rest.oauth_servers")
+                    })
+            }
+            None if self.oauth_servers.len() == 1 => Ok(self.oauth_servers[0].as_str()),
+            None => Err("it names no OAuth server (auth[server_endpoint]) and rest.oauth_servers lists several".to_owned()),
+        }
+    }
+}
+
+/// The origin of `url` (`https://oauth.bitrix.info` for `https://oauth.bitrix.info/rest/`),
+/// with the port when it is not the scheme's default; `None` for text that is no URL.
+pub fn url_origin(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.to_ascii_lowercase();
+    Some(match parsed.port() {
+        Some(port) => format!("{}://{host}:{port}", parsed.scheme()),
+        None => format!("{}://{host}", parsed.scheme()),
+    })
 }
 
 /// One portal's REST settings.
@@ -454,7 +497,7 @@ impl Default for RestConfig {
         RestConfig {
             client_id: None,
             client_secret: None,
-            oauth_url: DEFAULT_OAUTH_URL.to_owned(),
+            oauth_servers: DEFAULT_OAUTH_SERVERS.iter().map(|s| (*s).to_owned()).collect(),
             timeout: DEFAULT_REST_TIMEOUT,
             rate_per_sec: DEFAULT_REST_RATE,
             burst: DEFAULT_REST_BURST,
@@ -463,8 +506,10 @@ impl Default for RestConfig {
     }
 }
 
-/// Default of `rest.oauth_url`: Bitrix24's OAuth server.
-pub const DEFAULT_OAUTH_URL: &str = "https://oauth.bitrix.info/oauth/token/";
+/// Default of `rest.oauth_servers`: Bitrix24's two OAuth servers (portals are served by one
+/// or the other by region; an install's `auth[server_endpoint]` names its own).
+pub const DEFAULT_OAUTH_SERVERS: [&str; 2] =
+    ["https://oauth.bitrix.info/oauth/token/", "https://oauth.bitrix24.tech/oauth/token/"];
 /// Default of `rest.timeout_ms`.
 pub const DEFAULT_REST_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// Default of `rest.rate_per_sec` (Bitrix24's standard plans).

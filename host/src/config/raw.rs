@@ -57,6 +57,7 @@ pub(crate) struct RawRest {
     pub client_id: Option<Spanned<RawToken>>,
     pub client_secret: Option<Spanned<RawToken>>,
     pub oauth_url: Option<Spanned<String>>,
+    pub oauth_servers: Option<Spanned<Vec<Spanned<String>>>>,
     pub timeout_ms: Option<Spanned<Millis>>,
     pub rate_per_sec: Option<Spanned<f64>>,
     pub burst: Option<Spanned<Count>>,

@@ -824,7 +824,7 @@ fn shipped_example_mentions_every_key() {
         "learn_tokens_on_install",
         "max_learned_portals",
         "unknown_installs_per_minute",
-        "oauth_url",
+        "oauth_servers",
         "[auth.portals]",
         "env =",
         "[plugins]",
@@ -870,14 +870,18 @@ fn install_verification_keys_are_read_and_checked() {
     let d = parse("");
     assert_eq!(d.auth.max_learned_portals, 1000);
     assert_eq!(d.auth.unknown_installs_per_minute, 10);
-    assert_eq!(d.rest.oauth_url, "https://oauth.bitrix.info/oauth/token/");
+    assert_eq!(
+        d.rest.oauth_servers,
+        ["https://oauth.bitrix.info/oauth/token/", "https://oauth.bitrix24.tech/oauth/token/"]
+    );
     let c = parse(
         "[auth]\nmax_learned_portals = 3\nunknown_installs_per_minute = 2\n\
          [rest]\noauth_url = \"https://oauth.bitrix24.tech/oauth/token/\"\n",
     );
     assert_eq!(c.auth.max_learned_portals, 3);
     assert_eq!(c.auth.unknown_installs_per_minute, 2);
-    assert_eq!(c.rest.oauth_url, "https://oauth.bitrix24.tech/oauth/token/");
+    // The older key is a one-server list.
+    assert_eq!(c.rest.oauth_servers, ["https://oauth.bitrix24.tech/oauth/token/"]);
     assert_eq!(
         invalid("[auth]\nmax_learned_portals = 0\n", 2, 23, "auth.max_learned_portals"),
         "must be at least 1"
@@ -885,9 +889,52 @@ fn install_verification_keys_are_read_and_checked() {
     for bad in ["oauth.bitrix.info", "http://oauth.bitrix.info/oauth/token/", "ftp://x/"] {
         let text = format!("[rest]\noauth_url = {bad:?}\n");
         assert!(invalid(&text, 2, 13, "rest.oauth_url").contains("is not an https URL"));
+        let text =
+            format!("[rest]\noauth_servers = [\"https://a.example/oauth/token/\", {bad:?}]\n");
+        assert!(invalid(&text, 2, 52, "rest.oauth_servers").contains("is not an https URL"));
     }
     let local = parse("[rest]\noauth_url = \"http://127.0.0.1:9/oauth/token/\"\n");
-    assert_eq!(local.rest.oauth_url, "http://127.0.0.1:9/oauth/token/");
+    assert_eq!(local.rest.oauth_servers, ["http://127.0.0.1:9/oauth/token/"]);
+    let both = "[rest]\noauth_url = \"https://a.example/t/\"\noauth_servers = [\"https://b.example/t/\"]\n";
+    assert!(invalid(both, 3, 17, "rest.oauth_servers").contains("not both"));
+    assert!(
+        invalid("[rest]\noauth_servers = []\n", 2, 17, "rest.oauth_servers").contains("no server")
+    );
+    let twice =
+        "[rest]\noauth_servers = [\"https://a.example/t/\", \"https://A.example:443/u/\"]\n";
+    assert!(
+        invalid(twice, 2, 17, "rest.oauth_servers").contains("two servers at https://a.example")
+    );
+}
+
+#[test]
+fn an_install_picks_the_oauth_server_its_server_endpoint_names() {
+    let two = parse(
+        "[rest]\noauth_servers = [\"https://oauth.bitrix.info/oauth/token/\", \"http://127.0.0.1:9/oauth/token/\"]\n",
+    )
+    .rest;
+    assert_eq!(
+        two.oauth_server_for(Some("https://oauth.bitrix.info/rest/")),
+        Ok("https://oauth.bitrix.info/oauth/token/")
+    );
+    assert_eq!(
+        two.oauth_server_for(Some("http://127.0.0.1:9/rest/")),
+        Ok("http://127.0.0.1:9/oauth/token/")
+    );
+    // Another port, host or scheme is another server; nothing is asked there.
+    for other in [
+        "http://127.0.0.1:10/rest/",
+        "https://oauth.bitrix24.tech/rest/",
+        "http://oauth.bitrix.info/rest/",
+        "nonsense",
+    ] {
+        let e = two.oauth_server_for(Some(other)).unwrap_err();
+        assert!(e.contains("not in rest.oauth_servers"), "{other}: {e}");
+    }
+    assert!(two.oauth_server_for(None).unwrap_err().contains("names no OAuth server"));
+    let one = parse("[rest]\noauth_url = \"https://oauth.bitrix24.tech/oauth/token/\"\n").rest;
+    assert_eq!(one.oauth_server_for(None), Ok("https://oauth.bitrix24.tech/oauth/token/"));
+    assert!(one.oauth_server_for(Some("https://oauth.bitrix.info/rest/")).is_err());
 }
 
 // ---- [admin] ---------------------------------------------------------------------------------

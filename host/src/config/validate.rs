@@ -171,8 +171,40 @@ fn rest(
         out.client_secret =
             Some(Secret::new(secret(src, &["rest", "client_secret"], secret_value, env)?));
     }
-    if let Some(url) = raw.oauth_url {
-        out.oauth_url = oauth_url(src, url)?;
+    match (raw.oauth_url, raw.oauth_servers) {
+        (Some(_), Some(list)) => {
+            return Err(src.invalid(
+                list.span(),
+                "rest.oauth_servers",
+                "set rest.oauth_servers or the older rest.oauth_url, not both (oauth_url is a one-server oauth_servers)",
+            ));
+        }
+        (Some(url), None) => out.oauth_servers = vec![oauth_url(src, url, "rest.oauth_url")?],
+        (None, Some(list)) => {
+            let span = list.span();
+            let mut servers: Vec<String> = Vec::new();
+            for url in list.into_inner() {
+                let url = oauth_url(src, url, "rest.oauth_servers")?;
+                let origin = super::model::url_origin(&url);
+                if servers.iter().any(|s| super::model::url_origin(s) == origin) {
+                    return Err(src.invalid(
+                        span.clone(),
+                        "rest.oauth_servers",
+                        format!("two servers at {}: the install's server_endpoint could not choose between them", origin.unwrap_or_default()),
+                    ));
+                }
+                servers.push(url);
+            }
+            if servers.is_empty() {
+                return Err(src.invalid(
+                    span,
+                    "rest.oauth_servers",
+                    "lists no server: installs could not be verified nor tokens refreshed",
+                ));
+            }
+            out.oauth_servers = servers;
+        }
+        (None, None) => {}
     }
     if let Some(ms) = raw.timeout_ms {
         out.timeout = millis(src, &ms, "rest.timeout_ms", 1)?;
@@ -451,9 +483,9 @@ fn auth(
     Ok(out)
 }
 
-/// `rest.oauth_url`: an https URL (plain http only to a loopback address, for tests and local
-/// proxies).
-fn oauth_url(src: &Source<'_>, value: Spanned<String>) -> Result<String, ConfigError> {
+/// An OAuth token URL (`rest.oauth_url`, each of `rest.oauth_servers`): an https URL (plain
+/// http only to a loopback address, for tests and local proxies).
+fn oauth_url(src: &Source<'_>, value: Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let text = value.get_ref();
     let loopback = |url: &url::Url| match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -466,7 +498,7 @@ fn oauth_url(src: &Source<'_>, value: Spanned<String>) -> Result<String, ConfigE
         Ok(url) if url.scheme() == "http" && loopback(&url) => Ok(text.clone()),
         _ => Err(src.invalid(
             value.span(),
-            "rest.oauth_url",
+            key,
             format!("{text:?} is not an https URL like https://oauth.bitrix.info/oauth/token/"),
         )),
     }

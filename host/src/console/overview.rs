@@ -1,7 +1,8 @@
 //! The overview: intake per second (chart), per-plugin backlog, oldest pending age, retrying,
 //! dead letters and state, the journal and its health, each portal's offline poller (its
-//! parked rows link to the portals page). The
-//! changing part is `div#live`, which htmx reloads from `/partials/overview` every 2 s.
+//! parked rows link to the portals page), the installs refused lately (Bitrix24 does not send
+//! them again). The changing part is `div#live`, which htmx reloads from
+//! `/partials/overview` every 2 s.
 
 use maud::{Markup, html};
 
@@ -32,6 +33,7 @@ pub async fn live(ops: &Ops) -> Markup {
     let window = ops.metrics.intake.window(now_seconds());
     let problems = ops.problems();
     let pollers = ops.pollers.status();
+    let refused = ops.verifier.refused.list();
     let backend = if ops.journal.is_shared() { "nats" } else { "embedded" };
     let now = now_ms();
     html! {
@@ -114,6 +116,29 @@ pub async fn live(ops: &Ops) -> Markup {
                                     td.errors { (s.errors) }
                                     td.last-error { (s.last_error.as_deref().unwrap_or("-")) }
                                     td.poller { (s.poller.as_deref().unwrap_or("this host")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            section id="refused-installs" {
+                h2 { "Refused installs" }
+                @if refused.is_empty() {
+                    p { "none since the host started" }
+                } @else {
+                    p {
+                        "Bitrix24 does not send an install again: the app must be reinstalled on these portals once the reason is fixed (the log line says how; for an install that cannot be verified, list the portal in [auth.portals])."
+                    }
+                    table {
+                        thead { tr { th { "portal (member_id)" } th { "domain" } th { "when" } th { "reason" } } }
+                        tbody {
+                            @for r in &refused {
+                                tr.refused-install {
+                                    td.member { (r.member_id) }
+                                    td.domain { (r.domain) }
+                                    td.when { (when::age(now - r.at_ms)) " ago" }
+                                    td.reason { span.reason-code { (r.reason) } ": " (r.detail) }
                                 }
                             }
                         }

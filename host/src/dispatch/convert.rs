@@ -114,6 +114,10 @@ fn offline_user(envelope: &Envelope) -> ROption<UserAuth> {
         .into()
 }
 
+/// The acting user's access token, never a refresh token: the refresh token is single-use and
+/// the host's (an install's is the portal's stored pair; a plugin that spent one would break
+/// the host's refresh), so `UserAuth::refresh_token` is always none. (Events journaled since
+/// the host blanks it carry none anyway, see `decode::strip`.)
 fn user(auth: &AuthBlock) -> ROption<UserAuth> {
     auth.user
         .as_ref()
@@ -122,7 +126,7 @@ fn user(auth: &AuthBlock) -> ROption<UserAuth> {
             access_token: tokens.access_token.clone(),
             expires: tokens.expires.into(),
             scope: tokens.scope.as_str().into(),
-            refresh_token: auth.refresh_token.clone().into(),
+            refresh_token: ROption::RNone,
         })
         .into()
 }

@@ -36,7 +36,7 @@ use crate::{
         now_ms, record::Format,
     },
     metrics::{Metrics, PluginLabel},
-    rest::{self, EventContext},
+    rest::{self, EventContext, context::LimitNote},
     route::Route,
     runner::{BatchItem, CallError},
 };
@@ -48,6 +48,10 @@ const READ_AHEAD: usize = 32;
 /// The most deliveries a lane sends its runner in one frame (at most what is read ahead
 /// anyway).
 const BATCH: usize = READ_AHEAD;
+
+/// The outcome of a first attempt a batch already made: the result, how long it took, and until
+/// when a Bitrix24 limit held the event's REST calls, if one did.
+type Made = (Result<Outcome, CallError>, Duration, Option<i64>);
 
 /// A delivery read from the journal, before its attempts.
 struct Opened {
@@ -312,13 +316,7 @@ impl Worker {
 
     /// Delivers one event in its span; `first` is the outcome of its first attempt when a
     /// batch made it.
-    fn deliver_opened(
-        &self,
-        opened: Opened,
-        lanes: &Lanes,
-        index: usize,
-        first: Option<(Result<Outcome, CallError>, Duration)>,
-    ) {
+    fn deliver_opened(&self, opened: Opened, lanes: &Lanes, index: usize, first: Option<Made>) {
         let Opened { envelope, pending, format } = opened;
         let span = tracing::info_span!(
             "deliver",
@@ -351,6 +349,8 @@ impl Worker {
                 context: Arc::new(EventContext::of(&o.envelope.event)),
             })
             .collect();
+        // What a Bitrix24 limit did to each event's REST calls, read once its call ended.
+        let notes: Vec<LimitNote> = items.iter().map(|i| i.context.limit.clone()).collect();
         // Each call's end restarts the lane's clock: timeout and kill_after_ms stay per event.
         let watched = lanes.clone();
         let progress = Box::new(move || {
@@ -374,19 +374,22 @@ impl Worker {
             tracing::info!("plugin answers within its timeout again");
         }
         let mut batch = batch.into_iter();
+        let mut notes = notes.into_iter().map(|n| n.until());
         for (result, took) in outcome.answered {
             let Some(opened) = batch.next() else { break };
+            let held = notes.next().flatten();
             self.deliver_opened(
                 opened,
                 lanes,
                 index,
-                Some((result.map_err(CallError::Plugin), took)),
+                Some((result.map_err(CallError::Plugin), took, held)),
             );
         }
         if let Some((end, took)) = outcome.end
             && let Some(opened) = batch.next()
         {
-            self.deliver_opened(opened, lanes, index, Some((Err(end), took)));
+            let held = notes.next().flatten();
+            self.deliver_opened(opened, lanes, index, Some((Err(end), took, held)));
         }
         batch.collect()
     }
@@ -440,6 +443,11 @@ impl Worker {
     /// Delivers one event until it succeeds, is rejected, runs out of attempts, or delivery
     /// stops (then it stays pending for the next start). `first`: the outcome of its first
     /// attempt and how long it took, when a batch already made it.
+    ///
+    /// A retry asked for while a Bitrix24 limit refused one of the event's REST calls (the
+    /// event's [`LimitNote`]) uses no attempt: the event is delivered again when the limit
+    /// lifts, however long that is (a method blocked for its operating time: up to ten
+    /// minutes), never given up for it.
     fn deliver(
         &self,
         envelope: &Envelope,
@@ -447,7 +455,7 @@ impl Worker {
         pending: &Pending,
         lanes: &Lanes,
         lane: &Lane,
-        mut first: Option<(Result<Outcome, CallError>, Duration)>,
+        mut first: Option<Made>,
     ) {
         let reporter = &lanes.reporter;
         let id = envelope.id;
@@ -478,14 +486,15 @@ impl Worker {
             attempt += 1;
             // The in-flight record of an in-process plugin (off in process isolation).
             let _inflight = made.is_none().then(|| self.inflight.mark(id));
-            let (result, elapsed) = match made {
+            let (result, elapsed, held) = match made {
                 Some(made) => made,
                 None => {
                     let context = Arc::new(EventContext::of(&envelope.event));
+                    let note = context.limit.clone();
                     let started = Instant::now();
                     let result =
                         self.call(envelope, format, attempt, context, &config, lanes, lane);
-                    (result, started.elapsed())
+                    (result, started.elapsed(), note.until())
                 }
             };
             let seconds = elapsed.as_secs_f64();
@@ -569,6 +578,31 @@ impl Worker {
                 }
                 Err(error) => error,
             };
+            if error.kind == ErrorKind::Retry
+                && let Some(until) = held.filter(|until| *until > now_ms())
+            {
+                // Bitrix24 refused a REST call for a limit that lifts by itself: no attempt
+                // used, the event comes again once it has.
+                attempt -= 1;
+                due = until;
+                tracing::warn!(
+                    attempts = attempt,
+                    wait_ms = until - now_ms(),
+                    reason = %error.message,
+                    "a Bitrix24 limit held the plugin's REST call; delivering the event again when it lifts (no attempt used)"
+                );
+                self.metrics.retries.get_or_create(&self.label()).inc();
+                reporter.update(
+                    id,
+                    Pending {
+                        attempts: attempt,
+                        next_at_ms: due,
+                        last_error: error.to_string(),
+                        crashes,
+                    },
+                );
+                continue;
+            }
             match error.kind {
                 ErrorKind::Reject => {
                     tracing::error!(attempt, reason = %error.message, "plugin rejected the event; moved to its dead letters");

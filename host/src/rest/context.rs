@@ -2,7 +2,13 @@
 //! endpoints, and the acting user's token. The worker sets it on the blocking thread around
 //! each plugin call; `HostServices::rest`, called on that same thread, reads it.
 
-use std::{cell::RefCell, sync::Arc};
+use std::{
+    cell::RefCell,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+};
 
 use b24_plugin_api::Secret;
 
@@ -21,9 +27,42 @@ pub struct EventContext {
     pub server_endpoint: Option<String>,
     /// The acting user's access token, when a user caused the event.
     pub user_token: Option<Secret>,
+    /// Set by the REST client when a Bitrix24 limit refused one of this event's calls: the
+    /// worker delivers the event again once it lifts, without using an attempt.
+    pub limit: LimitNote,
+}
+
+/// Until when a Bitrix24 limit holds the calls of the event being handled (shared between the
+/// REST client, which sets it, and the worker, which reads it after the plugin's call).
+#[derive(Debug, Clone, Default)]
+pub struct LimitNote(Arc<AtomicI64>);
+
+impl LimitNote {
+    /// A limit holds the event's calls until `until_ms` (ms since the epoch); the latest wins.
+    pub fn hold_until(&self, until_ms: i64) {
+        self.0.fetch_max(until_ms, Ordering::Relaxed);
+    }
+
+    /// Until when, if a limit refused any of the event's calls.
+    pub fn until(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
 }
 
 impl EventContext {
+    /// The context of a call no event carries (the offline poller's, a binding's): the
+    /// portal's stored install says where it is, with the app's tokens.
+    pub fn app(member_id: &str) -> EventContext {
+        EventContext {
+            member_id: member_id.to_owned(),
+            domain: String::new(),
+            client_endpoint: None,
+            server_endpoint: None,
+            user_token: None,
+            limit: LimitNote::default(),
+        }
+    }
+
     /// The context of `event`.
     pub fn of(event: &Decoded) -> EventContext {
         EventContext {
@@ -32,6 +71,7 @@ impl EventContext {
             client_endpoint: event.auth.client_endpoint.clone(),
             server_endpoint: event.auth.server_endpoint.clone(),
             user_token: event.auth.user.as_ref().map(|u| u.access_token.clone()),
+            limit: LimitNote::default(),
         }
     }
 }

@@ -2,22 +2,33 @@
 //!
 //! A plugin asks for `method(params)` while it handles an event; the host calls the event's
 //! portal with, in this order, the acting user's token from the event, the portal's stored
-//! OAuth tokens (refreshed once on `expired_token`), or the portal's configured incoming
-//! webhook. A refresh is serialised per portal across every host sharing the journal (the
-//! lease `refresh.<member>`), and the new pair is stored by compare-and-set. Every request to
-//! a portal passes its leaky bucket; a 503 `QUERY_LIMIT_EXCEEDED` is retried after a
-//! back-off; a redirect (a portal's domain changed) is followed with the same POST. HTTPS
-//! only, except to loopback addresses (tests). Every call to a portal whose offline table
+//! OAuth tokens (refreshed once on `expired_token`, at the OAuth server chosen at the portal's
+//! install), or the portal's configured incoming webhook. Once the portal has a verified
+//! install, every call goes to the install's `client_endpoint` (the OAuth server's word after a
+//! refresh), never to one a later event names: an event is only as genuine as its application
+//! token. A refresh is serialised per portal across every host sharing the journal (the lease
+//! `refresh.<member>`), and the new pair is stored by compare-and-set. Every request to a portal
+//! passes its leaky bucket; a 503 `QUERY_LIMIT_EXCEEDED` is retried after a back-off; a
+//! redirect (a portal's domain changed) is followed with the same POST. Each method's operating
+//! time is kept to ([`limits`]): a method blocked for it (429 `OPERATION_TIME_LIMIT`) is not
+//! called on that portal before its reset, and paced as it nears the limit. Both limits are
+//! temporary: such a failure is `Unavailable` (a plugin's `?` makes it a retry) and the event's
+//! [`context::LimitNote`] tells the worker when to deliver it again, without using an attempt.
+//! HTTPS only, except to loopback addresses (tests). Every call to a portal whose offline table
 //! names an `auth_connector` carries it, so the portal leaves the host's own writes out of
 //! that connector's offline queue. [`RestClient::call_as_app`] never uses the webhook (the
 //! `event.offline.*` methods and offline `event.bind` refuse webhooks).
 //!
 //! - [`context`]: which event the calling thread is handling.
 //! - [`bucket`]: the per-portal rate limit.
-//! - [`oauth`]: stored tokens and their refresh.
+//! - [`limits`]: each method's operating time per portal.
+//! - [`oauth`]: the stored install (the installer's pair, where the portal is) and its refresh.
+//! - [`metrics`]: calls by method family and outcome, waits for limits.
 
 pub mod bucket;
 pub mod context;
+pub mod limits;
+pub mod metrics;
 pub mod oauth;
 
 use std::{
@@ -33,10 +44,14 @@ use serde_json::{Map, Value};
 use crate::{config::RestConfig, journal::Journal};
 use bucket::Bucket;
 pub use context::EventContext;
-use oauth::{RefreshAnswer, StoredTokens};
+use limits::{Gate, Limits};
+use metrics::RestMetrics;
+use oauth::{PortalInstall, RefreshAnswer, Stored, StoredTokens};
 
 /// How often a call is retried while the portal answers `QUERY_LIMIT_EXCEEDED`.
 const LIMIT_RETRIES: u32 = 4;
+/// After those retries, how long the event waits before it is delivered again.
+const QUERY_LIMIT_HOLD: Duration = Duration::from_secs(10);
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 5;
 
@@ -64,6 +79,8 @@ pub struct RestClient {
     journal: Journal,
     buckets: Mutex<HashMap<String, Bucket>>,
     refreshing: tokio::sync::Mutex<()>,
+    limits: Limits,
+    metrics: RestMetrics,
 }
 
 impl RestClient {
@@ -80,7 +97,15 @@ impl RestClient {
             journal,
             buckets: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
+            limits: Limits::default(),
+            metrics: RestMetrics::default(),
         })
+    }
+
+    /// Counts calls and waits in `metrics` (the host's registry holds them).
+    pub fn with_metrics(mut self, metrics: RestMetrics) -> RestClient {
+        self.metrics = metrics;
+        self
     }
 
     /// Calls `method` with `params` on the portal of `ctx`; returns the answer's `result`.
@@ -101,6 +126,12 @@ impl RestClient {
         params: Value,
     ) -> Result<Value, RestError> {
         self.call_with(ctx, method, params, false).await
+    }
+
+    /// The configured OAuth token URL an install naming `server_endpoint` is verified and
+    /// refreshed at (see [`crate::config::RestConfig::oauth_server_for`]).
+    pub fn oauth_server_for(&self, server_endpoint: Option<&str>) -> Result<String, String> {
+        self.config.oauth_server_for(server_endpoint).map(str::to_owned)
     }
 
     /// The `auth_connector` of a portal (`rest.portals."<m>".offline.auth_connector`).
@@ -186,25 +217,27 @@ impl RestClient {
         }))
     }
 
-    /// The credentials to try for `ctx`, in order.
+    /// The credentials to try for `ctx`, in order. Once the portal has a verified install, every
+    /// call goes to the install's REST endpoint (the event's user token too): an event's
+    /// `client_endpoint` is only as trustworthy as the application token it came with, and a
+    /// leaked one must not redirect the portal's tokens.
     async fn credentials(
         &self,
         ctx: &EventContext,
         webhook: bool,
     ) -> Result<Vec<Credential>, RestError> {
         let mut out = Vec::new();
-        if let (Some(token), Some(endpoint)) = (&ctx.user_token, &ctx.client_endpoint) {
-            out.push(Credential::Token {
-                token: token.clone(),
-                endpoint: endpoint.clone(),
-                stored: false,
-            });
+        let stored = self.stored(&ctx.member_id).await?;
+        let installed_at = stored.as_ref().and_then(|t| t.client_endpoint.clone());
+        if let Some(token) = &ctx.user_token
+            && let Some(endpoint) = installed_at.clone().or_else(|| ctx.client_endpoint.clone())
+        {
+            out.push(Credential::Token { token: token.clone(), endpoint, stored: false });
         }
-        if let Some(stored) = self.stored(&ctx.member_id).await? {
-            let endpoint = ctx.client_endpoint.clone().or(stored.client_endpoint.clone());
-            if let Some(endpoint) = endpoint {
-                out.push(Credential::Token { token: stored.access(), endpoint, stored: true });
-            }
+        if let Some(stored) = stored
+            && let Some(endpoint) = installed_at
+        {
+            out.push(Credential::Token { token: stored.access(), endpoint, stored: true });
         }
         if let Some(hook) = self.config.portals.get(&ctx.member_id).and_then(|p| p.webhook.clone())
             && webhook
@@ -239,10 +272,51 @@ impl RestClient {
     /// The REST and OAuth endpoints stored with a portal's tokens, for calls no event carries
     /// (the offline poller's).
     pub async fn stored_endpoints(&self, member_id: &str) -> (Option<String>, Option<String>) {
-        match self.stored(member_id).await {
-            Ok(Some(t)) => (t.client_endpoint, t.server_endpoint),
-            _ => (None, None),
+        match self.install(member_id).await {
+            Some(install) => (install.client_endpoint, install.server_endpoint),
+            None => (None, None),
         }
+    }
+
+    /// The portal's verified install (where it is, which OAuth server refreshes its pair),
+    /// without its tokens; `None` while the app is not installed (never, or uninstalled since)
+    /// or the journal cannot be read.
+    pub async fn install(&self, member_id: &str) -> Option<PortalInstall> {
+        self.stored(member_id).await.ok().flatten().map(|t| t.install(member_id))
+    }
+
+    /// Whether the portal's app was uninstalled (a verified `ONAPPUNINSTALL`) and not installed
+    /// again: the time it was, ms since the epoch.
+    pub async fn uninstalled_at(&self, member_id: &str) -> Option<i64> {
+        let raw = self.journal.oauth(member_id).await.ok().flatten()?;
+        match Stored::parse(&raw)? {
+            Stored::Uninstalled(at) => Some(at),
+            Stored::Tokens(_) => None,
+        }
+    }
+
+    /// Stores the installer's pair of a verified `ONAPPINSTALL`/`ONAPPUPDATE` as the portal's
+    /// (after a refresh in progress on this host, so that it cannot overwrite it).
+    pub async fn store_install(
+        &self,
+        member_id: &str,
+        tokens: &StoredTokens,
+    ) -> Result<(), crate::journal::StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        self.journal.save_oauth(member_id, Stored::Tokens(tokens.clone()).to_bytes()).await
+    }
+
+    /// Forgets the portal's pair (a verified `ONAPPUNINSTALL`): from now on nothing is
+    /// refreshed for it and its offline queue is not polled, until it is installed again.
+    pub async fn forget_install(&self, member_id: &str) -> Result<(), crate::journal::StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let gone = Stored::Uninstalled(crate::journal::now_ms());
+        self.journal.save_oauth(member_id, gone.to_bytes()).await
+    }
+
+    /// The portal's pair as stored (for an update, which keeps the install's place).
+    pub async fn stored_tokens(&self, member_id: &str) -> Option<StoredTokens> {
+        self.stored(member_id).await.ok().flatten()
     }
 
     async fn stored(&self, member_id: &str) -> Result<Option<StoredTokens>, RestError> {
@@ -251,7 +325,18 @@ impl RestClient {
             .oauth(member_id)
             .await
             .map_err(|e| error(RestErrorKind::Unavailable, 0, "STORAGE", e.to_string()))?;
-        Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        Ok(raw.and_then(|bytes| Stored::parse(&bytes)).and_then(Stored::tokens))
+    }
+
+    /// The configured token URL that refreshes `stored`: the one chosen at its install, if it
+    /// is still configured; else the one its OAuth server names; never another address.
+    fn oauth_url_for(&self, stored: &StoredTokens) -> Result<String, String> {
+        if let Some(url) =
+            stored.oauth_url.as_ref().filter(|u| self.config.oauth_servers.contains(u))
+        {
+            return Ok(url.clone());
+        }
+        self.config.oauth_server_for(stored.server_endpoint.as_deref()).map(str::to_owned)
     }
 
     /// Refreshes the portal's stored tokens after `spent` was refused; returns the new access
@@ -311,10 +396,8 @@ impl RestClient {
             .await
             .map_err(|e| error(RestErrorKind::Unavailable, 0, "STORAGE", e.to_string()))?
             .ok_or_else(no_refresh)?;
-        let stored: StoredTokens = serde_json::from_slice(&raw).map_err(|_| no_refresh())?;
-        let endpoint_of = |t: &StoredTokens| {
-            ctx.client_endpoint.clone().or(t.client_endpoint.clone()).unwrap_or_default()
-        };
+        let stored = Stored::parse(&raw).and_then(Stored::tokens).ok_or_else(no_refresh)?;
+        let endpoint_of = |t: &StoredTokens| t.client_endpoint.clone().unwrap_or_default();
         if stored.access_token != spent.expose() {
             return Ok((stored.access(), endpoint_of(&stored)));
         }
@@ -336,9 +419,18 @@ impl RestClient {
                 "the lease on the portal's token refresh was lost (the log did not answer); not refreshing",
             ));
         }
-        // The client secret goes only to the OAuth server the operator configured: never to
-        // the `server_endpoint` an event brings (an on-premise portal writes its own events).
-        let url = self.config.oauth_url.clone();
+        // The client secret goes only to an OAuth server the operator configured, the one
+        // chosen at the portal's install: never to the `server_endpoint` an event brings (an
+        // on-premise portal writes its own events).
+        let url = self.oauth_url_for(&stored).map_err(|why| {
+            tracing::error!(member_id = %ctx.member_id, "cannot refresh the portal's OAuth tokens: {why}");
+            error(
+                RestErrorKind::Credentials,
+                401,
+                "expired_token",
+                format!("the stored token expired and cannot be refreshed: {why}"),
+            )
+        })?;
         check_scheme(&url)?;
         let response = self
             .http
@@ -385,6 +477,8 @@ impl RestClient {
                 format!("unreadable refresh answer: {e}"),
             )
         })?;
+        // The OAuth server is trusted for where the portal is now (a moved portal); the server
+        // chosen at the install stays the portal's.
         let fresh = StoredTokens {
             access_token: answer.access_token,
             refresh_token: answer.refresh_token,
@@ -392,11 +486,14 @@ impl RestClient {
                 .expires
                 .or(answer.expires_in.map(|s| crate::journal::now_ms() / 1000 + s)),
             client_endpoint: answer.client_endpoint.or(stored.client_endpoint),
-            server_endpoint: answer.server_endpoint.or(stored.server_endpoint),
+            server_endpoint: stored.server_endpoint,
+            oauth_url: Some(url),
+            domain: answer.domain.or(stored.domain),
+            installed_at_ms: stored.installed_at_ms,
         };
         // The old refresh token is spent: store the new one before anything else, only over
         // the pair it replaces (a host whose lease lapsed must not overwrite a newer pair).
-        let bytes = serde_json::to_vec(&fresh).unwrap_or_default();
+        let bytes = Stored::Tokens(fresh.clone()).to_bytes();
         match self.journal.replace_oauth(&ctx.member_id, bytes, revision).await {
             Ok(true) => {
                 tracing::info!(member_id = %ctx.member_id, "refreshed the portal's OAuth tokens");
@@ -425,7 +522,7 @@ impl RestClient {
         Ok((fresh.access(), endpoint_of(&fresh)))
     }
 
-    /// Waits for room in the portal's bucket.
+    /// Waits for room in the portal's bucket (counted as a `rate_limit` wait).
     async fn wait_turn(&self, member_id: &str) {
         let wait = {
             let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -438,6 +535,7 @@ impl RestClient {
                 .reserve(Instant::now())
         };
         if !wait.is_zero() {
+            self.metrics.wait("rate_limit", wait.as_secs_f64());
             tokio::time::sleep(wait).await;
         }
     }
@@ -456,13 +554,25 @@ impl RestClient {
             body.insert("auth".into(), Value::String(token.expose().to_owned()));
         }
         let mut url = format!("{}/{method}", base.trim_end_matches('/'));
+        let key = method.to_ascii_lowercase();
+        match self.limits.gate(&ctx.member_id, &key, crate::journal::now_ms()) {
+            Gate::Go => {}
+            Gate::Sleep(wait) => {
+                self.metrics.wait("operating_pace", wait.as_secs_f64());
+                tracing::debug!(member_id = %ctx.member_id, %method, wait_ms = wait.as_millis() as u64, "the method's operating time nears its limit; pacing");
+                tokio::time::sleep(wait).await;
+            }
+            Gate::Hold { until_ms, reason } => return Err(self.held(ctx, method, until_ms, reason)),
+        }
         let mut limit_retries = 0;
         let mut redirects = 0;
         loop {
             check_scheme(&url)?;
             self.wait_turn(&ctx.member_id).await;
             let started = Instant::now();
+            self.limits.sent(&ctx.member_id, &key, crate::journal::now_ms());
             let response = self.http.post(&url).json(&body).send().await.map_err(|e| {
+                self.metrics.call(method, "unreachable");
                 error(
                     RestErrorKind::Unavailable,
                     0,
@@ -507,7 +617,9 @@ impl RestClient {
             }
             let answer: Value = response.json().await.unwrap_or(Value::Null);
             tracing::debug!(member_id = %ctx.member_id, %method, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "REST call");
-            if let Some(code) = answer.get("error").and_then(Value::as_str) {
+            let code = answer.get("error").and_then(Value::as_str);
+            self.metrics.call(method, outcome(status, code));
+            if let Some(code) = code {
                 let description = answer
                     .get("error_description")
                     .and_then(Value::as_str)
@@ -517,8 +629,30 @@ impl RestClient {
                     limit_retries += 1;
                     let wait = Duration::from_millis(500 << limit_retries);
                     tracing::warn!(member_id = %ctx.member_id, %method, wait_ms = wait.as_millis() as u64, "portal over its rate limit; retrying");
+                    self.metrics.wait("query_limit_exceeded", wait.as_secs_f64());
                     tokio::time::sleep(wait).await;
                     continue;
+                }
+                let now = crate::journal::now_ms();
+                if code == "OPERATION_TIME_LIMIT" || status == StatusCode::TOO_MANY_REQUESTS {
+                    // The method is blocked for its operating time: it lifts by itself. No
+                    // call of it on this portal until then.
+                    let until = self.limits.blocked(&ctx.member_id, &key, now);
+                    ctx.limit.hold_until(until);
+                    self.metrics.wait("operating_block", (until - now) as f64 / 1000.0);
+                    tracing::warn!(member_id = %ctx.member_id, %method, until_ms = until, "the portal blocked the method for its operating time; not calling it again before it lifts");
+                    return Err(error(
+                        RestErrorKind::Unavailable,
+                        status.as_u16(),
+                        code,
+                        description,
+                    ));
+                }
+                if code == "QUERY_LIMIT_EXCEEDED" {
+                    // Still over after the retries: the event waits, it is not given up.
+                    let until = now + QUERY_LIMIT_HOLD.as_millis() as i64;
+                    ctx.limit.hold_until(until);
+                    self.metrics.wait("query_limit_exceeded", QUERY_LIMIT_HOLD.as_secs_f64());
                 }
                 let kind = if code == "QUERY_LIMIT_EXCEEDED" || status.is_server_error() {
                     RestErrorKind::Unavailable
@@ -528,6 +662,12 @@ impl RestClient {
                 return Err(error(kind, status.as_u16(), code, description));
             }
             if status == StatusCode::OK || status.is_success() {
+                self.limits.answered(
+                    &ctx.member_id,
+                    &key,
+                    answer.get("time"),
+                    crate::journal::now_ms(),
+                );
                 return match answer.get("result") {
                     Some(result) => Ok(result.clone()),
                     None => Err(error(
@@ -538,13 +678,49 @@ impl RestClient {
                     )),
                 };
             }
-            let kind = if status.is_server_error() {
+            let kind = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                 RestErrorKind::Unavailable
             } else {
                 RestErrorKind::Api
             };
             return Err(error(kind, status.as_u16(), "HTTP_ERROR", format!("HTTP {status}")));
         }
+    }
+
+    /// The error of a call the host holds back for a limit (not sent), noted on the event.
+    fn held(&self, ctx: &EventContext, method: &str, until_ms: i64, reason: &str) -> RestError {
+        ctx.limit.hold_until(until_ms);
+        let wait = (until_ms - crate::journal::now_ms()).max(0);
+        self.metrics.wait(reason, wait as f64 / 1000.0);
+        tracing::info!(member_id = %ctx.member_id, %method, wait_ms = wait, reason, "holding the call for Bitrix24's operating-time limit");
+        error(
+            RestErrorKind::Unavailable,
+            429,
+            "OPERATION_TIME_LIMIT",
+            format!(
+                "not sent: {method} is held for {} s more by Bitrix24's limit on its operating time on this portal ({})",
+                (wait + 999) / 1000,
+                if reason == "operating_pace" {
+                    "pacing as it nears the limit"
+                } else {
+                    "blocked until its operating time resets"
+                }
+            ),
+        )
+    }
+}
+
+/// The `status` label of a call's answer ([`metrics::OUTCOMES`]).
+fn outcome(status: StatusCode, code: Option<&str>) -> &'static str {
+    match code {
+        Some("expired_token") => "expired_token",
+        Some("QUERY_LIMIT_EXCEEDED") => "query_limit_exceeded",
+        Some("OPERATION_TIME_LIMIT") => "operation_time_limit",
+        _ if status == StatusCode::TOO_MANY_REQUESTS => "operation_time_limit",
+        _ if status.is_server_error() => "server_error",
+        Some(_) => "error",
+        None if status.is_success() => "ok",
+        None => "error",
     }
 }
 
@@ -600,4 +776,28 @@ pub fn call_blocking(
         })?;
     let result = handle.block_on(client.call(&ctx, method, params))?;
     Ok(result.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_counted_by_a_fixed_set_of_outcomes() {
+        let cases = [
+            (StatusCode::OK, None, "ok"),
+            (StatusCode::UNAUTHORIZED, Some("expired_token"), "expired_token"),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("QUERY_LIMIT_EXCEEDED"), "query_limit_exceeded"),
+            (StatusCode::TOO_MANY_REQUESTS, Some("OPERATION_TIME_LIMIT"), "operation_time_limit"),
+            (StatusCode::TOO_MANY_REQUESTS, None, "operation_time_limit"),
+            (StatusCode::BAD_GATEWAY, None, "server_error"),
+            (StatusCode::BAD_REQUEST, Some("ERROR_NOT_FOUND"), "error"),
+            (StatusCode::NOT_FOUND, None, "error"),
+        ];
+        for (status, code, want) in cases {
+            let got = outcome(status, code);
+            assert_eq!(got, want, "{status} {code:?}");
+            assert!(metrics::OUTCOMES.contains(&got));
+        }
+    }
 }

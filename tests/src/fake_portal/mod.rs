@@ -44,7 +44,9 @@
 //! 4. A body that is not a JSON object or a form: 400 `INVALID_REQUEST`.
 //! 5. No token: 401 `NO_AUTH_FOUND`; an unknown token: 401 `invalid_token`; an expired token, or
 //!    one made stale by a refresh: 401 `expired_token` "The access token provided has expired.".
-//! 6. Unknown method: 404 `ERROR_METHOD_NOT_FOUND`.
+//! 6. Unknown method: 404 `ERROR_METHOD_NOT_FOUND`; a method over its operating time: 429
+//!    `OPERATION_TIME_LIMIT` (see [`operating`]; every successful answer's `time` carries
+//!    `operating` and `operating_reset_at`).
 //! 7. `id` missing or not a positive integer: 400 with an EMPTY `error` and
 //!    `error_description` "ID is not defined or invalid." (exactly what Bitrix24 answers).
 //! 8. A field that does not exist, is deleted, or belongs to another entity than the method's
@@ -54,8 +56,8 @@
 //!    a permission error; the fake is stricter and uniform on purpose.)
 //!
 //! The parts live in [`fields`], [`oauth`], [`offline`] (the offline queue), [`bindings`]
-//! (`event.bind`, `event.get`, `event.unbind`, `events`, `app.info`),
-//! [`wire`] (HTTP) and `state` (the shared state and dispatch).
+//! (`event.bind`, `event.get`, `event.unbind`, `events`, `app.info`), [`operating`] (the
+//! operating-time limit), [`wire`] (HTTP) and `state` (the shared state and dispatch).
 //!
 //! # Example
 //!
@@ -82,6 +84,7 @@ pub mod bindings;
 pub mod fields;
 pub mod oauth;
 pub mod offline;
+pub mod operating;
 mod state;
 #[cfg(test)]
 mod testkit;
@@ -143,6 +146,11 @@ pub struct PortalOptions {
     /// The portal's UTC offset in minutes: `TIMESTAMP_X` is the portal's local time with it
     /// (default 180, `+03:00`).
     pub utc_offset_minutes: i32,
+    /// A method whose operating time over the window exceeds this is blocked (default 480 s,
+    /// Bitrix24's documented limit); see [`operating`].
+    pub operating_limit: Duration,
+    /// The window the operating time is summed over, in ten buckets (default 600 s).
+    pub operating_window: Duration,
 }
 
 impl Default for PortalOptions {
@@ -157,6 +165,8 @@ impl Default for PortalOptions {
             access_ttl: Duration::from_secs(3600),
             offline_safe_mode: true,
             utc_offset_minutes: 180,
+            operating_limit: Duration::from_secs(480),
+            operating_window: Duration::from_secs(600),
         }
     }
 }
@@ -251,6 +261,8 @@ impl FakePortal {
             installation_finished: true,
             lost_gets: 0,
             offline_discarded: Vec::new(),
+            meters: HashMap::new(),
+            operating_costs: HashMap::new(),
         };
         state.initial = state.mint_pair(now);
         let shared = Arc::new(Shared { state: Mutex::new(state) });

@@ -19,13 +19,27 @@ pub(super) struct AccessToken {
     pub(super) expires_at: Instant,
     /// Spent by a refresh of the refresh token it was issued with.
     pub(super) stale: bool,
+    /// The user it was issued to.
+    pub(super) user: User,
 }
 
 pub(super) struct RefreshToken {
     /// The access token issued together with it.
     pub(super) access: String,
     pub(super) used: bool,
+    /// The user the pair belongs to (a refresh gives the same user a new pair).
+    pub(super) user: User,
 }
+
+/// Whose tokens: a user of the portal and whether they administer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct User {
+    pub(super) id: u64,
+    pub(super) admin: bool,
+}
+
+/// The portal's first administrator, whose tokens an install carries.
+pub(super) const ADMIN: User = User { id: 1, admin: true };
 
 impl FakePortal {
     /// Adds an incoming webhook of user `user_id` and returns its REST base,
@@ -51,10 +65,19 @@ impl FakePortal {
         self.shared.lock().initial.clone()
     }
 
-    /// Mints a fresh `(access_token, refresh_token)` pair (e.g. for a second install).
+    /// Mints a fresh `(access_token, refresh_token)` pair of the administrator (e.g. for a
+    /// second install).
     pub fn issue_oauth_pair(&self) -> (String, String) {
         let mut state = self.shared.lock();
         state.mint_pair(Instant::now())
+    }
+
+    /// Mints a pair of user `user_id`, an administrator of the portal or not: what an
+    /// `ONOFFLINEEVENT` or a bot event caused by that user carries. A user who is not an
+    /// administrator gets 403 `ACCESS_DENIED` from `event.offline.*` (as Bitrix24 answers).
+    pub fn issue_user_oauth_pair(&self, user_id: u64, admin: bool) -> (String, String) {
+        let mut state = self.shared.lock();
+        state.mint_pair_for(Instant::now(), User { id: user_id, admin })
     }
 
     /// Makes every access token issued so far expire now (they answer `expired_token`); tokens
@@ -105,23 +128,42 @@ impl FakePortal {
 
 impl State {
     pub(super) fn mint_access(&mut self, now: Instant) -> String {
+        self.mint_access_for(now, ADMIN)
+    }
+
+    fn mint_access_for(&mut self, now: Instant, user: User) -> String {
         let port = self.base.rsplit(':').next().unwrap_or("0").to_owned();
         let token = format!("fake-at-{port}-{:06}", self.next_token);
         self.next_token += 1;
         self.access.insert(
             token.clone(),
-            AccessToken { expires_at: now + self.opts.access_ttl, stale: false },
+            AccessToken { expires_at: now + self.opts.access_ttl, stale: false, user },
         );
         token
     }
 
     pub(super) fn mint_pair(&mut self, now: Instant) -> (String, String) {
-        let access = self.mint_access(now);
+        self.mint_pair_for(now, ADMIN)
+    }
+
+    pub(super) fn mint_pair_for(&mut self, now: Instant, user: User) -> (String, String) {
+        let access = self.mint_access_for(now, user);
         let port = self.base.rsplit(':').next().unwrap_or("0").to_owned();
         let refresh = format!("fake-rt-{port}-{:06}", self.next_token);
         self.next_token += 1;
-        self.refresh.insert(refresh.clone(), RefreshToken { access: access.clone(), used: false });
+        self.refresh
+            .insert(refresh.clone(), RefreshToken { access: access.clone(), used: false, user });
         (access, refresh)
+    }
+
+    /// Whether the access token among `params` (`auth`) is a portal administrator's; true for
+    /// calls without one (a webhook, whose refusals come first).
+    pub(super) fn caller_is_admin(&self, params: &Map<String, Value>) -> bool {
+        params
+            .get("auth")
+            .map(value_text)
+            .and_then(|token| self.access.get(&token))
+            .is_none_or(|t| t.user.admin)
     }
 
     pub(super) fn check_token(&self, token: Option<&str>, now: Instant) -> Result<(), ApiError> {
@@ -158,10 +200,10 @@ impl State {
             ));
         }
         let used = get("refresh_token");
-        let old_access = match self.refresh.get_mut(&used) {
+        let (old_access, user) = match self.refresh.get_mut(&used) {
             Some(rt) if !rt.used => {
                 rt.used = true;
-                rt.access.clone()
+                (rt.access.clone(), rt.user)
             }
             _ => {
                 return Reply::error(&ApiError::new(400, "invalid_grant", "Invalid refresh token"));
@@ -170,7 +212,7 @@ impl State {
         if let Some(token) = self.access.get_mut(&old_access) {
             token.stale = true;
         }
-        let (access, refresh) = self.mint_pair(now);
+        let (access, refresh) = self.mint_pair_for(now, user);
         self.refreshes.push((used, refresh.clone()));
         let ttl = self.opts.access_ttl.as_secs();
         let client_endpoint = if self.moved {
@@ -190,7 +232,7 @@ impl State {
                 "status": "L",
                 "client_endpoint": client_endpoint,
                 "member_id": self.opts.member_id,
-                "user_id": 1,
+                "user_id": user.id,
                 "refresh_token": refresh,
             }),
         )

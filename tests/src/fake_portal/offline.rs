@@ -29,7 +29,8 @@
 //! ([`CONNECTOR_LICENSE_DESCRIPTION`]).
 //!
 //! **Who may call**: `event.offline.*` through an [incoming webhook](FakePortal::add_webhook)
-//! answers 403 `WRONG_AUTH_TYPE`; while the [app's user is no
+//! answers 403 `WRONG_AUTH_TYPE`; with the tokens of a user who is no administrator
+//! ([`FakePortal::issue_user_oauth_pair`]), or while the [app's user is no
 //! admin](FakePortal::set_app_user_admin), 403 `ACCESS_DENIED`.
 //!
 //! - `event.offline.get` `{filter?, order?, limit?, clear?, process_id?, error?,
@@ -360,7 +361,8 @@ impl State {
                     "Current authorization type is denied for this method",
                 ));
             }
-            if !self.app_user_admin {
+            // Bitrix24 checks that the token's user administers the portal.
+            if !self.app_user_admin || !self.caller_is_admin(params) {
                 return Err(ApiError::new(403, "ACCESS_DENIED", "Access denied!"));
             }
         }
@@ -1424,6 +1426,19 @@ mod tests {
         assert_eq!(call("crm.deal.userfield.list").status, 200, "other methods take webhooks");
         let wrong = send(portal.addr(), "POST", "/rest/1/nope/event.get", "application/json", "{}");
         assert_eq!(wrong.status, 401);
+
+        // A user who is not an administrator, even with a valid token, and the same user's
+        // pair after a refresh.
+        let (user, user_refresh) = portal.issue_user_oauth_pair(42, false);
+        let a = post(&portal, "event.offline.get", json!({"auth": user}));
+        assert_eq!((a.status, a.json["error"].as_str()), (403, Some("ACCESS_DENIED")));
+        let refreshed = refresh(&portal, &portal.options().client_secret, &user_refresh);
+        assert_eq!(refreshed.json["user_id"], 42);
+        let again = refreshed.json["access_token"].as_str().unwrap().to_owned();
+        let a = post(&portal, "event.offline.get", json!({"auth": again}));
+        assert_eq!((a.status, a.json["error"].as_str()), (403, Some("ACCESS_DENIED")));
+        let (admin, _) = portal.issue_user_oauth_pair(7, true);
+        assert_eq!(post(&portal, "event.offline.get", json!({"auth": admin})).status, 200);
 
         let token = portal.issue_access_token();
         portal.set_app_user_admin(false);

@@ -82,6 +82,10 @@ pub(super) struct State {
     pub(super) lost_gets: usize,
     /// Rows `event.offline.error` deleted.
     pub(super) offline_discarded: Vec<String>,
+    /// Each method's operating time.
+    pub(super) meters: HashMap<String, super::operating::Meter>,
+    /// What a call of a method costs in operating time.
+    pub(super) operating_costs: HashMap<String, std::time::Duration>,
 }
 
 impl State {

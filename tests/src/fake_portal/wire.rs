@@ -162,11 +162,21 @@ fn respond(
                     Ok(())
                 }
             })
+            .and_then(|()| {
+                state.operating_check(&method, started_unix).map_err(|()| {
+                    ApiError::new(
+                        429,
+                        "OPERATION_TIME_LIMIT",
+                        "Method is blocked due to operation time limit.",
+                    )
+                })
+            })
             .and_then(|()| state.call(&method, p, webhook.is_some())),
         }
     };
     let reply = match outcome {
         Ok((result, extra)) => {
+            let (operating, operating_reset_at) = state.operating_answer(&method, started_unix);
             let finished = unix_now();
             let mut envelope = Map::new();
             envelope.insert("result".into(), result);
@@ -182,8 +192,8 @@ fn respond(
                     "processing": finished - started_unix,
                     "date_start": iso_utc(started_unix as i64),
                     "date_finish": iso_utc(finished as i64),
-                    "operating_reset_at": started_unix as i64 + 600,
-                    "operating": 0,
+                    "operating_reset_at": operating_reset_at,
+                    "operating": operating,
                 }),
             );
             Reply::json(200, &Value::Object(envelope))

@@ -108,9 +108,14 @@ fn an_install_is_learned_only_when_the_configured_oauth_server_confirms_its_port
     dir.write_config(&learning_config(&["audit-log"], "", &rest_table(&portal)));
     let host = start(&dir);
 
-    // 1. A forged refresh token, and the event names the attacker's OAuth server: the host asks
-    //    its configured one, which refuses it.
+    // 1. A forged refresh token, and the event names the attacker's OAuth server: not one of
+    //    the configured ones, so nobody is asked. Naming the configured server, the forged
+    //    token is refused there.
     let forged = install_of(PORTAL, EVIL_TOKEN, evil.initial_oauth(), &evil);
+    let answer = host.post_form(&forged);
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert!(answer.body.contains("not in rest.oauth_servers"), "{}", answer.body);
+    let forged = install_of(PORTAL, EVIL_TOKEN, evil.initial_oauth(), &portal);
     let answer = host.post_form(&forged);
     assert_eq!(answer.status, 401, "{answer:?}");
     assert!(answer.body.contains("invalid_grant"), "{}", answer.body);

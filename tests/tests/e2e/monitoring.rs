@@ -16,9 +16,6 @@ use crate::support::*;
 /// merged (then every name must be served).
 const SERVED_ONCE_MERGED: &[(&str, &str)] = &[
     ("b24_plugin_log_dropped_lines_total", "runner-supervision"),
-    ("b24_installs_refused_total", "tokens"),
-    ("b24_rest_calls_total", "binding (issue 21 item 15)"),
-    ("b24_rest_limit_waits_total", "binding (issue 21 item 15)"),
 ];
 
 fn contrib() -> PathBuf {

@@ -22,7 +22,12 @@
 //!
 //! `WRITE` in the field name changes the field through the host's REST call
 //! (`crm.<entity>.userfield.update`, a write the portal echoes as an event) and records the
-//! answer as a `rest` line.
+//! answer as a `rest` line. `READ` reads the field back (`crm.<entity>.userfield.get`), records
+//! the answer as a `rest` line and passes a failure on with `?` (a transient one is a retry, any
+//! other a rejection), as a plugin written the README's way does.
+//!
+//! Every call's record names the tokens the plugin was given: the user's access token, and
+//! whether it got a refresh token (it never should: the host keeps those).
 
 use std::{
     fs::{File, OpenOptions},
@@ -122,6 +127,8 @@ impl Plugin for Probe {
             "field_name": event.field_name.as_str(),
             "member_id": event.portal.member_id.as_str(),
             "user": user,
+            "access_token": access_token(&event.user),
+            "refresh_token": refresh_token(&event.user),
             "origin": format!("{:?}", event.delivery.origin),
             "message_id": extra(&event.delivery.extra, "message_id"),
             "timestamp": extra(&event.delivery.extra, "timestamp"),
@@ -148,6 +155,20 @@ impl Plugin for Probe {
         if let Some(ms) = command_number(name, "SLEEP") {
             std::thread::sleep(Duration::from_millis(ms));
         }
+        if name.contains("READ") {
+            let method = format!("crm.{}.userfield.get", event.entity.name());
+            let params = json!({ "id": event.field_id });
+            let answer = self.host.rest(&method, &params.to_string());
+            self.record(json!({
+                "kind": "rest",
+                "event_id": event.delivery.event_id,
+                "attempt": event.delivery.attempt,
+                "method": method,
+                "ok": answer.is_ok(),
+                "error": answer.as_ref().err().map(|e| e.to_string()),
+            }));
+            answer?;
+        }
         if name.contains("WRITE") {
             let method = format!("crm.{}.userfield.update", event.entity.name());
             let params = json!({ "id": event.field_id, "fields": { "EDIT_FORM_LABEL": "probe" } });
@@ -173,6 +194,8 @@ impl Plugin for Probe {
             "code": event.code.as_str(),
             "member_id": event.portal.member_id.as_str(),
             "user": event.user.is_some(),
+            "access_token": access_token(&event.user),
+            "refresh_token": refresh_token(&event.user),
             "data": data,
             "origin": format!("{:?}", event.delivery.origin),
             "message_id": extra(&event.delivery.extra, "message_id"),
@@ -230,6 +253,16 @@ fn recurse(depth: u64) -> u64 {
         return 0;
     }
     recurse(depth + 1).wrapping_add(u64::from(frame[0]))
+}
+
+/// The user's access token the plugin was given, if any.
+fn access_token(user: &ROption<b24_plugin_api::UserAuth>) -> Option<String> {
+    user.as_ref().into_option().map(|u| u.access_token.expose().to_owned())
+}
+
+/// The refresh token the plugin was given, if any (the host gives none).
+fn refresh_token(user: &ROption<b24_plugin_api::UserAuth>) -> Option<String> {
+    user.as_ref().into_option().and_then(|u| u.refresh_token().map(|t| t.expose().to_owned()))
 }
 
 /// A value of the delivery's extra pairs.
