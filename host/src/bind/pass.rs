@@ -98,11 +98,8 @@ pub async fn run(
     };
     report.domain = super::portal_domain(&client_endpoint);
     let ctx = EventContext {
-        member_id: member.to_owned(),
         domain: report.domain.clone().unwrap_or_default(),
-        client_endpoint: None,
-        server_endpoint: None,
-        user_token: None,
+        ..EventContext::app(member)
     };
     match rest.call_as_app(&ctx, "app.info", json!({})).await {
         Ok(info) => report.installed = flag(&info["INSTALLED"]),

@@ -143,9 +143,10 @@ fn an_event_over_the_portals_rate_limit_after_the_clients_retries_waits_and_is_n
     // The wait used no attempt, and nothing became a dead letter.
     assert!(lines.iter().all(|l| l["attempt"] == 1), "{lines:?}");
     assert_eq!(dir.stats().get("probe").map(|s| s.2), Some(0), "a dead letter");
-    // Four back-offs of the client, then the event's wait.
+    // Four back-offs of the client, then the event's wait (the binder's `app.info` after the
+    // install meets the same portal limit: its four back-offs count too, without an event's).
     let waits = metric(&host, "b24_rest_limit_waits_total{reason=\"query_limit_exceeded\"}");
-    assert!(waits.is_some_and(|n| n >= 5.0 && n % 5.0 == 0.0), "{waits:?}");
+    assert!(waits.is_some_and(|n| n >= 5.0), "{waits:?}");
     assert!(
         metric(&host, "b24_rest_calls_total{family=\"crm\",status=\"query_limit_exceeded\"}")
             .is_some_and(|n| n >= 5.0)
