@@ -99,6 +99,9 @@ pub struct Metrics {
     pub reloads: Family<Received, Counter>,
     /// Runner processes started again after one died (process isolation).
     pub runner_restarts: Family<PluginLabel, Counter>,
+    /// A plugin's log lines dropped past `log.plugin_lines_per_second` (its output and
+    /// `Host::log`; see `plugin_output`).
+    pub plugin_log_dropped: Family<PluginLabel, Counter>,
     /// Event codes that plugins subscribe to by name (no wildcard), as of the last reload.
     subscribed: RwLock<HashSet<String>>,
     /// Requests per second and status class, the last [`INTAKE_SECONDS`].
@@ -233,6 +236,7 @@ impl Metrics {
             journal_damaged: Counter::default(),
             reloads: Family::default(),
             runner_restarts: Family::default(),
+            plugin_log_dropped: Family::default(),
             subscribed: RwLock::default(),
             intake: IntakeRing::default(),
             registry: Registry::default(),
@@ -295,6 +299,11 @@ impl Metrics {
             "plugin_runner_restarts",
             "Runner processes started again after one died",
             m.runner_restarts.clone(),
+        );
+        registry.register(
+            "plugin_log_dropped_lines",
+            "Plugin log lines dropped past log.plugin_lines_per_second",
+            m.plugin_log_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

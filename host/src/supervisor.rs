@@ -241,6 +241,7 @@ impl Supervisor {
                 config_dir: config.base_dir.clone(),
                 state_dir: config.state_dir.clone(),
                 memory_limit_mb: plugin_config.memory_limit_mb,
+                start_timeout: config.plugins.start_timeout,
                 host,
                 metrics: self.metrics.clone(),
             })

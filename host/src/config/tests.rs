@@ -645,7 +645,14 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(d.server.max_body_bytes, 262_144);
     assert_eq!(d.server.header_read_timeout, Duration::from_secs(5));
     assert_eq!(d.server.shutdown_grace, Duration::from_secs(10));
-    assert_eq!(d.log, LogConfig { level: "info".into(), format: LogFormat::Pretty });
+    assert_eq!(
+        d.log,
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+            plugin: PluginLogLimits { max_line_bytes: 8192, lines_per_second: 1000, burst: 2000 },
+        }
+    );
     assert!(!d.auth.learn_tokens_on_install);
     assert!(d.auth.portals.is_empty());
     assert_eq!(d.plugins.enabled, ["audit-log"]);

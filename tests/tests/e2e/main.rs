@@ -27,3 +27,4 @@ mod pipeline;
 mod poison;
 mod registry;
 mod restart;
+mod supervision;
