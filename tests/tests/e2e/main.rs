@@ -27,4 +27,5 @@ mod pipeline;
 mod poison;
 mod registry;
 mod restart;
+mod slow_start;
 mod supervision;
