@@ -255,6 +255,9 @@ impl Bucket {
     }
 }
 
+/// The budget (and metric label) of output lines no plugin can be named for.
+const UNATTRIBUTED: &str = "(unknown)";
+
 /// How often a plugin that keeps dropping lines is told about in the log.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -502,8 +505,9 @@ enum Kind<'a> {
 fn emit(stream: Stream, kind: Kind<'_>, text: &str, writers: &BTreeSet<Arc<str>>) {
     let stream = stream.name();
     let names = writers.iter().map(|n| &**n).collect::<Vec<_>>().join(",");
-    // Lines that could be any of several plugins' share the budget of that set of names.
-    if !admit(&names) {
+    // Lines that could be any of several plugins' share the budget of that set of names; lines
+    // no plugin can be named for (written by a plugin's own thread outside any call) share one.
+    if !admit(if names.is_empty() { UNATTRIBUTED } else { &names }) {
         return;
     }
     match (kind, writers.len()) {

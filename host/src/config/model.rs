@@ -350,7 +350,7 @@ impl Default for PluginConfig {
             timeout: DEFAULT_PLUGIN_TIMEOUT,
             concurrency: DEFAULT_CONCURRENCY,
             isolation: Isolation::default(),
-            memory_limit_mb: None,
+            memory_limit_mb: Some(DEFAULT_MEMORY_LIMIT_MB),
             kill_after: DEFAULT_KILL_AFTER,
             max_crashes: DEFAULT_MAX_CRASHES,
             retry: RetryConfig::default(),

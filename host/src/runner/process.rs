@@ -32,9 +32,15 @@ use std::{
 /// Limits applied to the child before `exec`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
-    /// `RLIMIT_AS` in bytes (address space), if any.
+    /// `RLIMIT_AS` in bytes (address space), if any. glibc's malloc reserves 64 MiB of address
+    /// space for each of its arenas (up to 8 per core, one per thread that allocates), which
+    /// the limit counts though little of it is used: a limited program is started with
+    /// `MALLOC_ARENA_MAX` = [`ARENAS_UNDER_A_LIMIT`] unless the environment sets it.
     pub address_space: Option<u64>,
 }
+
+/// glibc malloc arenas of a program under an address-space limit (see [`Limits`]).
+pub const ARENAS_UNDER_A_LIMIT: &str = "4";
 
 /// The pipes the command asked for (`Stdio::piped()`).
 pub struct Pipes {
@@ -89,6 +95,9 @@ impl Process {
         on_exit: impl FnOnce(ExitStatus) + Send + 'static,
     ) -> io::Result<(Process, Pipes)> {
         let (tx, rx) = std::sync::mpsc::channel();
+        if limits.address_space.is_some() && std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            command.env("MALLOC_ARENA_MAX", ARENAS_UNDER_A_LIMIT);
+        }
         std::thread::Builder::new().name(format!("watch-{name}")).spawn(move || {
             // SAFETY: getpid has no preconditions.
             let host = unsafe { libc::getpid() };

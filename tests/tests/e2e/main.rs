@@ -24,6 +24,7 @@ mod offline;
 mod operator;
 mod ops;
 mod pipeline;
+mod plugin_log;
 mod poison;
 mod registry;
 mod restart;

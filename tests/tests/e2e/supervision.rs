@@ -183,3 +183,63 @@ fn journal_skip_frees_a_lane_stuck_in_a_runner_call() {
         assert!(host.stop());
     }
 }
+
+/// The probe's source made concurrent (`Plugin::CONCURRENT`), built as an author would.
+fn concurrent_probe() -> std::path::PathBuf {
+    let work = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "[package]\nname = \"probe\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nb24-plugin-api = {{ path = {:?} }}\nlibc = \"0.2\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = {{ version = \"1\", features = [\"preserve_order\"] }}\ntoml = \"0.9\"\n\n[workspace]\n",
+        workspace_root().join("plugin-api").display().to_string()
+    );
+    let source =
+        std::fs::read_to_string(workspace_root().join("tests/plugins/probe/src/lib.rs")).unwrap();
+    let source = source.replace(
+        "const EVENTS: &'static [&'static str] = &[\"*\"];",
+        "const EVENTS: &'static [&'static str] = &[\"*\"];\n    const CONCURRENT: bool = true;",
+    );
+    assert!(source.contains("CONCURRENT: bool = true"));
+    build_author_crate(work.path(), "probe", &manifest, &source)
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmPeak`, `VmSize`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_runner_with_sixteen_busy_lanes_runs_under_the_default_memory_limit() {
+    // No memory_limit_mb: the default applies. Sixteen lane threads, each allocating through
+    // the plugin's allocator at once (each may reserve an arena of its own), and the runner's
+    // own threads.
+    let dir = HostDir::new(&[]);
+    dir.add_plugin_file(&concurrent_probe());
+    dir.write_config(&config(&["probe"], &probe("concurrency = 16\n", "sleep_ms = 100")));
+    let host = start(&dir);
+    let ids = post_fields(&host, 1..=160, "UF_CRM_LANES");
+    let calls = dir.wait_lines("probe.jsonl", 160, PATIENCE * 3, |l| l["kind"] == "user_field");
+    let (runner, restarts) = probe_runner(&dir);
+    let runner = runner.expect("the probe has a runner");
+    let (peak, size) = (status_kib(runner, "VmPeak"), status_kib(runner, "VmSize"));
+    let threads = std::fs::read_to_string(format!("/proc/{runner}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_owned()))
+        .unwrap_or_default();
+    eprintln!(
+        "runner with 16 lanes: address space {} MiB (peak {} MiB), {threads} threads",
+        size / 1024,
+        peak / 1024
+    );
+    assert_eq!(calls.len(), 160, "{}", host.log_text());
+    let mut got = event_ids(&calls);
+    got.sort_unstable();
+    assert_eq!(got, ids, "each event once");
+    assert_eq!(restarts, 0, "the runner died under the default limit:\n{}", host.log_text());
+    assert!(peak <= 1024 * 1024, "the limit was not applied: peak {} MiB", peak / 1024);
+    assert!(host.stop());
+}
