@@ -132,9 +132,12 @@ pub struct Supervisor {
     closing: AtomicBool,
 }
 
+/// The SHA-256 of a file, read in pieces: plugins are brought up at once, and a debug build's
+/// library is tens of MiB.
 fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let bytes = std::fs::read(path)?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Supervisor {
