@@ -299,7 +299,8 @@ fn flood(host: b24_plugin_api::Host, lines: u64, bytes: usize) {
         let text = "x".repeat(bytes.max(1));
         let mut n = 0u64;
         while lines == 0 || n < lines {
-            if n % 2 == 0 {
+            let on_stdout = n & 1 == 0;
+            if on_stdout {
                 println!("flood {n} {text}");
             } else {
                 host.info(&format!("flood {n} {text}"));
