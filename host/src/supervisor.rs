@@ -189,7 +189,9 @@ impl Supervisor {
         for name in &config.plugins.enabled {
             let entry = entries.entry(name.clone()).or_default();
             if entry.worker.is_none() {
+                // Tried again: what failed last time is reported again if it fails again.
                 entry.starting = true;
+                entry.failure = None;
             }
         }
     }
@@ -362,7 +364,9 @@ impl Supervisor {
             // workers with): shut down again when dropped, never run.
             return;
         }
-        let entry = entries.entry(name.to_owned()).or_default();
+        // Every plugin brought up has its entry (`mark_starting`); none means a reload disabled
+        // it while it was being created (late): it is not started.
+        let Some(entry) = entries.get_mut(name) else { return };
         match &entry.worker {
             Some(running) => {
                 running.worker.swap(instance, route.clone(), plugin_config.clone());
@@ -413,13 +417,15 @@ impl Supervisor {
 
     fn fail(&self, name: &str, reason: String, report: &mut ReloadReport) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(name.to_owned()).or_default();
-        entry.starting = false;
-        entry.failure = Some(if entry.worker.is_some() {
-            format!("the last reload failed, the previous instance still serves: {reason}")
-        } else {
-            format!("not loaded: {reason}")
-        });
+        // No entry: disabled by a reload while it was being created; nothing to show.
+        if let Some(entry) = entries.get_mut(name) {
+            entry.starting = false;
+            entry.failure = Some(if entry.worker.is_some() {
+                format!("the last reload failed, the previous instance still serves: {reason}")
+            } else {
+                format!("not loaded: {reason}")
+            });
+        }
         report.failed.push((name.to_owned(), reason));
     }
 
