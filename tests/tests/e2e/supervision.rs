@@ -155,6 +155,30 @@ fn children_of_a_plugin_die_with_a_sigkilled_host() {
 }
 
 #[test]
+fn a_reload_stops_the_old_runner_and_the_child_that_holds_its_socket() {
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&config(&["probe"], &probe("", "children = \"children.txt\"")));
+    let host = start(&dir);
+    assert_eq!(host.post_form(&field_event(1, "UF_CRM_FORK")).status, 200);
+    let child =
+        eventually(PATIENCE, || children(&dir).first().copied()).expect("the probe did not fork");
+    let (old, _) = probe_runner(&dir);
+    let old = old.expect("the probe has a runner");
+    // New settings: a new runner; the old one is told to stop, and stops, with its child.
+    dir.write_config(&config(&["probe"], &probe("", "children = \"children.txt\"\nsleep_ms = 1")));
+    let answer = host.admin_request("POST", "/reload");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    eventually(PATIENCE, || !alive(old) && !alive(child));
+    assert!(!alive(old) && !alive(child), "the old runner {old} or its child {child} still runs");
+    assert_eq!(host.post_form(&field_event(2, "UF_CRM_AFTER")).status, 200);
+    assert_eq!(dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["field_id"] == 2).len(), 1);
+    let (new, restarts) = probe_runner(&dir);
+    assert!(new.is_some_and(|p| p != old));
+    assert_eq!(restarts, 0, "a runner told to stop is no crash");
+    assert!(host.stop());
+}
+
+#[test]
 fn journal_skip_frees_a_lane_stuck_in_a_runner_call() {
     for command in ["LOOP", "FORKLOOP"] {
         let dir = HostDir::new(&["probe"]);
