@@ -575,6 +575,32 @@ mod tests {
     }
 
     #[test]
+    fn a_long_line_is_cut_on_a_character_boundary_and_says_how_long_it_was() {
+        assert_eq!(clip("short", 8), "short");
+        assert_eq!(clip("0123456789", 4), "0123… [truncated: 10 bytes]");
+        // "é" is two bytes: a cut inside it moves back to its start.
+        assert_eq!(clip("aé", 2), "a… [truncated: 3 bytes]");
+    }
+
+    #[test]
+    fn the_bucket_lets_a_burst_through_then_the_rate() {
+        let limits = PluginLogLimits { max_line_bytes: 1024, lines_per_second: 10, burst: 5 };
+        let mut bucket = Bucket::new(&limits);
+        let passed = (0..20).filter(|_| bucket.admit()).count();
+        // The burst, and what the rate refilled while the loop ran (well under a line).
+        assert_eq!(passed, 5);
+        let slept = Instant::now();
+        std::thread::sleep(Duration::from_millis(250));
+        let later = (0..20).filter(|_| bucket.admit()).count();
+        // At least 2.5 lines' worth came back, at most what the time really slept allows.
+        let most = ((slept.elapsed().as_secs_f64() * 10.0) as usize + 1).min(5);
+        assert!(later >= 2 && later <= most, "{later} lines after {:?}", slept.elapsed());
+        let off = PluginLogLimits { lines_per_second: 0, ..limits };
+        let mut unlimited = Bucket::new(&off);
+        assert!((0..10_000).all(|_| unlimited.admit()));
+    }
+
+    #[test]
     fn a_plugin_that_ran_since_the_last_read_stays_a_candidate() {
         let guard = in_plugin("unit-test-plugin");
         drop(guard);
