@@ -27,6 +27,7 @@ edition = "2024"
 crate-type = ["cdylib"]
 [dependencies]
 b24-plugin-api = { path = "$ROOT/plugin-api" }
+libc = "0.2"
 serde = { version = "1", features = ["derive"] }
 serde_json = { version = "1", features = ["preserve_order"] }
 toml = "0.9"

@@ -120,6 +120,9 @@ pub struct Metrics {
     pub installs_refused: Family<Reason, Counter>,
     /// REST calls and the waits for limits (the REST client counts them).
     pub rest: crate::rest::metrics::RestMetrics,
+    /// A plugin's log lines dropped past `log.plugin_lines_per_second` (its output and
+    /// `Host::log`; see `plugin_output`).
+    pub plugin_log_dropped: Family<PluginLabel, Counter>,
     /// Event codes that plugins subscribe to by name (no wildcard), as of the last reload.
     subscribed: RwLock<HashSet<String>>,
     /// Requests per second and status class, the last [`INTAKE_SECONDS`].
@@ -230,6 +233,7 @@ impl Metrics {
             runner_restarts: Family::default(),
             installs_refused: Family::default(),
             rest: Default::default(),
+            plugin_log_dropped: Family::default(),
             subscribed: RwLock::default(),
             intake: IntakeRing::default(),
             portals: Default::default(),
@@ -324,6 +328,11 @@ impl Metrics {
             m.installs_refused.clone(),
         );
         m.rest.register(&mut registry);
+        registry.register(
+            "plugin_log_dropped_lines",
+            "Plugin log lines dropped past log.plugin_lines_per_second",
+            m.plugin_log_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -15,9 +15,20 @@
 //! The file descriptors are process-wide, so this module keeps the one piece of global state in
 //! the host: which plugins are running code. A plugin in a runner process (the default
 //! isolation) prints into pipes of its own, which [`forward`] reads with the same line rules.
+//!
+//! **A plugin cannot flood the log.** Each plugin has a budget (`[log]`, set by [`configure`]):
+//! a line longer than `plugin_max_line_bytes` is cut there and marked `[truncated: N bytes]`
+//! (the rest is read and thrown away, never held), and lines past a token bucket of
+//! `plugin_lines_per_second` (bursts of `plugin_log_burst`) are dropped, its output and its
+//! `Host::log` lines together ([`admit`]). Drops are counted in
+//! `b24_plugin_log_dropped_lines_total{plugin}` and said in a WARN line at the first drop,
+//! every 10 s while dropping goes on, and when the plugin's lines pass again. A runner cuts
+//! and limits its plugin's `Host::log` lines itself before they become frames (with the same
+//! [`Bucket`]) and reports what it dropped ([`count_dropped`]).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs::File,
     io::{self, Read, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -25,6 +36,10 @@ use std::{
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+use crate::{config::PluginLogLimits, metrics::PluginLabel};
 
 /// Which of the two streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,8 +216,172 @@ pub fn capture() -> io::Result<Captured> {
     Ok(Captured { stdout, stderr, readers })
 }
 
-/// Longest line logged in one piece; longer ones are split.
-const MAX_LINE: usize = 16 * 1024;
+/// A token bucket: `lines_per_second` on average, `burst` at once (no limit at a rate of 0).
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// A full bucket for `limits`.
+    pub fn new(limits: &PluginLogLimits) -> Bucket {
+        let burst = f64::from(limits.burst.max(1));
+        Bucket {
+            rate: f64::from(limits.lines_per_second),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Whether one more line may pass now.
+    pub fn admit(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The budget (and metric label) of output lines no plugin can be named for.
+const UNATTRIBUTED: &str = "(unknown)";
+
+/// How often a plugin that keeps dropping lines is told about in the log.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// One plugin's log budget.
+struct Budget {
+    bucket: Bucket,
+    /// Its `b24_plugin_log_dropped_lines_total` counter.
+    dropped: Counter,
+    /// Dropped since the last report line.
+    unreported: u64,
+    /// When the last report line was written; `None`: no drop reported yet.
+    reported_at: Option<Instant>,
+}
+
+/// Every plugin's log budget.
+struct Budgets {
+    limits: PluginLogLimits,
+    dropped: Family<PluginLabel, Counter>,
+    by_plugin: HashMap<Arc<str>, Budget>,
+}
+
+static BUDGETS: Mutex<Option<Budgets>> = Mutex::new(None);
+
+/// Sets the limits of every plugin's log lines and where drops are counted (the host's
+/// `[log]` and metrics; called once at start, before plugins run). Until then, and in other
+/// commands, lines are cut at the default length and not limited.
+pub fn configure(limits: PluginLogLimits, dropped: Family<PluginLabel, Counter>) {
+    *BUDGETS.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(Budgets { limits, dropped, by_plugin: HashMap::new() });
+}
+
+/// The limits [`configure`] set (the defaults before).
+pub fn limits() -> PluginLogLimits {
+    BUDGETS.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|b| b.limits).unwrap_or_default()
+}
+
+/// Whether a log line of `plugin` may be written now; a dropped one is counted (and reported,
+/// see the module docs).
+pub fn admit(plugin: &str) -> bool {
+    let (admitted, report) = {
+        let mut guard = BUDGETS.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(budgets) = guard.as_mut() else { return true };
+        let limits = budgets.limits;
+        let budget = budgets.budget(plugin);
+        if budget.bucket.admit() {
+            // A flood is over: say how much of it went since the last report.
+            let n = std::mem::take(&mut budget.unreported);
+            (true, (n > 0).then_some((n, limits)))
+        } else {
+            budget.dropped.inc();
+            (false, budget.note_dropped(1).map(|n| (n, limits)))
+        }
+    };
+    if let Some((n, limits)) = report {
+        report_dropped(plugin, n, &limits);
+    }
+    admitted
+}
+
+/// Counts `lines` of `plugin`'s log lines that its runner dropped before sending them.
+pub fn count_dropped(plugin: &str, lines: u64) {
+    let report = {
+        let mut guard = BUDGETS.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(budgets) = guard.as_mut() else { return };
+        let limits = budgets.limits;
+        let budget = budgets.budget(plugin);
+        budget.dropped.inc_by(lines);
+        budget.note_dropped(lines).map(|n| (n, limits))
+    };
+    if let Some((n, limits)) = report {
+        report_dropped(plugin, n, &limits);
+    }
+}
+
+impl Budgets {
+    fn budget(&mut self, plugin: &str) -> &mut Budget {
+        if !self.by_plugin.contains_key(plugin) {
+            let dropped = self.dropped.get_or_create(&PluginLabel { plugin: plugin.to_owned() });
+            let budget = Budget {
+                bucket: Bucket::new(&self.limits),
+                dropped: dropped.clone(),
+                unreported: 0,
+                reported_at: None,
+            };
+            self.by_plugin.insert(Arc::from(plugin), budget);
+        }
+        self.by_plugin.get_mut(plugin).expect("inserted above")
+    }
+}
+
+impl Budget {
+    /// Notes `n` more dropped lines; the count to report now, if it is time.
+    fn note_dropped(&mut self, n: u64) -> Option<u64> {
+        self.unreported += n;
+        let due = self.reported_at.is_none_or(|at| at.elapsed() >= DROP_REPORT_EVERY);
+        if !due {
+            return None;
+        }
+        self.reported_at = Some(Instant::now());
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
+fn report_dropped(plugin: &str, lines: u64, limits: &PluginLogLimits) {
+    tracing::warn!(
+        plugin,
+        dropped_lines = lines,
+        lines_per_second = limits.lines_per_second,
+        burst = limits.burst,
+        "the plugin writes log lines faster than log.plugin_lines_per_second allows; lines dropped (b24_plugin_log_dropped_lines_total)"
+    );
+}
+
+/// `text` cut to `max` bytes (on a character boundary) and marked, if longer.
+pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}… [truncated: {} bytes]", &text[..cut], text.len()))
+}
 
 /// The reader of one pipe: one log line per line of text, until the pipe ends.
 fn read_lines(pipe: File, stream: Stream) {
@@ -242,6 +421,10 @@ pub fn forward(pipe: File, plugin: &str, stderr: bool, mut inspect: impl FnMut(&
 struct Lines {
     stream: Stream,
     line: Vec<u8>,
+    /// The longest line kept ([`limits`]); the rest of a longer one is only counted.
+    max: usize,
+    /// Bytes of the current line past `max`.
+    cut: usize,
     writers: BTreeSet<Arc<str>>,
     /// `thread '…' panicked at FILE:LINE:COL`, waiting for the message on the next line.
     panic_at: Option<(String, BTreeSet<Arc<str>>)>,
@@ -249,23 +432,37 @@ struct Lines {
 
 impl Lines {
     fn new(stream: Stream) -> Lines {
-        Lines { stream, line: Vec::new(), writers: BTreeSet::new(), panic_at: None }
+        let max = limits().max_line_bytes;
+        Lines { stream, line: Vec::new(), max, cut: 0, writers: BTreeSet::new(), panic_at: None }
     }
 
     fn push(&mut self, bytes: &[u8], writers: &BTreeSet<Arc<str>>) {
         for piece in bytes.split_inclusive(|b| *b == b'\n') {
-            self.line.extend_from_slice(piece);
-            self.writers.extend(writers.iter().cloned());
-            if piece.ends_with(b"\n") || self.line.len() >= MAX_LINE {
+            let ends = piece.ends_with(b"\n");
+            let text = if ends { &piece[..piece.len() - 1] } else { piece };
+            let room = self.max.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&text[..text.len().min(room)]);
+            self.cut += text.len().saturating_sub(room);
+            if !writers.is_subset(&self.writers) {
+                self.writers.extend(writers.iter().cloned());
+            }
+            if ends {
                 self.end_line();
             }
         }
     }
 
     fn end_line(&mut self) {
-        let text = String::from_utf8_lossy(&self.line).trim_end_matches(['\n', '\r']).to_owned();
+        let mut text =
+            String::from_utf8_lossy(&self.line).trim_end_matches(['\n', '\r']).to_owned();
+        if self.cut > 0 {
+            text.push_str(&format!("… [truncated: {} bytes]", self.line.len() + self.cut));
+        }
         let writers = std::mem::take(&mut self.writers);
         self.line.clear();
+        self.cut = 0;
+        // The output is captured before the host reads its config: the limit may change.
+        self.max = limits().max_line_bytes;
         if let Some((at, panic_writers)) = self.panic_at.take() {
             let mut all = panic_writers;
             all.extend(writers);
@@ -283,7 +480,7 @@ impl Lines {
     }
 
     fn finish(&mut self) {
-        if !self.line.is_empty() {
+        if !self.line.is_empty() || self.cut > 0 {
             self.end_line();
         }
         if let Some((at, writers)) = self.panic_at.take() {
@@ -308,6 +505,11 @@ enum Kind<'a> {
 fn emit(stream: Stream, kind: Kind<'_>, text: &str, writers: &BTreeSet<Arc<str>>) {
     let stream = stream.name();
     let names = writers.iter().map(|n| &**n).collect::<Vec<_>>().join(",");
+    // Lines that could be any of several plugins' share the budget of that set of names; lines
+    // no plugin can be named for (written by a plugin's own thread outside any call) share one.
+    if !admit(if names.is_empty() { UNATTRIBUTED } else { &names }) {
+        return;
+    }
     match (kind, writers.len()) {
         (Kind::Panic { at }, 1) => {
             tracing::error!(plugin = %names, stream, location = at, "plugin panicked: {text}")
@@ -370,6 +572,32 @@ mod tests {
             Some("src/lib.rs:120:13")
         );
         assert_eq!(panic_location("hello"), None);
+    }
+
+    #[test]
+    fn a_long_line_is_cut_on_a_character_boundary_and_says_how_long_it_was() {
+        assert_eq!(clip("short", 8), "short");
+        assert_eq!(clip("0123456789", 4), "0123… [truncated: 10 bytes]");
+        // "é" is two bytes: a cut inside it moves back to its start.
+        assert_eq!(clip("aé", 2), "a… [truncated: 3 bytes]");
+    }
+
+    #[test]
+    fn the_bucket_lets_a_burst_through_then_the_rate() {
+        let limits = PluginLogLimits { max_line_bytes: 1024, lines_per_second: 10, burst: 5 };
+        let mut bucket = Bucket::new(&limits);
+        let passed = (0..20).filter(|_| bucket.admit()).count();
+        // The burst, and what the rate refilled while the loop ran (well under a line).
+        assert_eq!(passed, 5);
+        let slept = Instant::now();
+        std::thread::sleep(Duration::from_millis(250));
+        let later = (0..20).filter(|_| bucket.admit()).count();
+        // At least 2.5 lines' worth came back, at most what the time really slept allows.
+        let most = ((slept.elapsed().as_secs_f64() * 10.0) as usize + 1).min(5);
+        assert!(later >= 2 && later <= most, "{later} lines after {:?}", slept.elapsed());
+        let off = PluginLogLimits { lines_per_second: 0, ..limits };
+        let mut unlimited = Bucket::new(&off);
+        assert!((0..10_000).all(|_| unlimited.admit()));
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
             .map_err(|e| ServeError::Rest(e.to_string()))?
             .with_metrics(metrics.rest.clone()),
     );
+    crate::plugin_output::configure(config.log.plugin, metrics.plugin_log_dropped.clone());
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!("cannot watch SIGHUP (reloads by signal are off): {e}"))
         .ok();

@@ -1,6 +1,15 @@
 //! The plugin supervisor: loads the enabled plugins at start, runs one worker per loaded
 //! plugin, knows which failed and why, and applies live reloads.
 //!
+//! Plugins are brought up in the background, all at once, each on a blocking thread of its
+//! own: the host listens meanwhile (the routes of a plugin not yet created are its config's,
+//! so its events are journaled and wait for it, as for a plugin that failed to load). One that
+//! is not created within `plugins.start_timeout_ms` is reported failed (an ERROR line, state
+//! `failed` with the reason in `/metrics`, `/readyz`, the console): a runner is killed at the
+//! deadline and the plugin is tried again at the next reload; an in-process `create` cannot be
+//! stopped, and if it returns late its instance is used after all. Reloads are brought up the
+//! same way, under the same deadline.
+//!
 //! A reload re-reads host.toml and the plugins folder. A library whose SHA-256 changed is
 //! copied to `state_dir/plugins/<sha256>.so` (the dynamic loader caches by path and abi_stable
 //! never unloads, so only a new path loads new code), loaded, created, and swapped into the
@@ -11,9 +20,12 @@
 //! the plugin tables are reported as needing a restart.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -43,6 +55,8 @@ struct Entry {
     sha256: Option<String>,
     /// The host-side config it runs with.
     config: Option<PluginConfig>,
+    /// Being loaded and created for the first time, within the start deadline.
+    starting: bool,
 }
 
 struct Running {
@@ -71,6 +85,14 @@ impl ReloadReport {
     pub fn ok(&self) -> bool {
         self.failed.is_empty()
     }
+
+    fn merge(&mut self, other: ReloadReport) {
+        self.reloaded.extend(other.reloaded);
+        self.started.extend(other.started);
+        self.stopped.extend(other.stopped);
+        self.failed.extend(other.failed);
+        self.restart_needed.extend(other.restart_needed);
+    }
 }
 
 /// One enabled plugin, for the console ([`Supervisor::views`]).
@@ -87,7 +109,7 @@ pub struct PluginView {
     pub sha256: Option<String>,
     /// Its `[plugin.<name>.settings]` as TOML text: may hold credentials, redact before showing.
     pub settings: String,
-    /// `loaded`, `degraded`, `restarting` or `failed`.
+    /// `starting`, `loaded`, `degraded`, `restarting` or `failed`.
     pub state: &'static str,
     /// Why the last load or reload failed, if it did.
     pub failure: Option<String>,
@@ -106,11 +128,16 @@ pub struct Supervisor {
     routes: Arc<RwLock<Arc<Routes>>>,
     reloading: tokio::sync::Mutex<()>,
     inflight: inflight::Records,
+    /// Set by [`Supervisor::finish`]: a plugin created after it is shut down, not started.
+    closing: AtomicBool,
 }
 
+/// The SHA-256 of a file, read in pieces: plugins are brought up at once, and a debug build's
+/// library is tens of MiB.
 fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let bytes = std::fs::read(path)?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Supervisor {
@@ -131,24 +158,96 @@ impl Supervisor {
             routes: Arc::new(RwLock::new(Arc::new(Vec::new()))),
             reloading: tokio::sync::Mutex::new(()),
             inflight: inflight::Records::default(),
+            closing: AtomicBool::new(false),
         });
-        let started = Instant::now();
-        let mut report = ReloadReport::default();
-        for name in &config.plugins.enabled {
-            supervisor.bring_up(&config, name, false, &mut report);
-        }
-        for (name, reason) in &report.failed {
-            tracing::error!(plugin = %name, "{reason}; its events are kept in the journal until it loads");
-        }
+        supervisor.mark_starting(&config);
+        // Before the host listens: events for every enabled plugin are journaled from the start.
         supervisor.publish_routes(&config);
         crate::names::warn_unused_plugin_tables(&config);
-        tracing::info!(
-            plugins = report.started.len(),
-            failed = report.failed.len(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "plugins ready"
-        );
+        let this = supervisor.clone();
+        supervisor.runtime.spawn(async move {
+            // A reload waits for the start to settle (or its deadline to pass).
+            let _one_at_a_time = this.reloading.lock().await;
+            let started = Instant::now();
+            let report = this.bring_up_all(&config, false).await;
+            for (name, reason) in &report.failed {
+                tracing::error!(plugin = %name, "{reason}; its events are kept in the journal until it loads");
+            }
+            tracing::info!(
+                plugins = report.started.len(),
+                failed = report.failed.len(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "plugins ready"
+            );
+        });
         supervisor
+    }
+
+    /// Marks the enabled plugins that do not run yet as starting.
+    fn mark_starting(&self, config: &Config) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for name in &config.plugins.enabled {
+            let entry = entries.entry(name.clone()).or_default();
+            if entry.worker.is_none() {
+                // Tried again: what failed last time is reported again if it fails again.
+                entry.starting = true;
+                entry.failure = None;
+            }
+        }
+    }
+
+    /// Brings up every plugin `config` enables, all at once, each on a blocking thread, and
+    /// waits for them up to `plugins.start_timeout_ms`; the ones still loading or creating then
+    /// are reported failed (see the module docs) and left to finish in the background.
+    async fn bring_up_all(
+        self: &Arc<Self>,
+        config: &Config,
+        only_if_changed: bool,
+    ) -> ReloadReport {
+        self.mark_starting(config);
+        let deadline = tokio::time::Instant::now() + config.plugins.start_timeout;
+        let mut pending = tokio::task::JoinSet::new();
+        for name in &config.plugins.enabled {
+            let (this, config, name) = (self.clone(), config.clone(), name.clone());
+            pending.spawn_blocking(move || {
+                let mut report = ReloadReport::default();
+                this.bring_up(&config, &name, only_if_changed, &mut report);
+                // Its own route, at once (a late one too).
+                let current = this.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                this.publish_routes(&current);
+                (name, report)
+            });
+        }
+        let mut report = ReloadReport::default();
+        let mut settled = BTreeSet::new();
+        loop {
+            match tokio::time::timeout_at(deadline, pending.join_next()).await {
+                Ok(Some(Ok((name, one)))) => {
+                    settled.insert(name);
+                    report.merge(one);
+                }
+                Ok(Some(Err(e))) => report.failed.push(("*".into(), e.to_string())),
+                Ok(None) => break,
+                Err(_) => {
+                    pending.detach_all();
+                    let timeout_ms = config.plugins.start_timeout.as_millis();
+                    for name in config.plugins.enabled.iter().filter(|n| !settled.contains(*n)) {
+                        let isolation = config.plugin_config(name).isolation;
+                        let reason = match isolation {
+                            Isolation::Process => format!(
+                                "plugin `{name}`: not created within plugins.start_timeout_ms ({timeout_ms} ms); its runner is killed, a reload tries again"
+                            ),
+                            Isolation::InProcess => format!(
+                                "plugin `{name}`: not created within plugins.start_timeout_ms ({timeout_ms} ms); its create still runs (in-process: it cannot be stopped) and its instance is used if it returns"
+                            ),
+                        };
+                        self.fail(name, reason, &mut report);
+                    }
+                    break;
+                }
+            }
+        }
+        report
     }
 
     /// The routes of every enabled plugin (loaded or not), for ingress.
@@ -241,6 +340,7 @@ impl Supervisor {
                 config_dir: config.base_dir.clone(),
                 state_dir: config.state_dir.clone(),
                 memory_limit_mb: plugin_config.memory_limit_mb,
+                start_timeout: config.plugins.start_timeout,
                 host,
                 metrics: self.metrics.clone(),
             })
@@ -253,12 +353,20 @@ impl Supervisor {
                 return;
             }
         };
+
         let route = Route::new(&instance.info().events, &plugin_config);
         let version = instance.info().version.clone();
         let load_us = instance.info().load_time.as_micros() as u64;
         let isolation = plugin_config.isolation.as_str();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(name.to_owned()).or_default();
+        if self.closing.load(Ordering::SeqCst) {
+            // Created after the host began to stop (checked under the lock `finish` takes the
+            // workers with): shut down again when dropped, never run.
+            return;
+        }
+        // Every plugin brought up has its entry (`mark_starting`); none means a reload disabled
+        // it while it was being created (late): it is not started.
+        let Some(entry) = entries.get_mut(name) else { return };
         match &entry.worker {
             Some(running) => {
                 running.worker.swap(instance, route.clone(), plugin_config.clone());
@@ -302,18 +410,22 @@ impl Supervisor {
             }
         }
         entry.failure = None;
+        entry.starting = false;
         entry.sha256 = Some(sha);
         entry.config = Some(plugin_config);
     }
 
     fn fail(&self, name: &str, reason: String, report: &mut ReloadReport) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(name.to_owned()).or_default();
-        entry.failure = Some(if entry.worker.is_some() {
-            format!("the last reload failed, the previous instance still serves: {reason}")
-        } else {
-            format!("not loaded: {reason}")
-        });
+        // No entry: disabled by a reload while it was being created; nothing to show.
+        if let Some(entry) = entries.get_mut(name) {
+            entry.starting = false;
+            entry.failure = Some(if entry.worker.is_some() {
+                format!("the last reload failed, the previous instance still serves: {reason}")
+            } else {
+                format!("not loaded: {reason}")
+            });
+        }
         report.failed.push((name.to_owned(), reason));
     }
 
@@ -323,24 +435,7 @@ impl Supervisor {
         let old = self.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut report =
             ReloadReport { restart_needed: restart_needed(&old, &new), ..ReloadReport::default() };
-        let this = self.clone();
-        let new_for_task = new.clone();
-        let (mut report, new) = tokio::task::spawn_blocking(move || {
-            for name in &new_for_task.plugins.enabled {
-                this.bring_up(&new_for_task, name, true, &mut report);
-            }
-            (report, new_for_task)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            (
-                ReloadReport {
-                    failed: vec![("*".into(), e.to_string())],
-                    ..ReloadReport::default()
-                },
-                new,
-            )
-        });
+        report.merge(self.bring_up_all(&new, true).await);
         let gone: Vec<String> = {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries.keys().filter(|n| !new.plugins.enabled.contains(n)).cloned().collect()
@@ -377,12 +472,17 @@ impl Supervisor {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
-    /// Plugins that are enabled but not running, with the reason.
+    /// Plugins that are enabled but not running, with the reason (`starting` for one being
+    /// created within the start deadline).
     pub fn failures(&self) -> Vec<(String, String)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .iter()
-            .filter_map(|(name, e)| e.failure.clone().map(|f| (name.clone(), f)))
+            .filter_map(|(name, e)| {
+                let starting = (e.starting && e.worker.is_none())
+                    .then(|| "starting (being loaded and created)".to_owned());
+                e.failure.clone().or(starting).map(|f| (name.clone(), f))
+            })
             .collect()
     }
 
@@ -409,6 +509,7 @@ impl Supervisor {
                 let route = e.worker.as_ref().map(|r| r.worker.route());
                 let runner = instance.as_ref().and_then(|i| i.runner().map(|r| r.state()));
                 let state = match (&instance, &runner) {
+                    (None, _) if e.starting => "starting",
                     (None, _) => "failed",
                     (Some(_), Some(r)) if r.state != "running" => "restarting",
                     (Some(i), _) if i.status() == PluginStatus::Degraded => "degraded",
@@ -442,9 +543,10 @@ impl Supervisor {
                 }
                 (Some(_), None) => "loaded",
                 (Some(_), Some(_)) => "loaded",
+                (None, _) if entry.starting => "starting",
                 (None, _) => "failed",
             };
-            for s in ["loaded", "degraded", "restarting", "failed"] {
+            for s in ["starting", "loaded", "degraded", "restarting", "failed"] {
                 let gauge = self
                     .metrics
                     .plugin_state
@@ -460,6 +562,7 @@ impl Supervisor {
     /// it), its events stay pending, and its name comes back. So is one whose `shutdown` runs
     /// past the deadline. Workers with a runner process kill it here once the deadline passes.
     pub async fn finish(&self, deadline: tokio::time::Instant) -> Vec<String> {
+        self.closing.store(true, Ordering::SeqCst);
         let running: Vec<(String, Running)> = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries
@@ -513,7 +616,11 @@ fn content_copy(state_dir: &Path, library: &Path, sha: &str) -> Result<PathBuf, 
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let target = dir.join(format!("{sha}{}", std::env::consts::DLL_SUFFIX));
     if !target.exists() {
-        let tmp = dir.join(format!(".{sha}.tmp"));
+        // Plugins are brought up at once: two libraries with the same bytes must not share a
+        // temporary file.
+        let from =
+            library.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{sha}.{from}.tmp"));
         let copied = (|| {
             use std::os::unix::fs::OpenOptionsExt;
             let mut from = std::fs::File::open(library)?;

@@ -303,13 +303,17 @@ impl HostDir {
                     .next()
                     .unwrap_or_default()
                     .to_owned();
-                Ok(RunningHost {
+                let host = RunningHost {
                     admin,
                     child,
                     addr,
                     path: format!("/{}", url.splitn(4, '/').nth(3).unwrap_or("")),
                     log: log_path,
-                })
+                };
+                if !launch.before_plugins && !host.wait_log("plugins ready", PLUGINS_PATIENCE) {
+                    return Err(format!("host never logged `plugins ready`:\n{}", host.log_text()));
+                }
+                Ok(host)
             }
             _ => {
                 let status = child.wait().map_err(|e| e.to_string())?;
@@ -319,6 +323,10 @@ impl HostDir {
         }
     }
 }
+
+/// How long [`HostDir::start_with`] waits for the plugins (beyond the default
+/// `plugins.start_timeout_ms` of 30 s).
+const PLUGINS_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How to start the host.
 #[derive(Debug, Clone, Default)]
@@ -336,6 +344,10 @@ pub struct Launch {
     /// A listening socket (its descriptor in this process) handed to the host as systemd's
     /// socket activation does: as fd 3, with `LISTEN_FDS=1` and `LISTEN_PID`.
     pub listen_fd: Option<std::os::fd::RawFd>,
+    /// Return at the `listening on` line: the host listens before its plugins are created. By
+    /// default the start waits until the host logs `plugins ready` (every plugin created,
+    /// failed, or past `plugins.start_timeout_ms`), so tests see the plugins as they were.
+    pub before_plugins: bool,
 }
 
 /// A free loopback port (bound, then released).

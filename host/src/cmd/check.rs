@@ -39,9 +39,8 @@ pub fn run(config: &Config) -> ExitCode {
         let host =
             host_services::for_plugin(&plugin.name, &config.base_dir, &config.state_dir, None);
         let settings = config.plugin_config(&plugin.name).settings;
-        match plugin.create(&settings, host) {
-            Ok(instance) => {
-                instance.shutdown();
+        match create_within(plugin, settings, host, config.plugins.start_timeout) {
+            Ok(()) => {
                 let plugin_config = config.plugin_config(&plugin.name);
                 let limits = match plugin_config.isolation {
                     crate::config::Isolation::Process => format!(
@@ -65,7 +64,7 @@ pub fn run(config: &Config) -> ExitCode {
                     plugin_config.isolation.as_str(),
                 );
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(e),
         }
     }
     if let Err(e) = check_log(config) {
@@ -81,6 +80,34 @@ pub fn run(config: &Config) -> ExitCode {
         }
         eprintln!("{} problem(s) found", errors.len());
         ExitCode::FAILURE
+    }
+}
+
+/// Creates `plugin` and shuts it down again, on a thread of its own, waiting for its `create`
+/// no longer than `limit` (`plugins.start_timeout_ms`, as the host does): a `create` that
+/// hangs is reported, and left behind (the command ends without waiting for it).
+fn create_within(
+    plugin: &LoadedPlugin,
+    settings: String,
+    host: b24_plugin_api::HostServicesArc,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let plugin = plugin.clone();
+    let name = plugin.name.clone();
+    std::thread::Builder::new()
+        .name(format!("create-{name}"))
+        .spawn(move || {
+            let created = plugin.create(&settings, host).map(|instance| instance.shutdown());
+            let _ = tx.send(created.map_err(|e| e.to_string()));
+        })
+        .map_err(|e| format!("plugin `{name}`: cannot start a thread to create it: {e}"))?;
+    match rx.recv_timeout(limit) {
+        Ok(created) => created,
+        Err(_) => Err(format!(
+            "plugin `{name}`: not created within plugins.start_timeout_ms ({} ms)",
+            limit.as_millis()
+        )),
     }
 }
 

@@ -35,12 +35,13 @@ pub use error::{ConfigError, Position};
 pub use model::{
     AuthConfig, BindConfig, Config, DEFAULT_CONCURRENCY, DEFAULT_ENABLED,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KILL_AFTER, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CRASHES, DEFAULT_NATS_ACK_TIMEOUT, DEFAULT_NATS_REPLICAS,
-    DEFAULT_NATS_STREAM, DEFAULT_PATH, DEFAULT_PLUGIN_TIMEOUT, DEFAULT_PLUGINS_DIR,
-    DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_STATE_DIR, Isolation, JournalBackend, JournalConfig, LogConfig, LogFormat,
-    MAX_CONCURRENCY, MAX_MILLIS, NatsAuth, NatsConfig, NatsSync, NatsTls, OfflineConfig,
-    PluginConfig, PluginsConfig, RestConfig, RestPortalConfig, RetryConfig, ServerConfig,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CRASHES, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_NATS_ACK_TIMEOUT,
+    DEFAULT_NATS_REPLICAS, DEFAULT_NATS_STREAM, DEFAULT_PATH, DEFAULT_PLUGIN_TIMEOUT,
+    DEFAULT_PLUGINS_DIR, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_START_TIMEOUT, DEFAULT_STATE_DIR, Isolation, JournalBackend,
+    JournalConfig, LogConfig, LogFormat, MAX_CONCURRENCY, MAX_MILLIS, NatsAuth, NatsConfig,
+    NatsSync, NatsTls, OfflineConfig, PluginConfig, PluginLogLimits, PluginsConfig, RestConfig,
+    RestPortalConfig, RetryConfig, ServerConfig,
 };
 pub use validate::non_loopback_without_token;
 

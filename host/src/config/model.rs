@@ -34,10 +34,25 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(10_000);
 /// Default of `log.level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default of `log.plugin_max_line_bytes`: a plugin's longer log lines are cut there.
+pub const DEFAULT_PLUGIN_MAX_LINE_BYTES: usize = 8 * 1024;
+/// Smallest accepted `log.plugin_max_line_bytes`.
+pub const MIN_PLUGIN_LINE_BYTES: u64 = 256;
+/// Largest accepted `log.plugin_max_line_bytes` (1 MiB).
+pub const MAX_PLUGIN_LINE_BYTES: u64 = 1 << 20;
+/// Largest accepted `log.plugin_lines_per_second` and `log.plugin_log_burst`.
+pub const MAX_PLUGIN_LINES: u64 = 1_000_000;
+/// Default of `log.plugin_lines_per_second`.
+pub const DEFAULT_PLUGIN_LINES_PER_SECOND: u32 = 1000;
+/// Default of `log.plugin_log_burst`.
+pub const DEFAULT_PLUGIN_LOG_BURST: u32 = 2000;
 /// Default of `plugins.dir`, relative to the config folder.
 pub const DEFAULT_PLUGINS_DIR: &str = "plugins";
 /// Default of `plugins.enabled`.
 pub const DEFAULT_ENABLED: &[&str] = &["audit-log"];
+/// Default of `plugins.start_timeout_ms`: how long a plugin's load and `create` may take before
+/// it is reported failed (the host listens meanwhile).
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_millis(30_000);
 /// Default of `plugin.<name>.timeout_ms`.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// Default of `plugin.<name>.concurrency`.
@@ -46,6 +61,10 @@ pub const DEFAULT_CONCURRENCY: usize = 1;
 pub const DEFAULT_KILL_AFTER: Duration = Duration::from_millis(60_000);
 /// Default of `plugin.<name>.max_crashes`.
 pub const DEFAULT_MAX_CRASHES: u32 = 3;
+/// Default of `plugin.<name>.memory_limit_mb`: the runner's address space (virtual memory,
+/// which thread stacks and allocator arenas reserve far beyond what they use: see README's
+/// "Process isolation" for what a runner maps).
+pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 1024;
 /// Largest accepted `plugin.<name>.memory_limit_mb` (1 TiB).
 pub const MAX_MEMORY_LIMIT_MB: u64 = 1 << 20;
 /// Largest accepted `plugin.<name>.max_crashes`.
@@ -175,11 +194,39 @@ pub struct LogConfig {
     pub level: String,
     /// How log lines look.
     pub format: LogFormat,
+    /// What one plugin may write into the log (`plugin_*`).
+    pub plugin: PluginLogLimits,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: DEFAULT_LOG_LEVEL.to_owned(), format: LogFormat::default() }
+        LogConfig {
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+            format: LogFormat::default(),
+            plugin: PluginLogLimits::default(),
+        }
+    }
+}
+
+/// What one plugin may write into the host's log, its output and `Host::log` lines together
+/// (`[log]` `plugin_max_line_bytes`, `plugin_lines_per_second`, `plugin_log_burst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PluginLogLimits {
+    /// A longer line is cut there and marked (`plugin_max_line_bytes`).
+    pub max_line_bytes: usize,
+    /// Lines a second on average; 0: no limit (`plugin_lines_per_second`).
+    pub lines_per_second: u32,
+    /// Lines at once above the average (`plugin_log_burst`).
+    pub burst: u32,
+}
+
+impl Default for PluginLogLimits {
+    fn default() -> Self {
+        PluginLogLimits {
+            max_line_bytes: DEFAULT_PLUGIN_MAX_LINE_BYTES,
+            lines_per_second: DEFAULT_PLUGIN_LINES_PER_SECOND,
+            burst: DEFAULT_PLUGIN_LOG_BURST,
+        }
     }
 }
 
@@ -287,6 +334,10 @@ pub struct PluginsConfig {
     pub dir: PathBuf,
     /// The plugins to load, in order; no name twice (`enabled`).
     pub enabled: Vec<String>,
+    /// How long loading and creating one plugin may take at start or a reload before it is
+    /// reported failed (`start_timeout_ms`); plugins are created in parallel while the host
+    /// listens.
+    pub start_timeout: Duration,
 }
 
 /// One plugin's table (`[plugin.<name>]`); every key optional.
@@ -308,7 +359,7 @@ pub struct PluginConfig {
     /// inside the host.
     pub isolation: Isolation,
     /// An address-space limit on the plugin's runner, in MiB (`memory_limit_mb`; process
-    /// isolation only); `None` = no limit.
+    /// isolation only; default [`DEFAULT_MEMORY_LIMIT_MB`]); `None` = no limit (`0` in the file).
     pub memory_limit_mb: Option<u64>,
     /// A call running this long kills the plugin's runner, which counts as a crash of that
     /// event (`kill_after_ms`; process isolation only).
@@ -333,7 +384,7 @@ impl Default for PluginConfig {
             timeout: DEFAULT_PLUGIN_TIMEOUT,
             concurrency: DEFAULT_CONCURRENCY,
             isolation: Isolation::default(),
-            memory_limit_mb: None,
+            memory_limit_mb: Some(DEFAULT_MEMORY_LIMIT_MB),
             kill_after: DEFAULT_KILL_AFTER,
             max_crashes: DEFAULT_MAX_CRASHES,
             retry: RetryConfig::default(),
@@ -664,6 +715,7 @@ pub(crate) fn default_config(base_dir: &Path) -> Config {
         plugins: PluginsConfig {
             dir: base_dir.join(DEFAULT_PLUGINS_DIR),
             enabled: DEFAULT_ENABLED.iter().map(|s| (*s).to_owned()).collect(),
+            start_timeout: DEFAULT_START_TIMEOUT,
         },
         plugin: BTreeMap::new(),
         plugin_positions: BTreeMap::new(),

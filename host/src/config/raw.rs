@@ -148,6 +148,9 @@ pub(crate) struct RawServer {
 pub(crate) struct RawLog {
     pub level: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
+    pub plugin_max_line_bytes: Option<Spanned<Bytes>>,
+    pub plugin_lines_per_second: Option<Spanned<Count>>,
+    pub plugin_log_burst: Option<Spanned<Count>>,
 }
 
 /// `[auth]`.
@@ -167,6 +170,7 @@ pub(crate) struct RawAuth {
 pub(crate) struct RawPlugins {
     pub dir: Option<Spanned<String>>,
     pub enabled: Option<Vec<Spanned<String>>>,
+    pub start_timeout_ms: Option<Spanned<Millis>>,
 }
 
 /// `[plugin.<name>]`.

@@ -240,7 +240,8 @@ fn unknown_key_in_plugin_retry_table() {
 fn unknown_key_in_other_tables() {
     assert_eq!(
         invalid("[log]\nlevel = \"info\"\ncolor = true\n", 3, 1, "log.color"),
-        "unknown key; expected one of level, format"
+        "unknown key; expected one of level, format, plugin_max_line_bytes, \
+         plugin_lines_per_second, plugin_log_burst"
     );
     invalid("[auth]\nlearn = true\n", 2, 1, "auth.learn");
     invalid("[plugins]\ndirectory = \"p\"\n", 2, 1, "plugins.directory");
@@ -452,6 +453,37 @@ fn retry_cap_must_not_be_below_base() {
     );
     let retry = parse("[plugin.p.retry]\nbase_ms = 100\ncap_ms = 100\n").plugin_config("p").retry;
     assert_eq!(retry.base, retry.cap);
+}
+
+#[test]
+fn plugin_limits_have_defaults_and_zero_turns_some_off() {
+    let d = Config::default_for(Path::new("rel"));
+    assert_eq!(d.plugins.start_timeout, Duration::from_secs(30));
+    assert_eq!(d.plugin_config("p").memory_limit_mb, Some(1024));
+    let config = parse(
+        "[log]\nplugin_max_line_bytes = 300\nplugin_lines_per_second = 0\nplugin_log_burst = 5\n\
+         [plugins]\nstart_timeout_ms = 1500\n[plugin.p]\nmemory_limit_mb = 0\n\
+         [plugin.q]\nmemory_limit_mb = 64\n",
+    );
+    assert_eq!(
+        config.log.plugin,
+        PluginLogLimits { max_line_bytes: 300, lines_per_second: 0, burst: 5 }
+    );
+    assert_eq!(config.plugins.start_timeout, Duration::from_millis(1500));
+    assert_eq!(config.plugin_config("p").memory_limit_mb, None);
+    assert_eq!(config.plugin_config("q").memory_limit_mb, Some(64));
+    assert_eq!(
+        invalid("[log]\nplugin_max_line_bytes = 10\n", 2, 25, "log.plugin_max_line_bytes"),
+        "must be from 256 to 1048576"
+    );
+    assert_eq!(
+        invalid("[log]\nplugin_log_burst = 0\n", 2, 20, "log.plugin_log_burst"),
+        "must be at least 1"
+    );
+    assert_eq!(
+        invalid("[plugins]\nstart_timeout_ms = 0\n", 2, 20, "plugins.start_timeout_ms"),
+        "must be greater than 0"
+    );
 }
 
 #[test]
@@ -697,7 +729,14 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(d.server.max_connections_per_address, None);
     assert_eq!(d.admin_max_connections, 64);
     assert_eq!(d.server.shutdown_grace, Duration::from_secs(10));
-    assert_eq!(d.log, LogConfig { level: "info".into(), format: LogFormat::Pretty });
+    assert_eq!(
+        d.log,
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+            plugin: PluginLogLimits { max_line_bytes: 8192, lines_per_second: 1000, burst: 2000 },
+        }
+    );
     assert!(!d.auth.learn_tokens_on_install);
     assert!(d.auth.portals.is_empty());
     assert_eq!(d.plugins.enabled, ["audit-log"]);
@@ -820,6 +859,9 @@ fn shipped_example_mentions_every_key() {
         "[log]",
         "level",
         "format",
+        "plugin_max_line_bytes",
+        "plugin_lines_per_second",
+        "plugin_log_burst",
         "[auth]",
         "learn_tokens_on_install",
         "max_learned_portals",
@@ -830,6 +872,7 @@ fn shipped_example_mentions_every_key() {
         "[plugins]",
         "dir",
         "enabled",
+        "start_timeout_ms",
         "[plugin.audit-log]",
         "events",
         "entities",

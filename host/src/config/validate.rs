@@ -20,8 +20,10 @@ use super::{
     error::{Source, join_keys},
     model::OfflineConfig,
     model::{
-        DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
-        MAX_CONCURRENCY, MAX_CRASHES, MAX_KEEP_COMPLETED_HOURS, MAX_MEMORY_LIMIT_MB, MAX_MILLIS,
+        DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_START_TIMEOUT,
+        DEFAULT_STATE_DIR, MAX_CONCURRENCY, MAX_CRASHES, MAX_KEEP_COMPLETED_HOURS,
+        MAX_MEMORY_LIMIT_MB, MAX_MILLIS, MAX_PLUGIN_LINE_BYTES, MAX_PLUGIN_LINES,
+        MIN_PLUGIN_LINE_BYTES, PluginLogLimits,
     },
     raw::{
         Bytes, Count, Millis, RawAdmin, RawAuth, RawBind, RawConfig, RawJournal, RawLog, RawPlugin,
@@ -450,7 +452,30 @@ fn log(src: &Source<'_>, raw: RawLog) -> Result<LogConfig, ConfigError> {
         })?,
     };
     let level = raw.level.map_or_else(|| DEFAULT_LOG_LEVEL.to_owned(), Spanned::into_inner);
-    Ok(LogConfig { level, format })
+    let mut plugin = PluginLogLimits::default();
+    if let Some(n) = raw.plugin_max_line_bytes {
+        let key = "log.plugin_max_line_bytes";
+        let bytes = n.get_ref().0;
+        if !(MIN_PLUGIN_LINE_BYTES..=MAX_PLUGIN_LINE_BYTES).contains(&bytes) {
+            return Err(src.invalid(
+                n.span(),
+                key,
+                format!("must be from {MIN_PLUGIN_LINE_BYTES} to {MAX_PLUGIN_LINE_BYTES}"),
+            ));
+        }
+        plugin.max_line_bytes = bytes as usize;
+    }
+    if let Some(n) = raw.plugin_lines_per_second {
+        // 0 turns the limit off.
+        plugin.lines_per_second = match n.get_ref().0 {
+            0 => 0,
+            _ => count(src, &n, "log.plugin_lines_per_second", MAX_PLUGIN_LINES)? as u32,
+        };
+    }
+    if let Some(n) = raw.plugin_log_burst {
+        plugin.burst = count(src, &n, "log.plugin_log_burst", MAX_PLUGIN_LINES)? as u32;
+    }
+    Ok(LogConfig { level, format, plugin })
 }
 
 fn auth(
@@ -541,7 +566,11 @@ fn plugins(
             names
         }
     };
-    Ok(PluginsConfig { dir, enabled })
+    let start_timeout = match raw.start_timeout_ms {
+        Some(ms) => millis(src, &ms, "plugins.start_timeout_ms", 1)?,
+        None => DEFAULT_START_TIMEOUT,
+    };
+    Ok(PluginsConfig { dir, enabled, start_timeout })
 }
 
 fn plugin_table(src: &Source<'_>, key: &str, raw: RawPlugin) -> Result<PluginConfig, ConfigError> {
@@ -572,8 +601,11 @@ fn plugin_table(src: &Source<'_>, key: &str, raw: RawPlugin) -> Result<PluginCon
         })?;
     }
     if let Some(mb) = raw.memory_limit_mb {
-        out.memory_limit_mb =
-            Some(count(src, &mb, &format!("{key}.memory_limit_mb"), MAX_MEMORY_LIMIT_MB)?);
+        // 0 turns the limit off.
+        out.memory_limit_mb = match mb.get_ref().0 {
+            0 => None,
+            _ => Some(count(src, &mb, &format!("{key}.memory_limit_mb"), MAX_MEMORY_LIMIT_MB)?),
+        };
     }
     if let Some(ms) = raw.kill_after_ms {
         out.kill_after = millis(src, &ms, &format!("{key}.kill_after_ms"), 1)?;

@@ -25,7 +25,14 @@ struct PluginHost {
 impl HostServices for PluginHost {
     fn log(&self, level: LogLevel, message: RStr<'_>) {
         let plugin = &*self.plugin;
-        let message = message.as_str();
+        // A line the log level hides costs nothing of the plugin's budget.
+        if !enabled(level) || !crate::plugin_output::admit(plugin) {
+            return;
+        }
+        let message = crate::plugin_output::clip(
+            message.as_str(),
+            crate::plugin_output::limits().max_line_bytes,
+        );
         match level {
             LogLevel::Error => tracing::error!(target: "plugin", plugin, "{message}"),
             LogLevel::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
@@ -59,6 +66,17 @@ impl HostServices for PluginHost {
                 RResult::RErr(e)
             }
         }
+    }
+}
+
+/// Whether the log writes a plugin's line at `level`.
+pub fn enabled(level: LogLevel) -> bool {
+    match level {
+        LogLevel::Error => tracing::enabled!(target: "plugin", tracing::Level::ERROR),
+        LogLevel::Warn => tracing::enabled!(target: "plugin", tracing::Level::WARN),
+        LogLevel::Info => tracing::enabled!(target: "plugin", tracing::Level::INFO),
+        LogLevel::Debug => tracing::enabled!(target: "plugin", tracing::Level::DEBUG),
+        LogLevel::Trace => tracing::enabled!(target: "plugin", tracing::Level::TRACE),
     }
 }
 

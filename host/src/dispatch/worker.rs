@@ -7,14 +7,16 @@
 //!
 //! Lanes are long-lived threads fed through a short queue, so a plugin with a backlog is called
 //! back to back: no thread wake-up per call, and the consumer reads ahead while the plugin works.
-//! A watchdog task marks the plugin degraded while a call runs past its timeout, and kills a
-//! runner whose call runs past `kill_after_ms`.
+//! A watchdog task marks the plugin degraded while a call runs past its timeout, kills a
+//! runner whose call runs past `kill_after_ms`, and kills (interrupts) a runner whose call's
+//! event an operator skipped (`journal skip`): the lane is freed, the skipped event is not
+//! tried again and counts no crash, the runner's other calls are made again, uncounted.
 
 use std::{
     collections::VecDeque,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -87,6 +89,9 @@ struct Lane {
     /// Microseconds since `Lanes::epoch` at which the running call started, plus one; 0 when
     /// the lane is idle.
     busy_since: AtomicU64,
+    /// The event id of the call a runner is making for this lane (0: none), for the watchdog
+    /// to see it skipped.
+    event: AtomicU64,
 }
 
 /// A worker's lanes and what they need.
@@ -351,15 +356,26 @@ impl Worker {
             .collect();
         // What a Bitrix24 limit did to each event's REST calls, read once its call ended.
         let notes: Vec<LimitNote> = items.iter().map(|i| i.context.limit.clone()).collect();
-        // Each call's end restarts the lane's clock: timeout and kill_after_ms stay per event.
+        // Each call's end restarts the lane's clock: timeout and kill_after_ms stay per event;
+        // and the lane's event is the next one.
         let watched = lanes.clone();
+        let ids: Vec<u64> = batch.iter().map(|o| o.envelope.id).collect();
+        let first = ids[0];
+        let answered = AtomicUsize::new(0);
         let progress = Box::new(move || {
-            watched.lanes[index].busy_since.store(watched.micros(), Ordering::Relaxed)
+            let lane = &watched.lanes[index];
+            let next = answered.fetch_add(1, Ordering::Relaxed) + 1;
+            lane.event.store(ids.get(next).copied().unwrap_or(0), Ordering::Relaxed);
+            lane.busy_since.store(watched.micros(), Ordering::Relaxed)
         });
         tracing::debug!(plugin = %self.name, events = items.len(), "calling the runner with a batch in one frame");
-        let sent = || lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
+        let sent = || {
+            lane.event.store(first, Ordering::Relaxed);
+            lane.busy_since.store(lanes.micros(), Ordering::Relaxed)
+        };
         let outcome = runner.call_batch(lane.index, &items, &|| lanes.stopping(), sent, progress);
         lane.busy_since.store(0, Ordering::Relaxed);
+        lane.event.store(0, Ordering::Relaxed);
         drop(items);
         let longest = outcome
             .answered
@@ -414,6 +430,21 @@ impl Worker {
             let instance = self.instance();
             if longest > config.timeout.as_micros() as u64 {
                 self.degraded(&instance, "still waiting for it");
+            }
+            // A call whose event an operator skipped is of no use: its runner goes, uncounted.
+            let skipped = lanes
+                .lanes
+                .iter()
+                .map(|lane| lane.event.load(Ordering::Relaxed))
+                .find(|id| *id != 0 && lanes.reporter.is_skipped(*id));
+            if let (Some(runner), Some(id)) = (instance.runner(), skipped) {
+                tracing::warn!(
+                    plugin = %self.name,
+                    event_id = id,
+                    "an operator skipped the event a call is running for; killing its runner"
+                );
+                runner.interrupt(&format!("killed: event {id} was skipped by an operator"));
+                continue;
             }
             // A process can be stopped where a thread cannot: past kill_after_ms, the runner goes.
             if let Some(runner) = instance.runner()
@@ -507,15 +538,29 @@ impl Worker {
                     ErrorKind::Panicked => "panicked",
                 },
                 Err(CallError::Crashed(_)) => "crashed",
-                Err(CallError::Abandoned) => "abandoned",
+                Err(CallError::Abandoned | CallError::Interrupted(_)) => "abandoned",
             };
             self.metrics.call(&self.name, label, seconds);
             // For the console's history: when the call started and how long it took.
             let at_ms = now_ms() - elapsed.as_millis() as i64;
             let duration_us = elapsed.as_micros() as u64;
+            // An operator skipped the event while its call ran (or its runner died): its call
+            // is abandoned, no crash is counted, and it is not tried again.
+            if matches!(result, Err(CallError::Crashed(_) | CallError::Interrupted(_)))
+                && reporter.take_skipped(id)
+            {
+                tracing::warn!("skipped by an operator during its call; the call was abandoned");
+                return;
+            }
             let result = match result {
                 // Cut short by a shutdown or a disabled plugin: the event stays pending as it was.
                 Err(CallError::Abandoned) => return,
+                // Its runner was killed for another event's sake: the call is made again.
+                Err(CallError::Interrupted(reason)) => {
+                    tracing::warn!("call cut short ({reason}); delivering the event again");
+                    attempt -= 1;
+                    continue;
+                }
                 Err(CallError::Crashed(reason)) => {
                     // The call never answered: it uses up no attempt, it counts as a crash.
                     attempt -= 1;
@@ -667,9 +712,13 @@ impl Worker {
             (Some(runner), _) => Ok(rest::context::with(context, || {
                 let sent = || {
                     started = Instant::now();
+                    lane.event.store(envelope.id, Ordering::Relaxed);
                     lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
                 };
-                runner.call(lane.index, envelope, format, attempt, &|| lanes.stopping(), sent)
+                let result =
+                    runner.call(lane.index, envelope, format, attempt, &|| lanes.stopping(), sent);
+                lane.event.store(0, Ordering::Relaxed);
+                result
             })),
             (None, Some(plugin)) => {
                 lane.busy_since.store(lanes.micros(), Ordering::Relaxed);

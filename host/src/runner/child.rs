@@ -5,6 +5,13 @@
 //! does in the host, and answers with the outcome. `HostServices::log` and `rest` become
 //! frames to the host, which logs the line and makes the REST call with its own client and
 //! tokens. Its stdout and stderr are pipes the host logs under the plugin's name.
+//!
+//! It leads a process group of its own (the host starts it so, see [`super::process`]), which
+//! every process the plugin starts joins; when the host goes, the runner takes that group with
+//! it: its death signal (`PR_SET_PDEATHSIG`) is SIGUSR2, whose handler kills the group, and
+//! the end of the host's socket does the same (a SIGKILLed host cannot kill the group itself).
+//! `HostServices::log` lines finer than the host's log level are not sent, longer ones are cut
+//! and a token bucket limits their rate as the host does (`[log]`), counting what it drops.
 
 use std::{
     collections::HashMap,
@@ -16,6 +23,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
+    time::Duration,
 };
 
 use abi_stable::{
@@ -30,6 +38,7 @@ use bytes::Bytes;
 
 use super::protocol::{FromRunner, RUNNER_FD, ToRunner, WireError, read_frame, write_frame};
 use crate::{
+    config::PluginLogLimits,
     dispatch::{
         Instance,
         convert::{PluginEvent, plugin_event},
@@ -38,6 +47,7 @@ use crate::{
         Envelope,
         record::{Format, Source},
     },
+    plugin_output::{Bucket, clip},
 };
 
 /// The write half of the socket, shared by the lanes and the host services.
@@ -60,6 +70,16 @@ thread_local! {
 /// REST requests waiting for the host's answer.
 type Waiting = Arc<Mutex<HashMap<u64, mpsc::Sender<Result<String, RestError>>>>>;
 
+/// What the plugin may log, and what it dropped.
+struct LogBudget {
+    limits: PluginLogLimits,
+    /// The finest level sent (0 error .. 4 trace), `None`: nothing.
+    level: Option<u8>,
+    bucket: Mutex<Bucket>,
+    /// Dropped since the last [`FromRunner::LogDropped`].
+    dropped: AtomicU64,
+}
+
 /// The plugin's host services inside a runner: everything goes to the host.
 #[derive(Clone)]
 struct Remote {
@@ -68,11 +88,21 @@ struct Remote {
     state_dir: RString,
     next_request: Arc<AtomicU64>,
     waiting: Waiting,
+    log: Arc<LogBudget>,
 }
 
 impl HostServices for Remote {
     fn log(&self, level: LogLevel, message: RStr<'_>) {
-        self.out.send(&FromRunner::Log { level: level as u8, message: message.to_string() });
+        let budget = &self.log;
+        if budget.level.is_none_or(|finest| level as u8 > finest) {
+            return;
+        }
+        if !budget.bucket.lock().unwrap_or_else(|p| p.into_inner()).admit() {
+            budget.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let message = clip(message.as_str(), budget.limits.max_line_bytes).into_owned();
+        self.out.send(&FromRunner::Log { level: level as u8, message });
     }
 
     fn config_dir(&self) -> RString {
@@ -157,12 +187,47 @@ fn lane_of<'a>(
         .0
 }
 
+/// The runner's death signal: the host is gone.
+const HOST_GONE: i32 = libc::SIGUSR2;
+
+/// Kills the runner's process group: the runner and whatever its plugin started.
+fn end_group() -> ! {
+    // SAFETY: kill(2) on our own process group, which the host made us lead.
+    unsafe { libc::kill(0, libc::SIGKILL) };
+    std::process::exit(1)
+}
+
+extern "C" fn host_gone(_: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; our own group.
+    unsafe { libc::kill(0, libc::SIGKILL) };
+}
+
+/// Arms the death signal that takes the whole group (the host armed SIGKILL, which takes only
+/// this process); false if the host is already gone.
+fn die_with_the_host() -> bool {
+    // SAFETY: getppid has no preconditions; while SIGKILL is armed as the death signal, the
+    // parent seen here is the host (had it died, we would be dead).
+    let host = unsafe { libc::getppid() };
+    // SAFETY: installs an async-signal-safe handler and replaces the death signal; our
+    // process's own state.
+    unsafe {
+        libc::signal(HOST_GONE, host_gone as *const () as libc::sighandler_t);
+        if libc::prctl(libc::PR_SET_PDEATHSIG, HOST_GONE) < 0 {
+            return true;
+        }
+        libc::getppid() == host
+    }
+}
+
 /// Runs the runner until the host says shutdown or goes away.
 pub fn main() -> ExitCode {
     // SAFETY: fcntl(F_GETFD) only asks whether descriptor 3 is open.
     if unsafe { libc::fcntl(RUNNER_FD, libc::F_GETFD) } < 0 {
         eprintln!("b24-host runner: this command is started by `b24-host serve`, not by hand");
         return ExitCode::FAILURE;
+    }
+    if !die_with_the_host() {
+        end_group();
     }
     // SAFETY: the host started this process with its end of the socketpair on descriptor 3
     // (checked open above); nothing else in this process owns it.
@@ -179,13 +244,22 @@ pub fn main() -> ExitCode {
     };
     let out = Out(Arc::new(Mutex::new(BufWriter::new(writer))));
     let mut input = BufReader::new(socket);
-    let Ok(Some((ToRunner::Init { plugin, library, settings, config_dir, state_dir }, _))) =
-        read_frame::<ToRunner>(&mut input)
+    let Ok(Some((
+        ToRunner::Init { plugin, library, settings, config_dir, state_dir, log, log_level },
+        _,
+    ))) = read_frame::<ToRunner>(&mut input)
     else {
         eprintln!("b24-host runner: no Init frame from the host (this command is for the host)");
         return ExitCode::FAILURE;
     };
     let waiting: Waiting = Arc::default();
+    let budget = Arc::new(LogBudget {
+        limits: log,
+        level: log_level,
+        bucket: Mutex::new(Bucket::new(&log)),
+        dropped: AtomicU64::new(0),
+    });
+    report_dropped_lines(&budget, &out);
     let host = HostServices_TO::from_ptr(
         RArc::new(Remote {
             out: out.clone(),
@@ -193,6 +267,7 @@ pub fn main() -> ExitCode {
             state_dir: state_dir.into(),
             next_request: Arc::new(AtomicU64::new(1)),
             waiting: waiting.clone(),
+            log: budget,
         }),
         TD_Opaque,
     );
@@ -219,8 +294,8 @@ pub fn main() -> ExitCode {
     loop {
         let frame = match read_frame::<ToRunner>(&mut input) {
             Ok(Some(frame)) => frame,
-            // The host went away: nothing is left to do for it.
-            Ok(None) | Err(_) => std::process::exit(0),
+            // The host went away: nothing is left to do for it, nor for what the plugin started.
+            Ok(None) | Err(_) => end_group(),
         };
         match frame {
             (
@@ -275,6 +350,23 @@ pub fn main() -> ExitCode {
             }
             (ToRunner::Init { .. }, _) => {}
         }
+    }
+}
+
+/// Tells the host, once a second at most, how many log lines the plugin's budget dropped.
+fn report_dropped_lines(budget: &Arc<LogBudget>, out: &Out) {
+    let (budget, out) = (budget.clone(), out.clone());
+    let spawned = std::thread::Builder::new().name("log-dropped".into()).spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let lines = budget.dropped.swap(0, Ordering::Relaxed);
+            if lines > 0 {
+                out.send(&FromRunner::LogDropped { lines });
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("b24-host runner: cannot count dropped log lines: {e}");
     }
 }
 

@@ -1,27 +1,27 @@
 //! The host's side of one plugin's runner: start, call, supervise, stop.
 //!
-//! One supervising thread per runner starts the process (it must be a thread that lives as long
-//! as the runner: `PR_SET_PDEATHSIG` fires when the *thread* that forked it ends), reads its
-//! frames, and when the runner dies (signal, exit, end of stream) reaps it, ends every call in
-//! flight on it as a crash with the reason ("killed by SIGSEGV", ...), and starts a new one
-//! after a back-off (100 ms doubling to 5 s, back to 100 ms after 10 s of health). Lanes call
-//! through [`RunnerHandle::call`] and block, as an in-process call blocks its lane; the plugin's
-//! REST calls are answered on that same lane thread, inside the event's REST context, with
-//! the host's own client.
+//! One supervising thread per runner starts the process (a [`Process`]: its own process group,
+//! watched by its own process, dying with the host), reads its frames, and when the runner dies
+//! (signal, exit, end of stream) ends every call in flight on it as a crash with the reason
+//! ("killed by SIGSEGV", ...), and starts a new one after a [`Backoff`]. The death is seen by
+//! the process's watch, which kills the runner's group and shuts the socket down: a child the
+//! plugin forked may hold the socket open, it does not hide the death. Lanes call through
+//! [`RunnerHandle::call`] and block, as an in-process call blocks its lane; the plugin's REST
+//! calls are answered on that same lane thread, inside the event's REST context, with the
+//! host's own client. [`RunnerHandle::interrupt`] kills a runner for a reason that is no
+//! crash of its calls (an operator skipped the event one of them is making).
 
 use std::{
     collections::HashMap,
     fs::File,
     io::{BufReader, BufWriter, Write},
+    net::Shutdown,
     os::{
         fd::{AsRawFd, OwnedFd},
-        unix::{
-            net::UnixStream,
-            process::{CommandExt, ExitStatusExt},
-        },
+        unix::{net::UnixStream, process::CommandExt},
     },
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -32,8 +32,11 @@ use std::{
 
 use b24_plugin_api::{HostServicesArc, LogLevel, Outcome, PluginError};
 
-use super::protocol::{
-    BatchCall, FromRunner, RUNNER_FD, ToRunner, WireRestError, read_frame, write_frame,
+use super::{
+    process::{Backoff, Limits, Process, describe_exit},
+    protocol::{
+        BatchCall, FromRunner, RUNNER_FD, ToRunner, WireRestError, read_frame, write_frame,
+    },
 };
 use crate::{
     journal::{Envelope, record::Format},
@@ -42,16 +45,8 @@ use crate::{
     rest::{self, EventContext},
 };
 
-/// First wait before restarting a runner that died.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest wait.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A runner that lived this long was healthy: the next restart waits [`BACKOFF_MIN`] again.
-const HEALTHY: Duration = Duration::from_secs(10);
 /// How often a lane waiting for a batch checks whether delivery stops.
 const STOP_CHECK: Duration = Duration::from_millis(100);
-/// How long a runner may take to load and create its plugin.
-const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What it takes to start a plugin's runner.
 #[derive(Clone)]
@@ -68,6 +63,9 @@ pub struct RunnerSpec {
     pub state_dir: PathBuf,
     /// The address-space limit, MiB.
     pub memory_limit_mb: Option<u64>,
+    /// How long the runner may take to load and create its plugin (`plugins.start_timeout_ms`);
+    /// past it the runner is killed and the start fails.
+    pub start_timeout: Duration,
     /// The host services the runner's log lines and REST calls are answered with.
     pub host: HostServicesArc,
     /// The metrics (restarts).
@@ -84,6 +82,10 @@ pub enum CallError {
     /// The host or the plugin is stopping: the call did not happen or was cut short; its event
     /// stays pending, no attempt is counted.
     Abandoned,
+    /// The runner was killed for another reason than this call (an operator skipped the event
+    /// of one of its calls): nothing is counted; the event is delivered again unless it is the
+    /// skipped one.
+    Interrupted(String),
 }
 
 /// A runner's state, for metrics, `/readyz` and `journal stats`.
@@ -110,7 +112,8 @@ enum Reply {
         method: String,
         params: String,
     },
-    Died(String),
+    /// The runner died; the reason, and whether it was [`RunnerHandle::interrupt`]ed.
+    Died(String, bool),
 }
 
 /// Who waits for a call: a single call's lane, or one call of a batch.
@@ -161,10 +164,12 @@ struct Notes {
 
 /// One runner process's connection.
 struct Conn {
-    pid: i32,
+    process: Process,
     out: Mutex<BufWriter<UnixStream>>,
     calls: Mutex<HashMap<u64, Waiter>>,
     kill_reason: Mutex<Option<String>>,
+    /// Killed by [`RunnerHandle::interrupt`]: its calls' events are not charged.
+    interrupted: AtomicBool,
     notes: Arc<Notes>,
 }
 
@@ -226,7 +231,6 @@ impl std::fmt::Debug for RunnerHandle {
 
 /// A started runner, before its supervisor takes it over.
 struct Started {
-    child: Child,
     conn: Arc<Conn>,
     input: BufReader<UnixStream>,
     stderr_done: mpsc::Receiver<()>,
@@ -273,7 +277,7 @@ impl RunnerHandle {
                 Phase::Stopped => "stopped",
             }
             .to_owned(),
-            pid: state.conn.as_ref().map(|c| c.pid as u32),
+            pid: state.conn.as_ref().map(|c| c.process.pid() as u32),
             restarts: self.shared.restarts.load(Ordering::Relaxed),
             last_exit: state.last_exit.clone(),
         }
@@ -323,7 +327,7 @@ impl RunnerHandle {
                 Ok(Reply::Rest { request, method, params, .. }) => {
                     self.answer_rest(&conn, request, &method, &params);
                 }
-                Ok(Reply::Died(reason)) => return Err(self.died(reason)),
+                Ok(Reply::Died(reason, interrupted)) => return Err(self.died(reason, interrupted)),
                 Ok(Reply::BatchDone) => {}
                 Err(_) => return Err(CallError::Crashed("the runner connection was lost".into())),
             }
@@ -410,7 +414,7 @@ impl RunnerHandle {
                         None => self.answer_rest(&conn, request, &method, &params),
                     }
                 }
-                Ok(Reply::Died(reason)) => break Some(self.died(reason)),
+                Ok(Reply::Died(reason, interrupted)) => break Some(self.died(reason, interrupted)),
                 Ok(Reply::Outcome(_)) => {}
                 Err(_) => break Some(CallError::Crashed("the runner connection was lost".into())),
             }
@@ -454,28 +458,39 @@ impl RunnerHandle {
     }
 
     /// What a runner's death means for a call in flight.
-    fn died(&self, reason: String) -> CallError {
+    fn died(&self, reason: String, interrupted: bool) -> CallError {
         if self.shared.stopping.load(Ordering::SeqCst) {
             CallError::Abandoned
+        } else if interrupted {
+            CallError::Interrupted(reason)
         } else {
             CallError::Crashed(reason)
         }
     }
 
-    /// Kills the running runner with SIGKILL; `reason` becomes its exit reason (e.g. `killed:
-    /// ran past kill_after_ms`). Its calls end as crashes; a new runner starts after the
-    /// back-off.
+    /// Kills the running runner and its process group with SIGKILL; `reason` becomes its exit
+    /// reason (e.g. `killed: ran past kill_after_ms`). Its calls end as crashes; a new runner
+    /// starts after the back-off.
     pub fn kill(&self, reason: &str) {
+        self.kill_as(reason, false);
+    }
+
+    /// Kills the running runner as [`RunnerHandle::kill`] does, for a reason that is none of
+    /// its calls' doing (an operator skipped the event of one): its calls end
+    /// [`CallError::Interrupted`], uncounted.
+    pub fn interrupt(&self, reason: &str) {
+        self.kill_as(reason, true);
+    }
+
+    fn kill_as(&self, reason: &str, interrupted: bool) {
         let state = self.shared.state();
-        // The supervisor reaps the process only after taking its connection out of the state,
-        // under this lock: the pid cannot have been reused.
         if let Some(conn) = &state.conn {
             let mut kill_reason = conn.kill_reason.lock().unwrap_or_else(|p| p.into_inner());
             if kill_reason.is_none() {
                 *kill_reason = Some(reason.to_owned());
+                conn.interrupted.store(interrupted, Ordering::SeqCst);
             }
-            // SAFETY: kill(2) on our own, not yet reaped child.
-            unsafe { libc::kill(conn.pid, libc::SIGKILL) };
+            conn.process.kill();
         }
     }
 
@@ -538,7 +553,7 @@ fn supervise(shared: &Arc<Shared>, first: &mpsc::Sender<Result<PluginMeta, Strin
             return;
         }
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
         let since = Instant::now();
         let conn = started.conn.clone();
@@ -553,8 +568,9 @@ fn supervise(shared: &Arc<Shared>, first: &mpsc::Sender<Result<PluginMeta, Strin
             s.phase = if stopping { Phase::Stopped } else { Phase::Restarting };
         });
         let reason = reap(&mut started, stopping);
+        let interrupted = conn.interrupted.load(Ordering::SeqCst);
         for (_, waiter) in conn.calls.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-            let _ = waiter.tx.send(Reply::Died(reason.clone()));
+            let _ = waiter.tx.send(Reply::Died(reason.clone(), interrupted));
         }
         if shared.stopping.load(Ordering::SeqCst) {
             // A runner told to stop exits with status 0; anything else is worth keeping.
@@ -574,16 +590,18 @@ fn supervise(shared: &Arc<Shared>, first: &mpsc::Sender<Result<PluginMeta, Strin
             .runner_restarts
             .get_or_create(&PluginLabel { plugin: name.clone() })
             .inc();
-        if since.elapsed() >= HEALTHY {
-            backoff = BACKOFF_MIN;
+        let wait = backoff.after_death(since.elapsed());
+        if interrupted {
+            tracing::warn!(plugin = %name, reason = %reason, restart_in_ms = wait.as_millis() as u64, "plugin runner killed; starting a new one");
+        } else {
+            tracing::error!(plugin = %name, reason = %reason, restart_in_ms = wait.as_millis() as u64, "plugin runner died; starting a new one");
         }
-        tracing::error!(plugin = %name, reason = %reason, restart_in_ms = backoff.as_millis() as u64, "plugin runner died; starting a new one");
         started = loop {
-            if !sleep_unless_stopping(shared, backoff) {
+            if !sleep_unless_stopping(shared, backoff.current()) {
                 shared.set(|s| s.phase = Phase::Stopped);
                 return;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff.grow();
             match spawn(shared) {
                 Ok((started, _)) => break started,
                 Err(reason) => {
@@ -666,6 +684,9 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<Uni
                 }
             }
             FromRunner::Log { level, message } => log(&shared.spec.host, level, &message),
+            FromRunner::LogDropped { lines } => {
+                crate::plugin_output::count_dropped(&shared.spec.plugin, lines);
+            }
             FromRunner::Rest { request, call, method, params } => {
                 let waiter = call.and_then(|call| {
                     conn.calls.lock().unwrap_or_else(|p| p.into_inner()).get(&call).cloned()
@@ -710,24 +731,12 @@ fn log(host: &HostServicesArc, level: u8, message: &str) {
     host.log(level, message.into());
 }
 
-/// Waits for a runner whose stream ended to exit (killing it if it does not), and says why it
-/// ended.
+/// Waits for a runner whose stream ended to exit (killing it and its group if it does not),
+/// and says why it ended.
 fn reap(started: &mut Started, stopping: bool) -> String {
-    let pid = started.conn.pid;
-    let deadline = Instant::now() + Duration::from_millis(if stopping { 2000 } else { 500 });
-    let status = loop {
-        match started.child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                // It closed the socket but lives on: it is of no use any more.
-                // SAFETY: kill(2) on our own, not yet reaped child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                break started.child.wait().ok();
-            }
-            Err(_) => break None,
-        }
-    };
+    // It closed the socket but lives on: it is of no use any more.
+    let grace = Duration::from_millis(if stopping { 2000 } else { 500 });
+    let status = started.conn.process.stop(grace);
     // What it wrote last (an allocation failure, a stack overflow) says more than the signal.
     let _ = started.stderr_done.recv_timeout(Duration::from_millis(500));
     let kill_reason = started.conn.kill_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -736,42 +745,20 @@ fn reap(started: &mut Started, stopping: bool) -> String {
 
 /// Why a runner ended, in the words the dead letters and `journal stats` use.
 fn describe(status: Option<ExitStatus>, kill_reason: Option<String>, notes: &Notes) -> String {
+    use std::os::unix::process::ExitStatusExt;
     if let Some(reason) = kill_reason {
         return reason;
     }
     let Some(status) = status else { return "ended (its exit status is unknown)".into() };
-    match (status.signal(), status.code()) {
-        (Some(libc::SIGABRT), _) if notes.out_of_memory.load(Ordering::Relaxed) => {
+    match status.signal() {
+        Some(libc::SIGABRT) if notes.out_of_memory.load(Ordering::Relaxed) => {
             "killed: memory_limit_mb reached (allocation failed, SIGABRT)".into()
         }
-        (Some(libc::SIGABRT), _) if notes.stack_overflow.load(Ordering::Relaxed) => {
+        Some(libc::SIGABRT) if notes.stack_overflow.load(Ordering::Relaxed) => {
             "aborted (SIGABRT): stack overflow".into()
         }
-        (Some(libc::SIGABRT), _) => "aborted (SIGABRT)".into(),
-        (Some(signal), _) => format!("killed by {}", signal_name(signal)),
-        (None, Some(code)) => format!("exited with status {code}"),
-        (None, None) => "ended".into(),
+        _ => describe_exit(status),
     }
-}
-
-fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGILL => "SIGILL",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGSYS => "SIGSYS",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        _ => return format!("signal {signal}"),
-    };
-    name.to_owned()
 }
 
 /// Starts one runner process and waits for its plugin to be created.
@@ -788,46 +775,54 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let fd = runner_end.as_raw_fd();
-    // SAFETY: getpid has no preconditions.
-    let host_pid = unsafe { libc::getpid() };
-    let limit = spec.memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024));
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (dup2, fcntl, prctl, getppid, setrlimit, signal).
+    // functions (dup2, fcntl, signal).
     unsafe {
-        command.pre_exec(move || prepare_child(fd, host_pid, limit));
+        command.pre_exec(move || prepare_child(fd));
     }
-    let mut child = command.spawn().map_err(|e| format!("cannot start the runner: {e}"))?;
+    let limits =
+        Limits { address_space: spec.memory_limit_mb.map(|mb| mb.saturating_mul(1 << 20)) };
+    // When the runner ends, its end of the socket may live on in a child the plugin forked:
+    // shutting the host's end down ends the supervisor's read all the same.
+    let closer = host_end.try_clone().map_err(|e| format!("cannot use the socketpair: {e}"))?;
+    let on_exit = move |_: ExitStatus| {
+        let _ = closer.shutdown(Shutdown::Both);
+    };
+    let (process, pipes) =
+        Process::spawn(&format!("runner-{}", spec.plugin), command, limits, on_exit)
+            .map_err(|e| format!("cannot start the runner: {e}"))?;
     drop(runner_end);
-    let pid = child.id() as i32;
     let notes = Arc::new(Notes::default());
     let plugin: Arc<str> = spec.plugin.as_str().into();
     let (stderr_tx, stderr_done) = mpsc::channel();
-    if let Some(stdout) = child.stdout.take() {
+    if let Some(stdout) = pipes.stdout {
         forward_output(OwnedFd::from(stdout).into(), plugin.clone(), false, notes.clone(), None);
     }
-    if let Some(stderr) = child.stderr.take() {
+    if let Some(stderr) = pipes.stderr {
         forward_output(OwnedFd::from(stderr).into(), plugin, true, notes.clone(), Some(stderr_tx));
     }
     let writer = host_end.try_clone().map_err(|e| format!("cannot use the socketpair: {e}"))?;
     let conn = Arc::new(Conn {
-        pid,
+        process,
         out: Mutex::new(BufWriter::new(writer)),
         calls: Mutex::new(HashMap::new()),
         kill_reason: Mutex::new(None),
+        interrupted: AtomicBool::new(false),
         notes,
     });
-    let mut started = Started { child, conn, input: BufReader::new(host_end), stderr_done };
+    let mut started = Started { conn, input: BufReader::new(host_end), stderr_done };
     let init = ToRunner::Init {
         plugin: spec.plugin.clone(),
         library: spec.library.display().to_string(),
         settings: spec.settings.clone(),
         config_dir: spec.config_dir.display().to_string(),
         state_dir: spec.state_dir.display().to_string(),
+        log: crate::plugin_output::limits(),
+        log_level: finest_level(),
     };
     let fail = |started: &mut Started, what: String| -> String {
-        // SAFETY: kill(2) on our own, not yet reaped child.
-        unsafe { libc::kill(started.conn.pid, libc::SIGKILL) };
-        let _ = started.child.wait();
+        started.conn.process.kill();
+        started.conn.process.wait_timeout(Duration::from_secs(10));
         what
     };
     if let Err(e) = started.conn.send(&init, b"") {
@@ -837,11 +832,19 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
             spec.plugin
         ));
     }
-    let _ = started.input.get_ref().set_read_timeout(Some(INIT_TIMEOUT));
-    // The plugin may log while it is created.
+    // The plugin may log while it is created; the deadline holds all the same.
+    let deadline = Instant::now() + spec.start_timeout;
     let answer = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+        }
+        let _ = started.input.get_ref().set_read_timeout(Some(left));
         match read_frame::<FromRunner>(&mut started.input) {
             Ok(Some((FromRunner::Log { level, message }, _))) => log(&spec.host, level, &message),
+            Ok(Some((FromRunner::LogDropped { lines }, _))) => {
+                crate::plugin_output::count_dropped(&spec.plugin, lines);
+            }
             other => break other,
         }
     };
@@ -863,7 +866,7 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
             Ok((started, meta))
         }
         Ok(Some((FromRunner::InitFailed { reason }, _))) => {
-            let _ = started.child.wait();
+            let _ = started.conn.process.stop(Duration::from_secs(2));
             Err(reason)
         }
         Ok(Some(_)) => Err(fail(
@@ -877,6 +880,21 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
                 spec.plugin
             ))
         }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Err(fail(
+                &mut started,
+                format!(
+                    "plugin `{}`: not created within plugins.start_timeout_ms ({} ms); its runner was killed",
+                    spec.plugin,
+                    spec.start_timeout.as_millis()
+                ),
+            ))
+        }
         Err(e) => Err(fail(
             &mut started,
             format!("plugin `{}`: no start-up answer from the runner: {e}", spec.plugin),
@@ -884,10 +902,20 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
     }
 }
 
-/// In the forked child, before exec: the socket onto descriptor 3, death with the host, the
-/// memory limit, and the host's job-control signals ignored (the host stops its runners itself).
-fn prepare_child(fd: i32, host_pid: i32, limit: Option<u64>) -> std::io::Result<()> {
-    // SAFETY (whole body): async-signal-safe libc calls on descriptors and limits of this child.
+/// The finest level the host's log writes for plugins (0 error .. 4 trace), for the runner.
+fn finest_level() -> Option<u8> {
+    use b24_plugin_api::LogLevel::*;
+    [Trace, Debug, Info, Warn, Error]
+        .into_iter()
+        .find(|level| crate::dispatch::host_services::enabled(*level))
+        .map(|level| level as u8)
+}
+
+/// In the forked child, before exec: the socket onto descriptor 3, and the host's job-control
+/// signals ignored (the host stops its runners itself). [`Process::spawn`] adds the process
+/// group, the death signal and the memory limit.
+fn prepare_child(fd: i32) -> std::io::Result<()> {
+    // SAFETY (whole body): async-signal-safe libc calls on descriptors of this child.
     unsafe {
         if fd == RUNNER_FD {
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
@@ -895,19 +923,6 @@ fn prepare_child(fd: i32, host_pid: i32, limit: Option<u64>) -> std::io::Result<
             }
         } else if libc::dup2(fd, RUNNER_FD) < 0 {
             return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // The host may have died between fork and prctl: then nobody would kill us.
-        if libc::getppid() != host_pid {
-            return Err(std::io::Error::other("the host is gone"));
-        }
-        if let Some(bytes) = limit {
-            let rlim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
-            if libc::setrlimit(libc::RLIMIT_AS, &rlim) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
         }
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             libc::signal(signal, libc::SIG_IGN);
@@ -944,6 +959,8 @@ fn forward_output(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
     use super::*;
 
     #[test]
@@ -971,6 +988,5 @@ mod tests {
             describe(signaled(libc::SIGABRT), None, &stack),
             "aborted (SIGABRT): stack overflow"
         );
-        assert_eq!(signal_name(64), "signal 64");
     }
 }

@@ -8,9 +8,13 @@
 //! - [`handle`]: the host's side: starts the runner, forwards calls and the plugin's log and
 //!   REST calls, restarts a runner that died (with back-off), kills one on `kill_after_ms`,
 //!   reads its stdout and stderr into the log, and says why it died.
+//! - [`process`]: what supervises any child program, not only the runner: its own process
+//!   group, a watch on the process itself, the group killed with it, death with the host, the
+//!   restart back-off.
 
 pub mod child;
 pub mod handle;
+pub mod process;
 pub mod protocol;
 
 pub use handle::{BatchItem, BatchOutcome, CallError, RunnerHandle, RunnerSpec, RunnerState};

@@ -10,7 +10,10 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::record::{Format, Source};
+use crate::{
+    config::PluginLogLimits,
+    journal::record::{Format, Source},
+};
 
 /// The largest frame either side accepts (a journaled body plus its metadata).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -33,6 +36,12 @@ pub enum ToRunner {
         config_dir: String,
         /// `HostServices::state_dir`.
         state_dir: String,
+        /// What the plugin may log (the runner cuts and limits `HostServices::log` lines
+        /// before they become frames).
+        log: PluginLogLimits,
+        /// The most detailed level the host's log writes for plugins (0 error .. 4 trace);
+        /// `None`: none. Finer lines are not sent.
+        log_level: Option<u8>,
     },
     /// Call the plugin with one event on lane `lane` (the tail is the journaled body).
     Call {
@@ -148,6 +157,12 @@ pub enum FromRunner {
         level: u8,
         /// The text.
         message: String,
+    },
+    /// `HostServices::log` lines the runner dropped past the plugin's rate since its last
+    /// such frame (sent at most once a second).
+    LogDropped {
+        /// How many.
+        lines: u64,
     },
     /// A `HostServices::rest` call made during call `call`.
     Rest {

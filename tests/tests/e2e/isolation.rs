@@ -18,48 +18,6 @@ use crate::support::*;
 /// Faults need restarts with back-off (and, for LOOP, three kill_after_ms): more patience.
 const FAULT_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Posts user-field events `UF_CRM_OK` from field id 10_000 on until stopped; returns the
-/// field ids answered 200 and the number of requests that were not.
-fn steady_client(addr: String, path: String, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
-    let mut acked = Vec::new();
-    let mut refused = 0;
-    let mut id = 10_000;
-    while !stop.load(Ordering::SeqCst) {
-        let body = field_event(id, "UF_CRM_OK");
-        match try_request(
-            &addr,
-            "POST",
-            &path,
-            Some("application/x-www-form-urlencoded"),
-            body.as_bytes(),
-        ) {
-            Ok(answer) if answer.status == 200 => acked.push(id),
-            _ => refused += 1,
-        }
-        id += 1;
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (acked, refused)
-}
-
-/// The dead letters of `plugin` (event id -> reason).
-fn dead_letters(dir: &HostDir, plugin: &str) -> Vec<(u64, String)> {
-    let dead = dir.journal(&["dead", "--plugin", plugin]);
-    dead["rows"]
-        .as_array()
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    (
-                        r["id"].as_u64().unwrap_or(0),
-                        r["dead"]["reason"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Runs the fault `command` in the probe under a steady stream and checks everything the
 /// issue asks; `reason` must appear in the dead letter's reason.
 fn fault_is_quarantined(command: &str, host_keys: &str, reason: &str) {
@@ -204,12 +162,6 @@ fn runners_are_processes_of_their_own_that_die_with_the_host() {
         .filter_map(|p| p["runner"]["pid"].as_u64().map(|pid| pid as u32))
         .collect();
     assert_eq!(pids.len(), 2, "{stats}");
-    let alive = |pid: u32| {
-        std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ")
-    };
     assert!(pids.iter().all(|pid| *pid != host.pid() && alive(*pid)));
     // SIGKILL leaves the host no chance to stop them: the death signal does.
     host.kill();
@@ -238,12 +190,8 @@ fn a_reload_starts_a_new_runner_and_drains_and_stops_the_old_one() {
     assert_eq!(answer.status, 200, "{answer:?}");
     let shutdown = dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "shutdown");
     assert_eq!(shutdown.len(), 1, "the old instance was not shut down");
-    let gone = |pid: u64| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.is_empty() || stat.contains(") Z ")
-    };
-    eventually(PATIENCE, || gone(old));
-    assert!(gone(old), "the old runner {old} is still running");
+    eventually(PATIENCE, || !alive(old as u32));
+    assert!(!alive(old as u32), "the old runner {old} is still running");
     let new = probe_runner_pid(&dir).expect("the probe has a new runner");
     assert_ne!(new, old);
     assert_eq!(host.post_form(&field_event(2, "UF_CRM_AFTER")).status, 200);

@@ -115,7 +115,7 @@ fn readyz_is_503_while_an_enabled_plugin_is_not_loaded() {
 fn probe_build(version: &str) -> PathBuf {
     let work = tempfile::tempdir().unwrap();
     let manifest = format!(
-        "[package]\nname = \"probe\"\nversion = \"{version}\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nb24-plugin-api = {{ path = {:?} }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = {{ version = \"1\", features = [\"preserve_order\"] }}\ntoml = \"0.9\"\n\n[workspace]\n",
+        "[package]\nname = \"probe\"\nversion = \"{version}\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nb24-plugin-api = {{ path = {:?} }}\nlibc = \"0.2\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = {{ version = \"1\", features = [\"preserve_order\"] }}\ntoml = \"0.9\"\n\n[workspace]\n",
         workspace_root().join("plugin-api").display().to_string()
     );
     let source =

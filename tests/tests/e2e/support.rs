@@ -1,6 +1,12 @@
 //! Shared helpers of the end-to-end tests: configs and event bodies.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use b24_host::cli::SendArgs;
 pub use b24_tests::*;
@@ -232,5 +238,58 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Posts user-field events `UF_CRM_OK` from field id 10_000 on until stopped; returns the
+/// field ids answered 200 and the number of requests that were not.
+pub fn steady_client(addr: String, path: String, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut id = 10_000;
+    while !stop.load(Ordering::SeqCst) {
+        let body = field_event(id, "UF_CRM_OK");
+        match try_request(
+            &addr,
+            "POST",
+            &path,
+            Some("application/x-www-form-urlencoded"),
+            body.as_bytes(),
+        ) {
+            Ok(answer) if answer.status == 200 => acked.push(id),
+            _ => refused += 1,
+        }
+        id += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (acked, refused)
+}
+
+/// The dead letters of `plugin` (event id -> reason).
+pub fn dead_letters(dir: &HostDir, plugin: &str) -> Vec<(u64, String)> {
+    let dead = dir.journal(&["dead", "--plugin", plugin]);
+    dead["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r["id"].as_u64().unwrap_or(0),
+                        r["dead"]["reason"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (a process that ended but was not
+/// reaped: where the container's init does not reap orphans, killed children stay so).
+pub fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name in parentheses, which may itself hold ") ".
+    match stat.rfind(") ") {
+        Some(at) => !matches!(stat.as_bytes().get(at + 2), Some(b'Z' | b'X')),
+        None => false,
     }
 }

@@ -8,6 +8,11 @@
 //! - `fail_while`: a file name; while that file exists, every call asks for a retry.
 //! - `shutdown_sleep_ms`: sleep this long in `shutdown` (a plugin that hangs at the end).
 //! - `create_sleep_ms`: sleep this long when created (a plugin that hangs at a reload).
+//! - `children`: file to append the process id of every child process the probe starts to, one
+//!   a line (the process commands below), so a test can look for them in `/proc`.
+//! - `log_flood_lines`, `log_flood_bytes`: when created, start a thread that writes this many
+//!   lines of this many bytes each (0 lines: without end) alternately to stdout and through
+//!   `Host::log`, as fast as it can (a plugin flooding the host's log).
 //!
 //! Commands in the field name of a user-field event:
 //! `PRINT` prints a line on stdout and one on stderr, `PANIC` panics, `REJECT` rejects, `RETRY<n>` asks for a retry until attempt n+1,
@@ -19,6 +24,12 @@
 //! into an abort), `STACK` recurses without bound (stack overflow: Rust reports it and aborts),
 //! `EXIT` calls `std::process::exit(0)` (the process ends with status 0), `LOOP` never returns,
 //! `LEAK` allocates and touches memory without bound (16 MiB at a time).
+//!
+//! Processes (the child processes' ids go to the `children` file, if set): `FORKABORT` forks a
+//! child that holds everything the plugin's process holds and waits for ever, then aborts;
+//! `SPAWNABORT` starts two `sleep 100000` processes, then aborts; `SPAWN` starts two and
+//! returns Done (children that outlive the call); `FORKLOOP` forks such a child and never
+//! returns.
 //!
 //! `WRITE` in the field name changes the field through the host's REST call
 //! (`crm.<entity>.userfield.update`, a write the portal echoes as an event) and records the
@@ -57,6 +68,12 @@ struct Settings {
     shutdown_sleep_ms: u64,
     #[serde(default)]
     create_sleep_ms: u64,
+    #[serde(default)]
+    children: Option<String>,
+    #[serde(default)]
+    log_flood_lines: Option<u64>,
+    #[serde(default)]
+    log_flood_bytes: usize,
 }
 
 /// The probe plugin.
@@ -65,6 +82,7 @@ pub struct Probe {
     settings: Settings,
     file: Mutex<File>,
     fail_flag: Option<std::path::PathBuf>,
+    children: Option<std::path::PathBuf>,
 }
 
 impl Create for Probe {
@@ -80,7 +98,11 @@ impl Create for Probe {
             .map_err(|e| PluginError::reject(format!("cannot open {}: {e}", path.display())))?;
         ctx.host.info("probe created");
         let fail_flag = settings.fail_while.as_deref().map(|f| ctx.host.resolve_path(f));
-        Ok(Probe { host: ctx.host, settings, file: Mutex::new(file), fail_flag })
+        let children = settings.children.as_deref().map(|f| ctx.host.resolve_path(f));
+        if let Some(lines) = settings.log_flood_lines {
+            flood(ctx.host.clone(), lines, settings.log_flood_bytes);
+        }
+        Ok(Probe { host: ctx.host, settings, file: Mutex::new(file), fail_flag, children })
     }
 }
 
@@ -90,6 +112,53 @@ impl Probe {
         text.push('\n');
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let _ = file.write_all(text.as_bytes());
+    }
+
+    /// Appends a child's process id to the `children` file.
+    fn note_child(&self, pid: u32) {
+        let Some(path) = &self.children else { return };
+        if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{pid}");
+            let _ = file.sync_all();
+        }
+    }
+
+    /// Starts child processes as the process commands in `name` say (see the crate docs).
+    fn processes(&self, name: &str) {
+        if name.contains("SPAWN") {
+            for _ in 0..2 {
+                if let Ok(child) = std::process::Command::new("sleep").arg("100000").spawn() {
+                    self.note_child(child.id());
+                    // Not waited for: the child outlives this call.
+                    std::mem::forget(child);
+                }
+            }
+            if name.contains("SPAWNABORT") {
+                std::process::abort();
+            }
+        }
+        if name.contains("FORK") {
+            // SAFETY: the child calls only async-signal-safe functions (pause, _exit) in a
+            // loop: fork in a threaded process allows no more.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                loop {
+                    // SAFETY: pause has no preconditions.
+                    unsafe { libc::pause() };
+                }
+            }
+            if pid > 0 {
+                self.note_child(pid as u32);
+            }
+            if name.contains("FORKABORT") {
+                std::process::abort();
+            }
+            if name.contains("FORKLOOP") {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     fn common(&self) -> Result<(), PluginError> {
@@ -135,6 +204,7 @@ impl Plugin for Probe {
             "version": env!("CARGO_PKG_VERSION"),
         }));
         let name = event.field_name.as_str();
+        self.processes(name);
         fault(name);
         if name.contains("PRINT") {
             println!("probe prints for field {name}");
@@ -243,6 +313,24 @@ fn fault(name: &str) {
             kept.push(std::hint::black_box(chunk));
         }
     }
+}
+
+/// Writes `lines` lines (0: without end) of `bytes` bytes each, alternately to stdout and through
+/// `Host::log`, as fast as it can, on a thread of its own.
+fn flood(host: b24_plugin_api::Host, lines: u64, bytes: usize) {
+    std::thread::spawn(move || {
+        let text = "x".repeat(bytes.max(1));
+        let mut n = 0u64;
+        while lines == 0 || n < lines {
+            let on_stdout = n & 1 == 0;
+            if on_stdout {
+                println!("flood {n} {text}");
+            } else {
+                host.info(&format!("flood {n} {text}"));
+            }
+            n += 1;
+        }
+    });
 }
 
 /// Recurses until the stack overflows; the frame's buffer and the work after the call keep the
