@@ -75,6 +75,8 @@ mod module;
 mod plugin;
 mod secret;
 mod settings;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use error::{ErrorKind, Outcome, PluginError};
 pub use event::{
