@@ -26,6 +26,7 @@ mod operator;
 mod ops;
 mod package;
 mod pipeline;
+mod plugin_new;
 mod poison;
 mod registry;
 mod restart;
