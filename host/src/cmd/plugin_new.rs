@@ -92,10 +92,11 @@ impl ApiSource {
     }
 }
 
-/// The `plugin-api` folder of the checkout this binary was built from, when it is still there.
+/// The `plugin-api` folder of the checkout this binary was built from, when it is still there
+/// (not yet checked to be this host's API: [`api_folder`] does that).
 pub fn built_from_checkout() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.join("plugin-api");
-    api_folder(&dir).ok()
+    dir.join("Cargo.toml").is_file().then_some(dir)
 }
 
 /// The ABI line plugins must be built against, `0.2` (from `b24_plugin_api::ABI_VERSION`).
@@ -115,19 +116,19 @@ pub fn api_folder(dir: &Path) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).with_context(|| {
         format!(
-            "--api-path {}: no Cargo.toml there (give the plugin-api folder of a b24-host \
-             checkout, or the checkout)",
+            "{}: no Cargo.toml there (give the plugin-api folder of a b24-host checkout, or \
+             the checkout)",
             dir.display()
         )
     })?;
     let table: toml::Table = toml::from_str(&text)
-        .with_context(|| format!("--api-path: {} is not valid TOML", manifest.display()))?;
+        .with_context(|| format!("{} is not valid TOML", manifest.display()))?;
     let package = table.get("package").and_then(toml::Value::as_table);
     let name = package.and_then(|p| p.get("name")).and_then(toml::Value::as_str);
     if name != Some("b24-plugin-api") {
         bail!(
-            "--api-path {}: that is not b24-plugin-api (its Cargo.toml names {}); give the \
-             plugin-api folder of a b24-host checkout",
+            "{}: that is not b24-plugin-api (its Cargo.toml names {}); give the plugin-api \
+             folder of a b24-host checkout",
             dir.display(),
             name.map_or("no package".to_owned(), |n| format!("`{n}`"))
         );
@@ -138,13 +139,13 @@ pub fn api_folder(dir: &Path) -> anyhow::Result<PathBuf> {
         let same_line = version.strip_prefix(line).is_some_and(|rest| rest.starts_with('.'));
         if !same_line {
             bail!(
-                "--api-path {}: that is b24-plugin-api {version}, and this host loads plugins \
-                 built against {line}.x; use the checkout of this host's release",
+                "{}: that is b24-plugin-api {version}, and this host loads plugins built \
+                 against {line}.x; use the checkout of this host's release",
                 dir.display()
             );
         }
     }
-    std::path::absolute(&dir).with_context(|| format!("cannot resolve {}", dir.display()))
+    std::fs::canonicalize(&dir).with_context(|| format!("cannot resolve {}", dir.display()))
 }
 
 /// The API source the options ask for; without `--api-path` or `--api-git`, the checkout this
@@ -163,8 +164,11 @@ pub fn api_source(args: &NewPluginArgs, built: Option<PathBuf>) -> anyhow::Resul
         return Ok(ApiSource::Git { url: url.clone(), reference });
     }
     match (&args.api_path, built) {
-        (Some(path), _) => Ok(ApiSource::Path(api_folder(path)?)),
-        (None, Some(path)) => Ok(ApiSource::Path(path)),
+        (Some(path), _) => Ok(ApiSource::Path(api_folder(path).context("--api-path")?)),
+        (None, Some(path)) => Ok(ApiSource::Path(api_folder(&path).context(
+            "the b24-plugin-api of the checkout this b24-host was built from (give --api-path \
+             or --api-git to take another)",
+        )?)),
         (None, None) => bail!(
             "where is b24-plugin-api? This b24-host was not built from a checkout that is still \
              here (installed from a package?): give --api-path <b24-host checkout>/plugin-api, \
@@ -418,12 +422,8 @@ pub fn run(args: &NewPluginArgs) -> anyhow::Result<ExitCode> {
         dir.display(),
         written.files.join(", ")
     );
-    let built = matches!(&api, ApiSource::Path(p) if Some(p) == built_from_checkout().as_ref());
-    let note = if built && args.api_path.is_none() {
-        " (the checkout this b24-host was built from)"
-    } else {
-        ""
-    };
+    let built = args.api_path.is_none() && args.api_git.is_none();
+    let note = if built { " (the checkout this b24-host was built from)" } else { "" };
     println!("b24-plugin-api: {}{note}", api.toml_keys());
     println!();
     print!("{}", written.next);

@@ -114,10 +114,17 @@ fn a_git_source_is_written_with_its_tag_rev_or_branch() {
 fn the_api_path_is_checked_and_defaults_to_the_checkout_this_host_was_built_from() {
     // The checkout itself, or its plugin-api folder.
     let api = workspace().join("plugin-api");
+    let api = api.canonicalize().unwrap();
     assert_eq!(api_folder(&workspace()).unwrap(), api);
     assert_eq!(api_folder(&api).unwrap(), api);
-    assert_eq!(built_from_checkout(), Some(api.clone()));
-    assert_eq!(api_source(&args("p"), Some(api.clone())).unwrap(), ApiSource::Path(api.clone()));
+    assert_eq!(built_from_checkout().map(|d| d.canonicalize().unwrap()), Some(api.clone()));
+    assert_eq!(
+        api_source(&args("p"), built_from_checkout()).unwrap(),
+        ApiSource::Path(api.clone())
+    );
+    let mut relative = args("p");
+    relative.api_path = Some(workspace().join("host/../plugin-api"));
+    assert_eq!(api_source(&relative, None).unwrap(), ApiSource::Path(api.clone()));
 
     let err = api_folder(&workspace().join("host")).unwrap_err().to_string();
     assert!(err.contains("that is not b24-plugin-api (its Cargo.toml names `b24-host`)"), "{err}");
@@ -135,6 +142,16 @@ fn the_api_path_is_checked_and_defaults_to_the_checkout_this_host_was_built_from
         err.contains(&format!(
             "that is b24-plugin-api 0.3.0, and this host loads plugins built against {line}.x"
         )),
+        "{err}"
+    );
+    // Each source's error says which source it was.
+    let mut given = args("p");
+    given.api_path = Some(tmp.path().to_owned());
+    let err = format!("{:#}", api_source(&given, None).unwrap_err());
+    assert!(err.starts_with(&format!("--api-path: {}: that is", tmp.path().display())), "{err}");
+    let err = format!("{:#}", api_source(&args("p"), Some(tmp.path().to_owned())).unwrap_err());
+    assert!(
+        err.starts_with("the b24-plugin-api of the checkout this b24-host was built from"),
         "{err}"
     );
 
