@@ -88,6 +88,12 @@ pub enum Command {
         #[command(subcommand)]
         command: OfflineCommand,
     },
+    /// Plugins: start a new one.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Write the manual pages (roff), rendered from these definitions, so they say what
     /// `--help` says; for packaging.
     #[command(hide = true)]
@@ -116,6 +122,80 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+}
+
+/// The `plugin` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Write a new plugin that builds and has a unit test, and print the host.toml lines that
+    /// enable it.
+    New(Box<NewPluginArgs>),
+}
+
+/// Options of `plugin new`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NewPluginArgs {
+    /// The plugin's name: lower-case ASCII letters, digits, '-' and '_', starting with a letter.
+    /// It names the crate, the library file and the `[plugin.NAME]` table.
+    pub name: String,
+    /// The language.
+    #[arg(long, value_enum, default_value_t = PluginLang::Rust)]
+    pub lang: PluginLang,
+    /// The folder to write, created if missing (it must be empty if it exists); default ./NAME.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Rust: take b24-plugin-api from this folder (the plugin-api folder of a b24-host checkout,
+    /// or the checkout). Default: the checkout this b24-host was built from, if it is still
+    /// there.
+    #[arg(long, value_name = "PATH", conflicts_with = "api_git")]
+    pub api_path: Option<PathBuf>,
+    /// Rust: take b24-plugin-api from this git repository of b24-host instead (cargo fetches it).
+    #[arg(long, value_name = "URL")]
+    pub api_git: Option<String>,
+    /// With --api-git: at this commit.
+    #[arg(long, value_name = "REV", requires = "api_git", conflicts_with_all = ["api_tag", "api_branch"])]
+    pub api_rev: Option<String>,
+    /// With --api-git: at this tag (the release of your host).
+    #[arg(long, value_name = "TAG", requires = "api_git", conflicts_with = "api_branch")]
+    pub api_tag: Option<String>,
+    /// With --api-git: on this branch.
+    #[arg(long, value_name = "BRANCH", requires = "api_git")]
+    pub api_branch: Option<String>,
+}
+
+/// The languages `plugin new` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PluginLang {
+    /// A Rust cdylib crate against b24-plugin-api, loaded by the host.
+    Rust,
+    /// A PHP exec plugin (not yet: the host cannot run exec plugins yet).
+    Php,
+    /// A Python exec plugin (not yet).
+    Python,
+    /// A Node.js exec plugin (not yet).
+    Node,
+}
+
+impl PluginLang {
+    /// The value `--lang` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginLang::Rust => "rust",
+            PluginLang::Php => "php",
+            PluginLang::Python => "python",
+            PluginLang::Node => "node",
+        }
+    }
+
+    /// The language's name in prose.
+    pub fn title(self) -> &'static str {
+        match self {
+            PluginLang::Rust => "Rust",
+            PluginLang::Php => "PHP",
+            PluginLang::Python => "Python",
+            PluginLang::Node => "Node.js",
+        }
+    }
 }
 
 /// The `offline` sub-commands.

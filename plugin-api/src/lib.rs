@@ -41,6 +41,10 @@
 //! the optional parts of an event read as `Option`s ([`UserFieldEvent::user`], ...). The
 //! stable-ABI plumbing the host and the export macro use is in [`abi`].
 //!
+//! Unit tests of a plugin use the test kit, `testkit` (feature `testkit`, as a dev-dependency):
+//! events exactly as the host delivers them, built from a few fields or decoded from a body as
+//! Bitrix24 POSTs it, and a fake host that records logs and answers REST calls.
+//!
 //! # Versioning
 //!
 //! The host accepts a plugin when both were built against the same ABI line of this crate: the
@@ -62,7 +66,7 @@
 //! | 0.1.0 | first release; its host services could not grow (superseded) |
 //! | 0.2.0 | the 0.2 line: host services and plugin instances in opaque, growable handles |
 //! | 0.2.1 | appends `HostServices::rest` / [`Host::rest`]: Bitrix24 REST calls through the host |
-//! | next | source only, no layout change: [`prelude`], [`abi`], typed settings ([`PluginContext::settings`], `export_plugin!(P, settings)`), [`log`], `Option` accessors |
+//! | next | source only, no layout change: [`prelude`], [`abi`], typed settings ([`PluginContext::settings`], `export_plugin!(P, settings)`), [`log`], `Option` accessors, the `testkit` feature |
 
 #![warn(missing_docs)]
 
@@ -75,6 +79,8 @@ mod module;
 mod plugin;
 mod secret;
 mod settings;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use error::{ErrorKind, Outcome, PluginError};
 pub use event::{

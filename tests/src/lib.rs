@@ -548,31 +548,45 @@ pub const TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
 /// same time (ops' two reload tests both build probe 0.2.0 from their own folders) could
 /// rebuild it between another's build and its copy; builds and copies here take turns.
 pub fn build_author_crate(work: &Path, name: &str, manifest: &str, lib_rs: &str) -> PathBuf {
-    static TURN: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
-    let mut turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    *turn += 1;
     let krate = work.join(name);
     std::fs::create_dir_all(krate.join("src")).expect("create the crate folder");
     std::fs::write(krate.join("Cargo.toml"), manifest).expect("write Cargo.toml");
     std::fs::write(krate.join("src/lib.rs"), lib_rs).expect("write src/lib.rs");
-    std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock"))
-        .expect("copy Cargo.lock");
-    let target = target_dir().join("author-plugins");
-    let output = Command::new(env!("CARGO"))
-        .current_dir(&krate)
-        .args(["build", "--quiet", "--offline"])
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .expect("cannot run cargo");
+    build_author_folder(&krate, name)
+}
+
+/// Builds the plugin crate (package `name`) in the folder `krate` as [`build_author_crate`]
+/// does (the workspace's Cargo.lock, offline, `target/author-plugins`) and returns this call's
+/// copy of its library.
+pub fn build_author_folder(krate: &Path, name: &str) -> PathBuf {
+    static TURN: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+    let mut turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    *turn += 1;
+    let output = author_cargo(krate, &["build", "--quiet", "--offline"]);
     assert!(
         output.status.success(),
         "building {name} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let target = target_dir().join("author-plugins");
     let copies = target.join("copies").join(format!("{}-{turn}", std::process::id()));
     std::fs::create_dir_all(&copies).expect("create the copies folder");
     let library = copies.join(plugin_file(name));
     std::fs::copy(target.join("debug").join(plugin_file(name)), &library)
         .expect("copy the built library");
     library
+}
+
+/// Runs cargo with `args` in the plugin crate folder `krate` as an author would, with the
+/// workspace's Cargo.lock put there and `target/author-plugins` as its target folder (so
+/// `--offline` builds need no network and dependencies build once); returns its output.
+pub fn author_cargo(krate: &Path, args: &[&str]) -> std::process::Output {
+    std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock"))
+        .expect("copy Cargo.lock");
+    Command::new(env!("CARGO"))
+        .current_dir(krate)
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir().join("author-plugins"))
+        .output()
+        .expect("cannot run cargo")
 }

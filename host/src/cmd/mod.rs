@@ -8,6 +8,7 @@ pub mod check;
 pub mod journal;
 pub mod man;
 pub mod offline;
+pub mod plugin_new;
 pub mod reload;
 pub mod send;
 pub mod serve;
@@ -20,7 +21,7 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, PluginCommand},
     config::Config,
 };
 
@@ -63,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reload { config, admin } => reload::run(config, admin),
         Command::Send(args) => send::run(&args),
+        Command::Plugin { command: PluginCommand::New(args) } => plugin_new::run(&args),
         Command::Man { dir } => man::run(dir.as_deref()),
     }
 }

@@ -7,3 +7,4 @@ mod decode_view;
 mod php_differential;
 mod php_fixtures;
 mod roundtrip;
+mod testkit;

@@ -128,16 +128,25 @@ fn a_plugin_author_builds_a_plugin_outside_the_workspace_and_the_host_runs_it() 
     assert!(host.stop());
 }
 
+/// Copies the folder `from` with its subfolders to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
 #[test]
 fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use() {
     let work = tempfile::tempdir().unwrap();
     // A copy of b24-plugin-api that claims to be 0.3.0: another ABI line.
     let api = work.path().join("plugin-api-0.3");
-    std::fs::create_dir_all(api.join("src")).unwrap();
-    for entry in std::fs::read_dir(workspace_root().join("plugin-api/src")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), api.join("src").join(entry.file_name())).unwrap();
-    }
+    copy_tree(&workspace_root().join("plugin-api/src"), &api.join("src"));
     let manifest = std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap();
     let manifest = manifest
         .replace(&format!("version = \"{}\"", current_api_version()), "version = \"0.3.0\"")
@@ -150,6 +159,7 @@ fn a_plugin_built_against_another_api_version_is_refused_with_the_version_to_use
         )
         .replace("serde.workspace = true", "serde = { version = \"1\", features = [\"derive\"] }")
         .replace("serde_ignored.workspace = true", "serde_ignored = \"0.1\"")
+        .replace("serde_json.workspace = true", "serde_json = \"1\"")
         .replace("toml.workspace = true", "toml = \"0.9\"");
     std::fs::write(api.join("Cargo.toml"), manifest).unwrap();
     let library = author_plugin(work.path(), &api, "other-line-watch");

@@ -31,6 +31,7 @@ mod ops;
 mod package;
 mod pipeline;
 mod plugin_log;
+mod plugin_new;
 mod poison;
 mod registry;
 mod restart;
