@@ -34,7 +34,7 @@ pub const RUST: Template = Template {
         ("README.md", include_str!("../../templates/rust/README.md.tmpl")),
         (".gitignore", include_str!("../../templates/rust/gitignore.tmpl")),
     ],
-    host_toml: include_str!("../../templates/rust/host.toml.tmpl"),
+    host_toml: include_str!("../../templates/rust/enable.toml.tmpl"),
     next: include_str!("../../templates/rust/next.txt.tmpl"),
 };
 

@@ -59,13 +59,13 @@ impl Envelope {
         let user_id = get("user_id").as_deref().and_then(parse_u64);
         let expires = get("expires").as_deref().and_then(parse_i64);
         let scope = get("scope").unwrap_or_default();
-        let refresh_token = get("refresh_token").map(Secret::from);
         let user = get("access_token").map(|token| UserAuth {
             user_id: user_id.unwrap_or(0),
             access_token: Secret::from(token),
             expires: expires.into(),
             scope: scope.into(),
-            refresh_token: refresh_token.into(),
+            // The host keeps refresh tokens to itself: a plugin never gets one.
+            refresh_token: ROption::RNone,
         });
         let mut extra = RVec::new();
         if user.is_some() && user_id.is_none() {
