@@ -321,6 +321,11 @@ impl Metrics {
             let _ =
                 m.reloads.get_or_create(&Received { code: "-".into(), outcome: outcome.into() });
         }
+        // So are the counters whose label is one of a small fixed set.
+        for reason in crate::auth::InstallError::REASONS {
+            let _ = m.installs_refused.get_or_create(&Reason { reason: reason.into() });
+        }
+        m.rest.touch();
         m.portals.register(&mut registry);
         registry.register(
             "installs_refused",

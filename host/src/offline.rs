@@ -159,6 +159,7 @@ impl Pollers {
                     ..PortalStatus::default()
                 },
             );
+            metrics.portals.poller_started(member);
             let lease = Arc::new(Mutex::new(None));
             pollers.leases.lock().unwrap_or_else(|p| p.into_inner()).push(lease.clone());
             let poller = Poller {

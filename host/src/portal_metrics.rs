@@ -88,6 +88,20 @@ impl PortalMetrics {
         );
     }
 
+    /// Gives a portal's offline poller its series at 0 (prometheus-client lists a family only
+    /// once it has a series, and `increase()` needs the 0 before the first count).
+    pub fn poller_started(&self, portal: &str) {
+        for outcome in ["pulled", "duplicate", "cleared", "error"] {
+            let label = RowOutcome { portal: portal.to_owned(), outcome: outcome.to_owned() };
+            let _ = self.offline_rows.get_or_create(&label);
+        }
+        let label = PortalLabel { portal: portal.to_owned() };
+        let _ = self.offline_oldest_reservation_seconds.get_or_create(&label);
+        let _ = self.offline_poll_errors.get_or_create(&label);
+        let _ = self.offline_parked_rows.get_or_create(&label);
+        let _ = self.offline_lost_batches_resumed.get_or_create(&label);
+    }
+
     /// Counts `n` offline rows of `portal` with `outcome`.
     pub fn rows(&self, portal: &str, outcome: &str, n: u64) {
         if n > 0 {

@@ -107,6 +107,16 @@ impl RestMetrics {
         );
     }
 
+    /// Gives each wait reason its counters at 0 (the calls' family and status pairs are too
+    /// many to list: a call's first sample appears with it).
+    pub fn touch(&self) {
+        for reason in WAIT_REASONS {
+            let label = Wait { reason: reason.to_owned() };
+            let _ = self.waits.get_or_create(&label);
+            let _ = self.wait_seconds.get_or_create(&label);
+        }
+    }
+
     /// Counts one call of `method` that ended with `status`.
     pub fn call(&self, method: &str, status: &str) {
         self.calls
