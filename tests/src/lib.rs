@@ -527,6 +527,31 @@ pub fn eventually<R: Reached>(limit: Duration, mut check: impl FnMut() -> R) -> 
     }
 }
 
+/// [`eventually`] for work that takes as long as it takes on a loaded machine: calls `check`
+/// every 20 ms until it reports the state reached, and gives up only when the progress it also
+/// reports (a count, a size: anything that changes while the work goes on) has stayed the same
+/// for `stall`. So a slow machine only waits longer, and a stalled one still fails.
+pub fn eventually_progressing<R: Reached, P: PartialEq>(
+    stall: Duration,
+    mut check: impl FnMut() -> (R, P),
+) -> R {
+    let mut since = Instant::now();
+    let mut last: Option<P> = None;
+    loop {
+        let (answer, progress) = check();
+        if answer.reached() {
+            return answer;
+        }
+        if last.as_ref() != Some(&progress) {
+            last = Some(progress);
+            since = Instant::now();
+        } else if since.elapsed() >= stall {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A reference event body made by Bitrix24's own PHP encoder (committed fixtures in
 /// host/tests/fixtures), by event code.
 pub fn fixture(name: &str) -> String {

@@ -104,11 +104,6 @@ fn post_app_update(host: &RunningHost, portal: &FakePortal) {
     assert_eq!(host.post_form(&form(&update)).status, 200);
 }
 
-/// The value of the metric line starting with `series` (`name{labels}`), if any.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
-}
 
 #[test]
 fn an_install_binds_what_the_plugins_receive_and_an_update_binds_it_again() {

@@ -9,11 +9,6 @@ use b24_tests::fake_portal::{FakePortal, PortalOptions};
 
 use crate::support::*;
 
-/// The value of the Prometheus sample `series` (name and labels exactly as printed), if any.
-fn metric(host: &RunningHost, series: &str) -> Option<f64> {
-    let text = host.admin_request("GET", "/metrics").body;
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-}
 
 const GET: &str = "crm.deal.userfield.get";
 
@@ -79,13 +74,13 @@ fn an_event_whose_method_is_blocked_for_its_operating_time_is_delivered_once_the
     assert_eq!(portal.early_calls(GET), 0, "the host called the blocked method before its reset");
 
     // /metrics: the calls by family and outcome, the wait.
-    assert_eq!(metric(&host, "b24_rest_calls_total{family=\"crm\",status=\"ok\"}"), Some(3.0));
+    assert_eq!(scrape(&host, "b24_rest_calls_total{family=\"crm\",status=\"ok\"}"), Some(3.0));
     assert_eq!(
-        metric(&host, "b24_rest_calls_total{family=\"crm\",status=\"operation_time_limit\"}"),
+        scrape(&host, "b24_rest_calls_total{family=\"crm\",status=\"operation_time_limit\"}"),
         Some(1.0)
     );
-    assert_eq!(metric(&host, "b24_rest_limit_waits_total{reason=\"operating_block\"}"), Some(1.0));
-    let waited = metric(&host, "b24_rest_limit_wait_seconds_total{reason=\"operating_block\"}");
+    assert_eq!(scrape(&host, "b24_rest_limit_waits_total{reason=\"operating_block\"}"), Some(1.0));
+    let waited = scrape(&host, "b24_rest_limit_wait_seconds_total{reason=\"operating_block\"}");
     assert!(waited.is_some_and(|s| s > 0.5 && s < 10.0), "{waited:?}");
     assert!(host.stop());
 }
@@ -145,10 +140,10 @@ fn an_event_over_the_portals_rate_limit_after_the_clients_retries_waits_and_is_n
     assert_eq!(dir.stats().get("probe").map(|s| s.2), Some(0), "a dead letter");
     // Four back-offs of the client, then the event's wait (the binder's `app.info` after the
     // install meets the same portal limit: its four back-offs count too, without an event's).
-    let waits = metric(&host, "b24_rest_limit_waits_total{reason=\"query_limit_exceeded\"}");
+    let waits = scrape(&host, "b24_rest_limit_waits_total{reason=\"query_limit_exceeded\"}");
     assert!(waits.is_some_and(|n| n >= 5.0), "{waits:?}");
     assert!(
-        metric(&host, "b24_rest_calls_total{family=\"crm\",status=\"query_limit_exceeded\"}")
+        scrape(&host, "b24_rest_calls_total{family=\"crm\",status=\"query_limit_exceeded\"}")
             .is_some_and(|n| n >= 5.0)
     );
     assert!(host.stop());

@@ -24,6 +24,10 @@ use crate::support::*;
 /// waits up to 10 s, a leader election up to ~8 s).
 pub(crate) const CATCH_UP: Duration = Duration::from_secs(40);
 
+/// How long work that should be progressing (a spool draining, deliveries catching up) may
+/// show no progress at all before a test calls it stalled.
+pub(crate) const STALL: Duration = Duration::from_secs(60);
+
 /// The plugins of these tests and the files they record to.
 const PLUGINS: [(&str, &str); 2] = [("probe", "probe.jsonl"), ("audit-log", "audit.jsonl")];
 
@@ -171,9 +175,9 @@ fn delivered(dirs: &[&HostDir], file: &str) -> (BTreeMap<u64, BTreeSet<u64>>, Ve
 pub(crate) fn check_delivery(test: &str, dirs: &[&HostDir], sent: &Sent, non_200: usize) {
     let acked = sent.acked();
     for (plugin, file) in PLUGINS {
-        let reached = eventually(CATCH_UP, || {
+        let reached = eventually_progressing(STALL, || {
             let (by_field, _) = delivered(dirs, file);
-            acked.iter().all(|f| by_field.contains_key(f))
+            (acked.iter().all(|f| by_field.contains_key(f)), by_field.len())
         });
         let (by_field, orders) = delivered(dirs, file);
         let lost: Vec<u64> = acked.iter().filter(|f| !by_field.contains_key(f)).copied().collect();
@@ -367,7 +371,14 @@ fn the_stream_leader_killed_under_load_costs_no_request_and_loses_nothing() {
         let log = h.log_text();
         !log.contains("spooling accepted events") || log.contains("the spool is drained")
     };
-    assert!(eventually(CATCH_UP, || drained(&a) && drained(&b)), "a spool did not drain");
+    // As long as the spools shrink: on a loaded machine forwarding 1,500 events to a cluster
+    // that is catching up takes what it takes; a spool that stops shrinking fails the test.
+    let spooled =
+        |h: &RunningHost| scrape(h, "b24_journal_spooled_events ").unwrap_or(-1.0) as i64;
+    let done = eventually_progressing(STALL, || {
+        (drained(&a) && drained(&b), (spooled(&a), spooled(&b)))
+    });
+    assert!(done, "a spool did not drain (spooled: {}, {})", spooled(&a), spooled(&b));
     for (name, host) in [("A", &a), ("B", &b)] {
         let log = host.log_text();
         println!(
@@ -479,7 +490,11 @@ fn events_spooled_before_a_restart_are_forwarded_when_the_host_starts_again() {
         again.wait_log("from an earlier run", Duration::from_secs(5)),
         "the restarted host did not find its spooled events"
     );
-    assert!(again.wait_log("the spool is drained", CATCH_UP), "the spool did not drain");
+    let drained = eventually_progressing(STALL, || {
+        let done = again.log_text().contains("the spool is drained");
+        (done, scrape(&again, "b24_journal_spooled_events ").unwrap_or(-1.0) as i64)
+    });
+    assert!(drained, "the spool did not drain:\n{}", again.log_text());
     let sent = Sent::default();
     for (f, a) in (1000..1050).zip(before.into_iter().chain(during)) {
         sent.rows.lock().unwrap().push((f, 0, Ok(a)));

@@ -444,11 +444,6 @@ fn a_non_admin_install_is_reported_as_such() {
     assert!(host.stop());
 }
 
-/// The value of the metric line starting with `series` (`name{labels}`), if any.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
-}
 
 #[test]
 fn a_batch_whose_answer_was_lost_is_taken_over_and_its_rows_delivered() {

@@ -9,13 +9,6 @@ use std::{
 
 use crate::support::*;
 
-/// The value of the first metric sample whose line starts with `prefix` (name and labels).
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[test]
 fn metrics_move_with_events_rejections_retries_and_dead_letters() {

@@ -24,10 +24,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The value of the first metric line starting with `prefix`.
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 /// The probe flooding from its creation on with `lines` lines (0: without end) of `bytes`.
 fn flooding_config(lines: u64, bytes: usize, log: &str) -> String {

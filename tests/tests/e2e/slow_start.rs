@@ -20,10 +20,6 @@ fn write_config(dir: &HostDir, create_sleep_ms: u64) {
     dir.write_config(&text);
 }
 
-/// The value of the first metric line starting with `prefix`.
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 /// The host's child processes that are runners of `plugin`.
 fn runners_of(host: &RunningHost, plugin: &str) -> Vec<u32> {

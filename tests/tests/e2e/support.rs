@@ -293,3 +293,14 @@ pub fn alive(pid: u32) -> bool {
         None => false,
     }
 }
+
+/// The value of the first sample in a `/metrics` exposition whose line starts with `series`
+/// (a whole series, `b24_plugin_backlog{plugin="probe"}`, or its start).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// [`metric`] of a fresh scrape of `host`'s `/metrics`.
+pub fn scrape(host: &RunningHost, series: &str) -> Option<f64> {
+    metric(&host.admin_request("GET", "/metrics").body, series)
+}

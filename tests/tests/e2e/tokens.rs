@@ -267,11 +267,6 @@ fn rest_calls_go_to_the_installs_endpoint_whatever_a_later_event_names() {
     assert!(host.stop());
 }
 
-/// The value of the Prometheus sample `series` (name and labels exactly as printed), if any.
-fn metric(host: &RunningHost, series: &str) -> Option<f64> {
-    let text = host.admin_request("GET", "/metrics").body;
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-}
 
 #[test]
 fn an_install_without_a_refresh_token_is_refused_said_counted_and_shown() {
@@ -307,7 +302,7 @@ fn an_install_without_a_refresh_token_is_refused_said_counted_and_shown() {
     assert!(line.contains(PORTAL) && line.contains("[auth.portals]"), "{line}");
     assert!(!log.contains(PORTAL_TOKEN), "the application token reached the log");
     assert_eq!(
-        metric(&host, "b24_installs_refused_total{reason=\"no_refresh_token\"}"),
+        scrape(&host, "b24_installs_refused_total{reason=\"no_refresh_token\"}"),
         Some(1.0),
         "{}",
         host.admin_request("GET", "/metrics").body
@@ -329,7 +324,7 @@ fn an_install_without_a_refresh_token_is_refused_said_counted_and_shown() {
     other.token = "0000000000000000000000000000beef".into();
     assert_eq!(host.post_form(&form(&other)).status, 401);
     assert_eq!(
-        metric(&host, "b24_installs_refused_total{reason=\"not_authenticated\"}"),
+        scrape(&host, "b24_installs_refused_total{reason=\"not_authenticated\"}"),
         Some(1.0)
     );
     let overview = host.admin_request("GET", "/").body;
@@ -384,7 +379,7 @@ fn portals_on_two_oauth_servers_are_each_verified_and_refreshed_at_their_own() {
         c.requests()
     );
     assert_eq!(
-        metric(&host, "b24_installs_refused_total{reason=\"unknown_oauth_server\"}"),
+        scrape(&host, "b24_installs_refused_total{reason=\"unknown_oauth_server\"}"),
         Some(1.0)
     );
 
