@@ -115,6 +115,58 @@ fn the_shipped_example_loads_from_disk() {
     assert!(!format!("{config:?}").contains("51856fefc120afa4b628cc82d3935cce"));
 }
 
+/// The shipped host.toml names every key the config takes (set to its default, or commented
+/// out): each table's keys are read from the loader's own "unknown key; expected one of .."
+/// answer to a key it does not know, so a key added to the config and left out of host.toml
+/// fails here.
+#[test]
+fn the_shipped_example_names_every_key() {
+    let shipped =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../host.toml")).unwrap();
+    let named = |key: &str| {
+        shipped.lines().any(|line| {
+            let line = line.trim_start().trim_start_matches('#').trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('=') || rest.starts_with(']'))
+                || line.starts_with(&format!("[{key}"))
+                || line.contains(&format!(".{key}]"))
+        })
+    };
+    // Each table, as the header (and the lines it needs) under which an unknown key is tried.
+    let tables = [
+        "",
+        "[server]",
+        "[admin]",
+        "[log]",
+        "[auth]",
+        "[journal]",
+        "[journal.nats]\nurls = [\"nats://127.0.0.1:4222\"]",
+        "[rest]",
+        "[rest.portals.\"m\"]",
+        "[rest.portals.\"m\".offline]",
+        "[bind]",
+        "[plugins]",
+        "[plugin.audit-log]",
+        "[plugin.audit-log.retry]",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("host.toml");
+    let mut missing = Vec::new();
+    for table in tables {
+        fs::write(&file, format!("{table}\nzz_not_a_key = 1\n")).unwrap();
+        let error = Config::load(&file).expect_err("an unknown key is an error").to_string();
+        let Some((_, expected)) = error.split_once("expected one of ") else {
+            panic!("{table}: no list of keys in {error}");
+        };
+        for key in expected.split(", ").map(str::trim) {
+            if !named(key) {
+                missing.push(format!("{table} {key}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "keys the shipped host.toml does not name: {missing:?}");
+}
+
 /// `scripts/run` rebuilds only what changed, and users edit host.toml: no source of the host may
 /// embed it (tests read it at run time instead), or every edit would rebuild the binary.
 #[test]
