@@ -64,6 +64,14 @@ pub fn event_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
+/// The checksum key of an event's row in the index of complete events (apart from the event
+/// record's, whose key is the same id).
+pub fn completed_key(id: u64) -> [u8; 9] {
+    let mut key = [b'c'; 9];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
 /// The checksum key of a plugin's pending row or dead letter.
 pub fn row_key(plugin: &str, id: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(plugin.len() + 9);

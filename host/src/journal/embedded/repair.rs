@@ -126,6 +126,8 @@ pub fn salvage(state_dir: &Path, to: &Path) -> Result<RepairReport, StoreError> 
             db(dead.insert((plugin.as_str(), *id), seal_row(plugin, *id, &letter).as_slice()))?;
         }
     }
+    // The events were written before their rows: which are complete is known only now.
+    store::rebuild_completed(&txn)?;
     db(txn.commit())?;
     report.salvaged_to = Some(to.display().to_string());
     Ok(report)

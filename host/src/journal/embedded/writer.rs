@@ -337,7 +337,7 @@ fn prune(database: &Database, settings: &Settings) -> bool {
         let now = crate::journal::now_ms();
         let pruned = store::prune(&txn, now, settings.keep_for_ms, settings.keep_max, PRUNE_BATCH)?;
         db(txn.commit())?;
-        Ok::<_, StoreError>(pruned)
+        Ok::<_, StoreError>(pruned.deleted)
     });
     match result {
         Ok(0) => false,
@@ -434,7 +434,7 @@ fn write_batch(
             }
             if let Some(budget) = prune_budget {
                 match tables.prune(now, settings.keep_for_ms, settings.keep_max, budget) {
-                    Ok(n) => pruned = Some(n),
+                    Ok(n) => pruned = Some(n.deleted),
                     Err(e) => tracing::warn!("pruning the journal failed: {e}"),
                 }
             }
