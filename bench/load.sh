@@ -20,7 +20,9 @@
 # enabled plugin that has no library ("ghost": its events wait in the journal, as for a plugin
 # whose library is missing or whose downstream is down), on an empty journal, then on one that
 # already holds BACKLOG (default 100000) events pending for it (written by the `backlog` bin
-# before the host starts); then the same backlog left by a plugin no longer enabled.
+# before the host starts); then the same backlog left by a plugin no longer enabled. ROUNDS=N
+# (default 1) measures the three N times, interleaved, so that the machine's drift over the
+# run falls on each alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_POINT=${1:-10}
@@ -234,7 +236,8 @@ for close in 0 1; do
 
   [ "$close" = 0 ] || continue
   if want 6; then
-    for run in "0 ghost" "$BACKLOG ghost" "$BACKLOG none"; do
+    for run in $(for _ in $(seq "${ROUNDS:-1}"); do echo "0:ghost $BACKLOG:ghost $BACKLOG:none"; done); do
+      run=${run/:/ }
       read -r prefill plugin <<< "$run"
       enabled=$([ "$plugin" = ghost ] && echo '"ghost"' || echo '')
       config "$enabled" > "$WORK/host.toml"
