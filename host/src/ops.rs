@@ -208,6 +208,7 @@ impl Ops {
         if let Some(e) = self.journal.last_write_error().filter(|_| !spooling) {
             out.push(format!("the journal is not writable: {e}"));
         }
+        out.extend(self.journal.damage());
         out
     }
 

@@ -217,49 +217,83 @@ pub fn pending(database: &Database, plugin: &str, id: u64) -> Result<Option<Pend
     Ok(db(table.get((plugin, id)))?.map(|v| unseal_row(plugin, id, v.value()).unwrap_or_default()))
 }
 
-/// Up to `limit` of `plugin`'s pending events with ids above `after`, oldest first, each with
-/// its record; each checked against its checksum (a missing record is [`Damage::Missing`]).
+/// Up to `limit` of `plugin`'s pending rows with ids above `after`, in key order, each with
+/// its event's record; each checked against its checksum (a missing record is
+/// [`Damage::Missing`]). A row whose checksum names another id one flipped bit away (see
+/// [`checksum::matching_id`]) belongs to that event: it is returned with both ids, and its
+/// record is not read. A damaged page that stops the scan ends it with the rows read before
+/// it and the reason.
 pub fn scan_pending(
     database: &Database,
     plugin: &str,
     after: u64,
     limit: usize,
-) -> Result<Vec<ScannedRow>, StoreError> {
+) -> Result<Scanned, StoreError> {
     let txn = db(database.begin_read())?;
     let pending = db(txn.open_table(PENDING))?;
     let events = db(txn.open_table(EVENTS))?;
-    let mut out = Vec::new();
-    let Some(start) = after.checked_add(1) else { return Ok(out) };
+    let mut rows = Vec::new();
+    let Some(start) = after.checked_add(1) else { return Ok(Scanned { rows, failed: None }) };
     // A damaged page under one event's record makes that event unreadable, not the scan: the
     // rows read before a damaged pending page are still delivered.
     let scanned = guard("reading pending rows", || {
         for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))?.take(limit) {
             let (key, value) = db(row)?;
-            let id = key.value().1;
-            let record = guard("reading an event record", || {
-                Ok(match db(events.get(id))? {
-                    Some(v) => EventRecord::unseal(id, v.value()),
-                    None => Err(Damage::Missing),
+            let (key, value) = (key.value().1, value.value());
+            let moved = checksum::matching_id(value, key, |id| checksum::row_key(plugin, id));
+            let id = moved.unwrap_or(key);
+            let record = if moved.is_some() {
+                Err(Damage::Missing)
+            } else {
+                guard("reading an event record", || {
+                    Ok(match db(events.get(id))? {
+                        Some(v) => EventRecord::unseal(id, v.value()),
+                        None => Err(Damage::Missing),
+                    })
                 })
-            })
-            .unwrap_or(Err(Damage::Unreadable));
-            out.push((id, unseal_row(plugin, id, value.value()), record));
+                .unwrap_or(Err(Damage::Unreadable))
+            };
+            rows.push(ScannedRow { key, id, pending: unseal_row(plugin, id, value), record });
         }
         Ok(())
     });
     match scanned {
-        Err(e) if out.is_empty() => Err(e),
-        Err(e) => {
-            tracing::error!(plugin, "the journal's pending rows are unreadable past a point: {e}");
-            Ok(out)
-        }
-        Ok(()) => Ok(out),
+        Err(e) if rows.is_empty() => Err(e),
+        Err(e) => Ok(Scanned { rows, failed: Some(e) }),
+        Ok(()) => Ok(Scanned { rows, failed: None }),
     }
 }
 
-/// A pending row as a consumer reads it: the event id, its pending state and its record, each
-/// checked.
-pub type ScannedRow = (u64, Result<Pending, Damage>, Result<EventRecord, Damage>);
+/// What a consumer's scan read.
+pub struct Scanned {
+    /// The rows, in key order.
+    pub rows: Vec<ScannedRow>,
+    /// Why the scan could not read on past the last row (a damaged page), if it could not.
+    pub failed: Option<StoreError>,
+}
+
+/// A pending row as a consumer reads it, each part checked.
+pub struct ScannedRow {
+    /// The event id in the row's key.
+    pub key: u64,
+    /// The event the row belongs to: `key`, or the id its checksum names when a flipped bit
+    /// in the key moved the row (its record is then not read).
+    pub id: u64,
+    /// Its pending state.
+    pub pending: Result<Pending, Damage>,
+    /// Its event's record.
+    pub record: Result<EventRecord, Damage>,
+}
+
+/// The last of `plugin`'s pending rows, if it has any (read from the right end of its range).
+pub fn last_pending(database: &Database, plugin: &str) -> Result<Option<u64>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let pending = db(txn.open_table(PENDING))?;
+    Ok(match db(pending.range((plugin, 0)..=(plugin, u64::MAX)))?.next_back() {
+        Some(row) => Some(db(row)?.0.value().1),
+        None => None,
+    })
+}
 
 /// Up to `limit` records of events received at or after `since_ms`, newest first (for the
 /// duplicate window).
@@ -402,6 +436,41 @@ impl<'txn> Tables<'txn> {
     /// longer pending (an operator skipped it in between: that dead letter stays as it is).
     pub fn bury(&mut self, plugin: &str, id: u64, dead: &DeadLetter) -> Result<(), StoreError> {
         if db(self.pending.remove((plugin, id)))?.is_some() {
+            db(self.dead.insert((plugin, id), seal_row(plugin, id, dead).as_slice()))?;
+        }
+        Ok(())
+    }
+
+    /// Makes event `id` a dead letter of `plugin` because its rows were found damaged: the
+    /// pending row (stored under `stored_under`, which differs from `id` when a flipped bit
+    /// moved it) is removed if it can be found, and the letter written unless the plugin has
+    /// one for the event already (an operator skipped it).
+    pub fn bury_damaged(
+        &mut self,
+        plugin: &str,
+        id: u64,
+        stored_under: u64,
+        dead: &DeadLetter,
+    ) -> Result<(), StoreError> {
+        db(self.pending.remove((plugin, stored_under)))?;
+        if stored_under != id {
+            db(self.pending.remove((plugin, id)))?;
+        }
+        if db(self.dead.get((plugin, id)))?.is_none() {
+            db(self.dead.insert((plugin, id), seal_row(plugin, id, dead).as_slice()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes only the dead letter of [`Tables::bury_damaged`], leaving the pending rows
+    /// alone: what is left to do when the page holding the pending row cannot be written.
+    pub fn bury_letter_only(
+        &mut self,
+        plugin: &str,
+        id: u64,
+        dead: &DeadLetter,
+    ) -> Result<(), StoreError> {
+        if db(self.dead.get((plugin, id)))?.is_none() {
             db(self.dead.insert((plugin, id), seal_row(plugin, id, dead).as_slice()))?;
         }
         Ok(())
