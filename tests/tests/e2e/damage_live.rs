@@ -130,8 +130,9 @@ fn dead_ids(dir: &HostDir) -> BTreeSet<u64> {
         .unwrap_or_default()
 }
 
-/// What one seed came to.
+/// What one seed came to (printed for the figures).
 #[derive(Debug)]
+#[allow(dead_code)] // read through Debug
 struct Seed {
     acked: usize,
     refused: u64,

@@ -6,7 +6,8 @@
 //!   the file ([`Slot`], with back-off) and refuses appends until a test write succeeds.
 //! - [`admin`]: statistics, listings and the operator's changes on the tables.
 //! - [`window`]: the duplicate window the writer checks appends against.
-//! - [`repair`]: `journal verify` and `journal salvage`, offline.
+//! - [`repair`]: `journal verify` and `journal salvage`, offline; [`raw`] their scan of a file
+//!   the storage library cannot open.
 //! - [`mark`]: the highest event id journaled, kept outside the file: a journal found missing,
 //!   empty or cut short is refused rather than started empty.
 //!
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod mark;
+pub mod raw;
 pub mod repair;
 pub mod store;
 pub mod window;

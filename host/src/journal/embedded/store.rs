@@ -71,7 +71,7 @@ pub const COMPLETED: TableDefinition<u64, &[u8]> = TableDefinition::new("complet
 
 /// The `meta` entry saying which version of the `completed` index the file holds; a file
 /// without it gets the index built when opened.
-const COMPLETED_INDEX: &str = "completed_index";
+pub const COMPLETED_INDEX: &str = "completed_index";
 
 /// Shorthand: a redb result into a store result.
 pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError> {
@@ -812,8 +812,8 @@ pub fn rebuild_completed(txn: &WriteTransaction) -> Result<u64, StoreError> {
     }
     held.sort_unstable();
     held.dedup();
-    db(txn.delete_table(COMPLETED))?;
     let mut completed = db(txn.open_table(COMPLETED))?;
+    db(completed.retain(|_, _| false))?;
     let events = db(txn.open_table(EVENTS))?;
     let mut found = 0;
     let mut rows = held.iter().peekable();
