@@ -29,7 +29,9 @@ fn main() {
         match arg.as_str() {
             "--state" => state = Some(PathBuf::from(value())),
             "--body" => body = Some(PathBuf::from(value())),
-            "--pending" => pending = value().parse().unwrap_or_else(|_| usage("--pending: a count")),
+            "--pending" => {
+                pending = value().parse().unwrap_or_else(|_| usage("--pending: a count"))
+            }
             "--plugin" => plugin = value(),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -85,6 +87,8 @@ fn main() {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("backlog: {problem}\nusage: backlog --state DIR --body FILE [--pending N] [--plugin NAME]");
+    eprintln!(
+        "backlog: {problem}\nusage: backlog --state DIR --body FILE [--pending N] [--plugin NAME]"
+    );
     std::process::exit(2);
 }

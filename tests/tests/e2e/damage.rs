@@ -333,7 +333,8 @@ fn killed_stock() -> &'static Stock {
         for field in KILLED_FIRST..KILLED_FIRST + KILLED_EVENTS {
             let answer = host.post_form(&field_event(field, &field_name(field)));
             assert_eq!(answer.status, 200, "{answer:?}");
-            posted.insert(answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap(), field);
+            posted
+                .insert(answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap(), field);
         }
         host.kill();
         Stock { dir, posted }
@@ -376,7 +377,13 @@ fn salvage_reads_the_events_of_a_journal_the_storage_library_refuses_from_its_pa
         let refused = refused.unwrap_or_default();
         assert!(refused.contains("journal salvage"), "{name}: {refused}");
         let salvage = dir.run_cli(&[
-            "journal", "salvage", "--to", "salvaged.redb", "--config", "host.toml", "--json",
+            "journal",
+            "salvage",
+            "--to",
+            "salvaged.redb",
+            "--config",
+            "host.toml",
+            "--json",
         ]);
         let text = String::from_utf8_lossy(&salvage.stdout).into_owned()
             + &String::from_utf8_lossy(&salvage.stderr);
@@ -406,7 +413,11 @@ fn salvage_reads_the_events_of_a_journal_the_storage_library_refuses_from_its_pa
             );
             unchanged += 1;
         }
-        assert!(settled, "{name}: {unchanged} delivered of {recovered} salvaged:\n{}", host.log_text());
+        assert!(
+            settled,
+            "{name}: {unchanged} delivered of {recovered} salvaged:\n{}",
+            host.log_text()
+        );
         assert!(host.stop(), "{name}: the host must stop cleanly");
     }
 }

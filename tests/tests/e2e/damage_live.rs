@@ -65,7 +65,11 @@ fn flip(path: &Path, n: usize, state: &mut u64) {
 fn flip_keys(path: &Path, n: usize, state: &mut u64) {
     let bytes = std::fs::read(path).unwrap();
     let find = |hay: &[u8], needle: &[u8]| -> Vec<usize> {
-        hay.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect()
+        hay.windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(i, _)| i)
+            .collect()
     };
     let mut keys = Vec::new();
     for (number, page) in bytes.chunks(4096).enumerate() {
@@ -102,8 +106,13 @@ fn post(host: &RunningHost, fields: std::ops::Range<u64>) -> (BTreeMap<u64, u64>
                     if field >= fields.end {
                         break;
                     }
-                    let answer =
-                        try_request(&host.addr, "POST", &host.path, Some(FORM), body(field).as_bytes());
+                    let answer = try_request(
+                        &host.addr,
+                        "POST",
+                        &host.path,
+                        Some(FORM),
+                        body(field).as_bytes(),
+                    );
                     match answer {
                         Ok(a) if a.status == 200 => {
                             let id = a.body.trim_start_matches("accepted ").parse::<u64>().unwrap();
@@ -220,7 +229,11 @@ fn run(seed: u64) -> Seed {
         eprintln!(
             "damage_live seed {seed}: lost without a word: {:?}...\nlog:\n{}",
             missing.iter().take(20).collect::<Vec<_>>(),
-            log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).take(20).collect::<Vec<_>>().join("\n")
+            log.lines()
+                .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     outcome

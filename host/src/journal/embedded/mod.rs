@@ -700,9 +700,10 @@ impl Consumer {
             // The scan found no more rows: the last one the writer added must be gone (done,
             // or skipped by an operator), or the scan ended early.
             let plugin = self.plugin.clone();
-            let still =
-                store::guard("reading a pending row", || store::pending(&database, &plugin, appended))
-                .inspect_err(|e| self.stuck(format!("after event {}: {e}", self.cursor)))?;
+            let still = store::guard("reading a pending row", || {
+                store::pending(&database, &plugin, appended)
+            })
+            .inspect_err(|e| self.stuck(format!("after event {}: {e}", self.cursor)))?;
             if still.is_some() {
                 self.stuck(format!(
                     "a scan ends at event {}, before event {appended}, which is pending",

@@ -107,7 +107,11 @@ pub fn scan(file: &[u8]) -> Found {
 
 /// The entries of a leaf page starting at `page`'s first byte, if it is laid out as one with
 /// these key and value widths: every end within the page and in order.
-fn leaf(page: &[u8], key_width: Option<usize>, value_width: Option<usize>) -> Option<Vec<(&[u8], &[u8])>> {
+fn leaf(
+    page: &[u8],
+    key_width: Option<usize>,
+    value_width: Option<usize>,
+) -> Option<Vec<(&[u8], &[u8])>> {
     let n = usize::from(u16::from_le_bytes(page.get(2..4)?.try_into().ok()?));
     if n == 0 {
         return None;
@@ -162,8 +166,8 @@ fn fixed_keys(entries: &[(&[u8], &[u8])], seen: &mut Seen) -> bool {
             continue;
         }
         let key = u64::from_le_bytes(key);
-        let id = checksum::matching_id(value, key, |id| checksum::event_key(id).to_vec())
-            .unwrap_or(key);
+        let id =
+            checksum::matching_id(value, key, |id| checksum::event_key(id).to_vec()).unwrap_or(key);
         if let Ok(record) = EventRecord::unseal(id, value) {
             seen.events.entry(id).or_insert(record);
             kept = true;
@@ -312,8 +316,9 @@ fn reconcile(seen: Seen) -> Found {
         state: seen.state.clone(),
         ..Found::default()
     };
-    let finished_after =
-        |id: u64, plugin: &str, at: i64| finished.get(&(id, plugin.to_owned())).is_some_and(|t| *t >= at);
+    let finished_after = |id: u64, plugin: &str, at: i64| {
+        finished.get(&(id, plugin.to_owned())).is_some_and(|t| *t >= at)
+    };
     for ((plugin, id), letter) in dead {
         // A letter replayed and then finished, or purged (the event became complete).
         if completed.contains(id) || finished_after(*id, plugin, letter.at_ms) {
@@ -471,7 +476,10 @@ mod tests {
         // The file held older copies of rows (pages freed and not yet reused), which the checks
         // above prove were left out.
         assert!(found.stale > 0, "no older copies: the reconciling was not tried");
-        assert_eq!(found.tokens["a223c6b3710f85df22e9377d6c4f7553"], "51856fefc120afa4b628cc82d3935cce");
+        assert_eq!(
+            found.tokens["a223c6b3710f85df22e9377d6c4f7553"],
+            "51856fefc120afa4b628cc82d3935cce"
+        );
         assert!(found.oauth.contains_key("a223c6b3710f85df22e9377d6c4f7553"));
         assert_eq!(found.state["offline_process:a223c6b3"], b"p-1");
     }

@@ -232,7 +232,16 @@ fn raw_scan(path: &Path, report: &mut RepairReport) -> Result<Readable, StoreErr
         found.leaves, found.stale
     ));
     let raw::Found {
-        events, pending, dead, tokens, oauth, state, offline_seen, next_id, orphans, ..
+        events,
+        pending,
+        dead,
+        tokens,
+        oauth,
+        state,
+        offline_seen,
+        next_id,
+        orphans,
+        ..
     } = found;
     if !orphans.is_empty() {
         report.problems.push(format!(
@@ -245,7 +254,9 @@ fn raw_scan(path: &Path, report: &mut RepairReport) -> Result<Readable, StoreErr
     report.pending.readable = pending.len() as u64;
     report.dead.readable = dead.len() as u64;
     for ((plugin, id), _) in pending.iter().filter(|((_, id), _)| !events.contains_key(id)) {
-        report.problems.push(format!("pending row ({plugin}, {id}): its event is damaged or missing"));
+        report
+            .problems
+            .push(format!("pending row ({plugin}, {id}): its event is damaged or missing"));
     }
     if tokens.len() + oauth.len() > 0 {
         report.notes.push(format!(

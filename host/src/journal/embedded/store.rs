@@ -932,7 +932,12 @@ mod tests {
         let deleted: Vec<usize> = rounds.iter().map(|r| r.deleted).collect();
         assert_eq!(deleted, vec![30, 30, 30, 10, 0]);
         for r in &rounds {
-            assert!(r.visited <= r.deleted + 1, "a round read {} rows to delete {}", r.visited, r.deleted);
+            assert!(
+                r.visited <= r.deleted + 1,
+                "a round read {} rows to delete {}",
+                r.visited,
+                r.deleted
+            );
         }
         let txn = database.begin_read().unwrap();
         let events = txn.open_table(EVENTS).unwrap();
