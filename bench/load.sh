@@ -16,10 +16,18 @@
 # Point (5), keep-alive only: b24-host on the NATS backend ([journal] backend = "nats"), on a
 # 1-node (R1) and a 3-node (R3) JetStream cluster on loopback started here, without and with the
 # two plugins; its CPU column is the host's, the cluster's own CPU per request follows it.
+# Point (6), keep-alive only: intake against a backlog (issue 20). The embedded journal with one
+# enabled plugin that has no library ("ghost": its events wait in the journal, as for a plugin
+# whose library is missing or whose downstream is down), on an empty journal, then on one that
+# already holds BACKLOG (default 100000) events pending for it (written by the `backlog` bin
+# before the host starts); then the same backlog left by a plugin no longer enabled. ROUNDS=N
+# (default 1) measures the three N times, interleaved, so that the machine's drift over the
+# run falls on each alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_POINT=${1:-10}
-POINTS=${2:-345}
+POINTS=${2:-3456}
+BACKLOG=${BACKLOG:-100000}
 want() { [[ "$POINTS" == *"$1"* ]]; }
 CONNECTIONS=64
 
@@ -62,8 +70,12 @@ TOML
 }
 
 # Starts a server command in the background; sets PID and URL from its "listening on" line.
+# With PREFILL=N, the state folder first gets a journal with N events pending for "ghost".
 start() {
   rm -rf "$WORK/state" "$WORK"/*.jsonl
+  if [ "${PREFILL:-0}" -gt 0 ]; then
+    "$BIN/backlog" --state "$WORK/state" --body "$WORK/body.form" --pending "$PREFILL" --plugin ghost 2> "$WORK/backlog.txt"
+  fi
   : > "$WORK/out.txt" # not the previous server's "listening on" line
   (cd "$WORK" && exec "$@" > "$WORK/out.txt" 2> "$WORK/err.txt") &
   PID=$!
@@ -223,6 +235,18 @@ for close in 0 1; do
   done
 
   [ "$close" = 0 ] || continue
+  if want 6; then
+    for run in $(for _ in $(seq "${ROUNDS:-1}"); do echo "0:ghost $BACKLOG:ghost $BACKLOG:none"; done); do
+      run=${run/:/ }
+      read -r prefill plugin <<< "$run"
+      enabled=$([ "$plugin" = ghost ] && echo '"ghost"' || echo '')
+      config "$enabled" > "$WORK/host.toml"
+      PREFILL=$prefill start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
+      read -r rps p50 p99 < <(measure "$close"); cpu=$(point_cpu); rss=$(peak_rss_mib); stop
+      name=$([ "$plugin" = ghost ] && echo "ghost enabled, no library" || echo "ghost's rows, not enabled")
+      row "(6) $prefill pending, $name" "$rps" "$p50" "$p99" "$rss" "$cpu"
+    done
+  fi
   want 5 || continue
   for nodes in 1 3; do
     nats_cluster "$nodes" || break

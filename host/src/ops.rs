@@ -275,6 +275,7 @@ impl Ops {
         if let Some(e) = self.journal_unwritable() {
             out.push(format!("the journal is not writable: {e}"));
         }
+        out.extend(self.journal.damage());
         out
     }
 

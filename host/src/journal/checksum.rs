@@ -59,9 +59,33 @@ pub fn unseal<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8], Damage> {
     if crc(key, body) == sum { Ok(body) } else { Err(Damage::Checksum) }
 }
 
+/// The id a sealed value was stored under when the id in its key fails its checksum but an id
+/// one flipped bit away matches: a bit flip in a row's key (which moves the row under another
+/// event's id) rather than in its value. `key_of` makes the checksum key of an id. `None` when
+/// the value is not sealed, matches `id` itself, or matches no such neighbour.
+pub fn matching_id(stored: &[u8], id: u64, key_of: impl Fn(u64) -> Vec<u8>) -> Option<u64> {
+    if !stored.starts_with(&MAGIC) {
+        return None;
+    }
+    let sum = u32::from_le_bytes(stored.get(4..8)?.try_into().ok()?);
+    let body = stored.get(8..)?;
+    if crc(&key_of(id), body) == sum {
+        return None;
+    }
+    (0..64).map(|bit| id ^ (1u64 << bit)).find(|&other| crc(&key_of(other), body) == sum)
+}
+
 /// The checksum key of an event record.
 pub fn event_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
+}
+
+/// The checksum key of an event's row in the index of complete events (apart from the event
+/// record's, whose key is the same id).
+pub fn completed_key(id: u64) -> [u8; 9] {
+    let mut key = [b'c'; 9];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
 }
 
 /// The checksum key of a plugin's pending row or dead letter.
@@ -97,6 +121,17 @@ mod tests {
             }
         }
         assert_eq!(unseal(b"k", &sealed[..6]), Err(Damage::Checksum));
+    }
+
+    #[test]
+    fn a_row_moved_under_another_id_by_a_flipped_bit_names_its_own() {
+        let sealed = seal(&row_key("probe", 1226), b"{}");
+        let key_of = |id| row_key("probe", id);
+        assert_eq!(matching_id(&sealed, 1226 | 1 << 25, key_of), Some(1226));
+        assert_eq!(matching_id(&sealed, 1226 ^ 8, key_of), Some(1226));
+        assert_eq!(matching_id(&sealed, 1226, key_of), None, "its own key");
+        assert_eq!(matching_id(&sealed, 99, key_of), None, "no neighbour matches");
+        assert_eq!(matching_id(b"{}", 1227, key_of), None, "not sealed");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod console_browser;
 mod console_journal;
 mod crash;
 mod damage;
+mod damage_live;
 mod delivery;
 mod guide;
 mod hostile;

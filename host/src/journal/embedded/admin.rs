@@ -645,7 +645,7 @@ mod tests {
         }
         txn.commit().unwrap();
         let txn = database.begin_write().unwrap();
-        assert_eq!(store::prune(&txn, now_ms() + 10_000, 0, 0, 100).unwrap(), 1);
+        assert_eq!(store::prune(&txn, now_ms() + 10_000, 0, 0, 100).unwrap().deleted, 1);
         txn.commit().unwrap();
         assert!(store::attempts(&database, 1).unwrap().is_empty());
         assert_eq!(store::attempts(&database, 2).unwrap()["a"].len(), 1);

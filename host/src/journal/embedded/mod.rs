@@ -6,7 +6,8 @@
 //!   the file ([`Slot`], with back-off) and refuses appends until a test write succeeds.
 //! - [`admin`]: statistics, listings and the operator's changes on the tables.
 //! - [`window`]: the duplicate window the writer checks appends against.
-//! - [`repair`]: `journal verify` and `journal salvage`, offline.
+//! - [`repair`]: `journal verify` and `journal salvage`, offline; [`raw`] their scan of a file
+//!   the storage library cannot open.
 //! - [`mark`]: the highest event id journaled, kept outside the file: a journal found missing,
 //!   empty or cut short is refused rather than started empty.
 //!
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod mark;
+pub mod raw;
 pub mod repair;
 pub mod store;
 pub mod window;
@@ -25,7 +27,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
 };
@@ -57,6 +59,23 @@ pub struct Shared {
     closing: Notify,
     /// Records found damaged (or missing) on a read, made dead letters: for the metric.
     damaged: std::sync::atomic::AtomicU64,
+    /// The next event id the writer hands out: a row naming this id or a higher one is
+    /// damage.
+    next_id: AtomicU64,
+    /// Plugins whose rows were found damaged beyond what single dead letters account for.
+    trouble: Mutex<std::collections::BTreeMap<String, Trouble>>,
+    /// Whether `trouble` holds anything (read on every append).
+    troubled: AtomicBool,
+}
+
+/// What damage did to one plugin's pending rows, as `/readyz` says it.
+#[derive(Debug, Default, Clone)]
+struct Trouble {
+    /// Its consumer cannot read on (events for it are refused meanwhile): why.
+    stuck: Option<String>,
+    /// Rows were found damaged in a way that may hide others (a row under a wrong key, rows
+    /// out of order): the first such finding. Lasts until the host restarts.
+    damaged: Option<String>,
 }
 
 /// One plugin's wake-ups: new rows, dead letters put back into delivery, and pending events an
@@ -64,6 +83,9 @@ pub struct Shared {
 #[derive(Default)]
 pub struct Signal {
     notify: Notify,
+    /// The highest event id appended for the plugin (committed), or found as its last pending
+    /// row when its consumer started: a scan that ends before it ended early.
+    appended: AtomicU64,
     replayed: Mutex<VecDeque<u64>>,
     skipped: Mutex<HashSet<u64>>,
 }
@@ -85,6 +107,63 @@ impl Shared {
         }
         let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
         plugins.entry(Arc::from(plugin)).or_default().clone()
+    }
+
+    /// Notes that events up to `id` were appended for `plugin` (committed).
+    fn appended(&self, plugin: &str, id: u64) {
+        if let Some(signal) = self.signal(plugin) {
+            signal.appended.fetch_max(id, Ordering::SeqCst);
+        }
+    }
+
+    /// Notes damage to `plugin`'s rows: `stuck` when its consumer cannot read on (new events
+    /// for it are refused until it can), else damage that may hide rows. Logged once per
+    /// change.
+    fn note_damage(&self, plugin: &str, stuck: bool, reason: String) {
+        let mut trouble = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = trouble.entry(plugin.to_owned()).or_default();
+        let slot = if stuck { &mut entry.stuck } else { &mut entry.damaged };
+        if slot.is_none() || (stuck && slot.as_deref() != Some(reason.as_str())) {
+            tracing::error!(
+                plugin,
+                "the journal is damaged: {reason}; stop the host and copy what is readable with \
+                 `b24-host journal salvage --to NEW`"
+            );
+            *slot = Some(reason);
+        }
+        self.troubled.store(true, Ordering::SeqCst);
+    }
+
+    /// `plugin`'s consumer reads on again: its events are accepted again.
+    fn unstuck(&self, plugin: &str) {
+        if !self.troubled.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut trouble = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = trouble.get_mut(plugin)
+            && entry.stuck.take().is_some()
+        {
+            tracing::info!(plugin, "the journal's pending rows of this plugin read again");
+            if entry.damaged.is_none() {
+                trouble.remove(plugin);
+            }
+        }
+        self.troubled.store(!trouble.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Why an event for `plugins` cannot be accepted: one of them cannot read its rows.
+    fn refusal(&self, plugins: &[Arc<str>]) -> Option<String> {
+        if !self.troubled.load(Ordering::SeqCst) {
+            return None;
+        }
+        let trouble = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        plugins.iter().find_map(|p| {
+            let reason = trouble.get(&**p)?.stuck.as_ref()?;
+            Some(format!(
+                "the journal is damaged: the pending events of plugin {p} cannot be read ({reason}), \
+                 so events for it are not accepted"
+            ))
+        })
     }
 
     fn wake(&self, plugin: &str) {
@@ -194,8 +273,10 @@ impl Embedded {
                 });
             }
         };
+        let stored = store::guard("reading the next id", || store::next_id(&database));
+        // A command on a stopped host runs no consumer: it needs no next id to check rows by.
+        let stored = if maintain { stored? } else { stored.unwrap_or(1) };
         let mark = if maintain {
-            let stored = store::guard("reading the next id", || store::next_id(&database))?;
             let highest = stored.saturating_sub(1);
             if let Some(m) = marked.filter(|m| m.highest_id > highest) {
                 let what = format!("holds events only up to id {highest}");
@@ -210,6 +291,7 @@ impl Embedded {
             plugins: std::sync::RwLock::new(
                 plugins.iter().map(|p| (Arc::from(p.as_str()), Arc::default())).collect(),
             ),
+            next_id: AtomicU64::new(stored),
             ..Shared::default()
         });
         let (commands, rx) = mpsc::channel();
@@ -254,6 +336,33 @@ impl Embedded {
         self.shared.damaged.load(Ordering::Relaxed)
     }
 
+    /// Damage found on the running host that dead letters do not account for, one line per
+    /// plugin and kind (`/readyz`): empty while none is known.
+    pub fn damage(&self) -> Vec<String> {
+        if !self.shared.troubled.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let trouble = self.shared.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (plugin, t) in trouble.iter() {
+            if let Some(reason) = &t.stuck {
+                out.push(format!(
+                    "the journal is damaged: the pending events of plugin {plugin} cannot be \
+                     read ({reason}); events for it get 503. Stop the host and copy what is \
+                     readable with `b24-host journal salvage --to NEW`"
+                ));
+            }
+            if let Some(reason) = &t.damaged {
+                out.push(format!(
+                    "the journal is damaged: pending rows of plugin {plugin}: {reason}; rows \
+                     beside it may be unreadable. Stop the host and copy what is readable with \
+                     `b24-host journal salvage --to NEW` (what it cannot read becomes dead letters)"
+                ));
+            }
+        }
+        out
+    }
+
     /// The journal file's size.
     pub fn size_bytes(&self) -> Option<u64> {
         std::fs::metadata(&self.slot.path).ok().map(|m| m.len())
@@ -273,6 +382,9 @@ impl Embedded {
         token: Option<(String, Option<Secret>)>,
         permanent: bool,
     ) -> Result<Appended, StoreError> {
+        if let Some(reason) = self.shared.refusal(&plugins) {
+            return Err(StoreError::Storage(reason));
+        }
         let (reply, answer) = oneshot::channel();
         self.send(Command::Append { record, plugins, key, token, permanent, reply })?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -411,6 +523,8 @@ impl Embedded {
             plugin: name,
             signal,
             cursor: 0,
+            started: false,
+            moved: HashSet::new(),
             buffer: VecDeque::new(),
             stopped: Arc::new(AtomicBool::new(false)),
         }
@@ -440,6 +554,11 @@ pub struct Consumer {
     plugin: Arc<str>,
     signal: Arc<Signal>,
     cursor: u64,
+    /// Whether the plugin's last pending row was looked up (see [`Signal::appended`]).
+    started: bool,
+    /// Keys of rows found under a wrong key and made dead letters already: a scan that meets
+    /// one again (its page is out of order) passes it by.
+    moved: HashSet<u64>,
     buffer: VecDeque<Delivery>,
     stopped: Arc<AtomicBool>,
 }
@@ -504,6 +623,13 @@ impl Consumer {
     }
 
     /// Reads replayed and newly pending events into the buffer.
+    ///
+    /// A damaged page must never make events vanish: a row whose key a flipped bit changed
+    /// (its checksum names another event), a row out of order or naming an id never handed
+    /// out, moves the cursor nowhere (later rows are not skipped); such damage may hide other
+    /// rows, so the plugin is marked damaged (`/readyz`). A scan that cannot read on, or that
+    /// ends before the last row the writer added for the plugin, marks it stuck: its new events
+    /// are refused (503) until a scan gets past.
     fn fill(&mut self) -> Result<(), StoreError> {
         let database = self.journal.slot.get()?;
         let replayed: Vec<u64> =
@@ -513,22 +639,101 @@ impl Consumer {
                 continue; // The scan below reaches it anyway.
             }
             if let Some(record) = store::event(&database, id)? {
-                self.push(id, Ok(Pending::default()), record);
+                self.push(id, id, Ok(Pending::default()), record);
             }
         }
-        let rows = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)?;
-        for (id, pending, record) in rows {
-            self.cursor = id;
-            self.push(id, pending, record);
+        // What the writer committed, read before the scan's own transaction begins: the scan
+        // sees all of it.
+        let next_id = self.journal.shared.next_id.load(Ordering::SeqCst);
+        if !self.started {
+            let plugin = self.plugin.clone();
+            let last = store::guard("reading the last pending row", || {
+                store::last_pending(&database, &plugin)
+            })
+            .inspect_err(|e| {
+                self.stuck(format!("its last row cannot be read: {e}"));
+            })?;
+            match last {
+                Some(id) if id >= next_id => self.journal.shared.note_damage(
+                    &self.plugin,
+                    false,
+                    format!("its last row names event {id}, an id never handed out"),
+                ),
+                Some(id) => {
+                    self.signal.appended.fetch_max(id, Ordering::SeqCst);
+                }
+                None => {}
+            }
+            self.started = true;
         }
+        let appended = self.signal.appended.load(Ordering::SeqCst);
+        let scanned = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)
+            .inspect_err(|e| self.stuck(format!("after event {}: {e}", self.cursor)))?;
+        let full = scanned.rows.len() >= SCAN_BATCH;
+        for row in scanned.rows {
+            if row.id != row.key {
+                if !self.moved.insert(row.key) {
+                    continue;
+                }
+                self.journal.shared.note_damage(
+                    &self.plugin,
+                    false,
+                    format!(
+                        "the row of event {} was found under event {} (a flipped bit in its key)",
+                        row.id, row.key
+                    ),
+                );
+                self.push(row.id, row.key, Err(Damage::Checksum), Err(Damage::Missing));
+                continue;
+            }
+            if row.key <= self.cursor || row.key >= next_id {
+                let what = if row.key <= self.cursor { "out of order" } else { "never handed out" };
+                self.journal.shared.note_damage(
+                    &self.plugin,
+                    false,
+                    format!("a row names event {} ({what}, after event {})", row.key, self.cursor),
+                );
+                continue;
+            }
+            self.cursor = row.key;
+            self.push(row.id, row.key, row.pending, row.record);
+        }
+        if let Some(e) = scanned.failed {
+            tracing::error!(plugin = %self.plugin, "the journal's pending rows are unreadable past a point: {e}");
+            self.stuck(format!("after event {}: {e}", self.cursor));
+            return Ok(());
+        }
+        if !full && appended > self.cursor {
+            // The scan found no more rows: the last one the writer added must be gone (done,
+            // or skipped by an operator), or the scan ended early.
+            let plugin = self.plugin.clone();
+            let still = store::guard("reading a pending row", || {
+                store::pending(&database, &plugin, appended)
+            })
+            .inspect_err(|e| self.stuck(format!("after event {}: {e}", self.cursor)))?;
+            if still.is_some() {
+                self.stuck(format!(
+                    "a scan ends at event {}, before event {appended}, which is pending",
+                    self.cursor
+                ));
+                return Ok(());
+            }
+        }
+        self.journal.shared.unstuck(&self.plugin);
         Ok(())
+    }
+
+    fn stuck(&self, reason: String) {
+        self.journal.shared.note_damage(&self.plugin, true, reason);
     }
 
     /// Buffers a checked event for delivery; a damaged or missing one is never delivered: it
     /// becomes a dead letter with the reason, an ERROR line and a count for the metric.
+    /// `stored_under` is the key its pending row was read under.
     fn push(
         &mut self,
         id: u64,
+        stored_under: u64,
         pending: Result<Pending, Damage>,
         record: Result<EventRecord, Damage>,
     ) {
@@ -540,7 +745,11 @@ impl Consumer {
                     (Err(e), _) => ("pending row:", *e),
                     (Ok(_), Ok(_)) => unreachable!("matched above"),
                 };
-                let reason = format!("{what} {damage}");
+                let reason = if stored_under == id {
+                    format!("{what} {damage}")
+                } else {
+                    format!("pending row damaged: found under event {stored_under}")
+                };
                 tracing::error!(
                     event_id = id,
                     plugin = %self.plugin,
@@ -548,7 +757,13 @@ impl Consumer {
                 );
                 self.journal.shared.damaged.fetch_add(1, Ordering::Relaxed);
                 let attempts = pending.map(|p| p.attempts).unwrap_or(0);
-                self.reporter().bury(id, DeadLetter { reason, attempts, at_ms: now_ms() });
+                let letter = DeadLetter { reason, attempts, at_ms: now_ms() };
+                let _ = self.journal.send(Command::BuryDamaged(
+                    self.plugin.clone(),
+                    id,
+                    stored_under,
+                    letter,
+                ));
             }
         }
     }
@@ -614,5 +829,98 @@ impl Reporter {
     /// The plugin gave up on event `id`.
     pub fn bury(&self, id: u64, dead: DeadLetter) {
         let _ = self.journal.send(Command::Bury(self.plugin.clone(), id, dead));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::journal::{
+        checksum,
+        record::{EventMeta, Format, Source, seal_row},
+    };
+
+    fn record(id: u64) -> EventRecord {
+        EventRecord {
+            meta: EventMeta {
+                received_at_ms: now_ms(),
+                format: Format::Form,
+                source: Source::Online,
+                code: "ONCRMDEALUSERFIELDUPDATE".into(),
+                member_id: "m".into(),
+                domain: "d".into(),
+                dedup_key: crate::journal::dedup::hex(&crate::journal::dedup::key_of(&[
+                    &id.to_le_bytes()
+                ])),
+                extra: vec![],
+            },
+            raw: Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
+        }
+    }
+
+    async fn next(consumer: &mut Consumer) -> u64 {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(20), consumer.next());
+        delivery.await.expect("a delivery in time").expect("a delivery").id
+    }
+
+    /// A flipped bit in the key of event 5's pending row moved it under an id never handed
+    /// out. It used to move the consumer's cursor there, past every later event (and past the
+    /// events appended afterwards, answered 200 and never delivered); now event 5 is a dead
+    /// letter saying so, every other event is delivered, and `/readyz` names the damage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pending_row_under_a_flipped_key_is_its_events_dead_letter_and_skips_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p: Arc<str> = Arc::from("p");
+        {
+            let database = store::open(&dir.path().join(FILE_NAME)).unwrap();
+            let txn = database.begin_write().unwrap();
+            {
+                let mut tables = store::Tables::open(&txn).unwrap();
+                for id in 1..=10 {
+                    tables.insert_event(id, &record(id), std::slice::from_ref(&p)).unwrap();
+                }
+                tables.set_next_id(11).unwrap();
+            }
+            {
+                let mut pending = txn.open_table(store::PENDING).unwrap();
+                pending.remove(("p", 5)).unwrap();
+                let row = seal_row("p", 5, &Pending::default());
+                pending.insert(("p", 5 | 1 << 40), row.as_slice()).unwrap();
+                assert!(
+                    checksum::matching_id(&row, 5 | 1 << 40, |id| checksum::row_key("p", id))
+                        == Some(5)
+                );
+            }
+            txn.commit().unwrap();
+        }
+        let config = JournalConfig::default();
+        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+        let mut consumer = journal.consumer("p");
+        let mut got = Vec::new();
+        for _ in 0..9 {
+            got.push(next(&mut consumer).await);
+        }
+        assert_eq!(got, vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        // A later event still reaches the plugin: nothing moved the cursor past it.
+        let key = crate::journal::dedup::key_of(&[b"later"]);
+        let appended = journal.append(Box::new(record(11)), key, vec![p.clone()], None, false);
+        assert_eq!(appended.await.unwrap(), Appended::New(11));
+        assert_eq!(next(&mut consumer).await, 11);
+        journal.flush().await;
+        let dead = journal.dead(Some("p".into())).await.unwrap();
+        assert_eq!(dead.iter().map(|d| d.id).collect::<Vec<_>>(), vec![5]);
+        assert!(dead[0].dead.reason.contains("found under event"), "{:?}", dead[0].dead);
+        let damage = journal.damage();
+        let flipped = (5u64 | 1 << 40).to_string();
+        assert!(
+            damage.len() == 1 && damage[0].contains(&flipped) && damage[0].contains("salvage"),
+            "{damage:?}"
+        );
+        journal.finish().await;
+        journal.close();
+        drop((consumer, journal));
+        writer.join().unwrap();
     }
 }

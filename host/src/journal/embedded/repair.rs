@@ -11,7 +11,7 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
-    FILE_NAME, mark,
+    FILE_NAME, mark, raw,
     store::{self, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
 };
 use crate::journal::{
@@ -126,6 +126,8 @@ pub fn salvage(state_dir: &Path, to: &Path) -> Result<RepairReport, StoreError> 
             db(dead.insert((plugin.as_str(), *id), seal_row(plugin, *id, &letter).as_slice()))?;
         }
     }
+    // The events were written before their rows: which are complete is known only now.
+    store::rebuild_completed(&txn)?;
     db(txn.commit())?;
     report.salvaged_to = Some(to.display().to_string());
     Ok(report)
@@ -206,12 +208,78 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
                     report.problems.push(format!(
                         "the journal cannot be opened: {first}; a repaired copy neither: {e}"
                     ));
-                    Readable::default()
+                    raw_scan(&path, &mut report)?
                 }
             }
         }
     };
     Ok(finish(readable, report, marked))
+}
+
+/// Reads what the storage library cannot open by scanning its pages (see [`raw`]).
+fn raw_scan(path: &Path, report: &mut RepairReport) -> Result<Readable, StoreError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", path.display())))?;
+    // SAFETY: the file is a stopped host's journal (a running host's is refused before this,
+    // by its lock); the map is only read, and dropped before this returns.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", path.display())))?;
+    let found = raw::scan(&map);
+    drop(map);
+    report.notes.push(format!(
+        "read by a raw scan of the file's pages (the storage library cannot open it): {} pages \
+         held rows; {} older copies of rows were left out",
+        found.leaves, found.stale
+    ));
+    let raw::Found {
+        events,
+        pending,
+        dead,
+        tokens,
+        oauth,
+        state,
+        offline_seen,
+        next_id,
+        orphans,
+        ..
+    } = found;
+    if !orphans.is_empty() {
+        report.problems.push(format!(
+            "{} (plugin, event) pairs have no readable row though their event is not complete: \
+             salvage makes them dead letters (they may have been delivered already)",
+            orphans.len()
+        ));
+    }
+    report.events.readable = events.len() as u64;
+    report.pending.readable = pending.len() as u64;
+    report.dead.readable = dead.len() as u64;
+    for ((plugin, id), _) in pending.iter().filter(|((_, id), _)| !events.contains_key(id)) {
+        report
+            .problems
+            .push(format!("pending row ({plugin}, {id}): its event is damaged or missing"));
+    }
+    if tokens.len() + oauth.len() > 0 {
+        report.notes.push(format!(
+            "{} learned tokens and {} portals' OAuth tokens found; a raw scan may also find ones \
+             forgotten since (an uninstalled portal's): check them",
+            tokens.len(),
+            oauth.len()
+        ));
+    }
+    report.next_id = next_id;
+    Ok(Readable {
+        events: events.into_iter().collect(),
+        pending: pending.into_iter().map(|((p, id), s)| (p, id, Ok(s))).collect(),
+        dead: dead.into_iter().map(|((p, id), l)| (p, id, Ok(l))).collect(),
+        small: vec![
+            ("oauth", oauth.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect()),
+            ("state", state.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect()),
+        ],
+        tokens: tokens.into_iter().collect(),
+        offline_seen: offline_seen.into_iter().collect(),
+        next_id,
+        behind_damage: orphans,
+    })
 }
 
 /// Adds the mark's verdict to the report.

@@ -12,11 +12,22 @@
 //! | `offline_seen` | offline row key | the event id an offline-queue row became |
 //! | `state` | name | small state of the host's tasks (an offline batch's `process_id`) |
 //! | `attempts` | (event id, plugin, n) | [`Attempt`]: one delivery attempt, for the console |
+//! | `completed` | event id | an empty sealed value: the event has no pending or dead row left |
 //!
 //! An event is *complete* for a plugin when it has neither a pending nor a dead row for it;
 //! a complete event with no rows at all may be pruned. Its attempt rows go with it: they are
 //! history, bounded to [`MAX_ATTEMPTS_KEPT`] per (event, plugin) (the first and the latest),
 //! and keyed by event first so that one event's attempts are one range read.
+//!
+//! `completed` is the index pruning reads, so that it never walks the events some plugin still
+//! holds (issue 20: a plugin without its library held 22,000 events and every write batch
+//! walked them). An event enters it in the transaction that removes its last row (a plugin's
+//! `complete`, a purged dead letter) or, with no recipient, in the one that appends it; it
+//! leaves it when pruned. Being in the same transactions as the rows, it cannot go stale in a
+//! crash; a file without it (written before it existed) gets it built when opened
+//! ([`rebuild_completed`], once: `meta` `completed_index`), as does a salvaged journal. Prune
+//! trusts it only as a list of candidates: each is checked to hold no row before it goes, and
+//! a wrong entry (damage) is dropped.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -53,6 +64,14 @@ pub const OAUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth");
 
 /// (event id, plugin, attempt number) -> attempt (checksummed JSON).
 pub const ATTEMPTS: TableDefinition<(u64, &str, u32), &[u8]> = TableDefinition::new("attempts");
+
+/// Event id -> an empty value sealed under [`checksum::completed_key`]: the events no plugin
+/// holds any more, oldest first, which is what pruning reads.
+pub const COMPLETED: TableDefinition<u64, &[u8]> = TableDefinition::new("completed");
+
+/// The `meta` entry saying which version of the `completed` index the file holds; a file
+/// without it gets the index built when opened.
+pub const COMPLETED_INDEX: &str = "completed_index";
 
 /// Shorthand: a redb result into a store result.
 pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError> {
@@ -104,6 +123,14 @@ fn open_unguarded(path: &Path) -> Result<Database, StoreError> {
         db(txn.open_table(OFFLINE_SEEN))?;
         db(txn.open_table(STATE))?;
         db(txn.open_table(ATTEMPTS))?;
+        db(txn.open_table(COMPLETED))?;
+        let indexed = db(db(txn.open_table(META))?.get(COMPLETED_INDEX))?.is_some();
+        if !indexed {
+            let found = rebuild_completed(&txn)?;
+            if found > 0 {
+                tracing::info!(complete = found, "built the journal's index of complete events");
+            }
+        }
     }
     db(txn.commit())?;
     // The file holds tokens: owner only.
@@ -190,49 +217,83 @@ pub fn pending(database: &Database, plugin: &str, id: u64) -> Result<Option<Pend
     Ok(db(table.get((plugin, id)))?.map(|v| unseal_row(plugin, id, v.value()).unwrap_or_default()))
 }
 
-/// Up to `limit` of `plugin`'s pending events with ids above `after`, oldest first, each with
-/// its record; each checked against its checksum (a missing record is [`Damage::Missing`]).
+/// Up to `limit` of `plugin`'s pending rows with ids above `after`, in key order, each with
+/// its event's record; each checked against its checksum (a missing record is
+/// [`Damage::Missing`]). A row whose checksum names another id one flipped bit away (see
+/// [`checksum::matching_id`]) belongs to that event: it is returned with both ids, and its
+/// record is not read. A damaged page that stops the scan ends it with the rows read before
+/// it and the reason.
 pub fn scan_pending(
     database: &Database,
     plugin: &str,
     after: u64,
     limit: usize,
-) -> Result<Vec<ScannedRow>, StoreError> {
+) -> Result<Scanned, StoreError> {
     let txn = db(database.begin_read())?;
     let pending = db(txn.open_table(PENDING))?;
     let events = db(txn.open_table(EVENTS))?;
-    let mut out = Vec::new();
-    let Some(start) = after.checked_add(1) else { return Ok(out) };
+    let mut rows = Vec::new();
+    let Some(start) = after.checked_add(1) else { return Ok(Scanned { rows, failed: None }) };
     // A damaged page under one event's record makes that event unreadable, not the scan: the
     // rows read before a damaged pending page are still delivered.
     let scanned = guard("reading pending rows", || {
         for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))?.take(limit) {
             let (key, value) = db(row)?;
-            let id = key.value().1;
-            let record = guard("reading an event record", || {
-                Ok(match db(events.get(id))? {
-                    Some(v) => EventRecord::unseal(id, v.value()),
-                    None => Err(Damage::Missing),
+            let (key, value) = (key.value().1, value.value());
+            let moved = checksum::matching_id(value, key, |id| checksum::row_key(plugin, id));
+            let id = moved.unwrap_or(key);
+            let record = if moved.is_some() {
+                Err(Damage::Missing)
+            } else {
+                guard("reading an event record", || {
+                    Ok(match db(events.get(id))? {
+                        Some(v) => EventRecord::unseal(id, v.value()),
+                        None => Err(Damage::Missing),
+                    })
                 })
-            })
-            .unwrap_or(Err(Damage::Unreadable));
-            out.push((id, unseal_row(plugin, id, value.value()), record));
+                .unwrap_or(Err(Damage::Unreadable))
+            };
+            rows.push(ScannedRow { key, id, pending: unseal_row(plugin, id, value), record });
         }
         Ok(())
     });
     match scanned {
-        Err(e) if out.is_empty() => Err(e),
-        Err(e) => {
-            tracing::error!(plugin, "the journal's pending rows are unreadable past a point: {e}");
-            Ok(out)
-        }
-        Ok(()) => Ok(out),
+        Err(e) if rows.is_empty() => Err(e),
+        Err(e) => Ok(Scanned { rows, failed: Some(e) }),
+        Ok(()) => Ok(Scanned { rows, failed: None }),
     }
 }
 
-/// A pending row as a consumer reads it: the event id, its pending state and its record, each
-/// checked.
-pub type ScannedRow = (u64, Result<Pending, Damage>, Result<EventRecord, Damage>);
+/// What a consumer's scan read.
+pub struct Scanned {
+    /// The rows, in key order.
+    pub rows: Vec<ScannedRow>,
+    /// Why the scan could not read on past the last row (a damaged page), if it could not.
+    pub failed: Option<StoreError>,
+}
+
+/// A pending row as a consumer reads it, each part checked.
+pub struct ScannedRow {
+    /// The event id in the row's key.
+    pub key: u64,
+    /// The event the row belongs to: `key`, or the id its checksum names when a flipped bit
+    /// in the key moved the row (its record is then not read).
+    pub id: u64,
+    /// Its pending state.
+    pub pending: Result<Pending, Damage>,
+    /// Its event's record.
+    pub record: Result<EventRecord, Damage>,
+}
+
+/// The last of `plugin`'s pending rows, if it has any (read from the right end of its range).
+pub fn last_pending(database: &Database, plugin: &str) -> Result<Option<u64>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let pending = db(txn.open_table(PENDING))?;
+    Ok(match db(pending.range((plugin, 0)..=(plugin, u64::MAX)))?.next_back() {
+        Some(row) => Some(db(row)?.0.value().1),
+        None => None,
+    })
+}
 
 /// Up to `limit` records of events received at or after `since_ms`, newest first (for the
 /// duplicate window).
@@ -267,6 +328,9 @@ pub struct Tables<'txn> {
     tokens: redb::Table<'txn, &'static str, &'static str>,
     meta: redb::Table<'txn, &'static str, u64>,
     attempts: redb::Table<'txn, (u64, &'static str, u32), &'static [u8]>,
+    completed: redb::Table<'txn, u64, &'static [u8]>,
+    /// The plugins holding rows, read once the batch first needs them (then kept up to date).
+    owners: Option<Vec<String>>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -282,7 +346,28 @@ impl<'txn> Tables<'txn> {
             tokens: db(txn.open_table(TOKENS))?,
             meta: db(txn.open_table(META))?,
             attempts: db(txn.open_table(ATTEMPTS))?,
+            completed: db(txn.open_table(COMPLETED))?,
+            owners: None,
         })
+    }
+
+    /// The plugins that hold pending or dead rows (found by seeking, a few look-ups per
+    /// plugin), read once per transaction.
+    fn owners(&mut self) -> Result<&[String], StoreError> {
+        if self.owners.is_none() {
+            self.owners = Some(owners(&self.pending, &self.dead)?);
+        }
+        Ok(self.owners.as_deref().unwrap_or_default())
+    }
+
+    /// Puts event `id` into the index of complete events if no plugin holds a row of it.
+    fn settle(&mut self, id: u64) -> Result<(), StoreError> {
+        self.owners()?;
+        let owners = self.owners.as_deref().unwrap_or_default();
+        if !held(&self.pending, &self.dead, owners, id)? {
+            mark_completed(&mut self.completed, id)?;
+        }
+        Ok(())
     }
 
     /// Writes a new event and a pending row for each of `plugins`.
@@ -296,6 +381,14 @@ impl<'txn> Tables<'txn> {
         for plugin in plugins {
             let fresh = seal_row(plugin, id, &Pending::default());
             db(self.pending.insert((&**plugin, id), fresh.as_slice()))?;
+            if let Some(owners) = &mut self.owners
+                && !owners.iter().any(|o| **o == **plugin)
+            {
+                owners.push(plugin.to_string());
+            }
+        }
+        if plugins.is_empty() {
+            mark_completed(&mut self.completed, id)?;
         }
         Ok(())
     }
@@ -317,9 +410,11 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// The plugin finished the event.
+    /// The plugin finished the event; the last plugin to finish it makes it complete.
     pub fn complete(&mut self, plugin: &str, id: u64) -> Result<(), StoreError> {
-        db(self.pending.remove((plugin, id)))?;
+        if db(self.pending.remove((plugin, id)))?.is_some() {
+            self.settle(id)?;
+        }
         Ok(())
     }
 
@@ -341,6 +436,41 @@ impl<'txn> Tables<'txn> {
     /// longer pending (an operator skipped it in between: that dead letter stays as it is).
     pub fn bury(&mut self, plugin: &str, id: u64, dead: &DeadLetter) -> Result<(), StoreError> {
         if db(self.pending.remove((plugin, id)))?.is_some() {
+            db(self.dead.insert((plugin, id), seal_row(plugin, id, dead).as_slice()))?;
+        }
+        Ok(())
+    }
+
+    /// Makes event `id` a dead letter of `plugin` because its rows were found damaged: the
+    /// pending row (stored under `stored_under`, which differs from `id` when a flipped bit
+    /// moved it) is removed if it can be found, and the letter written unless the plugin has
+    /// one for the event already (an operator skipped it).
+    pub fn bury_damaged(
+        &mut self,
+        plugin: &str,
+        id: u64,
+        stored_under: u64,
+        dead: &DeadLetter,
+    ) -> Result<(), StoreError> {
+        db(self.pending.remove((plugin, stored_under)))?;
+        if stored_under != id {
+            db(self.pending.remove((plugin, id)))?;
+        }
+        if db(self.dead.get((plugin, id)))?.is_none() {
+            db(self.dead.insert((plugin, id), seal_row(plugin, id, dead).as_slice()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes only the dead letter of [`Tables::bury_damaged`], leaving the pending rows
+    /// alone: what is left to do when the page holding the pending row cannot be written.
+    pub fn bury_letter_only(
+        &mut self,
+        plugin: &str,
+        id: u64,
+        dead: &DeadLetter,
+    ) -> Result<(), StoreError> {
+        if db(self.dead.get((plugin, id)))?.is_none() {
             db(self.dead.insert((plugin, id), seal_row(plugin, id, dead).as_slice()))?;
         }
         Ok(())
@@ -382,67 +512,77 @@ impl<'txn> Tables<'txn> {
 
     /// Deletes up to `max_delete` complete events (no pending or dead row for any plugin),
     /// oldest first: those older than `keep_for_ms`, and beyond that the oldest while more than
-    /// `keep_max` complete events remain. Returns how many were deleted; `max_delete` keeps each
-    /// round short, so that appends never wait long behind a prune.
+    /// `keep_max` complete events remain. `max_delete` keeps each round short, so that appends
+    /// never wait long behind a prune.
+    ///
+    /// It reads the index of complete events, never the events a plugin still holds: a round
+    /// reads one index row per event it deletes (and one more, which ends it), checks that no
+    /// plugin holds it (a look-up per plugin holding rows), and reads nothing else, however
+    /// many events are pending.
     pub fn prune(
         &mut self,
         now_ms: i64,
         keep_for_ms: i64,
         keep_max: u64,
         max_delete: usize,
-    ) -> Result<usize, StoreError> {
-        let mut owners = plugins_in(&self.pending)?;
-        owners.extend(plugins_in(&self.dead)?);
-        owners.sort();
-        owners.dedup();
-        // Rows outnumber the events they hold back when an event waits for several plugins,
-        // so this undercounts complete events: pruning by count errs on the side of keeping.
-        let rows = db(self.pending.len())? + db(self.dead.len())?;
-        let mut complete = db(self.events.len())?.saturating_sub(rows);
+    ) -> Result<Pruned, StoreError> {
+        let mut complete = db(self.completed.len())?;
+        let mut visited = 0;
         let mut doomed = Vec::new();
-        let mut offline_keys = Vec::new();
-        for row in db(self.events.iter())? {
-            if doomed.len() >= max_delete {
-                break;
-            }
-            let (k, v) = db(row)?;
-            let id = k.value();
-            let mut referenced = false;
-            for plugin in &owners {
-                if db(self.pending.get((plugin.as_str(), id)))?.is_some()
-                    || db(self.dead.get((plugin.as_str(), id)))?.is_some()
-                {
-                    referenced = true;
+        let mut wrong = Vec::new();
+        {
+            self.owners()?;
+            let owners = self.owners.as_deref().unwrap_or_default();
+            for row in db(self.completed.iter())? {
+                if doomed.len() >= max_delete {
+                    break;
+                }
+                let id = db(row)?.0.value();
+                visited += 1;
+                // The index is a list of candidates: an entry that a plugin still holds, or
+                // whose event is gone, is wrong (damage) and is dropped, never acted on.
+                if held(&self.pending, &self.dead, owners, id)? {
+                    wrong.push(id);
+                    complete = complete.saturating_sub(1);
+                    continue;
+                }
+                let received = match db(self.events.get(id))? {
+                    None => {
+                        wrong.push(id);
+                        complete = complete.saturating_sub(1);
+                        continue;
+                    }
+                    Some(v) => EventRecord::unseal_meta(id, v.value()).ok(),
+                };
+                let old = received.is_none_or(|m| now_ms - m.received_at_ms > keep_for_ms);
+                if old || complete > keep_max {
+                    doomed.push(id);
+                    complete = complete.saturating_sub(1);
+                } else {
+                    // Ids grow with time: every later event is younger, and the count is in bounds.
                     break;
                 }
             }
-            if referenced {
-                continue;
+        }
+        for &id in &wrong {
+            tracing::warn!(event_id = id, "the index of complete events was wrong about an event");
+            db(self.completed.remove(id))?;
+        }
+        for &id in &doomed {
+            db(self.completed.remove(id))?;
+            let offline_key = match db(self.events.remove(id))? {
+                Some(v) => EventRecord::unseal(id, v.value())
+                    .ok()
+                    .filter(|r| r.meta.source == crate::journal::record::Source::Offline)
+                    .and_then(|r| crate::journal::dedup::from_hex(&r.meta.dedup_key)),
+                None => None,
+            };
+            if let Some(key) = offline_key {
+                db(self.offline_seen.remove(key.as_slice()))?;
             }
-            let record = EventRecord::unseal(id, v.value()).ok();
-            let old = record.as_ref().is_none_or(|r| now_ms - r.meta.received_at_ms > keep_for_ms);
-            if old || complete > keep_max {
-                if let Some(r) =
-                    record.filter(|r| r.meta.source == crate::journal::record::Source::Offline)
-                    && let Some(key) = crate::journal::dedup::from_hex(&r.meta.dedup_key)
-                {
-                    offline_keys.push(key);
-                }
-                doomed.push(id);
-                complete = complete.saturating_sub(1);
-            } else {
-                // Ids grow with time: every later event is younger, and the count is in bounds.
-                break;
-            }
+            remove_attempts(&mut self.attempts, id, None)?;
         }
-        for id in &doomed {
-            db(self.events.remove(*id))?;
-            remove_attempts(&mut self.attempts, *id, None)?;
-        }
-        for key in &offline_keys {
-            db(self.offline_seen.remove(key.as_slice()))?;
-        }
-        Ok(doomed.len())
+        Ok(Pruned { deleted: doomed.len(), visited })
     }
 
     /// Sets (`Some`) or removes (`None`) a named state value.
@@ -606,7 +746,87 @@ pub fn purge_dead(
         db(dead.remove((plugin.as_str(), *id)))?;
         remove_attempts(&mut attempts, *id, Some(plugin))?;
     }
+    // An event whose last letter went is complete now, if its record is still there.
+    let pending = db(txn.open_table(PENDING))?;
+    let events = db(txn.open_table(EVENTS))?;
+    let mut completed = db(txn.open_table(COMPLETED))?;
+    let owners = owners(&pending, &dead)?;
+    let mut ids: Vec<u64> = chosen.iter().map(|(_, id)| *id).collect();
+    ids.dedup();
+    for id in ids {
+        if db(events.get(id))?.is_some() && !held(&pending, &dead, &owners, id)? {
+            mark_completed(&mut completed, id)?;
+        }
+    }
     Ok(chosen)
+}
+
+/// The plugins holding pending or dead rows.
+fn owners<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    pending: &T,
+    dead: &T,
+) -> Result<Vec<String>, StoreError> {
+    let mut owners = plugins_in(pending)?;
+    owners.extend(plugins_in(dead)?);
+    owners.sort();
+    owners.dedup();
+    Ok(owners)
+}
+
+/// Whether one of `owners` holds a pending or dead row of event `id`.
+fn held<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    pending: &T,
+    dead: &T,
+    owners: &[String],
+    id: u64,
+) -> Result<bool, StoreError> {
+    for plugin in owners {
+        if db(pending.get((plugin.as_str(), id)))?.is_some()
+            || db(dead.get((plugin.as_str(), id)))?.is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Adds event `id` to the index of complete events.
+fn mark_completed(
+    completed: &mut redb::Table<'_, u64, &'static [u8]>,
+    id: u64,
+) -> Result<(), StoreError> {
+    db(completed.insert(id, checksum::seal(&checksum::completed_key(id), b"").as_slice()))?;
+    Ok(())
+}
+
+/// Builds the index of complete events from the tables: every event that no pending or dead
+/// row refers to. One pass over the rows' keys (their ids sorted, 8 bytes each) and one over
+/// the events: run once for a file written before the index existed, and for a salvaged one.
+/// Returns how many events it found complete.
+pub fn rebuild_completed(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let mut held = Vec::new();
+    for table in [PENDING, DEAD] {
+        for row in db(db(txn.open_table(table))?.iter())? {
+            held.push(db(row)?.0.value().1);
+        }
+    }
+    held.sort_unstable();
+    held.dedup();
+    let mut completed = db(txn.open_table(COMPLETED))?;
+    db(completed.retain(|_, _| false))?;
+    let events = db(txn.open_table(EVENTS))?;
+    let mut found = 0;
+    let mut rows = held.iter().peekable();
+    for row in db(events.iter())? {
+        let id = db(row)?.0.value();
+        while rows.next_if(|&&h| h < id).is_some() {}
+        if rows.peek() != Some(&&id) {
+            mark_completed(&mut completed, id)?;
+            found += 1;
+        }
+    }
+    db(db(txn.open_table(META))?.insert(COMPLETED_INDEX, 1))?;
+    Ok(found)
 }
 
 /// The plugin names that have rows in `table`, found by seeking past each name in turn.
@@ -635,6 +855,185 @@ pub fn prune(
     keep_for_ms: i64,
     keep_max: u64,
     max_delete: usize,
-) -> Result<usize, StoreError> {
+) -> Result<Pruned, StoreError> {
     Tables::open(txn)?.prune(now_ms, keep_for_ms, keep_max, max_delete)
+}
+
+/// What one prune round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Complete events deleted.
+    pub deleted: usize,
+    /// Rows the round read to find them: bounded by what it deleted, never by what is pending.
+    pub visited: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::journal::record::{EventMeta, Format, Source};
+
+    fn record(received_at_ms: i64) -> EventRecord {
+        EventRecord {
+            meta: EventMeta {
+                received_at_ms,
+                format: Format::Form,
+                source: Source::Online,
+                code: "ONCRMDEALUSERFIELDUPDATE".into(),
+                member_id: "m".into(),
+                domain: "d".into(),
+                dedup_key: String::new(),
+                extra: vec![],
+            },
+            raw: Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
+        }
+    }
+
+    /// Issue 20: one plugin holding 100,000 events (enabled without its library, or hung) must
+    /// not make pruning walk them: a round reads about what it deletes.
+    #[test]
+    fn a_prune_round_reads_what_it_deletes_not_the_events_pending_for_a_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = open(&dir.path().join("journal.redb")).unwrap();
+        let (ghost, done): (Arc<str>, Arc<str>) = (Arc::from("ghost"), Arc::from("done"));
+        // 100,000 events pending for ghost; every 100th also went to `done`, which finished
+        // it, and every 1,000th went to `done` alone: 100 complete events among them, oldest
+        // first, plus 1,000 finished ones ghost still holds.
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = Tables::open(&txn).unwrap();
+            for id in 1..=100_000u64 {
+                let plugins = match (id % 1_000, id % 100) {
+                    (0, _) => vec![done.clone()],
+                    (_, 0) => vec![ghost.clone(), done.clone()],
+                    _ => vec![ghost.clone()],
+                };
+                tables.insert_event(id, &record(0), &plugins).unwrap();
+                if id % 100 == 0 {
+                    tables.complete("done", id).unwrap();
+                }
+            }
+            tables.set_next_id(100_001).unwrap();
+        }
+        txn.commit().unwrap();
+        let round = |max_delete| {
+            let txn = database.begin_write().unwrap();
+            let pruned = prune(&txn, 1_000, 0, 0, max_delete).unwrap();
+            txn.commit().unwrap();
+            pruned
+        };
+        // Rounds of 30: 30, 30, 30, 10, then nothing; each reads at most one row past what it
+        // deletes (the one that ends it), and none reads the pending events between them.
+        let rounds: Vec<Pruned> = (0..5).map(|_| round(30)).collect();
+        let deleted: Vec<usize> = rounds.iter().map(|r| r.deleted).collect();
+        assert_eq!(deleted, vec![30, 30, 30, 10, 0]);
+        for r in &rounds {
+            assert!(
+                r.visited <= r.deleted + 1,
+                "a round read {} rows to delete {}",
+                r.visited,
+                r.deleted
+            );
+        }
+        let txn = database.begin_read().unwrap();
+        let events = txn.open_table(EVENTS).unwrap();
+        assert_eq!(events.len().unwrap(), 99_900);
+        assert!(events.get(1_000).unwrap().is_none() && events.get(999).unwrap().is_some());
+        assert!(events.get(100).unwrap().is_some(), "ghost still holds event 100");
+        assert_eq!(txn.open_table(PENDING).unwrap().len().unwrap(), 99_900);
+    }
+
+    fn ids_in(database: &Database, table: TableDefinition<u64, &[u8]>) -> Vec<u64> {
+        let txn = database.begin_read().unwrap();
+        let table = txn.open_table(table).unwrap();
+        table.iter().unwrap().map(|r| r.unwrap().0.value()).collect()
+    }
+
+    #[test]
+    fn a_journal_from_before_the_index_gets_it_built_once_when_opened_and_is_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        {
+            let database = open(&path).unwrap();
+            let txn = database.begin_write().unwrap();
+            {
+                let mut tables = Tables::open(&txn).unwrap();
+                // 1: nobody's; 2: a finished it; 3: pending for a; 4: dead for b; 5: a and b,
+                // b finished.
+                tables.insert_event(1, &record(0), &[]).unwrap();
+                tables.insert_event(2, &record(0), std::slice::from_ref(&a)).unwrap();
+                tables.complete("a", 2).unwrap();
+                tables.insert_event(3, &record(0), std::slice::from_ref(&a)).unwrap();
+                tables.insert_event(4, &record(0), std::slice::from_ref(&b)).unwrap();
+                let letter = DeadLetter { reason: "r".into(), attempts: 1, at_ms: 0 };
+                tables.bury("b", 4, &letter).unwrap();
+                tables.insert_event(5, &record(0), &[a.clone(), b.clone()]).unwrap();
+                tables.complete("b", 5).unwrap();
+            }
+            txn.commit().unwrap();
+            assert_eq!(ids_in(&database, COMPLETED), vec![1, 2]);
+            // What an older release left: no index, no note of one.
+            let txn = database.begin_write().unwrap();
+            txn.delete_table(COMPLETED).unwrap();
+            txn.open_table(META).unwrap().remove(COMPLETED_INDEX).unwrap();
+            txn.commit().unwrap();
+        }
+        let database = open(&path).unwrap();
+        assert_eq!(ids_in(&database, COMPLETED), vec![1, 2]);
+        let txn = database.begin_write().unwrap();
+        assert_eq!(prune(&txn, 1_000, 0, 0, 100).unwrap(), Pruned { deleted: 2, visited: 2 });
+        txn.commit().unwrap();
+        assert_eq!(ids_in(&database, EVENTS), vec![3, 4, 5]);
+        // Built once: a later open finds the note and leaves the index as it is.
+        let txn = database.begin_write().unwrap();
+        mark_completed(&mut txn.open_table(COMPLETED).unwrap(), 3).unwrap();
+        txn.commit().unwrap();
+        drop(database);
+        let database = open(&path).unwrap();
+        assert_eq!(ids_in(&database, COMPLETED), vec![3]);
+        // ... and that wrong entry (a still holds 3) is dropped by the next prune, never acted
+        // on; purging b's letter of 4 makes 4 complete.
+        let txn = database.begin_write().unwrap();
+        assert_eq!(prune(&txn, 1_000, 0, 0, 100).unwrap(), Pruned { deleted: 0, visited: 1 });
+        let all = Selection { plugin: None, ids: vec![], since_ms: None };
+        assert_eq!(purge_dead(&txn, &all).unwrap(), vec![("b".to_owned(), 4)]);
+        txn.commit().unwrap();
+        assert_eq!(ids_in(&database, COMPLETED), vec![4]);
+        let txn = database.begin_write().unwrap();
+        assert_eq!(prune(&txn, 1_000, 0, 0, 100).unwrap().deleted, 1);
+        txn.commit().unwrap();
+        assert_eq!(ids_in(&database, EVENTS), vec![3, 5]);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_complete_events_by_count_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = open(&dir.path().join("journal.redb")).unwrap();
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = Tables::open(&txn).unwrap();
+            // Received at 1..=10 s.
+            for id in 1..=10u64 {
+                tables.insert_event(id, &record(id as i64 * 1_000), &[]).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let round = |now, keep_for, keep_max| {
+            let txn = database.begin_write().unwrap();
+            let pruned = prune(&txn, now, keep_for, keep_max, 100).unwrap();
+            txn.commit().unwrap();
+            pruned
+        };
+        // At 10 s, keeping 5.5 s: events 1..=4 are older.
+        assert_eq!(round(10_000, 5_500, 100), Pruned { deleted: 4, visited: 5 });
+        // Keeping at most 3: 5, 6 and 7 go although young.
+        assert_eq!(round(10_000, 60_000, 3).deleted, 3);
+        assert_eq!(ids_in(&database, EVENTS), vec![8, 9, 10]);
+        assert_eq!(ids_in(&database, COMPLETED), vec![8, 9, 10]);
+    }
 }

@@ -8,7 +8,7 @@
 //! persists it anyway.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
@@ -52,6 +52,10 @@ pub enum Command {
     Update(Arc<str>, u64, Pending),
     /// A plugin gave up on an event.
     Bury(Arc<str>, u64, DeadLetter),
+    /// A consumer found the event's rows damaged: a dead letter whatever state the pending row
+    /// is in (see [`store::Tables::bury_damaged`]); the second id is the key the row was found
+    /// under.
+    BuryDamaged(Arc<str>, u64, u64, DeadLetter),
     /// One delivery attempt ended: kept for the console, in the outcomes' batch (no fsync
     /// of its own).
     Attempt(Arc<str>, u64, Box<crate::journal::admin::Attempt>),
@@ -143,6 +147,7 @@ pub fn run(
     let Ok(database) = slot.get() else { return };
     let mut next_id =
         store::guard("reading the next id", || store::next_id(&database)).unwrap_or(1);
+    shared.next_id.store(next_id, std::sync::atomic::Ordering::SeqCst);
     let mut window = Window::new(settings.dedup_window_ms);
     if settings.maintain && window.enabled() {
         let since = crate::journal::now_ms() - settings.dedup_window_ms;
@@ -162,6 +167,9 @@ pub fn run(
     let mut pruning = false;
     let mut next_prune = Instant::now() + PRUNE_EVERY;
     let mut broken: Option<Broken> = None;
+    // Dead letters of a batch that could not be written, written again one at a time once the
+    // file is reopened: losing one would leave its event neither delivered nor a dead letter.
+    let mut unwritten: Vec<Burial> = Vec::new();
     let mut closers = Vec::new();
     while closers.is_empty() {
         let wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
@@ -182,6 +190,7 @@ pub fn run(
                     tracing::info!(
                         "journal reopened after a storage error; accepting events again"
                     );
+                    bury_one_by_one(&database, std::mem::take(&mut unwritten), &shared);
                 }
                 Err(e) => {
                     b.backoff = (b.backoff * 2).min(REOPEN_MAX);
@@ -234,15 +243,18 @@ pub fn run(
             }));
             batch.push(Command::Flush(oneshot::channel().0));
         }
+        let burials: Vec<Burial> = batch.iter().filter_map(Burial::of).collect();
         let database = match (&broken, slot.get()) {
             (None, Ok(database)) => database,
             (Some(b), _) => {
                 let reason = format!("the journal cannot be written: {}", b.reason);
                 fail_all(batch, &StoreError::Storage(reason));
+                unwritten.extend(burials);
                 continue;
             }
             (None, Err(e)) => {
                 fail_all(batch, &e);
+                unwritten.extend(burials);
                 continue;
             }
         };
@@ -282,6 +294,7 @@ pub fn run(
         drop(database);
         if let Some(reason) = failed {
             tracing::warn!("the journal will be reopened after this storage error");
+            unwritten.extend(burials);
             broken = Some(Broken {
                 retry_at: Instant::now() + REOPEN_FIRST,
                 backoff: REOPEN_FIRST,
@@ -294,6 +307,7 @@ pub fn run(
         {
             mark.note(next_id - 1);
         }
+        shared.next_id.fetch_max(next_id, std::sync::atomic::Ordering::SeqCst);
         if let (Some(budget), Some(done)) = (prune_budget, pruned) {
             pruning = done >= budget;
         }
@@ -337,7 +351,7 @@ fn prune(database: &Database, settings: &Settings) -> bool {
         let now = crate::journal::now_ms();
         let pruned = store::prune(&txn, now, settings.keep_for_ms, settings.keep_max, PRUNE_BATCH)?;
         db(txn.commit())?;
-        Ok::<_, StoreError>(pruned)
+        Ok::<_, StoreError>(pruned.deleted)
     });
     match result {
         Ok(0) => false,
@@ -348,6 +362,73 @@ fn prune(database: &Database, settings: &Settings) -> bool {
         Err(e) => {
             tracing::warn!("pruning the journal failed: {e}");
             false
+        }
+    }
+}
+
+/// A dead letter a batch was to write: kept apart so that it is not lost with the batch.
+struct Burial {
+    plugin: Arc<str>,
+    id: u64,
+    stored_under: Option<u64>,
+    letter: DeadLetter,
+}
+
+impl Burial {
+    fn of(command: &Command) -> Option<Burial> {
+        match command {
+            Command::Bury(plugin, id, letter) => Some(Burial {
+                plugin: plugin.clone(),
+                id: *id,
+                stored_under: None,
+                letter: letter.clone(),
+            }),
+            Command::BuryDamaged(plugin, id, under, letter) => Some(Burial {
+                plugin: plugin.clone(),
+                id: *id,
+                stored_under: Some(*under),
+                letter: letter.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Writes the dead letters of a batch that failed, each in a transaction of its own; one
+/// whose pending row cannot be removed (its page is damaged) is written as a letter alone. One
+/// that cannot be written at all leaves its event undeliverable and unaccounted: the plugin is
+/// marked so (`/readyz` names it).
+fn bury_one_by_one(database: &Database, burials: Vec<Burial>, shared: &Shared) {
+    for burial in burials {
+        let Burial { plugin, id, stored_under, letter } = &burial;
+        let whole = store::guard("writing a dead letter", || {
+            let txn = db(database.begin_write())?;
+            {
+                let mut tables = store::Tables::open(&txn)?;
+                match stored_under {
+                    None => tables.bury(plugin, *id, letter)?,
+                    Some(under) => tables.bury_damaged(plugin, *id, *under, letter)?,
+                }
+            }
+            db(txn.commit())
+        });
+        let Err(first) = whole else { continue };
+        let alone = store::guard("writing a dead letter", || {
+            let txn = db(database.begin_write())?;
+            store::Tables::open(&txn)?.bury_letter_only(plugin, *id, letter)?;
+            db(txn.commit())
+        });
+        match alone {
+            Ok(()) => tracing::warn!(
+                event_id = id,
+                plugin = %plugin,
+                "the dead letter is written, its pending row could not be removed: {first}"
+            ),
+            Err(e) => shared.note_damage(
+                plugin,
+                true,
+                format!("event {id} could not be made a dead letter ({e})"),
+            ),
         }
     }
 }
@@ -379,7 +460,8 @@ fn write_batch(
     let now = crate::journal::now_ms();
     let mut replies = Vec::with_capacity(batch.len());
     let mut durable = false;
-    let mut woken: HashSet<Arc<str>> = HashSet::new();
+    // Per plugin woken, the highest event id appended for it.
+    let mut woken: HashMap<Arc<str>, u64> = HashMap::new();
     let txn = database.begin_write();
     let mut txn = match txn {
         Ok(txn) => txn,
@@ -431,10 +513,13 @@ fn write_batch(
             if *next_id != id_before {
                 durable = true;
                 note(&mut failure, tables.set_next_id(*next_id));
+                // Handed out from now on, committed or not (ids are never handed out twice):
+                // a consumer whose scan begins after this commit must not take them for damage.
+                shared.next_id.fetch_max(*next_id, std::sync::atomic::Ordering::SeqCst);
             }
             if let Some(budget) = prune_budget {
                 match tables.prune(now, settings.keep_for_ms, settings.keep_max, budget) {
-                    Ok(n) => pruned = Some(n),
+                    Ok(n) => pruned = Some(n.deleted),
                     Err(e) => tracing::warn!("pruning the journal failed: {e}"),
                 }
             }
@@ -504,7 +589,8 @@ fn write_batch(
         }
     }
     if committed.is_ok() {
-        for plugin in &woken {
+        for (plugin, id) in &woken {
+            shared.appended(plugin, *id);
             shared.wake(plugin);
         }
     }
@@ -524,7 +610,7 @@ fn apply(
     now: i64,
     next_id: &mut u64,
     window: &mut Window,
-    woken: &mut HashSet<Arc<str>>,
+    woken: &mut HashMap<Arc<str>, u64>,
     replies: &mut Vec<Reply>,
     failure: &mut Option<StoreError>,
 ) {
@@ -560,7 +646,9 @@ fn apply(
                 Ok(()) => {
                     *next_id += 1;
                     record_key(window, &record, key, id, now);
-                    woken.extend(plugins);
+                    for plugin in plugins {
+                        woken.insert(plugin, id);
+                    }
                     replies.push(Reply::Append(reply, Ok(Appended::New(id)), Some(key)));
                 }
                 Err(e) => {
@@ -575,6 +663,9 @@ fn apply(
             note(failure, tables.set_pending(&plugin, id, &state))
         }
         Command::Bury(plugin, id, dead) => note(failure, tables.bury(&plugin, id, &dead)),
+        Command::BuryDamaged(plugin, id, under, dead) => {
+            note(failure, tables.bury_damaged(&plugin, id, under, &dead))
+        }
         Command::Attempt(plugin, id, attempt) => {
             note(failure, tables.add_attempt(&plugin, id, &attempt))
         }
@@ -636,6 +727,7 @@ fn fail_all(batch: Vec<Command>, error: &StoreError) {
             Command::Complete(..)
             | Command::Update(..)
             | Command::Bury(..)
+            | Command::BuryDamaged(..)
             | Command::Attempt(..) => {}
         }
     }
