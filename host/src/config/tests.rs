@@ -843,59 +843,21 @@ fn shipped_example_parses_to_the_intended_config() {
 }
 
 #[test]
-fn shipped_example_mentions_every_key() {
+fn shipped_example_parses_with_its_examples_switched_on() {
+    // (That it names every key is `it::config_load::the_shipped_example_names_every_key`.)
     let example = example();
-    for key in [
-        "state_dir",
-        "[server]",
-        "listen",
-        "path",
-        "max_body_bytes",
-        "header_read_timeout_ms",
-        "request_read_timeout_ms",
-        "max_connections",
-        "max_connections_per_address",
-        "shutdown_grace_ms",
-        "[log]",
-        "level",
-        "format",
-        "plugin_max_line_bytes",
-        "plugin_lines_per_second",
-        "plugin_log_burst",
-        "[auth]",
-        "learn_tokens_on_install",
-        "max_learned_portals",
-        "unknown_installs_per_minute",
-        "oauth_servers",
-        "[auth.portals]",
-        "env =",
-        "[plugins]",
-        "dir",
-        "enabled",
-        "start_timeout_ms",
-        "[plugin.audit-log]",
-        "events",
-        "entities",
-        "fields",
-        "timeout_ms",
-        "concurrency",
-        "isolation",
-        "memory_limit_mb",
-        "kill_after_ms",
-        "max_crashes",
-        "[plugin.audit-log.retry]",
-        "attempts",
-        "base_ms",
-        "cap_ms",
-        "[plugin.audit-log.settings]",
-    ] {
-        assert!(example.contains(key), "{key} missing from the example");
-    }
     // With the commented-out keys switched on (and the variable set), it still parses.
     let uncommented = example
         .lines()
         .map(|l| match l.strip_prefix("# ") {
-            Some(rest) if rest.starts_with('"') || rest.contains(" = [") => rest,
+            Some(rest)
+                if rest.starts_with('"')
+                    || ["events = [", "entities = [", "fields = ["]
+                        .iter()
+                        .any(|k| rest.starts_with(k)) =>
+            {
+                rest
+            }
             _ => l,
         })
         .collect::<Vec<_>>()

@@ -15,9 +15,10 @@ pub enum StoreError {
         /// Where it was looked for.
         path: String,
     },
-    /// Any other storage failure of the embedded backend (disk full, permissions, damage).
+    /// Any other storage failure of the embedded backend (disk full, permissions, damage), as
+    /// the storage library put it (its error type stays inside `journal/embedded/`).
     #[error("journal storage failed: {0}")]
-    Db(#[from] redb::Error),
+    Db(String),
     /// The writer thread is gone.
     #[error("the journal is closed")]
     Closed,

@@ -104,7 +104,6 @@ fn post_app_update(host: &RunningHost, portal: &FakePortal) {
     assert_eq!(host.post_form(&form(&update)).status, 200);
 }
 
-
 #[test]
 fn an_install_binds_what_the_plugins_receive_and_an_update_binds_it_again() {
     let portal = FakePortal::start(PortalOptions::default());

@@ -9,7 +9,6 @@ use b24_tests::fake_portal::{FakePortal, PortalOptions};
 
 use crate::support::*;
 
-
 const GET: &str = "crm.deal.userfield.get";
 
 #[test]

@@ -373,11 +373,9 @@ fn the_stream_leader_killed_under_load_costs_no_request_and_loses_nothing() {
     };
     // As long as the spools shrink: on a loaded machine forwarding 1,500 events to a cluster
     // that is catching up takes what it takes; a spool that stops shrinking fails the test.
-    let spooled =
-        |h: &RunningHost| scrape(h, "b24_journal_spooled_events ").unwrap_or(-1.0) as i64;
-    let done = eventually_progressing(STALL, || {
-        (drained(&a) && drained(&b), (spooled(&a), spooled(&b)))
-    });
+    let spooled = |h: &RunningHost| scrape(h, "b24_journal_spooled_events ").unwrap_or(-1.0) as i64;
+    let done =
+        eventually_progressing(STALL, || (drained(&a) && drained(&b), (spooled(&a), spooled(&b))));
     assert!(done, "a spool did not drain (spooled: {}, {})", spooled(&a), spooled(&b));
     for (name, host) in [("A", &a), ("B", &b)] {
         let log = host.log_text();

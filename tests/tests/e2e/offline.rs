@@ -444,7 +444,6 @@ fn a_non_admin_install_is_reported_as_such() {
     assert!(host.stop());
 }
 
-
 #[test]
 fn a_batch_whose_answer_was_lost_is_taken_over_and_its_rows_delivered() {
     let portal = FakePortal::start(PortalOptions::default());

@@ -9,7 +9,6 @@ use std::{
 
 use crate::support::*;
 
-
 #[test]
 fn metrics_move_with_events_rejections_retries_and_dead_letters() {
     let dir = HostDir::new(&["probe"]);

@@ -24,7 +24,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-
 /// The probe flooding from its creation on with `lines` lines (0: without end) of `bytes`.
 fn flooding_config(lines: u64, bytes: usize, log: &str) -> String {
     config(

@@ -20,7 +20,6 @@ fn write_config(dir: &HostDir, create_sleep_ms: u64) {
     dir.write_config(&text);
 }
 
-
 /// The host's child processes that are runners of `plugin`.
 fn runners_of(host: &RunningHost, plugin: &str) -> Vec<u32> {
     let tasks = std::fs::read_dir(format!("/proc/{}/task", host.pid())).into_iter().flatten();

@@ -267,7 +267,6 @@ fn rest_calls_go_to_the_installs_endpoint_whatever_a_later_event_names() {
     assert!(host.stop());
 }
 
-
 #[test]
 fn an_install_without_a_refresh_token_is_refused_said_counted_and_shown() {
     use crate::auth::{PORTAL, PORTAL_TOKEN, learning_config, oauth_portal, rest_table};

@@ -95,7 +95,7 @@ pub fn stats(database: &Database, enabled: &[String]) -> Result<Stats, StoreErro
         entry(&mut by_plugin, k.value().0).dead += 1;
     }
     let events =
-        redb::ReadableTableMetadata::len(&events_table).map_err(|e| StoreError::Db(e.into()))?;
+        redb::ReadableTableMetadata::len(&events_table).map_err(store::db_error)?;
     Ok(Stats { plugins: by_plugin.into_values().collect(), events })
 }
 

@@ -162,7 +162,7 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 StoreError::InUse { path: path.display().to_string() }
             }
-            other => StoreError::Db(other.into()),
+            other => store::db_error(other),
         })
     });
     let readable = match opened {
@@ -186,7 +186,7 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
                 ));
             }
             let read_only = store::guard("opening a copy of the journal read-only", || {
-                redb::Builder::new().open_read_only(&copy.0).map_err(|e| StoreError::Db(e.into()))
+                redb::Builder::new().open_read_only(&copy.0).map_err(store::db_error)
             });
             if let Ok(database) = read_only {
                 report.notes.push(format!("read-only open failed ({first}); read a padded copy"));
@@ -195,7 +195,7 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
                 return Ok(finish(readable, report, marked));
             }
             let repaired = store::guard("opening a copy of the journal", || {
-                redb::Builder::new().open(&copy.0).map_err(|e| StoreError::Db(e.into()))
+                redb::Builder::new().open(&copy.0).map_err(store::db_error)
             });
             match repaired {
                 Ok(database) => {
@@ -320,7 +320,7 @@ where
         let table = match txn.open_table(table) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(StoreError::Db(e.into())),
+            Err(e) => return Err(store::db_error(e)),
         };
         for row in db(table.iter())? {
             let (k, v) = db(row)?;

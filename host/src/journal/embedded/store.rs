@@ -31,6 +31,11 @@
 
 use std::{collections::BTreeMap, path::Path};
 
+/// A storage library error as the backend-neutral [`StoreError::Db`].
+pub(super) fn db_error(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into().to_string())
+}
+
 use b24_plugin_api::Secret;
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -75,7 +80,7 @@ pub const COMPLETED_INDEX: &str = "completed_index";
 
 /// Shorthand: a redb result into a store result.
 pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError> {
-    result.map_err(|e| StoreError::Db(e.into()))
+    result.map_err(db_error)
 }
 
 /// Runs `work` on the file, turning a panic of the storage library (redb panics on some
@@ -110,7 +115,7 @@ fn open_unguarded(path: &Path) -> Result<Database, StoreError> {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 StoreError::InUse { path: path.display().to_string() }
             }
-            other => StoreError::Db(other.into()),
+            other => db_error(other),
         })?;
     let txn = db(database.begin_write())?;
     {

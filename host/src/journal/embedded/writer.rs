@@ -466,7 +466,7 @@ fn write_batch(
     let mut txn = match txn {
         Ok(txn) => txn,
         Err(e) => {
-            let error = StoreError::Db(e.into());
+            let error = store::db_error(e);
             tracing::error!("cannot write to the journal: {error}; events get 503 meanwhile");
             shared.commit_result(Some(error.to_string()));
             fail_all(batch, &error);
@@ -537,7 +537,7 @@ fn write_batch(
             drop(txn);
             Err(e)
         }
-        None => txn.commit().map_err(|e| StoreError::Db(e.into())),
+        None => txn.commit().map_err(store::db_error),
     };
     if let Err(e) = &committed {
         tracing::error!("journal commit failed: {e}");
