@@ -64,18 +64,12 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-/// A plugin's pause as the state column shows it: why, and since when.
+/// A plugin's pause as the state column shows it: why, and how long ago.
 pub fn paused_text(pause: &Pause) -> String {
-    let since = if pause.at_ms > 0 {
-        format!(
-            " since {} ({} ago)",
-            when::format_ms(pause.at_ms),
-            when::age(now_ms() - pause.at_ms)
-        )
-    } else {
-        String::new()
-    };
-    format!("{}{since}; its events wait in the journal", pause.describe())
+    match pause.at_ms {
+        0 => pause.describe(),
+        at => format!("{}, {} ago", pause.describe(), when::age(now_ms() - at)),
+    }
 }
 
 /// The page's body; `paused`: the plugins paused now; `report` is the reload report to show,
@@ -119,7 +113,8 @@ pub fn body(
                         td.state {
                             @if let Some(pause) = paused.get(&v.name) {
                                 span.state-paused { "paused" }
-                                span.paused-reason { " " (paused_text(pause)) }
+                                " "
+                                span.paused-reason title=(format!("since {} UTC; its events wait in the journal", when::format_ms(pause.at_ms))) { (paused_text(pause)) }
                                 br;
                             }
                             span class=(format!("state-{}", v.state)) { (v.state) }

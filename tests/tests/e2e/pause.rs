@@ -272,8 +272,7 @@ fn a_plugin_failing_n_calls_in_a_row_pauses_itself_until_resumed() {
 
 #[test]
 fn on_nats_a_pause_through_one_host_stops_the_host_delivering_and_survives_restart_and_reload() {
-    let test =
-        "on_nats_a_pause_through_one_host_stops_the_host_delivering_and_survives_restart_and_reload";
+    let test = "on_nats_a_pause_through_one_host_stops_the_host_delivering_and_survives_restart_and_reload";
     let Some(cluster) = cluster_or_skip(test, 3, NatsOptions::default()) else {
         return;
     };
@@ -296,7 +295,11 @@ fn on_nats_a_pause_through_one_host_stops_the_host_delivering_and_survives_resta
     let honoured = eventually(PATIENCE, || {
         host_b.admin_request("GET", "/readyz").body.contains("paused: plugin probe")
     });
-    assert!(honoured, "B never honoured the pause: {}", host_b.admin_request("GET", "/readyz").body);
+    assert!(
+        honoured,
+        "B never honoured the pause: {}",
+        host_b.admin_request("GET", "/readyz").body
+    );
     let held: BTreeSet<u64> = (2..=5).collect();
     for field in held.iter() {
         let host = if field % 2 == 0 { &host_a } else { &host_b };
