@@ -347,6 +347,23 @@ fn on_nats_a_pause_through_one_host_stops_the_host_delivering_and_survives_resta
         let calls = probe_calls(dir, &held);
         assert!(calls.windows(2).all(|w| w[0].1 < w[1].1), "not in event id order: {calls:?}");
     }
+
+    // The command writes to the shared log itself: both hosts see its pause and its resume.
+    assert!(plugin_cli(&dir_a, "pause", "probe").contains("probe paused"));
+    for host in [&host_a, &host_b] {
+        let seen = eventually(PATIENCE, || {
+            let body = host.admin_request("GET", "/readyz").body;
+            body.contains("paused: plugin probe: paused by an operator (command line)")
+        });
+        assert!(seen, "{}", host.admin_request("GET", "/readyz").body);
+    }
+    assert!(plugin_cli(&dir_b, "resume", "probe").contains("probe resumed"));
+    for host in [&host_a, &host_b] {
+        let seen = eventually(PATIENCE, || {
+            !host.admin_request("GET", "/readyz").body.contains("paused: plugin probe")
+        });
+        assert!(seen, "{}", host.admin_request("GET", "/readyz").body);
+    }
     drop(host_a);
     drop(host_b);
 }
