@@ -88,7 +88,7 @@ pub enum Command {
         #[command(subcommand)]
         command: OfflineCommand,
     },
-    /// Plugins: start a new one.
+    /// Plugins: start a new one; pause or resume one.
     Plugin {
         /// What to do.
         #[command(subcommand)]
@@ -130,6 +130,27 @@ pub enum PluginCommand {
     /// Write a new plugin that builds and has a unit test, and print the host.toml lines that
     /// enable it.
     New(Box<NewPluginArgs>),
+    /// Pause a plugin: it receives nothing and its events wait in the journal (pending, counted
+    /// in its backlog) until `plugin resume`; the pause survives restarts and reloads. Works on
+    /// a stopped or a running host; on the NATS backend every host honours it.
+    Pause(Box<PauseArgs>),
+    /// Resume a paused plugin (paused by an operator, or by itself after
+    /// `pause_after_failures` failed calls in a row): its waiting events are delivered, in
+    /// order.
+    Resume(Box<PauseArgs>),
+}
+
+/// Options of `plugin pause` and `plugin resume`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PauseArgs {
+    /// The plugin's name (as in `plugins.enabled`).
+    pub name: String,
+    /// The config file (default as for `serve`); names the state folder and the journal.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `plugin new`.

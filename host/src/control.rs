@@ -1,5 +1,5 @@
-//! The control protocol and socket (`state_dir/control.sock`): how `b24-host journal ...` and
-//! `b24-host offline ...` reach a running host, whose journal is locked by the host (the
+//! The control protocol and socket (`state_dir/control.sock`): how `b24-host journal ...`,
+//! `b24-host plugin pause|resume` and `b24-host offline ...` reach a running host, whose journal is locked by the host (the
 //! embedded journal's file lock; on the NATS backend the `journal` commands open the shared
 //! log themselves, which no host locks, and only `offline` needs the socket). Requests
 //! and answers are [`Request`]/[`Response`] as JSON over HTTP/1 on a Unix socket, which only
@@ -25,6 +25,7 @@ use crate::{
     journal::{
         Journal, Selection,
         admin::{DeadRow, EventDetail, EventSummary, PluginStats},
+        pause::Paused,
     },
     offline::{Pollers, PortalStatus},
     rest::{EventContext, RestClient},
@@ -65,6 +66,18 @@ pub enum AdminRequest {
         plugin: String,
         /// The event ids.
         ids: Vec<u64>,
+    },
+    /// Pause a plugin (`b24-host plugin pause`): it receives nothing until resumed.
+    Pause {
+        /// The plugin.
+        plugin: String,
+        /// Where the operator asked (`command line`).
+        via: String,
+    },
+    /// Resume a paused plugin (`b24-host plugin resume`).
+    Resume {
+        /// The plugin.
+        plugin: String,
     },
     /// Offline pollers' status (running host only).
     OfflineStatus,
@@ -137,6 +150,8 @@ pub enum AdminResponse {
         /// The ids asked for that had no pending row of the plugin (finished, dead, unknown).
         not_pending: Vec<u64>,
     },
+    /// For `Pause` and `Resume`.
+    Paused(Paused),
     /// For `OfflineStatus`.
     Offline {
         /// One entry per polled portal.
@@ -196,6 +211,13 @@ pub async fn answer_journal(journal: &Journal, request: AdminRequest) -> AdminRe
         AdminRequest::Skip { plugin, ids } => journal.skip(plugin, ids).await.map_or_else(fail, |s| {
             AdminResponse::Skipped { plugin: s.plugin, skipped: s.skipped, not_pending: s.not_pending }
         }),
+        AdminRequest::Pause { plugin, via } => journal
+            .operator_pause(&plugin, Some(&via))
+            .await
+            .map_or_else(fail, AdminResponse::Paused),
+        AdminRequest::Resume { plugin } => {
+            journal.operator_pause(&plugin, None).await.map_or_else(fail, AdminResponse::Paused)
+        }
         AdminRequest::OfflineStatus
         | AdminRequest::OfflineBind { .. }
         | AdminRequest::Bind { .. } => AdminResponse::Error {

@@ -95,6 +95,10 @@ pub struct Metrics {
     pub oldest_pending_seconds: Family<PluginLabel, Gauge<f64, AtomicU64>>,
     /// 1 for the state a plugin is in (scrape time).
     pub plugin_state: Family<PluginState, Gauge>,
+    /// 1 while a plugin is paused (an operator's pause or its own), else 0 (scrape time).
+    pub plugin_paused: Family<PluginLabel, Gauge>,
+    /// Times a plugin paused itself after `pause_after_failures` failed calls in a row.
+    pub auto_pauses: Family<PluginLabel, Counter>,
     /// The journal file's size, bytes (scrape time).
     pub journal_bytes: Gauge,
     /// Events in the journal (scrape time).
@@ -222,6 +226,8 @@ impl Metrics {
             backlog: Family::default(),
             oldest_pending_seconds: Family::default(),
             plugin_state: Family::default(),
+            plugin_paused: Family::default(),
+            auto_pauses: Family::default(),
             journal_bytes: Gauge::default(),
             journal_events: Gauge::default(),
             log_acknowledging: Gauge::default(),
@@ -280,6 +286,16 @@ impl Metrics {
             "plugin_state",
             "1 for the state each plugin is in",
             m.plugin_state.clone(),
+        );
+        registry.register(
+            "plugin_paused",
+            "1 while a plugin is paused (by an operator, or by itself after pause_after_failures failed calls in a row): it receives nothing, its events wait",
+            m.plugin_paused.clone(),
+        );
+        registry.register(
+            "plugin_auto_pauses",
+            "Times a plugin paused itself after pause_after_failures failed calls in a row",
+            m.auto_pauses.clone(),
         );
         registry.register(
             "journal_size_bytes",
@@ -348,6 +364,7 @@ impl Metrics {
         let _ = self.dead_letters.get_or_create(&label);
         let _ = self.retries.get_or_create(&label);
         let _ = self.runner_restarts.get_or_create(&label);
+        let _ = self.auto_pauses.get_or_create(&label);
     }
 
     /// Counts a request.

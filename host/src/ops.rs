@@ -6,10 +6,14 @@
 //! `GET /metrics` (Prometheus text 0.0.4, or
 //! OpenMetrics when `Accept` prefers it) and
 //! `POST /reload` (re-read host.toml and the plugins folder; 200 with the report, 500 when a
-//! plugin failed to reload and kept its old instance, 400 when host.toml is invalid), and the
-//! web console (`console/`) on every other path. With `admin.token` everything but `/healthz`
-//! and `/static/*` needs the token (bearer) or a console session; `POST /reload` passes the
-//! console's CSRF rule. Every answer carries `Server-Timing: app;dur=<ms>`.
+//! plugin failed to reload and kept its old instance, 400 when host.toml is invalid),
+//! `POST /plugins/NAME/pause` and `POST /plugins/NAME/resume` (`journal::pause`; 200 with the
+//! plugin's pause as JSON, 404 for a plugin that is not enabled; a browser's form gets a 303
+//! back to the console's Plugins page), and the web console (`console/`) on every other path.
+//! With `admin.token` everything but `/healthz` and `/static/*` needs the token (bearer) or a
+//! console session; the POSTs pass the console's CSRF rule. `/readyz` stays 200 for a paused
+//! plugin (the operator's choice, not a fault) and names it in its body. Every answer carries
+//! `Server-Timing: app;dur=<ms>`.
 //!
 //! The listener has limits of its own, so that no client of it can take what the event
 //! listener needs: at most `admin.max_connections` open (503 past it), the event listener's
@@ -33,7 +37,7 @@ use crate::{
     config::Config,
     conn::{self, Acceptor, DeadlineIo, Limiter, RequestRead},
     console::{self, Console},
-    journal::{Journal, admin::Stats},
+    journal::{Journal, admin::Stats, pause::Paused},
     metrics::{Metrics, PluginLabel},
     offline::Pollers,
     supervisor::{ReloadReport, Supervisor},
@@ -176,6 +180,12 @@ impl Ops {
         if matches!(who, console::Who::Nobody) {
             return console::unauthorized(request.method(), path);
         }
+        if request.method() == Method::POST
+            && let Some((name, pause)) = plugin_action(path)
+        {
+            let name = name.to_owned();
+            return self.pause_request(&who, &request, &name, pause).await;
+        }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/readyz") => {
                 let problems = self.problems();
@@ -185,6 +195,13 @@ impl Ops {
                 if spooled > 0 {
                     log.push_str(&format!(
                         "spool: {spooled} events on this host not yet on the shared log\n"
+                    ));
+                }
+                // Paused is the operator's choice (or the plugin's own breaker): still ready.
+                for (name, pause) in self.journal.pauses() {
+                    log.push_str(&format!(
+                        "paused: plugin {name}: {}; its events wait in the journal\n",
+                        pause.describe()
                     ));
                 }
                 if problems.is_empty() {
@@ -228,8 +245,14 @@ impl Ops {
                 counted.inc_by(damaged.saturating_sub(counted.get()));
                 let metrics = self.metrics.clone();
                 let supervisor = self.supervisor.clone();
+                let paused = self.journal.pauses();
                 let (body, content_type) = tokio::task::spawn_blocking(move || {
                     refresh_gauges(stats, size, &metrics, &supervisor);
+                    for plugin in supervisor.names() {
+                        let label = PluginLabel { plugin: plugin.clone() };
+                        let gauge = metrics.plugin_paused.get_or_create(&label);
+                        gauge.set(i64::from(paused.contains_key(&plugin)));
+                    }
                     metrics.render_for(accept.as_deref())
                 })
                 .await
@@ -286,6 +309,64 @@ impl Ops {
         self.journal.last_write_error()
     }
 
+    /// `POST /plugins/NAME/pause` or `/resume` (`pause`: which), after the CSRF rule: JSON for
+    /// a script, a 303 back to the Plugins page for the console's form.
+    async fn pause_request(
+        &self,
+        who: &console::Who,
+        request: &Request<Bytes>,
+        name: &str,
+        pause: bool,
+    ) -> Response<Full<Bytes>> {
+        if !console::csrf_passes_form(&self.console, who, request) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "CSRF token missing or wrong\n",
+                "text/plain; charset=utf-8",
+            );
+        }
+        let browser = request
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"));
+        let via = match who {
+            console::Who::Session { .. } => "console",
+            console::Who::Open if browser => "console",
+            _ => "admin API",
+        };
+        match self.set_pause(name, pause, via).await {
+            Ok(_) if browser => console::see_other_plugins(),
+            Ok(answer) => text(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&answer).unwrap_or_default(),
+                "application/json",
+            ),
+            Err((status, why)) => text(status, format!("{why}\n"), "text/plain; charset=utf-8"),
+        }
+    }
+
+    /// Pauses (`pause`) or resumes plugin `name` through the journal, `via` naming where the
+    /// operator asked (`console`, `admin API`; see `Journal::operator_pause`). Only an enabled
+    /// plugin can be paused (404); any paused one can be resumed.
+    pub async fn set_pause(
+        &self,
+        name: &str,
+        pause: bool,
+        via: &str,
+    ) -> Result<Paused, (StatusCode, String)> {
+        let enabled = self.supervisor.names();
+        if !enabled.iter().any(|n| n == name) && (pause || self.journal.paused(name).is_none()) {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no enabled plugin {name:?} (enabled: {})", enabled.join(", ")),
+            ));
+        }
+        self.journal.operator_pause(name, pause.then_some(via)).await.map_err(|e| {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("the journal did not store it: {e}"))
+        })
+    }
+
     /// Re-reads host.toml and applies it; the status tells the reload command how it went.
     pub async fn reload(&self) -> (StatusCode, ReloadOutcome) {
         let Some(path) = &self.config_path else {
@@ -310,6 +391,17 @@ impl Ops {
         let status = if report.ok() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
         (status, ReloadOutcome::Done(report))
     }
+}
+
+/// `NAME` and whether to pause (`true`) of `/plugins/NAME/pause` and `/plugins/NAME/resume`.
+fn plugin_action(path: &str) -> Option<(&str, bool)> {
+    let (name, action) = path.strip_prefix("/plugins/")?.split_once('/')?;
+    let pause = match action {
+        "pause" => true,
+        "resume" => false,
+        _ => return None,
+    };
+    (!name.is_empty()).then_some((name, pause))
 }
 
 /// The answer to `POST /reload`.

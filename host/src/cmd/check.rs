@@ -1,9 +1,10 @@
 //! `b24-host check`: validates the config, loads and creates every enabled plugin, and prints
 //! what each one receives; on the NATS backend it also connects to the shared log and reports
 //! the stream (messages, bytes, replicas and how current each is, the leader), the dead
-//! letters and each plugin's consumer. With a running host it also asks it about each portal:
-//! whether the app's installation is finished and what is bound (warnings). Reports every
-//! problem at once; exits non-zero on any.
+//! letters and each plugin's consumer. It says which plugins are paused (`plugin pause`, or
+//! `pause_after_failures`: the operator's choice, not a problem). With a running host it also
+//! asks it about each portal: whether the app's installation is finished and what is bound
+//! (warnings). Reports every problem at once; exits non-zero on any.
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
@@ -70,6 +71,7 @@ pub fn run(config: &Config) -> ExitCode {
     if let Err(e) = check_log(config) {
         errors.push(e);
     }
+    check_pauses(config);
     check_portals(config);
     if errors.is_empty() {
         println!("ok: {} plugin(s) ready", loaded.len());
@@ -150,6 +152,48 @@ fn check_log(config: &Config) -> Result<(), String> {
         return Err("journal (nats): the events stream has no leader (an election, or too few nodes up for its quorum)".into());
     }
     Ok(())
+}
+
+/// Prints which enabled plugins are paused, as the journal stores it (the stopped host's
+/// journal, the running host's control socket, or the NATS log, as `journal stats` reads it).
+/// Nothing when there is no journal yet.
+fn check_pauses(config: &Config) {
+    use crate::control::{AdminRequest, AdminResponse};
+    if config.plugins.enabled.is_empty() {
+        return;
+    }
+    let request = AdminRequest::Stats { enabled: config.plugins.enabled.clone() };
+    let plugins = match super::journal::ask(config, request) {
+        Ok(AdminResponse::Stats { plugins, .. }) => plugins,
+        Ok(AdminResponse::Error { message }) => {
+            eprintln!("warning: cannot read whether plugins are paused: {message}");
+            return;
+        }
+        Ok(_) => return,
+        Err(e)
+            if matches!(
+                e.downcast_ref::<crate::journal::StoreError>(),
+                Some(crate::journal::StoreError::NotFound { .. })
+            ) =>
+        {
+            return;
+        }
+        Err(e) => {
+            eprintln!("warning: cannot read whether plugins are paused: {e}");
+            return;
+        }
+    };
+    for line in plugins {
+        if let Some(pause) = &line.stats.paused {
+            println!(
+                "plugin {} state: paused ({}); {} event(s) wait for it; `b24-host plugin resume {}` resumes it",
+                line.stats.plugin,
+                pause.describe(),
+                line.stats.backlog,
+                line.stats.plugin
+            );
+        }
+    }
 }
 
 /// How long `check` waits for the running host's look at its portals.

@@ -40,6 +40,12 @@ pub fn command(config: &Config, command: JournalCommand, json: bool) -> anyhow::
 
 /// Runs `request` against the journal of `config`'s host and prints the answer.
 pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<ExitCode> {
+    output(&ask(config, request)?, json)
+}
+
+/// Runs `request` against the journal of `config`'s host: the stopped host's journal opened
+/// here, else the running host's through its control socket (the NATS log: always here).
+pub fn ask(config: &Config, request: Request) -> anyhow::Result<Response> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if matches!(
         request,
@@ -54,7 +60,7 @@ pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<Exit
                  REST client), and {e}"
                 )
             })?;
-        return output(&response, json);
+        return Ok(response);
     }
     let response =
         match runtime.block_on(Journal::open_for_command(&config.state_dir, &config.journal)) {
@@ -71,7 +77,7 @@ pub fn run(config: &Config, request: Request, json: bool) -> anyhow::Result<Exit
             }
             Err(e) => return Err(e.into()),
         };
-    output(&response, json)
+    Ok(response)
 }
 
 /// Prints `response` as JSON or for people.
@@ -119,6 +125,17 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("{events} event(s) in the journal");
+            for p in plugins.iter().map(|line| &line.stats) {
+                if let Some(pause) = &p.paused {
+                    println!(
+                        "{} state: paused ({}, {} ago); its backlog waits until `b24-host plugin resume {}`",
+                        p.plugin,
+                        pause.describe(),
+                        age(now - pause.at_ms),
+                        p.plugin
+                    );
+                }
+            }
             for p in plugins_runners {
                 println!(
                     "runner {}: {}, pid {}, {} restart(s), last exit: {}",
@@ -235,6 +252,7 @@ fn print(response: &Response) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Response::Paused(paused) => println!("{}", paused.message),
         Response::Bound { events } => println!("bound for offline delivery: {}", events.join(", ")),
         Response::Bindings { handler, portals } => {
             match handler {

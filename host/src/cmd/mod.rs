@@ -9,6 +9,8 @@ pub mod journal;
 pub mod man;
 pub mod offline;
 pub mod plugin_new;
+pub mod plugin_pause;
+pub mod plugin_resume;
 pub mod reload;
 pub mod send;
 pub mod serve;
@@ -65,6 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload { config, admin } => reload::run(config, admin),
         Command::Send(args) => send::run(&args),
         Command::Plugin { command: PluginCommand::New(args) } => plugin_new::run(&args),
+        Command::Plugin { command: PluginCommand::Pause(args) } => plugin_pause::run(&args),
+        Command::Plugin { command: PluginCommand::Resume(args) } => plugin_resume::run(&args),
         Command::Man { dir } => man::run(dir.as_deref()),
     }
 }

@@ -69,6 +69,8 @@ pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 1024;
 pub const MAX_MEMORY_LIMIT_MB: u64 = 1 << 20;
 /// Largest accepted `plugin.<name>.max_crashes`.
 pub const MAX_CRASHES: u32 = 1000;
+/// Largest accepted `plugin.<name>.pause_after_failures`.
+pub const MAX_PAUSE_AFTER_FAILURES: u32 = 1_000_000;
 /// Default of `plugin.<name>.retry.attempts`.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 8;
 /// Default of `plugin.<name>.retry.base_ms`.
@@ -368,6 +370,9 @@ pub struct PluginConfig {
     /// plugin, died while calling it) the event becomes a dead letter of the plugin
     /// (`max_crashes`).
     pub max_crashes: u32,
+    /// The plugin pauses itself after this many consecutive failed calls, until an operator
+    /// resumes it (`pause_after_failures`; `None`: never).
+    pub pause_after_failures: Option<u32>,
     /// Redelivery of failed events (`[plugin.<name>.retry]`).
     pub retry: RetryConfig,
     /// The plugin's own settings as TOML text (the `[plugin.<name>.settings]` table), `""` if
@@ -387,6 +392,7 @@ impl Default for PluginConfig {
             memory_limit_mb: Some(DEFAULT_MEMORY_LIMIT_MB),
             kill_after: DEFAULT_KILL_AFTER,
             max_crashes: DEFAULT_MAX_CRASHES,
+            pause_after_failures: None,
             retry: RetryConfig::default(),
             settings: String::new(),
         }
@@ -405,6 +411,7 @@ impl fmt::Debug for PluginConfig {
             .field("memory_limit_mb", &self.memory_limit_mb)
             .field("kill_after", &self.kill_after)
             .field("max_crashes", &self.max_crashes)
+            .field("pause_after_failures", &self.pause_after_failures)
             .field("retry", &self.retry)
             .field("settings", &format_args!("<{} bytes of TOML>", self.settings.len()))
             .finish()

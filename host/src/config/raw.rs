@@ -186,6 +186,7 @@ pub(crate) struct RawPlugin {
     pub memory_limit_mb: Option<Spanned<Count>>,
     pub kill_after_ms: Option<Spanned<Millis>>,
     pub max_crashes: Option<Spanned<Count>>,
+    pub pause_after_failures: Option<Spanned<Count>>,
     #[serde(default)]
     pub retry: RawRetry,
     /// Any TOML at all; only required to be a table.

@@ -222,7 +222,7 @@ fn unknown_key_in_plugin_table() {
     assert_eq!(
         message,
         "unknown key; expected one of events, entities, fields, timeout_ms, concurrency, isolation, \
-         memory_limit_mb, kill_after_ms, max_crashes, retry, settings"
+         memory_limit_mb, kill_after_ms, max_crashes, pause_after_failures, retry, settings"
     );
 }
 
@@ -415,6 +415,10 @@ fn zero_and_out_of_range_values() {
     );
     assert_eq!(
         invalid("[plugin.p]\nmax_crashes = 0\n", 2, 15, "plugin.p.max_crashes"),
+        "must be at least 1"
+    );
+    assert_eq!(
+        invalid("[plugin.p]\npause_after_failures = 0\n", 2, 24, "plugin.p.pause_after_failures"),
         "must be at least 1"
     );
     assert_eq!(

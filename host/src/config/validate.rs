@@ -615,6 +615,12 @@ fn plugin_table(src: &Source<'_>, key: &str, raw: RawPlugin) -> Result<PluginCon
             .try_into()
             .unwrap_or(MAX_CRASHES);
     }
+    if let Some(n) = raw.pause_after_failures {
+        let (key, max) =
+            (format!("{key}.pause_after_failures"), super::model::MAX_PAUSE_AFTER_FAILURES);
+        out.pause_after_failures =
+            Some(count(src, &n, &key, u64::from(max))?.try_into().unwrap_or(max));
+    }
     out.retry = retry(src, &format!("{key}.retry"), raw.retry)?;
     if let Some(settings) = raw.settings {
         out.settings = toml::to_string(settings.get_ref()).map_err(|e| {

@@ -1,9 +1,11 @@
 //! The web console on the admin listener: server-rendered HTML (maud) with htmx refreshing
 //! parts of pages, readable without JavaScript. Pages: the overview (`/`), events (`/events`,
 //! `/events/{id}`), dead letters (`/dead`, with replay and purge in two steps), plugins
-//! (`/plugins`, with reload), portals (`/portals`: installation, bindings, offline queue). Static assets (htmx, the stylesheet) are embedded in the binary.
+//! (`/plugins`, with reload, and pause and resume per plugin: forms posting to
+//! `/plugins/NAME/pause`, which `ops.rs` answers), portals (`/portals`: installation, bindings, offline queue). Static assets (htmx, the stylesheet) are embedded in the binary.
 //!
-//! Invariants: the console changes the journal only through the seam's `replay` and `purge`;
+//! Invariants: the console changes the journal only through the seam's `replay` and `purge`
+//! (and a plugin's pause, through `Ops::set_pause`);
 //! it never sees a token (the journal hands out redacted events; plugin settings are redacted
 //! here); every state-changing request is a POST that passes the CSRF rule (`csrf.rs`); with
 //! `admin.token` every path but `/healthz` and `/static/*` needs a login (`auth.rs`).
@@ -143,6 +145,18 @@ pub fn csrf_passes(console: &Console, who: &Who, headers: &HeaderMap) -> bool {
     csrf::passes(console, who, headers, None)
 }
 
+/// Whether a state-changing request that may come from a console form (`POST
+/// /plugins/NAME/pause`) passes the CSRF rule: the form's `csrf` field or the header.
+pub fn csrf_passes_form(console: &Console, who: &Who, request: &Request<Bytes>) -> bool {
+    let fields = form(request);
+    csrf::passes(console, who, request.headers(), field(&fields, csrf::FIELD))
+}
+
+/// The 303 a console form's pause or resume answers with: back to the Plugins page.
+pub fn see_other_plugins() -> Answer {
+    see_other("/plugins")
+}
+
 /// The request's query or form pairs.
 fn pairs(text: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(text.as_bytes()).into_owned().collect()
@@ -206,7 +220,7 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Bytes>) -> Answer {
                 let (_, outcome) = ops.reload().await;
                 let report = serde_json::to_string_pretty(&outcome).unwrap_or_default();
                 let views = ops.supervisor.views();
-                let body = plugins::body(&views, &csrf, Some(&report));
+                let body = plugins::body(&views, &ops.journal.pauses(), &csrf, Some(&report));
                 html(StatusCode::OK, layout::page("Plugins", &who, &csrf, body))
             }
             "/logout" => {
@@ -272,7 +286,10 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Bytes>) -> Answer {
         "/dead/purge" => {
             dead_action(ops, &who, &csrf, dead::Action::Purge, &without_confirm(&query)).await
         }
-        "/plugins" => page("Plugins", plugins::body(&ops.supervisor.views(), &csrf, None)),
+        "/plugins" => page(
+            "Plugins",
+            plugins::body(&ops.supervisor.views(), &ops.journal.pauses(), &csrf, None),
+        ),
         "/portals" => page("Portals", portals::body(ops)),
         "/partials/portals" => html(StatusCode::OK, portals::live(ops)),
         _ => {

@@ -30,6 +30,7 @@ pub async fn live(ops: &Ops) -> Markup {
             .ok()
             .and_then(Result::ok);
     let views = ops.supervisor.views();
+    let paused = ops.journal.pauses();
     let window = ops.metrics.intake.window(now_seconds());
     let problems = ops.problems();
     let pollers = ops.pollers.status();
@@ -56,6 +57,9 @@ pub async fn live(ops: &Ops) -> Markup {
                                 td.retrying { (p.retrying) }
                                 td.dead { a href=(format!("/dead?plugin={}", p.plugin)) { (p.dead) } }
                                 td.state {
+                                    @if let Some(pause) = paused.get(&p.plugin) {
+                                        span.state-paused { "paused" } " (" (pause.describe()) ") · "
+                                    }
                                     @match view {
                                         Some(v) => {
                                             span class=(format!("state-{}", v.state)) { (v.state) }

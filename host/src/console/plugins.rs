@@ -1,9 +1,16 @@
 //! The plugins page: name, version, subscriptions, isolation, library SHA-256, the settings
-//! with secrets redacted, the state; and the reload button with the reload report.
+//! with secrets redacted, the state (`paused`, with why and since when, above the loaded
+//! state) with a Pause or Resume button; and the reload button with the reload report.
+
+use std::collections::BTreeMap;
 
 use maud::{Markup, html};
 
-use crate::supervisor::PluginView;
+use super::when;
+use crate::{
+    journal::{Pause, now_ms},
+    supervisor::PluginView,
+};
 
 /// What a redacted value shows.
 const REDACTED: &str = "<redacted>";
@@ -57,8 +64,22 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-/// The page's body; `report` is the reload report to show, if a reload just ran.
-pub fn body(views: &[PluginView], csrf: &str, report: Option<&str>) -> Markup {
+/// A plugin's pause as the state column shows it: why, and how long ago.
+pub fn paused_text(pause: &Pause) -> String {
+    match pause.at_ms {
+        0 => pause.describe(),
+        at => format!("{}, {} ago", pause.describe(), when::age(now_ms() - at)),
+    }
+}
+
+/// The page's body; `paused`: the plugins paused now; `report` is the reload report to show,
+/// if a reload just ran.
+pub fn body(
+    views: &[PluginView],
+    paused: &BTreeMap<String, Pause>,
+    csrf: &str,
+    report: Option<&str>,
+) -> Markup {
     html! {
         h1 { "Plugins" }
         form.actions method="post" action="/plugins/reload" {
@@ -90,12 +111,23 @@ pub fn body(views: &[PluginView], csrf: &str, report: Option<&str>) -> Markup {
                             }
                         }
                         td.state {
+                            @if let Some(pause) = paused.get(&v.name) {
+                                span.state-paused { "paused" }
+                                " "
+                                span.paused-reason title=(format!("since {} UTC; its events wait in the journal", when::format_ms(pause.at_ms))) { (paused_text(pause)) }
+                                br;
+                            }
                             span class=(format!("state-{}", v.state)) { (v.state) }
                             @if let Some(f) = &v.failure { br; (f) }
                             @if let Some(r) = &v.runner {
                                 br; "runner " (r.state) ", " (r.restarts) " restarts"
                                 @if let Some(pid) = r.pid { ", pid " (pid) }
                                 @if let Some(exit) = &r.last_exit { br; "last exit: " (exit) }
+                            }
+                            @let (action, label) = if paused.contains_key(&v.name) { ("resume", "Resume") } else { ("pause", "Pause") };
+                            form.pause method="post" action=(format!("/plugins/{}/{action}", v.name)) {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button id=(format!("{action}-{}", v.name)) type="submit" { (label) }
                             }
                         }
                     }

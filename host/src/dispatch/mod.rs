@@ -10,12 +10,14 @@
 //! - [`crash`]: poison events: a delivery that ended with a process dying, `max_crashes`.
 //! - [`inflight`]: an in-process plugin's record of the events its lanes are calling, read at
 //!   the next start to count a crash of the host.
+//! - [`pause`]: a paused plugin's lanes wait at its gate; `pause_after_failures`' breaker.
 
 pub mod convert;
 pub mod crash;
 pub mod host_services;
 pub mod inflight;
 pub mod instance;
+pub mod pause;
 pub mod worker;
 
 pub use instance::{Instance, PluginStatus};

@@ -30,6 +30,7 @@ use super::{
     crash::{self, CrashVerdict},
     inflight::Inflight,
     instance::{Instance, PluginStatus},
+    pause::{self, Breaker},
 };
 use crate::{
     config::{PluginConfig, RetryConfig},
@@ -75,6 +76,8 @@ pub struct Worker {
     config: Mutex<PluginConfig>,
     metrics: Arc<Metrics>,
     inflight: Arc<Inflight>,
+    /// `pause_after_failures`: the plugin's failed calls in a row.
+    breaker: Breaker,
 }
 
 fn locked<T: Clone>(m: &Mutex<T>) -> T {
@@ -148,6 +151,7 @@ impl Worker {
         metrics: Arc<Metrics>,
     ) -> Worker {
         Worker {
+            breaker: Breaker::new(&name, metrics.clone()),
             name,
             instance: Mutex::new(instance),
             route: Mutex::new(route),
@@ -250,6 +254,8 @@ impl Worker {
         let _runtime = lanes.runtime.enter();
         let mut ahead: VecDeque<Opened> = VecDeque::new();
         loop {
+            // A paused plugin's lane starts nothing until it is resumed.
+            pause::hold(&lanes.reporter, &lanes.runtime, || lanes.stopping());
             let first = match ahead.pop_front() {
                 Some(opened) => opened,
                 None => {
@@ -310,11 +316,12 @@ impl Worker {
         }
     }
 
-    /// Whether an event can go in a batch: due now, for this plugin, not skipped, and
-    /// delivery goes on. Anything else takes the one-event path.
+    /// Whether an event can go in a batch: due now, for this plugin, not skipped, not paused,
+    /// and delivery goes on. Anything else takes the one-event path.
     fn batchable(&self, opened: &Opened, lanes: &Lanes) -> bool {
         opened.pending.next_at_ms <= now_ms()
             && !lanes.stopping()
+            && !lanes.reporter.is_paused()
             && !lanes.reporter.is_skipped(opened.envelope.id)
             && self.route().matches(&opened.envelope.event)
     }
@@ -506,6 +513,8 @@ impl Worker {
                 if wait > 0 {
                     lanes.sleep(Duration::from_millis(wait as u64), id);
                 }
+                // A retry due while the plugin is paused waits for the resume.
+                pause::hold(reporter, &lanes.runtime, || lanes.stopping());
                 if lanes.stopping() {
                     return;
                 }
@@ -541,6 +550,13 @@ impl Worker {
                 Err(CallError::Abandoned | CallError::Interrupted(_)) => "abandoned",
             };
             self.metrics.call(&self.name, label, seconds);
+            self.breaker.after_call(
+                config.pause_after_failures,
+                &result,
+                held,
+                reporter,
+                &lanes.runtime,
+            );
             // For the console's history: when the call started and how long it took.
             let at_ms = now_ms() - elapsed.as_millis() as i64;
             let duration_us = elapsed.as_micros() as u64;

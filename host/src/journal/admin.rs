@@ -173,6 +173,10 @@ pub struct PluginStats {
     pub dead: u64,
     /// Age of the oldest pending event, ms.
     pub oldest_pending_age_ms: Option<i64>,
+    /// Why the plugin is paused, if it is (`b24-host plugin pause`, `pause_after_failures`):
+    /// its backlog waits until it is resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<super::Pause>,
 }
 
 /// The journal's numbers.

@@ -22,6 +22,8 @@
 //! - [`dedup`]: the duplicate key (the same event twice has the same key, whichever host
 //!   accepted it); keeping the window is each backend's (`embedded::window`).
 //! - [`admin`]: what the `journal` commands show, as plain data.
+//! - [`pause`]: paused plugins (stored in the named state, honoured by the plugin's consumer
+//!   and lanes through its gate).
 
 pub mod admin;
 pub mod checksum;
@@ -29,6 +31,7 @@ pub mod dedup;
 pub mod embedded;
 mod error;
 pub mod nats;
+pub mod pause;
 pub mod record;
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -42,6 +45,7 @@ use crate::{
 };
 pub use admin::Selection;
 pub use error::StoreError;
+pub use pause::Pause;
 pub use record::{DeadLetter, EventMeta, EventRecord, Pending, Source};
 
 /// An accepted event as it travels to a plugin.
@@ -105,6 +109,8 @@ fn record(
 #[derive(Clone)]
 pub struct Journal {
     backend: Backend,
+    /// Each plugin's pause as this process honours it (see [`pause`]).
+    pauses: Arc<pause::Pauses>,
 }
 
 /// The backends. A match per call is all the seam costs.
@@ -122,16 +128,120 @@ impl Journal {
         config: &JournalConfig,
         plugins: &[String],
     ) -> Result<(Journal, std::thread::JoinHandle<()>), StoreError> {
-        match config.backend {
+        let (backend, thread) = match config.backend {
             JournalBackend::Embedded => {
                 let (journal, thread) = embedded::Embedded::open(state_dir, config, plugins, true)?;
-                Ok((Journal { backend: Backend::Embedded(journal) }, thread))
+                (Backend::Embedded(journal), thread)
             }
             JournalBackend::Nats => {
                 let (journal, thread) = nats::Nats::open(state_dir, config, plugins).await?;
-                Ok((Journal { backend: Backend::Nats(journal) }, thread))
+                (Backend::Nats(journal), thread)
+            }
+        };
+        let journal = Journal { backend, pauses: Arc::default() };
+        journal.honour_pauses(plugins).await;
+        Ok((journal, thread))
+    }
+
+    /// Reads the enabled `plugins`' pauses before any of them is delivered to, and on the
+    /// NATS backend watches every pause any host or command makes from now on.
+    async fn honour_pauses(&self, plugins: &[String]) {
+        if let Backend::Nats(j) = &self.backend {
+            // The watch first: a pause made while the plugins are read is not missed (a value
+            // both bring is applied by revision, so the older never wins).
+            let mut changes = j.pause_changes();
+            let pauses = self.pauses.clone();
+            tokio::spawn(async move {
+                while let Some((plugin, value, revision)) = changes.recv().await {
+                    pauses.apply(&plugin, Pause::decode(&value), revision);
+                }
+            });
+        }
+        for plugin in plugins {
+            if let Err(e) = self.load_pause(plugin).await {
+                tracing::warn!(plugin = %plugin, "cannot read whether the plugin is paused: {e}");
             }
         }
+    }
+
+    /// Reads `plugin`'s stored pause into [`pause::Pauses`].
+    async fn load_pause(&self, plugin: &str) -> Result<(), StoreError> {
+        let (pause, revision) = self.stored_pause_at(plugin).await?;
+        self.pauses.apply(plugin, pause, revision);
+        Ok(())
+    }
+
+    /// `plugin`'s pause as stored, with its revision (0 on the embedded backend: any write of
+    /// this process is newer).
+    async fn stored_pause_at(&self, plugin: &str) -> Result<(Option<Pause>, u64), StoreError> {
+        match &self.backend {
+            Backend::Embedded(j) => {
+                Ok((j.state(&pause::state_name(plugin))?.as_deref().and_then(Pause::decode), 0))
+            }
+            Backend::Nats(j) => Ok(j
+                .pause(plugin)
+                .await?
+                .map_or((None, 0), |(value, revision)| (Pause::decode(&value), revision))),
+        }
+    }
+
+    /// `plugin`'s pause as stored now (on the NATS backend: as the log holds it, whichever
+    /// host or command made it); `None` when it is not paused.
+    pub async fn stored_pause(&self, plugin: &str) -> Result<Option<Pause>, StoreError> {
+        Ok(self.stored_pause_at(plugin).await?.0)
+    }
+
+    /// Pauses (`Some`) or resumes (`None`) `plugin`, durably; this process honours it at once,
+    /// the other hosts on a shared log as soon as their watch brings it.
+    pub async fn set_pause(&self, plugin: &str, pause: Option<Pause>) -> Result<(), StoreError> {
+        let revision = match &self.backend {
+            Backend::Embedded(j) => {
+                j.set_state(&pause::state_name(plugin), pause.as_ref().map(Pause::encode)).await?;
+                self.pauses.next_revision()
+            }
+            Backend::Nats(j) => {
+                j.set_pause(plugin, pause.as_ref().map(Pause::encode).unwrap_or_default()).await?
+            }
+        };
+        self.pauses.apply(plugin, pause, revision);
+        Ok(())
+    }
+
+    /// An operator pauses `plugin` (`via`: where they asked: `command line`, `console`,
+    /// `admin API`) or resumes it (`None`). Pausing a paused plugin keeps its pause (and its
+    /// reason); resuming one that is not paused changes nothing.
+    pub async fn operator_pause(
+        &self,
+        plugin: &str,
+        via: Option<&str>,
+    ) -> Result<pause::Paused, StoreError> {
+        let before = self.stored_pause(plugin).await?;
+        match (via, before) {
+            (Some(_), Some(kept)) => Ok(pause::Paused::new(plugin, Some(kept), false)),
+            (Some(via), None) => {
+                let pause = Pause::by_operator(via);
+                self.set_pause(plugin, Some(pause.clone())).await?;
+                tracing::info!(plugin, via, "paused by an operator");
+                Ok(pause::Paused::new(plugin, Some(pause), true))
+            }
+            (None, Some(_)) => {
+                self.set_pause(plugin, None).await?;
+                tracing::info!(plugin, "resumed by an operator");
+                Ok(pause::Paused::new(plugin, None, true))
+            }
+            (None, None) => Ok(pause::Paused::new(plugin, None, false)),
+        }
+    }
+
+    /// `plugin`'s pause as this process honours it (a running host; a command reads
+    /// [`Journal::stored_pause`]).
+    pub fn paused(&self, plugin: &str) -> Option<Pause> {
+        self.pauses.get(plugin)
+    }
+
+    /// Every plugin this process honours a pause of.
+    pub fn pauses(&self) -> std::collections::BTreeMap<String, Pause> {
+        self.pauses.all()
     }
 
     /// Opens the journal for a `journal` command while the host is stopped: it reads and runs
@@ -141,16 +251,17 @@ impl Journal {
         state_dir: &Path,
         config: &JournalConfig,
     ) -> Result<(Journal, std::thread::JoinHandle<()>), StoreError> {
-        match config.backend {
+        let (backend, thread) = match config.backend {
             JournalBackend::Embedded => {
                 let (journal, thread) = embedded::Embedded::open_for_command(state_dir, config)?;
-                Ok((Journal { backend: Backend::Embedded(journal) }, thread))
+                (Backend::Embedded(journal), thread)
             }
             JournalBackend::Nats => {
                 let (journal, thread) = nats::Nats::open_for_command(state_dir, config).await?;
-                Ok((Journal { backend: Backend::Nats(journal) }, thread))
+                (Backend::Nats(journal), thread)
             }
-        }
+        };
+        Ok((Journal { backend, pauses: Arc::default() }, thread))
     }
 
     /// Why the last journal write failed, if it did (cleared by the next good one).
@@ -406,11 +517,31 @@ impl Journal {
         }
     }
 
-    /// The consumer of `plugin`'s pending events. One per plugin.
+    /// The consumer of `plugin`'s pending events. One per plugin. It and its lanes honour the
+    /// plugin's pause (read now if this process does not know it yet: a plugin enabled by a
+    /// reload; on the NATS backend the watch has brought every stored pause already).
     pub fn consumer(&self, plugin: &str) -> Consumer {
-        match &self.backend {
-            Backend::Embedded(j) => Consumer(ConsumerBackend::Embedded(j.consumer(plugin))),
-            Backend::Nats(j) => Consumer(ConsumerBackend::Nats(j.consumer(plugin))),
+        if let Backend::Embedded(j) = &self.backend
+            && !self.pauses.is_known(plugin)
+        {
+            match j.state(&pause::state_name(plugin)) {
+                Ok(value) => self.pauses.apply(plugin, value.as_deref().and_then(Pause::decode), 0),
+                Err(e) => {
+                    tracing::warn!(plugin, "cannot read whether the plugin is paused: {e}")
+                }
+            }
+        }
+        let backend = match &self.backend {
+            Backend::Embedded(j) => ConsumerBackend::Embedded(j.consumer(plugin)),
+            Backend::Nats(j) => ConsumerBackend::Nats(j.consumer(plugin)),
+        };
+        Consumer {
+            backend,
+            pause: PauseHandle {
+                plugin: Arc::from(plugin),
+                gate: self.pauses.gate(plugin),
+                journal: self.clone(),
+            },
         }
     }
 
@@ -425,10 +556,19 @@ impl Journal {
     /// Per-plugin backlog, retrying, dead letters and oldest pending age; every plugin of
     /// `enabled` is listed, also with nothing pending.
     pub async fn stats(&self, enabled: Vec<String>) -> Result<admin::Stats, StoreError> {
-        match &self.backend {
-            Backend::Embedded(j) => j.stats(enabled).await,
-            Backend::Nats(j) => j.stats(enabled).await,
+        let mut stats = match &self.backend {
+            Backend::Embedded(j) => j.stats(enabled).await?,
+            Backend::Nats(j) => j.stats(enabled).await?,
+        };
+        // A running host says what it honours; a command reads what is stored.
+        for p in &mut stats.plugins {
+            p.paused = if self.pauses.is_known(&p.plugin) {
+                self.pauses.get(&p.plugin)
+            } else {
+                self.stored_pause(&p.plugin).await?
+            };
         }
+        Ok(stats)
     }
 
     /// The newest `limit` events, newest first.
@@ -621,18 +761,34 @@ impl Delivery {
 }
 
 /// One plugin's view of the journal: its pending events in id order, then new ones as they
-/// arrive, and dead letters put back by `journal replay`.
-pub struct Consumer(ConsumerBackend);
+/// arrive, and dead letters put back by `journal replay`. While the plugin is paused it hands
+/// out nothing.
+pub struct Consumer {
+    backend: ConsumerBackend,
+    pause: PauseHandle,
+}
 
 enum ConsumerBackend {
     Embedded(embedded::Consumer),
     Nats(nats::Consumer),
 }
 
+/// What a plugin's consumer and reporter know of its pause.
+#[derive(Clone)]
+struct PauseHandle {
+    plugin: Arc<str>,
+    gate: Arc<pause::Gate>,
+    /// To store a pause the plugin makes itself (`Reporter::pause`).
+    journal: Journal,
+}
+
+/// How often a paused plugin's consumer looks whether it was resumed.
+const PAUSE_LOOK: Duration = Duration::from_millis(50);
+
 impl Consumer {
     /// The plugin's name.
     pub fn plugin(&self) -> &Arc<str> {
-        match &self.0 {
+        match &self.backend {
             ConsumerBackend::Embedded(c) => c.plugin(),
             ConsumerBackend::Nats(c) => c.plugin(),
         }
@@ -640,15 +796,25 @@ impl Consumer {
 
     /// A handle that stops this consumer.
     pub fn stopper(&self) -> Stopper {
-        match &self.0 {
+        match &self.backend {
             ConsumerBackend::Embedded(c) => Stopper(StopperBackend::Embedded(c.stopper())),
             ConsumerBackend::Nats(c) => Stopper(StopperBackend::Nats(c.stopper())),
         }
     }
 
-    /// The next event to deliver; `None` once the journal is closed or the consumer stopped.
+    /// The next event to deliver, once the plugin is not paused; `None` once the journal is
+    /// closed or the consumer stopped.
     pub async fn next(&mut self) -> Option<Delivery> {
-        match &mut self.0 {
+        if self.pause.gate.is_paused() {
+            let (stopper, reporter) = (self.stopper(), self.reporter());
+            while self.pause.gate.is_paused() {
+                if stopper.is_stopped() || reporter.is_closed() {
+                    return None;
+                }
+                tokio::time::sleep(PAUSE_LOOK).await;
+            }
+        }
+        match &mut self.backend {
             ConsumerBackend::Embedded(c) => c.next().await,
             ConsumerBackend::Nats(c) => c.next().await,
         }
@@ -656,10 +822,11 @@ impl Consumer {
 
     /// A handle to report outcomes with, usable from other tasks and threads.
     pub fn reporter(&self) -> Reporter {
-        match &self.0 {
-            ConsumerBackend::Embedded(c) => Reporter(ReporterBackend::Embedded(c.reporter())),
-            ConsumerBackend::Nats(c) => Reporter(ReporterBackend::Nats(c.reporter())),
-        }
+        let backend = match &self.backend {
+            ConsumerBackend::Embedded(c) => ReporterBackend::Embedded(c.reporter()),
+            ConsumerBackend::Nats(c) => ReporterBackend::Nats(c.reporter()),
+        };
+        Reporter { backend, pause: self.pause.clone() }
     }
 }
 
@@ -691,9 +858,12 @@ impl Stopper {
     }
 }
 
-/// Reports one plugin's outcomes to the journal.
+/// Reports one plugin's outcomes to the journal, and tells its lanes whether it is paused.
 #[derive(Clone)]
-pub struct Reporter(ReporterBackend);
+pub struct Reporter {
+    backend: ReporterBackend,
+    pause: PauseHandle,
+}
 
 #[derive(Clone)]
 enum ReporterBackend {
@@ -702,9 +872,33 @@ enum ReporterBackend {
 }
 
 impl Reporter {
+    /// Whether the plugin is paused now (an operator's pause or its own): lanes start nothing
+    /// new while it is.
+    pub fn is_paused(&self) -> bool {
+        self.pause.gate.is_paused()
+    }
+
+    /// How many times the plugin was resumed since the host started: the circuit breaker
+    /// counts failures afresh after each.
+    pub fn resumes(&self) -> u64 {
+        self.pause.gate.resumes()
+    }
+
+    /// Pauses the plugin (its circuit breaker: `pause_after_failures`), durably; it is honoured
+    /// here at once, even when storing it fails (the error says so).
+    pub async fn pause(&self, pause: Pause) -> Result<(), StoreError> {
+        let journal = &self.pause.journal;
+        let stored = journal.set_pause(&self.pause.plugin, Some(pause.clone())).await;
+        if stored.is_err() {
+            let revision = journal.pauses.next_revision();
+            journal.pauses.apply(&self.pause.plugin, Some(pause), revision);
+        }
+        stored
+    }
+
     /// Resolves once the journal is closing (the host is shutting down).
     pub async fn closed(&self) {
-        match &self.0 {
+        match &self.backend {
             ReporterBackend::Embedded(r) => r.closed().await,
             ReporterBackend::Nats(r) => r.closed().await,
         }
@@ -712,7 +906,7 @@ impl Reporter {
 
     /// Whether the journal is closing.
     pub fn is_closed(&self) -> bool {
-        match &self.0 {
+        match &self.backend {
             ReporterBackend::Embedded(r) => r.is_closed(),
             ReporterBackend::Nats(r) => r.is_closed(),
         }
@@ -721,7 +915,7 @@ impl Reporter {
     /// Whether an operator skipped event `id` (`journal skip`) since it was read: it is a dead
     /// letter now, so stop delivering it (a process-mode plugin stuck on it can be killed).
     pub fn is_skipped(&self, id: u64) -> bool {
-        match &self.0 {
+        match &self.backend {
             ReporterBackend::Embedded(r) => r.is_skipped(id),
             ReporterBackend::Nats(r) => r.is_skipped(id),
         }
@@ -729,7 +923,7 @@ impl Reporter {
 
     /// [`Reporter::is_skipped`], and forgets it: for the lane that drops the event.
     pub fn take_skipped(&self, id: u64) -> bool {
-        match &self.0 {
+        match &self.backend {
             ReporterBackend::Embedded(r) => r.take_skipped(id),
             ReporterBackend::Nats(r) => r.take_skipped(id),
         }
@@ -737,7 +931,7 @@ impl Reporter {
 
     /// The plugin finished event `id` (done or skipped).
     pub fn complete(&self, id: u64) {
-        match &self.0 {
+        match &self.backend {
             ReporterBackend::Embedded(r) => r.complete(id),
             ReporterBackend::Nats(r) => r.complete(id),
         }
@@ -746,7 +940,7 @@ impl Reporter {
     /// An attempt failed (or its process crashed); remember the attempt and crash counts and
     /// the next attempt's time.
     pub fn update(&self, id: u64, state: Pending) {
-        match &self.0 {
+        match &self.backend {
             ReporterBackend::Embedded(r) => r.update(id, state),
             ReporterBackend::Nats(r) => r.update(id, state),
         }
@@ -756,7 +950,7 @@ impl Reporter {
     /// the console, at most [`admin::MAX_ATTEMPTS_KEPT`] per event and plugin, pruned with
     /// the event. Never blocks; a lost attempt record loses no event.
     pub fn attempt(&self, id: u64, attempt: admin::Attempt) {
-        match &self.0 {
+        match &self.backend {
             ReporterBackend::Embedded(r) => r.attempt(id, attempt),
             ReporterBackend::Nats(r) => r.attempt(id, attempt),
         }
@@ -764,7 +958,7 @@ impl Reporter {
 
     /// The plugin gave up on event `id`: a dead letter.
     pub fn bury(&self, id: u64, dead: DeadLetter) {
-        match &self.0 {
+        match &self.backend {
             ReporterBackend::Embedded(r) => r.bury(id, dead),
             ReporterBackend::Nats(r) => r.bury(id, dead),
         }

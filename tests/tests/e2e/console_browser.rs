@@ -153,3 +153,67 @@ fn with_an_admin_token_the_browser_logs_in_with_an_http_only_cookie_acts_and_log
     assert!(browser.text("#plugin-stats").is_none());
     assert!(host.stop());
 }
+
+#[test]
+fn an_operator_pauses_a_plugin_with_the_console_button_and_resumes_it_there() {
+    let test = "an_operator_pauses_a_plugin_with_the_console_button_and_resumes_it_there";
+    let Some(browser) = browser_or_skip(test) else {
+        return;
+    };
+    let dir = HostDir::new(&["audit-log", "probe"]);
+    let extra = format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{}", probe("", ""));
+    dir.write_config(&config(&["audit-log", "probe"], &extra));
+    let host = start(&dir);
+    let admin = host.admin.clone().expect("an admin listener");
+    let console = format!("http://{admin}");
+
+    // Without the token nothing pauses; a script pauses with it as a bearer (and resumes).
+    assert_eq!(host.admin_request("POST", "/plugins/probe/pause").status, 401);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    for action in ["pause", "resume"] {
+        let path = format!("/plugins/probe/{action}");
+        let answer =
+            b24_tests::http::request(&admin, "POST", &path, &[("Authorization", &bearer)], b"")
+                .expect("the admin listener answers");
+        assert_eq!(answer.status, 200, "{action}: {}", answer.body);
+    }
+
+    browser.goto(&format!("{console}/plugins"));
+    browser.type_into("#token", ADMIN_TOKEN);
+    browser.click("#login");
+    browser.wait_for("#plugin-stats");
+    browser.click("#nav-plugins");
+    browser.wait_for("#pause-probe");
+    assert!(browser.text("#plugin-probe .state-paused").is_none(), "paused before the click");
+
+    // The button (a form with the session's CSRF token): the page says paused, and why.
+    browser.click("#pause-probe");
+    browser.wait_text("#plugin-probe .state-paused", |t| t == "paused");
+    let reason = browser.text("#plugin-probe .paused-reason").unwrap_or_default();
+    assert!(reason.contains("paused by an operator (console)"), "{reason}");
+    browser.wait_for("#resume-probe");
+    assert!(browser.text("#plugin-audit-log .state-paused").is_none());
+    assert!(!browser.source().contains(ADMIN_TOKEN), "the admin token is in the page");
+
+    // Events wait for it (audit-log has them: the sentinel); the overview counts them.
+    for n in 1..=3 {
+        assert_eq!(host.post_form(&field_event(n, "UF_CRM_PAUSED")).status, 200);
+    }
+    dir.wait_lines("audit.jsonl", 3, PATIENCE, |l| l["field_name"] == "UF_CRM_PAUSED");
+    assert!(dir.read_lines("probe.jsonl").is_empty(), "the paused probe was called");
+    browser.goto(&format!("{console}/"));
+    browser.wait_text("#stats-probe td.backlog", |t| t == "3");
+    let state = browser.text("#stats-probe td.state").unwrap_or_default();
+    assert!(state.contains("paused"), "{state}");
+
+    // Resume: the probe gets all three, in order.
+    browser.click("#nav-plugins");
+    browser.click("#resume-probe");
+    browser.wait_for("#pause-probe");
+    let calls = dir.wait_lines("probe.jsonl", 3, PATIENCE, |l| l["kind"] == "user_field");
+    let fields: Vec<u64> = calls.iter().filter_map(|l| l["field_id"].as_u64()).collect();
+    assert_eq!(fields, [1, 2, 3]);
+    browser.goto(&format!("{console}/"));
+    browser.wait_text("#stats-probe td.backlog", |t| t == "0");
+    assert!(host.stop());
+}

@@ -32,6 +32,7 @@ mod offline;
 mod operator;
 mod ops;
 mod package;
+mod pause;
 mod pipeline;
 mod plugin_log;
 mod plugin_new;

@@ -1,7 +1,8 @@
 //! The key/value state in JetStream buckets, shared by every host on the log: learned
 //! application tokens (`<S>_tokens`, member id -> token), stored OAuth tokens (`<S>_oauth`,
 //! member id -> JSON, replaced by compare-and-set), named values (`<S>_state`: the offline
-//! pollers' `process_id`s), and the leases (`lease.rs`, held through `hold.rs`).
+//! pollers' `process_id`s; paused plugins under `pause.<plugin>`, watched by every host), and
+//! the leases (`lease.rs`, held through `hold.rs`).
 //!
 //! Keys are encoded with [`key`]: a key may hold only `[-/_=.a-zA-Z0-9]` and `.` separates
 //! subject tokens, so a member id or name made of letters, digits, `-` and `_` is its own key,
@@ -366,6 +367,38 @@ impl State {
         Ok(value.map(|(v, _)| v.to_vec()))
     }
 
+    /// Stores `plugin`'s pause (`journal::pause`; empty: resumed, a value rather than a delete
+    /// so that it has a revision too); its revision.
+    pub async fn set_pause(&self, plugin: &str, value: Vec<u8>) -> Result<u64, StoreError> {
+        let (key, value) = (pause_key(plugin), Bytes::from(value));
+        patiently("store a pause", || self.state.put(&key, value.clone()), |_| false)
+            .await
+            .map_err(|e| storage("store a pause", e))
+    }
+
+    /// `plugin`'s stored pause (empty: resumed) and its revision, as the leader has it.
+    pub async fn pause(&self, plugin: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let key = pause_key(plugin);
+        let value =
+            patiently("read a pause", || leader_entry(&self.state, &key), |_| false).await?;
+        Ok(value.map(|(v, revision)| (v.to_vec(), revision)))
+    }
+
+    /// Every pause any host or command stores, from now on, starting with every one as it is:
+    /// `(plugin, value, revision)`, an empty value for a resume. The watch is recreated when
+    /// it ends; it stops when the receiver is dropped.
+    pub fn pause_changes(&self) -> mpsc::UnboundedReceiver<(String, Vec<u8>, u64)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store = self.state.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watch_pauses(store, &tx) => {}
+                () = tx.closed() => {}
+            }
+        });
+        rx
+    }
+
     /// Takes lease `name` (any string), waiting up to `patience` for its holder; while held it
     /// is renewed in the background.
     pub async fn lease(&self, name: &str, patience: Duration) -> Result<Option<Held>, StoreError> {
@@ -380,6 +413,48 @@ impl State {
     /// Who holds lease `name` now (a host id), if anyone.
     pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.leases.holder(&lease_key(name)).await
+    }
+}
+
+/// The bucket key of `plugin`'s pause: `pause.` + [`key`]`(plugin)`, so that one watch
+/// (`pause.>`) sees every plugin's.
+fn pause_key(plugin: &str) -> String {
+    format!("pause.{}", key(plugin))
+}
+
+/// Feeds `tx` with the pauses' changes (`pause.>` of the state bucket) until the receiver goes.
+async fn watch_pauses(store: kv::Store, tx: &mpsc::UnboundedSender<(String, Vec<u8>, u64)>) {
+    loop {
+        match store.watch_with_history("pause.>").await {
+            Ok(mut watch) => {
+                while let Some(entry) = watch.next().await {
+                    match entry {
+                        Ok(entry) => {
+                            let Some(plugin) = entry.key.strip_prefix("pause.").and_then(unkey)
+                            else {
+                                continue;
+                            };
+                            let value = match entry.operation {
+                                kv::Operation::Put => entry.value.to_vec(),
+                                _ => Vec::new(),
+                            };
+                            if tx.send((plugin, value, entry.revision)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!("the pauses' watch: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                tracing::debug!("the pauses' watch ended; watching again");
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch the plugins' pauses (retrying): {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

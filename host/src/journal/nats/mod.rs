@@ -257,6 +257,21 @@ impl Nats {
         self.inner.kv.state(name).await
     }
 
+    /// See `Journal::set_pause` (kv.rs): the new value's revision.
+    pub async fn set_pause(&self, plugin: &str, value: Vec<u8>) -> Result<u64, StoreError> {
+        self.inner.kv.set_pause(plugin, value).await
+    }
+
+    /// See `Journal::stored_pause` (kv.rs): the value and its revision.
+    pub async fn pause(&self, plugin: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        self.inner.kv.pause(plugin).await
+    }
+
+    /// The pauses' changes by any host or command (kv.rs), for `Journal::open`.
+    pub fn pause_changes(&self) -> tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, u64)> {
+        self.inner.kv.pause_changes()
+    }
+
     /// See `Journal::pending` (deliver.rs).
     pub async fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
         self.inner.deliver.pending(&self.inner.link, plugin, id).await
