@@ -34,14 +34,14 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::{Config, Isolation, PluginConfig},
+    config::{Config, Isolation, PluginConfig, PluginKind},
     dispatch::{Instance, PluginStatus, Worker, host_services, inflight},
     journal::{Journal, Stopper},
     loader,
     metrics::{Metrics, PluginState},
     rest::RestClient,
     route::{Route, Router, Routes},
-    runner::{RunnerHandle, RunnerSpec, RunnerState},
+    runner::{ExecProgram, Program, RunnerHandle, RunnerSpec, RunnerState, lines::EventJson},
 };
 
 /// One enabled plugin as the supervisor sees it.
@@ -130,6 +130,8 @@ pub struct Supervisor {
     inflight: inflight::Records,
     /// Set by [`Supervisor::finish`]: a plugin created after it is shut down, not started.
     closing: AtomicBool,
+    /// Events as JSON, built once per event for every exec and http plugin.
+    event_json: Arc<EventJson>,
 }
 
 /// The SHA-256 of a file, read in pieces: plugins are brought up at once, and a debug build's
@@ -159,6 +161,7 @@ impl Supervisor {
             reloading: tokio::sync::Mutex::new(()),
             inflight: inflight::Records::default(),
             closing: AtomicBool::new(false),
+            event_json: Arc::new(EventJson::default()),
         });
         supervisor.mark_starting(&config);
         // Before the host listens: events for every enabled plugin are journaled from the start.
@@ -289,9 +292,20 @@ impl Supervisor {
     ) {
         let plugin_config = config.plugin_config(name);
         let attempt = || -> Result<Option<(PathBuf, String)>, String> {
-            let path = loader::locate(&config.plugins.dir, name).map_err(|e| e.to_string())?;
-            let sha = sha256_of(&path)
-                .map_err(|e| format!("plugin `{name}`: cannot read {}: {e}", path.display()))?;
+            let (path, sha) = match &plugin_config.kind {
+                PluginKind::Library => {
+                    let path =
+                        loader::locate(&config.plugins.dir, name).map_err(|e| e.to_string())?;
+                    let sha = sha256_of(&path).map_err(|e| {
+                        format!("plugin `{name}`: cannot read {}: {e}", path.display())
+                    })?;
+                    (path, sha)
+                }
+                PluginKind::Exec(exec) => {
+                    (PathBuf::new(), exec_fingerprint(&config.base_dir, &exec.command))
+                }
+                PluginKind::Http(http) => (PathBuf::new(), sha256_hex(http.url.as_bytes())),
+            };
             {
                 let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
                 if only_if_changed
@@ -302,6 +316,9 @@ impl Supervisor {
                 {
                     return Ok(None);
                 }
+            }
+            if !matches!(plugin_config.kind, PluginKind::Library) {
+                return Ok(Some((path, sha)));
             }
             // Load from a content-addressed copy: a new path is the only way to get new code
             // into a process that already loaded the old file.
@@ -329,13 +346,32 @@ impl Supervisor {
             &config.state_dir,
             Some((self.rest.clone(), self.runtime.clone())),
         );
-        let created = match plugin_config.isolation {
-            Isolation::InProcess => loader::load_file(name, &copy)
+        let created = match (&plugin_config.kind, plugin_config.isolation) {
+            (PluginKind::Exec(exec), _) => RunnerHandle::start(RunnerSpec {
+                plugin: name.to_owned(),
+                program: Program::Exec(ExecProgram {
+                    command: exec.command.clone(),
+                    env: exec.env.clone(),
+                    window: exec.window,
+                    events: plugin_config.events.clone().unwrap_or_default(),
+                    json: self.event_json.clone(),
+                }),
+                settings: plugin_config.settings.clone(),
+                config_dir: config.base_dir.clone(),
+                state_dir: config.state_dir.clone(),
+                memory_limit_mb: plugin_config.memory_limit_mb,
+                start_timeout: config.plugins.start_timeout,
+                host,
+                metrics: self.metrics.clone(),
+            })
+            .map(Instance::in_runner),
+            (PluginKind::Http(_), _) => Err("http plugins are not available yet".to_owned()),
+            (PluginKind::Library, Isolation::InProcess) => loader::load_file(name, &copy)
                 .and_then(|loaded| Instance::create(loaded, plugin_config.settings.clone(), host))
                 .map_err(|e| e.to_string()),
-            Isolation::Process => RunnerHandle::start(RunnerSpec {
+            (PluginKind::Library, Isolation::Process) => RunnerHandle::start(RunnerSpec {
                 plugin: name.to_owned(),
-                library: copy,
+                program: Program::Library(copy),
                 settings: plugin_config.settings.clone(),
                 config_dir: config.base_dir.clone(),
                 state_dir: config.state_dir.clone(),
@@ -357,7 +393,10 @@ impl Supervisor {
         let route = Route::new(&instance.info().events, &plugin_config);
         let version = instance.info().version.clone();
         let load_us = instance.info().load_time.as_micros() as u64;
-        let isolation = plugin_config.isolation.as_str();
+        let isolation = match plugin_config.kind {
+            PluginKind::Library => plugin_config.isolation.as_str(),
+            _ => plugin_config.kind.as_str(),
+        };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if self.closing.load(Ordering::SeqCst) {
             // Created after the host began to stop (checked under the lock `finish` takes the
@@ -605,6 +644,29 @@ impl Supervisor {
         abandoned.sort();
         abandoned
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an exec plugin runs, for a reload to see a change: its argv and the contents of every
+/// argument that names a file (relative to the config's folder, as the program sees it), so
+/// an edited script is started anew.
+fn exec_fingerprint(base_dir: &Path, command: &[String]) -> String {
+    let mut hasher = Sha256::new();
+    for arg in command {
+        hasher.update(arg.as_bytes());
+        hasher.update([0]);
+        let path = base_dir.join(arg);
+        if path.is_file()
+            && let Ok(mut file) = std::fs::File::open(&path)
+        {
+            let _ = std::io::copy(&mut file, &mut hasher);
+        }
+        hasher.update([0]);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Copies `library` to `state_dir/plugins/<sha256>.so` unless it is there already.

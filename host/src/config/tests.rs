@@ -222,7 +222,8 @@ fn unknown_key_in_plugin_table() {
     assert_eq!(
         message,
         "unknown key; expected one of events, entities, fields, timeout_ms, concurrency, isolation, \
-         memory_limit_mb, kill_after_ms, max_crashes, retry, settings"
+         memory_limit_mb, kill_after_ms, max_crashes, retry, settings, kind, command, env, window, \
+         url, format, secret"
     );
 }
 

@@ -16,7 +16,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -32,7 +32,7 @@ use super::{
     instance::{Instance, PluginStatus},
 };
 use crate::{
-    config::{PluginConfig, RetryConfig},
+    config::{MAX_WINDOW, PluginConfig, RetryConfig},
     journal::{
         Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, admin::Attempt,
         now_ms, record::Format,
@@ -202,7 +202,10 @@ impl Worker {
             stopper: consumer.stopper(),
             runtime: Handle::current(),
         });
-        let (queue, receiver) = mpsc::channel::<Delivery>(READ_AHEAD);
+        // An exec plugin's window may be larger than the usual read-ahead (and grow on a reload).
+        let exec = self.instance().runner().is_some_and(|r| r.is_exec());
+        let read_ahead = if exec { READ_AHEAD.max(MAX_WINDOW) } else { READ_AHEAD };
+        let (queue, receiver) = mpsc::channel::<Delivery>(read_ahead);
         let receiver = Arc::new(Mutex::new(receiver));
         let mut finished = Vec::with_capacity(count);
         for index in 0..count {
@@ -261,10 +264,13 @@ impl Worker {
                     opened
                 }
             };
-            if self.instance().runner().is_some() && self.batchable(&first, lanes) {
+            let limit = self.instance().runner().map(|r| r.batch_limit().unwrap_or(BATCH));
+            if let Some(limit) = limit
+                && self.batchable(&first, lanes)
+            {
                 let mut batch = vec![first];
                 // Only what is already waiting: a batch never waits for more.
-                while batch.len() < BATCH {
+                while batch.len() < limit {
                     let next = match ahead.pop_front() {
                         Some(opened) => opened,
                         None => {
@@ -361,10 +367,8 @@ impl Worker {
         let watched = lanes.clone();
         let ids: Vec<u64> = batch.iter().map(|o| o.envelope.id).collect();
         let first = ids[0];
-        let answered = AtomicUsize::new(0);
-        let progress = Box::new(move || {
+        let progress = Box::new(move |next: usize| {
             let lane = &watched.lanes[index];
-            let next = answered.fetch_add(1, Ordering::Relaxed) + 1;
             lane.event.store(ids.get(next).copied().unwrap_or(0), Ordering::Relaxed);
             lane.busy_since.store(watched.micros(), Ordering::Relaxed)
         });
@@ -389,10 +393,10 @@ impl Worker {
         } else if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
             tracing::info!("plugin answers within its timeout again");
         }
-        let mut batch = batch.into_iter();
+        let mut batch = batch.into_iter().enumerate();
         let mut notes = notes.into_iter().map(|n| n.until());
         for (result, took) in outcome.answered {
-            let Some(opened) = batch.next() else { break };
+            let Some((_, opened)) = batch.next() else { break };
             let held = notes.next().flatten();
             self.deliver_opened(
                 opened,
@@ -402,12 +406,24 @@ impl Worker {
             );
         }
         if let Some((end, took)) = outcome.end
-            && let Some(opened) = batch.next()
+            && let Some((_, opened)) = batch.next()
         {
             let held = notes.next().flatten();
             self.deliver_opened(opened, lanes, index, Some((Err(end), took, held)));
         }
-        batch.collect()
+        // What follows was not attempted, except what an exec plugin's window already answered
+        // Done or Skipped: those are finished (the plugin handled them), the rest come again.
+        let mut later = outcome.later.into_iter().peekable();
+        let mut again = Vec::new();
+        for ((position, opened), held) in batch.zip(notes) {
+            match later.next_if(|(at, _, _)| *at == position) {
+                Some((_, outcome, took)) => {
+                    self.deliver_opened(opened, lanes, index, Some((Ok(outcome), took, held)));
+                }
+                None => again.push(opened),
+            }
+        }
+        again
     }
 
     /// Marks the plugin degraded while a call runs past its timeout (the call cannot be
