@@ -34,10 +34,13 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::{
+    auth::Verifier,
     config::{Config, Isolation, PluginConfig, PluginKind},
     dispatch::{Instance, PluginStatus, Worker, host_services, inflight},
+    forward::HttpTarget,
     journal::{Journal, Stopper},
     loader,
+    loader::PluginMeta,
     metrics::{Metrics, PluginState},
     rest::RestClient,
     route::{Route, Router, Routes},
@@ -132,6 +135,8 @@ pub struct Supervisor {
     closing: AtomicBool,
     /// Events as JSON, built once per event for every exec and http plugin.
     event_json: Arc<EventJson>,
+    /// The portals' application tokens (http plugins' `format = "form"` bodies).
+    tokens: Arc<Verifier>,
 }
 
 /// The SHA-256 of a file, read in pieces: plugins are brought up at once, and a debug build's
@@ -149,6 +154,7 @@ impl Supervisor {
         journal: Journal,
         rest: Arc<RestClient>,
         metrics: Arc<Metrics>,
+        tokens: Arc<Verifier>,
     ) -> Arc<Supervisor> {
         let supervisor = Arc::new(Supervisor {
             journal,
@@ -162,6 +168,7 @@ impl Supervisor {
             inflight: inflight::Records::default(),
             closing: AtomicBool::new(false),
             event_json: Arc::new(EventJson::default()),
+            tokens,
         });
         supervisor.mark_starting(&config);
         // Before the host listens: events for every enabled plugin are journaled from the start.
@@ -365,7 +372,26 @@ impl Supervisor {
                 metrics: self.metrics.clone(),
             })
             .map(Instance::in_runner),
-            (PluginKind::Http(_), _) => Err("http plugins are not available yet".to_owned()),
+            (PluginKind::Http(http), _) => HttpTarget::new(
+                name,
+                http,
+                plugin_config.timeout,
+                self.event_json.clone(),
+                self.tokens.clone(),
+                self.runtime.clone(),
+            )
+            .map(|target| {
+                let meta = PluginMeta {
+                    name: name.to_owned(),
+                    path: PathBuf::from(target.shown_url()),
+                    version: "http".to_owned(),
+                    events: plugin_config.events.clone().unwrap_or_default(),
+                    concurrent: false,
+                    api_version: String::new(),
+                    load_time: std::time::Duration::ZERO,
+                };
+                Instance::http(meta, target)
+            }),
             (PluginKind::Library, Isolation::InProcess) => loader::load_file(name, &copy)
                 .and_then(|loaded| Instance::create(loaded, plugin_config.settings.clone(), host))
                 .map_err(|e| e.to_string()),

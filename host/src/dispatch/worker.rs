@@ -515,6 +515,8 @@ impl Worker {
         let mut attempt = pending.attempts;
         let mut due = pending.next_at_ms;
         let mut crashes = pending.crashes;
+        // Attempts an http target could not be reached for (uncounted), for their back-off.
+        let mut unreachable = 0u32;
         loop {
             let made = first.take();
             if made.is_none() {
@@ -553,6 +555,7 @@ impl Worker {
                     ErrorKind::Reject => "reject",
                     ErrorKind::Panicked => "panicked",
                 },
+                Err(CallError::Retry { .. }) => "retry",
                 Err(CallError::Crashed(_)) => "crashed",
                 Err(CallError::Abandoned | CallError::Interrupted(_)) => "abandoned",
             };
@@ -568,7 +571,15 @@ impl Worker {
                 tracing::warn!("skipped by an operator during its call; the call was abandoned");
                 return;
             }
+            // An http target's Retry-After, and whether the attempt counts.
+            let mut earliest = None;
+            let mut uncounted = false;
             let result = match result {
+                Err(CallError::Retry { message, not_before_ms, counted }) => {
+                    earliest = not_before_ms;
+                    uncounted = !counted;
+                    Err(PluginError { kind: ErrorKind::Retry, message: message.into() })
+                }
                 // Cut short by a shutdown or a disabled plugin: the event stays pending as it was.
                 Err(CallError::Abandoned) => return,
                 // Its runner was killed for another event's sake: the call is made again.
@@ -664,6 +675,29 @@ impl Worker {
                 );
                 continue;
             }
+            if uncounted {
+                // The target could not be reached: no attempt used, the event waits for it.
+                attempt -= 1;
+                unreachable = unreachable.saturating_add(1);
+                due = now_ms() + backoff(retry, unreachable).as_millis() as i64;
+                tracing::warn!(
+                    attempts = attempt,
+                    wait_ms = due - now_ms(),
+                    reason = %error.message,
+                    "the plugin's target cannot be reached; delivering the event again (no attempt used)"
+                );
+                self.metrics.retries.get_or_create(&self.label()).inc();
+                reporter.update(
+                    id,
+                    Pending {
+                        attempts: attempt,
+                        next_at_ms: due,
+                        last_error: error.to_string(),
+                        crashes,
+                    },
+                );
+                continue;
+            }
             match error.kind {
                 ErrorKind::Reject => {
                     tracing::error!(attempt, reason = %error.message, "plugin rejected the event; moved to its dead letters");
@@ -693,6 +727,10 @@ impl Worker {
             }
             self.metrics.retries.get_or_create(&self.label()).inc();
             due = now_ms() + backoff(retry, attempt).as_millis() as i64;
+            if let Some(earliest) = earliest {
+                // The target said when to come back (Retry-After).
+                due = due.max(earliest);
+            }
             // The crash count carries over: a retry does not forgive a crash.
             reporter.update(
                 id,
@@ -721,6 +759,18 @@ impl Worker {
     ) -> Result<Outcome, CallError> {
         let instance = self.instance();
         let mut started = Instant::now();
+        if let Some(target) = instance.target() {
+            // One request at a time on this lane: the plugin's order holds.
+            lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
+            let result = target.call(envelope, format, attempt, &|| lanes.stopping());
+            lane.busy_since.store(0, Ordering::Relaxed);
+            if started.elapsed() > config.timeout {
+                self.degraded(&instance, "the call has ended");
+            } else if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
+                tracing::info!("plugin answers within its timeout again");
+            }
+            return result;
+        }
         let result = match (instance.runner(), instance.current()) {
             // Process isolation: the runner decodes and calls; REST calls it makes come back to
             // this thread, inside the event's context. The call's clock starts when it is sent:

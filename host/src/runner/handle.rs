@@ -113,6 +113,18 @@ pub enum CallError {
     /// of one of its calls): nothing is counted; the event is delivered again unless it is the
     /// skipped one.
     Interrupted(String),
+    /// An http plugin's target asked for a retry (408, 429, 5xx, a timeout, a broken
+    /// connection: `counted`, an attempt used) or could not be reached at all (not counted:
+    /// the event waits however long the target is down); no attempt before `not_before_ms`
+    /// (its `Retry-After`).
+    Retry {
+        /// Why, for the log and the pending row.
+        message: String,
+        /// The earliest next attempt, ms since the epoch.
+        not_before_ms: Option<i64>,
+        /// Whether it uses an attempt.
+        counted: bool,
+    },
 }
 
 /// A runner's state, for metrics, `/readyz` and `journal stats`.
