@@ -16,6 +16,7 @@ mod hostile;
 mod http;
 mod isolation;
 mod journal;
+mod languages;
 mod listeners;
 mod limits;
 mod loading;
