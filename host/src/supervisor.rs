@@ -242,12 +242,15 @@ impl Supervisor {
                     pending.detach_all();
                     let timeout_ms = config.plugins.start_timeout.as_millis();
                     for name in config.plugins.enabled.iter().filter(|n| !settled.contains(*n)) {
-                        let isolation = config.plugin_config(name).isolation;
-                        let reason = match isolation {
-                            Isolation::Process => format!(
+                        let plugin = config.plugin_config(name);
+                        let reason = match (&plugin.kind, plugin.isolation) {
+                            (PluginKind::Exec(_), _) => format!(
+                                "plugin `{name}`: its program did not answer ready within plugins.start_timeout_ms ({timeout_ms} ms); it is killed, a reload tries again"
+                            ),
+                            (_, Isolation::Process) => format!(
                                 "plugin `{name}`: not created within plugins.start_timeout_ms ({timeout_ms} ms); its runner is killed, a reload tries again"
                             ),
-                            Isolation::InProcess => format!(
+                            (_, Isolation::InProcess) => format!(
                                 "plugin `{name}`: not created within plugins.start_timeout_ms ({timeout_ms} ms); its create still runs (in-process: it cannot be stopped) and its instance is used if it returns"
                             ),
                         };

@@ -105,8 +105,8 @@ fn an_http_plugin_forwards_the_body_bitrix24_sent_signed_as_standard_webhooks_sa
     let target = HttpTarget::start(0, |_, _| ok());
     let json = HttpTarget::start(0, |_, _| Reply::Status(204, Vec::new(), String::new()));
     let extra = format!(
-        "{}secret = \"{SECRET}\"\n\n[plugin.fj]\nkind = \"http\"\nurl = \"{}\"\nevents = [\"ONCRM*\"]\nformat = \"json\"\n",
-        fw(&target.url("/bitrix/handler.php"), ""),
+        "{}\n[plugin.fj]\nkind = \"http\"\nurl = \"{}\"\nevents = [\"ONCRM*\"]\nformat = \"json\"\n",
+        fw(&target.url("/bitrix/handler.php"), &format!("secret = \"{SECRET}\"")),
         json.url("/json"),
     );
     let dir = HostDir::new(&[]);
