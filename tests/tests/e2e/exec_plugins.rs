@@ -466,6 +466,7 @@ fn an_exec_plugin_delivers_on_the_nats_backend() {
     let stream = Stream::start(&host);
     post(&host, 1, "UF_RETRY_2");
     post(&host, 2, "UF_CRM_B");
+    assert!(eventually(FAULT_PATIENCE, || calls(&dir, "xp").len() > 20), "{}", host.log_text());
     let acked = stream.finish("nats");
     let delivered = wait_for_all(&dir, "xp", &acked);
     assert!(acked.iter().all(|a| delivered.contains(a)), "accepted events were lost");
