@@ -340,7 +340,10 @@ fn exec_plugins_that_never_get_ready_fail_their_start_and_others_deliver() {
         "{}",
         host.log_text()
     );
-    assert!(eventually(FAULT_PATIENCE, || calls(&dir, "xp").len() > 20), "the healthy plugin stalled");
+    assert!(
+        eventually(FAULT_PATIENCE, || calls(&dir, "xp").len() > 20),
+        "the healthy plugin stalled"
+    );
     let acked = stream.finish("no ready");
     let delivered = wait_for_all(&dir, "xp", &acked);
     assert!(acked.iter().all(|a| delivered.contains(a)), "the healthy plugin lost events");
