@@ -106,8 +106,14 @@ pub struct PluginView {
     pub version: Option<String>,
     /// Its subscriptions as the route describes them, once loaded.
     pub subscriptions: Option<String>,
-    /// `process` or `in-process`, once loaded.
+    /// `process` or `in-process`, once loaded (library plugins).
     pub isolation: Option<&'static str>,
+    /// `library`, `exec` or `http`.
+    pub kind: &'static str,
+    /// What an exec plugin runs (its command, and its environment's names, never values) or
+    /// where an http plugin posts (its URL without credentials or query, its format, whether
+    /// it signs).
+    pub target: Option<String>,
     /// SHA-256 of the library running.
     pub sha256: Option<String>,
     /// Its `[plugin.<name>.settings]` as TOML text: may hold credentials, redact before showing.
@@ -242,12 +248,15 @@ impl Supervisor {
                     pending.detach_all();
                     let timeout_ms = config.plugins.start_timeout.as_millis();
                     for name in config.plugins.enabled.iter().filter(|n| !settled.contains(*n)) {
-                        let isolation = config.plugin_config(name).isolation;
-                        let reason = match isolation {
-                            Isolation::Process => format!(
+                        let plugin = config.plugin_config(name);
+                        let reason = match (&plugin.kind, plugin.isolation) {
+                            (PluginKind::Exec(_), _) => format!(
+                                "plugin `{name}`: its program did not answer ready within plugins.start_timeout_ms ({timeout_ms} ms); it is killed, a reload tries again"
+                            ),
+                            (_, Isolation::Process) => format!(
                                 "plugin `{name}`: not created within plugins.start_timeout_ms ({timeout_ms} ms); its runner is killed, a reload tries again"
                             ),
-                            Isolation::InProcess => format!(
+                            (_, Isolation::InProcess) => format!(
                                 "plugin `{name}`: not created within plugins.start_timeout_ms ({timeout_ms} ms); its create still runs (in-process: it cannot be stopped) and its instance is used if it returns"
                             ),
                         };
@@ -584,7 +593,13 @@ impl Supervisor {
                     name: name.clone(),
                     version: instance.as_ref().map(|i| i.info().version.clone()),
                     subscriptions: route.map(|r| r.describe()),
-                    isolation: e.config.as_ref().map(|c| c.isolation.as_str()),
+                    isolation: e
+                        .config
+                        .as_ref()
+                        .filter(|c| matches!(c.kind, PluginKind::Library))
+                        .map(|c| c.isolation.as_str()),
+                    kind: e.config.as_ref().map_or("library", |c| c.kind.as_str()),
+                    target: e.config.as_ref().and_then(|c| target_of(&c.kind)),
                     sha256: e.sha256.clone(),
                     settings: e.config.as_ref().map(|c| c.settings.clone()).unwrap_or_default(),
                     state,
@@ -669,6 +684,31 @@ impl Supervisor {
         }
         abandoned.sort();
         abandoned
+    }
+}
+
+/// What the console shows of an exec or http plugin's kind (no secret: env names only, the
+/// URL without credentials or query).
+fn target_of(kind: &PluginKind) -> Option<String> {
+    match kind {
+        PluginKind::Library => None,
+        PluginKind::Exec(exec) => {
+            let mut text = exec.command.join(" ");
+            if exec.window > 1 {
+                text.push_str(&format!("; window {}", exec.window));
+            }
+            if !exec.env.is_empty() {
+                let names: Vec<&str> = exec.env.iter().map(|(k, _)| k.as_str()).collect();
+                text.push_str(&format!("; env {}", names.join(", ")));
+            }
+            Some(text)
+        }
+        PluginKind::Http(http) => Some(format!(
+            "POST {} ({}{})",
+            crate::forward::shown_url(&http.url),
+            http.format.as_str(),
+            if http.secret.is_some() { ", signed" } else { "" }
+        )),
     }
 }
 

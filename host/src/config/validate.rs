@@ -583,7 +583,9 @@ fn check_kind_keys(
     fn span<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
         s.as_ref().map(Spanned::span)
     }
-    let present: [(&str, Option<std::ops::Range<usize>>, &[&str]); 12] = [
+    /// A key, where it is (if present) and the kinds it belongs to.
+    type KindKey<'a> = (&'a str, Option<std::ops::Range<usize>>, &'a [&'a str]);
+    let present: [KindKey<'_>; 12] = [
         ("command", span(&raw.command), &["exec"]),
         ("env", span(&raw.env), &["exec"]),
         ("window", span(&raw.window), &["exec"]),

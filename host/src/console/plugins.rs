@@ -1,4 +1,5 @@
-//! The plugins page: name, version, subscriptions, isolation, library SHA-256, the settings
+//! The plugins page: name, version, kind (an exec plugin's command and its environment's
+//! names, an http plugin's URL without credentials), subscriptions, isolation, SHA-256, the settings
 //! with secrets redacted, the state; and the reload button with the reload report.
 
 use maud::{Markup, html};
@@ -72,12 +73,16 @@ pub fn body(views: &[PluginView], csrf: &str, report: Option<&str>) -> Markup {
             }
         }
         table id="plugins" {
-            thead { tr { th { "name" } th { "version" } th { "subscriptions" } th { "isolation" } th { "library SHA-256" } th { "settings" } th { "state" } } }
+            thead { tr { th { "name" } th { "version" } th { "kind" } th { "subscriptions" } th { "isolation" } th { "library SHA-256" } th { "settings" } th { "state" } } }
             tbody {
                 @for v in views {
                     tr id=(format!("plugin-{}", v.name)) {
                         td.name { (v.name) }
                         td.version { (v.version.as_deref().unwrap_or("-")) }
+                        td.kind {
+                            (v.kind)
+                            @if let Some(target) = &v.target { br; code { (target) } }
+                        }
                         td.subscriptions { (v.subscriptions.as_deref().unwrap_or("-")) }
                         td.isolation { (v.isolation.unwrap_or("-")) }
                         td.sha256 { code { (v.sha256.as_deref().unwrap_or("-")) } }

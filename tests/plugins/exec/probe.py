@@ -57,7 +57,7 @@ def note(entry):
         f.write(json.dumps(entry) + "\n")
 
 
-note({"kind": "hello", "hello": hello, "pid": os.getpid()})
+note({"kind": "hello", "hello": hello, "pid": os.getpid(), "env": dict(os.environ), "cwd": os.getcwd()})
 
 start = settings.get("start", "ready")
 if start == "exit":
@@ -178,6 +178,7 @@ while True:
                     note({"kind": "event", "event_id": more["event_id"], "attempt": more["attempt"],
                           "field_id": more.get("field_id"), "id": more["id"], "event": more})
                     held.append(more)
+        note({"kind": "batch", "size": len(held)})
         for event in reversed(held):
             send(answer(event))
         held = []

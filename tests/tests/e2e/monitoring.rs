@@ -14,8 +14,7 @@ use crate::support::*;
 /// Metrics other branches add, which this branch's rules and dashboard already use. The test
 /// tolerates them missing from `/metrics`; the lead empties this list when those branches are
 /// merged (then every name must be served).
-const SERVED_ONCE_MERGED: &[(&str, &str)] = &[
-];
+const SERVED_ONCE_MERGED: &[(&str, &str)] = &[];
 
 fn contrib() -> PathBuf {
     workspace_root().join("contrib")
