@@ -518,6 +518,7 @@ impl Supervisor {
             let entry = self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
             if let Some(Entry { worker: Some(running), .. }) = entry {
                 running.stopper.stop();
+                tracing::debug!(plugin = %name, "disabling the plugin: it takes no more events; its call in flight ends first");
                 let _ = running.task.await;
                 running.worker.instance().shutdown();
                 tracing::info!(plugin = %name, "plugin disabled; its events stay in the journal");

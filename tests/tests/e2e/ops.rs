@@ -257,14 +257,19 @@ fn sighup_reloads_and_a_newly_enabled_plugin_starts_with_new_events() {
 #[test]
 fn a_disabled_plugin_keeps_its_backlog_and_gets_it_once_enabled_again() {
     let dir = HostDir::new(&["probe", "audit-log"]);
-    let both = config(&["probe", "audit-log"], &probe("", "sleep_ms = 300"));
+    // The probe's calls wait while hold.flag exists: its first call is held until the disable
+    // has begun, however slow the machine.
+    let both = config(&["probe", "audit-log"], &probe("", "hold_while = \"hold.flag\""));
     dir.write_config(&both);
+    std::fs::write(dir.path().join("hold.flag"), "").unwrap();
     let host = start(&dir);
     let acked = post_fields(&host, 1..=8, "UF_CRM_QUEUED");
     dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "user_field");
     // Disable the probe while most of its events wait (read ahead into its queue, too).
-    dir.write_config(&config(&["audit-log"], &probe("", "sleep_ms = 300")));
+    dir.write_config(&config(&["audit-log"], &probe("", "hold_while = \"hold.flag\"")));
     host.signal("HUP");
+    assert!(host.wait_log("disabling the plugin", PATIENCE), "{}", host.log_text());
+    std::fs::remove_file(dir.path().join("hold.flag")).unwrap();
     assert!(host.wait_log("plugin disabled", PATIENCE), "{}", host.log_text());
     // Its instance is shut down once its call in flight ends: nothing can call it after that.
     let shutdown = dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "shutdown");

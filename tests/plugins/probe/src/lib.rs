@@ -6,6 +6,7 @@
 //! - `sleep_ms`: sleep this long in every call (a slow plugin).
 //! - `panic_always`: panic in every call.
 //! - `fail_while`: a file name; while that file exists, every call asks for a retry.
+//! - `hold_while`: a file name; while that file exists, every call waits (after it is recorded).
 //! - `shutdown_sleep_ms`: sleep this long in `shutdown` (a plugin that hangs at the end).
 //! - `create_sleep_ms`: sleep this long when created (a plugin that hangs at a reload).
 //! - `children`: file to append the process id of every child process the probe starts to, one
@@ -65,6 +66,8 @@ struct Settings {
     #[serde(default)]
     fail_while: Option<String>,
     #[serde(default)]
+    hold_while: Option<String>,
+    #[serde(default)]
     shutdown_sleep_ms: u64,
     #[serde(default)]
     create_sleep_ms: u64,
@@ -82,6 +85,7 @@ pub struct Probe {
     settings: Settings,
     file: Mutex<File>,
     fail_flag: Option<std::path::PathBuf>,
+    hold_flag: Option<std::path::PathBuf>,
     children: Option<std::path::PathBuf>,
 }
 
@@ -98,11 +102,19 @@ impl Create for Probe {
             .map_err(|e| PluginError::reject(format!("cannot open {}: {e}", path.display())))?;
         ctx.host.info("probe created");
         let fail_flag = settings.fail_while.as_deref().map(|f| ctx.host.resolve_path(f));
+        let hold_flag = settings.hold_while.as_deref().map(|f| ctx.host.resolve_path(f));
         let children = settings.children.as_deref().map(|f| ctx.host.resolve_path(f));
         if let Some(lines) = settings.log_flood_lines {
             flood(ctx.host.clone(), lines, settings.log_flood_bytes);
         }
-        Ok(Probe { host: ctx.host, settings, file: Mutex::new(file), fail_flag, children })
+        Ok(Probe {
+            host: ctx.host,
+            settings,
+            file: Mutex::new(file),
+            fail_flag,
+            hold_flag,
+            children,
+        })
     }
 }
 
@@ -167,6 +179,9 @@ impl Probe {
         }
         if self.settings.sleep_ms > 0 {
             std::thread::sleep(Duration::from_millis(self.settings.sleep_ms));
+        }
+        while self.hold_flag.as_ref().is_some_and(|flag| flag.exists()) {
+            std::thread::sleep(Duration::from_millis(20));
         }
         if self.settings.panic_always {
             panic!("probe told to panic always");
