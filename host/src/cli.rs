@@ -165,9 +165,10 @@ pub struct PauseArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NewPluginArgs {
     /// The plugin's name: lower-case ASCII letters, digits, '-' and '_', starting with a letter.
-    /// It names the crate, the library file and the `[plugin.NAME]` table.
+    /// It names the `[plugin.NAME]` table (and a Rust plugin's crate and library file).
     pub name: String,
-    /// The language.
+    /// The language: rust writes a crate against b24-plugin-api; php, python and node write an
+    /// exec plugin (a program speaking JSON lines with the host) with its own test.
     #[arg(long, value_enum, default_value_t = PluginLang::Rust)]
     pub lang: PluginLang,
     /// The folder to write, created if missing (it must be empty if it exists); default ./NAME.
@@ -197,11 +198,11 @@ pub struct NewPluginArgs {
 pub enum PluginLang {
     /// A Rust cdylib crate against b24-plugin-api, loaded by the host.
     Rust,
-    /// A PHP exec plugin (not yet: the host cannot run exec plugins yet).
+    /// A PHP exec plugin: handler.php and its test, test.php.
     Php,
-    /// A Python exec plugin (not yet).
+    /// A Python exec plugin (standard library only): handler.py and its unittest.
     Python,
-    /// A Node.js exec plugin (not yet).
+    /// A Node.js exec plugin (no npm packages): handler.js and its `node --test` test.
     Node,
 }
 

@@ -1,11 +1,13 @@
-//! `b24-host plugin new NAME [--lang L] [--dir D]`: writes a plugin that builds and has a unit
+//! `b24-host plugin new NAME [--lang L] [--dir D]`: writes a plugin that works and has its own
 //! test, and prints the host.toml lines that enable it.
 //!
 //! A language is one folder of templates, `host/templates/<lang>/`, embedded here with
 //! `include_str!` in a [`Template`]: the files to write (`*.tmpl`, placeholders `{{name}}`), the
-//! host.toml lines and the build steps to print. Adding a language is a folder and a
-//! [`Template`] entry in [`template`]. Rust is the only one yet: the others are exec plugins
-//! (issue 22), which the host cannot run yet, so `--lang php|python|node` says so and fails.
+//! host.toml lines and the next steps to print. Adding a language is a folder and a
+//! [`Template`] entry in [`template`]. Rust writes a crate against b24-plugin-api; PHP, Python
+//! and Node write an exec plugin (a program speaking JSON lines with the host) with a test run
+//! by the interpreter alone; the exec languages share their host.toml lines
+//! (`host/templates/exec/`), whose `command` names the handler by its absolute path.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +20,9 @@ use crate::cli::{NewPluginArgs, PluginLang};
 
 /// One language's templates.
 pub struct Template {
+    /// An exec plugin's command: the interpreter, then files of the plugin's folder (written
+    /// into host.toml with the folder's absolute path); empty for Rust.
+    pub command: &'static [&'static str],
     /// The files to write: path in the plugin's folder, template text.
     pub files: &'static [(&'static str, &'static str)],
     /// The lines to add to host.toml.
@@ -28,6 +33,7 @@ pub struct Template {
 
 /// A Rust `cdylib` crate depending on b24-plugin-api, with a unit test using its test kit.
 pub const RUST: Template = Template {
+    command: &[],
     files: &[
         ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml.tmpl")),
         ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs.tmpl")),
@@ -38,18 +44,67 @@ pub const RUST: Template = Template {
     next: include_str!("../../templates/rust/next.txt.tmpl"),
 };
 
-/// The templates of `lang`, or why there are none yet.
-pub fn template(lang: PluginLang) -> anyhow::Result<&'static Template> {
+/// The host.toml lines of every exec language.
+const EXEC_HOST_TOML: &str = include_str!("../../templates/exec/enable.toml.tmpl");
+
+/// A PHP exec plugin (`php handler.php`), tested by `php test.php`.
+pub const PHP: Template = Template {
+    command: &["php", "handler.php"],
+    files: &[
+        ("handler.php", include_str!("../../templates/php/handler.php.tmpl")),
+        ("test.php", include_str!("../../templates/php/test.php.tmpl")),
+        ("README.md", include_str!("../../templates/php/README.md.tmpl")),
+    ],
+    host_toml: EXEC_HOST_TOML,
+    next: include_str!("../../templates/php/next.txt.tmpl"),
+};
+
+/// A Python exec plugin (`python3 handler.py`, standard library only), tested by
+/// `python3 -m unittest`.
+pub const PYTHON: Template = Template {
+    command: &["python3", "handler.py"],
+    files: &[
+        ("handler.py", include_str!("../../templates/python/handler.py.tmpl")),
+        ("test_handler.py", include_str!("../../templates/python/test_handler.py.tmpl")),
+        ("README.md", include_str!("../../templates/python/README.md.tmpl")),
+        (".gitignore", include_str!("../../templates/python/gitignore.tmpl")),
+    ],
+    host_toml: EXEC_HOST_TOML,
+    next: include_str!("../../templates/python/next.txt.tmpl"),
+};
+
+/// A Node.js exec plugin (`node handler.js`, no npm packages), tested by `node --test`.
+pub const NODE: Template = Template {
+    command: &["node", "handler.js"],
+    files: &[
+        ("handler.js", include_str!("../../templates/node/handler.js.tmpl")),
+        ("handler.test.js", include_str!("../../templates/node/handler.test.js.tmpl")),
+        ("README.md", include_str!("../../templates/node/README.md.tmpl")),
+    ],
+    host_toml: EXEC_HOST_TOML,
+    next: include_str!("../../templates/node/next.txt.tmpl"),
+};
+
+/// The templates of `lang`.
+pub fn template(lang: PluginLang) -> &'static Template {
     match lang {
-        PluginLang::Rust => Ok(&RUST),
-        PluginLang::Php | PluginLang::Python | PluginLang::Node => bail!(
-            "--lang {}: not yet: a {} plugin is an exec plugin (a program that speaks JSON \
-             lines with the host), which this host cannot run yet; write it in Rust for now \
-             (--lang rust)",
-            lang.name(),
-            lang.title(),
-        ),
+        PluginLang::Rust => &RUST,
+        PluginLang::Php => &PHP,
+        PluginLang::Python => &PYTHON,
+        PluginLang::Node => &NODE,
     }
+}
+
+/// An exec plugin's `command` as a TOML array: the interpreter, then its files in `dir` by
+/// their absolute paths (so host.toml may be anywhere).
+fn command_toml(command: &[&str], dir: &Path) -> anyhow::Result<String> {
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("cannot make {} an absolute path", dir.display()))?;
+    let argv = command.iter().enumerate().map(|(i, arg)| {
+        let arg = if i == 0 { (*arg).to_owned() } else { dir.join(arg).display().to_string() };
+        toml::Value::String(arg).to_string()
+    });
+    Ok(format!("[{}]", argv.collect::<Vec<_>>().join(", ")))
 }
 
 /// Where the generated crate takes b24-plugin-api from.
@@ -177,10 +232,10 @@ pub fn api_source(args: &NewPluginArgs, built: Option<PathBuf>) -> anyhow::Resul
     }
 }
 
-/// Whether `name` can name a plugin and its crate; the reason when not.
-pub fn check_name(name: &str) -> Result<(), String> {
+/// Whether `name` can name a plugin of `lang` (and a Rust plugin's crate); the reason when not.
+pub fn check_name(name: &str, lang: PluginLang) -> Result<(), String> {
     let rule = "lower-case ASCII letters, digits, '-' and '_', starting with a letter, at most 64; \
-                it names the crate, the library and the [plugin.NAME] table";
+                it names the [plugin.NAME] table (and a Rust plugin's crate and library)";
     let fine = name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -188,6 +243,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !fine {
         return Err(format!("{name:?} is not a plugin name: {rule}"));
+    }
+    if lang != PluginLang::Rust {
+        return Ok(());
     }
     let ident = name.replace('-', "_");
     if KEYWORDS.contains(&ident.as_str()) {
@@ -325,33 +383,39 @@ pub struct Written {
     pub next: String,
 }
 
-/// The values the templates may use.
+/// The values the templates may use: the API's only with `api` (Rust's templates need them),
+/// the `command` only for an exec language.
 fn vars(
     template: &Template,
     name: &str,
     dir: &Path,
-    api: &ApiSource,
+    api: Option<&ApiSource>,
 ) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let host_toml = render(template.host_toml, &[("name", name.to_owned())])?;
-    let api_comment = match api {
-        ApiSource::Path(_) => "From a b24-host checkout; or from its git repository:\n\
-                               # { git = \"https://...\", tag = \"...\" } (`b24-host plugin new --api-git`)."
-            .to_owned(),
-        ApiSource::Git { .. } => "From b24-host's git repository; or from a checkout:\n\
-                                  # { path = \"/path/to/b24-host/plugin-api\" }."
-            .to_owned(),
-    };
-    Ok(vec![
-        ("name", name.to_owned()),
-        ("Type", type_name(name)),
-        ("library", crate::loader::library_file_name(name)),
-        ("dir", dir.display().to_string()),
-        ("api_source", api.toml_keys()),
-        ("api_origin", api.origin()),
-        ("api_comment", api_comment),
-        ("api_line", abi_line().to_owned()),
-        ("host_toml", host_toml),
-    ])
+    let mut vars = vec![("name", name.to_owned()), ("dir", dir.display().to_string())];
+    if !template.command.is_empty() {
+        vars.push(("command", command_toml(template.command, dir)?));
+    }
+    if let Some(api) = api {
+        let api_comment = match api {
+            ApiSource::Path(_) => "From a b24-host checkout; or from its git repository:\n\
+                                   # { git = \"https://...\", tag = \"...\" } (`b24-host plugin new --api-git`)."
+                .to_owned(),
+            ApiSource::Git { .. } => "From b24-host's git repository; or from a checkout:\n\
+                                      # { path = \"/path/to/b24-host/plugin-api\" }."
+                .to_owned(),
+        };
+        vars.extend([
+            ("Type", type_name(name)),
+            ("library", crate::loader::library_file_name(name)),
+            ("api_source", api.toml_keys()),
+            ("api_origin", api.origin()),
+            ("api_comment", api_comment),
+            ("api_line", abi_line().to_owned()),
+        ]);
+    }
+    let host_toml = render(template.host_toml, &vars)?;
+    vars.push(("host_toml", host_toml));
+    Ok(vars)
 }
 
 /// Refuses a `dir` that exists and is not an empty folder.
@@ -374,10 +438,18 @@ fn check_dir(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Writes plugin `name` in `lang` into `dir` with the API from `api`.
-pub fn write(name: &str, lang: PluginLang, dir: &Path, api: &ApiSource) -> anyhow::Result<Written> {
-    check_name(name).map_err(anyhow::Error::msg)?;
-    let template = template(lang)?;
+/// Writes plugin `name` in `lang` into `dir`; a Rust plugin takes b24-plugin-api from `api`.
+pub fn write(
+    name: &str,
+    lang: PluginLang,
+    dir: &Path,
+    api: Option<&ApiSource>,
+) -> anyhow::Result<Written> {
+    check_name(name, lang).map_err(anyhow::Error::msg)?;
+    let template = template(lang);
+    if lang == PluginLang::Rust && api.is_none() {
+        bail!("a Rust plugin needs b24-plugin-api's source");
+    }
     check_dir(dir)?;
     let vars = vars(template, name, dir, api)?;
     // Render everything first, so a template error writes nothing.
@@ -410,11 +482,19 @@ pub fn write(name: &str, lang: PluginLang, dir: &Path, api: &ApiSource) -> anyho
 /// The command.
 pub fn run(args: &NewPluginArgs) -> anyhow::Result<ExitCode> {
     let context = |e: anyhow::Error| e.context("plugin new");
-    check_name(&args.name).map_err(|e| context(anyhow::Error::msg(e)))?;
-    template(args.lang).map_err(context)?;
-    let api = api_source(args, built_from_checkout()).map_err(context)?;
+    check_name(&args.name, args.lang).map_err(|e| context(anyhow::Error::msg(e)))?;
+    let api = match args.lang {
+        PluginLang::Rust => Some(api_source(args, built_from_checkout()).map_err(context)?),
+        _ if args.api_path.is_some() || args.api_git.is_some() => {
+            return Err(context(anyhow::anyhow!(
+                "--api-path and --api-git are for --lang rust: a {} plugin uses no library",
+                args.lang.title()
+            )));
+        }
+        _ => None,
+    };
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
-    let written = write(&args.name, args.lang, &dir, &api).map_err(context)?;
+    let written = write(&args.name, args.lang, &dir, api.as_ref()).map_err(context)?;
     println!(
         "wrote the {} plugin {} in {} ({})",
         args.lang.title(),
@@ -422,9 +502,11 @@ pub fn run(args: &NewPluginArgs) -> anyhow::Result<ExitCode> {
         dir.display(),
         written.files.join(", ")
     );
-    let built = args.api_path.is_none() && args.api_git.is_none();
-    let note = if built { " (the checkout this b24-host was built from)" } else { "" };
-    println!("b24-plugin-api: {}{note}", api.toml_keys());
+    if let Some(api) = &api {
+        let built = args.api_path.is_none() && args.api_git.is_none();
+        let note = if built { " (the checkout this b24-host was built from)" } else { "" };
+        println!("b24-plugin-api: {}{note}", api.toml_keys());
+    }
     println!();
     print!("{}", written.next);
     println!();

@@ -1,10 +1,19 @@
 //! `b24-host plugin new`: the Rust plugin it writes builds against this workspace's plugin API,
 //! passes its own unit tests (built on the API's test kit), and, copied into a host's plugins
 //! folder and enabled with the lines the command printed, receives events through a real host.
+//! The PHP, Python and Node plugins it writes pass their own tests run by the real interpreter
+//! and, enabled with the printed lines as they are, read a deal through a real host from the
+//! fake portal and log it.
 
 use std::process::Command;
 
-use crate::support::*;
+use b24_tests::fake_portal::{FakePortal, PortalOptions};
+use serde_json::json;
+
+use crate::{
+    languages::{deal_event, interpreter},
+    support::*,
+};
 
 /// The host.toml lines `plugin new` printed: from the line after "Add to host.toml:" to the
 /// line before "Then".
@@ -92,4 +101,72 @@ fn a_new_rust_plugin_builds_passes_its_tests_and_receives_events_through_a_host(
         host.log_text()
     );
     assert!(host.stop());
+}
+
+/// `plugin new demo --lang LANG` into a fresh folder, its own test run there by the real
+/// interpreter (`test`: the program, then its arguments), then the plugin enabled in a host with
+/// exactly the printed lines: `check` starts it, and a deal event posted to the host reaches it,
+/// its `crm.deal.get` reads the deal from the fake portal, and it logs the deal and answers done.
+fn exec_plugin_new(lang: &str, title: &str, test: &[&str], passed: &str) {
+    let program = interpreter(test[0]);
+    let work = tempfile::tempdir().unwrap();
+    let folder = work.path().join("demo");
+    let out = Command::new(&built().host)
+        .args(["plugin", "new", "demo", "--lang", lang, "--dir"])
+        .arg(&folder)
+        .output()
+        .expect("cannot run b24-host");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("wrote the {title} plugin demo in ")), "{stdout}");
+
+    // Its own test, with nothing but the interpreter, in its folder.
+    let run = Command::new(&program).args(&test[1..]).current_dir(&folder).output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success() && said.contains(passed), "{}:\n{said}", test.join(" "));
+
+    let portal = FakePortal::start(PortalOptions::default());
+    let deal = portal.add_deal("Pipes for the plant", "PREPARATION");
+    let dir = HostDir::new(&[]);
+    let lines = printed_host_toml(&stdout);
+    dir.write_config(&format!(
+        "state_dir = \"state\"\n\n[server]\npath = \"/b24/events\"\n\n[auth.portals]\n\
+         \"{MEMBER}\" = \"{TOKEN}\"\n\n{lines}"
+    ));
+    let check = dir.run_cli(&["check", "--config", "host.toml"]);
+    let check_out = String::from_utf8_lossy(&check.stdout);
+    let started = check_out.contains("plugin demo ")
+        && check_out.contains(&format!("(exec: {} {}", test[0], folder.display()));
+    assert!(check.status.success() && started, "{check_out}");
+
+    let host = start(&dir);
+    let token = portal.issue_access_token();
+    let id = accepted_id(
+        &host,
+        &deal_event(&portal, json!({"FIELDS": {"ID": deal.to_string()}}), &token),
+    );
+    // The sentinel: its log line, which it writes once the host gave it the deal.
+    let line = format!(
+        "deal {deal} \"Pipes for the plant\" is at PREPARATION (ONCRMDEALUPDATE by user 1)"
+    );
+    assert!(host.wait_log(&line, PATIENCE), "no `{line}` in the log:\n{}", host.log_text());
+    let done = eventually(PATIENCE, || outcomes(&dir, id, "demo") == ["done"]);
+    assert!(done, "{:?}\n{}", outcomes(&dir, id, "demo"), host.log_text());
+    assert!(host.stop());
+}
+
+#[test]
+fn a_new_php_plugin_passes_its_test_and_receives_an_event_through_a_host() {
+    exec_plugin_new("php", "PHP", &["php", "test.php"], "3 passed");
+}
+
+#[test]
+fn a_new_python_plugin_passes_its_test_and_receives_an_event_through_a_host() {
+    exec_plugin_new("python", "Python", &["python3", "-m", "unittest"], "Ran 3 tests");
+}
+
+#[test]
+fn a_new_node_plugin_passes_its_test_and_receives_an_event_through_a_host() {
+    exec_plugin_new("node", "Node.js", &["node", "--test"], "# pass 3");
 }
