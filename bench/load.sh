@@ -42,6 +42,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -q -p b24-host -p b24-bench -p audit-log -p probe
 . scripts/lib/nats-server.sh
 BIN=target/release
+ROOT=$PWD
 WORK=$(mktemp -d)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/plugins"
@@ -300,7 +301,7 @@ drain_row() { # $1 name, $2 the [plugin.probe] tables that drain
   : > "$WORK/out.txt"
   local t0 t1 left
   t0=$(date +%s.%N)
-  (cd "$WORK" && exec "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml" > "$WORK/out.txt" 2> "$WORK/err.txt") &
+  (cd "$WORK" && exec "$ROOT/$BIN/b24-host" serve --config "$WORK/host.toml" > "$WORK/out.txt" 2> "$WORK/err.txt") &
   PID=$!
   for _ in $(seq 100); do grep -q "listening on" "$WORK/out.txt" && break; sleep 0.05; done
   for _ in $(seq 1200); do
@@ -328,7 +329,7 @@ if want 7; then
     drain_row "(7$([ $window = 1 ] && echo b || echo c)) PHP exec plugin, window $window" \
       "$(printf '[plugin.probe]\nkind = "exec"\ncommand = ["php", "exec-plugin.php"]\nevents = ["*"]\nwindow = %s' "$window")"
   done
-  (cd "$WORK" && exec "$PWD/$BIN/bare-hyper" 127.0.0.1:0 > "$WORK/target.txt" 2>&1) &
+  (cd "$WORK" && exec "$ROOT/$BIN/bare-hyper" 127.0.0.1:0 > "$WORK/target.txt" 2>&1) &
   TARGET=$!
   for _ in $(seq 100); do grep -q "listening on" "$WORK/target.txt" && break; sleep 0.05; done
   target_url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/target.txt" | head -n1)
