@@ -233,12 +233,17 @@ pub fn run(
     let mut closers = Vec::new();
     let mut waiting = Waiting::default();
     let mut checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
+    // Whether the tables changed since the last checkpoint.
+    let mut dirty = false;
     while closers.is_empty() {
         let mut wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
         if broken.is_none()
             && let Some(due) = waiting.due_at()
         {
             wake_at = wake_at.min(due);
+        }
+        if broken.is_none() && dirty {
+            wake_at = wake_at.min(checkpoint_at);
         }
         let first = match rx.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
             Ok(command) => Some(command),
@@ -279,12 +284,16 @@ pub fn run(
             mark.tick();
         }
         let Some(first) = first else {
-            if broken.is_none() && waiting.due() {
+            // Idle: what waits is applied when due, and changes applied without an fsync are
+            // made durable by a checkpoint of their own (so that a crash long after the last
+            // load redelivers nothing it need not).
+            if broken.is_none() && (waiting.due() || dirty && Instant::now() >= checkpoint_at) {
                 let applied = apply_waiting(
                     &slot,
                     &mut waiting,
                     &mut wal,
                     &mut checkpoint_at,
+                    &mut dirty,
                     next_id,
                     &shared,
                     &settings,
@@ -384,6 +393,7 @@ pub fn run(
                 &mut waiting,
                 &mut wal,
                 &mut checkpoint_at,
+                &mut dirty,
                 next_id,
                 &shared,
                 &settings,
@@ -542,6 +552,7 @@ fn apply_waiting(
     waiting: &mut Waiting,
     wal: &mut Wal,
     checkpoint_at: &mut Instant,
+    dirty: &mut bool,
     next_id: u64,
     shared: &Shared,
     settings: &Settings,
@@ -602,6 +613,7 @@ fn apply_waiting(
     if let Some(id) = applied_to {
         shared.applied.fetch_max(id, std::sync::atomic::Ordering::SeqCst);
     }
+    *dirty = !durable;
     if durable {
         *checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
         wal.recycle(shared.applied.load(std::sync::atomic::Ordering::SeqCst));

@@ -183,5 +183,6 @@ pub fn scan(dir: &Path, after: u64) -> Result<Scan, StoreError> {
     scan.entries.sort_by_key(|e| e.id);
     scan.entries.dedup_by_key(|e| e.id);
     scan.lost.sort();
+    scan.lost.dedup();
     Ok(scan)
 }
