@@ -23,10 +23,17 @@
 # before the host starts); then the same backlog left by a plugin no longer enabled. ROUNDS=N
 # (default 1) measures the three N times, interleaved, so that the machine's drift over the
 # run falls on each alike.
+# Point (7): how fast each kind of plugin drains a backlog (issue 22): events are journaled for
+# plugin `probe` while it cannot start (an exec command that does not exist), then the host is
+# started again with `probe` as (a) the Rust probe in a runner, (b) a PHP exec plugin
+# (bench/exec-plugin.php) with window = 1, (c) the same with window = 32, (d) an http plugin
+# forwarding to the bare hyper server (1); each prints the events drained, events/s (from the
+# host's start to an empty backlog) and CPU per event (the host and every process under it),
+# and the ratio of its rate to (a)'s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_POINT=${1:-10}
-POINTS=${2:-3456}
+POINTS=${2:-34567}
 BACKLOG=${BACKLOG:-100000}
 want() { [[ "$POINTS" == *"$1"* ]]; }
 CONNECTIONS=64
@@ -262,3 +269,70 @@ for close in 0 1; do
     nats_stop
   done
 done
+
+# CPU ticks (user + system) of the given processes and of all their descendants.
+tree_ticks() {
+  local pid total=0 t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + ${t:-0} + $(tree_ticks $(pgrep -P "$pid" || true))))
+  done
+  echo "$total"
+}
+
+backlog() {
+  "$BIN/b24-host" journal stats --config "$WORK/host.toml" --json \
+    | python3 -c 'import json,sys; print(sum(p["backlog"] for p in json.load(sys.stdin)["plugins"]))'
+}
+
+drain_row() { # $1 name, $2 the [plugin.probe] tables that drain
+  # Journal a backlog for `probe` while it cannot start.
+  config '"probe"' process > "$WORK/host.toml"
+  sed -i '/^\[plugin.probe\]/,$d' "$WORK/host.toml"
+  printf '[plugin.probe]\nkind = "exec"\ncommand = ["/nonexistent"]\nevents = ["*"]\n' >> "$WORK/host.toml"
+  start "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml"
+  CLOSE=0 wrk -t2 -c$CONNECTIONS -d"${FILL_SECONDS:-4}s" -s bench/post.lua "$URL" > /dev/null
+  local events; events=$(backlog)
+  kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
+  config '"probe"' process > "$WORK/host.toml"
+  sed -i '/^\[plugin.probe\]/,$d' "$WORK/host.toml"
+  printf '%s\n' "$2" >> "$WORK/host.toml"
+  : > "$WORK/out.txt"
+  local t0 t1 left
+  t0=$(date +%s.%N)
+  (cd "$WORK" && exec "$PWD/$BIN/b24-host" serve --config "$WORK/host.toml" > "$WORK/out.txt" 2> "$WORK/err.txt") &
+  PID=$!
+  for _ in $(seq 100); do grep -q "listening on" "$WORK/out.txt" && break; sleep 0.05; done
+  for _ in $(seq 1200); do
+    left=$(backlog 2>/dev/null || echo x)
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  local used; used=$(tree_ticks "$PID")
+  kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
+  local rate; rate=$(awk -v n="$events" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n/(b-a)}')
+  [ -z "${drain_base:-}" ] && drain_base=$rate
+  printf '%-46s %9s %9s %8s %10s %6.2f\n' "$1" "$events" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b-a}')" "$rate" \
+    "$(cpu_us "$used" "$events")" "$(awk -v a="$rate" -v b="$drain_base" 'BEGIN {print a/b}')"
+}
+
+if want 7; then
+  command -v php >/dev/null || { apt-get update -qq && apt-get install -y -qq php-cli >/dev/null; }
+  cp bench/exec-plugin.php "$WORK/exec-plugin.php"
+  echo "-- (7) draining a backlog: plugin kinds"
+  printf '%-46s %9s %9s %8s %10s %6s\n' point events seconds "events/s" "CPU us/ev" "x(7a)"
+  drain_base=
+  drain_row "(7a) Rust probe in a runner" "$(printf '[plugin.probe]\n[plugin.probe.settings]\nrecord = "probe.jsonl"')"
+  for window in 1 32; do
+    drain_row "(7$([ $window = 1 ] && echo b || echo c)) PHP exec plugin, window $window" \
+      "$(printf '[plugin.probe]\nkind = "exec"\ncommand = ["php", "exec-plugin.php"]\nevents = ["*"]\nwindow = %s' "$window")"
+  done
+  (cd "$WORK" && exec "$PWD/$BIN/bare-hyper" 127.0.0.1:0 > "$WORK/target.txt" 2>&1) &
+  TARGET=$!
+  for _ in $(seq 100); do grep -q "listening on" "$WORK/target.txt" && break; sleep 0.05; done
+  target_url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/target.txt" | head -n1)
+  drain_row "(7d) http plugin to the bare hyper server" \
+    "$(printf '[plugin.probe]\nkind = "http"\nurl = "%s"\nevents = ["*"]' "$target_url")"
+  kill "$TARGET" 2>/dev/null || true
+fi

@@ -110,6 +110,14 @@ pub enum Command {
         #[arg(long)]
         plugin: Option<String>,
     },
+    /// The shim an exec plugin's program runs under (its process group dies with the host);
+    /// started by `serve` only.
+    #[command(hide = true)]
+    ExecShim {
+        /// The plugin's command.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Inspect and repair the journal (works on a stopped or a running host).
     Journal {
         /// The config file (default as for `serve`); names the state folder.

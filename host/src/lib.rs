@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod drain;
 
 pub mod encode;
+pub mod forward;
 pub mod ingress;
 pub mod journal;
 pub mod loader;

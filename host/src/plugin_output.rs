@@ -417,6 +417,15 @@ pub fn forward(pipe: File, plugin: &str, stderr: bool, mut inspect: impl FnMut(&
     lines.finish();
 }
 
+/// Logs one line `plugin` wrote (an exec plugin's stdout line that is no protocol object, see
+/// `runner::lines`), cut and limited as every other output line of the plugin.
+pub fn output_line(plugin: &str, stderr: bool, text: &str) {
+    let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
+    let text = clip(text, limits().max_line_bytes);
+    let writers: BTreeSet<Arc<str>> = [Arc::from(plugin)].into_iter().collect();
+    emit(stream, Kind::Line, &text, &writers);
+}
+
 /// Splits a stream into lines and logs them; joins std's two-line panic report into one.
 struct Lines {
     stream: Stream,

@@ -119,8 +119,13 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!("cannot watch SIGHUP (reloads by signal are off): {e}"))
         .ok();
-    let supervisor =
-        Supervisor::start(config.clone(), journal.clone(), rest.clone(), metrics.clone());
+    let supervisor = Supervisor::start(
+        config.clone(),
+        journal.clone(),
+        rest.clone(),
+        metrics.clone(),
+        verifier.clone(),
+    );
     let pollers = Arc::new(Pollers::start(
         &config,
         rest.clone(),

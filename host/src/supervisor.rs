@@ -34,14 +34,17 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::{Config, Isolation, PluginConfig},
+    auth::Verifier,
+    config::{Config, Isolation, PluginConfig, PluginKind},
     dispatch::{Instance, PluginStatus, Worker, host_services, inflight},
+    forward::HttpTarget,
     journal::{Journal, Stopper},
     loader,
+    loader::PluginMeta,
     metrics::{Metrics, PluginState},
     rest::RestClient,
     route::{Route, Router, Routes},
-    runner::{RunnerHandle, RunnerSpec, RunnerState},
+    runner::{ExecProgram, Program, RunnerHandle, RunnerSpec, RunnerState, lines::EventJson},
 };
 
 /// One enabled plugin as the supervisor sees it.
@@ -103,8 +106,14 @@ pub struct PluginView {
     pub version: Option<String>,
     /// Its subscriptions as the route describes them, once loaded.
     pub subscriptions: Option<String>,
-    /// `process` or `in-process`, once loaded.
+    /// `process` or `in-process`, once loaded (library plugins).
     pub isolation: Option<&'static str>,
+    /// `library`, `exec` or `http`.
+    pub kind: &'static str,
+    /// What an exec plugin runs (its command, and its environment's names, never values) or
+    /// where an http plugin posts (its URL without credentials or query, its format, whether
+    /// it signs).
+    pub target: Option<String>,
     /// SHA-256 of the library running.
     pub sha256: Option<String>,
     /// Its `[plugin.<name>.settings]` as TOML text: may hold credentials, redact before showing.
@@ -130,6 +139,10 @@ pub struct Supervisor {
     inflight: inflight::Records,
     /// Set by [`Supervisor::finish`]: a plugin created after it is shut down, not started.
     closing: AtomicBool,
+    /// Events as JSON, built once per event for every exec and http plugin.
+    event_json: Arc<EventJson>,
+    /// The portals' application tokens (http plugins' `format = "form"` bodies).
+    tokens: Arc<Verifier>,
 }
 
 /// The SHA-256 of a file, read in pieces: plugins are brought up at once, and a debug build's
@@ -147,6 +160,7 @@ impl Supervisor {
         journal: Journal,
         rest: Arc<RestClient>,
         metrics: Arc<Metrics>,
+        tokens: Arc<Verifier>,
     ) -> Arc<Supervisor> {
         let supervisor = Arc::new(Supervisor {
             journal,
@@ -159,6 +173,8 @@ impl Supervisor {
             reloading: tokio::sync::Mutex::new(()),
             inflight: inflight::Records::default(),
             closing: AtomicBool::new(false),
+            event_json: Arc::new(EventJson::default()),
+            tokens,
         });
         supervisor.mark_starting(&config);
         // Before the host listens: events for every enabled plugin are journaled from the start.
@@ -232,12 +248,15 @@ impl Supervisor {
                     pending.detach_all();
                     let timeout_ms = config.plugins.start_timeout.as_millis();
                     for name in config.plugins.enabled.iter().filter(|n| !settled.contains(*n)) {
-                        let isolation = config.plugin_config(name).isolation;
-                        let reason = match isolation {
-                            Isolation::Process => format!(
+                        let plugin = config.plugin_config(name);
+                        let reason = match (&plugin.kind, plugin.isolation) {
+                            (PluginKind::Exec(_), _) => format!(
+                                "plugin `{name}`: its program did not answer ready within plugins.start_timeout_ms ({timeout_ms} ms); it is killed, a reload tries again"
+                            ),
+                            (_, Isolation::Process) => format!(
                                 "plugin `{name}`: not created within plugins.start_timeout_ms ({timeout_ms} ms); its runner is killed, a reload tries again"
                             ),
-                            Isolation::InProcess => format!(
+                            (_, Isolation::InProcess) => format!(
                                 "plugin `{name}`: not created within plugins.start_timeout_ms ({timeout_ms} ms); its create still runs (in-process: it cannot be stopped) and its instance is used if it returns"
                             ),
                         };
@@ -289,9 +308,20 @@ impl Supervisor {
     ) {
         let plugin_config = config.plugin_config(name);
         let attempt = || -> Result<Option<(PathBuf, String)>, String> {
-            let path = loader::locate(&config.plugins.dir, name).map_err(|e| e.to_string())?;
-            let sha = sha256_of(&path)
-                .map_err(|e| format!("plugin `{name}`: cannot read {}: {e}", path.display()))?;
+            let (path, sha) = match &plugin_config.kind {
+                PluginKind::Library => {
+                    let path =
+                        loader::locate(&config.plugins.dir, name).map_err(|e| e.to_string())?;
+                    let sha = sha256_of(&path).map_err(|e| {
+                        format!("plugin `{name}`: cannot read {}: {e}", path.display())
+                    })?;
+                    (path, sha)
+                }
+                PluginKind::Exec(exec) => {
+                    (PathBuf::new(), exec_fingerprint(&config.base_dir, &exec.command))
+                }
+                PluginKind::Http(http) => (PathBuf::new(), sha256_hex(http.url.as_bytes())),
+            };
             {
                 let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
                 if only_if_changed
@@ -302,6 +332,9 @@ impl Supervisor {
                 {
                     return Ok(None);
                 }
+            }
+            if !matches!(plugin_config.kind, PluginKind::Library) {
+                return Ok(Some((path, sha)));
             }
             // Load from a content-addressed copy: a new path is the only way to get new code
             // into a process that already loaded the old file.
@@ -329,13 +362,51 @@ impl Supervisor {
             &config.state_dir,
             Some((self.rest.clone(), self.runtime.clone())),
         );
-        let created = match plugin_config.isolation {
-            Isolation::InProcess => loader::load_file(name, &copy)
+        let created = match (&plugin_config.kind, plugin_config.isolation) {
+            (PluginKind::Exec(exec), _) => RunnerHandle::start(RunnerSpec {
+                plugin: name.to_owned(),
+                program: Program::Exec(ExecProgram {
+                    command: exec.command.clone(),
+                    env: exec.env.clone(),
+                    window: exec.window,
+                    events: plugin_config.events.clone().unwrap_or_default(),
+                    json: self.event_json.clone(),
+                }),
+                settings: plugin_config.settings.clone(),
+                config_dir: config.base_dir.clone(),
+                state_dir: config.state_dir.clone(),
+                memory_limit_mb: plugin_config.memory_limit_mb,
+                start_timeout: config.plugins.start_timeout,
+                host,
+                metrics: self.metrics.clone(),
+            })
+            .map(Instance::in_runner),
+            (PluginKind::Http(http), _) => HttpTarget::new(
+                name,
+                http,
+                plugin_config.timeout,
+                self.event_json.clone(),
+                self.tokens.clone(),
+                self.runtime.clone(),
+            )
+            .map(|target| {
+                let meta = PluginMeta {
+                    name: name.to_owned(),
+                    path: PathBuf::from(target.shown_url()),
+                    version: "http".to_owned(),
+                    events: plugin_config.events.clone().unwrap_or_default(),
+                    concurrent: false,
+                    api_version: String::new(),
+                    load_time: std::time::Duration::ZERO,
+                };
+                Instance::http(meta, target)
+            }),
+            (PluginKind::Library, Isolation::InProcess) => loader::load_file(name, &copy)
                 .and_then(|loaded| Instance::create(loaded, plugin_config.settings.clone(), host))
                 .map_err(|e| e.to_string()),
-            Isolation::Process => RunnerHandle::start(RunnerSpec {
+            (PluginKind::Library, Isolation::Process) => RunnerHandle::start(RunnerSpec {
                 plugin: name.to_owned(),
-                library: copy,
+                program: Program::Library(copy),
                 settings: plugin_config.settings.clone(),
                 config_dir: config.base_dir.clone(),
                 state_dir: config.state_dir.clone(),
@@ -357,7 +428,10 @@ impl Supervisor {
         let route = Route::new(&instance.info().events, &plugin_config);
         let version = instance.info().version.clone();
         let load_us = instance.info().load_time.as_micros() as u64;
-        let isolation = plugin_config.isolation.as_str();
+        let isolation = match plugin_config.kind {
+            PluginKind::Library => plugin_config.isolation.as_str(),
+            _ => plugin_config.kind.as_str(),
+        };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if self.closing.load(Ordering::SeqCst) {
             // Created after the host began to stop (checked under the lock `finish` takes the
@@ -519,7 +593,13 @@ impl Supervisor {
                     name: name.clone(),
                     version: instance.as_ref().map(|i| i.info().version.clone()),
                     subscriptions: route.map(|r| r.describe()),
-                    isolation: e.config.as_ref().map(|c| c.isolation.as_str()),
+                    isolation: e
+                        .config
+                        .as_ref()
+                        .filter(|c| matches!(c.kind, PluginKind::Library))
+                        .map(|c| c.isolation.as_str()),
+                    kind: e.config.as_ref().map_or("library", |c| c.kind.as_str()),
+                    target: e.config.as_ref().and_then(|c| target_of(&c.kind)),
                     sha256: e.sha256.clone(),
                     settings: e.config.as_ref().map(|c| c.settings.clone()).unwrap_or_default(),
                     state,
@@ -605,6 +685,54 @@ impl Supervisor {
         abandoned.sort();
         abandoned
     }
+}
+
+/// What the console shows of an exec or http plugin's kind (no secret: env names only, the
+/// URL without credentials or query).
+fn target_of(kind: &PluginKind) -> Option<String> {
+    match kind {
+        PluginKind::Library => None,
+        PluginKind::Exec(exec) => {
+            let mut text = exec.command.join(" ");
+            if exec.window > 1 {
+                text.push_str(&format!("; window {}", exec.window));
+            }
+            if !exec.env.is_empty() {
+                let names: Vec<&str> = exec.env.iter().map(|(k, _)| k.as_str()).collect();
+                text.push_str(&format!("; env {}", names.join(", ")));
+            }
+            Some(text)
+        }
+        PluginKind::Http(http) => Some(format!(
+            "POST {} ({}{})",
+            crate::forward::shown_url(&http.url),
+            http.format.as_str(),
+            if http.secret.is_some() { ", signed" } else { "" }
+        )),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an exec plugin runs, for a reload to see a change: its argv and the contents of every
+/// argument that names a file (relative to the config's folder, as the program sees it), so
+/// an edited script is started anew.
+fn exec_fingerprint(base_dir: &Path, command: &[String]) -> String {
+    let mut hasher = Sha256::new();
+    for arg in command {
+        hasher.update(arg.as_bytes());
+        hasher.update([0]);
+        let path = base_dir.join(arg);
+        if path.is_file()
+            && let Ok(mut file) = std::fs::File::open(&path)
+        {
+            let _ = std::io::copy(&mut file, &mut hasher);
+        }
+        hasher.update([0]);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Copies `library` to `state_dir/plugins/<sha256>.so` unless it is there already.

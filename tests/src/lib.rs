@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod fake_portal;
 pub mod http;
+pub mod http_target;
 pub mod nats;
 
 use std::{

@@ -193,6 +193,18 @@ impl Verifier {
         }
     }
 
+    /// The application token the host knows for `member_id` (host.toml's, else the learned
+    /// one): what an http plugin's `format = "form"` request carries in
+    /// `auth[application_token]`, as Bitrix24 sent it.
+    pub fn application_token(&self, member_id: &str) -> Option<Secret> {
+        let settings = self.settings.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(token) = settings.portals.get(member_id) {
+            return Some(token.clone());
+        }
+        drop(settings);
+        self.learned.read().unwrap_or_else(|p| p.into_inner()).get(member_id).cloned()
+    }
+
     /// The member ids with a learned token.
     pub fn learned_portals(&self) -> Vec<String> {
         self.learned.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()

@@ -9,10 +9,11 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use crate::{
-    config::Config,
+    config::{Config, PluginKind},
     dispatch::host_services,
     loader::{self, LoadError, LoadedPlugin},
     route::Route,
+    runner::{ExecProgram, Program, RunnerHandle, RunnerSpec, lines::EventJson},
 };
 
 /// Runs the check and prints its report on stdout (problems on stderr).
@@ -31,6 +32,16 @@ pub fn run(config: &Config) -> ExitCode {
                 eprintln!("warning: {warning}");
             }
             load_plugins(config, &libraries)
+        }
+        // Only exec and http plugins: no library to find.
+        Err(_)
+            if config
+                .plugins
+                .enabled
+                .iter()
+                .all(|n| !matches!(config.plugin_config(n).kind, PluginKind::Library)) =>
+        {
+            (Vec::new(), Vec::new())
         }
         Err(e) => (Vec::new(), vec![e]),
     };
@@ -68,13 +79,31 @@ pub fn run(config: &Config) -> ExitCode {
             Err(e) => errors.push(e),
         }
     }
+    let mut others = 0;
+    for name in &config.plugins.enabled {
+        let plugin_config = config.plugin_config(name);
+        let checked = match &plugin_config.kind {
+            PluginKind::Library => continue,
+            PluginKind::Exec(exec) => check_exec(config, name, &plugin_config, exec),
+            PluginKind::Http(http) => check_http(name, &plugin_config, http),
+        };
+        match checked {
+            Ok(line) => {
+                let route =
+                    Route::new(&plugin_config.events.clone().unwrap_or_default(), &plugin_config);
+                println!("{line}\n  receives: {}", route.describe());
+                others += 1;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
     if let Err(e) = check_log(config) {
         errors.push(e);
     }
     check_pauses(config);
     check_portals(config);
     if errors.is_empty() {
-        println!("ok: {} plugin(s) ready", loaded.len());
+        println!("ok: {} plugin(s) ready", loaded.len() + others);
         ExitCode::SUCCESS
     } else {
         for e in &errors {
@@ -111,6 +140,83 @@ fn create_within(
             limit.as_millis()
         )),
     }
+}
+
+/// Starts an exec plugin's program as the host would (its shim, environment, limits), waits for
+/// its `ready` within `plugins.start_timeout_ms`, then tells it to shut down.
+fn check_exec(
+    config: &Config,
+    name: &str,
+    plugin: &crate::config::PluginConfig,
+    exec: &crate::config::ExecConfig,
+) -> Result<String, String> {
+    let host = host_services::for_plugin(name, &config.base_dir, &config.state_dir, None);
+    let runner = RunnerHandle::start(RunnerSpec {
+        plugin: name.to_owned(),
+        program: Program::Exec(ExecProgram {
+            command: exec.command.clone(),
+            env: exec.env.clone(),
+            window: exec.window,
+            events: plugin.events.clone().unwrap_or_default(),
+            json: std::sync::Arc::new(EventJson::default()),
+        }),
+        settings: plugin.settings.clone(),
+        config_dir: config.base_dir.clone(),
+        state_dir: config.state_dir.clone(),
+        memory_limit_mb: plugin.memory_limit_mb,
+        start_timeout: config.plugins.start_timeout,
+        host,
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+    })?;
+    let meta = runner.meta().clone();
+    runner.shutdown(crate::runner::SHUTDOWN_GRACE);
+    Ok(format!(
+        "plugin {name} {} (exec: {}; ready in {:.1} ms)\n  window {}, kill_after_ms {}, memory_limit_mb {}, max_crashes {}",
+        meta.version,
+        exec.command.join(" "),
+        meta.load_time.as_secs_f64() * 1000.0,
+        exec.window,
+        plugin.kill_after.as_millis(),
+        plugin.memory_limit_mb.map_or("none".to_owned(), |m| m.to_string()),
+        plugin.max_crashes,
+    ))
+}
+
+/// Checks that an http plugin's target accepts connections (a TCP connection to its host and
+/// port within `timeout_ms`, at most 10 s; nothing is sent to it).
+fn check_http(
+    name: &str,
+    plugin: &crate::config::PluginConfig,
+    http: &crate::config::HttpConfig,
+) -> Result<String, String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let shown = crate::forward::shown_url(&http.url);
+    let url = url::Url::parse(&http.url).map_err(|e| format!("plugin `{name}`: url: {e}"))?;
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let limit = plugin.timeout.min(std::time::Duration::from_secs(10));
+    let addrs: Vec<_> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("plugin `{name}`: cannot resolve the host of {shown}: {e}"))?
+        .collect();
+    let mut last = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, limit) {
+            Ok(_) => {
+                return Ok(format!(
+                    "plugin {name} (http: POST {shown}, format {}{}; reachable)\n  timeout_ms {}",
+                    http.format.as_str(),
+                    if http.secret.is_some() { ", signed" } else { "" },
+                    plugin.timeout.as_millis()
+                ));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(format!(
+        "plugin `{name}`: its target {shown} cannot be reached: {}",
+        last.map_or("no address".to_owned(), |e| e.to_string())
+    ))
 }
 
 /// On the NATS backend: connects to the log and prints its state; why it cannot, if so.
@@ -366,6 +472,9 @@ fn load_plugins(
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
     for name in &config.plugins.enabled {
+        if !matches!(config.plugin_config(name).kind, PluginKind::Library) {
+            continue;
+        }
         match loader::locate_in(&config.plugins.dir, libraries, name)
             .and_then(|path| loader::load_file(name, &path))
         {

@@ -54,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::run(config, listen, admin_listen, log_format)
         }
         Command::Runner { .. } => Ok(crate::runner::child::main()),
+        Command::ExecShim { command } => Ok(crate::runner::shim::main(command)),
         Command::Check { config } => Ok(check::run(&load_config(config)?)),
         Command::Journal { config, json, command } => {
             journal::command(&load_config(config)?, command, json)

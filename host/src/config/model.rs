@@ -65,6 +65,14 @@ pub const DEFAULT_MAX_CRASHES: u32 = 3;
 /// which thread stacks and allocator arenas reserve far beyond what they use: see README's
 /// "Process isolation" for what a runner maps).
 pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 1024;
+/// Default of `plugin.<name>.memory_limit_mb` for `kind = "exec"`: interpreters reserve far more
+/// address space than they use (node maps about 700 MiB before it runs a line, and fails at
+/// 1024 MiB once its heap grows past about 150 MiB); php and python3 start in 256 MiB.
+pub const DEFAULT_EXEC_MEMORY_LIMIT_MB: u64 = 2048;
+/// Default of `plugin.<name>.window` (`kind = "exec"`): one event in flight at a time.
+pub const DEFAULT_WINDOW: usize = 1;
+/// Largest accepted `plugin.<name>.window`.
+pub const MAX_WINDOW: usize = 256;
 /// Largest accepted `plugin.<name>.memory_limit_mb` (1 TiB).
 pub const MAX_MEMORY_LIMIT_MB: u64 = 1 << 20;
 /// Largest accepted `plugin.<name>.max_crashes`.
@@ -342,9 +350,99 @@ pub struct PluginsConfig {
     pub start_timeout: Duration,
 }
 
+/// What a plugin is (`plugin.<name>.kind`): a Rust library (no `kind`), a program speaking JSON
+/// lines (`"exec"`), or an HTTP handler events are forwarded to (`"http"`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum PluginKind {
+    /// A library in `plugins.dir` (no `kind` key).
+    #[default]
+    Library,
+    /// A program the host starts and talks to over its stdin and stdout (`kind = "exec"`).
+    Exec(ExecConfig),
+    /// An HTTP endpoint each event is POSTed to (`kind = "http"`).
+    Http(HttpConfig),
+}
+
+impl PluginKind {
+    /// The spelling used in the file and on the console: `library`, `exec` or `http`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PluginKind::Library => "library",
+            PluginKind::Exec(_) => "exec",
+            PluginKind::Http(_) => "http",
+        }
+    }
+}
+
+/// An exec plugin's program (`kind = "exec"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// The argv (`command`); a relative program or argument path is relative to the config's
+    /// folder, which is the program's working folder.
+    pub command: Vec<String>,
+    /// Its environment beyond `PATH`, `HOME` and `LANG` (`env`), `{ env = "VAR" }` values
+    /// already read. Values are never shown (`Debug` prints the names only).
+    pub env: Vec<(String, Secret)>,
+    /// How many events may be sent before the first is answered (`window`, 1..=256).
+    pub window: usize,
+}
+
+/// How an http plugin's request body is made (`format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardFormat {
+    /// The body as Bitrix24 sent it, with its content type (`"form"`).
+    #[default]
+    Form,
+    /// The exec protocol's event object (`"json"`).
+    Json,
+}
+
+impl ForwardFormat {
+    /// The spelling used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardFormat::Form => "form",
+            ForwardFormat::Json => "json",
+        }
+    }
+}
+
+/// An http plugin's target (`kind = "http"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where events are POSTed (`url`): http or https.
+    pub url: String,
+    /// `form` or `json` (`format`).
+    pub format: ForwardFormat,
+    /// The Standard Webhooks signing secret (`secret`), if requests are signed.
+    pub secret: Option<Secret>,
+}
+
+impl fmt::Debug for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginKind::Library => f.write_str("Library"),
+            PluginKind::Exec(exec) => f
+                .debug_struct("Exec")
+                .field("command", &exec.command)
+                .field("env", &exec.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+                .field("window", &exec.window)
+                .finish(),
+            PluginKind::Http(http) => f
+                .debug_struct("Http")
+                .field("url", &http.url)
+                .field("format", &http.format)
+                .field("secret", &http.secret.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
+}
+
 /// One plugin's table (`[plugin.<name>]`); every key optional.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PluginConfig {
+    /// What the plugin is (`kind`, with `command`, `env`, `window`, `url`, `format`, `secret`).
+    pub kind: PluginKind,
     /// Case-insensitive globs on event codes that narrow the plugin's own subscriptions;
     /// `None` keeps them all (`events`).
     pub events: Option<Vec<String>>,
@@ -383,6 +481,7 @@ pub struct PluginConfig {
 impl Default for PluginConfig {
     fn default() -> Self {
         PluginConfig {
+            kind: PluginKind::Library,
             events: None,
             entities: None,
             fields: None,
@@ -402,6 +501,7 @@ impl Default for PluginConfig {
 impl fmt::Debug for PluginConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PluginConfig")
+            .field("kind", &self.kind)
             .field("events", &self.events)
             .field("entities", &self.entities)
             .field("fields", &self.fields)

@@ -191,6 +191,28 @@ pub(crate) struct RawPlugin {
     pub retry: RawRetry,
     /// Any TOML at all; only required to be a table.
     pub settings: Option<Spanned<toml::Table>>,
+    pub kind: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub env: Option<Spanned<RawEnv>>,
+    pub window: Option<Spanned<Count>>,
+    pub url: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub secret: Option<Spanned<RawToken>>,
+}
+
+/// `[plugin.<name>] env`: name → value, in file order; a value is a string or `{ env = "VAR" }`
+/// (the [`RawToken`] forms: values are never echoed in errors).
+#[derive(Default)]
+pub(crate) struct RawEnv(pub Vec<(String, Spanned<RawToken>)>);
+
+impl<'de> Deserialize<'de> for RawEnv {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(PortalsVisitor(
+                r#"a table of NAME = "value" or NAME = { env = "VARIABLE" }"#,
+            ))
+            .map(|p| RawEnv(p.0))
+    }
 }
 
 /// `[plugin.<name>.retry]`.
@@ -307,13 +329,14 @@ macro_rules! reject_scalars_quietly {
     };
 }
 
-struct PortalsVisitor;
+/// A table of name → [`RawToken`]; the text says what the names are.
+struct PortalsVisitor(&'static str);
 
 impl<'de> Visitor<'de> for PortalsVisitor {
     type Value = RawPortals;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a table of member_id = token")
+        f.write_str(self.0)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawPortals, A::Error> {
@@ -334,7 +357,7 @@ impl<'de> Visitor<'de> for PortalsVisitor {
 
 impl<'de> Deserialize<'de> for RawPortals {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(PortalsVisitor)
+        deserializer.deserialize_map(PortalsVisitor("a table of member_id = token"))
     }
 }
 

@@ -26,6 +26,7 @@ fn example() -> String {
 fn fake_env(name: &str) -> Result<String, VarError> {
     match name {
         "B24_TOKEN_ACME" => Ok("acme-secret-token-0123456789".to_owned()),
+        "DEAL_WATCH_KEY" | "FORWARD_SECRET" => Ok("example-secret-0123456789".to_owned()),
         "B24_EMPTY" => Ok(String::new()),
         "B24_NOT_UTF8" => Err(VarError::NotUnicode("\u{fffd}".into())),
         _ => Err(VarError::NotPresent),
@@ -222,7 +223,8 @@ fn unknown_key_in_plugin_table() {
     assert_eq!(
         message,
         "unknown key; expected one of events, entities, fields, timeout_ms, concurrency, isolation, \
-         memory_limit_mb, kill_after_ms, max_crashes, pause_after_failures, retry, settings"
+         memory_limit_mb, kill_after_ms, max_crashes, pause_after_failures, retry, settings, kind, \
+         command, env, window, url, format, secret"
     );
 }
 
@@ -851,17 +853,26 @@ fn shipped_example_parses_with_its_examples_switched_on() {
     // (That it names every key is `it::config_load::the_shipped_example_names_every_key`.)
     let example = example();
     // With the commented-out keys switched on (and the variable set), it still parses.
-    let uncommented = example
+    // The audit-log's commented filters and the second portal, then (from the exec plugin's
+    // paragraph on) every commented TOML line: the exec and http plugin examples whole.
+    let kinds = example.find("# A plugin in any language").expect("the exec example");
+    let toml_line = |rest: &str| {
+        rest.starts_with('[')
+            || rest
+                .split_once(" = ")
+                .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    };
+    let filters = |rest: &str| {
+        rest.starts_with('"')
+            || ["events = [", "entities = [", "fields = ["].iter().any(|k| rest.starts_with(k))
+    };
+    let (before, after) = example.split_at(kinds);
+    let uncommented = before
         .lines()
-        .map(|l| match l.strip_prefix("# ") {
-            Some(rest)
-                if rest.starts_with('"')
-                    || ["events = [", "entities = [", "fields = ["]
-                        .iter()
-                        .any(|k| rest.starts_with(k)) =>
-            {
-                rest
-            }
+        .map(|l| (l, &filters as &dyn Fn(&str) -> bool))
+        .chain(after.lines().map(|l| (l, &toml_line as &dyn Fn(&str) -> bool)))
+        .map(|(l, switch)| match l.strip_prefix("# ") {
+            Some(rest) if switch(rest) => rest,
             _ => l,
         })
         .collect::<Vec<_>>()
@@ -872,6 +883,8 @@ fn shipped_example_parses_with_its_examples_switched_on() {
     assert!(config.plugin_config("audit-log").events.is_some());
     assert!(config.plugin_config("audit-log").entities.is_some());
     assert!(config.plugin_config("audit-log").fields.is_some());
+    assert!(matches!(config.plugin_config("deal-watch").kind, PluginKind::Exec(_)));
+    assert!(matches!(config.plugin_config("legacy-handler").kind, PluginKind::Http(_)));
 }
 
 #[test]

@@ -14,16 +14,16 @@ use b24_plugin_api::Secret;
 use toml::Spanned;
 
 use super::{
-    AuthConfig, BindConfig, Config, ConfigError, Isolation, JournalBackend, JournalConfig,
-    LogConfig, LogFormat, PluginConfig, PluginsConfig, RestConfig, RestPortalConfig, RetryConfig,
-    ServerConfig,
+    AuthConfig, BindConfig, Config, ConfigError, ExecConfig, ForwardFormat, HttpConfig, Isolation,
+    JournalBackend, JournalConfig, LogConfig, LogFormat, PluginConfig, PluginKind, PluginsConfig,
+    RestConfig, RestPortalConfig, RetryConfig, ServerConfig,
     error::{Source, join_keys},
     model::OfflineConfig,
     model::{
-        DEFAULT_ENABLED, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR, DEFAULT_START_TIMEOUT,
-        DEFAULT_STATE_DIR, MAX_CONCURRENCY, MAX_CRASHES, MAX_KEEP_COMPLETED_HOURS,
-        MAX_MEMORY_LIMIT_MB, MAX_MILLIS, MAX_PLUGIN_LINE_BYTES, MAX_PLUGIN_LINES,
-        MIN_PLUGIN_LINE_BYTES, PluginLogLimits,
+        DEFAULT_ENABLED, DEFAULT_EXEC_MEMORY_LIMIT_MB, DEFAULT_LOG_LEVEL, DEFAULT_PLUGINS_DIR,
+        DEFAULT_START_TIMEOUT, DEFAULT_STATE_DIR, DEFAULT_WINDOW, MAX_CONCURRENCY, MAX_CRASHES,
+        MAX_KEEP_COMPLETED_HOURS, MAX_MEMORY_LIMIT_MB, MAX_MILLIS, MAX_PLUGIN_LINE_BYTES,
+        MAX_PLUGIN_LINES, MAX_WINDOW, MIN_PLUGIN_LINE_BYTES, PluginLogLimits,
     },
     raw::{
         Bytes, Count, Millis, RawAdmin, RawAuth, RawBind, RawConfig, RawJournal, RawLog, RawPlugin,
@@ -61,7 +61,7 @@ pub(crate) fn build(
             return Err(src.invalid_key(&["plugin", &name], 0..0, not_a_plugin_name(&name)));
         }
         let key = join_keys(["plugin", &name]);
-        let config = plugin_table(src, &key, table)?;
+        let config = plugin_table(src, &key, table, env)?;
         plugin.insert(name, config);
     }
     Ok(Config {
@@ -573,8 +573,207 @@ fn plugins(
     Ok(PluginsConfig { dir, enabled, start_timeout })
 }
 
-fn plugin_table(src: &Source<'_>, key: &str, raw: RawPlugin) -> Result<PluginConfig, ConfigError> {
+/// Where each kind-specific key may appear: a key of another kind is an error at its line.
+fn check_kind_keys(
+    src: &Source<'_>,
+    key: &str,
+    kind: &str,
+    raw: &RawPlugin,
+) -> Result<(), ConfigError> {
+    fn span<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+        s.as_ref().map(Spanned::span)
+    }
+    /// A key, where it is (if present) and the kinds it belongs to.
+    type KindKey<'a> = (&'a str, Option<std::ops::Range<usize>>, &'a [&'a str]);
+    let present: [KindKey<'_>; 12] = [
+        ("command", span(&raw.command), &["exec"]),
+        ("env", span(&raw.env), &["exec"]),
+        ("window", span(&raw.window), &["exec"]),
+        ("url", span(&raw.url), &["http"]),
+        ("format", span(&raw.format), &["http"]),
+        ("secret", span(&raw.secret), &["http"]),
+        ("isolation", span(&raw.isolation), &["library"]),
+        ("concurrency", span(&raw.concurrency), &["library"]),
+        ("memory_limit_mb", span(&raw.memory_limit_mb), &["library", "exec"]),
+        ("kill_after_ms", span(&raw.kill_after_ms), &["library", "exec"]),
+        ("max_crashes", span(&raw.max_crashes), &["library", "exec"]),
+        ("settings", span(&raw.settings), &["library", "exec"]),
+    ];
+    for (name, at, kinds) in present {
+        let Some(at) = at else { continue };
+        if kinds.contains(&kind) {
+            continue;
+        }
+        let belongs = kinds
+            .iter()
+            .map(|k| match *k {
+                "library" => "a library plugin (no kind)".to_owned(),
+                other => format!("kind = \"{other}\""),
+            })
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let this = match kind {
+            "library" => "a library plugin (no kind)".to_owned(),
+            other => format!("kind = \"{other}\""),
+        };
+        return Err(src.invalid(
+            at,
+            format!("{key}.{name}"),
+            format!("is a key of {belongs}, not of {this}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The kind-specific part of a plugin table.
+fn plugin_kind(
+    src: &Source<'_>,
+    key: &str,
+    raw: &mut RawPlugin,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<PluginKind, ConfigError> {
+    let Some(kind) = raw.kind.take() else {
+        check_kind_keys(src, key, "library", raw)?;
+        return Ok(PluginKind::Library);
+    };
+    let at = kind.span();
+    let name = kind.into_inner();
+    if name != "exec" && name != "http" {
+        return Err(src.invalid(
+            at,
+            format!("{key}.kind"),
+            format!(
+                "{name:?} is not a plugin kind; expected \"exec\" or \"http\" (leave kind out for a library plugin)"
+            ),
+        ));
+    }
+    check_kind_keys(src, key, &name, raw)?;
+    let required = |what: &str| {
+        src.invalid(
+            at.clone(),
+            format!("{key}.{what}"),
+            format!("is required for kind = \"{name}\""),
+        )
+    };
+    if raw.events.is_none() {
+        return Err(required("events"));
+    }
+    if name == "exec" {
+        let Some(command) = raw.command.take() else { return Err(required("command")) };
+        let command_at = command.span();
+        let command: Vec<String> =
+            command.into_inner().into_iter().map(Spanned::into_inner).collect();
+        if command.first().is_none_or(|program| program.is_empty()) {
+            return Err(src.invalid(
+                command_at,
+                format!("{key}.command"),
+                "must name a program: [\"php\", \"handler.php\"]",
+            ));
+        }
+        let mut vars = Vec::new();
+        if let Some(table) = raw.env.take() {
+            for (var, value) in table.into_inner().0 {
+                let path = ["plugin", key.trim_start_matches("plugin."), "env", var.as_str()];
+                let value_at = value.span();
+                if var.is_empty() || var.contains(['=', '\0']) {
+                    return Err(src.invalid_key(
+                        &path,
+                        value_at,
+                        format!("{var:?} is not an environment variable name"),
+                    ));
+                }
+                let text = match value.into_inner() {
+                    RawToken::Literal(text) => text,
+                    RawToken::Env(from) => {
+                        let n = from.get_ref();
+                        if n.is_empty() || n.contains(['=', '\0']) {
+                            return Err(src.invalid(
+                                from.span(),
+                                format!("{}.env", join_keys(path)),
+                                format!("{n:?} is not an environment variable name"),
+                            ));
+                        }
+                        match env(n) {
+                            Ok(text) => text,
+                            Err(VarError::NotPresent) => {
+                                return Err(src.invalid_key(
+                                    &path,
+                                    value_at,
+                                    format!("environment variable {n} is not set"),
+                                ));
+                            }
+                            Err(VarError::NotUnicode(_)) => {
+                                return Err(src.invalid_key(
+                                    &path,
+                                    value_at,
+                                    format!("environment variable {n} is not valid UTF-8"),
+                                ));
+                            }
+                        }
+                    }
+                };
+                vars.push((var, Secret::new(text)));
+            }
+        }
+        let window = match &raw.window {
+            Some(n) => count(src, n, &format!("{key}.window"), MAX_WINDOW as u64)? as usize,
+            None => DEFAULT_WINDOW,
+        };
+        return Ok(PluginKind::Exec(ExecConfig { command, env: vars, window }));
+    }
+    let Some(url) = raw.url.take() else { return Err(required("url")) };
+    let url_at = url.span();
+    let url = url.into_inner();
+    match url::Url::parse(&url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {}
+        _ => {
+            return Err(src.invalid(
+                url_at,
+                format!("{key}.url"),
+                format!(
+                    "{url:?} is not an http or https URL like https://app.example.com/handler.php"
+                ),
+            ));
+        }
+    }
+    let format = match raw.format.take() {
+        None => ForwardFormat::Form,
+        Some(f) => match f.get_ref().as_str() {
+            "form" => ForwardFormat::Form,
+            "json" => ForwardFormat::Json,
+            other => {
+                return Err(src.invalid(
+                    f.span(),
+                    format!("{key}.format"),
+                    format!("{other:?} is not a format; expected \"form\" or \"json\""),
+                ));
+            }
+        },
+    };
+    let secret = match raw.secret.take() {
+        None => None,
+        Some(token) => {
+            let name = key.trim_start_matches("plugin.");
+            Some(Secret::new(secret(src, &["plugin", name, "secret"], token, env)?))
+        }
+    };
+    Ok(PluginKind::Http(HttpConfig { url, format, secret }))
+}
+
+fn plugin_table(
+    src: &Source<'_>,
+    key: &str,
+    mut raw: RawPlugin,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<PluginConfig, ConfigError> {
+    let kind = plugin_kind(src, key, &mut raw, env)?;
+    let memory_limit_mb = match kind {
+        PluginKind::Exec(_) => Some(DEFAULT_EXEC_MEMORY_LIMIT_MB),
+        _ => Some(super::model::DEFAULT_MEMORY_LIMIT_MB),
+    };
     let mut out = PluginConfig {
+        kind,
+        memory_limit_mb,
         events: globs(src, raw.events, &format!("{key}.events"))?,
         entities: globs(src, raw.entities, &format!("{key}.entities"))?,
         fields: globs(src, raw.fields, &format!("{key}.fields"))?,

@@ -1,6 +1,7 @@
-//! The plugins page: name, version, subscriptions, isolation, library SHA-256, the settings
-//! with secrets redacted, the state (`paused`, with why and since when, above the loaded
-//! state) with a Pause or Resume button; and the reload button with the reload report.
+//! The plugins page: name, version, kind (an exec plugin's command and its environment's
+//! names, an http plugin's URL without credentials), subscriptions, isolation, library SHA-256,
+//! the settings with secrets redacted, the state (`paused`, with why and since when, above the
+//! loaded state) with a Pause or Resume button; and the reload button with the reload report.
 
 use std::collections::BTreeMap;
 
@@ -93,12 +94,16 @@ pub fn body(
             }
         }
         table id="plugins" {
-            thead { tr { th { "name" } th { "version" } th { "subscriptions" } th { "isolation" } th { "library SHA-256" } th { "settings" } th { "state" } } }
+            thead { tr { th { "name" } th { "version" } th { "kind" } th { "subscriptions" } th { "isolation" } th { "library SHA-256" } th { "settings" } th { "state" } } }
             tbody {
                 @for v in views {
                     tr id=(format!("plugin-{}", v.name)) {
                         td.name { (v.name) }
                         td.version { (v.version.as_deref().unwrap_or("-")) }
+                        td.kind {
+                            (v.kind)
+                            @if let Some(target) = &v.target { br; code { (target) } }
+                        }
                         td.subscriptions { (v.subscriptions.as_deref().unwrap_or("-")) }
                         td.isolation { (v.isolation.unwrap_or("-")) }
                         td.sha256 { code { (v.sha256.as_deref().unwrap_or("-")) } }

@@ -17,6 +17,7 @@
 
 pub mod form;
 pub mod json;
+pub mod php_json;
 pub mod strip;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;

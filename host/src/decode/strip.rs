@@ -80,6 +80,40 @@ fn blank_form(body: Bytes) -> Bytes {
     }
 }
 
+/// The journaled form `body` with the portal's application token put back where ingress
+/// blanked it (the `auth[application_token]` variables with an empty value), every other byte
+/// as it is: the body Bitrix24 sent, but for `auth[refresh_token]`, which stays blank. For an
+/// http plugin's `format = "form"` (`crate::forward`).
+pub fn with_application_token(body: &[u8], token: &str) -> Vec<u8> {
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    let mut out = Vec::with_capacity(body.len() + encoded.len());
+    let mut first = true;
+    for var in body[..end].split(|&b| b == b'&') {
+        if !first {
+            out.push(b'&');
+        }
+        first = false;
+        let (name, value) = match var.iter().position(|&b| b == b'=') {
+            Some(eq) => (&var[..eq], Some(&var[eq + 1..])),
+            None => (var, None),
+        };
+        let application_token = is_secret_name(name) && {
+            let decoded = form::url_decode(name);
+            decoded.windows(18).any(|w| w == b"application_token]")
+        };
+        if application_token && value.is_none_or(<[u8]>::is_empty) {
+            out.extend_from_slice(name);
+            out.push(b'=');
+            out.extend_from_slice(encoded.as_bytes());
+        } else {
+            out.extend_from_slice(var);
+        }
+    }
+    out.extend_from_slice(&body[end..]);
+    out
+}
+
 /// The JSON body's tree, blanked, as a form that reads back to that tree; `None` when it does
 /// not (or the body is not JSON the decoder takes).
 fn rewrite_json(body: &[u8]) -> Option<Bytes> {
@@ -114,6 +148,20 @@ mod tests {
 
     fn tree(body: &[u8], format: BodyFormat) -> Map {
         decode_tree(body, format).unwrap().map
+    }
+
+    #[test]
+    fn the_application_token_goes_back_where_it_was_blanked() {
+        let (journaled, _) = without_secrets(Bytes::from_static(FORM.as_bytes()), BodyFormat::Form);
+        let filled = with_application_token(&journaled, "APP-3");
+        let expected = FORM.replace("RT-2", "");
+        assert_eq!(String::from_utf8(filled).unwrap(), expected);
+        // A token with characters a form encodes, and a value that was not blank, kept.
+        let body = b"auth[application_token]=&auth%5Bapplication_token%5D=kept&x=1";
+        assert_eq!(
+            with_application_token(body, "a b&c"),
+            b"auth[application_token]=a+b%26c&auth%5Bapplication_token%5D=kept&x=1".to_vec()
+        );
     }
 
     #[test]

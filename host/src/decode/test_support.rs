@@ -5,7 +5,10 @@
 //! Compiled for this crate's unit tests and, with the `test-support` feature, for its
 //! integration tests (`host/tests` turn it on through a dev-dependency on this crate).
 
-use super::tree::{Key, Map, Value};
+use super::{
+    php_json::{write_map, write_value},
+    tree::{Map, Value},
+};
 
 /// PHP's JSON views of a tree.
 pub trait PhpJson {
@@ -51,82 +54,6 @@ impl PhpJson for Value {
             Value::Map(m) => m.to_json(),
         }
     }
-}
-
-fn write_value(value: &Value, out: &mut String) {
-    match value {
-        Value::Str(s) => write_json_str(s, out),
-        Value::Map(m) => write_map(m, out),
-    }
-}
-
-fn write_map(map: &Map, out: &mut String) {
-    if map.is_list() {
-        out.push('[');
-        for (i, (_, v)) in map.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            write_value(v, out);
-        }
-        out.push(']');
-    } else {
-        out.push('{');
-        for (i, (k, v)) in map.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            match k {
-                Key::Int(n) => {
-                    out.push('"');
-                    out.push_str(&n.to_string());
-                    out.push('"');
-                }
-                Key::Str(s) => write_json_str(s, out),
-            }
-            out.push(':');
-            write_value(v, out);
-        }
-        out.push('}');
-    }
-}
-
-/// Writes `s` as a JSON string the way PHP's encoder does with `JSON_UNESCAPED_SLASHES |
-/// JSON_UNESCAPED_UNICODE`: `\b \f \n \r \t \" \\`, other control characters as lower-case
-/// `\u00xx`, U+2028/U+2029 escaped, everything else raw.
-fn write_json_str(s: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(s.len() + 2);
-    out.push('"');
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\u{8}' => Some("\\b"),
-            '\u{c}' => Some("\\f"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            '\u{2028}' => Some("\\u2028"),
-            '\u{2029}' => Some("\\u2029"),
-            c if (c as u32) < 0x20 => None,
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                let b = c as u32 as usize;
-                out.push_str("\\u00");
-                out.push(char::from(HEX[b >> 4]));
-                out.push(char::from(HEX[b & 0xf]));
-            }
-        }
-        start = i + c.len_utf8();
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
 }
 
 #[cfg(test)]

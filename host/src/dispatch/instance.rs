@@ -1,6 +1,7 @@
 //! One plugin's live instance, wherever its code runs: inside the host (`in-process`: created
 //! from its library, re-created after a panic) or in a runner process (`process`: the runner
-//! does both, see [`crate::runner`]). The worker calls either kind through this one type, so
+//! does both, see [`crate::runner`]; an exec plugin's program is a runner too) or at an HTTP
+//! endpoint (an http plugin, [`crate::forward`]). The worker calls either kind through this one type, so
 //! retries, back-off, order, timeouts, metrics and outcomes are one code path.
 
 use std::{
@@ -14,6 +15,7 @@ use std::{
 use b24_plugin_api::{HostServicesArc, PluginBox};
 
 use crate::{
+    forward::HttpTarget,
     loader::{LoadError, LoadedPlugin, PluginMeta},
     runner::RunnerHandle,
 };
@@ -40,8 +42,10 @@ pub struct Local {
 pub enum Kind {
     /// In this process.
     Local(Local),
-    /// In a runner process.
+    /// In a runner process (a library's runner, or an exec plugin's program).
     Runner(RunnerHandle),
+    /// At an HTTP endpoint (an http plugin).
+    Http(HttpTarget),
 }
 
 /// A created plugin and what it takes to create it again.
@@ -80,6 +84,19 @@ impl Instance {
         }
     }
 
+    /// An http plugin's instance: its target.
+    pub fn http(meta: PluginMeta, target: HttpTarget) -> Instance {
+        Instance::new(meta, Kind::Http(target))
+    }
+
+    /// The target, for an http plugin.
+    pub fn target(&self) -> Option<&HttpTarget> {
+        match &self.kind {
+            Kind::Http(target) => Some(target),
+            _ => None,
+        }
+    }
+
     /// What the host knows of the plugin's library.
     pub fn info(&self) -> &PluginMeta {
         &self.meta
@@ -89,7 +106,7 @@ impl Instance {
     pub fn runner(&self) -> Option<&RunnerHandle> {
         match &self.kind {
             Kind::Runner(runner) => Some(runner),
-            Kind::Local(_) => None,
+            Kind::Local(_) | Kind::Http(_) => None,
         }
     }
 
@@ -99,7 +116,7 @@ impl Instance {
             Kind::Local(local) => {
                 Some(local.current.lock().unwrap_or_else(|p| p.into_inner()).clone())
             }
-            Kind::Runner(_) => None,
+            Kind::Runner(_) | Kind::Http(_) => None,
         }
     }
 
@@ -131,6 +148,7 @@ impl Instance {
                 }
             }
             Kind::Runner(runner) => runner.shutdown(grace),
+            Kind::Http(_) => {}
         }
     }
 
@@ -191,6 +209,7 @@ impl Drop for Instance {
                     tracing::info!(plugin = %name, %version, "replaced plugin runner shut down");
                 })
             }
+            Kind::Http(_) => return,
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {

@@ -12,8 +12,9 @@
 //! its runner dying (a crash, `memory_limit_mb`, a kill past `kill_after_ms`). A `Done` or
 //! `Skipped` starts the count again; so does a resume. Not counted either way: a retry while a
 //! Bitrix24 limit held the event's REST calls (the portal's limit lifts by itself, it says
-//! nothing of the plugin's downstream), and calls cut short by a shutdown, a disabled plugin or
-//! an operator's skip. The count is per host process: a restart starts it again.
+//! nothing of the plugin's downstream), an http plugin's target that could not be reached (its
+//! events wait without using attempts, so there is nothing to stop), and calls cut short by a
+//! shutdown, a disabled plugin or an operator's skip. An http target's 5xx, 408 or 429 counts. The count is per host process: a restart starts it again.
 
 use std::{
     sync::{Arc, Mutex},
@@ -70,6 +71,9 @@ fn verdict(result: &Result<Outcome, CallError>, held: Option<i64>) -> Verdict {
         Err(CallError::Crashed(reason)) => {
             Verdict::Failed(format!("plugin process died: {reason}"))
         }
+        Err(CallError::Retry { message, counted: true, .. }) => Verdict::Failed(message.clone()),
+        // An http target that could not be reached: like a Bitrix24 limit, it uses no attempt.
+        Err(CallError::Retry { counted: false, .. }) => Verdict::Uncounted,
         Err(CallError::Abandoned | CallError::Interrupted(_)) => Verdict::Uncounted,
     }
 }

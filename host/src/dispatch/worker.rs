@@ -16,7 +16,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -33,7 +33,7 @@ use super::{
     pause::{self, Breaker},
 };
 use crate::{
-    config::{PluginConfig, RetryConfig},
+    config::{MAX_WINDOW, PluginConfig, RetryConfig},
     journal::{
         Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, admin::Attempt,
         now_ms, record::Format,
@@ -206,7 +206,10 @@ impl Worker {
             stopper: consumer.stopper(),
             runtime: Handle::current(),
         });
-        let (queue, receiver) = mpsc::channel::<Delivery>(READ_AHEAD);
+        // An exec plugin's window may be larger than the usual read-ahead (and grow on a reload).
+        let exec = self.instance().runner().is_some_and(|r| r.is_exec());
+        let read_ahead = if exec { READ_AHEAD.max(MAX_WINDOW) } else { READ_AHEAD };
+        let (queue, receiver) = mpsc::channel::<Delivery>(read_ahead);
         let receiver = Arc::new(Mutex::new(receiver));
         let mut finished = Vec::with_capacity(count);
         for index in 0..count {
@@ -267,10 +270,13 @@ impl Worker {
                     opened
                 }
             };
-            if self.instance().runner().is_some() && self.batchable(&first, lanes) {
+            let limit = self.instance().runner().map(|r| r.batch_limit().unwrap_or(BATCH));
+            if let Some(limit) = limit
+                && self.batchable(&first, lanes)
+            {
                 let mut batch = vec![first];
                 // Only what is already waiting: a batch never waits for more.
-                while batch.len() < BATCH {
+                while batch.len() < limit {
                     let next = match ahead.pop_front() {
                         Some(opened) => opened,
                         None => {
@@ -368,10 +374,8 @@ impl Worker {
         let watched = lanes.clone();
         let ids: Vec<u64> = batch.iter().map(|o| o.envelope.id).collect();
         let first = ids[0];
-        let answered = AtomicUsize::new(0);
-        let progress = Box::new(move || {
+        let progress = Box::new(move |next: usize| {
             let lane = &watched.lanes[index];
-            let next = answered.fetch_add(1, Ordering::Relaxed) + 1;
             lane.event.store(ids.get(next).copied().unwrap_or(0), Ordering::Relaxed);
             lane.busy_since.store(watched.micros(), Ordering::Relaxed)
         });
@@ -396,10 +400,10 @@ impl Worker {
         } else if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
             tracing::info!("plugin answers within its timeout again");
         }
-        let mut batch = batch.into_iter();
+        let mut batch = batch.into_iter().enumerate();
         let mut notes = notes.into_iter().map(|n| n.until());
         for (result, took) in outcome.answered {
-            let Some(opened) = batch.next() else { break };
+            let Some((_, opened)) = batch.next() else { break };
             let held = notes.next().flatten();
             self.deliver_opened(
                 opened,
@@ -409,12 +413,24 @@ impl Worker {
             );
         }
         if let Some((end, took)) = outcome.end
-            && let Some(opened) = batch.next()
+            && let Some((_, opened)) = batch.next()
         {
             let held = notes.next().flatten();
             self.deliver_opened(opened, lanes, index, Some((Err(end), took, held)));
         }
-        batch.collect()
+        // What follows was not attempted, except what an exec plugin's window already answered
+        // Done or Skipped: those are finished (the plugin handled them), the rest come again.
+        let mut later = outcome.later.into_iter().peekable();
+        let mut again = Vec::new();
+        for ((position, opened), held) in batch.zip(notes) {
+            match later.next_if(|(at, _, _)| *at == position) {
+                Some((_, outcome, took)) => {
+                    self.deliver_opened(opened, lanes, index, Some((Ok(outcome), took, held)));
+                }
+                None => again.push(opened),
+            }
+        }
+        again
     }
 
     /// Marks the plugin degraded while a call runs past its timeout (the call cannot be
@@ -506,6 +522,8 @@ impl Worker {
         let mut attempt = pending.attempts;
         let mut due = pending.next_at_ms;
         let mut crashes = pending.crashes;
+        // Attempts an http target could not be reached for (uncounted), for their back-off.
+        let mut unreachable = 0u32;
         loop {
             let made = first.take();
             if made.is_none() {
@@ -546,6 +564,7 @@ impl Worker {
                     ErrorKind::Reject => "reject",
                     ErrorKind::Panicked => "panicked",
                 },
+                Err(CallError::Retry { .. }) => "retry",
                 Err(CallError::Crashed(_)) => "crashed",
                 Err(CallError::Abandoned | CallError::Interrupted(_)) => "abandoned",
             };
@@ -568,7 +587,15 @@ impl Worker {
                 tracing::warn!("skipped by an operator during its call; the call was abandoned");
                 return;
             }
+            // An http target's Retry-After, and whether the attempt counts.
+            let mut earliest = None;
+            let mut uncounted = false;
             let result = match result {
+                Err(CallError::Retry { message, not_before_ms, counted }) => {
+                    earliest = not_before_ms;
+                    uncounted = !counted;
+                    Err(PluginError { kind: ErrorKind::Retry, message: message.into() })
+                }
                 // Cut short by a shutdown or a disabled plugin: the event stays pending as it was.
                 Err(CallError::Abandoned) => return,
                 // Its runner was killed for another event's sake: the call is made again.
@@ -664,6 +691,29 @@ impl Worker {
                 );
                 continue;
             }
+            if uncounted {
+                // The target could not be reached: no attempt used, the event waits for it.
+                attempt -= 1;
+                unreachable = unreachable.saturating_add(1);
+                due = now_ms() + backoff(retry, unreachable).as_millis() as i64;
+                tracing::warn!(
+                    attempts = attempt,
+                    wait_ms = due - now_ms(),
+                    reason = %error.message,
+                    "the plugin's target cannot be reached; delivering the event again (no attempt used)"
+                );
+                self.metrics.retries.get_or_create(&self.label()).inc();
+                reporter.update(
+                    id,
+                    Pending {
+                        attempts: attempt,
+                        next_at_ms: due,
+                        last_error: error.to_string(),
+                        crashes,
+                    },
+                );
+                continue;
+            }
             match error.kind {
                 ErrorKind::Reject => {
                     tracing::error!(attempt, reason = %error.message, "plugin rejected the event; moved to its dead letters");
@@ -693,6 +743,10 @@ impl Worker {
             }
             self.metrics.retries.get_or_create(&self.label()).inc();
             due = now_ms() + backoff(retry, attempt).as_millis() as i64;
+            if let Some(earliest) = earliest {
+                // The target said when to come back (Retry-After).
+                due = due.max(earliest);
+            }
             // The crash count carries over: a retry does not forgive a crash.
             reporter.update(
                 id,
@@ -721,6 +775,18 @@ impl Worker {
     ) -> Result<Outcome, CallError> {
         let instance = self.instance();
         let mut started = Instant::now();
+        if let Some(target) = instance.target() {
+            // One request at a time on this lane: the plugin's order holds.
+            lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
+            let result = target.call(envelope, format, attempt, &|| lanes.stopping());
+            lane.busy_since.store(0, Ordering::Relaxed);
+            if started.elapsed() > config.timeout {
+                self.degraded(&instance, "the call has ended");
+            } else if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
+                tracing::info!("plugin answers within its timeout again");
+            }
+            return result;
+        }
         let result = match (instance.runner(), instance.current()) {
             // Process isolation: the runner decodes and calls; REST calls it makes come back to
             // this thread, inside the event's context. The call's clock starts when it is sent:

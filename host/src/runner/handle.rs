@@ -20,7 +20,7 @@ use std::{
         fd::{AsRawFd, OwnedFd},
         unix::{net::UnixStream, process::CommandExt},
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
@@ -33,6 +33,7 @@ use std::{
 use b24_plugin_api::{HostServicesArc, LogLevel, Outcome, PluginError};
 
 use super::{
+    lines::{self, EventJson, Incoming, Outbox, Requests},
     process::{Backoff, Limits, Process, describe_exit},
     protocol::{
         BatchCall, FromRunner, RUNNER_FD, ToRunner, WireRestError, read_frame, write_frame,
@@ -53,11 +54,11 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 pub struct RunnerSpec {
     /// The plugin's name as enabled.
     pub plugin: String,
-    /// The content-addressed copy of its library.
-    pub library: PathBuf,
+    /// What runs: a library in `b24-host runner`, or an exec plugin's command.
+    pub program: Program,
     /// Its settings (TOML text).
     pub settings: String,
-    /// `HostServices::config_dir`.
+    /// `HostServices::config_dir`; an exec plugin's working folder.
     pub config_dir: PathBuf,
     /// `HostServices::state_dir`.
     pub state_dir: PathBuf,
@@ -70,6 +71,32 @@ pub struct RunnerSpec {
     pub host: HostServicesArc,
     /// The metrics (restarts).
     pub metrics: Arc<Metrics>,
+}
+
+/// What a runner runs.
+#[derive(Clone)]
+pub enum Program {
+    /// A Rust plugin library (the content-addressed copy), loaded by `b24-host runner`; frames
+    /// on a socketpair.
+    Library(PathBuf),
+    /// An exec plugin's command under `b24-host exec-shim`; JSON lines on its stdin and stdout
+    /// ([`super::lines`]).
+    Exec(ExecProgram),
+}
+
+/// An exec plugin's program.
+#[derive(Clone)]
+pub struct ExecProgram {
+    /// The argv.
+    pub command: Vec<String>,
+    /// Its own environment variables (beyond `PATH`, `HOME`, `LANG`).
+    pub env: Vec<(String, b24_plugin_api::Secret)>,
+    /// How many events it may be sent before the first is answered.
+    pub window: usize,
+    /// The event globs it receives (its config's `events`).
+    pub events: Vec<String>,
+    /// The events' JSON, built once per event for every plugin.
+    pub json: Arc<EventJson>,
 }
 
 /// How a call through a runner ended, apart from the plugin's own answer.
@@ -86,6 +113,18 @@ pub enum CallError {
     /// of one of its calls): nothing is counted; the event is delivered again unless it is the
     /// skipped one.
     Interrupted(String),
+    /// An http plugin's target asked for a retry (408, 429, 5xx, a timeout, a broken
+    /// connection: `counted`, an attempt used) or could not be reached at all (not counted:
+    /// the event waits however long the target is down); no attempt before `not_before_ms`
+    /// (its `Retry-After`).
+    Retry {
+        /// Why, for the log and the pending row.
+        message: String,
+        /// The earliest next attempt, ms since the epoch.
+        not_before_ms: Option<i64>,
+        /// Whether it uses an attempt.
+        counted: bool,
+    },
 }
 
 /// A runner's state, for metrics, `/readyz` and `journal stats`.
@@ -123,14 +162,39 @@ struct Waiter {
     batch: Option<Arc<Batch>>,
 }
 
+/// An answer of a batch's call and when it arrived.
+type Answer = (Result<Outcome, PluginError>, Instant);
+
 /// A batch in flight: the supervising thread collects its outcomes and wakes the lane once.
 struct Batch {
     /// Its call ids, in order.
     calls: Vec<u64>,
-    /// The outcomes so far, in order, each with when it arrived.
-    answered: Mutex<Vec<(Result<Outcome, PluginError>, Instant)>>,
-    /// Runs on each outcome that does not end the batch (the next call has started).
-    progress: Box<dyn Fn() + Send + Sync>,
+    /// The outcomes so far, by position (a runner answers in order; an exec plugin's window
+    /// may answer in any order).
+    answered: Mutex<Vec<Option<Answer>>>,
+    /// Runs when the first unanswered call moves on without ending the batch, with its
+    /// position (that call is now the one the lane waits for).
+    progress: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+impl Batch {
+    /// Whether the batch is over: every call answered, or the first that is not Done/Skipped
+    /// is answered and so is every call before it.
+    fn over(answered: &[Option<Answer>]) -> bool {
+        for answer in answered {
+            match answer {
+                None => return false,
+                Some((Err(_), _)) => return true,
+                Some((Ok(_), _)) => {}
+            }
+        }
+        true
+    }
+
+    /// The position of the first call not answered yet.
+    fn first_open(answered: &[Option<Answer>]) -> usize {
+        answered.iter().position(Option::is_none).unwrap_or(answered.len())
+    }
 }
 
 /// One event of [`RunnerHandle::call_batch`].
@@ -147,12 +211,15 @@ pub struct BatchItem<'a> {
 
 /// How a batch ended: the outcomes the runner gave, in order, each with how long its call
 /// took; then, if the batch was cut short, why (for the call after the last answered one).
-/// The calls after those were not attempted.
+/// The calls after those were not attempted, except those in `later`.
 pub struct BatchOutcome {
     /// The plugin's answers, in order (only the last may be an error).
     pub answered: Vec<(Result<Outcome, PluginError>, Duration)>,
     /// The runner died (or delivery stopped) during the next call, after this long.
     pub end: Option<(CallError, Duration)>,
+    /// Calls after those that the plugin already answered Done or Skipped (an exec plugin's
+    /// window answers out of order): their positions in the batch, in order, with the outcome.
+    pub later: Vec<(usize, Outcome, Duration)>,
 }
 
 /// What stderr showed before a runner died.
@@ -162,10 +229,25 @@ struct Notes {
     stack_overflow: AtomicBool,
 }
 
+/// How the host writes to a runner.
+enum Wire {
+    /// Frames on the socketpair.
+    Frames(Mutex<BufWriter<UnixStream>>),
+    /// JSON lines on an exec plugin's stdin.
+    Lines {
+        /// The stdin writer.
+        out: Outbox,
+        /// The plugin's REST calls waiting for their answers.
+        requests: Requests,
+        /// The events' JSON.
+        json: Arc<EventJson>,
+    },
+}
+
 /// One runner process's connection.
 struct Conn {
     process: Process,
-    out: Mutex<BufWriter<UnixStream>>,
+    wire: Wire,
     calls: Mutex<HashMap<u64, Waiter>>,
     kill_reason: Mutex<Option<String>>,
     /// Killed by [`RunnerHandle::interrupt`]: its calls' events are not charged.
@@ -174,10 +256,68 @@ struct Conn {
 }
 
 impl Conn {
+    /// Sends `message` (its tail, a frame's bodies). To an exec plugin it goes as its lines:
+    /// a REST answer, `shutdown` (and stdin closes); a batch is never stopped early there (the
+    /// plugin has its events already; their answers are waited for); events go through
+    /// [`Conn::send_call`].
     fn send(&self, message: &ToRunner, tail: &[u8]) -> std::io::Result<()> {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        write_frame(&mut *out, message, tail)?;
-        out.flush()
+        match &self.wire {
+            Wire::Frames(out) => {
+                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                write_frame(&mut *out, message, tail)?;
+                out.flush()
+            }
+            Wire::Lines { out, requests, .. } => {
+                match message {
+                    ToRunner::RestAnswer { request, result } => {
+                        if let Some(call) = requests.take(*request) {
+                            out.send(lines::rest_answer(&call, result.clone()));
+                        }
+                    }
+                    ToRunner::Shutdown => {
+                        out.send(lines::shutdown());
+                        out.close();
+                    }
+                    ToRunner::Init { .. }
+                    | ToRunner::Call { .. }
+                    | ToRunner::CallBatch { .. }
+                    | ToRunner::StopBatch { .. } => {}
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends one event: a `Call` frame, or an `event` line whose `id` is the call id.
+    fn send_call(
+        &self,
+        call: u64,
+        lane: usize,
+        envelope: &Envelope,
+        format: Format,
+        attempt: u32,
+    ) -> std::io::Result<()> {
+        match &self.wire {
+            Wire::Frames(_) => {
+                let message = ToRunner::Call {
+                    call,
+                    lane,
+                    id: envelope.id,
+                    attempt,
+                    received_at_ms: envelope.received_at_ms,
+                    format,
+                    source: envelope.source,
+                    extra: envelope.extra.clone(),
+                };
+                self.send(&message, &envelope.raw)
+            }
+            Wire::Lines { out, json, .. } => {
+                let mut line = json.object(&call.to_string(), envelope, format, attempt);
+                line.push('\n');
+                out.send(line.into_bytes());
+                Ok(())
+            }
+        }
     }
 }
 
@@ -232,8 +372,51 @@ impl std::fmt::Debug for RunnerHandle {
 /// A started runner, before its supervisor takes it over.
 struct Started {
     conn: Arc<Conn>,
-    input: BufReader<UnixStream>,
+    input: Input,
     stderr_done: mpsc::Receiver<()>,
+}
+
+/// What the supervising thread reads a runner's messages from.
+enum Input {
+    /// Frames on the socketpair.
+    Frames(BufReader<UnixStream>),
+    /// An exec plugin's stdout lines, parsed by their reader thread; `exited` once the
+    /// program's watch saw it end (what it wrote before is still read, for a moment).
+    Lines { from: mpsc::Receiver<Incoming>, exited: Option<Instant> },
+}
+
+/// How long the lines an exec program wrote just before it ended are still waited for.
+const LAST_WORDS: Duration = Duration::from_millis(500);
+
+impl Input {
+    /// The next message; `None` at the end (the stream ended, or the program did and what it
+    /// wrote is read).
+    fn next(&mut self, plugin: &str) -> Option<FromRunner> {
+        match self {
+            Input::Frames(input) => match read_frame::<FromRunner>(input) {
+                Ok(Some((frame, _))) => Some(frame),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(plugin, "bad frame from the plugin's runner: {e}");
+                    None
+                }
+            },
+            Input::Lines { from, exited } => loop {
+                let next = match exited {
+                    None => from.recv().ok(),
+                    Some(at) => {
+                        let left = (*at + LAST_WORDS).saturating_duration_since(Instant::now());
+                        from.recv_timeout(left).ok()
+                    }
+                };
+                match next? {
+                    Incoming::Message(message) => return Some(message),
+                    Incoming::Ready { .. } => {}
+                    Incoming::Exited => *exited = Some(Instant::now()),
+                }
+            },
+        }
+    }
 }
 
 impl RunnerHandle {
@@ -283,6 +466,19 @@ impl RunnerHandle {
         }
     }
 
+    /// The most calls to send at once, if this runner sets one (an exec plugin's `window`).
+    pub fn batch_limit(&self) -> Option<usize> {
+        match &self.shared.spec.program {
+            Program::Library(_) => None,
+            Program::Exec(exec) => Some(exec.window),
+        }
+    }
+
+    /// Whether this runner speaks the exec protocol.
+    pub fn is_exec(&self) -> bool {
+        matches!(self.shared.spec.program, Program::Exec(_))
+    }
+
     /// Whether a runner is up and taking calls.
     pub fn is_running(&self) -> bool {
         self.shared.state().phase == Phase::Running
@@ -308,19 +504,9 @@ impl RunnerHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(call, Waiter { tx, batch: None });
-        let message = ToRunner::Call {
-            call,
-            lane,
-            id: envelope.id,
-            attempt,
-            received_at_ms: envelope.received_at_ms,
-            format,
-            source: envelope.source,
-            extra: envelope.extra.clone(),
-        };
         sent();
         // A failed write means the runner is dying: its supervisor answers the call.
-        let _ = conn.send(&message, &envelope.raw);
+        let _ = conn.send_call(call, lane, envelope, format, attempt);
         loop {
             match rx.recv() {
                 Ok(Reply::Outcome(result)) => return result.map_err(CallError::Plugin),
@@ -345,17 +531,22 @@ impl RunnerHandle {
         items: &[BatchItem<'_>],
         stop: &dyn Fn() -> bool,
         sent: impl FnOnce(),
-        progress: Box<dyn Fn() + Send + Sync>,
+        progress: Box<dyn Fn(usize) + Send + Sync>,
     ) -> BatchOutcome {
         let Some(conn) = self.running(stop) else {
             return BatchOutcome {
                 answered: Vec::new(),
                 end: Some((CallError::Abandoned, Duration::ZERO)),
+                later: Vec::new(),
             };
         };
         let first = self.shared.next_call.fetch_add(items.len() as u64, Ordering::Relaxed);
         let calls: Vec<u64> = (first..first + items.len() as u64).collect();
-        let batch = Arc::new(Batch { calls: calls.clone(), answered: Mutex::default(), progress });
+        let batch = Arc::new(Batch {
+            calls: calls.clone(),
+            answered: Mutex::new(vec![None; items.len()]),
+            progress,
+        });
         let (tx, rx) = mpsc::channel();
         {
             let mut waiting = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
@@ -388,7 +579,16 @@ impl RunnerHandle {
         let started = Instant::now();
         sent();
         // A failed write means the runner is dying: its supervisor answers the calls.
-        let _ = conn.send(&message, &tail);
+        match &conn.wire {
+            Wire::Frames(_) => {
+                let _ = conn.send(&message, &tail);
+            }
+            Wire::Lines { .. } => {
+                for (item, call) in items.iter().zip(&calls) {
+                    let _ = conn.send_call(*call, lane, item.envelope, item.format, item.attempt);
+                }
+            }
+        }
         let mut stop_sent = false;
         let end = loop {
             let reply = match rx.recv_timeout(STOP_CHECK) {
@@ -424,16 +624,7 @@ impl RunnerHandle {
         conn.calls.lock().unwrap_or_else(|p| p.into_inner()).retain(|c, _| !calls.contains(c));
         let answered =
             std::mem::take(&mut *batch.answered.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut last = started;
-        let answered: Vec<_> = answered
-            .into_iter()
-            .map(|(result, at)| {
-                let took = at.saturating_duration_since(last);
-                last = at;
-                (result, took)
-            })
-            .collect();
-        BatchOutcome { answered, end: end.map(|e| (e, last.elapsed())) }
+        batch_outcome(answered, started, end)
     }
 
     /// The running runner's connection, waiting while it restarts; `None` when delivery stops.
@@ -635,16 +826,9 @@ fn sleep_unless_stopping(shared: &Shared, wait: Duration) -> bool {
 }
 
 /// Reads the runner's frames until its end of the socket closes (or it sends garbage).
-fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<UnixStream>) {
+fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut Input) {
     loop {
-        let frame = match read_frame::<FromRunner>(input) {
-            Ok(Some((frame, _))) => frame,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(plugin = %shared.spec.plugin, "bad frame from the plugin's runner: {e}");
-                return;
-            }
-        };
+        let Some(frame) = input.next(&shared.spec.plugin) else { return };
         match frame {
             FromRunner::Outcome { call, result } => {
                 let mut waiting = conn.calls.lock().unwrap_or_else(|p| p.into_inner());
@@ -658,20 +842,26 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<Uni
                     let _ = waiter.tx.send(Reply::Outcome(result));
                     continue;
                 };
-                // A batch wakes its lane once, when it ends; until then each outcome is
-                // progress (the next call started).
-                let failed = result.is_err();
+                // A batch wakes its lane once, when it ends; until then an answer to the call
+                // the lane waits for is progress (the next call is the one waited for).
+                let Some(position) = batch.calls.iter().position(|c| *c == call) else {
+                    continue;
+                };
                 let mut answered = batch.answered.lock().unwrap_or_else(|p| p.into_inner());
-                answered.push((result, Instant::now()));
-                if failed || answered.len() >= batch.calls.len() {
+                let open_before = Batch::first_open(&answered);
+                answered[position] = Some((result, Instant::now()));
+                if Batch::over(&answered) {
                     for other in &batch.calls {
                         waiting.remove(other);
                     }
                     drop(answered);
                     let _ = waiter.tx.send(Reply::BatchDone);
                 } else {
+                    let open = Batch::first_open(&answered);
                     drop(answered);
-                    (batch.progress)();
+                    if open != open_before {
+                        (batch.progress)(open);
+                    }
                 }
             }
             FromRunner::NotAttempted { call } => {
@@ -719,6 +909,42 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, input: &mut BufReader<Uni
     }
 }
 
+/// A batch's answers as the lane handles them: the answered calls in order up to the first
+/// that is not Done/Skipped or not answered; the end (a death, a stop) charged to the first
+/// unanswered call; the Done/Skipped answers after that. A call's time runs from the answer
+/// that came before it (or the batch's start) to its own.
+fn batch_outcome(
+    answered: Vec<Option<Answer>>,
+    started: Instant,
+    mut end: Option<CallError>,
+) -> BatchOutcome {
+    let mut arrivals: Vec<Instant> = answered.iter().flatten().map(|(_, at)| *at).collect();
+    arrivals.sort();
+    let took = |at: Instant| {
+        let before = arrivals.iter().rev().find(|a| **a < at).copied().unwrap_or(started);
+        at.saturating_duration_since(before)
+    };
+    let last = arrivals.last().copied().unwrap_or(started);
+    let mut out = BatchOutcome { answered: Vec::new(), end: None, later: Vec::new() };
+    // The in-order part ended: at a call that failed or was not answered.
+    let mut cut = false;
+    for (position, answer) in answered.into_iter().enumerate() {
+        match answer {
+            Some((result, at)) if !cut => {
+                cut = result.is_err();
+                out.answered.push((result, took(at)));
+            }
+            None if !cut => {
+                cut = true;
+                out.end = end.take().map(|e| (e, last.elapsed()));
+            }
+            Some((Ok(outcome), at)) => out.later.push((position, outcome, took(at))),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// A plugin's log line from its runner, logged as the host logs an in-process plugin's.
 fn log(host: &HostServicesArc, level: u8, message: &str) {
     let level = match level {
@@ -763,7 +989,14 @@ fn describe(status: Option<ExitStatus>, kill_reason: Option<String>, notes: &Not
 
 /// Starts one runner process and waits for its plugin to be created.
 fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
-    let spec = &shared.spec;
+    match &shared.spec.program {
+        Program::Library(library) => spawn_library(&shared.spec, library),
+        Program::Exec(exec) => spawn_exec(&shared.spec, exec),
+    }
+}
+
+/// Starts `b24-host runner` for a library and waits for its plugin to be created.
+fn spawn_library(spec: &RunnerSpec, library: &Path) -> Result<(Started, PluginMeta), String> {
     let (host_end, runner_end) =
         UnixStream::pair().map_err(|e| format!("cannot make a socketpair: {e}"))?;
     // The running binary even when an upgrade replaced the file on disk.
@@ -804,16 +1037,16 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
     let writer = host_end.try_clone().map_err(|e| format!("cannot use the socketpair: {e}"))?;
     let conn = Arc::new(Conn {
         process,
-        out: Mutex::new(BufWriter::new(writer)),
+        wire: Wire::Frames(Mutex::new(BufWriter::new(writer))),
         calls: Mutex::new(HashMap::new()),
         kill_reason: Mutex::new(None),
         interrupted: AtomicBool::new(false),
         notes,
     });
-    let mut started = Started { conn, input: BufReader::new(host_end), stderr_done };
+    let mut started = Started { conn, input: Input::Frames(BufReader::new(host_end)), stderr_done };
     let init = ToRunner::Init {
         plugin: spec.plugin.clone(),
-        library: spec.library.display().to_string(),
+        library: library.display().to_string(),
         settings: spec.settings.clone(),
         config_dir: spec.config_dir.display().to_string(),
         state_dir: spec.state_dir.display().to_string(),
@@ -834,13 +1067,16 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
     }
     // The plugin may log while it is created; the deadline holds all the same.
     let deadline = Instant::now() + spec.start_timeout;
+    let Input::Frames(input) = &mut started.input else {
+        unreachable!("a library's runner speaks frames")
+    };
     let answer = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
         }
-        let _ = started.input.get_ref().set_read_timeout(Some(left));
-        match read_frame::<FromRunner>(&mut started.input) {
+        let _ = input.get_ref().set_read_timeout(Some(left));
+        match read_frame::<FromRunner>(input) {
             Ok(Some((FromRunner::Log { level, message }, _))) => log(&spec.host, level, &message),
             Ok(Some((FromRunner::LogDropped { lines }, _))) => {
                 crate::plugin_output::count_dropped(&spec.plugin, lines);
@@ -848,7 +1084,7 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
             other => break other,
         }
     };
-    let _ = started.input.get_ref().set_read_timeout(None);
+    let _ = input.get_ref().set_read_timeout(None);
     match answer {
         Ok(Some((
             FromRunner::Ready { name, version, events, concurrent, api_version, load_us },
@@ -856,7 +1092,7 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
         ))) => {
             let meta = PluginMeta {
                 name,
-                path: spec.library.clone(),
+                path: library.to_path_buf(),
                 version,
                 events,
                 concurrent,
@@ -899,6 +1135,114 @@ fn spawn(shared: &Arc<Shared>) -> Result<(Started, PluginMeta), String> {
             &mut started,
             format!("plugin `{}`: no start-up answer from the runner: {e}", spec.plugin),
         )),
+    }
+}
+
+/// Starts an exec plugin's command under `b24-host exec-shim`, says `hello` and waits for
+/// `ready` (its log lines pass meanwhile); an exit, or no `ready` within
+/// `plugins.start_timeout_ms`, is a failed start.
+fn spawn_exec(spec: &RunnerSpec, exec: &ExecProgram) -> Result<(Started, PluginMeta), String> {
+    let name = &spec.plugin;
+    let hello = lines::hello(name, &spec.settings)?;
+    let started_at = Instant::now();
+    // The running binary even when an upgrade replaced the file on disk.
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg0("b24-host")
+        .arg("exec-shim")
+        .arg("--")
+        .args(&exec.command)
+        .env_clear()
+        .envs(lines::environment(&exec.env))
+        .current_dir(&spec.config_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let limits =
+        Limits { address_space: spec.memory_limit_mb.map(|mb| mb.saturating_mul(1 << 20)) };
+    let (to_host, from) = mpsc::channel::<Incoming>();
+    let exited = to_host.clone();
+    // The program's stdout may live on in a child it started in a session of its own: its
+    // death is said on the channel all the same.
+    let on_exit = move |_: ExitStatus| {
+        let _ = exited.send(Incoming::Exited);
+    };
+    let (process, pipes) = Process::spawn(&format!("exec-{name}"), command, limits, on_exit)
+        .map_err(|e| format!("plugin `{name}`: cannot start its program: {e}"))?;
+    let notes = Arc::new(Notes::default());
+    let plugin: Arc<str> = name.as_str().into();
+    let (stderr_tx, stderr_done) = mpsc::channel();
+    let requests = Requests::default();
+    let (Some(stdin), Some(stdout), Some(stderr)) = (pipes.stdin, pipes.stdout, pipes.stderr)
+    else {
+        process.kill();
+        return Err(format!("plugin `{name}`: its program's pipes are missing"));
+    };
+    forward_output(
+        OwnedFd::from(stderr).into(),
+        plugin.clone(),
+        true,
+        notes.clone(),
+        Some(stderr_tx),
+    );
+    let broken = |e: std::io::Error| {
+        process.kill();
+        format!("plugin `{name}`: cannot read or write its program's pipes: {e}")
+    };
+    lines::read_stdout(stdout, plugin.clone(), requests.clone(), to_host).map_err(broken)?;
+    let out = Outbox::start(stdin, name).map_err(broken)?;
+    out.send(hello);
+    let conn = Arc::new(Conn {
+        process,
+        wire: Wire::Lines { out, requests, json: exec.json.clone() },
+        calls: Mutex::new(HashMap::new()),
+        kill_reason: Mutex::new(None),
+        interrupted: AtomicBool::new(false),
+        notes,
+    });
+    let mut started = Started { conn, input: Input::Lines { from, exited: None }, stderr_done };
+    let deadline = Instant::now() + spec.start_timeout;
+    let Input::Lines { from, .. } = &started.input else { unreachable!("exec speaks lines") };
+    let answer = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match from.recv_timeout(left) {
+            Ok(Incoming::Ready { version }) => break Ok(version),
+            Ok(Incoming::Message(FromRunner::Log { level, message })) => {
+                log(&spec.host, level, &message)
+            }
+            // Anything else before `ready` has nothing to answer.
+            Ok(Incoming::Message(_)) => {}
+            Ok(Incoming::Exited) | Err(mpsc::RecvTimeoutError::Disconnected) => break Err(true),
+            Err(mpsc::RecvTimeoutError::Timeout) => break Err(false),
+        }
+    };
+    match answer {
+        Ok(version) => {
+            let meta = PluginMeta {
+                name: name.clone(),
+                path: PathBuf::from(exec.command.first().cloned().unwrap_or_default()),
+                version: version.unwrap_or_else(|| "exec".to_owned()),
+                events: exec.events.clone(),
+                concurrent: false,
+                api_version: format!("exec protocol {}", lines::PROTOCOL),
+                load_time: started_at.elapsed(),
+            };
+            Ok((started, meta))
+        }
+        Err(true) => {
+            let reason = reap(&mut started, false);
+            Err(format!(
+                "plugin `{name}`: its program ended before it answered ready: {reason} (see its output above)"
+            ))
+        }
+        Err(false) => {
+            started.conn.process.kill();
+            started.conn.process.wait_timeout(Duration::from_secs(10));
+            Err(format!(
+                "plugin `{name}`: its program did not answer ready within plugins.start_timeout_ms ({} ms); it was killed",
+                spec.start_timeout.as_millis()
+            ))
+        }
     }
 }
 

@@ -14,10 +14,14 @@
 
 pub mod child;
 pub mod handle;
+pub mod lines;
 pub mod process;
 pub mod protocol;
+pub mod shim;
 
-pub use handle::{BatchItem, BatchOutcome, CallError, RunnerHandle, RunnerSpec, RunnerState};
+pub use handle::{
+    BatchItem, BatchOutcome, CallError, ExecProgram, Program, RunnerHandle, RunnerSpec, RunnerState,
+};
 
 /// How long a runner that is told to shut down may take before it is killed (reloads and
 /// disabled plugins; the host's own shutdown uses what is left of `shutdown_grace_ms`).

@@ -28,6 +28,7 @@
 //! | `events` | the codes the portal offers the app |
 //! | `app.info` | `{ID, CODE, VERSION, STATUS, INSTALLED, ...}` |
 //! | `event.offline.get` / `.list` / `.clear` / `.error` | see [`offline`] |
+//! | `crm.deal.get` `{id}` | the deal ([`FakePortal::add_deal`]), UPPER_CASE, every value a string; 400 with an empty `error` and "Not found" for an unknown id (see [`deals`]) |
 //! | `feature.get` `{CODE}` | `{"value": "Y"}`; `N` for `rest_offline_extended` while safe mode is off |
 //! | anything else | 404 `ERROR_METHOD_NOT_FOUND` |
 //!
@@ -55,7 +56,10 @@
 //!    (Real Bitrix24 answers a wrong-entity read with 403 and a deleted smart-process field with
 //!    a permission error; the fake is stricter and uniform on purpose.)
 //!
-//! The parts live in [`fields`], [`oauth`], [`offline`] (the offline queue), [`bindings`]
+//! [`FakePortal::fail_next_calls`] makes the next calls of a method fail with 500
+//! `INTERNAL_SERVER_ERROR` (after the token check), as a portal that breaks for a moment.
+//!
+//! The parts live in [`fields`], [`deals`], [`oauth`], [`offline`] (the offline queue), [`bindings`]
 //! (`event.bind`, `event.get`, `event.unbind`, `events`, `app.info`), [`operating`] (the
 //! operating-time limit), [`wire`] (HTTP) and `state` (the shared state and dispatch).
 //!
@@ -81,6 +85,7 @@
 //! ```
 
 pub mod bindings;
+pub mod deals;
 pub mod fields;
 pub mod oauth;
 pub mod offline;
@@ -263,6 +268,9 @@ impl FakePortal {
             offline_discarded: Vec::new(),
             meters: HashMap::new(),
             operating_costs: HashMap::new(),
+            deals: BTreeMap::new(),
+            next_deal_id: 501,
+            failing_calls: HashMap::new(),
         };
         state.initial = state.mint_pair(now);
         let shared = Arc::new(Shared { state: Mutex::new(state) });

@@ -86,6 +86,11 @@ pub(super) struct State {
     pub(super) meters: HashMap<String, super::operating::Meter>,
     /// What a call of a method costs in operating time.
     pub(super) operating_costs: HashMap<String, std::time::Duration>,
+    /// The deals `crm.deal.get` serves, by id.
+    pub(super) deals: BTreeMap<u64, super::deals::Deal>,
+    pub(super) next_deal_id: u64,
+    /// How many of the next calls of a method fail with 500 (see [`super::deals`]).
+    pub(super) failing_calls: HashMap<String, usize>,
 }
 
 impl State {
@@ -134,6 +139,12 @@ impl State {
         params: &Map<String, Value>,
         webhook: bool,
     ) -> CallResult {
+        if let Some(failure) = self.armed_failure(method) {
+            return Err(failure);
+        }
+        if method == "crm.deal.get" {
+            return self.call_deals(method, params);
+        }
         if method.starts_with("event.") || method == "feature.get" {
             return self.call_event(method, params, webhook);
         }

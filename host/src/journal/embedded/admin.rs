@@ -94,8 +94,7 @@ pub fn stats(database: &Database, enabled: &[String]) -> Result<Stats, StoreErro
         let (k, _) = db(row)?;
         entry(&mut by_plugin, k.value().0).dead += 1;
     }
-    let events =
-        redb::ReadableTableMetadata::len(&events_table).map_err(store::db_error)?;
+    let events = redb::ReadableTableMetadata::len(&events_table).map_err(store::db_error)?;
     Ok(Stats { plugins: by_plugin.into_values().collect(), events })
 }
 
