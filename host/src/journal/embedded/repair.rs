@@ -385,6 +385,14 @@ fn finish(
             mark::FILE_NAME
         ));
     }
+    // The ids up to the mark were handed out (answered 200): a salvaged journal never hands
+    // them out again, and a host starts on it (what is missing is in the report). Events only
+    // the write-ahead log held, when it is not there to read, are among those reported.
+    let mut readable = readable;
+    if let Some(m) = marked {
+        readable.next_id = readable.next_id.max(m.highest_id + 1);
+        readable.wal_applied = readable.wal_applied.max(m.highest_id);
+    }
     (readable, report)
 }
 
