@@ -35,7 +35,7 @@ fn sigkills_in_a_tight_loop_lose_no_acknowledged_event() {
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let field_id = client * 1_000_000 + n;
-                    let body = field_event(field_id, "UF_CRM_LOOP");
+                    let body = field_event(field_id, "UF_CRM_KILLED_AGAIN");
                     match try_request(
                         &addr,
                         "POST",
@@ -82,7 +82,7 @@ fn sigkills_in_a_tight_loop_lose_no_acknowledged_event() {
     let drained = eventually(Duration::from_secs(120), || {
         dir.stats().values().all(|(backlog, _, dead)| *backlog == 0 && *dead == 0)
     });
-    assert!(drained, "plugins left with a backlog: {:?}", dir.stats());
+    assert!(drained, "plugins left with a backlog: {:?}\n{}", dir.stats(), tail(&host.log_text()));
     let field_ids = |file: &str, pred: &dyn Fn(&serde_json::Value) -> bool| -> BTreeSet<u64> {
         dir.read_lines_lenient(file)
             .iter()
@@ -142,4 +142,10 @@ fn a_sigkill_right_after_the_200_loses_nothing() {
     let all = eventually(PATIENCE * 3, || acked.is_subset(&probed()));
     assert!(all, "acknowledged {acked:?}, delivered {:?}:\n{}", probed(), host.log_text());
     assert!(host.stop());
+}
+
+/// The last lines of a log, enough to say why a plugin stopped.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
 }

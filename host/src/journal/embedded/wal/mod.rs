@@ -1,6 +1,6 @@
 //! The write-ahead log: what the 200 waits for. Every append is one [`Entry`] framed with its
-//! length and a CRC-32 in a segment file (`state_dir/wal/<first id>.seg`, preallocated in
-//! steps of [`CHUNK`]); the writer writes a whole batch with one `pwrite` and makes it durable
+//! length and a CRC-32 in a segment file (`state_dir/wal/<first id>.seg`, preallocated with
+//! zeros in steps of [`CHUNK`]); the writer writes a whole batch with one `pwrite` and makes it durable
 //! with one `fdatasync` (group commit). The tables in `journal.redb` follow behind, updated
 //! without an fsync of their own and made durable by checkpoints (`meta` `wal_applied`: the
 //! highest id they hold); after a crash, `Embedded::open` replays the entries above it.
@@ -65,20 +65,20 @@ fn storage(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Storage(format!("cannot {what} {}: {e}", path.display()))
 }
 
-/// Reserves `len` bytes at `offset` of `file`; where the file system cannot preallocate, the
-/// writes extend the file instead.
+/// Reserves `len` bytes at `offset` of `file` by writing zeros there. Written blocks, not
+/// `fallocate`'s unwritten extents: a write into an unwritten extent makes the next
+/// `fdatasync` commit the file system's journal too (ext4, XFS), a write into written blocks
+/// of a file whose size stays the same flushes the data alone. The zeros become durable with
+/// the first batch written into them; a full disk shows here, before any frame is written.
 fn preallocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call on a descriptor this process owns.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as i64, len as i64) };
-    if result == 0 {
-        return Ok(());
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
     }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
-        _ => Err(e),
-    }
+    Ok(())
 }
 
 /// The segment being written.
