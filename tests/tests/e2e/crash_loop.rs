@@ -54,11 +54,10 @@ fn sigkills_in_a_tight_loop_lose_no_acknowledged_event() {
         })
         .collect();
 
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            | 1;
     eprintln!("crash loop seed {seed}");
     let mut host = dir.start_with(launch.clone()).unwrap_or_else(|e| panic!("{e}"));
     let mut acked_before = 0;

@@ -75,4 +75,3 @@ pub fn replay(state_dir: &Path, database: &Database) -> Result<Recovered, StoreE
     wal.recycle(applied_now);
     Ok(Recovered { wal, highest: scan.highest, next_id: scan.next_id, applied: applied_now })
 }
-

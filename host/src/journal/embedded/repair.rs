@@ -13,8 +13,9 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
-    FILE_NAME, mark, raw, wal,
+    FILE_NAME, mark, raw,
     store::{self, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
+    wal,
 };
 use crate::journal::{
     StoreError,
@@ -174,7 +175,11 @@ fn with_log(
     }
     for segment in &scan.segments {
         if segment.cut == Some("its header is damaged") {
-            report.problems.push(format!("{}: {}", segment.path.display(), "its header is damaged"));
+            report.problems.push(format!(
+                "{}: {}",
+                segment.path.display(),
+                "its header is damaged"
+            ));
         }
     }
     let held: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();

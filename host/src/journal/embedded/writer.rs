@@ -575,8 +575,7 @@ fn apply_waiting(
     // to about twice what it adds, in the same transaction: pruning keeps pace with the load
     // without pauses of its own. With nothing to prune this costs a few look-ups.
     let appends = waiting.entries.len();
-    let prune_budget =
-        (settings.maintain && (pruning || appends > 0)).then_some(2 * appends + 64);
+    let prune_budget = (settings.maintain && (pruning || appends > 0)).then_some(2 * appends + 64);
     // A panic of the storage library (a damaged page) drops the batch's replies (their
     // callers get an error) and is handled as a storage error: the file is reopened, and
     // meanwhile `/readyz` says why.
@@ -872,7 +871,10 @@ fn write_batch(
 
 /// Writes one entry of the log into the tables: the event, its pending rows, the token and
 /// the offline key it carries.
-pub(super) fn insert_entry(tables: &mut store::Tables<'_>, entry: &Entry) -> Result<(), StoreError> {
+pub(super) fn insert_entry(
+    tables: &mut store::Tables<'_>,
+    entry: &Entry,
+) -> Result<(), StoreError> {
     tables.insert_sealed(entry.id, &entry.sealed, &entry.plugins)?;
     if let Some((member, secret)) = &entry.token {
         tables.set_token(member, secret.as_ref())?;

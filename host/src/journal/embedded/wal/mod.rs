@@ -58,7 +58,10 @@ pub fn header_of(bytes: &[u8]) -> Option<(u64, u64)> {
     if &h[..8] != MAGIC || crc32fast::hash(&h[..24]).to_le_bytes() != h[24..28] {
         return None;
     }
-    Some((u64::from_le_bytes(h[8..16].try_into().ok()?), u64::from_le_bytes(h[16..24].try_into().ok()?)))
+    Some((
+        u64::from_le_bytes(h[8..16].try_into().ok()?),
+        u64::from_le_bytes(h[16..24].try_into().ok()?),
+    ))
 }
 
 fn storage(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -104,7 +107,11 @@ pub struct Wal {
 impl Wal {
     /// The log in `state_dir` (created if missing), after `scan` read it; the first append
     /// starts a new segment.
-    pub fn open(state_dir: &Path, segment_bytes: u64, scan: &read::Scan) -> Result<Wal, StoreError> {
+    pub fn open(
+        state_dir: &Path,
+        segment_bytes: u64,
+        scan: &read::Scan,
+    ) -> Result<Wal, StoreError> {
         let dir = state_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|e| storage("create", &dir, e))?;
         {
@@ -172,7 +179,10 @@ impl Wal {
                 .map_err(|e| storage("preallocate", &path, e))?;
             current.allocated += more;
         }
-        current.file.write_all_at(&self.buf, current.pos).map_err(|e| storage("write", &path, e))?;
+        current
+            .file
+            .write_all_at(&self.buf, current.pos)
+            .map_err(|e| storage("write", &path, e))?;
         current.file.sync_data().map_err(|e| storage("sync", &path, e))?;
         current.pos += need;
         Ok(())
@@ -223,7 +233,8 @@ impl Wal {
             self.live.pop_back();
         }
         self.live.push_back((first_id, path));
-        self.current = Some(Current { file, pos: HEADER as u64, allocated: allocated.max(HEADER as u64) });
+        self.current =
+            Some(Current { file, pos: HEADER as u64, allocated: allocated.max(HEADER as u64) });
         Ok(())
     }
 

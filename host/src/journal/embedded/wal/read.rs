@@ -64,10 +64,10 @@ impl Scan {
             .collect();
         Some(format!(
             "the write-ahead log ({}) lacks events it had written (ids {})",
-            self.segments.first().and_then(|s| s.path.parent()).map_or_else(
-                || super::DIR.to_owned(),
-                |p| p.display().to_string()
-            ),
+            self.segments
+                .first()
+                .and_then(|s| s.path.parent())
+                .map_or_else(|| super::DIR.to_owned(), |p| p.display().to_string()),
             ranges.join(", ")
         ))
     }

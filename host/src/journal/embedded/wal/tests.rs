@@ -77,7 +77,7 @@ fn a_torn_tail_is_cut_and_the_next_process_writes_on_in_a_new_segment() {
     // The last frame's second half never reached the disk.
     let torn = whole - 10;
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&vec![0u8; 10], torn).unwrap();
+    file.write_all_at(&[0u8; 10], torn).unwrap();
     let read = scan(dir.path(), 0);
     assert_eq!(ids(&read), vec![1, 2, 3, 4, 5]);
     assert!(read.segments[0].cut.is_some(), "{:?}", read.segments[0]);
@@ -187,7 +187,12 @@ fn frames_of_a_write_that_failed_are_not_read_back() {
     let mut frames = Vec::new();
     entry(4).encode_into(&mut frames);
     entry(5).encode_into(&mut frames);
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&frames, end).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&frames, end)
+        .unwrap();
     wal.roll(6).unwrap();
     wal.append(&[entry(6)]).unwrap();
     let read = scan(dir.path(), 0);
