@@ -938,4 +938,54 @@ mod tests {
         drop((consumer, journal));
         writer.join().unwrap();
     }
+
+    /// Events answered 200 that the tables never took (the writer ended first, as at a crash)
+    /// come back from the write-ahead log at the next open, each process writes a segment of
+    /// its own, and the segments behind the tables' checkpoint are reclaimed: the log does not
+    /// grow with what it already handed on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_replays_what_the_tables_lacked_and_reclaims_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let p: Arc<str> = Arc::from("p");
+        let config = JournalConfig::default();
+        let segments = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join(wal::DIR))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".seg"))
+                .collect();
+            names.sort();
+            names
+        };
+        let mut id = 0u64;
+        for _ in 0..3 {
+            let (journal, writer) =
+                Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+            for _ in 0..5 {
+                id += 1;
+                let key = crate::journal::dedup::key_of(&[&id.to_le_bytes()]);
+                let appended =
+                    journal.append(Box::new(record(id)), key, vec![p.clone()], None, false);
+                assert_eq!(appended.await.unwrap(), Appended::New(id));
+            }
+            // No flush, no close: what waits for the tables is dropped with the writer.
+            drop(journal);
+            writer.join().unwrap();
+        }
+        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+        // Replayed at the open (each earlier open replayed its predecessor's): the first two
+        // segments are wholly behind the checkpoint and gone, the newest stays.
+        assert_eq!(segments(), vec![format!("{:020}.seg", 11)]);
+        let mut consumer = journal.consumer("p");
+        let mut got = Vec::new();
+        for _ in 0..15 {
+            got.push(next(&mut consumer).await);
+        }
+        assert_eq!(got, (1..=15).collect::<Vec<_>>());
+        journal.finish().await;
+        journal.close();
+        drop((consumer, journal));
+        writer.join().unwrap();
+    }
 }
