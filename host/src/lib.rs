@@ -28,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod offline;
+pub mod operations;
 pub mod ops;
 pub mod plugin_output;
 pub mod portal_metrics;

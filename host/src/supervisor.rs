@@ -38,7 +38,7 @@ use crate::{
     config::{Config, Isolation, PluginConfig, PluginKind},
     dispatch::{Instance, PluginStatus, Worker, host_services, inflight},
     forward::HttpTarget,
-    journal::{Journal, Stopper},
+    journal::{Log, Stopper},
     loader,
     loader::PluginMeta,
     metrics::{Metrics, PluginState},
@@ -128,7 +128,7 @@ pub struct PluginView {
 
 /// The supervisor.
 pub struct Supervisor {
-    journal: Journal,
+    journal: Log,
     rest: Arc<RestClient>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
@@ -157,7 +157,7 @@ impl Supervisor {
     /// Loads every enabled plugin and starts the workers of those that loaded.
     pub fn start(
         config: Config,
-        journal: Journal,
+        journal: Log,
         rest: Arc<RestClient>,
         metrics: Arc<Metrics>,
         tokens: Arc<Verifier>,
