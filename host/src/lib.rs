@@ -36,5 +36,6 @@ pub mod rest;
 pub mod route;
 pub mod runner;
 pub mod server;
+pub mod state_dir;
 pub mod supervisor;
 pub mod throttle;

@@ -84,7 +84,7 @@ pub struct Stopped {
 /// Everything the host needs before it may accept an event: the state folder, the journal,
 /// the control socket, the plugins. Must run inside the tokio runtime.
 pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
-    private_dir(&config.state_dir)
+    crate::state_dir::private_dir(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
     let budget = fd_budget(&config);
     let (journal, writer) =
@@ -368,12 +368,4 @@ async fn hangup(signals: &mut Option<tokio::signal::unix::Signal>) {
         }
         None => std::future::pending::<()>().await,
     }
-}
-
-/// Creates `dir` (and its parents) if needed and makes it the owner's only (0700): it holds the
-/// journal with tokens, the plugin copies and the control socket.
-pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

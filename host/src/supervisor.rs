@@ -740,7 +740,7 @@ fn exec_fingerprint(base_dir: &Path, command: &[String]) -> String {
 /// so a failed copy (a full disk) leaves no partial file behind, and says why.
 fn content_copy(state_dir: &Path, library: &Path, sha: &str) -> Result<PathBuf, String> {
     let dir = state_dir.join("plugins");
-    crate::server::private_dir(&dir)
+    crate::state_dir::private_dir(&dir)
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let target = dir.join(format!("{sha}{}", std::env::consts::DLL_SUFFIX));
     if !target.exists() {
