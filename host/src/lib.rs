@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod auth;
 pub mod bind;
+pub mod call;
 pub mod cli;
 pub mod cmd;
 pub mod codes;

@@ -36,7 +36,8 @@ use tokio::task::JoinHandle;
 use crate::{
     auth::Verifier,
     config::{Config, Isolation, PluginConfig, PluginKind},
-    dispatch::{Instance, PluginStatus, Worker, host_services, inflight},
+    call::host_services,
+    dispatch::{Instance, PluginStatus, Worker, inflight},
     forward::HttpTarget,
     journal::{Log, Stopper},
     loader,

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use b24_host::{
     decode::{BodyFormat, decode},
-    dispatch::convert::{PluginEvent, plugin_event},
+    call::convert::{PluginEvent, plugin_event},
     journal::{Envelope, Source, now_ms},
 };
 use bytes::Bytes;

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use crate::{
     config::{Config, PluginKind},
-    dispatch::host_services,
+    call::host_services,
     loader::{self, LoadError, LoadedPlugin},
     route::Route,
     runner::{ExecProgram, Program, RunnerHandle, RunnerSpec, lines::EventJson},

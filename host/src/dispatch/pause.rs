@@ -27,7 +27,7 @@ use tokio::runtime::Handle;
 use crate::{
     journal::{Pause, Reporter, now_ms},
     metrics::{Metrics, PluginLabel},
-    runner::CallError,
+    call::CallError,
 };
 
 /// How often a lane held by a pause looks whether its plugin was resumed.

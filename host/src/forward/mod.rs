@@ -38,7 +38,8 @@ use crate::{
     config::{ForwardFormat, HttpConfig},
     decode::{self, BodyFormat},
     journal::{Envelope, now_ms, record::Format},
-    runner::{CallError, lines::EventJson},
+    call::CallError,
+    runner::lines::EventJson,
 };
 use sign::SigningKey;
 

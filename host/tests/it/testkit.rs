@@ -6,7 +6,7 @@
 use crate::common::{files_with_ext, fixtures_dir, stem};
 use b24_host::{
     decode::{BodyFormat, decode},
-    dispatch::convert::{PluginEvent, plugin_event},
+    call::convert::{PluginEvent, plugin_event},
     journal::{Envelope, Source},
 };
 use b24_plugin_api::testkit::{self, Received};
