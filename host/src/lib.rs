@@ -20,7 +20,6 @@ pub mod decode;
 pub mod dispatch;
 pub mod drain;
 
-pub mod encode;
 pub mod forward;
 pub mod ingress;
 pub mod journal;

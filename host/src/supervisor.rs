@@ -180,7 +180,7 @@ impl Supervisor {
         supervisor.mark_starting(&config);
         // Before the host listens: events for every enabled plugin are journaled from the start.
         supervisor.publish_routes(&config);
-        crate::names::warn_unused_plugin_tables(&config);
+        warn_unused_plugin_tables(&config);
         let this = supervisor.clone();
         supervisor.runtime.spawn(async move {
             // A reload waits for the start to settle (or its deadline to pass).
@@ -526,7 +526,7 @@ impl Supervisor {
             report.stopped.push(name);
         }
         self.publish_routes(&new);
-        crate::names::warn_unused_plugin_tables(&new);
+        warn_unused_plugin_tables(&new);
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = new;
         let outcome = if report.ok() { "ok" } else { "failed" };
         self.metrics
@@ -802,3 +802,11 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     )
     .collect()
 }
+
+/// [`crate::names::warn_unused_plugin_tables`] over the plugins folder as it is now; a folder
+/// that cannot be listed counts as empty (its error is reported where the plugins are loaded).
+fn warn_unused_plugin_tables(config: &Config) {
+    let libraries = loader::discover(&config.plugins.dir).unwrap_or_default();
+    crate::names::warn_unused_plugin_tables(config, &libraries);
+}
+

@@ -127,7 +127,7 @@ impl HttpTarget {
                             .map(|p| p.map)
                             .unwrap_or_default();
                         decode::strip::blank_tree(&mut tree);
-                        let form = crate::encode::http_build_query(&tree);
+                        let form = crate::decode::encode::http_build_query(&tree);
                         decode::strip::with_application_token(form.as_bytes(), token)
                     }
                 };
