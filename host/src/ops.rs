@@ -226,7 +226,10 @@ impl Listener {
                 self.ops.metrics.log_acknowledging.set(i64::from(acknowledging));
                 // The same checks as /readyz, so an alert on the gauge means what a probe sees.
                 self.ops.metrics.ready.set(i64::from(self.ops.problems().is_empty()));
-                self.ops.metrics.journal_writable.set(i64::from(self.ops.journal_unwritable().is_none()));
+                self.ops
+                    .metrics
+                    .journal_writable
+                    .set(i64::from(self.ops.journal_unwritable().is_none()));
                 self.ops.metrics.journal_spooled.set(self.ops.journal.spooled_events() as i64);
                 let damaged = self.ops.journal.damaged_records();
                 let counted = &self.ops.metrics.journal_damaged;

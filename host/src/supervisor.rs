@@ -35,8 +35,8 @@ use tokio::task::JoinHandle;
 
 use crate::{
     auth::Verifier,
-    config::{Config, Isolation, PluginConfig, PluginKind},
     call::host_services,
+    config::{Config, Isolation, PluginConfig, PluginKind},
     dispatch::{Instance, PluginStatus, Worker, inflight},
     forward::HttpTarget,
     journal::{Log, Stopper},
@@ -809,4 +809,3 @@ fn warn_unused_plugin_tables(config: &Config) {
     let libraries = loader::discover(&config.plugins.dir).unwrap_or_default();
     crate::names::warn_unused_plugin_tables(config, &libraries);
 }
-

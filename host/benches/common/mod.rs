@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use b24_host::{
-    decode::{BodyFormat, decode},
     call::convert::{PluginEvent, plugin_event},
+    decode::{BodyFormat, decode},
     journal::{Envelope, Source, now_ms},
 };
 use bytes::Bytes;

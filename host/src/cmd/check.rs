@@ -9,8 +9,8 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use crate::{
-    config::{Config, PluginKind},
     call::host_services,
+    config::{Config, PluginKind},
     loader::{self, LoadError, LoadedPlugin},
     route::Route,
     runner::{ExecProgram, Program, RunnerHandle, RunnerSpec, lines::EventJson},

@@ -25,9 +25,9 @@ use b24_plugin_api::{ErrorKind, Outcome};
 use tokio::runtime::Handle;
 
 use crate::{
+    call::CallError,
     journal::{Pause, Reporter, now_ms},
     metrics::{Metrics, PluginLabel},
-    call::CallError,
 };
 
 /// How often a lane held by a pause looks whether its plugin was resumed.

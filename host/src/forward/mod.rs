@@ -35,10 +35,10 @@ use bytes::Bytes;
 
 use crate::{
     auth::Verifier,
+    call::CallError,
     config::{ForwardFormat, HttpConfig},
     decode::{self, BodyFormat},
     journal::{Envelope, now_ms, record::Format},
-    call::CallError,
     runner::lines::EventJson,
 };
 use sign::SigningKey;

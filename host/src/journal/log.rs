@@ -82,7 +82,6 @@ impl Log {
         }
     }
 
-
     /// `plugin`'s pending state of event `id`, if the event is pending for it.
     pub async fn pending(&self, plugin: &str, id: u64) -> Result<Option<Pending>, StoreError> {
         match &self.backend {
@@ -119,11 +118,7 @@ impl Log {
         };
         Consumer {
             backend,
-            pause: PauseHandle {
-                plugin: Arc::from(plugin),
-                gate,
-                state: self.state.clone(),
-            },
+            pause: PauseHandle { plugin: Arc::from(plugin), gate, state: self.state.clone() },
         }
     }
 
@@ -134,5 +129,4 @@ impl Log {
             Backend::Nats(j) => j.close(),
         }
     }
-
 }

@@ -129,26 +129,6 @@ impl Journal {
         Ok((journal, thread))
     }
 
-    /// Opens the journal for a `journal` command while the host is stopped: it reads and runs
-    /// the operator's changes, nothing else. [`StoreError::InUse`] while a host runs on it
-    /// (ask that host through the control socket), [`StoreError::NotFound`] if there is none.
-    pub async fn open_for_command(
-        state_dir: &Path,
-        config: &JournalConfig,
-    ) -> Result<(Operator, std::thread::JoinHandle<()>), StoreError> {
-        let (backend, thread) = match config.backend {
-            JournalBackend::Embedded => {
-                let (journal, thread) = embedded::Embedded::open_for_command(state_dir, config)?;
-                (Backend::Embedded(journal), thread)
-            }
-            JournalBackend::Nats => {
-                let (journal, thread) = nats::Nats::open_for_command(state_dir, config).await?;
-                (Backend::Nats(journal), thread)
-            }
-        };
-        Ok((Journal::of(backend).operator, thread))
-    }
-
     fn of(backend: Backend) -> Journal {
         let state = State { backend: backend.clone(), pauses: Arc::default() };
         Journal {

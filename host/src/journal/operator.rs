@@ -17,6 +17,27 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// Opens the journal for a `journal` command while the host is stopped: it reads and runs
+    /// the operator's changes, nothing else. [`StoreError::InUse`] while a host runs on it
+    /// (ask that host through the control socket), [`StoreError::NotFound`] if there is none.
+    pub async fn open(
+        state_dir: &Path,
+        config: &JournalConfig,
+    ) -> Result<(Operator, std::thread::JoinHandle<()>), StoreError> {
+        let (backend, thread) = match config.backend {
+            JournalBackend::Embedded => {
+                let (journal, thread) = embedded::Embedded::open_for_command(state_dir, config)?;
+                (Backend::Embedded(journal), thread)
+            }
+            JournalBackend::Nats => {
+                let (journal, thread) = nats::Nats::open_for_command(state_dir, config).await?;
+                (Backend::Nats(journal), thread)
+            }
+        };
+        let state = State { backend: backend.clone(), pauses: Default::default() };
+        Ok((Operator { backend, state }, thread))
+    }
+
     /// An operator pauses `plugin` (`via`: where they asked: `command line`, `console`,
     /// `admin API`) or resumes it (`None`). Pausing a paused plugin keeps its pause (and its
     /// reason); resuming one that is not paused changes nothing.
@@ -203,7 +224,8 @@ impl Operator {
             Backend::Nats(j) => j.skip(plugin.clone(), ids.clone()).await?,
         };
         Ok(admin::Skipped::of(&plugin, &ids, moved))
-    }}
+    }
+}
 
 /// `b24-host check`: connects to the shared log and reports it, for the enabled `plugins`;
 /// `None` for the embedded journal (nothing to connect to).

@@ -104,7 +104,6 @@ impl State {
         }
     }
 
-
     /// Whether several hosts share this journal (the NATS backend).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Nats(_))

@@ -38,8 +38,8 @@ use bytes::Bytes;
 
 use super::protocol::{FromRunner, RUNNER_FD, ToRunner, WireError, read_frame, write_frame};
 use crate::{
-    config::PluginLogLimits,
     call::Local,
+    config::PluginLogLimits,
     journal::{
         Envelope,
         record::{Format, Source},

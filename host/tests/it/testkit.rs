@@ -5,8 +5,8 @@
 
 use crate::common::{files_with_ext, fixtures_dir, stem};
 use b24_host::{
-    decode::{BodyFormat, decode},
     call::convert::{PluginEvent, plugin_event},
+    decode::{BodyFormat, decode},
     journal::{Envelope, Source},
 };
 use b24_plugin_api::testkit::{self, Received};

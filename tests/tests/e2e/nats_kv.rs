@@ -19,7 +19,7 @@ use b24_host::{
     auth::Verifier,
     config::{AuthConfig, Config},
     decode::{self, BodyFormat, Decoded},
-    journal::{Journal},
+    journal::Journal,
     offline::Pollers,
     rest::{EventContext, RestClient, oauth::StoredTokens},
     route::Router,
@@ -126,9 +126,12 @@ async fn a_token_learned_through_one_host_is_accepted_by_the_other_and_its_remov
     let token = "aaaabbbbccccddddeeeeffff00001111";
 
     // Host B as server.rs wires it: the tokens it knows at start, then the watch.
-    let verifier =
-        Verifier::new(&AuthConfig::default(), &config_a.rest, b.state().learned_tokens().await.unwrap())
-            .expect("verifier");
+    let verifier = Verifier::new(
+        &AuthConfig::default(),
+        &config_a.rest,
+        b.state().learned_tokens().await.unwrap(),
+    )
+    .expect("verifier");
     let mut changes = b.state().token_changes().expect("the NATS backend watches the tokens");
     let (_, from_portal) = event("ONCRMDEALADD", member, token);
     assert!(verifier.verify(&from_portal).is_err(), "B does not know the portal yet");
@@ -136,7 +139,10 @@ async fn a_token_learned_through_one_host_is_accepted_by_the_other_and_its_remov
     journal_token(&a, "ONAPPINSTALL", member, Some(token)).await;
     journal_token(&a, "ONAPPINSTALL", odd, Some("odd-token")).await;
     // The fresh read ingress makes before a 401: at once, whatever the watch does.
-    assert_eq!(b.state().shared_token(member).await.unwrap().as_ref().map(Secret::expose), Some(token));
+    assert_eq!(
+        b.state().shared_token(member).await.unwrap().as_ref().map(Secret::expose),
+        Some(token)
+    );
     assert_eq!(
         b.state().shared_token(odd).await.unwrap().as_ref().map(Secret::expose),
         Some("odd-token"),
@@ -207,10 +213,17 @@ async fn a_lease_is_exclusive_renewed_while_held_and_taken_at_once_when_released
     let held = a.state().lease(&name, Duration::ZERO).await.unwrap().expect("free lease taken");
     assert!(held.is_held());
     assert!(b.state().lease(&name, Duration::ZERO).await.unwrap().is_none(), "held by A");
-    assert_eq!(b.state().lease_holder(&name).await.unwrap(), a.state().host_id(), "B sees who holds it");
+    assert_eq!(
+        b.state().lease_holder(&name).await.unwrap(),
+        a.state().host_id(),
+        "B sees who holds it"
+    );
     // B waits longer than a lease lasts unrenewed (10 s): A's renewals keep it.
     let started = Instant::now();
-    assert!(b.state().lease(&name, Duration::from_secs(12)).await.unwrap().is_none(), "renewed by A");
+    assert!(
+        b.state().lease(&name, Duration::from_secs(12)).await.unwrap().is_none(),
+        "renewed by A"
+    );
     eprintln!("B waited {:?} in vain", started.elapsed());
     assert!(held.is_held());
 
@@ -230,7 +243,8 @@ async fn a_lease_is_exclusive_renewed_while_held_and_taken_at_once_when_released
     eprintln!("B took the released lease after waiting {waited:?} (A released it at ~300 ms)");
     assert!(a.state().lease(&name, Duration::ZERO).await.unwrap().is_none(), "now B's");
     taken.release().await;
-    let again = a.state().lease(&name, Duration::ZERO).await.unwrap().expect("released: free at once");
+    let again =
+        a.state().lease(&name, Duration::ZERO).await.unwrap().expect("released: free at once");
     again.release().await;
 
     // Different names are different leases, any member id.
