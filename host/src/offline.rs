@@ -40,7 +40,7 @@
 //!
 //! Rows carry no `auth` block: the journaled event gets the portal's domain from the stored
 //! install's REST address, and the row's `EVENT_ADDITIONAL.user_id` as `user_id` in the
-//! delivery's extra pairs (the plugin view makes it the event's user, see `dispatch/convert.rs`).
+//! delivery's extra pairs (the plugin view makes it the event's user, see `call/convert.rs`).
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -1,6 +1,6 @@
 //! The durable journal: the seam between accepting an event and delivering it.
 //!
-//! Ingress [`Journal::append`]s an event; the call returns only once the raw body, its metadata
+//! Ingress [`Log::append`]s an event; the call returns only once the raw body, its metadata
 //! and one pending entry per subscribed plugin are durable. Each plugin's worker reads its own
 //! pending events in id order through a [`Consumer`] and reports each outcome back through a
 //! [`Reporter`]: done, failed (kept with its attempt and crash counts) or given up (a dead
@@ -10,10 +10,14 @@
 //! ("one host at a time": an OAuth refresh, an offline poll), which matter when several hosts
 //! share one log.
 //!
-//! This module is the face every user sees; the backend behind it is chosen by
-//! `[journal] backend` and reached by an enum match, no boxing, per call:
+//! Users see it through one of three faces ([`Journal::open`] gives all three): [`Log`] (append,
+//! consume, report outcomes: `log.rs`, `consume.rs`), [`State`] (tokens, OAuth pairs, values,
+//! leases, pauses: `state.rs`) and [`Operator`] (what an operator reads and changes: `operator.rs`;
+//! the only face the console, the control socket and the commands use). The backend behind
+//! them is chosen by `[journal] backend` and reached by an enum match, no boxing, per call:
 //!
 //! - [`embedded`]: one redb file, written by a group-commit thread (the default).
+//! - [`nats`]: a JetStream log shared by several hosts.
 //!
 //! Backend-neutral pieces, shared by every backend:
 //! - [`record`]: the event record (metadata + raw body), a plugin's pending state, a dead
