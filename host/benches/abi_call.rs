@@ -13,7 +13,7 @@
 //!   `RResult`.
 //!
 //! The event is the decoded `ONCRMDEALUSERFIELDUPDATE` fixture turned into the ABI view by
-//! `dispatch::convert::plugin_event`, once, outside the timed loop.
+//! `call::convert::plugin_event`, once, outside the timed loop.
 //!
 //! No shared library is loaded: the plugin lives in this binary. Loading a real `.so` through
 //! `loader.rs` adds nothing per call (the vtable is the same indirect call, just into another
@@ -27,7 +27,7 @@ mod common;
 
 use std::{hint::black_box, path::Path};
 
-use b24_host::dispatch::{convert::PluginEvent, host_services};
+use b24_host::call::{convert::PluginEvent, host_services};
 use b24_plugin_api::{
     __private::guarded_create, HostHandle, Outcome, Plugin, PluginError, UserFieldEvent,
 };

@@ -5,7 +5,7 @@
 //! The plugin is a tiny type defined here ([`FieldIdReader`]: reads `event.field_id`, returns
 //! `Ok(Outcome::Done)`), created through `b24_plugin_api::__private::guarded_create` and called
 //! through the stable ABI (`PluginBox::on_user_field`), held in an `Arc` as
-//! `dispatch::instance` holds it; the event is the `ONCRMDEALUSERFIELDUPDATE` fixture's ABI view
+//! `call::Local` holds it; the event is the `ONCRMDEALUSERFIELDUPDATE` fixture's ABI view
 //! in an `Arc<PluginEvent>`, as the worker passes it. The runtime is built like the host's
 //! (`new_multi_thread().enable_all()`, one worker thread per core).
 //!
@@ -41,7 +41,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use b24_host::dispatch::{convert::PluginEvent, host_services};
+use b24_host::call::{convert::PluginEvent, host_services};
 use b24_plugin_api::{
     __private::guarded_create, HostHandle, Outcome, Plugin, PluginBox, PluginError, RResult,
     UserFieldEvent,

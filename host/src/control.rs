@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     bind::{Binder, Mode, PortalBindings, already_bound},
     journal::{
-        Journal, Selection,
+        Operator, Selection,
         admin::{DeadRow, EventDetail, EventSummary, PluginStats},
         pause::Paused,
     },
@@ -178,7 +178,7 @@ pub enum AdminResponse {
 
 /// Answers a journal request from `journal` (a running host's, or one a command opened while
 /// the host is stopped). The offline requests need the running host: an error here.
-pub async fn answer_journal(journal: &Journal, request: AdminRequest) -> AdminResponse {
+pub async fn answer_journal(journal: &Operator, request: AdminRequest) -> AdminResponse {
     let fail = |e: crate::journal::StoreError| AdminResponse::Error { message: e.to_string() };
     match request {
         AdminRequest::Stats { enabled } => match journal.stats(enabled).await {
@@ -246,7 +246,7 @@ pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
 #[derive(Clone)]
 pub struct Reach {
     /// The journal.
-    pub journal: Journal,
+    pub journal: Operator,
     /// The offline pollers.
     pub pollers: Arc<Pollers>,
     /// The binder (for `bind`).

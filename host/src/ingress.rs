@@ -31,14 +31,14 @@ use crate::{
     auth::{Effect, Verified, Verifier},
     bind::Binder,
     decode::{self, BodyFormat, Decoded},
-    journal::{Appended, Journal},
+    journal::{Appended, Log, State},
     metrics::Metrics,
     offline::Pollers,
     rest::{
         RestClient,
         oauth::{self, StoredTokens},
     },
-    supervisor::Supervisor,
+    route::Router,
 };
 
 /// What the front door needs; shared by every connection.
@@ -50,9 +50,11 @@ pub struct Ingress {
     /// Token checks.
     pub verifier: Arc<Verifier>,
     /// Where accepted events go.
-    pub journal: Journal,
+    pub log: Log,
+    /// The learned tokens as a shared log holds them, and the other hosts' pollers.
+    pub state: State,
     /// The plugins: who receives what (changes with reloads).
-    pub supervisor: Arc<Supervisor>,
+    pub router: Router,
     /// Request counters and latency.
     pub metrics: Arc<Metrics>,
     /// The offline pollers, woken by `ONOFFLINEEVENT`.
@@ -203,13 +205,12 @@ impl Ingress {
                 Err(refused) => return refused,
             }
         }
-        let routes = self.supervisor.routes();
-        let plugins = crate::route::recipients(&routes, &event);
+        let plugins = self.router.recipients(&event);
         let token = Verifier::token_change(&event, &effect);
         // The refresh and application tokens stay here: no plugin, runner or log replica gets
         // them from the journal.
         let (body, format) = decode::strip::without_secrets(body, format);
-        match self.journal.append(body, format, &event, plugins, token).await {
+        match self.log.append(body, format, &event, plugins, token).await {
             Ok(Appended::New(id)) => {
                 let code = AcceptedCode(event.code.clone());
                 self.verifier.apply(&event, &effect);
@@ -227,7 +228,7 @@ impl Ingress {
                     // to read it: pull now, not at the next interval.
                     self.pollers.wake(&event.auth.member_id);
                     // With several hosts, the portal's poller may be on another one.
-                    self.journal.announce_offline_rows(&event.auth.member_id).await;
+                    self.state.announce_offline_rows(&event.auth.member_id).await;
                 }
                 tracing::info!(event_id = id, member_id = %event.auth.member_id, code = %event.code, "event accepted");
                 let mut response = answer(StatusCode::OK, format!("accepted {id}"));
@@ -270,7 +271,7 @@ impl Ingress {
             return first;
         }
         let member_id = event.auth.member_id.as_str();
-        if !self.journal.is_shared() {
+        if !self.state.is_shared() {
             return first;
         }
         let admitted = self
@@ -282,7 +283,7 @@ impl Ingress {
             tracing::debug!(member_id, "no fresh read of the shared log: too many this minute");
             return first;
         }
-        match self.journal.shared_token(member_id).await {
+        match self.state.shared_token(member_id).await {
             Ok(Some(token)) => {
                 self.verifier.set_learned(member_id, Some(token));
                 self.verifier.verify(event)

@@ -188,10 +188,7 @@ impl LoadedPlugin {
     }
 }
 
-/// The normalised form of a plugin name: `audit-log`, `audit_log` and `Audit-Log` are one name.
-pub fn normalize(name: &str) -> String {
-    name.to_ascii_lowercase().replace('-', "_")
-}
+pub use crate::names::normalize;
 
 /// The file name a plugin library has on this platform, e.g. `libaudit_log.so`.
 pub fn library_file_name(name: &str) -> String {

@@ -7,18 +7,23 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use crate::{config::Config, loader};
+use crate::config::Config;
+
+/// The normalised form of a plugin name: `audit-log`, `audit_log` and `Audit-Log` are one name.
+pub fn normalize(name: &str) -> String {
+    name.to_ascii_lowercase().replace('-', "_")
+}
 
 /// The candidate closest to `name`, if it is close enough to be a likely typo: at most one edit
 /// per three characters (at least one), comparing case-insensitively with `-` and `_` alike.
 /// `name` itself (exactly) is never suggested.
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let wanted = loader::normalize(name);
+    let wanted = normalize(name);
     candidates
         .into_iter()
         .filter(|c| *c != name)
         .map(|c| {
-            let other = loader::normalize(c);
+            let other = normalize(c);
             let limit = (wanted.chars().count().max(other.chars().count()) / 3).max(1);
             (strsim::damerau_levenshtein(&wanted, &other), limit, c)
         })
@@ -33,7 +38,7 @@ pub fn did_you_mean(suggestion: Option<&str>) -> String {
 }
 
 /// One warning per `[plugin.<name>]` table that names neither an enabled plugin nor a library
-/// in the plugins folder (`libraries`, by normalised name, as [`loader::discover`] lists them):
+/// in the plugins folder (`libraries`, by normalised name, as `loader::discover` lists them):
 /// `host.toml:12:9: [plugin.audti-log] ...; did you mean `audit-log`?`.
 pub fn unused_plugin_tables(
     config: &Config,
@@ -46,7 +51,7 @@ pub fn unused_plugin_tables(
         .plugin
         .keys()
         .filter(|name| !enabled.contains(name))
-        .filter(|name| !libraries.contains_key(&loader::normalize(name)))
+        .filter(|name| !libraries.contains_key(&normalize(name)))
         .map(|name| {
             let at = match config.plugin_positions.get(name) {
                 Some(position) => format!("{file}:{position}"),
@@ -62,11 +67,9 @@ pub fn unused_plugin_tables(
         .collect()
 }
 
-/// Logs [`unused_plugin_tables`] as warnings (for `serve` and reloads); a plugins folder that
-/// cannot be listed counts as empty (its error is reported where the plugins are loaded).
-pub fn warn_unused_plugin_tables(config: &Config) {
-    let libraries = loader::discover(&config.plugins.dir).unwrap_or_default();
-    for warning in unused_plugin_tables(config, &libraries) {
+/// Logs [`unused_plugin_tables`] as warnings (for `serve` and reloads).
+pub fn warn_unused_plugin_tables(config: &Config, libraries: &BTreeMap<String, Vec<PathBuf>>) {
+    for warning in unused_plugin_tables(config, libraries) {
         tracing::warn!("{warning}");
     }
 }

@@ -23,7 +23,7 @@
 //! not holding it waits for it to be given up or to expire, then takes over (the stored
 //! `process_id` is shared, so it resumes the batch). An `ONOFFLINEEVENT` that reaches a host
 //! not polling the portal wakes the holder through the log's connection
-//! (`Journal::announce_offline_rows`).
+//! (`journal::State::announce_offline_rows`).
 //!
 //! The queue is the portal's connector queue: the REST client adds the portal's
 //! `auth_connector` to every call. Who receives a row is decided by the live [`Router`].
@@ -40,7 +40,7 @@
 //!
 //! Rows carry no `auth` block: the journaled event gets the portal's domain from the stored
 //! install's REST address, and the row's `EVENT_ADDITIONAL.user_id` as `user_id` in the
-//! delivery's extra pairs (the plugin view makes it the event's user, see `dispatch/convert.rs`).
+//! delivery's extra pairs (the plugin view makes it the event's user, see `call/convert.rs`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -58,7 +58,7 @@ use crate::{
     bind::portal_domain,
     config::{Config, OfflineConfig},
     decode::{self, BodyFormat},
-    journal::{Appended, Held, Journal, now_ms},
+    journal::{Appended, Held, Log, State, now_ms},
     metrics::Metrics,
     portal_metrics::PortalLabel,
     rest::{EventContext, RestClient},
@@ -142,7 +142,8 @@ impl Pollers {
     pub fn start(
         config: &Config,
         rest: Arc<RestClient>,
-        journal: Journal,
+        log: Log,
+        state: State,
         router: Router,
         metrics: Arc<Metrics>,
     ) -> Pollers {
@@ -166,7 +167,8 @@ impl Pollers {
                 member: member.clone(),
                 config: offline,
                 rest: rest.clone(),
-                journal: journal.clone(),
+                log: log.clone(),
+                state: state.clone(),
                 router: router.clone(),
                 status: pollers.status.clone(),
                 safe: true,
@@ -184,7 +186,7 @@ impl Pollers {
                 .push(tokio::spawn(poller.run(wake)));
         }
         // With a shared log: other hosts' ONOFFLINEEVENTs for the portals polled here.
-        let wakes = if pollers.wakers.is_empty() { None } else { journal.offline_wakes() };
+        let wakes = if pollers.wakers.is_empty() { None } else { state.offline_wakes() };
         if let Some(mut wakes) = wakes {
             let wakers = pollers.wakers.clone();
             let task = tokio::spawn(async move {
@@ -240,7 +242,8 @@ struct Poller {
     member: String,
     config: OfflineConfig,
     rest: Arc<RestClient>,
-    journal: Journal,
+    log: Log,
+    state: State,
     router: Router,
     status: Arc<Mutex<HashMap<String, PortalStatus>>>,
     safe: bool,
@@ -390,9 +393,9 @@ impl Poller {
             lost.release().await;
         }
         let name = self.lease_name();
-        match self.journal.lease(&name, Duration::ZERO).await {
+        match self.state.lease(&name, Duration::ZERO).await {
             Ok(Some(held)) => {
-                let me = self.journal.host_id();
+                let me = self.state.host_id();
                 if me.is_some() {
                     tracing::info!(member_id = %self.member, "this host polls the portal's offline queue now");
                 }
@@ -401,7 +404,7 @@ impl Poller {
                 true
             }
             Ok(None) => {
-                let holder = self.journal.lease_holder(&name).await.ok().flatten();
+                let holder = self.state.lease_holder(&name).await.ok().flatten();
                 tracing::debug!(member_id = %self.member, ?holder, "another host polls the portal's offline queue");
                 self.update(|s| s.poller = holder);
                 // One read of the lease now and then (not a watch per portal): a released or
@@ -473,7 +476,7 @@ impl Poller {
     async fn pull_once(&mut self) -> Result<bool, String> {
         let ctx = self.context().await;
         let resume = if self.safe {
-            self.journal
+            self.state
                 .state(&process_key(&self.member))
                 .await
                 .map_err(|e| e.to_string())?
@@ -509,7 +512,7 @@ impl Poller {
             // but its reply was lost, or the host died right after it) and never reserves new
             // rows under an old id: forget it and reserve afresh.
             tracing::info!(member_id = %self.member, process_id = %stale, "the stored offline batch is empty on the portal; reserving a new one");
-            self.journal
+            self.state
                 .set_state(&process_key(&self.member), None)
                 .await
                 .map_err(|e| format!("cannot forget the batch's process_id: {e}"))?;
@@ -517,7 +520,7 @@ impl Poller {
             return Ok(true);
         }
         if self.safe && !rows.is_empty() && resume.as_deref() != Some(process_id.as_str()) {
-            self.journal
+            self.state
                 .set_state(&process_key(&self.member), Some(process_id.clone().into_bytes()))
                 .await
                 .map_err(|e| format!("cannot store the batch's process_id: {e}"))?;
@@ -574,7 +577,7 @@ impl Poller {
                 // The parked rows show in the next survey.
                 self.survey_due = true;
             }
-            self.journal
+            self.state
                 .set_state(&process_key(&self.member), None)
                 .await
                 .map_err(|e| format!("cannot forget the batch's process_id: {e}"))?;
@@ -636,7 +639,7 @@ impl Poller {
         self.last_survey = Some(tokio::time::Instant::now());
         let ctx = self.context().await;
         let ours = self
-            .journal
+            .state
             .state(&process_key(&self.member))
             .await
             .map_err(|e| e.to_string())?
@@ -691,7 +694,7 @@ impl Poller {
     /// else will ever read those rows.
     async fn take_over_lost(&mut self) -> Result<(), String> {
         let key = process_key(&self.member);
-        let stored = self.journal.state(&key).await.map_err(|e| e.to_string())?;
+        let stored = self.state.state(&key).await.map_err(|e| e.to_string())?;
         if stored.is_some() {
             return Ok(());
         }
@@ -706,7 +709,7 @@ impl Poller {
         else {
             return Ok(());
         };
-        self.journal
+        self.state
             .set_state(&key, Some(pid.clone().into_bytes()))
             .await
             .map_err(|e| format!("cannot store a lost batch's process_id: {e}"))?;
@@ -780,7 +783,7 @@ impl Poller {
             "{message_id}\n{}\n{timestamp}",
             row.get("EVENT_DATA").map(|d| d.to_string()).unwrap_or_default()
         );
-        self.journal
+        self.log
             .append_offline(raw, &event, plugins, &row_key, extra)
             .await
             .map_err(|e| RowError::Storage(e.to_string()))

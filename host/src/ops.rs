@@ -21,7 +21,7 @@
 //! `server.header_read_timeout_ms`), a body of at most 64 KiB read whole before the request is
 //! handled (handling itself, a reload say, has no deadline), and accepting with back-off.
 
-use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,36 +33,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::{
-    auth::Verifier,
-    config::Config,
     conn::{self, Acceptor, DeadlineIo, Limiter, RequestRead},
     console::{self, Console},
-    journal::{Journal, admin::Stats, pause::Paused},
+    journal::admin::Stats,
     metrics::{Metrics, PluginLabel},
-    offline::Pollers,
-    supervisor::{ReloadReport, Supervisor},
+    operations::Ops,
+    supervisor::Supervisor,
 };
-
-/// What the admin listener needs.
-#[derive(Clone)]
-pub struct Ops {
-    /// Token checks: `[auth]` applies on reload.
-    pub verifier: Arc<Verifier>,
-    /// The plugins.
-    pub supervisor: Arc<Supervisor>,
-    /// The journal.
-    pub journal: Journal,
-    /// The metrics.
-    pub metrics: Arc<Metrics>,
-    /// The config file to re-read on reload (`None`: embedded defaults, nothing to re-read).
-    pub config_path: Option<PathBuf>,
-    /// The offline pollers, for the console's overview.
-    pub pollers: Arc<Pollers>,
-    /// The binder, for the console's portals page.
-    pub binder: Arc<crate::bind::Binder>,
-    /// The console's login and sessions.
-    pub console: Arc<Console>,
-}
 
 /// The admin listener's limits.
 pub struct Limits {
@@ -90,9 +67,20 @@ fn text(
     response
 }
 
-impl Ops {
-    /// Serves the admin endpoints within `limits` until the task is dropped.
-    pub async fn serve(self, listener: TcpListener, limits: Limits) {
+/// Serves the admin endpoints (the console's pages with `console`'s login and sessions)
+/// within `limits` until the task is dropped.
+pub async fn serve(ops: Ops, console: Console, listener: TcpListener, limits: Limits) {
+    Listener { ops, console: Arc::new(console) }.serve(listener, limits).await
+}
+
+/// The admin listener: the host's [`Ops`] and the console's login and sessions.
+struct Listener {
+    ops: Ops,
+    console: Arc<Console>,
+}
+
+impl Listener {
+    async fn serve(self, listener: TcpListener, limits: Limits) {
         let ops = Arc::new(self);
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
@@ -175,7 +163,7 @@ impl Ops {
             Err(console::TooManyFailures) => return console::too_many_failures(),
         };
         if path == "/login" {
-            return console::login(self, who, request, peer.ip()).await;
+            return console::login(&self.console, who, request, peer.ip()).await;
         }
         if matches!(who, console::Who::Nobody) {
             return console::unauthorized(request.method(), path);
@@ -188,17 +176,17 @@ impl Ops {
         }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/readyz") => {
-                let problems = self.problems();
+                let problems = self.ops.problems();
                 // Spooling is taking events: still ready; the body says so.
-                let mut log = format!("log: {}\n", self.journal.log_state());
-                let spooled = self.journal.spooled_events();
+                let mut log = format!("log: {}\n", self.ops.journal.log_state());
+                let spooled = self.ops.journal.spooled_events();
                 if spooled > 0 {
                     log.push_str(&format!(
                         "spool: {spooled} events on this host not yet on the shared log\n"
                     ));
                 }
                 // Paused is the operator's choice (or the plugin's own breaker): still ready.
-                for (name, pause) in self.journal.pauses() {
+                for (name, pause) in self.ops.journal.pauses() {
                     log.push_str(&format!(
                         "paused: plugin {name}: {}; its events wait in the journal\n",
                         pause.describe()
@@ -225,27 +213,30 @@ impl Ops {
                 // A shared log that does not answer must not hold up the scrape.
                 let stats = tokio::time::timeout(
                     STATS_PATIENCE,
-                    self.journal.stats(self.supervisor.names()),
+                    self.ops.journal.stats(self.ops.supervisor.names()),
                 )
                 .await
                 .ok()
                 .and_then(Result::ok);
-                let size = self.journal.size_bytes();
+                let size = self.ops.journal.size_bytes();
                 let acknowledging = !matches!(
-                    self.journal.log_state(),
+                    self.ops.journal.log_state(),
                     crate::journal::admin::LogState::Spooling { .. }
                 );
-                self.metrics.log_acknowledging.set(i64::from(acknowledging));
+                self.ops.metrics.log_acknowledging.set(i64::from(acknowledging));
                 // The same checks as /readyz, so an alert on the gauge means what a probe sees.
-                self.metrics.ready.set(i64::from(self.problems().is_empty()));
-                self.metrics.journal_writable.set(i64::from(self.journal_unwritable().is_none()));
-                self.metrics.journal_spooled.set(self.journal.spooled_events() as i64);
-                let damaged = self.journal.damaged_records();
-                let counted = &self.metrics.journal_damaged;
+                self.ops.metrics.ready.set(i64::from(self.ops.problems().is_empty()));
+                self.ops
+                    .metrics
+                    .journal_writable
+                    .set(i64::from(self.ops.journal_unwritable().is_none()));
+                self.ops.metrics.journal_spooled.set(self.ops.journal.spooled_events() as i64);
+                let damaged = self.ops.journal.damaged_records();
+                let counted = &self.ops.metrics.journal_damaged;
                 counted.inc_by(damaged.saturating_sub(counted.get()));
-                let metrics = self.metrics.clone();
-                let supervisor = self.supervisor.clone();
-                let paused = self.journal.pauses();
+                let metrics = self.ops.metrics.clone();
+                let supervisor = self.ops.supervisor.clone();
+                let paused = self.ops.journal.pauses();
                 let (body, content_type) = tokio::task::spawn_blocking(move || {
                     refresh_gauges(stats, size, &metrics, &supervisor);
                     for plugin in supervisor.names() {
@@ -267,46 +258,15 @@ impl Ops {
                         "text/plain; charset=utf-8",
                     );
                 }
-                let (status, report) = self.reload().await;
+                let (status, report) = self.ops.reload().await;
                 text(
                     status,
                     serde_json::to_string_pretty(&report).unwrap_or_default(),
                     "application/json",
                 )
             }
-            _ => console::route(self, who, request).await,
+            _ => console::route(&self.ops, &self.console, who, request).await,
         }
-    }
-
-    /// Why the host is not ready, if it is not.
-    pub(crate) fn problems(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .supervisor
-            .failures()
-            .into_iter()
-            .map(|(name, reason)| format!("plugin {name}: {reason}"))
-            .collect();
-        for (name, runner) in self.supervisor.runners() {
-            if runner.state != "running" {
-                let last = runner.last_exit.as_deref().unwrap_or("-");
-                out.push(format!(
-                    "plugin {name}: its runner is {} (last exit: {last})",
-                    runner.state
-                ));
-            }
-        }
-        if let Some(e) = self.journal_unwritable() {
-            out.push(format!("the journal is not writable: {e}"));
-        }
-        out.extend(self.journal.damage());
-        out
-    }
-
-    /// Why the journal takes no writes now, if it does not.
-    fn journal_unwritable(&self) -> Option<String> {
-        // A host that spools still takes events (writable, ready; the `/readyz` body says it
-        // spools) unless its spool cannot be written either: the NATS backend's write error.
-        self.journal.last_write_error()
     }
 
     /// `POST /plugins/NAME/pause` or `/resume` (`pause`: which), after the CSRF rule: JSON for
@@ -335,7 +295,7 @@ impl Ops {
             console::Who::Open if browser => "console",
             _ => "admin API",
         };
-        match self.set_pause(name, pause, via).await {
+        match self.ops.set_pause(name, pause, via).await {
             Ok(_) if browser => console::see_other_plugins(),
             Ok(answer) => text(
                 StatusCode::OK,
@@ -344,52 +304,6 @@ impl Ops {
             ),
             Err((status, why)) => text(status, format!("{why}\n"), "text/plain; charset=utf-8"),
         }
-    }
-
-    /// Pauses (`pause`) or resumes plugin `name` through the journal, `via` naming where the
-    /// operator asked (`console`, `admin API`; see `Journal::operator_pause`). Only an enabled
-    /// plugin can be paused (404); any paused one can be resumed.
-    pub async fn set_pause(
-        &self,
-        name: &str,
-        pause: bool,
-        via: &str,
-    ) -> Result<Paused, (StatusCode, String)> {
-        let enabled = self.supervisor.names();
-        if !enabled.iter().any(|n| n == name) && (pause || self.journal.paused(name).is_none()) {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no enabled plugin {name:?} (enabled: {})", enabled.join(", ")),
-            ));
-        }
-        self.journal.operator_pause(name, pause.then_some(via)).await.map_err(|e| {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("the journal did not store it: {e}"))
-        })
-    }
-
-    /// Re-reads host.toml and applies it; the status tells the reload command how it went.
-    pub async fn reload(&self) -> (StatusCode, ReloadOutcome) {
-        let Some(path) = &self.config_path else {
-            return (
-                StatusCode::BAD_REQUEST,
-                ReloadOutcome::Error(
-                    "the host runs on its embedded defaults: there is no config file to re-read"
-                        .into(),
-                ),
-            );
-        };
-        let config = match Config::load(path) {
-            Ok(config) => config,
-            Err(e) => {
-                // The same text `b24-host reload` prints: file, line, column, key.
-                tracing::error!("reload refused, the running config stays: {e}");
-                return (StatusCode::BAD_REQUEST, ReloadOutcome::Error(e.to_string()));
-            }
-        };
-        self.verifier.reconfigure(&config.auth);
-        let report = self.supervisor.reload(config).await;
-        let status = if report.ok() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
-        (status, ReloadOutcome::Done(report))
     }
 }
 
@@ -402,16 +316,6 @@ fn plugin_action(path: &str) -> Option<(&str, bool)> {
         _ => return None,
     };
     (!name.is_empty()).then_some((name, pause))
-}
-
-/// The answer to `POST /reload`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReloadOutcome {
-    /// The reload ran; see the report.
-    Done(ReloadReport),
-    /// It could not start (bad host.toml).
-    Error(String),
 }
 
 /// Fills the scrape-time gauges from the journal's numbers and the supervisor.

@@ -21,7 +21,7 @@ use crate::{
     journal::{Journal, StoreError},
     metrics::Metrics,
     offline::Pollers,
-    ops::Ops,
+    operations::Ops,
     rest::RestClient,
     supervisor::Supervisor,
 };
@@ -84,19 +84,19 @@ pub struct Stopped {
 /// Everything the host needs before it may accept an event: the state folder, the journal,
 /// the control socket, the plugins. Must run inside the tokio runtime.
 pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
-    private_dir(&config.state_dir)
+    crate::state_dir::private_dir(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
     let budget = fd_budget(&config);
     let (journal, writer) =
         Journal::open(&config.state_dir, &config.journal, &config.plugins.enabled).await?;
     let verifier = Arc::new(
-        Verifier::new(&config.auth, &config.rest, journal.learned_tokens().await?)
+        Verifier::new(&config.auth, &config.rest, journal.state().learned_tokens().await?)
             .map_err(|e| ServeError::Rest(e.to_string()))?,
     );
     for warning in verifier.warnings() {
         tracing::warn!("{warning}");
     }
-    if let Some(mut changes) = journal.token_changes() {
+    if let Some(mut changes) = journal.state().token_changes() {
         // Tokens learned or forgotten through the other hosts on the shared log.
         let verifier = verifier.clone();
         tokio::spawn(async move {
@@ -111,7 +111,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     })?;
     let metrics = Arc::new(Metrics::new());
     let rest = Arc::new(
-        RestClient::new(config.rest.clone(), journal.clone())
+        RestClient::new(config.rest.clone(), journal.state())
             .map_err(|e| ServeError::Rest(e.to_string()))?
             .with_metrics(metrics.rest.clone()),
     );
@@ -121,7 +121,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         .ok();
     let supervisor = Supervisor::start(
         config.clone(),
-        journal.clone(),
+        journal.log(),
         rest.clone(),
         metrics.clone(),
         verifier.clone(),
@@ -129,7 +129,8 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let pollers = Arc::new(Pollers::start(
         &config,
         rest.clone(),
-        journal.clone(),
+        journal.log(),
+        journal.state(),
         supervisor.router(),
         metrics.clone(),
     ));
@@ -144,8 +145,9 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         path: config.server.path.clone(),
         max_body_bytes: config.server.max_body_bytes,
         verifier,
-        journal: journal.clone(),
-        supervisor: supervisor.clone(),
+        log: journal.log(),
+        state: journal.state(),
+        router: supervisor.router(),
         pollers: pollers.clone(),
         binder: binder.clone(),
         rest: rest.clone(),
@@ -226,7 +228,7 @@ impl Prepared {
             mut hangups,
         } = self;
         let reach = control::Reach {
-            journal: journal.clone(),
+            journal: journal.operator(),
             pollers: pollers.clone(),
             binder: binder.clone(),
             rest,
@@ -240,12 +242,11 @@ impl Prepared {
         let ops = Ops {
             verifier: ingress.verifier.clone(),
             supervisor: supervisor.clone(),
-            journal: journal.clone(),
+            journal: journal.operator(),
             metrics,
             config_path: config.source.clone(),
             pollers: pollers.clone(),
             binder: binder.clone(),
-            console: Arc::new(console),
         };
         let admin = admin.map(|listener| {
             let limits = crate::ops::Limits {
@@ -253,7 +254,7 @@ impl Prepared {
                 header_read_timeout: config.server.header_read_timeout,
                 request_read_timeout: config.server.request_read_timeout,
             };
-            tokio::spawn(ops.clone().serve(listener, limits))
+            tokio::spawn(crate::ops::serve(ops.clone(), console, listener, limits))
         });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(config.server.header_read_timeout);
@@ -329,15 +330,15 @@ impl Prepared {
         }
         binder.stop().await;
         pollers.stop().await;
-        journal.close();
+        journal.log().close();
         let mut abandoned = supervisor.finish(deadline).await;
         drop(ops);
         drop(supervisor);
         control.abort();
         let _ = control.await;
         // Durable before anything else may go wrong: every outcome reported so far.
-        journal.flush().await;
-        journal.finish().await;
+        journal.log().flush().await;
+        journal.log().finish().await;
         drop(journal);
         // The writer ends once the last handle is gone, after a final durable commit. An
         // abandoned plugin thread may hold a handle for ever: then the flush above is the end.
@@ -367,12 +368,4 @@ async fn hangup(signals: &mut Option<tokio::signal::unix::Signal>) {
         }
         None => std::future::pending::<()>().await,
     }
-}
-
-/// Creates `dir` (and its parents) if needed and makes it the owner's only (0700): it holds the
-/// journal with tokens, the plugin copies and the control socket.
-pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

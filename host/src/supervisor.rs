@@ -35,10 +35,11 @@ use tokio::task::JoinHandle;
 
 use crate::{
     auth::Verifier,
+    call::host_services,
     config::{Config, Isolation, PluginConfig, PluginKind},
-    dispatch::{Instance, PluginStatus, Worker, host_services, inflight},
+    dispatch::{Instance, PluginStatus, Worker, inflight},
     forward::HttpTarget,
-    journal::{Journal, Stopper},
+    journal::{Log, Stopper},
     loader,
     loader::PluginMeta,
     metrics::{Metrics, PluginState},
@@ -128,7 +129,7 @@ pub struct PluginView {
 
 /// The supervisor.
 pub struct Supervisor {
-    journal: Journal,
+    journal: Log,
     rest: Arc<RestClient>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
@@ -157,7 +158,7 @@ impl Supervisor {
     /// Loads every enabled plugin and starts the workers of those that loaded.
     pub fn start(
         config: Config,
-        journal: Journal,
+        journal: Log,
         rest: Arc<RestClient>,
         metrics: Arc<Metrics>,
         tokens: Arc<Verifier>,
@@ -179,7 +180,7 @@ impl Supervisor {
         supervisor.mark_starting(&config);
         // Before the host listens: events for every enabled plugin are journaled from the start.
         supervisor.publish_routes(&config);
-        crate::names::warn_unused_plugin_tables(&config);
+        warn_unused_plugin_tables(&config);
         let this = supervisor.clone();
         supervisor.runtime.spawn(async move {
             // A reload waits for the start to settle (or its deadline to pass).
@@ -526,7 +527,7 @@ impl Supervisor {
             report.stopped.push(name);
         }
         self.publish_routes(&new);
-        crate::names::warn_unused_plugin_tables(&new);
+        warn_unused_plugin_tables(&new);
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = new;
         let outcome = if report.ok() { "ok" } else { "failed" };
         self.metrics
@@ -741,7 +742,7 @@ fn exec_fingerprint(base_dir: &Path, command: &[String]) -> String {
 /// so a failed copy (a full disk) leaves no partial file behind, and says why.
 fn content_copy(state_dir: &Path, library: &Path, sha: &str) -> Result<PathBuf, String> {
     let dir = state_dir.join("plugins");
-    crate::server::private_dir(&dir)
+    crate::state_dir::private_dir(&dir)
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let target = dir.join(format!("{sha}{}", std::env::consts::DLL_SUFFIX));
     if !target.exists() {
@@ -801,4 +802,11 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             .map(|name| format!("plugin.{name}.concurrency")),
     )
     .collect()
+}
+
+/// [`crate::names::warn_unused_plugin_tables`] over the plugins folder as it is now; a folder
+/// that cannot be listed counts as empty (its error is reported where the plugins are loaded).
+fn warn_unused_plugin_tables(config: &Config) {
+    let libraries = loader::discover(&config.plugins.dir).unwrap_or_default();
+    crate::names::warn_unused_plugin_tables(config, &libraries);
 }

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use b24_host::{
+    call::convert::{PluginEvent, plugin_event},
     decode::{BodyFormat, decode},
-    dispatch::convert::{PluginEvent, plugin_event},
     journal::{Envelope, Source, now_ms},
 };
 use bytes::Bytes;

@@ -9,8 +9,8 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use crate::{
+    call::host_services,
     config::{Config, PluginKind},
-    dispatch::host_services,
     loader::{self, LoadError, LoadedPlugin},
     route::Route,
     runner::{ExecProgram, Program, RunnerHandle, RunnerSpec, lines::EventJson},

@@ -9,7 +9,7 @@ use crate::{
     cli::JournalCommand,
     config::Config,
     control::{self, AdminRequest as Request, AdminResponse as Response},
-    journal::{Journal, Selection, StoreError, now_ms},
+    journal::{Operator, Selection, StoreError, now_ms},
 };
 
 /// Runs the `journal` subcommand `command` (its request, then [`run`]).
@@ -62,21 +62,20 @@ pub fn ask(config: &Config, request: Request) -> anyhow::Result<Response> {
             })?;
         return Ok(response);
     }
-    let response =
-        match runtime.block_on(Journal::open_for_command(&config.state_dir, &config.journal)) {
-            Ok((journal, writer)) => {
-                let response = runtime.block_on(control::answer_journal(&journal, request));
-                drop(journal);
-                let _ = writer.join();
-                response
-            }
-            Err(StoreError::InUse { path }) => {
-                runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
-                    anyhow::anyhow!("the journal {path} is locked by a running host, and {e}")
-                })?
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let response = match runtime.block_on(Operator::open(&config.state_dir, &config.journal)) {
+        Ok((journal, writer)) => {
+            let response = runtime.block_on(control::answer_journal(&journal, request));
+            drop(journal);
+            let _ = writer.join();
+            response
+        }
+        Err(StoreError::InUse { path }) => {
+            runtime.block_on(control::ask(&config.state_dir, &request)).map_err(|e| {
+                anyhow::anyhow!("the journal {path} is locked by a running host, and {e}")
+            })?
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(response)
 }
 

@@ -12,7 +12,7 @@ use hyper::{Request, Uri, header};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 
-use crate::{cli::SendArgs, encode};
+use crate::{cli::SendArgs, decode::encode};
 
 /// Why sending failed.
 #[derive(Debug, thiserror::Error)]

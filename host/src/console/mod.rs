@@ -40,7 +40,7 @@ use maud::Markup;
 
 pub use auth::{Console, TooManyFailures, Who};
 
-use crate::ops::Ops;
+use crate::operations::Ops;
 
 /// How long a page waits for the journal's numbers.
 pub(crate) const STATS_PATIENCE: Duration = Duration::from_secs(2);
@@ -173,8 +173,7 @@ fn form(request: &Request<Bytes>) -> Vec<(String, String)> {
 }
 
 /// `GET /login` and `POST /login` (and `/logout`) from `peer`: before the login check.
-pub async fn login(ops: &Ops, who: Who, request: Request<Bytes>, peer: IpAddr) -> Answer {
-    let console = &ops.console;
+pub async fn login(console: &Console, who: Who, request: Request<Bytes>, peer: IpAddr) -> Answer {
     if request.method() == Method::GET {
         return if console.needs_login() && matches!(who, Who::Nobody) {
             html(StatusCode::OK, login::page(None))
@@ -203,14 +202,14 @@ pub async fn login(ops: &Ops, who: Who, request: Request<Bytes>, peer: IpAddr) -
 }
 
 /// Every console path after the login check: the pages, the partials, the actions.
-pub async fn route(ops: &Ops, who: Who, request: Request<Bytes>) -> Answer {
+pub async fn route(ops: &Ops, console: &Console, who: Who, request: Request<Bytes>) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = pairs(request.uri().query().unwrap_or_default());
-    let csrf = ops.console.csrf_for(&who);
+    let csrf = console.csrf_for(&who);
     if method == Method::POST {
         let fields = form(&request);
-        if !csrf::passes(&ops.console, &who, request.headers(), field(&fields, csrf::FIELD)) {
+        if !csrf::passes(console, &who, request.headers(), field(&fields, csrf::FIELD)) {
             return forbidden();
         }
         return match path.as_str() {
@@ -225,7 +224,7 @@ pub async fn route(ops: &Ops, who: Who, request: Request<Bytes>) -> Answer {
             }
             "/logout" => {
                 if let Who::Session { id, .. } = &who {
-                    ops.console.logout(id);
+                    console.logout(id);
                 }
                 let mut response = see_other("/");
                 response

@@ -10,7 +10,7 @@ use super::{STATS_PATIENCE, when};
 use crate::{
     journal::{admin::Stats, now_ms},
     metrics::now_seconds,
-    ops::Ops,
+    operations::Ops,
 };
 
 /// The page's body.

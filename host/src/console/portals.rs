@@ -13,7 +13,7 @@ use crate::{
     bind::{Binding, PortalBindings},
     journal::now_ms,
     offline::PortalStatus,
-    ops::Ops,
+    operations::Ops,
 };
 
 /// The page's body.

@@ -1,6 +1,7 @@
 //! Decoding of Bitrix24 webhook request bodies: from bytes to a PHP-like tree ([`tree`], built by
 //! [`form`] for `application/x-www-form-urlencoded` bodies exactly as PHP's `parse_str`, or by
 //! [`json`] for JSON bodies) and from the tree to the typed event view [`Decoded`] ([`view`]).
+//! [`encode`] is the inverse: PHP's `http_build_query`, for `send` and the tests.
 //!
 //! ```
 //! use b24_host::decode::{decode, BodyFormat, EventKind};
@@ -15,6 +16,7 @@
 //! assert_eq!(field.entity_id, "CRM_DEAL"); // derived from the code when ENTITY_ID is absent
 //! ```
 
+pub mod encode;
 pub mod form;
 pub mod json;
 pub mod php_json;

@@ -119,7 +119,7 @@ pub fn with_application_token(body: &[u8], token: &str) -> Vec<u8> {
 fn rewrite_json(body: &[u8]) -> Option<Bytes> {
     let mut tree = super::decode_tree(body, BodyFormat::Json).ok()?.map;
     blank_tree(&mut tree);
-    let form = crate::encode::http_build_query(&tree);
+    let form = super::encode::http_build_query(&tree);
     let again = form::parse(form.as_bytes());
     (again == tree).then(|| Bytes::from(form))
 }

@@ -33,7 +33,7 @@ use memmap2::MmapMut;
 use super::crash::{self, after_crash};
 use crate::{
     config::{Isolation, PluginConfig},
-    journal::{Journal, Reporter, StoreError},
+    journal::{Log, Reporter, StoreError},
     metrics::{Metrics, PluginLabel},
 };
 
@@ -174,7 +174,7 @@ pub enum Recovered {
 /// still pending for it, through [`after_crash`], reported with `reporter`; returns once that
 /// is durable. Events no longer pending (finished, or skipped by an operator) are left alone.
 pub async fn recover(
-    journal: &Journal,
+    journal: &Log,
     reporter: &Reporter,
     plugin: &str,
     ids: &[u64],
@@ -250,7 +250,7 @@ impl Records {
 /// process left in the plugin's record, then clear it.
 pub struct Startup {
     /// The journal.
-    pub journal: Journal,
+    pub journal: Log,
     /// The plugin's reporter.
     pub reporter: Reporter,
     /// The plugin.

@@ -6,7 +6,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
     time::Duration,
@@ -15,6 +15,7 @@ use std::{
 use b24_plugin_api::{HostServicesArc, PluginBox};
 
 use crate::{
+    call::Local,
     forward::HttpTarget,
     loader::{LoadError, LoadedPlugin, PluginMeta},
     runner::RunnerHandle,
@@ -28,14 +29,6 @@ pub enum PluginStatus {
     Ready = 0,
     /// Its last call ran past `timeout_ms`.
     Degraded = 1,
-}
-
-/// A plugin created inside this process.
-pub struct Local {
-    plugin: LoadedPlugin,
-    settings: String,
-    host: HostServicesArc,
-    current: Mutex<Arc<PluginBox>>,
 }
 
 /// Where the plugin's code runs.
@@ -63,11 +56,8 @@ impl Instance {
         settings: String,
         host: HostServicesArc,
     ) -> Result<Instance, LoadError> {
-        let first = plugin.create(&settings, host.clone())?;
-        Ok(Instance::new(
-            plugin.meta.clone(),
-            Kind::Local(Local { plugin, settings, host, current: Mutex::new(Arc::new(first)) }),
-        ))
+        let local = Local::create(plugin, settings, host)?;
+        Ok(Instance::new(local.meta().clone(), Kind::Local(local)))
     }
 
     /// The instance a runner process holds.
@@ -113,9 +103,15 @@ impl Instance {
     /// The instance to call now (in-process plugins only; `None` for a runner).
     pub fn current(&self) -> Option<Arc<PluginBox>> {
         match &self.kind {
-            Kind::Local(local) => {
-                Some(local.current.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            }
+            Kind::Local(local) => Some(local.current()),
+            Kind::Runner(_) | Kind::Http(_) => None,
+        }
+    }
+
+    /// The plugin created in this process (in-process plugins only).
+    pub fn local(&self) -> Option<&Local> {
+        match &self.kind {
+            Kind::Local(local) => Some(local),
             Kind::Runner(_) | Kind::Http(_) => None,
         }
     }
@@ -124,14 +120,7 @@ impl Instance {
     /// its last call has finished. A runner re-creates its instance itself.
     pub fn recreate(&self) -> Result<(), LoadError> {
         let Kind::Local(local) = &self.kind else { return Ok(()) };
-        let fresh = Arc::new(local.plugin.create(&local.settings, local.host.clone())?);
-        let old =
-            std::mem::replace(&mut *local.current.lock().unwrap_or_else(|p| p.into_inner()), fresh);
-        if let Some(old) = Arc::into_inner(old) {
-            let _output = crate::plugin_output::in_plugin(&self.meta.name);
-            old.shutdown();
-        }
-        Ok(())
+        local.recreate()
     }
 
     /// Calls the plugin's `shutdown` (blocking), once. A runner is told to finish its calls,
@@ -141,12 +130,7 @@ impl Instance {
             return;
         }
         match &self.kind {
-            Kind::Local(_) => {
-                let _output = crate::plugin_output::in_plugin(&self.meta.name);
-                if let Some(current) = self.current() {
-                    current.shutdown();
-                }
-            }
+            Kind::Local(local) => local.shutdown(),
             Kind::Runner(runner) => runner.shutdown(grace),
             Kind::Http(_) => {}
         }

@@ -25,9 +25,9 @@ use b24_plugin_api::{ErrorKind, Outcome};
 use tokio::runtime::Handle;
 
 use crate::{
+    call::CallError,
     journal::{Pause, Reporter, now_ms},
     metrics::{Metrics, PluginLabel},
-    runner::CallError,
 };
 
 /// How often a lane held by a pause looks whether its plugin was resumed.
@@ -93,9 +93,9 @@ impl Breaker {
     }
 
     /// Counts one call that ended with `result` (see [`verdict`]); when it is the `limit`-th
-    /// failure in a row (`pause_after_failures`), pauses the plugin: a WARN line, the metric
-    /// `b24_plugin_auto_pauses_total`, and the pause stored through the journal (waited for on
-    /// this lane, which would wait at the gate next anyway).
+    /// failure in a row (`pause_after_failures`), pauses the plugin: the metric
+    /// `b24_plugin_auto_pauses_total`, the pause stored through the journal (waited for on this
+    /// lane, which would wait at the gate next anyway), then a WARN line.
     pub fn after_call(
         &self,
         limit: Option<u32>,
@@ -109,18 +109,11 @@ impl Breaker {
         let Some(pause) = counted else { return };
         let Some(failures) = limit else { return };
         let last_error = match &pause.cause {
-            crate::journal::pause::Cause::Failures { last_error, .. } => last_error.as_str(),
-            crate::journal::pause::Cause::Operator { .. } => "",
+            crate::journal::pause::Cause::Failures { last_error, .. } => last_error.clone(),
+            crate::journal::pause::Cause::Operator { .. } => String::new(),
         };
-        tracing::warn!(
-            plugin = %self.plugin,
-            failures,
-            last_error,
-            "the plugin failed {failures} calls in a row (pause_after_failures) and paused itself; \
-             its events wait in the journal: once its cause is fixed, resume it with \
-             `b24-host plugin resume {}` (or the console's Plugins page)",
-            self.plugin
-        );
+        // Honoured (and stored) before the WARN line says so: whoever reads the line and then
+        // asks /readyz or `journal stats` sees the pause.
         self.metrics.auto_pauses.get_or_create(&PluginLabel { plugin: self.plugin.clone() }).inc();
         if let Err(e) = runtime.block_on(reporter.pause(pause)) {
             tracing::error!(
@@ -128,6 +121,15 @@ impl Breaker {
                 "cannot store the plugin's pause ({e}); this host honours it until it stops"
             );
         }
+        tracing::warn!(
+            plugin = %self.plugin,
+            failures,
+            last_error = last_error.as_str(),
+            "the plugin failed {failures} calls in a row (pause_after_failures) and paused itself; \
+             its events wait in the journal: once its cause is fixed, resume it with \
+             `b24-host plugin resume {}` (or the console's Plugins page)",
+            self.plugin
+        );
     }
 
     /// Counts `verdict` (`resumes`: the plugin's resumes so far; `paused`: whether it is now);

@@ -26,13 +26,13 @@ use rand::Rng;
 use tokio::{runtime::Handle, sync::mpsc};
 
 use super::{
-    convert::{PluginEvent, plugin_event},
     crash::{self, CrashVerdict},
     inflight::Inflight,
     instance::{Instance, PluginStatus},
     pause::{self, Breaker},
 };
 use crate::{
+    call::CallError,
     config::{MAX_WINDOW, PluginConfig, RetryConfig},
     journal::{
         Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, admin::Attempt,
@@ -41,7 +41,7 @@ use crate::{
     metrics::{Metrics, PluginLabel},
     rest::{self, EventContext, context::LimitNote},
     route::Route,
-    runner::{BatchItem, CallError},
+    runner::BatchItem,
 };
 
 /// Deliveries read ahead of the lanes: enough to keep them busy, few enough that a reload or
@@ -760,8 +760,9 @@ impl Worker {
         }
     }
 
-    /// One call, on the lane's thread. The plugin side catches the plugin's panics; a panic of
-    /// the host's own conversion code is caught here, so that it costs one attempt, not the lane.
+    /// One call, on the lane's thread: an http target's request, a runner's call, or the
+    /// guarded call of an in-process plugin ([`crate::call::Local::call`]: a panic costs one attempt, not
+    /// the lane).
     #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
@@ -787,11 +788,11 @@ impl Worker {
             }
             return result;
         }
-        let result = match (instance.runner(), instance.current()) {
+        let result = match (instance.runner(), instance.local()) {
             // Process isolation: the runner decodes and calls; REST calls it makes come back to
             // this thread, inside the event's context. The call's clock starts when it is sent:
             // waiting for a runner to restart is not the plugin's time (nor kill_after_ms's).
-            (Some(runner), _) => Ok(rest::context::with(context, || {
+            (Some(runner), _) => rest::context::with(context, || {
                 let sent = || {
                     started = Instant::now();
                     lane.event.store(envelope.id, Ordering::Relaxed);
@@ -801,22 +802,16 @@ impl Worker {
                     runner.call(lane.index, envelope, format, attempt, &|| lanes.stopping(), sent);
                 lane.event.store(0, Ordering::Relaxed);
                 result
-            })),
-            (None, Some(plugin)) => {
+            }),
+            (None, Some(local)) => {
                 lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
                 // What the plugin prints during the call is logged under its name.
                 let _output = crate::plugin_output::in_plugin(&instance.info().name);
                 // The context tells REST calls made during the call which portal they are for.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let event = plugin_event(envelope, attempt);
-                    rest::context::with(context, || match &event {
-                        PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
-                        PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
-                    })
+                rest::context::with(context, || local.call(envelope, attempt))
                     .map_err(CallError::Plugin)
-                }))
             }
-            (None, None) => Ok(Err(CallError::Abandoned)),
+            (None, None) => Err(CallError::Abandoned),
         };
         lane.busy_since.store(0, Ordering::Relaxed);
         if started.elapsed() > config.timeout {
@@ -824,12 +819,7 @@ impl Worker {
         } else if instance.set_status(PluginStatus::Ready) == PluginStatus::Degraded {
             tracing::info!("plugin answers within its timeout again");
         }
-        result.unwrap_or_else(|_| {
-            Err(CallError::Plugin(PluginError {
-                kind: ErrorKind::Panicked,
-                message: "the host panicked while calling the plugin".into(),
-            }))
-        })
+        result
     }
 }
 

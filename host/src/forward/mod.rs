@@ -35,10 +35,11 @@ use bytes::Bytes;
 
 use crate::{
     auth::Verifier,
+    call::CallError,
     config::{ForwardFormat, HttpConfig},
     decode::{self, BodyFormat},
     journal::{Envelope, now_ms, record::Format},
-    runner::{CallError, lines::EventJson},
+    runner::lines::EventJson,
 };
 use sign::SigningKey;
 
@@ -126,7 +127,7 @@ impl HttpTarget {
                             .map(|p| p.map)
                             .unwrap_or_default();
                         decode::strip::blank_tree(&mut tree);
-                        let form = crate::encode::http_build_query(&tree);
+                        let form = crate::decode::encode::http_build_query(&tree);
                         decode::strip::with_application_token(form.as_bytes(), token)
                     }
                 };

@@ -41,7 +41,7 @@ use b24_plugin_api::{RestError, RestErrorKind, Secret};
 use reqwest::{StatusCode, header::LOCATION, redirect::Policy};
 use serde_json::{Map, Value};
 
-use crate::{config::RestConfig, journal::Journal};
+use crate::{config::RestConfig, journal::State};
 use bucket::Bucket;
 pub use context::EventContext;
 use limits::{Gate, Limits};
@@ -76,7 +76,7 @@ enum Credential {
 pub struct RestClient {
     http: reqwest::Client,
     config: RestConfig,
-    journal: Journal,
+    journal: State,
     buckets: Mutex<HashMap<String, Bucket>>,
     refreshing: tokio::sync::Mutex<()>,
     limits: Limits,
@@ -85,7 +85,7 @@ pub struct RestClient {
 
 impl RestClient {
     /// A client with `config`, storing refreshed tokens in `journal`.
-    pub fn new(config: RestConfig, journal: Journal) -> Result<RestClient, reqwest::Error> {
+    pub fn new(config: RestConfig, journal: State) -> Result<RestClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(Policy::none())
             .timeout(config.timeout)

@@ -38,11 +38,8 @@ use bytes::Bytes;
 
 use super::protocol::{FromRunner, RUNNER_FD, ToRunner, WireError, read_frame, write_frame};
 use crate::{
+    call::Local,
     config::PluginLogLimits,
-    dispatch::{
-        Instance,
-        convert::{PluginEvent, plugin_event},
-    },
     journal::{
         Envelope,
         record::{Format, Source},
@@ -167,7 +164,7 @@ impl LaneSender {
 fn lane_of<'a>(
     lanes: &'a mut Lanes,
     lane: usize,
-    instance: &Arc<Instance>,
+    instance: &Arc<Local>,
     out: &Out,
     stops: &Stops,
 ) -> &'a LaneSender {
@@ -272,7 +269,7 @@ pub fn main() -> ExitCode {
         TD_Opaque,
     );
     let created = crate::loader::load_file(&plugin, std::path::Path::new(&library))
-        .and_then(|loaded| Instance::create(loaded, settings, host));
+        .and_then(|loaded| Local::create(loaded, settings, host));
     let instance = match created {
         Ok(instance) => Arc::new(instance),
         Err(e) => {
@@ -280,7 +277,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let info = instance.info().clone();
+    let info = instance.meta().clone();
     out.send(&FromRunner::Ready {
         name: info.name,
         version: info.version,
@@ -373,7 +370,7 @@ fn report_dropped_lines(budget: &Arc<LogBudget>, out: &Out) {
 /// One lane: calls the plugin for each call it receives, one at a time and in order; in a run
 /// of calls it stops at the first that is not Done or Skipped (the host re-queues the rest).
 /// The body is decoded here, as a lane does in the host.
-fn run_lane(instance: &Instance, out: &Out, runs: &mpsc::Receiver<Vec<Call>>, stops: &Stops) {
+fn run_lane(instance: &Local, out: &Out, runs: &mpsc::Receiver<Vec<Call>>, stops: &Stops) {
     while let Ok(calls) = runs.recv() {
         let batch = calls.first().map(|c| c.call).unwrap_or_default();
         let stopped = || stops.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch);
@@ -393,10 +390,7 @@ fn run_lane(instance: &Instance, out: &Out, runs: &mpsc::Receiver<Vec<Call>>, st
                         source: item.source,
                         extra: item.extra,
                     };
-                    let Some(result) = call_plugin(instance, call, &envelope, item.attempt) else {
-                        return;
-                    };
-                    result
+                    call_plugin(instance, call, &envelope, item.attempt)
                 }
                 Err(e) => {
                     Err(PluginError::reject(format!("the runner cannot decode the event: {e}")))
@@ -418,33 +412,22 @@ fn run_lane(instance: &Instance, out: &Out, runs: &mpsc::Receiver<Vec<Call>>, st
     }
 }
 
-/// One call of the plugin; `None` when the plugin is gone.
+/// One guarded call of the plugin ([`Local::call`]) as the host's call `call`; the instance
+/// is re-created after a panic.
 fn call_plugin(
-    instance: &Instance,
+    instance: &Local,
     call: u64,
     envelope: &Envelope,
     attempt: u32,
-) -> Option<Result<Outcome, PluginError>> {
-    let event = plugin_event(envelope, attempt);
-    let plugin = instance.current()?;
+) -> Result<Outcome, PluginError> {
     CURRENT_CALL.with(|c| c.set(Some(call)));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &event {
-        PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
-        PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
-    }))
-    .unwrap_or_else(|_| {
-        Err(PluginError {
-            kind: ErrorKind::Panicked,
-            message: "the runner panicked while calling the plugin".into(),
-        })
-    });
+    let result = instance.call(envelope, attempt);
     CURRENT_CALL.with(|c| c.set(None));
-    drop(plugin);
     if let Err(e) = &result
         && e.kind == ErrorKind::Panicked
         && let Err(e) = instance.recreate()
     {
         eprintln!("cannot re-create the plugin after its panic: {e}");
     }
-    Some(result)
+    result
 }

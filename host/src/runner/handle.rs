@@ -40,6 +40,7 @@ use super::{
     },
 };
 use crate::{
+    call::CallError,
     journal::{Envelope, record::Format},
     loader::PluginMeta,
     metrics::{Metrics, PluginLabel},
@@ -97,34 +98,6 @@ pub struct ExecProgram {
     pub events: Vec<String>,
     /// The events' JSON, built once per event for every plugin.
     pub json: Arc<EventJson>,
-}
-
-/// How a call through a runner ended, apart from the plugin's own answer.
-#[derive(Debug)]
-pub enum CallError {
-    /// The plugin answered with an error.
-    Plugin(PluginError),
-    /// The runner died during the call: the reason ("killed by SIGSEGV").
-    Crashed(String),
-    /// The host or the plugin is stopping: the call did not happen or was cut short; its event
-    /// stays pending, no attempt is counted.
-    Abandoned,
-    /// The runner was killed for another reason than this call (an operator skipped the event
-    /// of one of its calls): nothing is counted; the event is delivered again unless it is the
-    /// skipped one.
-    Interrupted(String),
-    /// An http plugin's target asked for a retry (408, 429, 5xx, a timeout, a broken
-    /// connection: `counted`, an attempt used) or could not be reached at all (not counted:
-    /// the event waits however long the target is down); no attempt before `not_before_ms`
-    /// (its `Retry-After`).
-    Retry {
-        /// Why, for the log and the pending row.
-        message: String,
-        /// The earliest next attempt, ms since the epoch.
-        not_before_ms: Option<i64>,
-        /// Whether it uses an attempt.
-        counted: bool,
-    },
 }
 
 /// A runner's state, for metrics, `/readyz` and `journal stats`.
@@ -1251,7 +1224,7 @@ fn finest_level() -> Option<u8> {
     use b24_plugin_api::LogLevel::*;
     [Trace, Debug, Info, Warn, Error]
         .into_iter()
-        .find(|level| crate::dispatch::host_services::enabled(*level))
+        .find(|level| crate::call::host_services::enabled(*level))
         .map(|level| level as u8)
 }
 

@@ -20,7 +20,7 @@ pub mod protocol;
 pub mod shim;
 
 pub use handle::{
-    BatchItem, BatchOutcome, CallError, ExecProgram, Program, RunnerHandle, RunnerSpec, RunnerState,
+    BatchItem, BatchOutcome, ExecProgram, Program, RunnerHandle, RunnerSpec, RunnerState,
 };
 
 /// How long a runner that is told to shut down may take before it is killed (reloads and

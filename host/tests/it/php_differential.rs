@@ -4,8 +4,8 @@
 
 use crate::common::trees::any_map;
 use crate::common::{php_http_build_query, php_parse_str, require_php, run_tool};
+use b24_host::decode::encode::{http_build_query, urlencode};
 use b24_host::decode::{Map, form, test_support::PhpJson};
-use b24_host::encode::{http_build_query, urlencode};
 use proptest::prelude::*;
 
 /// Pieces of names and values, raw or percent-encoded, that exercise the decoder's rules.

@@ -2,8 +2,8 @@
 //! back unchanged through `http_build_query` + `parse_str`, and through JSON.
 
 use crate::common::trees::php_stable_map;
+use b24_host::decode::encode::http_build_query;
 use b24_host::decode::{form, json, test_support::PhpJson};
-use b24_host::encode::http_build_query;
 use proptest::prelude::*;
 
 proptest! {

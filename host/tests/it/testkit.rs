@@ -5,8 +5,8 @@
 
 use crate::common::{files_with_ext, fixtures_dir, stem};
 use b24_host::{
+    call::convert::{PluginEvent, plugin_event},
     decode::{BodyFormat, decode},
-    dispatch::convert::{PluginEvent, plugin_event},
     journal::{Envelope, Source},
 };
 use b24_plugin_api::testkit::{self, Received};

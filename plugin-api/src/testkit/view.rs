@@ -1,5 +1,5 @@
 //! An event's view from its decoded parts, as the host builds it (`decode/view.rs` and
-//! `dispatch/convert.rs` there): what the form decoder and the builders both end in.
+//! `call/convert.rs` there): what the form decoder and the builders both end in.
 
 use abi_stable::std_types::{ROption, RString, RVec};
 

@@ -2,7 +2,7 @@
 //! (through the running host's control socket) lists them with the raw body, tokens redacted.
 
 use b24_host::journal::{
-    Journal,
+    Operator,
     admin::{EventStatus, Page, Query},
 };
 
@@ -109,7 +109,7 @@ fn on_the_nats_log_a_dead_letters_attempts_are_kept_in_the_attempts_stream() {
     let query = |q: Query| {
         runtime.block_on(async {
             let (journal, _writer) =
-                Journal::open_for_command(&config.state_dir, &config.journal).await.unwrap();
+                Operator::open(&config.state_dir, &config.journal).await.unwrap();
             journal.query(q).await.unwrap()
         })
     };

@@ -55,8 +55,8 @@ pub fn deal_event(portal: &FakePortal, data: Value, user_token: &str) -> String 
     a.domain = portal.domain();
     let mut payload = b24_host::cmd::send::payload(&a);
     payload["data"] = data;
-    let map = b24_host::encode::map_from_json(&payload).expect("a PHP-shaped payload");
-    b24_host::encode::http_build_query(&map)
+    let map = b24_host::decode::encode::map_from_json(&payload).expect("a PHP-shaped payload");
+    b24_host::decode::encode::http_build_query(&map)
 }
 
 /// The journal id the host answered `body` with.

@@ -19,7 +19,7 @@ use b24_host::{
     auth::Verifier,
     config::{AuthConfig, Config},
     decode::{self, BodyFormat, Decoded},
-    journal::{Journal, StoreError},
+    journal::Journal,
     offline::Pollers,
     rest::{EventContext, RestClient, oauth::StoredTokens},
     route::Router,
@@ -42,17 +42,10 @@ fn config(cluster: &NatsCluster, dir: &Path, extra: &str) -> Config {
     Config::parse(&text, &dir.join("host.toml")).expect("the test's host.toml is valid")
 }
 
-/// Opens the journal of one "host" on the cluster: a running host's, or (while the append
-/// path is not built on this branch) a `journal` command's, which has the same key/value state.
+/// Opens the journal of one "host" on the cluster, as a running host does.
 async fn host(config: &Config) -> Journal {
     match Journal::open(&config.state_dir, &config.journal, &[]).await {
         Ok((journal, _writer)) => journal,
-        Err(StoreError::Refused(why)) if why.contains("not built yet") => {
-            Journal::open_for_command(&config.state_dir, &config.journal)
-                .await
-                .expect("journal on the cluster")
-                .0
-        }
         Err(e) => panic!("cannot open the journal on the cluster: {e}"),
     }
 }
@@ -94,7 +87,7 @@ fn event(code: &str, member: &str, token: &str) -> (Bytes, Decoded) {
 async fn journal_token(journal: &Journal, code: &str, member: &str, token: Option<&str>) {
     let (raw, decoded) = event(code, member, token.unwrap_or("gone"));
     let change = Some((member.to_owned(), token.map(Secret::new)));
-    match journal.append(raw, BodyFormat::Json, &decoded, Vec::new(), change).await {
+    match journal.log().append(raw, BodyFormat::Json, &decoded, Vec::new(), change).await {
         Ok(appended) => eprintln!("{code} journaled: {appended:?}"),
         Err(e) => eprintln!("{code}: the token change is stored; the event append says: {e}"),
     }
@@ -133,19 +126,25 @@ async fn a_token_learned_through_one_host_is_accepted_by_the_other_and_its_remov
     let token = "aaaabbbbccccddddeeeeffff00001111";
 
     // Host B as server.rs wires it: the tokens it knows at start, then the watch.
-    let verifier =
-        Verifier::new(&AuthConfig::default(), &config_a.rest, b.learned_tokens().await.unwrap())
-            .expect("verifier");
-    let mut changes = b.token_changes().expect("the NATS backend watches the tokens");
+    let verifier = Verifier::new(
+        &AuthConfig::default(),
+        &config_a.rest,
+        b.state().learned_tokens().await.unwrap(),
+    )
+    .expect("verifier");
+    let mut changes = b.state().token_changes().expect("the NATS backend watches the tokens");
     let (_, from_portal) = event("ONCRMDEALADD", member, token);
     assert!(verifier.verify(&from_portal).is_err(), "B does not know the portal yet");
 
     journal_token(&a, "ONAPPINSTALL", member, Some(token)).await;
     journal_token(&a, "ONAPPINSTALL", odd, Some("odd-token")).await;
     // The fresh read ingress makes before a 401: at once, whatever the watch does.
-    assert_eq!(b.shared_token(member).await.unwrap().as_ref().map(Secret::expose), Some(token));
     assert_eq!(
-        b.shared_token(odd).await.unwrap().as_ref().map(Secret::expose),
+        b.state().shared_token(member).await.unwrap().as_ref().map(Secret::expose),
+        Some(token)
+    );
+    assert_eq!(
+        b.state().shared_token(odd).await.unwrap().as_ref().map(Secret::expose),
         Some("odd-token"),
         "any member id round-trips through the bucket's keys"
     );
@@ -153,17 +152,17 @@ async fn a_token_learned_through_one_host_is_accepted_by_the_other_and_its_remov
     eprintln!("B's watch saw the learned token after {took:?}");
     verifier.set_learned(member, Some(Secret::new(token)));
     assert!(verifier.verify(&from_portal).is_ok(), "B accepts the token learned through A");
-    let learned = b.learned_tokens().await.unwrap();
+    let learned = b.state().learned_tokens().await.unwrap();
     assert_eq!(learned.keys().collect::<Vec<_>>(), vec![member, odd]);
 
     // Uninstalled through A: B forgets it.
     journal_token(&a, "ONAPPUNINSTALL", member, None).await;
-    assert_eq!(b.shared_token(member).await.unwrap().map(|s| s.expose().to_owned()), None);
+    assert_eq!(b.state().shared_token(member).await.unwrap().map(|s| s.expose().to_owned()), None);
     let took = watched(&mut changes, member, None).await;
     eprintln!("B's watch saw the uninstall after {took:?}");
     verifier.set_learned(member, None);
     assert!(verifier.verify(&from_portal).is_err(), "B refuses the uninstalled portal");
-    assert_eq!(b.learned_tokens().await.unwrap().keys().collect::<Vec<_>>(), vec![odd]);
+    assert_eq!(b.state().learned_tokens().await.unwrap().keys().collect::<Vec<_>>(), vec![odd]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,27 +176,27 @@ async fn oauth_tokens_are_replaced_by_compare_and_set_and_named_values_are_share
     };
     let (_dir, _config, a, b) = two_hosts(&cluster, "").await;
     let member = MEMBER;
-    assert_eq!(b.oauth_entry(member).await.unwrap(), None);
-    a.save_oauth(member, b"v1".to_vec()).await.unwrap();
-    let (value, revision) = b.oauth_entry(member).await.unwrap().expect("stored through A");
+    assert_eq!(b.state().oauth_entry(member).await.unwrap(), None);
+    a.state().save_oauth(member, b"v1".to_vec()).await.unwrap();
+    let (value, revision) = b.state().oauth_entry(member).await.unwrap().expect("stored through A");
     assert_eq!(value, b"v1");
-    assert_eq!(a.oauth_entry(member).await.unwrap().map(|(_, r)| r), Some(revision));
+    assert_eq!(a.state().oauth_entry(member).await.unwrap().map(|(_, r)| r), Some(revision));
     // Both read revision r; B replaces first, A's replace is refused and writes nothing.
-    assert!(b.replace_oauth(member, b"v2".to_vec(), revision).await.unwrap());
-    assert!(!a.replace_oauth(member, b"v3".to_vec(), revision).await.unwrap());
-    assert_eq!(a.oauth(member).await.unwrap().as_deref(), Some(&b"v2"[..]));
-    let (_, newer) = a.oauth_entry(member).await.unwrap().expect("stored");
+    assert!(b.state().replace_oauth(member, b"v2".to_vec(), revision).await.unwrap());
+    assert!(!a.state().replace_oauth(member, b"v3".to_vec(), revision).await.unwrap());
+    assert_eq!(a.state().oauth(member).await.unwrap().as_deref(), Some(&b"v2"[..]));
+    let (_, newer) = a.state().oauth_entry(member).await.unwrap().expect("stored");
     assert!(newer > revision);
-    assert!(a.replace_oauth(member, b"v4".to_vec(), newer).await.unwrap());
-    assert_eq!(b.oauth(member).await.unwrap().as_deref(), Some(&b"v4"[..]));
+    assert!(a.state().replace_oauth(member, b"v4".to_vec(), newer).await.unwrap());
+    assert_eq!(b.state().oauth(member).await.unwrap().as_deref(), Some(&b"v4"[..]));
 
     // Named values (the offline pollers' process ids), any name.
     let name = format!("offline_process:{member}");
-    a.set_state(&name, Some(b"pid-1".to_vec())).await.unwrap();
-    assert_eq!(b.state(&name).await.unwrap().as_deref(), Some(&b"pid-1"[..]));
-    b.set_state(&name, None).await.unwrap();
-    assert_eq!(a.state(&name).await.unwrap(), None);
-    assert_eq!(a.state("never set").await.unwrap(), None);
+    a.state().set_state(&name, Some(b"pid-1".to_vec())).await.unwrap();
+    assert_eq!(b.state().state(&name).await.unwrap().as_deref(), Some(&b"pid-1"[..]));
+    b.state().set_state(&name, None).await.unwrap();
+    assert_eq!(a.state().state(&name).await.unwrap(), None);
+    assert_eq!(a.state().state("never set").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,13 +210,20 @@ async fn a_lease_is_exclusive_renewed_while_held_and_taken_at_once_when_released
     };
     let (_dir, _config, a, b) = two_hosts(&cluster, "").await;
     let name = format!("offline.{MEMBER}");
-    let held = a.lease(&name, Duration::ZERO).await.unwrap().expect("free lease taken");
+    let held = a.state().lease(&name, Duration::ZERO).await.unwrap().expect("free lease taken");
     assert!(held.is_held());
-    assert!(b.lease(&name, Duration::ZERO).await.unwrap().is_none(), "held by A");
-    assert_eq!(b.lease_holder(&name).await.unwrap(), a.host_id(), "B sees who holds it");
+    assert!(b.state().lease(&name, Duration::ZERO).await.unwrap().is_none(), "held by A");
+    assert_eq!(
+        b.state().lease_holder(&name).await.unwrap(),
+        a.state().host_id(),
+        "B sees who holds it"
+    );
     // B waits longer than a lease lasts unrenewed (10 s): A's renewals keep it.
     let started = Instant::now();
-    assert!(b.lease(&name, Duration::from_secs(12)).await.unwrap().is_none(), "renewed by A");
+    assert!(
+        b.state().lease(&name, Duration::from_secs(12)).await.unwrap().is_none(),
+        "renewed by A"
+    );
     eprintln!("B waited {:?} in vain", started.elapsed());
     assert!(held.is_held());
 
@@ -226,7 +232,7 @@ async fn a_lease_is_exclusive_renewed_while_held_and_taken_at_once_when_released
         let (b, name) = (b.clone(), name.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let taken = b.lease(&name, Duration::from_secs(8)).await;
+            let taken = b.state().lease(&name, Duration::from_secs(8)).await;
             (taken, started.elapsed())
         })
     };
@@ -235,14 +241,15 @@ async fn a_lease_is_exclusive_renewed_while_held_and_taken_at_once_when_released
     let (taken, waited) = waiter.await.unwrap();
     let taken = taken.unwrap().expect("released lease taken by the waiting host");
     eprintln!("B took the released lease after waiting {waited:?} (A released it at ~300 ms)");
-    assert!(a.lease(&name, Duration::ZERO).await.unwrap().is_none(), "now B's");
+    assert!(a.state().lease(&name, Duration::ZERO).await.unwrap().is_none(), "now B's");
     taken.release().await;
-    let again = a.lease(&name, Duration::ZERO).await.unwrap().expect("released: free at once");
+    let again =
+        a.state().lease(&name, Duration::ZERO).await.unwrap().expect("released: free at once");
     again.release().await;
 
     // Different names are different leases, any member id.
-    let one = a.lease("refresh.a.b", Duration::ZERO).await.unwrap().expect("free");
-    let two = b.lease("refresh.a_b", Duration::ZERO).await.unwrap().expect("another lease");
+    let one = a.state().lease("refresh.a.b", Duration::ZERO).await.unwrap().expect("free");
+    let two = b.state().lease("refresh.a_b", Duration::ZERO).await.unwrap().expect("another lease");
     one.release().await;
     two.release().await;
 }
@@ -263,15 +270,15 @@ async fn a_dead_holders_lease_expires_and_another_host_takes_it() {
     let key = format!("offline.{MEMBER}");
     leases.create(&key, Bytes::from("dead-host-1")).await.expect("dead host's lease");
     let started = Instant::now();
-    assert_eq!(b.lease_holder(&key).await.unwrap().as_deref(), Some("dead-host-1"));
-    assert!(b.lease(&key, Duration::ZERO).await.unwrap().is_none(), "still held");
+    assert_eq!(b.state().lease_holder(&key).await.unwrap().as_deref(), Some("dead-host-1"));
+    assert!(b.state().lease(&key, Duration::ZERO).await.unwrap().is_none(), "still held");
     // The server expires the key on its own clock (max age 10 s); a loaded machine may take
     // longer, so wait while the dead host is still the holder, and fail on anything else.
     let taken = loop {
-        if let Some(taken) = b.lease(&key, Duration::from_secs(10)).await.unwrap() {
+        if let Some(taken) = b.state().lease(&key, Duration::from_secs(10)).await.unwrap() {
             break taken;
         }
-        let holder = b.lease_holder(&key).await.unwrap();
+        let holder = b.state().lease_holder(&key).await.unwrap();
         assert!(
             holder.is_none() || holder.as_deref() == Some("dead-host-1"),
             "the lease went to {holder:?}"
@@ -286,7 +293,7 @@ async fn a_dead_holders_lease_expires_and_another_host_takes_it() {
         started.elapsed()
     );
     assert!(taken.is_held());
-    assert_eq!(b.lease_holder(&key).await.unwrap(), b.host_id());
+    assert_eq!(b.state().lease_holder(&key).await.unwrap(), b.state().host_id());
     taken.release().await;
 }
 
@@ -323,9 +330,9 @@ async fn two_hosts_refreshing_one_portals_tokens_at_once_spend_the_refresh_token
         domain: None,
         installed_at_ms: None,
     };
-    a.save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
-    let client_a = RestClient::new(config.rest.clone(), a.clone()).expect("client A");
-    let client_b = RestClient::new(config.rest.clone(), b.clone()).expect("client B");
+    a.state().save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
+    let client_a = RestClient::new(config.rest.clone(), a.state()).expect("client A");
+    let client_b = RestClient::new(config.rest.clone(), b.state()).expect("client B");
     let ctx = EventContext::app(MEMBER);
     const ROUNDS: usize = 5;
     let mut calls = 0;
@@ -357,7 +364,7 @@ async fn two_hosts_refreshing_one_portals_tokens_at_once_spend_the_refresh_token
         assert_eq!(pair[0].1, pair[1].0);
     }
     let last: StoredTokens =
-        serde_json::from_slice(&b.oauth(MEMBER).await.unwrap().expect("stored")).unwrap();
+        serde_json::from_slice(&b.state().oauth(MEMBER).await.unwrap().expect("stored")).unwrap();
     assert_eq!(Some(&last.refresh_token), chain.last().map(|(_, new)| new));
 }
 
@@ -403,20 +410,20 @@ async fn one_host_at_a_time_polls_a_portals_offline_queue_and_another_takes_over
         domain: None,
         installed_at_ms: None,
     };
-    a.save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
-    let rest_a = Arc::new(RestClient::new(config.rest.clone(), a.clone()).expect("client A"));
-    let rest_b = Arc::new(RestClient::new(config.rest.clone(), b.clone()).expect("client B"));
+    a.state().save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
+    let rest_a = Arc::new(RestClient::new(config.rest.clone(), a.state()).expect("client A"));
+    let rest_b = Arc::new(RestClient::new(config.rest.clone(), b.state()).expect("client B"));
     let gets = || portal.requests().iter().filter(|r| r.method == "event.offline.get").count();
 
     let pollers_a =
-        Pollers::start(&config, rest_a, a.clone(), Router::default(), Default::default());
+        Pollers::start(&config, rest_a, a.log(), a.state(), Router::default(), Default::default());
     let polled = |p: &Pollers| p.status().first().and_then(|s| s.last_poll_ms).is_some();
     until("A polls", Duration::from_secs(10), || polled(&pollers_a)).await;
     let pollers_b =
-        Pollers::start(&config, rest_b, b.clone(), Router::default(), Default::default());
+        Pollers::start(&config, rest_b, b.log(), b.state(), Router::default(), Default::default());
     // B finds the lease held and names its holder.
     until("B sees A's lease", Duration::from_secs(10), || {
-        pollers_b.status().first().and_then(|s| s.poller.clone()) == a.host_id()
+        pollers_b.status().first().and_then(|s| s.poller.clone()) == a.state().host_id()
     })
     .await;
     // Many more polls (the sentinel), all A's: B never polled.
@@ -445,8 +452,8 @@ async fn a_refreshed_pair_is_stored_through_the_death_of_the_buckets_leader() {
         return;
     };
     let (_dir, _config, a, b) = two_hosts(&cluster, "").await;
-    a.save_oauth(MEMBER, b"old pair".to_vec()).await.unwrap();
-    let (_, revision) = b.oauth_entry(MEMBER).await.unwrap().expect("stored");
+    a.state().save_oauth(MEMBER, b"old pair".to_vec()).await.unwrap();
+    let (_, revision) = b.state().oauth_entry(MEMBER).await.unwrap().expect("stored");
 
     let client = async_nats::connect(cluster.urls()).await.expect("client");
     let mut stream =
@@ -457,11 +464,11 @@ async fn a_refreshed_pair_is_stored_through_the_death_of_the_buckets_leader() {
     cluster.kill(node);
     let killed = Instant::now();
     // The refresh's new pair: stored by CAS once a new leader is elected, not lost.
-    assert!(b.replace_oauth(MEMBER, b"new pair".to_vec(), revision).await.unwrap());
+    assert!(b.state().replace_oauth(MEMBER, b"new pair".to_vec(), revision).await.unwrap());
     eprintln!("stored {:?} after SIGKILL of the bucket's leader {leader}", killed.elapsed());
-    assert_eq!(a.oauth(MEMBER).await.unwrap().as_deref(), Some(&b"new pair"[..]));
+    assert_eq!(a.state().oauth(MEMBER).await.unwrap().as_deref(), Some(&b"new pair"[..]));
     // A stale revision is still refused after the election.
-    assert!(!a.replace_oauth(MEMBER, b"stale".to_vec(), revision).await.unwrap());
-    a.set_state("after the election", Some(b"v".to_vec())).await.unwrap();
-    assert_eq!(b.state("after the election").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(!a.state().replace_oauth(MEMBER, b"stale".to_vec(), revision).await.unwrap());
+    a.state().set_state("after the election", Some(b"v".to_vec())).await.unwrap();
+    assert_eq!(b.state().state("after the election").await.unwrap().as_deref(), Some(&b"v"[..]));
 }

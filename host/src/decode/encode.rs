@@ -1,9 +1,9 @@
-//! The inverse of [`crate::decode`]: PHP's `http_build_query` over a [`Map`], as Bitrix24's
+//! The inverse of decoding: PHP's `http_build_query` over a [`Map`], as Bitrix24's
 //! PHP sender encodes events, plus helpers to build that map from key paths or JSON. The host's
 //! `send` command uses it to post realistic events.
 //!
 //! ```
-//! use b24_host::encode::{http_build_query, map_from_pairs};
+//! use b24_host::decode::encode::{http_build_query, map_from_pairs};
 //!
 //! let map = map_from_pairs(&[("event", "ONCRMDEALUSERFIELDADD"), ("data[FIELDS][ID]", "554")]);
 //! assert_eq!(http_build_query(&map), "event=ONCRMDEALUSERFIELDADD&data%5BFIELDS%5D%5BID%5D=554");
