@@ -40,11 +40,24 @@ def send(message):
     out.flush()
 
 
+_pending = b""
+
+
 def read():
-    line = sys.stdin.readline()
-    if not line:
-        return None
+    """The next line from the host, read with os.read into our own buffer (not sys.stdin's), so
+    that `buffered()` and select() together say truly whether another line is at hand."""
+    global _pending
+    while b"\n" not in _pending:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return None
+        _pending += chunk
+    line, _pending = _pending.split(b"\n", 1)
     return json.loads(line)
+
+
+def buffered():
+    return b"\n" in _pending
 
 
 hello = read()
@@ -169,7 +182,7 @@ while True:
         deadline = time.time() + 2
         while len(held) < gather and time.time() < deadline:
             import select
-            ready, _, _ = select.select([sys.stdin], [], [], 0.05)
+            ready = buffered() or select.select([0], [], [], 0.05)[0]
             if ready:
                 more = read()
                 if more is None:

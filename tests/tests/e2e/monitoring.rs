@@ -110,7 +110,8 @@ fn every_metric_the_rules_and_the_dashboard_use_is_served() {
     dir.wait_lines("probe.jsonl", 1, PATIENCE, |l| l["kind"] == "user_field");
     // The binder's first look and the poller's first poll, each a sentinel on /metrics.
     let scrape = || host.admin_request("GET", "/metrics").body;
-    let looked = eventually(PATIENCE, || {
+    // (The binder's first pass waits for the install's REST calls: generous on a loaded machine.)
+    let looked = eventually(std::time::Duration::from_secs(120), || {
         let text = scrape();
         text.contains("b24_bindings_missing{") && text.contains("b24_rest_calls_total{")
     });
