@@ -666,41 +666,33 @@ impl Worker {
                 }
                 Err(error) => error,
             };
-            if error.kind == ErrorKind::Retry
+            // A retry that uses no attempt: Bitrix24 refused a REST call for a limit that lifts
+            // by itself (the event comes again once it has), or an http target could not be
+            // reached (the event waits for it, with back-off).
+            let uncounted_retry = if error.kind == ErrorKind::Retry
                 && let Some(until) = held.filter(|until| *until > now_ms())
             {
-                // Bitrix24 refused a REST call for a limit that lifts by itself: no attempt
-                // used, the event comes again once it has.
-                attempt -= 1;
-                due = until;
-                tracing::warn!(
-                    attempts = attempt,
-                    wait_ms = until - now_ms(),
-                    reason = %error.message,
-                    "a Bitrix24 limit held the plugin's REST call; delivering the event again when it lifts (no attempt used)"
-                );
-                self.metrics.retries.get_or_create(&self.label()).inc();
-                reporter.update(
-                    id,
-                    Pending {
-                        attempts: attempt,
-                        next_at_ms: due,
-                        last_error: error.to_string(),
-                        crashes,
-                    },
-                );
-                continue;
-            }
-            if uncounted {
-                // The target could not be reached: no attempt used, the event waits for it.
-                attempt -= 1;
+                Some((
+                    until,
+                    "a Bitrix24 limit held the plugin's REST call; delivering the event again when it lifts (no attempt used)",
+                ))
+            } else if uncounted {
                 unreachable = unreachable.saturating_add(1);
-                due = now_ms() + backoff(retry, unreachable).as_millis() as i64;
+                Some((
+                    now_ms() + backoff(retry, unreachable).as_millis() as i64,
+                    "the plugin's target cannot be reached; delivering the event again (no attempt used)",
+                ))
+            } else {
+                None
+            };
+            if let Some((next_at, why)) = uncounted_retry {
+                attempt -= 1;
+                due = next_at;
                 tracing::warn!(
                     attempts = attempt,
                     wait_ms = due - now_ms(),
                     reason = %error.message,
-                    "the plugin's target cannot be reached; delivering the event again (no attempt used)"
+                    "{why}"
                 );
                 self.metrics.retries.get_or_create(&self.label()).inc();
                 reporter.update(
