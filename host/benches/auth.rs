@@ -5,7 +5,7 @@
 //!   configured in host.toml, with 1 and with 1000 configured portals. The cost is a
 //!   `BTreeMap` look-up by `member_id` (logarithmic in the number of portals) plus a
 //!   constant-time comparison of the 32-character application token.
-//! - `auth/dedup_key`: [`b24_host::journal::dedup::key`], the duplicate-suppression key (SHA-256
+//! - `auth/dedup_key`: [`b24_host::decode::dedup_key`], the duplicate-suppression key (SHA-256
 //!   over `member_id`, code, `ts` and the `data` block) computed for every appended event.
 //!
 //! **Target**: none set. Both are expected to be small next to the decode (under 5 µs), and
@@ -18,8 +18,7 @@ use std::{collections::BTreeMap, hint::black_box, path::Path};
 use b24_host::{
     auth::{Effect, Verifier},
     config::{AuthConfig, RestConfig},
-    decode::{BodyFormat, Decoded, decode},
-    journal::dedup,
+    decode::{Decoded, Format, decode},
 };
 use b24_plugin_api::Secret;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -30,7 +29,7 @@ fn event() -> Decoded {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ONCRMDEALUSERFIELDUPDATE.form");
     let body =
         std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    decode(&body, BodyFormat::Form).expect("fixture decodes")
+    decode(&body, Format::Form).expect("fixture decodes")
 }
 
 /// A verifier with `portals` configured portals, one of which is `event`'s (with its token);
@@ -62,10 +61,12 @@ fn bench_verify(c: &mut Criterion) {
     group.finish();
 }
 
-/// `dedup::key` of the decoded event.
+/// `decode::dedup_key` of the decoded event.
 fn bench_dedup_key(c: &mut Criterion) {
     let event = event();
-    c.bench_function("auth/dedup_key", |b| b.iter(|| dedup::key(black_box(&event))));
+    c.bench_function("auth/dedup_key", |b| {
+        b.iter(|| b24_host::decode::dedup_key(black_box(&event)))
+    });
 }
 
 criterion_group!(benches, bench_verify, bench_dedup_key);

@@ -21,7 +21,7 @@
 
 use std::{hint::black_box, path::Path};
 
-use b24_host::decode::{BodyFormat, decode, strip::without_secrets};
+use b24_host::decode::{Format, decode, strip::without_secrets};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Reads a fixture from `host/tests/fixtures`.
@@ -37,16 +37,16 @@ fn bench_decode(c: &mut Criterion) {
     let json = fixture("ONCRMDEALUSERFIELDUPDATE.json");
 
     // The JSON body must decode to the same event as the form body, or the comparison is moot.
-    let from_form = decode(&user_field, BodyFormat::Form).expect("user-field form decodes");
-    let from_json = decode(&json, BodyFormat::Json).expect("user-field JSON decodes");
+    let from_form = decode(&user_field, Format::Form).expect("user-field form decodes");
+    let from_json = decode(&json, Format::Json).expect("user-field JSON decodes");
     assert_eq!(from_form, from_json, "JSON reference decode differs from the form body");
-    decode(&system, BodyFormat::Form).expect("system form decodes");
+    decode(&system, Format::Form).expect("system form decodes");
 
     let mut group = c.benchmark_group("decode");
     for (name, body, format) in [
-        ("form/user_field", &user_field, BodyFormat::Form),
-        ("form/system", &system, BodyFormat::Form),
-        ("json/user_field", &json, BodyFormat::Json),
+        ("form/user_field", &user_field, Format::Form),
+        ("form/system", &system, Format::Form),
+        ("json/user_field", &json, Format::Json),
     ] {
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(name, |b| {
@@ -57,7 +57,7 @@ fn bench_decode(c: &mut Criterion) {
 
     let body = bytes::Bytes::from(user_field.clone());
     c.bench_function("strip/form/user_field", |b| {
-        b.iter(|| without_secrets(black_box(body.clone()), BodyFormat::Form))
+        b.iter(|| without_secrets(black_box(body.clone()), Format::Form))
     });
 }
 

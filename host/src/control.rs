@@ -195,8 +195,7 @@ pub async fn answer_journal(journal: &Operator, request: AdminRequest) -> AdminR
         AdminRequest::List { limit } => {
             journal.list(limit).await.map_or_else(fail, |events| AdminResponse::List { events })
         }
-        AdminRequest::Show { id } => journal
-            .show(id)
+        AdminRequest::Show { id } => crate::operations::show(journal, id)
             .await
             .map_or_else(fail, |event| AdminResponse::Show { event: event.map(Box::new) }),
         AdminRequest::Dead { plugin } => {

@@ -30,8 +30,8 @@ use hyper::{
 use crate::{
     auth::{Effect, Verified, Verifier},
     bind::Binder,
-    decode::{self, BodyFormat, Decoded},
-    journal::{Appended, Log, State},
+    decode::{self, Decoded, Format},
+    journal::{Appended, Log, PortalChange, State, now_ms},
     metrics::Metrics,
     offline::Pollers,
     rest::{
@@ -129,7 +129,7 @@ impl Ingress {
             return response;
         }
         let content_type = request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let format = match content_type.and_then(BodyFormat::from_content_type) {
+        let format = match content_type.and_then(Format::from_content_type) {
             Some(format) => format,
             None => {
                 return answer(
@@ -164,7 +164,7 @@ impl Ingress {
     }
 
     /// Decode, verify, queue.
-    async fn accept(&self, body: Bytes, format: BodyFormat) -> Answer {
+    async fn accept(&self, body: Bytes, format: Format) -> Answer {
         let event = match decode::decode(&body, format) {
             Ok(event) => event,
             Err(e) => {
@@ -206,16 +206,32 @@ impl Ingress {
             }
         }
         let plugins = self.router.recipients(&event);
-        let token = Verifier::token_change(&event, &effect);
+        // What the event changes of the portal's stored state is written with it: a learned
+        // or forgotten application token, and the install's OAuth pair (or an uninstall's
+        // mark); a verified install's exchange stored its new pair already.
+        let (_refreshes, oauth) =
+            if exchanged { (None, None) } else { self.install_change(&event).await };
+        let change = PortalChange {
+            member_id: event.auth.member_id.clone(),
+            token: Verifier::token_change(&event, &effect).map(|(_, token)| token),
+            oauth,
+        };
         // The refresh and application tokens stay here: no plugin, runner or log replica gets
         // them from the journal.
         let (body, format) = decode::strip::without_secrets(body, format);
-        match self.log.append(body, format, &event, plugins, token).await {
+        let key = decode::dedup_key(&event);
+        let source = crate::record::Source::Online;
+        let record = decode::record(&event, body, format, source, &key, Vec::new(), now_ms());
+        match self.log.append(record, key, plugins, Some(change)).await {
             Ok(Appended::New(id)) => {
                 let code = AcceptedCode(event.code.clone());
                 self.verifier.apply(&event, &effect);
-                if !exchanged {
-                    self.keep_install(&event).await;
+                if event.code == "ONAPPUNINSTALL" {
+                    tracing::info!(
+                        member_id = %event.auth.member_id,
+                        "the app was uninstalled: the portal's OAuth tokens are forgotten; no refresh or offline poll until it is installed again"
+                    );
+                    self.pollers.wake(&event.auth.member_id);
                 }
                 match event.code.as_str() {
                     // Bitrix24 deletes an app's bindings on update: bind again, off this path.
@@ -299,29 +315,24 @@ impl Ingress {
         }
     }
 
-    /// What an accepted (authenticated) event means for the portal's stored install: an
-    /// `ONAPPINSTALL`/`ONAPPUPDATE` brings the installer's pair (an update keeps the install's
-    /// endpoint and OAuth server); an `ONAPPUNINSTALL` forgets it and idles the portal's offline
-    /// poller. No other event's pair is stored: it is the acting user's (an `ONOFFLINEEVENT`'s
-    /// may be anyone's), and storing it would replace the administrator's.
-    async fn keep_install(&self, event: &Decoded) {
+    /// What an authenticated event means for the portal's stored install, as the bytes to
+    /// store with it, and the guard that holds off token refreshes until it is written: an
+    /// `ONAPPINSTALL`/`ONAPPUPDATE` brings the installer's pair (an update keeps the
+    /// install's endpoint and OAuth server); an `ONAPPUNINSTALL` forgets it (and idles the
+    /// portal's offline poller once accepted). No other event's pair is stored: it is the
+    /// acting user's (an `ONOFFLINEEVENT`'s may be anyone's), and storing it would replace the
+    /// administrator's.
+    async fn install_change(
+        &self,
+        event: &Decoded,
+    ) -> (Option<tokio::sync::MutexGuard<'_, ()>>, Option<Vec<u8>>) {
         let member_id = event.auth.member_id.as_str();
         if event.code == "ONAPPUNINSTALL" {
-            match self.rest.forget_install(member_id).await {
-                Ok(()) => tracing::info!(
-                    member_id,
-                    "the app was uninstalled: the portal's OAuth tokens are forgotten; no refresh or offline poll until it is installed again"
-                ),
-                Err(e) => tracing::error!(
-                    member_id,
-                    "cannot forget the uninstalled portal's OAuth tokens: {e}"
-                ),
-            }
-            self.pollers.wake(member_id);
-            return;
+            let gone = oauth::Stored::Uninstalled(now_ms()).to_bytes();
+            return (Some(self.rest.hold_refreshes().await), Some(gone));
         }
         if !oauth::carries_installer_pair(&event.code) {
-            return;
+            return (None, None);
         }
         let oauth_url = match self.rest.oauth_server_for(event.auth.server_endpoint.as_deref()) {
             Ok(url) => Some(url),
@@ -330,22 +341,18 @@ impl Ingress {
                 None
             }
         };
+        let refreshes = self.rest.hold_refreshes().await;
         let previous = if event.code == "ONAPPUPDATE" {
             self.rest.stored_tokens(member_id).await
         } else {
             None
         };
-        let Some(tokens) = StoredTokens::from_install(
-            event,
-            oauth_url,
-            previous.as_ref(),
-            crate::journal::now_ms(),
-        ) else {
-            tracing::warn!(member_id, code = %event.code, "the event carries no OAuth pair to store (auth[access_token], auth[refresh_token])");
-            return;
-        };
-        if let Err(e) = self.rest.store_install(member_id, &tokens).await {
-            tracing::error!(member_id, "cannot store the portal's OAuth tokens: {e}");
+        match StoredTokens::from_install(event, oauth_url, previous.as_ref(), now_ms()) {
+            Some(tokens) => (Some(refreshes), Some(oauth::Stored::Tokens(tokens).to_bytes())),
+            None => {
+                tracing::warn!(member_id, code = %event.code, "the event carries no OAuth pair to store (auth[access_token], auth[refresh_token])");
+                (None, None)
+            }
         }
     }
 

@@ -32,6 +32,7 @@ pub mod operations;
 pub mod ops;
 pub mod plugin_output;
 pub mod portal_metrics;
+pub mod record;
 pub mod rest;
 pub mod route;
 pub mod runner;

@@ -57,7 +57,7 @@ use tokio::sync::Notify;
 use crate::{
     bind::portal_domain,
     config::{Config, OfflineConfig},
-    decode::{self, BodyFormat},
+    decode::{self, Format},
     journal::{Appended, Held, Log, State, now_ms},
     metrics::Metrics,
     portal_metrics::PortalLabel,
@@ -762,8 +762,8 @@ impl Poller {
             },
         });
         let raw = Bytes::from(payload.to_string());
-        let event = decode::decode(&raw, BodyFormat::Json)
-            .map_err(|e| RowError::Undecodable(e.to_string()))?;
+        let event =
+            decode::decode(&raw, Format::Json).map_err(|e| RowError::Undecodable(e.to_string()))?;
         let plugins = self.router.recipients(&event);
         let mut extra = vec![("message_id".to_owned(), message_id.to_owned())];
         if let Some(id) = row.get("ID") {
@@ -783,8 +783,22 @@ impl Poller {
             "{message_id}\n{}\n{timestamp}",
             row.get("EVENT_DATA").map(|d| d.to_string()).unwrap_or_default()
         );
+        let key = crate::record::key_of(&[
+            b"offline",
+            event.auth.member_id.as_bytes(),
+            row_key.as_bytes(),
+        ]);
+        let record = decode::record(
+            &event,
+            raw,
+            Format::Json,
+            crate::record::Source::Offline,
+            &key,
+            extra,
+            crate::journal::now_ms(),
+        );
         self.log
-            .append_offline(raw, &event, plugins, &row_key, extra)
+            .append_offline(record, key, plugins)
             .await
             .map_err(|e| RowError::Storage(e.to_string()))
     }

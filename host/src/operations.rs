@@ -124,3 +124,21 @@ pub enum ReloadOutcome {
     /// It could not start (bad host.toml).
     Error(String),
 }
+
+/// Event `id` in detail as an operator reads it (the console's page, `journal show`): the
+/// journal's detail with the decoded event, every token redacted, filled in here, since the
+/// journal does not decode.
+pub async fn show(
+    journal: &Operator,
+    id: u64,
+) -> Result<Option<crate::journal::admin::EventDetail>, crate::journal::StoreError> {
+    let Some(mut detail) = journal.show(id).await? else { return Ok(None) };
+    detail.decoded = match &detail.record {
+        Some(record) => match crate::decode::decode(&record.raw, record.meta.format) {
+            Ok(event) => crate::decode::redact::redacted(&event),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        },
+        None => serde_json::json!({ "error": "the record on the log fails its checksum" }),
+    };
+    Ok(Some(detail))
+}

@@ -86,7 +86,21 @@ impl Route {
     /// Whether the plugin wants `event`. Codes match case-insensitively; the entity and field
     /// filters apply to user-field events only.
     pub fn matches(&self, event: &Decoded) -> bool {
-        let code = event.code.as_str();
+        match &event.kind {
+            EventKind::UserField(field) => self.matches_parts(
+                &event.code,
+                Some((
+                    &field.entity_id.to_ascii_uppercase(),
+                    &field.field_name.to_ascii_uppercase(),
+                )),
+            ),
+            EventKind::Other => self.matches_parts(&event.code, None),
+        }
+    }
+
+    /// [`Route::matches`] from an event's facts as its record keeps them: the code and, for a
+    /// user-field event, its entity and field name (upper-case).
+    pub fn matches_parts(&self, code: &str, user_field: Option<(&str, &str)>) -> bool {
         if !self.subscribed.iter().any(|g| g.matches(code)) {
             return false;
         }
@@ -95,21 +109,25 @@ impl Route {
         {
             return false;
         }
-        if let EventKind::UserField(field) = &event.kind {
-            let entity = field.entity_id.to_ascii_uppercase();
+        if let Some((entity, name)) = user_field {
             if let Some(entities) = &self.entities
-                && !entities.iter().any(|g| g.matches(&entity))
+                && !entities.iter().any(|g| g.matches(entity))
             {
                 return false;
             }
-            let name = field.field_name.to_ascii_uppercase();
             if let Some(fields) = &self.fields
-                && !fields.iter().any(|g| g.matches(&name))
+                && !fields.iter().any(|g| g.matches(name))
             {
                 return false;
             }
         }
         true
+    }
+
+    /// Whether the route filters by entity or field (which a record older than its
+    /// `user_field` metadata needs decoded for).
+    pub fn filters_fields(&self) -> bool {
+        self.entities.is_some() || self.fields.is_some()
     }
 
     /// Whether the route takes events with code `code` (upper-case) at all: its own
@@ -156,13 +174,13 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{BodyFormat, decode};
+    use crate::decode::{Format, decode};
 
     fn event(code: &str) -> Decoded {
         let body = format!(
             r#"{{"event":"{code}","data":{{"FIELDS":{{"ID":"1","ENTITY_ID":"CRM_DEAL","FIELD_NAME":"UF_CRM_A"}}}},"auth":{{"member_id":"m","domain":"d"}}}}"#
         );
-        decode(body.as_bytes(), BodyFormat::Json).expect("decodes")
+        decode(body.as_bytes(), Format::Json).expect("decodes")
     }
 
     #[test]

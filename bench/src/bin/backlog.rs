@@ -68,6 +68,7 @@ fn main() {
                         domain: "example.bitrix24.com".into(),
                         dedup_key: dedup::hex(&key),
                         extra: vec![],
+                        user_field: None,
                     },
                     raw: raw.clone(),
                 };

@@ -3,9 +3,13 @@
 use std::path::Path;
 
 use b24_host::{
-    call::convert::{PluginEvent, plugin_event},
-    decode::{BodyFormat, decode},
-    journal::{Envelope, Source, now_ms},
+    call::{
+        Envelope,
+        convert::{PluginEvent, plugin_event},
+    },
+    decode::{self, Format, decode},
+    journal::now_ms,
+    record::Source,
 };
 use bytes::Bytes;
 
@@ -16,14 +20,17 @@ pub fn fixture_plugin_event() -> PluginEvent {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ONCRMDEALUSERFIELDUPDATE.form");
     let body =
         std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let event = decode(&body, BodyFormat::Form).expect("fixture decodes");
-    let envelope = Envelope {
-        id: 1,
-        received_at_ms: now_ms(),
-        raw: Bytes::from(body),
-        event,
-        source: Source::Online,
-        extra: vec![],
-    };
-    plugin_event(&envelope, 1)
+    let event = decode(&body, Format::Form).expect("fixture decodes");
+    let key = decode::dedup_key(&event);
+    let record = decode::record(
+        &event,
+        Bytes::from(body),
+        Format::Form,
+        Source::Online,
+        &key,
+        vec![],
+        now_ms(),
+    );
+    let envelope = Envelope::new(1, record);
+    plugin_event(&envelope, &event, 1)
 }

@@ -4,9 +4,10 @@ use b24_plugin_api::{
     AppStatus, Delivery, Event, KeyValue, Origin, Portal, ROption, RVec, UserAuth, UserFieldEvent,
 };
 
+use super::Envelope;
 use crate::{
-    decode::{AuthBlock, EventKind},
-    journal::{Envelope, Source},
+    decode::{AuthBlock, Decoded, EventKind},
+    record::Source,
 };
 
 /// The view of one event for one delivery attempt.
@@ -18,18 +19,18 @@ pub enum PluginEvent {
     Generic(Event),
 }
 
-/// Builds the view of `envelope` for delivery attempt `attempt` (1-based).
-pub fn plugin_event(envelope: &Envelope, attempt: u32) -> PluginEvent {
-    let event = &envelope.event;
+/// Builds the view of `envelope`, decoded as `event`, for delivery attempt `attempt` (1-based).
+pub fn plugin_event(envelope: &Envelope, event: &Decoded, attempt: u32) -> PluginEvent {
+    let meta = envelope.meta();
     let delivery = Delivery {
         event_id: envelope.id,
         attempt,
-        received_at_ms: envelope.received_at_ms,
-        origin: match envelope.source {
+        received_at_ms: meta.received_at_ms,
+        origin: match meta.source {
             Source::Online => Origin::Online,
             Source::Offline => Origin::Offline,
         },
-        extra: envelope
+        extra: meta
             .extra
             .iter()
             .map(|(k, v)| KeyValue::new(k.as_str(), v.as_str()))
@@ -95,11 +96,11 @@ fn user_id_unknown(auth: &AuthBlock) -> Option<KeyValue> {
 /// (`EVENT_ADDITIONAL.user_id`, kept as `user_id` among the extra pairs) but carries no token,
 /// so the access token is empty. `0` (an agent, an automation) is no user.
 fn offline_user(envelope: &Envelope) -> ROption<UserAuth> {
-    if envelope.source != Source::Offline {
+    let meta = envelope.meta();
+    if meta.source != Source::Offline {
         return ROption::RNone;
     }
-    envelope
-        .extra
+    meta.extra
         .iter()
         .find(|(key, _)| key == "user_id")
         .and_then(|(_, id)| id.parse::<u64>().ok())

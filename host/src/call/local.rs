@@ -4,11 +4,11 @@ use std::sync::{Arc, Mutex};
 
 use b24_plugin_api::{ErrorKind, HostServicesArc, Outcome, PluginBox, PluginError};
 
-use super::convert::{PluginEvent, plugin_event};
-use crate::{
-    journal::Envelope,
-    loader::{LoadError, LoadedPlugin, PluginMeta},
+use super::{
+    Envelope,
+    convert::{PluginEvent, plugin_event},
 };
+use crate::loader::{LoadError, LoadedPlugin, PluginMeta};
 
 /// A plugin created inside this process (the host's, for `isolation = "in-process"`, or a
 /// runner's), with what it takes to create it again.
@@ -45,10 +45,17 @@ impl Local {
     /// code costs one attempt, not the lane (the plugin's own panics are caught on its side,
     /// by `export_plugin!`); either kind of panic is [`ErrorKind::Panicked`]. The caller
     /// re-creates the instance after one ([`Local::recreate`]).
+    /// A journaled body that does not decode is rejected (a dead letter) without a call.
     pub fn call(&self, envelope: &Envelope, attempt: u32) -> Result<Outcome, PluginError> {
+        let event = match envelope.event() {
+            Ok(event) => event,
+            Err(e) => {
+                return Err(PluginError::reject(format!("cannot decode the journaled body: {e}")));
+            }
+        };
         let plugin = self.current();
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            match &plugin_event(envelope, attempt) {
+            match &plugin_event(envelope, event, attempt) {
                 PluginEvent::UserField(e) => plugin.on_user_field(e).into_result(),
                 PluginEvent::Generic(e) => plugin.on_event(e).into_result(),
             }

@@ -5,16 +5,19 @@
 //! - [`local`]: [`Local`], a plugin created in this process (re-created after a panic), and
 //!   its guarded call: the event's stable-ABI view built and the plugin called inside
 //!   `catch_unwind`, its answer (or a panic) mapped to one `Result<Outcome, PluginError>`.
+//! - [`envelope`]: [`Envelope`], one event for one plugin, decoded once and only when asked.
 //! - [`convert`]: decoded event -> stable-ABI view.
 //! - [`host_services`]: what plugins can ask of the host (logging, REST calls).
 //! - [`CallError`]: how a call ended apart from the plugin's own answer, for every kind of
 //!   plugin (in process, in a runner, an exec program, an http target).
 
 pub mod convert;
+pub mod envelope;
 pub mod host_services;
 pub mod local;
 
 use b24_plugin_api::PluginError;
+pub use envelope::Envelope;
 pub use local::Local;
 
 /// How a call ended, apart from the plugin's own answer.

@@ -315,7 +315,7 @@ async fn event_page(ops: &Ops, who: &Who, csrf: &str, id: &str, partial: bool) -
     let Ok(id) = id.parse::<u64>() else {
         return bad_request(who, csrf, "id", &format!("{id:?} is not an event id"));
     };
-    match patient(ops.journal.show(id)).await {
+    match patient(crate::operations::show(&ops.journal, id)).await {
         Ok(Some(detail)) if partial => html(StatusCode::OK, event::deliveries(&detail, csrf)),
         Ok(Some(detail)) => html(
             StatusCode::OK,
@@ -411,7 +411,9 @@ async fn matching(
     }
     let mut rows = Vec::new();
     for id in &which.ids {
-        let Some(detail) = patient(ops.journal.show(*id)).await? else { continue };
+        let Some(detail) = patient(crate::operations::show(&ops.journal, *id)).await? else {
+            continue;
+        };
         for (plugin, dead) in &detail.dead_state {
             if which.matches(plugin, *id, dead.at_ms) {
                 rows.push(crate::journal::admin::DeadRow {

@@ -4,11 +4,11 @@
 //! [`encode`] is the inverse: PHP's `http_build_query`, for `send` and the tests.
 //!
 //! ```
-//! use b24_host::decode::{decode, BodyFormat, EventKind};
+//! use b24_host::decode::{decode, Format, EventKind};
 //!
 //! let body = b"event=ONCRMDEALUSERFIELDADD&data%5BFIELDS%5D%5BID%5D=554\
 //!              &data%5BFIELDS%5D%5BFIELD_NAME%5D=UF_CRM_1&auth%5Bmember_id%5D=m1";
-//! let event = decode(body, BodyFormat::Form).unwrap();
+//! let event = decode(body, Format::Form).unwrap();
 //! assert_eq!(event.code, "ONCRMDEALUSERFIELDADD");
 //! assert_eq!(event.auth.member_id, "m1");
 //! let EventKind::UserField(field) = &event.kind else { panic!() };
@@ -20,6 +20,8 @@ pub mod encode;
 pub mod form;
 pub mod json;
 pub mod php_json;
+pub mod redact;
+mod stored;
 pub mod strip;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
@@ -27,35 +29,11 @@ pub mod tree;
 pub mod view;
 
 pub use form::{Limits, Parsed, Warnings};
+pub use stored::{dedup_key, record};
 pub use tree::{Key, KeyRef, Map, Value};
-pub use view::{AuthBlock, Decoded, EventKind, UserField, UserTokens};
+pub use view::{AuthBlock, Decoded, EventKind, UserField, UserTokens, is_user_field_code};
 
-/// How the request body is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BodyFormat {
-    /// `application/x-www-form-urlencoded`, what Bitrix24 sends.
-    Form,
-    /// A JSON object (tests, proxies).
-    Json,
-}
-
-impl BodyFormat {
-    /// The format for a `Content-Type` header value (the one place that decides it):
-    /// `application/x-www-form-urlencoded` is [`BodyFormat::Form`], `application/json` is
-    /// [`BodyFormat::Json`], in any case and with any parameters (`charset`); anything else is
-    /// `None`, a 415. Structured `+json` types (`application/problem+json`, `ld+json`, ...) are
-    /// refused: each names a vocabulary of its own, never a Bitrix24 event.
-    pub fn from_content_type(content_type: &str) -> Option<BodyFormat> {
-        let media = content_type.split(';').next().unwrap_or_default().trim();
-        if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            Some(BodyFormat::Form)
-        } else if media.eq_ignore_ascii_case("application/json") {
-            Some(BodyFormat::Json)
-        } else {
-            None
-        }
-    }
-}
+pub use crate::record::Format;
 
 /// Why a body could not be decoded. The `Display` text is a short reason fit for an HTTP 400
 /// body; it never contains a token (only data values such as a bad field id, cut to 40
@@ -106,16 +84,16 @@ impl DecodeError {
 }
 
 /// Decodes a request body into the typed event view.
-pub fn decode(body: &[u8], format: BodyFormat) -> Result<Decoded, DecodeError> {
+pub fn decode(body: &[u8], format: Format) -> Result<Decoded, DecodeError> {
     Decoded::from_tree(decode_tree(body, format)?.map)
 }
 
 /// Decodes a request body into the PHP-like tree only, with PHP's default [`Limits`], and
 /// reports what PHP would have warned about.
-pub fn decode_tree(body: &[u8], format: BodyFormat) -> Result<Parsed, DecodeError> {
+pub fn decode_tree(body: &[u8], format: Format) -> Result<Parsed, DecodeError> {
     match format {
-        BodyFormat::Form => Ok(form::parse_with(body, &Limits::PHP)),
-        BodyFormat::Json => json::parse_with(body, &Limits::PHP),
+        Format::Form => Ok(form::parse_with(body, &Limits::PHP)),
+        Format::Json => json::parse_with(body, &Limits::PHP),
     }
 }
 
@@ -126,22 +104,22 @@ mod tests {
     #[test]
     fn content_types() {
         assert_eq!(
-            BodyFormat::from_content_type("application/x-www-form-urlencoded; charset=UTF-8"),
-            Some(BodyFormat::Form)
+            Format::from_content_type("application/x-www-form-urlencoded; charset=UTF-8"),
+            Some(Format::Form)
         );
-        assert_eq!(BodyFormat::from_content_type(" Application/JSON "), Some(BodyFormat::Json));
+        assert_eq!(Format::from_content_type(" Application/JSON "), Some(Format::Json));
         assert_eq!(
-            BodyFormat::from_content_type("Application/X-WWW-Form-Urlencoded"),
-            Some(BodyFormat::Form)
+            Format::from_content_type("Application/X-WWW-Form-Urlencoded"),
+            Some(Format::Form)
         );
         assert_eq!(
-            BodyFormat::from_content_type("application/json; charset=utf-8"),
-            Some(BodyFormat::Json)
+            Format::from_content_type("application/json; charset=utf-8"),
+            Some(Format::Json)
         );
-        assert_eq!(BodyFormat::from_content_type("application/vnd.x+json"), None);
-        assert_eq!(BodyFormat::from_content_type("application/problem+json"), None);
-        assert_eq!(BodyFormat::from_content_type("text/plain"), None);
-        assert_eq!(BodyFormat::from_content_type(""), None);
+        assert_eq!(Format::from_content_type("application/vnd.x+json"), None);
+        assert_eq!(Format::from_content_type("application/problem+json"), None);
+        assert_eq!(Format::from_content_type("text/plain"), None);
+        assert_eq!(Format::from_content_type(""), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use bytes::Bytes;
 
 use super::{
-    BodyFormat, form,
+    Format, form,
     tree::{KeyRef, Map, Value},
 };
 
@@ -24,12 +24,12 @@ use super::{
 const SECRETS: [&[u8]; 2] = [b"refresh_token]", b"application_token]"];
 
 /// `body` without the secrets, and its format (a JSON body comes back as a form).
-pub fn without_secrets(body: Bytes, format: BodyFormat) -> (Bytes, BodyFormat) {
+pub fn without_secrets(body: Bytes, format: Format) -> (Bytes, Format) {
     match format {
-        BodyFormat::Form => (blank_form(body), BodyFormat::Form),
-        BodyFormat::Json => match rewrite_json(&body) {
-            Some(form) => (form, BodyFormat::Form),
-            None => (body, BodyFormat::Json),
+        Format::Form => (blank_form(body), Format::Form),
+        Format::Json => match rewrite_json(&body) {
+            Some(form) => (form, Format::Form),
+            None => (body, Format::Json),
         },
     }
 }
@@ -117,7 +117,7 @@ pub fn with_application_token(body: &[u8], token: &str) -> Vec<u8> {
 /// The JSON body's tree, blanked, as a form that reads back to that tree; `None` when it does
 /// not (or the body is not JSON the decoder takes).
 fn rewrite_json(body: &[u8]) -> Option<Bytes> {
-    let mut tree = super::decode_tree(body, BodyFormat::Json).ok()?.map;
+    let mut tree = super::decode_tree(body, Format::Json).ok()?.map;
     blank_tree(&mut tree);
     let form = super::encode::http_build_query(&tree);
     let again = form::parse(form.as_bytes());
@@ -146,13 +146,13 @@ mod tests {
         &auth%5Baccess_token%5D=AT-1&auth%5Brefresh_token%5D=RT-2&auth%5Bmember_id%5D=m\
         &auth%5Bapplication_token%5D=APP-3&auth%5Bdomain%5D=p.bitrix24.com";
 
-    fn tree(body: &[u8], format: BodyFormat) -> Map {
+    fn tree(body: &[u8], format: Format) -> Map {
         decode_tree(body, format).unwrap().map
     }
 
     #[test]
     fn the_application_token_goes_back_where_it_was_blanked() {
-        let (journaled, _) = without_secrets(Bytes::from_static(FORM.as_bytes()), BodyFormat::Form);
+        let (journaled, _) = without_secrets(Bytes::from_static(FORM.as_bytes()), Format::Form);
         let filled = with_application_token(&journaled, "APP-3");
         let expected = FORM.replace("RT-2", "");
         assert_eq!(String::from_utf8(filled).unwrap(), expected);
@@ -166,17 +166,17 @@ mod tests {
 
     #[test]
     fn a_form_keeps_every_byte_but_the_two_secret_values() {
-        let (out, format) = without_secrets(Bytes::from(FORM), BodyFormat::Form);
-        assert_eq!(format, BodyFormat::Form);
+        let (out, format) = without_secrets(Bytes::from(FORM), Format::Form);
+        assert_eq!(format, Format::Form);
         let text = std::str::from_utf8(&out).unwrap();
         assert_eq!(text, FORM.replace("RT-2", "").replace("APP-3", ""));
-        let event = decode(&out, BodyFormat::Form).unwrap();
+        let event = decode(&out, Format::Form).unwrap();
         assert!(event.auth.application_token.is_empty());
         assert!(event.auth.refresh_token.as_ref().is_none_or(|t| t.is_empty()));
         assert_eq!(event.auth.user.as_ref().map(|u| u.access_token.expose()), Some("AT-1"));
-        let mut expected = tree(FORM.as_bytes(), BodyFormat::Form);
+        let mut expected = tree(FORM.as_bytes(), Format::Form);
         blank_tree(&mut expected);
-        assert_eq!(tree(&out, BodyFormat::Form), expected);
+        assert_eq!(tree(&out, Format::Form), expected);
     }
 
     #[test]
@@ -194,15 +194,15 @@ mod tests {
             ("auth%00[refresh_token]=x", false),
             ("xauth[refresh_token]=x", false),
         ] {
-            let (out, _) = without_secrets(Bytes::from(body), BodyFormat::Form);
+            let (out, _) = without_secrets(Bytes::from(body), Format::Form);
             assert_eq!(out.ends_with(b"=x"), !secret, "{body}: {}", String::from_utf8_lossy(&out));
         }
         // Bytes after a NUL are not read by PHP and stay; nothing else changes without secrets.
         let body = Bytes::from_static(b"event=E&auth[refresh_token]=r\0&auth[application_token]=a");
-        let (out, _) = without_secrets(body, BodyFormat::Form);
+        let (out, _) = without_secrets(body, Format::Form);
         assert_eq!(&out[..], b"event=E&auth[refresh_token]=\0&auth[application_token]=a");
         let plain = Bytes::from_static(b"event=E&data[x]=1&&auth[member_id]=m");
-        assert_eq!(without_secrets(plain.clone(), BodyFormat::Form).0, plain);
+        assert_eq!(without_secrets(plain.clone(), Format::Form).0, plain);
     }
 
     proptest::proptest! {
@@ -219,11 +219,11 @@ mod tests {
             )
         ) {
             let body = Bytes::from(parts.concat());
-            let (out, format) = without_secrets(body.clone(), BodyFormat::Form);
-            proptest::prop_assert_eq!(format, BodyFormat::Form);
-            let mut expected = tree(&body, BodyFormat::Form);
+            let (out, format) = without_secrets(body.clone(), Format::Form);
+            proptest::prop_assert_eq!(format, Format::Form);
+            let mut expected = tree(&body, Format::Form);
             blank_tree(&mut expected);
-            proptest::prop_assert_eq!(tree(&out, BodyFormat::Form), expected);
+            proptest::prop_assert_eq!(tree(&out, Format::Form), expected);
         }
     }
 
@@ -231,20 +231,20 @@ mod tests {
     fn a_json_body_becomes_the_same_tree_as_a_form_without_the_secrets() {
         let json = r#"{"event":"ONAPPINSTALL","data":{"VERSION":"1","LIST":["a","b"]},
             "auth":{"access_token":"ACC-1","refresh_token":"REF-2","application_token":"TOK-3","member_id":"m"}}"#;
-        let (out, format) = without_secrets(Bytes::from(json), BodyFormat::Json);
-        assert_eq!(format, BodyFormat::Form);
+        let (out, format) = without_secrets(Bytes::from(json), Format::Json);
+        assert_eq!(format, Format::Form);
         let text = std::str::from_utf8(&out).unwrap();
         assert!(
             !text.contains("REF-2") && !text.contains("TOK-3") && text.contains("ACC-1"),
             "{text}"
         );
-        let mut expected = tree(json.as_bytes(), BodyFormat::Json);
+        let mut expected = tree(json.as_bytes(), Format::Json);
         blank_tree(&mut expected);
-        assert_eq!(tree(&out, BodyFormat::Form), expected);
+        assert_eq!(tree(&out, Format::Form), expected);
         // The JSON decoder applies PHP's form limits (64 levels, 1000 variables): what it
         // drops, the form drops too.
         let deep = format!("{{\"event\":\"E\",\"data\":{}1{}}}", "[".repeat(70), "]".repeat(70));
-        let (out, format) = without_secrets(Bytes::from(deep.clone()), BodyFormat::Json);
-        assert_eq!(tree(&out, format), tree(deep.as_bytes(), BodyFormat::Json));
+        let (out, format) = without_secrets(Bytes::from(deep.clone()), Format::Json);
+        assert_eq!(tree(&out, format), tree(deep.as_bytes(), Format::Json));
     }
 }

@@ -115,6 +115,11 @@ const ACTIONS: [(&str, Action); 4] = [
 
 /// The family's default entity id (see [`FAMILIES`]) and the action of a user-field event code
 /// (upper-case), or `None` for other codes.
+/// Whether `code` (upper-case) is one of the user-field events (`ONCRM<family>USERFIELD<action>`).
+pub fn is_user_field_code(code: &str) -> bool {
+    classify(code).is_some()
+}
+
 fn classify(code: &str) -> Option<(&'static str, Action)> {
     let rest = code.strip_prefix("ONCRM")?;
     let (family, rest) =

@@ -32,12 +32,9 @@ use super::{
     pause::{self, Breaker},
 };
 use crate::{
-    call::CallError,
+    call::{CallError, Envelope},
     config::{MAX_WINDOW, PluginConfig, RetryConfig},
-    journal::{
-        Consumer, DeadLetter, Delivery, Envelope, Pending, Reporter, Stopper, admin::Attempt,
-        now_ms, record::Format,
-    },
+    journal::{Consumer, DeadLetter, Delivery, Pending, Reporter, Stopper, admin::Attempt, now_ms},
     metrics::{Metrics, PluginLabel},
     rest::{self, EventContext, context::LimitNote},
     route::Route,
@@ -56,11 +53,15 @@ const BATCH: usize = READ_AHEAD;
 /// when a Bitrix24 limit held the event's REST calls, if one did.
 type Made = (Result<Outcome, CallError>, Duration, Option<i64>);
 
+/// A delivery as read from the journal: its envelope (not decoded yet) and pending state.
+fn open(delivery: Delivery) -> Opened {
+    Opened { envelope: Envelope::new(delivery.id, delivery.record), pending: delivery.pending }
+}
+
 /// A delivery read from the journal, before its attempts.
 struct Opened {
     envelope: Envelope,
     pending: Pending,
-    format: Format,
 }
 
 /// How often a lane waiting out a back-off checks whether its plugin was disabled.
@@ -266,8 +267,7 @@ impl Worker {
                     // event.
                     let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
                     let Some(delivery) = next else { return };
-                    let Some(opened) = self.open(delivery, lanes) else { continue };
-                    opened
+                    open(delivery)
                 }
             };
             let limit = self.instance().runner().map(|r| r.batch_limit().unwrap_or(BATCH));
@@ -283,8 +283,7 @@ impl Worker {
                             let Ok(mut queue) = receiver.try_lock() else { break };
                             let Ok(delivery) = queue.try_recv() else { break };
                             drop(queue);
-                            let Some(opened) = self.open(delivery, lanes) else { continue };
-                            opened
+                            open(delivery)
                         }
                     };
                     if !self.batchable(&next, lanes) {
@@ -307,21 +306,6 @@ impl Worker {
         }
     }
 
-    /// Opens a delivery; one that cannot be read becomes a dead letter (`None`).
-    fn open(&self, delivery: Delivery, lanes: &Lanes) -> Option<Opened> {
-        let id = delivery.id;
-        let format = delivery.format();
-        match delivery.open() {
-            Ok((envelope, pending)) => Some(Opened { envelope, pending, format }),
-            Err(dead) => {
-                tracing::error!(plugin = %self.name, event_id = id, reason = %dead.reason, "moved to the plugin's dead letters");
-                lanes.reporter.bury(id, dead);
-                self.metrics.dead_letters.get_or_create(&self.label()).inc();
-                None
-            }
-        }
-    }
-
     /// Whether an event can go in a batch: due now, for this plugin, not skipped, not paused,
     /// and delivery goes on. Anything else takes the one-event path.
     fn batchable(&self, opened: &Opened, lanes: &Lanes) -> bool {
@@ -329,22 +313,39 @@ impl Worker {
             && !lanes.stopping()
             && !lanes.reporter.is_paused()
             && !lanes.reporter.is_skipped(opened.envelope.id)
-            && self.route().matches(&opened.envelope.event)
+            && self.wants(&opened.envelope)
+            && self.instance().runner().is_none_or(|r| r.prepare(&opened.envelope).is_ok())
+    }
+
+    /// Whether the plugin's route takes the event, from its record's metadata; decoded only
+    /// for a record journaled before the metadata named the field, when the route filters by
+    /// entity or field.
+    fn wants(&self, envelope: &Envelope) -> bool {
+        let route = self.route();
+        let meta = envelope.meta();
+        match &meta.user_field {
+            Some((entity, field)) => route.matches_parts(&meta.code, Some((entity, field))),
+            None if route.filters_fields() && crate::decode::is_user_field_code(&meta.code) => {
+                // A body that no longer decodes is the call's to reject (a dead letter).
+                envelope.event().map_or(true, |event| route.matches(event))
+            }
+            None => route.matches_parts(&meta.code, None),
+        }
     }
 
     /// Delivers one event in its span; `first` is the outcome of its first attempt when a
     /// batch made it.
     fn deliver_opened(&self, opened: Opened, lanes: &Lanes, index: usize, first: Option<Made>) {
-        let Opened { envelope, pending, format } = opened;
+        let Opened { envelope, pending } = opened;
         let span = tracing::info_span!(
             "deliver",
             plugin = %self.name,
             event_id = envelope.id,
-            member_id = %envelope.event.auth.member_id,
-            code = %envelope.event.code,
+            member_id = %envelope.meta().member_id,
+            code = %envelope.meta().code,
         );
         let _entered = span.enter();
-        self.deliver(&envelope, format, &pending, lanes, &lanes.lanes[index], first);
+        self.deliver(&envelope, &pending, lanes, &lanes.lanes[index], first);
     }
 
     /// Sends `batch` (due now, in order) to the runner in one frame. Each answered event is
@@ -362,9 +363,8 @@ impl Worker {
             .iter()
             .map(|o| BatchItem {
                 envelope: &o.envelope,
-                format: o.format,
                 attempt: o.pending.attempts + 1,
-                context: Arc::new(EventContext::of(&o.envelope.event)),
+                context: Arc::new(EventContext::of_record(&o.envelope.record)),
             })
             .collect();
         // What a Bitrix24 limit did to each event's REST calls, read once its call ended.
@@ -505,7 +505,6 @@ impl Worker {
     fn deliver(
         &self,
         envelope: &Envelope,
-        format: Format,
         pending: &Pending,
         lanes: &Lanes,
         lane: &Lane,
@@ -513,7 +512,7 @@ impl Worker {
     ) {
         let reporter = &lanes.reporter;
         let id = envelope.id;
-        if first.is_none() && !self.route().matches(&envelope.event) {
+        if first.is_none() && !self.wants(envelope) {
             reporter.complete(id);
             return;
         }
@@ -547,11 +546,10 @@ impl Worker {
             let (result, elapsed, held) = match made {
                 Some(made) => made,
                 None => {
-                    let context = Arc::new(EventContext::of(&envelope.event));
+                    let context = Arc::new(EventContext::of_record(&envelope.record));
                     let note = context.limit.clone();
                     let started = Instant::now();
-                    let result =
-                        self.call(envelope, format, attempt, context, &config, lanes, lane);
+                    let result = self.call(envelope, attempt, context, &config, lanes, lane);
                     (result, started.elapsed(), note.until())
                 }
             };
@@ -759,7 +757,6 @@ impl Worker {
     fn call(
         &self,
         envelope: &Envelope,
-        format: Format,
         attempt: u32,
         context: Arc<EventContext>,
         config: &PluginConfig,
@@ -771,7 +768,7 @@ impl Worker {
         if let Some(target) = instance.target() {
             // One request at a time on this lane: the plugin's order holds.
             lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
-            let result = target.call(envelope, format, attempt, &|| lanes.stopping());
+            let result = target.call(envelope, attempt, &|| lanes.stopping());
             lane.busy_since.store(0, Ordering::Relaxed);
             if started.elapsed() > config.timeout {
                 self.degraded(&instance, "the call has ended");
@@ -784,14 +781,16 @@ impl Worker {
             // Process isolation: the runner decodes and calls; REST calls it makes come back to
             // this thread, inside the event's context. The call's clock starts when it is sent:
             // waiting for a runner to restart is not the plugin's time (nor kill_after_ms's).
+            (Some(runner), _) if let Err(reason) = runner.prepare(envelope) => {
+                Err(CallError::Plugin(PluginError::reject(reason)))
+            }
             (Some(runner), _) => rest::context::with(context, || {
                 let sent = || {
                     started = Instant::now();
                     lane.event.store(envelope.id, Ordering::Relaxed);
                     lane.busy_since.store(lanes.micros(), Ordering::Relaxed);
                 };
-                let result =
-                    runner.call(lane.index, envelope, format, attempt, &|| lanes.stopping(), sent);
+                let result = runner.call(lane.index, envelope, attempt, &|| lanes.stopping(), sent);
                 lane.event.store(0, Ordering::Relaxed);
                 result
             }),

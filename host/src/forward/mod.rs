@@ -30,15 +30,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use b24_plugin_api::Outcome;
+use b24_plugin_api::{Outcome, PluginError};
 use bytes::Bytes;
 
 use crate::{
     auth::Verifier,
-    call::CallError,
+    call::{CallError, Envelope},
     config::{ForwardFormat, HttpConfig},
-    decode::{self, BodyFormat},
-    journal::{Envelope, now_ms, record::Format},
+    decode::{self, Format},
+    journal::now_ms,
     runner::lines::EventJson,
 };
 use sign::SigningKey;
@@ -109,21 +109,22 @@ impl HttpTarget {
     }
 
     /// The request body and its content type for `envelope`.
-    fn body(&self, envelope: &Envelope, format: Format, attempt: u32) -> (Bytes, &'static str) {
+    fn body(&self, envelope: &Envelope, attempt: u32) -> (Bytes, &'static str) {
+        let record = &envelope.record;
         match self.format {
             ForwardFormat::Json => {
                 let id = envelope.id.to_string();
-                let object = self.json.object(&id, envelope, format, attempt);
+                let object = self.json.object(&id, envelope, attempt);
                 (Bytes::from(object), "application/json")
             }
             ForwardFormat::Form => {
-                let token = self.tokens.application_token(&envelope.event.auth.member_id);
+                let token = self.tokens.application_token(&record.meta.member_id);
                 let token = token.as_ref().map(|t| t.expose()).unwrap_or("");
-                let form = match format {
-                    Format::Form => decode::strip::with_application_token(&envelope.raw, token),
+                let form = match record.meta.format {
+                    Format::Form => decode::strip::with_application_token(&record.raw, token),
                     // Kept as JSON (it did not read back as a form): its tree as a form.
                     Format::Json => {
-                        let mut tree = decode::decode_tree(&envelope.raw, BodyFormat::Json)
+                        let mut tree = decode::decode_tree(&record.raw, Format::Json)
                             .map(|p| p.map)
                             .unwrap_or_default();
                         decode::strip::blank_tree(&mut tree);
@@ -141,11 +142,15 @@ impl HttpTarget {
     pub fn call(
         &self,
         envelope: &Envelope,
-        format: Format,
         attempt: u32,
         stop: &dyn Fn() -> bool,
     ) -> Result<Outcome, CallError> {
-        let (body, content_type) = self.body(envelope, format, attempt);
+        if self.format == ForwardFormat::Json
+            && let Err(reason) = self.json.of(envelope)
+        {
+            return Err(CallError::Plugin(PluginError::reject(reason)));
+        }
+        let (body, content_type) = self.body(envelope, attempt);
         let id = envelope.id.to_string();
         let timestamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

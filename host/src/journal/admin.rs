@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{DeadLetter, Format, Pending};
-use crate::decode;
+use super::record::{DeadLetter, EventRecord, Format, Pending};
 
 /// The reason of a dead letter that `journal skip` made.
 pub const SKIPPED: &str = "skipped by an operator";
@@ -210,7 +209,9 @@ pub struct EventSummary {
 pub struct EventDetail {
     /// The summary.
     pub summary: EventSummary,
-    /// The decoded event with every token redacted.
+    /// The decoded event with every token redacted: filled where the detail is shown
+    /// (`operations::show`), since the journal does not decode; `null` until then.
+    #[serde(default)]
     pub decoded: serde_json::Value,
     /// Per plugin still pending: attempts and last error.
     pub pending_state: BTreeMap<String, Pending>,
@@ -222,6 +223,10 @@ pub struct EventDetail {
     /// The raw body as received, every token and secret replaced by `<redacted>`.
     #[serde(default)]
     pub raw_redacted: String,
+    /// The record itself, for [`EventDetail::decoded`] (never sent: the body has tokens a
+    /// detail shows only redacted); `None` when it fails its checksum.
+    #[serde(skip)]
+    pub record: Option<EventRecord>,
 }
 
 /// One dead letter.
@@ -259,32 +264,6 @@ impl Skipped {
         not_pending.dedup();
         Skipped { plugin: plugin.to_owned(), skipped, not_pending }
     }
-}
-
-/// The decoded event as JSON, tokens replaced by `<redacted>`.
-pub fn redacted(event: &decode::Decoded) -> serde_json::Value {
-    let auth = &event.auth;
-    let hidden = |present: bool| {
-        if present { serde_json::json!("<redacted>") } else { serde_json::Value::Null }
-    };
-    serde_json::json!({
-        "event": event.code,
-        "event_handler_id": event.handler_id,
-        "ts": event.ts,
-        "data": event.data.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
-        "auth": {
-            "member_id": auth.member_id,
-            "domain": auth.domain,
-            "client_endpoint": auth.client_endpoint,
-            "server_endpoint": auth.server_endpoint,
-            "status": auth.status,
-            "application_token": hidden(!auth.application_token.is_empty()),
-            "user_id": auth.user.as_ref().map(|u| u.user_id.map_or(serde_json::json!("unknown"), |id| serde_json::json!(id))),
-            "scope": auth.user.as_ref().map(|u| u.scope.clone()),
-            "access_token": hidden(auth.user.is_some()),
-            "refresh_token": hidden(auth.refresh_token.is_some()),
-        },
-    })
 }
 
 /// What stands in for a secret in a redacted body.

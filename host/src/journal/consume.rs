@@ -4,13 +4,12 @@
 use std::{sync::Arc, time::Duration};
 
 use super::{
-    DeadLetter, Envelope, EventRecord, Pause, Pending, State, StoreError, admin, embedded, nats,
-    now_ms, pause, record,
+    DeadLetter, EventRecord, Pause, Pending, State, StoreError, admin, embedded, nats, pause,
 };
-use crate::decode;
 
-/// One event for one plugin, as the journal holds it: [`Delivery::open`] decodes it. Decoding
-/// is left to the plugin's delivery thread, off the async threads that serve HTTP.
+/// One event for one plugin, as the journal holds it: the stored record and the plugin's
+/// pending state. The journal never decodes it: the plugin's delivery does (`call::Envelope`),
+/// in the host only for an in-process or exec plugin, in the runner for one in a runner.
 #[derive(Debug)]
 pub struct Delivery {
     /// The journal's id for the event.
@@ -18,39 +17,8 @@ pub struct Delivery {
     /// The plugin's pending state of the event as read: attempts already made (before a
     /// restart, too), when the next one is due, crashes counted so far.
     pub pending: Pending,
-    pub(super) record: EventRecord,
-}
-
-impl Delivery {
-    /// The event as plugins get it, with its pending state (attempts, next attempt time,
-    /// crashes), or why it cannot be delivered (its journaled body no longer decodes: a dead
-    /// letter).
-    pub fn open(self) -> Result<(Envelope, Pending), DeadLetter> {
-        let Delivery { id, pending, record } = self;
-        match decode::decode(&record.raw, record.meta.format.into()) {
-            Ok(event) => Ok((
-                Envelope {
-                    id,
-                    received_at_ms: record.meta.received_at_ms,
-                    raw: record.raw,
-                    event,
-                    source: record.meta.source,
-                    extra: record.meta.extra,
-                },
-                pending,
-            )),
-            Err(e) => Err(DeadLetter {
-                reason: format!("cannot decode the journaled body: {e}"),
-                attempts: pending.attempts,
-                at_ms: now_ms(),
-            }),
-        }
-    }
-
-    /// How the journaled body is encoded (a runner decodes it again on its side).
-    pub fn format(&self) -> record::Format {
-        self.record.meta.format
-    }
+    /// The event as journaled.
+    pub record: EventRecord,
 }
 
 /// One plugin's view of the journal: its pending events in id order, then new ones as they

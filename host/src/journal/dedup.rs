@@ -13,52 +13,10 @@
 //! first install, however alike the two are; a repeat within one cycle still is.
 //!
 //! The key is backend-neutral (it depends only on the event, so every host computes the same
-//! one); keeping the window is the backend's (`embedded::window` for the embedded one).
+//! one): `decode::record` computes it when the record is built; keeping the window is the
+//! backend's (`embedded::window` for the embedded one).
 
-use sha2::{Digest, Sha256};
-
-use crate::decode::Decoded;
-
-/// A duplicate-suppression key.
-pub type DedupKey = [u8; 16];
-
-/// The key of `event`.
-pub fn key(event: &Decoded) -> DedupKey {
-    let mut hash = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        hash.update((bytes.len() as u64).to_le_bytes());
-        hash.update(bytes);
-    };
-    field(event.auth.member_id.as_bytes());
-    field(event.code.as_bytes());
-    field(event.ts.map(|ts| ts.to_string()).unwrap_or_default().as_bytes());
-    for (k, v) in &event.data {
-        field(k.as_bytes());
-        field(v.as_bytes());
-    }
-    let digest = hash.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
-}
-
-/// A key over arbitrary parts (each length-prefixed, so parts cannot run into each other).
-pub fn key_of(parts: &[&[u8]]) -> DedupKey {
-    let mut hash = Sha256::new();
-    for part in parts {
-        hash.update((part.len() as u64).to_le_bytes());
-        hash.update(part);
-    }
-    let digest = hash.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
-}
-
-/// Lower-case hex of a key.
-pub fn hex(key: &DedupKey) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::record::{DedupKey, hex, key_of};
 
 /// Parses [`hex`] output.
 pub fn from_hex(text: &str) -> Option<DedupKey> {

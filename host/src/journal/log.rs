@@ -4,38 +4,12 @@
 
 use std::sync::Arc;
 
-use b24_plugin_api::Secret;
-use bytes::Bytes;
-
 use super::{
-    Appended, Backend, Consumer, EventMeta, EventRecord, Pending, Source, State, StoreError,
+    Appended, Backend, Consumer, EventRecord, Pending, PortalChange, State, StoreError,
     consume::{ConsumerBackend, PauseHandle},
-    dedup, now_ms,
+    dedup::DedupKey,
 };
-use crate::decode::{BodyFormat, Decoded};
 
-fn record(
-    raw: Bytes,
-    format: BodyFormat,
-    event: &Decoded,
-    source: Source,
-    key: &dedup::DedupKey,
-    extra: Vec<(String, String)>,
-) -> EventRecord {
-    EventRecord {
-        meta: EventMeta {
-            received_at_ms: now_ms(),
-            format: format.into(),
-            source,
-            code: event.code.clone(),
-            member_id: event.auth.member_id.clone(),
-            domain: event.auth.domain.clone(),
-            dedup_key: dedup::hex(key),
-            extra,
-        },
-        raw,
-    }
-}
 /// The event log, whichever backend holds it.
 #[derive(Clone)]
 pub struct Log {
@@ -45,37 +19,35 @@ pub struct Log {
 }
 
 impl Log {
-    /// Journals `event` (received as `raw` in `format`) for `plugins`, with an optional token
-    /// change, durably. Returns once it is durable, or says it was a duplicate.
+    /// Journals `record` (built once by ingress: `decode::record`) under its duplicate key
+    /// `key` for `plugins`, with what it changes of its portal's state (written with it),
+    /// durably. Returns once it is
+    /// durable, or says it was a duplicate.
     pub async fn append(
         &self,
-        raw: Bytes,
-        format: BodyFormat,
-        event: &Decoded,
+        record: EventRecord,
+        key: DedupKey,
         plugins: Vec<Arc<str>>,
-        token: Option<(String, Option<Secret>)>,
+        change: Option<PortalChange>,
     ) -> Result<Appended, StoreError> {
-        let key = dedup::key(event);
-        let record = Box::new(record(raw, format, event, Source::Online, &key, Vec::new()));
+        let record = Box::new(record);
+        let change = change.filter(|c| !c.is_empty());
         match &self.backend {
-            Backend::Embedded(j) => j.append(record, key, plugins, token, false).await,
-            Backend::Nats(j) => j.append(record, key, plugins, token, false).await,
+            Backend::Embedded(j) => j.append(record, key, plugins, change, false).await,
+            Backend::Nats(j) => j.append(record, key, plugins, change, false).await,
         }
     }
 
-    /// Journals a row pulled from a portal's offline queue (`raw` is its JSON payload), keyed by
-    /// `row_key` (the row's message id and state): the same row pulled again after a crash is
-    /// a duplicate however long ago the first pull was.
+    /// Journals a row pulled from a portal's offline queue (the record's body is its JSON
+    /// payload), keyed by the row's message id and state (`offline::row_key`): the same row
+    /// pulled again after a crash is a duplicate however long ago the first pull was.
     pub async fn append_offline(
         &self,
-        raw: Bytes,
-        event: &Decoded,
+        record: EventRecord,
+        key: DedupKey,
         plugins: Vec<Arc<str>>,
-        row_key: &str,
-        extra: Vec<(String, String)>,
     ) -> Result<Appended, StoreError> {
-        let key = dedup::key_of(&[b"offline", event.auth.member_id.as_bytes(), row_key.as_bytes()]);
-        let record = Box::new(record(raw, BodyFormat::Json, event, Source::Offline, &key, extra));
+        let record = Box::new(record);
         match &self.backend {
             Backend::Embedded(j) => j.append(record, key, plugins, None, true).await,
             Backend::Nats(j) => j.append(record, key, plugins, None, true).await,

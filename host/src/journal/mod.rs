@@ -44,12 +44,7 @@ mod state;
 
 use std::{path::Path, sync::Arc};
 
-use bytes::Bytes;
-
-use crate::{
-    config::{JournalBackend, JournalConfig},
-    decode::Decoded,
-};
+use crate::config::{JournalBackend, JournalConfig};
 pub use admin::Selection;
 pub use consume::{Consumer, Delivery, Reporter, Stopper};
 pub use error::StoreError;
@@ -59,21 +54,40 @@ pub use pause::Pause;
 pub use record::{DeadLetter, EventMeta, EventRecord, Pending, Source};
 pub use state::{Held, State, TokenChanges};
 
-/// An accepted event as it travels to a plugin.
-#[derive(Debug)]
-pub struct Envelope {
-    /// The journal's id for the event: stable across retries and restarts.
-    pub id: u64,
-    /// When the host accepted it, in milliseconds since the Unix epoch.
-    pub received_at_ms: i64,
-    /// The body exactly as received (for offline rows, the JSON payload built from the row).
-    pub raw: Bytes,
-    /// The decoded event.
-    pub event: Decoded,
-    /// Where it came from.
-    pub source: Source,
-    /// Further delivery facts for the plugins (offline rows: `message_id`, `user_id`).
-    pub extra: Vec<(String, String)>,
+/// What an accepted event changes of its portal's stored state, written with the event: in
+/// the same transaction on the embedded backend (so a 200 never leaves an install's pair
+/// unstored, nor a stored pair without its event); on NATS each entry is stored before the
+/// event is published.
+#[derive(Default)]
+pub struct PortalChange {
+    /// The portal.
+    pub member_id: String,
+    /// An application token to remember (`Some(Some)`) or forget (`Some(None)`).
+    pub token: Option<Option<b24_plugin_api::Secret>>,
+    /// The portal's stored install to write (`rest`'s bytes: an install's or update's OAuth
+    /// pair, or an uninstall's mark).
+    pub oauth: Option<Vec<u8>>,
+}
+
+impl PortalChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.token.is_none() && self.oauth.is_none()
+    }
+}
+
+/// The tokens never show.
+impl std::fmt::Debug for PortalChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortalChange")
+            .field("member_id", &self.member_id)
+            .field(
+                "token",
+                &self.token.as_ref().map(|t| if t.is_some() { "learn" } else { "forget" }),
+            )
+            .field("oauth", &self.oauth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// How an append ended.

@@ -2,102 +2,25 @@
 //! letter. Each is JSON metadata; an event record is followed by the raw body. Stored, each is
 //! sealed with a checksum ([`super::checksum`]) and checked when read back.
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::checksum::{self, Damage};
-use crate::decode::BodyFormat;
+pub use crate::record::{EventMeta, EventRecord, Format, Source};
 
-/// Where an event came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// POSTed to the host.
-    Online,
-    /// Pulled from the portal's offline-event queue.
-    Offline,
+/// How the journal stores an event record: sealed with its checksum under its id.
+pub trait Sealed: Sized {
+    /// The record as stored under event `id`: its encoding sealed with its checksum.
+    fn seal(&self, id: u64) -> Vec<u8>;
+    /// Only the metadata of the record stored under event `id`, checked against its
+    /// checksum (the body is not copied): what a listing needs.
+    fn unseal_meta(id: u64, stored: &[u8]) -> Result<EventMeta, Damage>;
+    /// The record stored under event `id`, checked against its checksum.
+    fn unseal(id: u64, stored: &[u8]) -> Result<Self, Damage>;
 }
 
-/// An accepted event as journaled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventMeta {
-    /// When the host accepted it, in milliseconds since the Unix epoch.
-    pub received_at_ms: i64,
-    /// `form` or `json`.
-    pub format: Format,
-    /// Where it came from.
-    pub source: Source,
-    /// The event code, upper-case.
-    pub code: String,
-    /// The portal.
-    pub member_id: String,
-    /// The portal's domain at the time.
-    pub domain: String,
-    /// The duplicate-suppression key, hex.
-    pub dedup_key: String,
-    /// Further facts for the plugins' delivery info (offline rows: `message_id`, `user_id`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra: Vec<(String, String)>,
-}
-
-/// The body's encoding, as journaled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    /// `application/x-www-form-urlencoded`
-    Form,
-    /// `application/json`
-    Json,
-}
-
-impl From<BodyFormat> for Format {
-    fn from(format: BodyFormat) -> Format {
-        match format {
-            BodyFormat::Form => Format::Form,
-            BodyFormat::Json => Format::Json,
-        }
-    }
-}
-
-impl From<Format> for BodyFormat {
-    fn from(format: Format) -> BodyFormat {
-        match format {
-            Format::Form => BodyFormat::Form,
-            Format::Json => BodyFormat::Json,
-        }
-    }
-}
-
-/// An event record: its metadata and the body exactly as received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRecord {
-    /// The metadata.
-    pub meta: EventMeta,
-    /// The raw body.
-    pub raw: Bytes,
-}
-
-impl EventRecord {
-    /// `[u32 LE length of meta][meta JSON][raw body]`.
-    pub fn encode(&self) -> Vec<u8> {
-        let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
-        let mut out = Vec::with_capacity(4 + meta.len() + self.raw.len());
-        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-        out.extend_from_slice(&meta);
-        out.extend_from_slice(&self.raw);
-        out
-    }
-
-    /// The inverse of [`EventRecord::encode`]; `None` for a damaged record.
-    pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
-        let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-        let meta = serde_json::from_slice(bytes.get(4..4 + len)?).ok()?;
-        let raw = Bytes::copy_from_slice(bytes.get(4 + len..)?);
-        Some(EventRecord { meta, raw })
-    }
-
+impl Sealed for EventRecord {
     /// The record as stored under event `id`: [`EventRecord::encode`] sealed with its checksum.
-    pub fn seal(&self, id: u64) -> Vec<u8> {
+    fn seal(&self, id: u64) -> Vec<u8> {
         let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
         checksum::seal_with(&checksum::event_key(id), 4 + meta.len() + self.raw.len(), |out| {
             out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
@@ -108,7 +31,7 @@ impl EventRecord {
 
     /// Only the metadata of the record stored under event `id`, checked against its checksum
     /// (the body is not copied): what a listing needs.
-    pub fn unseal_meta(id: u64, stored: &[u8]) -> Result<EventMeta, Damage> {
+    fn unseal_meta(id: u64, stored: &[u8]) -> Result<EventMeta, Damage> {
         let body = checksum::unseal(&checksum::event_key(id), stored)?;
         let len = body
             .get(..4)
@@ -120,7 +43,7 @@ impl EventRecord {
     }
 
     /// The record stored under event `id`, checked against its checksum.
-    pub fn unseal(id: u64, stored: &[u8]) -> Result<EventRecord, Damage> {
+    fn unseal(id: u64, stored: &[u8]) -> Result<Self, Damage> {
         let body = checksum::unseal(&checksum::event_key(id), stored)?;
         EventRecord::decode(body).ok_or(Damage::Unreadable)
     }

@@ -5,14 +5,18 @@
 use std::{
     cell::RefCell,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicI64, Ordering},
     },
 };
 
 use b24_plugin_api::Secret;
+use bytes::Bytes;
 
-use crate::decode::Decoded;
+use crate::{
+    decode::{self, Decoded},
+    record::{EventRecord, Format},
+};
 
 /// The portal and credentials of the event being handled.
 #[derive(Debug, Clone)]
@@ -27,6 +31,9 @@ pub struct EventContext {
     pub server_endpoint: Option<String>,
     /// The acting user's access token, when a user caused the event.
     pub user_token: Option<Secret>,
+    /// The event's body, when the endpoints and token above are read from it only once a
+    /// REST call needs them ([`EventContext::of_record`]).
+    pub deferred: Deferred,
     /// Set by the REST client when a Bitrix24 limit refused one of this event's calls: the
     /// worker delivers the event again once it lifts, without using an attempt.
     pub limit: LimitNote,
@@ -59,6 +66,7 @@ impl EventContext {
             client_endpoint: None,
             server_endpoint: None,
             user_token: None,
+            deferred: Deferred::default(),
             limit: LimitNote::default(),
         }
     }
@@ -71,8 +79,81 @@ impl EventContext {
             client_endpoint: event.auth.client_endpoint.clone(),
             server_endpoint: event.auth.server_endpoint.clone(),
             user_token: event.auth.user.as_ref().map(|u| u.access_token.clone()),
+            deferred: Deferred::default(),
             limit: LimitNote::default(),
         }
+    }
+
+    /// The context of the event journaled as `record`, without decoding its body: the
+    /// endpoints and the user's token are read from it when a REST call first asks
+    /// ([`EventContext::user_token`], [`EventContext::client_endpoint`]). Most events make no
+    /// REST call; a plugin in a runner has its body decoded there, not here.
+    pub fn of_record(record: &EventRecord) -> EventContext {
+        EventContext {
+            member_id: record.meta.member_id.clone(),
+            domain: record.meta.domain.clone(),
+            client_endpoint: None,
+            server_endpoint: None,
+            user_token: None,
+            deferred: Deferred {
+                body: Some((record.raw.clone(), record.meta.format)),
+                auth: Arc::default(),
+            },
+            limit: LimitNote::default(),
+        }
+    }
+
+    /// The acting user's access token, when a user caused the event.
+    pub fn user_token(&self) -> Option<&Secret> {
+        self.user_token.as_ref().or_else(|| self.deferred.auth().user_token.as_ref())
+    }
+
+    /// The REST base URL the event names (`auth[client_endpoint]`).
+    pub fn client_endpoint(&self) -> Option<&String> {
+        self.client_endpoint.as_ref().or_else(|| self.deferred.auth().client_endpoint.as_ref())
+    }
+
+    /// The OAuth server the event names (`auth[server_endpoint]`).
+    pub fn server_endpoint(&self) -> Option<&String> {
+        self.server_endpoint.as_ref().or_else(|| self.deferred.auth().server_endpoint.as_ref())
+    }
+}
+
+/// What [`EventContext::of_record`] reads from the body when first asked.
+#[derive(Default)]
+struct DeferredAuth {
+    client_endpoint: Option<String>,
+    server_endpoint: Option<String>,
+    user_token: Option<Secret>,
+}
+
+/// An event body to read [`DeferredAuth`] from, once.
+#[derive(Clone, Default)]
+pub struct Deferred {
+    body: Option<(Bytes, Format)>,
+    auth: Arc<OnceLock<DeferredAuth>>,
+}
+
+impl Deferred {
+    fn auth(&self) -> &DeferredAuth {
+        self.auth.get_or_init(|| {
+            let Some((raw, format)) = &self.body else { return DeferredAuth::default() };
+            match decode::decode(raw, *format) {
+                Ok(event) => DeferredAuth {
+                    client_endpoint: event.auth.client_endpoint,
+                    server_endpoint: event.auth.server_endpoint,
+                    user_token: event.auth.user.map(|u| u.access_token),
+                },
+                Err(_) => DeferredAuth::default(),
+            }
+        })
+    }
+}
+
+/// The body holds tokens: it never shows.
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.body.is_some() { "<the event's body>" } else { "-" })
     }
 }
 

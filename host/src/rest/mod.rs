@@ -229,8 +229,8 @@ impl RestClient {
         let mut out = Vec::new();
         let stored = self.stored(&ctx.member_id).await?;
         let installed_at = stored.as_ref().and_then(|t| t.client_endpoint.clone());
-        if let Some(token) = &ctx.user_token
-            && let Some(endpoint) = installed_at.clone().or_else(|| ctx.client_endpoint.clone())
+        if let Some(token) = ctx.user_token()
+            && let Some(endpoint) = installed_at.clone().or_else(|| ctx.client_endpoint().cloned())
         {
             out.push(Credential::Token { token: token.clone(), endpoint, stored: false });
         }
@@ -304,6 +304,12 @@ impl RestClient {
     ) -> Result<(), crate::journal::StoreError> {
         let _one_at_a_time = self.refreshing.lock().await;
         self.journal.save_oauth(member_id, Stored::Tokens(tokens.clone()).to_bytes()).await
+    }
+
+    /// Holds off the portals' token refreshes while the caller writes a stored install
+    /// through the journal itself (an install's pair, written with its event: see ingress).
+    pub async fn hold_refreshes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.refreshing.lock().await
     }
 
     /// Forgets the portal's pair (a verified `ONAPPUNINSTALL`): from now on nothing is

@@ -221,7 +221,7 @@ pub struct RefreshAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{BodyFormat, decode};
+    use crate::decode::{Format, decode};
 
     fn event(code: &str, endpoint: &str) -> Decoded {
         let body = format!(
@@ -230,7 +230,7 @@ mod tests {
              &auth[server_endpoint]=https://oauth.bitrix.info/rest/&auth[member_id]=m\
              &auth[user_id]=7&auth[application_token]=app"
         );
-        decode(body.as_bytes(), BodyFormat::Form).unwrap()
+        decode(body.as_bytes(), Format::Form).unwrap()
     }
 
     #[test]

@@ -34,17 +34,16 @@ use b24_plugin_api::{
     ErrorKind, HostServices, HostServices_TO, LogLevel, Outcome, PluginError, RestError,
     RestErrorKind,
 };
-use bytes::Bytes;
 
-use super::protocol::{FromRunner, RUNNER_FD, ToRunner, WireError, read_frame, write_frame};
+use super::{
+    group::{die_with_the_host, end_group},
+    protocol::{FromRunner, RUNNER_FD, ToRunner, WireError, read_frame, write_frame},
+};
 use crate::{
-    call::Local,
+    call::{Envelope, Local},
     config::PluginLogLimits,
-    journal::{
-        Envelope,
-        record::{Format, Source},
-    },
     plugin_output::{Bucket, clip},
+    record::EventRecord,
 };
 
 /// The write half of the socket, shared by the lanes and the host services.
@@ -138,11 +137,8 @@ struct Call {
     call: u64,
     id: u64,
     attempt: u32,
-    received_at_ms: i64,
-    format: Format,
-    source: Source,
-    extra: Vec<(String, String)>,
-    raw: Bytes,
+    /// The event's record as the frame carried it (`None`: it does not parse).
+    record: Option<EventRecord>,
 }
 
 /// The runner's lanes: the sender of each host lane's calls and its thread.
@@ -182,38 +178,6 @@ fn lane_of<'a>(
             (LaneSender(tx), thread)
         })
         .0
-}
-
-/// The runner's death signal: the host is gone.
-const HOST_GONE: i32 = libc::SIGUSR2;
-
-/// Kills the runner's process group: the runner and whatever its plugin started.
-fn end_group() -> ! {
-    // SAFETY: kill(2) on our own process group, which the host made us lead.
-    unsafe { libc::kill(0, libc::SIGKILL) };
-    std::process::exit(1)
-}
-
-extern "C" fn host_gone(_: libc::c_int) {
-    // SAFETY: kill is async-signal-safe; our own group.
-    unsafe { libc::kill(0, libc::SIGKILL) };
-}
-
-/// Arms the death signal that takes the whole group (the host armed SIGKILL, which takes only
-/// this process); false if the host is already gone.
-fn die_with_the_host() -> bool {
-    // SAFETY: getppid has no preconditions; while SIGKILL is armed as the death signal, the
-    // parent seen here is the host (had it died, we would be dead).
-    let host = unsafe { libc::getppid() };
-    // SAFETY: installs an async-signal-safe handler and replaces the death signal; our
-    // process's own state.
-    unsafe {
-        libc::signal(HOST_GONE, host_gone as *const () as libc::sighandler_t);
-        if libc::prctl(libc::PR_SET_PDEATHSIG, HOST_GONE) < 0 {
-            return true;
-        }
-        libc::getppid() == host
-    }
 }
 
 /// Runs the runner until the host says shutdown or goes away.
@@ -295,33 +259,24 @@ pub fn main() -> ExitCode {
             Ok(None) | Err(_) => end_group(),
         };
         match frame {
-            (
-                ToRunner::Call { call, lane, id, attempt, received_at_ms, format, source, extra },
-                tail,
-            ) => {
-                let raw = Bytes::from(tail);
-                let item = Call { call, id, attempt, received_at_ms, format, source, extra, raw };
+            (ToRunner::Call { call, lane, id, attempt }, tail) => {
+                let item = Call { call, id, attempt, record: EventRecord::decode(&tail) };
                 lane_of(&mut lanes, lane, &instance, &out, &stops).send(vec![item]);
             }
             (ToRunner::CallBatch { lane, items }, tail) => {
-                let tail = Bytes::from(tail);
                 let mut at = 0usize;
                 let mut calls = Vec::with_capacity(items.len());
                 for item in items {
-                    // A length past the tail is the host's bug; the call gets an empty body
-                    // (and is rejected as undecodable) rather than the runner a panic.
+                    // A length past the tail is the host's bug; the call gets no record (and is
+                    // rejected as unreadable) rather than the runner a panic.
                     let end = at.saturating_add(item.len).min(tail.len());
-                    let raw = tail.slice(at.min(end)..end);
+                    let record = EventRecord::decode(&tail[at.min(end)..end]);
                     at = end;
                     calls.push(Call {
                         call: item.call,
                         id: item.id,
                         attempt: item.attempt,
-                        received_at_ms: item.received_at_ms,
-                        format: item.format,
-                        source: item.source,
-                        extra: item.extra,
-                        raw,
+                        record,
                     });
                 }
                 lane_of(&mut lanes, lane, &instance, &out, &stops).send(calls);
@@ -380,21 +335,13 @@ fn run_lane(instance: &Local, out: &Out, runs: &mpsc::Receiver<Vec<Call>>, stops
                 out.send(&FromRunner::NotAttempted { call });
                 break;
             }
-            let result = match crate::decode::decode(&item.raw, item.format.into()) {
-                Ok(event) => {
-                    let envelope = Envelope {
-                        id: item.id,
-                        received_at_ms: item.received_at_ms,
-                        raw: item.raw,
-                        event,
-                        source: item.source,
-                        extra: item.extra,
-                    };
-                    call_plugin(instance, call, &envelope, item.attempt)
+            // The body is decoded here, once, by the guarded call (an undecodable one is
+            // rejected there, as in the host).
+            let result = match item.record {
+                Some(record) => {
+                    call_plugin(instance, call, &Envelope::new(item.id, record), item.attempt)
                 }
-                Err(e) => {
-                    Err(PluginError::reject(format!("the runner cannot decode the event: {e}")))
-                }
+                None => Err(PluginError::reject("the runner cannot read the event's record")),
             };
             let success = result.is_ok();
             let result = match result {

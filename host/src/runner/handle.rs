@@ -41,7 +41,7 @@ use super::{
 };
 use crate::{
     call::CallError,
-    journal::{Envelope, record::Format},
+    call::Envelope,
     loader::PluginMeta,
     metrics::{Metrics, PluginLabel},
     rest::{self, EventContext},
@@ -174,8 +174,6 @@ impl Batch {
 pub struct BatchItem<'a> {
     /// The event.
     pub envelope: &'a Envelope,
-    /// How its body is encoded.
-    pub format: Format,
     /// The attempt (1-based).
     pub attempt: u32,
     /// The REST context its plugin's REST calls run in.
@@ -267,25 +265,15 @@ impl Conn {
         call: u64,
         lane: usize,
         envelope: &Envelope,
-        format: Format,
         attempt: u32,
     ) -> std::io::Result<()> {
         match &self.wire {
             Wire::Frames(_) => {
-                let message = ToRunner::Call {
-                    call,
-                    lane,
-                    id: envelope.id,
-                    attempt,
-                    received_at_ms: envelope.received_at_ms,
-                    format,
-                    source: envelope.source,
-                    extra: envelope.extra.clone(),
-                };
-                self.send(&message, &envelope.raw)
+                let message = ToRunner::Call { call, lane, id: envelope.id, attempt };
+                self.send(&message, &envelope.record.encode())
             }
             Wire::Lines { out, json, .. } => {
-                let mut line = json.object(&call.to_string(), envelope, format, attempt);
+                let mut line = json.object(&call.to_string(), envelope, attempt);
                 line.push('\n');
                 out.send(line.into_bytes());
                 Ok(())
@@ -452,12 +440,22 @@ impl RunnerHandle {
         matches!(self.shared.spec.program, Program::Exec(_))
     }
 
+    /// Readies `envelope` for this plugin: an exec plugin's event JSON is built (once per
+    /// event, for every plugin, see [`EventJson`]); why its body cannot be sent (it does not
+    /// decode: the caller rejects it). A runner of frames decodes the record itself.
+    pub fn prepare(&self, envelope: &Envelope) -> Result<(), String> {
+        match &self.shared.spec.program {
+            Program::Exec(exec) => exec.json.of(envelope).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a runner is up and taking calls.
     pub fn is_running(&self) -> bool {
         self.shared.state().phase == Phase::Running
     }
 
-    /// Calls the plugin with `envelope` (body encoded as `format`) for attempt `attempt`, from
+    /// Calls the plugin with `envelope` for attempt `attempt`, from
     /// host lane `lane`; blocks until the outcome. REST calls the plugin makes meanwhile run on
     /// this thread (in the REST context the caller set). While the runner is restarting the
     /// call waits for it, unless `stop` says delivery stops; `sent` runs when the call goes out.
@@ -465,7 +463,6 @@ impl RunnerHandle {
         &self,
         lane: usize,
         envelope: &Envelope,
-        format: Format,
         attempt: u32,
         stop: &dyn Fn() -> bool,
         sent: impl FnOnce(),
@@ -479,7 +476,7 @@ impl RunnerHandle {
             .insert(call, Waiter { tx, batch: None });
         sent();
         // A failed write means the runner is dying: its supervisor answers the call.
-        let _ = conn.send_call(call, lane, envelope, format, attempt);
+        let _ = conn.send_call(call, lane, envelope, attempt);
         loop {
             match rx.recv() {
                 Ok(Reply::Outcome(result)) => return result.map_err(CallError::Plugin),
@@ -528,23 +525,21 @@ impl RunnerHandle {
             }
         }
         drop(tx);
-        let mut tail = Vec::with_capacity(items.iter().map(|i| i.envelope.raw.len()).sum());
+        let mut tail =
+            Vec::with_capacity(items.iter().map(|i| i.envelope.record.raw.len() + 256).sum());
         let message = ToRunner::CallBatch {
             lane,
             items: items
                 .iter()
                 .zip(&calls)
                 .map(|(item, call)| {
-                    tail.extend_from_slice(&item.envelope.raw);
+                    let at = tail.len();
+                    item.envelope.record.encode_into(&mut tail);
                     BatchCall {
                         call: *call,
                         id: item.envelope.id,
                         attempt: item.attempt,
-                        received_at_ms: item.envelope.received_at_ms,
-                        format: item.format,
-                        source: item.envelope.source,
-                        extra: item.envelope.extra.clone(),
-                        len: item.envelope.raw.len(),
+                        len: tail.len() - at,
                     }
                 })
                 .collect(),
@@ -558,7 +553,7 @@ impl RunnerHandle {
             }
             Wire::Lines { .. } => {
                 for (item, call) in items.iter().zip(&calls) {
-                    let _ = conn.send_call(*call, lane, item.envelope, item.format, item.attempt);
+                    let _ = conn.send_call(*call, lane, item.envelope, item.attempt);
                 }
             }
         }

@@ -26,8 +26,9 @@ use serde_json::Value as Json;
 
 use super::protocol::{FromRunner, WireError, WireRestError};
 use crate::{
-    decode::{self, BodyFormat, EventKind, php_json},
-    journal::{Envelope, Source, record::Format},
+    call::Envelope,
+    decode::{self, Decoded, EventKind, php_json},
+    record::Source,
 };
 
 /// The protocol's version, in `hello`.
@@ -49,27 +50,33 @@ pub struct EventJson {
 }
 
 impl EventJson {
-    /// The fields of `envelope`'s event object after `attempt` (no braces, see [`event_fields`]).
-    pub fn of(&self, envelope: &Envelope, format: Format) -> Arc<str> {
+    /// The fields of `envelope`'s event object after `attempt` (no braces, see
+    /// [`event_fields`]), built on the first ask for the event by any plugin; why its
+    /// journaled body does not decode (the caller rejects it: a dead letter).
+    pub fn of(&self, envelope: &Envelope) -> Result<Arc<str>, String> {
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((_, json)) = cache.iter().rev().find(|(id, _)| *id == envelope.id) {
-                return json.clone();
+                return Ok(json.clone());
             }
         }
-        let json: Arc<str> = event_fields(envelope, format).into();
+        let json: Arc<str> = event_fields(envelope)
+            .map_err(|e| format!("cannot decode the journaled body: {e}"))?
+            .into();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHED_EVENTS {
             cache.pop_front();
         }
         cache.push_back((envelope.id, json.clone()));
-        json
+        Ok(json)
     }
 
     /// The whole event object for one delivery: `{"type":"event","id":..,"event_id":..,
     /// "attempt":..,` then the cached fields.
-    pub fn object(&self, id: &str, envelope: &Envelope, format: Format, attempt: u32) -> String {
-        let fields = self.of(envelope, format);
+    /// A body that does not decode (which the worker rejects before it calls, see
+    /// [`EventJson::of`]) gets the fields its record's metadata knows.
+    pub fn object(&self, id: &str, envelope: &Envelope, attempt: u32) -> String {
+        let fields = self.of(envelope).unwrap_or_else(|_| meta_fields(envelope).into());
         let mut out = String::with_capacity(fields.len() + 64);
         out.push_str("{\"type\":\"event\",\"id\":");
         php_json::write_json_str(id, &mut out);
@@ -87,13 +94,18 @@ impl EventJson {
 /// also `received_at_ms`, and `extra` (offline rows' `message_id`, `user_id`) when present.
 /// Never a refresh token or the application token (the journaled body has them blanked, and
 /// `auth` is not sent).
-pub fn event_fields(envelope: &Envelope, format: Format) -> String {
-    let event = &envelope.event;
-    let mut out = String::with_capacity(envelope.raw.len() + 256);
+/// The body is parsed once here, for the tree and the event view both.
+pub fn event_fields(envelope: &Envelope) -> Result<String, decode::DecodeError> {
+    let record = &envelope.record;
+    let tree = decode::decode_tree(&record.raw, record.meta.format)?.map;
+    let data = tree.get("data").cloned();
+    let event = Decoded::from_tree(tree)?;
+    let meta = &record.meta;
+    let mut out = String::with_capacity(record.raw.len() + 256);
     out.push_str("\"code\":");
     php_json::write_json_str(&event.code, &mut out);
     out.push_str(",\"origin\":");
-    out.push_str(match envelope.source {
+    out.push_str(match meta.source {
         Source::Online => "\"online\"",
         Source::Offline => "\"offline\"",
     });
@@ -102,10 +114,7 @@ pub fn event_fields(envelope: &Envelope, format: Format) -> String {
     out.push_str(",\"domain\":");
     php_json::write_json_str(&event.auth.domain, &mut out);
     out.push_str("},\"data\":");
-    match decode::decode_tree(&envelope.raw, BodyFormat::from(format))
-        .ok()
-        .and_then(|t| t.map.get("data").cloned())
-    {
+    match data {
         Some(data) => php_json::write_value(&data, &mut out),
         None => out.push_str("null"),
     }
@@ -123,8 +132,8 @@ pub fn event_fields(envelope: &Envelope, format: Format) -> String {
         out.push_str(",\"field_name\":");
         php_json::write_json_str(&field.field_name, &mut out);
     }
-    let offline_user = (envelope.source == Source::Offline)
-        .then(|| envelope.extra.iter().find(|(k, _)| k == "user_id"))
+    let offline_user = (meta.source == Source::Offline)
+        .then(|| meta.extra.iter().find(|(k, _)| k == "user_id"))
         .flatten()
         .and_then(|(_, id)| id.parse::<u64>().ok())
         .filter(|id| *id > 0);
@@ -136,19 +145,44 @@ pub fn event_fields(envelope: &Envelope, format: Format) -> String {
         out.push_str(",\"access_token\":");
         php_json::write_json_str(tokens.access_token.expose(), &mut out);
     }
-    out.push_str(&format!(",\"received_at_ms\":{}", envelope.received_at_ms));
-    if !envelope.extra.is_empty() {
+    push_received_and_extra(envelope, &mut out);
+    Ok(out)
+}
+
+/// `received_at_ms` and `extra` (when there are extra facts) of `envelope`'s record.
+fn push_received_and_extra(envelope: &Envelope, out: &mut String) {
+    let meta = envelope.meta();
+    out.push_str(&format!(",\"received_at_ms\":{}", meta.received_at_ms));
+    if !meta.extra.is_empty() {
         out.push_str(",\"extra\":{");
-        for (i, (k, v)) in envelope.extra.iter().enumerate() {
+        for (i, (k, v)) in meta.extra.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            php_json::write_json_str(k, &mut out);
+            php_json::write_json_str(k, out);
             out.push(':');
-            php_json::write_json_str(v, &mut out);
+            php_json::write_json_str(v, out);
         }
         out.push('}');
     }
+}
+
+/// The fields of an event whose body does not decode: what its record's metadata knows
+/// (`code`, `origin`, `portal`, `data` null, `received_at_ms`, `extra`).
+fn meta_fields(envelope: &Envelope) -> String {
+    let meta = envelope.meta();
+    let mut out = String::from("\"code\":");
+    php_json::write_json_str(&meta.code, &mut out);
+    out.push_str(match meta.source {
+        Source::Online => ",\"origin\":\"online\"",
+        Source::Offline => ",\"origin\":\"offline\"",
+    });
+    out.push_str(",\"portal\":{\"member_id\":");
+    php_json::write_json_str(&meta.member_id, &mut out);
+    out.push_str(",\"domain\":");
+    php_json::write_json_str(&meta.domain, &mut out);
+    out.push_str("},\"data\":null");
+    push_received_and_extra(envelope, &mut out);
     out
 }
 

@@ -8,11 +8,14 @@
 //! - [`handle`]: the host's side: starts the runner, forwards calls and the plugin's log and
 //!   REST calls, restarts a runner that died (with back-off), kills one on `kill_after_ms`,
 //!   reads its stdout and stderr into the log, and says why it died.
+//! - [`group`]: a supervised child's side (the runner's, the exec shim's): die with the host
+//!   and take the whole group along.
 //! - [`process`]: what supervises any child program, not only the runner: its own process
 //!   group, a watch on the process itself, the group killed with it, death with the host, the
 //!   restart back-off.
 
 pub mod child;
+pub mod group;
 pub mod handle;
 pub mod lines;
 pub mod process;

@@ -2,18 +2,16 @@
 //! socketpair (descriptor 3 in the runner; never stdout, which a plugin may print to).
 //!
 //! A frame is `[u32 LE length of the rest][u32 LE length of the header][header JSON][tail]`:
-//! the header is one message below as JSON, the tail carries an event's journaled body as it is
-//! (bytes, not JSON-escaped). Frames above [`MAX_FRAME`] are refused: a runner that sends one
+//! the header is one message below as JSON, the tail carries an event's record as the journal
+//! stores it (`EventRecord::encode`: its metadata and the body as received, not JSON-escaped).
+//! The runner decodes the body once, for its plugin; the host does not decode it at all. Frames above [`MAX_FRAME`] are refused: a runner that sends one
 //! is broken and is restarted.
 
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::PluginLogLimits,
-    journal::record::{Format, Source},
-};
+use crate::config::PluginLogLimits;
 
 /// The largest frame either side accepts (a journaled body plus its metadata).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -43,7 +41,7 @@ pub enum ToRunner {
         /// `None`: none. Finer lines are not sent.
         log_level: Option<u8>,
     },
-    /// Call the plugin with one event on lane `lane` (the tail is the journaled body).
+    /// Call the plugin with one event on lane `lane` (the tail is the event's record).
     Call {
         /// The host's id for this call.
         call: u64,
@@ -53,17 +51,9 @@ pub enum ToRunner {
         id: u64,
         /// The attempt (1-based).
         attempt: u32,
-        /// When the host accepted the event, ms since the epoch.
-        received_at_ms: i64,
-        /// How the body is encoded.
-        format: Format,
-        /// Where it came from.
-        source: Source,
-        /// Further delivery facts.
-        extra: Vec<(String, String)>,
     },
     /// Call the plugin with several events, strictly in this order, on lane `lane`; the
-    /// tail is their journaled bodies one after the other (`len` bytes each). The runner
+    /// tail is their records one after the other (`len` bytes each). The runner
     /// answers each with its own [`FromRunner::Outcome`] as soon as it has it and stops at the
     /// first that is not Done or Skipped: the calls after it are not attempted.
     CallBatch {
@@ -93,7 +83,7 @@ pub enum ToRunner {
     Shutdown,
 }
 
-/// One call of a [`ToRunner::CallBatch`]: the fields of [`ToRunner::Call`] and its body's
+/// One call of a [`ToRunner::CallBatch`]: the fields of [`ToRunner::Call`] and its record's
 /// length in the tail.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchCall {
@@ -103,15 +93,7 @@ pub struct BatchCall {
     pub id: u64,
     /// The attempt (1-based).
     pub attempt: u32,
-    /// When the host accepted the event, ms since the epoch.
-    pub received_at_ms: i64,
-    /// How the body is encoded.
-    pub format: Format,
-    /// Where it came from.
-    pub source: Source,
-    /// Further delivery facts.
-    pub extra: Vec<(String, String)>,
-    /// The body's length in the frame's tail.
+    /// The record's length in the frame's tail.
     pub len: usize,
 }
 

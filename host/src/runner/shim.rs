@@ -9,36 +9,13 @@
 
 use std::{ffi::OsString, process::ExitCode};
 
-/// The shim's death signal: the host is gone.
-const HOST_GONE: i32 = libc::SIGUSR2;
-
-extern "C" fn host_gone(_: libc::c_int) {
-    // SAFETY: kill is async-signal-safe; our own group, which the host made us lead.
-    unsafe { libc::kill(0, libc::SIGKILL) };
-}
-
-/// Arms the death signal that takes the whole group; false if the host is already gone.
-fn die_with_the_host() -> bool {
-    // SAFETY: getppid has no preconditions; while SIGKILL is armed as the death signal (the
-    // host armed it before exec), the parent seen here is the host.
-    let host = unsafe { libc::getppid() };
-    // SAFETY: an async-signal-safe handler and the death signal: this process's own state.
-    unsafe {
-        libc::signal(HOST_GONE, host_gone as *const () as libc::sighandler_t);
-        if libc::prctl(libc::PR_SET_PDEATHSIG, HOST_GONE) < 0 {
-            return true;
-        }
-        libc::getppid() == host
-    }
-}
+use super::group::{HOST_GONE, die_with_the_host, end_group};
 
 /// Runs `command` as the shim's child and ends as it ended.
 pub fn main(command: Vec<OsString>) -> ExitCode {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     if !die_with_the_host() {
-        // SAFETY: our own group.
-        unsafe { libc::kill(0, libc::SIGKILL) };
-        return ExitCode::FAILURE;
+        end_group();
     }
     let Some((program, args)) = command.split_first() else {
         eprintln!("b24-host exec-shim: no command (started by `b24-host serve` for exec plugins)");

@@ -6,7 +6,7 @@
 //!
 //! - no cycle between the top-level modules of host/src (`crate::a` in module `b` and
 //!   `crate::b` in `a`, however long the way round);
-//! - the journal imports only `config` and `decode` of the host;
+//! - the journal imports only `config` and `record` of the host (it never decodes a body);
 //! - no redb type leaves `journal/embedded/`, no async-nats type leaves `journal/nats/`;
 //! - the console, the control socket, the admin listener and the `journal` and `plugin
 //!   pause|resume` commands reach the journal only through its operator's face;
@@ -544,13 +544,26 @@ fn the_cycle_check_sees_a_cycle() {
 }
 
 #[test]
-fn the_journal_imports_only_config_and_decode() {
+fn the_record_is_a_leaf() {
+    let files = files();
+    let tops = top_modules();
+    let mut problems = Vec::new();
+    for file in files.iter().filter(|f| f.top() == Some("record")) {
+        for (to, line) in references(file, &tops) {
+            problems.push(format!("{}: imports crate::{to}", file.at(line)));
+        }
+    }
+    fail_with("the event record imports nothing of the host (ARCHITECTURE.md)", problems);
+}
+
+#[test]
+fn the_journal_imports_only_config_and_the_record() {
     let files = files();
     let tops = top_modules();
     let mut problems = Vec::new();
     for file in files.iter().filter(|f| f.top() == Some("journal")) {
         for (to, line) in references(file, &tops) {
-            if to != "config" && to != "decode" {
+            if to != "config" && to != "record" {
                 problems.push(format!("{}: imports crate::{to}", file.at(line)));
             }
         }

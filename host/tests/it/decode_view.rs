@@ -2,7 +2,7 @@
 //! robustness against truncated and arbitrary input.
 
 use crate::common::{files_with_ext, fixtures_dir};
-use b24_host::decode::{AuthBlock, BodyFormat, DecodeError, Decoded, EventKind, UserField, decode};
+use b24_host::decode::{AuthBlock, DecodeError, Decoded, EventKind, Format, UserField, decode};
 use b24_plugin_api::{Action, Entity, Secret};
 use proptest::prelude::*;
 
@@ -17,7 +17,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn decode_fixture(name: &str) -> Decoded {
-    decode(&fixture(name), BodyFormat::Form).unwrap_or_else(|e| panic!("{name}: {e}"))
+    decode(&fixture(name), Format::Form).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -185,7 +185,7 @@ fn json_body_gives_the_same_decoded() {
         "smart-process",
     ] {
         let from_json =
-            decode(&fixture(&format!("payloads/{name}.json")), BodyFormat::Json).expect("json");
+            decode(&fixture(&format!("payloads/{name}.json")), Format::Json).expect("json");
         assert_eq!(from_json, decode_fixture(&format!("{name}.form")), "{name}");
     }
 }
@@ -195,19 +195,19 @@ fn errors_are_short_and_never_show_tokens() {
     let no_event = String::from_utf8(fixture("ONCRMDEALUSERFIELDADD.form"))
         .expect("utf8")
         .replace("event=ONCRMDEALUSERFIELDADD&", "");
-    let err = decode(no_event.as_bytes(), BodyFormat::Form).expect_err("no event");
+    let err = decode(no_event.as_bytes(), Format::Form).expect_err("no event");
     assert_eq!(err, DecodeError::Missing("event"));
     assert_eq!(err.to_string(), "missing `event`");
 
     let bad_id = String::from_utf8(fixture("ONCRMDEALUSERFIELDADD.form"))
         .expect("utf8")
         .replace("%5BID%5D=554", "%5BID%5D=55x");
-    let err = decode(bad_id.as_bytes(), BodyFormat::Form).expect_err("bad id");
+    let err = decode(bad_id.as_bytes(), Format::Form).expect_err("bad id");
     assert_eq!(err.to_string(), "`data[FIELDS][ID]` is not a number: \"55x\"");
     assert!(!format!("{err} {err:?}").contains(APP_TOKEN));
 
     let missing_id = b"event=ONCRMDEALUSERFIELDADD&data[FIELDS][FIELD_NAME]=UF_X";
-    assert_eq!(decode(missing_id, BodyFormat::Form), Err(DecodeError::Missing("data[FIELDS][ID]")));
+    assert_eq!(decode(missing_id, Format::Form), Err(DecodeError::Missing("data[FIELDS][ID]")));
 
     for (body, text) in [
         ("[1,2]", "JSON body is not an object: it is an array"),
@@ -215,12 +215,12 @@ fn errors_are_short_and_never_show_tokens() {
         ("42", "JSON body is not an object: it is a number"),
     ] {
         assert_eq!(
-            decode(body.as_bytes(), BodyFormat::Json).map_err(|e| e.to_string()),
+            decode(body.as_bytes(), Format::Json).map_err(|e| e.to_string()),
             Err(text.to_owned())
         );
     }
     let secret_json = format!(r#"{{"auth":{{"application_token":"{APP_TOKEN}"}},"#);
-    let err = decode(secret_json.as_bytes(), BodyFormat::Json).expect_err("truncated JSON");
+    let err = decode(secret_json.as_bytes(), Format::Json).expect_err("truncated JSON");
     assert!(!format!("{err} {err:?}").contains(APP_TOKEN), "{err}");
 }
 
@@ -243,14 +243,14 @@ fn debug_never_prints_tokens() {
 
 #[test]
 fn every_prefix_of_real_bodies_decodes_without_panic() {
-    let mut bodies: Vec<(Vec<u8>, BodyFormat)> = files_with_ext(&fixtures_dir(), "form")
+    let mut bodies: Vec<(Vec<u8>, Format)> = files_with_ext(&fixtures_dir(), "form")
         .iter()
-        .map(|p| (std::fs::read(p).expect("fixture"), BodyFormat::Form))
+        .map(|p| (std::fs::read(p).expect("fixture"), Format::Form))
         .collect();
     bodies.extend(
         files_with_ext(&fixtures_dir().join("payloads"), "json")
             .iter()
-            .map(|p| (std::fs::read(p).expect("fixture"), BodyFormat::Json)),
+            .map(|p| (std::fs::read(p).expect("fixture"), Format::Json)),
     );
     let mut decoded = 0;
     for (body, format) in &bodies {
@@ -269,8 +269,8 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode(&body, BodyFormat::Form);
-        let _ = decode(&body, BodyFormat::Json);
+        let _ = decode(&body, Format::Form);
+        let _ = decode(&body, Format::Json);
     }
 
     #[test]
@@ -286,7 +286,7 @@ proptest! {
                 body[i] = byte;
             }
         }
-        let _ = decode(&body, BodyFormat::Form);
-        let _ = decode(&body, BodyFormat::Json);
+        let _ = decode(&body, Format::Form);
+        let _ = decode(&body, Format::Json);
     }
 }

@@ -3,7 +3,7 @@
 //! the same tree as the form body PHP encoded from it.
 
 use crate::common::{files_with_ext, fixtures_dir, stem};
-use b24_host::decode::{BodyFormat, decode, decode_tree, form, json, test_support::PhpJson};
+use b24_host::decode::{Format, decode, decode_tree, form, json, test_support::PhpJson};
 
 #[test]
 fn forms_decode_like_php() {
@@ -49,12 +49,12 @@ fn json_payloads_decode_like_their_forms() {
         let from_json = json::parse(&payload).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(from_json, form::parse(&body), "{}", path.display());
         assert_eq!(
-            decode_tree(&payload, BodyFormat::Json).map(|p| p.map),
-            decode_tree(&body, BodyFormat::Form).map(|p| p.map),
+            decode_tree(&payload, Format::Json).map(|p| p.map),
+            decode_tree(&body, Format::Form).map(|p| p.map),
         );
         assert_eq!(
-            decode(&payload, BodyFormat::Json),
-            decode(&body, BodyFormat::Form),
+            decode(&payload, Format::Json),
+            decode(&body, Format::Form),
             "{}",
             path.display()
         );

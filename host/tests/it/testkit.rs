@@ -5,25 +5,26 @@
 
 use crate::common::{files_with_ext, fixtures_dir, stem};
 use b24_host::{
-    call::convert::{PluginEvent, plugin_event},
-    decode::{BodyFormat, decode},
-    journal::{Envelope, Source},
+    call::{
+        Envelope,
+        convert::{PluginEvent, plugin_event},
+    },
+    decode::{self, Format, decode},
+    record::Source,
 };
 use b24_plugin_api::testkit::{self, Received};
 
 /// What the host hands a plugin for `body`, as its first delivery of event 1 received at `ts`.
 fn delivered(body: &[u8]) -> Result<Received, String> {
-    let event = decode(body, BodyFormat::Form).map_err(|e| e.to_string())?;
+    let event = decode(body, Format::Form).map_err(|e| e.to_string())?;
     let received_at_ms = event.ts.unwrap_or(testkit::defaults::TS) * 1000;
-    let envelope = Envelope {
-        id: 1,
-        received_at_ms,
-        raw: bytes::Bytes::copy_from_slice(body),
-        event,
-        source: Source::Online,
-        extra: Vec::new(),
-    };
-    Ok(match plugin_event(&envelope, 1) {
+    let raw = bytes::Bytes::copy_from_slice(body);
+    let key = decode::dedup_key(&event);
+    let record =
+        decode::record(&event, raw, Format::Form, Source::Online, &key, Vec::new(), received_at_ms);
+    let envelope = Envelope::new(1, record);
+    let event = envelope.event().map_err(|e| e.to_string())?;
+    Ok(match plugin_event(&envelope, event, 1) {
         PluginEvent::UserField(event) => Received::UserField(event),
         PluginEvent::Generic(event) => Received::Event(event),
     })

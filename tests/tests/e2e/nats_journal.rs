@@ -101,6 +101,7 @@ fn payload(field: u64) -> Bytes {
             domain: "example.bitrix24.com".into(),
             dedup_key: format!("key{field}"),
             extra: vec![],
+            user_field: None,
         },
         raw: Bytes::from(raw),
     };

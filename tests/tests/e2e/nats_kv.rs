@@ -18,9 +18,10 @@ use async_nats::jetstream;
 use b24_host::{
     auth::Verifier,
     config::{AuthConfig, Config},
-    decode::{self, BodyFormat, Decoded},
-    journal::Journal,
+    decode::{self, Decoded, Format},
+    journal::{Journal, PortalChange},
     offline::Pollers,
+    record::Source,
     rest::{EventContext, RestClient, oauth::StoredTokens},
     route::Router,
 };
@@ -77,7 +78,7 @@ fn event(code: &str, member: &str, token: &str) -> (Bytes, Decoded) {
         })
         .to_string(),
     );
-    let decoded = decode::decode(&raw, BodyFormat::Json).expect("a valid event");
+    let decoded = decode::decode(&raw, Format::Json).expect("a valid event");
     (raw, decoded)
 }
 
@@ -86,8 +87,14 @@ fn event(code: &str, member: &str, token: &str) -> (Bytes, Decoded) {
 /// append path answers (on this branch: not built yet).
 async fn journal_token(journal: &Journal, code: &str, member: &str, token: Option<&str>) {
     let (raw, decoded) = event(code, member, token.unwrap_or("gone"));
-    let change = Some((member.to_owned(), token.map(Secret::new)));
-    match journal.log().append(raw, BodyFormat::Json, &decoded, Vec::new(), change).await {
+    let change = Some(PortalChange {
+        member_id: member.to_owned(),
+        token: Some(token.map(Secret::new)),
+        oauth: None,
+    });
+    let key = decode::dedup_key(&decoded);
+    let record = decode::record(&decoded, raw, Format::Json, Source::Online, &key, Vec::new(), 0);
+    match journal.log().append(record, key, Vec::new(), change).await {
         Ok(appended) => eprintln!("{code} journaled: {appended:?}"),
         Err(e) => eprintln!("{code}: the token change is stored; the event append says: {e}"),
     }

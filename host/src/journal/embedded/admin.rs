@@ -3,6 +3,7 @@
 //! [`crate::journal::admin`]), and replay, purge and skip as operations the writer runs in its
 //! next transaction.
 
+use crate::journal::record::Sealed as _;
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
@@ -14,17 +15,14 @@ use super::{
     store::{self, DEAD, EVENTS, PENDING, db},
     writer::{AdminOp, Notice},
 };
-use crate::{
-    decode,
-    journal::{
-        StoreError,
-        admin::{
-            DeadPage, DeadQuery, DeadRow, EventDetail, EventStatus, EventSummary, Page,
-            PluginStats, QUERY_SCAN_LIMIT, Query, Selection, Stats, cut_page, redact_raw, redacted,
-        },
-        now_ms,
-        record::{DeadLetter, EventMeta, EventRecord, Pending, unseal_row},
+use crate::journal::{
+    StoreError,
+    admin::{
+        DeadPage, DeadQuery, DeadRow, EventDetail, EventStatus, EventSummary, Page, PluginStats,
+        QUERY_SCAN_LIMIT, Query, Selection, Stats, cut_page, redact_raw,
     },
+    now_ms,
+    record::{DeadLetter, EventMeta, EventRecord, Pending, unseal_row},
 };
 
 /// Replay: the selected dead letters go back into delivery.
@@ -295,19 +293,16 @@ pub fn show(database: &Database, id: u64) -> Result<Option<EventDetail>, StoreEr
             dead_state.insert(plugin.clone(), letter);
         }
     }
-    let decoded = match decode::decode(&record.raw, record.meta.format.into()) {
-        Ok(event) => redacted(&event),
-        Err(e) => serde_json::json!({ "error": e.to_string() }),
-    };
     let held = (pending_state.keys().cloned().collect(), dead_state.keys().cloned().collect());
     let raw_redacted = redact_raw(&record.raw, record.meta.format);
     Ok(Some(EventDetail {
-        summary: summary(id, record.meta, Some(held)),
-        decoded,
+        summary: summary(id, record.meta.clone(), Some(held)),
+        decoded: serde_json::Value::Null,
         pending_state,
         dead_state,
         attempts: store::attempts(database, id)?,
         raw_redacted,
+        record: Some(record),
     }))
 }
 
@@ -429,22 +424,14 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::journal::record::{Format, Source};
+    
 
     fn record(received_at_ms: i64) -> EventRecord {
-        EventRecord {
-            meta: EventMeta {
-                received_at_ms,
-                format: Format::Form,
-                source: Source::Online,
-                code: "ONCRMDEALUSERFIELDUPDATE".into(),
-                member_id: "m".into(),
-                domain: "d".into(),
-                dedup_key: String::new(),
-                extra: vec![],
-            },
-            raw: Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
-        }
+        crate::record::fixture(
+            received_at_ms,
+            String::new(),
+            Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
+        )
     }
 
     /// Runs an operator's change in a transaction of its own.

@@ -379,14 +379,14 @@ impl Embedded {
         record: Box<EventRecord>,
         key: DedupKey,
         plugins: Vec<Arc<str>>,
-        token: Option<(String, Option<Secret>)>,
+        change: Option<crate::journal::PortalChange>,
         permanent: bool,
     ) -> Result<Appended, StoreError> {
         if let Some(reason) = self.shared.refusal(&plugins) {
             return Err(StoreError::Storage(reason));
         }
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Append { record, plugins, key, token, permanent, reply })?;
+        self.send(Command::Append { record, plugins, key, change, permanent, reply })?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -839,25 +839,15 @@ mod tests {
     use super::*;
     use crate::journal::{
         checksum,
-        record::{EventMeta, Format, Source, seal_row},
+        record::seal_row,
     };
 
     fn record(id: u64) -> EventRecord {
-        EventRecord {
-            meta: EventMeta {
-                received_at_ms: now_ms(),
-                format: Format::Form,
-                source: Source::Online,
-                code: "ONCRMDEALUSERFIELDUPDATE".into(),
-                member_id: "m".into(),
-                domain: "d".into(),
-                dedup_key: crate::journal::dedup::hex(&crate::journal::dedup::key_of(&[
-                    &id.to_le_bytes()
-                ])),
-                extra: vec![],
-            },
-            raw: Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
-        }
+        crate::record::fixture(
+            now_ms(),
+            crate::journal::dedup::hex(&crate::journal::dedup::key_of(&[&id.to_le_bytes()])),
+            Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
+        )
     }
 
     async fn next(consumer: &mut Consumer) -> u64 {
@@ -921,6 +911,35 @@ mod tests {
         journal.finish().await;
         journal.close();
         drop((consumer, journal));
+        writer.join().unwrap();
+    }
+
+    /// An install's pair is written in the event's own transaction: stored once the append
+    /// answers, and not at all for an append that is a duplicate (nothing of it is written).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_installs_pair_is_stored_with_its_event_and_not_with_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig::default();
+        let (journal, writer) = Embedded::open(dir.path(), &config, &[], true).unwrap();
+        let change = |pair: &str| {
+            Some(crate::journal::PortalChange {
+                member_id: "m".into(),
+                token: Some(Some(Secret::new("app"))),
+                oauth: Some(pair.as_bytes().to_vec()),
+            })
+        };
+        let key = crate::journal::dedup::key_of(&[b"install"]);
+        let first = journal.append(Box::new(record(1)), key, vec![], change("first"), false);
+        assert_eq!(first.await.unwrap(), Appended::New(1));
+        assert_eq!(journal.oauth("m").unwrap().as_deref(), Some(b"first".as_slice()));
+        let tokens = journal.learned_tokens().unwrap();
+        assert_eq!(tokens.get("m").map(|t| t.expose().to_owned()), Some("app".into()));
+        let again = journal.append(Box::new(record(1)), key, vec![], change("again"), false);
+        assert_eq!(again.await.unwrap(), Appended::Duplicate(1));
+        assert_eq!(journal.oauth("m").unwrap().as_deref(), Some(b"first".as_slice()));
+        journal.finish().await;
+        journal.close();
+        drop(journal);
         writer.join().unwrap();
     }
 }

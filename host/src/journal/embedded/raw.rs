@@ -18,6 +18,7 @@
 //! attempts, latest letter) is kept. What cannot be told apart errs on the side of delivering
 //! again: at least once allows a repeat, never a loss.
 
+use crate::journal::record::Sealed as _;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::store;
@@ -381,25 +382,14 @@ mod tests {
     use redb::ReadableDatabase;
 
     use super::*;
-    use crate::journal::{
-        admin::Attempt,
-        record::{EventMeta, Format},
-    };
+    use crate::journal::admin::Attempt;
 
     fn record(id: u64) -> EventRecord {
-        EventRecord {
-            meta: EventMeta {
-                received_at_ms: 1_000 + id as i64,
-                format: Format::Form,
-                source: Source::Online,
-                code: "ONCRMDEALUSERFIELDUPDATE".into(),
-                member_id: "m".into(),
-                domain: "d".into(),
-                dedup_key: String::new(),
-                extra: vec![],
-            },
-            raw: Bytes::from(format!("event=ONCRMDEALUSERFIELDUPDATE&data[FIELDS][ID]={id}")),
-        }
+        crate::record::fixture(
+            1_000 + id as i64,
+            String::new(),
+            Bytes::from(format!("event=ONCRMDEALUSERFIELDUPDATE&data[FIELDS][ID]={id}")),
+        )
     }
 
     fn done(n: u32, at_ms: i64) -> Attempt {

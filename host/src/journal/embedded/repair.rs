@@ -6,6 +6,7 @@
 //! Every read runs inside [`store::guard`]: a damaged page that makes the storage library panic
 //! ends one table's scan (reported), never the command.
 
+use crate::journal::record::Sealed as _;
 use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};

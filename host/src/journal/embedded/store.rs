@@ -29,6 +29,7 @@
 //! trusts it only as a list of candidates: each is checked to hold no row before it goes, and
 //! a wrong entry (damage) is dropped.
 
+use crate::journal::record::Sealed as _;
 use std::{collections::BTreeMap, path::Path};
 
 /// A storage library error as the backend-neutral [`StoreError::Db`].
@@ -605,6 +606,21 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// Writes what an accepted event changes of its portal's state: its learned token, its
+    /// stored install.
+    pub fn change_portal(
+        &mut self,
+        change: &crate::journal::PortalChange,
+    ) -> Result<(), StoreError> {
+        if let Some(token) = &change.token {
+            self.set_token(&change.member_id, token.as_ref())?;
+        }
+        if let Some(oauth) = &change.oauth {
+            self.set_oauth(&change.member_id, oauth)?;
+        }
+        Ok(())
+    }
+
     /// Remembers or forgets a portal's learned token.
     pub fn set_token(&mut self, member_id: &str, token: Option<&Secret>) -> Result<(), StoreError> {
         match token {
@@ -880,22 +896,14 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::journal::record::{EventMeta, Format, Source};
+    
 
     fn record(received_at_ms: i64) -> EventRecord {
-        EventRecord {
-            meta: EventMeta {
-                received_at_ms,
-                format: Format::Form,
-                source: Source::Online,
-                code: "ONCRMDEALUSERFIELDUPDATE".into(),
-                member_id: "m".into(),
-                domain: "d".into(),
-                dedup_key: String::new(),
-                extra: vec![],
-            },
-            raw: Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
-        }
+        crate::record::fixture(
+            received_at_ms,
+            String::new(),
+            Bytes::from_static(b"event=ONCRMDEALUSERFIELDUPDATE"),
+        )
     }
 
     /// Issue 20: one plugin holding 100,000 events (enabled without its library, or hung) must

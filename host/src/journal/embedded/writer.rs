@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use b24_plugin_api::Secret;
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::oneshot;
 
@@ -23,7 +22,7 @@ use super::{
     window::{self, Window},
 };
 use crate::journal::{
-    Appended, StoreError,
+    Appended, PortalChange, StoreError,
     dedup::{self, DedupKey},
     record::{DeadLetter, EventRecord, Pending},
 };
@@ -38,8 +37,8 @@ pub enum Command {
         plugins: Vec<Arc<str>>,
         /// Its duplicate-suppression key.
         key: DedupKey,
-        /// A token to remember (`Some(Some)`) or forget (`Some(None)`) with it.
-        token: Option<(String, Option<Secret>)>,
+        /// What it changes of its portal's state, in the same transaction.
+        change: Option<PortalChange>,
         /// An offline row: its key is recognised for as long as its event is kept, not only
         /// within the duplicate window.
         permanent: bool,
@@ -615,7 +614,7 @@ fn apply(
     failure: &mut Option<StoreError>,
 ) {
     match command {
-        Command::Append { record, plugins, key, token, permanent, reply } => {
+        Command::Append { record, plugins, key, change, permanent, reply } => {
             if let Some(original) = window.check(&key, now) {
                 replies.push(Reply::Append(reply, Ok(Appended::Duplicate(original)), None));
                 return;
@@ -637,8 +636,8 @@ fn apply(
             let id = *next_id;
             let written = tables
                 .insert_event(id, &record, &plugins)
-                .and_then(|()| match &token {
-                    Some((member, secret)) => tables.set_token(member, secret.as_ref()),
+                .and_then(|()| match &change {
+                    Some(change) => tables.change_portal(change),
                     None => Ok(()),
                 })
                 .and_then(|()| if permanent { tables.remember_offline(&key, id) } else { Ok(()) });

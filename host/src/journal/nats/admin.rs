@@ -40,17 +40,14 @@ use super::{
     dead::{self, EVENT_ID, PLUGINS, Stored},
     deliver::Shared,
 };
-use crate::{
-    decode,
-    journal::{
-        StoreError,
-        admin::{
-            Attempt, DeadRow, EventDetail, EventStatus, EventSummary, Page, PluginStats,
-            QUERY_SCAN_LIMIT, Query, SKIPPED, Selection, Stats, redact_raw, redacted,
-        },
-        now_ms,
-        record::{DeadLetter, EventRecord},
+use crate::journal::{
+    StoreError,
+    admin::{
+        Attempt, DeadRow, EventDetail, EventStatus, EventSummary, Page, PluginStats,
+        QUERY_SCAN_LIMIT, Query, SKIPPED, Selection, Stats, redact_raw,
     },
+    now_ms,
+    record::{DeadLetter, EventRecord},
 };
 
 /// The most events one page of a query lists.
@@ -89,10 +86,18 @@ pub(super) async fn consumer_info(
     stream: &Stream,
     plugin: &str,
 ) -> Result<Option<consumer::Info>, StoreError> {
-    match stream.consumer_info(super::setup::consumer_name(link, plugin)).await {
-        Ok(info) => Ok(Some(info)),
-        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
-        Err(e) => Err(storage(&format!("read the consumer of {plugin}"), e)),
+    // A request that timed out (a busy server or machine) is asked again, twice.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match stream.consumer_info(super::setup::consumer_name(link, plugin)).await {
+            Ok(info) => return Ok(Some(info)),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::TimedOut && tries < 3 => {
+                tracing::debug!(plugin, "reading the consumer timed out; asking again");
+            }
+            Err(e) => return Err(storage(&format!("read the consumer of {plugin}"), e)),
+        }
     }
 }
 
@@ -379,13 +384,6 @@ pub(super) async fn show(
             None => return Ok(None),
         },
     };
-    let decoded = match &record {
-        Some(record) => match decode::decode(&record.raw, record.meta.format.into()) {
-            Ok(event) => redacted(&event),
-            Err(e) => serde_json::json!({ "error": e.to_string() }),
-        },
-        None => serde_json::json!({ "error": "the record on the log fails its checksum" }),
-    };
     let mut pending_state = BTreeMap::new();
     for plugin in &summary.pending {
         let state = shared.pending(link, plugin, id).await?.unwrap_or_default();
@@ -394,7 +392,7 @@ pub(super) async fn show(
     let dead_state = dead_rows.into_iter().map(|r| (r.plugin, r.dead)).collect();
     Ok(Some(EventDetail {
         summary,
-        decoded,
+        decoded: serde_json::Value::Null,
         pending_state,
         dead_state,
         attempts: attempts(link, id).await?,
@@ -402,6 +400,7 @@ pub(super) async fn show(
             || "<the record on the log fails its checksum: withheld>".to_owned(),
             |r| redact_raw(&r.raw, r.meta.format),
         ),
+        record,
     }))
 }
 

@@ -167,11 +167,16 @@ impl Nats {
         record: Box<EventRecord>,
         key: DedupKey,
         plugins: Vec<Arc<str>>,
-        token: Option<(String, Option<Secret>)>,
+        change: Option<crate::journal::PortalChange>,
         permanent: bool,
     ) -> Result<Appended, StoreError> {
-        if let Some((member, token)) = token {
-            self.inner.kv.set_token(&member, token).await?;
+        if let Some(change) = change {
+            if let Some(token) = change.token {
+                self.inner.kv.set_token(&change.member_id, token).await?;
+            }
+            if let Some(oauth) = change.oauth {
+                self.inner.kv.save_oauth(&change.member_id, oauth).await?;
+            }
         }
         self.inner.appender.append(&self.inner.link, record, key, plugins, permanent).await
     }
