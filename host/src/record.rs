@@ -196,15 +196,23 @@ mod tests {
     }
 
     #[test]
-    fn content_types_pick_the_format() {
+    fn content_types() {
         assert_eq!(
-            Format::from_content_type("application/json; charset=utf-8"),
-            Some(Format::Json)
+            Format::from_content_type("application/x-www-form-urlencoded; charset=UTF-8"),
+            Some(Format::Form)
         );
+        assert_eq!(Format::from_content_type(" Application/JSON "), Some(Format::Json));
         assert_eq!(
             Format::from_content_type("Application/X-WWW-Form-Urlencoded"),
             Some(Format::Form)
         );
+        assert_eq!(
+            Format::from_content_type("application/json; charset=utf-8"),
+            Some(Format::Json)
+        );
+        assert_eq!(Format::from_content_type("application/vnd.x+json"), None);
         assert_eq!(Format::from_content_type("application/problem+json"), None);
+        assert_eq!(Format::from_content_type("text/plain"), None);
+        assert_eq!(Format::from_content_type(""), None);
     }
 }

@@ -102,27 +102,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_types() {
-        assert_eq!(
-            Format::from_content_type("application/x-www-form-urlencoded; charset=UTF-8"),
-            Some(Format::Form)
-        );
-        assert_eq!(Format::from_content_type(" Application/JSON "), Some(Format::Json));
-        assert_eq!(
-            Format::from_content_type("Application/X-WWW-Form-Urlencoded"),
-            Some(Format::Form)
-        );
-        assert_eq!(
-            Format::from_content_type("application/json; charset=utf-8"),
-            Some(Format::Json)
-        );
-        assert_eq!(Format::from_content_type("application/vnd.x+json"), None);
-        assert_eq!(Format::from_content_type("application/problem+json"), None);
-        assert_eq!(Format::from_content_type("text/plain"), None);
-        assert_eq!(Format::from_content_type(""), None);
-    }
-
-    #[test]
     fn error_texts() {
         assert_eq!(DecodeError::Missing("event").to_string(), "missing `event`");
         assert_eq!(

@@ -1,8 +1,9 @@
 //! The runner process (`b24-host runner`, hidden): loads one plugin through the same loader and
 //! ABI checks as the host, and calls it for the host. It reads frames from descriptor 3 (see
 //! [`super::protocol`]), runs each call on a lane thread of its own (one per host lane, so the
-//! plugin sees the same concurrency as in the host), decodes the journaled body there as a lane
-//! does in the host, and answers with the outcome. `HostServices::log` and `rest` become
+//! plugin sees the same concurrency as in the host), decodes the event's record there (the
+//! only place its body is decoded: the host sends the record as the journal keeps it), and
+//! answers with the outcome. `HostServices::log` and `rest` become
 //! frames to the host, which logs the line and makes the REST call with its own client and
 //! tokens. Its stdout and stderr are pipes the host logs under the plugin's name.
 //!

@@ -424,7 +424,6 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    
 
     fn record(received_at_ms: i64) -> EventRecord {
         crate::record::fixture(

@@ -837,10 +837,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::journal::{
-        checksum,
-        record::seal_row,
-    };
+    use crate::journal::{checksum, record::seal_row};
 
     fn record(id: u64) -> EventRecord {
         crate::record::fixture(
