@@ -24,7 +24,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::{
-    Shared, Slot,
+    Shared, Slot, recover,
     store::{self, db},
     wal::{Entry, Wal},
     window::{self, Window},
@@ -253,18 +253,37 @@ pub fn run(
         if let Some(b) = &mut broken
             && Instant::now() >= b.retry_at
         {
+            // The file reopened, a new segment, and the tables brought up to the log from the
+            // file's own checkpoint (what was applied without an fsync may be gone with the
+            // error): only then are events accepted again.
             let reopened = slot.reopen().and_then(|database| {
                 wal.roll(next_id)?;
-                Ok(database)
+                let caught = recover::catch_up(wal.dir(), &database, next_id)?;
+                Ok((database, caught))
             });
             match reopened {
-                Ok(database) => {
+                Ok((database, caught)) => {
                     let stored = store::guard("reading the next id", || store::next_id(&database));
                     next_id = next_id.max(stored.unwrap_or(1));
+                    // Every entry waiting is in the log, and the log is in the tables now.
+                    waiting.entries.clear();
+                    if waiting.commands.is_empty() {
+                        waiting.since = None;
+                    }
+                    shared.applied.store(caught.applied, std::sync::atomic::Ordering::SeqCst);
+                    wal.recycle(caught.applied);
+                    dirty = false;
+                    checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
+                    for (plugin, id) in &caught.woken {
+                        shared.appended(plugin, *id);
+                        shared.wake(plugin);
+                    }
                     shared.commit_result(None);
                     broken = None;
                     tracing::info!(
-                        "journal reopened after a storage error; accepting events again"
+                        taken = caught.taken,
+                        "journal reopened after a storage error; the tables hold every event the \
+                         write-ahead log holds; accepting events again"
                     );
                     bury_one_by_one(&database, std::mem::take(&mut unwritten), &shared);
                 }
@@ -272,10 +291,10 @@ pub fn run(
                     b.backoff = (b.backoff * 2).min(REOPEN_MAX);
                     b.retry_at = Instant::now() + b.backoff;
                     b.reason = e.to_string();
-                    shared.commit_result(Some(format!("{e} (retrying)")));
+                    let said = b.say(&wal, &shared);
                     tracing::warn!(
                         retry_ms = b.backoff.as_millis() as u64,
-                        "the journal still cannot be written: {e}"
+                        "the journal still cannot be written: {said}"
                     );
                 }
             }
@@ -303,7 +322,7 @@ pub fn run(
                 match applied {
                     Ok(Some(done)) => pruning = done,
                     Ok(None) => {}
-                    Err(reason) => broken = Some(Broken::new(reason)),
+                    Err(reason) => broken = Some(Broken::new(reason, &wal, &shared)),
                 }
             } else if broken.is_none()
                 && settings.maintain
@@ -360,7 +379,7 @@ pub fn run(
                         &mut waiting,
                     );
                     if let Err(reason) = logged {
-                        broken = Some(Broken::new(reason));
+                        broken = Some(Broken::new(reason, &wal, &shared));
                     } else if next_id != id_before
                         && let Some(mark) = &mut mark
                     {
@@ -404,7 +423,7 @@ pub fn run(
                 Ok(Some(done)) => pruning = done,
                 Ok(None) => {}
                 Err(reason) => {
-                    broken = Some(Broken::new(reason));
+                    broken = Some(Broken::new(reason, &wal, &shared));
                     continue;
                 }
             }
@@ -442,9 +461,36 @@ pub fn run(
 }
 
 impl Broken {
-    fn new(reason: String) -> Broken {
+    /// The writer stops taking appends after a storage error; `/readyz` and every refused
+    /// append say why (and, when the log holds events the file's tables may lack, that they
+    /// are kept there), with an ERROR line for those.
+    fn new(reason: String, wal: &Wal, shared: &Shared) -> Broken {
+        let broken =
+            Broken { retry_at: Instant::now() + REOPEN_FIRST, backoff: REOPEN_FIRST, reason };
+        let said = broken.say(wal, shared);
+        if wal.held().is_some() {
+            tracing::error!("{said}");
+        }
         tracing::warn!("the journal will be reopened after this storage error");
-        Broken { retry_at: Instant::now() + REOPEN_FIRST, backoff: REOPEN_FIRST, reason }
+        broken
+    }
+
+    /// Why appends are refused, as `/readyz` says it; stored as the journal's write error.
+    fn say(&self, wal: &Wal, shared: &Shared) -> String {
+        let said = match wal.held() {
+            Some((from, to)) => format!(
+                "{}; the events answered 200 with ids {from} to {to} are held in the write-ahead \
+                 log ({}) and the journal file has not taken them: they are kept there (a \
+                 restart replays them, `b24-host journal salvage --to NEW` copies them), and new \
+                 events get 503 until the file takes them. If this lasts, the file may be \
+                 damaged: check it with `b24-host journal verify`",
+                self.reason,
+                wal.dir().display()
+            ),
+            None => format!("{} (retrying)", self.reason),
+        };
+        shared.commit_result(Some(said.clone()));
+        said
     }
 }
 
@@ -559,7 +605,27 @@ fn apply_waiting(
     pruning: bool,
     unwritten: &mut Vec<Burial>,
 ) -> Result<Option<bool>, String> {
-    let commands = std::mem::take(&mut waiting.commands);
+    let checkpoint = Instant::now() >= *checkpoint_at || wal.segments() >= CHECKPOINT_SEGMENTS;
+    let mut commands = std::mem::take(&mut waiting.commands);
+    if waiting.entries.is_empty() {
+        // A read waits for the appends the tables have not taken; with none, it waits for
+        // nothing, and no transaction is written for it (on a damaged file every write risks
+        // more).
+        commands = commands
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Apply(reply) => {
+                    let _ = reply.send(());
+                    None
+                }
+                other => Some(other),
+            })
+            .collect();
+    }
+    if commands.is_empty() && waiting.entries.is_empty() && !(*dirty && checkpoint) {
+        waiting.since = None;
+        return Ok(None);
+    }
     let burials: Vec<Burial> = commands.iter().filter_map(Burial::of).collect();
     let database = match slot.get() {
         Ok(database) => database,
@@ -569,7 +635,6 @@ fn apply_waiting(
             return Err(e.to_string());
         }
     };
-    let checkpoint = Instant::now() >= *checkpoint_at || wal.segments() >= CHECKPOINT_SEGMENTS;
     let applied_to = waiting.entries.last().map(|e| e.id);
     // Each batch that adds events (and each batch while a backlog to prune remains) deletes up
     // to about twice what it adds, in the same transaction: pruning keeps pace with the load

@@ -101,6 +101,9 @@ pub struct Wal {
     spares: Vec<PathBuf>,
     /// The highest id written and synced.
     last_id: u64,
+    /// The highest id a durable checkpoint of the tables holds (see [`Wal::recycle`]): the
+    /// entries above it are held by the log alone.
+    checkpointed: u64,
     buf: Vec<u8>,
 }
 
@@ -131,8 +134,20 @@ impl Wal {
             live: scan.segments.iter().map(|s| (s.first_id, s.path.clone())).collect(),
             spares,
             last_id: scan.highest,
+            checkpointed: 0,
             buf: Vec::new(),
         })
+    }
+
+    /// The log's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The ids the log holds above the tables' last durable checkpoint (first, last), if any:
+    /// events answered 200 that only the log keeps.
+    pub fn held(&self) -> Option<(u64, u64)> {
+        (self.last_id > self.checkpointed).then_some((self.checkpointed + 1, self.last_id))
     }
 
     /// The number of segments not yet recycled.
@@ -245,8 +260,10 @@ impl Wal {
     }
 
     /// Recycles the segments wholly at or below `applied`, the highest id a durable checkpoint
-    /// of the tables holds (never the newest segment).
+    /// of the tables holds (never the newest segment). Only a durable checkpoint may call it:
+    /// an entry above `applied` stays in the log until the tables durably hold it.
     pub fn recycle(&mut self, applied: u64) {
+        self.checkpointed = applied;
         let mut changed = false;
         while self.live.len() > 1 && self.live[1].0 <= applied.saturating_add(1) {
             let Some((first, path)) = self.live.pop_front() else { break };
