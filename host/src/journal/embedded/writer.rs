@@ -256,11 +256,11 @@ pub fn run(
         if let Some(b) = &mut broken
             && Instant::now() >= b.retry_at
         {
-            // The file reopened, a new segment, and the tables brought up to the log from the
-            // file's own checkpoint (what was applied without an fsync may be gone with the
-            // error): only then are events accepted again.
+            // The file reopened, a new segment if a log write failed, and the tables brought
+            // up to the log from the file's own checkpoint (what was applied without an fsync
+            // may be gone with the error): only then are events accepted again.
             let reopened = slot.reopen().and_then(|database| {
-                wal.roll(next_id)?;
+                wal.ensure_open(next_id)?;
                 let caught = recover::catch_up(wal.dir(), &database, next_id)?;
                 Ok((database, caught))
             });

@@ -253,6 +253,17 @@ impl Wal {
         Ok(())
     }
 
+    /// Starts a new segment whose first id is `first_id` unless one is open: after a failed
+    /// write none is (the next frames must not follow frames that may be torn), while a
+    /// segment that only the tables behind failed is written on (a host that keeps failing to
+    /// reopen them starts no segment per try).
+    pub fn ensure_open(&mut self, first_id: u64) -> Result<(), StoreError> {
+        match self.current {
+            Some(_) => Ok(()),
+            None => self.roll(first_id),
+        }
+    }
+
     fn sync_dir(&self) -> Result<(), StoreError> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
