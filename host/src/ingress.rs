@@ -211,6 +211,7 @@ impl Ingress {
         // mark); a verified install's exchange stored its new pair already.
         let (_refreshes, oauth) =
             if exchanged { (None, None) } else { self.install_change(&event).await };
+        let stores_install = oauth.is_some();
         let change = PortalChange {
             member_id: event.auth.member_id.clone(),
             token: Verifier::token_change(&event, &effect).map(|(_, token)| token),
@@ -226,6 +227,11 @@ impl Ingress {
             Ok(Appended::New(id)) => {
                 let code = AcceptedCode(event.code.clone());
                 self.verifier.apply(&event, &effect);
+                if stores_install {
+                    // Durable in the log already; the portal's readers (the poller woken
+                    // below, the binder, the REST client) read the tables behind it.
+                    self.log.flush().await;
+                }
                 if event.code == "ONAPPUNINSTALL" {
                     tracing::info!(
                         member_id = %event.auth.member_id,

@@ -58,7 +58,7 @@ pub use state::{Held, State, TokenChanges};
 /// the same transaction on the embedded backend (so a 200 never leaves an install's pair
 /// unstored, nor a stored pair without its event); on NATS each entry is stored before the
 /// event is published.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct PortalChange {
     /// The portal.
     pub member_id: String,

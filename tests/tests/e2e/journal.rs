@@ -209,3 +209,55 @@ fn a_journal_that_cannot_grow_answers_503_and_keeps_what_it_accepted() {
     assert_eq!(events, accepted.len() as u64);
     assert!(host.stop());
 }
+
+/// The write-ahead log takes events (its segments stay under the limit) that the journal file
+/// behind it cannot (it may not grow): the host says which events only the log holds (an ERROR
+/// line and `/readyz`), answers 503 rather than 200 while the file cannot take them, and keeps
+/// them: a restart without the limit brings every event answered 200 into the file.
+#[test]
+fn events_the_file_cannot_take_stay_in_the_log_and_new_ones_get_503_meanwhile() {
+    let dir = HostDir::new(&[]);
+    dir.write_config(&config(&[], ""));
+    let host = dir
+        .start_with(Launch { file_size_limit_kib: Some(20 * 1024), ..Launch::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pad = "x".repeat(60_000);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for id in 0..1000 {
+        let body = format!("{}&data%5Bpad%5D={pad}", field_event(id, "UF_CRM_BIG"));
+        let answer = host.post_form(&body);
+        match answer.status {
+            200 => {
+                accepted.push(answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap())
+            }
+            503 => {
+                refused += 1;
+                if refused >= 20 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}: {answer:?}"),
+        }
+    }
+    assert!(refused >= 20 && !accepted.is_empty(), "accepted {} refused {refused}", accepted.len());
+    // The file failed while the log held events it had not taken: said loudly, with the ids.
+    assert!(
+        host.wait_log("held in the write-ahead log", PATIENCE),
+        "no word of the events only the log holds:\n{}",
+        host.log_text()
+    );
+    let errors: Vec<String> = host
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("held in the write-ahead log"))
+        .map(str::to_owned)
+        .collect();
+    assert!(errors.iter().any(|l| l.contains("ERROR") && l.contains("ids ")), "{errors:?}");
+    assert!(host.stop());
+    // Everything answered 200 is in the file after a restart without the limit.
+    let host = start(&dir);
+    let events = dir.journal(&["stats"])["events"].as_u64().unwrap();
+    assert_eq!(events, accepted.len() as u64);
+    assert!(host.stop());
+}

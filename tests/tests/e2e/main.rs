@@ -9,6 +9,7 @@ mod console;
 mod console_browser;
 mod console_journal;
 mod crash;
+mod crash_loop;
 mod damage;
 mod damage_live;
 mod delivery;

@@ -3,10 +3,13 @@
 //! cut short can be told apart from a new one. The host refuses to start on such a journal
 //! rather than start empty and lose its events without a word.
 //!
-//! The writer rewrites the mark in place (one `pwrite`, no fsync) after each commit that added
-//! events, and fsyncs it every few seconds and at shutdown: the mark never claims more than the
-//! journal made durable, and may lag it by a few seconds after a power loss, which errs on the
-//! side of starting.
+//! The writer rewrites the mark in place (one `pwrite`, no fsync) after each write of the
+//! write-ahead log that added events (`wal.rs`: the events are durable there before the file
+//! holds them), and fsyncs it every few seconds and at shutdown: the mark never claims more
+//! than the journal made durable, and may lag it by a few seconds after a power loss, which
+//! errs on the side of starting. At the start the highest id the journal holds is the file's
+//! or the log's, whichever is higher (the log is replayed into the file first): a journal file
+//! or a log missing or cut short where the other does not hold what the mark says is refused.
 
 use std::{
     fs::{File, OpenOptions},

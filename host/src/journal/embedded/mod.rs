@@ -1,5 +1,5 @@
-//! The embedded backend: one redb file in the state folder (`journal.redb`), written by one
-//! group-commit thread. The default: it needs no server.
+//! The embedded backend: a write-ahead log (`state_dir/wal/`) and one redb file behind it
+//! (`journal.redb`), written by one group-commit thread. The default: it needs no server.
 //!
 //! - [`store`]: the redb tables and the reads and writes on them.
 //! - [`writer`]: the group-commit thread, the only writer; after a storage error it reopens
@@ -10,6 +10,8 @@
 //!   the storage library cannot open.
 //! - [`mark`]: the highest event id journaled, kept outside the file: a journal found missing,
 //!   empty or cut short is refused rather than started empty.
+//! - [`wal`]: the write-ahead log, the one durable write an append waits for; the tables
+//!   follow behind it and are brought up to it when the journal is opened ([`recover`]).
 //!
 //! [`Embedded`], [`Consumer`], [`Reporter`] and [`Stopper`] are what the journal's face
 //! (`journal::Journal` and its namesakes) dispatch to.
@@ -17,8 +19,10 @@
 pub mod admin;
 pub mod mark;
 pub mod raw;
+pub mod recover;
 pub mod repair;
 pub mod store;
+pub mod wal;
 pub mod window;
 pub mod writer;
 
@@ -62,6 +66,8 @@ pub struct Shared {
     /// The next event id the writer hands out: a row naming this id or a higher one is
     /// damage.
     next_id: AtomicU64,
+    /// The highest id of the write-ahead log the tables hold.
+    applied: AtomicU64,
     /// Plugins whose rows were found damaged beyond what single dead letters account for.
     trouble: Mutex<std::collections::BTreeMap<String, Trouble>>,
     /// Whether `trouble` holds anything (read on every append).
@@ -273,11 +279,14 @@ impl Embedded {
                 });
             }
         };
+        // The tables are brought up to the log: what it holds above their last checkpoint.
+        let recovered = recover::replay(state_dir, &database)?;
         let stored = store::guard("reading the next id", || store::next_id(&database));
         // A command on a stopped host runs no consumer: it needs no next id to check rows by.
         let stored = if maintain { stored? } else { stored.unwrap_or(1) };
+        let highest = stored.saturating_sub(1).max(recovered.highest);
+        let stored = stored.max(recovered.next_id);
         let mark = if maintain {
-            let highest = stored.saturating_sub(1);
             if let Some(m) = marked.filter(|m| m.highest_id > highest) {
                 let what = format!("holds events only up to id {highest}");
                 return Err(mark::refusal(state_dir, &path, &what, m));
@@ -292,6 +301,7 @@ impl Embedded {
                 plugins.iter().map(|p| (Arc::from(p.as_str()), Arc::default())).collect(),
             ),
             next_id: AtomicU64::new(stored),
+            applied: AtomicU64::new(recovered.applied),
             ..Shared::default()
         });
         let (commands, rx) = mpsc::channel();
@@ -307,7 +317,7 @@ impl Embedded {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("journal-writer".into())
-                .spawn(move || writer::run(slot, rx, settings, shared, mark))
+                .spawn(move || writer::run(slot, rx, settings, shared, mark, recovered.wal))
                 .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
         };
         Ok((Embedded { slot, commands, shared }, thread))
@@ -421,6 +431,11 @@ impl Embedded {
         &self,
         read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // Appends answered 200 may still wait for the tables: let the writer apply them first.
+        let (reply, applied) = oneshot::channel();
+        if self.send(Command::Apply(reply)).is_ok() {
+            let _ = applied.await;
+        }
         let slot = self.slot.clone();
         tokio::task::spawn_blocking(move || {
             store::guard("reading the journal", || read(&*slot.get()?))
@@ -911,8 +926,9 @@ mod tests {
         writer.join().unwrap();
     }
 
-    /// An install's pair is written in the event's own transaction: stored once the append
-    /// answers, and not at all for an append that is a duplicate (nothing of it is written).
+    /// An install's pair is written in the event's own write (its entry in the write-ahead
+    /// log, then the same transaction of the tables): stored once the append answers, and not
+    /// at all for an append that is a duplicate (nothing of it is written).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_installs_pair_is_stored_with_its_event_and_not_with_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
@@ -928,15 +944,69 @@ mod tests {
         let key = crate::journal::dedup::key_of(&[b"install"]);
         let first = journal.append(Box::new(record(1)), key, vec![], change("first"), false);
         assert_eq!(first.await.unwrap(), Appended::New(1));
+        // In the log's entry with the event; the tables take it at the next flush (ingress
+        // flushes after an append that stores an install, before anything reads it).
+        journal.flush().await;
         assert_eq!(journal.oauth("m").unwrap().as_deref(), Some(b"first".as_slice()));
         let tokens = journal.learned_tokens().unwrap();
         assert_eq!(tokens.get("m").map(|t| t.expose().to_owned()), Some("app".into()));
         let again = journal.append(Box::new(record(1)), key, vec![], change("again"), false);
         assert_eq!(again.await.unwrap(), Appended::Duplicate(1));
+        journal.flush().await;
         assert_eq!(journal.oauth("m").unwrap().as_deref(), Some(b"first".as_slice()));
         journal.finish().await;
         journal.close();
         drop(journal);
+        writer.join().unwrap();
+    }
+
+    /// Events answered 200 that the tables never took (the writer ended first, as at a crash)
+    /// come back from the write-ahead log at the next open, each process writes a segment of
+    /// its own, and the segments behind the tables' checkpoint are reclaimed: the log does not
+    /// grow with what it already handed on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_replays_what_the_tables_lacked_and_reclaims_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let p: Arc<str> = Arc::from("p");
+        let config = JournalConfig::default();
+        let segments = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join(wal::DIR))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".seg"))
+                .collect();
+            names.sort();
+            names
+        };
+        let mut id = 0u64;
+        for _ in 0..3 {
+            let (journal, writer) =
+                Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+            for _ in 0..5 {
+                id += 1;
+                let key = crate::journal::dedup::key_of(&[&id.to_le_bytes()]);
+                let appended =
+                    journal.append(Box::new(record(id)), key, vec![p.clone()], None, false);
+                assert_eq!(appended.await.unwrap(), Appended::New(id));
+            }
+            // No flush, no close: what waits for the tables is dropped with the writer.
+            drop(journal);
+            writer.join().unwrap();
+        }
+        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+        // Replayed at the open (each earlier open replayed its predecessor's): the first two
+        // segments are wholly behind the checkpoint and gone, the newest stays.
+        assert_eq!(segments(), vec![format!("{:020}.seg", 11)]);
+        let mut consumer = journal.consumer("p");
+        let mut got = Vec::new();
+        for _ in 0..15 {
+            got.push(next(&mut consumer).await);
+        }
+        assert_eq!(got, (1..=15).collect::<Vec<_>>());
+        journal.finish().await;
+        journal.close();
+        drop((consumer, journal));
         writer.join().unwrap();
     }
 }

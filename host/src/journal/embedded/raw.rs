@@ -51,6 +51,8 @@ pub struct Found {
     pub offline_seen: BTreeMap<Vec<u8>, u64>,
     /// The highest `next_id` counter found, or 1.
     pub next_id: u64,
+    /// The highest `wal_applied` checkpoint found (0: none).
+    pub wal_applied: u64,
     /// (plugin, event) pairs of events no readable row accounts for, in a journal that kept
     /// the index of complete events: their rows were on damaged pages. Each plugin seen in the
     /// file that did not finish the event is listed (salvage makes them dead letters: "it may
@@ -78,6 +80,7 @@ struct Seen {
     state: BTreeMap<String, Vec<u8>>,
     offline_seen: Vec<(Vec<u8>, u64)>,
     next_id: u64,
+    wal_applied: u64,
     /// Whether the file kept the index of complete events (its `meta` note was found).
     indexed: bool,
     leaves: usize,
@@ -295,6 +298,9 @@ fn counters(entries: &[(&[u8], &[u8])], seen: &mut Seen) -> bool {
         if *key == b"next_id" {
             seen.next_id = seen.next_id.max(value);
             kept = true;
+        } else if *key == store::WAL_APPLIED.as_bytes() {
+            seen.wal_applied = seen.wal_applied.max(value);
+            kept = true;
         } else if *key == store::COMPLETED_INDEX.as_bytes() {
             seen.indexed = true;
             kept = true;
@@ -311,6 +317,7 @@ fn reconcile(seen: Seen) -> Found {
     let Seen { events, completed, pending, dead, finished, attempted, .. } = &seen;
     let mut found = Found {
         next_id: seen.next_id.max(events.keys().next_back().map_or(1, |id| id + 1)),
+        wal_applied: seen.wal_applied,
         leaves: seen.leaves,
         tokens: seen.tokens.clone(),
         oauth: seen.oauth.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect(),

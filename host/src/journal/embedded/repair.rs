@@ -1,7 +1,9 @@
 //! `journal verify` and `journal salvage` on the embedded backend, for a stopped host: read
 //! every table of the file without changing it (read-only; a file that needs redb's repair
 //! first is copied and the copy repaired), check every record's checksum and the rows'
-//! references, and (salvage) write everything readable into a fresh journal.
+//! references, then the write-ahead log (every frame checked; what it holds above the file's
+//! last checkpoint counts as journaled, as the next start would replay it), and (salvage)
+//! write everything readable into a fresh journal.
 //!
 //! Every read runs inside [`store::guard`]: a damaged page that makes the storage library panic
 //! ends one table's scan (reported), never the command.
@@ -14,6 +16,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use super::{
     FILE_NAME, mark, raw,
     store::{self, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
+    wal,
 };
 use crate::journal::{
     StoreError,
@@ -36,9 +39,26 @@ struct Readable {
     tokens: Vec<(String, String)>,
     offline_seen: Vec<(Vec<u8>, u64)>,
     next_id: u64,
+    /// The highest id of the write-ahead log the file holds (its last checkpoint's).
+    wal_applied: u64,
     /// Events that follow a damaged page of the pending table: their pending rows (if any)
     /// could not be read.
     behind_damage: Vec<(String, u64)>,
+}
+
+impl Readable {
+    /// A portal's OAuth entry the write-ahead log holds: it replaces the file's.
+    fn oauth(&mut self, member: Vec<u8>, value: Vec<u8>) {
+        let rows = match self.small.iter_mut().find(|(name, _)| *name == "oauth") {
+            Some((_, rows)) => rows,
+            None => {
+                self.small.push(("oauth", Vec::new()));
+                &mut self.small.last_mut().expect("pushed").1
+            }
+        };
+        rows.retain(|(k, _)| *k != member);
+        rows.push((member, value));
+    }
 }
 
 /// Checks the journal in `state_dir`.
@@ -82,6 +102,7 @@ pub fn salvage(state_dir: &Path, to: &Path) -> Result<RepairReport, StoreError> 
             }
         }
         tables.set_next_id(readable.next_id)?;
+        tables.set_wal_applied(readable.wal_applied)?;
     }
     {
         let mut pending = db(txn.open_table(PENDING))?;
@@ -143,10 +164,100 @@ impl Drop for Copy {
     }
 }
 
-/// Reads every table (read-only, or a repaired copy) and checks what it reads.
+/// Reads every table and the write-ahead log, and checks what it reads.
 fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
-    let path = state_dir.join(FILE_NAME);
     let marked = mark::read(state_dir).ok().flatten();
+    let (readable, report) = read_file(state_dir, marked)?;
+    let (readable, report) = with_log(state_dir, readable, report);
+    Ok(finish(readable, report, marked))
+}
+
+/// Adds what the write-ahead log holds above the file's checkpoint and the file lacks.
+fn with_log(
+    state_dir: &Path,
+    mut readable: Readable,
+    mut report: RepairReport,
+) -> (Readable, RepairReport) {
+    let dir = state_dir.join(wal::DIR);
+    let scan = match wal::read::scan(&dir, readable.wal_applied) {
+        Ok(scan) => scan,
+        Err(e) => {
+            report.problems.push(format!("the write-ahead log cannot be read: {e}"));
+            return (readable, report);
+        }
+    };
+    if let Some(lost) = scan.describe_lost() {
+        report.problems.push(lost);
+    }
+    for segment in &scan.segments {
+        if segment.cut == Some("its header is damaged") {
+            report.problems.push(format!(
+                "{}: {}",
+                segment.path.display(),
+                "its header is damaged"
+            ));
+        }
+    }
+    let held: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
+    let mut added = 0;
+    for entry in &scan.entries {
+        if held.contains(&entry.id) {
+            continue;
+        }
+        match EventRecord::unseal(entry.id, &entry.sealed) {
+            Ok(record) => {
+                readable.events.push((entry.id, record));
+                report.events.readable += 1;
+                for plugin in &entry.plugins {
+                    readable.pending.push((plugin.to_string(), entry.id, Ok(Pending::default())));
+                    report.pending.readable += 1;
+                }
+                if let Some(change) = &entry.change {
+                    let member = &change.member_id;
+                    if let Some(token) = &change.token {
+                        readable.tokens.retain(|(m, _)| m != member);
+                        if let Some(token) = token {
+                            readable.tokens.push((member.clone(), token.expose().to_owned()));
+                        }
+                    }
+                    if let Some(oauth) = &change.oauth {
+                        readable.oauth(member.as_bytes().to_vec(), oauth.clone());
+                    }
+                }
+                if let Some(key) = entry.offline_key {
+                    readable.offline_seen.push((key.to_vec(), entry.id));
+                }
+                added += 1;
+            }
+            Err(e) => {
+                report.events.damaged += 1;
+                report.problems.push(format!("event {}: in the write-ahead log: {e}", entry.id));
+            }
+        }
+    }
+    if added > 0 {
+        report.notes.push(format!(
+            "{added} events are in the write-ahead log ({}) and not yet in the file: the next \
+             start replays them, salvage copies them",
+            dir.display()
+        ));
+    }
+    readable.events.sort_by_key(|(id, _)| *id);
+    readable.pending.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    readable.next_id = readable.next_id.max(scan.next_id);
+    report.next_id = readable.next_id;
+    // What the log holds or says it lost is the salvaged file's: a start on it replays none.
+    let lost_to = scan.lost.iter().map(|(_, to)| *to).max().unwrap_or(0);
+    readable.wal_applied = readable.wal_applied.max(scan.highest).max(lost_to);
+    (readable, report)
+}
+
+/// Reads every table of the file (read-only, or a repaired copy) and checks what it reads.
+fn read_file(
+    state_dir: &Path,
+    marked: Option<mark::Marked>,
+) -> Result<(Readable, RepairReport), StoreError> {
+    let path = state_dir.join(FILE_NAME);
     let mut report = RepairReport { file: path.display().to_string(), ..RepairReport::default() };
     if let Some(m) = marked {
         report.mark_highest_id = Some(m.highest_id);
@@ -193,7 +304,7 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
                 report.notes.push(format!("read-only open failed ({first}); read a padded copy"));
                 let readable = scan(&database, &mut report);
                 drop(database);
-                return Ok(finish(readable, report, marked));
+                return Ok((readable, report));
             }
             let repaired = store::guard("opening a copy of the journal", || {
                 redb::Builder::new().open(&copy.0).map_err(store::db_error)
@@ -214,7 +325,7 @@ fn read_all(state_dir: &Path) -> Result<(Readable, RepairReport), StoreError> {
             }
         }
     };
-    Ok(finish(readable, report, marked))
+    Ok((readable, report))
 }
 
 /// Reads what the storage library cannot open by scanning its pages (see [`raw`]).
@@ -241,6 +352,7 @@ fn raw_scan(path: &Path, report: &mut RepairReport) -> Result<Readable, StoreErr
         state,
         offline_seen,
         next_id,
+        wal_applied,
         orphans,
         ..
     } = found;
@@ -279,6 +391,7 @@ fn raw_scan(path: &Path, report: &mut RepairReport) -> Result<Readable, StoreErr
         tokens: tokens.into_iter().collect(),
         offline_seen: offline_seen.into_iter().collect(),
         next_id,
+        wal_applied,
         behind_damage: orphans,
     })
 }
@@ -298,6 +411,14 @@ fn finish(
             m.highest_id,
             mark::FILE_NAME
         ));
+    }
+    // The ids up to the mark were handed out (answered 200): a salvaged journal never hands
+    // them out again, and a host starts on it (what is missing is in the report). Events only
+    // the write-ahead log held, when it is not there to read, are among those reported.
+    let mut readable = readable;
+    if let Some(m) = marked {
+        readable.next_id = readable.next_id.max(m.highest_id + 1);
+        readable.wal_applied = readable.wal_applied.max(m.highest_id);
     }
     (readable, report)
 }
@@ -404,6 +525,8 @@ fn scan<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Readabl
         .push(("state", rows(database, STATE, report, |k, v| (k.as_bytes().to_vec(), v.to_vec()))));
     let meta = rows(database, META, report, |k, v| (k.to_owned(), v));
     let stored_next = meta.iter().find(|(k, _)| k == "next_id").map_or(1, |(_, v)| *v);
+    readable.wal_applied =
+        meta.iter().find(|(k, _)| k == store::WAL_APPLIED).map_or(0, |(_, v)| *v);
     readable.next_id = stored_next.max(highest + 1);
     report.next_id = readable.next_id;
     readable

@@ -78,6 +78,9 @@ pub const COMPLETED: TableDefinition<u64, &[u8]> = TableDefinition::new("complet
 /// The `meta` entry saying which version of the `completed` index the file holds; a file
 /// without it gets the index built when opened.
 pub const COMPLETED_INDEX: &str = "completed_index";
+/// `meta` key: the highest id of the write-ahead log whose entry the tables hold. The
+/// write-ahead log's entries above it are replayed at the start (`wal.rs`).
+pub const WAL_APPLIED: &str = "wal_applied";
 
 /// Shorthand: a redb result into a store result.
 pub fn db<T, E: Into<redb::Error>>(result: Result<T, E>) -> Result<T, StoreError> {
@@ -178,6 +181,20 @@ pub fn next_id(database: &Database) -> Result<u64, StoreError> {
     let events = db(txn.open_table(EVENTS))?;
     let after_last = db(events.last())?.map(|(k, _)| k.value() + 1).unwrap_or(1);
     Ok(stored.max(after_last))
+}
+
+/// The highest id of the write-ahead log the tables hold (0: none yet).
+pub fn wal_applied(database: &Database) -> Result<u64, StoreError> {
+    let txn = db(database.begin_read())?;
+    let meta = db(txn.open_table(META))?;
+    Ok(db(meta.get(WAL_APPLIED))?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// The event an offline row with `key` already became, if any.
+pub fn offline_seen(database: &Database, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    let txn = db(database.begin_read())?;
+    let table = db(txn.open_table(OFFLINE_SEEN))?;
+    Ok(db(table.get(key))?.map(|v| v.value()))
 }
 
 /// Learned application tokens.
@@ -383,7 +400,17 @@ impl<'txn> Tables<'txn> {
         record: &EventRecord,
         plugins: &[std::sync::Arc<str>],
     ) -> Result<(), StoreError> {
-        db(self.events.insert(id, record.seal(id).as_slice()))?;
+        self.insert_sealed(id, &record.seal(id), plugins)
+    }
+
+    /// [`Tables::insert_event`] with the record already sealed (as the write-ahead log holds it).
+    pub fn insert_sealed(
+        &mut self,
+        id: u64,
+        sealed: &[u8],
+        plugins: &[std::sync::Arc<str>],
+    ) -> Result<(), StoreError> {
+        db(self.events.insert(id, sealed))?;
         for plugin in plugins {
             let fresh = seal_row(plugin, id, &Pending::default());
             db(self.pending.insert((&**plugin, id), fresh.as_slice()))?;
@@ -414,6 +441,17 @@ impl<'txn> Tables<'txn> {
     pub fn set_next_id(&mut self, next_id: u64) -> Result<(), StoreError> {
         db(self.meta.insert("next_id", next_id))?;
         Ok(())
+    }
+
+    /// Records the highest id of the write-ahead log these tables hold (see [`WAL_APPLIED`]).
+    pub fn set_wal_applied(&mut self, id: u64) -> Result<(), StoreError> {
+        db(self.meta.insert(WAL_APPLIED, id))?;
+        Ok(())
+    }
+
+    /// Whether event `id` is stored.
+    pub fn has_event(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(db(self.events.get(id))?.is_some())
     }
 
     /// The plugin finished the event; the last plugin to finish it makes it complete.

@@ -1,11 +1,17 @@
 //! The group-commit writer: one thread owns every write to the journal. Concurrent requests'
-//! appends, and the workers' outcomes, are gathered for up to the commit window and written in
-//! one transaction; one fsync then makes a whole batch durable.
+//! appends are gathered into one batch, written to the write-ahead log with one `pwrite` and
+//! made durable with one `fdatasync` ([`super::wal`]); then their 200s go out. That is the
+//! only durable write an append waits for.
 //!
-//! Appends need durability before their 200, so a batch with an append commits with
-//! `Durability::Immediate`. A batch of outcomes only commits with `Durability::None`: losing one
-//! in a crash means a redelivery, which at-least-once allows, and the next durable commit
-//! persists it anyway.
+//! The tables in `journal.redb` (events, pending rows, dead letters, attempts, tokens) follow
+//! behind: the appends the log holds and the workers' outcomes are applied in one transaction
+//! without an fsync of its own once [`APPLY_EVERY`] passed since the first of them arrived,
+//! [`APPLY_MAX`] are waiting, or something needs the tables now (an operator's change, a read
+//! of the admin face, a flush, tokens or state to store). Every [`CHECKPOINT_EVERY`] (and for
+//! those that need it) the transaction is durable: a checkpoint, recording in `meta`
+//! `wal_applied` the highest log id the tables hold; the log's segments behind it are recycled.
+//! After a crash the tables are as of the last checkpoint and `Embedded::open` replays the
+//! log above it. A lost outcome means a redelivery, which at-least-once allows.
 
 use std::{
     collections::HashMap,
@@ -13,12 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::journal::record::Sealed as _;
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::{
-    Shared, Slot,
+    Shared, Slot, recover,
     store::{self, db},
+    wal::{Entry, Wal},
     window::{self, Window},
 };
 use crate::journal::{
@@ -67,6 +75,9 @@ pub enum Command {
     },
     /// Make everything so far durable, then answer.
     Flush(oneshot::Sender<()>),
+    /// Bring the tables up to everything so far (no fsync), then answer: a read of the admin
+    /// face sees every event answered 200 before it.
+    Apply(oneshot::Sender<()>),
     /// Commit what came before, close the file cleanly (so that it opens without redb's
     /// repair, and read-only for `journal verify`/`salvage`), then answer; later commands fail.
     Close(oneshot::Sender<()>),
@@ -111,6 +122,17 @@ pub struct Settings {
 
 /// The largest batch; beyond it a batch commits without waiting for its window.
 const MAX_BATCH: usize = 4096;
+/// How long appends and outcomes may wait before the tables take them.
+pub const APPLY_EVERY: Duration = Duration::from_millis(10);
+/// How many appends and outcomes may wait before the tables take them.
+const APPLY_MAX: usize = 4096;
+/// How often the tables are made durable (a checkpoint) while they change. A checkpoint runs
+/// on this thread, so the appends of its moment wait for it: a small one often (its cost grows
+/// with what changed since the last) keeps that wait short (at 1 s, p99 of point (3) of
+/// `bench/load.sh` was about 20 ms, at 200 ms under 10).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// A checkpoint is also made once the log has this many segments.
+const CHECKPOINT_SEGMENTS: usize = 3;
 /// How often completed events are pruned when there is little to prune.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// How often while a prune round found more than it may delete at once.
@@ -131,17 +153,59 @@ struct Broken {
     reason: String,
 }
 
+/// What waits for the tables: appends the log holds, and every other command.
+#[derive(Default)]
+struct Waiting {
+    /// Entries in the log, not yet in the tables (kept until a transaction takes them).
+    entries: Vec<Entry>,
+    /// The other commands, in arrival order.
+    commands: Vec<Command>,
+    /// When the first of them arrived.
+    since: Option<Instant>,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.commands.is_empty()
+    }
+
+    /// Whether the tables should take what waits now.
+    fn due(&self) -> bool {
+        !self.is_empty()
+            && (self.entries.len() + self.commands.len() >= APPLY_MAX
+                || self.since.is_some_and(|t| t.elapsed() >= APPLY_EVERY)
+                || self.commands.iter().any(|c| {
+                    matches!(
+                        c,
+                        Command::Admin { .. }
+                            | Command::Flush(_)
+                            | Command::Apply(_)
+                            | Command::Close(_)
+                            | Command::SetOAuth(..)
+                            | Command::SetState(..)
+                    )
+                }))
+    }
+
+    /// When what waits becomes due by age.
+    fn due_at(&self) -> Option<Instant> {
+        self.since.map(|t| t + APPLY_EVERY)
+    }
+}
+
 /// Runs the writer until every sender is gone.
 ///
 /// After a storage error (a full disk, say) redb refuses every later write, so the writer
-/// closes and reopens the file, with back-off, until a test write succeeds; meanwhile every
-/// append is refused at once (503: nothing accepted) and `/readyz` says why.
+/// closes and reopens the file and starts a new log segment, with back-off, until a test
+/// write succeeds; meanwhile every append is refused at once (503: nothing accepted) and
+/// `/readyz` says why. Appends the log already holds stay waiting for the tables.
 pub fn run(
     slot: Arc<Slot>,
     rx: mpsc::Receiver<Command>,
     settings: Settings,
     shared: Arc<Shared>,
     mut mark: Option<super::mark::Mark>,
+    mut wal: Wal,
 ) {
     let Ok(database) = slot.get() else { return };
     let mut next_id =
@@ -170,8 +234,20 @@ pub fn run(
     // file is reopened: losing one would leave its event neither delivered nor a dead letter.
     let mut unwritten: Vec<Burial> = Vec::new();
     let mut closers = Vec::new();
+    let mut waiting = Waiting::default();
+    let mut checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
+    // Whether the tables changed since the last checkpoint.
+    let mut dirty = false;
     while closers.is_empty() {
-        let wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
+        let mut wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
+        if broken.is_none()
+            && let Some(due) = waiting.due_at()
+        {
+            wake_at = wake_at.min(due);
+        }
+        if broken.is_none() && dirty {
+            wake_at = wake_at.min(checkpoint_at);
+        }
         let first = match rx.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
             Ok(command) => Some(command),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -180,14 +256,37 @@ pub fn run(
         if let Some(b) = &mut broken
             && Instant::now() >= b.retry_at
         {
-            match slot.reopen() {
-                Ok(database) => {
+            // The file reopened, a new segment if a log write failed, and the tables brought
+            // up to the log from the file's own checkpoint (what was applied without an fsync
+            // may be gone with the error): only then are events accepted again.
+            let reopened = slot.reopen().and_then(|database| {
+                wal.ensure_open(next_id)?;
+                let caught = recover::catch_up(wal.dir(), &database, next_id)?;
+                Ok((database, caught))
+            });
+            match reopened {
+                Ok((database, caught)) => {
                     let stored = store::guard("reading the next id", || store::next_id(&database));
                     next_id = next_id.max(stored.unwrap_or(1));
+                    // Every entry waiting is in the log, and the log is in the tables now.
+                    waiting.entries.clear();
+                    if waiting.commands.is_empty() {
+                        waiting.since = None;
+                    }
+                    shared.applied.store(caught.applied, std::sync::atomic::Ordering::SeqCst);
+                    wal.recycle(caught.applied);
+                    dirty = false;
+                    checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
+                    for (plugin, id) in &caught.woken {
+                        shared.appended(plugin, *id);
+                        shared.wake(plugin);
+                    }
                     shared.commit_result(None);
                     broken = None;
                     tracing::info!(
-                        "journal reopened after a storage error; accepting events again"
+                        taken = caught.taken,
+                        "journal reopened after a storage error; the tables hold every event the \
+                         write-ahead log holds; accepting events again"
                     );
                     bury_one_by_one(&database, std::mem::take(&mut unwritten), &shared);
                 }
@@ -195,10 +294,10 @@ pub fn run(
                     b.backoff = (b.backoff * 2).min(REOPEN_MAX);
                     b.retry_at = Instant::now() + b.backoff;
                     b.reason = e.to_string();
-                    shared.commit_result(Some(format!("{e} (retrying)")));
+                    let said = b.say(&wal, &shared);
                     tracing::warn!(
                         retry_ms = b.backoff.as_millis() as u64,
-                        "the journal still cannot be written: {e}"
+                        "the journal still cannot be written: {said}"
                     );
                 }
             }
@@ -207,7 +306,28 @@ pub fn run(
             mark.tick();
         }
         let Some(first) = first else {
-            if broken.is_none()
+            // Idle: what waits is applied when due, and changes applied without an fsync are
+            // made durable by a checkpoint of their own (so that a crash long after the last
+            // load redelivers nothing it need not).
+            if broken.is_none() && (waiting.due() || dirty && Instant::now() >= checkpoint_at) {
+                let applied = apply_waiting(
+                    &slot,
+                    &mut waiting,
+                    &mut wal,
+                    &mut checkpoint_at,
+                    &mut dirty,
+                    next_id,
+                    &shared,
+                    &settings,
+                    pruning,
+                    &mut unwritten,
+                );
+                match applied {
+                    Ok(Some(done)) => pruning = done,
+                    Ok(None) => {}
+                    Err(reason) => broken = Some(Broken::new(reason, &wal, &shared)),
+                }
+            } else if broken.is_none()
                 && settings.maintain
                 && Instant::now() >= next_prune
                 && let Ok(database) = slot.get()
@@ -242,73 +362,74 @@ pub fn run(
             }));
             batch.push(Command::Flush(oneshot::channel().0));
         }
-        let burials: Vec<Burial> = batch.iter().filter_map(Burial::of).collect();
-        let database = match (&broken, slot.get()) {
-            (None, Ok(database)) => database,
-            (Some(b), _) => {
-                let reason = format!("the journal cannot be written: {}", b.reason);
-                fail_all(batch, &StoreError::Storage(reason));
-                unwritten.extend(burials);
-                continue;
+        let (appends, others): (Vec<Command>, Vec<Command>) =
+            batch.into_iter().partition(|c| matches!(c, Command::Append { .. }));
+        if !appends.is_empty() {
+            match &broken {
+                Some(b) => {
+                    let reason = format!("the journal cannot be written: {}", b.reason);
+                    fail_all(appends, &StoreError::Storage(reason));
+                }
+                None => {
+                    let id_before = next_id;
+                    let logged = log_appends(
+                        &slot,
+                        &mut wal,
+                        appends,
+                        &mut next_id,
+                        &mut window,
+                        &shared,
+                        &mut waiting,
+                    );
+                    if let Err(reason) = logged {
+                        broken = Some(Broken::new(reason, &wal, &shared));
+                    } else if next_id != id_before
+                        && let Some(mark) = &mut mark
+                    {
+                        mark.note(next_id - 1);
+                    }
+                }
             }
-            (None, Err(e)) => {
-                fail_all(batch, &e);
-                unwritten.extend(burials);
-                continue;
+        }
+        if !others.is_empty() {
+            waiting.commands.extend(others);
+        }
+        if !waiting.is_empty() && waiting.since.is_none() {
+            waiting.since = Some(Instant::now());
+        }
+        if let Some(b) = &broken {
+            // Nothing reaches the tables until they are reopened: what needs an answer gets
+            // the error now; the entries the log holds wait.
+            let commands = std::mem::take(&mut waiting.commands);
+            unwritten.extend(commands.iter().filter_map(Burial::of));
+            let reason = format!("the journal cannot be written: {}", b.reason);
+            fail_all(commands, &StoreError::Storage(reason));
+            if waiting.entries.is_empty() {
+                waiting.since = None;
             }
-        };
-        let id_before = next_id;
-        let appends = batch.iter().filter(|c| matches!(c, Command::Append { .. })).count();
-        // Each batch that adds events (and each batch while a backlog to prune remains)
-        // deletes up to about twice what it adds, in the same transaction: pruning keeps pace
-        // with the load without pauses of its own. With nothing to prune this costs a few
-        // look-ups.
-        let prune_budget =
-            (settings.maintain && (pruning || appends > 0)).then_some(2 * appends + 64);
-        // A panic of the storage library (a damaged page) drops the batch's replies (their
-        // callers get an error: 503, nothing claimed) and is handled as a storage error: the
-        // file is reopened, and meanwhile `/readyz` says why.
-        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            write_batch(
-                &database,
-                batch,
-                &mut next_id,
-                &mut window,
-                &shared,
-                &settings,
-                prune_budget,
-            )
-        }));
-        let (pruned, failed) = written.unwrap_or_else(|payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_owned());
-            let error = StoreError::Damaged { what: "writing the journal", message };
-            tracing::error!("{error}");
-            shared.commit_result(Some(error.to_string()));
-            (None, Some(error.to_string()))
-        });
-        drop(database);
-        if let Some(reason) = failed {
-            tracing::warn!("the journal will be reopened after this storage error");
-            unwritten.extend(burials);
-            broken = Some(Broken {
-                retry_at: Instant::now() + REOPEN_FIRST,
-                backoff: REOPEN_FIRST,
-                reason,
-            });
             continue;
         }
-        if next_id != id_before
-            && let Some(mark) = &mut mark
-        {
-            mark.note(next_id - 1);
-        }
-        shared.next_id.fetch_max(next_id, std::sync::atomic::Ordering::SeqCst);
-        if let (Some(budget), Some(done)) = (prune_budget, pruned) {
-            pruning = done >= budget;
+        if waiting.due() {
+            let applied = apply_waiting(
+                &slot,
+                &mut waiting,
+                &mut wal,
+                &mut checkpoint_at,
+                &mut dirty,
+                next_id,
+                &shared,
+                &settings,
+                pruning,
+                &mut unwritten,
+            );
+            match applied {
+                Ok(Some(done)) => pruning = done,
+                Ok(None) => {}
+                Err(reason) => {
+                    broken = Some(Broken::new(reason, &wal, &shared));
+                    continue;
+                }
+            }
         }
         // A round of its own (up to PRUNE_BATCH deletes in one transaction) holds up the
         // requests waiting for the next batch, so under load it only runs when the batches are
@@ -340,6 +461,234 @@ pub fn run(
     for tx in closers {
         let _ = tx.send(());
     }
+}
+
+impl Broken {
+    /// The writer stops taking appends after a storage error; `/readyz` and every refused
+    /// append say why (and, when the log holds events the file's tables may lack, that they
+    /// are kept there), with an ERROR line for those.
+    fn new(reason: String, wal: &Wal, shared: &Shared) -> Broken {
+        let broken =
+            Broken { retry_at: Instant::now() + REOPEN_FIRST, backoff: REOPEN_FIRST, reason };
+        let said = broken.say(wal, shared);
+        if wal.held().is_some() {
+            tracing::error!("{said}");
+        }
+        tracing::warn!("the journal will be reopened after this storage error");
+        broken
+    }
+
+    /// Why appends are refused, as `/readyz` says it; stored as the journal's write error.
+    fn say(&self, wal: &Wal, shared: &Shared) -> String {
+        let said = match wal.held() {
+            Some((from, to)) => format!(
+                "{}; the events answered 200 with ids {from} to {to} are held in the write-ahead \
+                 log ({}) and the journal file has not taken them: they are kept there (a \
+                 restart replays them, `b24-host journal salvage --to NEW` copies them), and new \
+                 events get 503 until the file takes them. If this lasts, the file may be \
+                 damaged: check it with `b24-host journal verify`",
+                self.reason,
+                wal.dir().display()
+            ),
+            None => format!("{} (retrying)", self.reason),
+        };
+        shared.commit_result(Some(said.clone()));
+        said
+    }
+}
+
+/// Journals a batch of appends: duplicates answered from the window, the rest numbered,
+/// written to the log and fsynced, then answered 200 and left waiting for the tables. A write
+/// that fails answers them all with the error (503) and returns why.
+fn log_appends(
+    slot: &Slot,
+    wal: &mut Wal,
+    appends: Vec<Command>,
+    next_id: &mut u64,
+    window: &mut Window,
+    shared: &Shared,
+    waiting: &mut Waiting,
+) -> Result<(), String> {
+    let now = crate::journal::now_ms();
+    let mut entries = Vec::with_capacity(appends.len());
+    let mut replies = Vec::with_capacity(appends.len());
+    for command in appends {
+        let Command::Append { record, plugins, key, change, permanent, reply } = command else {
+            continue;
+        };
+        if let Some(original) = window.check(&key, now) {
+            let _ = reply.send(Ok(Appended::Duplicate(original)));
+            continue;
+        }
+        if permanent {
+            // An offline row's key: the log's entries not yet in the tables first.
+            let logged = waiting
+                .entries
+                .iter()
+                .chain(entries.iter())
+                .find(|e: &&Entry| e.offline_key == Some(key))
+                .map(|e| e.id);
+            let seen = match logged {
+                Some(id) => Ok(Some(id)),
+                None => slot.get().and_then(|database| {
+                    store::guard("reading offline keys", || store::offline_seen(&database, &key))
+                }),
+            };
+            match seen {
+                Ok(Some(original)) => {
+                    let _ = reply.send(Ok(Appended::Duplicate(original)));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = reply.send(Err(StoreError::Storage(e.to_string())));
+                    continue;
+                }
+            }
+        }
+        let id = *next_id;
+        *next_id += 1;
+        record_key(window, &record, key, id, now);
+        entries.push(Entry {
+            id,
+            sealed: record.seal(id),
+            plugins,
+            change,
+            offline_key: permanent.then_some(key),
+        });
+        replies.push((reply, id, key));
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let written = wal.append(&entries);
+    tracing::trace!(
+        appends = entries.len(),
+        sync_us = started.elapsed().as_micros() as u64,
+        "journal log batch"
+    );
+    match written {
+        Ok(()) => {
+            // Handed out from now on (ids are never handed out twice): a consumer whose scan
+            // begins after the tables take them must not take them for damage.
+            shared.next_id.fetch_max(*next_id, std::sync::atomic::Ordering::SeqCst);
+            for (reply, id, _) in replies {
+                let _ = reply.send(Ok(Appended::New(id)));
+            }
+            waiting.entries.extend(entries);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("cannot write to the journal: {e}; events get 503 meanwhile");
+            shared.commit_result(Some(e.to_string()));
+            for (reply, _, key) in replies {
+                window.remove(&key);
+                let _ = reply.send(Err(StoreError::Storage(e.to_string())));
+            }
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Applies what waits to the tables in one transaction (a durable one when something needs
+/// it or a checkpoint is due; then the log's segments behind it are recycled). `Ok(Some(more))`
+/// says whether the prune had more to delete; `Err` is why the tables could not be written
+/// (the entries stay waiting, the other commands got the error).
+#[allow(clippy::too_many_arguments)]
+fn apply_waiting(
+    slot: &Slot,
+    waiting: &mut Waiting,
+    wal: &mut Wal,
+    checkpoint_at: &mut Instant,
+    dirty: &mut bool,
+    next_id: u64,
+    shared: &Shared,
+    settings: &Settings,
+    pruning: bool,
+    unwritten: &mut Vec<Burial>,
+) -> Result<Option<bool>, String> {
+    let checkpoint = Instant::now() >= *checkpoint_at || wal.segments() >= CHECKPOINT_SEGMENTS;
+    let mut commands = std::mem::take(&mut waiting.commands);
+    if waiting.entries.is_empty() {
+        // A read waits for the appends the tables have not taken; with none, it waits for
+        // nothing, and no transaction is written for it (on a damaged file every write risks
+        // more).
+        commands = commands
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Apply(reply) => {
+                    let _ = reply.send(());
+                    None
+                }
+                other => Some(other),
+            })
+            .collect();
+    }
+    if commands.is_empty() && waiting.entries.is_empty() && !(*dirty && checkpoint) {
+        waiting.since = None;
+        return Ok(None);
+    }
+    let burials: Vec<Burial> = commands.iter().filter_map(Burial::of).collect();
+    let database = match slot.get() {
+        Ok(database) => database,
+        Err(e) => {
+            fail_all(commands, &e);
+            unwritten.extend(burials);
+            return Err(e.to_string());
+        }
+    };
+    let applied_to = waiting.entries.last().map(|e| e.id);
+    // Each batch that adds events (and each batch while a backlog to prune remains) deletes up
+    // to about twice what it adds, in the same transaction: pruning keeps pace with the load
+    // without pauses of its own. With nothing to prune this costs a few look-ups.
+    let appends = waiting.entries.len();
+    let prune_budget = (settings.maintain && (pruning || appends > 0)).then_some(2 * appends + 64);
+    // A panic of the storage library (a damaged page) drops the batch's replies (their
+    // callers get an error) and is handled as a storage error: the file is reopened, and
+    // meanwhile `/readyz` says why.
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        write_batch(
+            &database,
+            &waiting.entries,
+            commands,
+            next_id,
+            shared,
+            settings,
+            prune_budget,
+            checkpoint,
+        )
+    }));
+    let (pruned, failed, durable) = written.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        let error = StoreError::Damaged { what: "writing the journal", message };
+        tracing::error!("{error}");
+        shared.commit_result(Some(error.to_string()));
+        (None, Some(error.to_string()), false)
+    });
+    drop(database);
+    if let Some(reason) = failed {
+        unwritten.extend(burials);
+        return Err(reason);
+    }
+    waiting.entries.clear();
+    waiting.since = None;
+    if let Some(id) = applied_to {
+        shared.applied.fetch_max(id, std::sync::atomic::Ordering::SeqCst);
+    }
+    *dirty = !durable;
+    if durable {
+        *checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
+        wal.recycle(shared.applied.load(std::sync::atomic::Ordering::SeqCst));
+    }
+    Ok(match (prune_budget, pruned) {
+        (Some(budget), Some(done)) => Some(done >= budget),
+        _ => None,
+    })
 }
 
 /// One prune round; whether it had more to delete than one round may.
@@ -434,31 +783,34 @@ fn bury_one_by_one(database: &Database, burials: Vec<Burial>, shared: &Shared) {
 
 /// A reply to send once the batch is committed.
 enum Reply {
-    Append(oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, ()>, Option<DedupKey>),
     Admin(
         oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>,
         Result<(Vec<(String, u64)>, Notice), StoreError>,
     ),
     Flush(oneshot::Sender<()>),
+    Applied(oneshot::Sender<()>),
     OAuth(oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// Writes one batch in one transaction; with a `prune_budget`, also prunes up to that many
-/// completed events and returns how many it pruned. The second value is why the batch could
-/// not be written, if it could not (the file then needs reopening).
+/// Writes the log's waiting `entries` and a batch of other commands in one transaction,
+/// durable when `checkpoint` or a command needs it; with a `prune_budget`, also prunes up to
+/// that many completed events. Returns how many it pruned, why the batch could not be
+/// written if it could not (the file then needs reopening), and whether it was durable.
+#[allow(clippy::too_many_arguments)]
 fn write_batch(
     database: &Database,
+    entries: &[Entry],
     batch: Vec<Command>,
-    next_id: &mut u64,
-    window: &mut Window,
+    next_id: u64,
     shared: &Shared,
     settings: &Settings,
     prune_budget: Option<usize>,
-) -> (Option<usize>, Option<String>) {
+    checkpoint: bool,
+) -> (Option<usize>, Option<String>, bool) {
     let mut pruned = None;
     let now = crate::journal::now_ms();
     let mut replies = Vec::with_capacity(batch.len());
-    let mut durable = false;
+    let mut durable = checkpoint;
     // Per plugin woken, the highest event id appended for it.
     let mut woken: HashMap<Arc<str>, u64> = HashMap::new();
     let txn = database.begin_write();
@@ -469,11 +821,28 @@ fn write_batch(
             tracing::error!("cannot write to the journal: {error}; events get 503 meanwhile");
             shared.commit_result(Some(error.to_string()));
             fail_all(batch, &error);
-            return (None, Some(error.to_string()));
+            return (None, Some(error.to_string()), false);
         }
     };
     let mut failure: Option<StoreError> = None;
-    // Operators' changes open tables themselves: run them before this batch's tables are open.
+    if let Some(last) = entries.last() {
+        match store::Tables::open(&txn) {
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+            Ok(mut tables) => {
+                for entry in entries {
+                    note(&mut failure, insert_entry(&mut tables, entry));
+                    for plugin in &entry.plugins {
+                        woken.insert(plugin.clone(), entry.id);
+                    }
+                }
+                note(&mut failure, tables.set_next_id(next_id));
+                note(&mut failure, tables.set_wal_applied(last.id));
+            }
+        }
+    }
+    // Operators' changes open tables themselves: run them while no tables are open.
     let (admin, regular): (Vec<Command>, Vec<Command>) =
         batch.into_iter().partition(|c| matches!(c, Command::Admin { .. }));
     for command in admin {
@@ -496,25 +865,8 @@ fn write_batch(
             fail_all(regular, &StoreError::Storage("cannot open the journal's tables".into()));
         }
         Ok(mut tables) => {
-            let id_before = *next_id;
             for command in regular {
-                apply(
-                    &mut tables,
-                    command,
-                    now,
-                    next_id,
-                    window,
-                    &mut woken,
-                    &mut replies,
-                    &mut failure,
-                );
-            }
-            if *next_id != id_before {
-                durable = true;
-                note(&mut failure, tables.set_next_id(*next_id));
-                // Handed out from now on, committed or not (ids are never handed out twice):
-                // a consumer whose scan begins after this commit must not take them for damage.
-                shared.next_id.fetch_max(*next_id, std::sync::atomic::Ordering::SeqCst);
+                apply(&mut tables, command, &mut replies, &mut failure);
             }
             if let Some(budget) = prune_budget {
                 match tables.prune(now, settings.keep_for_ms, settings.keep_max, budget) {
@@ -543,6 +895,7 @@ fn write_batch(
     }
     shared.commit_result(committed.as_ref().err().map(|e| e.to_string()));
     tracing::trace!(
+        entries = entries.len(),
         commands = replies.len(),
         durable,
         commit_us = commit_started.elapsed().as_micros() as u64,
@@ -550,18 +903,6 @@ fn write_batch(
     );
     for reply in replies {
         match reply {
-            Reply::Append(tx, outcome, key) => {
-                let result = match (&committed, outcome) {
-                    (Ok(()), Ok(appended)) => Ok(appended),
-                    (Ok(()), Err(())) | (Err(_), _) => {
-                        if let Some(key) = key {
-                            window.remove(&key);
-                        }
-                        Err(StoreError::Closed.or_storage(&committed))
-                    }
-                };
-                let _ = tx.send(result);
-            }
             Reply::Admin(tx, result) => {
                 let result = match &committed {
                     Ok(()) => {
@@ -576,7 +917,7 @@ fn write_batch(
                 };
                 let _ = tx.send(result);
             }
-            Reply::Flush(tx) => {
+            Reply::Flush(tx) | Reply::Applied(tx) => {
                 let _ = tx.send(());
             }
             Reply::OAuth(tx) => {
@@ -593,7 +934,23 @@ fn write_batch(
             shared.wake(plugin);
         }
     }
-    (pruned, committed.err().map(|e| e.to_string()))
+    (pruned, committed.err().map(|e| e.to_string()), durable)
+}
+
+/// Writes one entry of the log into the tables: the event, its pending rows, what it changes
+/// of its portal's state and the offline key it carries.
+pub(super) fn insert_entry(
+    tables: &mut store::Tables<'_>,
+    entry: &Entry,
+) -> Result<(), StoreError> {
+    tables.insert_sealed(entry.id, &entry.sealed, &entry.plugins)?;
+    if let Some(change) = &entry.change {
+        tables.change_portal(change)?;
+    }
+    if let Some(key) = &entry.offline_key {
+        tables.remember_offline(key, entry.id)?;
+    }
+    Ok(())
 }
 
 /// Whether a reply waits on something that must be durable: a flush or stored tokens.
@@ -602,60 +959,15 @@ fn durable_flush(replies: &[Reply]) -> bool {
 }
 
 /// Applies one regular command to the batch's open tables.
-#[allow(clippy::too_many_arguments)]
 fn apply(
     tables: &mut store::Tables<'_>,
     command: Command,
-    now: i64,
-    next_id: &mut u64,
-    window: &mut Window,
-    woken: &mut HashMap<Arc<str>, u64>,
     replies: &mut Vec<Reply>,
     failure: &mut Option<StoreError>,
 ) {
     match command {
-        Command::Append { record, plugins, key, change, permanent, reply } => {
-            if let Some(original) = window.check(&key, now) {
-                replies.push(Reply::Append(reply, Ok(Appended::Duplicate(original)), None));
-                return;
-            }
-            if permanent {
-                match tables.offline_seen(&key) {
-                    Ok(Some(original)) => {
-                        replies.push(Reply::Append(reply, Ok(Appended::Duplicate(original)), None));
-                        return;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        replies.push(Reply::Append(reply, Err(()), None));
-                        return;
-                    }
-                }
-            }
-            let id = *next_id;
-            let written = tables
-                .insert_event(id, &record, &plugins)
-                .and_then(|()| match &change {
-                    Some(change) => tables.change_portal(change),
-                    None => Ok(()),
-                })
-                .and_then(|()| if permanent { tables.remember_offline(&key, id) } else { Ok(()) });
-            match written {
-                Ok(()) => {
-                    *next_id += 1;
-                    record_key(window, &record, key, id, now);
-                    for plugin in plugins {
-                        woken.insert(plugin, id);
-                    }
-                    replies.push(Reply::Append(reply, Ok(Appended::New(id)), Some(key)));
-                }
-                Err(e) => {
-                    tracing::error!("cannot journal an event: {e}");
-                    failure.get_or_insert(e);
-                    replies.push(Reply::Append(reply, Err(()), None));
-                }
-            }
+        Command::Append { reply, .. } => {
+            let _ = reply.send(Err(StoreError::Storage("internal: append out of place".into())));
         }
         Command::Complete(plugin, id) => note(failure, tables.complete(&plugin, id)),
         Command::Update(plugin, id, state) => {
@@ -669,6 +981,7 @@ fn apply(
             note(failure, tables.add_attempt(&plugin, id, &attempt))
         }
         Command::Flush(reply) => replies.push(Reply::Flush(reply)),
+        Command::Apply(reply) => replies.push(Reply::Applied(reply)),
         Command::Close(reply) => replies.push(Reply::Flush(reply)),
         Command::SetState(name, value, reply) => {
             let result = tables.set_state(&name, value.as_deref());
@@ -717,7 +1030,7 @@ fn fail_all(batch: Vec<Command>, error: &StoreError) {
             Command::Admin { reply, .. } => {
                 let _ = reply.send(Err(StoreError::Storage(error.to_string())));
             }
-            Command::Flush(reply) | Command::Close(reply) => {
+            Command::Flush(reply) | Command::Close(reply) | Command::Apply(reply) => {
                 let _ = reply.send(());
             }
             Command::SetOAuth(_, _, reply) | Command::SetState(_, _, reply) => {
