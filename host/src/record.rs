@@ -126,20 +126,12 @@ impl EventRecord {
 
     /// The inverse of [`EventRecord::encode`]; `None` for a damaged record.
     pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
-        let (meta, raw) = Self::split(bytes)?;
-        Some(EventRecord { meta, raw: Bytes::copy_from_slice(raw) })
-    }
-
-    /// The metadata and the body's bytes of an encoded record, the body not copied.
-    pub fn split(bytes: &[u8]) -> Option<(EventMeta, &[u8])> {
         let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
         let meta = serde_json::from_slice(bytes.get(4..4usize.checked_add(len)?)?).ok()?;
-        Some((meta, bytes.get(4 + len..)?))
+        Some(EventRecord { meta, raw: Bytes::copy_from_slice(bytes.get(4 + len..)?) })
     }
 }
 
-/// The journal's tests' event: an `ONCRMDEALUSERFIELDUPDATE` of portal `m` received at
-/// `received_at_ms` under duplicate key `dedup_key`, with `raw` as its body.
 #[cfg(test)]
 pub fn fixture(received_at_ms: i64, dedup_key: String, raw: Bytes) -> EventRecord {
     EventRecord {

@@ -26,11 +26,6 @@ impl Envelope {
         Envelope { id, record, decoded: OnceLock::new() }
     }
 
-    /// The event `id` already decoded as `event` (a runner, which decoded it to call).
-    pub fn decoded(id: u64, record: EventRecord, event: Decoded) -> Envelope {
-        Envelope { id, record, decoded: OnceLock::from(Ok(event)) }
-    }
-
     /// The record's metadata.
     pub fn meta(&self) -> &EventMeta {
         &self.record.meta
@@ -41,11 +36,5 @@ impl Envelope {
         self.decoded
             .get_or_init(|| decode::decode(&self.record.raw, self.record.meta.format))
             .as_ref()
-    }
-
-    /// Whether the body was decoded already (for tests: the host must not decode what a
-    /// runner decodes).
-    pub fn is_decoded(&self) -> bool {
-        self.decoded.get().is_some()
     }
 }

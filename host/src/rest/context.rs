@@ -14,7 +14,7 @@ use b24_plugin_api::Secret;
 use bytes::Bytes;
 
 use crate::{
-    decode::{self, Decoded},
+    decode,
     record::{EventRecord, Format},
 };
 
@@ -66,19 +66,6 @@ impl EventContext {
             client_endpoint: None,
             server_endpoint: None,
             user_token: None,
-            deferred: Deferred::default(),
-            limit: LimitNote::default(),
-        }
-    }
-
-    /// The context of `event`.
-    pub fn of(event: &Decoded) -> EventContext {
-        EventContext {
-            member_id: event.auth.member_id.clone(),
-            domain: event.auth.domain.clone(),
-            client_endpoint: event.auth.client_endpoint.clone(),
-            server_endpoint: event.auth.server_endpoint.clone(),
-            user_token: event.auth.user.as_ref().map(|u| u.access_token.clone()),
             deferred: Deferred::default(),
             limit: LimitNote::default(),
         }

@@ -312,14 +312,6 @@ impl RestClient {
         self.refreshing.lock().await
     }
 
-    /// Forgets the portal's pair (a verified `ONAPPUNINSTALL`): from now on nothing is
-    /// refreshed for it and its offline queue is not polled, until it is installed again.
-    pub async fn forget_install(&self, member_id: &str) -> Result<(), crate::journal::StoreError> {
-        let _one_at_a_time = self.refreshing.lock().await;
-        let gone = Stored::Uninstalled(crate::journal::now_ms());
-        self.journal.save_oauth(member_id, gone.to_bytes()).await
-    }
-
     /// The portal's pair as stored (for an update, which keeps the install's place).
     pub async fn stored_tokens(&self, member_id: &str) -> Option<StoredTokens> {
         self.stored(member_id).await.ok().flatten()
