@@ -173,17 +173,17 @@ fn journal_show_redacts_every_token() {
     assert!(host.stop());
 }
 
-#[test]
-fn a_journal_that_cannot_grow_answers_503_and_keeps_what_it_accepted() {
-    let dir = HostDir::new(&[]);
+/// Starts a host whose journal file may not grow past 20 MiB (a full disk, as far as the host
+/// can tell) and posts 60 kB events until `refusals` of them got 503; the ids answered 200 and
+/// the 503 answers' bodies.
+fn fill_until_refused(dir: &HostDir, refusals: usize) -> (RunningHost, Vec<u64>, Vec<String>) {
     dir.write_config(&config(&[], ""));
-    // The journal may not grow past 20 MiB: a full disk, as far as the host can tell.
     let host = dir
         .start_with(Launch { file_size_limit_kib: Some(20 * 1024), ..Launch::default() })
         .unwrap_or_else(|e| panic!("{e}"));
     let pad = "x".repeat(60_000);
     let mut accepted = Vec::new();
-    let mut refused = 0;
+    let mut refused = Vec::new();
     for id in 0..1000 {
         let body = format!("{}&data%5Bpad%5D={pad}", field_event(id, "UF_CRM_BIG"));
         let answer = host.post_form(&body);
@@ -192,22 +192,40 @@ fn a_journal_that_cannot_grow_answers_503_and_keeps_what_it_accepted() {
                 accepted.push(answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap())
             }
             503 => {
-                refused += 1;
-                assert!(answer.body.contains("nothing was accepted"), "{answer:?}");
-                if refused >= 3 {
+                refused.push(answer.body);
+                if refused.len() >= refusals {
                     break;
                 }
             }
             other => panic!("unexpected {other}: {answer:?}"),
         }
     }
-    assert!(refused >= 3 && !accepted.is_empty(), "accepted {} refused {refused}", accepted.len());
-    assert!(host.stop());
-    // Everything answered 200 is still there after a restart without the limit.
-    let host = start(&dir);
+    assert!(
+        refused.len() >= refusals && !accepted.is_empty(),
+        "accepted {} refused {}",
+        accepted.len(),
+        refused.len()
+    );
+    (host, accepted, refused)
+}
+
+/// After a restart without the limit, the journal holds every event answered 200.
+fn assert_kept_after_restart(dir: &HostDir, accepted: &[u64]) {
+    let host = start(dir);
     let events = dir.journal(&["stats"])["events"].as_u64().unwrap();
     assert_eq!(events, accepted.len() as u64);
     assert!(host.stop());
+}
+
+#[test]
+fn a_journal_that_cannot_grow_answers_503_and_keeps_what_it_accepted() {
+    let dir = HostDir::new(&[]);
+    let (host, accepted, refused) = fill_until_refused(&dir, 3);
+    for body in &refused {
+        assert!(body.contains("nothing was accepted"), "{body}");
+    }
+    assert!(host.stop());
+    assert_kept_after_restart(&dir, &accepted);
 }
 
 /// The write-ahead log takes events (its segments stay under the limit) that the journal file
@@ -217,30 +235,7 @@ fn a_journal_that_cannot_grow_answers_503_and_keeps_what_it_accepted() {
 #[test]
 fn events_the_file_cannot_take_stay_in_the_log_and_new_ones_get_503_meanwhile() {
     let dir = HostDir::new(&[]);
-    dir.write_config(&config(&[], ""));
-    let host = dir
-        .start_with(Launch { file_size_limit_kib: Some(20 * 1024), ..Launch::default() })
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pad = "x".repeat(60_000);
-    let mut accepted = Vec::new();
-    let mut refused = 0;
-    for id in 0..1000 {
-        let body = format!("{}&data%5Bpad%5D={pad}", field_event(id, "UF_CRM_BIG"));
-        let answer = host.post_form(&body);
-        match answer.status {
-            200 => {
-                accepted.push(answer.body.trim_start_matches("accepted ").parse::<u64>().unwrap())
-            }
-            503 => {
-                refused += 1;
-                if refused >= 20 {
-                    break;
-                }
-            }
-            other => panic!("unexpected {other}: {answer:?}"),
-        }
-    }
-    assert!(refused >= 20 && !accepted.is_empty(), "accepted {} refused {refused}", accepted.len());
+    let (host, accepted, _) = fill_until_refused(&dir, 20);
     // The file failed while the log held events it had not taken: said loudly, with the ids.
     assert!(
         host.wait_log("held in the write-ahead log", PATIENCE),
@@ -255,9 +250,5 @@ fn events_the_file_cannot_take_stay_in_the_log_and_new_ones_get_503_meanwhile() 
         .collect();
     assert!(errors.iter().any(|l| l.contains("ERROR") && l.contains("ids ")), "{errors:?}");
     assert!(host.stop());
-    // Everything answered 200 is in the file after a restart without the limit.
-    let host = start(&dir);
-    let events = dir.journal(&["stats"])["events"].as_u64().unwrap();
-    assert_eq!(events, accepted.len() as u64);
-    assert!(host.stop());
+    assert_kept_after_restart(&dir, &accepted);
 }
