@@ -17,6 +17,7 @@
 //! (`journal::Journal` and its namesakes) dispatch to.
 
 pub mod admin;
+pub mod apply;
 pub mod mark;
 pub mod raw;
 pub mod recover;
@@ -68,6 +69,20 @@ pub struct Shared {
     next_id: AtomicU64,
     /// The highest id of the write-ahead log the tables hold.
     applied: AtomicU64,
+    /// The highest id of the write-ahead log a durable checkpoint of the tables holds: the
+    /// log's thread recycles the segments behind it.
+    checkpointed: AtomicU64,
+    /// The log holds enough segments that it wants a checkpoint soon.
+    want_checkpoint: AtomicBool,
+    /// Held by the log's thread while it writes, and by the tables' thread while it catches
+    /// up with the log.
+    gate: Mutex<()>,
+    /// Why the tables cannot be written now, if they cannot: appends are refused meanwhile.
+    tables_refusal: Mutex<Option<String>>,
+    /// Whether `tables_refusal` holds a reason (read on every batch).
+    refusing: AtomicBool,
+    /// Why the last write of the log failed, if it did (cleared once it takes writes again).
+    log_error: Mutex<Option<String>>,
     /// Plugins whose rows were found damaged beyond what single dead letters account for.
     trouble: Mutex<std::collections::BTreeMap<String, Trouble>>,
     /// Whether `trouble` holds anything (read on every append).
@@ -97,9 +112,29 @@ pub struct Signal {
 }
 
 impl Shared {
-    /// Records how the last commit went.
+    /// Records how the last commit of the tables went.
     fn commit_result(&self, error: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// Records how the last write of the log went.
+    fn log_result(&self, error: Option<String>) {
+        *self.log_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// Sets (or with `None` lifts) the tables' refusal of appends.
+    fn refuse(&self, reason: Option<String>) {
+        let mut refusal = self.tables_refusal.lock().unwrap_or_else(|p| p.into_inner());
+        self.refusing.store(reason.is_some(), Ordering::SeqCst);
+        *refusal = reason;
+    }
+
+    /// Why the tables refuse appends now, if they do.
+    fn refusal_of_tables(&self) -> Option<String> {
+        if !self.refusing.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.tables_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn signal(&self, plugin: &str) -> Option<Arc<Signal>> {
@@ -302,6 +337,7 @@ impl Embedded {
             ),
             next_id: AtomicU64::new(stored),
             applied: AtomicU64::new(recovered.applied),
+            checkpointed: AtomicU64::new(recovered.applied),
             ..Shared::default()
         });
         let (commands, rx) = mpsc::channel();
@@ -312,12 +348,25 @@ impl Embedded {
             keep_max: config.keep_completed_events,
             maintain,
         };
+        let (work, work_rx) = mpsc::channel();
+        let tables = {
+            let slot = slot.clone();
+            let shared = shared.clone();
+            let settings = settings.clone();
+            let dir = recovered.wal.dir().to_owned();
+            std::thread::Builder::new()
+                .name("journal-tables".into())
+                .spawn(move || apply::run(slot, work_rx, settings, shared, dir))
+                .map_err(|e| StoreError::Storage(format!("cannot start the tables' thread: {e}")))?
+        };
         let thread = {
             let slot = slot.clone();
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("journal-writer".into())
-                .spawn(move || writer::run(slot, rx, settings, shared, mark, recovered.wal))
+                .spawn(move || {
+                    writer::run(slot, rx, &settings, shared, mark, recovered.wal, work, tables)
+                })
                 .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?
         };
         Ok((Embedded { slot, commands, shared }, thread))
@@ -338,7 +387,8 @@ impl Embedded {
 
     /// Why the last journal commit failed, if it did (cleared by the next good one).
     pub fn last_write_error(&self) -> Option<String> {
-        self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let log = self.shared.log_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        log.or_else(|| self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Records found damaged or missing on a read since the host started (each a dead letter).

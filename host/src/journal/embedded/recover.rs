@@ -17,10 +17,9 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 use redb::Database;
 
 use super::{
-    store,
+    apply, store,
     store::db,
     wal::{self, Wal, read},
-    writer,
 };
 use crate::journal::StoreError;
 
@@ -74,7 +73,7 @@ pub fn catch_up(dir: &Path, database: &Database, next_id: u64) -> Result<CaughtU
             let mut tables = store::Tables::open(&txn)?;
             for entry in &entries {
                 if !tables.has_event(entry.id)? {
-                    writer::insert_entry(&mut tables, entry)?;
+                    apply::insert_entry(&mut tables, entry)?;
                     for plugin in &entry.plugins {
                         woken.insert(plugin.clone(), entry.id);
                     }
