@@ -388,7 +388,7 @@ impl Broken {
             None => format!("{} (retrying)", self.reason),
         };
         shared.commit_result(Some(said.clone()));
-        shared.refuse(Some(said.clone()));
+        shared.refuse(Some(self.reason.clone()));
         said
     }
 }
