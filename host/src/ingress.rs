@@ -218,8 +218,7 @@ impl Ingress {
             oauth,
         };
         // The refresh and application tokens stay here: no plugin, runner or log replica gets
-        // them from the journal.
-        // (`decode::strip::without_secrets`, or the ranges the decode found.)
+        // them from the journal (the bytes of `decode::strip::without_secrets`).
         let (body, format) = received.without_secrets();
         let key = decode::dedup_key(&event);
         let source = crate::record::Source::Online;

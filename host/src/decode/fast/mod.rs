@@ -25,6 +25,8 @@
 
 use std::borrow::Cow;
 
+use memchr::memchr;
+
 use super::form::url_decode;
 use super::view::{self, AuthFields, AuthKey, Code, DataLookup, Slot};
 use super::{DecodeError, Decoded, Limits};
@@ -90,7 +92,7 @@ impl Blanks {
 /// secrets to blank; `None` when the body is not in the plain shape (see the module doc) and
 /// must take the full path.
 pub(super) fn scan(body: &[u8]) -> Option<Result<(Decoded, Blanks), DecodeError>> {
-    if body.len() > u32::MAX as usize || body.contains(&0) {
+    if body.len() > u32::MAX as usize || memchr(0, body).is_some() {
         return None;
     }
     let mut shape = Shape::default();
@@ -104,7 +106,7 @@ pub(super) fn scan(body: &[u8]) -> Option<Result<(Decoded, Blanks), DecodeError>
     let mut vars = 0usize;
     let mut start = 0usize;
     while start <= body.len() {
-        let end = body[start..].iter().position(|&b| b == b'&').map_or(body.len(), |n| start + n);
+        let end = memchr(b'&', &body[start..]).map_or(body.len(), |n| start + n);
         let pair = &body[start..end];
         let here = start;
         start = end + 1;
@@ -115,7 +117,7 @@ pub(super) fn scan(body: &[u8]) -> Option<Result<(Decoded, Blanks), DecodeError>
         if vars > Limits::PHP.max_vars {
             return None;
         }
-        let eq = pair.iter().position(|&b| b == b'=');
+        let eq = memchr(b'=', pair);
         let name_end = here + eq.unwrap_or(pair.len());
         let raw_value = eq.map_or(&b""[..], |eq| &pair[eq + 1..]);
         let depth = parse_name(body, here, name_end, &mut path)?;
@@ -175,15 +177,33 @@ fn text(raw: &[u8]) -> Option<Cow<'_, str>> {
 
 /// Appends plain (ASCII) name bytes.
 fn push_ascii(out: &mut String, bytes: &[u8]) {
-    out.extend(bytes.iter().map(|&b| char::from(b)));
+    out.push_str(std::str::from_utf8(bytes).unwrap_or_default());
 }
 
+/// The bytes of plain names: [`BASE`] in a base and a segment, [`SEGMENT`] in a segment only.
+const BASE: u8 = 1;
+const SEGMENT: u8 = 2;
+const PLAIN: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' {
+            table[b] = BASE | SEGMENT;
+        } else if c == b'.' {
+            table[b] = SEGMENT;
+        }
+        b += 1;
+    }
+    table
+};
+
 fn is_base_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    PLAIN[usize::from(b)] & BASE != 0
 }
 
 fn is_seg_byte(b: u8) -> bool {
-    is_base_byte(b) || b == b'.'
+    PLAIN[usize::from(b)] & SEGMENT != 0
 }
 
 /// The length of a bracket at `at` (`[` or `%5B`, `]` or `%5D`, either case), or 0.

@@ -17,7 +17,7 @@ fn check(body: &[u8]) -> Result<bool, TestCaseError> {
     let taken = fast.is_some();
     if let Some(fast) = fast {
         let blanked = match &fast {
-            Ok((_, blanks)) => blanks.apply(body).map_or_else(|| body.to_vec(), |b| b),
+            Ok((_, blanks)) => blanks.apply(body).unwrap_or_else(|| body.to_vec()),
             Err(_) => stripped.0.to_vec(),
         };
         let fast = fast.map(|(event, _)| event);
