@@ -121,11 +121,21 @@ pub fn intake(body: Bytes, format: Format) -> Result<(Decoded, Received), Decode
 }
 
 /// A request body as received, with where its secrets are when the fast path found them.
-#[derive(Debug)]
+/// `Debug` shows its format and length, never its bytes (they hold the tokens).
 pub struct Received {
     body: Bytes,
     format: Format,
     blanks: Option<fast::Blanks>,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("format", &self.format)
+            .field("len", &self.body.len())
+            .field("fast", &self.blanks.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Received {
