@@ -14,14 +14,27 @@
 //!
 //! **Target**: under 5 µs for the user-field form body.
 //!
+//! `decode/form/user_field` takes the fast path for plain form bodies (`decode::fast`);
+//! `decode_full/form/user_field` decodes the same body through the PHP-like tree
+//! (`decode::decode_full`), as every form body was decoded before the fast path.
+//!
 //! `strip/form/user_field`: what ingress adds before journaling that body, blanking its
 //! application token (`decode::strip::without_secrets`); compare it with the decode.
+//!
+//! `request_path/{before,after}`: the whole step ingress takes for that body before the
+//! append, same run: decode, the body without its secrets, the duplicate key and the record.
+//! `before` is the path as it was until the fast path (`decode_full`, then
+//! `strip::without_secrets`'s second scan, the key over a `Vec` of parts with `ts` formatted
+//! into a `String`, the key's hex one `format!` a byte; copied below as `before`); `after` is
+//! `decode::intake`, `Received::without_secrets`, `decode::dedup_key` and `decode::record`.
 //!
 //! Run: `cargo bench -p b24-host --bench decode`.
 
 use std::{hint::black_box, path::Path};
 
-use b24_host::decode::{Format, decode, strip::without_secrets};
+use b24_host::decode::{self, Format, decode, decode_full, strip::without_secrets};
+use b24_host::record::{EventRecord, Source};
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Reads a fixture from `host/tests/fixtures`.
@@ -55,11 +68,92 @@ fn bench_decode(c: &mut Criterion) {
     }
     group.finish();
 
+    c.bench_function("decode_full/form/user_field", |b| {
+        b.iter(|| decode_full(black_box(user_field.as_slice()), black_box(Format::Form)))
+    });
+
     let body = bytes::Bytes::from(user_field.clone());
     c.bench_function("strip/form/user_field", |b| {
         b.iter(|| without_secrets(black_box(body.clone()), Format::Form))
     });
 }
 
-criterion_group!(benches, bench_decode);
+/// The request path's decoding steps as they were before the fast path.
+mod before {
+    use b24_host::decode::{Decoded, EventKind, Format};
+    use b24_host::record::{DedupKey, EventMeta, EventRecord, Source, key_of};
+    use bytes::Bytes;
+
+    pub fn dedup_key(event: &Decoded) -> DedupKey {
+        let ts = event.ts.map(|ts| ts.to_string()).unwrap_or_default();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + 2 * event.data.len());
+        parts.extend([event.auth.member_id.as_bytes(), event.code.as_bytes(), ts.as_bytes()]);
+        for (k, v) in &event.data {
+            parts.push(k.as_bytes());
+            parts.push(v.as_bytes());
+        }
+        key_of(&parts)
+    }
+
+    fn hex(key: &DedupKey) -> String {
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn record(
+        event: &Decoded,
+        raw: Bytes,
+        format: Format,
+        key: &DedupKey,
+        received_at_ms: i64,
+    ) -> EventRecord {
+        let user_field = match &event.kind {
+            EventKind::UserField(field) => {
+                Some((field.entity_id.to_ascii_uppercase(), field.field_name.to_ascii_uppercase()))
+            }
+            EventKind::Other => None,
+        };
+        EventRecord {
+            meta: EventMeta {
+                received_at_ms,
+                format,
+                source: Source::Online,
+                code: event.code.clone(),
+                member_id: event.auth.member_id.clone(),
+                domain: event.auth.domain.clone(),
+                dedup_key: hex(key),
+                extra: Vec::new(),
+                user_field,
+            },
+            raw,
+        }
+    }
+}
+
+/// Decode, strip, key and record of the bench body (`bench/load.sh`'s), before and after.
+fn bench_request_path(c: &mut Criterion) {
+    let body = Bytes::from(fixture("ONCRMDEALUSERFIELDUPDATE.form"));
+    let before = |body: Bytes| -> EventRecord {
+        let event = decode_full(&body, Format::Form).expect("decodes");
+        let (raw, format) = without_secrets(body, Format::Form);
+        let key = before::dedup_key(&event);
+        before::record(&event, raw, format, &key, 1)
+    };
+    let after = |body: Bytes| -> EventRecord {
+        let (event, received) = decode::intake(body, Format::Form).expect("decodes");
+        let (raw, format) = received.without_secrets();
+        let key = decode::dedup_key(&event);
+        decode::record(&event, raw, format, Source::Online, &key, Vec::new(), 1)
+    };
+    // Both give the same record, byte for byte, or the comparison is moot.
+    assert_eq!(before(body.clone()), after(body.clone()));
+    assert_eq!(before(body.clone()).encode(), after(body.clone()).encode());
+
+    let mut group = c.benchmark_group("request_path");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("before", |b| b.iter(|| before(black_box(body.clone()))));
+    group.bench_function("after", |b| b.iter(|| after(black_box(body.clone()))));
+    group.finish();
+}
+
+criterion_group!(benches, bench_decode, bench_request_path);
 criterion_main!(benches);

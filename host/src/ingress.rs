@@ -165,8 +165,8 @@ impl Ingress {
 
     /// Decode, verify, queue.
     async fn accept(&self, body: Bytes, format: Format) -> Answer {
-        let event = match decode::decode(&body, format) {
-            Ok(event) => event,
+        let (event, received) = match decode::intake(body, format) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 tracing::warn!(reason = %e, "malformed event refused");
                 return answer(StatusCode::BAD_REQUEST, format!("malformed event: {e}"));
@@ -218,8 +218,8 @@ impl Ingress {
             oauth,
         };
         // The refresh and application tokens stay here: no plugin, runner or log replica gets
-        // them from the journal.
-        let (body, format) = decode::strip::without_secrets(body, format);
+        // them from the journal (the bytes of `decode::strip::without_secrets`).
+        let (body, format) = received.without_secrets();
         let key = decode::dedup_key(&event);
         let source = crate::record::Source::Online;
         let record = decode::record(&event, body, format, source, &key, Vec::new(), now_ms());

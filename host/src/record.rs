@@ -54,20 +54,47 @@ pub type DedupKey = [u8; 16];
 /// A key over `parts`, each length-prefixed so that parts cannot run into each other: the
 /// first 16 bytes of their SHA-256.
 pub fn key_of(parts: &[&[u8]]) -> DedupKey {
-    let mut hash = Sha256::new();
+    let mut key = KeyHasher::new();
     for part in parts {
-        hash.update((part.len() as u64).to_le_bytes());
-        hash.update(part);
+        key.part(part);
     }
-    let digest = hash.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
+    key.finish()
+}
+
+/// [`key_of`] fed one part at a time, for callers that have no slice of parts at hand.
+#[derive(Clone, Default)]
+pub struct KeyHasher(Sha256);
+
+impl KeyHasher {
+    /// A key over no parts yet.
+    pub fn new() -> KeyHasher {
+        KeyHasher::default()
+    }
+
+    /// Adds the next part.
+    pub fn part(&mut self, part: &[u8]) {
+        self.0.update((part.len() as u64).to_le_bytes());
+        self.0.update(part);
+    }
+
+    /// The key over the parts added.
+    pub fn finish(self) -> DedupKey {
+        let digest = self.0.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
+    }
 }
 
 /// Lower-case hex of a key.
 pub fn hex(key: &DedupKey) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * key.len());
+    for b in key {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// An accepted event's facts, as journaled: what listings, routes and the REST context need
@@ -169,6 +196,15 @@ mod tests {
             },
             raw: Bytes::from_static(b"event=X"),
         }
+    }
+
+    #[test]
+    fn hex_is_two_lower_case_digits_a_byte() {
+        let key: DedupKey =
+            [0, 1, 0x0f, 0x10, 0x7f, 0x80, 0xab, 0xff, 9, 10, 11, 12, 13, 14, 15, 16];
+        let formatted: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&key), formatted);
+        assert_eq!(hex(&key), "00010f107f80abff090a0b0c0d0e0f10");
     }
 
     #[test]

@@ -34,6 +34,8 @@
 
 use std::borrow::Cow;
 
+use memchr::memchr2;
+
 use super::tree::{KeyRef, Map, Value};
 
 /// PHP's input limits, which `parse_str` honours.
@@ -123,7 +125,7 @@ pub fn parse_with(body: &[u8], limits: &Limits) -> Parsed {
 /// PHP's `urldecode`: `+` is a space, `%XX` (hex digits in either case) is that byte, and a `%`
 /// not followed by two hex digits stays literal. Borrows `input` when there is nothing to decode.
 pub fn url_decode(input: &[u8]) -> Cow<'_, [u8]> {
-    match input.iter().position(|&b| b == b'%' || b == b'+') {
+    match memchr2(b'%', b'+', input) {
         None => Cow::Borrowed(input),
         Some(first) => {
             let mut out = Vec::with_capacity(input.len());
@@ -135,7 +137,7 @@ pub fn url_decode(input: &[u8]) -> Cow<'_, [u8]> {
 
 /// [`url_decode`] into a reusable buffer; returns `input` itself when there is nothing to decode.
 fn url_decode_with<'a>(input: &'a [u8], buf: &'a mut Vec<u8>) -> &'a [u8] {
-    match input.iter().position(|&b| b == b'%' || b == b'+') {
+    match memchr2(b'%', b'+', input) {
         None => input,
         Some(first) => {
             buf.clear();
@@ -165,8 +167,7 @@ fn decode_from(input: &[u8], first: usize, out: &mut Vec<u8>) {
                 i += 1;
             }
         } else {
-            let run =
-                input[i..].iter().position(|&b| b == b'%' || b == b'+').unwrap_or(input.len() - i);
+            let run = memchr2(b'%', b'+', &input[i..]).unwrap_or(input.len() - i);
             out.extend_from_slice(&input[i..i + run]);
             i += run;
         }

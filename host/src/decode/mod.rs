@@ -3,6 +3,10 @@
 //! [`json`] for JSON bodies) and from the tree to the typed event view [`Decoded`] ([`view`]).
 //! [`encode`] is the inverse: PHP's `http_build_query`, for `send` and the tests.
 //!
+//! Form bodies in the plain shape Bitrix24 sends take a fast path (`fast`): one scan that
+//! builds the same [`Decoded`] without the tree, and finds the secrets [`strip`] blanks. Every
+//! other body takes the full path ([`decode_full`]); the results are the same either way.
+//!
 //! ```
 //! use b24_host::decode::{decode, Format, EventKind};
 //!
@@ -17,6 +21,7 @@
 //! ```
 
 pub mod encode;
+mod fast;
 pub mod form;
 pub mod json;
 pub mod php_json;
@@ -27,6 +32,8 @@ pub mod strip;
 pub mod test_support;
 pub mod tree;
 pub mod view;
+
+use bytes::Bytes;
 
 pub use form::{Limits, Parsed, Warnings};
 pub use stored::{dedup_key, record};
@@ -83,9 +90,67 @@ impl DecodeError {
     }
 }
 
-/// Decodes a request body into the typed event view.
+/// Decodes a request body into the typed event view (the fast path for a plain form body, else
+/// [`decode_full`]; the same view either way).
 pub fn decode(body: &[u8], format: Format) -> Result<Decoded, DecodeError> {
+    if format == Format::Form
+        && let Some(fast) = fast::scan(body)
+    {
+        return fast.map(|(event, _)| event);
+    }
+    decode_full(body, format)
+}
+
+/// Decodes a request body through the PHP-like tree ([`decode_tree`], then
+/// [`Decoded::from_tree`]): the reference the fast path is held to.
+pub fn decode_full(body: &[u8], format: Format) -> Result<Decoded, DecodeError> {
     Decoded::from_tree(decode_tree(body, format)?.map)
+}
+
+/// Decodes a request body as ingress receives it: the view, and the body kept for the journal
+/// ([`Received::without_secrets`]). A plain form body is scanned once for both.
+pub fn intake(body: Bytes, format: Format) -> Result<(Decoded, Received), DecodeError> {
+    if format == Format::Form
+        && let Some(fast) = fast::scan(&body)
+    {
+        let (event, blanks) = fast?;
+        return Ok((event, Received { body, format, blanks: Some(blanks) }));
+    }
+    let event = decode_full(&body, format)?;
+    Ok((event, Received { body, format, blanks: None }))
+}
+
+/// A request body as received, with where its secrets are when the fast path found them.
+/// `Debug` shows its format and length, never its bytes (they hold the tokens).
+pub struct Received {
+    body: Bytes,
+    format: Format,
+    blanks: Option<fast::Blanks>,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("format", &self.format)
+            .field("len", &self.body.len())
+            .field("fast", &self.blanks.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Received {
+    /// The body the journal keeps and its format: exactly
+    /// [`strip::without_secrets`]`(body, format)` (the same bytes, not copied when nothing is
+    /// blanked).
+    pub fn without_secrets(self) -> (Bytes, Format) {
+        match self.blanks {
+            Some(blanks) => match blanks.apply(&self.body) {
+                Some(blanked) => (Bytes::from(blanked), self.format),
+                None => (self.body, self.format),
+            },
+            None => strip::without_secrets(self.body, self.format),
+        }
+    }
 }
 
 /// Decodes a request body into the PHP-like tree only, with PHP's default [`Limits`], and

@@ -7,6 +7,8 @@
 //! treated as absent rather than rejecting the event, since Bitrix24 never re-sends an event the
 //! host refused. Unknown keys inside `data` are kept; unknown top-level keys are ignored.
 
+use std::borrow::Cow;
+
 use b24_plugin_api::{Action, Entity, Secret};
 
 use super::DecodeError;
@@ -147,30 +149,65 @@ const FIELD_NAME: [(&str, &[&str]); 3] = [
     ("data[fieldName]", &["fieldName"]),
 ];
 
+/// What a user-field lookup finds at a path under `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Slot<'a> {
+    /// Nothing there.
+    Absent,
+    /// A string.
+    Leaf(&'a str),
+    /// A nested array.
+    Array,
+}
+
+/// The `data` block as the user-field lookups see it: the decoded tree, or the fast path's
+/// flattened pairs (`decode::fast`).
+pub(super) trait DataLookup {
+    /// What is at `path` (e.g. `["FIELDS", "ID"]`) under `data`.
+    fn at(&self, path: &[&str]) -> Slot<'_>;
+}
+
+impl DataLookup for Option<&Map> {
+    fn at(&self, path: &[&str]) -> Slot<'_> {
+        match self.and_then(|data| data.get_path(path)) {
+            None => Slot::Absent,
+            Some(Value::Str(s)) => Slot::Leaf(s),
+            Some(Value::Map(_)) => Slot::Array,
+        }
+    }
+}
+
 /// The first of `places` present in `data`, with its display name.
 fn lookup<'m>(
-    data: &'m Map,
+    data: &'m impl DataLookup,
     places: &[(&'static str, &[&str])],
-) -> Option<(&'static str, &'m Value)> {
-    places.iter().find_map(|&(name, path)| Some((name, data.get_path(path)?)))
+) -> Option<(&'static str, Slot<'m>)> {
+    places.iter().find_map(|&(name, path)| match data.at(path) {
+        Slot::Absent => None,
+        found => Some((name, found)),
+    })
 }
 
 /// A non-empty string at one of `places`; arrays count as absent.
-fn lookup_str<'m>(data: &'m Map, places: &[(&'static str, &[&str])]) -> Option<&'m str> {
-    places.iter().find_map(|&(_, path)| data.get_path_str(path).filter(|s| !s.is_empty()))
+fn lookup_str<'m>(
+    data: &'m impl DataLookup,
+    places: &[(&'static str, &[&str])],
+) -> Option<&'m str> {
+    places.iter().find_map(|&(_, path)| match data.at(path) {
+        Slot::Leaf(s) if !s.is_empty() => Some(s),
+        _ => None,
+    })
 }
 
 fn user_field(
     default_entity_id: &str,
     action: Action,
-    data: Option<&Map>,
+    data: &impl DataLookup,
 ) -> Result<UserField, DecodeError> {
-    let empty = Map::new();
-    let data = data.unwrap_or(&empty);
     let field_id = match lookup(data, &FIELD_ID) {
-        None => return Err(DecodeError::Missing("data[FIELDS][ID]")),
-        Some((key, Value::Map(_))) => return Err(DecodeError::NotAString(key)),
-        Some((key, Value::Str(raw))) => {
+        None | Some((_, Slot::Absent)) => return Err(DecodeError::Missing("data[FIELDS][ID]")),
+        Some((key, Slot::Array)) => return Err(DecodeError::NotAString(key)),
+        Some((key, Slot::Leaf(raw))) => {
             parse_u64(raw).ok_or_else(|| DecodeError::not_a_number(key, raw))?
         }
     };
@@ -180,8 +217,41 @@ fn user_field(
     Ok(UserField { action, entity, entity_id, field_id, field_name })
 }
 
+/// The kind of the event with upper-case `code`: for a user-field code, its field as `data`
+/// gives it (an error when the field id is missing or not a number).
+pub(super) fn kind_of(code: &str, data: &impl DataLookup) -> Result<EventKind, DecodeError> {
+    Ok(match classify(code) {
+        Some((default_entity_id, action)) => {
+            EventKind::UserField(user_field(default_entity_id, action, data)?)
+        }
+        None => EventKind::Other,
+    })
+}
+
+/// What was found at the top-level `event` key.
+pub(super) enum Code {
+    /// No such key.
+    Absent,
+    /// `event[..]`.
+    Array,
+    /// A string.
+    Text(String),
+}
+
+/// The event code, ASCII upper-cased; `event` must be a non-empty string.
+pub(super) fn event_code(found: Code) -> Result<String, DecodeError> {
+    let mut code = match found {
+        Code::Absent => return Err(DecodeError::Missing("event")),
+        Code::Array => return Err(DecodeError::NotAString("event")),
+        Code::Text(code) if code.is_empty() => return Err(DecodeError::Missing("event")),
+        Code::Text(code) => code,
+    };
+    code.make_ascii_uppercase();
+    Ok(code)
+}
+
 /// Decimal digits only (no sign, no spaces), within `u64`.
-fn parse_u64(s: &str) -> Option<u64> {
+pub(super) fn parse_u64(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -189,7 +259,7 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 /// An optional `-` and decimal digits, within `i64`.
-fn parse_i64(s: &str) -> Option<i64> {
+pub(super) fn parse_i64(s: &str) -> Option<i64> {
     let digits = s.strip_prefix('-').unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -205,32 +275,77 @@ fn leaf(value: Value) -> Option<String> {
     }
 }
 
-impl AuthBlock {
-    /// Reads the `auth` map, moving its strings out.
-    pub fn from_map(auth: Map) -> AuthBlock {
-        let mut block = AuthBlock::default();
-        let mut access_token = None;
-        let mut user_id = None;
-        let mut expires = None;
-        let mut scope = None;
-        for (key, value) in auth.into_entries() {
-            let Key::Str(name) = key else { continue };
-            let Some(value) = leaf(value) else { continue };
-            match name.as_str() {
-                "member_id" => block.member_id = value,
-                "domain" => block.domain = value,
-                "application_token" => block.application_token = Secret::from(value),
-                "client_endpoint" => block.client_endpoint = Some(value),
-                "server_endpoint" => block.server_endpoint = Some(value),
-                "status" => block.status = Some(value),
-                "refresh_token" => block.refresh_token = Some(Secret::from(value)),
-                "access_token" => access_token = Some(value),
-                "user_id" => user_id = parse_u64(&value),
-                "expires" => expires = parse_i64(&value),
-                "scope" => scope = Some(value),
-                _ => {}
-            }
+/// The `auth[..]` keys the view reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AuthKey {
+    MemberId,
+    Domain,
+    ApplicationToken,
+    ClientEndpoint,
+    ServerEndpoint,
+    Status,
+    RefreshToken,
+    AccessToken,
+    UserId,
+    Expires,
+    Scope,
+}
+
+impl AuthKey {
+    /// The key named `name`, if the view reads it.
+    pub(super) fn of(name: &str) -> Option<AuthKey> {
+        Some(match name {
+            "member_id" => AuthKey::MemberId,
+            "domain" => AuthKey::Domain,
+            "application_token" => AuthKey::ApplicationToken,
+            "client_endpoint" => AuthKey::ClientEndpoint,
+            "server_endpoint" => AuthKey::ServerEndpoint,
+            "status" => AuthKey::Status,
+            "refresh_token" => AuthKey::RefreshToken,
+            "access_token" => AuthKey::AccessToken,
+            "user_id" => AuthKey::UserId,
+            "expires" => AuthKey::Expires,
+            "scope" => AuthKey::Scope,
+            _ => return None,
+        })
+    }
+}
+
+/// An [`AuthBlock`] being read key by key.
+#[derive(Default)]
+pub(super) struct AuthFields {
+    block: AuthBlock,
+    access_token: Option<String>,
+    user_id: Option<u64>,
+    expires: Option<i64>,
+    scope: Option<String>,
+}
+
+impl AuthFields {
+    /// The string `value` of `auth[key]`; an empty one counts as absent.
+    pub(super) fn set(&mut self, key: AuthKey, value: Cow<'_, str>) {
+        if value.is_empty() {
+            return;
         }
+        let block = &mut self.block;
+        match key {
+            AuthKey::MemberId => block.member_id = value.into_owned(),
+            AuthKey::Domain => block.domain = value.into_owned(),
+            AuthKey::ApplicationToken => block.application_token = Secret::from(value.into_owned()),
+            AuthKey::ClientEndpoint => block.client_endpoint = Some(value.into_owned()),
+            AuthKey::ServerEndpoint => block.server_endpoint = Some(value.into_owned()),
+            AuthKey::Status => block.status = Some(value.into_owned()),
+            AuthKey::RefreshToken => block.refresh_token = Some(Secret::from(value.into_owned())),
+            AuthKey::AccessToken => self.access_token = Some(value.into_owned()),
+            AuthKey::UserId => self.user_id = parse_u64(&value),
+            AuthKey::Expires => self.expires = parse_i64(&value),
+            AuthKey::Scope => self.scope = Some(value.into_owned()),
+        }
+    }
+
+    /// The block read.
+    pub(super) fn finish(self) -> AuthBlock {
+        let AuthFields { mut block, access_token, user_id, expires, scope } = self;
         block.user = access_token.map(|token| UserTokens {
             user_id,
             access_token: Secret::from(token),
@@ -241,10 +356,23 @@ impl AuthBlock {
     }
 }
 
+impl AuthBlock {
+    /// Reads the `auth` map, moving its strings out.
+    pub fn from_map(auth: Map) -> AuthBlock {
+        let mut fields = AuthFields::default();
+        for (key, value) in auth.into_entries() {
+            let Key::Str(name) = key else { continue };
+            let (Some(key), Some(value)) = (AuthKey::of(&name), leaf(value)) else { continue };
+            fields.set(key, Cow::Owned(value));
+        }
+        fields.finish()
+    }
+}
+
 impl Decoded {
     /// Builds the view from a decoded tree, moving its strings out.
     pub fn from_tree(tree: Map) -> Result<Decoded, DecodeError> {
-        let mut event = None;
+        let mut event = Code::Absent;
         let mut handler_id = None;
         let mut ts = None;
         let mut auth = None;
@@ -252,7 +380,12 @@ impl Decoded {
         for (key, value) in tree.into_entries() {
             let Key::Str(name) = key else { continue };
             match name.as_str() {
-                "event" => event = Some(value),
+                "event" => {
+                    event = match value {
+                        Value::Str(s) => Code::Text(s),
+                        Value::Map(_) => Code::Array,
+                    }
+                }
                 "event_handler_id" => handler_id = leaf(value).as_deref().and_then(parse_u64),
                 "ts" => ts = leaf(value).as_deref().and_then(parse_i64),
                 "auth" => auth = Some(value),
@@ -260,21 +393,8 @@ impl Decoded {
                 _ => {}
             }
         }
-        let mut code = match event {
-            None => return Err(DecodeError::Missing("event")),
-            Some(Value::Map(_)) => return Err(DecodeError::NotAString("event")),
-            Some(Value::Str(code)) if code.is_empty() => return Err(DecodeError::Missing("event")),
-            Some(Value::Str(code)) => code,
-        };
-        code.make_ascii_uppercase();
-
-        let kind = match classify(&code) {
-            Some((default_entity_id, action)) => {
-                let data_map = data.as_ref().and_then(Value::as_map);
-                EventKind::UserField(user_field(default_entity_id, action, data_map)?)
-            }
-            None => EventKind::Other,
-        };
+        let code = event_code(event)?;
+        let kind = kind_of(&code, &data.as_ref().and_then(Value::as_map))?;
         let auth = match auth {
             Some(Value::Map(map)) => AuthBlock::from_map(map),
             _ => AuthBlock::default(),
