@@ -17,6 +17,8 @@
 //! (`journal::Journal` and its namesakes) dispatch to.
 
 pub mod admin;
+#[cfg(test)]
+mod damage;
 pub mod mark;
 pub mod raw;
 pub mod recover;

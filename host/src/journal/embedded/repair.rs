@@ -626,36 +626,6 @@ mod tests {
         }
     }
 
-    /// Damages the end of one value in the leaf of the `events` table that holds `id`'s
-    /// record (`[1][_][entries u16][value ends u32..][keys u64..][values]`): the storage
-    /// library fails on that entry (and the next, which starts there) when a scan reaches it,
-    /// while a lookup of any other event in the file still finds its record.
-    fn damage_value_end(path: &Path, id: u64) {
-        let mut bytes = std::fs::read(path).unwrap();
-        let needle = format!("F{id:05}");
-        let found: Vec<usize> = bytes
-            .windows(needle.len())
-            .enumerate()
-            .filter(|(_, w)| *w == needle.as_bytes())
-            .map(|(at, _)| at - at % 4096)
-            .collect();
-        // Every copy of the leaf (the file also holds older ones, copied on write).
-        let mut damaged = 0;
-        for page in found {
-            let n = usize::from(u16::from_le_bytes([bytes[page + 2], bytes[page + 3]]));
-            let keys = page + 4 + 4 * n;
-            let index = (0..n).find(|i| {
-                bytes.get(keys + 8 * i..keys + 8 * i + 8) == Some(id.to_le_bytes().as_slice())
-            });
-            if let (1, Some(index)) = (bytes[page], index) {
-                bytes[page + 4 + 4 * index + 2] ^= 0x40;
-                damaged += 1;
-            }
-        }
-        assert!(damaged > 0, "no leaf holds event {id}");
-        std::fs::write(path, bytes).unwrap();
-    }
-
     /// A damaged entry early in the `events` table cut verify's and salvage's scan short:
     /// every event after it was reported unreadable and left out of the salvaged journal, though
     /// a host, which reads each event by its id, delivered them (damage seeds 8, 11 and 22).
@@ -665,7 +635,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         journal(dir.path());
         let path = dir.path().join(FILE_NAME);
-        damage_value_end(&path, 20);
+        super::super::damage::value_end_of_event(&path, 20, "F00020");
         let report = verify(dir.path()).unwrap();
         assert!(
             report.problems.iter().any(|p| p.starts_with("table events: unreadable")),
