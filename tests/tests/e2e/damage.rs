@@ -1,8 +1,9 @@
 //! A damaged disk: on a stopped host with pending events, `journal.redb` is truncated, has bits
 //! flipped or pages zeroed. Then the host either refuses to start with a message that says what
 //! happened, or starts and delivers only unchanged events (each compared with what was posted);
-//! every loss is reported (a dead letter, or `journal verify`); nothing panics (exit code 101
-//! never appears); `journal salvage` recovers what is readable.
+//! every loss is reported (a dead letter, `journal verify`, or the host's `/readyz` naming the
+//! event past which it cannot read the pending rows); nothing panics (exit code 101 never
+//! appears); `journal salvage` recovers what is readable.
 //!
 //! The stocked journal is made once (events posted while the probe sleeps in its first call,
 //! then the host stopped) and copied for each attack.
@@ -109,10 +110,22 @@ fn no_panic(what: &str, status: &std::process::ExitStatus, output: &str) {
     );
 }
 
+/// With `B24_DAMAGE_KEEP=DIR`, keeps the attacked journal (before anything opened it) and then
+/// the host's log there, named after the attack.
+fn keep(name: &str, log: Option<&str>, dir: &HostDir) {
+    let Ok(keep) = std::env::var("B24_DAMAGE_KEEP") else { return };
+    let name = name.replace(' ', "-");
+    match log {
+        Some(log) => drop(std::fs::write(format!("{keep}/{name}.log"), log)),
+        None => drop(std::fs::copy(journal_file(dir), format!("{keep}/{name}.redb"))),
+    }
+}
+
 /// Runs `journal verify` and `journal salvage`, then the host; checks the promises.
 fn after_attack(name: &str, dir: &HostDir) -> Outcome {
     let posted = &stock().posted;
     let mut outcome = Outcome::default();
+    keep(name, None, dir);
     let verify = dir.run_cli(&["journal", "verify", "--config", "host.toml", "--json"]);
     let verify_text = String::from_utf8_lossy(&verify.stdout).into_owned()
         + &String::from_utf8_lossy(&verify.stderr);
@@ -184,6 +197,7 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
     let dead = dead_ids(dir);
     let metrics = host.admin_request("GET", "/metrics").body;
     let log = host.log_text();
+    keep(name, Some(&log), dir);
     let lost: Vec<u64> = posted.keys().filter(|id| !delivered.contains(id)).copied().collect();
     outcome.lost = lost.len();
     let mentioned = |id: &u64| {
@@ -195,16 +209,31 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
         lost.iter().filter(|id| !dead.contains(id) && !mentioned(id)).copied().collect();
     outcome.reported = lost.len() - unreported.len();
     let damaged_keys = report["pending"]["damaged"].as_u64().unwrap_or(0) as usize;
-    // Events behind a damaged page of the pending table stay pending (the host says so in an
-    // ERROR line, verify names the table and salvage makes them dead letters).
-    let behind_damage = problems.iter().any(|p| p.starts_with("table pending: unreadable"))
-        && log.contains("unreadable past a point");
+    // Events past a point the host cannot read its pending rows beyond stay pending, when the
+    // host says so: `/readyz` 503 naming the plugin and the point (and an ERROR line), or an
+    // ERROR line where verify names the table and the point (salvage makes them dead letters).
+    let readyz = host.admin_request("GET", "/readyz");
+    let host_point = (readyz.status == 503).then(|| stuck_point(&readyz.body)).flatten();
+    let verify_point = problems
+        .iter()
+        .find_map(|p| after_number(p, "pending rows of probe after event "))
+        .filter(|_| {
+            problems.iter().any(|p| p.starts_with("table pending: unreadable"))
+                && log.contains("unreadable past a point")
+        });
+    let point = host_point.into_iter().chain(verify_point).min();
+    let (behind, before): (Vec<u64>, Vec<u64>) =
+        unreported.iter().partition(|id| point.is_some_and(|p| **id > p));
     assert!(
-        behind_damage || unreported.len() <= damaged_keys,
-        "{name}: {} events lost without a word: {unreported:?}\nverify: {problems:?}\nlog: {}",
-        unreported.len(),
+        before.len() <= damaged_keys,
+        "{name}: {} events lost without a word: {before:?}\nverify: {problems:?}\nreadyz: {}\nlog: {}",
+        before.len(),
+        readyz.body,
         log.lines().filter(|l| l.contains("ERROR")).take(8).collect::<Vec<_>>().join("\n")
     );
+    if !behind.is_empty() {
+        assert!(log.contains("ERROR"), "{name}: stuck without an ERROR line");
+    }
     if !dead.is_empty() {
         assert!(
             log.contains("record damaged") || log.contains("record missing"),
@@ -221,8 +250,28 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
         outcome.salvaged,
         outcome.delivered_unchanged
     );
-    eprintln!("damage {name}: {outcome:?}");
+    eprintln!(
+        "damage {name}: {outcome:?}; unreported {:?}, {} of them past event {point:?}, where \
+         the host cannot read on and says so",
+        unreported.iter().take(20).collect::<Vec<_>>(),
+        behind.len()
+    );
     outcome
+}
+
+/// The number that follows `prefix` in `text`, if `text` holds it.
+fn after_number(text: &str, prefix: &str) -> Option<u64> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
+}
+
+/// Where `/readyz` says the probe's pending events cannot be read beyond: the event after which
+/// (0 when it names no point: none can be read), if it says so.
+fn stuck_point(readyz: &str) -> Option<u64> {
+    let reason = &readyz[readyz.find("the pending events of plugin probe cannot be read (")?..];
+    after_number(reason, "(after event ")
+        .or_else(|| after_number(reason, "(a scan ends at event "))
+        .or(Some(0))
 }
 
 /// The event ids the probe was called with.
@@ -238,6 +287,14 @@ fn dead_ids(dir: &HostDir) -> BTreeSet<u64> {
         .as_array()
         .map(|rows| rows.iter().filter_map(|r| r["id"].as_u64()).collect())
         .unwrap_or_default()
+}
+
+/// The seeds to run: `B24_DAMAGE_SEEDS=1,2,..` if set, else `default`.
+fn seeds(default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+    std::env::var("B24_DAMAGE_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.collect())
 }
 
 fn truncate(path: &Path, len: u64) {
@@ -285,7 +342,7 @@ fn a_journal_truncated_by_half_or_by_4k_never_panics_and_loses_nothing_silently(
 
 #[test]
 fn bit_flips_never_deliver_a_changed_event() {
-    for seed in 1..=4u64 {
+    for seed in seeds(1..=4) {
         let dir = copy_of_stock();
         let path = journal_file(&dir);
         let mut bytes = std::fs::read(&path).unwrap();

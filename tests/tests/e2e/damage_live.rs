@@ -199,7 +199,16 @@ fn run(seed: u64) -> Seed {
         out
     };
     let unready = |host: &RunningHost| {
-        let answer = host.admin_request("GET", "/readyz");
+        let admin = host.admin.as_deref().expect("the host has an admin listener");
+        let answer = try_request(admin, "GET", "/readyz", None, b"").unwrap_or_else(|e| {
+            let log = host.log_text();
+            keep(seed, &log, &journal);
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "seed {seed}: the host does not answer /readyz ({e}); its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        });
         (answer.status == 503 && answer.body.contains("damaged")).then_some(answer.body)
     };
     // Every acknowledged event delivered or a dead letter, or the host says why not.
@@ -225,10 +234,7 @@ fn run(seed: u64) -> Seed {
         unready: if missing.is_empty() { None } else { unready(&host) },
     };
     let log = host.log_text();
-    if let Ok(keep) = std::env::var("B24_DAMAGE_KEEP") {
-        let _ = std::fs::write(format!("{keep}/seed{seed}.log"), &log);
-        let _ = std::fs::copy(&journal, format!("{keep}/seed{seed}.redb"));
-    }
+    keep(seed, &log, &journal);
     assert!(!log.contains("panicked at") || log.contains("storage library"), "seed {seed}:\n{log}");
     eprintln!(
         "damage_live seed {seed}: {outcome:?} missing {:?}",
@@ -246,6 +252,14 @@ fn run(seed: u64) -> Seed {
         );
     }
     outcome
+}
+
+/// With `B24_DAMAGE_KEEP=DIR`, keeps the seed's log and journal there.
+fn keep(seed: u64, log: &str, journal: &Path) {
+    if let Ok(keep) = std::env::var("B24_DAMAGE_KEEP") {
+        let _ = std::fs::write(format!("{keep}/seed{seed}.log"), log);
+        let _ = std::fs::copy(journal, format!("{keep}/seed{seed}.redb"));
+    }
 }
 
 #[test]

@@ -306,6 +306,20 @@ pub fn show(database: &Database, id: u64) -> Result<Option<EventDetail>, StoreEr
     }))
 }
 
+/// A dead letter's event code and portal from its event's record; empty when the record is
+/// missing or damaged. Read apart from the listing: a record damaged so that the storage
+/// library fails on it (often the very reason its event is a dead letter) ended the listing
+/// there, and the letters after it were not shown.
+fn code_and_member(events: &redb::ReadOnlyTable<u64, &'static [u8]>, id: u64) -> (String, String) {
+    store::guard("reading a dead letter's event record", || {
+        Ok(db(events.get(id))?.and_then(|v| EventRecord::unseal_meta(id, v.value()).ok()))
+    })
+    .ok()
+    .flatten()
+    .map(|m| (m.code, m.member_id))
+    .unwrap_or_default()
+}
+
 /// Dead letters, of `plugin` only when given, by event id: the dead table (one plugin's range
 /// when given) and each letter's event record, nothing else.
 pub fn dead(database: &Database, plugin: Option<&str>) -> Result<Vec<DeadRow>, StoreError> {
@@ -325,10 +339,7 @@ pub fn dead(database: &Database, plugin: Option<&str>) -> Result<Vec<DeadRow>, S
                 let letter: DeadLetter = unseal_row(p, id, v.value()).unwrap_or_else(|e| {
                     DeadLetter { reason: format!("dead letter {e}"), attempts: 0, at_ms: 0 }
                 });
-                let (code, member_id) = db(events.get(id))?
-                    .and_then(|v| EventRecord::unseal_meta(id, v.value()).ok())
-                    .map(|m| (m.code, m.member_id))
-                    .unwrap_or_default();
+                let (code, member_id) = code_and_member(&events, id);
                 out.push(DeadRow { plugin: p.to_owned(), id, code, member_id, dead: letter });
             }
             Ok(())
@@ -408,10 +419,7 @@ pub fn dead_page(database: &Database, query: &DeadQuery) -> Result<DeadPage, Sto
     let next_before = cut_page(&mut candidates, limit, |c| c.0);
     let mut rows = Vec::with_capacity(candidates.len());
     for (id, plugin, dead) in candidates {
-        let (code, member_id) = db(events.get(id))?
-            .and_then(|v| EventRecord::unseal_meta(id, v.value()).ok())
-            .map(|m| (m.code, m.member_id))
-            .unwrap_or_default();
+        let (code, member_id) = code_and_member(&events, id);
         rows.push(DeadRow { plugin, id, code, member_id, dead });
     }
     Ok(DeadPage { rows, next_before, total })
@@ -481,6 +489,39 @@ mod tests {
         assert_eq!((rows, next, total), (vec![(6, "b".into()), (5, "b".into())], None, 2));
         let (rows, _, total) = page(Some("a"), Some(5_000), None, 0);
         assert_eq!((rows.len(), total), (0, 6), "a count only");
+    }
+
+    /// A dead letter whose event record is damaged so that the storage library fails on it
+    /// (often why its event is a dead letter) ended `journal dead` there: the letters after it
+    /// were not listed, and their events looked lost (damage seed 22: events 574 and 575).
+    #[test]
+    fn dead_letters_after_one_whose_record_the_library_fails_on_are_still_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let marked = |id: u64| {
+            let raw = format!("event=ONCRMDEALUSERFIELDUPDATE&data[FIELDS][ID]=F{id:05}");
+            crate::record::fixture(1_000, String::new(), Bytes::from(raw))
+        };
+        {
+            let database = store::open(&path).unwrap();
+            let txn = database.begin_write().unwrap();
+            {
+                let mut tables = store::Tables::open(&txn).unwrap();
+                let letter = DeadLetter { reason: "r".into(), attempts: 1, at_ms: 5 };
+                for id in 1..=40 {
+                    tables.insert_event(id, &marked(id), &[Arc::from("p")]).unwrap();
+                    tables.bury("p", id, &letter).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        super::super::damage::value_end_of_event(&path, 10, "F00010");
+        let database = store::open(&path).unwrap();
+        let listed: Vec<u64> = dead(&database, None).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(listed, (1..=40).collect::<Vec<_>>());
+        let query = DeadQuery { limit: 100, ..DeadQuery::default() };
+        let page = dead_page(&database, &query).unwrap();
+        assert_eq!(page.rows.len(), 40);
     }
 
     #[test]

@@ -18,6 +18,8 @@
 
 pub mod admin;
 pub mod apply;
+#[cfg(test)]
+mod damage;
 pub mod mark;
 pub mod raw;
 pub mod recover;
@@ -691,10 +693,12 @@ impl Consumer {
     ///
     /// A damaged page must never make events vanish: a row whose key a flipped bit changed
     /// (its checksum names another event), a row out of order or naming an id never handed
-    /// out, moves the cursor nowhere (later rows are not skipped); such damage may hide other
-    /// rows, so the plugin is marked damaged (`/readyz`). A scan that cannot read on, or that
-    /// ends before the last row the writer added for the plugin, marks it stuck: its new events
-    /// are refused (503) until a scan gets past.
+    /// out, moves the cursor nowhere (later rows are not skipped); rows a search through a
+    /// damaged index page went past are found by walking back (see [`store::scan_pending`])
+    /// and delivered; such damage may hide other rows, so the plugin is marked damaged
+    /// (`/readyz`). A scan that cannot read on, or that ends before the last row the writer
+    /// added for the plugin, marks it stuck: its new events are refused (503) until a scan gets
+    /// past.
     fn fill(&mut self) -> Result<(), StoreError> {
         let database = self.journal.slot.get()?;
         let replayed: Vec<u64> =
@@ -734,7 +738,29 @@ impl Consumer {
         let appended = self.signal.appended.load(Ordering::SeqCst);
         let scanned = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)
             .inspect_err(|e| self.stuck(format!("after event {}: {e}", self.cursor)))?;
-        let full = scanned.rows.len() >= SCAN_BATCH;
+        // Rows found by walking back come alone: the ones after them are read next.
+        let full = scanned.rows.len() >= SCAN_BATCH || scanned.passed_over;
+        if scanned.passed_over
+            && let (Some(first), Some(last)) = (scanned.rows.first(), scanned.rows.last())
+        {
+            // Delivered as found; the damage that hid them may hide others.
+            let (first, last) = (first.key, last.key);
+            tracing::error!(
+                plugin = %self.plugin,
+                "the journal's index of pending rows is damaged: a search for the rows after \
+                 event {} went past events {first} to {last}, which were found by walking back",
+                self.cursor
+            );
+            self.journal.shared.note_damage(
+                &self.plugin,
+                false,
+                format!(
+                    "a search for the rows after event {} went past events {first} to {last} (a \
+                     damaged index page)",
+                    self.cursor
+                ),
+            );
+        }
         for row in scanned.rows {
             if row.id != row.key {
                 if !self.moved.insert(row.key) {
@@ -970,6 +996,68 @@ mod tests {
             damage.len() == 1 && damage[0].contains(&flipped) && damage[0].contains("salvage"),
             "{damage:?}"
         );
+        journal.finish().await;
+        journal.close();
+        drop((consumer, journal));
+        writer.join().unwrap();
+    }
+
+    /// A flipped bit in a key of the pending table's index (a branch page) sends a search for
+    /// a range's start past rows that are in the table, and nothing fails: a consumer, which
+    /// starts a new range after every batch of rows, went past them without a word (damage
+    /// seed 14: 524 events neither delivered nor dead letters, `/readyz` ready). Now the rows
+    /// are found by walking back from where the search landed, delivered, and the damage named.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_a_search_through_a_damaged_index_page_goes_past_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let p: Arc<str> = Arc::from("p");
+        let path = dir.path().join(FILE_NAME);
+        let events = 3 * SCAN_BATCH as u64;
+        {
+            let database = store::open(&path).unwrap();
+            let txn = database.begin_write().unwrap();
+            {
+                let mut tables = store::Tables::open(&txn).unwrap();
+                for id in 1..=events {
+                    tables.insert_event(id, &record(id), std::slice::from_ref(&p)).unwrap();
+                }
+                tables.set_next_id(events + 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        // The index's keys between the consumer's first and second batch: (len 1, "p", id).
+        // Clearing bit 8 of such a key (ids 256..=511 have it) sends every search for an id
+        // between the damaged key and the true one to the page after it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let after_first_batch = SCAN_BATCH as u64 + 1;
+        let mut damaged = 0;
+        for page in (0..bytes.len()).step_by(4096) {
+            if bytes[page] != 2 {
+                continue;
+            }
+            let at = (page..page + 4096 - 10).find(|&at| {
+                let id = u64::from_le_bytes(bytes[at + 2..at + 10].try_into().unwrap());
+                bytes[at..at + 2] == *b"\x01p" && id > after_first_batch && id < 512
+            });
+            if let Some(at) = at {
+                bytes[at + 3] ^= 1; // bit 8 of the id
+                damaged += 1;
+            }
+        }
+        assert!(damaged > 0, "no index page of the pending table holds such a key");
+        std::fs::write(&path, bytes).unwrap();
+
+        let config = JournalConfig::default();
+        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+        let mut consumer = journal.consumer("p");
+        let mut got = Vec::new();
+        for _ in 0..events {
+            got.push(next(&mut consumer).await);
+        }
+        got.sort_unstable();
+        assert_eq!(got, (1..=events).collect::<Vec<_>>());
+        let damage = journal.damage();
+        assert!(damage.len() == 1 && damage[0].contains("damaged index page"), "{damage:?}");
         journal.finish().await;
         journal.close();
         drop((consumer, journal));

@@ -278,7 +278,7 @@ fn read_file(
         })
     });
     let readable = match opened {
-        Ok(database) => scan(&database, &mut report),
+        Ok(database) => scan(&database, &path, &mut report),
         Err(e @ StoreError::InUse { .. }) => return Err(e),
         Err(first) => {
             // Not closed cleanly (or damaged): let redb repair a copy, never the original.
@@ -302,7 +302,7 @@ fn read_file(
             });
             if let Ok(database) = read_only {
                 report.notes.push(format!("read-only open failed ({first}); read a padded copy"));
-                let readable = scan(&database, &mut report);
+                let readable = scan(&database, &copy.0, &mut report);
                 drop(database);
                 return Ok((readable, report));
             }
@@ -314,7 +314,7 @@ fn read_file(
                     report
                         .notes
                         .push(format!("read-only open failed ({first}); read a repaired copy"));
-                    scan(&database, &mut report)
+                    scan(&database, &copy.0, &mut report)
                 }
                 Err(e) => {
                     report.problems.push(format!(
@@ -456,10 +456,64 @@ where
     out
 }
 
-fn scan<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Readable {
+/// Adds the event records the file's pages hold that a scan of the `events` table did not
+/// give (it stopped at a damaged page or entry, or found `damaged` records): the storage
+/// library's scan ends at the first entry it cannot read, while a host, which looks each
+/// event up by its id, still reads and delivers the events after it. Every record found
+/// proves itself by its checksum, and a record never changes, so any copy of it is the
+/// event (an older copy of one pruned since has no pending row and is never delivered).
+/// Returns the highest id added (0: none).
+fn events_from_pages(
+    file: &Path,
+    readable: &mut Readable,
+    damaged: &std::collections::HashSet<u64>,
+    report: &mut RepairReport,
+) -> u64 {
+    let map = std::fs::File::open(file).and_then(|f| {
+        // SAFETY: the file is a stopped host's journal (a running host's is refused before
+        // this, by its lock) or this command's own copy; the map is only read, and dropped
+        // before this returns.
+        unsafe { memmap2::Mmap::map(&f) }
+    });
+    let map = match map {
+        Ok(map) => map,
+        Err(e) => {
+            report.problems.push(format!("cannot read the pages of {}: {e}", file.display()));
+            return 0;
+        }
+    };
+    let found = raw::scan(&map);
+    drop(map);
+    let held: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
+    let (mut added, mut mended, mut highest) = (0, 0, 0);
+    for (id, record) in found.events {
+        if held.contains(&id) {
+            continue;
+        }
+        if damaged.contains(&id) {
+            mended += 1;
+        }
+        highest = highest.max(id);
+        readable.events.push((id, record));
+        report.events.readable += 1;
+        added += 1;
+    }
+    readable.events.sort_by_key(|(id, _)| *id);
+    report.notes.push(format!(
+        "the events table could not be read whole: {added} more events read from the file's \
+         pages ({mended} of them sound copies of records damaged in the table)"
+    ));
+    highest
+}
+
+/// Reads every table of `database`, opened on `file`.
+fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairReport) -> Readable {
     let mut readable = Readable::default();
+    let before = report.problems.len();
     let stored = rows(database, EVENTS, report, |id, v| (id, EventRecord::unseal(id, v)));
+    let cut = report.problems.len() > before;
     let mut highest = 0;
+    let mut damaged = std::collections::HashSet::new();
     for (id, record) in stored {
         highest = highest.max(id);
         match record {
@@ -470,8 +524,12 @@ fn scan<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Readabl
             Err(e) => {
                 report.events.damaged += 1;
                 report.problems.push(format!("event {id}: {e}"));
+                damaged.insert(id);
             }
         }
+    }
+    if cut || !damaged.is_empty() {
+        highest = highest.max(events_from_pages(file, &mut readable, &damaged, report));
     }
     let ids: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
     readable.pending = rows(database, PENDING, report, |(plugin, id), v| {
@@ -530,4 +588,71 @@ fn scan<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Readabl
     readable.next_id = stored_next.max(highest + 1);
     report.next_id = readable.next_id;
     readable
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    const EVENTS_STORED: u64 = 300;
+
+    fn record(id: u64) -> EventRecord {
+        crate::record::fixture(
+            1_000 + id as i64,
+            String::new(),
+            Bytes::from(format!("event=ONCRMDEALUSERFIELDUPDATE&data[FIELDS][ID]=F{id:05}")),
+        )
+    }
+
+    /// A stopped journal holding events 1..=300, each pending for `p`, written in batches as
+    /// the writer writes them.
+    fn journal(dir: &Path) {
+        let database = store::open(&dir.join(FILE_NAME)).unwrap();
+        let plugin: Arc<str> = Arc::from("p");
+        for batch in 0..EVENTS_STORED / 30 {
+            let txn = database.begin_write().unwrap();
+            {
+                let mut tables = store::Tables::open(&txn).unwrap();
+                for id in batch * 30 + 1..=batch * 30 + 30 {
+                    tables.insert_event(id, &record(id), std::slice::from_ref(&plugin)).unwrap();
+                }
+                tables.set_next_id(batch * 30 + 31).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+    }
+
+    /// A damaged entry early in the `events` table cut verify's and salvage's scan short:
+    /// every event after it was reported unreadable and left out of the salvaged journal, though
+    /// a host, which reads each event by its id, delivered them (damage seeds 8, 11 and 22).
+    /// Now the events after the damaged entry are read from the file's pages.
+    #[test]
+    fn salvage_reads_the_events_after_a_damaged_entry_of_the_events_table() {
+        let dir = tempfile::tempdir().unwrap();
+        journal(dir.path());
+        let path = dir.path().join(FILE_NAME);
+        super::super::damage::value_end_of_event(&path, 20, "F00020");
+        let report = verify(dir.path()).unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.starts_with("table events: unreadable")),
+            "the damage must cut the table's scan for this test to mean anything: {report}"
+        );
+        assert!(report.events.readable >= EVENTS_STORED - 2, "{report}");
+
+        let to = dir.path().join("salvaged.redb");
+        let report = salvage(dir.path(), &to).unwrap();
+        assert!(report.events.readable >= EVENTS_STORED - 2, "{report}");
+        let salvaged = store::open(&to).unwrap();
+        let txn = salvaged.begin_read().unwrap();
+        let pending = txn.open_table(PENDING).unwrap();
+        for id in (1..=EVENTS_STORED).filter(|id| !(20..=21).contains(id)) {
+            let event = store::event(&salvaged, id).unwrap();
+            assert_eq!(event, Some(Ok(record(id))), "event {id}");
+            assert!(pending.get(("p", id)).unwrap().is_some(), "event {id} must stay pending");
+        }
+    }
 }

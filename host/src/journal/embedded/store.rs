@@ -246,6 +246,13 @@ pub fn pending(database: &Database, plugin: &str, id: u64) -> Result<Option<Pend
 /// [`checksum::matching_id`]) belongs to that event: it is returned with both ids, and its
 /// record is not read. A damaged page that stops the scan ends it with the rows read before
 /// it and the reason.
+///
+/// The scan starts where a search for `after + 1` through the table's index (its branch pages)
+/// lands; a damaged key there sends the search past rows that are in the table, and nothing
+/// fails. So the rows just before where it landed are read by walking back from there (the
+/// walk goes from page to page, not through the search): any row above `after` found that way
+/// was passed over. Then only those rows are returned, in key order, and
+/// [`Scanned::passed_over`] says so.
 pub fn scan_pending(
     database: &Database,
     plugin: &str,
@@ -256,34 +263,66 @@ pub fn scan_pending(
     let pending = db(txn.open_table(PENDING))?;
     let events = db(txn.open_table(EVENTS))?;
     let mut rows = Vec::new();
-    let Some(start) = after.checked_add(1) else { return Ok(Scanned { rows, failed: None }) };
+    let Some(start) = after.checked_add(1) else {
+        return Ok(Scanned { rows, failed: None, passed_over: false });
+    };
+    let read = |key: u64, value: &[u8]| {
+        let moved = checksum::matching_id(value, key, |id| checksum::row_key(plugin, id));
+        let id = moved.unwrap_or(key);
+        let record = if moved.is_some() {
+            Err(Damage::Missing)
+        } else {
+            guard("reading an event record", || {
+                Ok(match db(events.get(id))? {
+                    Some(v) => EventRecord::unseal(id, v.value()),
+                    None => Err(Damage::Missing),
+                })
+            })
+            .unwrap_or(Err(Damage::Unreadable))
+        };
+        ScannedRow { key, id, pending: unseal_row(plugin, id, value), record }
+    };
+    let mut passed_over = false;
     // A damaged page under one event's record makes that event unreadable, not the scan: the
     // rows read before a damaged pending page are still delivered.
     let scanned = guard("reading pending rows", || {
-        for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))?.take(limit) {
+        for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))? {
+            if rows.len() >= limit {
+                break;
+            }
             let (key, value) = db(row)?;
-            let (key, value) = (key.value().1, value.value());
-            let moved = checksum::matching_id(value, key, |id| checksum::row_key(plugin, id));
-            let id = moved.unwrap_or(key);
-            let record = if moved.is_some() {
-                Err(Damage::Missing)
-            } else {
-                guard("reading an event record", || {
-                    Ok(match db(events.get(id))? {
-                        Some(v) => EventRecord::unseal(id, v.value()),
-                        None => Err(Damage::Missing),
-                    })
-                })
-                .unwrap_or(Err(Damage::Unreadable))
-            };
-            rows.push(ScannedRow { key, id, pending: unseal_row(plugin, id, value), record });
+            let (owner, key) = key.value();
+            // A search sent astray may land among another plugin's rows.
+            match owner.cmp(plugin) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Equal => rows.push(read(key, value.value())),
+            }
+        }
+        let back = match rows.first() {
+            Some(first) => db(pending.range((plugin, 0)..(plugin, first.key)))?,
+            None => db(pending.range((plugin, 0)..=(plugin, u64::MAX)))?,
+        };
+        let mut skipped = Vec::new();
+        for row in back.rev() {
+            let (key, value) = db(row)?;
+            let (owner, key) = key.value();
+            if owner != plugin || key <= after {
+                break;
+            }
+            skipped.push(read(key, value.value()));
+        }
+        if !skipped.is_empty() {
+            skipped.reverse();
+            rows = skipped;
+            passed_over = true;
         }
         Ok(())
     });
     match scanned {
         Err(e) if rows.is_empty() => Err(e),
-        Err(e) => Ok(Scanned { rows, failed: Some(e) }),
-        Ok(()) => Ok(Scanned { rows, failed: None }),
+        Err(e) => Ok(Scanned { rows, failed: Some(e), passed_over }),
+        Ok(()) => Ok(Scanned { rows, failed: None, passed_over }),
     }
 }
 
@@ -293,6 +332,9 @@ pub struct Scanned {
     pub rows: Vec<ScannedRow>,
     /// Why the scan could not read on past the last row (a damaged page), if it could not.
     pub failed: Option<StoreError>,
+    /// The search for where to start went past these rows (a damaged index page); they were
+    /// found by walking back.
+    pub passed_over: bool,
 }
 
 /// A pending row as a consumer reads it, each part checked.
