@@ -516,8 +516,13 @@ fn events_by_id<D: ReadableDatabase>(
     report: &mut RepairReport,
 ) -> u64 {
     let held: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
-    let Ok(txn) = database.begin_read() else { return 0 };
-    let Ok(table) = txn.open_table(EVENTS) else { return 0 };
+    let Ok(txn) = store::guard("looking up events", || db(database.begin_read())) else {
+        return 0;
+    };
+    let table = store::guard("looking up events", || {
+        txn.open_table(EVENTS).map_err(store::db_error)
+    });
+    let Ok(table) = table else { return 0 };
     let (mut added, mut failed, mut highest) = (0, 0, 0);
     for id in ids.filter(|id| !held.contains(id)) {
         let found = store::guard("looking up an event", || {
