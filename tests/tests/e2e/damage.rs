@@ -290,11 +290,11 @@ fn dead_ids(dir: &HostDir) -> BTreeSet<u64> {
 }
 
 /// The seeds to run: `B24_DAMAGE_SEEDS=1,2,..` if set, else `default`.
-fn seeds(default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+fn seeds(default: &[u64]) -> Vec<u64> {
     std::env::var("B24_DAMAGE_SEEDS")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| default.collect())
+        .unwrap_or_else(|| default.to_vec())
 }
 
 fn truncate(path: &Path, len: u64) {
@@ -340,9 +340,16 @@ fn a_journal_truncated_by_half_or_by_4k_never_panics_and_loses_nothing_silently(
     }
 }
 
+/// Seeds 1-4, and the seeds above them that found a loss (the stocked journal's layout differs
+/// from run to run, so a seed hits the same structure often, not always): 8, 11 and 22 a
+/// damaged entry of the events table that ended salvage's reading of it; 11 also a first write
+/// that hit damaged allocator state, after which the host reads nothing more and says so in
+/// `/readyz`; 14 a damaged key in the pending table's index that sent the consumer's search
+/// past 524 rows without a word; 22 also dead letters that `journal dead` stopped listing at a
+/// damaged record.
 #[test]
 fn bit_flips_never_deliver_a_changed_event() {
-    for seed in seeds(1..=4) {
+    for seed in seeds(&[1, 2, 3, 4, 8, 11, 14, 22]) {
         let dir = copy_of_stock();
         let path = journal_file(&dir);
         let mut bytes = std::fs::read(&path).unwrap();

@@ -515,7 +515,7 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        super::super::damage::value_end_of_event(&path, 10, "F00010");
+        super::super::damage::first_value_end_in_leaf_of(&path, 10, "F00010");
         let database = store::open(&path).unwrap();
         let listed: Vec<u64> = dead(&database, None).unwrap().iter().map(|r| r.id).collect();
         assert_eq!(listed, (1..=40).collect::<Vec<_>>());

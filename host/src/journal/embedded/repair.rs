@@ -506,9 +506,59 @@ fn events_from_pages(
     highest
 }
 
+/// Looks up by id each event of `ids` the reading so far did not give, as a host does (a
+/// damaged entry of a leaf fails a scan there and a raw parse of the whole leaf, while a
+/// lookup of another entry of the leaf still finds it). Returns the highest id added.
+fn events_by_id<D: ReadableDatabase>(
+    database: &D,
+    ids: std::ops::Range<u64>,
+    readable: &mut Readable,
+    report: &mut RepairReport,
+) -> u64 {
+    let held: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
+    let Ok(txn) = store::guard("looking up events", || db(database.begin_read())) else {
+        return 0;
+    };
+    let table = store::guard("looking up events", || {
+        txn.open_table(EVENTS).map_err(store::db_error)
+    });
+    let Ok(table) = table else { return 0 };
+    let (mut added, mut failed, mut highest) = (0, 0, 0);
+    for id in ids.filter(|id| !held.contains(id)) {
+        let found = store::guard("looking up an event", || {
+            Ok(db(table.get(id))?.map(|v| EventRecord::unseal(id, v.value())))
+        });
+        match found {
+            Ok(Some(Ok(record))) => {
+                readable.events.push((id, record));
+                report.events.readable += 1;
+                highest = id;
+                added += 1;
+            }
+            // Damaged: a sound copy on the pages, if any, is in already.
+            Ok(Some(Err(e))) => {
+                report.events.damaged += 1;
+                report.problems.push(format!("event {id}: {e}"));
+            }
+            Ok(None) => {}
+            Err(_) => failed += 1,
+        }
+    }
+    readable.events.sort_by_key(|(id, _)| *id);
+    if added + failed > 0 {
+        report.notes.push(format!(
+            "past where the events table could not be read on, {added} more events were read by \
+             their ids ({failed} lookups failed)"
+        ));
+    }
+    highest
+}
+
 /// Reads every table of `database`, opened on `file`.
 fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairReport) -> Readable {
     let mut readable = Readable::default();
+    let meta = rows(database, META, report, |k, v| (k.to_owned(), v));
+    let stored_next = meta.iter().find(|(k, _)| k == "next_id").map_or(1, |(_, v)| *v);
     let before = report.problems.len();
     let stored = rows(database, EVENTS, report, |id, v| (id, EventRecord::unseal(id, v)));
     let cut = report.problems.len() > before;
@@ -528,8 +578,13 @@ fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairRepor
             }
         }
     }
+    let scanned_to = highest;
     if cut || !damaged.is_empty() {
         highest = highest.max(events_from_pages(file, &mut readable, &damaged, report));
+    }
+    if cut {
+        let to = stored_next.max(highest + 1);
+        highest = highest.max(events_by_id(database, scanned_to + 1..to, &mut readable, report));
     }
     let ids: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
     readable.pending = rows(database, PENDING, report, |(plugin, id), v| {
@@ -581,8 +636,6 @@ fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairRepor
     readable
         .small
         .push(("state", rows(database, STATE, report, |k, v| (k.as_bytes().to_vec(), v.to_vec()))));
-    let meta = rows(database, META, report, |k, v| (k.to_owned(), v));
-    let stored_next = meta.iter().find(|(k, _)| k == "next_id").map_or(1, |(_, v)| *v);
     readable.wal_applied =
         meta.iter().find(|(k, _)| k == store::WAL_APPLIED).map_or(0, |(_, v)| *v);
     readable.next_id = stored_next.max(highest + 1);
@@ -608,22 +661,20 @@ mod tests {
         )
     }
 
-    /// A stopped journal holding events 1..=300, each pending for `p`, written in batches as
-    /// the writer writes them.
+    /// A stopped journal holding events 1..=300, each pending for `p`, written in one
+    /// transaction (so that the file holds no older copy of a leaf to read instead).
     fn journal(dir: &Path) {
         let database = store::open(&dir.join(FILE_NAME)).unwrap();
         let plugin: Arc<str> = Arc::from("p");
-        for batch in 0..EVENTS_STORED / 30 {
-            let txn = database.begin_write().unwrap();
-            {
-                let mut tables = store::Tables::open(&txn).unwrap();
-                for id in batch * 30 + 1..=batch * 30 + 30 {
-                    tables.insert_event(id, &record(id), std::slice::from_ref(&plugin)).unwrap();
-                }
-                tables.set_next_id(batch * 30 + 31).unwrap();
+        let txn = database.begin_write().unwrap();
+        {
+            let mut tables = store::Tables::open(&txn).unwrap();
+            for id in 1..=EVENTS_STORED {
+                tables.insert_event(id, &record(id), std::slice::from_ref(&plugin)).unwrap();
             }
-            txn.commit().unwrap();
+            tables.set_next_id(EVENTS_STORED + 1).unwrap();
         }
+        txn.commit().unwrap();
     }
 
     /// A damaged entry early in the `events` table cut verify's and salvage's scan short:
@@ -635,7 +686,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         journal(dir.path());
         let path = dir.path().join(FILE_NAME);
-        super::super::damage::value_end_of_event(&path, 20, "F00020");
+        let damaged = super::super::damage::first_value_end_in_leaf_of(&path, 20, "F00020");
         let report = verify(dir.path()).unwrap();
         assert!(
             report.problems.iter().any(|p| p.starts_with("table events: unreadable")),
@@ -649,7 +700,7 @@ mod tests {
         let salvaged = store::open(&to).unwrap();
         let txn = salvaged.begin_read().unwrap();
         let pending = txn.open_table(PENDING).unwrap();
-        for id in (1..=EVENTS_STORED).filter(|id| !(20..=21).contains(id)) {
+        for id in (1..=EVENTS_STORED).filter(|id| !(damaged..=damaged + 1).contains(id)) {
             let event = store::event(&salvaged, id).unwrap();
             assert_eq!(event, Some(Ok(record(id))), "event {id}");
             assert!(pending.get(("p", id)).unwrap().is_some(), "event {id} must stay pending");
