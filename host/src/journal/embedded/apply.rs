@@ -118,6 +118,42 @@ impl Waiting {
     }
 }
 
+/// What the tables' thread keeps from one round to the next.
+struct Behind {
+    /// What waits for the tables.
+    waiting: Waiting,
+    /// When the next checkpoint is due.
+    checkpoint_at: Instant,
+    /// Whether the tables changed since the last checkpoint.
+    dirty: bool,
+    /// Whether the last prune had more to delete than one round may.
+    pruning: bool,
+    /// Dead letters of a batch that could not be written, written again one at a time once the
+    /// file is reopened: losing one would leave its event neither delivered nor a dead letter.
+    unwritten: Vec<Burial>,
+}
+
+impl Behind {
+    /// Applies what waits ([`apply_waiting`]); why the tables could not be written, if they
+    /// could not.
+    fn apply(&mut self, slot: &Slot, shared: &Shared, settings: &Settings) -> Result<(), String> {
+        let more = apply_waiting(
+            slot,
+            &mut self.waiting,
+            &mut self.checkpoint_at,
+            &mut self.dirty,
+            shared,
+            settings,
+            self.pruning,
+            &mut self.unwritten,
+        )?;
+        if let Some(more) = more {
+            self.pruning = more;
+        }
+        Ok(())
+    }
+}
+
 /// The largest number of handovers taken at once.
 const MAX_TAKE: usize = 4096;
 
@@ -135,17 +171,16 @@ pub fn run(
     if let Ok(database) = slot.get() {
         while settings.maintain && prune(&database, &settings) {}
     }
-    let mut pruning = false;
     let mut next_prune = Instant::now() + PRUNE_EVERY;
     let mut broken: Option<Broken> = None;
-    // Dead letters of a batch that could not be written, written again one at a time once the
-    // file is reopened: losing one would leave its event neither delivered nor a dead letter.
-    let mut unwritten: Vec<Burial> = Vec::new();
     let mut closers = Vec::new();
-    let mut waiting = Waiting::default();
-    let mut checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
-    // Whether the tables changed since the last checkpoint.
-    let mut dirty = false;
+    let mut behind = Behind {
+        waiting: Waiting::default(),
+        checkpoint_at: Instant::now() + CHECKPOINT_EVERY,
+        dirty: false,
+        pruning: false,
+        unwritten: Vec::new(),
+    };
     // Entries up to this id are in the tables already: a catch-up after an error took them
     // from the log while their handover was still on its way.
     let mut taken_to = 0u64;
@@ -153,12 +188,12 @@ pub fn run(
     while closers.is_empty() && !gone {
         let mut wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
         if broken.is_none()
-            && let Some(due) = waiting.due_at()
+            && let Some(due) = behind.waiting.due_at()
         {
             wake_at = wake_at.min(due);
         }
-        if broken.is_none() && dirty {
-            wake_at = wake_at.min(checkpoint_at);
+        if broken.is_none() && behind.dirty {
+            wake_at = wake_at.min(behind.checkpoint_at);
         }
         let mut works = Vec::new();
         match rx.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
@@ -187,15 +222,15 @@ pub fn run(
             match reopened {
                 Ok((database, caught)) => {
                     // Every entry waiting is in the log, and the log is in the tables now.
-                    waiting.entries.clear();
-                    if waiting.commands.is_empty() {
-                        waiting.since = None;
+                    behind.waiting.entries.clear();
+                    if behind.waiting.commands.is_empty() {
+                        behind.waiting.since = None;
                     }
                     taken_to = caught.applied;
                     shared.applied.store(caught.applied, Ordering::SeqCst);
                     shared.checkpointed.fetch_max(caught.applied, Ordering::SeqCst);
-                    dirty = false;
-                    checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
+                    behind.dirty = false;
+                    behind.checkpoint_at = Instant::now() + CHECKPOINT_EVERY;
                     for (plugin, id) in &caught.woken {
                         shared.appended(plugin, *id);
                         shared.wake(plugin);
@@ -208,7 +243,7 @@ pub fn run(
                         "journal reopened after a storage error; the tables hold every event the \
                          write-ahead log holds; accepting events again"
                     );
-                    bury_one_by_one(&database, std::mem::take(&mut unwritten), &shared);
+                    bury_one_by_one(&database, std::mem::take(&mut behind.unwritten), &shared);
                 }
                 Err(e) => {
                     b.backoff = (b.backoff * 2).min(REOPEN_MAX);
@@ -227,29 +262,20 @@ pub fn run(
             // Idle: what waits is applied when due, and changes applied without an fsync are
             // made durable by a checkpoint of their own (so that a crash long after the last
             // load redelivers nothing it need not).
-            if broken.is_none() && (waiting.due() || dirty && Instant::now() >= checkpoint_at) {
-                let applied = apply_waiting(
-                    &slot,
-                    &mut waiting,
-                    &mut checkpoint_at,
-                    &mut dirty,
-                    &shared,
-                    &settings,
-                    pruning,
-                    &mut unwritten,
-                );
-                match applied {
-                    Ok(Some(done)) => pruning = done,
-                    Ok(None) => {}
-                    Err(reason) => broken = Some(Broken::new(reason, &dir, &shared)),
+            if broken.is_none()
+                && (behind.waiting.due() || behind.dirty && Instant::now() >= behind.checkpoint_at)
+            {
+                if let Err(reason) = behind.apply(&slot, &shared, &settings) {
+                    broken = Some(Broken::new(reason, &dir, &shared));
                 }
             } else if broken.is_none()
                 && settings.maintain
                 && Instant::now() >= next_prune
                 && let Ok(database) = slot.get()
             {
-                pruning |= prune(&database, &settings);
-                next_prune = Instant::now() + if pruning { PRUNE_AGAIN } else { PRUNE_EVERY };
+                behind.pruning |= prune(&database, &settings);
+                next_prune =
+                    Instant::now() + if behind.pruning { PRUNE_AGAIN } else { PRUNE_EVERY };
             }
             continue;
         }
@@ -262,76 +288,53 @@ pub fn run(
         for work in works {
             match work {
                 Work::Entries(entries) => {
-                    waiting.entries.extend(entries.into_iter().filter(|e| e.id > taken_to));
+                    behind.waiting.entries.extend(entries.into_iter().filter(|e| e.id > taken_to));
                 }
                 Work::Command(Command::Close(reply)) => {
                     closers.push(reply);
-                    waiting.commands.push(Command::Flush(oneshot::channel().0));
+                    behind.waiting.commands.push(Command::Flush(oneshot::channel().0));
                 }
-                Work::Command(command) => waiting.commands.push(command),
+                Work::Command(command) => behind.waiting.commands.push(command),
             }
         }
-        if !waiting.is_empty() && waiting.since.is_none() {
-            waiting.since = Some(Instant::now());
+        if !behind.waiting.is_empty() && behind.waiting.since.is_none() {
+            behind.waiting.since = Some(Instant::now());
         }
         if let Some(b) = &broken {
             // Nothing reaches the tables until they are reopened: what needs an answer gets
             // the error now; the entries the log holds wait.
-            let commands = std::mem::take(&mut waiting.commands);
-            unwritten.extend(commands.iter().filter_map(Burial::of));
+            let commands = std::mem::take(&mut behind.waiting.commands);
+            behind.unwritten.extend(commands.iter().filter_map(Burial::of));
             let reason = format!("the journal cannot be written: {}", b.reason);
             fail_all(commands, &StoreError::Storage(reason));
-            if waiting.entries.is_empty() {
-                waiting.since = None;
+            if behind.waiting.entries.is_empty() {
+                behind.waiting.since = None;
             }
             continue;
         }
-        if waiting.due() {
-            let applied = apply_waiting(
-                &slot,
-                &mut waiting,
-                &mut checkpoint_at,
-                &mut dirty,
-                &shared,
-                &settings,
-                pruning,
-                &mut unwritten,
-            );
-            match applied {
-                Ok(Some(done)) => pruning = done,
-                Ok(None) => {}
-                Err(reason) => {
-                    broken = Some(Broken::new(reason, &dir, &shared));
-                    continue;
-                }
+        if behind.waiting.due() {
+            if let Err(reason) = behind.apply(&slot, &shared, &settings) {
+                broken = Some(Broken::new(reason, &dir, &shared));
+                continue;
             }
         }
         // A round of its own (up to PRUNE_BATCH deletes in one transaction) holds up what
         // waits for the tables, so under load it only runs when the batches are not pruning
         // (a stream of outcomes alone, say), and at most every PRUNE_EVERY.
-        if !pruning
+        if !behind.pruning
             && settings.maintain
             && Instant::now() >= next_prune
             && let Ok(database) = slot.get()
         {
-            pruning = prune(&database, &settings);
+            behind.pruning = prune(&database, &settings);
             next_prune = Instant::now() + PRUNE_EVERY;
         }
     }
-    if !waiting.is_empty() && broken.is_none() {
+    if !behind.waiting.is_empty() && broken.is_none() {
         // The log's thread is gone without a close: apply what it handed over (the log holds
         // it anyway).
-        waiting.commands.push(Command::Flush(oneshot::channel().0));
-        let _ = apply_waiting(
-            &slot,
-            &mut waiting,
-            &mut checkpoint_at,
-            &mut dirty,
-            &shared,
-            &settings,
-            pruning,
-            &mut unwritten,
-        );
+        behind.waiting.commands.push(Command::Flush(oneshot::channel().0));
+        let _ = behind.apply(&slot, &shared, &settings);
     }
     // Make the last outcomes durable before the process ends, and close the file: once the
     // readers of the moment let go, redb marks it shut down cleanly.
