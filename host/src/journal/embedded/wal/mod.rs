@@ -101,9 +101,6 @@ pub struct Wal {
     spares: Vec<PathBuf>,
     /// The highest id written and synced.
     last_id: u64,
-    /// The highest id a durable checkpoint of the tables holds (see [`Wal::recycle`]): the
-    /// entries above it are held by the log alone.
-    checkpointed: u64,
     buf: Vec<u8>,
 }
 
@@ -134,7 +131,6 @@ impl Wal {
             live: scan.segments.iter().map(|s| (s.first_id, s.path.clone())).collect(),
             spares,
             last_id: scan.highest,
-            checkpointed: 0,
             buf: Vec::new(),
         })
     }
@@ -142,12 +138,6 @@ impl Wal {
     /// The log's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// The ids the log holds above the tables' last durable checkpoint (first, last), if any:
-    /// events answered 200 that only the log keeps.
-    pub fn held(&self) -> Option<(u64, u64)> {
-        (self.last_id > self.checkpointed).then_some((self.checkpointed + 1, self.last_id))
     }
 
     /// The number of segments not yet recycled.
@@ -274,7 +264,6 @@ impl Wal {
     /// of the tables holds (never the newest segment). Only a durable checkpoint may call it:
     /// an entry above `applied` stays in the log until the tables durably hold it.
     pub fn recycle(&mut self, applied: u64) {
-        self.checkpointed = applied;
         let mut changed = false;
         while self.live.len() > 1 && self.live[1].0 <= applied.saturating_add(1) {
             let Some((first, path)) = self.live.pop_front() else { break };
