@@ -200,11 +200,9 @@ impl HostDir {
 
     /// Runs `b24-host ARGS` to completion in this folder.
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&built().host)
-            .current_dir(self.path())
-            .args(args)
-            .output()
-            .expect("cannot run b24-host")
+        let mut command = Command::new(&built().host);
+        command.current_dir(self.path()).args(args);
+        output_or_hang(command, &format!("b24-host {}", args.join(" ")))
     }
 
     /// Starts `b24-host serve --config host.toml --listen 127.0.0.1:0` in this folder and waits
@@ -601,6 +599,63 @@ pub fn build_author_folder(krate: &Path, name: &str) -> PathBuf {
     std::fs::copy(target.join("debug").join(plugin_file(name)), &library)
         .expect("copy the built library");
     library
+}
+
+/// How long a command the tests run to completion may take before it counts as hung: far
+/// beyond what any of them needs on a loaded machine, so it never decides a test by speed,
+/// only turns a command that never ends (a loop on a damaged file, say) into a failure that
+/// names it, instead of a suite that never finishes.
+pub const HUNG: Duration = Duration::from_secs(300);
+
+/// Runs `command` to completion like `Command::output`, but kills it and fails, naming `what`
+/// and showing what it printed so far, once it has run for [`HUNG`].
+pub fn output_or_hang(mut command: Command, what: &str) -> std::process::Output {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    // Each pipe is read on its own thread, so a child filling one never waits on the other.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    // Polled from 1 ms up (most commands end within milliseconds).
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            _ if started.elapsed() >= HUNG => break None,
+            _ => std::thread::sleep(pause),
+        }
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = stdout.join().unwrap_or_default();
+        let err = stderr.join().unwrap_or_default();
+        panic!(
+            "{what} still ran after {HUNG:?} (hung; killed): {}{}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        );
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 /// Runs cargo with `args` in the plugin crate folder `krate` as an author would, with the

@@ -235,12 +235,10 @@ fn with_an_admin_token_every_path_needs_it_and_forms_need_the_csrf_token() {
     // `b24-host reload --admin URL` sends $B24_ADMIN_TOKEN as its bearer token.
     let url = format!("http://{}/", host.admin.as_deref().unwrap());
     let reload = |token: &str| {
-        std::process::Command::new(&built().host)
-            .current_dir(dir.path())
-            .args(["reload", "--admin", &url])
-            .env("B24_ADMIN_TOKEN", token)
-            .output()
-            .expect("cannot run b24-host reload")
+        let mut command = std::process::Command::new(&built().host);
+        command.current_dir(dir.path()).args(["reload", "--admin", &url]);
+        command.env("B24_ADMIN_TOKEN", token);
+        b24_tests::output_or_hang(command, "b24-host reload")
     };
     let out = reload(ADMIN_TOKEN);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));

@@ -192,7 +192,9 @@ fn promtool_or_skip(test: &str) -> Option<PathBuf> {
 }
 
 fn promtool(tool: &Path, args: &[&str], dir: &Path) -> String {
-    let output = Command::new(tool).args(args).current_dir(dir).output().unwrap();
+    let mut command = Command::new(tool);
+    command.args(args).current_dir(dir);
+    let output = b24_tests::output_or_hang(command, &format!("promtool {}", args.join(" ")));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

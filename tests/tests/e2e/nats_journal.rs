@@ -226,6 +226,7 @@ fn dead_letters_replay_purge_and_skip_through_journal_commands_on_the_shared_log
     rt.block_on(patiently("retry state", || {
         bucket.put("probe.4", Bytes::from_static(b"{\"attempts\":2}"))
     }));
+    eventually(PATIENCE, || dir.stats()["probe"] == (1, 1, 2));
     assert_eq!(dir.stats()["probe"], (1, 1, 2), "event 4 failed once: retrying");
     rt.block_on(bucket.delete("probe.4")).unwrap();
     let answer = dir.journal(&["stats"]);
@@ -262,6 +263,7 @@ fn dead_letters_replay_purge_and_skip_through_journal_commands_on_the_shared_log
     // message id (not a duplicate of anything), and its dead letter is gone.
     let replayed = rows(&dir.journal(&["replay", "--plugin", "probe", "1"]), "rows");
     assert_eq!(replayed, vec![serde_json::json!(["probe", 1])]);
+    eventually(PATIENCE, || dir.stats()["probe"] == (2, 0, 1));
     assert_eq!(dir.stats()["probe"], (2, 0, 1), "event 4 and the replay of 1 pending; 2 dead");
     rt.block_on(async {
         let (seq, _, _) = take(&js, "probe", AckKind::Ack).await;
@@ -269,14 +271,24 @@ fn dead_letters_replay_purge_and_skip_through_journal_commands_on_the_shared_log
         let (seq, event_id, subject) = take(&js, "probe", AckKind::Ack).await;
         assert_eq!(event_id.as_deref(), Some("1"), "the replay keeps the event id");
         assert_eq!(subject, format!("b24.{S}.replay.probe.{MEMBER}.ONCRMDEALUSERFIELDUPDATE"));
-        let stored = js.get_stream(S).await.unwrap().get_raw_message(seq).await;
-        assert!(stored.is_err(), "acknowledged by its only consumer: gone from the log");
+        // Acknowledged by its only consumer, it leaves the log: the replicas remove it once
+        // the acknowledgement has reached them, a moment after the double ack's answer.
+        let events = js.get_stream(S).await.unwrap();
+        patiently("the replayed event leaving the log", || async {
+            match events.get_raw_message(seq).await {
+                Ok(_) => Err(format!("event {seq} still stored")),
+                Err(_) => Ok(()),
+            }
+        })
+        .await;
     });
+    eventually(PATIENCE, || dir.stats()["probe"] == (0, 0, 1));
     assert_eq!(dir.stats()["probe"], (0, 0, 1));
 
     // Purge 2.
     let purged = rows(&dir.journal(&["purge", "--plugin", "probe"]), "rows");
     assert_eq!(purged, vec![serde_json::json!(["probe", 2])]);
+    eventually(PATIENCE, || dir.stats()["probe"] == (0, 0, 0));
     assert_eq!(dir.stats()["probe"], (0, 0, 0));
 
     // Skip: event 5 pending becomes a dead letter "skipped by an operator", marked in the

@@ -121,7 +121,9 @@ fn exec_plugin_new(lang: &str, title: &str, test: &[&str], passed: &str) {
     assert!(stdout.contains(&format!("wrote the {title} plugin demo in ")), "{stdout}");
 
     // Its own test, with nothing but the interpreter, in its folder.
-    let run = Command::new(&program).args(&test[1..]).current_dir(&folder).output().unwrap();
+    let mut command = Command::new(&program);
+    command.args(&test[1..]).current_dir(&folder);
+    let run = b24_tests::output_or_hang(command, &test.join(" "));
     let said =
         format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     assert!(run.status.success() && said.contains(passed), "{}:\n{said}", test.join(" "));

@@ -506,6 +506,27 @@ fn events_from_pages(
     highest
 }
 
+/// The least bytes an event takes in the file (its key, its sealed record's header and
+/// checksum, the entry's offsets): past the last id read, no more ids can follow than the file
+/// has room for.
+const LEAST_EVENT_BYTES: u64 = 32;
+
+/// Where the lookups by id end: the stored next id, unless damage made it larger than the
+/// file could hold records for after the `highest` id read (a flipped high bit would have the
+/// lookups run for days); then the end the file's size allows, with a problem saying so.
+fn lookup_end(file: &Path, stored_next: u64, highest: u64, report: &mut RepairReport) -> u64 {
+    let to = stored_next.max(highest + 1);
+    let room = std::fs::metadata(file).map_or(0, |m| m.len()) / LEAST_EVENT_BYTES;
+    let limit = (highest + 1).saturating_add(room);
+    if to <= limit {
+        return to;
+    }
+    report.problems.push(format!(
+        "the stored next id {stored_next} is beyond any id the file has room for after event          {highest}: events were looked up by id only up to {limit}"
+    ));
+    limit
+}
+
 /// Looks up by id each event of `ids` the reading so far did not give, as a host does (a
 /// damaged entry of a leaf fails a scan there and a raw parse of the whole leaf, while a
 /// lookup of another entry of the leaf still finds it). Returns the highest id added.
@@ -582,7 +603,7 @@ fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairRepor
         highest = highest.max(events_from_pages(file, &mut readable, &damaged, report));
     }
     if cut {
-        let to = stored_next.max(highest + 1);
+        let to = lookup_end(file, stored_next, highest, report);
         highest = highest.max(events_by_id(database, scanned_to + 1..to, &mut readable, report));
     }
     let ids: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
@@ -663,6 +684,11 @@ mod tests {
     /// A stopped journal holding events 1..=300, each pending for `p`, written in one
     /// transaction (so that the file holds no older copy of a leaf to read instead).
     fn journal(dir: &Path) {
+        journal_with_next_id(dir, EVENTS_STORED + 1);
+    }
+
+    /// [`journal`] with `next_id` stored as the next id.
+    fn journal_with_next_id(dir: &Path, next_id: u64) {
         let database = store::open(&dir.join(FILE_NAME)).unwrap();
         let plugin: Arc<str> = Arc::from("p");
         let txn = database.begin_write().unwrap();
@@ -671,7 +697,7 @@ mod tests {
             for id in 1..=EVENTS_STORED {
                 tables.insert_event(id, &record(id), std::slice::from_ref(&plugin)).unwrap();
             }
-            tables.set_next_id(EVENTS_STORED + 1).unwrap();
+            tables.set_next_id(next_id).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -704,5 +730,27 @@ mod tests {
             assert_eq!(event, Some(Ok(record(id))), "event {id}");
             assert!(pending.get(("p", id)).unwrap().is_some(), "event {id} must stay pending");
         }
+    }
+
+    /// A next id damaged into a huge number had verify and salvage of a cut events table look
+    /// up every id up to it, one by one: for days, with a flipped high bit. The lookups end
+    /// where the file's size says no more events can be, and the report says so.
+    #[test]
+    fn a_damaged_next_id_does_not_send_the_lookups_past_what_the_file_can_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let absurd = EVENTS_STORED + 1 + 10_000_000;
+        journal_with_next_id(dir.path(), absurd);
+        let path = dir.path().join(FILE_NAME);
+        super::super::damage::first_value_end_in_leaf_of(&path, 20, "F00020");
+        let report = verify(dir.path()).unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.starts_with("table events: unreadable")),
+            "the damage must cut the table's scan for this test to mean anything: {report}"
+        );
+        assert!(
+            report.problems.iter().any(|p| p.contains(&format!("stored next id {absurd}"))),
+            "{report}"
+        );
+        assert!(report.events.readable >= EVENTS_STORED - 2, "{report}");
     }
 }
