@@ -519,9 +519,8 @@ fn events_by_id<D: ReadableDatabase>(
     let Ok(txn) = store::guard("looking up events", || db(database.begin_read())) else {
         return 0;
     };
-    let table = store::guard("looking up events", || {
-        txn.open_table(EVENTS).map_err(store::db_error)
-    });
+    let table =
+        store::guard("looking up events", || txn.open_table(EVENTS).map_err(store::db_error));
     let Ok(table) = table else { return 0 };
     let (mut added, mut failed, mut highest) = (0, 0, 0);
     for id in ids.filter(|id| !held.contains(id)) {
