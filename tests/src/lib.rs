@@ -277,10 +277,27 @@ impl HostDir {
             .spawn()
             .map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next();
-        // Keep draining stdout so the host never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // The first line says where the host listens; a thread reads it and then keeps
+        // draining stdout, so the host never blocks on a full pipe. A host that neither prints
+        // it nor exits (stuck opening a damaged journal, say) is killed after HUNG and the
+        // start fails with its log, instead of the test waiting for ever.
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = first_tx.send(lines.next());
+            for _ in lines {}
+        });
+        let first = match first_rx.recv_timeout(HUNG) {
+            Ok(first) => first,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!(
+                    "host neither listened nor exited in {HUNG:?} (killed):\n{log}"
+                ));
+            }
+        };
         match first {
             Some(Ok(line)) if line.contains("listening on http://") => {
                 let admin = line
@@ -315,7 +332,15 @@ impl HostDir {
                 Ok(host)
             }
             _ => {
-                let status = child.wait().map_err(|e| e.to_string())?;
+                let status = eventually(HUNG, || child.try_wait().ok().flatten());
+                let status = match status {
+                    Some(status) => status.to_string(),
+                    None => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        format!("still running after {HUNG:?}, killed")
+                    }
+                };
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 Err(format!("host did not start ({status}):\n{log}"))
             }

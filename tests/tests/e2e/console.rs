@@ -98,6 +98,7 @@ fn every_page_answers_without_a_token_in_it_and_replay_and_purge_go_through_the_
         let addr = host.admin.as_deref().expect("an admin listener");
         let port = addr.rsplit(':').next().expect("a port");
         let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("a timeout");
         let ask = format!("GET / HTTP/1.1\r\nHost: {name}:{port}\r\nConnection: close\r\n\r\n");
         stream.write_all(ask.as_bytes()).expect("write");
         let mut answer = String::new();
