@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Shared, Slot, recover,
+    retry::Retry,
     store::{self, db},
     wal::Entry,
     writer::{Command, Notice, Settings, fail_all},
@@ -64,19 +65,6 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 const PRUNE_AGAIN: Duration = Duration::from_millis(100);
 /// The most events one prune round of its own deletes, so that appends never wait long behind it.
 const PRUNE_BATCH: usize = 500;
-
-/// The first wait before reopening the journal after a storage error; it doubles per failed
-/// try up to [`REOPEN_MAX`].
-const REOPEN_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between tries to reopen the journal.
-const REOPEN_MAX: Duration = Duration::from_secs(2);
-
-/// The journal could not be written: when to try reopening it, and why.
-struct Broken {
-    retry_at: Instant,
-    backoff: Duration,
-    reason: String,
-}
 
 /// What waits for the tables: appends the log holds, and every other command.
 #[derive(Default)]
@@ -172,7 +160,7 @@ pub fn run(
         while settings.maintain && prune(&database, &settings) {}
     }
     let mut next_prune = Instant::now() + PRUNE_EVERY;
-    let mut broken: Option<Broken> = None;
+    let mut broken: Option<Retry> = None;
     let mut closers = Vec::new();
     let mut behind = Behind {
         waiting: Waiting::default(),
@@ -186,7 +174,7 @@ pub fn run(
     let mut taken_to = 0u64;
     let mut gone = false;
     while closers.is_empty() && !gone {
-        let mut wake_at = broken.as_ref().map_or(next_prune, |b| b.retry_at.min(next_prune));
+        let mut wake_at = broken.as_ref().map_or(next_prune, |b| b.at().min(next_prune));
         if broken.is_none()
             && let Some(due) = behind.waiting.due_at()
         {
@@ -202,7 +190,7 @@ pub fn run(
             Err(mpsc::RecvTimeoutError::Disconnected) => gone = true,
         }
         if let Some(b) = &mut broken
-            && Instant::now() >= b.retry_at
+            && b.due()
         {
             // The log's thread writes nothing while the gate is held, and refuses appends
             // until `refuse(None)`: the log read now is all there is. What it handed over
@@ -246,12 +234,10 @@ pub fn run(
                     bury_one_by_one(&database, std::mem::take(&mut behind.unwritten), &shared);
                 }
                 Err(e) => {
-                    b.backoff = (b.backoff * 2).min(REOPEN_MAX);
-                    b.retry_at = Instant::now() + b.backoff;
-                    b.reason = e.to_string();
-                    let said = b.say(&dir, &shared);
+                    let backoff = b.again(e.to_string());
+                    let said = say(b, &dir, &shared);
                     tracing::warn!(
-                        retry_ms = b.backoff.as_millis() as u64,
+                        retry_ms = backoff.as_millis() as u64,
                         "the journal still cannot be written: {said}"
                     );
                 }
@@ -266,7 +252,7 @@ pub fn run(
                 && (behind.waiting.due() || behind.dirty && Instant::now() >= behind.checkpoint_at)
             {
                 if let Err(reason) = behind.apply(&slot, &shared, &settings) {
-                    broken = Some(Broken::new(reason, &dir, &shared));
+                    broken = Some(broken_by(reason, &dir, &shared));
                 }
             } else if broken.is_none()
                 && settings.maintain
@@ -314,7 +300,7 @@ pub fn run(
         }
         if behind.waiting.due() {
             if let Err(reason) = behind.apply(&slot, &shared, &settings) {
-                broken = Some(Broken::new(reason, &dir, &shared));
+                broken = Some(broken_by(reason, &dir, &shared));
                 continue;
             }
         }
@@ -361,39 +347,36 @@ fn held(shared: &Shared) -> Option<(u64, u64)> {
     (last > checkpointed).then_some((checkpointed + 1, last))
 }
 
-impl Broken {
-    /// The log stops taking appends after a storage error of the tables; `/readyz` and every
-    /// refused append say why (and, when the log holds events the file's tables may lack, that
-    /// they are kept there), with an ERROR line for those.
-    fn new(reason: String, dir: &Path, shared: &Shared) -> Broken {
-        let broken =
-            Broken { retry_at: Instant::now() + REOPEN_FIRST, backoff: REOPEN_FIRST, reason };
-        let said = broken.say(dir, shared);
-        if held(shared).is_some() {
-            tracing::error!("{said}");
-        }
-        tracing::warn!("the journal will be reopened after this storage error");
-        broken
+/// The log stops taking appends after a storage error of the tables; `/readyz` and every
+/// refused append say why (and, when the log holds events the file's tables may lack, that
+/// they are kept there), with an ERROR line for those.
+fn broken_by(reason: String, dir: &Path, shared: &Shared) -> Retry {
+    let broken = Retry::new(reason);
+    let said = say(&broken, dir, shared);
+    if held(shared).is_some() {
+        tracing::error!("{said}");
     }
+    tracing::warn!("the journal will be reopened after this storage error");
+    broken
+}
 
-    /// Why appends are refused, as `/readyz` says it; stored as the journal's write error.
-    fn say(&self, dir: &Path, shared: &Shared) -> String {
-        let said = match held(shared) {
-            Some((from, to)) => format!(
-                "{}; the events answered 200 with ids {from} to {to} are held in the write-ahead \
-                 log ({}) and the journal file has not taken them: they are kept there (a \
-                 restart replays them, `b24-host journal salvage --to NEW` copies them), and new \
-                 events get 503 until the file takes them. If this lasts, the file may be \
-                 damaged: check it with `b24-host journal verify`",
-                self.reason,
-                dir.display()
-            ),
-            None => format!("{} (retrying)", self.reason),
-        };
-        shared.commit_result(Some(said.clone()));
-        shared.refuse(Some(self.reason.clone()));
-        said
-    }
+/// Why appends are refused, as `/readyz` says it; stored as the journal's write error.
+fn say(broken: &Retry, dir: &Path, shared: &Shared) -> String {
+    let said = match held(shared) {
+        Some((from, to)) => format!(
+            "{}; the events answered 200 with ids {from} to {to} are held in the write-ahead \
+             log ({}) and the journal file has not taken them: they are kept there (a \
+             restart replays them, `b24-host journal salvage --to NEW` copies them), and new \
+             events get 503 until the file takes them. If this lasts, the file may be \
+             damaged: check it with `b24-host journal verify`",
+            broken.reason,
+            dir.display()
+        ),
+        None => format!("{} (retrying)", broken.reason),
+    };
+    shared.commit_result(Some(said.clone()));
+    shared.refuse(Some(broken.reason.clone()));
+    said
 }
 
 /// Applies what waits to the tables in one transaction (a durable one when something needs

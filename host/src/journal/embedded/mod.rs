@@ -24,6 +24,7 @@ pub mod mark;
 pub mod raw;
 pub mod recover;
 pub mod repair;
+mod retry;
 pub mod store;
 pub mod wal;
 pub mod window;

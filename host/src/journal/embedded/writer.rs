@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use super::{
     Shared, Slot,
     apply::{CHECKPOINT_SEGMENTS, Work},
+    retry::Retry,
     store,
     wal::{Entry, Wal},
     window::{self, Window},
@@ -121,20 +122,8 @@ pub struct Settings {
 
 /// The largest batch; beyond it a batch is written without waiting for its window.
 const MAX_BATCH: usize = 4096;
-/// The first wait before a log that could not be written is tried again; it doubles per
-/// failed try up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between tries.
-const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long the thread sleeps at most with nothing to do (the journal's mark is synced then).
 const IDLE: Duration = Duration::from_secs(1);
-
-/// The log could not be written: when to try again, and why.
-struct Stuck {
-    retry_at: Instant,
-    backoff: Duration,
-    reason: String,
-}
 
 /// Runs the log's writer until every sender is gone or a `Close` came; hands the entries it
 /// wrote and every other command to the tables' thread (`tables`), and waits for that thread
@@ -170,13 +159,13 @@ pub fn run(
             }
         }
     }
-    let mut stuck: Option<Stuck> = None;
+    let mut stuck: Option<Retry> = None;
     // Offline rows' keys the log holds and the tables may not yet.
     let mut offline: Vec<(DedupKey, u64)> = Vec::new();
     let mut recycled = 0;
     loop {
         let wait =
-            stuck.as_ref().map_or(IDLE, |s| s.retry_at.saturating_duration_since(Instant::now()));
+            stuck.as_ref().map_or(IDLE, |s| s.at().saturating_duration_since(Instant::now()));
         let first = match rx.recv_timeout(wait) {
             Ok(command) => Some(command),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -193,7 +182,7 @@ pub fn run(
         let applied = shared.applied.load(Ordering::SeqCst);
         offline.retain(|(_, id)| *id > applied);
         if let Some(s) = &mut stuck
-            && Instant::now() >= s.retry_at
+            && s.due()
         {
             match wal.ensure_open(next_id) {
                 Ok(()) => {
@@ -205,12 +194,10 @@ pub fn run(
                     );
                 }
                 Err(e) => {
-                    s.backoff = (s.backoff * 2).min(RETRY_MAX);
-                    s.retry_at = Instant::now() + s.backoff;
-                    s.reason = e.to_string();
+                    let backoff = s.again(e.to_string());
                     shared.log_result(Some(format!("{} (retrying)", s.reason)));
                     tracing::warn!(
-                        retry_ms = s.backoff.as_millis() as u64,
+                        retry_ms = backoff.as_millis() as u64,
                         "the write-ahead log still cannot be written: {e}"
                     );
                 }
@@ -269,11 +256,7 @@ pub fn run(
                             tracing::warn!(
                                 "the write-ahead log will be tried again after this storage error"
                             );
-                            stuck = Some(Stuck {
-                                retry_at: Instant::now() + RETRY_FIRST,
-                                backoff: RETRY_FIRST,
-                                reason,
-                            });
+                            stuck = Some(Retry::new(reason));
                         }
                     }
                 }
