@@ -372,7 +372,11 @@ fn say(broken: &Retry, dir: &Path, shared: &Shared) -> String {
             broken.reason,
             dir.display()
         ),
-        None => format!("{} (retrying)", broken.reason),
+        None => format!(
+            "{} (retrying; if this lasts, the file may be damaged: check it with `b24-host \
+             journal verify`)",
+            broken.reason
+        ),
     };
     shared.commit_result(Some(said.clone()));
     shared.refuse(Some(broken.reason.clone()));

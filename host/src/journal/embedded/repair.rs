@@ -314,7 +314,18 @@ fn read_file(
                     report
                         .notes
                         .push(format!("read-only open failed ({first}); read a repaired copy"));
-                    scan(&database, &copy.0, &mut report)
+                    let readable = scan(&database, &copy.0, &mut report);
+                    // Closing a copy opened for writing writes its allocator state, where the
+                    // storage library may fail an assertion on a damaged file: the copy is
+                    // thrown away, so such a failure is only noted.
+                    let closed = store::guard("closing a repaired copy of the journal", || {
+                        drop(database);
+                        Ok(())
+                    });
+                    if let Err(e) = closed {
+                        report.notes.push(format!("closing the repaired copy failed: {e}"));
+                    }
+                    readable
                 }
                 Err(e) => {
                     report.problems.push(format!(
