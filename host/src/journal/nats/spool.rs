@@ -230,9 +230,30 @@ impl Forwarder {
         let reporter = consumer.reporter();
         let mut retry: VecDeque<Ready> = VecDeque::new();
         let mut delay = Duration::from_millis(100);
+        // The last pass could not tell that the spool is drained (it could not be read, or
+        // rows were left): with nothing more to read, it is asked again every second, so that
+        // "drained" is said once it is, even if no event is spooled after.
+        let mut unsure = false;
         loop {
             if retry.is_empty() {
-                match consumer.next().await {
+                let next = if unsure {
+                    match tokio::time::timeout(Duration::from_secs(1), consumer.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            match self.left(&spool).await {
+                                Ok(0) => {
+                                    self.drained();
+                                    unsure = false;
+                                }
+                                _ => consumer = spool.consumer(FORWARDER),
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    consumer.next().await
+                };
+                match next {
                     Some(delivery) => retry.push_back(ready(&self.link, delivery)),
                     None => return,
                 }
@@ -291,13 +312,8 @@ impl Forwarder {
                     if caught_up && retry.is_empty() && self.forwarded > 0 {
                         match self.left(&spool).await {
                             Ok(0) => {
-                                tracing::info!(
-                                    forwarded = self.forwarded - self.already_there,
-                                    already_there = self.already_there,
-                                    "the spool is drained: every spooled event is on the NATS log"
-                                );
-                                self.forwarded = 0;
-                                self.already_there = 0;
+                                self.drained();
+                                unsure = false;
                             }
                             left => {
                                 let left = match left {
@@ -315,6 +331,7 @@ impl Forwarder {
                                 // Rows behind the cursor (their completion lost with a failed
                                 // write) or not readable then: a fresh consumer reads them all.
                                 consumer = spool.consumer(FORWARDER);
+                                unsure = true;
                             }
                         }
                     }
@@ -333,6 +350,17 @@ impl Forwarder {
 impl Forwarder {
     /// How many events the spool still holds, once its writes so far (the completions) are
     /// done; an error when it cannot tell, or when a write failed (a completion may be lost).
+    /// Says the spool is drained, with what this pass forwarded.
+    fn drained(&mut self) {
+        tracing::info!(
+            forwarded = self.forwarded - self.already_there,
+            already_there = self.already_there,
+            "the spool is drained: every spooled event is on the NATS log"
+        );
+        self.forwarded = 0;
+        self.already_there = 0;
+    }
+
     async fn left(&self, spool: &Embedded) -> Result<u64, StoreError> {
         spool.flush().await;
         if let Some(e) = spool.last_write_error() {
