@@ -22,7 +22,7 @@
 //! accepted) and `/readyz` says why. Appends the log already holds stay there.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering, mpsc},
     time::{Duration, Instant},
@@ -620,6 +620,8 @@ fn write_batch(
         }
     };
     let mut failure: Option<StoreError> = None;
+    let done = done_in_batch(entries, &batch);
+    let mut attempted: HashSet<(u64, Arc<str>)> = HashSet::new();
     if let Some(last) = entries.last() {
         match store::Tables::open(&txn) {
             Err(e) => {
@@ -627,7 +629,18 @@ fn write_batch(
             }
             Ok(mut tables) => {
                 for entry in entries {
-                    note(&mut failure, insert_entry(&mut tables, entry));
+                    let result = if done.is_empty() {
+                        insert_entry(&mut tables, entry)
+                    } else {
+                        let plugins: Vec<Arc<str>> = entry
+                            .plugins
+                            .iter()
+                            .filter(|p| !done.contains(&(entry.id, (*p).clone())))
+                            .cloned()
+                            .collect();
+                        insert_entry_for(&mut tables, entry, &plugins)
+                    };
+                    note(&mut failure, result);
                     for plugin in &entry.plugins {
                         woken.insert(plugin.clone(), entry.id);
                     }
@@ -643,13 +656,8 @@ fn write_batch(
     for command in admin {
         if let Command::Admin { op, reply } = command {
             let result = op(&txn);
-            if let Ok((touched, notice)) = &result {
+            if result.is_ok() {
                 durable = true;
-                if *notice == Notice::Replayed {
-                    for (plugin, id) in touched {
-                        shared.replayed(plugin, *id);
-                    }
-                }
             }
             replies.push(Reply::Admin(reply, result));
         }
@@ -661,6 +669,33 @@ fn write_batch(
         }
         Ok(mut tables) => {
             for command in regular {
+                // An outcome of a pair whose row was never written: its first attempt is the
+                // first row of its kind (the event is new in this transaction), and its
+                // completion has nothing to remove.
+                let fresh = match &command {
+                    Command::Attempt(plugin, id, _) | Command::Complete(plugin, id) => {
+                        done.contains(&(*id, plugin.clone()))
+                    }
+                    Command::Update(plugin, id, _) => done.contains(&(*id, plugin.clone())),
+                    _ => false,
+                };
+                if fresh {
+                    match command {
+                        // A second attempt of the pair in this batch looks up the first.
+                        Command::Attempt(plugin, id, attempt) => {
+                            let result = if attempted.insert((id, plugin.clone())) {
+                                tables.add_first_attempt(&plugin, id, &attempt)
+                            } else {
+                                tables.add_attempt(&plugin, id, &attempt)
+                            };
+                            note(&mut failure, result);
+                        }
+                        // Nothing to remove (and, for a retry state, nothing to update).
+                        Command::Complete(..) | Command::Update(..) => {}
+                        _ => unreachable!("matched above"),
+                    }
+                    continue;
+                }
                 apply(&mut tables, command, &mut replies, &mut failure);
             }
             if let Some(budget) = prune_budget {
@@ -701,10 +736,19 @@ fn write_batch(
             Reply::Admin(tx, result) => {
                 let result = match &committed {
                     Ok(()) => {
-                        if let Ok((touched, Notice::Skipped)) = &result {
-                            for (plugin, id) in touched {
-                                shared.skipped(plugin, *id);
+                        // Told once committed: a consumer woken by a replay finds its row.
+                        match &result {
+                            Ok((touched, Notice::Skipped)) => {
+                                for (plugin, id) in touched {
+                                    shared.skipped(plugin, *id);
+                                }
                             }
+                            Ok((touched, Notice::Replayed)) => {
+                                for (plugin, id) in touched {
+                                    shared.replayed(plugin, *id);
+                                }
+                            }
+                            _ => {}
                         }
                         result.map(|(touched, _)| touched)
                     }
@@ -738,7 +782,16 @@ pub(super) fn insert_entry(
     tables: &mut store::Tables<'_>,
     entry: &Entry,
 ) -> Result<(), StoreError> {
-    tables.insert_sealed(entry.id, &entry.sealed, &entry.plugins)?;
+    insert_entry_for(tables, entry, &entry.plugins)
+}
+
+/// [`insert_entry`] with pending rows for `plugins` only (the others finished it already).
+fn insert_entry_for(
+    tables: &mut store::Tables<'_>,
+    entry: &Entry,
+    plugins: &[Arc<str>],
+) -> Result<(), StoreError> {
+    tables.insert_sealed(entry.id, &entry.sealed, plugins)?;
     if let Some(change) = &entry.change {
         tables.change_portal(change)?;
     }
@@ -746,6 +799,29 @@ pub(super) fn insert_entry(
         tables.remember_offline(key, entry.id)?;
     }
     Ok(())
+}
+
+/// The (event, plugin) pairs of `entries` that a `Complete` of the same `batch` finishes:
+/// their pending rows need not be written only to be deleted in the same transaction (a
+/// consumer on its tail delivers an event before the tables take it). Empty when the batch
+/// holds an operator's change, which runs between the entries and the outcomes and may read
+/// or change those rows.
+fn done_in_batch(entries: &[Entry], batch: &[Command]) -> HashSet<(u64, Arc<str>)> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return HashSet::new();
+    };
+    if batch.iter().any(|c| matches!(c, Command::Admin { .. })) {
+        return HashSet::new();
+    }
+    batch
+        .iter()
+        .filter_map(|c| match c {
+            Command::Complete(plugin, id) if (first.id..=last.id).contains(id) => {
+                Some((*id, plugin.clone()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether a reply waits on something that must be durable: a flush or stored tokens.

@@ -112,6 +112,34 @@ pub struct Signal {
     appended: AtomicU64,
     replayed: Mutex<VecDeque<u64>>,
     skipped: Mutex<HashSet<u64>>,
+    /// The plugin's new entries as the log's thread wrote them, for its consumer to take
+    /// without reading the tables (see [`Tail`]).
+    tail: Mutex<Tail>,
+}
+
+/// The most entries a tail holds; past it the log's thread drops the tail and the consumer
+/// reads the tables again (it fell behind: a slow or paused plugin, a backlog).
+const TAIL_MAX: usize = 4096;
+
+/// A plugin's live tail: the entries the log's thread wrote for it since its consumer asked,
+/// so that a consumer that keeps up delivers them straight from memory, in id order, instead
+/// of waiting for the tables' thread to apply them and reading them back.
+///
+/// Its invariant, under its lock: while `on`, every entry for the plugin with an id above
+/// `after` is in `entries` or was taken from it by the consumer of generation `owner`. The
+/// consumer reads the tables up to `after` first (the rows below it come from there, as
+/// before), then only takes from the tail. An overflow ([`TAIL_MAX`]) turns the tail off; the
+/// consumer then reads the tables from its cursor again, which finds everything it did not
+/// take (the tables hold every entry, behind the log).
+#[derive(Default)]
+struct Tail {
+    on: bool,
+    after: u64,
+    /// The highest id the log's thread wrote for the plugin.
+    written: u64,
+    /// The consumer that may take from the tail (each new consumer gets a new one).
+    owner: u64,
+    entries: VecDeque<(u64, Arc<[u8]>)>,
 }
 
 impl Shared {
@@ -151,6 +179,45 @@ impl Shared {
         }
         let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
         plugins.entry(Arc::from(plugin)).or_default().clone()
+    }
+
+    /// The log's thread wrote `entries` (durable now): each goes into the tail of each of its
+    /// plugins whose consumer keeps one, and that consumer is woken.
+    fn feed_tails(&self, entries: &[wal::Entry]) {
+        let mut signals: Vec<(Arc<str>, Option<Arc<Signal>>)> = Vec::new();
+        for entry in entries {
+            let mut shared_bytes: Option<Arc<[u8]>> = None;
+            for plugin in &entry.plugins {
+                let signal = match signals.iter().find(|(p, _)| p == plugin) {
+                    Some((_, signal)) => signal.clone(),
+                    None => {
+                        let signal = self.signal(plugin);
+                        signals.push((plugin.clone(), signal.clone()));
+                        signal
+                    }
+                };
+                let Some(signal) = signal else { continue };
+                let mut tail = signal.tail.lock().unwrap_or_else(|p| p.into_inner());
+                tail.written = tail.written.max(entry.id);
+                if !tail.on {
+                    continue;
+                }
+                if tail.entries.len() >= TAIL_MAX {
+                    tail.on = false;
+                    tail.entries.clear();
+                    continue;
+                }
+                let bytes = shared_bytes.get_or_insert_with(|| Arc::from(&entry.sealed[..]));
+                tail.entries.push_back((entry.id, bytes.clone()));
+            }
+        }
+        for (_, signal) in signals {
+            if let Some(signal) = signal
+                && signal.tail.lock().unwrap_or_else(|p| p.into_inner()).on
+            {
+                signal.notify.notify_one();
+            }
+        }
     }
 
     /// Notes that events up to `id` were appended for `plugin` (committed).
@@ -586,11 +653,23 @@ impl Embedded {
     pub fn consumer(&self, plugin: &str) -> Consumer {
         let name: Arc<str> = Arc::from(plugin);
         let signal = self.shared.signal_or_new(plugin);
+        // A new consumer starts from the tables: the tail is its own from now on (a stopped
+        // one's, which may have taken entries it never delivered, no longer counts).
+        let generation = {
+            let mut tail = signal.tail.lock().unwrap_or_else(|p| p.into_inner());
+            tail.owner += 1;
+            tail.on = false;
+            tail.entries.clear();
+            tail.owner
+        };
         Consumer {
             journal: self.clone(),
             plugin: name,
             signal,
+            generation,
             cursor: 0,
+            through: 0,
+            ahead: HashSet::new(),
             started: false,
             moved: HashSet::new(),
             buffer: VecDeque::new(),
@@ -621,7 +700,15 @@ pub struct Consumer {
     journal: Embedded,
     plugin: Arc<str>,
     signal: Arc<Signal>,
+    /// Which consumer of the plugin this is (see [`Tail::owner`]).
+    generation: u64,
     cursor: u64,
+    /// A scan that found no more rows proved the plugin has none up to here (beyond the
+    /// cursor, which only moves with rows delivered).
+    through: u64,
+    /// Replayed events above the cursor delivered while on the tail: a later scan (after the
+    /// tail overflowed) passes their rows by.
+    ahead: HashSet<u64>,
     /// Whether the plugin's last pending row was looked up (see [`Signal::appended`]).
     started: bool,
     /// Keys of rows found under a wrong key and made dead letters already: a scan that meets
@@ -706,7 +793,15 @@ impl Consumer {
             self.signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for id in replayed {
             if id > self.cursor {
-                continue; // The scan below reaches it anyway.
+                // A table scan reaches it; on the tail, which holds it if it is still to come,
+                // nothing reads the tables: it is delivered now, and a later scan passes it by.
+                match self.on_tail(id) {
+                    None => continue,
+                    Some(true) => continue,
+                    Some(false) => {
+                        self.ahead.insert(id);
+                    }
+                }
             }
             if let Some(record) = store::event(&database, id)? {
                 self.push(id, id, Ok(Pending::default()), record);
@@ -736,11 +831,20 @@ impl Consumer {
             }
             self.started = true;
         }
+        if self.take_tail() {
+            return Ok(());
+        }
         let appended = self.signal.appended.load(Ordering::SeqCst);
+        // What the tables held before the scan's transaction began: a scan that finds no more
+        // rows proves the plugin has none up to it.
+        let applied = self.journal.shared.applied.load(Ordering::SeqCst);
         let scanned = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)
             .inspect_err(|e| self.stuck(format!("after event {}: {e}", self.cursor)))?;
         // Rows found by walking back come alone: the ones after them are read next.
         let full = scanned.rows.len() >= SCAN_BATCH || scanned.passed_over;
+        if !full && scanned.failed.is_none() {
+            self.through = self.through.max(applied);
+        }
         if scanned.passed_over
             && let (Some(first), Some(last)) = (scanned.rows.first(), scanned.rows.last())
         {
@@ -763,6 +867,10 @@ impl Consumer {
             );
         }
         for row in scanned.rows {
+            if self.ahead.remove(&row.key) {
+                self.cursor = self.cursor.max(row.key);
+                continue; // A replay delivered it already (see `on_tail`).
+            }
             if row.id != row.key {
                 if !self.moved.insert(row.key) {
                     continue;
@@ -817,6 +925,49 @@ impl Consumer {
 
     fn stuck(&self, reason: String) {
         self.journal.shared.note_damage(&self.plugin, true, reason);
+    }
+
+    /// Whether this consumer is on its tail (`None`: it reads the tables), and if so whether
+    /// the tail still holds event `id`.
+    fn on_tail(&self, id: u64) -> Option<bool> {
+        let tail = self.signal.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let on =
+            tail.owner == self.generation && tail.on && self.cursor.max(self.through) >= tail.after;
+        on.then(|| tail.entries.iter().any(|(held, _)| *held == id))
+    }
+
+    /// Takes the plugin's new entries from its tail once the tables were read up to where
+    /// the tail begins, turning the tail on first if it is off; whether the tables need no
+    /// reading now (the consumer is on the tail).
+    fn take_tail(&mut self) -> bool {
+        let taken: Vec<(u64, Arc<[u8]>)> = {
+            let mut tail = self.signal.tail.lock().unwrap_or_else(|p| p.into_inner());
+            if tail.owner != self.generation {
+                return false;
+            }
+            if !tail.on {
+                // Rows up to here come from the tables: every id handed out so far (those
+                // the log's thread is about to feed are in the tail too, and passed by there
+                // once the tables gave them). A scan proves the rest absent (`through`).
+                tail.on = true;
+                let handed_out = self.journal.shared.next_id.load(Ordering::SeqCst);
+                tail.after = tail.written.max(handed_out.saturating_sub(1));
+                tail.entries.clear();
+            }
+            if self.cursor.max(self.through) < tail.after {
+                return false;
+            }
+            tail.entries.drain(..).collect()
+        };
+        for (id, sealed) in taken {
+            if id <= self.cursor {
+                continue;
+            }
+            self.cursor = id;
+            let record = crate::journal::record::Sealed::unseal(id, &sealed[..]);
+            self.push(id, id, Ok(Pending::default()), record);
+        }
+        true
     }
 
     /// Buffers a checked event for delivery; a damaged or missing one is never delivered: it
@@ -939,6 +1090,14 @@ mod tests {
         )
     }
 
+    /// Closes the journal as the host does at the end, and waits for its threads.
+    async fn end(journal: Embedded, consumer: Consumer, writer: std::thread::JoinHandle<()>) {
+        journal.finish().await;
+        journal.close();
+        drop((consumer, journal));
+        writer.join().unwrap();
+    }
+
     async fn next(consumer: &mut Consumer) -> u64 {
         let delivery = tokio::time::timeout(std::time::Duration::from_secs(20), consumer.next());
         delivery.await.expect("a delivery in time").expect("a delivery").id
@@ -997,10 +1156,7 @@ mod tests {
             damage.len() == 1 && damage[0].contains(&flipped) && damage[0].contains("salvage"),
             "{damage:?}"
         );
-        journal.finish().await;
-        journal.close();
-        drop((consumer, journal));
-        writer.join().unwrap();
+        end(journal, consumer, writer).await;
     }
 
     /// A flipped bit in a key of the pending table's index (a branch page) sends a search for
@@ -1059,10 +1215,7 @@ mod tests {
         assert_eq!(got, (1..=events).collect::<Vec<_>>());
         let damage = journal.damage();
         assert!(damage.len() == 1 && damage[0].contains("damaged index page"), "{damage:?}");
-        journal.finish().await;
-        journal.close();
-        drop((consumer, journal));
-        writer.join().unwrap();
+        end(journal, consumer, writer).await;
     }
 
     /// An install's pair is written in the event's own write (its entry in the write-ahead
@@ -1143,9 +1296,92 @@ mod tests {
             got.push(next(&mut consumer).await);
         }
         assert_eq!(got, (1..=15).collect::<Vec<_>>());
-        journal.finish().await;
-        journal.close();
-        drop((consumer, journal));
-        writer.join().unwrap();
+        end(journal, consumer, writer).await;
+    }
+
+    fn attempt(n: u32, outcome: &str) -> crate::journal::admin::Attempt {
+        crate::journal::admin::Attempt {
+            n,
+            at_ms: now_ms(),
+            duration_us: 7,
+            outcome: outcome.into(),
+            error: String::new(),
+        }
+    }
+
+    async fn append_all(journal: &Embedded, ids: std::ops::RangeInclusive<u64>, p: &Arc<str>) {
+        let appends = ids.map(|id| {
+            let key = crate::journal::dedup::key_of(&[&id.to_le_bytes()]);
+            journal.append(Box::new(record(id)), key, vec![p.clone()], None, false)
+        });
+        for appended in futures_util::future::join_all(appends).await {
+            assert!(matches!(appended.unwrap(), Appended::New(_)));
+        }
+    }
+
+    /// A consumer that keeps up takes new events from its tail (the log's thread's entries),
+    /// those from before it started from the tables, each once and in order; outcomes of
+    /// events the tables had not taken yet leave no pending row behind, and every attempt and
+    /// completion is kept as if the rows had been written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_on_its_tail_gets_every_event_once_in_order_and_the_tables_the_same_outcomes()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let p: Arc<str> = Arc::from("p");
+        let config = JournalConfig::default();
+        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+        append_all(&journal, 1..=20, &p).await;
+        let mut consumer = journal.consumer("p");
+        let reporter = consumer.reporter();
+        let mut got = Vec::new();
+        for round in 0..5u64 {
+            if round > 0 {
+                append_all(&journal, round * 20 + 1..=round * 20 + 20, &p).await;
+            }
+            for _ in 0..20 {
+                let id = next(&mut consumer).await;
+                reporter.attempt(id, attempt(1, "done"));
+                reporter.complete(id);
+                got.push(id);
+            }
+        }
+        assert_eq!(got, (1..=100).collect::<Vec<_>>());
+        journal.flush().await;
+        let database = journal.slot.get().unwrap();
+        assert_eq!(store::last_pending(&database, "p").unwrap(), None, "no pending row is left");
+        for id in [1, 50, 100] {
+            let kept = store::attempts(&database, id).unwrap();
+            assert_eq!(kept["p"].len(), 1, "event {id}: {kept:?}");
+            assert_eq!((kept["p"][0].n, kept["p"][0].outcome.as_str()), (1, "done"));
+        }
+        let txn = redb::ReadableDatabase::begin_read(&*database).unwrap();
+        let completed = txn.open_table(store::COMPLETED).unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&completed).unwrap(), 100, "all complete");
+        drop((txn, database));
+        end(journal, consumer, writer).await;
+    }
+
+    /// A consumer that falls behind by more than its tail holds reads the tables again from
+    /// where it was: nothing the tail dropped is lost, nothing comes twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tail_that_overflows_leaves_its_consumer_to_the_tables_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p: Arc<str> = Arc::from("p");
+        let config = JournalConfig::default();
+        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+        let mut consumer = journal.consumer("p");
+        append_all(&journal, 1..=3, &p).await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(next(&mut consumer).await);
+        }
+        // On its tail now; this overflows it.
+        let more = TAIL_MAX as u64 + 500;
+        append_all(&journal, 4..=3 + more, &p).await;
+        for _ in 0..more {
+            got.push(next(&mut consumer).await);
+        }
+        assert_eq!(got, (1..=3 + more).collect::<Vec<_>>());
+        end(journal, consumer, writer).await;
     }
 }

@@ -562,6 +562,20 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// [`Tables::add_attempt`] for a pair without earlier attempts, of an event this
+    /// transaction wrote: nothing to look up.
+    pub fn add_first_attempt(
+        &mut self,
+        plugin: &str,
+        id: u64,
+        attempt: &Attempt,
+    ) -> Result<(), StoreError> {
+        let n = attempt.n.max(1);
+        let row = Attempt { n, ..attempt.clone() };
+        db(self.attempts.insert((id, plugin, n), seal_attempt(id, plugin, &row).as_slice()))?;
+        Ok(())
+    }
+
     /// Keeps one attempt of `plugin` on event `id` (unless the event is gone). It is numbered
     /// after the ones kept already (a replayed dead letter's attempts start again from 1 in the
     /// worker, but its history goes on); beyond [`MAX_ATTEMPTS_KEPT`] the oldest but the first

@@ -247,6 +247,8 @@ pub fn run(
                             if let Some(mark) = &mut mark {
                                 mark.note(next_id - 1);
                             }
+                            // Consumers that keep up take them from their tails.
+                            shared.feed_tails(&entries);
                             // The log holds them: if the tables' thread is gone (the host
                             // is ending), a restart replays them.
                             let _ = tables.send(Work::Entries(entries));
