@@ -788,7 +788,18 @@ impl Consumer {
     /// added for the plugin, marks it stuck: its new events are refused (503) until a scan gets
     /// past.
     fn fill(&mut self) -> Result<(), StoreError> {
-        let database = self.journal.slot.get()?;
+        let database = match self.journal.slot.get() {
+            Ok(database) => database,
+            // The tables cannot be read (being reopened after a storage error, or for good):
+            // what the tail holds is in the log, so it is delivered meanwhile (an outcome the
+            // tables cannot take means a redelivery later, never a loss).
+            Err(e) => {
+                if self.started && self.take_tail() && !self.buffer.is_empty() {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
         let replayed: Vec<u64> =
             self.signal.replayed.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for id in replayed {
