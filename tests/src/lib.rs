@@ -332,14 +332,9 @@ impl HostDir {
                 Ok(host)
             }
             _ => {
-                let status = eventually(HUNG, || child.try_wait().ok().flatten());
-                let status = match status {
+                let status = match wait_or_kill(&mut child, HUNG) {
                     Some(status) => status.to_string(),
-                    None => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        format!("still running after {HUNG:?}, killed")
-                    }
+                    None => format!("still running after {HUNG:?}, killed"),
                 };
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 Err(format!("host did not start ({status}):\n{log}"))
@@ -632,6 +627,27 @@ pub fn build_author_folder(krate: &Path, name: &str) -> PathBuf {
 /// names it, instead of a suite that never finishes.
 pub const HUNG: Duration = Duration::from_secs(300);
 
+/// Waits for `child` to exit, for at most `limit`; past that kills it (and reaps it) and
+/// returns `None`. Polled from 1 ms up, since most commands end within milliseconds.
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            _ if started.elapsed() >= limit => break,
+            _ => std::thread::sleep(pause),
+        }
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// Runs `command` to completion like `Command::output`, but kills it and fails, naming `what`
 /// and showing what it printed so far, once it has run for [`HUNG`].
 pub fn output_or_hang(mut command: Command, what: &str) -> std::process::Output {
@@ -654,20 +670,7 @@ pub fn output_or_hang(mut command: Command, what: &str) -> std::process::Output 
     };
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    // Polled from 1 ms up (most commands end within milliseconds).
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            _ if started.elapsed() >= HUNG => break None,
-            _ => std::thread::sleep(pause),
-        }
-        pause = (pause * 2).min(Duration::from_millis(20));
-    };
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
+    let Some(status) = wait_or_kill(&mut child, HUNG) else {
         let out = stdout.join().unwrap_or_default();
         let err = stderr.join().unwrap_or_default();
         panic!(

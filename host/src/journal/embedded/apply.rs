@@ -360,6 +360,9 @@ fn broken_by(reason: String, dir: &Path, shared: &Shared) -> Retry {
     broken
 }
 
+/// The hint every refusal of the tables ends with.
+const VERIFY: &str = "the file may be damaged: check it with `b24-host journal verify`";
+
 /// Why appends are refused, as `/readyz` says it; stored as the journal's write error.
 fn say(broken: &Retry, dir: &Path, shared: &Shared) -> String {
     let said = match held(shared) {
@@ -367,16 +370,11 @@ fn say(broken: &Retry, dir: &Path, shared: &Shared) -> String {
             "{}; the events answered 200 with ids {from} to {to} are held in the write-ahead \
              log ({}) and the journal file has not taken them: they are kept there (a \
              restart replays them, `b24-host journal salvage --to NEW` copies them), and new \
-             events get 503 until the file takes them. If this lasts, the file may be \
-             damaged: check it with `b24-host journal verify`",
+             events get 503 until the file takes them. If this lasts, {VERIFY}",
             broken.reason,
             dir.display()
         ),
-        None => format!(
-            "{} (retrying; if this lasts, the file may be damaged: check it with `b24-host \
-             journal verify`)",
-            broken.reason
-        ),
+        None => format!("{} (retrying; if this lasts, {VERIFY})", broken.reason),
     };
     shared.commit_result(Some(said.clone()));
     shared.refuse(Some(broken.reason.clone()));
