@@ -646,6 +646,13 @@ impl<'txn> Tables<'txn> {
                     complete = complete.saturating_sub(1);
                     continue;
                 }
+                // Past the count, the event goes whatever its age: nothing to read (whether
+                // it is there at all, its removal below tells).
+                if complete > keep_max {
+                    doomed.push(id);
+                    complete = complete.saturating_sub(1);
+                    continue;
+                }
                 let received = match db(self.events.get(id))? {
                     None => {
                         wrong.push(id);
@@ -654,8 +661,7 @@ impl<'txn> Tables<'txn> {
                     }
                     Some(v) => EventRecord::unseal_meta(id, v.value()).ok(),
                 };
-                let old = received.is_none_or(|m| now_ms - m.received_at_ms > keep_for_ms);
-                if old || complete > keep_max {
+                if received.is_none_or(|m| now_ms - m.received_at_ms > keep_for_ms) {
                     doomed.push(id);
                     complete = complete.saturating_sub(1);
                 } else {
@@ -668,21 +674,41 @@ impl<'txn> Tables<'txn> {
             tracing::warn!(event_id = id, "the index of complete events was wrong about an event");
             db(self.completed.remove(id))?;
         }
+        // Only an offline event has a row in `offline_seen`, found from its metadata: with none
+        // there, a removed event's record is not read at all.
+        let offline = db(self.offline_seen.len())? > 0;
+        let attempts = db(self.attempts.len())? > 0;
+        let mut deleted = 0;
         for &id in &doomed {
             db(self.completed.remove(id))?;
             let offline_key = match db(self.events.remove(id))? {
-                Some(v) => EventRecord::unseal(id, v.value())
-                    .ok()
-                    .filter(|r| r.meta.source == crate::journal::record::Source::Offline)
-                    .and_then(|r| crate::journal::dedup::from_hex(&r.meta.dedup_key)),
-                None => None,
+                Some(v) => {
+                    deleted += 1;
+                    if offline {
+                        EventRecord::unseal_meta(id, v.value())
+                            .ok()
+                            .filter(|m| m.source == crate::journal::record::Source::Offline)
+                            .and_then(|m| crate::journal::dedup::from_hex(&m.dedup_key))
+                    } else {
+                        None
+                    }
+                }
+                None => {
+                    tracing::warn!(
+                        event_id = id,
+                        "the index of complete events was wrong about an event"
+                    );
+                    None
+                }
             };
             if let Some(key) = offline_key {
                 db(self.offline_seen.remove(key.as_slice()))?;
             }
-            remove_attempts(&mut self.attempts, id, None)?;
+            if attempts {
+                remove_attempts(&mut self.attempts, id, None)?;
+            }
         }
-        Ok(Pruned { deleted: doomed.len(), visited })
+        Ok(Pruned { deleted, visited })
     }
 
     /// Sets (`Some`) or removes (`None`) a named state value.
