@@ -27,7 +27,7 @@
 # plugin `probe` while it cannot start (an exec command that does not exist), then the host is
 # started again with `probe` as (a) the Rust probe in a runner, (b) a PHP exec plugin
 # (bench/exec-plugin.php) with window = 1, (c) the same with window = 32, (d) an http plugin
-# forwarding to the bare hyper server (1); each prints the events drained, events/s (from the
+# forwarding to the bare hyper server (1), (e) the same with concurrency = 8; each prints the events drained, events/s (from the
 # host's start to an empty backlog) and CPU per event (the host and every process under it),
 # and the ratio of its rate to (a)'s.
 set -euo pipefail
@@ -335,5 +335,7 @@ if want 7; then
   target_url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/target.txt" | head -n1)
   drain_row "(7d) http plugin to the bare hyper server" \
     "$(printf '[plugin.probe]\nkind = "http"\nurl = "%s"\nevents = ["*"]' "$target_url")"
+  drain_row "(7e) the same, concurrency 8" \
+    "$(printf '[plugin.probe]\nkind = "http"\nurl = "%s"\nevents = ["*"]\nconcurrency = 8' "$target_url")"
   kill "$TARGET" 2>/dev/null || true
 fi

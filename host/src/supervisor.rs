@@ -396,7 +396,9 @@ impl Supervisor {
                     path: PathBuf::from(target.shown_url()),
                     version: "http".to_owned(),
                     events: plugin_config.events.clone().unwrap_or_default(),
-                    concurrent: false,
+                    // Requests are independent: `concurrency` of them may be in flight (1 by
+                    // default, which keeps the events in order).
+                    concurrent: true,
                     api_version: String::new(),
                     load_time: std::time::Duration::ZERO,
                 };

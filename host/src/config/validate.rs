@@ -593,7 +593,7 @@ fn check_kind_keys(
         ("format", span(&raw.format), &["http"]),
         ("secret", span(&raw.secret), &["http"]),
         ("isolation", span(&raw.isolation), &["library"]),
-        ("concurrency", span(&raw.concurrency), &["library"]),
+        ("concurrency", span(&raw.concurrency), &["library", "http"]),
         ("memory_limit_mb", span(&raw.memory_limit_mb), &["library", "exec"]),
         ("kill_after_ms", span(&raw.kill_after_ms), &["library", "exec"]),
         ("max_crashes", span(&raw.max_crashes), &["library", "exec"]),

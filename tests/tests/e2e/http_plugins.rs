@@ -286,3 +286,44 @@ fn an_http_plugin_delivers_on_the_nats_backend() {
         assert!(eventually(FAULT_PATIENCE, || target.received().len() > 15));
     });
 }
+
+#[test]
+fn an_http_plugin_with_concurrency_keeps_that_many_requests_in_flight_and_delivers_every_event() {
+    use std::sync::{Condvar, Mutex};
+    const WIDE: usize = 4;
+    // Each request is held until WIDE are in flight at once: the target's own count is the
+    // proof. A host sending one at a time makes the first wait out the patience, and then no
+    // request waits any more (the test fails on the count, not by running for hours).
+    // (in flight, most in flight at once, gave up)
+    let gate = Arc::new((Mutex::new((0usize, 0usize, false)), Condvar::new()));
+    let held = gate.clone();
+    let target = HttpTarget::start(0, move |_, _| {
+        let (lock, wake) = &*held;
+        let mut state = lock.lock().unwrap();
+        state.0 += 1;
+        state.1 = state.1.max(state.0);
+        wake.notify_all();
+        let (mut state, waited) =
+            wake.wait_timeout_while(state, FAULT_PATIENCE, |s| s.1 < WIDE && !s.2).unwrap();
+        if waited.timed_out() {
+            state.2 = true;
+        }
+        state.0 -= 1;
+        ok()
+    });
+    let dir = http_dir(&fw(&target.url("/h"), &format!("concurrency = {WIDE}")));
+    let host = start(&dir);
+    let accepted: BTreeSet<u64> = (0..40).map(|i| post(&host, 20_000 + i, "UF_CRM_WIDE")).collect();
+    assert_eq!(accepted.len(), 40);
+    let wanted: BTreeSet<u64> = (0..40).map(|i| 20_000 + i).collect();
+    // (A request held past `timeout_ms` on a loaded machine is sent again: at least once.)
+    let wide = eventually(FAULT_PATIENCE, || gate.0.lock().unwrap().1 >= WIDE);
+    let most = gate.0.lock().unwrap().1;
+    assert!(wide, "at most {most} requests were in flight at once, not {WIDE}");
+    let all_arrived = || field_ids(&target).into_iter().collect::<BTreeSet<_>>() == wanted;
+    assert!(
+        eventually(FAULT_PATIENCE, all_arrived),
+        "not every event reached the target:\n{}",
+        host.log_text()
+    );
+}
