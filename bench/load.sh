@@ -27,9 +27,9 @@
 # plugin `probe` while it cannot start (an exec command that does not exist), then the host is
 # started again with `probe` as (a) the Rust probe in a runner, (b) a PHP exec plugin
 # (bench/exec-plugin.php) with window = 1, (c) the same with window = 32, (d) an http plugin
-# forwarding to the bare hyper server (1), (e) the same with concurrency = 8; each prints the events drained, events/s (from the
-# host's start to an empty backlog) and CPU per event (the host and every process under it),
-# and the ratio of its rate to (a)'s.
+# forwarding to the bare hyper server (1), (e) the same with concurrency = 8; each prints the
+# events drained, events/s (from the host's start to an empty backlog) and CPU per event (the
+# host and every process under it), and the ratio of its rate to (a)'s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_POINT=${1:-10}
