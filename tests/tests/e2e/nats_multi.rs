@@ -376,7 +376,20 @@ fn the_stream_leader_killed_under_load_costs_no_request_and_loses_nothing() {
     let spooled = |h: &RunningHost| scrape(h, "b24_journal_spooled_events ").unwrap_or(-1.0) as i64;
     let done =
         eventually_progressing(STALL, || (drained(&a) && drained(&b), (spooled(&a), spooled(&b))));
-    assert!(done, "a spool did not drain (spooled: {}, {})", spooled(&a), spooled(&b));
+    let said = |h: &RunningHost| {
+        let log = h.log_text();
+        let lines: Vec<&str> =
+            log.lines().filter(|l| l.contains("spool") || l.contains("forward")).collect();
+        lines[lines.len().saturating_sub(12)..].join("\n")
+    };
+    assert!(
+        done,
+        "a spool did not drain (spooled: {}, {}); what A said of it:\n{}\nwhat B said:\n{}",
+        spooled(&a),
+        spooled(&b),
+        said(&a),
+        said(&b)
+    );
     for (name, host) in [("A", &a), ("B", &b)] {
         let log = host.log_text();
         println!(

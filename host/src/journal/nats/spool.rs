@@ -309,6 +309,16 @@ impl Forwarder {
                     // The log acknowledges again: appends go to it directly; the forwarder
                     // drains the rest meanwhile.
                     self.status.acknowledged();
+                    // A batch filled to BATCH may have taken the last spooled event: whether
+                    // it did is asked now (a spool holding a multiple of BATCH was otherwise
+                    // never checked, and "drained" never said: CI, nats_multi).
+                    if retry.is_empty() && !caught_up {
+                        match consumer.next().now_or_never() {
+                            Some(Some(delivery)) => retry.push_back(ready(&self.link, delivery)),
+                            Some(None) => return,
+                            None => caught_up = true,
+                        }
+                    }
                     if caught_up && retry.is_empty() && self.forwarded > 0 {
                         match self.left(&spool).await {
                             Ok(0) => {
