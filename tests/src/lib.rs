@@ -650,7 +650,12 @@ pub fn wait_or_kill(
 
 /// Runs `command` to completion like `Command::output`, but kills it and fails, naming `what`
 /// and showing what it printed so far, once it has run for [`HUNG`].
-pub fn output_or_hang(mut command: Command, what: &str) -> std::process::Output {
+pub fn output_or_hang(command: Command, what: &str) -> std::process::Output {
+    output_within(command, what, HUNG)
+}
+
+/// [`output_or_hang`] with a limit of its own (a cold cargo build needs more than [`HUNG`]).
+pub fn output_within(mut command: Command, what: &str, limit: Duration) -> std::process::Output {
     use std::io::Read;
     let mut child = command
         .stdin(Stdio::null())
@@ -670,11 +675,11 @@ pub fn output_or_hang(mut command: Command, what: &str) -> std::process::Output 
     };
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let Some(status) = wait_or_kill(&mut child, HUNG) else {
+    let Some(status) = wait_or_kill(&mut child, limit) else {
         let out = stdout.join().unwrap_or_default();
         let err = stderr.join().unwrap_or_default();
         panic!(
-            "{what} still ran after {HUNG:?} (hung; killed): {}{}",
+            "{what} still ran after {limit:?} (hung; killed): {}{}",
             String::from_utf8_lossy(&out),
             String::from_utf8_lossy(&err)
         );
@@ -692,10 +697,15 @@ pub fn output_or_hang(mut command: Command, what: &str) -> std::process::Output 
 pub fn author_cargo(krate: &Path, args: &[&str]) -> std::process::Output {
     std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock"))
         .expect("copy Cargo.lock");
-    Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
         .current_dir(krate)
         .args(args)
-        .env("CARGO_TARGET_DIR", target_dir().join("author-plugins"))
-        .output()
-        .expect("cannot run cargo")
+        .env("CARGO_TARGET_DIR", target_dir().join("author-plugins"));
+    // A first build compiles the plugin API and its dependencies: minutes on a loaded machine,
+    // never half an hour.
+    output_within(cargo, &format!("cargo {} in {}", args.join(" "), krate.display()), AUTHOR_BUILD)
 }
+
+/// How long an author's cargo command may run before it counts as hung.
+const AUTHOR_BUILD: Duration = Duration::from_secs(1800);
