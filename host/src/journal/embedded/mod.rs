@@ -853,9 +853,6 @@ impl Consumer {
             .inspect_err(|e| self.stuck(format!("after event {}: {e}", self.cursor)))?;
         // Rows found by walking back come alone: the ones after them are read next.
         let full = scanned.rows.len() >= SCAN_BATCH || scanned.passed_over;
-        if !full && scanned.failed.is_none() {
-            self.through = self.through.max(applied);
-        }
         if scanned.passed_over
             && let (Some(first), Some(last)) = (scanned.rows.first(), scanned.rows.last())
         {
@@ -929,6 +926,12 @@ impl Consumer {
                 ));
                 return Ok(());
             }
+        }
+        // Only a scan that ended where the rows end proves none left up to what the tables
+        // held: one cut short (damage) keeps the consumer on the tables, scanning again, so the
+        // tail never skips the rows behind it.
+        if !full {
+            self.through = self.through.max(applied);
         }
         self.journal.shared.unstuck(&self.plugin);
         Ok(())
