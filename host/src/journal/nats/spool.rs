@@ -358,8 +358,6 @@ impl Forwarder {
 }
 
 impl Forwarder {
-    /// How many events the spool still holds, once its writes so far (the completions) are
-    /// done; an error when it cannot tell, or when a write failed (a completion may be lost).
     /// Says the spool is drained, with what this pass forwarded.
     fn drained(&mut self) {
         tracing::info!(
@@ -371,6 +369,8 @@ impl Forwarder {
         self.already_there = 0;
     }
 
+    /// How many events the spool still holds, once its writes so far (the completions) are
+    /// done; an error when it cannot tell, or when a write failed (a completion may be lost).
     async fn left(&self, spool: &Embedded) -> Result<u64, StoreError> {
         spool.flush().await;
         if let Some(e) = spool.last_write_error() {
