@@ -348,11 +348,17 @@ impl Ingress {
             }
         };
         let refreshes = self.rest.hold_refreshes().await;
-        let previous = if event.code == "ONAPPUPDATE" {
-            self.rest.stored_tokens(member_id).await
-        } else {
-            None
-        };
+        let previous = self.rest.stored_tokens(member_id).await;
+        // A repeat of the event that stored the pair (a proxy's retry) stores nothing: the
+        // pair may have been refreshed since, and the repeat's refresh token is spent. The
+        // embedded journal drops a repeat's pair with the repeat; NATS stores the pair before
+        // its log can tell a repeat, and its window is minutes: the stored key tells at once.
+        if previous.as_ref().and_then(|p| p.install_key.as_deref())
+            == Some(oauth::install_key(event).as_str())
+        {
+            tracing::info!(member_id, code = %event.code, "a repeat of the install that stored the portal's OAuth pair: the stored pair is kept");
+            return (None, None);
+        }
         match StoredTokens::from_install(event, oauth_url, previous.as_ref(), now_ms()) {
             Some(tokens) => (Some(refreshes), Some(oauth::Stored::Tokens(tokens).to_bytes())),
             None => {

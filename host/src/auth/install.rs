@@ -251,6 +251,7 @@ impl Installs {
             oauth_url: Some(oauth_url),
             domain: answer.domain.or(Some(event.auth.domain.clone()).filter(|d| !d.is_empty())),
             installed_at_ms: Some(crate::journal::now_ms()),
+            install_key: Some(crate::rest::oauth::install_key(event)),
         })
     }
 }

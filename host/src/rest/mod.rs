@@ -488,6 +488,7 @@ impl RestClient {
             oauth_url: Some(url),
             domain: answer.domain.or(stored.domain),
             installed_at_ms: stored.installed_at_ms,
+            install_key: stored.install_key,
         };
         // The old refresh token is spent: store the new one before anything else, only over
         // the pair it replaces (a host whose lease lapsed must not overwrite a newer pair).

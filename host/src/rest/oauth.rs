@@ -41,6 +41,11 @@ pub struct StoredTokens {
     /// When the install (or update) that stored the pair was accepted, ms since the epoch.
     #[serde(default)]
     pub installed_at_ms: Option<i64>,
+    /// The journal's key (hex) of the install or update event that stored the pair: a repeat
+    /// of that event (a proxy's retry) must not store its pair again over a refreshed one,
+    /// whose refresh token alone is still good. Kept through refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_key: Option<String>,
 }
 
 impl std::fmt::Debug for StoredTokens {
@@ -99,6 +104,12 @@ impl Stored {
     }
 }
 
+/// The key that names the install or update `event` in a stored pair
+/// ([`StoredTokens::install_key`]): its journal dedup key, in hex.
+pub fn install_key(event: &Decoded) -> String {
+    crate::record::hex(&crate::decode::dedup_key(event))
+}
+
 /// Whether an event of `code` carries the installer's pair: only installs and updates do.
 pub fn carries_installer_pair(code: &str) -> bool {
     matches!(code, "ONAPPINSTALL" | "ONAPPUPDATE")
@@ -131,6 +142,7 @@ impl StoredTokens {
             oauth_url,
             domain: Some(event.auth.domain.clone()).filter(|d| !d.is_empty()),
             installed_at_ms: Some(now_ms),
+            install_key: Some(install_key(event)),
         };
         if let Some(install) = previous.filter(|_| event.code == "ONAPPUPDATE") {
             tokens.keep_place_of(install);

@@ -48,3 +48,11 @@ fn a_token_learned_through_one_host_is_accepted_by_the_other_and_an_uninstall_re
     assert_eq!(b.post_form(&field()).status, 401);
     assert!(a.stop() && b.stop());
 }
+
+/// On NATS the pair is stored before the log can tell a repeat: the stored pair's install key
+/// tells it (a repeat used to store its spent pair over the refreshed one).
+#[test]
+fn a_repeated_install_keeps_the_refreshed_pair_on_nats() {
+    let Some(cluster) = cluster_or_skip("nats_auth_repeat", 3, Default::default()) else { return };
+    crate::tokens::a_repeated_install_keeps_the_refreshed_pair(&cluster.journal_toml(3, 1000));
+}

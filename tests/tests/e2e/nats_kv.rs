@@ -336,6 +336,7 @@ async fn two_hosts_refreshing_one_portals_tokens_at_once_spend_the_refresh_token
         oauth_url: Some(portal.oauth_url()),
         domain: None,
         installed_at_ms: None,
+        install_key: None,
     };
     a.state().save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
     let client_a = RestClient::new(config.rest.clone(), a.state()).expect("client A");
@@ -416,6 +417,7 @@ async fn one_host_at_a_time_polls_a_portals_offline_queue_and_another_takes_over
         oauth_url: Some(portal.oauth_url()),
         domain: None,
         installed_at_ms: None,
+        install_key: None,
     };
     a.state().save_oauth(MEMBER, serde_json::to_vec(&stored).unwrap()).await.unwrap();
     let rest_a = Arc::new(RestClient::new(config.rest.clone(), a.state()).expect("client A"));

@@ -1,5 +1,5 @@
 //! Whose tokens the host keeps and where it uses them: only a verified install's (or update's)
-//! OAuth pair is stored, plugins never see a refresh token or the application token, an
+//! OAuth pair is stored (a repeat of it never over a refreshed pair), plugins never see a refresh token or the application token, an
 //! uninstall forgets the pair and stops the portal's offline poller, every install refused is
 //! said, counted and shown, each portal is verified and refreshed at its own OAuth server, and
 //! REST calls with a portal's tokens go to its install's endpoint whatever a later event names.
@@ -424,4 +424,54 @@ fn portals_on_two_oauth_servers_are_each_verified_and_refreshed_at_their_own() {
         assert!(oauth.iter().all(|r| r.status == 200), "{oauth:?}");
     }
     assert!(host.stop());
+}
+
+/// A repeat of the install that stored the portal's pair (a proxy's retry, the same body)
+/// keeps the pair a refresh stored since: the repeat's refresh token is spent. With `journal`
+/// (a `[journal]` table, or nothing for the embedded one).
+pub(crate) fn a_repeated_install_keeps_the_refreshed_pair(journal: &str) {
+    let portal = FakePortal::start(PortalOptions::default());
+    let dir = HostDir::new(&["probe"]);
+    dir.write_config(&format!("{}\n{journal}", offline_config(&portal, 100, &["probe"], "", "")));
+    let host = start(&dir);
+    let (access, refresh) = portal.initial_oauth();
+    let mut install = args("ONAPPINSTALL");
+    install.access_token = Some(access);
+    install.refresh_token = Some(refresh);
+    install.client_endpoint = Some(portal.client_endpoint());
+    install.server_endpoint = Some(portal.server_endpoint());
+    let install = form(&install);
+    assert_eq!(host.post_form(&install).status, 200);
+    let refused = |portal: &FakePortal| -> Vec<(Option<String>, u16)> {
+        let oauth = portal.requests().into_iter().filter(|r| r.kind == RequestKind::OAuth);
+        oauth.filter(|r| r.status != 200).map(|r| (r.error, r.status)).collect()
+    };
+    // The poller's call with an expired token refreshes the pair: the install's refresh token
+    // is spent.
+    portal.expire_access_tokens();
+    assert!(
+        eventually(PATIENCE, || portal.refreshes().len() == 1),
+        "no refresh: {:?}\n{}",
+        refused(&portal),
+        host.log_text()
+    );
+    let again = host.post_form(&install);
+    assert_eq!(again.status, 200, "{again:?}");
+    assert!(again.body.starts_with("duplicate of"), "{again:?}");
+    // The next refresh spends the token the first one issued, not the repeat's.
+    portal.expire_access_tokens();
+    assert!(
+        eventually(PATIENCE, || portal.refreshes().len() == 2 || !refused(&portal).is_empty()),
+        "no second refresh: {}",
+        host.log_text()
+    );
+    assert_eq!(refused(&portal), vec![], "a refresh was refused: the repeat stored its spent pair");
+    let chain = portal.refreshes();
+    assert_eq!(chain[1].0, chain[0].1, "{chain:?}");
+    assert!(host.stop());
+}
+
+#[test]
+fn a_repeated_install_keeps_the_refreshed_pair_on_the_embedded_journal() {
+    a_repeated_install_keeps_the_refreshed_pair("");
 }
