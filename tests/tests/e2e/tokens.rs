@@ -1,8 +1,9 @@
 //! Whose tokens the host keeps and where it uses them: only a verified install's (or update's)
-//! OAuth pair is stored (a repeat of it never over a refreshed pair), plugins never see a refresh token or the application token, an
-//! uninstall forgets the pair and stops the portal's offline poller, every install refused is
-//! said, counted and shown, each portal is verified and refreshed at its own OAuth server, and
-//! REST calls with a portal's tokens go to its install's endpoint whatever a later event names.
+//! OAuth pair is stored (a repeat of it never over a refreshed pair), plugins never see a
+//! refresh token or the application token, an uninstall forgets the pair and stops the
+//! portal's offline poller, every install refused is said, counted and shown, each portal is
+//! verified and refreshed at its own OAuth server, and REST calls with a portal's tokens go to
+//! its install's endpoint whatever a later event names.
 
 use std::collections::BTreeSet;
 
