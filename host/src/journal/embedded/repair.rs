@@ -15,7 +15,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
     FILE_NAME, mark, raw,
-    store::{self, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
+    store::{self, COMPLETED, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
     wal,
 };
 use crate::journal::{
@@ -585,6 +585,43 @@ fn events_by_id<D: ReadableDatabase>(
     highest
 }
 
+/// The events of the table (`in_table`) that are neither complete nor held by a pending row
+/// or a dead letter of any plugin: each had a row that a damaged page hides (a leaf whose
+/// header lost entries is passed by without an error, by a host's scan and by the table's
+/// own), so it is reported by its id. Only with the index of complete events (`indexed`)
+/// whole; the tables were read whole too (a scan cut short reports its own loss).
+fn orphans<D: ReadableDatabase>(
+    database: &D,
+    indexed: bool,
+    mut in_table: Vec<u64>,
+    readable: &Readable,
+    report: &mut RepairReport,
+) -> Vec<u64> {
+    let cut = report.problems.iter().any(|p| p.starts_with("table "));
+    if !indexed || cut {
+        return Vec::new();
+    }
+    let before = report.problems.len();
+    let mut complete = rows(database, COMPLETED, report, |id, _| id);
+    if report.problems.len() > before {
+        return Vec::new();
+    }
+    let mut held: Vec<u64> = readable.pending.iter().map(|(_, id, _)| *id).collect();
+    held.extend(readable.dead.iter().map(|(_, id, _)| *id));
+    complete.extend(held);
+    complete.sort_unstable();
+    in_table.sort_unstable();
+    in_table.dedup();
+    in_table.retain(|id| complete.binary_search(id).is_err());
+    for id in &in_table {
+        report.problems.push(format!(
+            "event {id}: not complete, yet no pending row or dead letter holds it (its row is \
+             likely on a damaged page of the pending table)"
+        ));
+    }
+    in_table
+}
+
 /// Reads every table of `database`, opened on `file`.
 fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairReport) -> Readable {
     let mut readable = Readable::default();
@@ -610,6 +647,8 @@ fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairRepor
         }
     }
     let scanned_to = highest;
+    let in_table: Vec<u64> =
+        readable.events.iter().map(|(id, _)| *id).chain(damaged.iter().copied()).collect();
     if cut || !damaged.is_empty() {
         highest = highest.max(events_from_pages(file, &mut readable, &damaged, report));
     }
@@ -658,6 +697,17 @@ fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairRepor
                 report.problems.push(format!("dead letter ({plugin}, {id}): {e}"));
             }
         }
+    }
+    let indexed = meta.iter().any(|(k, _)| k == store::COMPLETED_INDEX);
+    // Which plugins an event no row holds was for is not known: salvage makes it a dead
+    // letter of each plugin of the file (as a raw scan does; a replay decides).
+    let lost = orphans(database, indexed, in_table, &readable, report);
+    let mut plugins: Vec<String> = readable.pending.iter().map(|(p, _, _)| p.clone()).collect();
+    plugins.extend(readable.dead.iter().map(|(p, _, _)| p.clone()));
+    plugins.sort_unstable();
+    plugins.dedup();
+    for id in lost {
+        readable.behind_damage.extend(plugins.iter().map(|p| (p.clone(), id)));
     }
     readable.tokens = rows(database, TOKENS, report, |k, v| (k.to_owned(), v.to_owned()));
     readable.offline_seen = rows(database, OFFLINE_SEEN, report, |k, v| (k.to_vec(), v));
@@ -711,6 +761,42 @@ mod tests {
             tables.set_next_id(next_id).unwrap();
         }
         txn.commit().unwrap();
+    }
+
+    /// A pending row a damaged page hides without an error (a leaf passed by: damage seed 8
+    /// lost events 1191-1225 so, unreported by verify and by the host) leaves an event that is
+    /// neither complete nor held by a row: verify names it, and salvage makes it a dead letter.
+    /// The hidden row is modelled by removing it behind the index's back.
+    #[test]
+    fn an_event_no_row_holds_and_not_complete_is_named_by_verify_and_salvaged_as_a_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        journal(dir.path());
+        {
+            let database = store::open(&dir.path().join(FILE_NAME)).unwrap();
+            let txn = database.begin_write().unwrap();
+            txn.open_table(PENDING).unwrap().remove(("p", 150)).unwrap();
+            txn.commit().unwrap();
+        }
+        let report = verify(dir.path()).unwrap();
+        let named: Vec<&String> = report
+            .problems
+            .iter()
+            .filter(|p| p.contains("no pending row or dead letter"))
+            .collect();
+        assert_eq!(named.len(), 1, "{report}");
+        assert!(named[0].starts_with("event 150: "), "{report}");
+
+        let to = dir.path().join("salvaged.redb");
+        let report = salvage(dir.path(), &to).unwrap();
+        assert_eq!(report.pending_made_dead, 1, "{report}");
+        let salvaged = store::open(&to).unwrap();
+        let txn = salvaged.begin_read().unwrap();
+        assert!(txn.open_table(DEAD).unwrap().get(("p", 150)).unwrap().is_some());
+        assert!(txn.open_table(COMPLETED).unwrap().get(150).unwrap().is_none());
+        // A sound journal names nothing.
+        let sound = tempfile::tempdir().unwrap();
+        journal(sound.path());
+        assert!(verify(sound.path()).unwrap().problems.is_empty());
     }
 
     /// A damaged entry early in the `events` table cut verify's and salvage's scan short:
