@@ -15,7 +15,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
     FILE_NAME, mark, raw,
-    store::{self, COMPLETED, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
+    store::{self, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
     wal,
 };
 use crate::journal::{
@@ -585,41 +585,27 @@ fn events_by_id<D: ReadableDatabase>(
     highest
 }
 
-/// The events of the table (`in_table`) that are neither complete nor held by a pending row
-/// or a dead letter of any plugin: each had a row that a damaged page hides (a leaf whose
-/// header lost entries is passed by without an error, by a host's scan and by the table's
-/// own), so it is reported by its id. Only with the index of complete events (`indexed`)
-/// whole; the tables were read whole too (a scan cut short reports its own loss).
-fn orphans<D: ReadableDatabase>(
-    database: &D,
-    indexed: bool,
-    mut in_table: Vec<u64>,
-    readable: &Readable,
-    report: &mut RepairReport,
-) -> Vec<u64> {
-    let cut = report.problems.iter().any(|p| p.starts_with("table "));
-    if !indexed || cut {
+/// The events that are not complete and that no pending row or dead letter holds
+/// ([`store::unheld_events`]), each reported by its id; none looked for once a table's scan
+/// was cut short (that reports its own loss).
+fn orphans<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Vec<u64> {
+    if report.problems.iter().any(|p| p.starts_with("table ")) {
         return Vec::new();
     }
-    let before = report.problems.len();
-    let mut complete = rows(database, COMPLETED, report, |id, _| id);
-    if report.problems.len() > before {
-        return Vec::new();
-    }
-    let mut held: Vec<u64> = readable.pending.iter().map(|(_, id, _)| *id).collect();
-    held.extend(readable.dead.iter().map(|(_, id, _)| *id));
-    complete.extend(held);
-    complete.sort_unstable();
-    in_table.sort_unstable();
-    in_table.dedup();
-    in_table.retain(|id| complete.binary_search(id).is_err());
-    for id in &in_table {
+    let unheld = match store::guard("reading the rows' keys", || store::unheld_events(database)) {
+        Ok(unheld) => unheld.unwrap_or_default(),
+        Err(e) => {
+            report.problems.push(format!("cannot check which events rows hold: {e}"));
+            return Vec::new();
+        }
+    };
+    for id in &unheld {
         report.problems.push(format!(
             "event {id}: not complete, yet no pending row or dead letter holds it (its row is \
              likely on a damaged page of the pending table)"
         ));
     }
-    in_table
+    unheld
 }
 
 /// Reads every table of `database`, opened on `file`.
@@ -647,8 +633,6 @@ fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairRepor
         }
     }
     let scanned_to = highest;
-    let in_table: Vec<u64> =
-        readable.events.iter().map(|(id, _)| *id).chain(damaged.iter().copied()).collect();
     if cut || !damaged.is_empty() {
         highest = highest.max(events_from_pages(file, &mut readable, &damaged, report));
     }
@@ -698,10 +682,9 @@ fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairRepor
             }
         }
     }
-    let indexed = meta.iter().any(|(k, _)| k == store::COMPLETED_INDEX);
     // Which plugins an event no row holds was for is not known: salvage makes it a dead
     // letter of each plugin of the file (as a raw scan does; a replay decides).
-    let lost = orphans(database, indexed, in_table, &readable, report);
+    let lost = orphans(database, report);
     let mut plugins: Vec<String> = readable.pending.iter().map(|(p, _, _)| p.clone()).collect();
     plugins.extend(readable.dead.iter().map(|(p, _, _)| p.clone()));
     plugins.sort_unstable();
@@ -792,7 +775,7 @@ mod tests {
         let salvaged = store::open(&to).unwrap();
         let txn = salvaged.begin_read().unwrap();
         assert!(txn.open_table(DEAD).unwrap().get(("p", 150)).unwrap().is_some());
-        assert!(txn.open_table(COMPLETED).unwrap().get(150).unwrap().is_none());
+        assert!(txn.open_table(store::COMPLETED).unwrap().get(150).unwrap().is_none());
         // A sound journal names nothing.
         let sound = tempfile::tempdir().unwrap();
         journal(sound.path());
