@@ -136,13 +136,18 @@ pub fn start(dir: &HostDir) -> RunningHost {
 /// Installs the app on `portal` as the portal would: posts to `host` an ONAPPINSTALL carrying
 /// the portal's first OAuth pair and endpoints, which the host stores for REST calls.
 pub fn post_app_install(host: &RunningHost, portal: &b24_tests::fake_portal::FakePortal) {
+    assert_eq!(host.post_form(&app_install(portal)).status, 200);
+}
+
+/// The body of `portal`'s install, with its first OAuth pair.
+pub fn app_install(portal: &b24_tests::fake_portal::FakePortal) -> String {
     let (access, refresh) = portal.initial_oauth();
     let mut a = args("ONAPPINSTALL");
     a.access_token = Some(access);
     a.refresh_token = Some(refresh);
     a.client_endpoint = Some(portal.client_endpoint());
     a.server_endpoint = Some(portal.server_endpoint());
-    assert_eq!(host.post_form(&form(&a)).status, 200);
+    form(&a)
 }
 
 /// A tiny xorshift step: random enough for test sequences, reproducible from its seed.

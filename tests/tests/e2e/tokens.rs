@@ -435,13 +435,7 @@ pub(crate) fn a_repeated_install_keeps_the_refreshed_pair(journal: &str) {
     let dir = HostDir::new(&["probe"]);
     dir.write_config(&format!("{}\n{journal}", offline_config(&portal, 100, &["probe"], "", "")));
     let host = start(&dir);
-    let (access, refresh) = portal.initial_oauth();
-    let mut install = args("ONAPPINSTALL");
-    install.access_token = Some(access);
-    install.refresh_token = Some(refresh);
-    install.client_endpoint = Some(portal.client_endpoint());
-    install.server_endpoint = Some(portal.server_endpoint());
-    let install = form(&install);
+    let install = app_install(&portal);
     assert_eq!(host.post_form(&install).status, 200);
     let refused = |portal: &FakePortal| -> Vec<(Option<String>, u16)> {
         let oauth = portal.requests().into_iter().filter(|r| r.kind == RequestKind::OAuth);

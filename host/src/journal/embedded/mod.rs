@@ -1151,6 +1151,23 @@ mod tests {
         delivery.await.expect("a delivery in time").expect("a delivery").id
     }
 
+    /// A stopped journal in `dir` holding events 1..=10, each pending for plugin `p`, with
+    /// `damage` done to it in the same transaction.
+    fn ten_pending(dir: &Path, damage: impl FnOnce(&redb::WriteTransaction)) {
+        let database = store::open(&dir.join(FILE_NAME)).unwrap();
+        let txn = database.begin_write().unwrap();
+        {
+            let p: Arc<str> = Arc::from("p");
+            let mut tables = store::Tables::open(&txn).unwrap();
+            for id in 1..=10 {
+                tables.insert_event(id, &record(id), std::slice::from_ref(&p)).unwrap();
+            }
+            tables.set_next_id(11).unwrap();
+        }
+        damage(&txn);
+        txn.commit().unwrap();
+    }
+
     /// A row a damaged page hides from every scan without an error (damage seed 8's 35
     /// events) is found at the start, off its path: `/readyz` says events are held by no row,
     /// and every other event is delivered. The hidden row is modelled by removing it behind the
@@ -1158,20 +1175,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_no_row_holds_are_found_at_the_start_and_said() {
         let dir = tempfile::tempdir().unwrap();
-        let p: Arc<str> = Arc::from("p");
-        {
-            let database = store::open(&dir.path().join(FILE_NAME)).unwrap();
-            let txn = database.begin_write().unwrap();
-            {
-                let mut tables = store::Tables::open(&txn).unwrap();
-                for id in 1..=10 {
-                    tables.insert_event(id, &record(id), std::slice::from_ref(&p)).unwrap();
-                }
-                tables.set_next_id(11).unwrap();
-            }
+        ten_pending(dir.path(), |txn| {
             txn.open_table(store::PENDING).unwrap().remove(("p", 4)).unwrap();
-            txn.commit().unwrap();
-        }
+        });
         let config = JournalConfig::default();
         let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
         let mut consumer = journal.consumer("p");
@@ -1200,29 +1206,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pending_row_under_a_flipped_key_is_its_events_dead_letter_and_skips_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let p: Arc<str> = Arc::from("p");
-        {
-            let database = store::open(&dir.path().join(FILE_NAME)).unwrap();
-            let txn = database.begin_write().unwrap();
-            {
-                let mut tables = store::Tables::open(&txn).unwrap();
-                for id in 1..=10 {
-                    tables.insert_event(id, &record(id), std::slice::from_ref(&p)).unwrap();
-                }
-                tables.set_next_id(11).unwrap();
-            }
-            {
-                let mut pending = txn.open_table(store::PENDING).unwrap();
-                pending.remove(("p", 5)).unwrap();
-                let row = seal_row("p", 5, &Pending::default());
-                pending.insert(("p", 5 | 1 << 40), row.as_slice()).unwrap();
-                assert!(
-                    checksum::matching_id(&row, 5 | 1 << 40, |id| checksum::row_key("p", id))
-                        == Some(5)
-                );
-            }
-            txn.commit().unwrap();
-        }
+        ten_pending(dir.path(), |txn| {
+            let mut pending = txn.open_table(store::PENDING).unwrap();
+            pending.remove(("p", 5)).unwrap();
+            let row = seal_row("p", 5, &Pending::default());
+            pending.insert(("p", 5 | 1 << 40), row.as_slice()).unwrap();
+            assert!(
+                checksum::matching_id(&row, 5 | 1 << 40, |id| checksum::row_key("p", id))
+                    == Some(5)
+            );
+        });
         let config = JournalConfig::default();
         let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
         let mut consumer = journal.consumer("p");
@@ -1233,7 +1226,7 @@ mod tests {
         assert_eq!(got, vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
         // A later event still reaches the plugin: nothing moved the cursor past it.
         let key = crate::journal::dedup::key_of(&[b"later"]);
-        let appended = journal.append(Box::new(record(11)), key, vec![p.clone()], None, false);
+        let appended = journal.append(Box::new(record(11)), key, vec![Arc::from("p")], None, false);
         assert_eq!(appended.await.unwrap(), Appended::New(11));
         assert_eq!(next(&mut consumer).await, 11);
         journal.flush().await;

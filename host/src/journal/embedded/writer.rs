@@ -34,7 +34,6 @@ use crate::journal::{
 };
 
 /// What the writer is asked to do.
-/// What the writer is asked to do.
 pub enum Command {
     /// Journal a new event for `plugins`, unless it is a duplicate.
     Append {
