@@ -50,9 +50,15 @@ fn a_token_learned_through_one_host_is_accepted_by_the_other_and_an_uninstall_re
 }
 
 /// On NATS the pair is stored before the log can tell a repeat: the stored pair's install key
-/// tells it (a repeat used to store its spent pair over the refreshed one).
+/// tells it (a repeat used to store its spent pair over the refreshed one), for an install of
+/// a configured portal and for one the host verified (whose own refresh token it spent).
 #[test]
 fn a_repeated_install_keeps_the_refreshed_pair_on_nats() {
     let Some(cluster) = cluster_or_skip("nats_auth_repeat", 3, Default::default()) else { return };
-    crate::tokens::a_repeated_install_keeps_the_refreshed_pair(&cluster.journal_toml(3, 1000));
+    for learning in [false, true] {
+        crate::tokens::a_repeated_install_keeps_the_refreshed_pair(
+            &cluster.journal_toml(3, 1000),
+            learning,
+        );
+    }
 }
