@@ -232,6 +232,8 @@ pub fn run(
                          write-ahead log holds; accepting events again"
                     );
                     bury_one_by_one(&database, std::mem::take(&mut behind.unwritten), &shared);
+                    // The error may have been damage that hides rows from every scan.
+                    shared.recheck();
                 }
                 Err(e) => {
                     let backoff = b.again(e.to_string());

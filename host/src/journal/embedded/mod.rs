@@ -90,6 +90,11 @@ pub struct Shared {
     trouble: Mutex<std::collections::BTreeMap<String, Trouble>>,
     /// Whether `trouble` holds anything (read on every append).
     troubled: AtomicBool,
+    /// Wakes the thread that looks for events no row holds ([`watch_unheld`]) before its
+    /// interval is up: the tables' thread reopened the file after an error.
+    recheck: Mutex<Option<mpsc::Sender<()>>>,
+    /// How many looks for events no row holds have ended (a test waits on it).
+    rechecked: AtomicU64,
 }
 
 /// What damage did to one plugin's pending rows, as `/readyz` says it.
@@ -245,6 +250,13 @@ impl Shared {
         self.troubled.store(true, Ordering::SeqCst);
     }
 
+    /// Asks for a look for events no row holds now ([`watch_unheld`]).
+    fn recheck(&self) {
+        if let Some(wake) = &*self.recheck.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = wake.send(());
+        }
+    }
+
     /// `plugin`'s consumer reads on again: its events are accepted again.
     fn unstuck(&self, plugin: &str) {
         if !self.troubled.load(Ordering::SeqCst) {
@@ -298,11 +310,33 @@ impl Shared {
     }
 }
 
-/// Looks once, at the start, for events that are not complete and that no row holds
-/// ([`store::unheld_events`]): a damaged page hid their rows from every scan without an error,
-/// so they would never be delivered, nor be dead letters. Each enabled plugin is marked
-/// damaged (`/readyz` says so, with an ERROR line): which of them the events were for is not
-/// known. `journal verify` names each event and `journal salvage` makes them dead letters.
+/// How often the host looks again for events no row holds ([`watch_unheld`]).
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Looks for events no row holds ([`check_unheld`]) at the start, after each reopen of the
+/// file after an error (`woken`), and every [`RECHECK_EVERY`]: damage that appears or spreads
+/// while the host runs is said within that time. Ends with the journal (`shared` gone).
+fn watch_unheld(slot: &Slot, shared: &std::sync::Weak<Shared>, woken: &mpsc::Receiver<()>) {
+    loop {
+        match shared.upgrade() {
+            Some(shared) if !shared.closed.load(Ordering::SeqCst) => {
+                check_unheld(slot, &shared);
+                shared.rechecked.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => return,
+        }
+        match woken.recv_timeout(RECHECK_EVERY) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Looks for events that are not complete and that no row holds ([`store::unheld_events`]):
+/// a damaged page hid their rows from every scan without an error, so they would never be
+/// delivered, nor be dead letters. Each enabled plugin is marked damaged (`/readyz` says so,
+/// with an ERROR line): which of them the events were for is not known. `journal verify`
+/// names each event and `journal salvage` makes them dead letters.
 fn check_unheld(slot: &Slot, shared: &Shared) {
     let Ok(database) = slot.get() else { return };
     let unheld =
@@ -468,10 +502,12 @@ impl Embedded {
         };
         if maintain {
             // Off the start's path: a file of a million events takes a second or so.
-            let (slot, shared) = (slot.clone(), shared.clone());
+            let (wake, woken) = mpsc::channel();
+            *shared.recheck.lock().unwrap_or_else(|p| p.into_inner()) = Some(wake);
+            let (slot, shared) = (slot.clone(), Arc::downgrade(&shared));
             let _ = std::thread::Builder::new()
                 .name("journal-check".into())
-                .spawn(move || check_unheld(&slot, &shared));
+                .spawn(move || watch_unheld(&slot, &shared, &woken));
         }
         Ok((Embedded { slot, commands, shared }, thread))
     }
@@ -1240,6 +1276,41 @@ mod tests {
             (257..=630).filter(|id| !got.contains(id) && !damaged.contains(id)).collect();
         assert!(missing.is_empty(), "{} events never delivered: {missing:?}", missing.len());
         assert!(!journal.damage().is_empty(), "the damage is named");
+        end(journal, consumer, writer).await;
+    }
+
+    /// Damage found while the host runs: a row that vanishes from the file after the start's
+    /// look is found at the next one (the tables' thread asks for one after each reopen).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_no_row_holds_later_are_found_when_the_tables_ask_for_a_look() {
+        let dir = tempfile::tempdir().unwrap();
+        ten_pending(dir.path(), |_| {});
+        let config = JournalConfig::default();
+        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
+        let consumer = journal.consumer("p");
+        let shared = journal.shared.clone();
+        let looked = |n: u64| {
+            let shared = shared.clone();
+            async move {
+                let started = std::time::Instant::now();
+                while shared.rechecked.load(Ordering::SeqCst) < n {
+                    assert!(started.elapsed() < std::time::Duration::from_secs(20), "no look");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        looked(1).await;
+        assert!(journal.damage().is_empty(), "a sound file: {:?}", journal.damage());
+        {
+            let database = journal.slot.get().unwrap();
+            let txn = database.begin_write().unwrap();
+            txn.open_table(store::PENDING).unwrap().remove(("p", 7)).unwrap();
+            txn.commit().unwrap();
+        }
+        journal.shared.recheck();
+        looked(2).await;
+        let damage = journal.damage();
+        assert!(damage.iter().any(|d| d.contains("event 7 is not complete")), "{damage:?}");
         end(journal, consumer, writer).await;
     }
 
