@@ -351,7 +351,9 @@ fn a_journal_truncated_by_half_or_by_4k_never_panics_and_loses_nothing_silently(
 /// each event that is not complete and that no row holds); 27 a damaged index that the host's
 /// own deletes spread until every search for the rows after event 256 went past 374 of them,
 /// the walk back too (the consumer now reads the table from its start when a gap's events are
-/// pending with no row a look-up finds; the journal is kept as a unit test's fixture).
+/// pending with no row a look-up finds; the journal is kept as a unit test's fixture); 47 an
+/// index the host's deletes spread until the seek for the next plugin name landed on the same
+/// name for ever, the tables' thread spinning and `journal dead` hanging (kept the same way).
 #[test]
 fn bit_flips_never_deliver_a_changed_event() {
     for seed in seeds(&[1, 2, 3, 4, 8, 11, 14, 22]) {

@@ -368,26 +368,7 @@ pub fn dead_page(database: &Database, query: &DeadQuery) -> Result<DeadPage, Sto
     let counted = store::guard("listing dead letters", || {
         let plugins: Vec<String> = match &query.plugin {
             Some(p) => vec![p.clone()],
-            None => {
-                let mut names = Vec::new();
-                let mut next: Option<String> = None;
-                // Distinct plugin names by skipping ahead: one seek per plugin.
-                loop {
-                    let mut range = match &next {
-                        None => db(table.iter())?,
-                        Some(after) => db(table.range::<(&str, u64)>((
-                            std::ops::Bound::Excluded((after.as_str(), u64::MAX)),
-                            std::ops::Bound::Unbounded,
-                        )))?,
-                    };
-                    let Some(row) = range.next() else { break };
-                    let (k, _) = db(row)?;
-                    let (p, _) = k.value();
-                    names.push(p.to_owned());
-                    next = Some(p.to_owned());
-                }
-                names
-            }
+            None => store::plugins_in(&table)?,
         };
         for plugin in &plugins {
             let p = plugin.as_str();

@@ -1191,6 +1191,14 @@ mod tests {
         delivery.await.expect("a delivery in time").expect("a delivery").id
     }
 
+    /// A damaged journal kept from an e2e run (gzipped, in `testdata/`), unpacked into `dir`.
+    fn unpack(packed: &[u8], dir: &Path) {
+        use std::io::Read as _;
+        let mut file = Vec::new();
+        flate2::read::GzDecoder::new(packed).read_to_end(&mut file).unwrap();
+        std::fs::write(dir.join(FILE_NAME), file).unwrap();
+    }
+
     /// A stopped journal in `dir` holding events 1..=10, each pending for plugin `p`, with
     /// `damage` done to it in the same transaction.
     fn ten_pending(dir: &Path, damage: impl FnOnce(&redb::WriteTransaction)) {
@@ -1247,12 +1255,8 @@ mod tests {
     /// read the table from its start: every event with a sound record is delivered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rows_every_search_goes_past_after_the_writes_spread_the_damage_are_delivered() {
-        use std::io::Read as _;
         let dir = tempfile::tempdir().unwrap();
-        let packed: &[u8] = include_bytes!("testdata/damage-seed-27.redb.gz");
-        let mut file = Vec::new();
-        flate2::read::GzDecoder::new(packed).read_to_end(&mut file).unwrap();
-        std::fs::write(dir.path().join(FILE_NAME), file).unwrap();
+        unpack(include_bytes!("testdata/damage-seed-27.redb.gz"), dir.path());
         let config = JournalConfig::default();
         let (journal, writer) =
             Embedded::open(dir.path(), &config, &["probe".into()], true).unwrap();
@@ -1311,6 +1315,43 @@ mod tests {
         looked(2).await;
         let damage = journal.damage();
         assert!(damage.iter().any(|d| d.contains("event 7 is not complete")), "{damage:?}");
+        end(journal, consumer, writer).await;
+    }
+
+    /// Damage seed 47's journal, kept from an e2e run: once the host's own deletes spread its
+    /// damage, the seek for the plugin names after `probe` landed among `probe`'s rows again,
+    /// so the tables' thread looked for the next name for ever (a whole core, and every read
+    /// of the admin face waiting behind it). Now the names are read without a seek then, the
+    /// writes go on, and the plugin is said stuck where its rows cannot be read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_index_that_sends_the_name_seek_back_does_not_spin_the_tables_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        unpack(include_bytes!("testdata/damage-seed-47.redb.gz"), dir.path());
+        let config = JournalConfig::default();
+        let (journal, writer) =
+            Embedded::open(dir.path(), &config, &["probe".into()], true).unwrap();
+        let mut consumer = journal.consumer("probe");
+        // Every event it can read, until it meets the damage and what it read before is done
+        // (buffered deliveries come at once): outcomes in batches as a runner's frames bring
+        // them, each batch applied on its own.
+        let (started, mut done) = (std::time::Instant::now(), 0);
+        loop {
+            assert!(started.elapsed() < std::time::Duration::from_secs(60), "no damage named");
+            let wait = std::time::Duration::from_millis(100);
+            match tokio::time::timeout(wait, consumer.next()).await {
+                Ok(Some(delivery)) => {
+                    consumer.reporter().complete(delivery.id);
+                    done += 1;
+                    if done % 32 == 0 {
+                        tokio::time::sleep(2 * apply::APPLY_EVERY).await;
+                    }
+                }
+                _ if !journal.damage().is_empty() => break,
+                _ => {}
+            }
+        }
+        let flushed = tokio::time::timeout(std::time::Duration::from_secs(20), journal.flush());
+        assert!(flushed.await.is_ok(), "the tables' thread never took the flush");
         end(journal, consumer, writer).await;
     }
 

@@ -1060,13 +1060,19 @@ pub fn unheld_events<D: ReadableDatabase>(database: &D) -> Result<Option<Vec<u64
     Ok(Some(unheld))
 }
 
-/// The plugin names that have rows in `table`, found by seeking past each name in turn.
+/// The plugin names that have rows in `table`, found by seeking past each name in turn. A
+/// damaged index can send a seek back among the names already found (damage seed 47: the
+/// same name for ever, and the tables' thread spinning); then the keys are read in order
+/// instead, without a seek.
 pub fn plugins_in<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
     table: &T,
 ) -> Result<Vec<String>, StoreError> {
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     let mut next = db(table.first())?.map(|(k, _)| k.value().0.to_owned());
     while let Some(name) = next {
+        if names.last().is_some_and(|last| *last >= name) {
+            return plugins_read_in(table);
+        }
         // The smallest key above every key of `name`.
         let after = format!("{name}\0");
         next = match db(table.range((after.as_str(), 0)..))?.next() {
@@ -1075,6 +1081,26 @@ pub fn plugins_in<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
         };
         names.push(name);
     }
+    Ok(names)
+}
+
+/// The most rows [`plugins_read_in`] reads: a damaged page that links back to an earlier one
+/// could make a read of the table go round for ever.
+const MAX_NAME_READ: usize = 50_000_000;
+
+/// [`plugins_in`] by reading every key in order (no seek).
+fn plugins_read_in<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    table: &T,
+) -> Result<Vec<String>, StoreError> {
+    let mut names: Vec<String> = Vec::new();
+    for row in db(table.iter())?.take(MAX_NAME_READ) {
+        let (key, _) = db(row)?;
+        let name = key.value().0;
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort_unstable();
     Ok(names)
 }
 
