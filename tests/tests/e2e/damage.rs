@@ -6,7 +6,8 @@
 //! appears); `journal salvage` recovers what is readable.
 //!
 //! The stocked journal is made once (events posted while the probe sleeps in its first call,
-//! then the host stopped) and copied for each attack.
+//! then the host stopped) and copied for each attack. `scripts/damage-seeds FROM TO` runs many
+//! seeds, one process (and one stock) each, keeping each failure's journal and log.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
