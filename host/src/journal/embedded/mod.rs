@@ -853,11 +853,10 @@ impl Consumer {
     /// (its checksum names another event), a row out of order or naming an id never handed
     /// out, moves the cursor nowhere (later rows are not skipped); rows a search through a
     /// damaged index page went past are found by walking back, or by reading the table from its
-    /// start (see [`store::scan_pending`])
-    /// and delivered; such damage may hide other rows, so the plugin is marked damaged
-    /// (`/readyz`). A scan that cannot read on, or that ends before the last row the writer
-    /// added for the plugin, marks it stuck: its new events are refused (503) until a scan gets
-    /// past.
+    /// start (see [`store::scan_pending`]), and delivered; such damage may hide other rows, so
+    /// the plugin is marked damaged (`/readyz`). A scan that cannot read on, or that ends
+    /// before the last row the writer added for the plugin, marks it stuck: its new events are
+    /// refused (503) until a scan gets past.
     fn fill(&mut self) -> Result<(), StoreError> {
         let database = match self.journal.slot.get() {
             Ok(database) => database,
@@ -1191,6 +1190,15 @@ mod tests {
         delivery.await.expect("a delivery in time").expect("a delivery").id
     }
 
+    /// The journal in `dir` opened as a host opens it, for the one plugin `plugin`, with that
+    /// plugin's consumer.
+    fn opened(dir: &Path, plugin: &str) -> (Embedded, std::thread::JoinHandle<()>, Consumer) {
+        let config = JournalConfig::default();
+        let (journal, writer) = Embedded::open(dir, &config, &[plugin.into()], true).unwrap();
+        let consumer = journal.consumer(plugin);
+        (journal, writer, consumer)
+    }
+
     /// A damaged journal kept from an e2e run (gzipped, in `testdata/`), unpacked into `dir`.
     fn unpack(packed: &[u8], dir: &Path) {
         use std::io::Read as _;
@@ -1226,9 +1234,7 @@ mod tests {
         ten_pending(dir.path(), |txn| {
             txn.open_table(store::PENDING).unwrap().remove(("p", 4)).unwrap();
         });
-        let config = JournalConfig::default();
-        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
-        let mut consumer = journal.consumer("p");
+        let (journal, writer, mut consumer) = opened(dir.path(), "p");
         let mut got = Vec::new();
         for _ in 0..9 {
             let id = next(&mut consumer).await;
@@ -1257,10 +1263,7 @@ mod tests {
     async fn rows_every_search_goes_past_after_the_writes_spread_the_damage_are_delivered() {
         let dir = tempfile::tempdir().unwrap();
         unpack(include_bytes!("testdata/damage-seed-27.redb.gz"), dir.path());
-        let config = JournalConfig::default();
-        let (journal, writer) =
-            Embedded::open(dir.path(), &config, &["probe".into()], true).unwrap();
-        let mut consumer = journal.consumer("probe");
+        let (journal, writer, mut consumer) = opened(dir.path(), "probe");
         let mut got = BTreeSet::new();
         // The first scan's rows, done and their rows deleted before the next scan.
         while got.len() < 256 {
@@ -1289,9 +1292,7 @@ mod tests {
     async fn events_no_row_holds_later_are_found_when_the_tables_ask_for_a_look() {
         let dir = tempfile::tempdir().unwrap();
         ten_pending(dir.path(), |_| {});
-        let config = JournalConfig::default();
-        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
-        let consumer = journal.consumer("p");
+        let (journal, writer, consumer) = opened(dir.path(), "p");
         let shared = journal.shared.clone();
         let looked = |n: u64| {
             let shared = shared.clone();
@@ -1327,10 +1328,7 @@ mod tests {
     async fn a_damaged_index_that_sends_the_name_seek_back_does_not_spin_the_tables_thread() {
         let dir = tempfile::tempdir().unwrap();
         unpack(include_bytes!("testdata/damage-seed-47.redb.gz"), dir.path());
-        let config = JournalConfig::default();
-        let (journal, writer) =
-            Embedded::open(dir.path(), &config, &["probe".into()], true).unwrap();
-        let mut consumer = journal.consumer("probe");
+        let (journal, writer, mut consumer) = opened(dir.path(), "probe");
         // Every event it can read, until it meets the damage and what it read before is done
         // (buffered deliveries come at once): outcomes in batches as a runner's frames bring
         // them, each batch applied on its own.
@@ -1372,9 +1370,7 @@ mod tests {
                     == Some(5)
             );
         });
-        let config = JournalConfig::default();
-        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
-        let mut consumer = journal.consumer("p");
+        let (journal, writer, mut consumer) = opened(dir.path(), "p");
         let mut got = Vec::new();
         for _ in 0..9 {
             got.push(next(&mut consumer).await);
@@ -1443,9 +1439,7 @@ mod tests {
         assert!(damaged > 0, "no index page of the pending table holds such a key");
         std::fs::write(&path, bytes).unwrap();
 
-        let config = JournalConfig::default();
-        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
-        let mut consumer = journal.consumer("p");
+        let (journal, writer, mut consumer) = opened(dir.path(), "p");
         let mut got = Vec::new();
         for _ in 0..events {
             got.push(next(&mut consumer).await);
@@ -1606,9 +1600,7 @@ mod tests {
     async fn a_tail_that_overflows_leaves_its_consumer_to_the_tables_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let p: Arc<str> = Arc::from("p");
-        let config = JournalConfig::default();
-        let (journal, writer) = Embedded::open(dir.path(), &config, &["p".into()], true).unwrap();
-        let mut consumer = journal.consumer("p");
+        let (journal, writer, mut consumer) = opened(dir.path(), "p");
         append_all(&journal, 1..=3, &p).await;
         let mut got = Vec::new();
         for _ in 0..3 {
