@@ -19,17 +19,23 @@ mod allocator {
     /// mimalloc's option numbers (v3 `mi_option_e`), for [`tune_allocator`].
     const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    /// How long a freed page stays with the process before it goes back to the OS (mimalloc's
+    /// own default).
+    const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
     /// Keeps the resident set close to what is in use: commit arena memory as it is used rather
-    /// than up front, and return freed pages to the OS at once rather than after a delay. Measured
-    /// under `bench/load.sh` point (4): peak RSS 67 -> 47 MiB, throughput unchanged. The options
-    /// must be set before the first allocation creates an arena, so this runs as an ELF
-    /// constructor ahead of the default-priority ones (mimalloc's own and Rust's start-up).
-    /// Environment variables (`MIMALLOC_*`) still win for anyone tuning by hand.
+    /// than up front (peak RSS under `bench/load.sh` point (4): 67 -> 47 MiB). Freed pages go
+    /// back to the OS after [`PURGE_DELAY_MS`], not at once: returning each page as it empties
+    /// cost 7-10% of the host's CPU at point (3) (an `madvise`, TLB shoot-downs on both cores,
+    /// and a page fault when the page is used again a moment later) for a few MiB of peak RSS
+    /// (point (4) in-process 61 -> 65 MiB). The options must be set before the first
+    /// allocation creates an arena, so this runs as an ELF constructor ahead of the
+    /// default-priority ones (mimalloc's own and Rust's start-up). Environment variables
+    /// (`MIMALLOC_*`) still win for anyone tuning by hand.
     extern "C" fn tune_allocator() {
         for (option, value, env) in [
             (MI_OPTION_ARENA_EAGER_COMMIT, 0, c"MIMALLOC_ARENA_EAGER_COMMIT"),
-            (MI_OPTION_PURGE_DELAY, 0, c"MIMALLOC_PURGE_DELAY"),
+            (MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS, c"MIMALLOC_PURGE_DELAY"),
         ] {
             // SAFETY: `getenv` with a NUL-terminated name, and a process-wide allocator option
             // set while the process is still single-threaded (constructors run before `main`).
