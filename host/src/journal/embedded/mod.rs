@@ -144,7 +144,9 @@ struct Tail {
     written: u64,
     /// The consumer that may take from the tail (each new consumer gets a new one).
     owner: u64,
-    entries: VecDeque<(u64, Arc<[u8]>)>,
+    /// The events as ingress made them: shared by every plugin's tail, never read back from
+    /// storage (a delivery from the tables unseals and checks the stored record).
+    entries: VecDeque<(u64, Arc<EventRecord>)>,
 }
 
 impl Shared {
@@ -186,12 +188,12 @@ impl Shared {
         plugins.entry(Arc::from(plugin)).or_default().clone()
     }
 
-    /// The log's thread wrote `entries` (durable now): each goes into the tail of each of its
-    /// plugins whose consumer keeps one, and that consumer is woken.
-    fn feed_tails(&self, entries: &[wal::Entry]) {
+    /// The log's thread wrote `entries` (durable now), made of `records` (one each, in the
+    /// same order): each record goes into the tail of each of its entry's plugins whose
+    /// consumer keeps one, and that consumer is woken.
+    fn feed_tails(&self, entries: &[wal::Entry], records: &[Arc<EventRecord>]) {
         let mut signals: Vec<(Arc<str>, Option<Arc<Signal>>)> = Vec::new();
-        for entry in entries {
-            let mut shared_bytes: Option<Arc<[u8]>> = None;
+        for (entry, record) in entries.iter().zip(records) {
             for plugin in &entry.plugins {
                 let signal = match signals.iter().find(|(p, _)| p == plugin) {
                     Some((_, signal)) => signal.clone(),
@@ -212,8 +214,7 @@ impl Shared {
                     tail.entries.clear();
                     continue;
                 }
-                let bytes = shared_bytes.get_or_insert_with(|| Arc::from(&entry.sealed[..]));
-                tail.entries.push_back((entry.id, bytes.clone()));
+                tail.entries.push_back((entry.id, record.clone()));
             }
         }
         for (_, signal) in signals {
@@ -1025,7 +1026,7 @@ impl Consumer {
     /// the tail begins, turning the tail on first if it is off; whether the tables need no
     /// reading now (the consumer is on the tail).
     fn take_tail(&mut self) -> bool {
-        let taken: Vec<(u64, Arc<[u8]>)> = {
+        let taken: Vec<(u64, Arc<EventRecord>)> = {
             let mut tail = self.signal.tail.lock().unwrap_or_else(|p| p.into_inner());
             if tail.owner != self.generation {
                 return false;
@@ -1044,13 +1045,15 @@ impl Consumer {
             }
             tail.entries.drain(..).collect()
         };
-        for (id, sealed) in taken {
+        for (id, record) in taken {
             if id <= self.cursor {
                 continue;
             }
             self.cursor = id;
-            let record = crate::journal::record::Sealed::unseal(id, &sealed[..]);
-            self.push(id, id, Ok(Pending::default()), record);
+            // The last plugin to take it gets the record itself; the others a copy (the body
+            // is shared), not a decode of the stored bytes.
+            let record = Arc::try_unwrap(record).unwrap_or_else(|shared| (*shared).clone());
+            self.push(id, id, Ok(Pending::default()), Ok(record));
         }
         true
     }

@@ -241,13 +241,14 @@ pub fn run(
                         &mut offline,
                     );
                     match logged {
-                        Ok(entries) if entries.is_empty() => {}
-                        Ok(entries) => {
+                        Ok((entries, _)) if entries.is_empty() => {}
+                        Ok((entries, records)) => {
                             if let Some(mark) = &mut mark {
                                 mark.note(next_id - 1);
                             }
                             // Consumers that keep up take them from their tails.
-                            shared.feed_tails(&entries);
+                            shared.feed_tails(&entries, &records);
+                            drop(records);
                             // The log holds them: if the tables' thread is gone (the host
                             // is ending), a restart replays them.
                             let _ = tables.send(Work::Entries(entries));
@@ -292,7 +293,8 @@ pub fn run(
 
 /// Journals a batch of appends: duplicates answered from the window, the rest numbered,
 /// written to the log and fsynced, then answered 200; the entries written come back, for the
-/// tables. A write that fails answers them all with the error (503) and returns why.
+/// tables, with their records, for the consumers' tails. A write that fails answers them all
+/// with the error (503) and returns why.
 fn log_appends(
     slot: &Slot,
     wal: &mut Wal,
@@ -301,9 +303,10 @@ fn log_appends(
     window: &mut Window,
     shared: &Shared,
     offline: &mut Vec<(DedupKey, u64)>,
-) -> Result<Vec<Entry>, String> {
+) -> Result<(Vec<Entry>, Vec<Arc<EventRecord>>), String> {
     let now = crate::journal::now_ms();
     let mut entries: Vec<Entry> = Vec::with_capacity(appends.len());
+    let mut records: Vec<Arc<EventRecord>> = Vec::with_capacity(appends.len());
     let mut replies = Vec::with_capacity(appends.len());
     for command in appends {
         let Command::Append { record, plugins, key, change, permanent, reply } = command else {
@@ -348,10 +351,11 @@ fn log_appends(
             change,
             offline_key: permanent.then_some(key),
         });
+        records.push(Arc::from(record));
         replies.push((reply, id, key));
     }
     if entries.is_empty() {
-        return Ok(entries);
+        return Ok((entries, records));
     }
     let started = Instant::now();
     let written = wal.append(&entries);
@@ -369,7 +373,7 @@ fn log_appends(
                 let _ = reply.send(Ok(Appended::New(id)));
             }
             offline.extend(entries.iter().filter_map(|e| Some((e.offline_key?, e.id))));
-            Ok(entries)
+            Ok((entries, records))
         }
         Err(e) => {
             tracing::error!("cannot write to the journal: {e}; events get 503 meanwhile");
