@@ -188,13 +188,13 @@ impl Shared {
         plugins.entry(Arc::from(plugin)).or_default().clone()
     }
 
-    /// The log's thread wrote `entries` (durable now), made of `records` (one each, in the
-    /// same order): each record goes into the tail of each of its entry's plugins whose
-    /// consumer keeps one, and that consumer is woken.
-    fn feed_tails(&self, entries: &[wal::Entry], records: &[Arc<EventRecord>]) {
+    /// The log's thread wrote events `entries` (id, plugins; durable now) made of `records`
+    /// (one each, in the same order): each record goes into the tail of each of its plugins
+    /// whose consumer keeps one, and that consumer is woken.
+    fn feed_tails(&self, entries: &[(u64, Vec<Arc<str>>)], records: &[Arc<EventRecord>]) {
         let mut signals: Vec<(Arc<str>, Option<Arc<Signal>>)> = Vec::new();
-        for (entry, record) in entries.iter().zip(records) {
-            for plugin in &entry.plugins {
+        for ((id, plugins), record) in entries.iter().zip(records) {
+            for plugin in plugins {
                 let signal = match signals.iter().find(|(p, _)| p == plugin) {
                     Some((_, signal)) => signal.clone(),
                     None => {
@@ -205,7 +205,7 @@ impl Shared {
                 };
                 let Some(signal) = signal else { continue };
                 let mut tail = signal.tail.lock().unwrap_or_else(|p| p.into_inner());
-                tail.written = tail.written.max(entry.id);
+                tail.written = tail.written.max(*id);
                 if !tail.on {
                     continue;
                 }
@@ -214,7 +214,7 @@ impl Shared {
                     tail.entries.clear();
                     continue;
                 }
-                tail.entries.push_back((entry.id, record.clone()));
+                tail.entries.push_back((*id, record.clone()));
             }
         }
         for (_, signal) in signals {
@@ -418,6 +418,10 @@ impl Slot {
 pub struct Embedded {
     slot: Arc<Slot>,
     commands: mpsc::Sender<Command>,
+    /// Straight to the tables' thread: the plugins' outcomes, which the log never holds, so
+    /// they do not wake or hold up the log's thread that every 200 waits for (see
+    /// [`Embedded::report`]).
+    tables: mpsc::Sender<apply::Work>,
     shared: Arc<Shared>,
 }
 
@@ -481,6 +485,7 @@ impl Embedded {
             maintain,
         };
         let (work, work_rx) = mpsc::channel();
+        let outcomes = work.clone();
         let tables = {
             let slot = slot.clone();
             let shared = shared.clone();
@@ -510,7 +515,7 @@ impl Embedded {
                 .name("journal-check".into())
                 .spawn(move || watch_unheld(&slot, &shared, &woken));
         }
-        Ok((Embedded { slot, commands, shared }, thread))
+        Ok((Embedded { slot, commands, tables: outcomes, shared }, thread))
     }
 
     /// Opens the journal of a stopped host for a `journal` command: [`StoreError::InUse`]
@@ -718,6 +723,15 @@ impl Embedded {
 
     fn send(&self, command: Command) -> Result<(), StoreError> {
         self.commands.send(command).map_err(|_| StoreError::Closed)
+    }
+
+    /// Hands a plugin's outcome (done, a retry's state, an attempt, a dead letter) to the
+    /// tables' thread directly. Its event is there before it: the log's thread hands each
+    /// batch to the tables before any consumer's tail gets it, and an event read from the
+    /// tables is there already. A command sent through the log's thread after it (a flush,
+    /// an operator's change) reaches the tables after it too.
+    fn report(&self, command: Command) {
+        let _ = self.tables.send(apply::Work::Command(command));
     }
 
     /// The consumer of `plugin`'s pending events. One per plugin.
@@ -1089,7 +1103,7 @@ impl Consumer {
                 self.journal.shared.damaged.fetch_add(1, Ordering::Relaxed);
                 let attempts = pending.map(|p| p.attempts).unwrap_or(0);
                 let letter = DeadLetter { reason, attempts, at_ms: now_ms() };
-                let _ = self.journal.send(Command::BuryDamaged(
+                self.journal.report(Command::BuryDamaged(
                     self.plugin.clone(),
                     id,
                     stored_under,
@@ -1144,22 +1158,22 @@ impl Reporter {
 
     /// The plugin finished event `id` (done or skipped).
     pub fn complete(&self, id: u64) {
-        let _ = self.journal.send(Command::Complete(self.plugin.clone(), id));
+        self.journal.report(Command::Complete(self.plugin.clone(), id));
     }
 
     /// An attempt failed; remember the attempt count and the next attempt's time.
     pub fn update(&self, id: u64, state: Pending) {
-        let _ = self.journal.send(Command::Update(self.plugin.clone(), id, state));
+        self.journal.report(Command::Update(self.plugin.clone(), id, state));
     }
 
     /// One attempt ended (console history).
     pub fn attempt(&self, id: u64, attempt: crate::journal::admin::Attempt) {
-        let _ = self.journal.send(Command::Attempt(self.plugin.clone(), id, Box::new(attempt)));
+        self.journal.report(Command::Attempt(self.plugin.clone(), id, Box::new(attempt)));
     }
 
     /// The plugin gave up on event `id`.
     pub fn bury(&self, id: u64, dead: DeadLetter) {
-        let _ = self.journal.send(Command::Bury(self.plugin.clone(), id, dead));
+        self.journal.report(Command::Bury(self.plugin.clone(), id, dead));
     }
 }
 

@@ -3,12 +3,15 @@
 //! with one `fdatasync` ([`super::wal`]); then their 200s go out. That is the only durable
 //! write an append waits for.
 //!
-//! Every command reaches this thread first, so that the tables' thread ([`super::apply`]),
-//! which gets the written entries and every other command from here, sees them in the order
-//! they came: a flush or a read after a 200 finds its event. This thread never waits for the
-//! tables: it recycles the log's segments behind their durable checkpoints, asks for a
-//! checkpoint when the log grows to [`CHECKPOINT_SEGMENTS`] segments, and refuses appends
-//! (503) while the tables cannot be written (see [`super::apply`]).
+//! Every command but the plugins' outcomes reaches this thread first, so that the tables'
+//! thread ([`super::apply`]), which gets the written entries and every other command from
+//! here, sees them in the order they came: a flush or a read after a 200 finds its event. The
+//! outcomes go to the tables' thread directly (`Embedded::report`); a batch is handed to the
+//! tables before the consumers' tails get it, so an outcome comes after its event. This
+//! thread never waits for the tables: it recycles the log's segments behind their durable
+//! checkpoints, asks for a checkpoint when the log grows to [`CHECKPOINT_SEGMENTS`]
+//! segments, and refuses appends (503) while the tables cannot be written (see
+//! [`super::apply`]).
 
 use std::{
     sync::{Arc, atomic::Ordering, mpsc},
@@ -246,12 +249,15 @@ pub fn run(
                             if let Some(mark) = &mut mark {
                                 mark.note(next_id - 1);
                             }
-                            // Consumers that keep up take them from their tails.
-                            shared.feed_tails(&entries, &records);
-                            drop(records);
+                            let fed: Vec<(u64, Vec<Arc<str>>)> =
+                                entries.iter().map(|e| (e.id, e.plugins.clone())).collect();
                             // The log holds them: if the tables' thread is gone (the host
-                            // is ending), a restart replays them.
+                            // is ending), a restart replays them. Handed over before any
+                            // consumer can take them, so that the outcomes, which go to the
+                            // tables' thread directly, come after them.
                             let _ = tables.send(Work::Entries(entries));
+                            // Consumers that keep up take them from their tails.
+                            shared.feed_tails(&fed, &records);
                         }
                         Err(reason) => {
                             shared.log_result(Some(format!("{reason} (retrying)")));
