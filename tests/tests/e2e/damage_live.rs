@@ -5,7 +5,7 @@
 //! and no changed event is delivered.
 //!
 //! The events are padded so that the journal outgrows the storage library's page cache
-//! (16 MiB): the backlog is read back from the damaged file, not from memory. Each seed lost
+//! (8 MiB): the backlog is read back from the damaged file, not from memory. Each seed lost
 //! acknowledged events without a word before the consumer checked what it reads (seeds 1-6:
 //! 10, 207, 208, 504, 504 and 6 events). `B24_DAMAGE_SEEDS=1,2,..` runs other seeds;
 //! `B24_DAMAGE_KEEP=DIR` keeps each seed's log and journal there.

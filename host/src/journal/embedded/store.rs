@@ -105,8 +105,11 @@ pub fn guard<T>(
 }
 
 /// redb's page cache. Its default (1 GiB) would let the cache grow with the journal; the hot
-/// part is the newest pages, which this holds many times over.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// part is the newest pages, which this holds many times over. It is most of the host's
+/// resident memory: at 16 MiB the peak at point (4) of `bench/load.sh` was 10 MiB higher with
+/// the same CPU an event and p99 (the prune's reads of the oldest pages miss at any size that
+/// does not hold the whole journal; BENCHMARKS.md, 2026-12-07 evening).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Opens (creating if needed) the journal at `path`, with every table present.
 pub fn open(path: &Path) -> Result<Database, StoreError> {
