@@ -198,6 +198,27 @@ impl HostDir {
         lines
     }
 
+    /// Waits until every id of `expected` is the `key` (a number) of a line of `file`, up to
+    /// `limit`; returns the ids still missing then. Waiting on distinct ids, not on a count of
+    /// lines: an event delivered again after a crash writes its line twice, and a count would
+    /// be reached before the last event's line is written.
+    pub fn wait_ids(
+        &self,
+        file: &str,
+        key: &str,
+        expected: &std::collections::BTreeSet<u64>,
+        limit: Duration,
+    ) -> Vec<u64> {
+        let mut missing = Vec::new();
+        eventually(limit, || {
+            let seen: std::collections::BTreeSet<u64> =
+                self.read_lines(file).iter().filter_map(|l| l[key].as_u64()).collect();
+            missing = expected.difference(&seen).copied().collect();
+            missing.is_empty()
+        });
+        missing
+    }
+
     /// Runs `b24-host ARGS` to completion in this folder.
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
         let mut command = Command::new(&built().host);

@@ -68,9 +68,7 @@ fn fault_is_quarantined(command: &str, host_keys: &str, reason: &str) {
     // audit-log received every event: the steady stream, the poison and the sentinel.
     let mut expected: BTreeSet<u64> = acked.iter().copied().collect();
     expected.extend([1, 2]);
-    let audit = dir.wait_lines("audit.jsonl", expected.len(), PATIENCE, |_| true);
-    let got: BTreeSet<u64> = audit.iter().filter_map(|l| l["field_id"].as_u64()).collect();
-    let missing: Vec<_> = expected.difference(&got).collect();
+    let missing = dir.wait_ids("audit.jsonl", "field_id", &expected, PATIENCE);
     assert!(missing.is_empty(), "audit-log is missing {} events: {missing:?}", missing.len());
 
     // The host says what happened to the runner.

@@ -184,7 +184,10 @@ fn a_live_reload_under_load_loses_nothing_and_a_broken_build_leaves_the_old_one_
     let rss_after = rss_kib(host.pid());
 
     let acked: BTreeSet<u64> = acked.lock().unwrap().iter().copied().collect();
-    let lines = dir.wait_lines("probe.jsonl", acked.len(), PATIENCE, |l| l["kind"] == "user_field");
+    let missing = dir.wait_ids("probe.jsonl", "field_id", &acked, PATIENCE);
+    assert!(missing.is_empty(), "events never reached the probe: {missing:?}");
+    let lines: Vec<_> =
+        dir.read_lines("probe.jsonl").into_iter().filter(|l| l["kind"] == "user_field").collect();
     let seen: BTreeSet<u64> = lines.iter().filter_map(|l| l["field_id"].as_u64()).collect();
     assert_eq!(seen, acked, "every acknowledged event reached one of the two versions");
     let versions: Vec<&str> = lines.iter().filter_map(|l| l["version"].as_str()).collect();
