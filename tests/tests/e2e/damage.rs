@@ -75,15 +75,27 @@ fn copy_of_stock() -> HostDir {
     let stock = stock();
     let dir = HostDir::new(&["probe"]);
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    for file in ["journal.redb", "journal.mark"] {
-        std::fs::copy(
-            stock.dir.path().join("state").join(file),
-            dir.path().join("state").join(file),
-        )
-        .unwrap();
-    }
+    copy_journal(&stock.dir, &dir);
     dir.write_config(&config(&["probe"], &probe("", "")));
     dir
+}
+
+/// Copies the journal of `from`'s state folder into `to`'s: the file, its mark, and the
+/// event files its rows point into (the attacks are on `journal.redb`).
+fn copy_journal(from: &HostDir, to: &HostDir) {
+    for file in ["journal.redb", "journal.mark"] {
+        std::fs::copy(from.path().join("state").join(file), to.path().join("state").join(file))
+            .unwrap();
+    }
+    let events = from.path().join("state/events");
+    if events.is_dir() {
+        std::fs::create_dir_all(to.path().join("state/events")).unwrap();
+        for file in std::fs::read_dir(&events).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), to.path().join("state/events").join(file.file_name()))
+                .unwrap();
+        }
+    }
 }
 
 /// What one attack came to.
@@ -399,15 +411,11 @@ fn damaged_entries_of_the_events_table_leave_salvage_and_the_dead_letters_whole(
     let dir = copy_of_stock();
     let path = journal_file(&dir);
     let mut bytes = std::fs::read(&path).unwrap();
-    for (&id, &field) in stock.posted.iter().filter(|(id, _)| [50, 60].contains(*id)) {
-        let marker = field_name(field);
+    for &id in stock.posted.keys().filter(|id| [50, 60].contains(*id)) {
         let mut damaged = 0;
-        let mut at = 0;
-        while let Some(found) =
-            bytes[at..].windows(marker.len()).position(|w| w == marker.as_bytes())
-        {
-            let page = (at + found) / 4096 * 4096;
-            at += found + marker.len();
+        // Every leaf with u64 keys holding the event's id: the events table's (its row points
+        // into the event files, or holds the record) and any older copy of it.
+        for page in (0..bytes.len().saturating_sub(4096)).step_by(4096) {
             // [1][_][entries u16][value ends u32..][keys u64..][values]
             let n = usize::from(u16::from_le_bytes([bytes[page + 2], bytes[page + 3]]));
             let keys = page + 4 + 4 * n;
@@ -489,10 +497,7 @@ fn salvage_reads_the_events_of_a_journal_the_storage_library_refuses_from_its_pa
     for (name, header_gone) in [("header zeroed", true), ("bit flips", false)] {
         let dir = HostDir::new(&["probe"]);
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
-        for file in ["journal.redb", "journal.mark"] {
-            let from = stock.dir.path().join("state").join(file);
-            std::fs::copy(from, dir.path().join("state").join(file)).unwrap();
-        }
+        copy_journal(&stock.dir, &dir);
         dir.write_config(&config(&["probe"], &probe("", "")));
         let path = journal_file(&dir);
         let mut bytes = std::fs::read(&path).unwrap();
