@@ -1389,6 +1389,10 @@ pub fn remove_unpointed_files(store: &Store, files: &mut records::Writer) {
     if let Ok(Some(below)) = checked {
         let removed = files.remove_below(below);
         if removed > 0 {
+            // Their space comes back once no descriptor holds them: the readers' go too.
+            if let Some(oldest) = files.files().next() {
+                store.files.forget_below(oldest);
+            }
             tracing::debug!(removed, "removed event files no event points into");
         }
     }
@@ -1537,6 +1541,15 @@ mod tests {
         }
         let left: Vec<u64> = store.writer.lock().unwrap().files().collect();
         assert_eq!(left, files[files.len() - 2..].to_vec());
+        // The reader let go of the removed files too (their space comes back).
+        let held = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.to_string_lossy().contains("(deleted)"))
+            .filter(|target| target.starts_with(dir.path()))
+            .count();
+        assert_eq!(held, 0, "descriptors of removed event files are still open");
         let on_disk = std::fs::read_dir(dir.path().join(records::DIR)).unwrap().count();
         assert_eq!(on_disk, 2);
         assert_eq!(ids_in(&store, EVENTS), (10..=100).step_by(10).collect::<Vec<_>>());
