@@ -452,6 +452,22 @@ impl Embedded {
                 });
             }
         };
+        // The event files the rows point into are part of the journal: a host refuses to start
+        // without them (a `journal` command reads on: each such record reads as missing).
+        if maintain {
+            let missing = store::guard("looking for the event files", || {
+                store::missing_event_files(&database)
+            })?;
+            if let Some(file) = missing.first() {
+                return Err(StoreError::Refused(format!(
+                    "{} is missing, but rows of {} point into it: the event files                      ({}) hold the records of the events the journal keeps. Restore {} and                      the event files together from a backup, or copy what is readable with                      `b24-host journal salvage --to NEW` (events whose records are gone become                      dead letters) and put NEW in its place",
+                    file.display(),
+                    path.display(),
+                    state_dir.join(records::DIR).display(),
+                    path.display(),
+                )));
+            }
+        }
         // The tables are brought up to the log: what it holds above their last checkpoint.
         let recovered = recover::replay(state_dir, &database)?;
         let stored = store::guard("reading the next id", || store::next_id(&database));

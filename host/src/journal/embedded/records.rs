@@ -392,6 +392,11 @@ impl Reader {
         Ok(file)
     }
 
+    /// The path of the file whose first id is `first_id`.
+    pub fn path_of(&self, first_id: u64) -> PathBuf {
+        self.dir.join(file_name(first_id))
+    }
+
     /// The payload (a sealed record) of event `id` at `at`.
     pub fn read(&self, at: Location, id: u64) -> Result<Vec<u8>, ReadError> {
         let damaged = |why| ReadError::Damaged { file: at.file, offset: at.offset, why };

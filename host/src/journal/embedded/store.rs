@@ -1361,6 +1361,29 @@ impl Tables<'_> {
     }
 }
 
+/// The event files that rows of the `events` table point into and that are not there: the
+/// files of its newest row and of the first row that points (among its first 10,000). A
+/// journal restored without its event files is refused at the start, like one cut short,
+/// rather than every event it keeps becoming a dead letter.
+pub fn missing_event_files(store: &Store) -> Result<Vec<std::path::PathBuf>, StoreError> {
+    let txn = db(store.database.begin_read())?;
+    let events = db(txn.open_table(EVENTS))?;
+    let mut wanted = std::collections::BTreeSet::new();
+    if let Some((k, v)) = db(events.last())?
+        && let Ok(Row::At(pointer)) = opened(k.value(), v.value())
+    {
+        wanted.insert(pointer.at.file);
+    }
+    for row in db(events.iter())?.take(10_000) {
+        let (k, v) = db(row)?;
+        if let Ok(Row::At(pointer)) = opened(k.value(), v.value()) {
+            wanted.insert(pointer.at.file);
+            break;
+        }
+    }
+    Ok(wanted.into_iter().map(|f| store.files.path_of(f)).filter(|p| !p.exists()).collect())
+}
+
 /// Deletes the oldest event files no row of the (durable, just committed) `events` table
 /// points into any more. Looks at a few files a call; the file being written stays.
 pub fn remove_unpointed_files(store: &Store, files: &mut records::Writer) {
