@@ -123,14 +123,27 @@ fn no_panic(what: &str, status: &std::process::ExitStatus, output: &str) {
     );
 }
 
-/// With `B24_DAMAGE_KEEP=DIR`, keeps the attacked journal (before anything opened it) and then
-/// the host's log there, named after the attack.
+/// With `B24_DAMAGE_KEEP=DIR`, keeps the attacked journal (before anything opened it: the file
+/// and its event files, `NAME.events/`) and then the host's log there, named after the attack.
 fn keep(name: &str, log: Option<&str>, dir: &HostDir) {
     let Ok(keep) = std::env::var("B24_DAMAGE_KEEP") else { return };
     let name = name.replace(' ', "-");
     match log {
         Some(log) => drop(std::fs::write(format!("{keep}/{name}.log"), log)),
-        None => drop(std::fs::copy(journal_file(dir), format!("{keep}/{name}.redb"))),
+        None => {
+            drop(std::fs::copy(journal_file(dir), format!("{keep}/{name}.redb")));
+            let events = format!("{keep}/{name}.events");
+            if std::fs::create_dir_all(&events).is_ok() {
+                for file in std::fs::read_dir(dir.path().join("state/events")).into_iter().flatten()
+                {
+                    let Ok(file) = file else { continue };
+                    drop(std::fs::copy(
+                        file.path(),
+                        format!("{events}/{}", file.file_name().display()),
+                    ));
+                }
+            }
+        }
     }
 }
 
