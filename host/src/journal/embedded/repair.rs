@@ -311,8 +311,9 @@ fn read_file(
             });
             if let Ok(database) = read_only {
                 report.notes.push(format!("read-only open failed ({first}); read a padded copy"));
-                let readable = scan(&database, &copy.0, &files, &mut report);
+                let mut readable = scan(&database, &copy.0, &files, &mut report);
                 drop(database);
+                from_event_files(state_dir, &mut readable, &mut report);
                 return Ok((readable, report));
             }
             let repaired = store::guard("opening a copy of the journal", || {
@@ -345,7 +346,64 @@ fn read_file(
             }
         }
     };
+    let mut readable = readable;
+    from_event_files(state_dir, &mut readable, &mut report);
     Ok((readable, report))
+}
+
+/// The event id of a problem about a row: `pending row (PLUGIN, ID): ...`.
+fn after_id(problem: &str) -> Option<u64> {
+    let (_, rest) = problem.split_once(", ")?;
+    rest.split(')').next()?.parse().ok()
+}
+
+/// Reads from the event files the records of events a pending row or a dead letter names and
+/// the file's tables did not give (a damaged leaf of the `events` table can take a hundred
+/// rows with it; the records themselves are sound in the files): each frame proves itself by
+/// its CRC, the id it names and the record's own checksum.
+fn from_event_files(state_dir: &Path, readable: &mut Readable, report: &mut RepairReport) {
+    let have: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
+    let wanted: std::collections::BTreeSet<u64> = readable
+        .pending
+        .iter()
+        .map(|(_, id, _)| *id)
+        .chain(readable.dead.iter().map(|(_, id, _)| *id))
+        .filter(|id| !have.contains(id))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let found = match records::scan(state_dir) {
+        Ok((found, _)) => found,
+        Err(e) => {
+            report.problems.push(format!("the event files cannot be read: {e}"));
+            return;
+        }
+    };
+    let mut added = std::collections::HashSet::new();
+    for frame in found {
+        if !wanted.contains(&frame.id) || added.contains(&frame.id) {
+            continue;
+        }
+        if let Ok(record) = EventRecord::unseal(frame.id, &frame.payload) {
+            readable.events.push((frame.id, record));
+            report.events.readable += 1;
+            added.insert(frame.id);
+        }
+    }
+    if !added.is_empty() {
+        // Their rows' earlier "its event is damaged or missing" no longer holds.
+        report.problems.retain(|p| {
+            !(p.ends_with("its event is damaged or missing")
+                && after_id(p).is_some_and(|id| added.contains(&id)))
+        });
+        let added = added.len();
+        readable.events.sort_by_key(|(id, _)| *id);
+        report.notes.push(format!(
+            "{added} events that rows name and the file's tables did not give were read from \
+             the event files"
+        ));
+    }
 }
 
 /// Reads what the storage library cannot open by scanning its pages (see [`raw`]).
