@@ -1,10 +1,8 @@
-//! The event files (`state_dir/events/<first id>.rec`): where the tables' thread keeps each
-//! journaled event's record, the `events` table holding a small row that points here instead
-//! of the record itself (issue 23, part 3: the tables behind the log hold the pending rows,
-//! dead letters, attempts and tokens; a B-tree that stores and prunes a record an event was
-//! most of the tables' cost, BENCHMARKS.md). `store::Store` reads through the rows; a file
-//! goes once no row points into it (`store::remove_unpointed_files`), the records plugins
-//! still hold copied into the table first (`Tables::copy_forward`).
+//! The event files (`state_dir/events/<first id>.rec`): where the tables' thread is to keep
+//! each journaled event's record, so that the `events` table can hold a small row that points
+//! here instead of the record itself (issue 23, part 3: the tables behind the log hold the
+//! pending rows, dead letters, attempts and tokens; a B-tree that stores and prunes a record
+//! an event is most of the tables' cost, BENCHMARKS.md). Not wired in yet.
 //!
 //! Why files of their own and not the write-ahead log's segments kept longer: the log reuses
 //! its segments as spares, so that its `fdatasync` (what the 200 waits for) never pays for
@@ -209,8 +207,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// The event files of `state_dir`; the first append starts a new file (and creates the
-    /// folder if it is missing: opening creates nothing).
+    /// The event files of `state_dir` (the folder is created if missing); the first append
+    /// starts a new file.
     pub fn open(state_dir: &Path) -> Result<Writer, StoreError> {
         Writer::open_with(state_dir, FILE_BYTES)
     }
@@ -218,16 +216,12 @@ impl Writer {
     /// [`Writer::open`] with files of `file_bytes` (tests).
     pub fn open_with(state_dir: &Path, file_bytes: u64) -> Result<Writer, StoreError> {
         let dir = state_dir.join(DIR);
-        let listed = list(&dir)?;
-        // A writer of this process before (the file reopened after a storage error) may have
-        // left frames written and not synced, that rows it committed point at: the checkpoints
-        // from now on sync this writer's file, so that one is synced here.
-        if let Some((_, newest)) = listed.last() {
-            File::open(newest)
-                .and_then(|f| f.sync_data())
-                .map_err(|e| storage("sync", newest, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| storage("create", &dir, e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         }
-        let files = listed.into_iter().map(|(id, _)| id).collect();
+        let files = list(&dir)?.into_iter().map(|(id, _)| id).collect();
         Ok(Writer { dir, file_bytes, current: None, files, buf: Vec::new() })
     }
 
@@ -305,11 +299,6 @@ impl Writer {
     fn roll(&mut self, first_id: u64) -> Result<(), StoreError> {
         self.sync()?;
         self.current = None;
-        std::fs::create_dir_all(&self.dir).map_err(|e| storage("create", &self.dir, e))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
-        }
         let path = self.dir.join(file_name(first_id));
         let file = OpenOptions::new()
             .read(true)
@@ -390,11 +379,6 @@ impl Reader {
         };
         open.insert(first_id, file.clone());
         Ok(file)
-    }
-
-    /// The path of the file whose first id is `first_id`.
-    pub fn path_of(&self, first_id: u64) -> PathBuf {
-        self.dir.join(file_name(first_id))
     }
 
     /// The payload (a sealed record) of event `id` at `at`.
