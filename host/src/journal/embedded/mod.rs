@@ -12,8 +12,6 @@
 //!   empty or cut short is refused rather than started empty.
 //! - [`wal`]: the write-ahead log, the one durable write an append waits for; the tables
 //!   follow behind it and are brought up to it when the journal is opened ([`recover`]).
-//! - [`records`]: the event files, where the tables' thread is to keep the events' records
-//!   (written and read back by location, deleted whole); not wired in yet.
 //!
 //! [`Embedded`], [`Consumer`], [`Reporter`] and [`Stopper`] are what the journal's face
 //! (`journal::Journal` and its namesakes) dispatch to.
@@ -24,7 +22,6 @@ pub mod apply;
 mod damage;
 pub mod mark;
 pub mod raw;
-pub mod records;
 pub mod recover;
 pub mod repair;
 mod retry;
