@@ -32,7 +32,19 @@ impl Sealed for EventRecord {
     /// Only the metadata of the record stored under event `id`, checked against its checksum
     /// (the body is not copied): what a listing needs.
     fn unseal_meta(id: u64, stored: &[u8]) -> Result<EventMeta, Damage> {
+        meta_of(checksum::unseal(&checksum::event_key(id), stored)?)
+    }
+
+    /// The record stored under event `id`, checked against its checksum.
+    fn unseal(id: u64, stored: &[u8]) -> Result<Self, Damage> {
         let body = checksum::unseal(&checksum::event_key(id), stored)?;
+        EventRecord::decode(body).ok_or(Damage::Unreadable)
+    }
+}
+
+/// The metadata of an unsealed record's `body` (the body is not copied).
+pub fn meta_of(body: &[u8]) -> Result<EventMeta, Damage> {
+    {
         let len = body
             .get(..4)
             .and_then(|b| b.try_into().ok())
@@ -40,12 +52,6 @@ impl Sealed for EventRecord {
             .ok_or(Damage::Unreadable)?;
         let meta = body.get(4..4 + len).ok_or(Damage::Unreadable)?;
         serde_json::from_slice(meta).map_err(|_| Damage::Unreadable)
-    }
-
-    /// The record stored under event `id`, checked against its checksum.
-    fn unseal(id: u64, stored: &[u8]) -> Result<Self, Damage> {
-        let body = checksum::unseal(&checksum::event_key(id), stored)?;
-        EventRecord::decode(body).ok_or(Damage::Unreadable)
     }
 }
 

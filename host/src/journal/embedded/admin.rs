@@ -3,7 +3,6 @@
 //! [`crate::journal::admin`]), and replay, purge and skip as operations the writer runs in its
 //! next transaction.
 
-use crate::journal::record::Sealed as _;
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
@@ -42,7 +41,7 @@ pub fn skip(plugin: String, ids: Vec<u64>) -> AdminOp {
     })
 }
 
-fn record(database: &Database, id: u64) -> Result<Option<EventRecord>, StoreError> {
+fn record(database: &store::Store, id: u64) -> Result<Option<EventRecord>, StoreError> {
     Ok(store::event(database, id)?.and_then(Result::ok))
 }
 
@@ -83,8 +82,8 @@ pub fn stats(database: &Database, enabled: &[String]) -> Result<Stats, StoreErro
         }
         if stats.backlog == 1 {
             let received = db(events_table.get(id))?
-                .and_then(|v| EventRecord::unseal(id, v.value()).ok())
-                .map(|r| r.meta.received_at_ms);
+                .and_then(|v| store::received_and_key(id, v.value()).ok())
+                .map(|(at, _)| at);
             stats.oldest_pending_age_ms = received.map(|at| now - at);
         }
     }
@@ -168,8 +167,8 @@ fn first_received_at<T: ReadableTable<u64, &'static [u8]>>(
         let found = match db(events.range(mid..hi))?.next() {
             Some(row) => {
                 let (k, v) = db(row)?;
-                let at = EventRecord::unseal_meta(k.value(), v.value())
-                    .map_or(i64::MAX, |m| m.received_at_ms);
+                let at =
+                    store::received_and_key(k.value(), v.value()).map_or(i64::MAX, |(at, _)| at);
                 Some((k.value(), at))
             }
             None => None,
@@ -190,7 +189,7 @@ fn first_received_at<T: ReadableTable<u64, &'static [u8]>>(
 /// most `scan_limit` events. Ids grow with time, so the first event older than `since_ms`
 /// ends the listing. Damaged records are left out (`journal verify` reports them).
 fn scan(
-    database: &Database,
+    database: &store::Store,
     query: &Query,
     limit: usize,
     scan_limit: u64,
@@ -217,7 +216,7 @@ fn scan(
         let mut chunk = Vec::with_capacity(CHUNK);
         for row in db(events.range(..cursor))?.rev().take(CHUNK) {
             let (k, v) = db(row)?;
-            chunk.push((k.value(), EventRecord::unseal_meta(k.value(), v.value())));
+            chunk.push((k.value(), database.meta(k.value(), v.value())));
         }
         let (Some(&(hi, _)), Some(&(lo, _))) = (chunk.first(), chunk.last()) else {
             return Ok(Page { events: out, next_before: None });
@@ -257,13 +256,13 @@ pub const QUERY_TIME_BUDGET: Duration = Duration::from_millis(50);
 /// One page of a filtered listing (the console's events page): see [`Query`]; a `limit` of 0
 /// lists 50, more than [`MAX_PAGE`] lists that many. The scan also stops after
 /// [`QUERY_TIME_BUDGET`].
-pub fn query(database: &Database, query: &Query) -> Result<Page, StoreError> {
+pub fn query(database: &store::Store, query: &Query) -> Result<Page, StoreError> {
     let limit = if query.limit == 0 { 50 } else { query.limit.min(MAX_PAGE) };
     scan(database, query, limit, QUERY_SCAN_LIMIT, Some(Instant::now() + QUERY_TIME_BUDGET))
 }
 
 /// The newest `limit` events, newest first.
-pub fn list(database: &Database, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
+pub fn list(database: &store::Store, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -272,7 +271,7 @@ pub fn list(database: &Database, limit: usize) -> Result<Vec<EventSummary>, Stor
 
 /// Event `id` in detail, if there is one: its record, its own rows (one look-up per plugin
 /// holding any row) and its attempts (one range): never a scan of the tables.
-pub fn show(database: &Database, id: u64) -> Result<Option<EventDetail>, StoreError> {
+pub fn show(database: &store::Store, id: u64) -> Result<Option<EventDetail>, StoreError> {
     let Some(record) = record(database, id)? else { return Ok(None) };
     let txn = db(database.begin_read())?;
     let pending = db(txn.open_table(PENDING))?;
@@ -310,9 +309,13 @@ pub fn show(database: &Database, id: u64) -> Result<Option<EventDetail>, StoreEr
 /// missing or damaged. Read apart from the listing: a record damaged so that the storage
 /// library fails on it (often the very reason its event is a dead letter) ended the listing
 /// there, and the letters after it were not shown.
-fn code_and_member(events: &redb::ReadOnlyTable<u64, &'static [u8]>, id: u64) -> (String, String) {
+fn code_and_member(
+    database: &store::Store,
+    events: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    id: u64,
+) -> (String, String) {
     store::guard("reading a dead letter's event record", || {
-        Ok(db(events.get(id))?.and_then(|v| EventRecord::unseal_meta(id, v.value()).ok()))
+        Ok(db(events.get(id))?.and_then(|v| database.meta(id, v.value()).ok()))
     })
     .ok()
     .flatten()
@@ -322,7 +325,7 @@ fn code_and_member(events: &redb::ReadOnlyTable<u64, &'static [u8]>, id: u64) ->
 
 /// Dead letters, of `plugin` only when given, by event id: the dead table (one plugin's range
 /// when given) and each letter's event record, nothing else.
-pub fn dead(database: &Database, plugin: Option<&str>) -> Result<Vec<DeadRow>, StoreError> {
+pub fn dead(database: &store::Store, plugin: Option<&str>) -> Result<Vec<DeadRow>, StoreError> {
     let txn = db(database.begin_read())?;
     let table = db(txn.open_table(DEAD))?;
     let events = db(txn.open_table(EVENTS))?;
@@ -339,7 +342,7 @@ pub fn dead(database: &Database, plugin: Option<&str>) -> Result<Vec<DeadRow>, S
                 let letter: DeadLetter = unseal_row(p, id, v.value()).unwrap_or_else(|e| {
                     DeadLetter { reason: format!("dead letter {e}"), attempts: 0, at_ms: 0 }
                 });
-                let (code, member_id) = code_and_member(&events, id);
+                let (code, member_id) = code_and_member(database, &events, id);
                 out.push(DeadRow { plugin: p.to_owned(), id, code, member_id, dead: letter });
             }
             Ok(())
@@ -356,7 +359,7 @@ pub fn dead(database: &Database, plugin: Option<&str>) -> Result<Vec<DeadRow>, S
 /// One page of dead letters, newest event first: per plugin a backward range read of its keys
 /// below `before_id`, merged; the count reads keys and values (no event) of every letter of
 /// the plugin(s), which is what lets the console show it before an action runs.
-pub fn dead_page(database: &Database, query: &DeadQuery) -> Result<DeadPage, StoreError> {
+pub fn dead_page(database: &store::Store, query: &DeadQuery) -> Result<DeadPage, StoreError> {
     let txn = db(database.begin_read())?;
     let table = db(txn.open_table(DEAD))?;
     let events = db(txn.open_table(EVENTS))?;
@@ -400,7 +403,7 @@ pub fn dead_page(database: &Database, query: &DeadQuery) -> Result<DeadPage, Sto
     let next_before = cut_page(&mut candidates, limit, |c| c.0);
     let mut rows = Vec::with_capacity(candidates.len());
     for (id, plugin, dead) in candidates {
-        let (code, member_id) = code_and_member(&events, id);
+        let (code, member_id) = code_and_member(database, &events, id);
         rows.push(DeadRow { plugin, id, code, member_id, dead });
     }
     Ok(DeadPage { rows, next_before, total })

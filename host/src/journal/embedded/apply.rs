@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redb::{Database, Durability};
+use redb::Durability;
 use tokio::sync::oneshot;
 
 use super::{
@@ -487,12 +487,15 @@ fn apply_waiting(
 }
 
 /// One prune round; whether it had more to delete than one round may.
-fn prune(database: &Database, settings: &Settings) -> bool {
+fn prune(database: &store::Store, settings: &Settings) -> bool {
     let result = store::guard("pruning the journal", || {
         let mut txn = db(database.begin_write())?;
         let _ = txn.set_durability(Durability::None);
         let now = crate::journal::now_ms();
         let pruned = store::prune(&txn, now, settings.keep_for_ms, settings.keep_max, PRUNE_BATCH)?;
+        let firsts: Vec<u64> =
+            database.writer.lock().unwrap_or_else(|p| p.into_inner()).files().collect();
+        store::Tables::open(&txn)?.copy_forward(&database.files, &firsts, PRUNE_BATCH)?;
         db(txn.commit())?;
         Ok::<_, StoreError>(pruned.deleted)
     });
@@ -541,7 +544,7 @@ impl Burial {
 /// whose pending row cannot be removed (its page is damaged) is written as a letter alone. One
 /// that cannot be written at all leaves its event undeliverable and unaccounted: the plugin is
 /// marked so (`/readyz` names it).
-fn bury_one_by_one(database: &Database, burials: Vec<Burial>, shared: &Shared) {
+fn bury_one_by_one(database: &redb::Database, burials: Vec<Burial>, shared: &Shared) {
     for burial in burials {
         let Burial { plugin, id, stored_under, letter } = &burial;
         let whole = store::guard("writing a dead letter", || {
@@ -593,7 +596,7 @@ enum Reply {
 /// written if it could not (the file then needs reopening), and whether it was durable.
 #[allow(clippy::too_many_arguments)]
 fn write_batch(
-    database: &Database,
+    database: &store::Store,
     entries: &[Entry],
     batch: Vec<Command>,
     next_id: u64,
@@ -622,12 +625,14 @@ fn write_batch(
     let mut failure: Option<StoreError> = None;
     let done = done_in_batch(entries, &batch);
     let mut attempted: HashSet<(u64, Arc<str>)> = HashSet::new();
+    let mut files = database.writer.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(last) = entries.last() {
         match store::Tables::open(&txn) {
             Err(e) => {
                 failure.get_or_insert(e);
             }
-            Ok(mut tables) => {
+            Ok(tables) => {
+                let mut tables = tables.with_files(&mut files);
                 for entry in entries {
                     let result = if done.is_empty() {
                         insert_entry(&mut tables, entry)
@@ -703,11 +708,27 @@ fn write_batch(
                     Ok(n) => pruned = Some(n.deleted),
                     Err(e) => tracing::warn!("pruning the journal failed: {e}"),
                 }
+                let firsts: Vec<u64> = files.files().collect();
+                match tables.copy_forward(&database.files, &firsts, budget) {
+                    Ok(0) => {}
+                    Ok(copied) => {
+                        tracing::debug!(copied, "records copied out of an old event file")
+                    }
+                    Err(e) => {
+                        tracing::warn!("copying records out of an old event file failed: {e}")
+                    }
+                }
             }
         }
     }
     if durable_flush(&replies) {
         durable = true;
+    }
+    // The records the new rows point at: readable once the rows are, durable before they are.
+    if failure.is_none()
+        && let Err(e) = if durable { files.sync() } else { files.flush() }
+    {
+        failure = Some(e);
     }
     if !durable {
         let _ = txn.set_durability(Durability::None);
@@ -767,6 +788,11 @@ fn write_batch(
             }
         }
     }
+    // Event files no durable row points into any more go.
+    if durable && committed.is_ok() {
+        store::remove_unpointed_files(database, &mut files);
+    }
+    drop(files);
     if committed.is_ok() {
         for (plugin, id) in &woken {
             shared.appended(plugin, *id);
@@ -791,7 +817,7 @@ fn insert_entry_for(
     entry: &Entry,
     plugins: &[Arc<str>],
 ) -> Result<(), StoreError> {
-    tables.insert_sealed(entry.id, &entry.sealed, plugins)?;
+    tables.insert_sealed(entry.id, &entry.sealed, plugins, entry.offline_key)?;
     if let Some(change) = &entry.change {
         tables.change_portal(change)?;
     }

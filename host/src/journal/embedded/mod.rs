@@ -12,6 +12,8 @@
 //!   empty or cut short is refused rather than started empty.
 //! - [`wal`]: the write-ahead log, the one durable write an append waits for; the tables
 //!   follow behind it and are brought up to it when the journal is opened ([`recover`]).
+//! - [`records`]: the event files, where the tables' thread keeps the events' records
+//!   (written and read back by location, deleted whole); the `events` table points there.
 //!
 //! [`Embedded`], [`Consumer`], [`Reporter`] and [`Stopper`] are what the journal's face
 //! (`journal::Journal` and its namesakes) dispatch to.
@@ -22,6 +24,7 @@ pub mod apply;
 mod damage;
 pub mod mark;
 pub mod raw;
+pub mod records;
 pub mod recover;
 pub mod repair;
 mod retry;
@@ -41,7 +44,6 @@ use std::{
 };
 
 use b24_plugin_api::Secret;
-use redb::Database;
 use tokio::sync::{Notify, oneshot};
 
 use super::{
@@ -341,7 +343,7 @@ fn watch_unheld(slot: &Slot, shared: &std::sync::Weak<Shared>, woken: &mpsc::Rec
 fn check_unheld(slot: &Slot, shared: &Shared) {
     let Ok(database) = slot.get() else { return };
     let unheld =
-        store::guard("checking which events rows hold", || store::unheld_events(&*database));
+        store::guard("checking which events rows hold", || store::unheld_events(&**database));
     drop(database);
     let Ok(Some(unheld)) = unheld else { return };
     let (Some(first), Some(last)) = (unheld.first(), unheld.last()) else { return };
@@ -366,12 +368,12 @@ fn check_unheld(slot: &Slot, shared: &Shared) {
 /// cannot be, reads fail too.
 pub struct Slot {
     path: PathBuf,
-    pub(super) current: std::sync::RwLock<Option<Arc<Database>>>,
+    pub(super) current: std::sync::RwLock<Option<Arc<store::Store>>>,
 }
 
 impl Slot {
     /// The open database.
-    pub fn get(&self) -> Result<Arc<Database>, StoreError> {
+    pub fn get(&self) -> Result<Arc<store::Store>, StoreError> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
             StoreError::Storage("the journal is being reopened after a storage error".into())
         })
@@ -379,7 +381,7 @@ impl Slot {
 
     /// Closes the file and opens it again. Waits (up to a second) for readers to let go of
     /// the old handle, whose file lock would refuse the new one.
-    fn reopen(&self) -> Result<Arc<Database>, StoreError> {
+    fn reopen(&self) -> Result<Arc<store::Store>, StoreError> {
         let old = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut old) = old {
             let started = std::time::Instant::now();
@@ -450,6 +452,22 @@ impl Embedded {
                 });
             }
         };
+        // The event files the rows point into are part of the journal: a host refuses to start
+        // without them (a `journal` command reads on: each such record reads as missing).
+        if maintain {
+            let missing = store::guard("looking for the event files", || {
+                store::missing_event_files(&database)
+            })?;
+            if let Some(file) = missing.first() {
+                return Err(StoreError::Refused(format!(
+                    "{} is missing, but rows of {} point into it: the event files                      ({}) hold the records of the events the journal keeps. Restore {} and                      the event files together from a backup, or copy what is readable with                      `b24-host journal salvage --to NEW` (events whose records are gone become                      dead letters) and put NEW in its place",
+                    file.display(),
+                    path.display(),
+                    state_dir.join(records::DIR).display(),
+                    path.display(),
+                )));
+            }
+        }
         // The tables are brought up to the log: what it holds above their last checkpoint.
         let recovered = recover::replay(state_dir, &database)?;
         let stored = store::guard("reading the next id", || store::next_id(&database));
@@ -625,7 +643,7 @@ impl Embedded {
     /// Runs a read on a blocking thread.
     async fn read<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        read: impl FnOnce(&store::Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         // Appends answered 200 may still wait for the tables: let the writer apply them first.
         let (reply, applied) = oneshot::channel();
@@ -1604,7 +1622,7 @@ mod tests {
             assert_eq!(kept["p"].len(), 1, "event {id}: {kept:?}");
             assert_eq!((kept["p"][0].n, kept["p"][0].outcome.as_str()), (1, "done"));
         }
-        let txn = redb::ReadableDatabase::begin_read(&*database).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&**database).unwrap();
         let completed = txn.open_table(store::COMPLETED).unwrap();
         assert_eq!(redb::ReadableTableMetadata::len(&completed).unwrap(), 100, "all complete");
         drop((txn, database));

@@ -86,8 +86,12 @@ struct Seen {
     leaves: usize,
 }
 
-/// Scans `file` (the whole journal file's bytes).
-pub fn scan(file: &[u8]) -> Found {
+/// Reads the record an `events` row that points into the event files points at (id, row).
+pub type Pointed<'a> = dyn Fn(u64, &[u8]) -> Option<EventRecord> + 'a;
+
+/// Scans `file` (the whole journal file's bytes); `pointed` reads the records of rows that
+/// point into the event files.
+pub fn scan(file: &[u8], pointed: &Pointed<'_>) -> Found {
     let mut seen = Seen { next_id: 1, ..Seen::default() };
     for at in (0..file.len()).step_by(PAGE) {
         let page = &file[at..];
@@ -96,7 +100,7 @@ pub fn scan(file: &[u8]) -> Found {
         }
         let mut kept = false;
         if let Some(entries) = leaf(page, Some(8), None) {
-            kept |= fixed_keys(&entries, &mut seen);
+            kept |= fixed_keys(&entries, pointed, &mut seen);
         }
         if let Some(entries) = leaf(page, None, None) {
             kept |= variable_keys(&entries, &mut seen);
@@ -161,7 +165,7 @@ fn leaf(
 }
 
 /// Entries under u64 keys: event records and the index of complete events.
-fn fixed_keys(entries: &[(&[u8], &[u8])], seen: &mut Seen) -> bool {
+fn fixed_keys(entries: &[(&[u8], &[u8])], pointed: &Pointed<'_>, seen: &mut Seen) -> bool {
     let mut kept = false;
     for (key, value) in entries {
         // Only sealed values prove themselves (an unsealed one would be read unchecked).
@@ -174,6 +178,13 @@ fn fixed_keys(entries: &[(&[u8], &[u8])], seen: &mut Seen) -> bool {
             checksum::matching_id(value, key, |id| checksum::event_key(id).to_vec()).unwrap_or(key);
         if let Ok(record) = EventRecord::unseal(id, value) {
             seen.events.entry(id).or_insert(record);
+            kept = true;
+        } else if let Ok(super::store::Row::At(_)) = super::store::opened(id, value) {
+            // A row pointing into the event files: sound, whether or not the record it points
+            // at can be read there.
+            if let Some(record) = pointed(id, value) {
+                seen.events.entry(id).or_insert(record);
+            }
             kept = true;
         } else if checksum::unseal(&checksum::completed_key(key), value).is_ok() {
             seen.completed.insert(key);
@@ -457,7 +468,7 @@ mod tests {
         let refused = redb::Builder::new().open(&path).map(|d| d.begin_read().is_ok());
         assert!(refused.is_err(), "redb must refuse the file for this test to mean anything");
 
-        let found = scan(&bytes);
+        let found = scan(&bytes, &|_, _| None);
         assert_eq!(found.events.len(), 600);
         assert_eq!(found.events[&123], record(123));
         let pending = |plugin: &str| -> Vec<u64> {

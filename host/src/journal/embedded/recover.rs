@@ -14,8 +14,6 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use redb::Database;
-
 use super::{
     apply, store,
     store::db,
@@ -49,7 +47,7 @@ pub struct CaughtUp {
 
 /// Reads the log in `dir` and writes into `database`, durably, what it holds above the file's
 /// checkpoint; `next_id` is the lowest id the writer may hand out (at least).
-pub fn catch_up(dir: &Path, database: &Database, next_id: u64) -> Result<CaughtUp, StoreError> {
+pub fn catch_up(dir: &Path, database: &store::Store, next_id: u64) -> Result<CaughtUp, StoreError> {
     let applied = store::guard("reading the checkpoint", || store::wal_applied(database))?;
     let mut scan = read::scan(dir, applied)?;
     if let Some(lost) = scan.describe_lost() {
@@ -69,8 +67,9 @@ pub fn catch_up(dir: &Path, database: &Database, next_id: u64) -> Result<CaughtU
     };
     store::guard("replaying the write-ahead log", || {
         let txn = db(database.begin_write())?;
+        let mut files = database.writer.lock().unwrap_or_else(|p| p.into_inner());
         {
-            let mut tables = store::Tables::open(&txn)?;
+            let mut tables = store::Tables::open(&txn)?.with_files(&mut files);
             for entry in &entries {
                 if !tables.has_event(entry.id)? {
                     apply::insert_entry(&mut tables, entry)?;
@@ -83,6 +82,8 @@ pub fn catch_up(dir: &Path, database: &Database, next_id: u64) -> Result<CaughtU
             let next = store::next_id(database).unwrap_or(1).max(scan.next_id).max(next_id);
             tables.set_next_id(next)?;
         }
+        // The records the rows point at are durable before the rows are.
+        files.sync()?;
         db(txn.commit())
     })
     .map_err(|e| {
@@ -99,7 +100,7 @@ pub fn catch_up(dir: &Path, database: &Database, next_id: u64) -> Result<CaughtU
 }
 
 /// Reads the log in `state_dir` and replays into `database` what it lacks.
-pub fn replay(state_dir: &Path, database: &Database) -> Result<Recovered, StoreError> {
+pub fn replay(state_dir: &Path, database: &store::Store) -> Result<Recovered, StoreError> {
     let caught = catch_up(&state_dir.join(wal::DIR), database, 1)?;
     if caught.taken > 0 {
         tracing::info!(

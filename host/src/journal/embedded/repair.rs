@@ -14,7 +14,7 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
-    FILE_NAME, mark, raw,
+    FILE_NAME, mark, raw, records,
     store::{self, DEAD, EVENTS, META, OAUTH, OFFLINE_SEEN, PENDING, STATE, TOKENS, db},
     wal,
 };
@@ -25,6 +25,14 @@ use crate::journal::{
     now_ms,
     record::{DeadLetter, EventRecord, Pending, seal_row, unseal_row},
 };
+
+/// A damaged record as a problem says it, with what the event files said, if they were read.
+fn described((damage, read): &(Damage, Option<records::ReadError>)) -> String {
+    match read {
+        Some(e) => format!("{damage} ({e})"),
+        None => damage.to_string(),
+    }
+}
 
 /// A key and a value, as bytes.
 type Pair = (Vec<u8>, Vec<u8>);
@@ -258,6 +266,7 @@ fn read_file(
     marked: Option<mark::Marked>,
 ) -> Result<(Readable, RepairReport), StoreError> {
     let path = state_dir.join(FILE_NAME);
+    let files = records::Reader::new(state_dir);
     let mut report = RepairReport { file: path.display().to_string(), ..RepairReport::default() };
     if let Some(m) = marked {
         report.mark_highest_id = Some(m.highest_id);
@@ -278,7 +287,7 @@ fn read_file(
         })
     });
     let readable = match opened {
-        Ok(database) => scan(&database, &path, &mut report),
+        Ok(database) => scan(&database, &path, &files, &mut report),
         Err(e @ StoreError::InUse { .. }) => return Err(e),
         Err(first) => {
             // Not closed cleanly (or damaged): let redb repair a copy, never the original.
@@ -302,8 +311,9 @@ fn read_file(
             });
             if let Ok(database) = read_only {
                 report.notes.push(format!("read-only open failed ({first}); read a padded copy"));
-                let readable = scan(&database, &copy.0, &mut report);
+                let mut readable = scan(&database, &copy.0, &files, &mut report);
                 drop(database);
+                from_event_files(state_dir, &mut readable, &mut report);
                 return Ok((readable, report));
             }
             let repaired = store::guard("opening a copy of the journal", || {
@@ -314,7 +324,7 @@ fn read_file(
                     report
                         .notes
                         .push(format!("read-only open failed ({first}); read a repaired copy"));
-                    let readable = scan(&database, &copy.0, &mut report);
+                    let readable = scan(&database, &copy.0, &files, &mut report);
                     // Closing a copy opened for writing writes its allocator state, where the
                     // storage library may fail an assertion on a damaged file: the copy is
                     // thrown away, so such a failure is only noted.
@@ -331,23 +341,84 @@ fn read_file(
                     report.problems.push(format!(
                         "the journal cannot be opened: {first}; a repaired copy neither: {e}"
                     ));
-                    raw_scan(&path, &mut report)?
+                    raw_scan(&path, &files, &mut report)?
                 }
             }
         }
     };
+    let mut readable = readable;
+    from_event_files(state_dir, &mut readable, &mut report);
     Ok((readable, report))
 }
 
+/// The event id of a problem about a row: `pending row (PLUGIN, ID): ...`.
+fn after_id(problem: &str) -> Option<u64> {
+    let (_, rest) = problem.split_once(", ")?;
+    rest.split(')').next()?.parse().ok()
+}
+
+/// Reads from the event files the records of events a pending row or a dead letter names and
+/// the file's tables did not give (a damaged leaf of the `events` table can take a hundred
+/// rows with it; the records themselves are sound in the files): each frame proves itself by
+/// its CRC, the id it names and the record's own checksum.
+fn from_event_files(state_dir: &Path, readable: &mut Readable, report: &mut RepairReport) {
+    let have: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
+    let wanted: std::collections::BTreeSet<u64> = readable
+        .pending
+        .iter()
+        .map(|(_, id, _)| *id)
+        .chain(readable.dead.iter().map(|(_, id, _)| *id))
+        .filter(|id| !have.contains(id))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let found = match records::scan(state_dir) {
+        Ok((found, _)) => found,
+        Err(e) => {
+            report.problems.push(format!("the event files cannot be read: {e}"));
+            return;
+        }
+    };
+    let mut added = std::collections::HashSet::new();
+    for frame in found {
+        if !wanted.contains(&frame.id) || added.contains(&frame.id) {
+            continue;
+        }
+        if let Ok(record) = EventRecord::unseal(frame.id, &frame.payload) {
+            readable.events.push((frame.id, record));
+            report.events.readable += 1;
+            added.insert(frame.id);
+        }
+    }
+    if !added.is_empty() {
+        // Their rows' earlier "its event is damaged or missing" no longer holds.
+        report.problems.retain(|p| {
+            !(p.ends_with("its event is damaged or missing")
+                && after_id(p).is_some_and(|id| added.contains(&id)))
+        });
+        let added = added.len();
+        readable.events.sort_by_key(|(id, _)| *id);
+        report.notes.push(format!(
+            "{added} events that rows name and the file's tables did not give were read from \
+             the event files"
+        ));
+    }
+}
+
 /// Reads what the storage library cannot open by scanning its pages (see [`raw`]).
-fn raw_scan(path: &Path, report: &mut RepairReport) -> Result<Readable, StoreError> {
+fn raw_scan(
+    path: &Path,
+    files: &records::Reader,
+    report: &mut RepairReport,
+) -> Result<Readable, StoreError> {
     let file = std::fs::File::open(path)
         .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", path.display())))?;
     // SAFETY: the file is a stopped host's journal (a running host's is refused before this,
     // by its lock); the map is only read, and dropped before this returns.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", path.display())))?;
-    let found = raw::scan(&map);
+    let found = raw::scan(&map, &|id, stored| store::record_in(files, id, stored).ok());
     drop(map);
     report.notes.push(format!(
         "read by a raw scan of the file's pages (the storage library cannot open it): {} pages \
@@ -476,6 +547,7 @@ where
 /// Returns the highest id added (0: none).
 fn events_from_pages(
     file: &Path,
+    files: &records::Reader,
     readable: &mut Readable,
     damaged: &std::collections::HashSet<u64>,
     report: &mut RepairReport,
@@ -493,7 +565,7 @@ fn events_from_pages(
             return 0;
         }
     };
-    let found = raw::scan(&map);
+    let found = raw::scan(&map, &|id, stored| store::record_in(files, id, stored).ok());
     drop(map);
     let held: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
     let (mut added, mut mended, mut highest) = (0, 0, 0);
@@ -543,6 +615,7 @@ fn lookup_end(file: &Path, stored_next: u64, highest: u64, report: &mut RepairRe
 /// lookup of another entry of the leaf still finds it). Returns the highest id added.
 fn events_by_id<D: ReadableDatabase>(
     database: &D,
+    files: &records::Reader,
     ids: std::ops::Range<u64>,
     readable: &mut Readable,
     report: &mut RepairReport,
@@ -557,7 +630,7 @@ fn events_by_id<D: ReadableDatabase>(
     let (mut added, mut failed, mut highest) = (0, 0, 0);
     for id in ids.filter(|id| !held.contains(id)) {
         let found = store::guard("looking up an event", || {
-            Ok(db(table.get(id))?.map(|v| EventRecord::unseal(id, v.value())))
+            Ok(db(table.get(id))?.map(|v| store::record_in(files, id, v.value())))
         });
         match found {
             Ok(Some(Ok(record))) => {
@@ -569,7 +642,7 @@ fn events_by_id<D: ReadableDatabase>(
             // Damaged: a sound copy on the pages, if any, is in already.
             Ok(Some(Err(e))) => {
                 report.events.damaged += 1;
-                report.problems.push(format!("event {id}: {e}"));
+                report.problems.push(format!("event {id}: {}", described(&e)));
             }
             Ok(None) => {}
             Err(_) => failed += 1,
@@ -609,12 +682,17 @@ fn orphans<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Vec<
 }
 
 /// Reads every table of `database`, opened on `file`.
-fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairReport) -> Readable {
+fn scan<D: ReadableDatabase>(
+    database: &D,
+    file: &Path,
+    files: &records::Reader,
+    report: &mut RepairReport,
+) -> Readable {
     let mut readable = Readable::default();
     let meta = rows(database, META, report, |k, v| (k.to_owned(), v));
     let stored_next = meta.iter().find(|(k, _)| k == "next_id").map_or(1, |(_, v)| *v);
     let before = report.problems.len();
-    let stored = rows(database, EVENTS, report, |id, v| (id, EventRecord::unseal(id, v)));
+    let stored = rows(database, EVENTS, report, |id, v| (id, store::record_in(files, id, v)));
     let cut = report.problems.len() > before;
     let mut highest = 0;
     let mut damaged = std::collections::HashSet::new();
@@ -627,18 +705,19 @@ fn scan<D: ReadableDatabase>(database: &D, file: &Path, report: &mut RepairRepor
             }
             Err(e) => {
                 report.events.damaged += 1;
-                report.problems.push(format!("event {id}: {e}"));
+                report.problems.push(format!("event {id}: {}", described(&e)));
                 damaged.insert(id);
             }
         }
     }
     let scanned_to = highest;
     if cut || !damaged.is_empty() {
-        highest = highest.max(events_from_pages(file, &mut readable, &damaged, report));
+        highest = highest.max(events_from_pages(file, files, &mut readable, &damaged, report));
     }
     if cut {
         let to = lookup_end(file, stored_next, highest, report);
-        highest = highest.max(events_by_id(database, scanned_to + 1..to, &mut readable, report));
+        highest =
+            highest.max(events_by_id(database, files, scanned_to + 1..to, &mut readable, report));
     }
     let ids: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
     readable.pending = rows(database, PENDING, report, |(plugin, id), v| {

@@ -43,14 +43,19 @@ use redb::{
     WriteTransaction,
 };
 
+use super::records;
 use crate::journal::{
     StoreError,
     admin::{Attempt, MAX_ATTEMPTS_KEPT, SKIPPED, Selection},
     checksum::{self, Damage},
+    dedup::DedupKey,
+    record::{self, EventMeta},
     record::{DeadLetter, EventRecord, Pending, seal_row, unseal_row},
 };
 
-/// Event id -> record.
+/// Event id -> where its record is in the event files ([`Pointer`], sealed), or the record
+/// itself (events journaled before the event files, records copied out of a file about to go,
+/// and tests and salvage, which write no event files): [`Row`].
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (plugin, event id) -> pending state.
 pub const PENDING: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("pending");
@@ -111,9 +116,178 @@ pub fn guard<T>(
 /// does not hold the whole journal; BENCHMARKS.md, 2026-12-07 evening).
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Opens (creating if needed) the journal at `path`, with every table present.
-pub fn open(path: &Path) -> Result<Database, StoreError> {
-    guard("opening the journal", || open_unguarded(path))
+/// The journal's redb file and the event files beside it ([`records`]): the `events` table's
+/// rows of new events point into those files, so whatever reads a record goes through here.
+/// Derefs to the redb file.
+pub struct Store {
+    database: Database,
+    /// Reads the records the `events` table points at, from any thread.
+    pub files: records::Reader,
+    /// Writes them: the tables' thread's alone (and recovery's, before it starts).
+    pub writer: std::sync::Mutex<records::Writer>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.database
+    }
+}
+
+impl Store {
+    /// The record of event `id` from its `events` row `stored`, checked against its checksum
+    /// (the row's, and for a row that points into the event files, the frame's and the
+    /// record's own).
+    pub fn record(&self, id: u64, stored: &[u8]) -> Result<EventRecord, Damage> {
+        match opened(id, stored)? {
+            Row::Record(body) => EventRecord::decode(body).ok_or(Damage::Unreadable),
+            Row::At(pointer) => self.pointed(id, &pointer),
+        }
+    }
+
+    /// Only the metadata of event `id`'s record, from its `events` row `stored`.
+    pub fn meta(&self, id: u64, stored: &[u8]) -> Result<EventMeta, Damage> {
+        match opened(id, stored)? {
+            Row::Record(body) => record::meta_of(body),
+            Row::At(pointer) => self.pointed(id, &pointer).map(|r| r.meta),
+        }
+    }
+
+    /// Event `id`'s record, checked, from the event files; when its file is gone or the frame
+    /// is not its own, the row is read again first: the tables' thread may have copied the
+    /// record into the table (and removed the file) since the row was read.
+    fn pointed(&self, id: u64, pointer: &Pointer) -> Result<EventRecord, Damage> {
+        let error = match self.files.read(pointer.at, id) {
+            Ok(sealed) => return EventRecord::unseal(id, &sealed),
+            Err(e) => e,
+        };
+        // (Another thread's read of a row it read before the copy.)
+        let again = guard("reading an event record again", || {
+            let txn = db(self.database.begin_read())?;
+            let events = db(txn.open_table(EVENTS))?;
+            Ok(db(events.get(id))?.map(|v| v.value().to_vec()))
+        });
+        if let Ok(Some(stored)) = again
+            && let Ok(Row::Record(body)) = opened(id, &stored)
+        {
+            return EventRecord::decode(body).ok_or(Damage::Unreadable);
+        }
+        tracing::warn!(event_id = id, "{error}");
+        Err(damage_of(&error))
+    }
+}
+
+/// What a failed read of the event files means for the record.
+fn damage_of(error: &records::ReadError) -> Damage {
+    match error {
+        records::ReadError::Missing(_) => Damage::Missing,
+        records::ReadError::Damaged { .. } => Damage::Checksum,
+        records::ReadError::Io { .. } => Damage::Unreadable,
+    }
+}
+
+/// Event `id`'s record from its `events` row `stored`, a row that points reading `files`
+/// (`journal verify` and `salvage`, on a stopped host: nothing changes the rows meanwhile).
+pub fn record_in(
+    files: &records::Reader,
+    id: u64,
+    stored: &[u8],
+) -> Result<EventRecord, (Damage, Option<records::ReadError>)> {
+    match opened(id, stored).map_err(|d| (d, None))? {
+        Row::Record(body) => EventRecord::decode(body).ok_or((Damage::Unreadable, None)),
+        Row::At(pointer) => match files.read(pointer.at, id) {
+            Ok(sealed) => EventRecord::unseal(id, &sealed).map_err(|d| (d, None)),
+            Err(e) => Err((damage_of(&e), Some(e))),
+        },
+    }
+}
+
+/// What an `events` row holds: a record (events journaled before the event files, and those
+/// copied out of a file about to go), or where the event files hold it.
+pub enum Row<'a> {
+    /// The record's unsealed body.
+    Record(&'a [u8]),
+    /// Where it is.
+    At(Pointer),
+}
+
+/// An `events` row that points into the event files, with what pruning needs to know
+/// without reading the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pointer {
+    /// Where the record is.
+    pub at: records::Location,
+    /// When the tables took the event: within milliseconds of its receipt (later for events
+    /// the log replayed after a crash, which are then kept that much longer).
+    pub received_at_ms: i64,
+    /// An offline row's key, kept as long as its event.
+    pub offline_key: Option<DedupKey>,
+}
+
+/// A pointer row's body starts with these bytes; a record's starts with the length of its
+/// metadata, which is never this large.
+const POINTER: [u8; 4] = [0xFE, 0xFF, 0xFF, 0xFF];
+
+/// `pointer` sealed as event `id`'s `events` row.
+pub fn seal_pointer(id: u64, pointer: &Pointer) -> Vec<u8> {
+    checksum::seal_with(&checksum::event_key(id), 4 + 20 + 8 + 17, |out| {
+        out.extend_from_slice(&POINTER);
+        out.extend_from_slice(&pointer.at.encode());
+        out.extend_from_slice(&pointer.received_at_ms.to_le_bytes());
+        match &pointer.offline_key {
+            Some(key) => {
+                out.push(1);
+                out.extend_from_slice(key);
+            }
+            None => out.push(0),
+        }
+    })
+}
+
+/// Event `id`'s `events` row `stored`, checked against its checksum.
+pub fn opened(id: u64, stored: &[u8]) -> Result<Row<'_>, Damage> {
+    let body = checksum::unseal(&checksum::event_key(id), stored)?;
+    let Some(rest) = body.strip_prefix(&POINTER) else { return Ok(Row::Record(body)) };
+    let at = rest.get(..records::Location::BYTES).and_then(records::Location::decode);
+    let received = rest.get(20..28).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes);
+    let offline_key = match rest.get(28) {
+        Some(0) => Some(None),
+        Some(1) => rest.get(29..45).and_then(|k| k.try_into().ok()).map(Some),
+        _ => None,
+    };
+    match (at, received, offline_key) {
+        (Some(at), Some(received_at_ms), Some(offline_key)) => {
+            Ok(Row::At(Pointer { at, received_at_ms, offline_key }))
+        }
+        _ => Err(Damage::Unreadable),
+    }
+}
+
+/// When event `id` (its `events` row `stored`) was received, and its offline key if it is an
+/// offline event's, without reading a record the row points at.
+pub fn received_and_key(id: u64, stored: &[u8]) -> Result<(i64, Option<DedupKey>), Damage> {
+    match opened(id, stored)? {
+        Row::Record(body) => {
+            let meta = record::meta_of(body)?;
+            let key = (meta.source == crate::journal::record::Source::Offline)
+                .then(|| crate::journal::dedup::from_hex(&meta.dedup_key))
+                .flatten();
+            Ok((meta.received_at_ms, key))
+        }
+        Row::At(pointer) => Ok((pointer.received_at_ms, pointer.offline_key)),
+    }
+}
+
+/// Opens (creating if needed) the journal at `path`, with every table present, and the event
+/// files beside it.
+pub fn open(path: &Path) -> Result<Store, StoreError> {
+    let database = guard("opening the journal", || open_unguarded(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    Ok(Store {
+        database,
+        files: records::Reader::new(dir),
+        writer: std::sync::Mutex::new(records::Writer::open(dir)?),
+    })
 }
 
 fn open_unguarded(path: &Path) -> Result<Database, StoreError> {
@@ -227,13 +401,10 @@ pub fn state(database: &Database, name: &str) -> Result<Option<Vec<u8>>, StoreEr
 }
 
 /// Reads one event record, checked against its checksum.
-pub fn event(
-    database: &Database,
-    id: u64,
-) -> Result<Option<Result<EventRecord, Damage>>, StoreError> {
+pub fn event(database: &Store, id: u64) -> Result<Option<Result<EventRecord, Damage>>, StoreError> {
     let txn = db(database.begin_read())?;
     let table = db(txn.open_table(EVENTS))?;
-    Ok(db(table.get(id))?.map(|v| EventRecord::unseal(id, v.value())))
+    Ok(db(table.get(id))?.map(|v| database.record(id, v.value())))
 }
 
 /// `plugin`'s pending state of event `id`, if it is pending for it.
@@ -260,7 +431,7 @@ pub fn pending(database: &Database, plugin: &str, id: u64) -> Result<Option<Pend
 /// though no row of it can be looked up ([`gap_hides_rows`]), the table is read from its start
 /// (no search) up to that row, and what it holds in the gap is returned the same way.
 pub fn scan_pending(
-    database: &Database,
+    database: &Store,
     plugin: &str,
     after: u64,
     limit: usize,
@@ -280,7 +451,7 @@ pub fn scan_pending(
         } else {
             guard("reading an event record", || {
                 Ok(match db(events.get(id))? {
-                    Some(v) => EventRecord::unseal(id, v.value()),
+                    Some(v) => database.record(id, v.value()),
                     None => Err(Damage::Missing),
                 })
             })
@@ -428,7 +599,7 @@ pub fn last_pending(database: &Database, plugin: &str) -> Result<Option<u64>, St
 /// Up to `limit` records of events received at or after `since_ms`, newest first (for the
 /// duplicate window).
 pub fn recent_events(
-    database: &Database,
+    database: &Store,
     since_ms: i64,
     limit: usize,
 ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
@@ -437,7 +608,7 @@ pub fn recent_events(
     let mut out = Vec::new();
     for row in db(events.iter())?.rev().take(limit) {
         let (k, v) = db(row)?;
-        let Ok(record) = EventRecord::unseal(k.value(), v.value()) else { continue };
+        let Ok(record) = database.record(k.value(), v.value()) else { continue };
         if record.meta.received_at_ms < since_ms {
             break;
         }
@@ -461,6 +632,8 @@ pub struct Tables<'txn> {
     completed: redb::Table<'txn, u64, &'static [u8]>,
     /// The plugins holding rows, read once the batch first needs them (then kept up to date).
     owners: Option<Vec<String>>,
+    /// Where new events' records go; without it (tests, salvage) into the `events` table.
+    files: Option<&'txn mut records::Writer>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -478,7 +651,15 @@ impl<'txn> Tables<'txn> {
             attempts: db(txn.open_table(ATTEMPTS))?,
             completed: db(txn.open_table(COMPLETED))?,
             owners: None,
+            files: None,
         })
+    }
+
+    /// These tables with new events' records written to the event files, the `events` table
+    /// holding where each is.
+    pub fn with_files(mut self, files: &'txn mut records::Writer) -> Tables<'txn> {
+        self.files = Some(files);
+        self
     }
 
     /// The plugins that hold pending or dead rows (found by seeking, a few look-ups per
@@ -507,17 +688,31 @@ impl<'txn> Tables<'txn> {
         record: &EventRecord,
         plugins: &[std::sync::Arc<str>],
     ) -> Result<(), StoreError> {
-        self.insert_sealed(id, &record.seal(id), plugins)
+        self.insert_sealed(id, &record.seal(id), plugins, None)
     }
 
-    /// [`Tables::insert_event`] with the record already sealed (as the write-ahead log holds it).
+    /// [`Tables::insert_event`] with the record already sealed (as the write-ahead log holds it),
+    /// and an offline event's key (kept in a row that points into the event files).
     pub fn insert_sealed(
         &mut self,
         id: u64,
         sealed: &[u8],
         plugins: &[std::sync::Arc<str>],
+        offline_key: Option<DedupKey>,
     ) -> Result<(), StoreError> {
-        db(self.events.insert(id, sealed))?;
+        match self.files.as_deref_mut() {
+            Some(files) => {
+                let pointer = Pointer {
+                    at: files.append(id, sealed)?,
+                    received_at_ms: crate::journal::now_ms(),
+                    offline_key,
+                };
+                db(self.events.insert(id, seal_pointer(id, &pointer).as_slice()))?;
+            }
+            None => {
+                db(self.events.insert(id, sealed))?;
+            }
+        }
         for plugin in plugins {
             let fresh = seal_row(plugin, id, &Pending::default());
             db(self.pending.insert((&**plugin, id), fresh.as_slice()))?;
@@ -724,9 +919,9 @@ impl<'txn> Tables<'txn> {
                         complete = complete.saturating_sub(1);
                         continue;
                     }
-                    Some(v) => EventRecord::unseal_meta(id, v.value()).ok(),
+                    Some(v) => received_and_key(id, v.value()).ok().map(|(at, _)| at),
                 };
-                if received.is_none_or(|m| now_ms - m.received_at_ms > keep_for_ms) {
+                if received.is_none_or(|at| now_ms - at > keep_for_ms) {
                     doomed.push(id);
                     complete = complete.saturating_sub(1);
                 } else {
@@ -750,10 +945,7 @@ impl<'txn> Tables<'txn> {
                 Some(v) => {
                     deleted += 1;
                     if offline {
-                        EventRecord::unseal_meta(id, v.value())
-                            .ok()
-                            .filter(|m| m.source == crate::journal::record::Source::Offline)
-                            .and_then(|m| crate::journal::dedup::from_hex(&m.dedup_key))
+                        received_and_key(id, v.value()).ok().and_then(|(_, key)| key)
                     } else {
                         None
                     }
@@ -1119,6 +1311,116 @@ pub fn prune(
     Tables::open(txn)?.prune(now_ms, keep_for_ms, keep_max, max_delete)
 }
 
+impl Tables<'_> {
+    /// Copies the records of the oldest event file's events into the `events` table (their
+    /// rows then hold the record, not where it is), up to `budget` of them, once no complete
+    /// event of the file is kept any more: what is left of it is held by a plugin (pending or
+    /// a dead letter), and a plugin stuck on one event must not keep a whole file. The
+    /// newest two files are never copied out of (a backlog is likely to finish there).
+    /// `firsts`: the files' first ids, oldest first. Returns how many it copied; the file
+    /// goes after the next durable checkpoint ([`remove_unpointed_files`]).
+    pub fn copy_forward(
+        &mut self,
+        files: &records::Reader,
+        firsts: &[u64],
+        budget: usize,
+    ) -> Result<usize, StoreError> {
+        let [from, to, _, ..] = firsts else { return Ok(0) };
+        let (from, to) = (*from, *to);
+        if let Some((id, _)) = db(self.completed.first())?
+            && id.value() < to
+        {
+            return Ok(0);
+        }
+        let mut pointed = Vec::new();
+        for row in db(self.events.range(from..to))? {
+            let (k, v) = db(row)?;
+            if let Ok(Row::At(pointer)) = opened(k.value(), v.value()) {
+                pointed.push((k.value(), pointer));
+                if pointed.len() >= budget {
+                    break;
+                }
+            }
+        }
+        let mut copied = 0;
+        for (id, pointer) in pointed {
+            match files.read(pointer.at, id) {
+                // The frame's payload is the record sealed as the table stores it.
+                Ok(sealed) if EventRecord::unseal(id, &sealed).is_ok() => {
+                    db(self.events.insert(id, sealed.as_slice()))?;
+                    copied += 1;
+                }
+                Ok(_) => tracing::warn!(
+                    event_id = id,
+                    "an event's record in an old event file is damaged; the file is kept"
+                ),
+                Err(e) => tracing::warn!(event_id = id, "{e}; the file is kept"),
+            }
+        }
+        Ok(copied)
+    }
+}
+
+/// The event files that rows of the `events` table point into and that are not there: the
+/// files of its newest row and of the first row that points (among its first 10,000). A
+/// journal restored without its event files is refused at the start, like one cut short,
+/// rather than every event it keeps becoming a dead letter.
+pub fn missing_event_files(store: &Store) -> Result<Vec<std::path::PathBuf>, StoreError> {
+    let txn = db(store.database.begin_read())?;
+    let events = db(txn.open_table(EVENTS))?;
+    let mut wanted = std::collections::BTreeSet::new();
+    if let Some((k, v)) = db(events.last())?
+        && let Ok(Row::At(pointer)) = opened(k.value(), v.value())
+    {
+        wanted.insert(pointer.at.file);
+    }
+    for row in db(events.iter())?.take(10_000) {
+        let (k, v) = db(row)?;
+        if let Ok(Row::At(pointer)) = opened(k.value(), v.value()) {
+            wanted.insert(pointer.at.file);
+            break;
+        }
+    }
+    Ok(wanted.into_iter().map(|f| store.files.path_of(f)).filter(|p| !p.exists()).collect())
+}
+
+/// Deletes the oldest event files no row of the (durable, just committed) `events` table
+/// points into any more. Looks at a few files a call; the file being written stays.
+pub fn remove_unpointed_files(store: &Store, files: &mut records::Writer) {
+    let checked = guard("looking for event files no row points into", || {
+        let txn = db(store.database.begin_read())?;
+        let events = db(txn.open_table(EVENTS))?;
+        let firsts: Vec<u64> = files.files().collect();
+        let mut free_below = None;
+        for pair in firsts.windows(2).take(4) {
+            let (from, to) = (pair[0], pair[1]);
+            let mut pointed = false;
+            for row in db(events.range(from..to))? {
+                let (k, v) = db(row)?;
+                if matches!(opened(k.value(), v.value()), Ok(Row::At(_)) | Err(_)) {
+                    pointed = true;
+                    break;
+                }
+            }
+            if pointed {
+                break;
+            }
+            free_below = Some(to);
+        }
+        Ok(free_below)
+    });
+    if let Ok(Some(below)) = checked {
+        let removed = files.remove_below(below);
+        if removed > 0 {
+            // Their space comes back once no descriptor holds them: the readers' go too.
+            if let Some(oldest) = files.files().next() {
+                store.files.forget_below(oldest);
+            }
+            tracing::debug!(removed, "removed event files no event points into");
+        }
+    }
+}
+
 /// What one prune round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -1202,6 +1504,85 @@ mod tests {
         let txn = database.begin_read().unwrap();
         let table = txn.open_table(table).unwrap();
         table.iter().unwrap().map(|r| r.unwrap().0.value()).collect()
+    }
+
+    /// The event files: rows point into them and records read back through the rows; once a
+    /// file keeps no complete event, the records plugins still hold are copied into the table
+    /// and, after a durable commit, the file goes; what is held stays readable throughout.
+    #[test]
+    fn records_live_in_the_event_files_and_a_held_event_outlives_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("journal.redb")).unwrap();
+        *store.writer.lock().unwrap() = records::Writer::open_with(dir.path(), 2048).unwrap();
+        let stuck: Arc<str> = Arc::from("stuck");
+        let body = |id: u64| Bytes::from(format!("event=ONCRMDEALUSERFIELDUPDATE&n={id}"));
+        let record_of = |id: u64| crate::record::fixture(0, String::new(), body(id));
+        let commit = |txn: WriteTransaction, durable: bool| {
+            let mut files = store.writer.lock().unwrap();
+            if durable {
+                files.sync().unwrap()
+            } else {
+                files.flush().unwrap()
+            }
+            txn.commit().unwrap();
+            if durable {
+                remove_unpointed_files(&store, &mut files);
+            }
+        };
+        let txn = store.begin_write().unwrap();
+        {
+            let mut files = store.writer.lock().unwrap();
+            let mut tables = Tables::open(&txn).unwrap().with_files(&mut files);
+            for id in 1..=100u64 {
+                let plugins = if id % 10 == 0 { vec![stuck.clone()] } else { vec![] };
+                tables.insert_sealed(id, &record_of(id).seal(id), &plugins, None).unwrap();
+            }
+        }
+        commit(txn, true);
+        let files: Vec<u64> = store.writer.lock().unwrap().files().collect();
+        assert!(files.len() > 4, "{files:?}");
+        for id in 1..=100 {
+            assert_eq!(event(&store, id).unwrap().unwrap().unwrap().raw, body(id));
+        }
+        // Every complete event pruned; the held ones copied out of all but the newest two files.
+        for _ in 0..50 {
+            let txn = store.begin_write().unwrap();
+            let copied = {
+                let firsts: Vec<u64> = store.writer.lock().unwrap().files().collect();
+                let mut tables = Tables::open(&txn).unwrap();
+                tables.prune(i64::MAX, 0, 0, 1000).unwrap();
+                tables.copy_forward(&store.files, &firsts, 3).unwrap()
+            };
+            commit(txn, true);
+            for id in (10..=100).step_by(10) {
+                let read = event(&store, id).unwrap().unwrap().unwrap();
+                assert_eq!(read.raw, body(id), "event {id}");
+            }
+            if copied == 0 && store.writer.lock().unwrap().files().count() <= 2 {
+                break;
+            }
+        }
+        let left: Vec<u64> = store.writer.lock().unwrap().files().collect();
+        assert_eq!(left, files[files.len() - 2..].to_vec());
+        // The reader let go of the removed files too (their space comes back).
+        let held = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.to_string_lossy().contains("(deleted)"))
+            .filter(|target| target.starts_with(dir.path()))
+            .count();
+        assert_eq!(held, 0, "descriptors of removed event files are still open");
+        let on_disk = std::fs::read_dir(dir.path().join(records::DIR)).unwrap().count();
+        assert_eq!(on_disk, 2);
+        assert_eq!(ids_in(&store, EVENTS), (10..=100).step_by(10).collect::<Vec<_>>());
+        // The rows of the removed files' events hold their records.
+        let txn = store.begin_read().unwrap();
+        let events = txn.open_table(EVENTS).unwrap();
+        for id in (10..left[0]).step_by(10) {
+            let row = events.get(id).unwrap().unwrap();
+            assert!(matches!(opened(id, row.value()), Ok(Row::Record(_))), "event {id}");
+        }
     }
 
     #[test]
