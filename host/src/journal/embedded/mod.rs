@@ -775,6 +775,7 @@ impl Embedded {
             ahead: HashSet::new(),
             started: false,
             moved: HashSet::new(),
+            unsure: None,
             buffer: VecDeque::new(),
             stopped: Arc::new(AtomicBool::new(false)),
         }
@@ -817,6 +818,11 @@ pub struct Consumer {
     /// Keys of rows found under a wrong key and made dead letters already: a scan that meets
     /// one again (its page is out of order) passes it by.
     moved: HashSet<u64>,
+    /// Why rows after some point may be hidden for good: a scan from there found rows past a
+    /// gap it could not check (see [`store::Scanned::unchecked`]). The plugin stays stuck at
+    /// that point, the earliest, whatever later scans read (damage seeds 233 and 8: events
+    /// 127-175 and 631-665 never delivered while `/readyz` named only a later point).
+    unsure: Option<String>,
     buffer: VecDeque<Delivery>,
     stopped: Arc<AtomicBool>,
 }
@@ -954,6 +960,20 @@ impl Consumer {
         let applied = self.journal.shared.applied.load(Ordering::SeqCst);
         let scanned = store::scan_pending(&database, &self.plugin, self.cursor, SCAN_BATCH)
             .inspect_err(|e| self.stuck(format!("after event {}: {e}", self.cursor)))?;
+        if let Some(e) = &scanned.unchecked
+            && self.unsure.is_none()
+        {
+            let first = scanned.rows.first().map_or(0, |r| r.key);
+            tracing::error!(
+                plugin = %self.plugin,
+                "the journal's pending rows are damaged: the rows after event {} were found from                  event {first} on, and those between could not be checked: {e}",
+                self.cursor
+            );
+            self.unsure = Some(format!(
+                "after event {}: rows up to event {first} may be hidden (the rows between could                  not be checked: {e})",
+                self.cursor
+            ));
+        }
         // Rows found another way come alone: the ones after them are read next.
         let full = scanned.rows.len() >= SCAN_BATCH || scanned.passed_over;
         if scanned.passed_over
@@ -1037,11 +1057,16 @@ impl Consumer {
         if !full {
             self.through = self.through.max(applied);
         }
-        self.journal.shared.unstuck(&self.plugin);
+        match &self.unsure {
+            Some(reason) => self.journal.shared.note_damage(&self.plugin, true, reason.clone()),
+            None => self.journal.shared.unstuck(&self.plugin),
+        }
         Ok(())
     }
 
+    /// Marks the plugin stuck: at the earliest point rows may be hidden from, if one is known.
     fn stuck(&self, reason: String) {
+        let reason = self.unsure.clone().unwrap_or(reason);
         self.journal.shared.note_damage(&self.plugin, true, reason);
     }
 

@@ -661,9 +661,14 @@ fn events_by_id<D: ReadableDatabase>(
 /// The events that are not complete and that no pending row or dead letter holds
 /// ([`store::unheld_events`]), each reported by its id; none looked for once a table's scan
 /// was cut short (that reports its own loss).
-fn orphans<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Vec<u64> {
+fn orphans<D: ReadableDatabase>(
+    database: &D,
+    report: &mut RepairReport,
+    table_ids: &std::collections::BTreeSet<u64>,
+    readable: &Readable,
+) -> Vec<u64> {
     if report.problems.iter().any(|p| p.starts_with("table ")) {
-        return Vec::new();
+        return orphans_before_damage(database, report, table_ids, readable);
     }
     let unheld = match store::guard("reading the rows' keys", || store::unheld_events(database)) {
         Ok(unheld) => unheld.unwrap_or_default(),
@@ -676,6 +681,53 @@ fn orphans<D: ReadableDatabase>(database: &D, report: &mut RepairReport) -> Vec<
         report.problems.push(format!(
             "event {id}: not complete, yet no pending row or dead letter holds it (its row is \
              likely on a damaged page of the pending table)"
+        ));
+    }
+    unheld
+}
+
+/// [`orphans`] when a table's scan was cut short: the events of the `events` table (not the
+/// raw pages', which may be older copies of pruned events) that no row read holds, up to the
+/// lowest event id where a scan of the completed index, the pending rows or the dead letters
+/// stopped (past it a row may hold them unread; the pending rows past it are named apart).
+/// Damage seed 8: the pending table's scan stopped after event 1068, and events 631-665, whose
+/// rows were on a page before the cut that no read reached, were named nowhere.
+fn orphans_before_damage<D: ReadableDatabase>(
+    database: &D,
+    report: &mut RepairReport,
+    table_ids: &std::collections::BTreeSet<u64>,
+    readable: &Readable,
+) -> Vec<u64> {
+    let mut scratch = RepairReport::default();
+    let indexed = rows(database, META, &mut scratch, |k, v| (k == store::COMPLETED_INDEX, v))
+        .iter()
+        .any(|(index, _)| *index);
+    let completed = rows(database, store::COMPLETED, &mut scratch, |id, _| id);
+    if !indexed || scratch.problems.iter().any(|p| p.starts_with("table meta:")) {
+        return Vec::new();
+    }
+    let cut = |table: &str, problems: &[String]| {
+        problems.iter().any(|p| p.starts_with(&format!("table {table}:")))
+    };
+    let mut bound = u64::MAX;
+    if cut("completed", &scratch.problems) {
+        bound = bound.min(completed.last().copied().unwrap_or(0));
+    }
+    if cut("pending", &report.problems) {
+        bound = bound.min(readable.pending.last().map_or(0, |(_, id, _)| *id));
+    }
+    if cut("dead", &report.problems) {
+        bound = bound.min(readable.dead.last().map_or(0, |(_, id, _)| *id));
+    }
+    let mut held: std::collections::HashSet<u64> = completed.into_iter().collect();
+    held.extend(readable.pending.iter().map(|(_, id, _)| *id));
+    held.extend(readable.dead.iter().map(|(_, id, _)| *id));
+    let unheld: Vec<u64> =
+        table_ids.range(..=bound).filter(|id| !held.contains(id)).copied().collect();
+    for id in &unheld {
+        report.problems.push(format!(
+            "event {id}: not complete, yet no pending row or dead letter read before the damage \
+             holds it (its row is likely on a damaged page of the pending table)"
         ));
     }
     unheld
@@ -696,6 +748,8 @@ fn scan<D: ReadableDatabase>(
     let cut = report.problems.len() > before;
     let mut highest = 0;
     let mut damaged = std::collections::HashSet::new();
+    // The ids the `events` table gave (the raw pages' may be older copies of pruned events).
+    let mut table_ids: std::collections::BTreeSet<u64> = stored.iter().map(|(id, _)| *id).collect();
     for (id, record) in stored {
         highest = highest.max(id);
         match record {
@@ -716,8 +770,10 @@ fn scan<D: ReadableDatabase>(
     }
     if cut {
         let to = lookup_end(file, stored_next, highest, report);
+        let before = readable.events.len();
         highest =
             highest.max(events_by_id(database, files, scanned_to + 1..to, &mut readable, report));
+        table_ids.extend(readable.events[before..].iter().map(|(id, _)| *id));
     }
     let ids: std::collections::HashSet<u64> = readable.events.iter().map(|(id, _)| *id).collect();
     readable.pending = rows(database, PENDING, report, |(plugin, id), v| {
@@ -763,7 +819,7 @@ fn scan<D: ReadableDatabase>(
     }
     // Which plugins an event no row holds was for is not known: salvage makes it a dead
     // letter of each plugin of the file (as a raw scan does; a replay decides).
-    let lost = orphans(database, report);
+    let lost = orphans(database, report, &table_ids, &readable);
     let mut plugins: Vec<String> = readable.pending.iter().map(|(p, _, _)| p.clone()).collect();
     plugins.extend(readable.dead.iter().map(|(p, _, _)| p.clone()));
     plugins.sort_unstable();

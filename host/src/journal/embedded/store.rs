@@ -441,7 +441,7 @@ pub fn scan_pending(
     let events = db(txn.open_table(EVENTS))?;
     let mut rows = Vec::new();
     let Some(start) = after.checked_add(1) else {
-        return Ok(Scanned { rows, failed: None, passed_over: false });
+        return Ok(Scanned { rows, failed: None, passed_over: false, unchecked: None });
     };
     let read = |key: u64, value: &[u8]| {
         let moved = checksum::matching_id(value, key, |id| checksum::row_key(plugin, id));
@@ -460,80 +460,138 @@ pub fn scan_pending(
         ScannedRow { key, id, pending: unseal_row(plugin, id, value), record }
     };
     let mut passed_over = false;
+    let mut unchecked = None;
     // A damaged page under one event's record makes that event unreadable, not the scan: the
-    // rows read before a damaged pending page are still delivered.
-    let scanned = guard("reading pending rows", || {
-        for row in db(pending.range((plugin, start)..=(plugin, u64::MAX)))? {
+    // rows read before a damaged pending page are still delivered. The range is open above:
+    // redb ends a bounded range at the first key past it, and a row whose plugin name a
+    // flipped bit changed would end it there, hiding every row after it.
+    let forward = guard("reading pending rows", || {
+        for row in db(pending.range((plugin, start)..))? {
             if rows.len() >= limit {
                 break;
             }
             let (key, value) = db(row)?;
             let (owner, key) = key.value();
             // A search sent astray may land among another plugin's rows.
-            match owner.cmp(plugin) {
+            match owner_of(plugin, owner, key, value.value()) {
                 std::cmp::Ordering::Less => continue,
                 std::cmp::Ordering::Greater => break,
                 std::cmp::Ordering::Equal => rows.push(read(key, value.value())),
             }
         }
-        let back = match rows.first() {
-            Some(first) => db(pending.range((plugin, 0)..(plugin, first.key)))?,
-            None => db(pending.range((plugin, 0)..=(plugin, u64::MAX)))?,
-        };
-        let mut skipped = Vec::new();
-        for row in back.rev() {
-            let (key, value) = db(row)?;
-            let (owner, key) = key.value();
-            if owner != plugin || key <= after {
-                break;
-            }
-            skipped.push(read(key, value.value()));
-        }
-        if !skipped.is_empty() {
-            skipped.reverse();
-            rows = skipped;
-            passed_over = true;
-        } else if let Some(first) = rows.first().map(|r| r.key).filter(|&k| k > start) {
-            // Damage the writes spread can send every search near the rows past them, the
-            // walk back's too (damage seed 27: events 257-630, with `/readyz` ready). When an
-            // event of the gap is pending and no plugin's row can be looked up, the table is
-            // read from its start, without a search; best effort: an error here changes
-            // nothing.
-            let hidden = guard("checking a gap in the pending rows", || {
-                if !gap_hides_rows(&txn, &events, &pending, after, first)? {
-                    return Ok(Vec::new());
-                }
-                let mut found = Vec::new();
-                for row in db(pending.iter())? {
-                    let (key, value) = db(row)?;
-                    let (owner, key) = key.value();
-                    match owner.cmp(plugin) {
-                        std::cmp::Ordering::Less => continue,
-                        std::cmp::Ordering::Greater => break,
-                        std::cmp::Ordering::Equal if key <= after => continue,
-                        std::cmp::Ordering::Equal => {}
-                    }
-                    if key >= first || found.len() >= limit {
-                        break;
-                    }
-                    found.push(read(key, value.value()));
-                }
-                Ok(found)
-            });
-            if let Ok(found) = hidden
-                && !found.is_empty()
-            {
-                rows = found;
-                passed_over = true;
-            }
-        }
         Ok(())
     });
-    match scanned {
-        Err(e) if rows.is_empty() => Err(e),
-        Err(e) => Ok(Scanned { rows, failed: Some(e), passed_over }),
-        Ok(()) => Ok(Scanned { rows, failed: None, passed_over }),
+    // Rows between `after` and the first one found may have been passed over by a search
+    // through a damaged index: unless the first is `after + 1`, they are looked for.
+    let gap_open = rows.first().is_none_or(|first| first.key > start);
+    let failed = match forward {
+        Err(e) if rows.is_empty() => return Err(e),
+        Err(e) => {
+            if gap_open {
+                unchecked = Some(e.to_string());
+            }
+            Some(e)
+        }
+        Ok(()) if !gap_open => None,
+        Ok(()) => {
+            let walked = guard("walking back over pending rows", || {
+                let back = match rows.first() {
+                    Some(first) => db(pending.range((plugin, 0)..(plugin, first.key)))?,
+                    None => db(pending.range((plugin, 0)..=(plugin, u64::MAX)))?,
+                };
+                let mut skipped = Vec::new();
+                for row in back.rev() {
+                    let (key, value) = db(row)?;
+                    let (owner, key) = key.value();
+                    let ours = owner_of(plugin, owner, key, value.value()).is_eq();
+                    if !ours || key <= after {
+                        break;
+                    }
+                    skipped.push(read(key, value.value()));
+                }
+                skipped.reverse();
+                Ok(skipped)
+            });
+            match walked {
+                Err(e) if rows.is_empty() => return Err(e),
+                // The forward rows are delivered; what lies before them is not known.
+                Err(e) => unchecked = Some(e.to_string()),
+                Ok(skipped) if !skipped.is_empty() => {
+                    rows = skipped;
+                    passed_over = true;
+                }
+                Ok(_) => {
+                    if let Some(first) = rows.first().map(|r| r.key) {
+                        match hidden_in_gap(
+                            &txn, &events, &pending, plugin, after, first, limit, &read,
+                        ) {
+                            Err(e) => unchecked = Some(e.to_string()),
+                            Ok(found) if !found.is_empty() => {
+                                rows = found;
+                                passed_over = true;
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            }
+            None
+        }
+    };
+    Ok(Scanned { rows, failed, passed_over, unchecked })
+}
+
+/// Whether a pending row keyed `(owner, key)` belongs to `plugin`, as an ordering of `owner`
+/// against `plugin`: `Equal` also when a flipped bit changed the row's plugin name, for its
+/// checksum still holds under `plugin` (damage seed 233: event 126's row renamed "pvobe" hid
+/// every row after it). Costs a checksum only at the edge of the plugin's rows.
+fn owner_of(plugin: &str, owner: &str, key: u64, value: &[u8]) -> std::cmp::Ordering {
+    match owner.cmp(plugin) {
+        std::cmp::Ordering::Equal => std::cmp::Ordering::Equal,
+        _ if checksum::unseal(&checksum::row_key(plugin, key), value).is_ok() => {
+            std::cmp::Ordering::Equal
+        }
+        order => order,
     }
+}
+
+/// Damage the writes spread can send every search near the rows past them, the walk back's
+/// too (damage seed 27: events 257-630, with `/readyz` ready). When an event of the gap
+/// between `after` and `first` is pending and no plugin's row can be looked up
+/// ([`gap_hides_rows`]), the table is read from its start, without a search, and `plugin`'s
+/// rows of the gap are returned. An error means the gap could not be checked.
+#[allow(clippy::too_many_arguments)]
+fn hidden_in_gap(
+    txn: &redb::ReadTransaction,
+    events: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    pending: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    plugin: &str,
+    after: u64,
+    first: u64,
+    limit: usize,
+    read: &dyn Fn(u64, &[u8]) -> ScannedRow,
+) -> Result<Vec<ScannedRow>, StoreError> {
+    guard("checking a gap in the pending rows", || {
+        if !gap_hides_rows(txn, events, pending, after, first)? {
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        for row in db(pending.iter())? {
+            let (key, value) = db(row)?;
+            let (owner, key) = key.value();
+            match owner_of(plugin, owner, key, value.value()) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Equal if key <= after => continue,
+                std::cmp::Ordering::Equal => {}
+            }
+            if key >= first || found.len() >= limit {
+                break;
+            }
+            found.push(read(key, value.value()));
+        }
+        Ok(found)
+    })
 }
 
 /// The most events of a gap [`gap_hides_rows`] looks at.
@@ -571,6 +629,9 @@ pub struct Scanned {
     /// The search for where to start went past these rows (a damaged index page); they were
     /// found by walking back, or by reading the table from its start.
     pub passed_over: bool,
+    /// Why the rows between the scan's start and its first row could not be checked for rows
+    /// a damaged index made the search pass over (the walk back failed): some may be hidden.
+    pub unchecked: Option<String>,
 }
 
 /// A pending row as a consumer reads it, each part checked.
