@@ -473,32 +473,40 @@ fn damaged_entries_of_the_events_table_leave_salvage_and_the_dead_letters_whole(
     let path = journal_file(&dir);
     let mut bytes = std::fs::read(&path).unwrap();
     for &id in stock.posted.keys().filter(|id| [50, 60].contains(*id)) {
-        let mut damaged = 0;
-        // Every leaf with u64 keys holding the event's id: the events table's (its row points
-        // into the event files, or holds the record) and any older copy of it.
-        for page in (0..bytes.len().saturating_sub(4096)).step_by(4096) {
-            // [1][_][entries u16][value ends u32..][keys u64..][values]
-            let n = usize::from(u16::from_le_bytes([bytes[page + 2], bytes[page + 3]]));
-            let keys = page + 4 + 4 * n;
-            let holds = (0..n)
-                .any(|i| bytes.get(keys + 8 * i..keys + 8 * i + 8) == Some(&id.to_le_bytes()[..]));
-            if bytes[page] == 1 && holds {
-                let past = (keys + 8 * n - page + 2 * 4096) as u32;
-                bytes[page + 4..page + 8].copy_from_slice(&past.to_le_bytes());
-                damaged += 1;
-            }
+        // Every leaf holding the event's id: the events table's (its row points into the
+        // event files, or holds the record) and any older copy of it.
+        let leaves = leaves_holding(&bytes, id);
+        assert!(!leaves.is_empty(), "no leaf holds event {id}");
+        for (page, keys_end) in leaves {
+            let past = (keys_end - page + 2 * 4096) as u32;
+            bytes[page + 4..page + 8].copy_from_slice(&past.to_le_bytes());
         }
-        assert!(damaged > 0, "no leaf holds event {id}");
     }
     std::fs::write(&path, bytes).unwrap();
     let outcome = after_attack("events-entries", &dir);
     assert!(outcome.delivered_unchanged as u64 >= EVENTS - 4, "{outcome:?}");
 }
 
+/// The leaves of redb's pages in `bytes` whose u64 keys include `id`: each page's offset and
+/// where its keys end. A leaf is `[1][_][entries u16][value ends u32..][keys u64..][values]`.
+fn leaves_holding(bytes: &[u8], id: u64) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    for page in (0..bytes.len().saturating_sub(4096)).step_by(4096) {
+        let n = usize::from(u16::from_le_bytes([bytes[page + 2], bytes[page + 3]]));
+        let keys = page + 4 + 4 * n;
+        let holds = (0..n)
+            .any(|i| bytes.get(keys + 8 * i..keys + 8 * i + 8) == Some(&id.to_le_bytes()[..]));
+        if bytes[page] == 1 && holds {
+            found.push((page, keys + 8 * n));
+        }
+    }
+    found
+}
+
 /// Whole leaves of the `events` table zeroed (each holds about a hundred rows that point into
 /// the event files): the host refuses to start or makes those events dead letters, and salvage
-/// still recovers every record, from the event files, where each is sound (damage seed 243: salvage read 1,985 of
-/// 2,000 events, fewer than the host delivered).
+/// still recovers every record, from the event files, where each is sound (damage seed 243:
+/// salvage read 1,985 of 2,000 events, fewer than the host delivered).
 #[test]
 fn zeroed_leaves_of_the_events_table_lose_no_record_to_salvage() {
     let stock = stock();
@@ -507,16 +515,9 @@ fn zeroed_leaves_of_the_events_table_lose_no_record_to_salvage() {
     let mut bytes = std::fs::read(&path).unwrap();
     let mut zeroed = 0;
     for &id in stock.posted.keys().filter(|id| [50, 1500].contains(*id)) {
-        for page in (0..bytes.len().saturating_sub(4096)).step_by(4096) {
-            // [1][_][entries u16][value ends u32..][keys u64..][values]
-            let n = usize::from(u16::from_le_bytes([bytes[page + 2], bytes[page + 3]]));
-            let keys = page + 4 + 4 * n;
-            let holds = (0..n)
-                .any(|i| bytes.get(keys + 8 * i..keys + 8 * i + 8) == Some(&id.to_le_bytes()[..]));
-            if bytes[page] == 1 && holds {
-                bytes[page..page + 4096].fill(0);
-                zeroed += 1;
-            }
+        for (page, _) in leaves_holding(&bytes, id) {
+            bytes[page..page + 4096].fill(0);
+            zeroed += 1;
         }
     }
     assert!(zeroed > 0, "no leaf of the events table found");

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod apply;
 #[cfg(test)]
 mod damage;
+mod files;
 pub mod mark;
 pub mod raw;
 pub mod records;

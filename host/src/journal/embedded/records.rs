@@ -24,12 +24,13 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs::{File, OpenOptions},
-    os::unix::fs::{FileExt, OpenOptionsExt},
+    fs::File,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
+use super::files::{create_private, storage, sync_dir};
 use crate::journal::StoreError;
 
 /// The folder of the event files inside the state folder.
@@ -159,14 +160,6 @@ fn frame_of(bytes: &[u8]) -> Result<(u64, &[u8]), &'static str> {
         return Err("a checksum mismatch");
     }
     Ok((id, payload))
-}
-
-fn storage(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Storage(format!("cannot {what} {}: {e}", path.display()))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| storage("sync the folder", dir, e))
 }
 
 /// The files in `dir`, by first id, oldest first (a missing folder has none).
@@ -311,14 +304,7 @@ impl Writer {
             let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
         }
         let path = self.dir.join(file_name(first_id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| storage("create", &path, e))?;
+        let file = create_private(&path)?;
         if let Err(e) = file.write_all_at(&header(first_id), 0).and_then(|()| file.sync_data()) {
             drop(file);
             let _ = std::fs::remove_file(&path);
@@ -584,7 +570,7 @@ mod tests {
         drop(writer);
         // A torn frame after the last sound one, as a crash mid-write leaves.
         let path = dir.path().join(DIR).join(file_name(1));
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         std::io::Write::write_all(&mut file, &[7, 0, 0, 0, 0, 0, 0, 0, 9, 9]).unwrap();
         drop(file);
         let mut writer = Writer::open(dir.path()).unwrap();

@@ -22,12 +22,13 @@ pub mod read;
 use std::{
     collections::VecDeque,
     fs::{File, OpenOptions},
-    os::unix::fs::{FileExt, OpenOptionsExt},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
 pub use entry::Entry;
 
+use super::files::{create_private, storage, sync_dir};
 use crate::journal::StoreError;
 
 /// The log's folder inside the state folder.
@@ -62,10 +63,6 @@ pub fn header_of(bytes: &[u8]) -> Option<(u64, u64)> {
         u64::from_le_bytes(h[8..16].try_into().ok()?),
         u64::from_le_bytes(h[16..24].try_into().ok()?),
     ))
-}
-
-fn storage(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Storage(format!("cannot {what} {}: {e}", path.display()))
 }
 
 /// Reserves `len` bytes at `offset` of `file` by writing zeros there. Written blocks, not
@@ -214,14 +211,7 @@ impl Wal {
                 (file, len)
             }
             None => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| storage("create", &path, e))?;
+                let file = create_private(&path)?;
                 let made = preallocate(&file, 0, CHUNK)
                     .and_then(|()| file.write_all_at(&head, 0))
                     .and_then(|()| file.sync_data());
@@ -255,9 +245,7 @@ impl Wal {
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| storage("sync the folder", &self.dir, e))
+        sync_dir(&self.dir)
     }
 
     /// Recycles the segments wholly at or below `applied`, the highest id a durable checkpoint
