@@ -964,14 +964,19 @@ impl Consumer {
         if let Some(e) = &scanned.unchecked
             && self.unsure.is_none()
         {
-            let first = scanned.rows.first().map_or(0, |r| r.key);
+            let found = match scanned.rows.first() {
+                Some(first) => format!("were found from event {} on", first.key),
+                None => "were not found".to_owned(),
+            };
             tracing::error!(
                 plugin = %self.plugin,
-                "the journal's pending rows are damaged: the rows after event {} were found from                  event {first} on, and those between could not be checked: {e}",
+                "the journal's pending rows are damaged: the rows after event {} {found}, and \
+                 whether the index hides rows there could not be checked: {e}",
                 self.cursor
             );
             self.unsure = Some(format!(
-                "after event {}: rows up to event {first} may be hidden (the rows between could                  not be checked: {e})",
+                "after event {}: rows after it may be hidden (they {found}, and the index could \
+                 not be checked: {e})",
                 self.cursor
             ));
         }
