@@ -225,6 +225,7 @@ pub fn run(
                     }
                     shared.commit_result(None);
                     shared.refuse(None);
+                    *shared.unopenable.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     broken = None;
                     tracing::info!(
                         taken = caught.taken,
@@ -236,6 +237,10 @@ pub fn run(
                     shared.recheck();
                 }
                 Err(e) => {
+                    if is_damage(&e) {
+                        *shared.unopenable.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(e.to_string());
+                    }
                     let backoff = b.again(e.to_string());
                     let said = say(b, &dir, &shared);
                     tracing::warn!(
@@ -915,5 +920,15 @@ impl StoreError {
             Err(e) => StoreError::Storage(e.to_string()),
             Ok(()) => self,
         }
+    }
+}
+
+/// Whether a failure to open the file again is its damage (the storage library's panic, or
+/// its own word for a file it cannot repair), not a passing one such as a full disk.
+fn is_damage(e: &StoreError) -> bool {
+    match e {
+        StoreError::Damaged { .. } => true,
+        StoreError::Db(message) => message.starts_with("DB corrupted"),
+        _ => false,
     }
 }

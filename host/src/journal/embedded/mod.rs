@@ -87,6 +87,9 @@ pub struct Shared {
     tables_refusal: Mutex<Option<String>>,
     /// Whether `tables_refusal` holds a reason (read on every batch).
     refusing: AtomicBool,
+    /// Why the file, closed after a storage error, cannot be opened again, when the storage
+    /// library says it is damaged (not a full disk): the consumers then say where they stopped.
+    unopenable: Mutex<Option<String>>,
     /// Why the last write of the log failed, if it did (cleared once it takes writes again).
     log_error: Mutex<Option<String>>,
     /// Plugins whose rows were found damaged beyond what single dead letters account for.
@@ -906,6 +909,22 @@ impl Consumer {
             Err(e) => {
                 if self.started && self.take_tail() && !self.buffer.is_empty() {
                     return Ok(());
+                }
+                // Damage that keeps the file from opening again stops this plugin here, until
+                // a reopen succeeds (damage seed 23: events 513-2000 pending, `/readyz` naming
+                // only the journal's reopen).
+                let unopenable = self
+                    .journal
+                    .shared
+                    .unopenable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(reason) = unopenable {
+                    self.stuck(format!(
+                        "after event {}: the journal file cannot be opened again: {reason}",
+                        self.cursor
+                    ));
                 }
                 return Err(e);
             }
