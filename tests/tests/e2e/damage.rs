@@ -261,9 +261,15 @@ fn after_attack(name: &str, dir: &HostDir) -> Outcome {
         assert!(log.contains("ERROR"), "{name}: stuck without an ERROR line");
     }
     if !dead.is_empty() {
+        // A damaged record, or a pending row found under another key (a flipped bit in its
+        // key: "pending row damaged: found under event N"; with the records in the event
+        // files a redb flip can make that the only dead letter, CI's seed 22).
         assert!(
-            log.contains("record damaged") || log.contains("record missing"),
-            "{name}: dead letters without an ERROR line"
+            log.contains("record damaged")
+                || log.contains("record missing")
+                || log.contains("pending row damaged: found under event"),
+            "{name}: dead letters {dead:?} without an ERROR line:\n{}",
+            log.lines().filter(|l| l.contains("ERROR")).take(8).collect::<Vec<_>>().join("\n")
         );
         assert!(!metrics.contains("b24_journal_damaged_records_total 0\n"), "{name}: {metrics}");
     }
