@@ -660,28 +660,31 @@ fn events_by_id<D: ReadableDatabase>(
 }
 
 /// The events that are not complete and that no pending row or dead letter holds
-/// ([`store::unheld_events`]), each reported by its id; none looked for once a table's scan
-/// was cut short (that reports its own loss).
+/// ([`store::unheld_events`]), each reported by its id; once a table's scan was cut short,
+/// only those up to the cut ([`orphans_before_damage`]).
 fn orphans<D: ReadableDatabase>(
     database: &D,
     report: &mut RepairReport,
     table_ids: &std::collections::BTreeSet<u64>,
     readable: &Readable,
 ) -> Vec<u64> {
-    if report.problems.iter().any(|p| p.starts_with("table ")) {
-        return orphans_before_damage(database, report, table_ids, readable);
-    }
-    let unheld = match store::guard("reading the rows' keys", || store::unheld_events(database)) {
-        Ok(unheld) => unheld.unwrap_or_default(),
-        Err(e) => {
-            report.problems.push(format!("cannot check which events rows hold: {e}"));
-            return Vec::new();
+    let cut = report.problems.iter().any(|p| p.starts_with("table "));
+    let unheld = if cut {
+        orphans_before_damage(database, report, table_ids, readable)
+    } else {
+        match store::guard("reading the rows' keys", || store::unheld_events(database)) {
+            Ok(unheld) => unheld.unwrap_or_default(),
+            Err(e) => {
+                report.problems.push(format!("cannot check which events rows hold: {e}"));
+                return Vec::new();
+            }
         }
     };
+    let read = if cut { " read before the damage" } else { "" };
     for id in &unheld {
         report.problems.push(format!(
-            "event {id}: not complete, yet no pending row or dead letter holds it (its row is \
-             likely on a damaged page of the pending table)"
+            "event {id}: not complete, yet no pending row or dead letter{read} holds it (its \
+             row is likely on a damaged page of the pending table)"
         ));
     }
     unheld
@@ -695,7 +698,7 @@ fn orphans<D: ReadableDatabase>(
 /// rows were on a page before the cut that no read reached, were named nowhere.
 fn orphans_before_damage<D: ReadableDatabase>(
     database: &D,
-    report: &mut RepairReport,
+    report: &RepairReport,
     table_ids: &std::collections::BTreeSet<u64>,
     readable: &Readable,
 ) -> Vec<u64> {
@@ -723,15 +726,7 @@ fn orphans_before_damage<D: ReadableDatabase>(
     let mut held: std::collections::HashSet<u64> = completed.into_iter().collect();
     held.extend(readable.pending.iter().map(|(_, id, _)| *id));
     held.extend(readable.dead.iter().map(|(_, id, _)| *id));
-    let unheld: Vec<u64> =
-        table_ids.range(..=bound).filter(|id| !held.contains(id)).copied().collect();
-    for id in &unheld {
-        report.problems.push(format!(
-            "event {id}: not complete, yet no pending row or dead letter read before the damage \
-             holds it (its row is likely on a damaged page of the pending table)"
-        ));
-    }
-    unheld
+    table_ids.range(..=bound).filter(|id| !held.contains(id)).copied().collect()
 }
 
 /// Reads every table of `database`, opened on `file`.
